@@ -1,0 +1,1 @@
+"""The ingestion pipeline (importers, embedding, index builds) and the merchandisers' CLI."""

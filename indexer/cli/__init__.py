@@ -1,0 +1,94 @@
+"""The `shopsearch` command. Domain errors become click.ClickException here and only here."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from shopsearch.config import Settings
+from shopsearch.errors import ShopSearchError
+from shopsearch import logs
+
+
+class ShopSearchGroup(click.Group):
+    """A click group that turns ShopSearchError into a one-line error and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShopSearchError as e:
+            raise click.ClickException(f"{e} [{e.code}]") from e
+
+
+@dataclass
+class Ctx:
+    settings: Settings
+    _cache: dict = field(default_factory=dict)
+
+    def catalogue(self):
+        if "catalogue" not in self._cache:
+            from shopsearch.app import open_catalogue
+
+            self._cache["catalogue"] = open_catalogue(self.settings)
+        return self._cache["catalogue"]
+
+    def index_store(self):
+        from shopsearch.app import open_index_store
+
+        return open_index_store(self.settings)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(cls=ShopSearchGroup)
+@click.option("--data-dir", envvar="SHOPSEARCH_DATA_DIR", default="var", show_default=True,
+              type=click.Path(file_okay=False), help="Where the catalogue DB, index builds and caches live.")
+@click.option("--database-url", envvar="SHOPSEARCH_DATABASE_URL", default=None,
+              help="SQLAlchemy URL (default: SQLite in the data dir), e.g. postgresql://user@host/db.")
+@click.option("--device", envvar="SHOPSEARCH_DEVICE", default="auto", show_default=True,
+              help="auto | cpu | cuda | cuda:N")
+@click.option("--log-level", envvar="SHOPSEARCH_LOG_LEVEL", default="WARNING", show_default=True)
+@click.version_option(package_name="shopsearch")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str, log_level: str) -> None:
+    """ShopSearch: visual product search over your catalogue."""
+    logs.configure(log_level)
+    ctx.obj = Ctx(Settings.from_env(data_dir=data_dir, database_url=database_url, device=device))
+    ctx.call_on_close(lambda: ctx.obj._cache.get("catalogue") and ctx.obj._cache["catalogue"].close())
+
+
+def _register() -> None:
+    from indexer.cli import catalogue_cmds, index_cmds, search_cmds
+
+    for mod in (catalogue_cmds, index_cmds, search_cmds):
+        mod.register(cli)
+    # Optional command groups: each lives in its own module and registers itself.
+    for name in ("demo_cmds", "serve_cmds", "bench_cmds", "classify_cmds"):
+        try:
+            mod = __import__(f"indexer.cli.{name}", fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name != f"indexer.cli.{name}":
+                raise
+            continue
+        mod.register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(prog_name="shopsearch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

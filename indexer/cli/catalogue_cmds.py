@@ -1,0 +1,116 @@
+"""`shopsearch catalogue ...` and `shopsearch db ...`."""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import click
+
+from indexer.cli import Ctx, echo_json, pass_ctx
+from indexer.importers import FORMATS, RowProblem, import_catalogue, read_source
+
+
+@click.group("catalogue")
+def catalogue() -> None:
+    """Import, list and delete catalogue products."""
+
+
+@catalogue.command("import")
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--reference-split", type=click.Choice(["train", "val", "test"]), default=None,
+              help="Grocery Store: add this split's shopper photos as reference images.")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+@pass_ctx
+def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers: int, as_json: bool) -> None:
+    """Import a manifest (CSV/JSONL), an ImageFolder tree or the Grocery Store dataset."""
+    from pathlib import Path
+
+    problems: list[RowProblem] = []
+    records = read_source(Path(path), fmt, problems, reference_split)
+    report = import_catalogue(c.catalogue(), records, problems, workers=workers, progress=not as_json)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(f"products: {report.products_created} created, {report.products_updated} updated, "
+               f"{report.products_unchanged} unchanged; images added: {report.images_added}, "
+               f"failed: {report.images_failed}")
+    for p in report.problems[:50]:
+        click.echo(f"  skipped {p.where}" + (f" (sku {p.sku})" if p.sku else "") + f": {p.reason}", err=True)
+    if len(report.problems) > 50:
+        click.echo(f"  ... and {len(report.problems) - 50} more problems (use --json for all)", err=True)
+
+
+@catalogue.command("delete")
+@click.argument("skus", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def delete_cmd(c: Ctx, skus: tuple[str, ...], as_json: bool) -> None:
+    """Delete products by SKU (the index drops them at the next `index update`)."""
+    found = c.catalogue().delete_products(skus)
+    missing = sorted(set(skus) - set(found))
+    if as_json:
+        echo_json({"deleted": found, "not_found": missing})
+        return
+    click.echo(f"deleted {len(found)} product(s)")
+    if missing:
+        click.echo(f"not found: {', '.join(missing)}", err=True)
+
+
+@catalogue.command("show")
+@click.argument("sku")
+@pass_ctx
+def show_cmd(c: Ctx, sku: str) -> None:
+    """Print one product as JSON."""
+    echo_json(c.catalogue().get_product(sku).to_dict())
+
+
+@click.group("db")
+def db() -> None:
+    """Catalogue database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(c: Ctx) -> None:
+    """Migrate the database to the newest schema."""
+    from shopsearch.catalogue import db as dbmod
+
+    engine = dbmod.make_engine(c.settings.db_url)
+    click.echo(f"schema at revision {dbmod.upgrade(engine)}")
+
+
+@db.command("current")
+@pass_ctx
+def db_current(c: Ctx) -> None:
+    """Print the database's schema revision and the newest one this code knows."""
+    from shopsearch.catalogue import db as dbmod
+
+    engine = dbmod.make_engine(c.settings.db_url)
+    click.echo(f"current: {dbmod.current_revision(engine)}  head: {dbmod.head_revision()}")
+
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def stats_cmd(c: Ctx, as_json: bool) -> None:
+    """Catalogue and index figures."""
+    st = asdict(c.catalogue().stats())
+    m = c.index_store().current_manifest()
+    st["index"] = asdict(m) if m else None
+    if as_json:
+        echo_json(st)
+        return
+    for k, v in st.items():
+        if k != "index":
+            click.echo(f"{k:>14}: {v}")
+    if m:
+        click.echo(f"         index: build {m.build_id}, {m.count} vectors, {m.index_type}, model {m.model_name}")
+    else:
+        click.echo("         index: none built yet (run `shopsearch index build`)")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(catalogue)
+    cli.add_command(db)
+    cli.add_command(stats_cmd)

@@ -1,0 +1,69 @@
+"""`shopsearch demo`: import the Grocery Store catalogue, index it, then serve the app."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from indexer.cli import Ctx, echo_json, pass_ctx
+
+DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
+
+
+@click.command("demo")
+@click.option("--dataset", envvar="SHOPSEARCH_DEMO_DATASET", type=click.Path(file_okay=False),
+              default=str(DEFAULT_DATASET), show_default=True, help="Grocery Store dataset folder.")
+@click.option("--model", envvar="SHOPSEARCH_MODEL", default="auto", show_default=True)
+@click.option("--reference-split", default="train", show_default=True,
+              type=click.Choice(["none", "train", "val", "test"]))
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="Serve the web app after indexing (else run one sample search).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@pass_ctx
+def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool, host: str, port: int) -> None:
+    """Import + index the Grocery Store catalogue, then serve it (idempotent: reruns are quick)."""
+    from indexer.build import IndexBuilder
+    from indexer.importers import RowProblem, import_catalogue, read_source
+    from shopsearch.app import open_search_service
+    from shopsearch.embedders import load_embedder
+    from shopsearch.images import load_image
+
+    root = Path(dataset)
+    if not (root / "dataset" / "classes.csv").is_file():
+        raise click.ClickException(f"Grocery Store dataset not found at {root.resolve()} "
+                                   "(pass --dataset or set SHOPSEARCH_DEMO_DATASET)")
+    problems: list[RowProblem] = []
+    split = None if reference_split == "none" else reference_split
+    report = import_catalogue(c.catalogue(), read_source(root, "grocerystore", problems, split), problems)
+    click.echo(f"catalogue: {report.products_created} new, {report.products_updated} updated, "
+               f"{report.products_unchanged} unchanged products; {report.images_failed} image problems")
+    embedder = load_embedder(model, c.settings.device)
+    click.echo(f"model: {embedder.name} on {embedder.device}")
+    store = c.index_store()
+    current = store.current_manifest()
+    n_images = len(c.catalogue().indexable_images())
+    if current and current.model_fingerprint == embedder.fingerprint and current.count == n_images:
+        click.echo(f"index: build {current.build_id} is up to date ({current.count} vectors)")
+    else:
+        b = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).build()
+        click.echo(f"index: build {b.build_id}, {b.vectors} vectors, {b.embedded} embedded in {b.seconds:.0f}s")
+    sample = root / "dataset" / "test" / "Fruit" / "Banana" / "Banana_004.jpg"
+    if sample.is_file():
+        svc = open_search_service(c.settings, catalogue=c.catalogue(), model=model if model != "auto" else None)
+        res = svc.search_image(load_image(sample), k=3)
+        click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} ({h.score:.2f})" for h in res.hits))
+    if not serve:
+        return
+    try:
+        from webapp.server import run_server
+    except ImportError:
+        click.echo("web app not available in this build; done")
+        return
+    click.echo(f"serving on http://{host}:{port}/  (Ctrl-C to stop)")
+    run_server(c.settings, host=host, port=port, workers=int(os.environ.get("SHOPSEARCH_WORKERS", "1")))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(demo_cmd)

@@ -1,0 +1,256 @@
+"""Catalogue importers: CSV/JSONL manifests, ImageFolder trees, the Grocery Store layout.
+
+Each importer yields ProductRecords; `import_catalogue` checks every image (exists,
+decodes, hash, size) in worker processes and upserts. A bad row or image is reported
+and skipped, never aborting the run; re-importing unchanged data writes nothing."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+from shopsearch.catalogue.records import ImageRecord, ProductRecord
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.errors import InvalidImageError, ManifestError
+from shopsearch.images import inspect_image
+
+log = logging.getLogger("shopsearch.importer")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+FORMATS = ("csv", "jsonl", "imagefolder", "grocerystore")
+_CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    where: str  # "row 12", "line 3", a path
+    sku: str | None
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    products_created: int = 0
+    products_updated: int = 0
+    products_unchanged: int = 0
+    images_added: int = 0
+    images_failed: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "products_created": self.products_created, "products_updated": self.products_updated,
+            "products_unchanged": self.products_unchanged, "images_added": self.images_added,
+            "images_failed": self.images_failed,
+            "problems": [{"where": p.where, "sku": p.sku, "reason": p.reason} for p in self.problems],
+        }
+
+
+# -- readers ------------------------------------------------------------------
+def _price(value: object) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        return Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"price {value!r} is not a number") from None
+
+
+def _category(value: object) -> tuple[str, ...] | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, (list, tuple)):
+        parts = [str(v).strip() for v in value]
+    else:
+        text = str(value)
+        parts = [p.strip() for p in (text.split(">") if ">" in text else text.split("/"))]
+    parts = [p for p in parts if p]
+    return tuple(parts) or None
+
+
+def _image_list(value: object) -> list[str]:
+    if value in (None, ""):
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value if str(v).strip()]
+    return [p.strip() for p in str(value).replace(";", "|").split("|") if p.strip()]
+
+
+def _record(row: dict, base: Path, where: str) -> ProductRecord:
+    sku = str(row.get("sku") or "").strip()
+    if not sku:
+        raise ValueError("missing sku")
+    title = str(row.get("title") or row.get("name") or "").strip() or sku
+    images = _image_list(row.get("images")) + _image_list(row.get("image"))
+    attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
+    if isinstance(row.get("attributes"), dict):
+        attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
+    return ProductRecord(
+        sku=sku, title=title, description=(row.get("description") or None), brand=(row.get("brand") or None),
+        price=_price(row.get("price")), currency=(str(row["currency"]).upper()[:3] if row.get("currency") else None),
+        category_path=_category(row.get("category")), attributes=attrs,
+        images=tuple(ImageRecord(str((base / p).resolve()) if not Path(p).is_absolute() else p) for p in images),
+    )
+
+
+def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise ManifestError(f"cannot open manifest {path}: {e}") from None
+    with f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "sku" not in reader.fieldnames:
+            raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' columns")
+        for n, row in enumerate(reader, start=2):
+            try:
+                yield _record(row, path.parent, f"row {n}")
+            except ValueError as e:
+                problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
+
+
+def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"cannot read manifest {path}: {e}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("line is not a JSON object")
+            yield _record(row, path.parent, f"line {n}")
+        except ValueError as e:
+            problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
+
+
+def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
+    """root/<class>/[<subclass>/...]/<image>: one product per image, category = its folders."""
+    if not root.is_dir():
+        raise ManifestError(f"{root} is not a folder")
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        rel = p.relative_to(root)
+        if len(rel.parts) < 2:
+            problems.append(RowProblem(str(rel), None, "image is not inside a class folder; skipped"))
+            continue
+        yield ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
+                            category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),))
+
+
+def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:
+    """One product per fine class (iconic image + description); optional shopper photos as references."""
+    ds = root / "dataset" if (root / "dataset" / "classes.csv").is_file() else root
+    classes = ds / "classes.csv"
+    if not classes.is_file():
+        raise ManifestError(f"{root} does not look like the Grocery Store dataset (no dataset/classes.csv)")
+    refs: dict[int, list[str]] = {}
+    if reference_split:
+        split = ds / f"{reference_split}.txt"
+        if not split.is_file():
+            raise ManifestError(f"no split file {split}")
+        for line in split.read_text().splitlines():
+            parts = [x.strip() for x in line.split(",")]
+            if len(parts) >= 2 and parts[0]:
+                refs.setdefault(int(parts[1]), []).append(str((ds / parts[0]).resolve()))
+    with open(classes, newline="") as f:
+        for row in csv.reader(f):
+            if not row or not row[1].strip().isdigit():
+                continue
+            name, fine_id, iconic, desc = row[0], int(row[1]), row[4].lstrip("/"), row[5].lstrip("/")
+            rel = Path(iconic).parent.relative_to("iconic-images-and-descriptions")
+            description = None
+            try:
+                description = (ds / desc).read_text(encoding="utf-8", errors="replace").strip()
+            except OSError:
+                problems.append(RowProblem(desc, name, "description file missing"))
+            images = [ImageRecord(str((ds / iconic).resolve()), role="catalogue")]
+            images += [ImageRecord(p, role="reference") for p in refs.get(fine_id, [])]
+            yield ProductRecord(
+                sku=name, title=name.replace("-", " "), description=description,
+                category_path=tuple(rel.parts), images=tuple(images),
+                attributes={"fine_label": fine_id, "coarse_label": int(row[3]), "coarse_class": row[2]},
+            )
+
+
+def read_source(path: Path, fmt: str, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"{path} does not exist")
+    if fmt == "csv":
+        return read_csv(path, problems)
+    if fmt == "jsonl":
+        return read_jsonl(path, problems)
+    if fmt == "imagefolder":
+        return read_imagefolder(path, problems)
+    if fmt == "grocerystore":
+        return read_grocerystore(path, problems, reference_split)
+    raise ManifestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+# -- checking and upserting ------------------------------------------------------
+def _check(path: str) -> tuple[str, ImageRecord | str]:
+    """Worker: inspect one image; returns the filled record or the reason it failed."""
+    try:
+        m = inspect_image(path)
+        return path, ImageRecord(path, sha256=m.sha256, width=m.width, height=m.height)
+    except InvalidImageError as e:
+        return path, str(e)
+    except OSError as e:  # permission errors and the like
+        return path, f"cannot read: {e}"
+
+
+def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], problems: list[RowProblem] | None = None,
+                     workers: int = 2, progress: bool = True,
+                     on_product: Callable[[int, ProductRecord], None] | None = None) -> ImportReport:
+    """Check every image (in `workers` processes) and upsert the products."""
+    report = ImportReport(problems=problems if problems is not None else [])
+    records = list(records)
+    paths = sorted({im.path for r in records for im in r.images})
+    checked: dict[str, ImageRecord | str] = {}
+    bar = tqdm(total=len(paths), desc="checking images", unit="img", disable=not progress)
+    if workers > 1 and len(paths) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            for path, res in pool.map(_check, paths, chunksize=32):
+                checked[path] = res
+                bar.update()
+    else:
+        for path in paths:
+            checked[path] = _check(path)[1]
+            bar.update()
+    bar.close()
+    for rec in tqdm(records, desc="importing products", unit="product", disable=not progress):
+        images = []
+        for im in rec.images:
+            res = checked[im.path]
+            if isinstance(res, str):
+                report.images_failed += 1
+                report.problems.append(RowProblem(im.path, rec.sku, res))
+                # Recorded (not dropped) so the product page and `stats` can show it; never indexed.
+                status = "missing" if res.startswith("no such file") else "invalid"
+                images.append(replace(im, status=status, error=res))
+            else:
+                images.append(replace(res, role=im.role))
+        result = store.upsert_product(replace(rec, images=tuple(images)))
+        report.images_added += result.images_added
+        if result.created:
+            report.products_created += 1
+        elif result.changed:
+            report.products_updated += 1
+        else:
+            report.products_unchanged += 1
+        if on_product is not None:
+            on_product(result.product_id, rec)
+    for p in report.problems:
+        log.warning("import problem", extra={"where": p.where, "sku": p.sku, "reason": p.reason})
+    return report

@@ -1,0 +1,87 @@
+"""VectorCache: embeddings on disk keyed by (model fingerprint, image content sha256).
+
+Written in append-only chunk files, each complete before it is renamed into place, so a
+run killed at any moment loses at most the chunk in flight; the next run skips every
+image already embedded. Because keys are content hashes, an unchanged image is never
+embedded twice, whichever product or path it belongs to."""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+class VectorCache:
+    def __init__(self, root: Path, fingerprint: str, dim: int) -> None:
+        self.dir = Path(root) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "FINGERPRINT").write_text(fingerprint + "\n")
+        self.dim = dim
+        self._keys: dict[str, int] = {}
+        self._blocks: list[np.ndarray] = []
+        self._rows = 0
+        for f in sorted(self.dir.glob("chunk-*.npz")):
+            try:
+                with np.load(f) as z:
+                    keys, vecs = z["keys"], z["vectors"]
+            except (OSError, ValueError, KeyError, EOFError):
+                continue  # a chunk that cannot be read is treated as never written
+            if vecs.ndim != 2 or vecs.shape[1] != dim:
+                continue
+            self._append(keys, vecs)
+
+    def _append(self, keys: np.ndarray, vecs: np.ndarray) -> None:
+        for j, k in enumerate(keys):
+            self._keys[str(k)] = self._rows + j
+        self._blocks.append(np.asarray(vecs, dtype=np.float32))
+        self._rows += len(vecs)
+        if len(self._blocks) > 64:
+            self._blocks = [np.concatenate(self._blocks)]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def missing(self, keys: list[str]) -> list[str]:
+        return [k for k in keys if k not in self._keys]
+
+    def get_many(self, keys: list[str]) -> np.ndarray:
+        """Vectors for `keys` (all must be present), in order."""
+        if len(self._blocks) > 1:
+            self._blocks = [np.concatenate(self._blocks)]
+        if not keys:
+            return np.zeros((0, self.dim), np.float32)
+        rows = np.fromiter((self._keys[k] for k in keys), dtype=np.int64, count=len(keys))
+        return self._blocks[0][rows]
+
+    def put(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Persist a chunk (atomically) and make it visible."""
+        if not keys:
+            return
+        vectors = np.asarray(vectors, dtype=np.float32)
+        name = f"chunk-{uuid.uuid1().hex}"
+        tmp = self.dir / f".{name}.tmp.npz"
+        np.savez(tmp, keys=np.array(keys, dtype="U64"), vectors=vectors)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / f"{name}.npz")
+        self._append(np.array(keys), vectors)
+
+    def compact(self) -> None:
+        """Merge all chunks into one file (fewer files to open at start-up)."""
+        files = sorted(self.dir.glob("chunk-*.npz"))
+        if len(files) <= 1:
+            return
+        keys = sorted(self._keys, key=self._keys.get)  # type: ignore[arg-type]
+        vecs = self.get_many(keys)
+        name = f"chunk-{uuid.uuid1().hex}"
+        tmp = self.dir / f".{name}.tmp.npz"
+        np.savez(tmp, keys=np.array(keys, dtype="U64"), vectors=vecs)
+        os.replace(tmp, self.dir / f"{name}.npz")
+        for f in files:
+            f.unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""Engines and schema versioning. Alembic migrations are the only way the schema is
+made; code refuses to run against a schema newer than the migrations it knows."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine
+
+from shopsearch.errors import SchemaVersionError
+
+log = logging.getLogger("shopsearch.catalogue")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets foreign keys and WAL so readers never block on a writer."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        # psycopg 3 is the driver we ship; plain postgresql:// would look for psycopg2.
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision stamped in the database, or None for an empty database."""
+    if not inspect(engine).has_table("alembic_version"):
+        return None
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise SchemaVersionError unless the database is exactly at our head revision."""
+    from alembic.script import ScriptDirectory
+
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        raise SchemaVersionError("the catalogue database is not initialised; run `shopsearch db upgrade`")
+    cfg = _alembic_config(engine)
+    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if current not in known:
+        raise SchemaVersionError(
+            f"the catalogue database is at schema revision {current!r}, newer than this ShopSearch "
+            f"(knows up to {head!r}); upgrade ShopSearch instead of running an older version against it"
+        )
+    raise SchemaVersionError(f"the catalogue database is at revision {current!r}; run `shopsearch db upgrade` to reach {head!r}")
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str:
+    """Run the Alembic migrations up to `revision`; returns the revision reached."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    current = current_revision(engine)
+    cfg = _alembic_config(engine)
+    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
+    if current is not None and current not in known:
+        check_schema(engine)  # raises the "newer than this code" error
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    reached = current_revision(engine)
+    if reached != current:
+        log.info("catalogue schema migrated", extra={"from": current, "to": reached})
+    return reached or ""
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+
+    cfg = _alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)

@@ -1,0 +1,252 @@
+"""CatalogueStore: products, images, categories and index-build records over SQLAlchemy."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterable, Iterator, Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from shopsearch.catalogue import db
+from shopsearch.catalogue.models import Category, IndexBuild, Product, ProductImage
+from shopsearch.catalogue.records import (
+    CatalogueStats,
+    CategoryInfo,
+    ImageInfo,
+    IndexBuildInfo,
+    ProductInfo,
+    ProductRecord,
+    UpsertResult,
+)
+from shopsearch.errors import ProductNotFoundError
+
+_PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attributes")
+
+
+def _image_info(img: ProductImage) -> ImageInfo:
+    return ImageInfo(img.id, img.product_id, img.path, img.role, img.sha256, img.width, img.height, img.status, img.error)
+
+
+def _product_info(p: Product, with_images: bool = True) -> ProductInfo:
+    source = "merchant" if p.category_id is not None else ("predicted" if p.predicted_category_id else None)
+    return ProductInfo(
+        id=p.id,
+        sku=p.sku,
+        title=p.title,
+        description=p.description,
+        brand=p.brand,
+        price=p.price,
+        currency=p.currency,
+        category=p.category.path if p.category else (p.predicted_category.path if p.predicted_category else None),
+        category_source=source,
+        predicted_category=p.predicted_category.path if p.predicted_category else None,
+        predicted_confidence=p.predicted_confidence,
+        attributes=dict(p.attributes or {}),
+        images=tuple(_image_info(i) for i in p.images) if with_images else (),
+    )
+
+
+class CatalogueStore:
+    """All catalogue reads and writes. Takes an engine; call `open()` for a checked one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, migrate: bool = True) -> "CatalogueStore":
+        """Engine for `url`, migrated to head (or only checked when migrate=False)."""
+        engine = db.make_engine(url)
+        if migrate:
+            db.upgrade(engine)
+        db.check_schema(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    # -- categories -------------------------------------------------------
+    def ensure_category(self, names: Sequence[str], s: Session | None = None) -> int:
+        """Id of the category at `names` (root first), creating missing levels."""
+        if s is None:
+            with self.session() as s2:
+                return self.ensure_category(names, s2)
+        parent_id: int | None = None
+        path = ""
+        cat_id = None
+        for depth, name in enumerate(names):
+            path = f"{path}/{name}" if path else name
+            cat = s.scalar(select(Category).where(Category.path == path))
+            if cat is None:
+                cat = Category(name=name, parent_id=parent_id, path=path, depth=depth)
+                s.add(cat)
+                s.flush()
+            parent_id = cat_id = cat.id
+        if cat_id is None:
+            raise ValueError("empty category path")
+        return cat_id
+
+    def categories(self) -> list[CategoryInfo]:
+        with self.session() as s:
+            rows = s.scalars(select(Category).order_by(Category.path)).all()
+            return [CategoryInfo(c.id, c.name, c.path, c.depth, c.parent_id) for c in rows]
+
+    # -- products ---------------------------------------------------------
+    def upsert_product(self, rec: ProductRecord) -> UpsertResult:
+        """Insert or update a product and its images; unchanged data writes nothing."""
+        with self.session() as s:
+            p = s.scalar(select(Product).options(selectinload(Product.images)).where(Product.sku == rec.sku))
+            created = p is None
+            if p is None:
+                p = Product(sku=rec.sku, title=rec.title, attributes={})
+                s.add(p)
+            changed = created
+            for f in _PRODUCT_FIELDS:
+                new = getattr(rec, f)
+                if f == "attributes":
+                    new = dict(new or {})
+                if getattr(p, f) != new:
+                    setattr(p, f, new)
+                    changed = True
+            if rec.category_path:
+                cat_id = self.ensure_category(rec.category_path, s)
+                if p.category_id != cat_id:
+                    p.category_id = cat_id
+                    changed = True
+            s.flush()
+            by_path = {i.path: i for i in p.images}
+            added = img_changed = 0
+            for im in rec.images:
+                cur = by_path.get(im.path)
+                if cur is None:
+                    p.images.append(
+                        ProductImage(
+                            path=im.path, role=im.role, sha256=im.sha256, width=im.width,
+                            height=im.height, status=im.status, error=im.error,
+                        )
+                    )
+                    added += 1
+                    continue
+                new_vals = dict(role=im.role, sha256=im.sha256, width=im.width, height=im.height,
+                                status=im.status, error=im.error)
+                if any(getattr(cur, k) != v for k, v in new_vals.items()):
+                    for k, v in new_vals.items():
+                        setattr(cur, k, v)
+                    img_changed += 1
+            s.flush()
+            return UpsertResult(rec.sku, p.id, created, changed or bool(added or img_changed), added, img_changed)
+
+    def delete_products(self, skus: Iterable[str]) -> list[str]:
+        """Delete products (and their images) by SKU; returns the SKUs that existed."""
+        skus = list(skus)
+        with self.session() as s:
+            found = list(s.scalars(select(Product.sku).where(Product.sku.in_(skus))))
+            if found:
+                ids = select(Product.id).where(Product.sku.in_(found))
+                # Explicit image delete: SQLite without FK enforcement on old files would orphan them.
+                s.execute(delete(ProductImage).where(ProductImage.product_id.in_(ids)))
+                s.execute(delete(Product).where(Product.sku.in_(found)))
+            return found
+
+    def get_product(self, sku: str) -> ProductInfo:
+        with self.session() as s:
+            p = s.scalar(
+                select(Product)
+                .options(selectinload(Product.images), selectinload(Product.category),
+                         selectinload(Product.predicted_category))
+                .where(Product.sku == sku)
+            )
+            if p is None:
+                raise ProductNotFoundError(f"no product with SKU {sku!r}")
+            return _product_info(p)
+
+    def products(self, limit: int | None = None, offset: int = 0) -> list[ProductInfo]:
+        with self.session() as s:
+            q = (select(Product).options(selectinload(Product.images), selectinload(Product.category),
+                                         selectinload(Product.predicted_category))
+                 .order_by(Product.id).offset(offset))
+            if limit is not None:
+                q = q.limit(limit)
+            return [_product_info(p) for p in s.scalars(q)]
+
+    def products_for_images(self, image_ids: Sequence[int]) -> dict[int, tuple[ProductInfo, ImageInfo]]:
+        """Map image id -> (its product, the image), for ids that still exist."""
+        ids = [int(i) for i in image_ids]
+        if not ids:
+            return {}
+        with self.session() as s:
+            imgs = s.scalars(select(ProductImage).where(ProductImage.id.in_(ids))).all()
+            pids = {i.product_id for i in imgs}
+            prods = {
+                p.id: _product_info(p, with_images=False)
+                for p in s.scalars(
+                    select(Product).options(selectinload(Product.category), selectinload(Product.predicted_category))
+                    .where(Product.id.in_(pids))
+                )
+            }
+            return {i.id: (prods[i.product_id], _image_info(i)) for i in imgs if i.product_id in prods}
+
+    def indexable_images(self) -> list[ImageInfo]:
+        """Images with a readable file, in id order: what an index build embeds."""
+        with self.session() as s:
+            rows = s.scalars(select(ProductImage).where(ProductImage.status == "ok").order_by(ProductImage.id))
+            return [_image_info(i) for i in rows]
+
+    def image(self, image_id: int) -> ImageInfo | None:
+        with self.session() as s:
+            img = s.get(ProductImage, image_id)
+            return _image_info(img) if img else None
+
+    def mark_image_failed(self, image_id: int, error: str) -> None:
+        with self.session() as s:
+            img = s.get(ProductImage, image_id)
+            if img is not None:
+                img.status, img.error = "invalid", error
+
+    def set_predicted_category(self, product_id: int, category_id: int | None, confidence: float | None) -> None:
+        with self.session() as s:
+            p = s.get(Product, product_id)
+            if p is not None:
+                p.predicted_category_id, p.predicted_confidence = category_id, confidence
+
+    def stats(self) -> CatalogueStats:
+        with self.session() as s:
+            n_img = s.scalar(select(func.count()).select_from(ProductImage)) or 0
+            ok = s.scalar(select(func.count()).select_from(ProductImage).where(ProductImage.status == "ok")) or 0
+            return CatalogueStats(
+                products=s.scalar(select(func.count()).select_from(Product)) or 0,
+                images=n_img,
+                images_ok=ok,
+                images_failed=n_img - ok,
+                categories=s.scalar(select(func.count()).select_from(Category)) or 0,
+                uncategorised=s.scalar(select(func.count()).select_from(Product).where(Product.category_id.is_(None))) or 0,
+            )
+
+    # -- index builds -----------------------------------------------------
+    def record_build(self, info: IndexBuildInfo) -> None:
+        """Insert or update the row of an index build."""
+        with self.session() as s:
+            row = s.scalar(select(IndexBuild).where(IndexBuild.build_id == info.build_id))
+            if row is None:
+                row = IndexBuild(build_id=info.build_id)
+                s.add(row)
+            row.model_name, row.model_fingerprint = info.model_name, info.model_fingerprint
+            row.index_type, row.dim, row.vector_count, row.status = info.index_type, info.dim, info.vector_count, info.status
+            if info.status == "complete":
+                row.completed_at = datetime.now(timezone.utc)
+
+    def builds(self) -> list[IndexBuildInfo]:
+        with self.session() as s:
+            rows = s.scalars(select(IndexBuild).order_by(IndexBuild.id.desc()))
+            return [
+                IndexBuildInfo(r.build_id, r.model_name, r.model_fingerprint, r.index_type, r.dim, r.vector_count,
+                               r.status, r.created_at, r.completed_at)
+                for r in rows
+            ]

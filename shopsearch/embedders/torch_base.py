@@ -1,0 +1,187 @@
+"""`TorchEmbedder`: the Embedder protocol for any torch image model (plus an optional
+text tower). Model-specific loaders (efficientnet.py, openclip.py) build one of these."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from shopsearch.embedders.base import l2_normalize
+from shopsearch.errors import CapabilityError, ConfigError
+
+log = logging.getLogger("shopsearch.embedders")
+
+PRECISIONS = ("fp32", "bf16")
+
+_threads_lock = threading.Lock()
+_threads_done = False
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity mask, capped by a cgroup v2 quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def configure_torch_threads() -> None:
+    """Once per process: lower torch's intra-op threads to the usable CPUs (torch counts
+    the host's cores, not a container's quota), unless OMP_NUM_THREADS/MKL_NUM_THREADS
+    is set. Never raises the count (torch's default skips hyper-threads)."""
+    global _threads_done
+    with _threads_lock:
+        if _threads_done:
+            return
+        _threads_done = True
+        if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+            return
+        n = available_cpus()
+        if torch.get_num_threads() > n:
+            torch.set_num_threads(n)
+            log.debug("torch intra-op threads set to %d", n)
+
+
+class TorchEmbedder:
+    """An Embedder backed by a torch image tower (and optionally a text tower).
+
+    `model` maps an NCHW float batch to (N, dim) features; `transform` maps one RGB
+    PIL image to a CHW tensor. With precision "bf16" the forward passes run under
+    bf16 autocast (CPU or CUDA); vectors are always returned as float32.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        transform: Callable[[Image.Image], torch.Tensor],
+        dim: int,
+        fingerprint: str,
+        device: str = "cpu",
+        text_encoder: Callable[[list[str]], torch.Tensor] | None = None,
+        precision: str = "fp32",
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        configure_torch_threads()
+        self.name = name
+        self._device = str(device)
+        self._dim = int(dim)
+        self._precision = precision
+        self._fingerprint = fingerprint if precision == "fp32" else f"{fingerprint}+{precision}"
+        self._channels_last = torch.device(self._device).type == "cpu"
+        model = model.eval().to(self._device)
+        if self._channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.transform = transform
+        self._text_encoder = text_encoder
+
+    # -- protocol properties ---------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """Length of every vector."""
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable id of architecture, weights, preprocessing and (non-fp32) precision."""
+        return self._fingerprint
+
+    @property
+    def has_text(self) -> bool:
+        """True when a text tower was given."""
+        return self._text_encoder is not None
+
+    @property
+    def device(self) -> str:
+        """The torch device the model lives on."""
+        return self._device
+
+    @property
+    def precision(self) -> str:
+        """"fp32" or "bf16"."""
+        return self._precision
+
+    # -- helpers -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """inference_mode plus bf16 autocast when asked for."""
+        with torch.inference_mode():
+            if self._precision == "bf16":
+                dev_type = torch.device(self._device).type
+                with torch.autocast(device_type=dev_type, dtype=torch.bfloat16):
+                    yield
+            else:
+                yield
+
+    def _to_numpy(self, feats: torch.Tensor) -> np.ndarray:
+        out = feats.detach().float().cpu().numpy()
+        if out.ndim != 2 or out.shape[1] != self._dim:
+            raise RuntimeError(f"{self.name}: model returned shape {out.shape}, expected (N, {self._dim})")
+        return l2_normalize(out)
+
+    # -- protocol methods -------------------------------------------------------------
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> CHW float32 array (the model's transform applied)."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        x = self.transform(image)
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def encode_batch(self, batch: np.ndarray) -> np.ndarray:
+        """NCHW float32 batch from `preprocess` -> (N, dim) L2-normalised float32."""
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4:
+            raise ValueError(f"encode_batch expects an NCHW array, got shape {batch.shape}")
+        if batch.shape[0] == 0:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._inference():
+            feats = self.model(x)
+        return self._to_numpy(feats)
+
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """PIL images -> (N, dim) float32, rows L2-normalised; (0, dim) for no images."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        chunks = []
+        for start in range(0, len(images), batch_size):
+            arrays = [self.preprocess(im) for im in images[start : start + batch_size]]
+            chunks.append(self.encode_batch(np.stack(arrays)))
+        if not chunks:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        return np.concatenate(chunks, axis=0)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N, dim) float32 L2-normalised; CapabilityError without a text tower."""
+        if self._text_encoder is None:
+            raise CapabilityError(f"model {self.name!r} has no text tower; text search needs a CLIP model")
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        with self._inference():
+            feats = self._text_encoder(texts)
+        return self._to_numpy(feats)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} dim={self._dim} device={self._device} {self._precision}>"

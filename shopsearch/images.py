@@ -1,0 +1,116 @@
+"""Safe image decoding for catalogue files and hostile uploads.
+
+The bytes are sniffed (never the filename or Content-Type), decompression bombs and
+absurd dimensions are refused before decoding, EXIF orientation is applied, and every
+failure becomes an InvalidImageError subclass with a reason a person can read."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shopsearch.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
+
+#: formats we decode; everything else is "not an image" to us
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+#: 40 megapixels: beyond any phone photo, well below Pillow's bomb threshold
+DEFAULT_MAX_PIXELS = 40_000_000
+#: longest side we accept, whatever the pixel count (e.g. 100000x1 strips)
+DEFAULT_MAX_SIDE = 20_000
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    sha256: str
+    width: int
+    height: int
+    format: str
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _open(data: bytes | Path | str, max_pixels: int, max_side: int) -> Image.Image:
+    if isinstance(data, (bytes, bytearray)):
+        if len(data) == 0:
+            raise InvalidImageError("the file is empty")
+        src: object = io.BytesIO(data)
+    else:
+        p = Path(data)
+        if not p.is_file():
+            raise InvalidImageError(f"no such file: {p}")
+        if p.stat().st_size == 0:
+            raise InvalidImageError(f"the file is empty: {p}")
+        src = p
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(src)  # type: ignore[arg-type]
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"image dimensions are too large: {e}") from None
+    except UnidentifiedImageError:
+        raise UnsupportedImageError("not an image format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
+    except OSError as e:
+        raise InvalidImageError(f"cannot read image: {e}") from None
+    if img.format not in ALLOWED_FORMATS:
+        raise UnsupportedImageError(f"unsupported image format {img.format}")
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise InvalidImageError("image has no pixels")
+    if w * h > max_pixels or max(w, h) > max_side:
+        raise ImageTooLargeError(f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels and {max_side} per side")
+    return img
+
+
+def load_image(
+    data: bytes | Path | str,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    draft_size: int | None = None,
+) -> Image.Image:
+    """Decode to an upright RGB PIL image, or raise InvalidImageError (or a subclass).
+
+    draft_size lets large JPEGs decode at a reduced scale (PIL draft): far cheaper when the
+    model only needs ~224 px. Alpha is composited on white, 16-bit and CMYK are converted."""
+    img = _open(data, max_pixels, max_side)
+    try:
+        if draft_size and img.format == "JPEG":
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            bg = Image.new("RGB", rgba.size, (255, 255, 255))
+            bg.paste(rgba, mask=rgba.getchannel("A"))
+            return bg
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit greyscale: scale to 8 bits rather than clipping to white.
+            img = img.point(lambda v: v / 256).convert("L")
+        return img.convert("RGB")
+    except InvalidImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        # Truncated JPEGs and broken PNG chunks land here.
+        raise InvalidImageError(f"corrupt or truncated image: {e}") from None
+
+
+def inspect_image(path: str | Path) -> ImageMeta:
+    """Hash and fully decode a catalogue file; raises InvalidImageError when unusable."""
+    img = _open(path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)
+    fmt = img.format or "?"
+    try:
+        img.load()
+        w, h = ImageOps.exif_transpose(img).size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidImageError(f"corrupt or truncated image: {e}") from None
+    return ImageMeta(sha256_file(path), w, h, fmt)

@@ -1,0 +1,127 @@
+"""IndexStore: the index builds on disk and which one is serving.
+
+Layout under <data_dir>/index/:  builds/<build_id>/{index.faiss,manifest.json}  and
+CURRENT (the serving build id). A build is written under a temporary name, verified,
+renamed into builds/, and only then CURRENT is swapped with os.replace, so a crash at
+any point leaves the old index serving. The previous build is kept for rollback."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shopsearch.errors import IndexCorruptError, IndexNotFoundError
+from shopsearch.index.vector_index import IndexManifest, VectorIndex
+
+log = logging.getLogger("shopsearch.index")
+
+
+def new_build_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+class IndexStore:
+    def __init__(self, root: Path, keep: int = 2) -> None:
+        self.root = Path(root)
+        self.builds_dir = self.root / "builds"
+        self.keep = keep
+
+    # -- pointers ---------------------------------------------------------
+    def _read_pointer(self, name: str) -> str | None:
+        try:
+            return (self.root / name).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def _write_pointer(self, name: str, value: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{name}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "w") as f:
+            f.write(value + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / name)
+
+    def current_id(self) -> str | None:
+        return self._read_pointer("CURRENT")
+
+    def previous_id(self) -> str | None:
+        return self._read_pointer("PREVIOUS")
+
+    def build_dir(self, build_id: str) -> Path:
+        return self.builds_dir / build_id
+
+    def list_builds(self) -> list[IndexManifest]:
+        out = []
+        if self.builds_dir.is_dir():
+            for d in sorted(self.builds_dir.iterdir()):
+                if d.name.startswith(".") or not (d / "manifest.json").is_file():
+                    continue
+                try:
+                    out.append(IndexManifest(**json.loads((d / "manifest.json").read_text())))
+                except (ValueError, TypeError):
+                    continue
+        return out
+
+    # -- load -------------------------------------------------------------
+    def load_current(self, mmap: bool = False) -> tuple[VectorIndex, IndexManifest]:
+        build_id = self.current_id()
+        if build_id is None:
+            raise IndexNotFoundError(f"no index has been built yet in {self.root}; run `shopsearch index build`")
+        return VectorIndex.load(self.build_dir(build_id), mmap=mmap)
+
+    def current_manifest(self) -> IndexManifest | None:
+        build_id = self.current_id()
+        if build_id is None:
+            return None
+        try:
+            return IndexManifest(**json.loads((self.build_dir(build_id) / "manifest.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    # -- publish ----------------------------------------------------------
+    def publish(self, index: VectorIndex, manifest: IndexManifest) -> IndexManifest:
+        """Save, verify, and atomically make this build the serving one."""
+        self.builds_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.builds_dir / f".staging-{manifest.build_id}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        saved = index.save(staging, manifest)
+        # Verify what is on disk, not what is in memory, before anyone can serve it.
+        reloaded, check = VectorIndex.load(staging)
+        if len(reloaded) != len(index) or check.count != saved.count:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
+        final = self.build_dir(manifest.build_id)
+        os.replace(staging, final)
+        old = self.current_id()
+        if old and old != manifest.build_id:
+            self._write_pointer("PREVIOUS", old)
+        self._write_pointer("CURRENT", manifest.build_id)
+        log.info("index build published", extra={"build_id": manifest.build_id, "count": saved.count})
+        self._prune()
+        return saved
+
+    def rollback(self) -> str:
+        """Serve the previous build again; returns its id."""
+        prev, cur = self.previous_id(), self.current_id()
+        if not prev or not (self.build_dir(prev) / "manifest.json").is_file():
+            raise IndexNotFoundError("there is no previous index build to roll back to")
+        VectorIndex.load(self.build_dir(prev))  # refuse to roll back onto a broken build
+        self._write_pointer("CURRENT", prev)
+        if cur:
+            self._write_pointer("PREVIOUS", cur)
+        return prev
+
+    def _prune(self) -> None:
+        """Keep CURRENT, PREVIOUS and the newest `keep` builds; drop stale staging dirs."""
+        keep_ids = {self.current_id(), self.previous_id()}
+        builds = [m.build_id for m in self.list_builds()]
+        keep_ids.update(builds[-self.keep:])
+        for d in self.builds_dir.iterdir():
+            if d.name.startswith(".staging-") or (d.is_dir() and d.name not in keep_ids):
+                shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""Typed search results."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """Restrictions applied to products after vector search."""
+
+    category: str | None = None  # category path prefix, e.g. "Fruit/Apple"
+    min_price: Decimal | float | None = None
+    max_price: Decimal | float | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.category, self.min_price, self.max_price))
+
+
+@dataclass(frozen=True)
+class CategoryPrediction:
+    """The classifier's view of a query or product image."""
+
+    category: str
+    confidence: float
+    level: str = "fine"
+    alternatives: tuple[tuple[str, float], ...] = ()
+    routing: str = "off"  # "filter" | "top2" | "all" | "off": what search did with it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"category": self.category, "confidence": round(self.confidence, 4), "level": self.level,
+                "alternatives": [{"category": c, "confidence": round(p, 4)} for c, p in self.alternatives],
+                "routing": self.routing}
+
+
+@dataclass(frozen=True)
+class ProductHit:
+    """One product in a result list, represented by its best-matching image."""
+
+    sku: str
+    title: str
+    score: float
+    image_id: int
+    image_path: str
+    brand: str | None = None
+    price: Decimal | None = None
+    currency: str | None = None
+    category: str | None = None
+    category_source: str | None = None
+    matched_images: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sku": self.sku,
+            "title": self.title,
+            "score": round(float(self.score), 6),
+            "brand": self.brand,
+            "price": float(self.price) if self.price is not None else None,
+            "currency": self.currency,
+            "category": self.category,
+            "category_source": self.category_source,
+            "matched_image": {"id": self.image_id, "path": self.image_path},
+            "matched_images": self.matched_images,
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: tuple[ProductHit, ...]
+    model: str
+    build_id: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    predicted_category: CategoryPrediction | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": [h.to_dict() for h in self.hits],
+            "model": self.model,
+            "build_id": self.build_id,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "predicted_category": self.predicted_category.to_dict() if self.predicted_category else None,
+        }

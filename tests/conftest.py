@@ -1,0 +1,170 @@
+"""Shared fixtures: generated images, a deterministic embedder, both databases."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from shopsearch.catalogue import db as dbmod
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.embedders.base import l2_normalize
+
+REPO = Path(__file__).resolve().parents[1]
+GROCERY = Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", REPO.parent / "shared" / "datasets" / "grocerystore"))
+PG_URL = os.environ.get("SHOPSEARCH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+needs_grocery = pytest.mark.skipif(not (GROCERY / "dataset" / "classes.csv").is_file(),
+                                   reason=f"Grocery Store dataset not found at {GROCERY}")
+
+
+class FakeEmbedder:
+    """Deterministic test embedder: mean colour of a 4x4 grid, so images of the same colour
+    pattern land together. Implements the Embedder protocol without torch."""
+
+    name = "fake"
+    has_text = False
+    device = "cpu"
+
+    def __init__(self, salt: str = "") -> None:
+        self._salt = salt
+        self.calls = 0
+
+    @property
+    def dim(self) -> int:
+        return 48
+
+    @property
+    def fingerprint(self) -> str:
+        return "fake-grid4x4" + (f"-{self._salt}" if self._salt else "")
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        small = np.asarray(image.convert("RGB").resize((4, 4), Image.BILINEAR), dtype=np.float32) / 255.0
+        return small.transpose(2, 0, 1).copy()
+
+    def encode_batch(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += len(batch)
+        flat = batch.reshape(len(batch), -1) - 0.5
+        return l2_normalize(flat)
+
+    def encode_images(self, images, batch_size: int = 32) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        return self.encode_batch(np.stack([self.preprocess(i) for i in images]))
+
+    def encode_texts(self, texts):
+        from shopsearch.errors import CapabilityError
+
+        raise CapabilityError("fake embedder has no text tower")
+
+
+def make_image(seed: int, size: tuple[int, int] = (96, 96)) -> Image.Image:
+    """A random 4x4 colour grid upscaled: distinct per seed, stable across runs."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(grid).resize(size, Image.NEAREST)
+
+
+def jitter(img: Image.Image, seed: int, amount: int = 12) -> Image.Image:
+    """The same picture, slightly different pixels: a 'shopper photo' of a catalogue image."""
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(img, dtype=np.int16) + rng.integers(-amount, amount + 1, size=np.asarray(img).shape)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def fake_embedder() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path):
+    """Factory: writes `n` generated JPEGs and returns their paths."""
+
+    def _make(n: int, start: int = 0, sub: str = "imgs") -> list[Path]:
+        d = tmp_path / sub
+        d.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i in range(start, start + n):
+            p = d / f"img_{i:04d}.png"
+            make_image(i).save(p)
+            paths.append(p)
+        return paths
+
+    return _make
+
+
+def _pg_available() -> bool:
+    try:
+        eng = dbmod.make_engine(PG_URL)
+        with eng.connect() as c:
+            c.execute(text("SELECT 1"))
+        eng.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+_pg_schemas: list[str] = []
+
+
+def _fresh_pg_url() -> str:
+    """A URL whose search_path is a brand-new schema, so concurrent test runs never collide."""
+    name = f"t_{os.getpid()}_{len(_pg_schemas)}"
+    eng = dbmod.make_engine(PG_URL)
+    with eng.begin() as c:
+        c.execute(text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
+        c.execute(text(f"CREATE SCHEMA {name}"))
+    eng.dispose()
+    _pg_schemas.append(name)
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{name}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_pg_schemas():
+    yield
+    if not _pg_schemas:
+        return
+    eng = dbmod.make_engine(PG_URL)
+    with eng.begin() as c:
+        for name in _pg_schemas:
+            c.execute(text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
+    eng.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """Each catalogue test runs on SQLite and on PostgreSQL (a fresh schema each time)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalogue.db'}"
+    if not _pg_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG_URL}; CI must test both databases")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    return _fresh_pg_url()
+
+
+@pytest.fixture
+def catalogue(db_url: str):
+    store = CatalogueStore.open(db_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_catalogue(tmp_path: Path):
+    store = CatalogueStore.open(f"sqlite:///{tmp_path / 'catalogue.db'}")
+    yield store
+    store.close()
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

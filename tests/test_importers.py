@@ -1,0 +1,85 @@
+"""Importers: manifests, ImageFolder, Grocery Store; bad rows are reported, never fatal."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from indexer.importers import RowProblem, import_catalogue, read_source
+from shopsearch.errors import ManifestError
+from tests.conftest import GROCERY, needs_grocery
+
+
+def _run(store, path, fmt, **kw):
+    problems: list[RowProblem] = []
+    return import_catalogue(store, read_source(Path(path), fmt, problems, **kw), problems, workers=1, progress=False)
+
+
+def test_csv_manifest_with_missing_and_corrupt_images(tmp_path, catalogue, image_dir):
+    a, b = image_dir(2)
+    (tmp_path / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8\xffnot a jpeg")
+    (tmp_path / "m.csv").write_text(
+        "sku,title,brand,price,currency,category,images,colour\n"
+        f"A1,Apple,Orchard,1.20,eur,Fruit > Apple,imgs/{a.name}|imgs/{b.name},green\n"
+        "A2,Ghost,,,,,imgs/does_not_exist.jpg,\n"
+        "A3,Broken,,2,EUR,Fruit/Pear,imgs/broken.jpg,\n"
+        ",No sku,,,,,imgs/x.jpg,\n"
+        "A4,Bad price,,abc,,,,\n"
+    )
+    r = _run(catalogue, tmp_path / "m.csv", "csv")
+    assert r.products_created == 3 and r.images_added == 4 and r.images_failed == 2
+    reasons = {(p.sku, p.reason.split(":")[0]) for p in r.problems}
+    assert ("A2", "no such file") in reasons
+    assert any(p.sku == "A3" for p in r.problems)
+    assert any("missing sku" in p.reason for p in r.problems) and any("price" in p.reason for p in r.problems)
+    p = catalogue.get_product("A1")
+    assert p.category == "Fruit/Apple" and p.currency == "EUR" and p.attributes == {"colour": "green"}
+    assert [i.status for i in p.images] == ["ok", "ok"] and p.images[0].sha256
+    assert catalogue.get_product("A2").images[0].status == "missing"
+    # re-import changes nothing
+    r2 = _run(catalogue, tmp_path / "m.csv", "csv")
+    assert (r2.products_created, r2.products_updated, r2.products_unchanged, r2.images_added) == (0, 0, 3, 0)
+
+
+def test_jsonl_manifest(tmp_path, sqlite_catalogue, image_dir):
+    (a,) = image_dir(1)
+    lines = [json.dumps({"sku": "J1", "title": "Milk", "category": ["Dairy", "Milk"], "images": [f"imgs/{a.name}"],
+                         "attributes": {"fat": "3%"}}), "", "{not json", json.dumps([1, 2])]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines))
+    r = _run(sqlite_catalogue, tmp_path / "m.jsonl", "jsonl")
+    assert r.products_created == 1 and len(r.problems) == 2
+    assert sqlite_catalogue.get_product("J1").attributes == {"fat": "3%"}
+
+
+def test_imagefolder(tmp_path, sqlite_catalogue, image_dir):
+    image_dir(2, sub="tree/Fruit/Apple")
+    image_dir(1, start=5, sub="tree/Dairy")
+    (tmp_path / "tree" / "loose.png").write_bytes((tmp_path / "tree" / "Dairy" / "img_0005.png").read_bytes())
+    r = _run(sqlite_catalogue, tmp_path / "tree", "imagefolder")
+    assert r.products_created == 3 and any("class folder" in p.reason for p in r.problems)
+    assert sqlite_catalogue.get_product("Fruit/Apple/img_0001").category == "Fruit/Apple"
+
+
+def test_unreadable_manifest_is_a_clear_error(tmp_path, sqlite_catalogue):
+    (tmp_path / "m.csv").write_text("title,image\nx,y\n")
+    with pytest.raises(ManifestError, match="sku"):
+        _run(sqlite_catalogue, tmp_path / "m.csv", "csv")
+    with pytest.raises(ManifestError, match="does not exist"):
+        _run(sqlite_catalogue, tmp_path / "nope.csv", "csv")
+    with pytest.raises(ManifestError, match="Grocery"):
+        _run(sqlite_catalogue, tmp_path, "grocerystore")
+
+
+@needs_grocery
+def test_grocerystore_layout(sqlite_catalogue):
+    r = _run(sqlite_catalogue, GROCERY, "grocerystore", reference_split="val")
+    assert r.products_created == 81 and r.images_failed == 0
+    p = sqlite_catalogue.get_product("Granny-Smith")
+    assert p.category == "Fruit/Apple/Granny-Smith" and "apple" in (p.description or "").lower()
+    assert p.images[0].role == "catalogue" and all(i.role == "reference" for i in p.images[1:])
+    cats = {c.path for c in sqlite_catalogue.categories()}
+    assert {"Fruit", "Fruit/Apple", "Packages/Juice/Bravo-Apple-Juice", "Fruit/Banana"} <= cats
+    n_val = len((GROCERY / "dataset" / "val.txt").read_text().split())
+    assert sqlite_catalogue.stats().images == 81 + len([l for l in (GROCERY / "dataset" / "val.txt").read_text().splitlines() if l.strip()])
+    assert n_val > 0

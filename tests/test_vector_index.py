@@ -1,0 +1,120 @@
+"""VectorIndex and IndexStore: exact ground truth on seeded synthetic vectors, atomic publish."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shopsearch.errors import IndexCorruptError, IndexNotFoundError, ModelMismatchError
+from shopsearch.index import IndexManifest, IndexStore, VectorIndex, check_model, choose_index_type
+
+
+def _data(n=500, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _manifest(build_id="b1", fp="fp-1"):
+    return IndexManifest(build_id, "fake", fp, 32, 0, "flat", "2026-01-01T00:00:00Z")
+
+
+def test_flat_search_matches_brute_force():
+    x = _data()
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    vi = VectorIndex(32, "flat")
+    vi.add(ids, x)
+    q = _data(20, seed=1)
+    scores, got = vi.search(q, 5)
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :5]
+    assert (got == ids[truth]).all()
+    assert np.allclose(scores[:, 0], (q @ x.T).max(axis=1), atol=1e-5)
+
+
+def test_remove_and_ids():
+    x = _data(50)
+    vi = VectorIndex(32)
+    vi.add(np.arange(50), x)
+    assert vi.remove(np.array([3, 4, 99])) == 2
+    assert len(vi) == 48 and 3 not in set(vi.ids())
+    _, got = vi.search(x[3:4], 1)
+    assert got[0, 0] != 3
+
+
+@pytest.mark.parametrize("itype", ["hnsw", "ivfpq"])
+def test_ann_types_build_and_find_neighbours(itype):
+    x = _data(1500)
+    vi = VectorIndex(32, itype, expected_size=1500)
+    vi.add(np.arange(1500), x)
+    vi.nprobe = 64
+    _, got = vi.search(x[:50], 10)
+    # a vector's nearest neighbour is itself; ANN must find it nearly always
+    assert (got[:, 0] == np.arange(50)).mean() >= 0.9
+
+
+def test_choose_index_type_by_size():
+    assert choose_index_type(1000) == "flat"
+    assert choose_index_type(500_000) == "hnsw"
+    assert choose_index_type(5_000_000) == "ivfpq"
+
+
+def test_dim_mismatch_is_clear():
+    vi = VectorIndex(32)
+    vi.add(np.arange(5), _data(5))
+    with pytest.raises(ModelMismatchError):
+        vi.search(np.zeros((1, 16), np.float32), 1)
+
+
+def test_store_publish_load_rollback(tmp_path):
+    store = IndexStore(tmp_path / "index")
+    with pytest.raises(IndexNotFoundError):
+        store.load_current()
+    a = VectorIndex(32)
+    a.add(np.arange(10), _data(10))
+    store.publish(a, _manifest("b1"))
+    b = VectorIndex(32)
+    b.add(np.arange(20), _data(20))
+    store.publish(b, _manifest("b2"))
+    vi, m = store.load_current()
+    assert m.build_id == "b2" and len(vi) == 20 and m.count == 20
+    assert store.rollback() == "b1"
+    vi, m = store.load_current()
+    assert m.build_id == "b1" and len(vi) == 10
+    assert not list((tmp_path / "index" / "builds").glob(".staging-*"))
+
+
+def test_corrupt_index_file_is_detected(tmp_path):
+    store = IndexStore(tmp_path / "index")
+    a = VectorIndex(32)
+    a.add(np.arange(10), _data(10))
+    store.publish(a, _manifest("b1"))
+    f = tmp_path / "index" / "builds" / "b1" / "index.faiss"
+    f.write_bytes(f.read_bytes()[:-40])
+    with pytest.raises(IndexCorruptError):
+        store.load_current()
+
+
+def test_half_written_build_never_serves(tmp_path, monkeypatch):
+    """A crash while writing a new build leaves the old one serving."""
+    store = IndexStore(tmp_path / "index")
+    a = VectorIndex(32)
+    a.add(np.arange(10), _data(10))
+    store.publish(a, _manifest("b1"))
+    b = VectorIndex(32)
+    b.add(np.arange(20), _data(20))
+
+    def crash(*_a, **_k):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(VectorIndex, "load", classmethod(lambda cls, *a, **k: crash()))
+    with pytest.raises(KeyboardInterrupt):
+        store.publish(b, _manifest("b2"))
+    monkeypatch.undo()
+    vi, m = store.load_current()
+    assert m.build_id == "b1" and len(vi) == 10
+
+
+def test_model_mismatch_is_clear():
+    with pytest.raises(ModelMismatchError, match="rebuild"):
+        check_model(_manifest(fp="fp-1"), "fp-2")
+    check_model(_manifest(fp="fp-1"), "fp-1")
