@@ -1,0 +1,90 @@
+"""The `shopsearch` CLI end to end: import -> index -> search, errors at the edge."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from tests.conftest import GROCERY, jitter, make_image, needs_grocery
+
+
+def _run(args, data_dir, ok=True):
+    res = CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+def _json(res) -> dict:
+    return json.loads(res.stdout)
+
+
+def test_import_index_search_on_generated_catalogue(tmp_path, image_dir):
+    paths = image_dir(8)
+    rows = ["sku,title,price,currency,category,images"]
+    rows += [f"SKU{i},Item {i},{i}.50,EUR,{'Red' if i % 2 else 'Blue'}/Thing,imgs/{p.name}" for i, p in enumerate(paths)]
+    rows.append("GHOST,Ghost,1,EUR,Red,imgs/nope.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "data"
+    rep = _json(_run(["catalogue", "import", str(tmp_path / "m.csv"), "--format", "csv", "--json"], data))
+    assert rep["products_created"] == 9 and rep["images_failed"] == 1
+    assert rep["problems"][0]["sku"] == "GHOST" and "no such file" in rep["problems"][0]["reason"]
+    build = _json(_run(["index", "build", "--model", "colorhist", "--json", "--workers", "1"], data))
+    assert build["vectors"] == 8 and build["embedded"] == 8 and build["model"] == "colorhist"
+    query = tmp_path / "q.jpg"
+    jitter(make_image(3), seed=7).save(query, quality=90)
+    res = _json(_run(["search", str(query), "-k", "3", "--json"], data))
+    assert [r["sku"] for r in res["results"]][0] == "SKU3" and len(res["results"]) == 3
+    assert res["results"][0]["category"] == "Red/Thing" and res["results"][0]["price"] == 3.5
+    assert res["build_id"] == build["build_id"] and res["model"] == "colorhist"
+    filtered = _json(_run(["search", str(query), "--category", "Blue", "--json"], data))
+    assert filtered["results"] and all(r["category"].startswith("Blue") for r in filtered["results"])
+    stats = _json(_run(["stats", "--json"], data))
+    assert stats["products"] == 9 and stats["images_failed"] == 1 and stats["index"]["count"] == 8
+    # deleting a product is reported; unknown SKUs are named
+    out = _json(_run(["catalogue", "delete", "SKU0", "NOPE", "--json"], data))
+    assert out == {"deleted": ["SKU0"], "not_found": ["NOPE"]}
+
+
+def test_errors_are_clear_one_liners(tmp_path, image_dir):
+    data = tmp_path / "data"
+    (p,) = image_dir(1)
+    res = _run(["search", str(p)], data, ok=False)
+    assert res.exit_code == 1 and "no index has been built" in res.output and "Traceback" not in res.output
+    (tmp_path / "m.csv").write_text(f"sku,images\nA,{p}\n")
+    _run(["catalogue", "import", str(tmp_path / "m.csv"), "--format", "csv"], data)
+    _run(["index", "build", "--model", "colorhist", "--workers", "1"], data)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    res = _run(["search", str(bad)], data, ok=False)
+    assert res.exit_code == 1 and "not an image format" in res.output
+    res = _run(["search", str(p), "--model", "efficientnet-lite0"], data, ok=False)
+    assert res.exit_code == 1 and "model_mismatch" in res.output
+    res = _run(["index", "build", "--model", "nonsense:thing"], data, ok=False)
+    assert res.exit_code == 1 and "unknown model spec" in res.output
+
+
+@needs_grocery
+def test_grocerystore_end_to_end_with_offline_model(tmp_path):
+    """A few dozen real images: catalogue photos of 8 products, shopper photo finds its product."""
+    ds = GROCERY / "dataset"
+    names = ["Banana", "Granny-Smith", "Lemon", "Cucumber", "Red-Bell-Pepper", "Oatly-Oat-Milk", "Kiwi", "Carrots"]
+    rows = ["sku,title,category,images"]
+    classes = {l.split(",")[0]: l.split(",") for l in (ds / "classes.csv").read_text().splitlines()[1:]}
+    train = [l.split(",")[0] for l in (ds / "train.txt").read_text().splitlines()]
+    for n in names:
+        iconic = ds / classes[n][4].lstrip("/")
+        refs = [str(ds / t) for t in train if Path(t).parent.name == n][:3]
+        rows.append(f"{n},{n},{Path(classes[n][4]).parent.parent.name},{iconic}|{'|'.join(refs)}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "data"
+    rep = _json(_run(["catalogue", "import", str(tmp_path / "m.csv"), "--format", "csv", "--json"], data))
+    assert rep["products_created"] == 8 and rep["images_failed"] == 0
+    build = _json(_run(["index", "build", "--model", "efficientnet-lite0", "--json", "--workers", "1"], data))
+    assert build["vectors"] == 32
+    res = _json(_run(["search", str(ds / "test/Fruit/Banana/Banana_004.jpg"), "-k", "5", "--json"], data))
+    assert res["results"][0]["sku"] == "Banana"
