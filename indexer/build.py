@@ -1,4 +1,10 @@
-"""IndexBuilder: catalogue images -> vectors (via the cache) -> a published FAISS build."""
+"""IndexBuilder: catalogue images -> vectors (via the cache) -> a published FAISS build.
+
+`build` makes a fresh index of every good image; `update` starts from the serving build
+and applies only the difference with the catalogue (new and changed images by content
+hash, removed images by id), publishing it as a new build. Both embed only what the
+vector cache lacks, so a killed run resumes where it stopped, and both publish through
+IndexStore.publish (verified, atomic, previous build kept for rollback)."""
 from __future__ import annotations
 
 import logging
@@ -6,11 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
+from shopsearch.errors import ModelMismatchError
 from shopsearch.images import sha256_file
 from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, estimate_bytes_per_vector
@@ -18,6 +26,19 @@ from indexer.pipeline import EmbedReport, WorkItem, embed_items
 from indexer.vector_cache import VectorCache
 
 log = logging.getLogger("shopsearch.indexer")
+
+#: an IVF-PQ index is retrained from the cache once this share of its vectors arrived after training
+RETRAIN_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build is about to do; printed (memory estimate included) before any work."""
+
+    images: int
+    index_type: str
+    estimated_bytes: int
+    dim: int
 
 
 @dataclass(frozen=True)
@@ -45,6 +66,24 @@ class BuildReport:
         }
 
 
+@dataclass(frozen=True)
+class IndexDiff:
+    """The serving build against the catalogue, by image id and content hash."""
+
+    added: tuple[int, ...]  # in the catalogue, not in the index
+    changed: tuple[int, ...]  # in both, with another content hash
+    removed: tuple[int, ...]  # in the index, no longer an indexable catalogue image
+    unchanged: int
+
+
+def diff_index(want: dict[int, str], have: dict[int, str | None]) -> IndexDiff:
+    """Ids to add, re-embed and drop to turn `have` (id -> hash, None when unknown) into `want`."""
+    added = tuple(sorted(i for i in want if i not in have))
+    changed = tuple(sorted(i for i in want if i in have and have[i] != want[i]))
+    removed = tuple(sorted(i for i in have if i not in want))
+    return IndexDiff(added, changed, removed, len(want) - len(added) - len(changed))
+
+
 class IndexBuilder:
     def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path) -> None:
         self.embedder = embedder
@@ -52,6 +91,7 @@ class IndexBuilder:
         self.store = store
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
 
+    # -- stage: read the catalogue ------------------------------------------------------
     def work_items(self) -> list[WorkItem]:
         items = []
         for img in self.catalogue.indexable_images():
@@ -59,38 +99,143 @@ class IndexBuilder:
             items.append(WorkItem(key, img.path, img.id))
         return items
 
-    def embed(self, items: list[WorkItem], batch_size: int = 32, workers: int = 2, progress: bool = True) -> EmbedReport:
-        report = embed_items(self.embedder, items, self.cache, batch_size=batch_size, workers=workers, progress=progress)
+    def plan(self, index_type: str = "auto", items: list[WorkItem] | None = None) -> BuildPlan:
+        n = len(self.work_items() if items is None else items)
+        itype = choose_index_type(n) if index_type == "auto" else index_type
+        return BuildPlan(n, itype, estimate_bytes_per_vector(itype, self.embedder.dim) * n, self.embedder.dim)
+
+    # -- stage: embed ---------------------------------------------------------------------
+    def embed(self, items: list[WorkItem], batch_size: int | None = None, workers: int | None = None,
+              progress: bool = True, executor: str = "auto", chunk_size: int = 512) -> EmbedReport:
+        report = embed_items(self.embedder, items, self.cache, batch_size=batch_size, workers=workers,
+                             progress=progress, executor=executor, chunk_size=chunk_size)
         failed_keys = {it.key: reason for it, reason in report.failed}
         for it in items:
             if it.key in failed_keys and it.image_id is not None:
                 self.catalogue.mark_image_failed(it.image_id, failed_keys[it.key])
         return report
 
-    def build(self, index_type: str = "auto", batch_size: int = 32, workers: int = 2, progress: bool = True) -> BuildReport:
+    # -- stage: merge into an index and publish -----------------------------------------
+    def _vectors(self, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> np.ndarray:
+        """Vectors from the cache; ids the cache lacks (cache wiped) come from the old index."""
+        if fallback is None or all(k in self.cache for k in keys):
+            return self.cache.get_many(keys)
+        out = np.empty((len(ids), self.embedder.dim), np.float32)
+        for j, (i, k) in enumerate(zip(ids, keys)):
+            out[j] = self.cache.get_many([k])[0] if k in self.cache else fallback.reconstruct(i)
+        return out
+
+    def _new_index(self, itype: str, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> VectorIndex:
+        index = VectorIndex(self.embedder.dim, itype, expected_size=len(ids))
+        if ids:
+            index.add(np.array(ids, dtype=np.int64), self._vectors(ids, keys, fallback))
+        return index
+
+    def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict) -> int:
+        manifest = IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
+                                 len(index), itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        saved = self.store.publish(index, manifest, keys=keys, report=report)
+        self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
+                                                   self.embedder.dim, saved.count, "complete", None, None))
+        return saved.count
+
+    def _start(self, itype: str) -> str:
+        build_id = new_build_id()
+        self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
+                                                   self.embedder.dim, 0, "building", None, None))
+        return build_id
+
+    def _report(self, build_id: str, itype: str, count: int, rep: EmbedReport, t0: float, est: int,
+                extra: dict) -> BuildReport:
+        return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
+                           rep.skipped, tuple((it.image_id, it.path, r) for it, r in rep.failed),
+                           time.perf_counter() - t0, rep.images_per_s, est, extra)
+
+    # -- public -----------------------------------------------------------------------------
+    def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
+              progress: bool = True, executor: str = "auto", chunk_size: int = 512) -> BuildReport:
         """Embed what is missing, build a fresh index of every good image, publish it atomically."""
         t0 = time.perf_counter()
         items = self.work_items()
-        itype = choose_index_type(len(items)) if index_type == "auto" else index_type
-        est = estimate_bytes_per_vector(itype, self.embedder.dim) * len(items)
-        log.info("building index", extra={"images": len(items), "index_type": itype, "estimated_bytes": est})
-        build_id = new_build_id()
-        info = IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype, self.embedder.dim,
-                              0, "building", None, None)
-        self.catalogue.record_build(info)
-        report = self.embed(items, batch_size, workers, progress)
-        good = [it for it in items if it.key in self.cache]
-        index = VectorIndex(self.embedder.dim, itype, expected_size=len(good))
-        if good:
-            vecs = self.cache.get_many([it.key for it in good])
-            index.add(np.array([it.image_id for it in good], dtype=np.int64), vecs)
-        manifest = IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
-                                 len(index), itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        saved = self.store.publish(index, manifest)
-        self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
-                                                   self.embedder.dim, saved.count, "complete", None, None))
-        secs = time.perf_counter() - t0
-        return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, saved.count,
-                           report.embedded, report.skipped,
-                           tuple((it.image_id, it.path, r) for it, r in report.failed), secs,
-                           report.images_per_s, est)
+        plan = self.plan(index_type, items)
+        log.info("building index", extra={"images": plan.images, "index_type": plan.index_type,
+                                          "estimated_bytes": plan.estimated_bytes})
+        build_id = self._start(plan.index_type)
+        rep = self.embed(items, batch_size, workers, progress, executor, chunk_size)
+        good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
+        ids = sorted(good)
+        index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
+        extra = {"mode": "full", "trained_on": len(ids)}
+        report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, extra)
+        count = self._publish(build_id, plan.index_type, index, good, report.to_dict())
+        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, extra)
+
+    def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
+               progress: bool = True, executor: str = "auto", chunk_size: int = 512) -> BuildReport:
+        """Apply the catalogue's changes to the serving build and publish the result as a new build.
+
+        Only new or changed images are embedded. Removals use FAISS remove_ids where the index
+        type allows it; HNSW (no removal) and a due compaction rebuild from the vector cache,
+        never re-embedding. Without a serving build this is a full `build`."""
+        manifest = self.store.current_manifest()
+        if manifest is None:
+            return self.build(index_type, batch_size, workers, progress, executor, chunk_size)
+        if manifest.model_fingerprint != self.embedder.fingerprint:
+            raise ModelMismatchError(
+                f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "
+                f"the same model (or run `shopsearch index build --model {self.embedder.name}`)")
+        t0 = time.perf_counter()
+        old, _ = self.store.load_current()
+        items = self.work_items()
+        want = {it.image_id: it.key for it in items if it.image_id is not None}
+        keys = self.store.load_keys(manifest.build_id)
+        # A build from before the keys sidecar: ids known, hashes not; assume unchanged.
+        have: dict[int, str | None] = dict(keys) if keys is not None else {int(i): want.get(int(i)) for i in old.ids()}
+        diff = diff_index(want, have)
+        todo_ids = set(diff.added) | set(diff.changed)
+        todo = [it for it in items if it.image_id in todo_ids]
+        rep = self.embed(todo, batch_size, workers, progress, executor, chunk_size)
+        ok_new = {i: want[i] for i in sorted(todo_ids) if want[i] in self.cache}
+        final = {i: k for i, k in have.items() if i in want and i not in todo_ids and k is not None}
+        final.update(ok_new)
+        target = (choose_index_type(len(final)) if index_type == "auto" else index_type)
+        prev_report = self.store.load_report(manifest.build_id) or {}
+        trained_on = int(prev_report.get("trained_on") or len(have))
+        since_training = int(prev_report.get("added_since_training") or 0) + len(ok_new)
+        drop = list(diff.removed) + list(diff.changed)
+        reason = None
+        retrain = old.is_trained and old.index_type not in ("flat", "hnsw") and \
+            since_training > RETRAIN_FRACTION * max(trained_on, 1)
+        if target != old.index_type:
+            reason = f"index type {old.index_type} -> {target} for {len(final)} vectors"
+        elif retrain:
+            reason = f"{since_training} of {len(final)} vectors arrived after the {old.index_type} training"
+        elif drop and not old.supports_remove():
+            reason = f"{old.index_type} cannot remove vectors in place"
+        build_id = self._start(target)
+        ids = sorted(final)
+        if reason and target == old.index_type and old.index_type != "hnsw" and not retrain:
+            # IVF: keep the trained quantizer and codebooks, re-add the cached vectors (no k-means)
+            log.info("re-adding cached vectors to the trained index", extra={"reason": reason, "vectors": len(ids)})
+            index = VectorIndex(old.dim, old.index_type, index=faiss.clone_index(old.faiss_index))
+            index.faiss_index.reset()
+            if ids:
+                index.add(np.array(ids, dtype=np.int64), self._vectors(ids, [final[i] for i in ids], old))
+        elif reason:  # compaction: a fresh index from cached vectors, nothing re-embedded
+            log.info("rebuilding from the vector cache", extra={"reason": reason, "vectors": len(ids)})
+            index = self._new_index(target, ids, [final[i] for i in ids], fallback=old)
+            trained_on, since_training = len(ids), 0
+        else:
+            index = old
+            index.remove(np.array(drop, dtype=np.int64))
+            new_ids = sorted(ok_new)
+            if new_ids:
+                index.add(np.array(new_ids, dtype=np.int64), self.cache.get_many([ok_new[i] for i in new_ids]))
+        extra = {"mode": "rebuild" if reason else "incremental", "rebuild_reason": reason,
+                 "previous_build": manifest.build_id, "added": len(diff.added), "changed": len(diff.changed),
+                 "removed": len(diff.removed), "unchanged": diff.unchanged,
+                 "trained_on": trained_on, "added_since_training": since_training}
+        est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
+        report = self._report(build_id, target, len(index), rep, t0, est, extra)
+        count = self._publish(build_id, target, index, final, report.to_dict())
+        return self._report(build_id, target, count, rep, t0, est, extra)

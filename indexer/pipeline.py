@@ -1,14 +1,23 @@
-"""Embedding pipeline: decode in worker processes, embed in batches, write chunks to the cache.
+"""Embedding pipeline: read + decode + preprocess in workers, embed in batches, write chunks.
 
-Stages are separate functions (read -> decode -> embed -> write) so they can be moved
-onto other executors (see docs/scaling.md)."""
+The stages are separate functions so they can be moved onto other executors (a Ray Data
+map_batches per stage, see docs/scaling.md):
+
+    read_bytes -> decode_image -> prepare (the model's preprocess) -> embed_batch -> write_chunk
+
+and the last one, merging chunks into an index, lives in indexer/build.py. `embed_items`
+wires them on one machine: workers prepare images while the main thread runs the model,
+and every `chunk_size` vectors are persisted, so a killed run loses at most one chunk."""
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -20,8 +29,12 @@ from indexer.vector_cache import VectorCache
 
 log = logging.getLogger("shopsearch.pipeline")
 
-#: decode JPEGs at reduced scale: the models need ~224 px
+#: decode JPEGs at reduced scale (PIL draft, DCT scaling): the models need ~224 px
 DRAFT_SIZE = 320
+#: items handed to a worker at once (fewer round trips through the process pool)
+GROUP = 8
+
+Preprocess = Callable[[object], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -43,70 +56,316 @@ class EmbedReport:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How to run the pipeline on this machine; `tuned_config` picks measured defaults."""
+
+    batch_size: int
+    workers: int
+    executor: str  # "thread" | "process" | "inline" | "gpu" (nvJPEG decoding on the model's GPU)
+    chunk_size: int = 512
+
+
+# -- stages ---------------------------------------------------------------------------
+def read_bytes(item: WorkItem) -> bytes:
+    """Stage 1: the file's bytes (the only stage that touches storage)."""
+    with open(item.path, "rb") as f:
+        return f.read()
+
+
+def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | None = None) -> object:
+    """Stage 2: bytes -> upright RGB PIL image at reduced scale (JPEGs decoded by PIL draft
+    straight at the smallest scale whose both sides stay >= draft_size)."""
+    img = load_image(data if data is not None else item.path, draft_size=draft_size or DRAFT_SIZE)
+    if max(img.size) > 2 * DRAFT_SIZE:
+        img.thumbnail((2 * DRAFT_SIZE, 2 * DRAFT_SIZE))
+    return img
+
+
 def decode(item: WorkItem) -> tuple[WorkItem, object]:
-    """Worker stage: file -> upright RGB PIL image (reduced), or the failure reason."""
+    """Stage 2 with failures as values: (item, image) or (item, reason)."""
     try:
-        img = load_image(item.path, draft_size=DRAFT_SIZE)
-        if max(img.size) > 2 * DRAFT_SIZE:
-            img.thumbnail((2 * DRAFT_SIZE, 2 * DRAFT_SIZE))
-        return item, img
+        return item, decode_image(item)
     except InvalidImageError as e:
         return item, str(e)
     except Exception as e:  # noqa: BLE001 - a worker must report, never die, on one bad file
         return item, f"{type(e).__name__}: {e}"
 
 
+def prepare(item: WorkItem, preprocess: Preprocess) -> tuple[WorkItem, np.ndarray | str]:
+    """Stages 1-3 for one item: (item, CHW float32 model input) or (item, failure reason)."""
+    try:
+        return item, preprocess(decode_image(item, draft_size=getattr(preprocess, "draft_size", None)))
+    except InvalidImageError as e:
+        return item, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
+        return item, f"{type(e).__name__}: {e}"
+
+
+def embed_batch(embedder: Embedder, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Stage 4: stacked model inputs -> (N, dim) unit vectors."""
+    return embedder.encode_batch(np.stack(arrays))
+
+
+def write_chunk(cache: VectorCache, keys: list[str], vectors: np.ndarray) -> None:
+    """Stage 5: persist one chunk atomically (VectorCache.put)."""
+    cache.put(keys, vectors)
+
+
+# -- workers --------------------------------------------------------------------------
+_worker_preprocess: Preprocess | None = None
+
+
+def _init_worker(preprocess: Preprocess) -> None:
+    global _worker_preprocess
+    _worker_preprocess = preprocess
+    try:  # one decode process must not start a team of torch threads of its own
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _prepare_group(items: list[WorkItem]) -> list[tuple[WorkItem, np.ndarray | str]]:
+    assert _worker_preprocess is not None
+    return [prepare(it, _worker_preprocess) for it in items]
+
+
+def _prepare_list(items: list[WorkItem], preprocess: Preprocess) -> list[tuple[WorkItem, np.ndarray | str]]:
+    return [prepare(it, preprocess) for it in items]
+
+
+def _make_executor(kind: str, workers: int, preprocess: Preprocess) -> Executor:
+    if kind == "process":
+        # fork: the preprocess function (and the model object it may belong to) is inherited,
+        # never pickled; elsewhere spawn pickles it.
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(preprocess,))
+    return ThreadPoolExecutor(workers, thread_name_prefix="decode")
+
+
+def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: int = 2,
+                    executor: str = "thread", window: int = 64) -> Iterator[tuple[WorkItem, np.ndarray | str]]:
+    """Model inputs in item order, prepared by `workers` threads or processes, at most
+    `window` items ahead of the consumer (bounded memory, overlap with the model)."""
+    if executor == "inline" or workers < 1 or len(items) <= GROUP:
+        for it in items:
+            yield prepare(it, preprocess)
+        return
+    groups = [list(items[i:i + GROUP]) for i in range(0, len(items), GROUP)]
+    ahead = max(2, window // GROUP)
+    pool = _make_executor(executor, workers, preprocess)
+    pending: deque[Future] = deque()
+    try:
+        def submit(group: list[WorkItem]) -> Future:
+            if executor == "thread":  # threads share memory: call the function directly
+                return pool.submit(_prepare_list, group, preprocess)
+            return pool.submit(_prepare_group, group)
+
+        it = iter(groups)
+        for g in it:
+            pending.append(submit(g))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(submit(nxt))
+            yield from done
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def decoded_stream(items: Sequence[WorkItem], workers: int) -> Iterator[tuple[WorkItem, object]]:
+    """Decoded PIL images (or failure reasons) in item order; kept for callers of the old API."""
     if workers <= 1 or len(items) < 32:
         yield from map(decode, items)
         return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(decode, items, chunksize=16)
+    with ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(decode, items)
 
 
-def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCache, batch_size: int = 32,
-                workers: int = 2, chunk_size: int = 512, progress: bool = True) -> EmbedReport:
-    """Embed every item not already in the cache; failures are reported, never raised."""
+# -- split preprocessing: geometry in the workers, arithmetic once per batch -----------------
+class SplitPreprocess:
+    """A torchvision transform [Resize, CenterCrop, ToTensor, Normalize] cut in two.
+
+    Workers run the PIL steps and hand back uint8 HWC pixels (4x fewer bytes than float32
+    to move between processes, no torch ops in decode threads); the main thread turns a
+    whole batch into the normalised NCHW tensor with the same float32 operations as
+    ToTensor + Normalize, so the model sees bit-identical input. The NHWC pixels permuted
+    to NCHW are already channels-last in memory, which is what the CPU model wants."""
+
+    def __init__(self, pil_steps: list, mean: Sequence[float], std: Sequence[float],
+                 draft_size: int | None = None) -> None:
+        self.pil_steps = pil_steps
+        #: the model resizes the shorter side to this: decoding JPEGs at >= this size loses nothing
+        self.draft_size = draft_size
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(self, img) -> np.ndarray:  # type: ignore[no-untyped-def]
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        for step in self.pil_steps:
+            img = step(img)
+        return np.asarray(img, dtype=np.uint8)
+
+    def finish(self, pixels: np.ndarray):  # type: ignore[no-untyped-def]
+        """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 torch tensor, normalised."""
+        import torch
+
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float().div(255)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def split_preprocess(embedder: Embedder, require_encode_tensor: bool = True) -> SplitPreprocess | None:
+    """The split form of a torch embedder's transform, or None (then `embedder.preprocess` is used)."""
+    tf = getattr(embedder, "transform", None)
+    if tf is None or (require_encode_tensor and not hasattr(embedder, "encode_tensor")):
+        return None
+    try:
+        from torchvision import transforms as T
+    except ImportError:  # pragma: no cover
+        return None
+    pil, mean, std, tensor_seen = [], None, None, False
+    for st in getattr(tf, "transforms", [tf]):
+        name = type(st).__name__
+        if isinstance(st, (T.Resize, T.CenterCrop)) and not tensor_seen:
+            pil.append(st)
+        elif name in ("ToTensor", "MaybeToTensor"):
+            tensor_seen = True
+        elif name == "MaybeConvertMode" or "rgb" in getattr(st, "__name__", "").lower():
+            continue  # conversion to RGB: our decoder already returns RGB
+        elif isinstance(st, T.Normalize) and tensor_seen:
+            mean, std = st.mean, st.std
+        else:
+            return None
+    if not tensor_seen or mean is None:
+        return None
+    sizes = [st.size for st in pil if isinstance(st, T.Resize)]
+    draft = sizes[0] if sizes and isinstance(sizes[0], int) else None
+    return SplitPreprocess(pil, [float(m) for m in mean], [float(s) for s in std], draft)
+
+
+# -- tuning -----------------------------------------------------------------------------
+def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int | None = None,
+                 executor: str = "auto", chunk_size: int = 512) -> PipelineConfig:
+    """Defaults measured on a 2-core CPU box and an H100 (benchmarks/results/throughput_*.json).
+
+    CPU: batches of 16 keep the activations in cache (larger batches were slower for both
+    EfficientNet-Lite0 and ViT-B-32); with <= 4 cores, decode threads beat processes because
+    PIL and torch release the GIL and nothing is pickled between processes.
+    GPU: large batches, JPEGs decoded by nvJPEG on the GPU, file reads in threads."""
+    from shopsearch.embedders.torch_base import available_cpus
+
+    cpus = available_cpus()
+    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+    if executor == "auto":
+        if on_gpu:
+            executor = "gpu" if _gpu_decode_possible(embedder) else "process"
+        else:
+            executor = "thread" if cpus <= 4 else "process"
+    if batch_size is None:
+        batch_size = 256 if on_gpu else 16
+    if workers is None:
+        workers = max(2, cpus - 1) if (on_gpu or executor == "process") else max(1, min(cpus, 4))
+    return PipelineConfig(int(batch_size), int(workers), executor, int(chunk_size))
+
+
+def _gpu_decode_possible(embedder: Embedder) -> bool:
+    try:
+        from indexer.gpu import gpu_transform_for
+    except ImportError:  # pragma: no cover - torchvision missing
+        return False
+    return gpu_transform_for(embedder) is not None
+
+
+# -- the whole pipeline -----------------------------------------------------------------
+def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCache, batch_size: int | None = None,
+                workers: int | None = None, chunk_size: int = 512, progress: bool = True,
+                executor: str = "auto") -> EmbedReport:
+    """Embed every item not already in the cache; failures are reported, never raised.
+
+    Vectors reach the cache every `chunk_size` images, each chunk atomically, so a run
+    killed at any point resumes where it stopped (already-cached keys are skipped)."""
+    cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size)
     report = EmbedReport()
     todo = [it for it in items if it.key not in cache]
     report.skipped = len(items) - len(todo)
     seen: set[str] = set()
     todo = [it for it in todo if not (it.key in seen or seen.add(it.key))]  # type: ignore[func-returns-value]
+    log.info("embedding", extra={"model": embedder.name, "todo": len(todo), "cached": report.skipped,
+                                 "batch_size": cfg.batch_size, "workers": cfg.workers, "executor": cfg.executor})
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress)
-    batch_keys: list[str] = []
-    batch: list[np.ndarray] = []
+    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress, smoothing=0.1)
     pend_keys: list[str] = []
     pend_vecs: list[np.ndarray] = []
 
-    def flush_batch() -> None:
-        if batch:
-            pend_vecs.append(embedder.encode_batch(np.stack(batch)))
-            pend_keys.extend(batch_keys)
-            report.embedded += len(batch)
-            bar.update(len(batch))
-            batch.clear()
-            batch_keys.clear()
+    def on_vectors(keys: list[str], vecs: np.ndarray) -> None:
+        pend_vecs.append(vecs)
+        pend_keys.extend(keys)
+        report.embedded += len(keys)
+        bar.update(len(keys))
+        if len(pend_keys) >= cfg.chunk_size:
+            flush_chunk()
+
+    def on_failure(item: WorkItem, reason: str) -> None:
+        report.failed.append((item, reason))
+        bar.update(1)
 
     def flush_chunk() -> None:
         if pend_keys:
-            cache.put(list(pend_keys), np.concatenate(pend_vecs))
+            write_chunk(cache, list(pend_keys), np.concatenate(pend_vecs))
             pend_keys.clear()
             pend_vecs.clear()
 
-    for item, img in decoded_stream(todo, workers):
-        if isinstance(img, str):
-            report.failed.append((item, img))
-            bar.update(1)
-            continue
-        batch.append(embedder.preprocess(img))  # type: ignore[arg-type]
-        batch_keys.append(item.key)
-        if len(batch) >= batch_size:
-            flush_batch()
-        if len(pend_keys) >= chunk_size:
-            flush_chunk()
-    flush_batch()
-    flush_chunk()
-    bar.close()
+    try:
+        if cfg.executor == "gpu":
+            from indexer.gpu import run_gpu_batches
+
+            run_gpu_batches(embedder, todo, cfg, on_vectors, on_failure)
+        else:
+            _run_cpu_batches(embedder, todo, cfg, on_vectors, on_failure)
+    finally:
+        flush_chunk()  # whatever was embedded before an error is kept
+        bar.close()
     report.seconds = time.perf_counter() - t0
+    log.info("embedded", extra={"model": embedder.name, "embedded": report.embedded, "failed": len(report.failed),
+                                "seconds": round(report.seconds, 2), "images_per_s": round(report.images_per_s, 1)})
     return report
+
+
+def _run_cpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: PipelineConfig,
+                     on_vectors: Callable[[list[str], np.ndarray], None],
+                     on_failure: Callable[[WorkItem, str], None]) -> None:
+    batch: list[np.ndarray] = []
+    keys: list[str] = []
+    window = max(4 * cfg.batch_size, 8 * cfg.workers * GROUP)
+    split = split_preprocess(embedder)
+
+    def run_model() -> None:
+        if split is not None:
+            vecs = embedder.encode_tensor(split.finish(np.stack(batch)))  # type: ignore[attr-defined]
+        else:
+            vecs = embed_batch(embedder, batch)
+        on_vectors(list(keys), vecs)
+        batch.clear()
+        keys.clear()
+
+    preprocess = split if split is not None else embedder.preprocess
+    for item, res in prepared_stream(todo, preprocess, cfg.workers, cfg.executor, window):
+        if isinstance(res, str):
+            on_failure(item, res)
+            continue
+        batch.append(res)
+        keys.append(item.key)
+        if len(batch) >= cfg.batch_size:
+            run_model()
+    if batch:
+        run_model()

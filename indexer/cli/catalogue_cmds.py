@@ -29,12 +29,19 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     problems: list[RowProblem] = []
     records = read_source(Path(path), fmt, problems, reference_split)
     report = import_catalogue(c.catalogue(), records, problems, workers=workers, progress=not as_json)
+    # Products without a merchant category get a predicted one when a classifier exists
+    # for the serving index's model (issue: category tagging).
+    from shopsearch.classify.tagging import tag_after_import
+
+    tagging = tag_after_import(c.settings, c.catalogue(), progress=not as_json)
     if as_json:
-        echo_json(report.to_dict())
+        echo_json({**report.to_dict(), "tagging": tagging.to_dict() if tagging else None})
         return
     click.echo(f"products: {report.products_created} created, {report.products_updated} updated, "
                f"{report.products_unchanged} unchanged; images added: {report.images_added}, "
                f"failed: {report.images_failed}")
+    if tagging is not None:
+        click.echo(f"tagged {tagging.tagged} uncategorised product(s) with a predicted category")
     for p in report.problems[:50]:
         click.echo(f"  skipped {p.where}" + (f" (sku {p.sku})" if p.sku else "") + f": {p.reason}", err=True)
     if len(report.problems) > 50:

@@ -8,6 +8,8 @@ Spec grammar (an optional "+bf16" or "+fp32" suffix sets the precision):
   openclip:ARCH/TAG                      OpenCLIP with a pretrained tag
   openclip:ARCH                          OpenCLIP with random weights (tests, benchmarks)
   openclip:ARCH@/path/to/checkpoint.pt   OpenCLIP with a local checkpoint
+  finetuned:NAME | finetuned:/path.pt    a backbone fine-tuned by `shopsearch classify train
+                                         --finetune` (NAME: <data dir>/models/NAME.pt)
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from shopsearch.errors import ConfigError, ModelUnavailableError
 
 log = logging.getLogger("shopsearch.embedders")
 
-KINDS = ("auto", "efficientnet-lite0", "openclip", "colorhist")
+KINDS = ("auto", "efficientnet-lite0", "openclip", "colorhist", "finetuned")
 PRECISIONS = ("fp32", "bf16")
 AUTO_OPENCLIP = ("ViT-B-32", "laion2b_s34b_b79k")
 #: seconds the "auto" probe may spend asking the hub whether the CLIP weights exist
@@ -28,7 +30,7 @@ AUTO_PROBE_TIMEOUT_S = 3.0
 
 _SPEC_HELP = (
     "expected 'auto', 'efficientnet-lite0', 'colorhist', 'openclip:ARCH', 'openclip:ARCH/TAG' "
-    "or 'openclip:ARCH@/path/to/checkpoint', optionally followed by '+bf16'"
+    "or 'openclip:ARCH@/path/to/checkpoint' or 'finetuned:NAME', optionally followed by '+bf16'"
 )
 
 
@@ -51,6 +53,8 @@ class ModelSpec:
                 text += f"/{self.pretrained}"
             elif self.checkpoint:
                 text += f"@{self.checkpoint}"
+        elif self.kind == "finetuned":
+            text = f"finetuned:{self.checkpoint}"
         return text if self.precision == "fp32" else f"{text}+{self.precision}"
 
 
@@ -73,6 +77,10 @@ def parse_spec(spec: str) -> ModelSpec:
         return ModelSpec(kind=lowered, precision=precision)
 
     prefix, colon, rest = text.partition(":")
+    if colon and prefix.strip().lower() == "finetuned":
+        if not rest.strip():
+            raise ConfigError(f"model spec {spec!r} names no fine-tuned model; {_SPEC_HELP}")
+        return ModelSpec(kind="finetuned", checkpoint=rest.strip(), precision=precision)
     if not colon or prefix.strip().lower() != "openclip":
         raise ConfigError(f"unknown model spec {spec!r}; {_SPEC_HELP}")
     rest = rest.strip()
@@ -135,6 +143,10 @@ def _build(spec: ModelSpec, device: str) -> Embedder:
         from shopsearch.embedders.efficientnet import load_efficientnet_lite0
 
         emb = load_efficientnet_lite0(device=device, precision=spec.precision)
+    elif spec.kind == "finetuned":
+        from shopsearch.embedders.finetuned import load_finetuned
+
+        emb = load_finetuned(spec.checkpoint or "", device, spec.precision)
     elif spec.kind == "openclip":
         from shopsearch.embedders.openclip import load_openclip
 

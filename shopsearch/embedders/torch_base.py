@@ -153,7 +153,11 @@ class TorchEmbedder:
             raise ValueError(f"encode_batch expects an NCHW array, got shape {batch.shape}")
         if batch.shape[0] == 0:
             return np.zeros((0, self._dim), dtype=np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self._device)
+        return self.encode_tensor(torch.from_numpy(np.ascontiguousarray(batch)))
+
+    def encode_tensor(self, x: torch.Tensor) -> np.ndarray:
+        """NCHW float tensor (any device, e.g. decoded on the GPU) -> (N, dim) L2-normalised float32."""
+        x = x.to(self._device, non_blocking=True)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._inference():

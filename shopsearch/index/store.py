@@ -1,6 +1,6 @@
 """IndexStore: the index builds on disk and which one is serving.
 
-Layout under <data_dir>/index/:  builds/<build_id>/{index.faiss,manifest.json}  and
+Layout under <data_dir>/index/:  builds/<build_id>/{index.faiss,manifest.json,keys.npz,report.json}  and
 CURRENT (the serving build id). A build is written under a temporary name, verified,
 renamed into builds/, and only then CURRENT is swapped with os.replace, so a crash at
 any point leaves the old index serving. The previous build is kept for rollback."""
@@ -13,11 +13,19 @@ import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Mapping
+
+import numpy as np
 
 from shopsearch.errors import IndexCorruptError, IndexNotFoundError
 from shopsearch.index.vector_index import IndexManifest, VectorIndex
 
 log = logging.getLogger("shopsearch.index")
+
+#: sidecar: image ids and the content sha256 each vector was computed from
+KEYS_FILE = "keys.npz"
+#: sidecar: the build report (counts, failed images with reasons)
+REPORT_FILE = "report.json"
 
 
 def new_build_id() -> str:
@@ -83,19 +91,59 @@ class IndexStore:
         except (OSError, ValueError, TypeError):
             return None
 
+    # -- sidecars: which content hash each id had, and the build's report --------
+    def load_keys(self, build_id: str | None = None) -> dict[int, str] | None:
+        """image id -> content sha256 of the vector in a build (None for builds without the sidecar)."""
+        build_id = build_id or self.current_id()
+        if build_id is None:
+            return None
+        path = self.build_dir(build_id) / KEYS_FILE
+        try:
+            with np.load(path) as z:
+                return {int(i): str(k) for i, k in zip(z["ids"], z["keys"])}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexCorruptError(f"keys file {path} is unreadable: {e}") from None
+
+    def load_report(self, build_id: str | None = None) -> dict | None:
+        """The build report (counts, failures with reasons) written with a build, if any."""
+        build_id = build_id or self.current_id()
+        try:
+            return json.loads((self.build_dir(build_id) / REPORT_FILE).read_text()) if build_id else None
+        except (OSError, ValueError):
+            return None
+
     # -- publish ----------------------------------------------------------
-    def publish(self, index: VectorIndex, manifest: IndexManifest) -> IndexManifest:
-        """Save, verify, and atomically make this build the serving one."""
+    def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None = None,
+                report: dict | None = None) -> IndexManifest:
+        """Save, verify, and atomically make this build the serving one.
+
+        `keys` (image id -> content hash of its vector) lets `index update` tell new, changed and
+        removed images apart; `report` (counts, failures) is kept beside the index for people."""
         self.builds_dir.mkdir(parents=True, exist_ok=True)
         staging = self.builds_dir / f".staging-{manifest.build_id}"
         if staging.exists():
             shutil.rmtree(staging)
         saved = index.save(staging, manifest)
+        if keys is not None:
+            ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
+            tmp = staging / f".{KEYS_FILE}"
+            with open(tmp, "wb") as f:
+                np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="U64"))
+            os.replace(tmp, staging / KEYS_FILE)
+        if report is not None:
+            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
         # Verify what is on disk, not what is in memory, before anyone can serve it.
         reloaded, check = VectorIndex.load(staging)
         if len(reloaded) != len(index) or check.count != saved.count:
             shutil.rmtree(staging, ignore_errors=True)
             raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
+        if keys is not None:
+            on_disk = self._keys_in(staging)
+            if set(on_disk) != set(int(i) for i in reloaded.ids()):
+                shutil.rmtree(staging, ignore_errors=True)
+                raise IndexCorruptError(f"build {manifest.build_id}: keys sidecar does not match the index ids")
         final = self.build_dir(manifest.build_id)
         os.replace(staging, final)
         old = self.current_id()
@@ -105,6 +153,11 @@ class IndexStore:
         log.info("index build published", extra={"build_id": manifest.build_id, "count": saved.count})
         self._prune()
         return saved
+
+    @staticmethod
+    def _keys_in(directory: Path) -> dict[int, str]:
+        with np.load(directory / KEYS_FILE) as z:
+            return {int(i): str(k) for i, k in zip(z["ids"], z["keys"])}
 
     def rollback(self) -> str:
         """Serve the previous build again; returns its id."""

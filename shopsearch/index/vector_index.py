@@ -3,6 +3,7 @@ searched by inner product (= cosine), saved with a manifest that names the model
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -13,14 +14,32 @@ import numpy as np
 
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
 
+log = logging.getLogger("shopsearch.index")
+
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 FORMAT_VERSION = 1
 
 # Above these sizes exact search gets slow enough that ANN pays off; see
 # benchmarks/ann_bench.py for the recall (>= 0.95 of exact at k=10) behind them.
-HNSW_THRESHOLD = 200_000
+# benchmarks/results/ann_100k.json (512-d, 2 cores): exact search already takes ~18 ms per
+# query single-threaded at 100k (154 ms at 1M, ann_1m.json), HNSW32 gives recall@10 0.998 at
+# efSearch 128 in ~0.4 ms. So HNSW from 100k. HNSW holds the full vectors plus links (~2.3 KB/vector at
+# 512-d, 5.5 KB at 1280-d): past 2M vectors (5-11 GB) IVF-PQ with SQ8 re-ranking (~0.6 KB
+# at 512-d, recall@10 0.976 at nprobe 16 and k_factor 4, 0.990 at k_factor 8) takes over.
+HNSW_THRESHOLD = 100_000
 IVFPQ_THRESHOLD = 2_000_000
+#: search-time defaults of the ANN types (see benchmarks/results/ann_*.json). HNSW32 recall@10
+#: at efSearch 64 fell from 0.991 (100k) to 0.941 (1M), at 128 it is 0.998 / 0.975: 128 up to
+#: 1M vectors, 256 beyond (ef_for_size). IVF-PQ re-ranks k * 8 candidates (0.990 at 100k).
+DEFAULT_NPROBE = 16
+DEFAULT_EF_SEARCH = 128
+DEFAULT_REFINE_K_FACTOR = 8
+
+
+def ef_for_size(n: int) -> int:
+    """HNSW efSearch that keeps recall@10 >= 0.95 of exact at this size (measured to 1M)."""
+    return DEFAULT_EF_SEARCH if n <= 1_000_000 else 2 * DEFAULT_EF_SEARCH
 
 
 @dataclass(frozen=True)
@@ -52,8 +71,11 @@ def factory_string(index_type: str, dim: int, n: int) -> str:
     if index_type == "hnsw":
         return "HNSW32,Flat"
     if index_type == "ivfpq":
+        # PQ codes alone cap recall@10 near 0.67 (benchmarks/results/ann_100k.json); re-ranking
+        # k_factor x k candidates on 8-bit scalar codes lifts it to 0.976 (k_factor 4), 0.990 (8)
+        # (benchmarks/results/ivfpq_refine_100k.json) for ~600 B/vector instead of 2 KB (512-d).
         nlist = int(max(16, min(65536, 4 * np.sqrt(max(n, 1)))))
-        return f"IVF{nlist},PQ{_pq_m(dim)}x8"
+        return f"IVF{nlist},PQ{_pq_m(dim)}x8,Refine(SQ8)"
     if index_type == "ivfflat":
         return f"IVF{int(max(16, 4 * np.sqrt(max(n, 1))))},Flat"
     return index_type
@@ -71,7 +93,7 @@ def estimate_bytes_per_vector(index_type: str, dim: int) -> int:
     if index_type == "hnsw":
         return 4 * dim + 32 * 2 * 4 + 16
     if index_type == "ivfpq":
-        return _pq_m(dim) + 8 + 16
+        return _pq_m(dim) + dim + 8 + 16  # PQ code + SQ8 refine code + id + list overhead
     return 4 * dim + 16
 
 
@@ -86,8 +108,9 @@ class VectorIndex:
             inner = faiss.index_factory(dim, factory_string(index_type, dim, expected_size), faiss.METRIC_INNER_PRODUCT)
             index = faiss.IndexIDMap2(inner)
         self._index = index
-        self.nprobe = 16
-        self.ef_search = 64
+        self.nprobe = DEFAULT_NPROBE
+        self.ef_search = DEFAULT_EF_SEARCH
+        self.refine_k_factor = DEFAULT_REFINE_K_FACTOR
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -102,7 +125,21 @@ class VectorIndex:
 
     def train(self, vectors: np.ndarray) -> None:
         if not self._index.is_trained:
+            _gpu_kmeans(self._index)  # IVF k-means on the GPU when faiss-gpu is installed
             self._index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def to_gpu(self, device: int = 0) -> bool:
+        """Search on the GPU when faiss-gpu is installed (flat and IVF types); False when it stays on the CPU."""
+        if not gpu_available() or self.index_type == "hnsw":
+            return False
+        try:
+            res = faiss.StandardGpuResources()
+            self._index = faiss.index_cpu_to_gpu(res, device, self._index)
+            self._gpu_res = res  # the resources must outlive the index
+        except (RuntimeError, AttributeError) as e:  # a type the GPU module lacks: stay on the CPU
+            log.info("FAISS index stays on the CPU: %s", e)
+            return False
+        return True
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -118,14 +155,20 @@ class VectorIndex:
         self._index.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray) -> int:
-        """Remove ids; returns how many were present."""
+        """Remove ids; returns how many were present. Only for types where supports_remove()."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
+        if not self.supports_remove():
+            raise NotImplementedError(f"{self.index_type} indexes cannot remove vectors; rebuild without them")
         return int(self._index.remove_ids(ids))
 
     def supports_remove(self) -> bool:
-        return self.index_type != "hnsw"  # FAISS HNSW cannot delete in place
+        """Only exact (flat) indexes delete correctly in place. FAISS HNSW cannot delete, IVF
+        with a refine stage cannot either, and IVF inside IndexIDMap2 *can* but then maps
+        the remaining vectors to the wrong ids (IDMap compacts its id table, IVF keeps its
+        internal labels), so those are rebuilt from cached vectors instead."""
+        return self.index_type == "flat"
 
     def ids(self) -> np.ndarray:
         """Every id in the index (insertion order)."""
@@ -136,10 +179,15 @@ class VectorIndex:
 
     def _tune(self) -> None:
         inner = faiss.downcast_index(self._index.index)
+        if hasattr(inner, "k_factor") and hasattr(inner, "base_index"):  # IndexRefine: re-rank k * k_factor
+            inner.k_factor = float(self.refine_k_factor)
+            inner = faiss.downcast_index(inner.base_index)
         if hasattr(inner, "nprobe"):
             inner.nprobe = self.nprobe
         if hasattr(inner, "hnsw"):
-            inner.hnsw.efSearch = self.ef_search
+            # the default grows with the index; an explicitly set ef_search is used as given
+            ef = ef_for_size(len(self)) if self.ef_search == DEFAULT_EF_SEARCH else self.ef_search
+            inner.hnsw.efSearch = ef
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), both (nq, k); missing slots have id -1."""
@@ -182,6 +230,28 @@ class VectorIndex:
         if len(vi) != manifest.count:
             raise IndexCorruptError(f"index {path} holds {len(vi)} vectors, its manifest says {manifest.count}")
         return vi, manifest
+
+
+def gpu_available() -> bool:
+    """True when this FAISS build has GPU support and sees a GPU (the faiss-gpu packages)."""
+    try:
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # noqa: BLE001 - a CPU-only build may lack the symbol entirely
+        return False
+
+
+def _gpu_kmeans(index: faiss.Index) -> None:
+    """Point an IVF index's coarse k-means at a GPU flat index (10-50x faster training)."""
+    if not gpu_available():
+        return
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if hasattr(inner, "base_index"):
+        inner = faiss.downcast_index(inner.base_index)
+    if hasattr(inner, "clustering_index") and hasattr(inner, "nlist"):
+        try:
+            inner.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(inner.d))
+        except (RuntimeError, AttributeError) as e:
+            log.info("IVF training stays on the CPU: %s", e)
 
 
 def check_model(manifest: IndexManifest, fingerprint: str) -> None:

@@ -1,0 +1,233 @@
+"""Bounded load run against `shopsearch serve` (gunicorn) on loopback: POST /api/v1/search.
+
+Builds (or reuses) a catalogue + index in its own data dir: the Grocery Store catalogue
+(iconic images + the train split's shopper photos as references) when the dataset is
+present, else generated images. Starts the server, warms it up, then runs a fixed-duration
+closed-loop load with N client threads (keep-alive http.client, 127.0.0.1 only), and
+writes requests/s and latency percentiles to benchmarks/results/load_search.json.
+
+    .venv/bin/python benchmarks/load_bench.py --duration 20 --concurrency 4 --workers 2 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_GROCERY = Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", REPO.parent / "shared" / "datasets" / "grocerystore"))
+CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
+
+
+def shopsearch(data_dir: Path, *args: str, capture: bool = True) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("SHOPSEARCH_DATABASE_URL", None)
+    out = subprocess.run([*CLI, "--data-dir", str(data_dir), *args], cwd=REPO, env=env, check=True,
+                         stdout=subprocess.PIPE if capture else None, text=True)
+    return out.stdout or ""
+
+
+def prepare_catalogue(data_dir: Path, dataset: Path, model: str, split: str) -> tuple[str, list[tuple[bytes, str]]]:
+    """Import + index (idempotent: the vector cache makes reruns quick); returns (source, queries)."""
+    if (dataset / "dataset" / "classes.csv").is_file():
+        args = ["catalogue", "import", str(dataset), "--format", "grocerystore", "--json"]
+        if split != "none":
+            args += ["--reference-split", split]
+        shopsearch(data_dir, *args)
+        shopsearch(data_dir, "index", "build", "--model", model, "--json")
+        lines = (dataset / "dataset" / "test.txt").read_text().splitlines()
+        rng = random.Random(0)
+        picks = rng.sample([ln.split(",")[0].strip() for ln in lines if ln.strip()], 64)
+        # the expected product is the fine class: the photo's folder name
+        queries = [((dataset / "dataset" / p).read_bytes(), Path(p).parent.name) for p in picks]
+        return f"grocerystore iconic + {split} references", queries
+    from PIL import Image  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    root = data_dir / "generated"
+    queries = []
+    for i in range(300):
+        rng = np.random.default_rng(i)
+        img = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize((256, 256), Image.NEAREST)
+        p = root / f"cat{i % 10}" / f"item_{i:04d}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists():
+            img.save(p, quality=90)
+        if i < 64:
+            import io  # noqa: PLC0415
+
+            buf = io.BytesIO()
+            img.rotate(3).save(buf, "JPEG", quality=85)
+            queries.append((buf.getvalue(), f"cat{i % 10}/item_{i:04d}"))
+    shopsearch(data_dir, "catalogue", "import", str(root), "--format", "imagefolder", "--json")
+    shopsearch(data_dir, "index", "build", "--model", model, "--json")
+    return "generated 300 images", queries
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(conn: http.client.HTTPConnection, body: bytes, k: int) -> tuple[int, bytes]:
+    conn.request("POST", f"/api/v1/search?k={k}", body=body, headers={"Content-Type": "application/octet-stream"})
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/api/v1/healthz")
+            r = conn.getresponse()
+            body = json.loads(r.read())
+            conn.close()
+            if r.status == 200:
+                return body
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not become healthy")
+
+
+def run_load(port: int, queries: list[tuple[bytes, str]], duration: float, concurrency: int, k: int):
+    stop_at = time.monotonic() + duration
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    stats = [{"ok": 0, "errors": 0, "correct": 0, "status": {}} for _ in range(concurrency)]
+
+    def client(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = n
+        while time.monotonic() < stop_at:
+            body, expected = queries[i % len(queries)]
+            i += concurrency
+            t0 = time.perf_counter()
+            try:
+                status, data = post(conn, body, k)
+            except (OSError, http.client.HTTPException):
+                stats[n]["errors"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            stats[n]["status"][status] = stats[n]["status"].get(status, 0) + 1
+            if status == 200:
+                stats[n]["ok"] += 1
+                lat[n].append(ms)
+                hits = json.loads(data)["results"]
+                stats[n]["correct"] += bool(hits) and hits[0]["sku"] == expected
+            else:
+                stats[n]["errors"] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    return elapsed, [x for per in lat for x in per], stats
+
+
+def percentile(sorted_vals: list[float], q: float) -> float:
+    if not sorted_vals:
+        return float("nan")
+    idx = min(len(sorted_vals) - 1, max(0, int(round(q / 100 * (len(sorted_vals) - 1)))))
+    return sorted_vals[idx]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=REPO / "var" / "load-bench")
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_GROCERY)
+    ap.add_argument("--reference-split", default="train", choices=["none", "train", "val"])
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--duration", type=float, default=20.0, help="seconds of measured load")
+    ap.add_argument("--warmup", type=int, default=8, help="requests before measuring")
+    ap.add_argument("--concurrency", type=int, default=4, help="client threads (closed loop)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "load_search.json")
+    a = ap.parse_args()
+
+    t_prep = time.perf_counter()
+    source, queries = prepare_catalogue(a.data_dir.resolve(), a.dataset, a.model, a.reference_split)
+    prep_s = time.perf_counter() - t_prep
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("SHOPSEARCH_DATABASE_URL", None)
+    proc = subprocess.Popen([*CLI, "--data-dir", str(a.data_dir.resolve()), "serve", "--bind", f"127.0.0.1:{port}",
+                             "--workers", str(a.workers), "--threads", str(a.threads), "--preload"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        t_start = time.perf_counter()
+        health = wait_healthy(port, proc)
+        startup_s = time.perf_counter() - t_start
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in range(a.warmup):
+            post(conn, queries[i % len(queries)][0], a.k)
+        conn.close()
+        load1 = os.getloadavg()[0]
+        elapsed, lat, stats = run_load(port, queries, a.duration, a.concurrency, a.k)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    lat.sort()
+    ok = sum(s["ok"] for s in stats)
+    status: dict[str, int] = {}
+    for s in stats:
+        for code, n in s["status"].items():
+            status[str(code)] = status.get(str(code), 0) + n
+    result = {
+        "benchmark": "load_search", "endpoint": "POST /api/v1/search", "k": a.k,
+        "catalogue": source, "model": health["model"], "vectors": health["vectors"],
+        "index_type": health["index_type"], "build_id": health["build_id"],
+        "server": {"kind": "gunicorn gthread (shopsearch serve --preload)", "workers": a.workers,
+                   "threads": a.threads, "startup_s": round(startup_s, 2)},
+        "client": {"concurrency": a.concurrency, "duration_s": round(elapsed, 2), "query_photos": len(queries),
+                   "keep_alive": True},
+        "requests_ok": ok, "errors": sum(s["errors"] for s in stats), "status_counts": status,
+        "requests_per_s": round(ok / elapsed, 2),
+        "latency_ms": {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
+                       "p99": round(percentile(lat, 99), 1), "mean": round(sum(lat) / len(lat), 1) if lat else None,
+                       "max": round(lat[-1], 1) if lat else None},
+        "top1_correct_rate": round(sum(s["correct"] for s in stats) / ok, 3) if ok else None,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg_1m_before": round(load1, 2)},
+        "prepare_s": round(prep_s, 1),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, a.out)
+    print(json.dumps(result, indent=2))
+    if proc.returncode not in (0, -signal.SIGTERM):
+        print(f"warning: server exited with {proc.returncode}: {err[-2000:]}", file=sys.stderr)
+    return 0 if ok and not result["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

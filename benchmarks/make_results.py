@@ -1,0 +1,208 @@
+"""Generate benchmarks/RESULTS.md from benchmarks/results/*.json.
+
+    python benchmarks/make_results.py            # rewrites benchmarks/RESULTS.md
+
+Knows the recall benchmark (`shopsearch bench recall --json`), the ANN benchmark
+(benchmarks/ann_bench.py) and renders any other results file (e.g. the embedding
+throughput benchmark's) generically: its scalar fields and its lists of rows as tables.
+Every section names the machine its figures came from."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+#: the commands behind the files in results/ (run from the repository root)
+REPRODUCE = [
+    "# retrieval quality: the Grocery Store default protocol (iconic + train photos as gallery, test photos as queries)",
+    "shopsearch bench recall --dataset ../shared/datasets/grocerystore --layout grocerystore --no-cache --json \\",
+    "    > benchmarks/results/recall_grocerystore_efficientnet-lite0.json",
+    "# the same queries against several configurations, side by side (+ report.md and plots under --out)",
+    "shopsearch bench recall --dataset ../shared/datasets/grocerystore --config index=flat --config gallery=iconic \\",
+    "    --config index=hnsw --config index=ivfflat --config index=ivfpq --json \\",
+    "    --out benchmarks/results/recall_grocerystore_efficientnet-lite0 \\",
+    "    > benchmarks/results/recall_grocerystore_efficientnet-lite0_configs.json",
+    "# ANN recall vs exact search on synthetic vectors",
+    "python benchmarks/ann_bench.py --n 100000",
+    "python benchmarks/ann_bench.py --n 1000000 --queries 500 --single 50 --types flat,hnsw,ivfpq \\",
+    "    --ef 16,32,64,128 --nprobe 4,16,64 --train-sample 40000",
+    "# embedding throughput (see benchmarks/throughput_bench.py)",
+    "python benchmarks/throughput_bench.py",
+    "python benchmarks/make_results.py",
+]
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_fmt(x)}" for k, x in v.items())
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v).replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+
+
+def machine_line(m: dict | None) -> str:
+    if not m:
+        return "_Machine not recorded._"
+    return (f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores"
+            f"{', ' + str(m['memory_gib']) + ' GiB RAM' if m.get('memory_gib') else ''}, {m.get('platform', '?')}; "
+            f"Python {m.get('python', '?')}, torch {m.get('torch', '?')}, faiss {m.get('faiss', '?')}; "
+            f"recorded {m.get('recorded_at', '?')}"
+            f"{'; load average ' + str(m['load_avg_1m']) + ' (shared machine: latencies vary with it)' if m.get('load_avg_1m') is not None else ''}.")
+
+
+# -- recall ----------------------------------------------------------------------------
+def is_recall(obj: dict) -> bool:
+    return "recall_at" in obj or ("configs" in obj and all("recall_at" in c for c in obj["configs"]))
+
+
+def render_recall(name: str, obj: dict) -> list[str]:
+    configs = obj["configs"] if "configs" in obj else [obj]
+    machine = obj.get("machine") or configs[0].get("machine")
+    d = configs[0].get("dataset", {})
+    ks = sorted({int(k) for c in configs for k in c["recall_at"]})
+    kmax = str(max(ks))
+    lines = [f"### {name}", "",
+             f"Dataset `{d.get('name')}` ({d.get('layout')}, relevance: {d.get('relevance')} match), "
+             f"queries `{d.get('queries')}`: {configs[0]['queries']} scored. Recall@k = share of queries with a "
+             "relevant product among the first k distinct products.", ""]
+    header = ["configuration", "gallery"] + [f"R@{k}" for k in ks] + \
+             [f"mAP@{kmax}", "MRR", f"NDCG@{kmax}", "search p50/p95/p99 ms", "total p50/p95/p99 ms", "gallery img/s"]
+    rows = []
+    for c in configs:
+        lat = c.get("latency_ms", {})
+        trip = lambda s: "/".join("-" if lat.get(s, {}).get(p) is None else f"{lat[s][p]:.1f}"  # noqa: E731
+                                  for p in ("p50", "p95", "p99"))
+        g = c.get("gallery_build", {})
+        rows.append([c.get("name", c["model"]), f"{c.get('dataset', {}).get('gallery')} ({c['gallery']} img)"]
+                    + [c["recall_at"].get(str(k)) for k in ks]
+                    + [c["map_at"].get(kmax), c["mrr"], c["ndcg_at"].get(kmax), trip("search"), trip("total"),
+                       g.get("images_per_s") if g.get("images_per_s") else "cached"])
+    lines += _table(header, rows)
+    lines += ["", "Total latency = one query image decoded + embedded alone, plus the grouped search "
+                  f"(sampled on {configs[0].get('latency_ms', {}).get('embed_samples', '?')} queries).", "",
+              machine_line(machine), ""]
+    return lines
+
+
+# -- ANN -------------------------------------------------------------------------------
+def render_ann(name: str, obj: dict) -> list[str]:
+    lines = [f"### {name}: {obj['n']:,} x {obj['dim']}-d, {obj['queries']} queries, k={obj['k']}", "",
+             f"Data: {obj.get('data')}; seed {obj.get('seed')}; FAISS threads {obj.get('faiss_threads')}. "
+             "Recall@10 is measured against exact (flat) search of the same queries.", ""]
+    rows = []
+    for r in obj["indexes"]:
+        for s in r["settings"]:
+            setting = ", ".join(f"{k}={v}" for k, v in s.items() if k in ("ef_search", "nprobe")) or "exact"
+            rows.append([r["index"], r["factory"], setting, s["recall_at_10"], s["qps_batch"],
+                         s["single_query_ms"].get("p50"), (s.get("single_query_ms_1thread") or {}).get("p50"),
+                         r["build_seconds"], r.get("train_vectors") or "-",
+                         r["bytes_per_vector"]])
+    lines += _table(["index", "FAISS", "setting", "recall@10", "q/s (batch)", "single p50 ms", "1-thread p50 ms", "build s",
+                     "train vectors", "bytes/vector"], rows)
+    stale = [(r["index"], r["factory"], now) for r in obj["indexes"]
+             if (now := _shipped_factory(r["index"], obj["dim"], obj["n"])) and now != r["factory"]]
+    for itype, then, now in stale:
+        lines += ["", f"Note: `{itype}` was measured as `{then}`; the code now builds `{now}` for it, so rerun "
+                      "this benchmark for current figures."]
+    meet = obj.get("smallest_setting_meeting_target", {})
+    if meet:
+        lines += ["", f"Smallest setting reaching {obj.get('target', 'the target')}: " + "; ".join(
+            f"{k}: " + (", ".join(f"{a}={b}" for a, b in v.items() if a in ("ef_search", "nprobe")) or "exact"
+                        if v else "none measured") for k, v in meet.items()) + "."]
+    lines += ["", machine_line(obj.get("machine")), ""]
+    return lines
+
+
+def _shipped_factory(index_type: str, dim: int, n: int) -> str | None:
+    """What VectorIndex builds for this type today (None when the package cannot be imported)."""
+    try:
+        sys.path.insert(0, str(HERE.parent))
+        from shopsearch.index.vector_index import factory_string  # noqa: PLC0415
+    except ImportError:
+        return None
+    return factory_string(index_type, dim, n)
+
+
+# -- anything else (e.g. embedding throughput) ----------------------------------------------
+def render_generic(name: str, obj: Any) -> list[str]:
+    lines = [f"### {name}", ""]
+    if not isinstance(obj, dict):
+        return lines + ["```", json.dumps(obj, indent=2)[:4000], "```", ""]
+    scalars = [(k, v) for k, v in obj.items() if k != "machine" and not isinstance(v, (dict, list))]
+    if scalars:
+        lines += _table(["field", "value"], [[k, v] for k, v in scalars]) + [""]
+    for key, val in obj.items():
+        if key == "machine":
+            continue
+        if isinstance(val, list) and val and all(isinstance(x, dict) for x in val):
+            cols = list(dict.fromkeys(c for x in val for c in x if c != "machine"))
+            lines += [f"**{key}**", ""] + _table(cols, [[x.get(c) for c in cols] for x in val]) + [""]
+        elif isinstance(val, dict):
+            lines += [f"**{key}**: {_fmt(val)}", ""]
+    return lines + [machine_line(obj.get("machine") if isinstance(obj.get("machine"), dict) else None), ""]
+
+
+def generate(results: Path) -> str:
+    files = sorted(p for p in results.glob("*.json"))
+    recall, ann, other = [], [], []
+    for p in files:
+        try:
+            obj = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            other.append((p.stem, {"error": f"unreadable: {e}"}))
+            continue
+        if isinstance(obj, dict) and obj.get("benchmark") == "ann":
+            ann.append((p.stem, obj))
+        elif isinstance(obj, dict) and is_recall(obj):
+            recall.append((p.stem, obj))
+        else:
+            other.append((p.stem, obj))
+    lines = ["# Benchmark results", "",
+             "_Generated by `python benchmarks/make_results.py` from `benchmarks/results/*.json`; do not edit by "
+             "hand. Each section names the machine its figures came from._", ""]
+    if recall:
+        lines += ["## Retrieval quality (`shopsearch bench recall`)", ""]
+        for n, o in recall:
+            lines += render_recall(n, o)
+    if ann:
+        lines += ["## Approximate nearest-neighbour search (`benchmarks/ann_bench.py`)", ""]
+        for n, o in ann:
+            lines += render_ann(n, o)
+    if other:
+        lines += ["## Other results", ""]
+        for n, o in other:
+            lines += render_generic(n, o)
+    if not files:
+        lines += ["No results yet: run the benchmarks first."]
+    lines += ["## Reproducing", "", "```bash", *REPRODUCE, "```"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    a = ap.parse_args(argv)
+    text = generate(a.results)
+    a.out.write_text(text)
+    print(f"wrote {a.out} ({len(text.splitlines())} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

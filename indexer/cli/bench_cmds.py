@@ -1,0 +1,123 @@
+"""`shopsearch bench ...`: retrieval benchmarks for analysts (and `throughput`, when present)."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from indexer.cli import Ctx, pass_ctx
+from shopsearch.errors import ConfigError
+
+
+@click.group("bench")
+def bench() -> None:
+    """Measure search quality and speed on labelled data."""
+
+
+@bench.command("recall")
+@click.option("--dataset", "dataset", required=True, type=click.Path(exists=True),
+              help="Grocery Store root, ImageFolder root, or a catalogue manifest (or folder with products.csv).")
+@click.option("--layout", type=click.Choice(["grocerystore", "imagefolder", "manifest"]), default="grocerystore",
+              show_default=True)
+@click.option("--gallery", default=None,
+              help="grocerystore: '+'-joined iconic/train/val (default iconic+train; 'iconic' = one image per "
+                   "product); imagefolder: gallery sub-folder (default train, or a seeded split); manifest: all.")
+@click.option("--queries", default=None,
+              help="grocerystore: split (default test); imagefolder: sub-folder (default test) or 'auto'; "
+                   "manifest: queries CSV with image,sku columns (default queries.csv beside the manifest).")
+@click.option("--k", "ks", default="1,5,10", show_default=True, help="Cut-offs, comma-separated.")
+@click.option("--model", default="efficientnet-lite0", show_default=True, help="Default model of the configurations.")
+@click.option("--index", "index_type", default="flat", show_default=True,
+              help="flat | hnsw | ivfpq | ivfflat | auto | a FAISS factory string.")
+@click.option("--category-routing", type=click.Choice(["on", "off"]), default="off", show_default=True)
+@click.option("--config", "configs", multiple=True,
+              help="A configuration, e.g. 'model=efficientnet-lite0,index=hnsw,routing=off', or a TOML file; "
+                   "repeat to compare side by side (unset keys take the options above).")
+@click.option("--min-recall", default=None, help="Regression gate, e.g. 1=0.85,5=0.97: exit 1 if any config is below.")
+@click.option("--category-depth", type=click.IntRange(0, 20), default=2, show_default=True,
+              help="Per-category breakdown at this depth of the category path (0 = full path).")
+@click.option("--latency-samples", type=click.IntRange(0, 100000), default=32, show_default=True,
+              help="Queries embedded one at a time to time the embedding step.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Decoding processes.")
+@click.option("--no-cache", is_flag=True,
+              help="Embed everything again into a throw-away vector cache (measures the gallery's images/s).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write results.json, report.md and PNG plots here.")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
+@pass_ctx
+def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
+               index_type: str, category_routing: str, configs: tuple[str, ...], min_recall: str | None,
+               category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
+               out_dir: str | None, as_json: bool) -> None:
+    """Recall@k, precision@k, mAP@k, MRR, NDCG@k and latency of one or more configurations."""
+    from shopsearch.app import _load_router
+    from shopsearch.embedders import load_embedder
+    from shopsearch.evaluation import configs as cfgmod
+    from shopsearch.evaluation import metrics, report
+    from shopsearch.evaluation.datasets import load_dataset
+    from shopsearch.evaluation.machine import machine_info
+    from shopsearch.evaluation.runner import RunOptions, run_benchmark
+
+    try:
+        k_values = metrics.parse_ks(ks)
+        floors = metrics.parse_thresholds(min_recall) if min_recall else {}
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    k_values = tuple(sorted(set(k_values) | set(floors)))  # a gated k is always measured
+    defaults = cfgmod.BenchConfig(model=model, index=index_type, routing=category_routing == "on")
+    parsed = [cfg for text in configs for cfg in cfgmod.parse_config(text, defaults)] or [defaults]
+    parsed = cfgmod.unique_labels(parsed)
+    if any(p.gallery and layout != "grocerystore" for p in parsed):
+        raise ConfigError("a per-configuration gallery is only supported for the grocerystore layout")
+
+    with tempfile.TemporaryDirectory(prefix="shopsearch-bench-vectors-") as scratch:
+        results = run_benchmark(
+            lambda g: load_dataset(dataset, layout, g or gallery, queries), parsed,
+            Path(scratch) if no_cache else c.settings.vector_cache_dir,
+            embedder_for=lambda spec: load_embedder(spec, c.settings.device),
+            router_for=lambda emb: _load_router(c.settings, emb),
+            options=RunOptions(ks=k_values, batch_size=batch_size, workers=workers, latency_samples=latency_samples,
+                               category_depth=category_depth, progress=sys.stderr.isatty()),
+        )
+    machine = machine_info()
+    for p in results[0].dataset.problems[:10]:
+        click.echo(f"dataset problem: {p}", err=True)
+    if as_json:
+        click.echo(json.dumps(report.run_json(results, machine), indent=2))
+    else:
+        click.echo(report.text_table(results))
+    if out_dir:
+        written = report.write_outputs(results, machine, Path(out_dir))
+        click.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)
+    if floors:
+        failures = metrics.gate_failures({r.config.label: r.summary.recall_at for r in results}, floors)
+        if failures:
+            click.echo("recall below the minimum:\n  " + "\n  ".join(failures), err=True)
+            raise SystemExit(1)
+        click.echo("recall gate passed: " + ", ".join(f"recall@{k} >= {v}" for k, v in sorted(floors.items())),
+                   err=True)
+
+
+def _add_throughput() -> None:
+    """The embedding-throughput command lives in its own module (issue 6), when present."""
+    import importlib
+
+    try:
+        throughput_cmds = importlib.import_module("indexer.cli.throughput_cmds")
+    except ModuleNotFoundError as e:
+        if e.name != "indexer.cli.throughput_cmds":
+            raise
+        return
+    if hasattr(throughput_cmds, "register_bench"):
+        throughput_cmds.register_bench(bench)
+    elif isinstance(getattr(throughput_cmds, "throughput", None), click.Command):
+        bench.add_command(throughput_cmds.throughput)
+
+
+def register(cli: click.Group) -> None:
+    _add_throughput()
+    cli.add_command(bench)

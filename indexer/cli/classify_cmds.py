@@ -1,0 +1,215 @@
+"""`shopsearch classify ...`: train, evaluate and install category classifiers; tag products."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import fields
+from pathlib import Path
+
+import click
+
+from indexer.cli import Ctx, echo_json, pass_ctx
+
+
+@click.group("classify")
+def classify() -> None:
+    """Category classifiers: tag uncategorised products and route searches."""
+
+
+def _embedder(c: Ctx, model: str | None):
+    """The model to classify with: --model, else the serving index's model, else the configured one."""
+    from shopsearch.app import embedder_for_index
+
+    return embedder_for_index(c.settings, c.index_store(), model)
+
+
+def _labelled(c: Ctx, spec: str | None):
+    from shopsearch.classify.data import catalogue_images, read_labelled
+
+    return read_labelled(spec) if spec else catalogue_images(c.catalogue())
+
+
+def _split(c: Ctx, train_spec: str | None, val_spec: str | None, val_fraction: float):
+    from shopsearch.classify.data import stratified_holdout
+    from shopsearch.errors import ClassifierError
+
+    train = _labelled(c, train_spec)
+    if not train:
+        raise ClassifierError("no labelled images: import products with categories first (or pass --train)")
+    if val_spec:
+        return train, _labelled(c, val_spec)
+    return stratified_holdout(train, val_fraction)
+
+
+def _print_metrics(title: str, m: dict) -> None:
+    click.echo(f"{title}: {m['samples']} images; fine ({m['fine']['classes']} classes) top-1 "
+               f"{m['fine']['top1']:.2%} top-5 {m['fine']['top5']:.2%}; coarse ({m['coarse']['classes']} classes) "
+               f"top-1 {m['coarse']['top1']:.2%} top-5 {m['coarse']['top5']:.2%}")
+    for p in m.get("most_confused", [])[:5]:
+        click.echo(f"  {p['true']} -> {p['predicted']}: {p['count']}")
+
+
+def _ft_options(f):
+    from shopsearch.classify.finetune import FinetuneConfig
+
+    for fld in reversed(fields(FinetuneConfig)):
+        if fld.name in ("max_steps", "workers", "preload"):
+            continue
+        f = click.option(f"--{fld.name.replace('_', '-')}", type=type(fld.default), default=fld.default,
+                         show_default=True, help=f"(--finetune) {fld.name.replace('_', ' ')}")(f)
+    return f
+
+
+@classify.command("train")
+@click.option("--model", default=None, help="Embedder (default: the serving index's model).")
+@click.option("--train", "train_spec", default=None,
+              help="Labelled images instead of the catalogue's: grocerystore:ROOT:SPLIT[+SPLIT] | imagefolder:ROOT")
+@click.option("--val", "val_spec", default=None, help="Validation images (same syntax); default: a held-out share.")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True)
+@click.option("--target", type=float, default=0.97, show_default=True,
+              help="Routing precision the thresholds are chosen for on the validation images.")
+@click.option("--hidden", type=int, default=0, show_default=True, help="Frozen head: MLP width (0 = linear).")
+@click.option("--head-epochs", type=int, default=300, show_default=True)
+@click.option("--finetune", is_flag=True, help="Fine-tune the EfficientNet-Lite0 backbone too (a new embedder).")
+@click.option("--name", default="finetuned", show_default=True, help="--finetune: saved as <data dir>/models/NAME.pt")
+@click.option("--max-steps", type=int, default=None, hidden=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@_ft_options
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str | None, val_fraction: float,
+              target: float, hidden: int, head_epochs: int, finetune: bool, name: str, max_steps: int | None,
+              workers: int, as_json: bool, **ft: object) -> None:
+    """Train a category classifier on the catalogue's (or given) labelled images."""
+    train, val = _split(c, train_spec, val_spec, val_fraction)
+    if finetune:
+        from shopsearch.classify.finetune import FinetuneConfig
+        from shopsearch.classify.training import finetune_artefact
+        from shopsearch.embedders import load_embedder, resolve_device
+
+        base = load_embedder("efficientnet-lite0", "cpu")
+        cfg = FinetuneConfig(**ft, max_steps=max_steps, workers=workers)  # type: ignore[arg-type]
+        art = finetune_artefact(train, val, cfg, resolve_device(c.settings.device), base_fingerprint=base.fingerprint,
+                                name=name, target=target, progress=not as_json)
+        path = art.save(c.settings.models_dir / f"{name}.pt")
+        spec = f"finetuned:{name}"
+    else:
+        from shopsearch.classify.artefact import artefact_path
+        from shopsearch.classify.training import train_frozen
+        from shopsearch.classify.vectors import embed_labelled
+
+        emb = _embedder(c, model)
+        xs, train = embed_labelled(emb, train, c.settings.vector_cache_dir, not as_json, workers)
+        xv, val = embed_labelled(emb, val, c.settings.vector_cache_dir, not as_json, workers)
+        art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, hidden=hidden, epochs=head_epochs,
+                           target=target)
+        path = art.save(artefact_path(c.settings.classifier_dir, emb.fingerprint))
+        spec = emb.name
+    out = {"artefact": str(path), "kind": art.kind, "model": spec, "fingerprint": art.fingerprint,
+           "fine_classes": len(art.labels.fine), "coarse_classes": len(art.labels.coarse),
+           "thresholds": art.thresholds.to_dict(), "metrics": art.metrics}
+    if as_json:
+        echo_json(out)
+        return
+    click.echo(f"saved {art.kind} classifier {path} ({len(art.labels.fine)} fine / {len(art.labels.coarse)} coarse)")
+    if "val" in art.metrics:
+        _print_metrics("validation", art.metrics["val"])
+    th = art.thresholds
+    click.echo(f"routing: filter when p >= {th.filter:.3f}, top two when p1+p2 >= {th.top2:.3f}")
+    if finetune:
+        click.echo(f"index with it: shopsearch index build --model {spec}")
+
+
+@classify.command("eval")
+@click.option("--model", default=None, help="Embedder (default: the serving index's model).")
+@click.option("--data", "data_spec", required=True,
+              help="Labelled images: grocerystore:ROOT:SPLIT[+SPLIT] | imagefolder:ROOT")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def eval_cmd(c: Ctx, model: str | None, data_spec: str, workers: int, as_json: bool) -> None:
+    """Top-1/top-5 per category level and the most confused pairs on labelled images."""
+    import numpy as np
+
+    from shopsearch.classify.artefact import load_artefact
+    from shopsearch.classify.router import Classifier, find_artefact
+    from shopsearch.classify.training import accuracy_report
+    from shopsearch.classify.vectors import embed_labelled
+    from shopsearch.errors import ClassifierError
+
+    emb = _embedder(c, model)
+    path = find_artefact(c.settings, emb)
+    if path is None:
+        raise ClassifierError(f"no classifier trained for model {emb.name!r}: run `shopsearch classify train`")
+    clf = Classifier.for_embedder(load_artefact(path), emb)
+    items = _labelled(c, data_spec)
+    known = set(clf.labels.fine)
+    unknown = sum(1 for i in items if i.category not in known)
+    vecs, items = embed_labelled(emb, [i for i in items if i.category in known], c.settings.vector_cache_dir,
+                                 not as_json, workers)
+    pf, pc = clf.probs(vecs) if len(items) else (np.zeros((0, len(known))), np.zeros((0, len(clf.labels.coarse))))
+    report = accuracy_report(pf, pc, np.array([clf.labels.fine_index(i.category) for i in items], dtype=np.int64),
+                             clf.labels)
+    report.update({"model": emb.name, "artefact": str(path), "unknown_category_images": unknown})
+    if as_json:
+        echo_json(report)
+        return
+    _print_metrics(f"{data_spec} with {emb.name}", report)
+    if unknown:
+        click.echo(f"({unknown} images of categories the classifier does not know were skipped)", err=True)
+
+
+@classify.command("tag")
+@click.option("--model", default=None, help="Embedder (default: the serving index's model).")
+@click.option("--retag", is_flag=True, help="Also re-predict products that already have a predicted category.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def tag_cmd(c: Ctx, model: str | None, retag: bool, as_json: bool) -> None:
+    """Predict categories for products without a merchant category (never overwrites one)."""
+    from shopsearch.classify.artefact import load_artefact
+    from shopsearch.classify.router import Classifier, find_artefact
+    from shopsearch.classify.tagging import tag_products
+    from shopsearch.errors import ClassifierError
+
+    emb = _embedder(c, model)
+    path = find_artefact(c.settings, emb)
+    if path is None:
+        raise ClassifierError(f"no classifier trained for model {emb.name!r}: run `shopsearch classify train`")
+    report = tag_products(c.catalogue(), emb, Classifier.for_embedder(load_artefact(path), emb),
+                          c.settings.vector_cache_dir, retag=retag, progress=not as_json)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(f"tagged {report.tagged} product(s); {report.merchant} have a merchant category, "
+               f"{report.already_predicted} already predicted, {report.no_images} without usable images")
+
+
+@classify.command("install")
+@click.argument("artefact", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="Installed as <data dir>/models/NAME.pt -> model spec finetuned:NAME")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def install_cmd(c: Ctx, artefact: str, name: str, as_json: bool) -> None:
+    """Install a fine-tuned artefact trained elsewhere (e.g. `python -m shopsearch.classify.finetune_main` on a GPU)."""
+    from shopsearch.classify.artefact import load_artefact
+    from shopsearch.errors import ClassifierError
+
+    art = load_artefact(Path(artefact))
+    if art.backbone is None:
+        raise ClassifierError(f"{artefact} is a head-only classifier; `install` takes fine-tuned models")
+    dest = c.settings.models_dir / f"{name}.pt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(artefact, tmp)
+    tmp.replace(dest)
+    from shopsearch.embedders.finetuned import load_finetuned
+
+    emb = load_finetuned(str(dest))  # verifies the weights against the fingerprint
+    out = {"installed": str(dest), "model": f"finetuned:{name}", "fingerprint": emb.fingerprint}
+    if as_json:
+        echo_json(out)
+    else:
+        click.echo(f"installed {dest}; index with: shopsearch index build --model finetuned:{name}")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(classify)

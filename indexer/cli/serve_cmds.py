@@ -1,0 +1,61 @@
+"""`shopsearch serve`: the web app under gunicorn (or Flask's debug server with --debug)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from indexer.cli import Ctx, pass_ctx
+
+
+def _split_bind(bind: str) -> tuple[str, int]:
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {bind!r}", param_hint="--bind")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.command("serve")
+@click.option("--bind", envvar="SHOPSEARCH_BIND", default="127.0.0.1:8000", show_default=True,
+              help="HOST:PORT to listen on (0.0.0.0:8000 for every interface).")
+@click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Gunicorn worker processes (each holds the model and the index).")
+@click.option("--threads", envvar="SHOPSEARCH_THREADS", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Threads per worker.")
+@click.option("--preload/--no-preload", envvar="SHOPSEARCH_PRELOAD", default=True, show_default=True,
+              help="Load the model and index once in the master before forking workers.")
+@click.option("--timeout", envvar="SHOPSEARCH_TIMEOUT", type=click.IntRange(5, 3600), default=60, show_default=True,
+              help="Seconds before a silent worker is restarted.")
+@click.option("--max-upload-mb", envvar="SHOPSEARCH_MAX_UPLOAD_MB", type=click.FloatRange(0.1, 200), default=10,
+              show_default=True, help="Largest accepted upload (413 beyond).")
+@click.option("--retain-uploads", envvar="SHOPSEARCH_RETAIN_UPLOADS", default=None,
+              type=click.Path(file_okay=False), help="Keep uploaded photos in this folder (default: keep nothing).")
+@click.option("--image-root", "image_roots", envvar="SHOPSEARCH_IMAGE_ROOTS", multiple=True,
+              type=click.Path(file_okay=False), help="Only serve catalogue images under this folder (repeatable).")
+@click.option("--model", envvar="SHOPSEARCH_MODEL", default=None,
+              help="Query model; default (or 'auto'): the model that built the serving index.")
+@click.option("--access-log", is_flag=True, help="Log every request to stderr.")
+@click.option("--debug", is_flag=True, help="Flask's development server with the debugger (never in production).")
+@pass_ctx
+def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
+              retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, access_log: bool,
+              debug: bool) -> None:
+    """Serve the shoppers' web app and the /api/v1 JSON API."""
+    from webapp.server import run_dev_server, run_server
+
+    host, port = _split_bind(bind)
+    c.catalogue()  # migrate once here, not racing in every worker
+    config = {"MAX_UPLOAD_MB": max_upload_mb, "MODEL": model,
+              "RETAIN_UPLOADS": str(Path(retain_uploads).resolve()) if retain_uploads else None,
+              "IMAGE_ROOTS": [str(Path(r).resolve()) for r in image_roots] or None}
+    click.echo(f"serving http://{host}:{port}/ ({'debug server' if debug else f'gunicorn, {workers} worker(s) x {threads} thread(s)'})",
+               err=True)
+    if debug:
+        run_dev_server(c.settings, host, port, config)
+    else:
+        run_server(c.settings, host, port, workers=workers, threads=threads, preload=preload, timeout=timeout,
+                   access_log=access_log, config=config)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(serve_cmd)

@@ -1,0 +1,44 @@
+"""`shopsearch bench throughput`: our embedding pipeline vs a naive loop (added to the
+`bench` group by indexer/cli/bench_cmds.py)."""
+from __future__ import annotations
+
+import click
+
+from indexer.cli import Ctx, echo_json, pass_ctx
+
+
+@click.command("throughput")
+@click.option("--model", default="efficientnet-lite0", show_default=True, help="Model spec (see `index build`).")
+@click.option("--device", "device", default=None, help="cpu | cuda | cuda:N (default: the global --device).")
+@click.option("--images", type=click.IntRange(16, 1_000_000), default=512, show_default=True,
+              help="How many images both runs embed.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Our pipeline's precision; auto = bf16 where the hardware runs it natively. "
+                   "The naive loop is always fp32.")
+@click.option("--source", default="auto", show_default=True,
+              help="auto (Grocery Store photos when present, else generated 1600x1200 JPEGs) | grocery | "
+                   "synthetic | a folder of images")
+@click.option("--batch-size", type=int, default=None, help="Our pipeline's batch (default: tuned).")
+@click.option("--workers", type=int, default=None, help="Our pipeline's decode workers (default: tuned).")
+@click.option("--executor", type=click.Choice(["auto", "thread", "process", "inline", "gpu"]), default="auto",
+              show_default=True)
+@click.option("--no-naive", is_flag=True, help="Skip the naive loop (ratio is then null).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def throughput(c: Ctx, model: str, device: str | None, images: int, precision: str, source: str,
+               batch_size: int | None, workers: int | None, executor: str, no_naive: bool, as_json: bool) -> None:
+    """Images/s from JPEG files to saved vectors: our pipeline and the naive loop, same images, same run."""
+    from indexer.throughput import run_throughput
+
+    r = run_throughput(model, device or c.settings.device, images=images, precision=precision, source=source,
+                       batch_size=batch_size, workers=workers, executor=executor, naive=not no_naive)
+    if as_json:
+        echo_json(r.to_dict())
+        return
+    click.echo(f"{r.model} on {r.device} ({r.machine}, {r.cpus} CPUs, load {r.load_avg_1m}): "
+               f"{r.images} images {r.image_size} from {r.source}")
+    click.echo(f"  pipeline ({r.precision}, batch {r.batch_size}, {r.workers} {r.executor} workers): "
+               f"{r.images_per_s:.1f} img/s")
+    if r.naive_images_per_s:
+        click.echo(f"  naive loop (fp32, batch 64, no workers): {r.naive_images_per_s:.1f} img/s; "
+                   f"ratio {r.ratio:.2f}x")

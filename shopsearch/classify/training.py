@@ -1,0 +1,124 @@
+"""Turning labelled vectors or images into classifier artefacts (both training modes),
+and the metrics every artefact records."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from shopsearch.classify.artefact import BackboneSpec, ClassifierArtefact
+from shopsearch.classify.data import LabelledImage
+from shopsearch.classify.head import combined_probs, train_head
+from shopsearch.classify.labels import LabelSpace
+from shopsearch.classify.thresholds import choose_thresholds
+from shopsearch.errors import ClassifierError
+
+log = logging.getLogger("shopsearch.classify")
+
+
+def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true: np.ndarray,
+                    labels: LabelSpace, top_pairs: int = 10) -> dict[str, Any]:
+    """Top-1/top-5 per level and the most confused (true -> predicted) fine pairs."""
+    fine_true = np.asarray(fine_true)
+    coarse_true = np.asarray(labels.fine_to_coarse)[fine_true] if len(fine_true) else fine_true
+
+    def topk(p: np.ndarray, y: np.ndarray, k: int) -> float:
+        if len(y) == 0:
+            return float("nan")
+        k = min(k, p.shape[1])
+        return float((np.argsort(-p, axis=1)[:, :k] == y[:, None]).any(axis=1).mean())
+
+    pred = fine_probs.argmax(1) if len(fine_true) else fine_true
+    pairs: dict[tuple[int, int], int] = {}
+    for t, p in zip(fine_true, pred):
+        if t != p:
+            pairs[(int(t), int(p))] = pairs.get((int(t), int(p)), 0) + 1
+    confused = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top_pairs]
+    return {
+        "samples": int(len(fine_true)),
+        "fine": {"classes": len(labels.fine), "top1": topk(fine_probs, fine_true, 1), "top5": topk(fine_probs, fine_true, 5)},
+        "coarse": {"classes": len(labels.coarse), "top1": topk(coarse_probs, coarse_true, 1),
+                   "top5": topk(coarse_probs, coarse_true, 5)},
+        "most_confused": [{"true": labels.fine[t], "predicted": labels.fine[p], "count": n} for (t, p), n in confused],
+    }
+
+
+def head_probs(artefact: ClassifierArtefact, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(fine, coarse) probabilities of an artefact's head for embedder vectors."""
+    from shopsearch.classify.head import CategoryHead
+
+    head = CategoryHead.from_state(artefact.head_config, artefact.head_state)
+    f2c = torch.tensor(artefact.labels.fine_to_coarse)
+    with torch.no_grad():
+        pf, pc = combined_probs(*head(torch.from_numpy(np.asarray(vectors, np.float32))), f2c)
+    return pf.numpy(), pc.numpy()
+
+
+def _indices(items: Sequence[LabelledImage], labels: LabelSpace) -> np.ndarray:
+    return np.array([labels.fine_index(i.category) for i in items], dtype=np.int64)
+
+
+def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vectors: np.ndarray,
+                 val_items: Sequence[LabelledImage], fingerprint: str, embedder_name: str, hidden: int = 0,
+                 epochs: int = 300, target: float = 0.97, seed: int = 0) -> ClassifierArtefact:
+    """A head on frozen embeddings, thresholds from the validation vectors."""
+    labels = LabelSpace.from_paths(i.category for i in items)
+    known = set(labels.fine)
+    val_keep = [j for j, it in enumerate(val_items) if it.category in known]
+    if len(val_keep) < len(val_items):
+        log.warning("validation images of unseen categories ignored", extra={"n": len(val_items) - len(val_keep)})
+    val_vectors, val_items = np.asarray(val_vectors)[val_keep], [val_items[j] for j in val_keep]
+    yf = _indices(items, labels)
+    yc = np.asarray(labels.fine_to_coarse)[yf]
+    head = train_head(vectors, yf, yc, len(labels.fine), len(labels.coarse), hidden=hidden, epochs=epochs, seed=seed)
+    config, state = dict(head.config), {k: v.detach().clone() for k, v in head.state_dict().items()}
+    art = ClassifierArtefact(fingerprint, embedder_name, labels, config, state, kind="head")
+    return with_validation(art, val_vectors, val_items, target, {"train_samples": len(items), "mode": "frozen"})
+
+
+def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items: Sequence[LabelledImage],
+                    target: float, extra: dict[str, Any]) -> ClassifierArtefact:
+    """The artefact with thresholds and validation metrics filled in from val vectors."""
+    from dataclasses import replace
+
+    if len(val_items) == 0:
+        log.warning("no validation images: routing thresholds disabled")
+        return replace(art, metrics={**art.metrics, **extra})
+    pf, pc = head_probs(art, val_vectors)
+    y = _indices(val_items, art.labels)
+    return replace(art, thresholds=choose_thresholds(pf, y, target),
+                   metrics={**art.metrics, **extra, "val": accuracy_report(pf, pc, y, art.labels)})
+
+
+def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImage], cfg: Any, device: str,
+                      weights_path: str | Path | None = None, base_fingerprint: str = "efficientnet-lite0",
+                      name: str = "finetuned", target: float = 0.97, store_dtype: torch.dtype = torch.float16,
+                      progress: bool = True) -> ClassifierArtefact:
+    """Fine-tune EfficientNet-Lite0 + head; the artefact defines a new embedder (its own fingerprint)."""
+    from shopsearch.classify.finetune import finetune
+    from shopsearch.embedders.finetuned import DEFAULT_ARCH, backbone_fingerprint, imagenet_backbone
+
+    if not train:
+        raise ClassifierError("no training images")
+    labels = LabelSpace.from_paths(i.category for i in train)
+    known = set(labels.fine)
+    val = [v for v in val if v.category in known]
+    res = finetune(imagenet_backbone(weights_path), train, val, labels, cfg, device=device, progress=progress)
+    state = {k: (v.to(store_dtype) if v.is_floating_point() else v) for k, v in res.backbone_state.items()}
+    fp = backbone_fingerprint(DEFAULT_ARCH, cfg.img_size, res.config["crop_pct"], state)
+    bb = BackboneSpec(DEFAULT_ARCH, cfg.img_size, res.config["crop_pct"], state, base_fingerprint)
+    art = ClassifierArtefact(fp, f"finetuned:{name}", labels, dict(res.head.config),
+                             {k: v.detach().clone() for k, v in res.head.state_dict().items()},
+                             kind="finetuned", backbone=bb,
+                             metrics={"mode": "finetune", "train_samples": len(train), "best_epoch": res.best_epoch,
+                                      "history": res.history, "seconds": round(res.seconds, 1), "config": res.config})
+    if res.val_fine_probs is None:
+        return art
+    from dataclasses import replace
+
+    y = _indices(val, labels)
+    return replace(art, thresholds=choose_thresholds(res.val_fine_probs, y, target),
+                   metrics={**art.metrics, "val": accuracy_report(res.val_fine_probs, res.val_coarse_probs, y, labels)})

@@ -1,0 +1,131 @@
+"""Benchmark configurations: "model=efficientnet-lite0,index=hnsw,routing=off" or a TOML file.
+
+TOML form (one table per configuration):
+
+    [[config]]
+    name = "lite0-flat"          # optional; a label is derived otherwise
+    model = "efficientnet-lite0"
+    index = "flat"               # flat | hnsw | ivfpq | ivfflat | a FAISS factory string
+    routing = false              # or "on"/"off"
+    gallery = "iconic"           # optional: this configuration's gallery protocol
+    ef_search = 64               # optional HNSW setting
+    nprobe = 16                  # optional IVF setting
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from shopsearch.errors import ConfigError
+
+KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe")
+_ON = {"on", "true", "yes", "1"}
+_OFF = {"off", "false", "no", "0"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str
+    index: str = "flat"
+    routing: bool = False
+    gallery: str | None = None  # None: the run's --gallery
+    ef_search: int | None = None
+    nprobe: int | None = None
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = [self.model, self.index]
+        if self.ef_search is not None:
+            parts.append(f"ef={self.ef_search}")
+        if self.nprobe is not None:
+            parts.append(f"nprobe={self.nprobe}")
+        if self.gallery:
+            parts.append(f"gallery={self.gallery}")
+        parts.append("routing" if self.routing else "no-routing")
+        return " ".join(parts)
+
+
+def parse_routing(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _ON:
+        return True
+    if text in _OFF:
+        return False
+    raise ConfigError(f"routing must be on or off, got {value!r}")
+
+
+def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> BenchConfig:
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
+    vals: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "routing":
+            vals[key] = parse_routing(value)
+        elif key in ("ef_search", "nprobe"):
+            try:
+                vals[key] = int(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
+            if vals[key] < 1:
+                raise ConfigError(f"{where}: {key} must be >= 1")
+        else:
+            text = str(value).strip()
+            if not text:
+                raise ConfigError(f"{where}: {key} is empty")
+            vals[key] = text
+    return replace(defaults, **vals)
+
+
+def parse_config(text: str, defaults: BenchConfig) -> list[BenchConfig]:
+    """One --config value: a path to a TOML file (one or more configurations) or key=value pairs."""
+    path = Path(text)
+    if text.endswith(".toml") or path.is_file():
+        return load_toml(path, defaults)
+    raw: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ConfigError(f"--config {text!r}: expected key=value pairs like model=efficientnet-lite0,index=hnsw")
+        raw[key.strip()] = value.strip()
+    if not raw:
+        raise ConfigError("--config is empty")
+    return [_from_mapping(raw, defaults, f"--config {text!r}")]
+
+
+def load_toml(path: Path, defaults: BenchConfig) -> list[BenchConfig]:
+    try:
+        import tomllib  # noqa: PLC0415 - stdlib from Python 3.11
+    except ModuleNotFoundError:
+        raise ConfigError("TOML configuration files need Python >= 3.11; use --config key=value pairs") from None
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    tables = data.get("config")
+    if isinstance(tables, dict):
+        tables = [tables]
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: expected one or more [[config]] tables")
+    return [_from_mapping(t, defaults, f"{path} config #{i}") for i, t in enumerate(tables, start=1)]
+
+
+def unique_labels(configs: list[BenchConfig]) -> list[BenchConfig]:
+    """Configurations with distinct labels (a repeated label gets a #n suffix)."""
+    seen: dict[str, int] = {}
+    out = []
+    for c in configs:
+        n = seen.get(c.label, 0) + 1
+        seen[c.label] = n
+        out.append(c if n == 1 else replace(c, name=f"{c.label} #{n}"))
+    return out

@@ -1,0 +1,240 @@
+"""Run configurations over a labelled dataset: embed once per model (through the indexer
+pipeline and its vector cache), build each configuration's index in memory, search every
+query with the SearchService (grouped per product, routing included) and score the rankings.
+
+Nothing here touches the serving index: the gallery lives in a throw-away SQLite catalogue
+under a temporary folder and in an in-memory VectorIndex."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from indexer.pipeline import WorkItem, embed_items
+from indexer.vector_cache import VectorCache
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.embedders.base import Embedder
+from shopsearch.errors import ConfigError, InvalidImageError, ManifestError
+from shopsearch.evaluation.configs import BenchConfig
+from shopsearch.evaluation.datasets import BenchDataset, Query, truncate_category
+from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, summarize
+from shopsearch.images import load_image, sha256_file
+from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
+from shopsearch.search import CategoryRouter, SearchService
+
+log = logging.getLogger("shopsearch.bench")
+
+DatasetLoader = Callable[[str | None], BenchDataset]  # gallery protocol (None = default) -> dataset
+RouterProvider = Callable[[Embedder], "CategoryRouter | None"]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    ks: tuple[int, ...] = (1, 5, 10)
+    batch_size: int = 32
+    workers: int = 2
+    latency_samples: int = 32  # queries embedded one at a time to time the embedding step
+    category_depth: int = 2  # per-category breakdown at this depth of the category path
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class GalleryBuild:
+    images: int
+    embedded: int
+    reused: int
+    failed: int
+    embed_seconds: float
+    images_per_s: float | None  # None when every vector came from the cache
+    index_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "embedded": self.embedded, "reused": self.reused, "failed": self.failed,
+                "embed_seconds": round(self.embed_seconds, 3),
+                "images_per_s": round(self.images_per_s, 2) if self.images_per_s else None,
+                "index_seconds": round(self.index_seconds, 4),
+                "index_images_per_s": round(self.images / self.index_seconds, 1) if self.index_seconds > 0 else None}
+
+
+@dataclass(frozen=True)
+class ConfigResult:
+    config: BenchConfig
+    model: str
+    fingerprint: str
+    index_type: str
+    dataset: BenchDataset
+    summary: Summary
+    gallery_vectors: int
+    queries_total: int
+    queries_failed: int
+    latency_ms: dict
+    build: GalleryBuild
+    factory: str = ""  # the FAISS factory string the index type stood for
+    outcomes: tuple[QueryOutcome, ...] = field(repr=False, default=())
+
+
+@dataclass
+class _ModelState:
+    embedder: Embedder
+    cache: VectorCache
+    query_keys: dict[str, str] = field(default_factory=dict)  # query path -> cache key
+    gallery_report: dict[str, tuple[int, int, int, float]] = field(default_factory=dict)
+    embed_ms: list[float] = field(default_factory=list)
+    embed_ms_for: list[int] = field(default_factory=list)  # query indices the samples belong to
+
+
+def run_benchmark(load: DatasetLoader, configs: Sequence[BenchConfig], cache_root: Path,
+                  embedder_for: Callable[[str], Embedder], router_for: RouterProvider,
+                  options: RunOptions = RunOptions(), workdir: Path | None = None) -> list[ConfigResult]:
+    """Every configuration over the same queries; embeddings computed once per model."""
+    if not configs:
+        raise ConfigError("no benchmark configuration given")
+    datasets = {g: load(g) for g in dict.fromkeys(c.gallery for c in configs)}
+    first = next(iter(datasets.values()))
+    if any([q.path for q in d.queries] != [q.path for q in first.queries] for d in datasets.values()):
+        raise ConfigError("the configurations' galleries imply different query sets; they cannot be compared")
+    embedders = {m: embedder_for(m) for m in dict.fromkeys(c.model for c in configs)}
+    routers: dict[str, CategoryRouter | None] = {}
+    for c in configs:
+        if c.routing and c.model not in routers:
+            routers[c.model] = router_for(embedders[c.model])
+            if routers[c.model] is None:
+                raise ConfigError(
+                    f"configuration {c.label!r} asks for category routing, but no trained category router exists "
+                    f"for model {embedders[c.model].name!r} ({embedders[c.model].fingerprint}); train one for this "
+                    "model first, or set routing=off")
+    keys = _hash_images(datasets, first.queries, options.progress)
+    with tempfile.TemporaryDirectory(prefix="shopsearch-bench-", dir=workdir) as tmp:
+        catalogues = {g: _gallery_catalogue(d, keys, Path(tmp) / f"gallery-{i}.db")
+                      for i, (g, d) in enumerate(datasets.items())}
+        try:
+            states = {m: _embed_model(e, datasets, first.queries, keys, cache_root, options)
+                      for m, e in embedders.items()}
+            results = []
+            for c in configs:
+                st = states[c.model]
+                results.append(_run_config(c, st, datasets[c.gallery], catalogues[c.gallery], routers.get(c.model),
+                                           options))
+        finally:
+            for cat in catalogues.values():
+                cat[0].close()
+    return results
+
+
+# -- preparation ------------------------------------------------------------------
+def _hash_images(datasets: dict[str | None, BenchDataset], queries: Sequence[Query], progress: bool) -> dict[str, str]:
+    """path -> content sha256 (the vector cache key); unreadable files are left out."""
+    paths = sorted({im.path for d in datasets.values() for p in d.products for im in p.images}
+                   | {q.path for q in queries})
+    keys = {}
+    for p in tqdm(paths, desc="hashing images", unit="img", disable=not progress):
+        try:
+            keys[p] = sha256_file(p)
+        except OSError as e:
+            log.warning("bench image unreadable", extra={"path": p, "error": str(e)})
+    return keys
+
+
+def _gallery_catalogue(d: BenchDataset, keys: dict[str, str], db_path: Path) -> tuple[CatalogueStore, dict[int, str]]:
+    """A private SQLite catalogue of the gallery; returns it and image id -> cache key."""
+    store = CatalogueStore.open(f"sqlite:///{db_path}")
+    for p in d.products:
+        imgs = tuple(replace(im, sha256=keys[im.path]) if im.path in keys else
+                     replace(im, status="missing", error="unreadable") for im in p.images)
+        store.upsert_product(replace(p, images=imgs))
+    return store, {img.id: img.sha256 for img in store.indexable_images() if img.sha256}
+
+
+def _embed_model(embedder: Embedder, datasets: dict[str | None, BenchDataset], queries: Sequence[Query],
+                 keys: dict[str, str], cache_root: Path, o: RunOptions) -> _ModelState:
+    st = _ModelState(embedder, VectorCache(cache_root, embedder.fingerprint, embedder.dim))
+    for g, d in datasets.items():
+        items = [WorkItem(keys[im.path], im.path) for p in d.products for im in p.images if im.path in keys]
+        rep = embed_items(embedder, items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress)
+        st.gallery_report[str(g)] = (rep.embedded, rep.skipped, len(rep.failed), rep.seconds)
+        log.info("bench gallery embedded", extra={"model": embedder.name, "gallery": g, "embedded": rep.embedded,
+                                                  "reused": rep.skipped, "images_per_s": rep.images_per_s})
+    q_items = [WorkItem(keys[q.path], q.path) for q in queries if q.path in keys]
+    embed_items(embedder, q_items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress)
+    st.query_keys = {it.path: it.key for it in q_items}
+    _time_embedding(st, queries, o.latency_samples)
+    return st
+
+
+def _time_embedding(st: _ModelState, queries: Sequence[Query], samples: int) -> None:
+    """A shopper's query is one image: decode + preprocess + encode, one at a time."""
+    n = min(samples, len(queries))
+    if n <= 0:
+        return
+    picks = np.unique(np.linspace(0, len(queries) - 1, n).astype(int))
+    try:  # the first call pays one-off costs (lazy init, allocator warm-up): not a query's cost
+        st.embedder.encode_images([load_image(queries[int(picks[0])].path)])
+    except InvalidImageError:
+        pass
+    for i in picks:
+        t0 = time.perf_counter()
+        try:
+            st.embedder.encode_images([load_image(queries[int(i)].path)])
+        except InvalidImageError:
+            continue
+        st.embed_ms.append((time.perf_counter() - t0) * 1000)
+        st.embed_ms_for.append(int(i))
+
+
+# -- one configuration --------------------------------------------------------------
+def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[CatalogueStore, dict[int, str]],
+                router: CategoryRouter | None, o: RunOptions) -> ConfigResult:
+    store, id_keys = cat
+    emb = st.embedder
+    good = [(i, k) for i, k in id_keys.items() if k in st.cache]
+    if not good:
+        raise ManifestError(f"no gallery image of {d.name} could be embedded with {emb.name}")
+    itype = choose_index_type(len(good)) if c.index == "auto" else c.index
+    t0 = time.perf_counter()
+    index = VectorIndex(emb.dim, itype, expected_size=len(good))
+    index.add(np.array([i for i, _ in good], dtype=np.int64), st.cache.get_many([k for _, k in good]))
+    if c.ef_search is not None:
+        index.ef_search = c.ef_search
+    if c.nprobe is not None:
+        index.nprobe = c.nprobe
+    index_s = time.perf_counter() - t0
+    manifest = IndexManifest(f"bench-{c.label}", emb.name, emb.fingerprint, emb.dim, len(index), itype,
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    svc = SearchService(emb, index, store, manifest, router=router if c.routing else None)
+    depth = max(o.ks)
+    outcomes: list[QueryOutcome] = []
+    search_ms: dict[int, float] = {}
+    failed = 0
+    for qi, q in enumerate(tqdm(d.queries, desc=f"searching [{c.label}]", unit="q", disable=not o.progress)):
+        key = st.query_keys.get(q.path)
+        if key is None or key not in st.cache:
+            failed += 1  # unreadable or undecodable query photo: reported, not scored
+            continue
+        vec = st.cache.get_many([key])[0]
+        t = time.perf_counter()
+        res = svc.search_vector(vec, k=depth, routing=c.routing)
+        search_ms[qi] = (time.perf_counter() - t) * 1000
+        outcomes.append(QueryOutcome(q.path, tuple(h.sku for h in res.hits), d.relevant(q),
+                                     truncate_category(q.category, o.category_depth)))
+    summary = summarize(outcomes, o.ks)
+    embedded, reused, nfail, secs = st.gallery_report[str(c.gallery)]
+    build = GalleryBuild(len(id_keys), embedded, reused, nfail, secs, embedded / secs if embedded and secs else None,
+                         index_s)
+    return ConfigResult(c, emb.name, emb.fingerprint, itype, d, summary, len(index), len(d.queries), failed,
+                        _latency(st, search_ms), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes))
+
+
+def _latency(st: _ModelState, search_ms: dict[int, float]) -> dict:
+    """Per stage p50/p95/p99; total = embed + search of the same sampled query (search alone
+    when no embedding was timed). The top-level p50/p95/p99 are the total's."""
+    totals = [e + search_ms[i] for e, i in zip(st.embed_ms, st.embed_ms_for) if i in search_ms]
+    total = percentiles(totals if totals else search_ms.values())
+    return {**total, "embed": percentiles(st.embed_ms), "search": percentiles(search_ms.values()),
+            "total": total, "embed_samples": len(st.embed_ms), "search_samples": len(search_ms),
+            "total_includes_embed": bool(totals)}

@@ -1,0 +1,55 @@
+"""Smoke tests of the benchmark scripts on tiny inputs (the figures themselves live in benchmarks/)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_synthetic_data_is_seeded_and_normalised():
+    ann = _load("ann_bench")
+    a, b = ann.synthetic(500, 32, seed=3, clusters=8), ann.synthetic(500, 32, seed=3, clusters=8)
+    assert np.array_equal(a, b) and not np.array_equal(a, ann.synthetic(500, 32, seed=4, clusters=8))
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    exact = np.array([[1, 2, 3], [4, 5, 6]])
+    assert ann.recall_vs_exact(np.array([[3, 2, 9], [-1, -1, -1]]), exact) == (2 / 3 + 0) / 2
+
+
+def test_ann_bench_then_results_markdown(tmp_path):
+    ann, make = _load("ann_bench"), _load("make_results")
+    out = tmp_path / "results" / "ann_3k.json"
+    assert ann.main(["--n", "3000", "--dim", "64", "--queries", "50", "--single", "5", "--types", "hnsw,flat",
+                     "--ef", "8,64", "--nprobe", "4", "--out", str(out)]) == 0
+    obj = json.loads(out.read_text())
+    flat, hnsw = obj["indexes"]
+    assert flat["index"] == "flat" and flat["settings"][0]["recall_at_10"] == 1.0  # flat is the ground truth
+    assert [s["ef_search"] for s in hnsw["settings"]] == [8, 64]
+    assert hnsw["settings"][1]["recall_at_10"] >= hnsw["settings"][0]["recall_at_10"]
+    assert flat["bytes_per_vector"] >= 64 * 4 and obj["machine"]["cpu_count"] >= 1
+    # a recall result, a multi-configuration one and a foreign (throughput-like) file
+    one = {"name": "m flat", "model": "m", "index": "flat", "queries": 10, "gallery": 20,
+           "recall_at": {"1": 0.5, "10": 0.9}, "precision_at": {}, "map_at": {"10": 0.6}, "mrr": 0.61,
+           "ndcg_at": {"10": 0.7}, "per_category": {}, "latency_ms": {"p50": 1, "p95": 2, "p99": 3},
+           "dataset": {"name": "toy", "gallery": "iconic"}, "machine": {"cpu_model": "ToyCPU", "cpu_count": 2}}
+    (out.parent / "recall_toy.json").write_text(json.dumps(one))
+    (out.parent / "recall_multi.json").write_text(json.dumps({"configs": [one, {**one, "name": "m hnsw"}]}))
+    (out.parent / "throughput_cpu.json").write_text(json.dumps(
+        {"device": "cpu", "rows": [{"model": "colorhist", "images_per_s": 812.5}], "machine": {"cpu_model": "X"}}))
+    md = tmp_path / "RESULTS.md"
+    assert make.main(["--results", str(out.parent), "--out", str(md)]) == 0
+    text = md.read_text()
+    assert "| m flat | iconic (20 img) | 0.5000 | 0.9000 | 0.6000 | 0.6100 | 0.7000 |" in text
+    assert "m hnsw" in text and "ToyCPU" in text
+    assert "| hnsw | HNSW32,Flat | ef_search=8 |" in text and "1-thread p50 ms" in text
+    assert "| colorhist | 812.5 |" in text

@@ -1,0 +1,50 @@
+"""`shopsearch classify ...` and tagging on import, end to end on generated images (colorhist)."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from tests.conftest import jitter, make_image
+
+CATS = ["Fruit/Apple", "Fruit/Banana", "Dairy/Milk"]
+
+
+def _run(args, data_dir):
+    res = CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def test_train_eval_tag_on_import(tmp_path):
+    data = tmp_path / "data"
+    for c, cat in enumerate(CATS):
+        for split, seeds in (("shop", range(6)), ("held", range(50, 53))):
+            d = tmp_path / split / cat
+            d.mkdir(parents=True, exist_ok=True)
+            for s in seeds:
+                jitter(make_image(c), seed=100 * c + s, amount=20).save(d / f"{s}.png")
+    _run(["catalogue", "import", str(tmp_path / "shop"), "--format", "imagefolder", "--json"], data)
+    _run(["index", "build", "--model", "colorhist", "--json"], data)
+    out = json.loads(_run(["classify", "train", "--val", f"imagefolder:{tmp_path / 'held'}", "--json"], data))
+    assert out["kind"] == "head" and out["fine_classes"] == 3 and out["metrics"]["val"]["fine"]["top1"] == 1.0
+    ev = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--json"], data))
+    assert ev["samples"] == 9 and ev["fine"]["top1"] == 1.0 and ev["most_confused"] == []
+    # new products without a category are tagged on import; the merchant's ones never change
+    rows = ["sku,title,category,images"]
+    for c in range(3):
+        p = tmp_path / f"new{c}.png"
+        jitter(make_image(c), seed=999 + c, amount=20).save(p)
+        rows.append(f"N{c},new {c},,{p.name}")
+    rows.append(f"M0,mislabelled,Dairy/Milk,{tmp_path / 'new0.png'}")
+    (tmp_path / "new.csv").write_text("\n".join(rows) + "\n")
+    rep = json.loads(_run(["catalogue", "import", str(tmp_path / "new.csv"), "--format", "csv", "--json"], data))
+    assert rep["tagging"]["tagged"] == 3
+    for c, cat in enumerate(CATS):
+        shown = json.loads(_run(["catalogue", "show", f"N{c}"], data))
+        assert (shown["predicted_category"], shown["category_source"]) == (cat, "predicted")
+    m0 = json.loads(_run(["catalogue", "show", "M0"], data))
+    assert (m0["category"], m0["category_source"], m0["predicted_category"]) == ("Dairy/Milk", "merchant", None)
+    again = json.loads(_run(["classify", "tag", "--retag", "--json"], data))
+    assert again["tagged"] == 3 and again["merchant"] == 19

@@ -1,0 +1,63 @@
+"""Fine-tuning code path (one tiny CPU step on generated images) and the fine-tuned embedder."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shopsearch.classify.artefact import load_artefact
+from shopsearch.classify.data import imagefolder
+from shopsearch.classify.finetune import FinetuneConfig
+from shopsearch.classify.router import load_router_for
+from shopsearch.classify.training import finetune_artefact
+from shopsearch.config import Settings
+from shopsearch.embedders import load_embedder
+from shopsearch.errors import ClassifierError, ModelUnavailableError
+from tests.conftest import jitter, make_image
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    for c, cat in enumerate(["Fruit/Apple", "Fruit/Pear", "Dairy/Milk"]):
+        (root / "imgs" / cat).mkdir(parents=True)
+        for j in range(3):
+            jitter(make_image(c, size=(48, 40)), seed=10 * c + j).save(root / "imgs" / cat / f"{j}.png")
+    items = imagefolder(root / "imgs")
+    cfg = FinetuneConfig(epochs=1, batch_size=4, img_size=32, max_steps=1, mix_prob=1.0, ema_decay=0.9,
+                         frozen_blocks=2)
+    art = finetune_artefact(items, items, cfg, "cpu", base_fingerprint="base", name="tiny", progress=False)
+    return art, art.save(root / "models" / "tiny.pt"), root
+
+
+def test_finetune_step_makes_a_usable_artefact(tiny_model):
+    art, path, root = tiny_model
+    assert art.kind == "finetuned" and art.backbone is not None and art.backbone.img_size == 32
+    assert len(art.labels.fine) == 3 and art.metrics["best_epoch"] == 1 and art.metrics["val"]["samples"] == 9
+    assert all(v.dtype == torch.float16 for v in art.backbone.state.values() if v.is_floating_point())
+    back = load_artefact(path)
+    assert back.fingerprint == art.fingerprint and back.fingerprint.startswith("finetuned:timm-tf_efficientnet_lite0:32")
+
+
+def test_finetuned_embedder_and_its_router(tiny_model):
+    art, path, root = tiny_model
+    emb = load_embedder(f"finetuned:{path}", "cpu")
+    assert emb.fingerprint == art.fingerprint and emb.dim == 1280 and emb.name == f"finetuned:{path}"
+    vec = emb.encode_images([make_image(1, size=(48, 40))])
+    assert vec.shape == (1, 1280) and np.isclose(np.linalg.norm(vec), 1.0)
+    router = load_router_for(Settings(data_dir=root / "nodata"), emb)  # the artefact's own head
+    pred, _ = router.route(vec[0])
+    assert pred.category in art.labels.fine and 0 < pred.confidence <= 1
+
+
+def test_finetuned_refusals(tiny_model, tmp_path):
+    art, path, _ = tiny_model
+    with pytest.raises(ModelUnavailableError):
+        load_embedder(f"finetuned:{tmp_path / 'nope.pt'}", "cpu")
+    # weights that do not match the recorded fingerprint are refused
+    d = torch.load(path, weights_only=True)
+    name = next(k for k, v in d["backbone"]["state"].items() if v.is_floating_point())
+    d["backbone"]["state"][name] = d["backbone"]["state"][name] + 1
+    torch.save(d, tmp_path / "tampered.pt")
+    with pytest.raises(ClassifierError, match="fingerprint"):
+        load_embedder(f"finetuned:{tmp_path / 'tampered.pt'}", "cpu")

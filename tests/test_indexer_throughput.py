@@ -1,0 +1,33 @@
+"""`shopsearch bench throughput --json`: one JSON object, both loops timed on the same images."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from indexer.throughput import fp32_spec, with_precision
+from tests.conftest import make_image
+
+
+def test_bench_throughput_json(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(20):
+        make_image(i, (160, 120)).save(imgs / f"{i}.jpg")
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "bench", "throughput", "--model", "colorhist",
+                                   "--device", "cpu", "--images", "16", "--source", str(imgs), "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"model", "device", "images", "images_per_s", "naive_images_per_s", "ratio"} <= set(out)
+    assert (out["model"], out["device"], out["images"], out["image_size"]) == ("colorhist", "cpu", 16, "160x120")
+    assert out["images_per_s"] > 0 and out["naive_images_per_s"] > 0
+    assert abs(out["ratio"] - out["images_per_s"] / out["naive_images_per_s"]) < 0.02 * out["ratio"] + 0.01
+
+
+def test_precision_specs():
+    assert with_precision("efficientnet-lite0", "bf16", "cpu") == "efficientnet-lite0+bf16"
+    assert with_precision("efficientnet-lite0+fp32", "bf16", "cpu") == "efficientnet-lite0+fp32"
+    assert with_precision("openclip:ViT-B-32", "fp32", "cpu") == "openclip:ViT-B-32"
+    assert fp32_spec("openclip:ViT-B-32+bf16") == "openclip:ViT-B-32"

@@ -1,0 +1,104 @@
+"""`shopsearch serve` for real: gunicorn on a loopback port, two workers, preloaded."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.build import IndexBuilder
+from indexer.cli import cli
+from shopsearch.catalogue.records import ImageRecord, ProductRecord
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.config import Settings
+from shopsearch.embedders import load_embedder
+from shopsearch.index import IndexStore
+from tests.conftest import jitter, make_image, sha
+from webapp.server import bind_address, gunicorn_options
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/octet-stream"} if body else {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_gunicorn_options():
+    opts = gunicorn_options(bind_address("::1", 8080), workers=3, threads=2, preload=False)
+    assert opts["bind"] == "[::1]:8080" and opts["workers"] == 3 and opts["threads"] == 2
+    assert opts["worker_class"] == "gthread" and opts["preload_app"] is False
+    with pytest.raises(ValueError):
+        gunicorn_options("127.0.0.1:1", workers=0)
+    result = CliRunner().invoke(cli, ["serve", "--bind", "nonsense"])
+    assert result.exit_code != 0 and "HOST:PORT" in result.output
+
+
+def test_serve_under_gunicorn(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data")
+    cat = CatalogueStore.open(settings.db_url)
+    for i in range(6):
+        p = tmp_path / f"p{i}.png"
+        make_image(i).save(p)
+        cat.upsert_product(ProductRecord(sku=f"S{i}", title=f"Thing {i}", category_path=("Things",),
+                                         images=(ImageRecord(str(p), sha256=sha(p)),)))
+    emb = load_embedder("colorhist", "cpu")  # model-free: the real registry path, no weights needed
+    IndexBuilder(emb, cat, IndexStore(settings.index_dir), settings.vector_cache_dir).build(progress=False, workers=1)
+    cat.close()
+    port = free_port()
+    env = {**os.environ, "SHOPSEARCH_DATA_DIR": str(settings.data_dir)}
+    env.pop("SHOPSEARCH_DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", "serve", "--bind", f"127.0.0.1:{port}",
+                             "--workers", "2", "--threads", "2", "--preload"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, body = request(port, "GET", "/api/v1/healthz", timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.3)
+        health = json.loads(body)
+        assert status == 200 and health["model"] == "colorhist" and health["vectors"] == 6
+        import io
+
+        buf = io.BytesIO()
+        jitter(make_image(4), seed=9).save(buf, "JPEG")
+        for _ in range(4):  # several requests: both workers answer correctly
+            status, body = request(port, "POST", "/api/v1/search?k=3", buf.getvalue())
+            assert status == 200 and json.loads(body)["results"][0]["sku"] == "S4"
+        status, body = request(port, "POST", "/api/v1/search", b"not an image")
+        assert status == 415 and json.loads(body)["error"]["code"] == "unsupported_media_type"
+        status, body = request(port, "GET", "/")
+        assert status == 200 and b'id="dropzone"' in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out = proc.communicate(timeout=30)[0].decode()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0].decode()
+    assert proc.returncode == 0, out
+    assert "gthread" in out and "Booting worker" in out

@@ -1,0 +1,72 @@
+"""The shoppers' web app: upload pages and the /api/v1 JSON API.
+
+    create_app()                      # config from SHOPSEARCH_* env
+    create_app({"SETTINGS": s})       # explicit settings (tests, `shopsearch serve`)
+    create_app({"SEARCH_SERVICE": svc})   # a prebuilt SearchService (tests)
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from flask import Flask, g, request
+
+from shopsearch.errors import ShopSearchError
+from webapp.config import load_config
+from webapp.service import ServiceHolder
+from webapp.thumbs import ThumbCache
+from webapp.uploads import InMemoryRequest, close_request_images
+
+log = logging.getLogger("shopsearch.web")
+
+#: a strict policy: no external CDN, no inline script
+CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Application factory: defaults, then SHOPSEARCH_* env vars, then `test_config`."""
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    load_config(app, test_config)
+    cfg = app.config
+    holder = ServiceHolder(cfg["SETTINGS"], model=cfg["MODEL"], reload_check_s=float(cfg["RELOAD_CHECK_S"]),
+                           service=cfg["SEARCH_SERVICE"], embedder=cfg["EMBEDDER"], router=cfg["ROUTER"],
+                           migrate=bool(cfg["MIGRATE"]))
+    app.extensions["shopsearch"] = holder
+    app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
+
+    from webapp import api, images, pages  # noqa: PLC0415 - blueprints import current_app helpers
+    from webapp.errors import register_error_handlers  # noqa: PLC0415
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(images.bp)
+    app.register_blueprint(api.bp, url_prefix="/api/v1")
+    register_error_handlers(app)
+    app.teardown_request(close_request_images)
+    app.before_request(_start_timer)
+    app.after_request(_finish)
+
+    if cfg["EAGER_LOAD"]:
+        try:
+            holder.get()  # model + index once per process, before any fork when preloading
+        except ShopSearchError as e:
+            log.warning("serving without an index for now", extra={"error": str(e), "code": e.code})
+    return app
+
+
+def _start_timer() -> None:
+    g.t0 = time.perf_counter()
+
+
+def _finish(resp):
+    resp.headers.setdefault("Content-Security-Policy", CSP)
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("Referrer-Policy", "same-origin")
+    if "t0" in g:
+        ms = (time.perf_counter() - g.t0) * 1000
+        resp.headers["Server-Timing"] = f"app;dur={ms:.1f}"
+        log.debug("request", extra={"method": request.method, "path": request.path, "status": resp.status_code,
+                                    "ms": round(ms, 1)})
+    return resp

@@ -1,0 +1,82 @@
+"""/api/v1: JSON search, products, recommendations, health and the OpenAPI document."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from shopsearch.errors import ShopSearchError
+from webapp.errors import BadParameterError
+from webapp.openapi import openapi_document
+from webapp.params import parse_filters, parse_k, parse_routing, product_dict, result_dict
+from webapp.service import ServiceHolder
+from webapp.uploads import require_image
+
+bp = Blueprint("api", __name__)
+
+
+def holder() -> ServiceHolder:
+    return current_app.extensions["shopsearch"]
+
+
+def _params():
+    # multipart fields and the query string both work (curl -F k=5 or ?k=5)
+    return request.values if request.mimetype == "multipart/form-data" else request.args
+
+
+@bp.post("/search")
+def search():
+    """Image search: multipart field `image`, or the raw image as the request body."""
+    values = _params()
+    k, filters, routing = parse_k(values, 10), parse_filters(values), parse_routing(values)
+    svc = holder().get()
+    img = require_image("image", allow_raw=True)
+    res = svc.search_image(img, k=k, filters=filters, routing=routing)
+    return jsonify(result_dict(res, filters, k))
+
+
+@bp.get("/search/text")
+def search_text():
+    q = (request.args.get("q") or "").strip()
+    k, filters = parse_k(request.args, 10), parse_filters(request.args)
+    svc = holder().get()
+    if not q:
+        raise BadParameterError("q (the text to search for) is required")
+    if len(q) > 500:
+        raise BadParameterError("q is too long (500 characters at most)")
+    res = svc.search_text(q, k=k, filters=filters)  # CapabilityError (409) without a text tower
+    out = result_dict(res, filters, k)
+    out["query"] = q
+    return jsonify(out)
+
+
+@bp.get("/products/<path:sku>")
+def product(sku: str):
+    return jsonify(product_dict(holder().catalogue.get_product(sku)))
+
+
+@bp.get("/products/<path:sku>/similar")
+def similar(sku: str):
+    k = parse_k(request.args, int(current_app.config["SIMILAR_K"]))
+    res = holder().get().similar_products(sku, k=k)
+    out = result_dict(res, None, k)
+    out["sku"] = sku
+    return jsonify(out)
+
+
+@bp.get("/healthz")
+def healthz():
+    h = holder()
+    try:
+        svc = h.get()
+    except ShopSearchError as e:
+        body = {"status": "unavailable", "index_loaded": False, "error": {"code": e.code, "message": str(e)}}
+        return jsonify(body), 503
+    m = svc.manifest
+    return jsonify({"status": "ok", "index_loaded": True, "model": m.model_name, "build_id": m.build_id,
+                    "vectors": len(svc.index), "index_type": m.index_type, "dim": m.dim,
+                    "has_text": bool(svc.embedder.has_text), "router": svc.router is not None})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_document(request.host_url.rstrip("/") + "/api/v1"))
+

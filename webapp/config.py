@@ -1,0 +1,78 @@
+"""Web app configuration: defaults, then SHOPSEARCH_* environment variables, then the
+caller's overrides (tests, `shopsearch serve` options)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+
+from shopsearch.config import Settings
+from shopsearch.images import DEFAULT_MAX_PIXELS
+
+DEFAULTS: dict[str, Any] = {
+    # where the catalogue/index live; None -> Settings.from_env() (SHOPSEARCH_DATA_DIR etc.)
+    "SETTINGS": None,
+    "DATA_DIR": None,
+    "DATABASE_URL": None,
+    "DEVICE": None,
+    # query model; None/"auto" -> the model that built the serving index
+    "MODEL": None,
+    # a prebuilt SearchService (tests) or an embedder to pair with the on-disk index (tests)
+    "SEARCH_SERVICE": None,
+    "EMBEDDER": None,
+    "ROUTER": None,
+    # uploads: 10 MB unless MAX_CONTENT_LENGTH is set explicitly
+    "MAX_UPLOAD_MB": 10,
+    "MAX_CONTENT_LENGTH": None,
+    "MAX_IMAGE_PIXELS": DEFAULT_MAX_PIXELS,
+    # a folder to keep uploaded photos in; None = nothing uploaded ever touches the disk
+    "RETAIN_UPLOADS": None,
+    # folders catalogue images must resolve into (os.pathsep-separated string or list); None = any
+    "IMAGE_ROOTS": None,
+    "THUMB_DIR": None,
+    "RESULTS_K": 12,
+    "SIMILAR_K": 8,
+    "MAX_K": 100,
+    "ROUTING": True,
+    # how often (seconds) a request may stat index/CURRENT to pick up a new build
+    "RELOAD_CHECK_S": 1.0,
+    # load model + index when the app is created (before gunicorn forks with --preload)
+    "EAGER_LOAD": True,
+    # the CLI migrates before serving; the app itself only checks the schema
+    "MIGRATE": False,
+}
+
+
+def load_config(app: Flask, overrides: Mapping[str, Any] | None) -> None:
+    """Fill app.config in the documented order and derive the computed keys."""
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("SHOPSEARCH")
+    if overrides:
+        app.config.update(overrides)
+    cfg = app.config
+    if cfg.get("MAX_CONTENT_LENGTH") is None:
+        cfg["MAX_CONTENT_LENGTH"] = int(float(cfg["MAX_UPLOAD_MB"]) * 1024 * 1024)
+    if cfg.get("MODEL") in ("", "auto"):
+        cfg["MODEL"] = None
+    settings = cfg.get("SETTINGS")
+    if settings is None:
+        settings = Settings.from_env(data_dir=cfg.get("DATA_DIR"), database_url=cfg.get("DATABASE_URL"),
+                                     device=cfg.get("DEVICE"))
+    cfg["SETTINGS"] = settings
+    cfg["THUMB_DIR"] = Path(cfg["THUMB_DIR"]) if cfg.get("THUMB_DIR") else settings.data_dir / "thumbs"
+    cfg["IMAGE_ROOTS"] = _roots(cfg.get("IMAGE_ROOTS"), settings)
+    if cfg.get("RETAIN_UPLOADS"):
+        cfg["RETAIN_UPLOADS"] = Path(cfg["RETAIN_UPLOADS"])
+    else:
+        cfg["RETAIN_UPLOADS"] = None
+
+
+def _roots(value: Any, settings: Settings) -> tuple[Path, ...] | None:
+    if isinstance(value, (str, os.PathLike)):
+        value = [v for v in str(value).split(os.pathsep) if v]
+    roots = [Path(v) for v in (value or [])]
+    if settings.image_root is not None:
+        roots.append(Path(settings.image_root))
+    return tuple(r.resolve() for r in roots) or None

@@ -1,0 +1,73 @@
+"""The HTTP edge: ShopSearchError subclasses, HTTP errors and crashes become JSON under
+/api/ and friendly pages elsewhere. Never a traceback."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, current_app, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from shopsearch.errors import ShopSearchError
+
+log = logging.getLogger("shopsearch.web")
+
+
+class BadParameterError(ShopSearchError):
+    """A query or form parameter is malformed (k, prices, ...)."""
+
+    code = "invalid_parameter"
+    http_status = 400
+
+
+class MissingImageError(ShopSearchError):
+    code = "missing_image"
+    http_status = 400
+
+
+def _is_api() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _max_mb() -> str:
+    return f"{current_app.config['MAX_CONTENT_LENGTH'] / (1024 * 1024):g} MB"
+
+
+def error_response(status: int, code: str, message: str) -> Response | tuple:
+    if _is_api():
+        resp = jsonify({"error": {"code": code, "message": message}})
+        resp.status_code = status
+        return resp
+    # Upload failures go back to the upload form with the message, so the shopper can retry.
+    template = "index.html" if request.endpoint == "pages.search" and status in (400, 413, 415) else "error.html"
+    from webapp.pages import index_context  # noqa: PLC0415 - avoid an import cycle
+
+    ctx = index_context() if template == "index.html" else {}
+    return render_template(template, error=message, status=status, code=code, **ctx), status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ShopSearchError)
+    def _domain(e: ShopSearchError):
+        if e.http_status >= 500:
+            log.error("request failed", extra={"path": request.path, "code": e.code, "error": str(e)})
+        return error_response(e.http_status, e.code, str(e))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(e: RequestEntityTooLarge):
+        return error_response(413, "payload_too_large", f"The upload is larger than the {_max_mb()} limit.")
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):
+        code = (e.name or "error").lower().replace(" ", "_").replace("'", "")
+        message = e.description or e.name
+        if e.code == 404:
+            message = "There is nothing at this address." if not _is_api() else f"no route {request.path}"
+        resp = error_response(e.code or 500, code, message)
+        if e.code == 405 and isinstance(resp, Response):
+            resp.headers["Allow"] = ", ".join(e.valid_methods or ())
+        return resp
+
+    @app.errorhandler(Exception)
+    def _crash(e: Exception):
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        return error_response(500, "internal_error", "Something went wrong on our side. Please try again.")

@@ -1,0 +1,24 @@
+"""GET /images/<image_id>/<size>: catalogue images by id, never by path."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, send_file
+
+from webapp.thumbs import ImageUnavailableError, ThumbCache
+
+bp = Blueprint("images", __name__)
+
+
+def thumbs() -> ThumbCache:
+    return current_app.extensions["shopsearch_thumbs"]
+
+
+@bp.get("/images/<int:image_id>/<int:size>")
+def image(image_id: int, size: int):
+    holder = current_app.extensions["shopsearch"]
+    info = holder.image(image_id)
+    if info is None:
+        raise ImageUnavailableError(f"no catalogue image {image_id}")
+    path = thumbs().thumbnail(info, size)
+    resp = send_file(path, mimetype="image/jpeg", conditional=True, max_age=86400)
+    resp.headers["Cache-Control"] = "public, max-age=86400"
+    return resp

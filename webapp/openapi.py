@@ -1,0 +1,122 @@
+"""The OpenAPI 3 document of /api/v1 (hand-written: the API is small and stable)."""
+from __future__ import annotations
+
+from typing import Any
+
+_ERR = {"$ref": "#/components/responses/Error"}
+
+
+def _q(name: str, schema: dict, desc: str, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema, "description": desc}
+
+
+_K = _q("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "How many products to return.")
+_FILTERS = [
+    _q("category", {"type": "string"}, "Only products under this category path, e.g. `Fruit/Apple`."),
+    _q("min_price", {"type": "number", "minimum": 0}, "Lowest price (inclusive)."),
+    _q("max_price", {"type": "number", "minimum": 0}, "Highest price (inclusive)."),
+]
+_SKU = {"name": "sku", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Product SKU."}
+
+
+def _ok(schema: str, desc: str) -> dict[str, Any]:
+    return {"description": desc, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ShopSearch API", "version": "1.0.0",
+                 "description": "Visual product search: a shopper photo in, the catalogue products that look most "
+                                "alike out. Errors are `{\"error\": {\"code\", \"message\"}}`."},
+        "servers": [{"url": server_url}],
+        "paths": {
+            "/search": {"post": {
+                "summary": "Search the catalogue with a photo",
+                "description": "Send the photo as multipart field `image`, or as the raw request body. The bytes "
+                               "are sniffed (not the filename or Content-Type). Uploads over the size limit get 413, "
+                               "non-images 415, corrupt or oversized images 400.",
+                "parameters": [_K, *_FILTERS, _q("routing", {"type": "boolean", "default": True},
+                                                 "Let the category router narrow the search.")],
+                "requestBody": {"required": True, "content": {
+                    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                        "image": {"type": "string", "format": "binary"}, "k": {"type": "integer"},
+                        "category": {"type": "string"}, "min_price": {"type": "number"},
+                        "max_price": {"type": "number"}}}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"200": _ok("SearchResponse", "Products, best match first."), "400": _ERR,
+                              "413": _ERR, "415": _ERR, "503": _ERR}}},
+            "/search/text": {"get": {
+                "summary": "Search the catalogue with words (CLIP models only)",
+                "parameters": [_q("q", {"type": "string", "maxLength": 500}, "What to look for.", True), _K, *_FILTERS],
+                "responses": {"200": _ok("SearchResponse", "Products, best match first."), "400": _ERR,
+                              "409": {"description": "The index's model has no text tower.",
+                                      "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                              "503": _ERR}}},
+            "/products/{sku}": {"get": {
+                "summary": "One product with its images",
+                "parameters": [_SKU],
+                "responses": {"200": _ok("Product", "The product."), "404": _ERR}}},
+            "/products/{sku}/similar": {"get": {
+                "summary": "More like this: recommendations for a product",
+                "description": "Neighbours of the product's images; itself and exact duplicates excluded, one entry "
+                               "per product, no single category filling the list.",
+                "parameters": [_SKU, {**_K, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 8}}],
+                "responses": {"200": _ok("SearchResponse", "Recommended products."), "404": _ERR, "503": _ERR}}},
+            "/healthz": {"get": {
+                "summary": "Is an index loaded, which model, how many vectors, which build",
+                "responses": {"200": _ok("Health", "Serving."), "503": _ok("Health", "No index loaded.")}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
+        },
+        "components": {
+            "responses": {"Error": {"description": "An error",
+                                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["code", "message"],
+                    "properties": {"code": {"type": "string", "example": "unsupported_media_type"},
+                                   "message": {"type": "string"}}}}},
+                "Prediction": {"type": "object", "nullable": True, "properties": {
+                    "category": {"type": "string"}, "confidence": {"type": "number"}, "level": {"type": "string"},
+                    "alternatives": {"type": "array", "items": {"type": "object", "properties": {
+                        "category": {"type": "string"}, "confidence": {"type": "number"}}}},
+                    "routing": {"type": "string", "enum": ["filter", "top2", "all", "off"]}}},
+                "Hit": {"type": "object", "properties": {
+                    "sku": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"},
+                    "brand": {"type": "string", "nullable": True}, "price": {"type": "number", "nullable": True},
+                    "currency": {"type": "string", "nullable": True},
+                    "category": {"type": "string", "nullable": True},
+                    "category_source": {"type": "string", "nullable": True, "enum": ["merchant", "predicted", None]},
+                    "matched_image": {"type": "object", "properties": {
+                        "id": {"type": "integer"}, "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}}},
+                    "matched_images": {"type": "integer"}, "url": {"type": "string"}, "api_url": {"type": "string"}}},
+                "SearchResponse": {"type": "object", "properties": {
+                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+                    "count": {"type": "integer"}, "k": {"type": "integer"}, "model": {"type": "string"},
+                    "build_id": {"type": "string"}, "timings_ms": {"type": "object",
+                                                                   "additionalProperties": {"type": "number"}},
+                    "predicted_category": {"$ref": "#/components/schemas/Prediction"},
+                    "filters": {"type": "object"}}},
+                "Product": {"type": "object", "properties": {
+                    "sku": {"type": "string"}, "title": {"type": "string"},
+                    "description": {"type": "string", "nullable": True}, "brand": {"type": "string", "nullable": True},
+                    "price": {"type": "number", "nullable": True}, "currency": {"type": "string", "nullable": True},
+                    "category": {"type": "string", "nullable": True},
+                    "category_source": {"type": "string", "nullable": True},
+                    "predicted_category": {"type": "string", "nullable": True},
+                    "predicted_confidence": {"type": "number", "nullable": True},
+                    "attributes": {"type": "object"},
+                    "images": {"type": "array", "items": {"type": "object", "properties": {
+                        "id": {"type": "integer"}, "role": {"type": "string"}, "width": {"type": "integer"},
+                        "height": {"type": "integer"}, "status": {"type": "string"},
+                        "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}}}},
+                    "url": {"type": "string"}, "similar_url": {"type": "string"}}},
+                "Health": {"type": "object", "properties": {
+                    "status": {"type": "string"}, "index_loaded": {"type": "boolean"}, "model": {"type": "string"},
+                    "build_id": {"type": "string"}, "vectors": {"type": "integer"}, "index_type": {"type": "string"},
+                    "dim": {"type": "integer"}, "has_text": {"type": "boolean"}, "router": {"type": "boolean"},
+                    "error": {"$ref": "#/components/schemas/Error/properties/error"}}},
+            },
+        },
+    }

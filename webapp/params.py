@@ -1,0 +1,98 @@
+"""Request parameters -> typed values, and results -> JSON/template-friendly dicts."""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+from flask import current_app, url_for
+
+from shopsearch.catalogue.records import ProductInfo
+from shopsearch.results import ProductHit, SearchFilters, SearchResult
+from webapp.errors import BadParameterError
+
+
+def _get(values: Mapping[str, str], name: str) -> str | None:
+    v = values.get(name)
+    return v.strip() if isinstance(v, str) and v.strip() else None
+
+
+def parse_k(values: Mapping[str, str], default: int) -> int:
+    raw = _get(values, "k")
+    if raw is None:
+        return default
+    top = int(current_app.config["MAX_K"])
+    try:
+        k = int(raw)
+    except ValueError:
+        raise BadParameterError(f"k must be a whole number between 1 and {top}, not {raw!r}") from None
+    if not 1 <= k <= top:
+        raise BadParameterError(f"k must be between 1 and {top}, not {k}")
+    return k
+
+
+def _price(values: Mapping[str, str], name: str) -> Decimal | None:
+    raw = _get(values, name)
+    if raw is None:
+        return None
+    try:
+        d = Decimal(raw)
+    except InvalidOperation:
+        raise BadParameterError(f"{name} must be a number, not {raw!r}") from None
+    if not d.is_finite() or d < 0:
+        raise BadParameterError(f"{name} must be a price of 0 or more, not {raw!r}")
+    return d
+
+
+def parse_filters(values: Mapping[str, str]) -> SearchFilters:
+    category = _get(values, "category")
+    if category is not None and len(category) > 500:
+        raise BadParameterError("category is too long")
+    lo, hi = _price(values, "min_price"), _price(values, "max_price")
+    if lo is not None and hi is not None and lo > hi:
+        raise BadParameterError(f"min_price ({lo}) is above max_price ({hi})")
+    return SearchFilters(category=category.strip("/") if category else None, min_price=lo, max_price=hi)
+
+
+def parse_routing(values: Mapping[str, str]) -> bool:
+    raw = (_get(values, "routing") or "").lower()
+    if raw in ("0", "false", "off", "no"):
+        return False
+    return bool(current_app.config["ROUTING"])
+
+
+def image_urls(image_id: int) -> dict[str, str]:
+    return {"thumbnail_url": url_for("images.image", image_id=image_id, size=320),
+            "image_url": url_for("images.image", image_id=image_id, size=1280)}
+
+
+def hit_dict(h: ProductHit) -> dict[str, Any]:
+    d = h.to_dict()
+    d["matched_image"].pop("path", None)  # server file paths are not the public's business
+    d["matched_image"].update(image_urls(h.image_id))
+    d["url"] = url_for("pages.product", sku=h.sku)
+    d["api_url"] = url_for("api.product", sku=h.sku)
+    return d
+
+
+def result_dict(res: SearchResult, filters: SearchFilters | None = None, k: int | None = None) -> dict[str, Any]:
+    d = res.to_dict()
+    d["results"] = [hit_dict(h) for h in res.hits]
+    d["count"] = len(res.hits)
+    if filters is not None:
+        d["filters"] = {"category": filters.category,
+                        "min_price": float(filters.min_price) if filters.min_price is not None else None,
+                        "max_price": float(filters.max_price) if filters.max_price is not None else None}
+    if k is not None:
+        d["k"] = k
+    return d
+
+
+def product_dict(p: ProductInfo) -> dict[str, Any]:
+    d = p.to_dict()
+    for img, info in zip(d["images"], p.images):
+        img.pop("path", None)
+        if info.status == "ok":
+            img.update(image_urls(info.id))
+    d["url"] = url_for("pages.product", sku=p.sku)
+    d["similar_url"] = url_for("api.similar", sku=p.sku)
+    return d

@@ -1,0 +1,89 @@
+"""Production serving: the app under gunicorn (threads per worker, optional preload)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any, Callable, Mapping
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from shopsearch.config import Settings
+
+log = logging.getLogger("shopsearch.web")
+
+
+def bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def gunicorn_options(bind: str, workers: int = 1, threads: int = 4, preload: bool = True, timeout: int = 60,
+                     access_log: bool = False, max_requests: int = 0) -> dict[str, Any]:
+    """Gunicorn settings: gthread workers (the model call releases the GIL, threads overlap I/O)."""
+    if workers < 1 or threads < 1:
+        raise ValueError("workers and threads must be at least 1")
+    opts: dict[str, Any] = {
+        "bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread",
+        "preload_app": preload, "timeout": timeout, "graceful_timeout": 20, "keepalive": 5,
+        "accesslog": "-" if access_log else None, "errorlog": "-", "loglevel": "info",
+        "max_requests": max_requests, "max_requests_jitter": max_requests // 10 if max_requests else 0,
+        "proc_name": "shopsearch",
+    }
+    return opts
+
+
+def _torch_threads(workers: int) -> None:
+    """Split the cores between workers instead of every worker claiming all of them."""
+    if "torch" not in sys.modules:
+        return
+    n = int(os.environ.get("SHOPSEARCH_TORCH_THREADS", "0")) or max(1, (os.cpu_count() or 1) // workers)
+    sys.modules["torch"].set_num_threads(n)
+
+
+class ShopSearchGunicorn(BaseApplication):
+    """Gunicorn application that builds the Flask app with `factory` (once in the master
+    when preloading, so workers share the loaded model pages copy-on-write)."""
+
+    def __init__(self, factory: Callable[[], Flask], options: Mapping[str, Any]) -> None:
+        self.factory = factory
+        self.options = dict(options)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if value is not None and key in self.cfg.settings:
+                self.cfg.set(key, value)
+        workers = int(self.options.get("workers", 1))
+
+        def post_fork(server: Any, worker: Any) -> None:
+            app = self.callable  # set in the master when preloading, else None until the worker loads it
+            if app is not None:
+                app.extensions["shopsearch"].after_fork()
+            _torch_threads(workers)
+
+        self.cfg.set("post_fork", post_fork)
+
+    def load(self) -> Flask:
+        return self.factory()
+
+
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 4,
+               preload: bool = True, timeout: int = 60, access_log: bool = False,
+               config: Mapping[str, Any] | None = None) -> None:
+    """Serve the web app under gunicorn until interrupted (used by `shopsearch demo` and `serve`)."""
+    from webapp import create_app  # noqa: PLC0415
+
+    overrides = {"SETTINGS": settings, **(config or {})}
+    opts = gunicorn_options(bind_address(host, port), workers, threads, preload, timeout, access_log)
+    log.info("starting gunicorn", extra={k: v for k, v in opts.items() if k in ("bind", "workers", "threads", "preload_app")})
+    ShopSearchGunicorn(lambda: create_app(overrides), opts).run()
+
+
+def run_dev_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,
+                   config: Mapping[str, Any] | None = None) -> None:
+    """Flask's debug server: auto-reload and the interactive debugger. Never in production."""
+    from webapp import create_app  # noqa: PLC0415
+
+    app = create_app({"SETTINGS": settings, **(config or {})})
+    app.run(host=host, port=port, debug=True, use_reloader=False, threaded=True)

@@ -1,0 +1,150 @@
+"""One SearchService per process, swapped for a new one when a new index build is published.
+
+Loading a model and an index is expensive, so it happens once per process (at app
+creation, before gunicorn forks when preloading). Each request costs at most one stat()
+of index/CURRENT (throttled) to notice `shopsearch index build`/`rollback` without a restart."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from shopsearch.app import open_catalogue, open_index_store, open_search_service
+from shopsearch.catalogue.records import ImageInfo
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.config import Settings
+from shopsearch.errors import IndexNotFoundError, ProductNotFoundError, ShopSearchError
+from shopsearch.search import SearchService
+
+log = logging.getLogger("shopsearch.web")
+
+_Signature = tuple[int, int, int] | None
+
+
+class ServiceHolder:
+    """Owns the process's catalogue connection pool and its current SearchService."""
+
+    def __init__(self, settings: Settings, model: str | None = None, reload_check_s: float = 1.0,
+                 service: SearchService | None = None, embedder: Any = None, router: Any = None,
+                 migrate: bool = False) -> None:
+        self.settings = settings
+        self.model = model
+        self.reload_check_s = reload_check_s
+        self._embedder = embedder
+        self._router = router
+        self._migrate = migrate
+        self._fixed = service is not None  # an injected service is served as is
+        self._service = service
+        self._catalogue: CatalogueStore | None = service.catalogue if service else None
+        self._lock = threading.Lock()  # guards reloads
+        self._db_lock = threading.Lock()  # guards opening the catalogue (taken inside reloads)
+        self._sig: _Signature = None
+        self._next_check = 0.0
+        self._load_error: ShopSearchError | None = None
+        self._primary: dict[str, int | None] = {}
+        self.loads = 0  # how many times an index was (re)loaded: tests and /healthz
+
+    # -- collaborators ------------------------------------------------------
+    @property
+    def catalogue(self) -> CatalogueStore:
+        if self._catalogue is None:
+            with self._db_lock:
+                if self._catalogue is None:
+                    self._catalogue = open_catalogue(self.settings, migrate=self._migrate)
+        return self._catalogue
+
+    def get(self) -> SearchService:
+        """The serving SearchService; raises IndexNotFoundError (503) while there is none."""
+        if not self._fixed:
+            self._maybe_reload()
+        svc = self._service
+        if svc is None:
+            raise self._load_error or IndexNotFoundError("no index has been built yet; run `shopsearch index build`")
+        return svc
+
+    def peek(self) -> SearchService | None:
+        """The current service without raising (pages that work without an index)."""
+        try:
+            return self.get()
+        except ShopSearchError:
+            return None
+
+    # -- reloading --------------------------------------------------------------
+    def _pointer_signature(self) -> _Signature:
+        try:
+            st = os.stat(self.settings.index_dir / "CURRENT")
+        except FileNotFoundError:
+            return None
+        # os.replace gives the pointer a new inode, so this changes even within one mtime tick
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if self._service is not None and now < self._next_check:
+            return
+        self._next_check = now + self.reload_check_s
+        sig = self._pointer_signature()
+        if sig == self._sig:  # unchanged since the last attempt (successful or not)
+            return
+        with self._lock:
+            if sig == self._sig:
+                return
+            if sig is not None:
+                self._load()
+            self._sig = sig
+
+    def _load(self) -> None:
+        """Load the build CURRENT names; on failure keep serving the old one."""
+        store = open_index_store(self.settings)
+        new_id = store.current_id()
+        if self._service is not None and self._service.manifest.build_id == new_id:
+            return
+        t0 = time.perf_counter()
+        try:
+            if self._embedder is not None:
+                index, manifest = store.load_current()
+                svc = SearchService(self._embedder, index, self.catalogue, manifest, router=self._router)
+            else:
+                svc = open_search_service(self.settings, catalogue=self.catalogue, model=self.model,
+                                          router=self._router)
+        except ShopSearchError as e:
+            self._load_error = e
+            log.error("index load failed; keeping the previous one",
+                      extra={"build_id": new_id, "error": str(e), "code": e.code})
+            return
+        old = self._service.manifest.build_id if self._service else None
+        self._service, self._load_error = svc, None
+        self._primary = {}
+        self.loads += 1
+        log.info("index loaded", extra={"build_id": svc.manifest.build_id, "previous": old,
+                                        "vectors": len(svc.index), "model": svc.manifest.model_name,
+                                        "seconds": round(time.perf_counter() - t0, 3)})
+
+    # -- small per-process caches -----------------------------------------------
+    def primary_image_id(self, sku: str) -> int | None:
+        """The product's first catalogue image (card thumbnail), cached per index build."""
+        if sku not in self._primary:
+            if len(self._primary) > 20_000:
+                self._primary = {}
+            try:
+                images = [i for i in self.catalogue.get_product(sku).images if i.status == "ok"]
+            except ProductNotFoundError:
+                images = []
+            main = [i for i in images if i.role == "catalogue"] or images
+            self._primary[sku] = main[0].id if main else None
+        return self._primary[sku]
+
+    def image(self, image_id: int) -> ImageInfo | None:
+        return self.catalogue.image(image_id)
+
+    # -- process lifecycle ------------------------------------------------------
+    def after_fork(self) -> None:
+        """In a gunicorn worker: never share the master's database connections."""
+        if self._catalogue is not None:
+            self._catalogue.engine.dispose(close=False)
+
+    def close(self) -> None:
+        if self._catalogue is not None and not self._fixed:
+            self._catalogue.close()

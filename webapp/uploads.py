@@ -1,0 +1,132 @@
+"""Shopper uploads: read from memory only, sniff and decode safely, optionally retain.
+
+Werkzeug spools multipart files over 500 KB to a temporary file; InMemoryRequest keeps
+them in memory instead (MAX_CONTENT_LENGTH bounds the size), so nothing a shopper sends
+is written to disk unless RETAIN_UPLOADS names a folder."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from flask import Request, current_app, g, request
+from PIL import Image
+
+from indexer.pipeline import DRAFT_SIZE
+from shopsearch.errors import InvalidImageError
+from shopsearch.images import load_image
+from webapp.errors import BadParameterError, MissingImageError
+
+log = logging.getLogger("shopsearch.web")
+
+_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
+
+
+class InMemoryRequest(Request):
+    """A Request whose uploaded files never touch the disk."""
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+        return io.BytesIO()
+
+
+def upload_bytes(field: str = "image", allow_raw: bool = True) -> bytes | None:
+    """The uploaded file's bytes: multipart field `field`, else (API) the raw body; None if absent."""
+    if request.mimetype == "multipart/form-data":
+        f = request.files.get(field)
+        if f is None:
+            return None
+        data = f.read()
+        # a form submitted with no file chosen sends an empty part with no filename
+        return None if not data and not f.filename else data
+    if allow_raw and request.mimetype != "application/x-www-form-urlencoded":
+        data = request.get_data(cache=False)
+        return data or None
+    return None
+
+
+def decode_upload(data: bytes) -> Image.Image:
+    """Bytes -> upright RGB image, as the indexer decodes catalogue files (same draft scale)."""
+    img = load_image(data, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]), draft_size=DRAFT_SIZE)
+    if max(img.size) > 2 * DRAFT_SIZE:
+        img.thumbnail((2 * DRAFT_SIZE, 2 * DRAFT_SIZE))
+    g.setdefault("images", []).append(img)  # closed in teardown
+    _retain(data, img)
+    return img
+
+
+def _retain(data: bytes, img: Image.Image) -> None:
+    folder: Path | None = current_app.config.get("RETAIN_UPLOADS")
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(data).hexdigest()
+    fmt = Image.open(io.BytesIO(data)).format or "bin"  # header only: already validated
+    final = folder / f"{digest}.{_EXT.get(fmt, 'bin')}"
+    if final.exists():
+        return
+    tmp = folder / f".{digest}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, final)
+    log.info("upload retained", extra={"path": str(final), "bytes": len(data)})
+
+
+def require_image(field: str = "image", allow_raw: bool = True) -> Image.Image:
+    data = upload_bytes(field, allow_raw)
+    if data is None:
+        raise MissingImageError("no image was uploaded: send a photo in the multipart field 'image'"
+                                + (" or as the raw request body" if allow_raw else ""))
+    return decode_upload(data)
+
+
+# -- the query, carried between result pages without storing anything server-side ----
+def encode_vector(vec: np.ndarray) -> str:
+    return base64.urlsafe_b64encode(np.asarray(vec, dtype="<f4").tobytes()).decode("ascii")
+
+
+def decode_vector(text: str, dim: int) -> np.ndarray:
+    """A query vector posted back by a results page: exact length, finite, renormalised."""
+    try:
+        raw = base64.urlsafe_b64decode(text.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise BadParameterError("the search query is malformed; upload the photo again") from None
+    if len(raw) != 4 * dim:
+        raise BadParameterError("the search query does not fit this index; upload the photo again")
+    vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    norm = float(np.linalg.norm(vec))
+    if not np.isfinite(vec).all() or norm == 0:
+        raise BadParameterError("the search query is malformed; upload the photo again")
+    return vec / norm
+
+
+def preview_data_url(img: Image.Image, size: int = 240) -> str:
+    """A small re-encoded JPEG of the query photo, inlined in the page (never stored)."""
+    small = img.copy()
+    small.thumbnail((size, size))
+    buf = io.BytesIO()
+    small.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def checked_preview(text: str | None) -> str | None:
+    """A preview posted back by a results page, re-validated (it came from the client)."""
+    prefix = "data:image/jpeg;base64,"
+    if not text or not text.startswith(prefix) or len(text) > 200_000:
+        return None
+    try:
+        img = load_image(base64.b64decode(text[len(prefix):], validate=True), max_pixels=1_000_000)
+    except (InvalidImageError, binascii.Error, ValueError):
+        return None
+    return preview_data_url(img)
+
+
+def close_request_images(_exc: BaseException | None = None) -> None:
+    for img in g.pop("images", []):
+        img.close()
