@@ -175,7 +175,7 @@ def main() -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     proc = subprocess.Popen([*CLI, "--data-dir", str(a.data_dir.resolve()), "serve", "--bind", f"127.0.0.1:{port}",
-                             "--workers", str(a.workers), "--threads", str(a.threads), "--preload"],
+                             "--workers", str(a.workers), "--threads", str(a.threads)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t_start = time.perf_counter()
@@ -204,7 +204,7 @@ def main() -> int:
         "benchmark": "load_search", "endpoint": "POST /api/v1/search", "k": a.k,
         "catalogue": source, "model": health["model"], "vectors": health["vectors"],
         "index_type": health["index_type"], "build_id": health["build_id"],
-        "server": {"kind": "gunicorn gthread (shopsearch serve --preload)", "workers": a.workers,
+        "server": {"kind": "gunicorn gthread (shopsearch serve)", "workers": a.workers,
                    "threads": a.threads, "startup_s": round(startup_s, 2)},
         "client": {"concurrency": a.concurrency, "duration_s": round(elapsed, 2), "query_photos": len(queries),
                    "keep_alive": True},

@@ -55,9 +55,14 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
            ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
 
 
-def machine_line(m: dict | None) -> str:
+def machine_line(m: dict | str | None, obj: dict | None = None) -> str:
+    if isinstance(m, str):
+        return f"Machine: {m}."
     if not m:
-        return "_Machine not recorded._"
+        hints = {k: obj[k] for k in ("device", "cpus", "load_avg_1m", "measured_at") if obj and k in obj}
+        return (f"Machine (from the file's own fields): {_fmt(hints)}." if hints else "_Machine not recorded._")
+    if "cpu_model" not in m:
+        return f"Machine: {_fmt(m)}."
     return (f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count', '?')} cores"
             f"{', ' + str(m['memory_gib']) + ' GiB RAM' if m.get('memory_gib') else ''}, {m.get('platform', '?')}; "
             f"Python {m.get('python', '?')}, torch {m.get('torch', '?')}, faiss {m.get('faiss', '?')}; "
@@ -66,8 +71,14 @@ def machine_line(m: dict | None) -> str:
 
 
 # -- recall ----------------------------------------------------------------------------
+_RECALL_KEYS = {"recall_at", "map_at", "mrr", "ndcg_at", "queries", "gallery", "model", "index"}
+
+
 def is_recall(obj: dict) -> bool:
-    return "recall_at" in obj or ("configs" in obj and all("recall_at" in c for c in obj["configs"]))
+    """The shape `shopsearch bench recall --json` prints (one configuration or several)."""
+    configs = obj.get("configs") if "configs" in obj else [obj]
+    return isinstance(configs, list) and bool(configs) and all(
+        isinstance(c, dict) and _RECALL_KEYS <= set(c) for c in configs)
 
 
 def render_recall(name: str, obj: dict) -> list[str]:
@@ -91,7 +102,7 @@ def render_recall(name: str, obj: dict) -> list[str]:
         rows.append([c.get("name", c["model"]), f"{c.get('dataset', {}).get('gallery')} ({c['gallery']} img)"]
                     + [c["recall_at"].get(str(k)) for k in ks]
                     + [c["map_at"].get(kmax), c["mrr"], c["ndcg_at"].get(kmax), trip("search"), trip("total"),
-                       g.get("images_per_s") if g.get("images_per_s") else "cached"])
+                       f"{g['images_per_s']:.1f}" if g.get("images_per_s") else "cached"])
     lines += _table(header, rows)
     lines += ["", "Total latency = one query image decoded + embedded alone, plus the grouped search "
                   f"(sampled on {configs[0].get('latency_ms', {}).get('embed_samples', '?')} queries).", "",
@@ -153,8 +164,11 @@ def render_generic(name: str, obj: Any) -> list[str]:
             cols = list(dict.fromkeys(c for x in val for c in x if c != "machine"))
             lines += [f"**{key}**", ""] + _table(cols, [[x.get(c) for c in cols] for x in val]) + [""]
         elif isinstance(val, dict):
-            lines += [f"**{key}**: {_fmt(val)}", ""]
-    return lines + [machine_line(obj.get("machine") if isinstance(obj.get("machine"), dict) else None), ""]
+            text = _fmt(val)
+            if len(text) > 400:  # deep structures stay in the JSON file
+                text = text[:400].rsplit(",", 1)[0] + ", … (see the JSON file)"
+            lines += [f"**{key}**: {text}", ""]
+    return lines + [machine_line(obj.get("machine"), obj), ""]
 
 
 def generate(results: Path) -> str:
@@ -178,7 +192,10 @@ def generate(results: Path) -> str:
     if recall:
         lines += ["## Retrieval quality (`shopsearch bench recall`)", ""]
         for n, o in recall:
-            lines += render_recall(n, o)
+            try:
+                lines += render_recall(n, o)
+            except (KeyError, TypeError, ValueError, AttributeError):  # a hand-edited file: show it as it is
+                lines += render_generic(n, o)
     if ann:
         lines += ["## Approximate nearest-neighbour search (`benchmarks/ann_bench.py`)", ""]
         for n, o in ann:

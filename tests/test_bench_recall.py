@@ -222,6 +222,7 @@ def test_cli_json_table_gate_and_outputs(grocery, tmp_path):
         assert key in obj, key
     assert set(obj["recall_at"]) == {"1", "5", "10"} and {"p50", "p95", "p99"} <= set(obj["latency_ms"])
     assert (obj["queries"], obj["gallery"], obj["model"], obj["index"]) == (20, 18, "colorhist", "flat")
+    assert obj["index_factory"] == "Flat" and obj["dataset"]["gallery"] == "iconic+train"
     r1 = obj["recall_at"]["1"]
     assert 0.5 <= r1 <= 0.9  # the two HARD queries can never be right at rank 1
 

@@ -46,6 +46,8 @@ def test_ann_bench_then_results_markdown(tmp_path):
     (out.parent / "recall_multi.json").write_text(json.dumps({"configs": [one, {**one, "name": "m hnsw"}]}))
     (out.parent / "throughput_cpu.json").write_text(json.dumps(
         {"device": "cpu", "rows": [{"model": "colorhist", "images_per_s": 812.5}], "machine": {"cpu_model": "X"}}))
+    # someone else's summary that merely looks like ours (configs with recall_at but no counts)
+    (out.parent / "summary.json").write_text(json.dumps({"configs": [{"model": "m", "recall_at": {"1": 0.5}}]}))
     md = tmp_path / "RESULTS.md"
     assert make.main(["--results", str(out.parent), "--out", str(md)]) == 0
     text = md.read_text()
@@ -53,3 +55,4 @@ def test_ann_bench_then_results_markdown(tmp_path):
     assert "m hnsw" in text and "ToyCPU" in text
     assert "| hnsw | HNSW32,Flat | ef_search=8 |" in text and "1-thread p50 ms" in text
     assert "| colorhist | 812.5 |" in text
+    assert "### summary" in text and "| m | 1=0.5000 |" in text  # rendered generically, not dropped

@@ -51,8 +51,8 @@ def _build(settings: Settings, cat: CatalogueStore, emb: FakeEmbedder):
         progress=False, workers=1)
 
 
-def make_site(root: Path, n: int = 12) -> Settings:
-    settings = Settings(data_dir=root / "data")
+def make_site(root: Path, n: int = 12, database_url: str | None = None) -> Settings:
+    settings = Settings(data_dir=root / "data", database_url=database_url)
     (root / "images").mkdir(parents=True, exist_ok=True)
     cat = CatalogueStore.open(settings.db_url)
     for i in range(n):
@@ -193,7 +193,7 @@ def test_page_filters_rerun_the_same_query(client):
 
 @pytest.mark.parametrize("data,status,text", [
     (None, 400, "Choose or take a photo first"),
-    (b"%PDF-1.4 definitely not a photo", 415, "not an image format"),
+    (b"%PDF-1.4 definitely not a photo", 415, "Not an image format"),
     (b"", 400, "empty"),
 ])
 def test_page_upload_errors_are_messages(client, data, status, text):
@@ -267,8 +267,9 @@ def test_api_search_multipart_and_raw_body(client):
     # raw body, any (or no) Content-Type: the bytes are sniffed
     r = client.post("/api/v1/search?k=2", data=photo(9), content_type="application/octet-stream")
     assert r.status_code == 200 and r.json["results"][0]["sku"] == "P9" and r.json["count"] == 2
-    r = client.post("/api/v1/search", data=_png(jitter(make_image(10), seed=3)), content_type="text/plain")
-    assert r.status_code == 200 and r.json["results"][0]["sku"] == "P10"
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):  # the latter: curl --data-binary
+        r = client.post("/api/v1/search", data=_png(jitter(make_image(10), seed=3)), content_type=ctype)
+        assert r.status_code == 200 and r.json["results"][0]["sku"] == "P10"
 
 
 def test_api_search_filters(client):
@@ -568,3 +569,15 @@ def test_injected_search_service(site):
     c = create_app({"SEARCH_SERVICE": svc, "TESTING": True, "SETTINGS": site}).test_client()
     assert api_search(c, photo(8)).json["results"][0]["sku"] == "P8"
     cat.close()
+
+
+def test_api_on_both_databases(tmp_path, db_url):
+    """The same app over SQLite and PostgreSQL (a private schema)."""
+    settings = make_site(tmp_path, n=6, database_url=db_url)
+    app = app_for(settings)
+    c = app.test_client()
+    assert api_search(c, photo(4)).json["results"][0]["sku"] == "P4"
+    assert c.get("/api/v1/products/P4").json["category"] == "Fruit/Banana"
+    assert "P4" not in [h["sku"] for h in c.get("/api/v1/products/P4/similar").json["results"]]
+    assert card_skus(page_search(c, photo(2)).get_data(as_text=True))[0] == "P2"
+    app.extensions["shopsearch"].close()

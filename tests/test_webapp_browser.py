@@ -102,6 +102,7 @@ def test_shopper_finds_banana_and_recommendations(base_url, tmp_path):
 
                 page.goto(base_url + "/")
                 assert page.locator("#dropzone").is_visible()
+                assert not page.locator("#preview").is_visible()  # nothing chosen yet: no empty preview box
                 page.set_input_files("#image-input", str(PHOTO))
                 page.wait_for_selector("#preview:not([hidden])")  # the preview script ran
                 page.click("#search-button")

@@ -47,6 +47,7 @@ def test_gunicorn_options():
     opts = gunicorn_options(bind_address("::1", 8080), workers=3, threads=2, preload=False)
     assert opts["bind"] == "[::1]:8080" and opts["workers"] == 3 and opts["threads"] == 2
     assert opts["worker_class"] == "gthread" and opts["preload_app"] is False
+    assert gunicorn_options("127.0.0.1:1")["preload_app"] is False  # torch models load after fork
     with pytest.raises(ValueError):
         gunicorn_options("127.0.0.1:1", workers=0)
     result = CliRunner().invoke(cli, ["serve", "--bind", "nonsense"])

@@ -1,6 +1,7 @@
 """Production serving: the app under gunicorn (threads per worker, optional preload)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def gunicorn_options(bind: str, workers: int = 1, threads: int = 4, preload: bool = True, timeout: int = 60,
+def gunicorn_options(bind: str, workers: int = 1, threads: int = 4, preload: bool = False, timeout: int = 60,
                      access_log: bool = False, max_requests: int = 0) -> dict[str, Any]:
     """Gunicorn settings: gthread workers (the model call releases the GIL, threads overlap I/O)."""
     if workers < 1 or threads < 1:
@@ -42,8 +43,9 @@ def _torch_threads(workers: int) -> None:
 
 
 class ShopSearchGunicorn(BaseApplication):
-    """Gunicorn application that builds the Flask app with `factory` (once in the master
-    when preloading, so workers share the loaded model pages copy-on-write)."""
+    """Gunicorn application that builds the Flask app with `factory`: in each worker after
+    fork (the default; torch models must be loaded after fork), or once in the master with
+    preload (model-free embedders only, e.g. colorhist: pages are shared copy-on-write)."""
 
     def __init__(self, factory: Callable[[], Flask], options: Mapping[str, Any]) -> None:
         self.factory = factory
@@ -60,7 +62,8 @@ class ShopSearchGunicorn(BaseApplication):
             app = self.callable  # set in the master when preloading, else None until the worker loads it
             if app is not None:
                 app.extensions["shopsearch"].after_fork()
-            _torch_threads(workers)
+            else:
+                _torch_threads(workers)  # safe: torch has not run in this process yet
 
         self.cfg.set("post_fork", post_fork)
 
@@ -68,16 +71,39 @@ class ShopSearchGunicorn(BaseApplication):
         return self.factory()
 
 
-def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 4,
-               preload: bool = True, timeout: int = 60, access_log: bool = False,
-               config: Mapping[str, Any] | None = None) -> None:
-    """Serve the web app under gunicorn until interrupted (used by `shopsearch demo` and `serve`)."""
+def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int = 4, preload: bool = False,
+                   timeout: int = 60, access_log: bool = False, config: Mapping[str, Any] | None = None) -> None:
+    """Run gunicorn in this process (the caller must not have run torch: see run_server)."""
     from webapp import create_app  # noqa: PLC0415
 
     overrides = {"SETTINGS": settings, **(config or {})}
-    opts = gunicorn_options(bind_address(host, port), workers, threads, preload, timeout, access_log)
+    opts = gunicorn_options(bind, workers, threads, preload, timeout, access_log)
     log.info("starting gunicorn", extra={k: v for k, v in opts.items() if k in ("bind", "workers", "threads", "preload_app")})
     ShopSearchGunicorn(lambda: create_app(overrides), opts).run()
+
+
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 4,
+               preload: bool = False, timeout: int = 60, access_log: bool = False,
+               config: Mapping[str, Any] | None = None) -> None:
+    """Serve the web app under gunicorn until interrupted; never returns (used by `shopsearch demo`).
+
+    The process is replaced by a fresh `shopsearch serve`: a caller that has already run a
+    torch model (the demo's sample search) has an OpenMP thread pool that does not survive
+    fork(), so forked gunicorn workers would hang on their first inference."""
+    args = [sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(settings.data_dir),
+            "--device", settings.device]
+    if settings.database_url:
+        args += ["--database-url", settings.database_url]
+    args += ["serve", "--bind", bind_address(host, port), "--workers", str(workers), "--threads", str(threads),
+             "--timeout", str(timeout), "--preload" if preload else "--no-preload"]
+    if access_log:
+        args.append("--access-log")
+    env = dict(os.environ)
+    for key, value in (config or {}).items():  # read back by create_app's SHOPSEARCH_* loading
+        env[f"SHOPSEARCH_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, args, env)
 
 
 def run_dev_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000,

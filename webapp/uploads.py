@@ -46,7 +46,7 @@ def upload_bytes(field: str = "image", allow_raw: bool = True) -> bytes | None:
         data = f.read()
         # a form submitted with no file chosen sends an empty part with no filename
         return None if not data and not f.filename else data
-    if allow_raw and request.mimetype != "application/x-www-form-urlencoded":
+    if allow_raw:  # any other Content-Type (curl --data-binary sends a form type): the bytes decide
         data = request.get_data(cache=False)
         return data or None
     return None

@@ -63,6 +63,9 @@ def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str
     """ShopSearch: visual product search over your catalogue."""
     logs.configure(log_level)
     ctx.obj = Ctx(Settings.from_env(data_dir=data_dir, database_url=database_url, device=device))
+    # Library code that resolves names under the data dir (e.g. `finetuned:NAME`) reads the
+    # environment, so --data-dir must reach it too.
+    os.environ["SHOPSEARCH_DATA_DIR"] = str(ctx.obj.settings.data_dir)
     ctx.call_on_close(lambda: ctx.obj._cache.get("catalogue") and ctx.obj._cache["catalogue"].close())
 
 

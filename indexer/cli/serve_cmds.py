@@ -22,8 +22,10 @@ def _split_bind(bind: str) -> tuple[str, int]:
               help="Gunicorn worker processes (each holds the model and the index).")
 @click.option("--threads", envvar="SHOPSEARCH_THREADS", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Threads per worker.")
-@click.option("--preload/--no-preload", envvar="SHOPSEARCH_PRELOAD", default=True, show_default=True,
-              help="Load the model and index once in the master before forking workers.")
+@click.option("--preload/--no-preload", envvar="SHOPSEARCH_PRELOAD", default=False, show_default=True,
+              help="Load the app once in the master before forking. Only for model-free embedders "
+                   "(colorhist): torch's thread pool does not survive fork, so by default each worker "
+                   "loads the model and index once after forking.")
 @click.option("--timeout", envvar="SHOPSEARCH_TIMEOUT", type=click.IntRange(5, 3600), default=60, show_default=True,
               help="Seconds before a silent worker is restarted.")
 @click.option("--max-upload-mb", envvar="SHOPSEARCH_MAX_UPLOAD_MB", type=click.FloatRange(0.1, 200), default=10,
@@ -41,7 +43,7 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
               retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, access_log: bool,
               debug: bool) -> None:
     """Serve the shoppers' web app and the /api/v1 JSON API."""
-    from webapp.server import run_dev_server, run_server
+    from webapp.server import bind_address, run_dev_server, serve_gunicorn
 
     host, port = _split_bind(bind)
     c.catalogue()  # migrate once here, not racing in every worker
@@ -53,8 +55,8 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
     if debug:
         run_dev_server(c.settings, host, port, config)
     else:
-        run_server(c.settings, host, port, workers=workers, threads=threads, preload=preload, timeout=timeout,
-                   access_log=access_log, config=config)
+        serve_gunicorn(c.settings, bind_address(host, port), workers=workers, threads=threads, preload=preload,
+                       timeout=timeout, access_log=access_log, config=config)
 
 
 def register(cli: click.Group) -> None:
