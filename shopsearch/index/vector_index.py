@@ -29,6 +29,8 @@ FORMAT_VERSION = 1
 # at 512-d, recall@10 0.976 at nprobe 16 and k_factor 4, 0.990 at k_factor 8) takes over.
 HNSW_THRESHOLD = 100_000
 IVFPQ_THRESHOLD = 2_000_000
+#: most vectors an IVF/PQ index is trained on (about 40 per list at 4k lists)
+MAX_TRAIN_VECTORS = 160_000
 #: search-time defaults of the ANN types (see benchmarks/results/ann_*.json). HNSW32 recall@10
 #: at efSearch 64 fell from 0.991 (100k) to 0.941 (1M), at 128 it is 0.998 / 0.975: 128 up to
 #: 1M vectors, 256 beyond (ef_for_size). IVF-PQ re-ranks k * 8 candidates (0.990 at 100k).
@@ -126,6 +128,11 @@ class VectorIndex:
     def train(self, vectors: np.ndarray) -> None:
         if not self._index.is_trained:
             _gpu_kmeans(self._index)  # IVF k-means on the GPU when faiss-gpu is installed
+            if len(vectors) > MAX_TRAIN_VECTORS:
+                # k-means quality saturates long before millions of points; a seeded sample keeps
+                # training time bounded (and builds reproducible).
+                pick = np.random.default_rng(0).choice(len(vectors), MAX_TRAIN_VECTORS, replace=False)
+                vectors = vectors[np.sort(pick)]
             self._index.train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def to_gpu(self, device: int = 0) -> bool:
