@@ -99,6 +99,9 @@ class SearchService:
         """Best image per product, over a growing candidate list until k products pass the filters."""
         n = len(self.index)
         fetch = min(n, max(50, 8 * k))
+        # Routing is a preference, not a filter the shopper chose: a small predicted category
+        # must not make us scan the whole index (the caller tops up from the unrestricted list).
+        limit = n if allowed is None else min(n, 4 * fetch)
         while True:
             scores, ids = self.index.search(vec[None, :], fetch)
             info = self.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
@@ -114,9 +117,9 @@ class SearchService:
                     best[prod.sku] = (s, p, i, c + 1)
                 else:
                     best[prod.sku] = (float(score), prod, img, 1)
-            if len(best) >= k or fetch >= n:
+            if len(best) >= k or fetch >= limit:
                 break
-            fetch = min(n, fetch * 4)
+            fetch = min(limit, fetch * 4)
         ranked = sorted(best.values(), key=lambda t: -t[0])[:k]
         return [ProductHit(p.sku, p.title, s, i.id, i.path, p.brand, p.price, p.currency, p.category,
                            p.category_source, c) for s, p, i, c in ranked]

@@ -108,3 +108,29 @@ def test_bad_image_is_reported_not_fatal(tmp_path, sqlite_catalogue, image_dir):
     r = IndexBuilder(FakeEmbedder(), sqlite_catalogue, store, tmp_path / "vectors").build(progress=False, workers=1)
     assert r.vectors == 2 and len(r.failed) == 1 and r.failed[0][1] == str(bad)
     assert len(sqlite_catalogue.indexable_images()) == 2  # marked invalid in the catalogue
+
+
+class _OneCategoryRouter:
+    def route(self, vector):
+        from shopsearch.results import CategoryPrediction
+
+        return CategoryPrediction("Dairy/Milk", 0.9, routing="filter"), ("Dairy/Milk",)
+
+
+def test_routing_prefers_category_tops_up_and_never_scans_everything(indexed, monkeypatch):
+    svc, _ = indexed
+    routed = SearchService(svc.embedder, svc.index, svc.catalogue, svc.manifest, router=_OneCategoryRouter())
+    asked: list[int] = []
+    real = routed.index.search
+    monkeypatch.setattr(routed.index, "search", lambda q, k: asked.append(k) or real(q, k))
+    res = routed.search_image(make_image(0), k=3)
+    # the 4 Dairy products come first, then the list is topped up from everything
+    assert [h.category for h in res.hits] == ["Dairy/Milk"] * 3
+    assert res.predicted_category.category == "Dairy/Milk"
+    res = routed.search_image(make_image(0), k=8)
+    assert [h.category for h in res.hits[:4]] == ["Dairy/Milk"] * 4 and len(res.hits) == 8
+    # a big gallery is never scanned whole for a routed query: the fetch is bounded
+    monkeypatch.setattr(type(routed.index), "__len__", lambda self: 1_000_000)
+    asked.clear()
+    routed.search_image(make_image(0), k=8)
+    assert max(asked) <= 4 * max(50, 8 * 8)
