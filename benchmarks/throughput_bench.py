@@ -49,7 +49,7 @@ def main() -> None:
                          "repeats": a.repeats, "note": a.note,
                          "command": "python benchmarks/throughput_bench.py " + " ".join(sys.argv[1:])}
     if r.executor == "gpu":  # where the GPU loop spent its time (last repeat)
-        from indexer import gpu
+        from shopsearch.embedding import gpu
 
         out["gpu_stages_s"] = {k: round(v, 3) for k, v in gpu.STAGES.items()}
     path = Path(a.out) if a.out else (Path(__file__).resolve().parent / "results" /

@@ -22,8 +22,8 @@ from shopsearch.errors import ModelMismatchError
 from shopsearch.images import sha256_file
 from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, estimate_bytes_per_vector
-from indexer.pipeline import EmbedReport, WorkItem, embed_items
-from indexer.vector_cache import VectorCache
+from shopsearch.embedding.pipeline import EmbedReport, WorkItem, embed_items
+from shopsearch.embedding.cache import VectorCache
 
 log = logging.getLogger("shopsearch.indexer")
 

@@ -1,6 +1,6 @@
 """Throughput benchmark: our pipeline vs a naive loop, same images, same run.
 
-Our pipeline = indexer.pipeline.embed_items (decode workers with PIL draft, tuned batch,
+Our pipeline = shopsearch.embedding.pipeline.embed_items (decode workers with PIL draft, tuned batch,
 channels-last, bf16 where the hardware has it, vectors written to a VectorCache).
 Naive loop = PIL decode at full size, the model's own transform, batches of 64, fp32,
 no workers, vectors kept in memory and saved once at the end."""
@@ -127,7 +127,7 @@ def _names_precision(model: str) -> bool:
 def _faster_precision(model: str, device: str, paths: Sequence[Path], batch: int = 16) -> str:
     """bf16 is not faster for every model on every CPU (autocast overhead on small ops):
     time a few batches of each and keep the faster."""
-    from indexer.pipeline import WorkItem, decode_image
+    from shopsearch.embedding.pipeline import WorkItem, decode_image
 
     embs = {prec: load_embedder(with_precision(model, prec, device), device) for prec in ("fp32", "bf16")}
     x = np.stack([embs["fp32"].preprocess(decode_image(WorkItem("", str(p)))) for p in paths[:batch]])
@@ -180,8 +180,8 @@ def naive_loop(embedder: Embedder, paths: Sequence[Path], out: Path) -> float:
 def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, batch_size: int | None,
                  workers: int | None, executor: str) -> tuple[float, object]:
     """Seconds our pipeline takes from JPEG files to vectors saved in a fresh VectorCache."""
-    from indexer.pipeline import WorkItem, embed_items, tuned_config
-    from indexer.vector_cache import VectorCache
+    from shopsearch.embedding.pipeline import WorkItem, embed_items, tuned_config
+    from shopsearch.embedding.cache import VectorCache
 
     cfg = tuned_config(embedder, batch_size, workers, executor)
     # Keys are cheap stand-ins for content hashes: hashing is the catalogue import's job.
@@ -201,7 +201,7 @@ def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, bat
 
 def _warm(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
     """One small batch through the model (lazy init, oneDNN kernel selection) before timing."""
-    from indexer.pipeline import decode_image, WorkItem
+    from shopsearch.embedding.pipeline import decode_image, WorkItem
 
     arr = [embedder.preprocess(decode_image(WorkItem("", str(p)))) for p in paths[:n]]
     for _ in range(2):

@@ -8,7 +8,9 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
+from shopsearch.errors import ConfigError
 from shopsearch.index.store import IndexStore
+from shopsearch.index.vector_index import VectorIndex, gpu_available
 from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.app")
@@ -33,11 +35,28 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
                         router: CategoryRouter | None = None, with_router: bool = True) -> SearchService:
     store = open_index_store(settings)
     index, manifest = store.load_current()
+    place_index(index, settings)
     embedder = embedder_for_index(settings, store, model)
     catalogue = catalogue or open_catalogue(settings)
     if router is None and with_router:
         router = _load_router(settings, embedder)
     return SearchService(embedder, index, catalogue, manifest, router=router)
+
+
+def place_index(index: VectorIndex, settings: Settings) -> bool:
+    """Move searching to the GPU as settings.faiss_gpu says; True when it runs there."""
+    mode = (settings.faiss_gpu or "auto").lower()
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"SHOPSEARCH_FAISS_GPU must be auto, on or off, not {settings.faiss_gpu!r}")
+    if mode == "off" or (mode == "auto" and (settings.device == "cpu" or not gpu_available())):
+        return False
+    if index.to_gpu():
+        return True
+    if mode == "on":
+        why = ("this FAISS build has no GPU support or sees no GPU (pip install faiss-gpu-cu12)"
+               if not gpu_available() else f"FAISS cannot run a {index.index_type} index on the GPU")
+        raise ConfigError(f"SHOPSEARCH_FAISS_GPU=on, but {why}")
+    return False
 
 
 def _load_router(settings: Settings, embedder: Embedder) -> CategoryRouter | None:

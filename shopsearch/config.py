@@ -19,6 +19,8 @@ class Settings:
     model: str = "auto"
     device: str = "auto"
     image_root: Path | None = None
+    #: FAISS search on the GPU: "auto" (when faiss-gpu sees one and device is not cpu), "on", "off"
+    faiss_gpu: str = "auto"
 
     @property
     def db_url(self) -> str:
@@ -52,6 +54,7 @@ class Settings:
             database_url=env.get("SHOPSEARCH_DATABASE_URL") or None,
             model=env.get("SHOPSEARCH_MODEL", "auto"),
             device=env.get("SHOPSEARCH_DEVICE", "auto"),
+            faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.importers import RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
 from shopsearch.errors import ManifestError
 from tests.conftest import GROCERY, needs_grocery
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from indexer.build import IndexBuilder
-from indexer.pipeline import WorkItem, embed_items, tuned_config
-from indexer.vector_cache import VectorCache
+from shopsearch.embedding.pipeline import WorkItem, embed_items, tuned_config
+from shopsearch.embedding.cache import VectorCache
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.index import IndexStore
 from tests.conftest import FakeEmbedder, make_image, sha
@@ -131,7 +131,7 @@ def test_gpu_transform_replays_the_model_transform(tmp_path):
     from timm.data import create_transform
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from indexer.gpu import gpu_transform_for
+    from shopsearch.embedding.gpu import gpu_transform_for
 
     tf = create_transform(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.875,
                           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -159,7 +159,7 @@ def test_split_preprocess_is_bit_identical_to_the_transform(tmp_path):
     import torch
     from timm.data import create_transform
 
-    from indexer.pipeline import split_preprocess
+    from shopsearch.embedding.pipeline import split_preprocess
 
     for kw in (dict(crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # EfficientNet-Lite0
                dict(crop_pct=1.0, mean=(0.4815, 0.4578, 0.4082), std=(0.2686, 0.2613, 0.2758))):  # CLIP-like
@@ -198,8 +198,8 @@ class MeanColour:
 def test_gpu_batch_loop_on_cpu_matches_cpu_path(tmp_path, cpu_decoders):
     """The nvJPEG loop (decode_jpeg on the CPU here): JPEGs decoded in sub-batches, PNG and CMYK
     through the CPU fallback, failures reported, vectors close to the CPU pipeline's, order kept."""
-    from indexer.gpu import run_gpu_batches
-    from indexer.pipeline import PipelineConfig
+    from shopsearch.embedding.gpu import run_gpu_batches
+    from shopsearch.embedding.pipeline import PipelineConfig
 
     files = _bad_files(tmp_path / "bad")
     paths = []

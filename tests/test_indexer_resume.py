@@ -13,7 +13,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from indexer.vector_cache import VectorCache
+from shopsearch.embedding.cache import VectorCache
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.colorhist import ColorHistogramEmbedder

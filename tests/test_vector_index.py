@@ -41,8 +41,8 @@ def test_remove_and_ids():
     assert got[0, 0] != 3
 
 
-@pytest.mark.parametrize("itype", ["hnsw", "ivfpq"])
-def test_ann_types_build_and_find_neighbours(itype):
+@pytest.mark.parametrize("itype", ["hnsw", "ivfpq", "ivfflat"])
+def test_ann_types_build_and_find_neighbours(itype, tmp_path):
     x = _data(1500)
     vi = VectorIndex(32, itype, expected_size=1500)
     vi.add(np.arange(1500), x)
@@ -50,6 +50,13 @@ def test_ann_types_build_and_find_neighbours(itype):
     _, got = vi.search(x[:50], 10)
     # a vector's nearest neighbour is itself; ANN must find it nearly always
     assert (got[:, 0] == np.arange(50)).mean() >= 0.9
+    # "more like this" reads stored vectors back, also after a save/load (IVF needs a direct map)
+    vi.save(tmp_path, _manifest())
+    loaded, _ = VectorIndex.load(tmp_path)
+    for index in (vi, loaded):
+        assert np.dot(index.reconstruct(7), x[7]) > 0.95  # PQ / SQ8 codes are lossy, not wrong
+        with pytest.raises(RuntimeError):
+            index.reconstruct(99_999)
 
 
 def test_choose_index_type_by_size():

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from shopsearch.app import open_catalogue, open_index_store, open_search_service
+from shopsearch.app import open_catalogue, open_index_store, open_search_service, place_index
 from shopsearch.catalogue.records import ImageInfo
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
@@ -105,6 +105,7 @@ class ServiceHolder:
         try:
             if self._embedder is not None:
                 index, manifest = store.load_current()
+                place_index(index, self.settings)
                 svc = SearchService(self._embedder, index, self.catalogue, manifest, router=self._router)
             else:
                 svc = open_search_service(self.settings, catalogue=self.catalogue, model=self.model,

@@ -19,7 +19,7 @@ import numpy as np
 from flask import Request, current_app, g, request
 from PIL import Image
 
-from indexer.pipeline import DRAFT_SIZE
+from shopsearch.embedding.pipeline import DRAFT_SIZE
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import load_image
 from webapp.errors import BadParameterError, MissingImageError

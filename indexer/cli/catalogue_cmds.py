@@ -6,7 +6,7 @@ from dataclasses import asdict
 import click
 
 from indexer.cli import Ctx, echo_json, pass_ctx
-from indexer.importers import FORMATS, RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import FORMATS, RowProblem, import_catalogue, read_source
 
 
 @click.group("catalogue")

@@ -25,7 +25,7 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool, host: str, port: int) -> None:
     """Import + index the Grocery Store catalogue, then serve it (idempotent: reruns are quick)."""
     from indexer.build import IndexBuilder
-    from indexer.importers import RowProblem, import_catalogue, read_source
+    from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
     from shopsearch.app import open_search_service
     from shopsearch.embedders import load_embedder
     from shopsearch.images import load_image

@@ -19,8 +19,8 @@ log = logging.getLogger("shopsearch.classify")
 def embed_paths(embedder: Embedder, paths: Sequence[str], hashes: Sequence[str | None], cache_root: Path,
                 progress: bool = True, workers: int | None = None) -> tuple[np.ndarray, list[int]]:
     """(vectors of the images that decoded, their positions in `paths`); failures are logged."""
-    from indexer.pipeline import WorkItem, embed_items
-    from indexer.vector_cache import VectorCache
+    from shopsearch.embedding.pipeline import WorkItem, embed_items
+    from shopsearch.embedding.cache import VectorCache
 
     keys = [h or sha256_file(p) for p, h in zip(paths, hashes)]
     cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)

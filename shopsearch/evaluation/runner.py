@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from indexer.pipeline import WorkItem, embed_items
-from indexer.vector_cache import VectorCache
+from shopsearch.embedding.pipeline import WorkItem, embed_items
+from shopsearch.embedding.cache import VectorCache
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError, InvalidImageError, ManifestError

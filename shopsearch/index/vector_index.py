@@ -8,6 +8,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -113,6 +114,7 @@ class VectorIndex:
         self.nprobe = DEFAULT_NPROBE
         self.ef_search = DEFAULT_EF_SEARCH
         self.refine_k_factor = DEFAULT_REFINE_K_FACTOR
+        self._search_index: faiss.Index | None = None  # a GPU copy answering search(), see to_gpu
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -135,18 +137,35 @@ class VectorIndex:
                 vectors = vectors[np.sort(pick)]
             self._index.train(np.ascontiguousarray(vectors, dtype=np.float32))
 
-    def to_gpu(self, device: int = 0) -> bool:
-        """Search on the GPU when faiss-gpu is installed (flat and IVF types); False when it stays on the CPU."""
-        if not gpu_available() or self.index_type == "hnsw":
-            return False
-        try:
+    def to_gpu(self, device: int = 0, cloner: Callable[[faiss.Index], faiss.Index] | None = None) -> bool:
+        """Answer search() from a GPU copy (faiss-gpu); False when it stays on the CPU.
+
+        The CPU index is kept for reconstruct / ids / remove / save, which GPU types lack
+        or answer differently, so "more like this" and rebuilds never depend on the GPU.
+        `cloner` replaces faiss.index_cpu_to_gpu (tests pass a CPU copy)."""
+        if cloner is None:
+            if not gpu_available() or self.index_type == "hnsw":  # no GPU HNSW in FAISS
+                return False
             res = faiss.StandardGpuResources()
-            self._index = faiss.index_cpu_to_gpu(res, device, self._index)
-            self._gpu_res = res  # the resources must outlive the index
-        except (RuntimeError, AttributeError) as e:  # a type the GPU module lacks: stay on the CPU
+            opts = faiss.GpuClonerOptions()
+            # PQ64 lookup tables only fit in shared memory as fp16; flat stays fp32 (exact)
+            opts.useFloat16 = self.index_type == "ivfpq"
+            self._gpu_res = res  # the resources must outlive the copy
+
+            def cloner(index: faiss.Index) -> faiss.Index:
+                return faiss.index_cpu_to_gpu(res, device, index, opts)
+        try:
+            self._search_index = cloner(self._index)
+        except (RuntimeError, AttributeError) as e:  # a type the GPU module lacks (e.g. Refine(SQ8))
             log.info("FAISS index stays on the CPU: %s", e)
+            self._search_index = None
             return False
+        log.info("FAISS search on the GPU", extra={"index_type": self.index_type, "vectors": len(self)})
         return True
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._search_index is not None
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -160,6 +179,7 @@ class VectorIndex:
         if not self._index.is_trained:
             self.train(vectors)
         self._index.add_with_ids(vectors, ids)
+        self._search_index = None  # a GPU copy would now miss these; to_gpu() again
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ids; returns how many were present. Only for types where supports_remove()."""
@@ -168,6 +188,7 @@ class VectorIndex:
             return 0
         if not self.supports_remove():
             raise NotImplementedError(f"{self.index_type} indexes cannot remove vectors; rebuild without them")
+        self._search_index = None  # the GPU copy would still return them
         return int(self._index.remove_ids(ids))
 
     def supports_remove(self) -> bool:
@@ -182,10 +203,28 @@ class VectorIndex:
         return faiss.vector_to_array(self._index.id_map).astype(np.int64)
 
     def reconstruct(self, image_id: int) -> np.ndarray:
-        return self._index.reconstruct(int(image_id))
+        """The stored vector of `image_id` (RuntimeError when absent); "more like this" uses it."""
+        try:
+            return self._index.reconstruct(int(image_id))
+        except RuntimeError as e:
+            # IVF lists find a vector by id only through a direct map, built on first use
+            # (8 bytes per vector) rather than at load time for indexes never asked.
+            if "direct map" not in str(e) or not self._make_direct_map():
+                raise
+            return self._index.reconstruct(int(image_id))
 
-    def _tune(self) -> None:
+    def _make_direct_map(self) -> bool:
         inner = faiss.downcast_index(self._index.index)
+        if hasattr(inner, "base_index"):  # IndexRefine reconstructs from its refine codes already
+            inner = faiss.downcast_index(inner.base_index)
+        try:
+            faiss.extract_index_ivf(inner).make_direct_map()
+        except RuntimeError:
+            return False
+        return True
+
+    def _tune(self, index: faiss.Index) -> None:
+        inner = faiss.downcast_index(index.index)
         if hasattr(inner, "k_factor") and hasattr(inner, "base_index"):  # IndexRefine: re-rank k * k_factor
             inner.k_factor = float(self.refine_k_factor)
             inner = faiss.downcast_index(inner.base_index)
@@ -202,8 +241,9 @@ class VectorIndex:
         if q.shape[1] != self.dim:
             raise ModelMismatchError(f"query vectors have dim {q.shape[1]}, the index has dim {self.dim}")
         k = max(1, min(int(k), max(len(self), 1)))
-        self._tune()
-        return self._index.search(q, k)
+        index = self._search_index if self._search_index is not None else self._index
+        self._tune(index)
+        return index.search(q, k)
 
     # -- persistence --------------------------------------------------------
     def save(self, directory: Path, manifest: IndexManifest) -> IndexManifest:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import load_image
-from indexer.vector_cache import VectorCache
+from shopsearch.embedding.cache import VectorCache
 
 log = logging.getLogger("shopsearch.pipeline")
 
@@ -280,7 +280,7 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
 
 def _gpu_decode_possible(embedder: Embedder) -> bool:
     try:
-        from indexer.gpu import gpu_transform_for
+        from shopsearch.embedding.gpu import gpu_transform_for
     except ImportError:  # pragma: no cover - torchvision missing
         return False
     return gpu_transform_for(embedder) is not None
@@ -327,7 +327,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
 
     try:
         if cfg.executor == "gpu":
-            from indexer.gpu import run_gpu_batches
+            from shopsearch.embedding.gpu import run_gpu_batches
 
             run_gpu_batches(embedder, todo, cfg, on_vectors, on_failure)
         else:
