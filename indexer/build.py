@@ -11,11 +11,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
 
 from shopsearch.catalogue.records import IndexBuildInfo
+from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ModelMismatchError
@@ -92,6 +94,10 @@ class IndexBuilder:
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
 
     # -- stage: read the catalogue ------------------------------------------------------
+    def rescan(self, workers: int | None = None, progress: bool = True) -> RescanReport:
+        """Catch files replaced or deleted on disk since the import (stat, re-hash what moved)."""
+        return rescan_files(self.catalogue, workers=workers or 2, progress=progress)
+
     def work_items(self) -> list[WorkItem]:
         items = []
         for img in self.catalogue.indexable_images():
@@ -146,45 +152,54 @@ class IndexBuilder:
         return build_id
 
     def _report(self, build_id: str, itype: str, count: int, rep: EmbedReport, t0: float, est: int,
-                extra: dict) -> BuildReport:
+                extra: dict, scan: RescanReport | None = None) -> BuildReport:
+        # files found unusable by the rescan and by the decoder are one list for the merchandiser
+        failed = (scan.problems if scan else ()) + tuple((it.image_id, it.path, r) for it, r in rep.failed)
         return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
-                           rep.skipped, tuple((it.image_id, it.path, r) for it, r in rep.failed),
-                           time.perf_counter() - t0, rep.images_per_s, est, extra)
+                           rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, extra)
 
     # -- public -----------------------------------------------------------------------------
     def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
-              progress: bool = True, executor: str = "auto", chunk_size: int = 512) -> BuildReport:
-        """Embed what is missing, build a fresh index of every good image, publish it atomically."""
+              progress: bool = True, executor: str = "auto", chunk_size: int = 512, rescan: bool = True,
+              on_plan: Callable[[BuildPlan], None] | None = None) -> BuildReport:
+        """Embed what is missing, build a fresh index of every good image, publish it atomically.
+        `on_plan` sees the plan (memory estimate included) before any embedding starts."""
         t0 = time.perf_counter()
+        scan = self.rescan(workers, progress) if rescan else None
         items = self.work_items()
         plan = self.plan(index_type, items)
         log.info("building index", extra={"images": plan.images, "index_type": plan.index_type,
                                           "estimated_bytes": plan.estimated_bytes})
+        if on_plan is not None:
+            on_plan(plan)
         build_id = self._start(plan.index_type)
         rep = self.embed(items, batch_size, workers, progress, executor, chunk_size)
         good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
         ids = sorted(good)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
-        extra = {"mode": "full", "trained_on": len(ids)}
-        report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, extra)
+        extra = {"mode": "full", "trained_on": len(ids), "rescan": scan.to_dict() if scan else None}
+        report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, extra, scan)
         count = self._publish(build_id, plan.index_type, index, good, report.to_dict())
-        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, extra)
+        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, extra, scan)
 
     def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
-               progress: bool = True, executor: str = "auto", chunk_size: int = 512) -> BuildReport:
+               progress: bool = True, executor: str = "auto", chunk_size: int = 512,
+               rescan: bool = True) -> BuildReport:
         """Apply the catalogue's changes to the serving build and publish the result as a new build.
 
-        Only new or changed images are embedded. Removals use FAISS remove_ids where the index
-        type allows it; HNSW (no removal) and a due compaction rebuild from the vector cache,
-        never re-embedding. Without a serving build this is a full `build`."""
+        Files replaced or deleted on disk are noticed first (`rescan`). Only new or changed
+        images are embedded. Removals use FAISS remove_ids where the index type allows it;
+        HNSW (no removal) and a due compaction rebuild from the vector cache, never
+        re-embedding. Without a serving build this is a full `build`."""
         manifest = self.store.current_manifest()
         if manifest is None:
-            return self.build(index_type, batch_size, workers, progress, executor, chunk_size)
+            return self.build(index_type, batch_size, workers, progress, executor, chunk_size, rescan)
         if manifest.model_fingerprint != self.embedder.fingerprint:
             raise ModelMismatchError(
                 f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "
                 f"the same model (or run `shopsearch index build --model {self.embedder.name}`)")
         t0 = time.perf_counter()
+        scan = self.rescan(workers, progress) if rescan else None
         old, _ = self.store.load_current()
         items = self.work_items()
         want = {it.image_id: it.key for it in items if it.image_id is not None}
@@ -234,8 +249,9 @@ class IndexBuilder:
         extra = {"mode": "rebuild" if reason else "incremental", "rebuild_reason": reason,
                  "previous_build": manifest.build_id, "added": len(diff.added), "changed": len(diff.changed),
                  "removed": len(diff.removed), "unchanged": diff.unchanged,
-                 "trained_on": trained_on, "added_since_training": since_training}
+                 "trained_on": trained_on, "added_since_training": since_training,
+                 "rescan": scan.to_dict() if scan else None}
         est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
-        report = self._report(build_id, target, len(index), rep, t0, est, extra)
+        report = self._report(build_id, target, len(index), rep, t0, est, extra, scan)
         count = self._publish(build_id, target, index, final, report.to_dict())
-        return self._report(build_id, target, count, rep, t0, est, extra)
+        return self._report(build_id, target, count, rep, t0, est, extra, scan)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from shopsearch.catalogue.rescan import stat_moved
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.index.store import IndexStore
 from indexer.build import diff_index
@@ -22,6 +23,7 @@ class IndexStatus:
     hashes_known: bool  # False for builds made before the keys sidecar (changes undetectable)
     previous_build: str | None
     up_to_date: bool
+    files_changed_on_disk: int = 0  # size/mtime moved since hashed: `index update` re-checks them
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,10 +33,11 @@ def index_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     """Compare the serving build's ids and content hashes with the catalogue's indexable images."""
     stats = catalogue.stats()
     want = {img.id: img.sha256 or "" for img in catalogue.indexable_images()}
+    on_disk = sum(stat_moved(img) for img in catalogue.images())  # stat only, nothing is read
     manifest = store.current_manifest()
     if manifest is None:
         return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed, True,
-                           store.previous_id(), not want)
+                           store.previous_id(), not want, on_disk)
     keys = store.load_keys(manifest.build_id)
     if keys is None:
         index, _ = store.load_current(mmap=True)
@@ -44,4 +47,4 @@ def index_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     d = diff_index(want, have)
     return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want),
                        len(d.added), len(d.removed), len(d.changed), stats.images_failed, keys is not None,
-                       store.previous_id(), not (d.added or d.removed or d.changed))
+                       store.previous_id(), not (d.added or d.removed or d.changed or on_disk), on_disk)

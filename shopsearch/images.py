@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ class ImageMeta:
     width: int
     height: int
     format: str
+    file_size: int | None = None  # os.stat before hashing: a later change moves them
+    file_mtime_ns: int | None = None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -106,11 +109,12 @@ def load_image(
 
 def inspect_image(path: str | Path) -> ImageMeta:
     """Hash and fully decode a catalogue file; raises InvalidImageError when unusable."""
-    img = _open(path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)
+    img = _open(path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)  # clear errors for missing/non-image files
+    st = os.stat(path)  # before hashing: a write during hashing then shows up at the next rescan
     fmt = img.format or "?"
     try:
         img.load()
         w, h = ImageOps.exif_transpose(img).size
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidImageError(f"corrupt or truncated image: {e}") from None
-    return ImageMeta(sha256_file(path), w, h, fmt)
+    return ImageMeta(sha256_file(path), w, h, fmt, st.st_size, st.st_mtime_ns)

@@ -83,3 +83,19 @@ def test_grocerystore_layout(sqlite_catalogue):
     n_val = len((GROCERY / "dataset" / "val.txt").read_text().split())
     assert sqlite_catalogue.stats().images == 81 + len([l for l in (GROCERY / "dataset" / "val.txt").read_text().splitlines() if l.strip()])
     assert n_val > 0
+
+
+def test_format_is_guessed_from_the_path(tmp_path):
+    from shopsearch.catalogue.importers import guess_format
+    from shopsearch.errors import ManifestError
+
+    (tmp_path / "m.csv").write_text("sku,image\n")
+    (tmp_path / "m.JSONL").write_text("")
+    (tmp_path / "tree" / "Fruit").mkdir(parents=True)
+    (tmp_path / "gs" / "dataset").mkdir(parents=True)
+    (tmp_path / "gs" / "dataset" / "classes.csv").write_text("")
+    assert [guess_format(tmp_path / n) for n in ("m.csv", "m.JSONL", "tree", "gs")] == \
+        ["csv", "jsonl", "imagefolder", "grocerystore"]
+    (tmp_path / "m.xlsx").write_text("")
+    with pytest.raises(ManifestError, match="pass --format"):
+        guess_format(tmp_path / "m.xlsx")

@@ -84,8 +84,10 @@ def test_bad_images_reported_with_reason_never_fatal(tmp_path, sqlite_catalogue,
         sqlite_catalogue.upsert_product(ProductRecord(
             f"B-{kind}", kind, images=(ImageRecord(str(p), sha256=f"{kind:x<64}"[:64]),)))
     store = IndexStore(tmp_path / "index")
+    # no rescan: the files go bad between the rescan and the embedding (the rescan's own
+    # handling of them is tested below)
     r = IndexBuilder(FakeEmbedder(), sqlite_catalogue, store, tmp_path / "vectors").build(
-        progress=False, workers=2, executor=executor, batch_size=4)
+        progress=False, workers=2, executor=executor, batch_size=4, rescan=False)
     failed = {Path(p).name: reason for _, p, reason in r.failed}
     assert set(failed) == {files[k].name for k in REASONS}
     for kind, needle in REASONS.items():
@@ -97,6 +99,23 @@ def test_bad_images_reported_with_reason_never_fatal(tmp_path, sqlite_catalogue,
     bad_status = {sqlite_catalogue.image(i).path: sqlite_catalogue.image(i).error for i, _, _ in r.failed}
     assert all(bad_status[p] == reason for _, p, reason in r.failed)
     assert len(sqlite_catalogue.indexable_images()) == 6
+
+
+def test_rescan_catches_files_gone_bad_before_embedding(tmp_path, sqlite_catalogue):
+    files = _bad_files(tmp_path / "bad")
+    for kind, p in files.items():
+        sqlite_catalogue.upsert_product(ProductRecord(
+            f"B-{kind}", kind, images=(ImageRecord(str(p), sha256=f"{kind:x<64}"[:64]),)))
+    emb = FakeEmbedder()
+    r = IndexBuilder(emb, sqlite_catalogue, IndexStore(tmp_path / "index"), tmp_path / "vectors").build(
+        progress=False, executor="inline")
+    scan = r.extra["rescan"]
+    assert (scan["missing"], scan["invalid"], r.vectors, emb.calls) == (1, 4, 3, 3)
+    failed = {Path(p).name: reason for _, p, reason in r.failed}  # in the build's failure list too
+    errors = {Path(img.path).name: img.error for p in sqlite_catalogue.products() for img in p.images}
+    for kind, needle in REASONS.items():
+        assert needle in errors[files[kind].name], (kind, errors[files[kind].name])
+        assert failed[files[kind].name] == errors[files[kind].name]
 
 
 def test_alpha_is_composited_on_white(tmp_path):

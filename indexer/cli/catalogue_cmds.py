@@ -16,7 +16,9 @@ def catalogue() -> None:
 
 @catalogue.command("import")
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True)
+@click.option("--format", "fmt", type=click.Choice(("auto",) + FORMATS), default="auto", show_default=True,
+              help="auto: by the file's suffix (.csv, .jsonl); a folder is an ImageFolder tree, or the "
+                   "Grocery Store dataset when it holds dataset/classes.csv.")
 @click.option("--reference-split", type=click.Choice(["train", "val", "test"]), default=None,
               help="Grocery Store: add this split's shopper photos as reference images.")
 @click.option("--workers", type=int, default=2, show_default=True)

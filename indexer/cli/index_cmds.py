@@ -13,6 +13,8 @@ def index() -> None:
 
 def _perf_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
+    f = click.option("--rescan/--no-rescan", default=True, show_default=True,
+                     help="First stat every image file and re-hash those changed on disk since the import.")(f)
     f = click.option("--chunk-size", type=int, default=512, show_default=True, hidden=True,
                      help="Vectors per cache chunk (work lost at most when a run is killed).")(f)
     f = click.option("--executor", type=click.Choice(["auto", "thread", "process", "inline", "gpu"]), default="auto",
@@ -35,6 +37,10 @@ def _print_report(report, as_json: bool) -> None:
         return
     extra = report.extra
     mode = extra.get("mode", "full")
+    scan = extra.get("rescan") or {}
+    if scan.get("rehashed"):
+        click.echo(f"files on disk: {scan['changed']} changed, {scan['missing']} missing, {scan['invalid']} unusable, "
+                   f"{scan['restored']} restored ({scan['rehashed']} re-hashed of {scan['images']})", err=True)
     line = (f"build {report.build_id} ({mode}): {report.vectors} vectors ({report.index_type}), "
             f"embedded {report.embedded}, reused {report.skipped}, failed {len(report.failed)}, "
             f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s)")
@@ -56,19 +62,21 @@ def _print_report(report, as_json: bool) -> None:
 @_perf_options
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
-              chunk_size: int, as_json: bool) -> None:
+              chunk_size: int, rescan: bool, as_json: bool) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
 
     embedder = load_embedder(model, c.settings.device)
     builder = IndexBuilder(embedder, c.catalogue(), c.index_store(), c.settings.vector_cache_dir)
-    plan = builder.plan(index_type)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
-    click.echo(f"plan: {plan.images} images -> {plan.index_type} index of dim {plan.dim}, "
-               f"estimated memory {_mib(plan.estimated_bytes)}", err=True)
+
+    def show_plan(plan) -> None:
+        click.echo(f"plan: {plan.images} images -> {plan.index_type} index of dim {plan.dim}, "
+                   f"estimated memory {_mib(plan.estimated_bytes)}", err=True)
+
     report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-                           executor=executor, chunk_size=chunk_size)
+                           executor=executor, chunk_size=chunk_size, rescan=rescan, on_plan=show_plan)
     _print_report(report, as_json)
 
 
@@ -77,7 +85,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @_perf_options
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
-               executor: str, chunk_size: int, as_json: bool) -> None:
+               executor: str, chunk_size: int, rescan: bool, as_json: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -90,7 +98,7 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                f"with {embedder.name} on {embedder.device}", err=True)
     report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
         index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-        executor=executor, chunk_size=chunk_size)
+        executor=executor, chunk_size=chunk_size, rescan=rescan)
     _print_report(report, as_json)
 
 
@@ -112,6 +120,8 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
     click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove"
                + ("" if st.hashes_known else " (content changes unknown: build predates hash records)"))
+    if st.files_changed_on_disk:
+        click.echo(f"files: {st.files_changed_on_disk} changed or gone on disk since they were imported")
     click.echo("up to date" if st.up_to_date else "run `shopsearch index update` to catch up")
 
 

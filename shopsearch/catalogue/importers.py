@@ -183,10 +183,27 @@ def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: s
             )
 
 
+def guess_format(path: Path) -> str:
+    """csv / jsonl by suffix; a folder is the Grocery Store dataset when it has its
+    classes.csv, an ImageFolder tree otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        is_grocery = (path / "dataset" / "classes.csv").is_file() or (path / "classes.csv").is_file()
+        return "grocerystore" if is_grocery else "imagefolder"
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    raise ManifestError(f"cannot tell the format of {path} from its name; pass --format ({', '.join(FORMATS)})")
+
+
 def read_source(path: Path, fmt: str, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path} does not exist")
+    if fmt == "auto":
+        fmt = guess_format(path)
     if fmt == "csv":
         return read_csv(path, problems)
     if fmt == "jsonl":
@@ -199,15 +216,34 @@ def read_source(path: Path, fmt: str, problems: list[RowProblem], reference_spli
 
 
 # -- checking and upserting ------------------------------------------------------
-def _check(path: str) -> tuple[str, ImageRecord | str]:
+def check_image_file(path: str) -> tuple[str, ImageRecord | str]:
     """Worker: inspect one image; returns the filled record or the reason it failed."""
     try:
         m = inspect_image(path)
-        return path, ImageRecord(path, sha256=m.sha256, width=m.width, height=m.height)
+        return path, ImageRecord(path, sha256=m.sha256, width=m.width, height=m.height,
+                                 file_size=m.file_size, file_mtime_ns=m.file_mtime_ns)
     except InvalidImageError as e:
         return path, str(e)
     except OSError as e:  # permission errors and the like
         return path, f"cannot read: {e}"
+
+
+def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
+                      desc: str = "checking images") -> dict[str, ImageRecord | str]:
+    """check_image_file over many paths, in `workers` processes when there are enough."""
+    checked: dict[str, ImageRecord | str] = {}
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or not paths)
+    if workers > 1 and len(paths) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            for path, res in pool.map(check_image_file, paths, chunksize=32):
+                checked[path] = res
+                bar.update()
+    else:
+        for path in paths:
+            checked[path] = check_image_file(path)[1]
+            bar.update()
+    bar.close()
+    return checked
 
 
 def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], problems: list[RowProblem] | None = None,
@@ -217,18 +253,7 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
     report = ImportReport(problems=problems if problems is not None else [])
     records = list(records)
     paths = sorted({im.path for r in records for im in r.images})
-    checked: dict[str, ImageRecord | str] = {}
-    bar = tqdm(total=len(paths), desc="checking images", unit="img", disable=not progress)
-    if workers > 1 and len(paths) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            for path, res in pool.map(_check, paths, chunksize=32):
-                checked[path] = res
-                bar.update()
-    else:
-        for path in paths:
-            checked[path] = _check(path)[1]
-            bar.update()
-    bar.close()
+    checked = check_image_files(paths, workers, progress)
     for rec in tqdm(records, desc="importing products", unit="product", disable=not progress):
         images = []
         for im in rec.images:

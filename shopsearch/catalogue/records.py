@@ -17,6 +17,8 @@ class ImageRecord:
     height: int | None = None
     status: str = "ok"
     error: str | None = None
+    file_size: int | None = None  # stat of the file when hashed (see catalogue/rescan.py)
+    file_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class ImageInfo:
     height: int | None
     status: str
     error: str | None = None
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ _PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attrib
 
 
 def _image_info(img: ProductImage) -> ImageInfo:
-    return ImageInfo(img.id, img.product_id, img.path, img.role, img.sha256, img.width, img.height, img.status, img.error)
+    return ImageInfo(img.id, img.product_id, img.path, img.role, img.sha256, img.width, img.height, img.status,
+                     img.error, img.file_size, img.file_mtime_ns)
 
 
 def _product_info(p: Product, with_images: bool = True) -> ProductInfo:
@@ -130,6 +131,7 @@ class CatalogueStore:
                         ProductImage(
                             path=im.path, role=im.role, sha256=im.sha256, width=im.width,
                             height=im.height, status=im.status, error=im.error,
+                            file_size=im.file_size, file_mtime_ns=im.file_mtime_ns,
                         )
                     )
                     added += 1
@@ -140,6 +142,8 @@ class CatalogueStore:
                     for k, v in new_vals.items():
                         setattr(cur, k, v)
                     img_changed += 1
+                # a touched file with the same bytes is not a change; just remember its new stat
+                cur.file_size, cur.file_mtime_ns = im.file_size, im.file_mtime_ns
             s.flush()
             return UpsertResult(rec.sku, p.id, created, changed or bool(added or img_changed), added, img_changed)
 
@@ -198,6 +202,24 @@ class CatalogueStore:
         with self.session() as s:
             rows = s.scalars(select(ProductImage).where(ProductImage.status == "ok").order_by(ProductImage.id))
             return [_image_info(i) for i in rows]
+
+    def images(self) -> list[ImageInfo]:
+        """Every image whatever its status, in id order (what a rescan of the files checks)."""
+        with self.session() as s:
+            return [_image_info(i) for i in s.scalars(select(ProductImage).order_by(ProductImage.id))]
+
+    def update_image_file(self, image_id: int, status: str, sha256: str | None = None, width: int | None = None,
+                          height: int | None = None, file_size: int | None = None, file_mtime_ns: int | None = None,
+                          error: str | None = None) -> None:
+        """Record what a rescan found for one image file (new content, or why it is unusable now)."""
+        with self.session() as s:
+            img = s.get(ProductImage, image_id)
+            if img is None:
+                return
+            img.status, img.error = status, error
+            img.file_size, img.file_mtime_ns = file_size, file_mtime_ns
+            if status == "ok":
+                img.sha256, img.width, img.height = sha256, width, height
 
     def image(self, image_id: int) -> ImageInfo | None:
         with self.session() as s:

@@ -1,0 +1,88 @@
+"""Rescan: notice image files replaced, deleted or restored on disk since they were imported.
+
+Every image's file is stat'ed; only those whose (size, mtime) moved are hashed and decoded
+again, so a rescan of an unchanged catalogue reads no image bytes. What it finds goes into
+the catalogue (new hash, or status missing / invalid), where `index update` picks it up:
+changed images are re-embedded, missing ones leave the index, restored ones come back."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from tqdm import tqdm
+
+from shopsearch.catalogue.importers import check_image_files
+from shopsearch.catalogue.records import ImageInfo, ImageRecord
+from shopsearch.catalogue.store import CatalogueStore
+
+log = logging.getLogger("shopsearch.catalogue")
+
+
+@dataclass(frozen=True)
+class RescanReport:
+    images: int  # catalogue images whose file was stat'ed
+    rehashed: int  # stat moved (or never recorded): hashed and decoded again
+    changed: int  # usable, with new content: `index update` re-embeds them
+    missing: int  # the file is gone: `index update` drops them from the index
+    invalid: int  # the file is no longer a usable image
+    restored: int  # missing or invalid before, usable now
+    seconds: float
+    #: (image id, path, reason) of each image found unusable by this rescan
+    problems: tuple[tuple[int, str, str], ...] = ()
+
+    def to_dict(self) -> dict:
+        """Counts only: the problems go into the build report's failure list."""
+        d = asdict(self)
+        d.pop("problems")
+        return {**d, "seconds": round(self.seconds, 3)}
+
+
+def stat_moved(img: ImageInfo) -> bool:
+    """True when the file's size or mtime differs from the catalogue's record (or it vanished)."""
+    try:
+        st = os.stat(img.path)
+    except OSError:
+        return img.status != "missing"
+    return (st.st_size, st.st_mtime_ns) != (img.file_size, img.file_mtime_ns)
+
+
+def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True) -> RescanReport:
+    """Bring the catalogue's hashes and statuses in line with the files on disk."""
+    t0 = time.perf_counter()
+    images = store.images()
+    todo = [img for img in tqdm(images, desc="checking files", unit="img", disable=not progress) if stat_moved(img)]
+    changed = missing = invalid = restored = 0
+    problems = []
+    results = check_image_files([img.path for img in todo], workers, progress, desc="re-hashing changed files")
+    for img in todo:
+        res = results[img.path]
+        if isinstance(res, ImageRecord):
+            if img.status != "ok":
+                restored += 1
+            elif res.sha256 != img.sha256:
+                changed += 1
+            store.update_image_file(img.id, "ok", res.sha256, res.width, res.height, res.file_size, res.file_mtime_ns)
+            continue
+        status = "missing" if res.startswith("no such file") else "invalid"
+        if status != img.status:
+            missing += status == "missing"
+            invalid += status == "invalid"
+            problems.append((img.id, img.path, res))
+        size, mtime = _stat_or_none(img.path)
+        # The stat of an unusable file is kept too, so it is not re-decoded at every rescan.
+        store.update_image_file(img.id, status, file_size=size, file_mtime_ns=mtime, error=res)
+    report = RescanReport(len(images), len(todo), changed, missing, invalid, restored, time.perf_counter() - t0,
+                          tuple(problems))
+    if todo:
+        log.info("files rescanned", extra=report.to_dict())
+    return report
+
+
+def _stat_or_none(path: str) -> tuple[int | None, int | None]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
