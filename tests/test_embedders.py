@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from shopsearch.embedders import load_embedder, parse_spec
 from shopsearch.embedders import registry
 from shopsearch.embedders.registry import ModelSpec
+from tests.conftest import make_image
 from shopsearch.errors import CapabilityError, ConfigError, ModelUnavailableError
 
 DATASET = Path(__file__).resolve().parents[1].parent / "shared/datasets/grocerystore"
@@ -231,3 +232,23 @@ def test_colorhist_self_retrieval():
     assert emb.encode_images([]).shape == (0, 384)
     with pytest.raises(CapabilityError):
         emb.encode_texts(["red"])
+
+
+def test_query_decoded_like_the_index_matches_itself(effnet, tmp_path):
+    """A large catalogue JPEG searched as a query (CLI path or upload bytes) gives back its
+    indexed vector: both are decoded at the pipeline's JPEG draft scale for this model."""
+    from shopsearch.embedding import VectorCache, WorkItem, embed_items
+    from shopsearch.embedding.pipeline import decode_query, draft_size_for
+    from shopsearch.images import load_image
+
+    p = tmp_path / "big.jpg"
+    make_image(3, (1800, 1350)).save(p, quality=92)
+    cache = VectorCache(tmp_path / "c", effnet.fingerprint, effnet.dim)
+    embed_items(effnet, [WorkItem("k", str(p))], cache, progress=False, executor="inline")
+    indexed = cache.get_many(["k"])[0]
+    query = effnet.encode_images([decode_query(p, effnet)])[0]
+    upload = effnet.encode_images([decode_query(p.read_bytes(), effnet)])[0]
+    full = effnet.encode_images([load_image(p)])[0]  # what the CLI used to do
+    assert float(indexed @ query) > 0.99999 and float(indexed @ upload) > 0.99999
+    assert float(indexed @ full) < float(indexed @ query)
+    assert draft_size_for(effnet) < 320  # the model's resize size, not the generic default

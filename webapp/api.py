@@ -28,7 +28,7 @@ def search():
     values = _params()
     k, filters, routing = parse_k(values, 10), parse_filters(values), parse_routing(values)
     svc = holder().get()
-    img = require_image("image", allow_raw=True)
+    img = require_image(svc.embedder, "image", allow_raw=True)
     res = svc.search_image(img, k=k, filters=filters, routing=routing)
     return jsonify(result_dict(res, filters, k))
 

@@ -95,7 +95,7 @@ def search():
         data = upload_bytes("camera", allow_raw=False)
     embed_ms = 0.0
     if data is not None:
-        img = decode_upload(data)
+        img = decode_upload(data, svc.embedder)
         t0 = time.perf_counter()
         vec = svc.embedder.encode_images([img])[0]
         embed_ms = (time.perf_counter() - t0) * 1000

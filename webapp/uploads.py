@@ -19,7 +19,8 @@ import numpy as np
 from flask import Request, current_app, g, request
 from PIL import Image
 
-from shopsearch.embedding.pipeline import DRAFT_SIZE
+from shopsearch.embedders.base import Embedder
+from shopsearch.embedding.pipeline import decode_query
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import load_image
 from webapp.errors import BadParameterError, MissingImageError
@@ -52,11 +53,10 @@ def upload_bytes(field: str = "image", allow_raw: bool = True) -> bytes | None:
     return None
 
 
-def decode_upload(data: bytes) -> Image.Image:
-    """Bytes -> upright RGB image, as the indexer decodes catalogue files (same draft scale)."""
-    img = load_image(data, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]), draft_size=DRAFT_SIZE)
-    if max(img.size) > 2 * DRAFT_SIZE:
-        img.thumbnail((2 * DRAFT_SIZE, 2 * DRAFT_SIZE))
+def decode_upload(data: bytes, embedder: Embedder) -> Image.Image:
+    """Bytes -> upright RGB image, decoded as the indexer decodes catalogue files for this
+    model (same JPEG draft scale), so an uploaded catalogue photo matches itself exactly."""
+    img = decode_query(data, embedder, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
     g.setdefault("images", []).append(img)  # closed in teardown
     _retain(data, img)
     return img
@@ -78,12 +78,12 @@ def _retain(data: bytes, img: Image.Image) -> None:
     log.info("upload retained", extra={"path": str(final), "bytes": len(data)})
 
 
-def require_image(field: str = "image", allow_raw: bool = True) -> Image.Image:
+def require_image(embedder: Embedder, field: str = "image", allow_raw: bool = True) -> Image.Image:
     data = upload_bytes(field, allow_raw)
     if data is None:
         raise MissingImageError("no image was uploaded: send a photo in the multipart field 'image'"
                                 + (" or as the raw request body" if allow_raw else ""))
-    return decode_upload(data)
+    return decode_upload(data, embedder)
 
 
 # -- the query, carried between result pages without storing anything server-side ----

@@ -28,7 +28,7 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
     from shopsearch.app import open_search_service
     from shopsearch.embedders import load_embedder
-    from shopsearch.images import load_image
+    from shopsearch.embedding.pipeline import decode_query
 
     root = Path(dataset)
     if not (root / "dataset" / "classes.csv").is_file():
@@ -52,7 +52,7 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     sample = root / "dataset" / "test" / "Fruit" / "Banana" / "Banana_004.jpg"
     if sample.is_file():
         svc = open_search_service(c.settings, catalogue=c.catalogue(), model=model if model != "auto" else None)
-        res = svc.search_image(load_image(sample), k=3)
+        res = svc.search_image(decode_query(sample, svc.embedder), k=3)
         click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} ({h.score:.2f})" for h in res.hits))
     if not serve:
         return

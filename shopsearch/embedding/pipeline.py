@@ -17,6 +17,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import InvalidImageError
-from shopsearch.images import load_image
+from shopsearch.images import DEFAULT_MAX_PIXELS, load_image
 from shopsearch.embedding.cache import VectorCache
 
 log = logging.getLogger("shopsearch.pipeline")
@@ -73,13 +74,29 @@ def read_bytes(item: WorkItem) -> bytes:
         return f.read()
 
 
-def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | None = None) -> object:
+def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> object:
     """Stage 2: bytes -> upright RGB PIL image at reduced scale (JPEGs decoded by PIL draft
     straight at the smallest scale whose both sides stay >= draft_size)."""
-    img = load_image(data if data is not None else item.path, draft_size=draft_size or DRAFT_SIZE)
+    img = load_image(data if data is not None else item.path, draft_size=draft_size or DRAFT_SIZE,
+                     max_pixels=max_pixels)
     if max(img.size) > 2 * DRAFT_SIZE:
         img.thumbnail((2 * DRAFT_SIZE, 2 * DRAFT_SIZE))
     return img
+
+
+def draft_size_for(embedder: Embedder) -> int:
+    """The JPEG draft size the pipeline decodes this embedder's images at (see embed_items)."""
+    split = split_preprocess(embedder)
+    return split.draft_size if split is not None and split.draft_size else DRAFT_SIZE
+
+
+def decode_query(source: bytes | str | Path, embedder: Embedder, max_pixels: int = DEFAULT_MAX_PIXELS) -> object:
+    """Decode a query photo exactly as the pipeline decodes catalogue files for `embedder`,
+    so searching with a catalogue image finds its own vector at similarity 1."""
+    data = source if isinstance(source, bytes) else None
+    path = "" if data is not None else str(source)
+    return decode_image(WorkItem("", path), data, draft_size_for(embedder), max_pixels)
 
 
 def decode(item: WorkItem) -> tuple[WorkItem, object]:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from shopsearch.embedding.pipeline import WorkItem, embed_items
+from shopsearch.embedding.pipeline import WorkItem, decode_query, embed_items
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
@@ -24,7 +24,7 @@ from shopsearch.errors import ConfigError, InvalidImageError, ManifestError
 from shopsearch.evaluation.configs import BenchConfig
 from shopsearch.evaluation.datasets import BenchDataset, Query, truncate_category
 from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, summarize
-from shopsearch.images import load_image, sha256_file
+from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
 from shopsearch.search import CategoryRouter, SearchService
 
@@ -174,13 +174,13 @@ def _time_embedding(st: _ModelState, queries: Sequence[Query], samples: int) -> 
         return
     picks = np.unique(np.linspace(0, len(queries) - 1, n).astype(int))
     try:  # the first call pays one-off costs (lazy init, allocator warm-up): not a query's cost
-        st.embedder.encode_images([load_image(queries[int(picks[0])].path)])
+        st.embedder.encode_images([decode_query(queries[int(picks[0])].path, st.embedder)])
     except InvalidImageError:
         pass
     for i in picks:
         t0 = time.perf_counter()
         try:
-            st.embedder.encode_images([load_image(queries[int(i)].path)])
+            st.embedder.encode_images([decode_query(queries[int(i)].path, st.embedder)])
         except InvalidImageError:
             continue
         st.embed_ms.append((time.perf_counter() - t0) * 1000)
