@@ -213,10 +213,21 @@ class MeanColour:
         return l2_normalize(np.asarray(batch).mean(axis=(2, 3)) + 2.0)
 
 
-@pytest.mark.parametrize("cpu_decoders", [0, 2])
-def test_gpu_batch_loop_on_cpu_matches_cpu_path(tmp_path, cpu_decoders):
-    """The nvJPEG loop (decode_jpeg on the CPU here): JPEGs decoded in sub-batches, PNG and CMYK
-    through the CPU fallback, failures reported, vectors close to the CPU pipeline's, order kept."""
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("cpu_decoders,device", [
+    (0, "cpu"), (2, "cpu"),
+    pytest.param(0, "cuda", marks=pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (nvJPEG)")),
+    pytest.param(2, "cuda", marks=pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (nvJPEG)")),
+])
+def test_gpu_batch_loop_matches_cpu_path(tmp_path, cpu_decoders, device):
+    """The nvJPEG loop (decode_jpeg on the CPU unless a GPU is here): JPEGs decoded in sub-batches,
+    PNG and CMYK through the CPU fallback, failures reported, vectors close to the CPU
+    pipeline's, order kept."""
     from shopsearch.embedding.gpu import run_gpu_batches
     from shopsearch.embedding.pipeline import PipelineConfig
 
@@ -234,7 +245,7 @@ def test_gpu_batch_loop_on_cpu_matches_cpu_path(tmp_path, cpu_decoders):
         got.update(zip(keys, vecs))
 
     run_gpu_batches(MeanColour(), items, PipelineConfig(32, 2, "gpu"), on_vectors,
-                    lambda it, reason: failed.__setitem__(Path(it.path).name, reason), device="cpu",
+                    lambda it, reason: failed.__setitem__(Path(it.path).name, reason), device=device,
                     cpu_decoders=cpu_decoders)
     assert set(failed) == {files[k].name for k in REASONS}
     assert len(got) == 70 + 3
