@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--executor", default="auto")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     ap.add_argument("--work-dir", default=None, help="keep generated images here between runs")
     ap.add_argument("--out", default=None, help="result file (default benchmarks/results/throughput_<model>_<device>.json)")
     ap.add_argument("--note", default="", help="free text stored with the result (e.g. the machine's load)")
@@ -44,7 +45,8 @@ def main() -> None:
     t0 = time.time()
     r = run_throughput(a.model, a.device, images=a.images, precision=a.precision, source=a.source,
                        batch_size=a.batch_size, workers=a.workers, executor=a.executor, naive=not a.no_naive,
-                       work_dir=Path(a.work_dir) if a.work_dir else None, repeats=a.repeats, synthetic_size=(w, h))
+                       work_dir=Path(a.work_dir) if a.work_dir else None, repeats=a.repeats, synthetic_size=(w, h),
+                       compile=a.compile)
     out = r.to_dict() | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
                          "repeats": a.repeats, "note": a.note,
                          "command": "python benchmarks/throughput_bench.py " + " ".join(sys.argv[1:])}

@@ -112,9 +112,10 @@ class IndexBuilder:
 
     # -- stage: embed ---------------------------------------------------------------------
     def embed(self, items: list[WorkItem], batch_size: int | None = None, workers: int | None = None,
-              progress: bool = True, executor: str = "auto", chunk_size: int = 512) -> EmbedReport:
+              progress: bool = True, executor: str = "auto", chunk_size: int = 512,
+              compile: str | None = None) -> EmbedReport:
         report = embed_items(self.embedder, items, self.cache, batch_size=batch_size, workers=workers,
-                             progress=progress, executor=executor, chunk_size=chunk_size)
+                             progress=progress, executor=executor, chunk_size=chunk_size, compile=compile)
         failed_keys = {it.key: reason for it, reason in report.failed}
         for it in items:
             if it.key in failed_keys and it.image_id is not None:
@@ -161,7 +162,7 @@ class IndexBuilder:
     # -- public -----------------------------------------------------------------------------
     def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, executor: str = "auto", chunk_size: int = 512, rescan: bool = True,
-              on_plan: Callable[[BuildPlan], None] | None = None) -> BuildReport:
+              on_plan: Callable[[BuildPlan], None] | None = None, compile: str | None = None) -> BuildReport:
         """Embed what is missing, build a fresh index of every good image, publish it atomically.
         `on_plan` sees the plan (memory estimate included) before any embedding starts."""
         t0 = time.perf_counter()
@@ -173,7 +174,7 @@ class IndexBuilder:
         if on_plan is not None:
             on_plan(plan)
         build_id = self._start(plan.index_type)
-        rep = self.embed(items, batch_size, workers, progress, executor, chunk_size)
+        rep = self.embed(items, batch_size, workers, progress, executor, chunk_size, compile)
         good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
         ids = sorted(good)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
@@ -184,7 +185,7 @@ class IndexBuilder:
 
     def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
                progress: bool = True, executor: str = "auto", chunk_size: int = 512,
-               rescan: bool = True) -> BuildReport:
+               rescan: bool = True, compile: str | None = None) -> BuildReport:
         """Apply the catalogue's changes to the serving build and publish the result as a new build.
 
         Files replaced or deleted on disk are noticed first (`rescan`). Only new or changed
@@ -193,7 +194,8 @@ class IndexBuilder:
         re-embedding. Without a serving build this is a full `build`."""
         manifest = self.store.current_manifest()
         if manifest is None:
-            return self.build(index_type, batch_size, workers, progress, executor, chunk_size, rescan)
+            return self.build(index_type, batch_size, workers, progress, executor, chunk_size, rescan,
+                              compile=compile)
         if manifest.model_fingerprint != self.embedder.fingerprint:
             raise ModelMismatchError(
                 f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "
@@ -209,7 +211,7 @@ class IndexBuilder:
         diff = diff_index(want, have)
         todo_ids = set(diff.added) | set(diff.changed)
         todo = [it for it in items if it.image_id in todo_ids]
-        rep = self.embed(todo, batch_size, workers, progress, executor, chunk_size)
+        rep = self.embed(todo, batch_size, workers, progress, executor, chunk_size, compile)
         ok_new = {i: want[i] for i in sorted(todo_ids) if want[i] in self.cache}
         final = {i: k for i, k in have.items() if i in want and i not in todo_ids and k is not None}
         final.update(ok_new)

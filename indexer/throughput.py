@@ -46,6 +46,8 @@ class ThroughputResult:
     #: images/s it barely moves when other jobs share the cores
     cpu_s_per_image: float | None = None
     naive_cpu_s_per_image: float | None = None
+    compiled: bool = False  # the model ran through torch.compile (TorchEmbedder.compile)
+    runs_s: tuple[float, ...] = ()  # seconds of each repeat; the first pays any compilation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,12 +180,12 @@ def naive_loop(embedder: Embedder, paths: Sequence[Path], out: Path) -> float:
 
 
 def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, batch_size: int | None,
-                 workers: int | None, executor: str) -> tuple[float, object]:
+                 workers: int | None, executor: str, compile: str | None = None) -> tuple[float, object]:
     """Seconds our pipeline takes from JPEG files to vectors saved in a fresh VectorCache."""
     from shopsearch.embedding.pipeline import WorkItem, embed_items, tuned_config
     from shopsearch.embedding.cache import VectorCache
 
-    cfg = tuned_config(embedder, batch_size, workers, executor)
+    cfg = tuned_config(embedder, batch_size, workers, executor, images=len(paths), compile=compile)
     # Keys are cheap stand-ins for content hashes: hashing is the catalogue import's job.
     items = [WorkItem(f"{i:064x}", str(p)) for i, p in enumerate(paths)]
     if cache_dir.exists():  # a timed run must embed everything: never reuse an earlier run's vectors
@@ -192,7 +194,8 @@ def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, bat
         shutil.rmtree(cache_dir)
     cache = VectorCache(cache_dir, embedder.fingerprint, embedder.dim)
     t0 = time.perf_counter()
-    rep = embed_items(embedder, items, cache, cfg.batch_size, cfg.workers, progress=False, executor=cfg.executor)
+    rep = embed_items(embedder, items, cache, cfg.batch_size, cfg.workers, progress=False, executor=cfg.executor,
+                      compile=compile)
     secs = time.perf_counter() - t0
     if rep.failed:
         log.warning("throughput run had failures", extra={"failed": len(rep.failed)})
@@ -211,9 +214,11 @@ def _warm(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
 def run_throughput(model: str, device: str = "auto", images: int = 512, precision: str = "auto",
                    source: str = "auto", batch_size: int | None = None, workers: int | None = None,
                    executor: str = "auto", naive: bool = True, work_dir: Path | None = None,
-                   repeats: int = 1, synthetic_size: tuple[int, int] = (1600, 1200)) -> ThroughputResult:
+                   repeats: int = 1, synthetic_size: tuple[int, int] = (1600, 1200),
+                   compile: str | None = None) -> ThroughputResult:
     """Time our pipeline (best of `repeats` runs, each into a fresh cache) and, unless
-    naive=False, the naive loop on the same `images` files."""
+    naive=False, the naive loop on the same `images` files. With the model compiled, the
+    first run includes the compilation (see runs_s)."""
     import platform
 
     import torch
@@ -248,7 +253,7 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
         runs = []
         for r in range(max(1, repeats)):
             c0 = _cpu_seconds()
-            secs, cfg = pipeline_run(fast, paths, root / f"cache{r}", batch_size, workers, executor)
+            secs, cfg = pipeline_run(fast, paths, root / f"cache{r}", batch_size, workers, executor, compile)
             runs.append((secs, cfg, (_cpu_seconds() - c0) / len(paths)))
         secs, cfg, cpu_ours = min(runs, key=lambda t: t[0])
         ours = len(paths) / secs
@@ -272,7 +277,8 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             precision=parse_spec(spec).precision, batch_size=cfg.batch_size, workers=cfg.workers,
             executor=cfg.executor, source=src_desc, image_size=size, cpus=available_cpus(),
             load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, machine=machine,
-            cpu_s_per_image=round(cpu_ours, 4), naive_cpu_s_per_image=round(cpu_naive, 4) if cpu_naive else None)
+            cpu_s_per_image=round(cpu_ours, 4), naive_cpu_s_per_image=round(cpu_naive, 4) if cpu_naive else None,
+            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs))
     finally:
         tmp.cleanup()
 

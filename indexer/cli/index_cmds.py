@@ -13,6 +13,10 @@ def index() -> None:
 
 def _perf_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
+    f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
+                     envvar="SHOPSEARCH_COMPILE", show_default=True,
+                     help="torch.compile the model first (auto: CPU jobs of 4,096+ images, where it repays "
+                          "its 20-50 s; ~1.6x faster on CPUs without bf16).")(f)
     f = click.option("--rescan/--no-rescan", default=True, show_default=True,
                      help="First stat every image file and re-hash those changed on disk since the import.")(f)
     f = click.option("--chunk-size", type=int, default=512, show_default=True, hidden=True,
@@ -62,7 +66,7 @@ def _print_report(report, as_json: bool) -> None:
 @_perf_options
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
-              chunk_size: int, rescan: bool, as_json: bool) -> None:
+              chunk_size: int, rescan: bool, compile_mode: str, as_json: bool) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -76,7 +80,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
                    f"estimated memory {_mib(plan.estimated_bytes)}", err=True)
 
     report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-                           executor=executor, chunk_size=chunk_size, rescan=rescan, on_plan=show_plan)
+                           executor=executor, chunk_size=chunk_size, rescan=rescan, on_plan=show_plan,
+                           compile=compile_mode)
     _print_report(report, as_json)
 
 
@@ -85,7 +90,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @_perf_options
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
-               executor: str, chunk_size: int, rescan: bool, as_json: bool) -> None:
+               executor: str, chunk_size: int, rescan: bool, compile_mode: str, as_json: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -98,7 +103,7 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                f"with {embedder.name} on {embedder.device}", err=True)
     report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
         index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-        executor=executor, chunk_size=chunk_size, rescan=rescan)
+        executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode)
     _print_report(report, as_json)
 
 
