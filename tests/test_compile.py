@@ -35,11 +35,21 @@ def test_compiled_matches_eager_with_one_compilation():
     torch._dynamo.reset()
     counters.clear()
     assert fast.compile(batch_size=4) and fast.compiled
-    for n, seed in ((4, 1), (3, 2), (9, 3), (1, 4)):  # full, partial, several batches, one image
+    for n, seed in ((4, 1), (3, 2), (9, 3), (1, 4)):  # full, padded, several batches, one image (eager)
         x = _batch(n, seed)
         np.testing.assert_allclose(fast.encode_batch(x), eager.encode_batch(x), atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1  # padding kept one shape: compiled once
     assert fast.fingerprint == eager.fingerprint
+
+
+def test_a_single_query_is_not_padded_to_the_compiled_batch():
+    emb = _tiny()
+    sizes = []
+    emb._compiled, emb._compile_batch = (lambda x: sizes.append(x.shape[0]) or emb.model(x)), 16
+    emb.encode_batch(_batch(1, 0))
+    emb.encode_batch(_batch(9, 0))
+    emb.encode_batch(_batch(20, 0))  # 16 compiled + 4 eager
+    assert sizes == [16, 16]
 
 
 def test_no_compiler_means_eager(monkeypatch):

@@ -206,6 +206,9 @@ class TorchEmbedder:
             for start in range(0, x.shape[0], size):
                 part = x[start:start + size]
                 n = part.shape[0]
+                if 2 * n < size:  # a few images (a single query): padding would waste the batch
+                    outs.append(self.model(part))
+                    continue
                 # Every input is a fresh inference-mode tensor of one shape and layout: a
                 # padded last batch, or a tensor made outside inference mode, would fail
                 # dynamo's guards and compile the model again.
