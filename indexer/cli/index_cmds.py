@@ -16,7 +16,7 @@ def _perf_options(f):
     f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      envvar="SHOPSEARCH_COMPILE", show_default=True,
                      help="torch.compile the model first (auto: CPU jobs of 4,096+ images, where it repays "
-                          "its 20-50 s; ~1.6x faster on CPUs without bf16).")(f)
+                          "its 20-50 s; ~1.4x faster end to end on CPUs without bf16).")(f)
     f = click.option("--rescan/--no-rescan", default=True, show_default=True,
                      help="First stat every image file and re-hash those changed on disk since the import.")(f)
     f = click.option("--chunk-size", type=int, default=512, show_default=True, hidden=True,

@@ -36,7 +36,7 @@ DRAFT_SIZE = 320
 #: items handed to a worker at once (fewer round trips through the process pool)
 GROUP = 8
 #: CPU jobs at least this big torch.compile the model (compile ~20-50 s on 2 cores, then
-#: ~1.6x faster on CPUs without bf16: it pays for itself after ~2,000-4,000 images)
+#: ~1.4x faster end to end on CPUs without bf16: it pays for itself after ~2,000-4,000 images)
 COMPILE_MIN_IMAGES = 4096
 COMPILE_MODES = ("auto", "on", "off")
 
