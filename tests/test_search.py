@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import numpy as np
 import pytest
 
 from indexer.build import IndexBuilder

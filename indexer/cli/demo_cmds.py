@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
+from indexer.cli import Ctx, pass_ctx
 
 DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 
