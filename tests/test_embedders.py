@@ -238,7 +238,7 @@ def test_query_decoded_like_the_index_matches_itself(effnet, tmp_path):
     """A large catalogue JPEG searched as a query (CLI path or upload bytes) gives back its
     indexed vector: both are decoded at the pipeline's JPEG draft scale for this model."""
     from shopsearch.embedding import VectorCache, WorkItem, embed_items
-    from shopsearch.embedding.pipeline import decode_query, draft_size_for
+    from shopsearch.embedding.preprocess import decode_query, draft_size_for
     from shopsearch.images import load_image
 
     p = tmp_path / "big.jpg"

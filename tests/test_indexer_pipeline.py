@@ -178,7 +178,7 @@ def test_split_preprocess_is_bit_identical_to_the_transform(tmp_path):
     import torch
     from timm.data import create_transform
 
-    from shopsearch.embedding.pipeline import split_preprocess
+    from shopsearch.embedding.preprocess import split_preprocess
 
     for kw in (dict(crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # EfficientNet-Lite0
                dict(crop_pct=1.0, mean=(0.4815, 0.4578, 0.4082), std=(0.2686, 0.2613, 0.2758))):  # CLIP-like

@@ -20,7 +20,7 @@ from flask import Request, current_app, g, request
 from PIL import Image
 
 from shopsearch.embedders.base import Embedder
-from shopsearch.embedding.pipeline import decode_query
+from shopsearch.embedding.preprocess import decode_query
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import load_image
 from webapp.errors import BadParameterError, MissingImageError

@@ -28,7 +28,7 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
     from shopsearch.app import open_search_service
     from shopsearch.embedders import load_embedder
-    from shopsearch.embedding.pipeline import decode_query
+    from shopsearch.embedding.preprocess import decode_query
 
     root = Path(dataset)
     if not (root / "dataset" / "classes.csv").is_file():

@@ -22,7 +22,7 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
                max_price: Decimal | None, model: str | None, no_routing: bool, as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
     from shopsearch.app import open_search_service
-    from shopsearch.embedding.pipeline import decode_query
+    from shopsearch.embedding.preprocess import decode_query
     from shopsearch.results import SearchFilters
 
     svc = open_search_service(c.settings, catalogue=c.catalogue(), model=model)

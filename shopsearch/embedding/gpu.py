@@ -211,7 +211,8 @@ class _DecodeLane:
                  on_failure: Callable) -> None:
         import torch
 
-        from shopsearch.embedding.pipeline import _make_executor, split_preprocess
+        from shopsearch.embedding.pipeline import _make_executor
+        from shopsearch.embedding.preprocess import split_preprocess
         self.transform, self.dev, self.workers = transform, dev, cfg.workers
         self.split = split_preprocess(embedder, require_encode_tensor=False)
         self.procs = _make_executor("process", cpu_decoders, self.split) if (self.split and cpu_decoders) else None

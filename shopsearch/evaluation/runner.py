@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from shopsearch.embedding.pipeline import WorkItem, decode_query, embed_items
+from shopsearch.embedding.pipeline import WorkItem, embed_items
+from shopsearch.embedding.preprocess import decode_query
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
