@@ -32,8 +32,9 @@ class IndexStatus:
 def index_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     """Compare the serving build's ids and content hashes with the catalogue's indexable images."""
     stats = catalogue.stats()
-    want = {img.id: img.sha256 or "" for img in catalogue.indexable_images()}
-    on_disk = sum(stat_moved(img) for img in catalogue.images())  # stat only, nothing is read
+    images = catalogue.images()  # one query for both: indexable ones are those with status ok
+    want = {img.id: img.sha256 or "" for img in images if img.status == "ok"}
+    on_disk = sum(stat_moved(img) for img in images)  # stat only, nothing is read
     manifest = store.current_manifest()
     if manifest is None:
         return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed, True,

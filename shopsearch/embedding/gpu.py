@@ -20,7 +20,8 @@ import numpy as np
 
 from shopsearch.embedders.base import Embedder
 from shopsearch.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from shopsearch.embedding.pipeline import GROUP, _prepare_group, _prepare_list
+from shopsearch.embedding.pipeline import GROUP, _make_executor, _prepare_group, _prepare_list
+from shopsearch.embedding.preprocess import split_preprocess
 
 log = logging.getLogger("shopsearch.pipeline")
 
@@ -211,8 +212,6 @@ class _DecodeLane:
                  on_failure: Callable) -> None:
         import torch
 
-        from shopsearch.embedding.pipeline import _make_executor
-        from shopsearch.embedding.preprocess import split_preprocess
         self.transform, self.dev, self.workers = transform, dev, cfg.workers
         self.split = split_preprocess(embedder, require_encode_tensor=False)
         self.procs = _make_executor("process", cpu_decoders, self.split) if (self.split and cpu_decoders) else None
