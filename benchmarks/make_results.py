@@ -32,6 +32,12 @@ REPRODUCE = [
     "    --ef 16,32,64,128 --nprobe 4,16,64 --train-sample 40000",
     "# embedding throughput (see benchmarks/throughput_bench.py)",
     "python benchmarks/throughput_bench.py",
+    "# int8 on a CPU without bf16: calibrate on the catalogue photos, then recall and throughput against fp32",
+    "shopsearch --data-dir var model quantize --from ../shared/datasets/grocerystore/dataset/train --images 128",
+    "shopsearch --data-dir var bench recall --dataset ../shared/datasets/grocerystore \\",
+    "    --config model=efficientnet-lite0 --config model=efficientnet-lite0+int8 --json \\",
+    "    > benchmarks/results/recall_grocerystore_efficientnet-lite0_int8.json",
+    "SHOPSEARCH_DATA_DIR=var python benchmarks/throughput_bench.py --precision int8 --images 4096 --repeats 2",
     "python benchmarks/make_results.py",
 ]
 

@@ -5,6 +5,8 @@ benchmarks/results/throughput_<model>_<device>.json.
     .venv/bin/python benchmarks/throughput_bench.py --model openclip:ViT-B-32 --images 256
     python3 benchmarks/throughput_bench.py --model openclip:ViT-B-32 --device cuda --images 8192 \\
         --source synthetic --size 640x480 --repeats 2          # on a GPU machine
+    SHOPSEARCH_DATA_DIR=var .venv/bin/python benchmarks/throughput_bench.py --precision int8   # CPU int8:
+        # needs the calibration `shopsearch --data-dir var model quantize` wrote
 
 The same figure is printed by `shopsearch bench throughput --json`."""
 from __future__ import annotations
@@ -28,7 +30,7 @@ def main() -> None:
     ap.add_argument("--model", default="efficientnet-lite0")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--images", type=int, default=512)
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     ap.add_argument("--source", default="auto")
     ap.add_argument("--size", default="1600x1200", help="synthetic JPEG size WxH")
     ap.add_argument("--batch-size", type=int, default=None)

@@ -115,7 +115,7 @@ def best_precision(device: str) -> str:
 def with_precision(model: str, precision: str, device: str) -> str:
     """The model spec with a precision suffix, unless the spec already names one."""
     base, plus, suffix = model.rpartition("+")
-    if plus and suffix.lower() in ("fp32", "bf16"):
+    if plus and suffix.lower() in ("fp32", "bf16", "int8"):
         return model
     if precision == "auto":
         precision = "fp32" if parse_spec(model).kind == "colorhist" else best_precision(device)
@@ -123,7 +123,7 @@ def with_precision(model: str, precision: str, device: str) -> str:
 
 
 def _names_precision(model: str) -> bool:
-    return model.rpartition("+")[2].lower() in ("fp32", "bf16") and "+" in model
+    return model.rpartition("+")[2].lower() in ("fp32", "bf16", "int8") and "+" in model
 
 
 def _faster_precision(model: str, device: str, paths: Sequence[Path], batch: int = 16) -> str:

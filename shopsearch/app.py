@@ -28,7 +28,7 @@ def embedder_for_index(settings: Settings, store: IndexStore, model: str | None 
     """The embedder that built the serving index (or `model`, which must then match it)."""
     manifest = store.current_manifest()
     spec = model or (manifest.model_name if manifest else settings.model)
-    return load_embedder(spec, settings.device)
+    return load_embedder(spec, settings.device, settings.models_dir)
 
 
 def open_search_service(settings: Settings, catalogue: CatalogueStore | None = None, model: str | None = None,

@@ -205,7 +205,7 @@ def test_openclip_tag_offline_says_how_to_fix(empty_model_caches):
 
 # (f)
 def test_auto_falls_back_offline(effnet, empty_model_caches, caplog):
-    registry._cache.pop(("auto", "cpu"), None)
+    registry._cache.pop(("auto", "cpu", ""), None)
     caplog.set_level("INFO", logger="shopsearch.embedders")
     start = time.perf_counter()
     emb = load_embedder("auto", device="cpu")

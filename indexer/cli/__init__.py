@@ -75,7 +75,7 @@ def _register() -> None:
     for mod in (catalogue_cmds, index_cmds, search_cmds):
         mod.register(cli)
     # Optional command groups: each lives in its own module and registers itself.
-    for name in ("demo_cmds", "serve_cmds", "bench_cmds", "classify_cmds"):
+    for name in ("demo_cmds", "serve_cmds", "bench_cmds", "classify_cmds", "model_cmds"):
         try:
             mod = __import__(f"indexer.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as e:

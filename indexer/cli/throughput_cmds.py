@@ -12,8 +12,9 @@ from indexer.cli import Ctx, echo_json, pass_ctx
 @click.option("--device", "device", default=None, help="cpu | cuda | cuda:N (default: the global --device).")
 @click.option("--images", type=click.IntRange(16, 1_000_000), default=512, show_default=True,
               help="How many images both runs embed.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="Our pipeline's precision; auto = bf16 where the hardware runs it natively. "
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto", show_default=True,
+              help="Our pipeline's precision; auto = bf16 where the hardware runs it natively; int8 (CPU) "
+                   "needs `shopsearch model quantize` first. "
                    "The naive loop is always fp32.")
 @click.option("--source", default="auto", show_default=True,
               help="auto (Grocery Store photos when present, else generated 1600x1200 JPEGs) | grocery | "

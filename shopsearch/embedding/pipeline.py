@@ -219,6 +219,8 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
         raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
     # auto: CPU only (unmeasured on GPUs) and only where the job repays the compilation
     use_compile = mode == "on" or (mode == "auto" and not on_gpu and images >= COMPILE_MIN_IMAGES)
+    # int8 models only exist compiled: they are told the batch to compile for whatever the mode
+    use_compile = use_compile or getattr(embedder, "precision", "") == "int8"
     return PipelineConfig(int(batch_size), int(workers), executor, int(chunk_size),
                           use_compile and hasattr(embedder, "compile"))
 
