@@ -64,6 +64,8 @@ def test_calibration_round_trips_and_its_digest_is_in_the_fingerprint(tiny_int8,
     path = int8.save_calibration(q.calibration, tmp_path / "m.int8.pt")
     again = int8.Int8Embedder(base, int8.load_calibration(path), 32)
     assert again.fingerprint == q.fingerprint
+    again.warm_up()  # what the web app calls when it loads an index: compiles the one-image graph
+    np.testing.assert_allclose(again.encode_images([make_image(9)]), q.encode_images([make_image(9)]), atol=1e-6)
     x = _inputs(base, range(200, 204))
     np.testing.assert_allclose(again.encode_batch(x), q.encode_batch(x), atol=1e-6)
     other = int8.calibrate_tensors(base, [torch.from_numpy(_inputs(base, range(50, 54))) * 3], 32)

@@ -581,3 +581,31 @@ def test_api_on_both_databases(tmp_path, db_url):
     assert "P4" not in [h["sku"] for h in c.get("/api/v1/products/P4/similar").json["results"]]
     assert card_skus(page_search(c, photo(2)).get_data(as_text=True))[0] == "P2"
     app.extensions["shopsearch"].close()
+
+
+class _WarmingEmbedder(FakeEmbedder):
+    """An embedder that must be prepared before its first query (like an int8 model)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.warmed, self.fail = 0, fail
+
+    def warm_up(self) -> None:
+        from shopsearch.errors import ModelUnavailableError
+
+        self.warmed += 1
+        if self.fail:
+            raise ModelUnavailableError("the int8 model failed to compile or run: no compiler")
+
+
+def test_the_model_is_warmed_up_when_the_index_loads_not_in_a_request(site):
+    emb = _WarmingEmbedder()
+    client = app_for(site, EMBEDDER=emb).test_client()
+    assert emb.warmed == 1  # at app creation (EAGER_LOAD), before any shopper arrives
+    buf = io.BytesIO()
+    make_image(3).save(buf, format="PNG")
+    assert client.post("/api/v1/search", data={"image": (io.BytesIO(buf.getvalue()), "q.png")}).status_code == 200
+    assert emb.warmed == 1
+    broken = app_for(site, EMBEDDER=_WarmingEmbedder(fail=True)).test_client()
+    res = broken.post("/api/v1/search", data={"image": (io.BytesIO(buf.getvalue()), "q.png")})
+    assert res.status_code >= 500 and "failed to compile" in res.get_json()["error"]["message"]

@@ -110,6 +110,9 @@ class ServiceHolder:
             else:
                 svc = open_search_service(self.settings, catalogue=self.catalogue, model=self.model,
                                           router=self._router)
+            warm_up = getattr(svc.embedder, "warm_up", None)
+            if warm_up is not None:  # e.g. compile an int8 model now, not in the first shopper's request
+                warm_up()
         except ShopSearchError as e:
             self._load_error = e
             log.error("index load failed; keeping the previous one",

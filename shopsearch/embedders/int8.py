@@ -249,6 +249,10 @@ class Int8Embedder(TorchEmbedder):
     def compiled(self) -> bool:
         return True
 
+    def warm_up(self) -> None:
+        """Compile the one-image graph now (about 10 s), so that the first query does not wait."""
+        self.encode_images([Image.new("RGB", (256, 256), (128, 128, 128))])
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         x = x.clone(memory_format=torch.channels_last)
         n = int(x.shape[0])
