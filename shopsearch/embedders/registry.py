@@ -179,7 +179,9 @@ _lock = threading.RLock()
 def load_embedder(spec: str = "auto", device: str = "auto", models_dir: Path | None = None) -> Embedder:
     """Load (once per process, per spec, device and models folder) the embedder a spec names."""
     parsed = parse_spec(spec)
-    dev = resolve_device(device) if parsed.kind != "colorhist" else "cpu"
+    # int8 runs on CPUs only: "auto" on a GPU machine must still find it (an explicit cuda is refused)
+    cpu_only = parsed.kind == "colorhist" or (parsed.precision == "int8" and device == "auto")
+    dev = "cpu" if cpu_only else resolve_device(device)
     key = (str(parsed), dev, str(models_dir or ""))
     with _lock:
         if key in _cache:
