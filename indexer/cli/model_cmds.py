@@ -29,24 +29,14 @@ def quantize(c: Ctx, spec: str, count: int, source: str | None, force: bool, as_
     int8 runs on CPUs only and is about twice as fast as fp32 where there is no bf16
     (AVX2-only x86). The calibration is saved under the data dir's models/ folder and
     recorded in every index built with it."""
-    from shopsearch.embedders import parse_spec
-    from shopsearch.embedders.int8 import calibration_path
-    from shopsearch.embedding.calibrate import calibrate_int8
-    from shopsearch.errors import ConfigError
     from shopsearch.catalogue.importers import IMAGE_SUFFIXES
+    from shopsearch.embedding.calibrate import calibrate_int8
 
-    base = str(parse_spec(spec)).removesuffix("+int8")
-    target = calibration_path(base, c.settings.data_dir)
-    if target.exists() and not force:
-        raise ConfigError(f"{target} exists (indexes built with {base}+int8 depend on it); pass --force to "
-                          "replace it")
     if source:
         paths = sorted(str(p) for p in Path(source).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     else:  # by content hash: the same catalogue gives the same sample whatever the import order
         paths = [im.path for im in sorted(c.catalogue().indexable_images(), key=lambda im: im.sha256 or "")]
-    if not paths:
-        raise ConfigError("no images to calibrate on: import the catalogue first, or pass --from DIR")
-    report = calibrate_int8(base, paths, count, out=target)
+    report = calibrate_int8(spec, paths, count, models_dir=c.settings.models_dir, overwrite=force)
     if as_json:
         echo_json(report.to_dict())
         return

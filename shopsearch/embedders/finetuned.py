@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shopsearch.embedders.torch_base import TorchEmbedder
+from shopsearch.embedders.torch_base import TorchEmbedder, hash_tensors
 from shopsearch.errors import ClassifierError, ModelUnavailableError
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
@@ -52,29 +52,29 @@ def imagenet_backbone(weights_path: str | Path | None = None) -> nn.Module:
 def backbone_fingerprint(arch: str, img_size: int, crop_pct: float, state: dict[str, torch.Tensor]) -> str:
     """Stable id of (architecture, preprocessing, all weights)."""
     h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hash_tensors(h, state)
     return f"finetuned:timm-{arch}:{img_size}:bicubic-crop{crop_pct}:w{h.hexdigest()[:16]}"
 
 
-def resolve_artefact(target: str) -> Path:
-    """NAME -> <SHOPSEARCH_DATA_DIR>/models/NAME.pt; a path (with / or .pt) is taken as is."""
+def resolve_artefact(target: str, models_dir: Path | None = None) -> Path:
+    """NAME -> <models_dir, default <SHOPSEARCH_DATA_DIR>/models>/NAME.pt; a path (with / or
+    .pt) is taken as is."""
     if "/" in target or target.endswith(".pt"):
         return Path(target).expanduser().resolve()
-    from shopsearch.config import default_data_dir
+    if models_dir is None:
+        from shopsearch.config import default_data_dir
 
-    return default_data_dir() / "models" / f"{target}.pt"
+        models_dir = default_data_dir() / "models"
+    return Path(models_dir) / f"{target}.pt"
 
 
-def load_finetuned(target: str, device: str = "cpu", precision: str = "fp32") -> FinetunedEmbedder:
+def load_finetuned(target: str, device: str = "cpu", precision: str = "fp32",
+                   models_dir: Path | None = None) -> FinetunedEmbedder:
     """The embedder a fine-tuned artefact defines."""
     from shopsearch.classify.artefact import load_artefact
     from shopsearch.classify.transforms import eval_transform
 
-    path = resolve_artefact(target)
+    path = resolve_artefact(target, models_dir)
     if not path.is_file():
         raise ModelUnavailableError(f"no fine-tuned model at {path} (train one with "
                                     "`shopsearch classify train --finetune --name NAME`)")

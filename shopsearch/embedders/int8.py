@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shopsearch.embedders.torch_base import TorchEmbedder, _cxx_available
+from shopsearch.embedders.torch_base import TorchEmbedder, _cxx_available, hash_tensors
 from shopsearch.errors import ConfigError, ModelUnavailableError
 
 log = logging.getLogger("shopsearch.embedders")
@@ -63,11 +63,7 @@ class Calibration:
     def digest(self) -> str:
         h = hashlib.sha256(self.base_fingerprint.encode())
         h.update(f"reduce_range={REDUCE_RANGE};fp32={','.join(FP32_LAYERS)}".encode())  # how it is applied
-        for name in sorted(self.state):
-            t = self.state[name].detach().cpu().contiguous()
-            h.update(name.encode())
-            h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        hash_tensors(h, self.state)
         return h.hexdigest()[:12]
 
 
@@ -184,14 +180,14 @@ def load_calibration(path: str | Path) -> Calibration:
     return Calibration(str(raw["base_fingerprint"]), int(raw["images"]), dict(raw["state"]))
 
 
-def calibration_path(model_spec: str, data_dir: str | Path | None = None) -> Path:
-    """`<data dir>/models/<model spec, made a file name>.int8.pt`."""
-    if data_dir is None:
+def calibration_path(model_spec: str, models_dir: str | Path | None = None) -> Path:
+    """`<models_dir, default <data dir>/models>/<model spec, made a file name>.int8.pt`."""
+    if models_dir is None:
         from shopsearch.config import default_data_dir
 
-        data_dir = default_data_dir()
+        models_dir = default_data_dir() / "models"
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_spec).strip("_")
-    return Path(data_dir) / "models" / f"{safe}.int8.pt"
+    return Path(models_dir) / f"{safe}.int8.pt"
 
 
 class _Tower(nn.Module):

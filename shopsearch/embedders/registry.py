@@ -147,7 +147,7 @@ def _build(spec: ModelSpec, device: str, models_dir: Path | None = None) -> Embe
 
         check_int8_device(device)  # before loading anything
         base_spec = replace(spec, precision="fp32")
-        cal = calibration_path(str(base_spec), models_dir.parent if models_dir else None)
+        cal = calibration_path(str(base_spec), models_dir)
         emb = load_int8(_build(base_spec, device, models_dir), cal, str(base_spec))
         emb.name = str(spec)
         return emb
@@ -158,10 +158,7 @@ def _build(spec: ModelSpec, device: str, models_dir: Path | None = None) -> Embe
     elif spec.kind == "finetuned":
         from shopsearch.embedders.finetuned import load_finetuned
 
-        target = spec.checkpoint or ""
-        if models_dir is not None and "/" not in target and not target.endswith(".pt"):
-            target = str(models_dir / f"{target}.pt")
-        emb = load_finetuned(target, device, spec.precision)
+        emb = load_finetuned(spec.checkpoint or "", device, spec.precision, models_dir)
     elif spec.kind == "openclip":
         from shopsearch.embedders.openclip import load_openclip
 

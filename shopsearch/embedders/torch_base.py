@@ -3,6 +3,7 @@ text tower). Model-specific loaders (efficientnet.py, openclip.py) build one of 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -56,6 +57,15 @@ def configure_torch_threads() -> None:
         if torch.get_num_threads() > n:
             torch.set_num_threads(n)
             log.debug("torch intra-op threads set to %d", n)
+
+
+def hash_tensors(h: "hashlib._Hash", state: dict[str, torch.Tensor]) -> None:
+    """Feed names, shapes, dtypes and bytes of `state` (sorted by name) into hash `h`."""
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def _cxx_available() -> bool:

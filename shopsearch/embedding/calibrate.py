@@ -64,16 +64,25 @@ def _batches(base: TorchEmbedder, paths: Sequence[str], count: int, skipped: lis
 
 
 def calibrate_int8(model: str, paths: Sequence[str], count: int = DEFAULT_CALIBRATION_IMAGES,
-                   out: str | Path | None = None) -> CalibrationReport:
+                   models_dir: str | Path | None = None, out: str | Path | None = None,
+                   overwrite: bool = False) -> CalibrationReport:
     """Calibrate the int8 form of `model` on up to `count` of `paths` (sampled evenly, in the
     order given: pass them in a stable order, e.g. by content hash, to get the same file
-    from the same catalogue) and save it (default: where `model+int8` is looked for)."""
+    from the same catalogue) and save it to `out` (default: where `model+int8` is looked for
+    in `models_dir`). An existing calibration is replaced only with `overwrite`: indexes
+    built with it would no longer match their model."""
     spec = parse_spec(model)
     if spec.kind in ("colorhist", "auto"):
         raise ConfigError(f"int8 calibration needs a named neural model, not {spec.kind!r}")
     if spec.precision not in ("fp32", "int8"):
         raise ConfigError(f"calibrate the fp32 model, not {model!r}")
     base_spec = str(replace(spec, precision="fp32"))
+    target = Path(out) if out else calibration_path(base_spec, models_dir)
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target} exists (indexes built with {base_spec}+int8 depend on it); pass --force to "
+                          "replace it")
+    if not paths:
+        raise ConfigError("no images to calibrate on: the catalogue (or the --from folder) has none")
     check_int8_device("cpu")
     if count < MIN_CALIBRATION_IMAGES:
         raise ConfigError(f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} images, not {count}")
@@ -89,7 +98,7 @@ def calibrate_int8(model: str, paths: Sequence[str], count: int = DEFAULT_CALIBR
         raise ConfigError(f"only {n} of the sampled images could be decoded; int8 calibration needs "
                           f"{MIN_CALIBRATION_IMAGES} (skipped: {'; '.join(skipped[:3])})")
     cal = calibrate_tensors(base, batches, input_size(base))
-    path = save_calibration(cal, out or calibration_path(base_spec))
+    path = save_calibration(cal, target)
     report = CalibrationReport(f"{base_spec}+int8", str(path), cal.images, len(skipped),
                                f"{base.fingerprint}+int8:c{cal.digest}", round(time.perf_counter() - t0, 2))
     log.info("int8 calibration saved", extra=report.to_dict())
