@@ -51,6 +51,7 @@ def main() -> None:
                        compile=a.compile)
     out = r.to_dict() | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
                          "repeats": a.repeats, "note": a.note,
+                         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SHOPSEARCH_")},
                          "command": "python benchmarks/throughput_bench.py " + " ".join(sys.argv[1:])}
     if r.executor == "gpu":  # where the GPU loop spent its time (last repeat)
         from shopsearch.embedding import gpu

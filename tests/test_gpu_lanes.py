@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shopsearch.embedding import gpu
+from shopsearch.embedding import gpu, gpu_decode
 from shopsearch.embedding.pipeline import PipelineConfig, WorkItem
 from tests.conftest import make_image, sha
 from tests.test_indexer_pipeline import MeanColour
@@ -116,3 +116,89 @@ def test_failures_are_reported_from_the_calling_thread(tmp_path):
     gpu.run_gpu_batches(MeanColour(), items, PipelineConfig(4, 2, "gpu"), lambda k, v: None,
                         lambda it, r: threads.append(threading.current_thread()), device="cpu", cpu_decoders=0)
     assert threads == [threading.main_thread()]
+
+
+def test_cpu_decode_lane_takes_whole_batches_and_reports_like_the_cpu_pipeline(tmp_path, monkeypatch):
+    """Every file through the CPU decode processes (share pinned to 1): the slot ranges are
+    reused batch after batch without mixing images up, bad files get the CPU pipeline's
+    reasons, and the shared arena is gone afterwards."""
+    import glob
+
+    from shopsearch.embedding.cache import VectorCache
+    from shopsearch.embedding.pipeline import embed_items
+    from tests.test_indexer_pipeline import REASONS, _bad_files
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the arena goes if there is no /dev/shm
+    arenas_before = set(glob.glob("/dev/shm/shopsearch-decode-*"))
+    items = _jpegs(tmp_path / "j", 45)  # 6 batches of 8: both slot ranges reused twice
+    files = _bad_files(tmp_path / "bad")
+    bad = [WorkItem(f"{i:064x}", str(p)) for i, p in enumerate(files.values())]
+    items = items[:20] + bad + items[20:]
+    got, failed = {}, {}
+    monkeypatch.setattr(gpu, "_nvjpeg", lambda *a: pytest.fail("nvJPEG called with the CPU share pinned to 1"))
+    gpu.run_gpu_batches(MeanColour(), items, PipelineConfig(8, 2, "gpu"), lambda k, v: got.update(zip(k, v)),
+                        lambda it, r: failed.__setitem__(Path(it.path).name, r), device="cpu",
+                        cpu_decoders=2, cpu_share=1.0)
+    assert set(failed) == {files[k].name for k in REASONS}
+    for k, fragment in REASONS.items():
+        assert fragment in failed[files[k].name]
+    ref = VectorCache(tmp_path / "ref", "mean-colour", 3)
+    embed_items(MeanColour(), [it for it in items if it.key in got], ref, progress=False, executor="inline")
+    keys = list(got)
+    assert len(keys) == 45 + 3
+    np.testing.assert_allclose(np.stack([got[k] for k in keys]), ref.get_many(keys), atol=2e-3)
+    assert set(glob.glob("/dev/shm/shopsearch-decode-*")) == arenas_before
+    assert not list(tmp_path.glob("shopsearch-decode-*"))
+
+
+def test_jpeg_frame_size_reads_the_header_like_pil(tmp_path):
+    """The cheap header walk that guards nvJPEG gives PIL's size for every JPEG flavour and
+    None for anything that is not a whole JPEG header."""
+    import io
+
+    from PIL import Image
+
+    img = make_image(3, (301, 177))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the APP1 segment comes before the frame header
+    variants = {"baseline": {}, "progressive": {"progressive": True}, "restart": {"restart_marker_blocks": 1},
+                "exif": {"exif": exif}, "q20": {"quality": 20}}
+    for name, kw in variants.items():
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", **kw)
+        data = buf.getvalue()
+        assert gpu_decode.jpeg_frame_size(data) == Image.open(io.BytesIO(data)).size == (301, 177), name
+        assert gpu_decode._jpeg_size_ok(data)
+    assert gpu_decode.jpeg_frame_size(data[:20]) is None  # cut before the frame header
+    assert gpu_decode.jpeg_frame_size(b"\xff\xd8\xff\xe0" + bytes(40)) is None  # zero-length segment
+    assert gpu_decode.jpeg_frame_size(b"\xff\xd8\xff\xda\x00\x08" + bytes(40)) is None  # scan before frame
+    big = io.BytesIO()
+    Image.new("L", (20001, 1)).save(big, "JPEG")
+    assert gpu_decode.jpeg_frame_size(big.getvalue()) == (20001, 1) and not gpu_decode._jpeg_size_ok(big.getvalue())
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_gives_the_eager_vectors(precision):
+    """The captured tower replays the eager model's kernels: same vectors for a full batch,
+    a padded short one, and eager (no replay) for a single query image."""
+    import torch
+    from torch import nn
+
+    from shopsearch.embedders.torch_base import TorchEmbedder
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 8)).cuda().eval()
+    emb = TorchEmbedder("tiny", model, lambda im: im, 8, "tiny", device="cuda", precision=precision)
+    x = torch.randn(16, 3, 32, 32, device="cuda")
+    eager = emb.encode_tensor(x)
+    assert emb.capture_cuda_graph(x)
+    calls = []
+    real_replay = emb._graph.graph.replay
+    emb._graph.graph.replay = lambda: (calls.append(1), real_replay())[1]
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(emb.encode_tensor(x), eager, atol=tol)
+    np.testing.assert_allclose(emb.encode_tensor(x[:9]), eager[:9], atol=tol)  # padded
+    np.testing.assert_allclose(emb.encode_tensor(x[:1]), eager[:1], atol=tol)  # eager
+    assert len(calls) == 2

@@ -108,6 +108,7 @@ class TorchEmbedder:
         self._text_encoder = text_encoder
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compile_batch = 0
+        self._graph = None  # cuda_graph.GraphedForward for the GPU pipeline's batch size
 
     # -- protocol properties ---------------------------------------------------------
     @property
@@ -206,7 +207,26 @@ class TorchEmbedder:
     def compiled(self) -> bool:
         return self._compiled is not None
 
+    def capture_cuda_graph(self, sample: torch.Tensor) -> bool:
+        """Capture the image tower as a CUDA graph for batches shaped like `sample` (the GPU
+        pipeline's; see cuda_graph). Same kernels as eager, so vectors and the fingerprint
+        are unchanged. False, eager kept, off CUDA or when capture fails."""
+        if self._graph is not None and self._graph.fits(sample):
+            return True
+        if not sample.is_cuda or self._compiled is not None:
+            return False
+        from shopsearch.embedders.cuda_graph import capture
+
+        x = sample.to(self._device)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self._graph = capture(self.model, x, self._precision)
+        return self._graph is not None
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        graph = self._graph
+        if graph is not None and graph.fits(x):
+            return graph(x)
         compiled, size = self._compiled, self._compile_batch
         if compiled is None:
             return self.model(x)

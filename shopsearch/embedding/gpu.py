@@ -1,10 +1,11 @@
-"""GPU path of the embedding pipeline: JPEGs decoded by nvJPEG on the model's GPU
-(torchvision.io.decode_jpeg, EXIF orientation applied), the model's resize / crop /
-normalise replayed on the GPU, large batches under the embedder's precision.
+"""GPU path of the embedding pipeline: each batch's JPEGs decoded partly by nvJPEG on the
+model's GPU and partly by CPU decode processes writing into shared memory (cpu_lane), the
+model's resize / crop / normalise replayed on the GPU (gpu_decode), large batches under
+the embedder's precision, the model replayed from a CUDA graph.
 
-Only file reads stay on the CPU (threads), so one host feeds an H100 without a process
-pool pickling decoded pixels. Images nvJPEG cannot take (PNG, WebP, CMYK JPEGs...) fall
-back to the CPU decoder one by one; every failure is reported, never raised."""
+Two lanes: a decode thread prepares batch i+1 while the calling thread runs the model on
+batch i. Images nvJPEG cannot take (PNG, WebP, CMYK or truncated JPEGs...) go to the CPU
+decoders; every failure is reported, never raised."""
 from __future__ import annotations
 
 import contextlib
@@ -14,23 +15,33 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
 from shopsearch.embedders.base import Embedder
-from shopsearch.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
-from shopsearch.embedding.pipeline import GROUP, _make_executor, _prepare_group, _prepare_list
+from shopsearch.embedding.cpu_lane import CpuDecodeLane
+from shopsearch.embedding.gpu_decode import DECODE_SPLIT, GpuTransform, _nvjpeg, _read, gpu_transform_for
+from shopsearch.embedding.pipeline import _prepare_list
 from shopsearch.embedding.preprocess import split_preprocess
 
 log = logging.getLogger("shopsearch.pipeline")
 
-GpuTransform = Callable[[list], "object"]
-
-#: concurrent nvJPEG calls per batch (each does its Huffman decoding on a CPU thread)
-DECODE_SPLIT = int(os.environ.get("SHOPSEARCH_NVJPEG_SPLIT", "4"))
+#: host cores left to the read threads, the nvJPEG calls and the model thread when the
+#: rest decode on the CPU lane (16-core H100 host: 12 processes)
+HOST_CORES = 4
 #: decoded batches waiting for the model (each ~150 MB of float pixels at batch 256)
 PREFETCH = int(os.environ.get("SHOPSEARCH_GPU_PREFETCH", "2"))
+#: batches handed to the CPU lane ahead of the one being assembled, so its processes never
+#: wait for the lane thread (which holds slot ranges LOOKAHEAD + 1)
+LOOKAHEAD = 2
+#: threads reading the nvJPEG share: reads from the page cache are ~20 us; more threads
+#: only compete with the model thread for the GIL
+READ_THREADS = int(os.environ.get("SHOPSEARCH_GPU_READ_THREADS", "4"))
+#: the lane thread waiting longer than this for the CPU share means the processes lag
+CPU_LAG_S = 0.002
 #: seconds spent per stage in the last GPU run (reported by the throughput benchmark);
 #: read/decode/transform run in the decode lane, model_wait is the model lane idling on it
 STAGES: dict[str, float] = {k: 0.0 for k in ("read_wait", "decode", "transform", "cpu_decode_wait",
@@ -38,104 +49,9 @@ STAGES: dict[str, float] = {k: 0.0 for k in ("read_wait", "decode", "transform",
 _DONE = object()
 
 
-def gpu_transform_for(embedder: Embedder, device: str | None = None) -> GpuTransform | None:
-    """A batched GPU twin of the embedder's torchvision transform, or None when the
-    transform has a step we cannot replay exactly (then the CPU workers are used).
-    `device` overrides the embedder's (tests replay it on the CPU)."""
-    import torch
-    import torch.nn.functional as F
-    from torchvision import transforms as T
-
-    tf = getattr(embedder, "transform", None)
-    device = device or str(getattr(embedder, "device", "cpu"))
-    if tf is None or (device == str(getattr(embedder, "device", "cpu")) and not device.startswith("cuda")):
-        return None
-    steps = list(getattr(tf, "transforms", [tf]))
-    resize = crop = None
-    mean = std = None
-    for st in steps:
-        name = type(st).__name__
-        if isinstance(st, T.Resize) and st.max_size is None and st.interpolation.value in ("bicubic", "bilinear"):
-            resize = (st.size if isinstance(st.size, int) else (st.size[0] if len(st.size) == 1 else tuple(st.size)),
-                      st.interpolation.value)
-        elif isinstance(st, T.CenterCrop):
-            crop = tuple(st.size)
-        elif isinstance(st, T.Normalize):
-            mean, std = st.mean, st.std
-        elif name in ("ToTensor", "MaybeToTensor", "MaybeConvertMode") or "rgb" in getattr(st, "__name__", "").lower():
-            continue
-        else:
-            return None
-    if resize is None or crop is None or mean is None:
-        return None
-    dev = torch.device(device)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    size, mode = resize
-    ch, cw = crop
-
-    def one(img: "torch.Tensor") -> "torch.Tensor":
-        """(N, 3, H, W) uint8 of one size -> (N, 3, ch, cw) float in [0, 255]."""
-        h, w = img.shape[-2:]
-        if isinstance(size, int):  # shorter side -> size, like torchvision
-            if h <= w:
-                nh, nw = size, max(1, int(size * w / h))
-            else:
-                nh, nw = max(1, int(size * h / w)), size
-        else:
-            nh, nw = size
-        x = img.float()
-        x = F.interpolate(x, size=(nh, nw), mode=mode, align_corners=False, antialias=True).clamp_(0, 255)
-        top, left = int(round((nh - ch) / 2.0)), int(round((nw - cw) / 2.0))
-        if top < 0 or left < 0:  # smaller than the crop: pad like CenterCrop does
-            x = F.pad(x, (max(0, -left), max(0, cw - nw + max(0, -left)), max(0, -top), max(0, ch - nh + max(0, -top))))
-            top, left = max(0, top), max(0, left)
-        return x[..., top:top + ch, left:left + cw]
-
-    def run(images: list) -> "torch.Tensor":
-        # Images of one size are resized together (one kernel, not one per image); the
-        # output keeps the input order. PIL rounds to uint8 after resizing; we keep floats.
-        by_shape: dict[tuple, list[int]] = {}
-        for j, im in enumerate(images):
-            by_shape.setdefault(tuple(im.shape), []).append(j)
-        out = torch.empty((len(images), 3, ch, cw), dtype=torch.float32, device=dev)
-        for idx in by_shape.values():
-            stacked = torch.stack([images[j] for j in idx])
-            out[idx] = one(stacked)
-        return (out / 255.0 - mean_t) / std_t
-
-    return run
-
-
-def _read(path: str) -> tuple[str, object]:
-    """Read-thread stage: ("jpeg", uint8 tensor) for nvJPEG, ("cpu", None) for the CPU
-    decoder, or ("fail", reason)."""
-    import torch
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return "fail", f"cannot read file: {e}"
-    if data[:3] == b"\xff\xd8\xff" and _jpeg_size_ok(data):
-        return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return "cpu", None
-
-
-def _jpeg_size_ok(data: bytes) -> bool:
-    """Cheap header check before nvJPEG: same limits as the CPU decoder (bombs, strips)."""
-    from PIL import Image
-    import io
-
-    try:
-        w, h = Image.open(io.BytesIO(data)).size
-    except Exception:  # noqa: BLE001 - the CPU fallback gives the precise reason
-        return False
-    return 0 < w * h <= DEFAULT_MAX_PIXELS and max(w, h) <= DEFAULT_MAX_SIDE
-
-
 def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callable, on_failure: Callable,
-                    device: str | None = None, cpu_decoders: int | None = None) -> None:
+                    device: str | None = None, cpu_decoders: int | None = None,
+                    cpu_share: float | None = None) -> None:
     """Embed `todo` (WorkItems) in batches of cfg.batch_size with GPU decoding.
 
     Two lanes: a decode thread reads, decodes (nvJPEG) and transforms batch i+1 on its own
@@ -144,10 +60,10 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     SMs are separate units). At most PREFETCH decoded batches wait in GPU memory.
 
     nvJPEG alone tops out below what the model eats (on an H100 it decoded ~3,900 640x480
-    images/s while ViT-B-32 embeds ~18,700), so a share of each batch's JPEGs can go to
-    `cpu_decoders` processes (PIL with draft scaling, uint8 pixels back) at the same time,
-    the share adapting to whichever side finishes first; measured slower on a 16-core host
-    before the lanes were split, so off unless asked for.
+    images/s while ViT-B-32 embeds ~18,700), so a share of each batch goes to `cpu_decoders`
+    processes (PIL draft decoding into shared memory, see cpu_lane) at the same time, the
+    share adapting to whichever side finishes first.
+    `cpu_share` pins that share (0..1) instead (experiments, tests; env SHOPSEARCH_GPU_CPU_SHARE).
     `device` overrides the embedder's (tests run this on the CPU)."""
     import torch
 
@@ -161,15 +77,21 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     bs = cfg.batch_size
     groups = [list(todo[i:i + bs]) for i in range(0, len(todo), bs)]
     if cpu_decoders is None:
-        # Off by default: on the H100 host (16 cores) 10 decode processes beside nvJPEG made the
-        # run slower (1,587 vs 2,745 img/s): they starve the read threads and the CPU side of
-        # nvJPEG (benchmarks/results/throughput_openclip-ViT-B-32_cuda_hybrid.json).
-        cpu_decoders = int(os.environ.get("SHOPSEARCH_GPU_CPU_DECODERS", "0"))
-    lane = _DecodeLane(embedder, transform, dev, cfg, cpu_decoders, on_failure)
+        # H100 host, 16 cores, 640x480 JPEGs, ViT-B-32: nvJPEG alone 4,203 img/s, 12 CPU-lane
+        # processes alone 5,616, both 5,803 (benchmarks/results/throughput_openclip-ViT-B-32_cuda*.json)
+        from shopsearch.embedders.torch_base import available_cpus
+
+        env = os.environ.get("SHOPSEARCH_GPU_CPU_DECODERS")
+        cpu_decoders = int(env) if env else max(0, available_cpus() - HOST_CORES)
+    if cpu_share is None and os.environ.get("SHOPSEARCH_GPU_CPU_SHARE"):
+        cpu_share = float(os.environ["SHOPSEARCH_GPU_CPU_SHARE"])
+    lane = _DecodeLane(embedder, transform, dev, cfg, cpu_decoders, cpu_share)
     batches: queue.Queue = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
     producer = threading.Thread(target=lane.produce, args=(groups, batches, stop), name="gpu-decode", daemon=True)
     producer.start()
+    graphs = (dev.type == "cuda" and hasattr(embedder, "capture_cuda_graph")
+              and os.environ.get("SHOPSEARCH_CUDA_GRAPHS", "1") != "0")
     try:
         while True:
             t0 = time.perf_counter()
@@ -184,6 +106,10 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
                 on_failure(it, reason)
             if batch is None:
                 continue
+            if graphs and encode and batch.shape[0] == bs:
+                # the first full batch: capture the model for this shape (eager until then), once
+                graphs = False
+                embedder.capture_cuda_graph(batch)
             t1 = time.perf_counter()
             vecs = encode(batch) if encode else embedder.encode_batch(batch.cpu().numpy())
             vecs = np.asarray(vecs, dtype=np.float32)
@@ -206,27 +132,34 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
 
 
 class _DecodeLane:
-    """The producer side of run_gpu_batches: read -> nvJPEG (+ CPU fallback) -> transform."""
+    """The producer side of run_gpu_batches: for each batch, a share of the files goes to
+    the CPU decode processes (handed over LOOKAHEAD batches ahead), the rest is read by
+    threads and decoded by nvJPEG; then resize/crop/normalise on the GPU."""
 
     def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, cpu_decoders: int,
-                 on_failure: Callable) -> None:
+                 cpu_share: float | None) -> None:
         import torch
 
-        self.transform, self.dev, self.workers = transform, dev, cfg.workers
+        self.transform, self.dev, self.workers, self.bs = transform, dev, cfg.workers, cfg.batch_size
         self.split = split_preprocess(embedder, require_encode_tensor=False)
-        self.procs = _make_executor("process", cpu_decoders, self.split) if (self.split and cpu_decoders) else None
-        self.share = 0.5 if self.procs else 0.0
         self.cpu_pre = self.split or embedder.preprocess
+        self.fixed_share = None if cpu_share is None else min(1.0, max(0.0, cpu_share))
+        # slot range i % (LOOKAHEAD + 1) belongs to batch i: batches i+1..i+LOOKAHEAD decode
+        # into the others while batch i is read back
+        self.cpu = (CpuDecodeLane(cpu_decoders, (LOOKAHEAD + 1) * self.bs,
+                                  self.split.draft_size if self.split else None) if cpu_decoders > 0 else None)
+        self.share = (self.fixed_share if self.fixed_share is not None else 0.5) if self.cpu else 0.0
         self.mean = self.std = None
         if self.split is not None:
             self.mean = torch.tensor(self.split.mean, device=dev).view(1, 3, 1, 1)
             self.std = torch.tensor(self.split.std, device=dev).view(1, 3, 1, 1)
         # transforms on a side stream, so they never queue behind the model's kernels
         self.stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+        self._staging: "torch.Tensor | None" = None  # pinned host buffer for the CPU lane's pixels
 
     def close(self) -> None:
-        if self.procs:
-            self.procs.shutdown(wait=True, cancel_futures=True)
+        if self.cpu:
+            self.cpu.close()
 
     def produce(self, groups: list, out: "queue.Queue", stop: threading.Event) -> None:
         """Put (keys, batch tensor or None, failures) per group, then _DONE; an exception is
@@ -243,59 +176,75 @@ class _DecodeLane:
             return False
 
         try:
-            with ThreadPoolExecutor(max(2, self.workers), thread_name_prefix="read") as pool, \
+            with ThreadPoolExecutor(max(2, min(self.workers, READ_THREADS)), thread_name_prefix="read") as pool, \
                     ThreadPoolExecutor(DECODE_SPLIT, thread_name_prefix="nvjpeg") as dec_pool, \
                     (torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()):
-                nxt = [pool.submit(_read, it.path) for it in groups[0]] if groups else []
-                for gi, group in enumerate(groups):
+                plans = [self._plan(groups[i], i, pool) for i in range(min(len(groups), LOOKAHEAD))]
+                for gi in range(len(groups)):
                     if stop.is_set():
                         return
+                    if gi + LOOKAHEAD < len(groups):
+                        plans.append(self._plan(groups[gi + LOOKAHEAD], gi + LOOKAHEAD, pool))
+                    cur = plans.pop(0)
                     t0 = time.perf_counter()
-                    datas = [f.result() for f in nxt]
-                    if gi + 1 < len(groups):  # read the next batch while this one is decoded
-                        nxt = [pool.submit(_read, it.path) for it in groups[gi + 1]]
+                    datas = [f.result() for f in cur.reads]
                     STAGES["read_wait"] += time.perf_counter() - t0
-                    if not put(self._decode_group(group, datas, pool, dec_pool)):
+                    if not put(self._decode_group(cur, datas, pool, dec_pool)):
                         return
         except BaseException as e:  # noqa: BLE001 - handed to the model thread, which re-raises
             put(e)
             return
         put(_DONE)
 
-    def _decode_group(self, group: list, datas: list, pool: ThreadPoolExecutor, dec_pool: ThreadPoolExecutor):
+    def _plan(self, group: list, gi: int, pool: ThreadPoolExecutor) -> "_Plan":
+        """Send this batch's CPU share to the decode processes and start reading the rest.
+        Item j of the batch owns slot base + j."""
+        n_cpu = int(round(self.share * len(group))) if self.cpu else 0
+        base = (gi % (LOOKAHEAD + 1)) * self.bs
+        futs = self.cpu.submit([(base + j, group[j].path) for j in range(n_cpu)]) if n_cpu else []
+        return _Plan(group, base, n_cpu, futs, [pool.submit(_read, it.path) for it in group[n_cpu:]])
+
+    def _decode_group(self, plan: "_Plan", datas: list, pool: ThreadPoolExecutor, dec_pool: ThreadPoolExecutor):
         import torch
 
-        failures, jpeg_items, jpeg_data, cpu_items = [], [], [], []
-        for it, (kind, val) in zip(group, datas):
+        failures, jpeg_pos, jpeg_data, other = [], [], [], []
+        for j, (kind, val) in enumerate(datas, start=plan.n_cpu):
             if kind == "fail":
-                failures.append((it, val))
+                failures.append((plan.group[j], val))
             elif kind == "jpeg":
-                jpeg_items.append(it)
+                jpeg_pos.append(j)
                 jpeg_data.append(val)
             else:
-                cpu_items.append(it)
+                other.append(j)
         t1 = time.perf_counter()
-        n_cpu = int(round(self.share * len(jpeg_items)))
-        cpu_items = jpeg_items[:n_cpu] + cpu_items
-        jpeg_items, jpeg_data = jpeg_items[n_cpu:], jpeg_data[n_cpu:]
-        futs = ([self.procs.submit(_prepare_group, cpu_items[i:i + GROUP]) for i in range(0, len(cpu_items), GROUP)]
-                if self.procs else [])
         tensors, keys = [], []
         if jpeg_data:
             try:
                 tensors = _nvjpeg(jpeg_data, self.dev, dec_pool)
-                keys = [it.key for it in jpeg_items]
+                keys = [plan.group[j].key for j in jpeg_pos]
             except RuntimeError as e:  # one odd JPEG fails the batch call: decode those on the CPU
                 log.debug("nvJPEG batch failed (%s); CPU fallback", e)
-                futs += [pool.submit(_prepare_list, jpeg_items, self.cpu_pre)]
+                other = jpeg_pos + other
         t2 = time.perf_counter()
         STAGES["decode"] += t2 - t1
         parts = [self.transform(tensors)] if tensors else []
         t3 = time.perf_counter()
         STAGES["transform"] += t3 - t2
-        cpu_done_first = all(f.done() for f in futs)
-        if not self.procs and cpu_items:  # no process pool: decode the rest in the read threads
-            futs += [pool.submit(_prepare_list, cpu_items, self.cpu_pre)]
+        cpu_futs = plan.cpu_futs
+        futs = []
+        if other and self.cpu:  # PNG, WebP, CMYK...: into their own slots on the CPU lane
+            cpu_futs = cpu_futs + self.cpu.submit([(plan.base + j, plan.group[j].path) for j in other])
+        elif other:  # no CPU lane: decoded in the read threads
+            futs.append(pool.submit(_prepare_list, [plan.group[j] for j in other], self.cpu_pre))
+        cpu_waited = False
+        if cpu_futs:
+            t4 = time.perf_counter()
+            futures_wait(plan.cpu_futs)
+            cpu_waited = time.perf_counter() - t4 > CPU_LAG_S
+            pix_keys, pixels = self._collect_cpu(plan, cpu_futs, failures)
+            if pixels:
+                parts.append(self.transform(pixels))
+                keys += pix_keys
         arrays, akeys = [], []
         for f in futs:
             for it, res in f.result():
@@ -310,25 +259,60 @@ class _DecodeLane:
                 x = (x.permute(0, 3, 1, 2).float() / 255.0 - self.mean) / self.std
             parts.append(x)
             keys += akeys
-        if self.procs and cpu_items:  # give the CPU more of the next batch if it was waiting on nvJPEG
-            self.share = min(0.95, self.share + 0.05) if cpu_done_first else max(0.05, self.share - 0.05)
+        if self.cpu and plan.n_cpu and self.fixed_share is None:
+            # The CPU share was handed over LOOKAHEAD batches early: if it is still not done
+            # when nvJPEG is, the processes are the bottleneck and get less of the next
+            # batch to plan; if it is, they get more.
+            self.share = max(0.05, self.share - 0.05) if cpu_waited else min(0.95, self.share + 0.05)
         batch = (torch.cat(parts) if len(parts) > 1 else parts[0]) if parts else None
         if self.stream is not None:
-            self.stream.synchronize()  # this thread waits, not the model's: the batch is ready when queued
+            # this thread waits, not the model's: the batch is ready when queued, and the
+            # pinned staging buffer is free for the next batch
+            self.stream.synchronize()
         STAGES["cpu_decode_wait"] += time.perf_counter() - t3
         return keys, batch, failures
 
+    def _collect_cpu(self, plan: "_Plan", futs: list, failures: list) -> tuple[list, list]:
+        """Wait for the batch's CPU-lane share; its pixels go to the device as uint8 (3, H, W)
+        tensors, one host-to-device copy per image size (from pinned memory on CUDA)."""
+        import torch
 
-def _nvjpeg(data: list, dev, dec_pool: ThreadPoolExecutor) -> list:
-    """Decode JPEG byte tensors on the GPU in a few concurrent sub-batches (order kept)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for f in futs:
+            for slot, res in f.result():
+                if isinstance(res, str):
+                    failures.append((plan.group[slot - plan.base], res))
+                else:
+                    by_shape.setdefault(res, []).append(slot)
+        keys, pixels = [], []
+        for k, ((h, w), slots) in enumerate(by_shape.items()):
+            host = self._host_buffer(len(slots), h, w, pinned=k == 0)
+            # copying out of the arena frees these slots for batch i + LOOKAHEAD + 1
+            np.stack([self.cpu.pixels(s, (h, w)) for s in slots], out=host.numpy())
+            x = host.to(self.dev, non_blocking=True).permute(0, 3, 1, 2)
+            pixels.extend(x.unbind(0))
+            keys.extend(plan.group[s - plan.base].key for s in slots)
+        return keys, pixels
 
-    n = max(1, min(DECODE_SPLIT, len(data) // 32))
-    parts = [data[k::n] for k in range(n)]
-    outs = list(dec_pool.map(lambda part: decode_jpeg(part, mode=ImageReadMode.RGB, device=dev,
-                                                      apply_exif_orientation=True), parts))
-    decoded: list = [None] * len(data)
-    for k, out in enumerate(outs):
-        for j, im in zip(range(k, len(data), n), out):
-            decoded[j] = im
-    return decoded
+    def _host_buffer(self, n: int, h: int, w: int, pinned: bool) -> "torch.Tensor":
+        """An (n, h, w, 3) uint8 host buffer, pinned when asked for and the device is a GPU
+        (an asynchronous copy at full PCIe speed). There is one pinned buffer, for the
+        batch's first image size: it is free again once the stream is synchronised at the
+        end of the batch. Other sizes in the same batch get plain memory."""
+        import torch
+
+        size = n * h * w * 3
+        if not pinned or self.dev.type != "cuda":
+            return torch.empty((n, h, w, 3), dtype=torch.uint8)
+        if self._staging is None or self._staging.numel() < size:
+            self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+        return self._staging[:size].view(n, h, w, 3)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    group: list  # the batch's WorkItems; item j owns slot base + j
+    base: int
+    n_cpu: int  # items [0, n_cpu) went to the CPU lane, the rest are read for nvJPEG
+    cpu_futs: list
+    reads: list

@@ -1,0 +1,111 @@
+"""CPU decode lane of the GPU executor: worker processes read and decode their share of
+each batch (PIL draft scaling, EXIF orientation) straight into a shared memory-mapped
+arena, so the host process only copies finished pixels to the GPU.
+
+Why not return arrays from the workers: unpickling ~230 KB per image in the host process
+holds its GIL, which its read threads and nvJPEG calls need (measured on an H100 host:
+10 pickling decode processes made the run slower than nvJPEG alone). Here a result is
+two integers per image."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from shopsearch.embedding.preprocess import DRAFT_SIZE, decode_source
+from shopsearch.errors import InvalidImageError
+
+#: decode_source never returns a side longer than this, so one slot holds any image
+SLOT_SIDE = 2 * DRAFT_SIZE
+SLOT_BYTES = SLOT_SIDE * SLOT_SIDE * 3
+#: images per task: enough to amortise the task round trip, small enough to spread a batch
+CHUNK = 16
+
+_arena: np.ndarray | None = None
+_draft: int | None = None
+
+
+def _init(path: str, slots: int, draft_size: int | None) -> None:
+    global _arena, _draft
+    _arena = np.memmap(path, dtype=np.uint8, mode="r+", shape=(slots, SLOT_BYTES))
+    _draft = draft_size
+    try:  # one decode process must not start a team of torch threads of its own
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _decode_into(jobs: list[tuple[int, str]]) -> list[tuple[int, tuple[int, int] | str]]:
+    """Worker: decode each (slot, path) into its slot; (slot, (h, w)) or (slot, failure reason)."""
+    assert _arena is not None
+    out: list[tuple[int, tuple[int, int] | str]] = []
+    for slot, path in jobs:
+        img = _decode(path)
+        if isinstance(img, str):
+            out.append((slot, img))
+            continue
+        a = np.asarray(img, dtype=np.uint8)  # decode_source returns RGB
+        if a.nbytes > SLOT_BYTES:  # cannot happen (decode_source caps the size): report, never overflow
+            out.append((slot, f"decoded image too large for the decode arena: {a.shape}"))
+            continue
+        _arena[slot, :a.nbytes] = a.reshape(-1)
+        out.append((slot, (int(a.shape[0]), int(a.shape[1]))))
+    return out
+
+
+def _decode(path: str) -> object:
+    """Upright RGB PIL image at the model's draft scale, or the failure reason (the same
+    reasons as the CPU pipeline's)."""
+    try:
+        return decode_source(path, _draft)
+    except InvalidImageError as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
+        return f"{type(e).__name__}: {e}"
+
+
+class CpuDecodeLane:
+    """`workers` decode processes writing into `slots` slots of a memory-mapped file
+    (in /dev/shm where there is one). Callers own slot numbering: a slot may be reused
+    once its pixels were read back with `pixels`."""
+
+    def __init__(self, workers: int, slots: int, draft_size: int | None) -> None:
+        shm = Path("/dev/shm")
+        fd, path = tempfile.mkstemp(prefix="shopsearch-decode-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK)
+                                    else None)
+        os.close(fd)
+        self.path, self.slots = path, slots
+        # sparse: only the bytes decoded images touch take memory
+        self.arena = np.memmap(path, dtype=np.uint8, mode="w+", shape=(slots, SLOT_BYTES))
+        # fork: workers start in milliseconds and inherit the imports; they never touch CUDA
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
+                                        initargs=(path, slots, draft_size))
+        # start the processes now, before the caller's threads exist (forking a busy
+        # multi-threaded process can copy a held lock into the child)
+        list(self.pool.map(abs, range(workers)))
+
+    def submit(self, jobs: Sequence[tuple[int, str]]) -> list[Future]:
+        """Decode (slot, path) jobs in chunks; each future gives [(slot, (h, w) | reason)]."""
+        return [self.pool.submit(_decode_into, list(jobs[i:i + CHUNK])) for i in range(0, len(jobs), CHUNK)]
+
+    def pixels(self, slot: int, shape: tuple[int, int]) -> np.ndarray:
+        """(h, w, 3) uint8 view of a decoded slot (valid until the slot is reused)."""
+        h, w = shape
+        return self.arena[slot, :h * w * 3].reshape(h, w, 3)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        del self.arena
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
