@@ -202,3 +202,30 @@ def test_cuda_graph_gives_the_eager_vectors(precision):
     np.testing.assert_allclose(emb.encode_tensor(x[:9]), eager[:9], atol=tol)  # padded
     np.testing.assert_allclose(emb.encode_tensor(x[:1]), eager[:1], atol=tol)  # eager
     assert len(calls) == 2
+
+
+def test_cpu_lane_arena_has_no_name_while_workers_write_into_it(tmp_path, monkeypatch):
+    """On Linux the workers inherit the shared mapping, so the arena file is unlinked as soon
+    as they exist (a killed run leaves nothing behind), and what they decode still reaches
+    the parent: the same pixels as the CPU pipeline's decoder."""
+    import glob
+    import sys
+
+    from shopsearch.embedding.cpu_lane import CpuDecodeLane
+    from shopsearch.embedding.preprocess import decode_source
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("fork start method only")
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    before = set(glob.glob("/dev/shm/shopsearch-decode-*")) | set(tmp_path.glob("shopsearch-decode-*"))
+    items = _jpegs(tmp_path / "j", 3)
+    lane = CpuDecodeLane(2, 4, 224)
+    try:
+        after = set(glob.glob("/dev/shm/shopsearch-decode-*")) | set(tmp_path.glob("shopsearch-decode-*"))
+        assert after == before
+        res = dict(r for f in lane.submit([(3, items[2].path), (0, items[0].path)]) for r in f.result())
+        for slot, it in ((3, items[2]), (0, items[0])):
+            want = np.asarray(decode_source(it.path, 224))
+            np.testing.assert_array_equal(lane.pixels(slot, res[slot]), want)
+    finally:
+        lane.close()

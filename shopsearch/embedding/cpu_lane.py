@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -29,12 +30,17 @@ CHUNK = 16
 
 _arena: np.ndarray | None = None
 _draft: int | None = None
+_fork_lock = threading.Lock()
 
 
-def _init(path: str, slots: int, draft_size: int | None) -> None:
+def _init(path: str | None, slots: int, draft_size: int | None) -> None:
+    """Worker start. Forked workers inherit the parent's shared mapping (path None), so the
+    file can be unlinked at once and a killed run leaves nothing in /dev/shm; spawned ones
+    map the file by name."""
     global _arena, _draft
-    _arena = np.memmap(path, dtype=np.uint8, mode="r+", shape=(slots, SLOT_BYTES))
-    _draft = draft_size
+    if path is not None:
+        _arena = np.memmap(path, dtype=np.uint8, mode="r+", shape=(slots, SLOT_BYTES))
+        _draft = draft_size
     try:  # one decode process must not start a team of torch threads of its own
         import torch
 
@@ -82,16 +88,23 @@ class CpuDecodeLane:
         fd, path = tempfile.mkstemp(prefix="shopsearch-decode-", dir=shm if shm.is_dir() and os.access(shm, os.W_OK)
                                     else None)
         os.close(fd)
-        self.path, self.slots = path, slots
+        self.path: str | None = path
+        self.slots = slots
         # sparse: only the bytes decoded images touch take memory
         self.arena = np.memmap(path, dtype=np.uint8, mode="w+", shape=(slots, SLOT_BYTES))
-        # fork: workers start in milliseconds and inherit the imports; they never touch CUDA
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                                        initargs=(path, slots, draft_size))
-        # start the processes now, before the caller's threads exist (forking a busy
-        # multi-threaded process can copy a held lock into the child)
-        list(self.pool.map(abs, range(workers)))
+        fork = sys.platform.startswith("linux")  # workers start in milliseconds, inherit the mapping
+        global _arena, _draft
+        with _fork_lock:
+            _arena, _draft = self.arena, draft_size  # what forked workers inherit
+            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if fork else "spawn"),
+                                            initializer=_init,
+                                            initargs=(None if fork else path, slots, draft_size))
+            # fork starts every process at the first task and never again: start them now,
+            # before the caller's threads exist (forking a busy multi-threaded process can
+            # copy a held lock), after which the file is no longer needed by name
+            list(self.pool.map(abs, range(workers)))
+        if fork:
+            self._unlink()
 
     def submit(self, jobs: Sequence[tuple[int, str]]) -> list[Future]:
         """Decode (slot, path) jobs in chunks; each future gives [(slot, (h, w) | reason)]."""
@@ -103,9 +116,18 @@ class CpuDecodeLane:
         return self.arena[slot, :h * w * 3].reshape(h, w, 3)
 
     def close(self) -> None:
+        global _arena
         self.pool.shutdown(wait=True, cancel_futures=True)
+        with _fork_lock:
+            if _arena is self.arena:  # the parent's copy of what workers inherited: let it go
+                _arena = None
         del self.arena
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        self._unlink()
+
+    def _unlink(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
