@@ -59,10 +59,11 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     max(decode, model) per batch instead of their sum (nvJPEG's hardware engine and the
     SMs are separate units). At most PREFETCH decoded batches wait in GPU memory.
 
-    nvJPEG alone tops out below what the model eats (on an H100 it decoded ~3,900 640x480
-    images/s while ViT-B-32 embeds ~18,700), so a share of each batch goes to `cpu_decoders`
-    processes (PIL draft decoding into shared memory, see cpu_lane) at the same time, the
-    share adapting to whichever side finishes first.
+    nvJPEG through torchvision (one decoder behind one lock) tops out below what the model
+    eats (H100 host: ~4,500-4,800 640x480 images/s with its reads, while ViT-B-32 replayed
+    from a CUDA graph embeds ~17,500), so a share of each batch goes to `cpu_decoders`
+    processes (PIL draft decoding into shared memory, see cpu_lane) at the same time; the
+    share shrinks when the lane has to wait for it and grows when it does not.
     `cpu_share` pins that share (0..1) instead (experiments, tests; env SHOPSEARCH_GPU_CPU_SHARE).
     `device` overrides the embedder's (tests run this on the CPU)."""
     import torch
@@ -77,8 +78,10 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     bs = cfg.batch_size
     groups = [list(todo[i:i + bs]) for i in range(0, len(todo), bs)]
     if cpu_decoders is None:
-        # H100 host, 16 cores, 640x480 JPEGs, ViT-B-32: nvJPEG alone 4,203 img/s, 12 CPU-lane
-        # processes alone 5,616, both 5,803 (benchmarks/results/throughput_openclip-ViT-B-32_cuda*.json)
+        # H100 hosts (16 vCPUs), 640x480 JPEGs, ViT-B-32: both lanes gave the best figure (5,803
+        # img/s, 12 processes) and ~nvJPEG alone's elsewhere (4,264-4,741 vs 4,482-4,821), and
+        # they keep PNG/WebP catalogues off the host process
+        # (benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
         from shopsearch.embedders.torch_base import available_cpus
 
         env = os.environ.get("SHOPSEARCH_GPU_CPU_DECODERS")
