@@ -79,7 +79,8 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     groups = [list(todo[i:i + bs]) for i in range(0, len(todo), bs)]
     if cpu_decoders is None:
         # H100 hosts (16 vCPUs), 640x480 JPEGs, ViT-B-32: both lanes gave the best figure (5,803
-        # img/s, 12 processes) and ~nvJPEG alone's elsewhere (4,264-4,741 vs 4,482-4,821), and
+        # img/s, 12 processes) and ~nvJPEG alone's elsewhere (defaults of the last three code
+        # states 4,264-4,741 vs 4,482-4,821), and
         # they keep PNG/WebP catalogues off the host process
         # (benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
         from shopsearch.embedders.torch_base import available_cpus
