@@ -6,6 +6,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
+def env_number(name: str, default: float | None, kind: type = int, minimum: float = 0,
+               maximum: float | None = None) -> float | None:
+    """A numeric tuning setting from the environment (default when unset or empty);
+    ConfigError naming the variable when it is not a number in range."""
+    from shopsearch.errors import ConfigError
+
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name} must be {bound}, not {raw!r}")
+    return value
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("SHOPSEARCH_DATA_DIR", "var")).resolve()
 

@@ -229,3 +229,24 @@ def test_cpu_lane_arena_has_no_name_while_workers_write_into_it(tmp_path, monkey
             np.testing.assert_array_equal(lane.pixels(slot, res[slot]), want)
     finally:
         lane.close()
+
+
+@pytest.mark.parametrize("var,value", [("SHOPSEARCH_GPU_CPU_DECODERS", "many"), ("SHOPSEARCH_GPU_CPU_SHARE", "1.5"),
+                                       ("SHOPSEARCH_GPU_READ_THREADS", "0"), ("SHOPSEARCH_NVJPEG_SPLIT", "x")])
+def test_malformed_gpu_settings_are_config_errors_naming_the_variable(tmp_path, monkeypatch, var, value):
+    from shopsearch.errors import ConfigError
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=var):
+        gpu.run_gpu_batches(MeanColour(), _jpegs(tmp_path / "j", 2), PipelineConfig(8, 2, "gpu"),
+                            lambda k, v: None, lambda it, r: None, device="cpu")
+
+
+def test_zero_padded_jpeg_still_counts_as_whole_and_a_cut_one_does_not():
+    import io
+
+    buf = io.BytesIO()
+    make_image(1, (64, 48)).save(buf, "JPEG")
+    data = buf.getvalue()
+    assert gpu_decode._ends_with_eoi(data) and gpu_decode._ends_with_eoi(data + bytes(300))
+    assert not gpu_decode._ends_with_eoi(data[:-10]) and not gpu_decode._ends_with_eoi(data[:-10] + bytes(5))

@@ -19,8 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
-from shopsearch.embedding.preprocess import DRAFT_SIZE, decode_source
-from shopsearch.errors import InvalidImageError
+from shopsearch.embedding.pipeline import WorkItem, decode
+from shopsearch.embedding.preprocess import DRAFT_SIZE
 
 #: decode_source never returns a side longer than this, so one slot holds any image
 SLOT_SIDE = 2 * DRAFT_SIZE
@@ -54,7 +54,7 @@ def _decode_into(jobs: list[tuple[int, str]]) -> list[tuple[int, tuple[int, int]
     assert _arena is not None
     out: list[tuple[int, tuple[int, int] | str]] = []
     for slot, path in jobs:
-        img = _decode(path)
+        _, img = decode(WorkItem("", path), _draft)
         if isinstance(img, str):
             out.append((slot, img))
             continue
@@ -65,17 +65,6 @@ def _decode_into(jobs: list[tuple[int, str]]) -> list[tuple[int, tuple[int, int]
         _arena[slot, :a.nbytes] = a.reshape(-1)
         out.append((slot, (int(a.shape[0]), int(a.shape[1]))))
     return out
-
-
-def _decode(path: str) -> object:
-    """Upright RGB PIL image at the model's draft scale, or the failure reason (the same
-    reasons as the CPU pipeline's)."""
-    try:
-        return decode_source(path, _draft)
-    except InvalidImageError as e:
-        return str(e)
-    except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
-        return f"{type(e).__name__}: {e}"
 
 
 class CpuDecodeLane:

@@ -16,11 +16,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
 
+from shopsearch.config import env_number
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.cpu_lane import CpuDecodeLane
 from shopsearch.embedding.gpu_decode import DECODE_SPLIT, GpuTransform, _nvjpeg, _read, gpu_transform_for
@@ -33,13 +34,13 @@ log = logging.getLogger("shopsearch.pipeline")
 #: rest decode on the CPU lane (16-core H100 host: 12 processes)
 HOST_CORES = 4
 #: decoded batches waiting for the model (each ~150 MB of float pixels at batch 256)
-PREFETCH = int(os.environ.get("SHOPSEARCH_GPU_PREFETCH", "2"))
+PREFETCH = 2
 #: batches handed to the CPU lane ahead of the one being assembled, so its processes never
 #: wait for the lane thread (which holds slot ranges LOOKAHEAD + 1)
 LOOKAHEAD = 2
 #: threads reading the nvJPEG share: reads from the page cache are ~20 us; more threads
 #: only compete with the model thread for the GIL
-READ_THREADS = int(os.environ.get("SHOPSEARCH_GPU_READ_THREADS", "4"))
+READ_THREADS = 4
 #: the lane thread waiting longer than this for the CPU share means the processes lag
 CPU_LAG_S = 0.002
 #: seconds spent per stage in the last GPU run (reported by the throughput benchmark);
@@ -47,6 +48,31 @@ CPU_LAG_S = 0.002
 STAGES: dict[str, float] = {k: 0.0 for k in ("read_wait", "decode", "transform", "cpu_decode_wait",
                                              "model_wait", "model", "write")}
 _DONE = object()
+
+
+@dataclass(frozen=True)
+class GpuTuning:
+    """The GPU executor's knobs (SHOPSEARCH_GPU_*, SHOPSEARCH_NVJPEG_SPLIT,
+    SHOPSEARCH_CUDA_GRAPHS), read when a run starts; a malformed value is a ConfigError."""
+
+    cpu_decoders: int
+    cpu_share: float | None  # None: adaptive
+    prefetch: int = PREFETCH
+    read_threads: int = READ_THREADS
+    decode_split: int = DECODE_SPLIT
+    cuda_graphs: bool = True
+
+    @classmethod
+    def from_env(cls) -> "GpuTuning":
+        from shopsearch.embedders.torch_base import available_cpus
+
+        return cls(
+            cpu_decoders=int(env_number("SHOPSEARCH_GPU_CPU_DECODERS", max(0, available_cpus() - HOST_CORES))),
+            cpu_share=env_number("SHOPSEARCH_GPU_CPU_SHARE", None, float, 0, 1),  # type: ignore[arg-type]
+            prefetch=int(env_number("SHOPSEARCH_GPU_PREFETCH", PREFETCH, minimum=1)),
+            read_threads=int(env_number("SHOPSEARCH_GPU_READ_THREADS", READ_THREADS, minimum=1)),
+            decode_split=int(env_number("SHOPSEARCH_NVJPEG_SPLIT", DECODE_SPLIT, minimum=1)),
+            cuda_graphs=os.environ.get("SHOPSEARCH_CUDA_GRAPHS", "1").strip() != "0")
 
 
 def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callable, on_failure: Callable,
@@ -64,7 +90,8 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     from a CUDA graph embeds ~17,500), so a share of each batch goes to `cpu_decoders`
     processes (PIL draft decoding into shared memory, see cpu_lane) at the same time; the
     share shrinks when the lane has to wait for it and grows when it does not.
-    `cpu_share` pins that share (0..1) instead (experiments, tests; env SHOPSEARCH_GPU_CPU_SHARE).
+    `cpu_decoders` and `cpu_share` (0..1, pins the share: experiments, tests) override
+    GpuTuning.from_env().
     `device` overrides the embedder's (tests run this on the CPU)."""
     import torch
 
@@ -77,25 +104,21 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
         STAGES[k] = 0.0
     bs = cfg.batch_size
     groups = [list(todo[i:i + bs]) for i in range(0, len(todo), bs)]
-    if cpu_decoders is None:
-        # H100 hosts (16 vCPUs), 640x480 JPEGs, ViT-B-32: both lanes gave the best figure (5,803
-        # img/s, 12 processes) and ~nvJPEG alone's elsewhere (defaults of the last three code
-        # states 4,264-4,741 vs 4,482-4,821), and
-        # they keep PNG/WebP catalogues off the host process
-        # (benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
-        from shopsearch.embedders.torch_base import available_cpus
-
-        env = os.environ.get("SHOPSEARCH_GPU_CPU_DECODERS")
-        cpu_decoders = int(env) if env else max(0, available_cpus() - HOST_CORES)
-    if cpu_share is None and os.environ.get("SHOPSEARCH_GPU_CPU_SHARE"):
-        cpu_share = float(os.environ["SHOPSEARCH_GPU_CPU_SHARE"])
-    lane = _DecodeLane(embedder, transform, dev, cfg, cpu_decoders, cpu_share)
-    batches: queue.Queue = queue.Queue(maxsize=PREFETCH)
+    # H100 hosts (16 vCPUs), 640x480 JPEGs, ViT-B-32: both lanes gave the best figure (5,803
+    # img/s, 12 processes) and ~nvJPEG alone's elsewhere (defaults of the last three code
+    # states 4,264-4,741 vs 4,482-4,821), and they keep PNG/WebP catalogues off the host
+    # process (benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
+    tuning = GpuTuning.from_env()
+    if cpu_decoders is not None:
+        tuning = replace(tuning, cpu_decoders=cpu_decoders)
+    if cpu_share is not None:
+        tuning = replace(tuning, cpu_share=cpu_share)
+    lane = _DecodeLane(embedder, transform, dev, cfg, tuning)
+    batches: queue.Queue = queue.Queue(maxsize=tuning.prefetch)
     stop = threading.Event()
     producer = threading.Thread(target=lane.produce, args=(groups, batches, stop), name="gpu-decode", daemon=True)
     producer.start()
-    graphs = (dev.type == "cuda" and hasattr(embedder, "capture_cuda_graph")
-              and os.environ.get("SHOPSEARCH_CUDA_GRAPHS", "1") != "0")
+    graphs = dev.type == "cuda" and hasattr(embedder, "capture_cuda_graph") and tuning.cuda_graphs
     try:
         while True:
             t0 = time.perf_counter()
@@ -140,13 +163,14 @@ class _DecodeLane:
     the CPU decode processes (handed over LOOKAHEAD batches ahead), the rest is read by
     threads and decoded by nvJPEG; then resize/crop/normalise on the GPU."""
 
-    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, cpu_decoders: int,
-                 cpu_share: float | None) -> None:
+    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, tuning: GpuTuning) -> None:
         import torch
 
         self.transform, self.dev, self.workers, self.bs = transform, dev, cfg.workers, cfg.batch_size
         self.split = split_preprocess(embedder, require_encode_tensor=False)
         self.cpu_pre = self.split or embedder.preprocess
+        self.tuning = tuning
+        cpu_decoders, cpu_share = tuning.cpu_decoders, tuning.cpu_share
         self.fixed_share = None if cpu_share is None else min(1.0, max(0.0, cpu_share))
         # slot range i % (LOOKAHEAD + 1) belongs to batch i: batches i+1..i+LOOKAHEAD decode
         # into the others while batch i is read back
@@ -180,8 +204,9 @@ class _DecodeLane:
             return False
 
         try:
-            with ThreadPoolExecutor(max(2, min(self.workers, READ_THREADS)), thread_name_prefix="read") as pool, \
-                    ThreadPoolExecutor(DECODE_SPLIT, thread_name_prefix="nvjpeg") as dec_pool, \
+            with ThreadPoolExecutor(max(2, min(self.workers, self.tuning.read_threads)),
+                                    thread_name_prefix="read") as pool, \
+                    ThreadPoolExecutor(self.tuning.decode_split, thread_name_prefix="nvjpeg") as dec_pool, \
                     (torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()):
                 plans = [self._plan(groups[i], i, pool) for i in range(min(len(groups), LOOKAHEAD))]
                 for gi in range(len(groups)):
@@ -224,7 +249,7 @@ class _DecodeLane:
         tensors, keys = [], []
         if jpeg_data:
             try:
-                tensors = _nvjpeg(jpeg_data, self.dev, dec_pool)
+                tensors = _nvjpeg(jpeg_data, self.dev, dec_pool, self.tuning.decode_split)
                 keys = [plan.group[j].key for j in jpeg_pos]
             except RuntimeError as e:  # one odd JPEG fails the batch call: decode those on the CPU
                 log.debug("nvJPEG batch failed (%s); CPU fallback", e)

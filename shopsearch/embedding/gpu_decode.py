@@ -2,7 +2,6 @@
 embedder's resize / crop / normalise replayed as batched tensor ops."""
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -13,7 +12,7 @@ GpuTransform = Callable[[list], "object"]
 
 #: nvJPEG calls per batch. torchvision serialises them behind one decoder and one mutex, so
 #: splitting only adds calls: 1 (H100: 5,803 img/s with 1 vs 4,789 with 4, CPU lane on)
-DECODE_SPLIT = int(os.environ.get("SHOPSEARCH_NVJPEG_SPLIT", "1"))
+DECODE_SPLIT = 1
 
 
 def gpu_transform_for(embedder: Embedder, device: str | None = None) -> GpuTransform | None:
@@ -98,9 +97,16 @@ def _read(path: str) -> tuple[str, object]:
     # nvJPEG decodes a truncated JPEG without a word (grey where data is missing), so only
     # whole ones (ending in EOI) go there; the CPU decoder reports the rest or decodes
     # those with trailing bytes
-    if data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\0")[-2:] == b"\xff\xd9" and _jpeg_size_ok(data):
+    if data[:3] == b"\xff\xd8\xff" and _ends_with_eoi(data) and _jpeg_size_ok(data):
         return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return "cpu", None
+
+
+def _ends_with_eoi(data: bytes) -> bool:
+    """EOI as the last marker, zero padding allowed (only padded files pay for a copy)."""
+    if data[-2:] == b"\xff\xd9":
+        return True
+    return data[-1:] == b"\0" and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
 
 
 def _jpeg_size_ok(data: bytes) -> bool:
@@ -142,11 +148,11 @@ def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _nvjpeg(data: list, dev, dec_pool: ThreadPoolExecutor) -> list:
+def _nvjpeg(data: list, dev, dec_pool: ThreadPoolExecutor, split: int = DECODE_SPLIT) -> list:
     """Decode JPEG byte tensors on the GPU in a few concurrent sub-batches (order kept)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    n = max(1, min(DECODE_SPLIT, len(data) // 32))
+    n = max(1, min(split, len(data) // 32))
     parts = [data[k::n] for k in range(n)]
     outs = list(dec_pool.map(lambda part: decode_jpeg(part, mode=ImageReadMode.RGB, device=dev,
                                                       apply_exif_orientation=True), parts))

@@ -84,10 +84,10 @@ def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | No
     return decode_source(data if data is not None else item.path, draft_size, max_pixels)
 
 
-def decode(item: WorkItem) -> tuple[WorkItem, object]:
+def decode(item: WorkItem, draft_size: int | None = None) -> tuple[WorkItem, object]:
     """Stage 2 with failures as values: (item, image) or (item, reason)."""
     try:
-        return item, decode_image(item)
+        return item, decode_image(item, draft_size=draft_size)
     except InvalidImageError as e:
         return item, str(e)
     except Exception as e:  # noqa: BLE001 - a worker must report, never die, on one bad file
