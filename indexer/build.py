@@ -94,9 +94,10 @@ class IndexBuilder:
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
 
     # -- stage: read the catalogue ------------------------------------------------------
-    def rescan(self, workers: int | None = None, progress: bool = True) -> RescanReport:
-        """Catch files replaced or deleted on disk since the import (stat, re-hash what moved)."""
-        return rescan_files(self.catalogue, workers=workers or 2, progress=progress)
+    def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False) -> RescanReport:
+        """Catch files replaced or deleted on disk since the import (stat, re-hash what moved;
+        `verify_hashes`: re-hash every file)."""
+        return rescan_files(self.catalogue, workers=workers or 2, progress=progress, verify_hashes=verify_hashes)
 
     def work_items(self) -> list[WorkItem]:
         items = []
@@ -162,11 +163,12 @@ class IndexBuilder:
     # -- public -----------------------------------------------------------------------------
     def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, executor: str = "auto", chunk_size: int = 512, rescan: bool = True,
-              on_plan: Callable[[BuildPlan], None] | None = None, compile: str | None = None) -> BuildReport:
+              on_plan: Callable[[BuildPlan], None] | None = None, compile: str | None = None,
+              verify_hashes: bool = False) -> BuildReport:
         """Embed what is missing, build a fresh index of every good image, publish it atomically.
         `on_plan` sees the plan (memory estimate included) before any embedding starts."""
         t0 = time.perf_counter()
-        scan = self.rescan(workers, progress) if rescan else None
+        scan = self.rescan(workers, progress, verify_hashes) if rescan else None
         items = self.work_items()
         plan = self.plan(index_type, items)
         log.info("building index", extra={"images": plan.images, "index_type": plan.index_type,
@@ -185,7 +187,7 @@ class IndexBuilder:
 
     def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
                progress: bool = True, executor: str = "auto", chunk_size: int = 512,
-               rescan: bool = True, compile: str | None = None) -> BuildReport:
+               rescan: bool = True, compile: str | None = None, verify_hashes: bool = False) -> BuildReport:
         """Apply the catalogue's changes to the serving build and publish the result as a new build.
 
         Files replaced or deleted on disk are noticed first (`rescan`). Only new or changed
@@ -195,13 +197,13 @@ class IndexBuilder:
         manifest = self.store.current_manifest()
         if manifest is None:
             return self.build(index_type, batch_size, workers, progress, executor, chunk_size, rescan,
-                              compile=compile)
+                              compile=compile, verify_hashes=verify_hashes)
         if manifest.model_fingerprint != self.embedder.fingerprint:
             raise ModelMismatchError(
                 f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "
                 f"the same model (or run `shopsearch index build --model {self.embedder.name}`)")
         t0 = time.perf_counter()
-        scan = self.rescan(workers, progress) if rescan else None
+        scan = self.rescan(workers, progress, verify_hashes) if rescan else None
         old, _ = self.store.load_current()
         items = self.work_items()
         want = {it.image_id: it.key for it in items if it.image_id is not None}

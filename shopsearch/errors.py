@@ -98,3 +98,10 @@ class IndexCorruptError(ShopSearchError):
 class ClassifierError(ShopSearchError):
     code = "classifier_error"
     http_status = 409
+
+
+class WorkerCrashError(ShopSearchError):
+    """Worker processes keep dying, whatever they are given (memory, a broken library)."""
+
+    code = "worker_crash"
+    http_status = 500

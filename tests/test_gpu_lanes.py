@@ -223,7 +223,7 @@ def test_cpu_lane_arena_has_no_name_while_workers_write_into_it(tmp_path, monkey
     try:
         after = set(glob.glob("/dev/shm/shopsearch-decode-*")) | set(tmp_path.glob("shopsearch-decode-*"))
         assert after == before
-        res = dict(r for f in lane.submit([(3, items[2].path), (0, items[0].path)]) for r in f.result())
+        res = dict(r for f in lane.submit([(3, items[2].path), (0, items[0].path)]) for r in lane.result(f))
         for slot, it in ((3, items[2]), (0, items[0])):
             want = np.asarray(decode_source(it.path, 224))
             np.testing.assert_array_equal(lane.pixels(slot, res[slot]), want)

@@ -105,17 +105,23 @@ def test_reimport_of_a_touched_file_is_not_an_update(tmp_path, sqlite_catalogue)
     assert sqlite_catalogue.get_product("P0").images[0].file_mtime_ns == os.stat(paths[0]).st_mtime_ns
 
 
-def test_cli_update_reports_disk_changes_and_no_rescan_skips_them(tmp_path):
+def _cli_catalogue(tmp_path, ext: str):
+    """Four one-image products imported and indexed (colorhist) through the CLI: (src, data, invoke)."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
-        make_image(i).save(src / f"P{i}.png")
+        make_image(i).save(src / f"P{i}.{ext}")
     manifest = tmp_path / "m.csv"
-    manifest.write_text("sku,title,image\n" + "".join(f"P{i},product {i},{src / f'P{i}.png'}\n" for i in range(4)))
+    manifest.write_text("sku,title,image\n" + "".join(f"P{i},product {i},{src / f'P{i}.{ext}'}\n" for i in range(4)))
     data = str(tmp_path / "var")
     run = CliRunner().invoke
     assert run(cli, ["--data-dir", data, "catalogue", "import", str(manifest)]).exit_code == 0
     assert run(cli, ["--data-dir", data, "index", "build", "--model", "colorhist", "--json"]).exit_code == 0
+    return src, data, run
+
+
+def test_cli_update_reports_disk_changes_and_no_rescan_skips_them(tmp_path):
+    src, data, run = _cli_catalogue(tmp_path, "png")
     shutil.copy(src / "P3.png", src / "P0.png"); _later(src / "P0.png")
     res = run(cli, ["--data-dir", data, "index", "status", "--json"])
     assert '"files_changed_on_disk": 1' in res.output
@@ -128,3 +134,25 @@ def test_cli_update_reports_disk_changes_and_no_rescan_skips_them(tmp_path):
     # P0 holds P3's bytes now: both are exact matches of P3's photo
     hits = json.loads(run(cli, ["--data-dir", data, "search", str(src / "P3.png"), "-k", "2", "--json"]).output)["results"]
     assert {h["sku"] for h in hits} == {"P0", "P3"} and min(h["score"] for h in hits) > 0.999
+
+
+def test_verify_hashes_catches_a_rewrite_that_kept_size_and_mtime(tmp_path):
+    """`cp -p`-style rewrites keep the stat: only --verify-hashes reads the bytes and sees them."""
+    src, data, run = _cli_catalogue(tmp_path, "bmp")  # BMP: every 96x96 image has the same file size
+    st = os.stat(src / "P0.bmp")
+    make_image(9).save(tmp_path / "new.bmp")  # content no build has seen: it must be embedded
+    shutil.copyfile(tmp_path / "new.bmp", src / "P0.bmp")
+    os.utime(src / "P0.bmp", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(src / "P0.bmp").st_size == st.st_size
+
+    plain = json.loads(run(cli, ["--data-dir", data, "index", "update", "--json"]).stdout)
+    assert (plain["rescan"]["rehashed"], plain["embedded"]) == (0, 0)  # the stat check's blind spot
+    res = run(cli, ["--data-dir", data, "index", "update", "--verify-hashes", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert (report["rescan"]["rehashed"], report["rescan"]["changed"]) == (1, 1)
+    assert (report["embedded"], report["changed"]) == (1, 1)
+    hits = json.loads(run(cli, ["--data-dir", data, "search", str(tmp_path / "new.bmp"), "-k", "1", "--json"]).stdout)
+    assert hits["results"][0]["sku"] == "P0" and hits["results"][0]["score"] > 0.999
+    again = json.loads(run(cli, ["--data-dir", data, "index", "update", "--verify-hashes", "--json"]).stdout)
+    assert (again["rescan"]["rehashed"], again["embedded"]) == (0, 0)

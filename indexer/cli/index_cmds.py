@@ -19,6 +19,9 @@ def _perf_options(f):
                           "its 20-50 s; ~1.4x faster end to end on CPUs without bf16).")(f)
     f = click.option("--rescan/--no-rescan", default=True, show_default=True,
                      help="First stat every image file and re-hash those changed on disk since the import.")(f)
+    f = click.option("--verify-hashes", is_flag=True,
+                     help="Re-hash every image file, not only those whose size or mtime moved (catches files "
+                          "rewritten in place with their old size and mtime; reads the whole catalogue).")(f)
     f = click.option("--chunk-size", type=int, default=512, show_default=True, hidden=True,
                      help="Vectors per cache chunk (work lost at most when a run is killed).")(f)
     f = click.option("--executor", type=click.Choice(["auto", "thread", "process", "inline", "gpu"]), default="auto",
@@ -66,7 +69,7 @@ def _print_report(report, as_json: bool) -> None:
 @_perf_options
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
-              chunk_size: int, rescan: bool, compile_mode: str, as_json: bool) -> None:
+              chunk_size: int, rescan: bool, verify_hashes: bool, compile_mode: str, as_json: bool) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -81,7 +84,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 
     report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
                            executor=executor, chunk_size=chunk_size, rescan=rescan, on_plan=show_plan,
-                           compile=compile_mode)
+                           compile=compile_mode, verify_hashes=verify_hashes)
     _print_report(report, as_json)
 
 
@@ -90,7 +93,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @_perf_options
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
-               executor: str, chunk_size: int, rescan: bool, compile_mode: str, as_json: bool) -> None:
+               executor: str, chunk_size: int, rescan: bool, verify_hashes: bool, compile_mode: str,
+               as_json: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -103,7 +107,7 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                f"with {embedder.name} on {embedder.device}", err=True)
     report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
         index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-        executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode)
+        executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode, verify_hashes=verify_hashes)
     _print_report(report, as_json)
 
 

@@ -20,6 +20,7 @@ from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.errors import InvalidImageError, ManifestError
 from shopsearch.images import inspect_image
+from shopsearch.workers import RespawningPool
 
 log = logging.getLogger("shopsearch.importer")
 
@@ -228,16 +229,27 @@ def check_image_file(path: str) -> tuple[str, ImageRecord | str]:
         return path, f"cannot read: {e}"
 
 
+def _check_group(paths: list[str]) -> list[tuple[str, ImageRecord | str]]:
+    return [check_image_file(p) for p in paths]
+
+
 def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
                       desc: str = "checking images") -> dict[str, ImageRecord | str]:
     """check_image_file over many paths, in `workers` processes when there are enough."""
     checked: dict[str, ImageRecord | str] = {}
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or not paths)
     if workers > 1 and len(paths) > 64:
-        with ProcessPoolExecutor(workers) as pool:
-            for path, res in pool.map(check_image_file, paths, chunksize=32):
-                checked[path] = res
-                bar.update()
+        # a worker that dies on a file (decoder crash, OOM killer) is replaced and the file
+        # reported as invalid, like any other bad image (shopsearch.workers)
+        pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
+            lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
+        try:
+            for fut in [pool.submit(paths[i:i + 32]) for i in range(0, len(paths), 32)]:
+                for path, res in pool.result(fut):
+                    checked[path] = res
+                    bar.update()
+        finally:
+            pool.shutdown()
     else:
         for path in paths:
             checked[path] = check_image_file(path)[1]

@@ -1,7 +1,9 @@
 """Rescan: notice image files replaced, deleted or restored on disk since they were imported.
 
 Every image's file is stat'ed; only those whose (size, mtime) moved are hashed and decoded
-again, so a rescan of an unchanged catalogue reads no image bytes. What it finds goes into
+again, so a rescan of an unchanged catalogue reads no image bytes. A file rewritten in place
+with its old size and mtime (`cp -p`, `rsync -t`, `tar x` of equal-sized content) slips
+through that check: `verify_hashes` re-hashes every file too (reads the whole catalogue). What it finds goes into
 the catalogue (new hash, or status missing / invalid), where `index update` picks it up:
 changed images are re-embedded, missing ones leave the index, restored ones come back."""
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
@@ -16,6 +19,7 @@ from tqdm import tqdm
 from shopsearch.catalogue.importers import check_image_files
 from shopsearch.catalogue.records import ImageInfo, ImageRecord
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.images import sha256_file
 
 log = logging.getLogger("shopsearch.catalogue")
 
@@ -23,7 +27,7 @@ log = logging.getLogger("shopsearch.catalogue")
 @dataclass(frozen=True)
 class RescanReport:
     images: int  # catalogue images whose file was stat'ed
-    rehashed: int  # stat moved (or never recorded): hashed and decoded again
+    rehashed: int  # stat moved (or never recorded), or content moved under an unchanged stat: decoded again
     changed: int  # usable, with new content: `index update` re-embeds them
     missing: int  # the file is gone: `index update` drops them from the index
     invalid: int  # the file is no longer a usable image
@@ -48,11 +52,17 @@ def stat_moved(img: ImageInfo) -> bool:
     return (st.st_size, st.st_mtime_ns) != (img.file_size, img.file_mtime_ns)
 
 
-def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True) -> RescanReport:
-    """Bring the catalogue's hashes and statuses in line with the files on disk."""
+def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
+                 verify_hashes: bool = False) -> RescanReport:
+    """Bring the catalogue's hashes and statuses in line with the files on disk
+    (`verify_hashes`: also hash the files whose stat did not move)."""
     t0 = time.perf_counter()
     images = store.images()
     todo = [img for img in tqdm(images, desc="checking files", unit="img", disable=not progress) if stat_moved(img)]
+    if verify_hashes:
+        moved = {img.id for img in todo}
+        todo += _content_moved([img for img in images if img.id not in moved and img.status == "ok"],
+                               workers, progress)
     changed = missing = invalid = restored = 0
     problems = []
     results = check_image_files([img.path for img in todo], workers, progress, desc="re-hashing changed files")
@@ -78,6 +88,22 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True)
     if todo:
         log.info("files rescanned", extra=report.to_dict())
     return report
+
+
+def _content_moved(images: list[ImageInfo], workers: int, progress: bool) -> list[ImageInfo]:
+    """The images whose file no longer has the recorded hash (hashed in threads: hashlib
+    releases the GIL on large buffers). A file that vanished meanwhile counts as moved."""
+
+    def moved(img: ImageInfo) -> bool:
+        try:
+            return sha256_file(img.path) != img.sha256
+        except OSError:
+            return True
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        flags = list(tqdm(pool.map(moved, images), total=len(images), desc="verifying hashes", unit="img",
+                          disable=not progress or not images))
+    return [img for img, f in zip(images, flags) if f]
 
 
 def _stat_or_none(path: str) -> tuple[int | None, int | None]:

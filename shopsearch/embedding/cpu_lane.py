@@ -21,6 +21,7 @@ import numpy as np
 
 from shopsearch.embedding.pipeline import WorkItem, decode
 from shopsearch.embedding.preprocess import DRAFT_SIZE
+from shopsearch.workers import RespawningPool
 
 #: decode_source never returns a side longer than this, so one slot holds any image
 SLOT_SIDE = 2 * DRAFT_SIZE
@@ -81,23 +82,36 @@ class CpuDecodeLane:
         self.slots = slots
         # sparse: only the bytes decoded images touch take memory
         self.arena = np.memmap(path, dtype=np.uint8, mode="w+", shape=(slots, SLOT_BYTES))
-        fork = sys.platform.startswith("linux")  # workers start in milliseconds, inherit the mapping
-        global _arena, _draft
-        with _fork_lock:
-            _arena, _draft = self.arena, draft_size  # what forked workers inherit
-            self.pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork" if fork else "spawn"),
-                                            initializer=_init,
-                                            initargs=(None if fork else path, slots, draft_size))
-            # fork starts every process at the first task and never again: start them now,
-            # before the caller's threads exist (forking a busy multi-threaded process can
-            # copy a held lock), after which the file is no longer needed by name
-            list(self.pool.map(abs, range(workers)))
-        if fork:
+        self._fork = sys.platform.startswith("linux")  # workers start in milliseconds, inherit the mapping
+        self._workers, self._draft_size = workers, draft_size
+        # a worker that dies (decoder crash, OOM killer) is replaced, and the image it died on
+        # reported as a failure of its slot (shopsearch.workers)
+        self.pool: RespawningPool[tuple[int, str], tuple[int, tuple[int, int] | str]] = RespawningPool(
+            self._start_pool, _decode_into, lambda job, why: (job[0], why))
+        if self._fork:
             self._unlink()
 
+    def _start_pool(self) -> ProcessPoolExecutor:
+        global _arena, _draft
+        with _fork_lock:
+            _arena, _draft = self.arena, self._draft_size  # what forked workers inherit
+            pool = ProcessPoolExecutor(self._workers, mp_context=mp.get_context("fork" if self._fork else "spawn"),
+                                       initializer=_init,
+                                       initargs=(None if self._fork else self.path, self.slots, self._draft_size))
+            # fork starts every process at the first task and never again: start them now,
+            # before the caller's threads exist (forking a busy multi-threaded process can
+            # copy a held lock; a replacement pool after a worker's death is the exception),
+            # after which the file is no longer needed by name
+            list(pool.map(abs, range(self._workers)))
+        return pool
+
     def submit(self, jobs: Sequence[tuple[int, str]]) -> list[Future]:
-        """Decode (slot, path) jobs in chunks; each future gives [(slot, (h, w) | reason)]."""
-        return [self.pool.submit(_decode_into, list(jobs[i:i + CHUNK])) for i in range(0, len(jobs), CHUNK)]
+        """Decode (slot, path) jobs in chunks; read each future back with `result`."""
+        return [self.pool.submit(jobs[i:i + CHUNK]) for i in range(0, len(jobs), CHUNK)]
+
+    def result(self, fut: Future) -> list[tuple[int, tuple[int, int] | str]]:
+        """[(slot, (h, w) | failure reason)] of one submitted chunk."""
+        return self.pool.result(fut)
 
     def pixels(self, slot: int, shape: tuple[int, int]) -> np.ndarray:
         """(h, w, 3) uint8 view of a decoded slot (valid until the slot is reused)."""
@@ -106,7 +120,7 @@ class CpuDecodeLane:
 
     def close(self) -> None:
         global _arena
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown()
         with _fork_lock:
             if _arena is self.arena:  # the parent's copy of what workers inherited: let it go
                 _arena = None

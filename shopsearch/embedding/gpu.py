@@ -308,7 +308,7 @@ class _DecodeLane:
 
         by_shape: dict[tuple[int, int], list[int]] = {}
         for f in futs:
-            for slot, res in f.result():
+            for slot, res in self.cpu.result(f):
                 if isinstance(res, str):
                     failures.append((plan.group[slot - plan.base], res))
                 else:

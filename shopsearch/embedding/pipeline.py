@@ -10,6 +10,7 @@ wires them on one machine: workers prepare images while the main thread runs the
 and every `chunk_size` vectors are persisted, so a killed run loses at most one chunk."""
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing as mp
 import os
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError, InvalidImageError
 from shopsearch.images import DEFAULT_MAX_PIXELS
+from shopsearch.workers import RespawningPool
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.preprocess import decode_source, split_preprocess
 
@@ -150,36 +152,36 @@ def _make_executor(kind: str, workers: int, preprocess: Preprocess) -> Executor:
 def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: int = 2,
                     executor: str = "thread", window: int = 64) -> Iterator[tuple[WorkItem, np.ndarray | str]]:
     """Model inputs in item order, prepared by `workers` threads or processes, at most
-    `window` items ahead of the consumer (bounded memory, overlap with the model)."""
+    `window` items ahead of the consumer (bounded memory, overlap with the model).
+    A decode process that dies (a decoder crash, the OOM killer) is replaced and the image
+    it died on is reported as a failure (shopsearch.workers)."""
     if executor == "inline" or workers < 1 or len(items) <= GROUP:
         for it in items:
             yield prepare(it, preprocess)
         return
     groups = [list(items[i:i + GROUP]) for i in range(0, len(items), GROUP)]
     ahead = max(2, window // GROUP)
-    pool = _make_executor(executor, workers, preprocess)
+    # threads share memory: they call the function directly; processes inherit it (fork)
+    fn = _prepare_group if executor == "process" else functools.partial(_prepare_list, preprocess=preprocess)
+    pool: RespawningPool[WorkItem, tuple[WorkItem, np.ndarray | str]] = RespawningPool(
+        lambda: _make_executor(executor, workers, preprocess), fn, lambda item, why: (item, why))
     pending: deque[Future] = deque()
     try:
-        def submit(group: list[WorkItem]) -> Future:
-            if executor == "thread":  # threads share memory: call the function directly
-                return pool.submit(_prepare_list, group, preprocess)
-            return pool.submit(_prepare_group, group)
-
         it = iter(groups)
         for g in it:
-            pending.append(submit(g))
+            pending.append(pool.submit(g))
             if len(pending) >= ahead:
                 break
         while pending:
-            done = pending.popleft().result()
+            done = pool.result(pending.popleft())
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(submit(nxt))
+                pending.append(pool.submit(nxt))
             yield from done
     finally:
         for f in pending:
             f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown()
 
 
 def decoded_stream(items: Sequence[WorkItem], workers: int) -> Iterator[tuple[WorkItem, object]]:
