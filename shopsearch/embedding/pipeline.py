@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import logging
 import multiprocessing as mp
-import os
 import sys
 import time
 from collections import deque
@@ -25,20 +24,16 @@ import numpy as np
 from tqdm import tqdm
 
 from shopsearch.embedders.base import Embedder
-from shopsearch.errors import ConfigError, InvalidImageError
+from shopsearch.errors import InvalidImageError
 from shopsearch.images import DEFAULT_MAX_PIXELS
-from shopsearch.workers import RespawningPool
+from shopsearch.workers import DIED, RespawningPool
 from shopsearch.embedding.cache import VectorCache
+from shopsearch.embedding.journal import CrashJournal
 from shopsearch.embedding.preprocess import decode_source, split_preprocess
+from shopsearch.embedding.tuning import (  # noqa: F401 - PipelineConfig and tuned_config are re-exported
+    COMPILE_MIN_IMAGES, GROUP, PipelineConfig, cpu_window, inflight_horizon, tuned_config)
 
 log = logging.getLogger("shopsearch.pipeline")
-
-#: items handed to a worker at once (fewer round trips through the process pool)
-GROUP = 8
-#: CPU jobs at least this big torch.compile the model (compile ~20-50 s on 2 cores, then
-#: ~1.4x faster end to end on CPUs without bf16: it pays for itself after ~2,000-4,000 images)
-COMPILE_MIN_IMAGES = 4096
-COMPILE_MODES = ("auto", "on", "off")
 
 Preprocess = Callable[[object], np.ndarray]
 
@@ -60,17 +55,6 @@ class EmbedReport:
     @property
     def images_per_s(self) -> float:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """How to run the pipeline on this machine; `tuned_config` picks measured defaults."""
-
-    batch_size: int
-    workers: int
-    executor: str  # "thread" | "process" | "inline" | "gpu" (nvJPEG decoding on the model's GPU)
-    chunk_size: int = 512
-    compile: bool = False  # torch.compile the model for this job (TorchEmbedder.compile)
 
 
 # -- stages ---------------------------------------------------------------------------
@@ -193,48 +177,6 @@ def decoded_stream(items: Sequence[WorkItem], workers: int) -> Iterator[tuple[Wo
         yield from pool.map(decode, items)
 
 
-# -- tuning -----------------------------------------------------------------------------
-def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int | None = None,
-                 executor: str = "auto", chunk_size: int = 512, images: int = 0,
-                 compile: str | None = None) -> PipelineConfig:
-    """Defaults measured on a 2-core CPU box and an H100 (benchmarks/results/throughput_*.json).
-
-    CPU: batches of 16 keep the activations in cache (larger batches were slower for both
-    EfficientNet-Lite0 and ViT-B-32); with <= 4 cores, decode threads beat processes because
-    PIL and torch release the GIL and nothing is pickled between processes.
-    GPU: large batches, JPEGs decoded by nvJPEG on the GPU, file reads in threads."""
-    from shopsearch.embedders.torch_base import available_cpus
-
-    cpus = available_cpus()
-    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
-    if executor == "auto":
-        if on_gpu:
-            executor = "gpu" if _gpu_decode_possible(embedder) else "process"
-        else:
-            executor = "thread" if cpus <= 4 else "process"
-    if batch_size is None:
-        batch_size = 256 if on_gpu else 16
-    if workers is None:
-        workers = max(2, cpus - 1) if (on_gpu or executor == "process") else max(1, min(cpus, 4))
-    mode = (compile or os.environ.get("SHOPSEARCH_COMPILE") or "auto").lower()
-    if mode not in COMPILE_MODES:
-        raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
-    # auto: CPU only (unmeasured on GPUs) and only where the job repays the compilation
-    use_compile = mode == "on" or (mode == "auto" and not on_gpu and images >= COMPILE_MIN_IMAGES)
-    # int8 models only exist compiled: they are told the batch to compile for whatever the mode
-    use_compile = use_compile or getattr(embedder, "precision", "") == "int8"
-    return PipelineConfig(int(batch_size), int(workers), executor, int(chunk_size),
-                          use_compile and hasattr(embedder, "compile"))
-
-
-def _gpu_decode_possible(embedder: Embedder) -> bool:
-    try:
-        from shopsearch.embedding.gpu import gpu_transform_for
-    except ImportError:  # pragma: no cover - torchvision missing
-        return False
-    return gpu_transform_for(embedder) is not None
-
-
 # -- the whole pipeline -----------------------------------------------------------------
 def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCache, batch_size: int | None = None,
                 workers: int | None = None, chunk_size: int = 512, progress: bool = True,
@@ -249,16 +191,40 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     report.skipped = len(items) - len(todo)
     seen: set[str] = set()
     todo = [it for it in todo if not (it.key in seen or seen.add(it.key))]  # type: ignore[func-returns-value]
-    cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size, images=len(todo), compile=compile)
-    if cfg.compile and todo:
+    # images that crashed a decoder before are not decoded again until their content changes,
+    # and those a dead run had in flight are decoded in separate processes first (journal.py)
+    journal = CrashJournal(cache.dir)
+    held = journal.quarantined()
+    report.failed.extend((it, held[it.key].describe()) for it in todo if it.key in held)
+    stale, suspect_keys = journal.stale()
+    suspects = [it for it in todo if it.key in suspect_keys and it.key not in held]
+    todo = [it for it in todo if it.key not in held and it.key not in suspect_keys]
+    cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size, images=len(todo) + len(suspects),
+                       compile=compile)
+    if cfg.compile and (todo or suspects):
         cfg = replace(cfg, compile=embedder.compile(cfg.batch_size))  # type: ignore[attr-defined]
     log.info("embedding", extra={"model": embedder.name, "todo": len(todo), "cached": report.skipped,
                                  "batch_size": cfg.batch_size, "workers": cfg.workers, "executor": cfg.executor,
-                                 "compile": cfg.compile})
+                                 "compile": cfg.compile, "quarantined": len(report.failed),
+                                 "suspects": len(suspects)})
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=len(todo) + len(suspects), desc="embedding", unit="img", disable=not progress, smoothing=0.1)
     pend_keys: list[str] = []
     pend_vecs: list[np.ndarray] = []
+    # the decoders never run more than `horizon` images past the last one reported, so a
+    # journal naming [done, done + 2 * horizon) stays true until done passes its middle
+    horizon = inflight_horizon(cfg)
+    order = [it.key for it in todo]
+    done, mark, tracking = 0, 0, False
+
+    def advance(n: int) -> None:
+        nonlocal done, mark
+        if not tracking:  # suspects are decoded in other processes: nothing to journal
+            return
+        done += n
+        if done >= mark and done < len(order):
+            journal.window(order[done:done + 2 * horizon])
+            mark = done + horizon
 
     def on_vectors(keys: list[str], vecs: np.ndarray) -> None:
         pend_vecs.append(vecs)
@@ -267,10 +233,14 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
         bar.update(len(keys))
         if len(pend_keys) >= cfg.chunk_size:
             flush_chunk()
+        advance(len(keys))
 
     def on_failure(item: WorkItem, reason: str) -> None:
         report.failed.append((item, reason))
         bar.update(1)
+        if reason == DIED:
+            journal.quarantine(item.key, item.path, reason)
+        advance(1)
 
     def flush_chunk() -> None:
         if pend_keys:
@@ -279,6 +249,15 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
             pend_vecs.clear()
 
     try:
+        if suspects:
+            log.warning("an earlier run died while decoding; decoding the images it had in flight in separate "
+                        "processes first", extra={"suspects": len(suspects)})
+            _embed_stream(embedder, isolated_stream(suspects, embedder, cfg.workers), cfg.batch_size,
+                          on_vectors, on_failure)
+            flush_chunk()
+            journal.forget(stale)
+        tracking = True
+        advance(0)
         if cfg.executor == "gpu":
             from shopsearch.embedding.gpu import run_gpu_batches
 
@@ -288,18 +267,43 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     finally:
         flush_chunk()  # whatever was embedded before an error is kept
         bar.close()
+        journal.close()  # this process is alive: nothing it had in flight crashed it
     report.seconds = time.perf_counter() - t0
     log.info("embedded", extra={"model": embedder.name, "embedded": report.embedded, "failed": len(report.failed),
                                 "seconds": round(report.seconds, 2), "images_per_s": round(report.images_per_s, 1)})
     return report
 
 
+def isolated_stream(items: Sequence[WorkItem], embedder: Embedder,
+                    workers: int = 2) -> Iterator[tuple[WorkItem, np.ndarray | str]]:
+    """Model inputs prepared one task per image in worker processes, in item order: an image
+    that kills its process gets shopsearch.workers.DIED and harms nothing else."""
+    split = split_preprocess(embedder)
+    preprocess = split if split is not None else embedder.preprocess
+    pool: RespawningPool[WorkItem, tuple[WorkItem, np.ndarray | str]] = RespawningPool(
+        lambda: _make_executor("process", max(1, workers), preprocess), _prepare_group, lambda it, why: (it, why))
+    try:
+        for i in range(0, len(items), 64):
+            yield from pool.run_each(items[i:i + 64])
+    finally:
+        pool.shutdown()
+
+
 def _run_cpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: PipelineConfig,
                      on_vectors: Callable[[list[str], np.ndarray], None],
                      on_failure: Callable[[WorkItem, str], None]) -> None:
+    split = split_preprocess(embedder)
+    preprocess = split if split is not None else embedder.preprocess
+    stream = prepared_stream(todo, preprocess, cfg.workers, cfg.executor, cpu_window(cfg))
+    _embed_stream(embedder, stream, cfg.batch_size, on_vectors, on_failure)
+
+
+def _embed_stream(embedder: Embedder, stream: Iterator[tuple[WorkItem, np.ndarray | str]], batch_size: int,
+                  on_vectors: Callable[[list[str], np.ndarray], None],
+                  on_failure: Callable[[WorkItem, str], None]) -> None:
+    """Batch prepared inputs through the model; failures are passed on as they come."""
     batch: list[np.ndarray] = []
     keys: list[str] = []
-    window = max(4 * cfg.batch_size, 8 * cfg.workers * GROUP)
     split = split_preprocess(embedder)
 
     def run_model() -> None:
@@ -311,14 +315,13 @@ def _run_cpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: Pipeline
         batch.clear()
         keys.clear()
 
-    preprocess = split if split is not None else embedder.preprocess
-    for item, res in prepared_stream(todo, preprocess, cfg.workers, cfg.executor, window):
+    for item, res in stream:
         if isinstance(res, str):
             on_failure(item, res)
             continue
         batch.append(res)
         keys.append(item.key)
-        if len(batch) >= cfg.batch_size:
+        if len(batch) >= batch_size:
             run_model()
     if batch:
         run_model()

@@ -1,0 +1,84 @@
+"""How a pipeline run is shaped on this machine: batch size, workers, executor, compilation
+(measured defaults), and how far ahead of the model its decoders may run."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from shopsearch.embedders.base import Embedder
+from shopsearch.errors import ConfigError
+
+#: items handed to a worker at once (fewer round trips through the process pool)
+GROUP = 8
+#: CPU jobs at least this big torch.compile the model (compile ~20-50 s on 2 cores, then
+#: ~1.4x faster end to end on CPUs without bf16: it pays for itself after ~2,000-4,000 images)
+COMPILE_MIN_IMAGES = 4096
+COMPILE_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How to run the pipeline on this machine; `tuned_config` picks measured defaults."""
+
+    batch_size: int
+    workers: int
+    executor: str  # "thread" | "process" | "inline" | "gpu" (nvJPEG decoding on the model's GPU)
+    chunk_size: int = 512
+    compile: bool = False  # torch.compile the model for this job (TorchEmbedder.compile)
+
+
+# -- tuning -----------------------------------------------------------------------------
+def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int | None = None,
+                 executor: str = "auto", chunk_size: int = 512, images: int = 0,
+                 compile: str | None = None) -> PipelineConfig:
+    """Defaults measured on a 2-core CPU box and an H100 (benchmarks/results/throughput_*.json).
+
+    CPU: batches of 16 keep the activations in cache (larger batches were slower for both
+    EfficientNet-Lite0 and ViT-B-32); with <= 4 cores, decode threads beat processes because
+    PIL and torch release the GIL and nothing is pickled between processes.
+    GPU: large batches, JPEGs decoded by nvJPEG on the GPU, file reads in threads."""
+    from shopsearch.embedders.torch_base import available_cpus
+
+    cpus = available_cpus()
+    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+    if executor == "auto":
+        if on_gpu:
+            executor = "gpu" if _gpu_decode_possible(embedder) else "process"
+        else:
+            executor = "thread" if cpus <= 4 else "process"
+    if batch_size is None:
+        batch_size = 256 if on_gpu else 16
+    if workers is None:
+        workers = max(2, cpus - 1) if (on_gpu or executor == "process") else max(1, min(cpus, 4))
+    mode = (compile or os.environ.get("SHOPSEARCH_COMPILE") or "auto").lower()
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
+    # auto: CPU only (unmeasured on GPUs) and only where the job repays the compilation
+    use_compile = mode == "on" or (mode == "auto" and not on_gpu and images >= COMPILE_MIN_IMAGES)
+    # int8 models only exist compiled: they are told the batch to compile for whatever the mode
+    use_compile = use_compile or getattr(embedder, "precision", "") == "int8"
+    return PipelineConfig(int(batch_size), int(workers), executor, int(chunk_size),
+                          use_compile and hasattr(embedder, "compile"))
+
+
+def _gpu_decode_possible(embedder: Embedder) -> bool:
+    try:
+        from shopsearch.embedding.gpu import gpu_transform_for
+    except ImportError:  # pragma: no cover - torchvision missing
+        return False
+    return gpu_transform_for(embedder) is not None
+
+
+def inflight_horizon(cfg: PipelineConfig) -> int:
+    """How many images past the last one reported the decoders may reach: the batch being
+    assembled plus what the executor prepares ahead (prepared_stream's window, or the GPU
+    executor's queued and planned batches)."""
+    if cfg.executor == "gpu":
+        from shopsearch.embedding.gpu import LOOKAHEAD, GpuTuning
+
+        return (LOOKAHEAD + GpuTuning.from_env().prefetch + 2) * cfg.batch_size
+    return cfg.batch_size + cpu_window(cfg) + 2 * GROUP
+
+
+def cpu_window(cfg: PipelineConfig) -> int:
+    return max(4 * cfg.batch_size, 8 * cfg.workers * GROUP)
