@@ -180,3 +180,58 @@ def test_png_with_trailing_bytes_still_decodes(tmp_path):
     make_image(1).save(p)
     p.write_bytes(p.read_bytes() + MARK)
     assert Image.open(p).convert("RGB").size == (96, 96)
+
+
+# `shopsearch ...` in a process whose PIL decoder segfaults on files holding MARK
+CLI = r"""
+import faulthandler, os, signal
+from pathlib import Path
+from shopsearch.embedding import pipeline
+
+real = pipeline.decode_source
+def decode_source(src, *a, **kw):
+    if isinstance(src, str) and b"POISON" in Path(src).read_bytes():
+        faulthandler.disable()
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return real(src, *a, **kw)
+pipeline.decode_source = decode_source
+from indexer.cli import main
+main()
+"""
+
+
+def test_cli_build_killed_by_a_decoder_crash_keeps_serving_and_the_rerun_completes(tmp_path):
+    from shopsearch.catalogue.records import ImageRecord, ProductRecord
+    from shopsearch.catalogue.store import CatalogueStore
+    from shopsearch.index import IndexStore
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
+    items, bad = _files(tmp_path / "imgs", 200, 150, "png")
+
+    def add(its):
+        for it in its:
+            cat.upsert_product(ProductRecord(f"S{it.image_id}", "x", images=(ImageRecord(it.path, sha256=it.key),)))
+
+    def shopsearch(*args):
+        return subprocess.run([sys.executable, "-c", CLI, "--data-dir", str(data), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "SHOPSEARCH_COMPILE": "off"})
+
+    add(items[:100])
+    seed = shopsearch("index", "build", "--model", "colorhist", "--json")
+    assert seed.returncode == 0, seed.stderr[-2000:]
+    serving = IndexStore(data / "index").current_id()
+    add(items[100:])
+    crashed = shopsearch("index", "update", "--chunk-size", "16", "--json")
+    assert crashed.returncode == -signal.SIGSEGV
+    assert IndexStore(data / "index").current_id() == serving  # the old build kept serving
+
+    rerun = shopsearch("index", "update", "--json")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    report = json.loads(rerun.stdout)
+    assert report["vectors"] == 199 and report["added"] == 100  # the culprit planned, then failed
+    assert [(f["path"], f["reason"]) for f in report["failed"]] == [(bad.path, DIED)]
+    assert report["embedded"] < 99  # what the crashed run had embedded was reused
+    img = cat.get_product(f"S{bad.image_id}").images[0]
+    assert (img.status, img.error) == ("invalid", DIED)
