@@ -122,12 +122,13 @@ def test_gpu_executors_cpu_lane_survives_a_decoder_crash(tmp_path, image_dir, mo
     np.testing.assert_allclose(np.stack([got[k] for k in keys]), ref.get_many(keys), atol=2e-3)
 
 
-def test_catalogue_import_reports_a_file_that_kills_its_checker(tmp_path, image_dir, monkeypatch):
+@pytest.mark.parametrize("n", [2, 70])
+def test_catalogue_import_reports_a_file_that_kills_its_checker(tmp_path, image_dir, monkeypatch, n):
     from shopsearch.catalogue import importers
 
-    paths = [str(p) for p in image_dir(70)]  # over the 64 that makes the check use processes
-    poison = Path(paths[40]).with_name(f"{POISON}.png")
-    poison.write_bytes(Path(paths[40]).read_bytes())
+    paths = [str(p) for p in image_dir(n)]
+    poison = Path(paths[1]).with_name(f"{POISON}.png")
+    poison.write_bytes(Path(paths[1]).read_bytes())
     real = importers.inspect_image
 
     def inspect_image(path):

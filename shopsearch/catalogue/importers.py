@@ -235,12 +235,13 @@ def _check_group(paths: list[str]) -> list[tuple[str, ImageRecord | str]]:
 
 def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
                       desc: str = "checking images") -> dict[str, ImageRecord | str]:
-    """check_image_file over many paths, in `workers` processes when there are enough."""
+    """check_image_file over many paths, in `workers` processes unless `workers` is 1."""
     checked: dict[str, ImageRecord | str] = {}
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or not paths)
-    if workers > 1 and len(paths) > 64:
-        # a worker that dies on a file (decoder crash, OOM killer) is replaced and the file
-        # reported as invalid, like any other bad image (shopsearch.workers)
+    if workers > 1 and paths:
+        # Processes even for a handful of files: a decoder crashing on one of them would
+        # otherwise take the import down, and every retry with it. A worker that dies on a
+        # file is replaced and the file reported as invalid (shopsearch.workers).
         pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
             lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
         try:
