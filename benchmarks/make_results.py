@@ -38,6 +38,9 @@ REPRODUCE = [
     "    --config model=efficientnet-lite0 --config model=efficientnet-lite0+int8 --json \\",
     "    > benchmarks/results/recall_grocerystore_efficientnet-lite0_int8.json",
     "SHOPSEARCH_DATA_DIR=var python benchmarks/throughput_bench.py --precision int8 --images 4096 --repeats 2",
+    "# what a decoder crash costs (process pool replaced; threaded run killed, then recovered by the crash journal)",
+    "python benchmarks/crash_bench.py",
+    "python benchmarks/crash_bench.py --model efficientnet-lite0 --images 512",
     "python benchmarks/make_results.py",
 ]
 

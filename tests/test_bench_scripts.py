@@ -56,3 +56,13 @@ def test_ann_bench_then_results_markdown(tmp_path):
     assert "| hnsw | HNSW32,Flat | ef_search=8 |" in text and "1-thread p50 ms" in text
     assert "| colorhist | 812.5 |" in text
     assert "### summary" in text and "| m | 1=0.5000 |" in text  # rendered generically, not dropped
+
+
+def test_crash_bench_recovers_in_both_executors(tmp_path):
+    """The crash benchmark on a few tiny images: each executor ends with the culprit reported."""
+    out = tmp_path / "crash.json"
+    assert _load("crash_bench").main(["--images", "24", "--size", "64x48", "--out", str(out)]) == 0
+    rows = {r["executor"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["process"]["exit_codes"] == [0]  # the pool was replaced inside the run
+    assert rows["thread"]["exit_codes"] == [-9, 0]  # the run died, the next one recovered
+    assert all(r["culprit_reason"].startswith("the decoding process died") for r in rows.values())
