@@ -116,3 +116,23 @@ def test_index_builds_are_recorded(catalogue):
     catalogue.record_build(IndexBuildInfo("b1", "fake", "fp", "flat", 48, 10, "complete", None, None))
     [b] = catalogue.builds()
     assert b.status == "complete" and b.vector_count == 10 and b.completed_at is not None
+
+
+def test_unusable_images_name_sku_status_and_reason(tmp_path, catalogue):
+    from shopsearch.catalogue.importers import import_catalogue
+    from tests.conftest import make_image
+
+    good = tmp_path / "good.png"
+    make_image(1).save(good)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + bytes(500))
+    recs = [_rec("B-2", images=(ImageRecord(str(tmp_path / "gone.jpg")),)),
+            _rec("A-1", images=(ImageRecord(str(good)), ImageRecord(str(broken))))]
+    import_catalogue(catalogue, recs, progress=False, workers=1)
+    got = catalogue.unusable_images()
+    assert [(u.sku, u.status, u.path) for u in got] == [("A-1", "invalid", str(broken)),
+                                                          ("B-2", "missing", str(tmp_path / "gone.jpg"))]
+    assert all(u.error for u in got) and "no such file" in got[1].error
+    img = catalogue.get_product("A-1").images[0]
+    catalogue.mark_image_failed(img.id, "the decoding process died on this image")  # found while embedding
+    assert [u.path for u in catalogue.unusable_images()][:2] == [str(good), str(broken)]

@@ -43,6 +43,11 @@ def test_import_index_search_on_generated_catalogue(tmp_path, image_dir):
     assert filtered["results"] and all(r["category"].startswith("Blue") for r in filtered["results"])
     stats = _json(_run(["stats", "--json"], data))
     assert stats["products"] == 9 and stats["images_failed"] == 1 and stats["index"]["count"] == 8
+    problems = _json(_run(["catalogue", "problems", "--json"], data))["images"]
+    assert [(p["sku"], p["status"], Path(p["path"]).name) for p in problems] == [("GHOST", "missing", "nope.png")]
+    assert "no such file" in problems[0]["error"]
+    text = _run(["catalogue", "problems"], data)
+    assert text.stdout.startswith("GHOST\tmissing\t") and "1 image(s) not indexed" in text.stderr
     # deleting a product is reported; unknown SKUs are named
     out = _json(_run(["catalogue", "delete", "SKU0", "NOPE", "--json"], data))
     assert out == {"deleted": ["SKU0"], "not_found": ["NOPE"]}

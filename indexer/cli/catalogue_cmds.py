@@ -66,6 +66,23 @@ def delete_cmd(c: Ctx, skus: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"not found: {', '.join(missing)}", err=True)
 
 
+@catalogue.command("problems")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: {\"images\": [...]}.")
+@pass_ctx
+def problems_cmd(c: Ctx, as_json: bool) -> None:
+    """List the images that are not indexed (missing or unusable files) and why."""
+    bad = c.catalogue().unusable_images()
+    if as_json:
+        echo_json({"images": [asdict(b) for b in bad]})
+        return
+    if not bad:
+        click.echo("every catalogue image is usable")
+        return
+    for b in bad:
+        click.echo(f"{b.sku}\t{b.status}\t{b.path}\t{b.error or ''}")
+    click.echo(f"{len(bad)} image(s) not indexed; fix or replace the files, then `shopsearch index update`", err=True)
+
+
 @catalogue.command("show")
 @click.argument("sku")
 @pass_ctx

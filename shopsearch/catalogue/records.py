@@ -52,6 +52,17 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class UnusableImage:
+    """A catalogue image that is not indexed, and why (import check, rescan or embedding)."""
+
+    image_id: int
+    sku: str
+    path: str
+    status: str  # missing | invalid
+    error: str | None
+
+
+@dataclass(frozen=True)
 class CategoryInfo:
     id: int
     name: str

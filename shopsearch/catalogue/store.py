@@ -18,6 +18,7 @@ from shopsearch.catalogue.records import (
     IndexBuildInfo,
     ProductInfo,
     ProductRecord,
+    UnusableImage,
     UpsertResult,
 )
 from shopsearch.errors import ProductNotFoundError
@@ -202,6 +203,15 @@ class CatalogueStore:
         with self.session() as s:
             rows = s.scalars(select(ProductImage).where(ProductImage.status == "ok").order_by(ProductImage.id))
             return [_image_info(i) for i in rows]
+
+    def unusable_images(self) -> list[UnusableImage]:
+        """Images an index build skips (missing or undecodable files), with their SKU and reason."""
+        with self.session() as s:
+            rows = s.execute(select(ProductImage.id, Product.sku, ProductImage.path, ProductImage.status,
+                                    ProductImage.error)
+                             .join(Product, Product.id == ProductImage.product_id)
+                             .where(ProductImage.status != "ok").order_by(Product.sku, ProductImage.id))
+            return [UnusableImage(*r) for r in rows]
 
     def images(self) -> list[ImageInfo]:
         """Every image whatever its status, in id order (what a rescan of the files checks)."""
