@@ -158,6 +158,20 @@ def test_a_live_runs_journal_is_not_taken_for_a_crash(tmp_path):
     assert files == [gone] and keys == {"c", "d"}
 
 
+def test_a_dead_runs_journal_naming_nothing_left_to_do_is_dropped(tmp_path, image_dir):
+    """Its suspects were embedded meanwhile (or left the catalogue): nothing to re-check, and
+    the journal must not linger to be re-read by every later run."""
+    items = [WorkItem(sha(p), str(p)) for p in image_dir(12)]
+    cache = VectorCache(tmp_path / "v", "fake-grid4x4", 48)
+    embed_items(FakeEmbedder(), items[:6], cache, progress=False, executor="inline")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = cache.dir / f"inflight-{CrashJournal(cache.dir).host}-{int(dead.stdout)}.txt"
+    gone.write_text("\n".join([it.key for it in items[:6]] + ["f" * 64]) + "\n")
+    rep = embed_items(FakeEmbedder(), items, cache, progress=False, executor="thread")
+    assert (rep.embedded, rep.skipped, rep.failed) == (6, 6, [])
+    assert not gone.exists() and not list(cache.dir.glob("inflight-*"))
+
+
 def test_a_clean_run_leaves_no_journal_even_when_it_raises(tmp_path, image_dir):
     items = [WorkItem(sha(p), str(p)) for p in image_dir(20)]
     cache = VectorCache(tmp_path / "v", "fake-grid4x4", 48)

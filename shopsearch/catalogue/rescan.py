@@ -1,11 +1,11 @@
 """Rescan: notice image files replaced, deleted or restored on disk since they were imported.
 
 Every image's file is stat'ed; only those whose (size, mtime) moved are hashed and decoded
-again, so a rescan of an unchanged catalogue reads no image bytes. A file rewritten in place
-with its old size and mtime (`cp -p`, `rsync -t`, `tar x` of equal-sized content) slips
-through that check: `verify_hashes` re-hashes every file too (reads the whole catalogue). What it finds goes into
+again, so a rescan of an unchanged catalogue reads no image bytes. What it finds goes into
 the catalogue (new hash, or status missing / invalid), where `index update` picks it up:
-changed images are re-embedded, missing ones leave the index, restored ones come back."""
+changed images are re-embedded, missing ones leave the index, restored ones come back.
+A file rewritten in place with its old size and mtime (`cp -p`, `rsync -t`) slips through
+the stat check: `verify_hashes` re-hashes every file too (reading the whole catalogue)."""
 from __future__ import annotations
 
 import logging

@@ -29,7 +29,7 @@ from shopsearch.images import DEFAULT_MAX_PIXELS
 from shopsearch.workers import DIED, RespawningPool
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.journal import CrashJournal
-from shopsearch.embedding.preprocess import decode_source, split_preprocess
+from shopsearch.embedding.preprocess import SplitPreprocess, decode_source, split_preprocess
 from shopsearch.embedding.tuning import (  # noqa: F401 - PipelineConfig and tuned_config are re-exported
     COMPILE_MIN_IMAGES, GROUP, PipelineConfig, cpu_window, inflight_horizon, tuned_config)
 
@@ -252,10 +252,11 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
         if suspects:
             log.warning("an earlier run died while decoding; decoding the images it had in flight in separate "
                         "processes first", extra={"suspects": len(suspects)})
-            _embed_stream(embedder, isolated_stream(suspects, embedder, cfg.workers), cfg.batch_size,
-                          on_vectors, on_failure)
+            split = split_preprocess(embedder)
+            _embed_stream(embedder, isolated_stream(suspects, split or embedder.preprocess, cfg.workers),
+                          cfg.batch_size, on_vectors, on_failure, split)
             flush_chunk()
-            journal.forget(stale)
+        journal.forget(stale)  # every suspect is embedded, failed, or was not in this run's work
         tracking = True
         advance(0)
         if cfg.executor == "gpu":
@@ -274,12 +275,10 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     return report
 
 
-def isolated_stream(items: Sequence[WorkItem], embedder: Embedder,
+def isolated_stream(items: Sequence[WorkItem], preprocess: Preprocess,
                     workers: int = 2) -> Iterator[tuple[WorkItem, np.ndarray | str]]:
     """Model inputs prepared one task per image in worker processes, in item order: an image
     that kills its process gets shopsearch.workers.DIED and harms nothing else."""
-    split = split_preprocess(embedder)
-    preprocess = split if split is not None else embedder.preprocess
     pool: RespawningPool[WorkItem, tuple[WorkItem, np.ndarray | str]] = RespawningPool(
         lambda: _make_executor("process", max(1, workers), preprocess), _prepare_group, lambda it, why: (it, why))
     try:
@@ -295,16 +294,16 @@ def _run_cpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: Pipeline
     split = split_preprocess(embedder)
     preprocess = split if split is not None else embedder.preprocess
     stream = prepared_stream(todo, preprocess, cfg.workers, cfg.executor, cpu_window(cfg))
-    _embed_stream(embedder, stream, cfg.batch_size, on_vectors, on_failure)
+    _embed_stream(embedder, stream, cfg.batch_size, on_vectors, on_failure, split)
 
 
 def _embed_stream(embedder: Embedder, stream: Iterator[tuple[WorkItem, np.ndarray | str]], batch_size: int,
                   on_vectors: Callable[[list[str], np.ndarray], None],
-                  on_failure: Callable[[WorkItem, str], None]) -> None:
-    """Batch prepared inputs through the model; failures are passed on as they come."""
+                  on_failure: Callable[[WorkItem, str], None], split: SplitPreprocess | None = None) -> None:
+    """Batch prepared inputs through the model; failures are passed on as they come. `split`:
+    the split preprocess the stream was prepared with (its normalisation runs here)."""
     batch: list[np.ndarray] = []
     keys: list[str] = []
-    split = split_preprocess(embedder)
 
     def run_model() -> None:
         if split is not None:
