@@ -196,15 +196,26 @@ def test_png_with_trailing_bytes_still_decodes(tmp_path):
     assert Image.open(p).convert("RGB").size == (96, 96)
 
 
-# `shopsearch ...` in a process whose PIL decoder segfaults on files holding MARK
+# `shopsearch ...` in a process whose PIL decoder segfaults on files holding MARK.
+# A crash in the CLI's own process (threaded decoding) first waits until this run has saved
+# a vector chunk (at most 60 s): the decoders run up to a horizon ahead of the chunk being
+# written and fsynced, so without the wait whether anything was saved before the crash was a
+# matter of the machine's timing (on CI once, nothing was). The rerun's separate decoding
+# processes crash at once.
 CLI = r"""
-import faulthandler, os, signal
+import faulthandler, os, signal, sys, time
 from pathlib import Path
 from shopsearch.embedding import pipeline
 
+data = Path(sys.argv[sys.argv.index("--data-dir") + 1])
+chunks = lambda: len(list(data.rglob("chunk-*.npz")))
+before, main_pid = chunks(), os.getpid()
 real = pipeline.decode_source
 def decode_source(src, *a, **kw):
     if isinstance(src, str) and b"POISON" in Path(src).read_bytes():
+        deadline = time.monotonic() + 60
+        while os.getpid() == main_pid and chunks() <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
         faulthandler.disable()
         os.kill(os.getpid(), signal.SIGSEGV)
     return real(src, *a, **kw)
