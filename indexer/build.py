@@ -16,11 +16,12 @@ from typing import Callable
 import faiss
 import numpy as np
 
+from indexer.shrink import DEFAULT_MAX_SHRINK, check_shrink
 from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
-from shopsearch.errors import ModelMismatchError
+from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
 from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, estimate_bytes_per_vector
@@ -147,6 +148,28 @@ class IndexBuilder:
                                                    self.embedder.dim, saved.count, "complete", None, None))
         return saved.count
 
+    def _serving(self) -> tuple[IndexManifest | None, list[int] | None]:
+        """The serving build's manifest and image ids (None where it predates the keys sidecar)."""
+        manifest = self.store.current_manifest()
+        keys = self.store.load_keys(manifest.build_id) if manifest is not None else None
+        return manifest, None if keys is None else list(keys)
+
+    def _guard(self, build_id: str | None, itype: str, serving: IndexManifest | None,
+               serving_ids: list[int] | None, new_ids: list[int], max_shrink: float | None) -> None:
+        """Refuse (IndexShrinkError, the build recorded as failed) a build that drops more than
+        `max_shrink` of the serving build's vectors. Checked on the plan, before any embedding,
+        and again on what was embedded."""
+        if serving is None:
+            return
+        try:
+            check_shrink(serving.count, serving_ids, new_ids, self.catalogue, max_shrink)
+        except IndexShrinkError:
+            if build_id is not None:
+                self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint,
+                                                           itype, self.embedder.dim, len(new_ids), "failed", None,
+                                                           None))
+            raise
+
     def _start(self, itype: str) -> str:
         build_id = new_build_id()
         self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
@@ -164,9 +187,10 @@ class IndexBuilder:
     def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
               progress: bool = True, executor: str = "auto", chunk_size: int = 512, rescan: bool = True,
               on_plan: Callable[[BuildPlan], None] | None = None, compile: str | None = None,
-              verify_hashes: bool = False) -> BuildReport:
+              verify_hashes: bool = False, max_shrink: float | None = DEFAULT_MAX_SHRINK) -> BuildReport:
         """Embed what is missing, build a fresh index of every good image, publish it atomically.
-        `on_plan` sees the plan (memory estimate included) before any embedding starts."""
+        `on_plan` sees the plan (memory estimate included) before any embedding starts; a build
+        with less than (1 - max_shrink) of the serving build's vectors is refused (indexer.shrink)."""
         t0 = time.perf_counter()
         scan = self.rescan(workers, progress, verify_hashes) if rescan else None
         items = self.work_items()
@@ -175,10 +199,13 @@ class IndexBuilder:
                                           "estimated_bytes": plan.estimated_bytes})
         if on_plan is not None:
             on_plan(plan)
+        serving, serving_ids = self._serving()
+        self._guard(None, plan.index_type, serving, serving_ids, [it.image_id for it in items], max_shrink)
         build_id = self._start(plan.index_type)
         rep = self.embed(items, batch_size, workers, progress, executor, chunk_size, compile)
         good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
         ids = sorted(good)
+        self._guard(build_id, plan.index_type, serving, serving_ids, ids, max_shrink)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
         extra = {"mode": "full", "trained_on": len(ids), "rescan": scan.to_dict() if scan else None}
         report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, extra, scan)
@@ -187,7 +214,8 @@ class IndexBuilder:
 
     def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
                progress: bool = True, executor: str = "auto", chunk_size: int = 512,
-               rescan: bool = True, compile: str | None = None, verify_hashes: bool = False) -> BuildReport:
+               rescan: bool = True, compile: str | None = None, verify_hashes: bool = False,
+               max_shrink: float | None = DEFAULT_MAX_SHRINK) -> BuildReport:
         """Apply the catalogue's changes to the serving build and publish the result as a new build.
 
         Files replaced or deleted on disk are noticed first (`rescan`). Only new or changed
@@ -197,7 +225,7 @@ class IndexBuilder:
         manifest = self.store.current_manifest()
         if manifest is None:
             return self.build(index_type, batch_size, workers, progress, executor, chunk_size, rescan,
-                              compile=compile, verify_hashes=verify_hashes)
+                              compile=compile, verify_hashes=verify_hashes, max_shrink=max_shrink)
         if manifest.model_fingerprint != self.embedder.fingerprint:
             raise ModelMismatchError(
                 f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "
@@ -211,6 +239,7 @@ class IndexBuilder:
         # A build from before the keys sidecar: ids known, hashes not; assume unchanged.
         have: dict[int, str | None] = dict(keys) if keys is not None else {int(i): want.get(int(i)) for i in old.ids()}
         diff = diff_index(want, have)
+        self._guard(None, manifest.index_type, manifest, list(have), list(want), max_shrink)
         todo_ids = set(diff.added) | set(diff.changed)
         todo = [it for it in items if it.image_id in todo_ids]
         rep = self.embed(todo, batch_size, workers, progress, executor, chunk_size, compile)
@@ -233,6 +262,7 @@ class IndexBuilder:
             reason = f"{old.index_type} cannot remove vectors in place"
         build_id = self._start(target)
         ids = sorted(final)
+        self._guard(build_id, target, manifest, list(have), ids, max_shrink)
         if reason and target == old.index_type and old.index_type != "hnsw" and not retrain:
             # IVF: keep the trained quantizer and codebooks, re-add the cached vectors (no k-means)
             log.info("re-adding cached vectors to the trained index", extra={"reason": reason, "vectors": len(ids)})

@@ -105,3 +105,10 @@ class WorkerCrashError(ShopSearchError):
 
     code = "worker_crash"
     http_status = 500
+
+
+class IndexShrinkError(ShopSearchError):
+    """A new build would drop most of the serving index (files not mounted, wrong database)."""
+
+    code = "index_shrink"
+    http_status = 409

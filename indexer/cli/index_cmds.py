@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from indexer.cli import Ctx, echo_json, pass_ctx
+from indexer.shrink import DEFAULT_MAX_SHRINK
 
 
 @click.group("index")
@@ -17,6 +18,10 @@ def _perf_options(f):
                      envvar="SHOPSEARCH_COMPILE", show_default=True,
                      help="torch.compile the model first (auto: CPU jobs of 4,096+ images, where it repays "
                           "its 20-50 s; ~1.4x faster end to end on CPUs without bf16).")(f)
+    f = click.option("--max-shrink", type=click.FloatRange(0, 1), default=DEFAULT_MAX_SHRINK, show_default=True,
+                     envvar="SHOPSEARCH_MAX_SHRINK",
+                     help="Refuse to publish a build holding fewer than (1 - this) of the serving build's "
+                          "vectors (an unmounted share, a wrong --database-url); 1 allows any shrink.")(f)
     f = click.option("--rescan/--no-rescan", default=True, show_default=True,
                      help="First stat every image file and re-hash those changed on disk since the import.")(f)
     f = click.option("--verify-hashes", is_flag=True,
@@ -69,7 +74,8 @@ def _print_report(report, as_json: bool) -> None:
 @_perf_options
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
-              chunk_size: int, rescan: bool, verify_hashes: bool, compile_mode: str, as_json: bool) -> None:
+              chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
+              as_json: bool) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -84,7 +90,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 
     report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
                            executor=executor, chunk_size=chunk_size, rescan=rescan, on_plan=show_plan,
-                           compile=compile_mode, verify_hashes=verify_hashes)
+                           compile=compile_mode, verify_hashes=verify_hashes, max_shrink=max_shrink)
     _print_report(report, as_json)
 
 
@@ -93,8 +99,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @_perf_options
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
-               executor: str, chunk_size: int, rescan: bool, verify_hashes: bool, compile_mode: str,
-               as_json: bool) -> None:
+               executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
+               compile_mode: str, as_json: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -107,7 +113,8 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                f"with {embedder.name} on {embedder.device}", err=True)
     report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
         index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-        executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode, verify_hashes=verify_hashes)
+        executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode, verify_hashes=verify_hashes,
+        max_shrink=max_shrink)
     _print_report(report, as_json)
 
 

@@ -1,0 +1,68 @@
+"""The guard against publishing a build that silently drops much of the serving index.
+
+A catalogue share that is not mounted, a manifest pointing at the wrong folder, or
+`--database-url` naming an empty database all look like "every image is gone" to a build:
+published as is, shoppers would find next to nothing until someone rolled back. So a
+build that would hold less than (1 - max_shrink) of the serving build's vectors is not
+published; it says where the missing vectors went instead. Nothing is lost: the vectors
+embedded on the way stay in the cache and the serving build is untouched."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.errors import IndexShrinkError
+
+#: the default: refuse a build with fewer than half the serving build's vectors
+DEFAULT_MAX_SHRINK = 0.5
+
+
+@dataclass(frozen=True)
+class Shrink:
+    """Vectors of the serving build that the new one would not hold, by why they went."""
+
+    serving: int
+    new: int
+    unusable: int  # still in the catalogue, but the file is missing or undecodable
+    removed: int  # no longer in the catalogue (products or images deleted)
+
+    @property
+    def fraction(self) -> float:
+        return 1 - self.new / self.serving if self.serving else 0.0
+
+
+def measure_shrink(serving: int, serving_ids: Iterable[int] | None, new_ids: Iterable[int],
+                   catalogue: CatalogueStore) -> Shrink:
+    """Compare the serving build (its vector count, and its image ids where known) with the
+    image ids of the build about to be published."""
+    new = set(new_ids)
+    if serving_ids is None:  # a build from before the keys sidecar: counts only
+        return Shrink(serving, len(new), 0, 0)
+    lost = set(serving_ids) - new
+    known = {img.id for img in catalogue.images()} if lost else set()
+    unusable = len(lost & known)
+    return Shrink(serving, len(new), unusable, len(lost) - unusable)
+
+
+def check_shrink(serving: int, serving_ids: Iterable[int] | None, new_ids: Iterable[int],
+                 catalogue: CatalogueStore, max_shrink: float | None) -> None:
+    """Raise IndexShrinkError when the new build would drop more than `max_shrink` (a
+    fraction, 0..1) of the serving build's `serving` vectors; None or >= 1 allows anything.
+    Where the vectors went is only worked out for the error (it reads the catalogue)."""
+    new_ids = list(new_ids)
+    if max_shrink is None or max_shrink >= 1 or serving == 0 or 1 - len(set(new_ids)) / serving <= max_shrink:
+        return
+    shrink = measure_shrink(serving, serving_ids, new_ids, catalogue)
+    why = []
+    if shrink.unusable:
+        why.append(f"{shrink.unusable:,} of its images have missing or unusable files now "
+                   "(`shopsearch catalogue problems` lists them)")
+    if shrink.removed:
+        why.append(f"{shrink.removed:,} of its images left the catalogue")
+    raise IndexShrinkError(
+        f"not published: the new build would hold {shrink.new:,} vectors against the serving build's "
+        f"{shrink.serving:,} ({shrink.fraction:.0%} fewer, the limit is {max_shrink:.0%})"
+        + (f"; {'; '.join(why)}" if why else "")
+        + ". The serving build is unchanged and the vectors embedded so far are kept; if the catalogue "
+        "really shrank, rerun with --max-shrink 1")
