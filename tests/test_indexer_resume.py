@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from shopsearch.embedding.cache import VectorCache
@@ -22,6 +23,7 @@ from tests.conftest import REPO, sha
 
 N = 400
 CHUNK = 16
+M = 160  # images of the SIGTERM test
 
 
 def _cmd(data_dir, *args: str) -> list[str]:
@@ -81,4 +83,48 @@ def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
     assert r["embedded"] == N // 2 - done  # only the rest
     assert r["skipped"] == N // 2 + done and r["vectors"] == N and not r["failed"]
     assert store.current_id() == r["build_id"] and store.previous_id() == first["build_id"]
+    cat.close()
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_sigterm_stops_a_build_cleanly(tmp_path, executor):
+    """systemd or Kubernetes stopping a build (SIGTERM to the whole process group): the run
+    saves what it embedded, leaves no crash journal (a SIGKILLed run leaves one and makes the
+    next run re-check its in-flight images in processes), blames no image, says how to go on."""
+    data = tmp_path / "data"
+    data.mkdir()
+    cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
+    rng = np.random.default_rng(1)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize((640, 480)).save(buf, "JPEG")
+    (tmp_path / "imgs").mkdir()
+    for i in range(M):
+        p = tmp_path / "imgs" / f"{i:04d}.jpg"
+        p.write_bytes(buf.getvalue() + f"#{i}".encode())
+        cat.upsert_product(ProductRecord(f"S{i}", "x", images=(ImageRecord(str(p), sha256=sha(p)),)))
+    cache_dir = VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384).dir
+
+    proc = subprocess.Popen(_cmd(data, "index", "build", "--model", "colorhist", "--chunk-size", str(CHUNK),
+                                 "--batch-size", "8", "--workers", "2", "--executor", executor),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(list(cache_dir.glob("chunk-*.npz"))) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the build never wrote a chunk"
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()[-2000:]
+    assert "stopped (SIGTERM)" in err.decode() and "run the same command again" in err.decode()
+    assert not list(cache_dir.glob("inflight-*")) and not list(cache_dir.glob(".*tmp*"))
+    saved = len(VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384))
+    assert 2 * CHUNK <= saved < M
+    assert IndexStore(data / "index").current_id() is None
+
+    rerun = subprocess.run(_cmd(data, "--log-level", "INFO", "index", "build", "--model", "colorhist", "--json"), cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "an earlier run died" not in rerun.stderr  # nothing to re-check
+    r = json.loads(rerun.stdout)
+    assert (r["embedded"], r["skipped"], r["vectors"], r["failed"]) == (M - saved, saved, M, [])
+    assert cat.unusable_images() == []
     cat.close()

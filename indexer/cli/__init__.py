@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -14,14 +17,48 @@ from shopsearch.errors import ShopSearchError
 from shopsearch import logs
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a stop runs the same clean-up as Ctrl-C."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a long job runs, SIGTERM (systemd, Kubernetes, `kill`) stops it like Ctrl-C:
+    the vectors embedded so far are saved, worker pools shut down, and the crash journal is
+    removed (a killed run's journal makes the next run re-check its in-flight images)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main_pid = os.getpid()
+
+    def on_term(signum: int, frame: Any) -> None:
+        if os.getpid() != main_pid:  # a forked worker inherited this: die as it would have
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ShopSearchGroup(click.Group):
-    """A click group that turns ShopSearchError into a one-line error and exit code 1."""
+    """A click group that turns ShopSearchError into a one-line error and exit code 1, and a
+    stop (Ctrl-C, or SIGTERM under sigterm_as_interrupt) into a line saying how to resume."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ShopSearchError as e:
             raise click.ClickException(f"{e} [{e.code}]") from e
+        except KeyboardInterrupt as e:
+            how = "SIGTERM" if isinstance(e, Terminated) else "interrupt"
+            click.echo(f"stopped ({how}); the work done so far is kept: run the same command again to go on",
+                       err=True)
+            ctx.exit(143 if isinstance(e, Terminated) else 130)
 
 
 @dataclass

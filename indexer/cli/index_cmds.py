@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
+from indexer.cli import Ctx, echo_json, pass_ctx, sigterm_as_interrupt
 from indexer.shrink import DEFAULT_MAX_SHRINK
 
 
@@ -88,9 +88,11 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
         click.echo(f"plan: {plan.images} images -> {plan.index_type} index of dim {plan.dim}, "
                    f"estimated memory {_mib(plan.estimated_bytes)}", err=True)
 
-    report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-                           executor=executor, chunk_size=chunk_size, rescan=rescan, on_plan=show_plan,
-                           compile=compile_mode, verify_hashes=verify_hashes, max_shrink=max_shrink)
+    with sigterm_as_interrupt():
+        report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers,
+                               progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
+                               on_plan=show_plan, compile=compile_mode, verify_hashes=verify_hashes,
+                               max_shrink=max_shrink)
     _print_report(report, as_json)
 
 
@@ -111,10 +113,11 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
     embedder = load_embedder(spec, c.settings.device)
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
-    report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
-        index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-        executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode, verify_hashes=verify_hashes,
-        max_shrink=max_shrink)
+    with sigterm_as_interrupt():
+        report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
+            index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
+            executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode,
+            verify_hashes=verify_hashes, max_shrink=max_shrink)
     _print_report(report, as_json)
 
 
