@@ -30,20 +30,26 @@ def _cmd(data_dir, *args: str) -> list[str]:
     return [sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data_dir), *args]
 
 
-def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
+def _jpeg_catalogue(tmp_path, n: int, size: tuple[int, int]):
+    """A data dir whose SQLite catalogue holds n products, one JPEG each: one photo of `size`,
+    n distinct files (bytes after the JPEG end marker change the hash, not the pixels)."""
     data = tmp_path / "data"
     data.mkdir()
     cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
-    # One 1200x900 photo, N distinct files: bytes after the JPEG end marker change the hash, not the pixels.
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).resize((1200, 900)).save(buf, "JPEG")
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    for i in range(N):
-        p = imgs / f"{i:04d}.jpg"
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).resize(size).save(buf, "JPEG")
+    (tmp_path / "imgs").mkdir()
+    for i in range(n):
+        p = tmp_path / "imgs" / f"{i:04d}.jpg"
         p.write_bytes(buf.getvalue() + f"#{i}".encode())
         cat.upsert_product(ProductRecord(f"S{i}", "x", images=(ImageRecord(str(p), sha256=sha(p)),)))
+    return data, cat, buf
+
+
+def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
+    data, cat, buf = _jpeg_catalogue(tmp_path, N, (1200, 900))
+    imgs = tmp_path / "imgs"
     # serve a small first build so we can check the killed run never replaces it
     seed_build = subprocess.run(_cmd(data, "index", "build", "--model", "colorhist", "--json"), cwd=REPO,
                                 capture_output=True, text=True, timeout=120)
@@ -91,17 +97,7 @@ def test_sigterm_stops_a_build_cleanly(tmp_path, executor):
     """systemd or Kubernetes stopping a build (SIGTERM to the whole process group): the run
     saves what it embedded, leaves no crash journal (a SIGKILLed run leaves one and makes the
     next run re-check its in-flight images in processes), blames no image, says how to go on."""
-    data = tmp_path / "data"
-    data.mkdir()
-    cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
-    rng = np.random.default_rng(1)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).resize((640, 480)).save(buf, "JPEG")
-    (tmp_path / "imgs").mkdir()
-    for i in range(M):
-        p = tmp_path / "imgs" / f"{i:04d}.jpg"
-        p.write_bytes(buf.getvalue() + f"#{i}".encode())
-        cat.upsert_product(ProductRecord(f"S{i}", "x", images=(ImageRecord(str(p), sha256=sha(p)),)))
+    data, cat, _ = _jpeg_catalogue(tmp_path, M, (640, 480))
     cache_dir = VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384).dir
 
     proc = subprocess.Popen(_cmd(data, "index", "build", "--model", "colorhist", "--chunk-size", str(CHUNK),
