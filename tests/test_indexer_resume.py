@@ -23,7 +23,7 @@ from tests.conftest import REPO, sha
 
 N = 400
 CHUNK = 16
-M = 160  # images of the SIGTERM test
+M = 400  # images of the SIGTERM test: ~1.5 s of work left when it is stopped
 
 
 def _cmd(data_dir, *args: str) -> list[str]:
