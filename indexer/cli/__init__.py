@@ -21,6 +21,14 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that a stop runs the same clean-up as Ctrl-C."""
 
 
+class Stopped(KeyboardInterrupt):
+    """A resumable job (under sigterm_as_interrupt) stopped by Ctrl-C or SIGTERM."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While a long job runs, SIGTERM (systemd, Kubernetes, `kill`) stops it like Ctrl-C:
@@ -41,24 +49,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield
+    except KeyboardInterrupt as e:
+        raise Stopped("SIGTERM" if isinstance(e, Terminated) else "interrupt") from e
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 class ShopSearchGroup(click.Group):
     """A click group that turns ShopSearchError into a one-line error and exit code 1, and a
-    stop (Ctrl-C, or SIGTERM under sigterm_as_interrupt) into a line saying how to resume."""
+    resumable job's stop (Ctrl-C or SIGTERM under sigterm_as_interrupt) into a line saying
+    how to go on."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ShopSearchError as e:
             raise click.ClickException(f"{e} [{e.code}]") from e
-        except KeyboardInterrupt as e:
-            how = "SIGTERM" if isinstance(e, Terminated) else "interrupt"
-            click.echo(f"stopped ({how}); the work done so far is kept: run the same command again to go on",
+        except Stopped as e:  # other commands keep click's "Aborted!"
+            click.echo(f"stopped ({e.how}); the work done so far is kept: run the same command again to go on",
                        err=True)
-            ctx.exit(143 if isinstance(e, Terminated) else 130)
+            ctx.exit(143 if e.how == "SIGTERM" else 130)
 
 
 @dataclass
