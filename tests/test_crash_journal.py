@@ -260,3 +260,20 @@ def test_cli_build_killed_by_a_decoder_crash_keeps_serving_and_the_rerun_complet
     assert report["embedded"] < 99  # what the crashed run had embedded was reused
     img = cat.get_product(f"S{bad.image_id}").images[0]
     assert (img.status, img.error) == ("invalid", DIED)
+
+
+def test_a_window_left_unrenamed_by_a_dead_run_is_read_and_dropped(tmp_path, image_dir):
+    """A run that died while writing its next window leaves `inflight-*.tmp` beside (or
+    instead of) its journal: its keys are suspects too, and the file must not linger."""
+    items = [WorkItem(sha(p), str(p)) for p in image_dir(8)]
+    cache = VectorCache(tmp_path / "v", "fake-grid4x4", 48)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stem = f"inflight-{CrashJournal(cache.dir).host}-{int(dead.stdout)}"
+    cache.dir.mkdir(parents=True, exist_ok=True)
+    (cache.dir / f"{stem}.txt").write_text(items[0].key + "\n")
+    (cache.dir / f"{stem}.tmp").write_text(items[1].key + "\n" + items[2].key[:10])
+    files, keys = CrashJournal(cache.dir).stale()
+    assert {items[0].key, items[1].key} <= keys
+    rep = embed_items(FakeEmbedder(), items, cache, progress=False, executor="thread")
+    assert (rep.embedded, rep.failed) == (8, [])
+    assert not list(cache.dir.glob("inflight-*"))

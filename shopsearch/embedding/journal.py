@@ -68,8 +68,11 @@ class CrashJournal:
     def stale(self) -> tuple[list[Path], set[str]]:
         """Journals left by runs whose process died, and the keys they name."""
         files, keys = [], set()
-        for p in sorted(self.folder.glob("inflight-*.txt")):
-            if p == self.path or not self._is_stale(p):
+        # a run that died between writing its next window and renaming it leaves a .tmp:
+        # that window may name the culprit, so it is a journal too (a cut-short last key
+        # matches nothing)
+        for p in sorted(self.folder.glob("inflight-*.txt")) + sorted(self.folder.glob("inflight-*.tmp")):
+            if p.with_suffix(".txt") == self.path or not self._is_stale(p):
                 continue
             try:
                 keys.update(k for k in p.read_text().split() if k)
