@@ -227,6 +227,8 @@ def check_image_file(path: str) -> tuple[str, ImageRecord | str]:
         return path, str(e)
     except OSError as e:  # permission errors and the like
         return path, f"cannot read: {e}"
+    except Exception as e:  # noqa: BLE001 - one file must never abort the whole import
+        return path, f"cannot check the image: {type(e).__name__}: {e}"
 
 
 def _check_group(paths: list[str]) -> list[tuple[str, ImageRecord | str]]:
