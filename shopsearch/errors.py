@@ -140,7 +140,17 @@ class IndexBusyError(ShopSearchError):
 
 
 class IndexWriteError(ShopSearchError):
-    """A build could not be written (disk full, read-only file system); nothing was published."""
+    """Vectors or a build could not be written (disk full, read-only file system); nothing was published."""
 
     code = "index_write_failed"
     http_status = 500
+
+    @staticmethod
+    def reason_of(e: Exception) -> str:
+        """One line for a failed write: the OS's reason (faiss buries it in a C++ assertion)."""
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror.lower()
+        text = " ".join(str(e).split())
+        if "(" in text and text.endswith(")"):  # "... write error in PATH: 4051 != 160000 (No space left on device)"
+            return text[text.rindex("(") + 1:-1].lower()
+        return text[-200:]
