@@ -33,7 +33,7 @@ N, POISON_AT = 400, 330
 # One indexing run in its own process. The decoder it uses segfaults on any file holding
 # MARK: PIL's decode_source for the CPU executors, the batch JPEG decoder for "gpu".
 RUN = r"""
-import faulthandler, json, os, signal, sys
+import json, os, signal, sys
 from pathlib import Path
 from shopsearch.embedding import gpu, pipeline
 from shopsearch.embedding.cache import VectorCache
@@ -42,8 +42,7 @@ from shopsearch.embedding.tuning import inflight_horizon
 from tests.conftest import FakeEmbedder
 from tests.test_indexer_pipeline import MeanColour
 
-def die():
-    faulthandler.disable()  # the traceback dump would only be noise
+def die():  # as a decoder crash does: the crash journal's fault handler records it
     os.kill(os.getpid(), signal.SIGSEGV)
 
 executor, cache_dir, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -203,7 +202,7 @@ def test_png_with_trailing_bytes_still_decodes(tmp_path):
 # matter of the machine's timing (on CI once, nothing was). The rerun's separate decoding
 # processes crash at once.
 CLI = r"""
-import faulthandler, os, signal, sys, time
+import os, signal, sys, time
 from pathlib import Path
 from shopsearch.embedding import pipeline
 
@@ -216,7 +215,6 @@ def decode_source(src, *a, **kw):
         deadline = time.monotonic() + 60
         while os.getpid() == main_pid and chunks() <= before and time.monotonic() < deadline:
             time.sleep(0.05)
-        faulthandler.disable()
         os.kill(os.getpid(), signal.SIGSEGV)
     return real(src, *a, **kw)
 pipeline.decode_source = decode_source
