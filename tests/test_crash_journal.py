@@ -258,3 +258,30 @@ def test_cli_build_killed_by_a_decoder_crash_keeps_serving_and_the_rerun_complet
     assert report["embedded"] < 99  # what the crashed run had embedded was reused
     img = cat.get_product(f"S{bad.image_id}").images[0]
     assert (img.status, img.error) == ("invalid", DIED)
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_a_killed_runs_journal_names_no_suspects_unless_killed_twice_on_the_same_images(tmp_path):
+    """An empty fault file: the run was killed from outside (SIGKILL), no decoder crashed. The
+    same images in flight at two kills in a row (a decode the OOM killer stops) are suspects."""
+    journal = CrashJournal(tmp_path)
+    first = tmp_path / f"inflight-{journal.host}-{_dead_pid()}.txt"
+    first.write_text("a\nb\nc\n")
+    CrashJournal.fault_path(first).write_text("")
+    files, keys = journal.stale()
+    assert files == [first] and keys == set()
+    CrashJournal.forget(files)
+    assert not first.exists() and not CrashJournal.fault_path(first).exists()
+    second = tmp_path / f"inflight-{journal.host}-{_dead_pid()}.txt"
+    second.write_text("c\nd\n")
+    CrashJournal.fault_path(second).write_text("")
+    assert journal.stale() == ([second], {"c"})
+    crashed = tmp_path / f"inflight-{journal.host}-{_dead_pid()}.txt"  # a fatal signal was recorded
+    crashed.write_text("e\nf\n")
+    CrashJournal.fault_path(crashed).write_text("Fatal Python error: Segmentation fault\n")
+    files, keys = journal.stale()
+    assert set(files) == {second, crashed} and keys == {"c", "e", "f"}

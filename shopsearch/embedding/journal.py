@@ -16,7 +16,10 @@ window (a few hundred images, one process each) would be wasted: so a run also k
 `fault-<host>-<pid>.txt`, into which faulthandler writes when the process dies of a fatal
 signal of its own (SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL). SIGKILL cannot be caught and
 leaves it empty: that journal names no suspects. A journal without a fault file (an older
-version) is taken for a crash."""
+version) is taken for a crash. The OOM killer also sends SIGKILL, and a file whose decoding
+exhausts memory would be killed for again and again: so the window of the last killed run
+is kept (`killed.txt`), and the images two killed runs in a row both had in flight are
+re-checked as suspects after all."""
 from __future__ import annotations
 
 import faulthandler
@@ -56,6 +59,7 @@ class CrashJournal:
         self.host = socket.gethostname()
         self.path = self.folder / f"inflight-{self.host}-{os.getpid()}.txt"
         self.quarantine_path = self.folder / "quarantine.jsonl"
+        self.killed_path = self.folder / "killed.txt"
         self._fault: object | None = None  # the open fault file while armed
         self._had_handler = False
 
@@ -108,9 +112,8 @@ class CrashJournal:
                 continue
             try:
                 if self.fault_path(p).stat().st_size == 0:
-                    log.info("an earlier run was killed (no crash of its own): nothing to re-check",
-                             extra={"journal": p.name})
                     files.append(p)
+                    keys.update(self._killed(p))
                     continue
             except FileNotFoundError:  # no fault file: an older version's journal, maybe a crash
                 pass
@@ -120,6 +123,27 @@ class CrashJournal:
                 continue
             files.append(p)
         return files, keys
+
+    def _killed(self, p: Path) -> set[str]:
+        """A journal of a run killed from outside: no suspects, unless the run killed before it
+        had some of the same images in flight (a decode the OOM killer stops every time).
+        `killed.txt` (JSON) remembers the last such journal, its window and that verdict, so
+        reading the same journal again gives the same answer."""
+        try:
+            window = sorted(set(p.read_text().split()))
+            last = json.loads(self.killed_path.read_text()) if self.killed_path.exists() else {}
+            if last.get("journal") == p.name:
+                return set(last.get("again", []))
+            again = sorted(set(window) & set(last.get("window", [])))
+            self.killed_path.write_text(json.dumps({"journal": p.name, "window": window, "again": again}))
+        except (OSError, ValueError, AttributeError):
+            return set()
+        if again:
+            log.warning("two runs in a row were killed with the same images in flight (the OOM killer?); "
+                        "re-checking them in separate processes", extra={"images": len(again)})
+        else:
+            log.info("an earlier run was killed (no crash of its own): nothing to re-check", extra={"journal": p.name})
+        return set(again)
 
     def _is_stale(self, p: Path) -> bool:
         host, _, pid = p.stem[len("inflight-"):].rpartition("-")
