@@ -6,7 +6,7 @@ from dataclasses import asdict
 import click
 
 from indexer.cli import Ctx, echo_json, pass_ctx
-from shopsearch.catalogue.importers import FORMATS, RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import FORMATS, ImportReport, RowProblem, import_catalogue, read_source
 
 
 @click.group("catalogue")
@@ -59,7 +59,7 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     _fail_if_nothing_imported(report)
 
 
-def _fail_if_nothing_imported(report) -> None:
+def _fail_if_nothing_imported(report: ImportReport) -> None:
     if report.nothing_imported:
         products = report.products_created + report.products_updated + report.products_unchanged
         what = "no row gave a product" if products == 0 else "every image was unusable"
