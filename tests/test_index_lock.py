@@ -105,3 +105,14 @@ def test_a_second_build_fails_fast_or_waits_and_a_dead_runs_lock_is_taken_over(t
     rolled = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
                              "index", "rollback", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == b["build_id"]
+
+
+def test_an_index_folder_that_cannot_be_written_is_one_clear_line(tmp_path):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "index").write_text("a file where the index folder should be")
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "index", "rollback"], catch_exceptions=False)
+    assert res.exit_code == 1 and "cannot create the index lock file" in res.output and "Traceback" not in res.output

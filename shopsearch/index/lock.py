@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from shopsearch.errors import IndexBusyError
+from shopsearch.errors import IndexBusyError, IndexWriteError
 
 log = logging.getLogger("shopsearch.index")
 
@@ -36,9 +36,12 @@ def index_lock(index_dir: Path, wait: bool = False, what: str = "index build",
     this raise IndexBusyError at once, or, with `wait`, block until it is gone (`on_wait` is
     told once who is being waited for)."""
     index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
     path = index_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:  # a read-only or full data dir: say so before any work starts
+        raise IndexWriteError(f"cannot create the index lock file {path}: {IndexWriteError.reason_of(e)}") from None
     try:
         told = False
         while True:
