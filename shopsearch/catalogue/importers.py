@@ -187,9 +187,9 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
         if len(rel.parts) < 2:
             problems.append(RowProblem(str(rel), None, "image is not inside a class folder; skipped", kind="file"))
             continue
-        yield rows.see(ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
-                                     category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),)),
-                       str(rel))
+        rec = ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
+                            category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),))
+        yield rows.see(rec, str(rel))
 
 
 def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:

@@ -134,9 +134,10 @@ class IndexStore:
                 shutil.rmtree(self.build_dir(manifest.build_id), ignore_errors=True)
             for tmp in self.root.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
+            serving = self.current_id() or "none"
             raise IndexWriteError(f"cannot write index build {manifest.build_id} under {self.builds_dir}: "
-                                  f"{IndexWriteError.reason_of(e)}; nothing was published (build {self.current_id() or 'none'} "
-                                  "is still serving): free some space and run the same command again") from None
+                                  f"{IndexWriteError.reason_of(e)}; nothing was published (build {serving} is still "
+                                  "serving): free some space and run the same command again") from None
 
     def _drop_staging(self) -> None:
         for d in self.builds_dir.glob(".staging-*"):
