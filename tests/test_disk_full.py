@@ -16,10 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
+from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.embedding import cache as cache_mod
 from shopsearch.index import IndexStore
 from shopsearch.index import vector_index
-from tests.conftest import REPO
+from tests.conftest import REPO, sha
 from tests.test_indexer_resume import _jpeg_catalogue
 
 needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
@@ -58,9 +59,6 @@ def test_disk_full_while_writing_the_index_or_the_vectors(tmp_path, monkeypatch)
     for i in range(12, 20):
         p = tmp_path / "imgs" / f"{i:04d}.jpg"
         p.write_bytes(buf.getvalue() + f"#{i}".encode())
-    from tests.conftest import sha
-    from shopsearch.catalogue.records import ImageRecord, ProductRecord
-
     for i in range(12, 20):
         p = tmp_path / "imgs" / f"{i:04d}.jpg"
         cat.upsert_product(ProductRecord(f"S{i}", "x", images=(ImageRecord(str(p), sha256=sha(p)),)))
