@@ -9,6 +9,8 @@ class ShopSearchError(Exception):
     code = "shopsearch_error"
     #: HTTP status the web edge maps this error to
     http_status = 500
+    #: exit status the CLI edge maps this error to
+    exit_code = 1
 
 
 class ConfigError(ShopSearchError):
@@ -112,3 +114,43 @@ class IndexShrinkError(ShopSearchError):
 
     code = "index_shrink"
     http_status = 409
+
+
+class DatabaseUnavailableError(ShopSearchError):
+    """The catalogue database URL cannot be parsed, or the database cannot be reached."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
+class CatalogueEmptyError(ShopSearchError):
+    """The catalogue database holds no products (a wrong --database-url, nothing imported yet)."""
+
+    code = "catalogue_empty"
+    http_status = 503
+
+
+class IndexBusyError(ShopSearchError):
+    """Another process is building, updating or rolling back the index in this data dir."""
+
+    code = "index_busy"
+    http_status = 409
+    #: EX_TEMPFAIL: a script may try again later
+    exit_code = 75
+
+
+class IndexWriteError(ShopSearchError):
+    """Vectors or a build could not be written (disk full, read-only file system); nothing was published."""
+
+    code = "index_write_failed"
+    http_status = 500
+
+    @staticmethod
+    def reason_of(e: Exception) -> str:
+        """One line for a failed write: the OS's reason (faiss buries it in a C++ assertion)."""
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror.lower()
+        text = " ".join(str(e).split())
+        if "(" in text and text.endswith(")"):  # "... write error in PATH: 4051 != 160000 (No space left on device)"
+            return text[text.rindex("(") + 1:-1].lower()
+        return text[-200:]

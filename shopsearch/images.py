@@ -42,6 +42,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _reason(e: Exception) -> str:
+    """A decoder's exception as one short line naming its type (the message may be empty)."""
+    text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def _open(data: bytes | Path | str, max_pixels: int, max_side: int) -> Image.Image:
     if isinstance(data, (bytes, bytearray)):
         if len(data) == 0:
@@ -64,6 +70,10 @@ def _open(data: bytes | Path | str, max_pixels: int, max_side: int) -> Image.Ima
         raise UnsupportedImageError("not an image format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
     except OSError as e:
         raise InvalidImageError(f"cannot read image: {e}") from None
+    except Exception as e:  # noqa: BLE001 - Pillow parsing hostile headers raises anything
+        # ValueError (a zTXt chunk inflating past its limit, a truncated IHDR), SyntaxError,
+        # struct.error, ZeroDivisionError...: all mean "this file is not a usable image".
+        raise InvalidImageError(f"corrupt image header: {_reason(e)}") from None
     if img.format not in ALLOWED_FORMATS:
         raise UnsupportedImageError(f"unsupported image format {img.format}")
     w, h = img.size
@@ -102,9 +112,9 @@ def load_image(
         return img.convert("RGB")
     except InvalidImageError:
         raise
-    except (OSError, SyntaxError, ValueError) as e:
-        # Truncated JPEGs and broken PNG chunks land here.
-        raise InvalidImageError(f"corrupt or truncated image: {e}") from None
+    except Exception as e:  # noqa: BLE001 - see _open: a decoder's exception is the file's fault
+        # Truncated JPEGs, broken PNG chunks, TIFF strips outside the image land here.
+        raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
 
 
 def inspect_image(path: str | Path) -> ImageMeta:
@@ -115,6 +125,6 @@ def inspect_image(path: str | Path) -> ImageMeta:
     try:
         img.load()
         w, h = ImageOps.exif_transpose(img).size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InvalidImageError(f"corrupt or truncated image: {e}") from None
+    except Exception as e:  # noqa: BLE001 - see _open
+        raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
     return ImageMeta(sha256_file(path), w, h, fmt, st.st_size, st.st_mtime_ns)

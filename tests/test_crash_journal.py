@@ -33,7 +33,7 @@ N, POISON_AT = 400, 330
 # One indexing run in its own process. The decoder it uses segfaults on any file holding
 # MARK: PIL's decode_source for the CPU executors, the batch JPEG decoder for "gpu".
 RUN = r"""
-import faulthandler, json, os, signal, sys
+import json, os, signal, sys
 from pathlib import Path
 from shopsearch.embedding import gpu, pipeline
 from shopsearch.embedding.cache import VectorCache
@@ -42,8 +42,7 @@ from shopsearch.embedding.tuning import inflight_horizon
 from tests.conftest import FakeEmbedder
 from tests.test_indexer_pipeline import MeanColour
 
-def die():
-    faulthandler.disable()  # the traceback dump would only be noise
+def die():  # as a decoder crash does: the crash journal's fault handler records it
     os.kill(os.getpid(), signal.SIGSEGV)
 
 executor, cache_dir, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -203,7 +202,7 @@ def test_png_with_trailing_bytes_still_decodes(tmp_path):
 # matter of the machine's timing (on CI once, nothing was). The rerun's separate decoding
 # processes crash at once.
 CLI = r"""
-import faulthandler, os, signal, sys, time
+import os, signal, sys, time
 from pathlib import Path
 from shopsearch.embedding import pipeline
 
@@ -216,7 +215,6 @@ def decode_source(src, *a, **kw):
         deadline = time.monotonic() + 60
         while os.getpid() == main_pid and chunks() <= before and time.monotonic() < deadline:
             time.sleep(0.05)
-        faulthandler.disable()
         os.kill(os.getpid(), signal.SIGSEGV)
     return real(src, *a, **kw)
 pipeline.decode_source = decode_source
@@ -277,3 +275,44 @@ def test_a_window_left_unrenamed_by_a_dead_run_is_read_and_dropped(tmp_path, ima
     rep = embed_items(FakeEmbedder(), items, cache, progress=False, executor="thread")
     assert (rep.embedded, rep.failed) == (8, [])
     assert not list(cache.dir.glob("inflight-*"))
+
+
+def _dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_a_killed_runs_journal_names_no_suspects_unless_killed_twice_on_the_same_images(tmp_path):
+    """An empty fault file: the run was killed from outside (SIGKILL), no decoder crashed. The
+    same images in flight at two kills in a row (a decode the OOM killer stops) are suspects."""
+    journal = CrashJournal(tmp_path)
+    first = tmp_path / f"inflight-{journal.host}-{_dead_pid()}.txt"
+    first.write_text("a\nb\nc\n")
+    CrashJournal.fault_path(first).write_text("")
+    files, keys = journal.stale()
+    assert files == [first] and keys == set()
+    CrashJournal.forget(files)
+    assert not first.exists() and not CrashJournal.fault_path(first).exists()
+    second = tmp_path / f"inflight-{journal.host}-{_dead_pid()}.txt"
+    second.write_text("c\nd\n")
+    CrashJournal.fault_path(second).write_text("")
+    assert journal.stale() == ([second], {"c"})
+    crashed = tmp_path / f"inflight-{journal.host}-{_dead_pid()}.txt"  # a fatal signal was recorded
+    crashed.write_text("e\nf\n")
+    CrashJournal.fault_path(crashed).write_text("Fatal Python error: Segmentation fault\n")
+    files, keys = journal.stale()
+    assert set(files) == {second, crashed} and keys == {"c", "e", "f"}
+
+
+def test_a_killed_runs_unrenamed_window_is_one_journal_with_its_own(tmp_path):
+    """Killed while renaming its window: the .txt and the .tmp are one run, not two killed runs
+    whose overlapping windows would make every image a suspect."""
+    journal = CrashJournal(tmp_path)
+    run = tmp_path / f"inflight-{journal.host}-{_dead_pid()}.txt"
+    run.write_text("a\nb\n")
+    run.with_suffix(".tmp").write_text("b\nc\n")
+    CrashJournal.fault_path(run).write_text("")
+    files, keys = journal.stale()
+    assert set(files) == {run, run.with_suffix(".tmp")} and keys == set()
+    CrashJournal.forget(files)
+    assert not list(tmp_path.glob("inflight-*")) and not list(tmp_path.glob("fault-*"))

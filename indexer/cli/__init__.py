@@ -64,7 +64,9 @@ class ShopSearchGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ShopSearchError as e:
-            raise click.ClickException(f"{e} [{e.code}]") from e
+            exc = click.ClickException(f"{e} [{e.code}]")
+            exc.exit_code = e.exit_code  # 1, or one a script can act on (75: busy, try later)
+            raise exc from e
         except Stopped as e:  # other commands keep click's "Aborted!"
             click.echo(f"stopped ({e.how}); the work done so far is kept: run the same command again to go on",
                        err=True)

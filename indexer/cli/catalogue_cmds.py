@@ -6,7 +6,7 @@ from dataclasses import asdict
 import click
 
 from indexer.cli import Ctx, echo_json, pass_ctx
-from shopsearch.catalogue.importers import FORMATS, RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import FORMATS, ImportReport, RowProblem, import_catalogue, read_source
 
 
 @click.group("catalogue")
@@ -22,15 +22,22 @@ def catalogue() -> None:
 @click.option("--reference-split", type=click.Choice(["train", "val", "test"]), default=None,
               help="Grocery Store: add this split's shopper photos as reference images.")
 @click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--strict", is_flag=True,
+              help="Refuse the whole file (nothing imported) when a row is unreadable or repeats a SKU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @pass_ctx
-def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers: int, as_json: bool) -> None:
-    """Import a manifest (CSV/JSONL), an ImageFolder tree or the Grocery Store dataset."""
+def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers: int, strict: bool,
+               as_json: bool) -> None:
+    """Import a manifest (CSV/JSONL), an ImageFolder tree or the Grocery Store dataset.
+
+    A SKU on several rows is imported from its last row and reported. Exits 1 when nothing
+    was imported (no usable row, or every image unusable)."""
     from pathlib import Path
 
     problems: list[RowProblem] = []
     records = read_source(Path(path), fmt, problems, reference_split)
-    report = import_catalogue(c.catalogue(), records, problems, workers=workers, progress=not as_json)
+    report = import_catalogue(c.catalogue(), records, problems, workers=workers, progress=not as_json,
+                              strict=strict)
     # Products without a merchant category get a predicted one when a classifier exists
     # for the serving index's model (issue: category tagging).
     from shopsearch.classify.tagging import tag_after_import
@@ -38,6 +45,7 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     tagging = tag_after_import(c.settings, c.catalogue(), progress=not as_json)
     if as_json:
         echo_json({**report.to_dict(), "tagging": tagging.to_dict() if tagging else None})
+        _fail_if_nothing_imported(report)
         return
     click.echo(f"products: {report.products_created} created, {report.products_updated} updated, "
                f"{report.products_unchanged} unchanged; images added: {report.images_added}, "
@@ -48,6 +56,14 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
         click.echo(f"  skipped {p.where}" + (f" (sku {p.sku})" if p.sku else "") + f": {p.reason}", err=True)
     if len(report.problems) > 50:
         click.echo(f"  ... and {len(report.problems) - 50} more problems (use --json for all)", err=True)
+    _fail_if_nothing_imported(report)
+
+
+def _fail_if_nothing_imported(report: ImportReport) -> None:
+    if report.nothing_imported:
+        products = report.products_created + report.products_updated + report.products_unchanged
+        what = "no row gave a product" if products == 0 else "every image was unusable"
+        raise click.ClickException(f"nothing was imported: {what} ({len(report.problems)} problem(s) reported)")
 
 
 @catalogue.command("delete")
@@ -55,15 +71,18 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def delete_cmd(c: Ctx, skus: tuple[str, ...], as_json: bool) -> None:
-    """Delete products by SKU (the index drops them at the next `index update`)."""
+    """Delete products by SKU (the index drops them at the next `index update`).
+    Exits 1 when none of the SKUs exists."""
     found = c.catalogue().delete_products(skus)
     missing = sorted(set(skus) - set(found))
     if as_json:
         echo_json({"deleted": found, "not_found": missing})
-        return
-    click.echo(f"deleted {len(found)} product(s)")
-    if missing:
-        click.echo(f"not found: {', '.join(missing)}", err=True)
+    else:
+        click.echo(f"deleted {len(found)} product(s)")
+        if missing:
+            click.echo(f"not found: {', '.join(missing)}", err=True)
+    if not found:
+        raise click.ClickException(f"nothing was deleted: no product with SKU {', '.join(missing)}")
 
 
 @catalogue.command("problems")
@@ -102,7 +121,7 @@ def db_upgrade(c: Ctx) -> None:
     """Migrate the database to the newest schema."""
     from shopsearch.catalogue import db as dbmod
 
-    engine = dbmod.make_engine(c.settings.db_url)
+    engine = dbmod.connect(c.settings.db_url)
     click.echo(f"schema at revision {dbmod.upgrade(engine)}")
 
 
@@ -112,7 +131,7 @@ def db_current(c: Ctx) -> None:
     """Print the database's schema revision and the newest one this code knows."""
     from shopsearch.catalogue import db as dbmod
 
-    engine = dbmod.make_engine(c.settings.db_url)
+    engine = dbmod.connect(c.settings.db_url)
     click.echo(f"current: {dbmod.current_revision(engine)}  head: {dbmod.head_revision()}")
 
 

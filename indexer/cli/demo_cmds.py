@@ -47,7 +47,10 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     if current and current.model_fingerprint == embedder.fingerprint and current.count == n_images:
         click.echo(f"index: build {current.build_id} is up to date ({current.count} vectors)")
     else:
-        b = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).build()
+        from shopsearch.index.lock import index_lock
+
+        with index_lock(c.settings.index_dir, what="demo index build"):  # no build of another run is pruned
+            b = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).build()
         click.echo(f"index: build {b.build_id}, {b.vectors} vectors, {b.embedded} embedded in {b.seconds:.0f}s")
     sample = root / "dataset" / "test" / "Fruit" / "Banana" / "Banana_004.jpg"
     if sample.is_file():

@@ -12,7 +12,24 @@ def index() -> None:
     """Build and manage the vector index."""
 
 
+def _wait_option(f):
+    return click.option("--wait", is_flag=True,
+                        help="If another build, update or rollback is writing this index, wait for it instead "
+                             "of failing with exit code 75.")(f)
+
+
+def _writer(c: Ctx, wait: bool, what: str) -> None:
+    """Hold this data dir's index writer lock (shopsearch.index.lock) until the command ends:
+    a second build, update or rollback fails at once (IndexBusyError, exit 75) or waits."""
+    from shopsearch.index.lock import index_lock
+
+    click.get_current_context().with_resource(index_lock(
+        c.settings.index_dir, wait=wait, what=what,
+        on_wait=lambda holder: click.echo(f"waiting for {holder} to finish ...", err=True)))
+
+
 def _perf_options(f):
+    f = _wait_option(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
     f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      envvar="SHOPSEARCH_COMPILE", show_default=True,
@@ -75,8 +92,9 @@ def _print_report(report, as_json: bool) -> None:
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
-              as_json: bool) -> None:
+              as_json: bool, wait: bool) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
+    _writer(c, wait, "index build")
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
 
@@ -102,8 +120,9 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
-               compile_mode: str, as_json: bool) -> None:
+               compile_mode: str, as_json: bool, wait: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
+    _writer(c, wait, "index update")
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
 
@@ -146,9 +165,11 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
 
 @index.command("rollback")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_wait_option
 @pass_ctx
-def rollback_cmd(c: Ctx, as_json: bool) -> None:
+def rollback_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
     """Serve the previous build again (the current one becomes the previous)."""
+    _writer(c, wait, "index rollback")
     store = c.index_store()
     old = store.current_id()
     new = store.rollback()

@@ -22,10 +22,17 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
                max_price: Decimal | None, model: str | None, no_routing: bool, as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
     from shopsearch.app import open_search_service
+    from shopsearch.errors import CatalogueEmptyError
     from shopsearch.embedding.preprocess import decode_query
     from shopsearch.results import SearchFilters
 
-    svc = open_search_service(c.settings, catalogue=c.catalogue(), model=model)
+    catalogue = c.catalogue()
+    svc = open_search_service(c.settings, catalogue=catalogue, model=model)
+    if catalogue.stats().products == 0:  # else every hit is dropped and "no matching products" misleads
+        raise CatalogueEmptyError(
+            f"the catalogue database {catalogue.engine.url.render_as_string(hide_password=True)} holds no products, "
+            f"but index build {svc.manifest.build_id} has {svc.manifest.count} vectors: is --database-url "
+            "(SHOPSEARCH_DATABASE_URL) the database the index was built from?")
     img = decode_query(image, svc.embedder)  # decoded as the index's images were
     res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing)
     if as_json:

@@ -5,22 +5,55 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+import re
 
-from shopsearch.errors import SchemaVersionError
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from shopsearch.errors import DatabaseUnavailableError, SchemaVersionError
 
 log = logging.getLogger("shopsearch.catalogue")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
+#: seconds to wait for a PostgreSQL server before calling the database unreachable
+CONNECT_TIMEOUT_S = 10
+_EXAMPLES = "e.g. postgresql://user:password@host:5432/shop or sqlite:////abs/path/catalogue.db"
+
+
+def _hide_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def normalize_url(url: str) -> str:
+    """The URL SQLAlchemy should get: `postgres://` (the spelling of libpq, Heroku and most
+    hosting panels) and `postgresql://` both mean psycopg 3, the driver we ship (plain
+    postgresql:// would look for psycopg2). An unparsable URL is a DatabaseUnavailableError."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url[len(prefix):]
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as e:
+        raise DatabaseUnavailableError(f"cannot parse the database URL {_hide_password(url)!r} ({e}); {_EXAMPLES}") \
+            from None
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets foreign keys and WAL so readers never block on a writer."""
+    url = normalize_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise DatabaseUnavailableError(f"cannot create the folder of the SQLite database {path}: "
+                                               f"{e.strerror or e}") from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -31,10 +64,29 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    if url.startswith("postgresql://"):
-        # psycopg 3 is the driver we ship; plain postgresql:// would look for psycopg2.
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql+psycopg") \
+        and "connect_timeout" not in url else {}
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except (NoSuchModuleError, ArgumentError, ImportError) as e:
+        raise DatabaseUnavailableError(f"unsupported database URL {_hide_password(url)!r} ({e}); {_EXAMPLES}") \
+            from None
+
+
+def connect(url: str) -> Engine:
+    """make_engine, then one round trip: a database that cannot be reached (refused, no such
+    database, wrong password, unopenable SQLite file) is a DatabaseUnavailableError naming
+    the URL, password hidden, and the driver's reason in one line."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as e:
+        engine.dispose()
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+        raise DatabaseUnavailableError(f"cannot connect to the catalogue database "
+                                       f"{engine.url.render_as_string(hide_password=True)}: {reason}") from None
+    return engine
 
 
 def _alembic_config(engine: Engine):

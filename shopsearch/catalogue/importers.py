@@ -34,6 +34,9 @@ class RowProblem:
     where: str  # "row 12", "line 3", a path
     sku: str | None
     reason: str
+    #: "row" (unreadable row), "duplicate" (a SKU already read), "image" (unusable image file),
+    #: "file" (a file skipped or missing beside a usable row)
+    kind: str = "row"
 
 
 @dataclass
@@ -43,15 +46,38 @@ class ImportReport:
     products_unchanged: int = 0
     images_added: int = 0
     images_failed: int = 0
+    images_ok: int = 0  # usable images in the source, new or already known
     problems: list[RowProblem] = field(default_factory=list)
+
+    @property
+    def nothing_imported(self) -> bool:
+        """No row gave a product, or every image listed was unusable: a failed import."""
+        products = self.products_created + self.products_updated + self.products_unchanged
+        return products == 0 or (self.images_failed > 0 and self.images_ok == 0)
 
     def to_dict(self) -> dict:
         return {
             "products_created": self.products_created, "products_updated": self.products_updated,
             "products_unchanged": self.products_unchanged, "images_added": self.images_added,
-            "images_failed": self.images_failed,
-            "problems": [{"where": p.where, "sku": p.sku, "reason": p.reason} for p in self.problems],
+            "images_failed": self.images_failed, "images_ok": self.images_ok,
+            "problems": [{"where": p.where, "sku": p.sku, "reason": p.reason, "kind": p.kind}
+                         for p in self.problems],
         }
+
+
+class _SkuRows:
+    """Where each SKU was read, so that a SKU on several rows is reported (the last row wins)."""
+
+    def __init__(self, problems: list[RowProblem]) -> None:
+        self.problems = problems
+        self.first: dict[str, str] = {}
+
+    def see(self, rec: ProductRecord, where: str) -> ProductRecord:
+        earlier = self.first.setdefault(rec.sku, where)
+        if earlier != where:
+            self.problems.append(RowProblem(where, rec.sku, f"duplicate SKU {rec.sku!r}, first on {earlier}; "
+                                                            "the last row wins", kind="duplicate"))
+        return rec
 
 
 # -- readers ------------------------------------------------------------------
@@ -64,10 +90,22 @@ def _price(value: object) -> Decimal | None:
         raise ValueError(f"price {value!r} is not a number") from None
 
 
+def _json_list(value: object) -> object:
+    """A CSV cell holding a JSON list (`["Home", "Bath/Shower"]`) as that list; else unchanged."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return parsed if isinstance(parsed, list) else value
+    return value
+
+
 def _category(value: object) -> tuple[str, ...] | None:
-    if value in (None, ""):
+    value = _json_list(value)
+    if value in (None, "", []):
         return None
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple)):  # one level per element, whatever characters it holds
         parts = [str(v).strip() for v in value]
     else:
         text = str(value)
@@ -77,6 +115,7 @@ def _category(value: object) -> tuple[str, ...] | None:
 
 
 def _image_list(value: object) -> list[str]:
+    value = _json_list(value)
     if value in (None, ""):
         return []
     if isinstance(value, list):
@@ -110,9 +149,10 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "sku" not in reader.fieldnames:
             raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' columns")
+        rows = _SkuRows(problems)
         for n, row in enumerate(reader, start=2):
             try:
-                yield _record(row, path.parent, f"row {n}")
+                yield rows.see(_record(row, path.parent, f"row {n}"), f"{path.name} row {n}")
             except ValueError as e:
                 problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
 
@@ -122,6 +162,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"cannot read manifest {path}: {e}") from None
+    rows = _SkuRows(problems)
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -129,7 +170,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("line is not a JSON object")
-            yield _record(row, path.parent, f"line {n}")
+            yield rows.see(_record(row, path.parent, f"line {n}"), f"{path.name} line {n}")
         except ValueError as e:
             problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
 
@@ -138,15 +179,17 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
     """root/<class>/[<subclass>/...]/<image>: one product per image, category = its folders."""
     if not root.is_dir():
         raise ManifestError(f"{root} is not a folder")
+    rows = _SkuRows(problems)
     for p in sorted(root.rglob("*")):
         if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         rel = p.relative_to(root)
         if len(rel.parts) < 2:
-            problems.append(RowProblem(str(rel), None, "image is not inside a class folder; skipped"))
+            problems.append(RowProblem(str(rel), None, "image is not inside a class folder; skipped", kind="file"))
             continue
-        yield ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
+        rec = ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
                             category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),))
+        yield rows.see(rec, str(rel))
 
 
 def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:
@@ -174,7 +217,7 @@ def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: s
             try:
                 description = (ds / desc).read_text(encoding="utf-8", errors="replace").strip()
             except OSError:
-                problems.append(RowProblem(desc, name, "description file missing"))
+                problems.append(RowProblem(desc, name, "description file missing", kind="file"))
             images = [ImageRecord(str((ds / iconic).resolve()), role="catalogue")]
             images += [ImageRecord(p, role="reference") for p in refs.get(fine_id, [])]
             yield ProductRecord(
@@ -227,6 +270,8 @@ def check_image_file(path: str) -> tuple[str, ImageRecord | str]:
         return path, str(e)
     except OSError as e:  # permission errors and the like
         return path, f"cannot read: {e}"
+    except Exception as e:  # noqa: BLE001 - one file must never abort the whole import
+        return path, f"cannot check the image: {type(e).__name__}: {e}"
 
 
 def _check_group(paths: list[str]) -> list[tuple[str, ImageRecord | str]]:
@@ -261,10 +306,20 @@ def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
 
 def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], problems: list[RowProblem] | None = None,
                      workers: int = 2, progress: bool = True,
-                     on_product: Callable[[int, ProductRecord], None] | None = None) -> ImportReport:
-    """Check every image (in `workers` processes) and upsert the products."""
+                     on_product: Callable[[int, ProductRecord], None] | None = None,
+                     strict: bool = False) -> ImportReport:
+    """Check every image (in `workers` processes) and upsert the products. A SKU on several
+    rows is imported once, from its last row (the readers report the others); `strict`
+    refuses the whole source (ManifestError, nothing written) when any row was unreadable
+    or a duplicate."""
     report = ImportReport(problems=problems if problems is not None else [])
-    records = list(records)
+    # one upsert per SKU: several would each count as an update at every re-import
+    records = list({r.sku: r for r in records}.values())
+    refused = [p for p in report.problems if p.kind in ("row", "duplicate")]
+    if strict and refused:
+        listed = "; ".join(f"{p.where}: {p.reason}" for p in refused[:10])
+        more = f"; and {len(refused) - 10} more" if len(refused) > 10 else ""
+        raise ManifestError(f"refused (--strict), nothing imported: {len(refused)} problem row(s): {listed}{more}")
     paths = sorted({im.path for r in records for im in r.images})
     checked = check_image_files(paths, workers, progress)
     for rec in tqdm(records, desc="importing products", unit="product", disable=not progress):
@@ -273,11 +328,12 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
             res = checked[im.path]
             if isinstance(res, str):
                 report.images_failed += 1
-                report.problems.append(RowProblem(im.path, rec.sku, res))
+                report.problems.append(RowProblem(im.path, rec.sku, res, kind="image"))
                 # Recorded (not dropped) so the product page and `stats` can show it; never indexed.
                 status = "missing" if res.startswith("no such file") else "invalid"
                 images.append(replace(im, status=status, error=res))
             else:
+                report.images_ok += 1
                 images.append(replace(res, role=im.role))
         result = store.upsert_product(replace(rec, images=tuple(images)))
         report.images_added += result.images_added

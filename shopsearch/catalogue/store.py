@@ -23,6 +23,8 @@ from shopsearch.catalogue.records import (
 )
 from shopsearch.errors import ProductNotFoundError
 
+#: stands for "/" inside a category name (DIVISION SLASH)
+LEVEL_SLASH = "\u2215"
 _PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attributes")
 
 
@@ -60,7 +62,7 @@ class CatalogueStore:
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> "CatalogueStore":
         """Engine for `url`, migrated to head (or only checked when migrate=False)."""
-        engine = db.make_engine(url)
+        engine = db.connect(url)
         if migrate:
             db.upgrade(engine)
         db.check_schema(engine)
@@ -84,6 +86,9 @@ class CatalogueStore:
         path = ""
         cat_id = None
         for depth, name in enumerate(names):
+            # "/" separates levels in a path: one inside a name ("Bath/Shower", from a JSON
+            # list) becomes U+2215, which reads the same, so the name stays one level
+            name = name.replace("/", LEVEL_SLASH)
             path = f"{path}/{name}" if path else name
             cat = s.scalar(select(Category).where(Category.path == path))
             if cat is None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shopsearch.errors import IndexWriteError
+
 
 class VectorCache:
     def __init__(self, root: Path, fingerprint: str, dim: int) -> None:
@@ -66,10 +68,16 @@ class VectorCache:
         vectors = np.asarray(vectors, dtype=np.float32)
         name = f"chunk-{uuid.uuid1().hex}"
         tmp = self.dir / f".{name}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys, dtype="U64"), vectors=vectors)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / f"{name}.npz")
+        try:
+            np.savez(tmp, keys=np.array(keys, dtype="U64"), vectors=vectors)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, self.dir / f"{name}.npz")
+        except OSError as e:  # disk full: drop the partial chunk, keep the complete ones
+            tmp.unlink(missing_ok=True)
+            raise IndexWriteError(f"cannot save embedded vectors under {self.dir}: {IndexWriteError.reason_of(e)}; "
+                                  "the vectors saved before are kept: free some space and run the same command "
+                                  "again") from None
         self._append(np.array(keys), vectors)
 
     def compact(self) -> None:

@@ -8,6 +8,7 @@ holds its GIL, which its read threads and nvJPEG calls need (measured on an H100
 two integers per image."""
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing as mp
 import os
 import sys
@@ -39,6 +40,7 @@ def _init(path: str | None, slots: int, draft_size: int | None) -> None:
     file can be unlinked at once and a killed run leaves nothing in /dev/shm; spawned ones
     map the file by name."""
     global _arena, _draft
+    faulthandler.disable()  # the parent's crash journal fault file is not this process's
     if path is not None:
         _arena = np.memmap(path, dtype=np.uint8, mode="r+", shape=(slots, SLOT_BYTES))
         _draft = draft_size

@@ -7,9 +7,11 @@ map_batches per stage, see docs/scaling.md):
 
 and the last one, merging chunks into an index, lives in indexer/build.py. `embed_items`
 wires them on one machine: workers prepare images while the main thread runs the model,
-and every `chunk_size` vectors are persisted, so a killed run loses at most one chunk."""
+and every `chunk_size` vectors, or every CHUNK_FLUSH_S seconds on a slow machine, are
+persisted, so a killed run loses at most one chunk or ten seconds of work."""
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging
 import multiprocessing as mp
@@ -36,6 +38,10 @@ from shopsearch.embedding.tuning import (  # noqa: F401 - PipelineConfig and tun
 log = logging.getLogger("shopsearch.pipeline")
 
 Preprocess = Callable[[object], np.ndarray]
+
+#: vectors embedded this long ago are saved even when the chunk is not full (a kill -9 on a
+#: slow CPU would otherwise lose minutes of work)
+CHUNK_FLUSH_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,9 @@ _worker_preprocess: Preprocess | None = None
 def _init_worker(preprocess: Preprocess) -> None:
     global _worker_preprocess
     _worker_preprocess = preprocess
+    # a forked worker inherits the crash journal's fault handler: its own death is handled by
+    # the pool (shopsearch.workers), and must not mark the parent as crashed
+    faulthandler.disable()
     try:  # one decode process must not start a team of torch threads of its own
         import torch
 
@@ -211,6 +220,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     bar = tqdm(total=len(todo) + len(suspects), desc="embedding", unit="img", disable=not progress, smoothing=0.1)
     pend_keys: list[str] = []
     pend_vecs: list[np.ndarray] = []
+    flushed_at = time.monotonic()
     # the decoders never run more than `horizon` images past the last one reported, so a
     # journal naming [done, done + 2 * horizon) stays true until done passes its middle
     horizon = inflight_horizon(cfg)
@@ -231,7 +241,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
         pend_keys.extend(keys)
         report.embedded += len(keys)
         bar.update(len(keys))
-        if len(pend_keys) >= cfg.chunk_size:
+        if len(pend_keys) >= cfg.chunk_size or time.monotonic() - flushed_at >= CHUNK_FLUSH_S:
             flush_chunk()
         advance(len(keys))
 
@@ -243,6 +253,8 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
         advance(1)
 
     def flush_chunk() -> None:
+        nonlocal flushed_at
+        flushed_at = time.monotonic()
         if pend_keys:
             write_chunk(cache, list(pend_keys), np.concatenate(pend_vecs))
             pend_keys.clear()
@@ -257,6 +269,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
                           cfg.batch_size, on_vectors, on_failure, split)
             flush_chunk()
         journal.forget(stale)  # every suspect is embedded, failed, or was not in this run's work
+        journal.arm()  # from here on, a fatal signal in this process is recorded as a crash
         tracking = True
         advance(0)
         if cfg.executor == "gpu":

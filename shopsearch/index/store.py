@@ -17,7 +17,7 @@ from typing import Mapping
 
 import numpy as np
 
-from shopsearch.errors import IndexCorruptError, IndexNotFoundError
+from shopsearch.errors import IndexCorruptError, IndexNotFoundError, IndexWriteError
 from shopsearch.index.vector_index import IndexManifest, VectorIndex
 
 log = logging.getLogger("shopsearch.index")
@@ -120,11 +120,31 @@ class IndexStore:
         """Save, verify, and atomically make this build the serving one.
 
         `keys` (image id -> content hash of its vector) lets `index update` tell new, changed and
-        removed images apart; `report` (counts, failures) is kept beside the index for people."""
-        self.builds_dir.mkdir(parents=True, exist_ok=True)
+        removed images apart; `report` (counts, failures) is kept beside the index for people.
+        A write that fails (disk full, read-only mount) removes what it wrote, staging included,
+        and raises IndexWriteError: the serving build is untouched and the next run has the room."""
         staging = self.builds_dir / f".staging-{manifest.build_id}"
-        if staging.exists():
-            shutil.rmtree(staging)
+        try:
+            self.builds_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_staging()  # left by a run killed while publishing: room for this one
+            return self._publish(staging, index, manifest, keys, report)
+        except (OSError, RuntimeError) as e:  # faiss reports a failed write as RuntimeError
+            shutil.rmtree(staging, ignore_errors=True)
+            if self.current_id() != manifest.build_id:  # renamed into builds/, never made CURRENT
+                shutil.rmtree(self.build_dir(manifest.build_id), ignore_errors=True)
+            for tmp in self.root.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            serving = self.current_id() or "none"
+            raise IndexWriteError(f"cannot write index build {manifest.build_id} under {self.builds_dir}: "
+                                  f"{IndexWriteError.reason_of(e)}; nothing was published (build {serving} is still "
+                                  "serving): free some space and run the same command again") from None
+
+    def _drop_staging(self) -> None:
+        for d in self.builds_dir.glob(".staging-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+    def _publish(self, staging: Path, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None,
+                 report: dict | None) -> IndexManifest:
         saved = index.save(staging, manifest)
         if keys is not None:
             ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
@@ -175,6 +195,7 @@ class IndexStore:
         keep_ids = {self.current_id(), self.previous_id()}
         builds = [m.build_id for m in self.list_builds()]
         keep_ids.update(builds[-self.keep:])
+        self._drop_staging()
         for d in self.builds_dir.iterdir():
-            if d.name.startswith(".staging-") or (d.is_dir() and d.name not in keep_ids):
+            if d.is_dir() and not d.name.startswith(".") and d.name not in keep_ids:
                 shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""A careless operator at the CLI: wrong database URLs, a database without the catalogue,
+manifests with duplicate SKUs, imports and deletes that did nothing. Each gets one clear line
+and an exit code a script can trust (README: exit codes)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from tests.conftest import PG_URL, _fresh_pg_url, _pg_available, make_image
+
+needs_pg = pytest.mark.skipif(not _pg_available() and not os.environ.get("CI"), reason="PostgreSQL not reachable")
+
+
+def run(data_dir, *args: str):
+    return CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
+
+
+def _base(url: str) -> str:
+    return url.split("?")[0].rsplit("/", 1)[0]
+
+
+@pytest.mark.parametrize("url,says", [
+    ("not a url", "cannot parse the database URL"),
+    ("postgresql://postgres@127.0.0.1:1/test", "cannot connect to the catalogue database"),
+    ("mysql+nosuchdriver://u@h/db", "unsupported database URL"),
+    ("sqlite:////proc/no/such/dir/catalogue.db", "cannot create the folder of the SQLite database"),
+    ("sqlite:////proc/catalogue.db", "cannot connect to the catalogue database"),
+])
+def test_a_wrong_database_url_is_one_clear_line(tmp_path, url, says):
+    for args in (["stats"], ["catalogue", "problems"], ["db", "current"]):
+        res = run(tmp_path, "--database-url", url, *args)
+        assert res.exit_code == 1, res.output
+        assert says in res.output and "[database_unavailable]" in res.output
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+@needs_pg
+def test_no_such_postgres_database_and_a_hidden_password(tmp_path):
+    url = _base(PG_URL).replace("postgres@", "postgres:s3cret@") + "/no_such_database_here"
+    res = run(tmp_path, "--database-url", url, "stats")
+    assert res.exit_code == 1 and "does not exist" in res.output and "no_such_database_here" in res.output
+    assert "s3cret" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+@needs_pg
+def test_the_postgres_spelling_is_accepted(tmp_path):
+    url = _fresh_pg_url()
+    assert url.startswith("postgresql://")
+    res = run(tmp_path, "--database-url", "postgres://" + url[len("postgresql://"):], "stats", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["products"] == 0
+
+
+def _import_and_build(tmp_path, data, *extra: str) -> None:
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    for i in range(3):
+        make_image(i).save(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "m.csv").write_text("sku,images\n" + "".join(f"S{i},imgs/{i}.png\n" for i in range(3)))
+    assert run(data, *extra, "catalogue", "import", str(tmp_path / "m.csv"), "--workers", "1").exit_code == 0
+    assert run(data, *extra, "index", "build", "--model", "colorhist", "--workers", "1").exit_code == 0
+
+
+def test_search_against_a_database_without_the_catalogue_is_an_error(tmp_path, db_url):
+    data = tmp_path / "data"
+    _import_and_build(tmp_path, data)
+    assert run(data, "search", str(tmp_path / "imgs" / "1.png")).exit_code == 0
+    res = run(data, "--database-url", db_url, "search", str(tmp_path / "imgs" / "1.png"))  # another, empty one
+    assert res.exit_code == 1, res.output
+    assert "holds no products" in res.output and "--database-url" in res.output
+    assert "no matching products" not in res.output and "Traceback" not in res.output
+
+
+def _images(tmp_path, n: int = 3) -> None:
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    for i in range(n):
+        make_image(i).save(tmp_path / "imgs" / f"{i}.png")
+
+
+def test_duplicate_skus_are_reported_with_their_rows_and_the_last_row_wins(tmp_path, db_url):
+    _images(tmp_path)
+    (tmp_path / "m.csv").write_text("sku,title,images\nD,first,imgs/0.png\nE,other,imgs/2.png\nD,second,imgs/1.png\n")
+    args = ["--database-url", db_url, "catalogue", "import", str(tmp_path / "m.csv"), "--workers", "1", "--json"]
+    rep = json.loads(run(tmp_path, *args).stdout)
+    assert (rep["products_created"], rep["products_updated"], rep["products_unchanged"]) == (2, 0, 0)
+    (dup,) = rep["problems"]
+    assert (dup["where"], dup["sku"], dup["kind"]) == ("m.csv row 4", "D", "duplicate")
+    assert "first on m.csv row 2" in dup["reason"]
+    shown = json.loads(run(tmp_path, "--database-url", db_url, "catalogue", "show", "D").stdout)
+    assert shown["title"] == "second" and [i["path"].rsplit("/", 1)[1] for i in shown["images"]] == ["1.png"]
+    # the unchanged manifest again: nothing updated (each duplicate row used to count as an update)
+    again = json.loads(run(tmp_path, *args).stdout)
+    assert (again["products_created"], again["products_updated"], again["products_unchanged"]) == (0, 0, 2)
+    # --strict refuses the file before writing anything
+    (tmp_path / "n.csv").write_text("sku,title,images\nN,new,imgs/0.png\nD,third,imgs/2.png\nD,fourth,imgs/2.png\n")
+    res = run(tmp_path, "--database-url", db_url, "catalogue", "import", str(tmp_path / "n.csv"), "--strict")
+    assert res.exit_code == 1 and "refused (--strict)" in res.output and "n.csv row 4" in res.output
+    assert "Traceback" not in res.output
+    gone = run(tmp_path, "--database-url", db_url, "catalogue", "show", "N")
+    assert gone.exit_code == 1 and "no product with SKU" in gone.output
+
+
+def test_a_jsonl_reimport_changes_nothing(tmp_path, db_url):
+    _images(tmp_path)
+    rows = [{"sku": "J", "title": "j", "price": 2.5, "currency": "eur", "category": ["Home", "Bath"],
+             "images": ["imgs/0.png", "imgs/1.png"], "attributes": {"n": 1, "tags": ["a", "b"]}},
+            {"sku": "K", "price": "1e2", "images": "imgs/2.png", "colour": "red"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--database-url", db_url, "catalogue", "import", str(tmp_path / "m.jsonl"), "--workers", "1", "--json"]
+    first = json.loads(run(tmp_path, *args).stdout)
+    assert first["products_created"] == 2 and not first["problems"]
+    again = json.loads(run(tmp_path, *args).stdout)
+    assert (again["products_created"], again["products_updated"], again["products_unchanged"]) == (0, 0, 2)
+
+
+def test_a_slash_inside_a_json_list_category_stays_one_level(tmp_path, db_url):
+    _images(tmp_path)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"sku": "J", "category": ["Home", "Bath/Shower"],
+                                                  "images": ["imgs/0.png"]}) + "\n")
+    (tmp_path / "m.csv").write_text('sku,category,images\nC,"[""Home"", ""Bath/Shower""]",imgs/1.png\n'
+                                    "T,Home/Bath/Shower,imgs/2.png\n")
+    for m in ("m.jsonl", "m.csv"):
+        res = run(tmp_path, "--database-url", db_url, "catalogue", "import", str(tmp_path / m), "--workers", "1")
+        assert res.exit_code == 0, res.output
+    from shopsearch.catalogue.store import CatalogueStore
+
+    store = CatalogueStore.open(db_url)
+    try:
+        j, c, t = (store.get_product(s) for s in ("J", "C", "T"))
+        levels = {x.path: x.depth for x in store.categories()}
+    finally:
+        store.close()
+    assert j.category == c.category == "Home/Bath\u2215Shower"  # two levels, the second named Bath/Shower
+    assert t.category == "Home/Bath/Shower"  # three levels, as a path string says
+    assert levels["Home/Bath\u2215Shower"] == 1 and levels["Home/Bath/Shower"] == 2
+
+
+def test_an_import_of_nothing_and_a_delete_of_nothing_exit_non_zero(tmp_path, db_url):
+    _images(tmp_path, 1)
+    (tmp_path / "imgs" / "bad.jpg").write_bytes(b"\xff\xd8\xffnot a jpeg")
+    (tmp_path / "rows.csv").write_text("sku,price,images\n,1,imgs/0.png\nX,abc,imgs/0.png\n")  # every row fails
+    (tmp_path / "imgs.csv").write_text("sku,images\nA,imgs/bad.jpg\nB,imgs/missing.png\n")  # every image fails
+    (tmp_path / "ok.csv").write_text("sku,images\nOK,imgs/0.png\nB,imgs/missing.png\n")
+    for name, code in (("rows.csv", 1), ("imgs.csv", 1), ("ok.csv", 0)):
+        res = run(tmp_path, "--database-url", db_url, "catalogue", "import", str(tmp_path / name), "--workers", "1")
+        assert res.exit_code == code, (name, res.output)
+        if code:
+            assert "nothing was imported" in res.output and "Traceback" not in res.output
+    res = run(tmp_path, "--database-url", db_url, "catalogue", "import", str(tmp_path / "rows.csv"), "--json")
+    assert res.exit_code == 1 and json.loads(res.stdout)["products_created"] == 0
+    res = run(tmp_path, "--database-url", db_url, "catalogue", "delete", "NOPE", "GHOST")
+    assert res.exit_code == 1 and "nothing was deleted" in res.output
+    res = run(tmp_path, "--database-url", db_url, "catalogue", "delete", "OK", "NOPE", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"deleted": ["OK"], "not_found": ["NOPE"]}

@@ -1,0 +1,119 @@
+"""Two `index build` runs on one data dir: the second fails at once (exit 75, naming the
+first) or, with --wait, queues behind it; a lock left by a run killed with SIGKILL is taken
+over. The runs are real processes; the first is held inside its embedding stage (a file
+releases it), so the overlap does not depend on the machine's speed."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shopsearch.index import IndexStore
+from tests.conftest import REPO
+from tests.test_indexer_resume import _jpeg_catalogue
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fcntl locks and signals")
+
+# `shopsearch ...` whose build stops when it starts embedding: it touches <data>/embedding and
+# waits (at most 60 s) for <data>/go.
+HELD = r"""
+import sys, time
+from pathlib import Path
+from indexer.build import IndexBuilder
+
+data = Path(sys.argv[sys.argv.index("--data-dir") + 1])
+real = IndexBuilder.embed
+def embed(self, *a, **kw):
+    (data / "embedding").touch()
+    deadline = time.monotonic() + 60
+    while not (data / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return real(self, *a, **kw)
+IndexBuilder.embed = embed
+from indexer.cli import main
+main()
+"""
+
+
+def _args(data: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data), "index", "build", "--model", "colorhist", "--workers", "1", "--json", *extra]
+
+
+def _held(data: Path, *extra: str) -> subprocess.Popen:
+    (data / "embedding").unlink(missing_ok=True)
+    (data / "go").unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", HELD, *_args(data, *extra)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (data / "embedding").exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the held build never reached its embedding stage"
+        time.sleep(0.05)
+    return proc
+
+
+def _cli(data: Path, *extra: str, **kw):
+    return subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", *_args(data, *extra)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.mark.slow
+def test_a_second_build_fails_fast_or_waits_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    data, cat, _ = _jpeg_catalogue(tmp_path, 24, (64, 48))
+    cat.close()
+    first = _held(data)
+
+    t0 = time.monotonic()
+    second = _cli(data)
+    assert second.returncode == 75, second.stderr[-2000:]
+    assert f"pid {first.pid}" in second.stderr and "already writing the index" in second.stderr
+    assert "--wait" in second.stderr and "Traceback" not in second.stderr and second.stdout == ""
+    assert time.monotonic() - t0 < 60  # at once, not after the first build
+    assert IndexStore(data / "index").current_id() is None  # nothing published by the refused run
+
+    err = (tmp_path / "waiting.err").open("w")
+    waiting = subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", *_args(data, "--wait")],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    deadline = time.monotonic() + 60
+    while "waiting for index build (pid" not in (tmp_path / "waiting.err").read_text():
+        assert waiting.poll() is None and time.monotonic() < deadline, (tmp_path / "waiting.err").read_text()
+        time.sleep(0.05)
+    (data / "go").touch()
+    out_first, err_first = first.communicate(timeout=120)
+    out_waiting, _ = waiting.communicate(timeout=120)
+    err.close()
+    assert first.returncode == 0, err_first[-2000:]
+    assert waiting.returncode == 0, (tmp_path / "waiting.err").read_text()[-2000:]
+    a, b = json.loads(out_first), json.loads(out_waiting)
+    store = IndexStore(data / "index")
+    # one after the other: the first build is kept as the previous one, reachable by rollback
+    assert (store.current_id(), store.previous_id()) == (b["build_id"], a["build_id"])
+    assert b["skipped"] == 24 and b["embedded"] == 0
+
+    killed = _held(data)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.communicate(timeout=30)
+    assert f"pid {killed.pid}" in (data / "index" / ".writer.lock").read_text()  # its lock file is still there
+    after = _cli(data)
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert store.current_id() == json.loads(after.stdout)["build_id"] and store.previous_id() == b["build_id"]
+    rolled = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
+                             "index", "rollback", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == b["build_id"]
+
+
+def test_an_index_folder_that_cannot_be_written_is_one_clear_line(tmp_path):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "index").write_text("a file where the index folder should be")
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "index", "rollback"], catch_exceptions=False)
+    assert res.exit_code == 1 and "cannot create the index lock file" in res.output and "Traceback" not in res.output

@@ -1,0 +1,62 @@
+"""`kill -9` during `index build` (an operator, the OOM killer): the run saved what it had
+embedded up to CHUNK_FLUSH_S ago even though no chunk was full, and the next run re-checks
+nothing (a kill is no decoder crash) and embeds only the rest. A real process, really killed;
+the flush interval is shortened to 0.3 s so the test takes seconds, not tens of seconds."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shopsearch.embedders.colorhist import ColorHistogramEmbedder
+from shopsearch.embedding.cache import VectorCache
+from tests.conftest import REPO
+from tests.test_indexer_resume import _jpeg_catalogue
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
+
+N = 300
+FLUSHED = r"""
+from shopsearch.embedding import pipeline
+pipeline.CHUNK_FLUSH_S = 0.3
+from indexer.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_kill_9_loses_only_the_last_seconds_and_is_not_taken_for_a_crash(tmp_path, executor):
+    data, cat, _ = _jpeg_catalogue(tmp_path, N, (640, 480))
+    cache_dir = VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384).dir
+    # chunks of 100,000: before the time-based flush nothing reached the cache until the end
+    proc = subprocess.Popen([sys.executable, "-c", FLUSHED, "--data-dir", str(data), "index", "build", "--model",
+                             "colorhist", "--chunk-size", "100000", "--batch-size", "8", "--workers", "2",
+                             "--executor", executor, "--json"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(list(cache_dir.glob("chunk-*.npz"))) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the build saved nothing within 60 s"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    saved = len(VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384))
+    assert 0 < saved < N
+    assert list(cache_dir.glob("inflight-*.txt"))  # it was tracking its decoders when killed
+
+    rerun = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
+                            "--log-level", "INFO", "index", "build", "--model", "colorhist", "--json"],
+                           cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "an earlier run died" not in rerun.stderr and "an earlier run was killed" in rerun.stderr
+    r = json.loads(rerun.stdout)
+    assert (r["embedded"], r["skipped"], r["vectors"], r["failed"]) == (N - saved, saved, N, [])
+    assert not list(cache_dir.glob("inflight-*")) and not list(cache_dir.glob("fault-*"))
+    assert cat.unusable_images() == []
+    cat.close()
