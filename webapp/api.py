@@ -62,21 +62,8 @@ def similar(sku: str):
     return jsonify(out)
 
 
-@bp.get("/healthz")
-def healthz():
-    h = holder()
-    try:
-        svc = h.get()
-    except ShopSearchError as e:
-        body = {"status": "unavailable", "index_loaded": False, "error": {"code": e.code, "message": str(e)}}
-        return jsonify(body), 503
-    m = svc.manifest
-    return jsonify({"status": "ok", "index_loaded": True, "model": m.model_name, "build_id": m.build_id,
-                    "vectors": len(svc.index), "index_type": m.index_type, "dim": m.dim,
-                    "has_text": bool(svc.embedder.has_text), "router": svc.router is not None})
-
-
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_document(request.host_url.rstrip("/") + "/api/v1"))
+    # a relative server URL: echoing the Host header would let anyone poison cached copies
+    return jsonify(openapi_document(request.script_root + "/api/v1"))
 

@@ -135,6 +135,8 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
     if st.build_id is None:
         click.echo(f"no index yet; {st.catalogue_images} catalogue images to index (`shopsearch index build`)")
         return
+    if st.degraded:
+        click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
     click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
     click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove"
