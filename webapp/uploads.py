@@ -18,6 +18,7 @@ from typing import IO
 import numpy as np
 from flask import Request, current_app, g, request
 from PIL import Image
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.preprocess import decode_query
@@ -48,9 +49,21 @@ def upload_bytes(field: str = "image", allow_raw: bool = True) -> bytes | None:
         # a form submitted with no file chosen sends an empty part with no filename
         return None if not data and not f.filename else data
     if allow_raw:  # any other Content-Type (curl --data-binary sends a form type): the bytes decide
-        data = request.get_data(cache=False)
-        return data or None
+        return _raw_body() or None
     return None
+
+
+def _raw_body() -> bytes:
+    """The request body, refused (413) beyond the limit: a chunked body has no Content-Length
+    for werkzeug to check up front, and reading it only up to the limit would search a prefix."""
+    limit = request.max_content_length
+    if limit is None:
+        return request.get_data(cache=False)
+    stream = request.stream
+    data = stream.read(limit)
+    if stream.read(1):  # werkzeug's limited stream raises 413 itself here; any other stream too
+        raise RequestEntityTooLarge()
+    return data
 
 
 def decode_upload(data: bytes, embedder: Embedder) -> Image.Image:
