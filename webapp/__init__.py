@@ -46,6 +46,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp, url_prefix="/api/v1")
     app.register_blueprint(health.bp, name="health_root")  # /healthz, /readyz: where probes usually look
     register_error_handlers(app)
+    if cfg["METRICS"]:
+        from webapp import metrics  # noqa: PLC0415
+
+        metrics.init_app(app)
     app.teardown_request(close_request_images)
     app.before_request(_start_timer)
     app.after_request(_finish)

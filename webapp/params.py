@@ -43,7 +43,7 @@ def _price(values: Mapping[str, str], name: str) -> Decimal | None:
     except InvalidOperation:
         raise BadParameterError(f"{name} must be a number, not {raw!r}") from None
     if not d.is_finite() or d < 0 or d > MAX_PRICE:  # 1e999999999 is a finite Decimal but no float
-        raise BadParameterError(f"{name} must be a price between 0 and {MAX_PRICE:,}, not {raw[:40]!r}")
+        raise BadParameterError(f"{name} must be a price of 0 or more (at most {MAX_PRICE:,}), not {raw[:40]!r}")
     return d
 
 

@@ -85,6 +85,10 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
 
     overrides = {"SETTINGS": settings, **(config or {})}
     opts = gunicorn_options(front.upstream_bind if front else bind, workers, threads, preload, timeout, access_log)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from webapp.metrics import worker_exited  # noqa: PLC0415
+
+        opts["child_exit"] = lambda server, worker: worker_exited(worker.pid)
     if front is not None:
         front.check()
         opts["when_ready"] = lambda server: front.start()

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -25,6 +26,7 @@ from shopsearch.embedding.preprocess import decode_query
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import load_image
 from webapp.errors import BadParameterError, MissingImageError
+from webapp.metrics import observe_decode
 
 log = logging.getLogger("shopsearch.web")
 
@@ -69,7 +71,9 @@ def _raw_body() -> bytes:
 def decode_upload(data: bytes, embedder: Embedder) -> Image.Image:
     """Bytes -> upright RGB image, decoded as the indexer decodes catalogue files for this
     model (same JPEG draft scale), so an uploaded catalogue photo matches itself exactly."""
+    t0 = time.perf_counter()
     img = decode_query(data, embedder, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
+    observe_decode(time.perf_counter() - t0)
     g.setdefault("images", []).append(img)  # closed in teardown
     _retain(data, img)
     return img

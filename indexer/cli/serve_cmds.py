@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import click
@@ -53,6 +56,24 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
 
     By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
     slow clients cannot tie up gunicorn's threads (deploy/nginx/nginx.conf.in)."""
+    metrics_dir = None
+    if not debug and not print_nginx_config and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # before anything imports prometheus_client: every gunicorn worker then writes its
+        # samples here and /metrics sums them, whichever worker answers (webapp/metrics.py)
+        metrics_dir = tempfile.mkdtemp(prefix="shopsearch-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    owner = os.getpid()
+    try:
+        _serve(c, bind, workers, threads, preload, timeout, max_upload_mb, retain_uploads, image_roots, model, front,
+               print_nginx_config, access_log, debug)
+    finally:
+        if metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
+           retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, front: str,
+           print_nginx_config: bool, access_log: bool, debug: bool) -> None:
     from webapp.front import NginxConfig, NginxFront, nginx_binary
     from webapp.server import bind_address, run_dev_server, serve_gunicorn
 
