@@ -13,6 +13,9 @@ def index() -> None:
 
 
 def _perf_options(f):
+    f = click.option("--metrics-file", envvar="SHOPSEARCH_METRICS_FILE", default=None,
+                     help="Also write the run's figures in the Prometheus text format to this file (for "
+                          "node_exporter's textfile collector; written atomically), or - for stdout.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
     f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      envvar="SHOPSEARCH_COMPILE", show_default=True,
@@ -43,7 +46,14 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def _print_report(report, as_json: bool) -> None:
+def _print_report(report, as_json: bool, metrics_file: str | None = None) -> None:
+    if metrics_file:
+        from indexer.build_metrics import write_build_metrics
+
+        text = write_build_metrics(report, metrics_file)
+        if text is not None:
+            click.echo(text, nl=False)
+            return
     if as_json:
         echo_json(report.to_dict())
         return
@@ -75,7 +85,7 @@ def _print_report(report, as_json: bool) -> None:
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
-              as_json: bool) -> None:
+              as_json: bool, metrics_file: str | None) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -93,7 +103,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
                                progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
                                on_plan=show_plan, compile=compile_mode, verify_hashes=verify_hashes,
                                max_shrink=max_shrink)
-    _print_report(report, as_json)
+    _print_report(report, as_json, metrics_file)
 
 
 @index.command("update")
@@ -102,7 +112,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
-               compile_mode: str, as_json: bool) -> None:
+               compile_mode: str, as_json: bool, metrics_file: str | None) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
@@ -118,7 +128,7 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
             index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
             executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode,
             verify_hashes=verify_hashes, max_shrink=max_shrink)
-    _print_report(report, as_json)
+    _print_report(report, as_json, metrics_file)
 
 
 @index.command("status")
