@@ -101,3 +101,12 @@ def test_openapi_does_not_echo_the_host_header(client):
     r = client.get("/api/v1/openapi.json", headers={"Host": "evil.example:666"})
     assert "evil" not in r.get_data(as_text=True)
     assert r.json["servers"] == [{"url": "/api/v1"}]
+
+
+def test_nul_in_a_sku_is_not_found(tmp_path, db_url):
+    """Found by the fuzz run: PostgreSQL refuses a NUL in a query parameter (was a 500)."""
+    app = app_for(make_site(tmp_path, n=1, database_url=db_url))
+    c = app.test_client()
+    for path in ("/api/v1/products/a%00b", "/api/v1/products/a%00b/similar", "/products/a%00b"):
+        assert c.get(path).status_code == 404, path
+    app.extensions["shopsearch"].close()
