@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
     By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
     slow clients cannot tie up gunicorn's threads (deploy/nginx/nginx.conf.in)."""
     metrics_dir = None
-    if not debug and not print_nginx_config and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if (not debug and not print_nginx_config and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            and "prometheus_client" not in sys.modules):  # it picks its mode once, at import
         # before anything imports prometheus_client: every gunicorn worker then writes its
         # samples here and /metrics sums them, whichever worker answers (webapp/metrics.py)
         metrics_dir = tempfile.mkdtemp(prefix="shopsearch-metrics-")
@@ -68,6 +70,7 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
                print_nginx_config, access_log, debug)
     finally:
         if metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
