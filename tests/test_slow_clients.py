@@ -4,6 +4,7 @@ stops by itself."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -172,6 +173,13 @@ def test_default_serve_survives_slow_clients(tmp_path):
         assert attack.opened >= SLOW_CLIENTS and pending >= SLOW_CLIENTS * 0.8  # the attack was real
         assert not failures, failures
         assert probes >= 20 and worst < 1.0, f"/healthz took up to {worst:.2f} s under {SLOW_CLIENTS} slow clients"
+        # nginx refuses an oversized upload itself, in the API's JSON error shape
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/api/v1/search", body=b"\0" * (11 * 1024 * 1024),
+                     headers={"Content-Type": "application/octet-stream"})
+        r = conn.getresponse()
+        assert r.status == 413 and json.loads(r.read())["error"]["code"] == "payload_too_large"
+        conn.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
