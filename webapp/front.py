@@ -11,6 +11,7 @@ import ctypes
 import logging
 import os
 import pwd
+import resource
 import shutil
 import signal
 import subprocess
@@ -47,13 +48,21 @@ class NginxConfig:
     def render(self, template: Path = TEMPLATE) -> str:
         # nginx drops root to `user` for its workers; without root the directive is ignored
         user = "user nobody nogroup;" if os.geteuid() == 0 and _has_user("nobody") else ""
-        fields = {"USER": user, "WORKERS": str(self.workers), "PREFIX": str(self.prefix), "LISTEN": self.listen,
+        nofile = _open_files_limit()
+        fields = {"USER": user, "WORKERS": str(self.workers), "NOFILE": str(nofile),
+                  "CONNECTIONS": str(max(64, nofile // 2 - 32)), "PREFIX": str(self.prefix), "LISTEN": self.listen,
                   "UPSTREAM": self.upstream, "MAX_BODY": f"{self.max_body_bytes}",
                   "MAX_BODY_TEXT": f"{self.max_body_bytes / (1024 * 1024):g} MB"}
         text = template.read_text()
         for name, value in fields.items():
             text = text.replace(f"@{name}@", value)
         return text
+
+
+def _open_files_limit(cap: int = 16384) -> int:
+    """The most open files nginx may ask for: the hard limit (a non-root process cannot go above)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return cap if hard == resource.RLIM_INFINITY else min(cap, hard)
 
 
 def _has_user(name: str) -> bool:
