@@ -110,3 +110,15 @@ def test_nul_in_a_sku_is_not_found(tmp_path, db_url):
     for path in ("/api/v1/products/a%00b", "/api/v1/products/a%00b/similar", "/products/a%00b"):
         assert c.get(path).status_code == 404, path
     app.extensions["shopsearch"].close()
+
+
+def test_a_broken_catalogue_image_does_not_show_its_path(tmp_path):
+    settings = make_site(tmp_path, n=2)
+    app = app_for(settings)
+    c = app.test_client()
+    image_id = c.get("/api/v1/products/P1").json["images"][0]["id"]
+    for f in (tmp_path / "images").glob("img_0001.png"):
+        f.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # same file, now undecodable
+    r = c.get(f"/images/{image_id}/320")
+    assert r.status_code == 404 and "cannot be decoded" in r.get_data(as_text=True)
+    assert str(tmp_path) not in r.get_data(as_text=True)
