@@ -91,6 +91,9 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
         raise click.ClickException(
             f"refusing to serve {host} with gunicorn alone: a few slow clients would take it offline. "
             "Install nginx (Debian: apt-get install nginx), or put your own proxy in front and pass --front none")
+    if front == "auto" and not use_front and not debug:
+        click.echo("warning: nginx is not installed, so gunicorn serves alone: a few slow clients can stall it. "
+                   "Fine on this machine's loopback; for anything else install nginx", err=True)
     c.catalogue()  # migrate once here, not racing in every worker
     config = {"MAX_UPLOAD_MB": max_upload_mb, "MODEL": model,
               "RETAIN_UPLOADS": str(Path(retain_uploads).resolve()) if retain_uploads else None,
