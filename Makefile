@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 GROCERY ?= ../shared/datasets/grocerystore
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test venv browser clean
+.PHONY: demo test venv browser nginx clean
 
 $(BIN)/shopsearch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +18,17 @@ $(BIN)/shopsearch: pyproject.toml
 venv: $(BIN)/shopsearch
 
 # Import + index the Grocery Store catalogue, then serve the web app on http://127.0.0.1:8000/
-demo: venv
+demo: venv nginx
 	$(BIN)/shopsearch --data-dir var demo --dataset $(GROCERY)
 
 browser:
 	@bash scripts/ensure-browser.sh
 
-# The whole test suite (SQLite + PostgreSQL at 127.0.0.1:5432, headless Chromium).
-test: venv browser
+nginx:
+	@bash scripts/ensure-nginx.sh
+
+# The whole test suite (SQLite + PostgreSQL at 127.0.0.1:5432, headless Chromium, nginx).
+test: venv browser nginx
 	$(BIN)/python -m pytest -q
 
 clean:

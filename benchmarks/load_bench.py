@@ -98,7 +98,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 180) -> dic
             r = conn.getresponse()
             body = json.loads(r.read())
             conn.close()
-            if r.status == 200:
+            if r.status == 200 and body.get("index_loaded"):  # /healthz is liveness: 200 before the index too
                 return body
         except OSError:
             pass

@@ -24,6 +24,7 @@ class IndexStatus:
     previous_build: str | None
     up_to_date: bool
     files_changed_on_disk: int = 0  # size/mtime moved since hashed: `index update` re-checks them
+    degraded: str | None = None  # why the previous build is served instead of CURRENT's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,6 +37,7 @@ def index_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     want = {img.id: img.sha256 or "" for img in images if img.status == "ok"}
     on_disk = sum(stat_moved(img) for img in images)  # stat only, nothing is read
     manifest = store.current_manifest()
+    degraded = store.degraded
     if manifest is None:
         return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed, True,
                            store.previous_id(), not want, on_disk)
@@ -48,4 +50,5 @@ def index_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     d = diff_index(want, have)
     return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want),
                        len(d.added), len(d.removed), len(d.changed), stats.images_failed, keys is not None,
-                       store.previous_id(), not (d.added or d.removed or d.changed or on_disk), on_disk)
+                       store.previous_id(), not (d.added or d.removed or d.changed or on_disk), on_disk,
+                       degraded=degraded)

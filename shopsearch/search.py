@@ -58,18 +58,19 @@ class SearchService:
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
                       embed_ms: float = 0.0) -> SearchResult:
         t0 = time.perf_counter()
+        db_s = [0.0]  # catalogue lookups, reported apart from the vector search
         prediction, allowed = None, None
         if routing and self.router is not None:
             prediction, allowed = self.router.route(vec)
-        hits = self._grouped(vec, k, filters, allowed, exclude_skus)
+        hits = self._grouped(vec, k, filters, allowed, exclude_skus, db_s=db_s)
         if allowed is not None and len(hits) < k:
             # Routing must never hide results: top up from the unrestricted ranking.
             seen = {h.sku for h in hits} | set(exclude_skus)
-            hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen))][: k - len(hits)]
+            hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen), db_s=db_s)][: k - len(hits)]
         t1 = time.perf_counter()
-        return SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id,
-                            {"embed": embed_ms, "search": (t1 - t0) * 1000, "total": embed_ms + (t1 - t0) * 1000},
-                            prediction)
+        timings = {"embed": embed_ms, "search": (t1 - t0 - db_s[0]) * 1000, "database": db_s[0] * 1000,
+                   "total": embed_ms + (t1 - t0) * 1000}
+        return SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:
         """"More like this": neighbours of the product's images, itself and exact duplicates
@@ -95,8 +96,10 @@ class SearchService:
             return False
 
     def _grouped(self, vec: np.ndarray, k: int, filters: SearchFilters, allowed: tuple[str, ...] | None,
-                 exclude_skus: frozenset[str], exclude_hashes: set[str] | None = None) -> list[ProductHit]:
-        """Best image per product, over a growing candidate list until k products pass the filters."""
+                 exclude_skus: frozenset[str], exclude_hashes: set[str] | None = None,
+                 db_s: list[float] | None = None) -> list[ProductHit]:
+        """Best image per product, over a growing candidate list until k products pass the filters;
+        the seconds spent in catalogue lookups are added to db_s[0]."""
         n = len(self.index)
         fetch = min(n, max(50, 8 * k))
         # Routing is a preference, not a filter the shopper chose: a small predicted category
@@ -104,7 +107,10 @@ class SearchService:
         limit = n if allowed is None else min(n, 4 * fetch)
         while True:
             scores, ids = self.index.search(vec[None, :], fetch)
+            t_db = time.perf_counter()
             info = self.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
+            if db_s is not None:
+                db_s[0] += time.perf_counter() - t_db
             best: dict[str, tuple[float, ProductInfo, ImageInfo, int]] = {}
             for score, image_id in zip(scores[0], ids[0]):
                 if image_id < 0 or int(image_id) not in info:

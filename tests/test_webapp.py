@@ -413,9 +413,11 @@ def test_healthz_without_index(tmp_path):
     CatalogueStore.open(settings.db_url).close()
     app = app_for(settings)
     c = app.test_client()
-    r = c.get("/api/v1/healthz")
-    assert r.status_code == 503 and r.json["index_loaded"] is False
-    assert r.json["error"]["code"] == "index_not_found"
+    r = c.get("/api/v1/healthz")  # alive, even without an index
+    assert r.status_code == 200 and r.json["status"] == "ok" and r.json["index_loaded"] is False
+    r = c.get("/api/v1/readyz")  # ...but not ready
+    assert r.status_code == 503 and r.json["status"] == "unavailable" and r.json["index_loaded"] is False
+    assert r.json["reasons"] == ["no index is loaded (index_not_found)"]
     r = api_search(c, photo(1))
     assert r.status_code == 503 and r.json["error"]["code"] == "index_not_found"
     html = c.get("/").get_data(as_text=True)
@@ -426,7 +428,8 @@ def test_healthz_without_index(tmp_path):
     _add_product(cat, tmp_path / "images", 0)
     _build(settings, cat, FakeEmbedder())
     cat.close()
-    assert c.get("/api/v1/healthz").json["vectors"] == 2
+    r = c.get("/api/v1/readyz")
+    assert r.status_code == 200 and r.json["status"] == "ready" and r.json["vectors"] == 2
 
 
 # -- index reload -----------------------------------------------------------------------
@@ -435,34 +438,34 @@ def test_new_build_is_picked_up_without_restart(tmp_path):
     app = app_for(settings)
     holder = app.extensions["shopsearch"]
     c = app.test_client()
-    first = c.get("/api/v1/healthz").json
+    first = c.get("/api/v1/readyz").json
     assert first["vectors"] == 12 and holder.loads == 1
     for _ in range(3):  # unchanged pointer: no reload, however many requests
-        c.get("/api/v1/healthz")
+        c.get("/api/v1/readyz")
     assert holder.loads == 1
     cat = CatalogueStore.open(settings.db_url)
     _add_product(cat, tmp_path / "images", 9)
     report = _build(settings, cat, FakeEmbedder())
     cat.close()
-    second = c.get("/api/v1/healthz").json
+    second = c.get("/api/v1/readyz").json
     assert second["build_id"] == report.build_id != first["build_id"] and second["vectors"] == 13
     assert api_search(c, photo(9)).json["results"][0]["sku"] == "P9"
     assert holder.loads == 2
     # rollback is a pointer change too
     IndexStore(settings.index_dir).rollback()
-    assert c.get("/api/v1/healthz").json["build_id"] == first["build_id"]
+    assert c.get("/api/v1/readyz").json["build_id"] == first["build_id"]
 
 
 def test_reload_check_is_throttled(tmp_path):
     settings = make_site(tmp_path, n=3)
     app = app_for(settings, RELOAD_CHECK_S=3600)
     c = app.test_client()
-    before = c.get("/api/v1/healthz").json["build_id"]
+    before = c.get("/api/v1/readyz").json["build_id"]
     cat = CatalogueStore.open(settings.db_url)
     _add_product(cat, tmp_path / "images", 4)
     _build(settings, cat, FakeEmbedder())
     cat.close()
-    assert c.get("/api/v1/healthz").json["build_id"] == before  # not checked again within the hour
+    assert c.get("/api/v1/readyz").json["build_id"] == before  # not checked again within the hour
 
 
 # -- predicted category (the category router's output) ------------------------------------

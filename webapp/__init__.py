@@ -37,13 +37,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["shopsearch"] = holder
     app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
 
-    from webapp import api, images, pages  # noqa: PLC0415 - blueprints import current_app helpers
+    from webapp import api, health, images, pages  # noqa: PLC0415 - blueprints import current_app helpers
     from webapp.errors import register_error_handlers  # noqa: PLC0415
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
+    app.register_blueprint(health.bp, url_prefix="/api/v1")
+    app.register_blueprint(health.bp, name="health_root")  # /healthz, /readyz: where probes usually look
     register_error_handlers(app)
+    if cfg["METRICS"]:
+        from webapp import metrics  # noqa: PLC0415
+
+        metrics.init_app(app)
     app.teardown_request(close_request_images)
     app.before_request(_start_timer)
     app.after_request(_finish)

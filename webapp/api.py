@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from shopsearch.errors import ShopSearchError
 from webapp.errors import BadParameterError
+from webapp.metrics import observe_search
 from webapp.openapi import openapi_document
 from webapp.params import parse_filters, parse_k, parse_routing, product_dict, result_dict
 from webapp.service import ServiceHolder
@@ -30,6 +31,7 @@ def search():
     svc = holder().get()
     img = require_image(svc.embedder, "image", allow_raw=True)
     res = svc.search_image(img, k=k, filters=filters, routing=routing)
+    observe_search(res)
     return jsonify(result_dict(res, filters, k))
 
 
@@ -43,6 +45,7 @@ def search_text():
     if len(q) > 500:
         raise BadParameterError("q is too long (500 characters at most)")
     res = svc.search_text(q, k=k, filters=filters)  # CapabilityError (409) without a text tower
+    observe_search(res)
     out = result_dict(res, filters, k)
     out["query"] = q
     return jsonify(out)
@@ -62,21 +65,8 @@ def similar(sku: str):
     return jsonify(out)
 
 
-@bp.get("/healthz")
-def healthz():
-    h = holder()
-    try:
-        svc = h.get()
-    except ShopSearchError as e:
-        body = {"status": "unavailable", "index_loaded": False, "error": {"code": e.code, "message": str(e)}}
-        return jsonify(body), 503
-    m = svc.manifest
-    return jsonify({"status": "ok", "index_loaded": True, "model": m.model_name, "build_id": m.build_id,
-                    "vectors": len(svc.index), "index_type": m.index_type, "dim": m.dim,
-                    "has_text": bool(svc.embedder.has_text), "router": svc.router is not None})
-
-
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(openapi_document(request.host_url.rstrip("/") + "/api/v1"))
+    # a relative server URL: echoing the Host header would let anyone poison cached copies
+    return jsonify(openapi_document(request.script_root + "/api/v1"))
 

@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     "RELOAD_CHECK_S": 1.0,
     # load model + index when the app is created (before gunicorn forks with --preload)
     "EAGER_LOAD": True,
+    # Prometheus metrics at /metrics
+    "METRICS": True,
+    # /readyz: how long the catalogue database may take to answer before the app reports unready
+    "READY_DB_TIMEOUT_S": 2.0,
     # the CLI migrates before serving; the app itself only checks the schema
     "MIGRATE": False,
 }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import PurePath
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -32,6 +34,18 @@ def _max_mb() -> str:
     return f"{current_app.config['MAX_CONTENT_LENGTH'] / (1024 * 1024):g} MB"
 
 
+#: an absolute file path inside a message (two levels at least, so "/api/v1"-like routes in
+#: HTTP errors are not touched: those do not go through public_message)
+_ABS_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+[^\s/'\":,;)]*")
+
+
+def public_message(e: ShopSearchError) -> str:
+    """What an anonymous client may read: no server paths; a 500's detail stays in the log."""
+    if e.http_status == 500:
+        return "Something went wrong on our side. Please try again."
+    return _ABS_PATH.sub(lambda m: PurePath(m.group()).name or "(path)", str(e))
+
+
 def error_response(status: int, code: str, message: str) -> Response | tuple:
     if _is_api():
         resp = jsonify({"error": {"code": code, "message": message}})
@@ -50,10 +64,16 @@ def register_error_handlers(app: Flask) -> None:
     def _domain(e: ShopSearchError):
         if e.http_status >= 500:
             log.error("request failed", extra={"path": request.path, "code": e.code, "error": str(e)})
-        return error_response(e.http_status, e.code, str(e))
+        return error_response(e.http_status, e.code, public_message(e))
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(e: RequestEntityTooLarge):
+        length, limit = request.content_length, current_app.config["MAX_CONTENT_LENGTH"]
+        if length is not None and limit is not None and length <= limit:  # werkzeug's form limits, not the size
+            cfg = current_app.config
+            return error_response(413, "form_too_large",
+                                  f"The form has too many fields (at most {cfg['MAX_FORM_PARTS']}) or a text field "
+                                  f"over {cfg['MAX_FORM_MEMORY_SIZE'] // 1000} KB.")
         return error_response(413, "payload_too_large", f"The upload is larger than the {_max_mb()} limit.")
 
     @app.errorhandler(HTTPException)

@@ -12,7 +12,8 @@ def thumbs() -> ThumbCache:
     return current_app.extensions["shopsearch_thumbs"]
 
 
-@bp.get("/images/<int:image_id>/<int:size>")
+#: ids beyond a 64-bit integer cannot exist (and overflow the database driver): 404 at routing
+@bp.get("/images/<int(max=9223372036854775807):image_id>/<int(max=100000):size>")
 def image(image_id: int, size: int):
     holder = current_app.extensions["shopsearch"]
     info = holder.image(image_id)

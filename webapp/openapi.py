@@ -24,6 +24,7 @@ def _ok(schema: str, desc: str) -> dict[str, Any]:
 
 
 def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
+    """The document; `server_url` is relative on purpose (never built from the Host header)."""
     return {
         "openapi": "3.0.3",
         "info": {"title": "ShopSearch API", "version": "1.0.0",
@@ -65,8 +66,14 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                 "parameters": [_SKU, {**_K, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 8}}],
                 "responses": {"200": _ok("SearchResponse", "Recommended products."), "404": _ERR, "503": _ERR}}},
             "/healthz": {"get": {
-                "summary": "Is an index loaded, which model, how many vectors, which build",
-                "responses": {"200": _ok("Health", "Serving."), "503": _ok("Health", "No index loaded.")}}},
+                "summary": "Liveness: the process answers (index and database not checked)",
+                "responses": {"200": _ok("Health", "Alive; what is loaded, if anything.")}}},
+            "/readyz": {"get": {
+                "summary": "Readiness: index loaded and readable, database answering in time",
+                "description": "`status` is `ready`, `degraded` (serving the previous build; `degraded` says why) "
+                               "or `unavailable` (503, with `reasons`): send no traffic then.",
+                "responses": {"200": _ok("Readiness", "Ready or degraded."),
+                              "503": _ok("Readiness", "Not ready; `reasons` says why.")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
         },
         "components": {
@@ -112,11 +119,16 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                         "height": {"type": "integer"}, "status": {"type": "string"},
                         "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}}}},
                     "url": {"type": "string"}, "similar_url": {"type": "string"}}},
-                "Health": {"type": "object", "properties": {
-                    "status": {"type": "string"}, "index_loaded": {"type": "boolean"}, "model": {"type": "string"},
+                "Health": {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "string", "enum": ["ok"]}, "pid": {"type": "integer"},
+                    "index_loaded": {"type": "boolean"}, "model": {"type": "string"},
                     "build_id": {"type": "string"}, "vectors": {"type": "integer"}, "index_type": {"type": "string"},
-                    "dim": {"type": "integer"}, "has_text": {"type": "boolean"}, "router": {"type": "boolean"},
-                    "error": {"$ref": "#/components/schemas/Error/properties/error"}}},
+                    "dim": {"type": "integer"}, "has_text": {"type": "boolean"}, "router": {"type": "boolean"}}},
+                "Readiness": {"type": "object", "required": ["status", "reasons"], "properties": {
+                    "status": {"type": "string", "enum": ["ready", "degraded", "unavailable"]},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "degraded": {"type": "string"}, "index_loaded": {"type": "boolean"},
+                    "build_id": {"type": "string"}, "vectors": {"type": "integer"}, "model": {"type": "string"}}},
             },
         },
     }

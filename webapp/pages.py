@@ -12,6 +12,7 @@ from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.params import parse_filters, parse_k, parse_routing
 from webapp.service import ServiceHolder
+from webapp.metrics import observe_search
 from webapp.uploads import checked_preview, decode_upload, decode_vector, encode_vector, preview_data_url, upload_bytes
 
 log = logging.getLogger("shopsearch.web")
@@ -106,6 +107,7 @@ def search():
     else:
         raise MissingImageError("Choose or take a photo first.")
     res = svc.search_vector(vec, k=k, filters=filters, routing=parse_routing(form), embed_ms=embed_ms)
+    observe_search(res)
     return _render_results(res, filters, k, mode="photo", qv=encode_vector(vec), preview=preview)
 
 
@@ -119,6 +121,7 @@ def search_text():
     if len(q) > 500:
         raise BadParameterError("The search text is too long (500 characters at most).")
     res = holder().get().search_text(q, k=k, filters=filters)
+    observe_search(res)
     return _render_results(res, filters, k, mode="text", q=q)
 
 

@@ -11,6 +11,10 @@ from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from webapp.errors import BadParameterError
 
 
+#: prices beyond this are no filter anyone means (and would not survive float() in the JSON answer)
+MAX_PRICE = Decimal(10) ** 12
+
+
 def _get(values: Mapping[str, str], name: str) -> str | None:
     v = values.get(name)
     return v.strip() if isinstance(v, str) and v.strip() else None
@@ -38,8 +42,8 @@ def _price(values: Mapping[str, str], name: str) -> Decimal | None:
         d = Decimal(raw)
     except InvalidOperation:
         raise BadParameterError(f"{name} must be a number, not {raw!r}") from None
-    if not d.is_finite() or d < 0:
-        raise BadParameterError(f"{name} must be a price of 0 or more, not {raw!r}")
+    if not d.is_finite() or d < 0 or d > MAX_PRICE:  # 1e999999999 is a finite Decimal but no float
+        raise BadParameterError(f"{name} must be a price of 0 or more (at most {MAX_PRICE:,}), not {raw[:40]!r}")
     return d
 
 

@@ -5,12 +5,15 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from shopsearch.config import Settings
+
+if TYPE_CHECKING:
+    from webapp.front import NginxFront
 
 log = logging.getLogger("shopsearch.web")
 
@@ -72,12 +75,24 @@ class ShopSearchGunicorn(BaseApplication):
 
 
 def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int = 4, preload: bool = False,
-                   timeout: int = 60, access_log: bool = False, config: Mapping[str, Any] | None = None) -> None:
-    """Run gunicorn in this process (the caller must not have run torch: see run_server)."""
+                   timeout: int = 60, access_log: bool = False, config: Mapping[str, Any] | None = None,
+                   front: "NginxFront | None" = None) -> None:
+    """Run gunicorn in this process (the caller must not have run torch: see run_server).
+
+    With `front`, nginx listens on `bind` and gunicorn on a private unix socket behind it:
+    nginx starts once gunicorn's socket is up and stops when gunicorn's master exits."""
     from webapp import create_app  # noqa: PLC0415
 
     overrides = {"SETTINGS": settings, **(config or {})}
-    opts = gunicorn_options(bind, workers, threads, preload, timeout, access_log)
+    opts = gunicorn_options(front.upstream_bind if front else bind, workers, threads, preload, timeout, access_log)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from webapp.metrics import worker_exited  # noqa: PLC0415
+
+        opts["child_exit"] = lambda server, worker: worker_exited(worker.pid)
+    if front is not None:
+        front.check()
+        opts["when_ready"] = lambda server: front.start()
+        opts["on_exit"] = lambda server: front.stop()
     log.info("starting gunicorn", extra={k: v for k, v in opts.items() if k in ("bind", "workers", "threads", "preload_app")})
     ShopSearchGunicorn(lambda: create_app(overrides), opts).run()
 

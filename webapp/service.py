@@ -41,9 +41,11 @@ class ServiceHolder:
         self._lock = threading.Lock()  # guards reloads
         self._db_lock = threading.Lock()  # guards opening the catalogue (taken inside reloads)
         self._sig: _Signature = None
+        self._checked = False
         self._next_check = 0.0
         self._load_error: ShopSearchError | None = None
         self._primary: dict[str, int | None] = {}
+        self._fallback: str | None = None  # why the build served is not CURRENT's
         self.loads = 0  # how many times an index was (re)loaded: tests and /healthz
 
     # -- collaborators ------------------------------------------------------
@@ -63,6 +65,27 @@ class ServiceHolder:
         if svc is None:
             raise self._load_error or IndexNotFoundError("no index has been built yet; run `shopsearch index build`")
         return svc
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the build served is not the one CURRENT names (None when it is)."""
+        if self._service is not None and self._load_error is not None:
+            return (f"the new index build failed to load ({self._load_error.code}); "
+                    f"serving the previous build {self._service.manifest.build_id}")
+        return self._fallback
+
+    @property
+    def load_error(self) -> ShopSearchError | None:
+        return self._load_error
+
+    def current(self) -> SearchService | None:
+        """The service loaded now: no reload check, no database, never raises (liveness)."""
+        return self._service
+
+    def index_files_present(self) -> bool:
+        """The serving build's folder is still on disk (an injected service has none to check)."""
+        svc = self._service
+        return self._fixed or svc is None or open_index_store(self.settings).build_dir(svc.manifest.build_id).is_dir()
 
     def peek(self) -> SearchService | None:
         """The current service without raising (pages that work without an index)."""
@@ -86,19 +109,21 @@ class ServiceHolder:
             return
         self._next_check = now + self.reload_check_s
         sig = self._pointer_signature()
-        if sig == self._sig:  # unchanged since the last attempt (successful or not)
+        if sig == self._sig and self._checked:  # unchanged since the last attempt (successful or not)
             return
         with self._lock:
-            if sig == self._sig:
+            if sig == self._sig and self._checked:
                 return
-            if sig is not None:
-                self._load()
-            self._sig = sig
+            # no CURRENT pointer is worth a load too: an intact PREVIOUS build is served (degraded)
+            self._load()
+            self._sig, self._checked = sig, True
 
     def _load(self) -> None:
         """Load the build CURRENT names; on failure keep serving the old one."""
         store = open_index_store(self.settings)
-        new_id = store.current_id()
+        new_id = store.serving_id()
+        if new_id is None:  # nothing built yet (or every build gone): keep what is loaded, if anything
+            return
         if self._service is not None and self._service.manifest.build_id == new_id:
             return
         t0 = time.perf_counter()
@@ -119,6 +144,10 @@ class ServiceHolder:
                       extra={"build_id": new_id, "error": str(e), "code": e.code})
             return
         old = self._service.manifest.build_id if self._service else None
+        cur = store.current_id()
+        self._fallback = None if svc.manifest.build_id == cur else (
+            store.degraded or f"build {cur} named by CURRENT is corrupt; serving the previous build "
+                              f"{svc.manifest.build_id}")
         self._service, self._load_error = svc, None
         self._primary = {}
         self.loads += 1

@@ -11,6 +11,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import IO
@@ -18,12 +19,14 @@ from typing import IO
 import numpy as np
 from flask import Request, current_app, g, request
 from PIL import Image
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.preprocess import decode_query
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import load_image
 from webapp.errors import BadParameterError, MissingImageError
+from webapp.metrics import observe_decode
 
 log = logging.getLogger("shopsearch.web")
 
@@ -48,15 +51,29 @@ def upload_bytes(field: str = "image", allow_raw: bool = True) -> bytes | None:
         # a form submitted with no file chosen sends an empty part with no filename
         return None if not data and not f.filename else data
     if allow_raw:  # any other Content-Type (curl --data-binary sends a form type): the bytes decide
-        data = request.get_data(cache=False)
-        return data or None
+        return _raw_body() or None
     return None
+
+
+def _raw_body() -> bytes:
+    """The request body, refused (413) beyond the limit: a chunked body has no Content-Length
+    for werkzeug to check up front, and reading it only up to the limit would search a prefix."""
+    limit = request.max_content_length
+    if limit is None:
+        return request.get_data(cache=False)
+    stream = request.stream
+    data = stream.read(limit)
+    if stream.read(1):  # werkzeug's limited stream raises 413 itself here; any other stream too
+        raise RequestEntityTooLarge()
+    return data
 
 
 def decode_upload(data: bytes, embedder: Embedder) -> Image.Image:
     """Bytes -> upright RGB image, decoded as the indexer decodes catalogue files for this
     model (same JPEG draft scale), so an uploaded catalogue photo matches itself exactly."""
+    t0 = time.perf_counter()
     img = decode_query(data, embedder, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
+    observe_decode(time.perf_counter() - t0)
     g.setdefault("images", []).append(img)  # closed in teardown
     _retain(data, img)
     return img

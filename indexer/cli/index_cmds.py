@@ -30,6 +30,9 @@ def _writer(c: Ctx, wait: bool, what: str) -> None:
 
 def _perf_options(f):
     f = _wait_option(f)
+    f = click.option("--metrics-file", envvar="SHOPSEARCH_METRICS_FILE", default=None,
+                     help="Also write the run's figures in the Prometheus text format to this file (for "
+                          "node_exporter's textfile collector; written atomically), or - for stdout.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
     f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      envvar="SHOPSEARCH_COMPILE", show_default=True,
@@ -60,7 +63,14 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def _print_report(report, as_json: bool) -> None:
+def _print_report(report, as_json: bool, metrics_file: str | None = None) -> None:
+    if metrics_file:
+        from indexer.build_metrics import write_build_metrics
+
+        text = write_build_metrics(report, metrics_file)
+        if text is not None:
+            click.echo(text, nl=False)
+            return
     if as_json:
         echo_json(report.to_dict())
         return
@@ -92,7 +102,7 @@ def _print_report(report, as_json: bool) -> None:
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
-              as_json: bool, wait: bool) -> None:
+              as_json: bool, wait: bool, metrics_file: str | None) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     _writer(c, wait, "index build")
     from indexer.build import IndexBuilder
@@ -111,7 +121,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
                                progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
                                on_plan=show_plan, compile=compile_mode, verify_hashes=verify_hashes,
                                max_shrink=max_shrink)
-    _print_report(report, as_json)
+    _print_report(report, as_json, metrics_file)
 
 
 @index.command("update")
@@ -120,7 +130,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
-               compile_mode: str, as_json: bool, wait: bool) -> None:
+               compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     _writer(c, wait, "index update")
     from indexer.build import IndexBuilder
@@ -137,7 +147,7 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
             index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
             executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode,
             verify_hashes=verify_hashes, max_shrink=max_shrink)
-    _print_report(report, as_json)
+    _print_report(report, as_json, metrics_file)
 
 
 @index.command("status")
@@ -154,6 +164,8 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
     if st.build_id is None:
         click.echo(f"no index yet; {st.catalogue_images} catalogue images to index (`shopsearch index build`)")
         return
+    if st.degraded:
+        click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
     click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
     click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove"

@@ -1,6 +1,11 @@
 """`shopsearch serve`: the web app under gunicorn (or Flask's debug server with --debug)."""
 from __future__ import annotations
 
+import ipaddress
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -17,7 +22,7 @@ def _split_bind(bind: str) -> tuple[str, int]:
 
 @click.command("serve")
 @click.option("--bind", envvar="SHOPSEARCH_BIND", default="127.0.0.1:8000", show_default=True,
-              help="HOST:PORT to listen on (0.0.0.0:8000 for every interface).")
+              help="HOST:PORT to listen on (0.0.0.0:8000 for every interface: only with the nginx front).")
 @click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Gunicorn worker processes (each holds the model and the index).")
 @click.option("--threads", envvar="SHOPSEARCH_THREADS", type=click.IntRange(1, 256), default=4, show_default=True,
@@ -36,27 +41,82 @@ def _split_bind(bind: str) -> tuple[str, int]:
               type=click.Path(file_okay=False), help="Only serve catalogue images under this folder (repeatable).")
 @click.option("--model", envvar="SHOPSEARCH_MODEL", default=None,
               help="Query model; default (or 'auto'): the model that built the serving index.")
+@click.option("--front", envvar="SHOPSEARCH_FRONT", type=click.Choice(["auto", "nginx", "none"]), default="auto",
+              show_default=True,
+              help="nginx in front of gunicorn, absorbing slow clients (auto: when nginx is installed; "
+                   "without it only a loopback --bind is served). none: gunicorn alone, behind your own proxy.")
+@click.option("--print-nginx-config", is_flag=True,
+              help="Print the nginx configuration the front would run (for a system nginx) and exit.")
 @click.option("--access-log", is_flag=True, help="Log every request to stderr.")
 @click.option("--debug", is_flag=True, help="Flask's development server with the debugger (never in production).")
 @pass_ctx
 def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
-              retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, access_log: bool,
-              debug: bool) -> None:
-    """Serve the shoppers' web app and the /api/v1 JSON API."""
+              retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, front: str,
+              print_nginx_config: bool, access_log: bool, debug: bool) -> None:
+    """Serve the shoppers' web app and the /api/v1 JSON API.
+
+    By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
+    slow clients cannot tie up gunicorn's threads (deploy/nginx/nginx.conf.in)."""
+    metrics_dir = None
+    if (not debug and not print_nginx_config and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            and "prometheus_client" not in sys.modules):  # it picks its mode once, at import
+        # before anything imports prometheus_client: every gunicorn worker then writes its
+        # samples here and /metrics sums them, whichever worker answers (webapp/metrics.py)
+        metrics_dir = tempfile.mkdtemp(prefix="shopsearch-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    owner = os.getpid()
+    try:
+        _serve(c, bind, workers, threads, preload, timeout, max_upload_mb, retain_uploads, image_roots, model, front,
+               print_nginx_config, access_log, debug)
+    finally:
+        if metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
+           retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, front: str,
+           print_nginx_config: bool, access_log: bool, debug: bool) -> None:
+    from webapp.front import NginxConfig, NginxFront, nginx_binary
     from webapp.server import bind_address, run_dev_server, serve_gunicorn
 
     host, port = _split_bind(bind)
+    max_body = int(max_upload_mb * 1024 * 1024)
+    if print_nginx_config:
+        click.echo(NginxConfig(bind_address(host, port), "127.0.0.1:8001", Path("/var/lib/shopsearch-nginx"),
+                               max_body).render(), nl=False)
+        return
+    use_front = not debug and (front == "nginx" or (front == "auto" and nginx_binary() is not None))
+    if front == "auto" and not use_front and not debug and not _loopback(host):
+        raise click.ClickException(
+            f"refusing to serve {host} with gunicorn alone: a few slow clients would take it offline. "
+            "Install nginx (Debian: apt-get install nginx), or put your own proxy in front and pass --front none")
+    if front == "auto" and not use_front and not debug:
+        click.echo("warning: nginx is not installed, so gunicorn serves alone: a few slow clients can stall it. "
+                   "Fine on this machine's loopback; for anything else install nginx", err=True)
     c.catalogue()  # migrate once here, not racing in every worker
     config = {"MAX_UPLOAD_MB": max_upload_mb, "MODEL": model,
               "RETAIN_UPLOADS": str(Path(retain_uploads).resolve()) if retain_uploads else None,
               "IMAGE_ROOTS": [str(Path(r).resolve()) for r in image_roots] or None}
-    click.echo(f"serving http://{host}:{port}/ ({'debug server' if debug else f'gunicorn, {workers} worker(s) x {threads} thread(s)'})",
-               err=True)
+    how = "debug server" if debug else f"gunicorn, {workers} worker(s) x {threads} thread(s)"
+    click.echo(f"serving http://{bind_address(host, port)}/ ({how}{', behind nginx' if use_front else ''})", err=True)
     if debug:
         run_dev_server(c.settings, host, port, config)
-    else:
+        return
+    nginx = NginxFront(bind_address(host, port), max_body, workers=min(workers, 4)) if use_front else None
+    try:
         serve_gunicorn(c.settings, bind_address(host, port), workers=workers, threads=threads, preload=preload,
-                       timeout=timeout, access_log=access_log, config=config)
+                       timeout=timeout, access_log=access_log, config=config, front=nginx)
+    finally:
+        if nginx is not None:
+            nginx.stop()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def register(cli: click.Group) -> None:

@@ -166,6 +166,8 @@ class CatalogueStore:
             return found
 
     def get_product(self, sku: str) -> ProductInfo:
+        if "\x00" in sku:  # PostgreSQL refuses NUL in a query, and no stored SKU can hold one
+            raise ProductNotFoundError(f"no product with SKU {sku!r}")
         with self.session() as s:
             p = s.scalar(
                 select(Product)

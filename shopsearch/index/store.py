@@ -18,7 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, IndexNotFoundError, IndexWriteError
-from shopsearch.index.vector_index import IndexManifest, VectorIndex
+from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, VectorIndex
 
 log = logging.getLogger("shopsearch.index")
 
@@ -37,6 +37,8 @@ class IndexStore:
         self.root = Path(root)
         self.builds_dir = self.root / "builds"
         self.keep = keep
+        #: why the build served is not the one CURRENT names (set by serving_id/load_current)
+        self.degraded: str | None = None
 
     # -- pointers ---------------------------------------------------------
     def _read_pointer(self, name: str) -> str | None:
@@ -63,6 +65,29 @@ class IndexStore:
     def build_dir(self, build_id: str) -> Path:
         return self.builds_dir / build_id
 
+    def _readable(self, build_id: str) -> bool:
+        """Cheap check (no checksum): the build's manifest parses and its index file is there."""
+        d = self.build_dir(build_id)
+        try:
+            IndexManifest(**json.loads((d / MANIFEST).read_text()))
+        except (OSError, ValueError, TypeError):
+            return False
+        return (d / INDEX_FILE).is_file()
+
+    def serving_id(self) -> str | None:
+        """The build to serve: CURRENT's, or the intact PREVIOUS one when CURRENT is missing or
+        names a missing or unreadable build (then `degraded` says so)."""
+        cur, prev = self.current_id(), self.previous_id()
+        self.degraded = None
+        if cur is not None and self._readable(cur):
+            return cur
+        if prev and prev != cur and self._readable(prev):
+            what = f"build {cur} named by CURRENT is missing or unreadable" if cur else "the CURRENT pointer is missing"
+            self.degraded = f"{what}; serving the previous build {prev}"
+            log.error("index falls back to the previous build", extra={"current": cur, "previous": prev})
+            return prev
+        return cur
+
     def list_builds(self) -> list[IndexManifest]:
         out = []
         if self.builds_dir.is_dir():
@@ -70,20 +95,32 @@ class IndexStore:
                 if d.name.startswith(".") or not (d / "manifest.json").is_file():
                     continue
                 try:
-                    out.append(IndexManifest(**json.loads((d / "manifest.json").read_text())))
+                    out.append(IndexManifest(**json.loads((d / MANIFEST).read_text())))
                 except (ValueError, TypeError):
                     continue
         return out
 
     # -- load -------------------------------------------------------------
     def load_current(self, mmap: bool = False) -> tuple[VectorIndex, IndexManifest]:
-        build_id = self.current_id()
+        """The serving build (see serving_id); a CURRENT build that fails verification falls
+        back to PREVIOUS too."""
+        build_id = self.serving_id()
         if build_id is None:
             raise IndexNotFoundError(f"no index has been built yet in {self.root}; run `shopsearch index build`")
-        return VectorIndex.load(self.build_dir(build_id), mmap=mmap)
+        try:
+            return VectorIndex.load(self.build_dir(build_id), mmap=mmap)
+        except IndexCorruptError as e:
+            prev = self.previous_id()
+            if self.degraded or not prev or prev == build_id or not self._readable(prev):
+                raise
+            log.error("index falls back to the previous build", extra={"current": build_id, "previous": prev,
+                                                                       "error": str(e)})
+            loaded = VectorIndex.load(self.build_dir(prev), mmap=mmap)
+            self.degraded = f"build {build_id} named by CURRENT is corrupt; serving the previous build {prev}"
+            return loaded
 
     def current_manifest(self) -> IndexManifest | None:
-        build_id = self.current_id()
+        build_id = self.serving_id()
         if build_id is None:
             return None
         try:
@@ -94,7 +131,7 @@ class IndexStore:
     # -- sidecars: which content hash each id had, and the build's report --------
     def load_keys(self, build_id: str | None = None) -> dict[int, str] | None:
         """image id -> content sha256 of the vector in a build (None for builds without the sidecar)."""
-        build_id = build_id or self.current_id()
+        build_id = build_id or self.serving_id()
         if build_id is None:
             return None
         path = self.build_dir(build_id) / KEYS_FILE
@@ -108,7 +145,7 @@ class IndexStore:
 
     def load_report(self, build_id: str | None = None) -> dict | None:
         """The build report (counts, failures with reasons) written with a build, if any."""
-        build_id = build_id or self.current_id()
+        build_id = build_id or self.serving_id()
         try:
             return json.loads((self.build_dir(build_id) / REPORT_FILE).read_text()) if build_id else None
         except (OSError, ValueError):
@@ -166,7 +203,7 @@ class IndexStore:
                 raise IndexCorruptError(f"build {manifest.build_id}: keys sidecar does not match the index ids")
         final = self.build_dir(manifest.build_id)
         os.replace(staging, final)
-        old = self.current_id()
+        old = self.serving_id()  # a broken CURRENT must not push the intact build out of PREVIOUS
         if old and old != manifest.build_id:
             self._write_pointer("PREVIOUS", old)
         self._write_pointer("CURRENT", manifest.build_id)

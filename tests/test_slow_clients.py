@@ -1,0 +1,191 @@
+"""`shopsearch serve` (nginx in front of gunicorn by default) keeps answering while slow
+clients hold connections open: the attack is bounded (50 loopback connections, 20 s) and
+stops by itself."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from indexer.build import IndexBuilder
+from indexer.cli import cli
+from shopsearch.catalogue.records import ImageRecord, ProductRecord
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.config import Settings
+from shopsearch.embedders import load_embedder
+from shopsearch.index import IndexStore
+from tests.conftest import make_image, sha
+from webapp import front
+from webapp.front import NginxConfig
+
+REPO = Path(__file__).resolve().parents[1]
+needs_nginx = pytest.mark.skipif(front.nginx_binary() is None, reason="nginx not installed (make test installs it)")
+
+SLOW_CLIENTS = 50
+ATTACK_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str, timeout: float) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def indexed_data_dir(tmp_path: Path) -> Path:
+    settings = Settings(data_dir=tmp_path / "data")
+    cat = CatalogueStore.open(settings.db_url)
+    for i in range(4):
+        p = tmp_path / f"p{i}.png"
+        make_image(i).save(p)
+        cat.upsert_product(ProductRecord(sku=f"S{i}", title=f"Thing {i}", category_path=("Things",),
+                                         images=(ImageRecord(str(p), sha256=sha(p)),)))
+    IndexBuilder(load_embedder("colorhist", "cpu"), cat, IndexStore(settings.index_dir),
+                 settings.vector_cache_dir).build(progress=False, workers=1)
+    cat.close()
+    return settings.data_dir
+
+
+class SlowClients:
+    """Half send their headers at 1 byte/s, half declare a 5 MB body and send it at 1 byte/s.
+    A connection the server closes is opened again, so SLOW_CLIENTS are always pending."""
+
+    def __init__(self, port: int, n: int) -> None:
+        self.port, self.n = port, n
+        self.stop = threading.Event()
+        self.socks: list[socket.socket | None] = [None] * n
+        self.opened = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _open(self, i: int) -> None:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+        if i % 2:
+            s.sendall(b"POST /api/v1/search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/octet-stream\r\nContent-Length: 5000000\r\n\r\n")
+        else:
+            s.sendall(b"GET /api/v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        self.socks[i] = s
+        self.opened += 1
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for i in range(self.n):
+                try:
+                    if self.socks[i] is None:
+                        self._open(i)
+                    else:
+                        self.socks[i].send(b"a")
+                except OSError:
+                    self._close(i)
+            self.stop.wait(1.0)
+        for i in range(self.n):
+            self._close(i)
+
+    def _close(self, i: int) -> None:
+        s, self.socks[i] = self.socks[i], None
+        if s is not None:
+            s.close()
+
+    def __enter__(self) -> "SlowClients":
+        for i in range(self.n):
+            self._open(i)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+
+
+def test_nginx_config_is_complete(tmp_path):
+    text = NginxConfig("127.0.0.1:8000", "unix:/x/app.sock", tmp_path, 10 * 1024 * 1024).render()
+    assert not re.findall(r"@[A-Z_]+@", text.split("\n@USER@", 1)[-1].split("user ", 1)[-1])  # all filled in
+    assert "client_max_body_size 10485760;" in text and "proxy_request_buffering on;" in text
+    assert "client_header_timeout" in text and "listen 127.0.0.1:8000" in text
+
+
+def test_public_bind_without_nginx_is_refused(monkeypatch):
+    monkeypatch.setattr(front, "nginx_binary", lambda: None)
+    result = CliRunner().invoke(cli, ["serve", "--bind", "0.0.0.0:8000"])
+    assert result.exit_code != 0 and "slow clients" in result.output and "--front none" in result.output
+
+
+@needs_nginx
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_default_serve_survives_slow_clients(tmp_path):
+    data_dir = indexed_data_dir(tmp_path)
+    port = free_port()
+    env = {**os.environ, "SHOPSEARCH_DATA_DIR": str(data_dir)}
+    for var in ("SHOPSEARCH_DATABASE_URL", "SHOPSEARCH_FRONT", "SHOPSEARCH_WORKERS", "SHOPSEARCH_THREADS"):
+        env.pop(var, None)
+    # the defaults: 1 gunicorn worker x 4 threads; nginx in front because it is installed
+    proc = subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", "serve",
+                             "--bind", f"127.0.0.1:{port}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if get(port, "/api/v1/healthz", 5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.3)
+        worst, probes, failures = 0.0, 0, []
+        with SlowClients(port, SLOW_CLIENTS) as attack:
+            end = time.monotonic() + ATTACK_S
+            while time.monotonic() < end:
+                t0 = time.monotonic()
+                try:
+                    status, _ = get(port, "/api/v1/healthz", timeout=5)
+                    if status != 200:
+                        failures.append(status)
+                except OSError as e:
+                    failures.append(repr(e))
+                worst = max(worst, time.monotonic() - t0)
+                probes += 1
+                time.sleep(0.25)
+            pending = sum(s is not None for s in attack.socks)
+        print(f"/healthz worst {worst * 1000:.0f} ms over {probes} probes; {attack.opened} slow connections opened")
+        assert attack.opened >= SLOW_CLIENTS and pending >= SLOW_CLIENTS * 0.8  # the attack was real
+        assert not failures, failures
+        assert probes >= 20 and worst < 1.0, f"/healthz took up to {worst:.2f} s under {SLOW_CLIENTS} slow clients"
+        # nginx refuses an oversized upload itself, in the API's JSON error shape
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/api/v1/search", body=b"\0" * (11 * 1024 * 1024),
+                     headers={"Content-Type": "application/octet-stream"})
+        r = conn.getresponse()
+        assert r.status == 413 and json.loads(r.read())["error"]["code"] == "payload_too_large"
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out = proc.communicate(timeout=30)[0].decode()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate()[0].decode()
+    assert proc.returncode == 0, out
+    assert "behind nginx" in out
