@@ -20,6 +20,7 @@ from indexer.shrink import DEFAULT_MAX_SHRINK, check_shrink
 from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
@@ -88,8 +89,10 @@ def diff_index(want: dict[int, str], have: dict[int, str | None]) -> IndexDiff:
 
 
 class IndexBuilder:
-    def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path) -> None:
+    def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path,
+                 gpu: GpuTuning | None = None) -> None:
         self.embedder = embedder
+        self.gpu = gpu  # the GPU executor's knobs (Settings.gpu)
         self.catalogue = catalogue
         self.store = store
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
@@ -117,7 +120,8 @@ class IndexBuilder:
               progress: bool = True, executor: str = "auto", chunk_size: int = 512,
               compile: str | None = None) -> EmbedReport:
         report = embed_items(self.embedder, items, self.cache, batch_size=batch_size, workers=workers,
-                             progress=progress, executor=executor, chunk_size=chunk_size, compile=compile)
+                             progress=progress, executor=executor, chunk_size=chunk_size, compile=compile,
+                             gpu=self.gpu)
         failed_keys = {it.key: reason for it, reason in report.failed}
         for it in items:
             if it.key in failed_keys and it.image_id is not None:

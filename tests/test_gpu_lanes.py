@@ -233,13 +233,21 @@ def test_cpu_lane_arena_has_no_name_while_workers_write_into_it(tmp_path, monkey
 
 @pytest.mark.parametrize("var,value", [("SHOPSEARCH_GPU_CPU_DECODERS", "many"), ("SHOPSEARCH_GPU_CPU_SHARE", "1.5"),
                                        ("SHOPSEARCH_GPU_READ_THREADS", "0"), ("SHOPSEARCH_NVJPEG_SPLIT", "x")])
-def test_malformed_gpu_settings_are_config_errors_naming_the_variable(tmp_path, monkeypatch, var, value):
+def test_malformed_gpu_settings_are_config_errors_naming_the_variable(var, value):
+    from shopsearch.config import Settings
     from shopsearch.errors import ConfigError
 
-    monkeypatch.setenv(var, value)
-    with pytest.raises(ConfigError, match=var):
-        gpu.run_gpu_batches(MeanColour(), _jpegs(tmp_path / "j", 2), PipelineConfig(8, 2, "gpu"),
-                            lambda k, v: None, lambda it, r: None, device="cpu")
+    with pytest.raises(ConfigError, match=var):  # at the edge, before any run starts
+        Settings.from_env({var: value})
+
+
+def test_gpu_settings_reach_the_executor_from_settings_only():
+    from shopsearch.config import GpuTuning, Settings
+
+    s = Settings.from_env({"SHOPSEARCH_GPU_CPU_DECODERS": "3", "SHOPSEARCH_GPU_CPU_SHARE": "0.25",
+                           "SHOPSEARCH_GPU_PREFETCH": "5", "SHOPSEARCH_CUDA_GRAPHS": "0"})
+    assert s.gpu == GpuTuning(cpu_decoders=3, cpu_share=0.25, prefetch=5, cuda_graphs=False)
+    assert Settings.from_env({}).gpu == GpuTuning()
 
 
 def test_zero_padded_jpeg_still_counts_as_whole_and_a_cut_one_does_not():

@@ -14,10 +14,9 @@ def index() -> None:
 
 def _perf_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
-    f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
-                     envvar="SHOPSEARCH_COMPILE", show_default=True,
-                     help="torch.compile the model first (auto: CPU jobs of 4,096+ images, where it repays "
-                          "its 20-50 s; ~1.4x faster end to end on CPUs without bf16).")(f)
+    f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default=None,
+                     help="torch.compile the model first (default: SHOPSEARCH_COMPILE, else auto: CPU jobs of "
+                          "4,096+ images, where it repays its compilation).")(f)
     f = click.option("--max-shrink", type=click.FloatRange(0, 1), default=DEFAULT_MAX_SHRINK, show_default=True,
                      envvar="SHOPSEARCH_MAX_SHRINK",
                      help="Refuse to publish a build holding fewer than (1 - this) of the serving build's "
@@ -77,11 +76,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
-    from indexer.build import IndexBuilder
-    from shopsearch.embedders import load_embedder
-
-    embedder = load_embedder(model, c.settings.device)
-    builder = IndexBuilder(embedder, c.catalogue(), c.index_store(), c.settings.vector_cache_dir)
+    embedder = c.model(model)
+    builder = c.index_builder(embedder)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
 
     def show_plan(plan) -> None:
@@ -91,7 +87,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
     with sigterm_as_interrupt():
         report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers,
                                progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
-                               on_plan=show_plan, compile=compile_mode, verify_hashes=verify_hashes,
+                               on_plan=show_plan, compile=compile_mode or c.settings.pipeline.compile,
+                               verify_hashes=verify_hashes,
                                max_shrink=max_shrink)
     _print_report(report, as_json)
 
@@ -104,19 +101,16 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
                compile_mode: str, as_json: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
-    from indexer.build import IndexBuilder
-    from shopsearch.embedders import load_embedder
-
     store = c.index_store()
     manifest = store.current_manifest()
-    spec = model or (manifest.model_name if manifest else c.settings.model)
-    embedder = load_embedder(spec, c.settings.device)
+    embedder = c.model_for_index(model)
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
     with sigterm_as_interrupt():
-        report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
+        report = c.index_builder(embedder, store).update(
             index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-            executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode,
+            executor=executor, chunk_size=chunk_size, rescan=rescan,
+            compile=compile_mode or c.settings.pipeline.compile,
             verify_hashes=verify_hashes, max_shrink=max_shrink)
     _print_report(report, as_json)
 

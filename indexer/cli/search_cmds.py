@@ -21,11 +21,10 @@ from indexer.cli import Ctx, echo_json, pass_ctx
 def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Decimal | None,
                max_price: Decimal | None, model: str | None, no_routing: bool, as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
-    from shopsearch.app import open_search_service
     from shopsearch.embedding.preprocess import decode_query
     from shopsearch.results import SearchFilters
 
-    svc = open_search_service(c.settings, catalogue=c.catalogue(), model=model)
+    svc = c.search_service(model)
     img = decode_query(image, svc.embedder)  # decoded as the index's images were
     res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing)
     if as_json:

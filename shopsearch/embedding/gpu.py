@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -21,10 +20,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shopsearch.config import env_number
+from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.cpu_lane import CpuDecodeLane
-from shopsearch.embedding.gpu_decode import DECODE_SPLIT, GpuTransform, _nvjpeg, _read, gpu_transform_for
+from shopsearch.embedding.gpu_decode import GpuTransform, _nvjpeg, _read, gpu_transform_for
 from shopsearch.embedding.pipeline import _prepare_list
 from shopsearch.embedding.preprocess import split_preprocess
 
@@ -33,14 +32,9 @@ log = logging.getLogger("shopsearch.pipeline")
 #: host cores left to the read threads, the nvJPEG calls and the model thread when the
 #: rest decode on the CPU lane (16-core H100 host: 12 processes)
 HOST_CORES = 4
-#: decoded batches waiting for the model (each ~150 MB of float pixels at batch 256)
-PREFETCH = 2
 #: batches handed to the CPU lane ahead of the one being assembled, so its processes never
 #: wait for the lane thread (which holds slot ranges LOOKAHEAD + 1)
 LOOKAHEAD = 2
-#: threads reading the nvJPEG share: reads from the page cache are ~20 us; more threads
-#: only compete with the model thread for the GIL
-READ_THREADS = 4
 #: the lane thread waiting longer than this for the CPU share means the processes lag
 CPU_LAG_S = 0.002
 #: seconds spent per stage in the last GPU run (reported by the throughput benchmark);
@@ -48,31 +42,6 @@ CPU_LAG_S = 0.002
 STAGES: dict[str, float] = {k: 0.0 for k in ("read_wait", "decode", "transform", "cpu_decode_wait",
                                              "model_wait", "model", "write")}
 _DONE = object()
-
-
-@dataclass(frozen=True)
-class GpuTuning:
-    """The GPU executor's knobs (SHOPSEARCH_GPU_*, SHOPSEARCH_NVJPEG_SPLIT,
-    SHOPSEARCH_CUDA_GRAPHS), read when a run starts; a malformed value is a ConfigError."""
-
-    cpu_decoders: int
-    cpu_share: float | None  # None: adaptive
-    prefetch: int = PREFETCH
-    read_threads: int = READ_THREADS
-    decode_split: int = DECODE_SPLIT
-    cuda_graphs: bool = True
-
-    @classmethod
-    def from_env(cls) -> "GpuTuning":
-        from shopsearch.embedders.torch_base import available_cpus
-
-        return cls(
-            cpu_decoders=int(env_number("SHOPSEARCH_GPU_CPU_DECODERS", max(0, available_cpus() - HOST_CORES))),
-            cpu_share=env_number("SHOPSEARCH_GPU_CPU_SHARE", None, float, 0, 1),  # type: ignore[arg-type]
-            prefetch=int(env_number("SHOPSEARCH_GPU_PREFETCH", PREFETCH, minimum=1)),
-            read_threads=int(env_number("SHOPSEARCH_GPU_READ_THREADS", READ_THREADS, minimum=1)),
-            decode_split=int(env_number("SHOPSEARCH_NVJPEG_SPLIT", DECODE_SPLIT, minimum=1)),
-            cuda_graphs=os.environ.get("SHOPSEARCH_CUDA_GRAPHS", "1").strip() != "0")
 
 
 def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callable, on_failure: Callable,
@@ -83,15 +52,15 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     Two lanes: a decode thread reads, decodes (nvJPEG) and transforms batch i+1 on its own
     CUDA stream while the calling thread runs the model on batch i, so the run costs
     max(decode, model) per batch instead of their sum (nvJPEG's hardware engine and the
-    SMs are separate units). At most PREFETCH decoded batches wait in GPU memory.
+    SMs are separate units). At most cfg.gpu.prefetch decoded batches wait in GPU memory.
 
     nvJPEG through torchvision (one decoder behind one lock) tops out below what the model
     eats (H100 host: ~4,500-4,800 640x480 images/s with its reads, while ViT-B-32 replayed
     from a CUDA graph embeds ~17,500), so a share of each batch goes to `cpu_decoders`
     processes (PIL draft decoding into shared memory, see cpu_lane) at the same time; the
     share shrinks when the lane has to wait for it and grows when it does not.
-    `cpu_decoders` and `cpu_share` (0..1, pins the share: experiments, tests) override
-    GpuTuning.from_env().
+    The knobs come from cfg.gpu (Settings.gpu); `cpu_decoders` and `cpu_share` (0..1, pins
+    the share: experiments, tests) override them.
     `device` overrides the embedder's (tests run this on the CPU)."""
     import torch
 
@@ -108,7 +77,11 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     # img/s, 12 processes) and ~nvJPEG alone's elsewhere (defaults of the last three code
     # states 4,264-4,741 vs 4,482-4,821), and they keep PNG/WebP catalogues off the host
     # process (benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
-    tuning = GpuTuning.from_env()
+    tuning = cfg.gpu
+    if tuning.cpu_decoders is None:
+        from shopsearch.embedders.torch_base import available_cpus
+
+        tuning = replace(tuning, cpu_decoders=max(0, available_cpus() - HOST_CORES))
     if cpu_decoders is not None:
         tuning = replace(tuning, cpu_decoders=cpu_decoders)
     if cpu_share is not None:

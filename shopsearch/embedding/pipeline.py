@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import DEFAULT_MAX_PIXELS
@@ -180,12 +181,13 @@ def decoded_stream(items: Sequence[WorkItem], workers: int) -> Iterator[tuple[Wo
 # -- the whole pipeline -----------------------------------------------------------------
 def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCache, batch_size: int | None = None,
                 workers: int | None = None, chunk_size: int = 512, progress: bool = True,
-                executor: str = "auto", compile: str | None = None) -> EmbedReport:
+                executor: str = "auto", compile: str | None = None, gpu: GpuTuning | None = None) -> EmbedReport:
     """Embed every item not already in the cache; failures are reported, never raised.
 
     Vectors reach the cache every `chunk_size` images, each chunk atomically, so a run
     killed at any point resumes where it stopped (already-cached keys are skipped).
-    `compile`: auto | on | off (default SHOPSEARCH_COMPILE, else auto: big CPU jobs)."""
+    `compile`: auto (default: big CPU jobs) | on | off; `gpu`: the GPU executor's knobs
+    (Settings.pipeline.compile and Settings.gpu at the edges)."""
     report = EmbedReport()
     todo = [it for it in items if it.key not in cache]
     report.skipped = len(items) - len(todo)
@@ -200,7 +202,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     suspects = [it for it in todo if it.key in suspect_keys and it.key not in held]
     todo = [it for it in todo if it.key not in held and it.key not in suspect_keys]
     cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size, images=len(todo) + len(suspects),
-                       compile=compile)
+                       compile=compile, gpu=gpu)
     if cfg.compile and (todo or suspects):
         cfg = replace(cfg, compile=embedder.compile(cfg.batch_size))  # type: ignore[attr-defined]
     log.info("embedding", extra={"model": embedder.name, "todo": len(todo), "cached": report.skipped,
