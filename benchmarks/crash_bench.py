@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SHOPSEARCH_COMPILE", "off")
 
-from indexer.throughput import synthetic_jpegs  # noqa: E402
+from shopsearch.evaluation.throughput import synthetic_jpegs  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
 MARK = b"CRASH-ME"

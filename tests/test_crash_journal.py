@@ -48,12 +48,12 @@ def die():
 
 executor, cache_dir, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if executor == "gpu":
-    real_nvjpeg = gpu._nvjpeg
+    real_nvjpeg = gpu.nvjpeg_decode
     def nvjpeg(datas, *a):
         if any(b"POISON" in bytes(d.numpy()) for d in datas):
             die()
         return real_nvjpeg(datas, *a)
-    gpu._nvjpeg = nvjpeg
+    gpu.nvjpeg_decode = nvjpeg
     real_run = gpu.run_gpu_batches  # the GPU executor, replayed on the CPU as in test_gpu_lanes
     gpu.run_gpu_batches = lambda *a, **kw: real_run(*a, device="cpu", **kw)
     emb, fp, dim = MeanColour(), "mean-colour", 3

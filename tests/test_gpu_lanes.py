@@ -135,7 +135,7 @@ def test_cpu_decode_lane_takes_whole_batches_and_reports_like_the_cpu_pipeline(t
     bad = [WorkItem(f"{i:064x}", str(p)) for i, p in enumerate(files.values())]
     items = items[:20] + bad + items[20:]
     got, failed = {}, {}
-    monkeypatch.setattr(gpu, "_nvjpeg", lambda *a: pytest.fail("nvJPEG called with the CPU share pinned to 1"))
+    monkeypatch.setattr(gpu, "nvjpeg_decode", lambda *a: pytest.fail("nvJPEG called with the CPU share pinned to 1"))
     gpu.run_gpu_batches(MeanColour(), items, PipelineConfig(8, 2, "gpu"), lambda k, v: got.update(zip(k, v)),
                         lambda it, r: failed.__setitem__(Path(it.path).name, r), device="cpu",
                         cpu_decoders=2, cpu_share=1.0)

@@ -145,18 +145,12 @@ def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str
 
 
 def _register() -> None:
-    from indexer.cli import catalogue_cmds, index_cmds, search_cmds
+    """Each command group lives in its own module and registers itself."""
+    from indexer.cli import (bench_cmds, catalogue_cmds, classify_cmds, demo_cmds, index_cmds, model_cmds,
+                             search_cmds, serve_cmds)
 
-    for mod in (catalogue_cmds, index_cmds, search_cmds):
-        mod.register(cli)
-    # Optional command groups: each lives in its own module and registers itself.
-    for name in ("demo_cmds", "serve_cmds", "bench_cmds", "classify_cmds", "model_cmds"):
-        try:
-            mod = __import__(f"indexer.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"indexer.cli.{name}":
-                raise
-            continue
+    for mod in (catalogue_cmds, index_cmds, search_cmds, demo_cmds, serve_cmds, bench_cmds, classify_cmds,
+                model_cmds):
         mod.register(cli)
 
 

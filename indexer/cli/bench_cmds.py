@@ -102,22 +102,8 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
                    err=True)
 
 
-def _add_throughput() -> None:
-    """The embedding-throughput command lives in its own module (issue 6), when present."""
-    import importlib
-
-    try:
-        throughput_cmds = importlib.import_module("indexer.cli.throughput_cmds")
-    except ModuleNotFoundError as e:
-        if e.name != "indexer.cli.throughput_cmds":
-            raise
-        return
-    if hasattr(throughput_cmds, "register_bench"):
-        throughput_cmds.register_bench(bench)
-    elif isinstance(getattr(throughput_cmds, "throughput", None), click.Command):
-        bench.add_command(throughput_cmds.throughput)
-
-
 def register(cli: click.Group) -> None:
-    _add_throughput()
+    from indexer.cli.throughput_cmds import throughput  # its own module: a different job, a different user
+
+    bench.add_command(throughput)
     cli.add_command(bench)

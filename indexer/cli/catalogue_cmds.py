@@ -6,7 +6,7 @@ from dataclasses import asdict
 import click
 
 from indexer.cli import Ctx, echo_json, pass_ctx
-from shopsearch.catalogue.importers import FORMATS, RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.formats import FORMATS
 
 
 @click.group("catalogue")
@@ -27,6 +27,8 @@ def catalogue() -> None:
 def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers: int, as_json: bool) -> None:
     """Import a manifest (CSV/JSONL), an ImageFolder tree or the Grocery Store dataset."""
     from pathlib import Path
+
+    from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
 
     problems: list[RowProblem] = []
     records = read_source(Path(path), fmt, problems, reference_split)

@@ -55,11 +55,7 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
         click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} ({h.score:.2f})" for h in res.hits))
     if not serve:
         return
-    try:
-        from webapp.server import run_server
-    except ImportError:
-        click.echo("web app not available in this build; done")
-        return
+    from webapp.server import run_server
     click.echo(f"serving on http://{host}:{port}/  (Ctrl-C to stop)")
     run_server(c.settings, host=host, port=port, workers=workers)
 

@@ -23,8 +23,8 @@ import numpy as np
 from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.cpu_lane import CpuDecodeLane
-from shopsearch.embedding.gpu_decode import GpuTransform, _nvjpeg, _read, gpu_transform_for
-from shopsearch.embedding.pipeline import _prepare_list
+from shopsearch.embedding.gpu_decode import GpuTransform, gpu_transform_for, nvjpeg_decode, read_for_nvjpeg
+from shopsearch.embedding.pipeline import prepare_list
 from shopsearch.embedding.preprocess import split_preprocess
 
 log = logging.getLogger("shopsearch.pipeline")
@@ -204,7 +204,7 @@ class _DecodeLane:
         n_cpu = int(round(self.share * len(group))) if self.cpu else 0
         base = (gi % (LOOKAHEAD + 1)) * self.bs
         futs = self.cpu.submit([(base + j, group[j].path) for j in range(n_cpu)]) if n_cpu else []
-        return _Plan(group, base, n_cpu, futs, [pool.submit(_read, it.path) for it in group[n_cpu:]])
+        return _Plan(group, base, n_cpu, futs, [pool.submit(read_for_nvjpeg, it.path) for it in group[n_cpu:]])
 
     def _decode_group(self, plan: "_Plan", datas: list, pool: ThreadPoolExecutor, dec_pool: ThreadPoolExecutor):
         import torch
@@ -222,7 +222,7 @@ class _DecodeLane:
         tensors, keys = [], []
         if jpeg_data:
             try:
-                tensors = _nvjpeg(jpeg_data, self.dev, dec_pool, self.tuning.decode_split)
+                tensors = nvjpeg_decode(jpeg_data, self.dev, dec_pool, self.tuning.decode_split)
                 keys = [plan.group[j].key for j in jpeg_pos]
             except RuntimeError as e:  # one odd JPEG fails the batch call: decode those on the CPU
                 log.debug("nvJPEG batch failed (%s); CPU fallback", e)
@@ -237,7 +237,7 @@ class _DecodeLane:
         if other and self.cpu:  # PNG, WebP, CMYK...: into their own slots on the CPU lane
             cpu_futs = cpu_futs + self.cpu.submit([(plan.base + j, plan.group[j].path) for j in other])
         elif other:  # no CPU lane: decoded in the read threads
-            futs.append(pool.submit(_prepare_list, [plan.group[j] for j in other], self.cpu_pre))
+            futs.append(pool.submit(prepare_list, [plan.group[j] for j in other], self.cpu_pre))
         cpu_waited = False
         if cpu_futs:
             t4 = time.perf_counter()

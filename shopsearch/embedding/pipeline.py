@@ -121,7 +121,8 @@ def _prepare_group(items: list[WorkItem]) -> list[tuple[WorkItem, np.ndarray | s
     return [prepare(it, _worker_preprocess) for it in items]
 
 
-def _prepare_list(items: list[WorkItem], preprocess: Preprocess) -> list[tuple[WorkItem, np.ndarray | str]]:
+def prepare_list(items: list[WorkItem], preprocess: Preprocess) -> list[tuple[WorkItem, np.ndarray | str]]:
+    """Decode and prepare `items` in this thread (failures as reason strings)."""
     return [prepare(it, preprocess) for it in items]
 
 
@@ -147,7 +148,7 @@ def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: 
     groups = [list(items[i:i + GROUP]) for i in range(0, len(items), GROUP)]
     ahead = max(2, window // GROUP)
     # threads share memory: they call the function directly; processes inherit it (fork)
-    fn = _prepare_group if executor == "process" else functools.partial(_prepare_list, preprocess=preprocess)
+    fn = _prepare_group if executor == "process" else functools.partial(prepare_list, preprocess=preprocess)
     pool: RespawningPool[WorkItem, tuple[WorkItem, np.ndarray | str]] = RespawningPool(
         lambda: _make_executor(executor, workers, preprocess), fn, lambda item, why: (item, why))
     pending: deque[Future] = deque()
