@@ -187,9 +187,9 @@ class TorchEmbedder:
     # -- compiled forward (bulk embedding) ---------------------------------------------
     def compile(self, batch_size: int) -> bool:
         """Run the image tower through torch.compile (inductor, weights frozen into the
-        graph) at a fixed batch size, for bulk embedding. On a 2-core AVX2 CPU without
-        bf16 it lifted EfficientNet-Lite0 from 37 to 60 images/s; the first batch pays the
-        compilation (20-50 s there), so the pipeline asks only for big jobs. Vectors match
+        graph) at a fixed batch size, for bulk embedding: faster on CPUs without bf16
+        (figures: benchmarks/RESULTS.md); the first batch pays the compilation, so the
+        pipeline asks only for big jobs. Vectors match
         eager ones within 1e-5, so the fingerprint is unchanged. False, eager kept, when
         no C++ compiler is found (inductor's CPU backend needs one)."""
         if self._compiled is not None:

@@ -30,7 +30,7 @@ from shopsearch.embedding.preprocess import split_preprocess
 log = logging.getLogger("shopsearch.pipeline")
 
 #: host cores left to the read threads, the nvJPEG calls and the model thread when the
-#: rest decode on the CPU lane (16-core H100 host: 12 processes)
+#: rest decode on the CPU lane (measured defaults: benchmarks/RESULTS.md)
 HOST_CORES = 4
 #: batches handed to the CPU lane ahead of the one being assembled, so its processes never
 #: wait for the lane thread (which holds slot ranges LOOKAHEAD + 1)
@@ -54,9 +54,9 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     max(decode, model) per batch instead of their sum (nvJPEG's hardware engine and the
     SMs are separate units). At most cfg.gpu.prefetch decoded batches wait in GPU memory.
 
-    nvJPEG through torchvision (one decoder behind one lock) tops out below what the model
-    eats (H100 host: ~4,500-4,800 640x480 images/s with its reads, while ViT-B-32 replayed
-    from a CUDA graph embeds ~17,500), so a share of each batch goes to `cpu_decoders`
+    nvJPEG through torchvision (one decoder behind one lock) tops out well below what a
+    model replayed from a CUDA graph eats (benchmarks/RESULTS.md), so a share of each
+    batch goes to `cpu_decoders`
     processes (PIL draft decoding into shared memory, see cpu_lane) at the same time; the
     share shrinks when the lane has to wait for it and grows when it does not.
     The knobs come from cfg.gpu (Settings.gpu); `cpu_decoders` and `cpu_share` (0..1, pins
@@ -73,10 +73,9 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
         STAGES[k] = 0.0
     bs = cfg.batch_size
     groups = [list(todo[i:i + bs]) for i in range(0, len(todo), bs)]
-    # H100 hosts (16 vCPUs), 640x480 JPEGs, ViT-B-32: both lanes gave the best figure (5,803
-    # img/s, 12 processes) and ~nvJPEG alone's elsewhere (defaults of the last three code
-    # states 4,264-4,741 vs 4,482-4,821), and they keep PNG/WebP catalogues off the host
-    # process (benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
+    # both lanes gave the best figure measured and about nvJPEG alone's elsewhere, and they
+    # keep PNG/WebP catalogues off the host process (benchmarks/RESULTS.md,
+    # benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
     tuning = cfg.gpu
     if tuning.cpu_decoders is None:
         from shopsearch.embedders.torch_base import available_cpus

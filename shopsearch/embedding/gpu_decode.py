@@ -11,7 +11,7 @@ from shopsearch.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 GpuTransform = Callable[[list], "object"]
 
 #: nvJPEG calls per batch. torchvision serialises them behind one decoder and one mutex, so
-#: splitting only adds calls: 1 (H100: 5,803 img/s with 1 vs 4,789 with 4, CPU lane on)
+#: splitting only adds calls: 1 was faster than 4 (benchmarks/RESULTS.md)
 DECODE_SPLIT = 1
 
 

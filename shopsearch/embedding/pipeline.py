@@ -3,7 +3,7 @@
 The stages are separate functions so they can be moved onto other executors (a Ray Data
 map_batches per stage, see docs/scaling.md):
 
-    read_bytes -> decode_image -> prepare (the model's preprocess) -> embed_batch -> write_chunk
+    (read) -> decode_image -> prepare (the model's preprocess) -> embed_batch -> write_chunk
 
 and the last one, merging chunks into an index, lives in indexer/build.py. `embed_items`
 wires them on one machine: workers prepare images while the main thread runs the model,
@@ -59,15 +59,9 @@ class EmbedReport:
 
 
 # -- stages ---------------------------------------------------------------------------
-def read_bytes(item: WorkItem) -> bytes:
-    """Stage 1: the file's bytes (the only stage that touches storage)."""
-    with open(item.path, "rb") as f:
-        return f.read()
-
-
 def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> object:
-    """Stage 2: bytes -> upright RGB PIL image at reduced scale (see preprocess.decode_source)."""
+    """Stage 2 (reads the file unless given its bytes) -> upright RGB PIL image at reduced scale (see preprocess.decode_source)."""
     return decode_source(data if data is not None else item.path, draft_size, max_pixels)
 
 
@@ -168,15 +162,6 @@ def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: 
         for f in pending:
             f.cancel()
         pool.shutdown()
-
-
-def decoded_stream(items: Sequence[WorkItem], workers: int) -> Iterator[tuple[WorkItem, object]]:
-    """Decoded PIL images (or failure reasons) in item order; kept for callers of the old API."""
-    if workers <= 1 or len(items) < 32:
-        yield from map(decode, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(decode, items)
 
 
 # -- the whole pipeline -----------------------------------------------------------------

@@ -10,8 +10,8 @@ from shopsearch.errors import ConfigError
 
 #: items handed to a worker at once (fewer round trips through the process pool)
 GROUP = 8
-#: CPU jobs at least this big torch.compile the model (compile ~20-50 s on 2 cores, then
-#: ~1.4x faster end to end on CPUs without bf16: it pays for itself after ~2,000-4,000 images)
+#: CPU jobs at least this big torch.compile the model: the compilation pays for itself after
+#: a few thousand images on CPUs without bf16 (benchmarks/RESULTS.md)
 COMPILE_MIN_IMAGES = 4096
 
 
