@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from indexer.shrink import DEFAULT_MAX_SHRINK, check_shrink
+from indexer.update_plan import READD, REBUILD, plan_update
 from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
@@ -31,8 +32,6 @@ from shopsearch.embedding.cache import VectorCache
 
 log = logging.getLogger("shopsearch.indexer")
 
-#: an IVF-PQ index is retrained from the cache once this share of its vectors arrived after training
-RETRAIN_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -255,26 +254,20 @@ class IndexBuilder:
         trained_on = int(prev_report.get("trained_on") or len(have))
         since_training = int(prev_report.get("added_since_training") or 0) + len(ok_new)
         drop = list(diff.removed) + list(diff.changed)
-        reason = None
-        retrain = old.is_trained and old.index_type not in ("flat", "hnsw") and \
-            since_training > RETRAIN_FRACTION * max(trained_on, 1)
-        if target != old.index_type:
-            reason = f"index type {old.index_type} -> {target} for {len(final)} vectors"
-        elif retrain:
-            reason = f"{since_training} of {len(final)} vectors arrived after the {old.index_type} training"
-        elif drop and not old.supports_remove():
-            reason = f"{old.index_type} cannot remove vectors in place"
+        plan = plan_update(old.index_type, target, old.is_trained, old.supports_remove(), len(final), trained_on,
+                           since_training, len(drop))
+        reason = plan.reason
         build_id = self._start(target)
         ids = sorted(final)
         self._guard(build_id, target, manifest, list(have), ids, max_shrink)
-        if reason and target == old.index_type and old.index_type != "hnsw" and not retrain:
+        if plan.strategy == READD:
             # IVF: keep the trained quantizer and codebooks, re-add the cached vectors (no k-means)
             log.info("re-adding cached vectors to the trained index", extra={"reason": reason, "vectors": len(ids)})
             index = VectorIndex(old.dim, old.index_type, index=faiss.clone_index(old.faiss_index))
             index.faiss_index.reset()
             if ids:
                 index.add(np.array(ids, dtype=np.int64), self._vectors(ids, [final[i] for i in ids], old))
-        elif reason:  # compaction: a fresh index from cached vectors, nothing re-embedded
+        elif plan.strategy == REBUILD:  # compaction: a fresh index from cached vectors, nothing re-embedded
             log.info("rebuilding from the vector cache", extra={"reason": reason, "vectors": len(ids)})
             index = self._new_index(target, ids, [final[i] for i in ids], fallback=old)
             trained_on, since_training = len(ids), 0
