@@ -57,10 +57,6 @@ def main() -> None:
                          "repeats": a.repeats, "note": a.note,
                          "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SHOPSEARCH_")},
                          "command": "python benchmarks/throughput_bench.py " + " ".join(sys.argv[1:])}
-    if r.executor == "gpu":  # where the GPU loop spent its time (last repeat)
-        from shopsearch.embedding import gpu
-
-        out["gpu_stages_s"] = {k: round(v, 3) for k, v in gpu.STAGES.items()}
     path = Path(a.out) if a.out else (Path(__file__).resolve().parent / "results" /
                                       f"throughput_{re.sub(r'[^A-Za-z0-9.+-]+', '-', a.model)}_{r.device.split(':')[0]}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,11 +59,12 @@ def test_decode_lane_runs_ahead_of_the_model(tmp_path, monkeypatch):
             return super().encode_batch(batch)
 
     got: dict[str, np.ndarray] = {}
-    gpu.run_gpu_batches(SlowModel(), items, PipelineConfig(8, 2, "gpu"), lambda k, v: got.update(zip(k, v)),
-                        lambda it, r: pytest.fail(r), device="cpu", cpu_decoders=0)
+    stages = gpu.run_gpu_batches(SlowModel(), items, PipelineConfig(8, 2, "gpu"),
+                                 lambda k, v: got.update(zip(k, v)), lambda it, r: pytest.fail(r), device="cpu",
+                                 cpu_decoders=0)
     assert overlapped == [True, True, True, True]
     assert set(got) == {it.key for it in items}
-    assert gpu.STAGES["model"] > 0 and gpu.STAGES["decode"] > 0
+    assert stages["model"] > 0 and stages["decode"] > 0
     assert not _lane_threads()
 
 

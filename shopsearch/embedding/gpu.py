@@ -37,17 +37,17 @@ HOST_CORES = 4
 LOOKAHEAD = 2
 #: the lane thread waiting longer than this for the CPU share means the processes lag
 CPU_LAG_S = 0.002
-#: seconds spent per stage in the last GPU run (reported by the throughput benchmark);
-#: read/decode/transform run in the decode lane, model_wait is the model lane idling on it
-STAGES: dict[str, float] = {k: 0.0 for k in ("read_wait", "decode", "transform", "cpu_decode_wait",
-                                             "model_wait", "model", "write")}
+#: the stages a run reports seconds for: read/decode/transform run in the decode lane,
+#: model_wait is the model lane idling on it
+STAGE_NAMES = ("read_wait", "decode", "transform", "cpu_decode_wait", "model_wait", "model", "write")
 _DONE = object()
 
 
 def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callable, on_failure: Callable,
                     device: str | None = None, cpu_decoders: int | None = None,
-                    cpu_share: float | None = None) -> None:
-    """Embed `todo` (WorkItems) in batches of cfg.batch_size with GPU decoding.
+                    cpu_share: float | None = None) -> dict[str, float]:
+    """Embed `todo` (WorkItems) in batches of cfg.batch_size with GPU decoding; returns the
+    seconds spent per stage (STAGE_NAMES) and the CPU lane's final share.
 
     Two lanes: a decode thread reads, decodes (nvJPEG) and transforms batch i+1 on its own
     CUDA stream while the calling thread runs the model on batch i, so the run costs
@@ -69,8 +69,7 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
         raise RuntimeError("gpu executor needs a torchvision Resize/CenterCrop/Normalize transform")
     encode = getattr(embedder, "encode_tensor", None)
     dev = torch.device(device or embedder.device)
-    for k in STAGES:
-        STAGES[k] = 0.0
+    stages = dict.fromkeys(STAGE_NAMES, 0.0)
     bs = cfg.batch_size
     groups = [list(todo[i:i + bs]) for i in range(0, len(todo), bs)]
     # both lanes gave the best figure measured and about nvJPEG alone's elsewhere, and they
@@ -85,7 +84,7 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
         tuning = replace(tuning, cpu_decoders=cpu_decoders)
     if cpu_share is not None:
         tuning = replace(tuning, cpu_share=cpu_share)
-    lane = _DecodeLane(embedder, transform, dev, cfg, tuning)
+    lane = _DecodeLane(embedder, transform, dev, cfg, tuning, stages)
     batches: queue.Queue = queue.Queue(maxsize=tuning.prefetch)
     stop = threading.Event()
     producer = threading.Thread(target=lane.produce, args=(groups, batches, stop), name="gpu-decode", daemon=True)
@@ -95,7 +94,7 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
         while True:
             t0 = time.perf_counter()
             got = batches.get()
-            STAGES["model_wait"] += time.perf_counter() - t0
+            stages["model_wait"] += time.perf_counter() - t0
             if got is _DONE:
                 break
             if isinstance(got, BaseException):
@@ -113,10 +112,10 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
             vecs = encode(batch) if encode else embedder.encode_batch(batch.cpu().numpy())
             vecs = np.asarray(vecs, dtype=np.float32)
             t2 = time.perf_counter()
-            STAGES["model"] += t2 - t1
+            stages["model"] += t2 - t1
             del batch  # vectors are on the host, so the model's stream is done with the pixels
             on_vectors(keys, vecs)
-            STAGES["write"] += time.perf_counter() - t2
+            stages["write"] += time.perf_counter() - t2
     finally:
         stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue
@@ -126,8 +125,9 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
                 pass
             producer.join(timeout=0.05)
         lane.close()
-    STAGES["cpu_share"] = lane.share
-    log.info("gpu stage seconds", extra={k: round(v, 3) for k, v in STAGES.items()})
+    stages["cpu_share"] = lane.share
+    log.info("gpu stage seconds", extra={k: round(v, 3) for k, v in stages.items()})
+    return stages
 
 
 class _DecodeLane:
@@ -135,13 +135,15 @@ class _DecodeLane:
     the CPU decode processes (handed over LOOKAHEAD batches ahead), the rest is read by
     threads and decoded by nvJPEG; then resize/crop/normalise on the GPU."""
 
-    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, tuning: GpuTuning) -> None:
+    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, tuning: GpuTuning,
+                 stages: dict[str, float]) -> None:
         import torch
 
         self.transform, self.dev, self.workers, self.bs = transform, dev, cfg.workers, cfg.batch_size
         self.split = split_preprocess(embedder, require_encode_tensor=False)
         self.cpu_pre = self.split or embedder.preprocess
         self.tuning = tuning
+        self.stages = stages  # seconds per stage, shared with run_gpu_batches
         cpu_decoders, cpu_share = tuning.cpu_decoders, tuning.cpu_share
         self.fixed_share = None if cpu_share is None else min(1.0, max(0.0, cpu_share))
         # slot range i % (LOOKAHEAD + 1) belongs to batch i: batches i+1..i+LOOKAHEAD decode
@@ -189,7 +191,7 @@ class _DecodeLane:
                     cur = plans.pop(0)
                     t0 = time.perf_counter()
                     datas = [f.result() for f in cur.reads]
-                    STAGES["read_wait"] += time.perf_counter() - t0
+                    self.stages["read_wait"] += time.perf_counter() - t0
                     if not put(self._decode_group(cur, datas, pool, dec_pool)):
                         return
         except BaseException as e:  # noqa: BLE001 - handed to the model thread, which re-raises
@@ -227,10 +229,10 @@ class _DecodeLane:
                 log.debug("nvJPEG batch failed (%s); CPU fallback", e)
                 other = jpeg_pos + other
         t2 = time.perf_counter()
-        STAGES["decode"] += t2 - t1
+        self.stages["decode"] += t2 - t1
         parts = [self.transform(tensors)] if tensors else []
         t3 = time.perf_counter()
-        STAGES["transform"] += t3 - t2
+        self.stages["transform"] += t3 - t2
         cpu_futs = plan.cpu_futs
         futs = []
         if other and self.cpu:  # PNG, WebP, CMYK...: into their own slots on the CPU lane
@@ -270,7 +272,7 @@ class _DecodeLane:
             # this thread waits, not the model's: the batch is ready when queued, and the
             # pinned staging buffer is free for the next batch
             self.stream.synchronize()
-        STAGES["cpu_decode_wait"] += time.perf_counter() - t3
+        self.stages["cpu_decode_wait"] += time.perf_counter() - t3
         return keys, batch, failures
 
     def _collect_cpu(self, plan: "_Plan", futs: list, failures: list) -> tuple[list, list]:

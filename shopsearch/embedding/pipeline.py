@@ -52,6 +52,7 @@ class EmbedReport:
     skipped: int = 0
     failed: list[tuple[WorkItem, str]] = field(default_factory=list)
     seconds: float = 0.0
+    gpu_stages: dict[str, float] = field(default_factory=dict)  # the GPU executor's seconds per stage
 
     @property
     def images_per_s(self) -> float:
@@ -250,7 +251,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
         if cfg.executor == "gpu":
             from shopsearch.embedding.gpu import run_gpu_batches
 
-            run_gpu_batches(embedder, todo, cfg, on_vectors, on_failure)
+            report.gpu_stages = run_gpu_batches(embedder, todo, cfg, on_vectors, on_failure)
         else:
             _run_cpu_batches(embedder, todo, cfg, on_vectors, on_failure)
     finally:

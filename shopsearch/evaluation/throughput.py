@@ -49,6 +49,7 @@ class ThroughputResult:
     naive_cpu_s_per_image: float | None = None
     compiled: bool = False  # the model ran through torch.compile (TorchEmbedder.compile)
     runs_s: tuple[float, ...] = ()  # seconds of each repeat; the first pays any compilation
+    gpu_stages_s: dict[str, float] | None = None  # where the GPU executor spent the fastest repeat
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,8 +182,9 @@ def naive_loop(embedder: Embedder, paths: Sequence[Path], out: Path) -> float:
 
 def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, batch_size: int | None,
                  workers: int | None, executor: str, compile: str | None = None,
-                 gpu: GpuTuning | None = None) -> tuple[float, object]:
-    """Seconds our pipeline takes from JPEG files to vectors saved in a fresh VectorCache."""
+                 gpu: GpuTuning | None = None) -> tuple[float, object, dict[str, float]]:
+    """Seconds our pipeline takes from JPEG files to vectors saved in a fresh VectorCache, its
+    configuration, and the GPU executor's seconds per stage (empty on the CPU)."""
     from shopsearch.embedding.pipeline import WorkItem, embed_items, tuned_config
     from shopsearch.embedding.cache import VectorCache
 
@@ -200,7 +202,7 @@ def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, bat
     secs = time.perf_counter() - t0
     if rep.failed:
         log.warning("throughput run had failures", extra={"failed": len(rep.failed)})
-    return secs, cfg
+    return secs, cfg, rep.gpu_stages
 
 
 def _warm(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
@@ -257,10 +259,10 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
         runs = []
         for r in range(max(1, repeats)):
             c0 = _cpu_seconds()
-            secs, cfg = pipeline_run(fast, paths, root / f"cache{r}", batch_size, workers, executor, compile,
-                                     settings.gpu)
-            runs.append((secs, cfg, (_cpu_seconds() - c0) / len(paths)))
-        secs, cfg, cpu_ours = min(runs, key=lambda t: t[0])
+            secs, cfg, stages = pipeline_run(fast, paths, root / f"cache{r}", batch_size, workers, executor,
+                                             compile, settings.gpu)
+            runs.append((secs, cfg, (_cpu_seconds() - c0) / len(paths), stages))
+        secs, cfg, cpu_ours, stages = min(runs, key=lambda t: t[0])
         ours = len(paths) / secs
         naive_ips = cpu_naive = None
         if naive:
@@ -283,7 +285,8 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             executor=cfg.executor, source=src_desc, image_size=size, cpus=available_cpus(),
             load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, machine=machine,
             cpu_s_per_image=round(cpu_ours, 4), naive_cpu_s_per_image=round(cpu_naive, 4) if cpu_naive else None,
-            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs))
+            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs),
+            gpu_stages_s={k: round(v, 3) for k, v in stages.items()} or None)
     finally:
         tmp.cleanup()
 
