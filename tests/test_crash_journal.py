@@ -35,6 +35,7 @@ N, POISON_AT = 400, 330
 RUN = r"""
 import faulthandler, json, os, signal, sys
 from pathlib import Path
+from shopsearch.config import Settings
 from shopsearch.embedding import gpu, pipeline
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import PipelineConfig, WorkItem, embed_items
@@ -65,8 +66,10 @@ else:
         return real(src, *a, **kw)
     pipeline.decode_source = decode_source
     emb, fp, dim = FakeEmbedder(), "fake-grid4x4", 48
+settings = Settings.from_env()  # this script is an edge: SHOPSEARCH_* reach the pipeline through it
 rep = embed_items(emb, [WorkItem(*r) for r in rows], VectorCache(Path(cache_dir), fp, dim), batch_size=4,
-                  workers=2, chunk_size=4, progress=False, executor=executor)
+                  workers=2, chunk_size=4, progress=False, executor=executor,
+                  compile=settings.pipeline.compile, gpu=settings.gpu)
 print(json.dumps({"embedded": rep.embedded, "failed": [[it.key, r] for it, r in rep.failed]}))
 """
 
