@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +45,19 @@ class BuildPlan:
 
 
 @dataclass(frozen=True)
+class UpdateChanges:
+    """What an update applied to the serving build."""
+
+    previous_build: str
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    rebuild_reason: str | None  # why the index was rebuilt or re-filled (None: changed in place)
+    added_since_training: int  # vectors added since an IVF index was trained
+
+
+@dataclass(frozen=True)
 class BuildReport:
     build_id: str
     model: str
@@ -57,16 +70,28 @@ class BuildReport:
     seconds: float
     images_per_s: float
     estimated_bytes: int = 0
-    extra: dict = field(default_factory=dict)
+    mode: str = "full"  # full | incremental | rebuild
+    trained_on: int = 0  # vectors the index was (last) trained or built on
+    rescan: RescanReport | None = None  # the files found changed on disk first
+    update: UpdateChanges | None = None  # an update's changes (None for a full build)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "build_id": self.build_id, "model": self.model, "fingerprint": self.fingerprint,
             "index_type": self.index_type, "vectors": self.vectors, "embedded": self.embedded,
             "skipped": self.skipped, "failed": [{"image_id": i, "path": p, "reason": r} for i, p, r in self.failed],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
-            "estimated_bytes": self.estimated_bytes, **self.extra,
+            "estimated_bytes": self.estimated_bytes, "mode": self.mode,
         }
+        if self.update is not None:
+            u = self.update
+            d |= {"rebuild_reason": u.rebuild_reason, "previous_build": u.previous_build, "added": u.added,
+                  "changed": u.changed, "removed": u.removed, "unchanged": u.unchanged}
+        d["trained_on"] = self.trained_on
+        if self.update is not None:
+            d["added_since_training"] = self.update.added_since_training
+        d["rescan"] = self.rescan.to_dict() if self.rescan else None
+        return d
 
 
 @dataclass(frozen=True)
@@ -179,12 +204,13 @@ class IndexBuilder:
                                                    self.embedder.dim, 0, "building", None, None))
         return build_id
 
-    def _report(self, build_id: str, itype: str, count: int, rep: EmbedReport, t0: float, est: int,
-                extra: dict, scan: RescanReport | None = None) -> BuildReport:
+    def _report(self, build_id: str, itype: str, count: int, rep: EmbedReport, t0: float, est: int, mode: str,
+                trained_on: int, scan: RescanReport | None = None, update: UpdateChanges | None = None) -> BuildReport:
         # files found unusable by the rescan and by the decoder are one list for the merchandiser
         failed = (scan.problems if scan else ()) + tuple((it.image_id, it.path, r) for it, r in rep.failed)
         return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
-                           rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, extra)
+                           rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
+                           scan, update)
 
     # -- public -----------------------------------------------------------------------------
     def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
@@ -210,10 +236,10 @@ class IndexBuilder:
         ids = sorted(good)
         self._guard(build_id, plan.index_type, serving, serving_ids, ids, max_shrink)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
-        extra = {"mode": "full", "trained_on": len(ids), "rescan": scan.to_dict() if scan else None}
-        report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, extra, scan)
+        report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),
+                              scan)
         count = self._publish(build_id, plan.index_type, index, good, report.to_dict())
-        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, extra, scan)
+        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, "full", len(ids), scan)
 
     def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
                progress: bool = True, executor: str = "auto", chunk_size: int = 512,
@@ -277,12 +303,10 @@ class IndexBuilder:
             new_ids = sorted(ok_new)
             if new_ids:
                 index.add(np.array(new_ids, dtype=np.int64), self.cache.get_many([ok_new[i] for i in new_ids]))
-        extra = {"mode": "rebuild" if reason else "incremental", "rebuild_reason": reason,
-                 "previous_build": manifest.build_id, "added": len(diff.added), "changed": len(diff.changed),
-                 "removed": len(diff.removed), "unchanged": diff.unchanged,
-                 "trained_on": trained_on, "added_since_training": since_training,
-                 "rescan": scan.to_dict() if scan else None}
+        mode = "rebuild" if reason else "incremental"
+        changes = UpdateChanges(manifest.build_id, len(diff.added), len(diff.changed), len(diff.removed),
+                                diff.unchanged, reason, since_training)
         est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
-        report = self._report(build_id, target, len(index), rep, t0, est, extra, scan)
+        report = self._report(build_id, target, len(index), rep, t0, est, mode, trained_on, scan, changes)
         count = self._publish(build_id, target, index, final, report.to_dict())
-        return self._report(build_id, target, count, rep, t0, est, extra, scan)
+        return self._report(build_id, target, count, rep, t0, est, mode, trained_on, scan, changes)

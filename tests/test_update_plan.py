@@ -42,3 +42,19 @@ def test_hnsw_cannot_remove_so_drops_rebuild_it():
 def test_a_trained_index_that_cannot_remove_keeps_its_training_and_re_adds():
     p = plan("IVF64,PQ16", can_remove=False, drops=3)
     assert p.strategy == READD and p.reason == "IVF64,PQ16 cannot remove vectors in place"
+
+
+def test_build_report_json_keeps_its_keys_for_scripts():
+    from indexer.build import BuildReport, UpdateChanges
+
+    base = ["build_id", "model", "fingerprint", "index_type", "vectors", "embedded", "skipped", "failed", "seconds",
+            "images_per_s", "estimated_bytes", "mode"]
+    full = BuildReport("b1", "m", "fp", "flat", 3, 3, 0, (), 1.0, 3.0, 10, "full", 3)
+    assert list(full.to_dict()) == base + ["trained_on", "rescan"]
+    upd = BuildReport("b2", "m", "fp", "flat", 4, 1, 3, ((7, "x.jpg", "truncated"),), 1.0, 1.0, 10, "incremental", 3,
+                      update=UpdateChanges("b1", 1, 0, 0, 3, None, 1))
+    d = upd.to_dict()
+    assert list(d) == base + ["rebuild_reason", "previous_build", "added", "changed", "removed", "unchanged",
+                              "trained_on", "added_since_training", "rescan"]
+    assert (d["previous_build"], d["added"], d["added_since_training"], d["rescan"]) == ("b1", 1, 1, None)
+    assert d["failed"] == [{"image_id": 7, "path": "x.jpg", "reason": "truncated"}]

@@ -46,19 +46,18 @@ def _print_report(report, as_json: bool) -> None:
     if as_json:
         echo_json(report.to_dict())
         return
-    extra = report.extra
-    mode = extra.get("mode", "full")
-    scan = extra.get("rescan") or {}
-    if scan.get("rehashed"):
-        click.echo(f"files on disk: {scan['changed']} changed, {scan['missing']} missing, {scan['invalid']} unusable, "
-                   f"{scan['restored']} restored ({scan['rehashed']} re-hashed of {scan['images']})", err=True)
-    line = (f"build {report.build_id} ({mode}): {report.vectors} vectors ({report.index_type}), "
+    scan = report.rescan
+    if scan is not None and scan.rehashed:
+        click.echo(f"files on disk: {scan.changed} changed, {scan.missing} missing, {scan.invalid} unusable, "
+                   f"{scan.restored} restored ({scan.rehashed} re-hashed of {scan.images})", err=True)
+    line = (f"build {report.build_id} ({report.mode}): {report.vectors} vectors ({report.index_type}), "
             f"embedded {report.embedded}, reused {report.skipped}, failed {len(report.failed)}, "
             f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s)")
-    if mode != "full":
-        line += f"; +{extra['added']} new, ~{extra['changed']} changed, -{extra['removed']} removed"
-        if extra.get("rebuild_reason"):
-            line += f"; rebuilt from the vector cache ({extra['rebuild_reason']})"
+    if report.update is not None:
+        u = report.update
+        line += f"; +{u.added} new, ~{u.changed} changed, -{u.removed} removed"
+        if u.rebuild_reason:
+            line += f"; rebuilt from the vector cache ({u.rebuild_reason})"
     click.echo(line)
     for image_id, path, reason in report.failed[:20]:
         click.echo(f"  failed image {image_id} {path}: {reason}", err=True)
