@@ -25,12 +25,10 @@ RUN_ENTRY_POINT = """
 import importlib.metadata as md, json, sys
 dist = md.distribution("shopsearch")
 ep = next(e for e in dist.entry_points if e.group == "console_scripts" and e.name == "shopsearch")
-if sys.argv[1] == "--where":
-    import indexer.cli, shopsearch, webapp
-    from shopsearch.catalogue import db
-    print(json.dumps({"dist": str(dist.locate_file("")), "shopsearch": shopsearch.__file__,
-                      "indexer": indexer.cli.__file__, "webapp": webapp.__file__,
-                      "migrations": str(db.MIGRATIONS_DIR)}))
+if sys.argv[1] == "--where":  # where each package would load from (found, not imported: quick)
+    from importlib.util import find_spec
+    where = {name: find_spec(name).origin for name in ("shopsearch", "indexer.cli", "webapp", "shopsearch.migrations")}
+    print(json.dumps({"dist": str(dist.locate_file("")), **where}))
     sys.exit(0)
 sys.argv[0] = "shopsearch"
 ep.load()()
@@ -78,7 +76,7 @@ def test_wheel_installs_outside_the_checkout_and_runs(tmp_path):
                               capture_output=True, text=True, timeout=120)
 
     where = json.loads(shopsearch("--where").stdout)
-    for key in ("dist", "shopsearch", "indexer", "webapp", "migrations"):
+    for key in ("dist", "shopsearch", "indexer.cli", "webapp", "shopsearch.migrations"):
         assert Path(where[key]).resolve().is_relative_to(site.resolve()), (key, where[key])
 
     data = work / "data"
@@ -97,5 +95,3 @@ def test_wheel_installs_outside_the_checkout_and_runs(tmp_path):
     assert imp.returncode == 0, imp.stderr
     report = json.loads(imp.stdout)
     assert report["products_created"] == 3 and report["images_added"] == 3 and report["images_failed"] == 0
-    listed = shopsearch("--data-dir", str(data), "db", "current")
-    assert listed.returncode == 0, listed.stderr
