@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SHOPSEARCH_COMPILE", "off")
 
-from indexer.throughput import synthetic_jpegs  # noqa: E402
+from shopsearch.evaluation.throughput import synthetic_jpegs  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
 MARK = b"CRASH-ME"
@@ -38,6 +38,7 @@ MARK = b"CRASH-ME"
 RUN = r"""
 import json, os, signal, sys, time
 from pathlib import Path
+from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
 from shopsearch.embedding import pipeline
 from shopsearch.embedding.cache import VectorCache
@@ -51,11 +52,12 @@ def decode_source(src, *a, **kw):
 pipeline.decode_source = decode_source
 
 model, executor, cache_dir, listing = sys.argv[1:5]
-emb = load_embedder(model, "cpu")
+settings = Settings.from_env()  # this script is an edge: SHOPSEARCH_* reach the pipeline through it
+emb = load_embedder(model, "cpu", settings.models_dir)
 items = [WorkItem(*r) for r in json.loads(Path(listing).read_text())]
 t0 = time.perf_counter()
 rep = embed_items(emb, items, VectorCache(Path(cache_dir), emb.fingerprint, emb.dim), progress=False,
-                  executor=executor)
+                  executor=executor, compile=settings.pipeline.compile, gpu=settings.gpu)
 print(json.dumps({"seconds": time.perf_counter() - t0, "embedded": rep.embedded, "failed": len(rep.failed),
                   "reasons": sorted({r for _, r in rep.failed})}))
 """

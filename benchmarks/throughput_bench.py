@@ -22,7 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from indexer.throughput import run_throughput  # noqa: E402
+from shopsearch.config import Settings  # noqa: E402
+from shopsearch.evaluation.throughput import run_throughput  # noqa: E402
+
+GROCERY = Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"
+                              / "grocerystore"))
 
 
 def main() -> None:
@@ -48,15 +52,11 @@ def main() -> None:
     r = run_throughput(a.model, a.device, images=a.images, precision=a.precision, source=a.source,
                        batch_size=a.batch_size, workers=a.workers, executor=a.executor, naive=not a.no_naive,
                        work_dir=Path(a.work_dir) if a.work_dir else None, repeats=a.repeats, synthetic_size=(w, h),
-                       compile=a.compile)
+                       compile=a.compile, grocery=GROCERY, settings=Settings.from_env())
     out = r.to_dict() | {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)),
                          "repeats": a.repeats, "note": a.note,
                          "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SHOPSEARCH_")},
                          "command": "python benchmarks/throughput_bench.py " + " ".join(sys.argv[1:])}
-    if r.executor == "gpu":  # where the GPU loop spent its time (last repeat)
-        from shopsearch.embedding import gpu
-
-        out["gpu_stages_s"] = {k: round(v, 3) for k, v in gpu.STAGES.items()}
     path = Path(a.out) if a.out else (Path(__file__).resolve().parent / "results" /
                                       f"throughput_{re.sub(r'[^A-Za-z0-9.+-]+', '-', a.model)}_{r.device.split(':')[0]}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,9 +17,11 @@ import faiss
 import numpy as np
 
 from indexer.shrink import DEFAULT_MAX_SHRINK, check_shrink
+from indexer.update_plan import READD, REBUILD, plan_update
 from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
@@ -30,8 +32,6 @@ from shopsearch.embedding.cache import VectorCache
 
 log = logging.getLogger("shopsearch.indexer")
 
-#: an IVF-PQ index is retrained from the cache once this share of its vectors arrived after training
-RETRAIN_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,19 @@ class BuildPlan:
     index_type: str
     estimated_bytes: int
     dim: int
+
+
+@dataclass(frozen=True)
+class UpdateChanges:
+    """What an update applied to the serving build."""
+
+    previous_build: str
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    rebuild_reason: str | None  # why the index was rebuilt or re-filled (None: changed in place)
+    added_since_training: int  # vectors added since an IVF index was trained
 
 
 @dataclass(frozen=True)
@@ -57,16 +70,28 @@ class BuildReport:
     seconds: float
     images_per_s: float
     estimated_bytes: int = 0
-    extra: dict = field(default_factory=dict)
+    mode: str = "full"  # full | incremental | rebuild
+    trained_on: int = 0  # vectors the index was (last) trained or built on
+    rescan: RescanReport | None = None  # the files found changed on disk first
+    update: UpdateChanges | None = None  # an update's changes (None for a full build)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "build_id": self.build_id, "model": self.model, "fingerprint": self.fingerprint,
             "index_type": self.index_type, "vectors": self.vectors, "embedded": self.embedded,
             "skipped": self.skipped, "failed": [{"image_id": i, "path": p, "reason": r} for i, p, r in self.failed],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
-            "estimated_bytes": self.estimated_bytes, **self.extra,
+            "estimated_bytes": self.estimated_bytes, "mode": self.mode,
         }
+        if self.update is not None:
+            u = self.update
+            d |= {"rebuild_reason": u.rebuild_reason, "previous_build": u.previous_build, "added": u.added,
+                  "changed": u.changed, "removed": u.removed, "unchanged": u.unchanged}
+        d["trained_on"] = self.trained_on
+        if self.update is not None:
+            d["added_since_training"] = self.update.added_since_training
+        d["rescan"] = self.rescan.to_dict() if self.rescan else None
+        return d
 
 
 @dataclass(frozen=True)
@@ -88,8 +113,10 @@ def diff_index(want: dict[int, str], have: dict[int, str | None]) -> IndexDiff:
 
 
 class IndexBuilder:
-    def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path) -> None:
+    def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path,
+                 gpu: GpuTuning | None = None) -> None:
         self.embedder = embedder
+        self.gpu = gpu  # the GPU executor's knobs (Settings.gpu)
         self.catalogue = catalogue
         self.store = store
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
@@ -117,7 +144,8 @@ class IndexBuilder:
               progress: bool = True, executor: str = "auto", chunk_size: int = 512,
               compile: str | None = None) -> EmbedReport:
         report = embed_items(self.embedder, items, self.cache, batch_size=batch_size, workers=workers,
-                             progress=progress, executor=executor, chunk_size=chunk_size, compile=compile)
+                             progress=progress, executor=executor, chunk_size=chunk_size, compile=compile,
+                             gpu=self.gpu)
         failed_keys = {it.key: reason for it, reason in report.failed}
         for it in items:
             if it.key in failed_keys and it.image_id is not None:
@@ -176,12 +204,13 @@ class IndexBuilder:
                                                    self.embedder.dim, 0, "building", None, None))
         return build_id
 
-    def _report(self, build_id: str, itype: str, count: int, rep: EmbedReport, t0: float, est: int,
-                extra: dict, scan: RescanReport | None = None) -> BuildReport:
+    def _report(self, build_id: str, itype: str, count: int, rep: EmbedReport, t0: float, est: int, mode: str,
+                trained_on: int, scan: RescanReport | None = None, update: UpdateChanges | None = None) -> BuildReport:
         # files found unusable by the rescan and by the decoder are one list for the merchandiser
         failed = (scan.problems if scan else ()) + tuple((it.image_id, it.path, r) for it, r in rep.failed)
         return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
-                           rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, extra)
+                           rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
+                           scan, update)
 
     # -- public -----------------------------------------------------------------------------
     def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
@@ -207,10 +236,10 @@ class IndexBuilder:
         ids = sorted(good)
         self._guard(build_id, plan.index_type, serving, serving_ids, ids, max_shrink)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
-        extra = {"mode": "full", "trained_on": len(ids), "rescan": scan.to_dict() if scan else None}
-        report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, extra, scan)
+        report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),
+                              scan)
         count = self._publish(build_id, plan.index_type, index, good, report.to_dict())
-        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, extra, scan)
+        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, "full", len(ids), scan)
 
     def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
                progress: bool = True, executor: str = "auto", chunk_size: int = 512,
@@ -251,26 +280,20 @@ class IndexBuilder:
         trained_on = int(prev_report.get("trained_on") or len(have))
         since_training = int(prev_report.get("added_since_training") or 0) + len(ok_new)
         drop = list(diff.removed) + list(diff.changed)
-        reason = None
-        retrain = old.is_trained and old.index_type not in ("flat", "hnsw") and \
-            since_training > RETRAIN_FRACTION * max(trained_on, 1)
-        if target != old.index_type:
-            reason = f"index type {old.index_type} -> {target} for {len(final)} vectors"
-        elif retrain:
-            reason = f"{since_training} of {len(final)} vectors arrived after the {old.index_type} training"
-        elif drop and not old.supports_remove():
-            reason = f"{old.index_type} cannot remove vectors in place"
+        plan = plan_update(old.index_type, target, old.is_trained, old.supports_remove(), len(final), trained_on,
+                           since_training, len(drop))
+        reason = plan.reason
         build_id = self._start(target)
         ids = sorted(final)
         self._guard(build_id, target, manifest, list(have), ids, max_shrink)
-        if reason and target == old.index_type and old.index_type != "hnsw" and not retrain:
+        if plan.strategy == READD:
             # IVF: keep the trained quantizer and codebooks, re-add the cached vectors (no k-means)
             log.info("re-adding cached vectors to the trained index", extra={"reason": reason, "vectors": len(ids)})
             index = VectorIndex(old.dim, old.index_type, index=faiss.clone_index(old.faiss_index))
             index.faiss_index.reset()
             if ids:
                 index.add(np.array(ids, dtype=np.int64), self._vectors(ids, [final[i] for i in ids], old))
-        elif reason:  # compaction: a fresh index from cached vectors, nothing re-embedded
+        elif plan.strategy == REBUILD:  # compaction: a fresh index from cached vectors, nothing re-embedded
             log.info("rebuilding from the vector cache", extra={"reason": reason, "vectors": len(ids)})
             index = self._new_index(target, ids, [final[i] for i in ids], fallback=old)
             trained_on, since_training = len(ids), 0
@@ -280,12 +303,10 @@ class IndexBuilder:
             new_ids = sorted(ok_new)
             if new_ids:
                 index.add(np.array(new_ids, dtype=np.int64), self.cache.get_many([ok_new[i] for i in new_ids]))
-        extra = {"mode": "rebuild" if reason else "incremental", "rebuild_reason": reason,
-                 "previous_build": manifest.build_id, "added": len(diff.added), "changed": len(diff.changed),
-                 "removed": len(diff.removed), "unchanged": diff.unchanged,
-                 "trained_on": trained_on, "added_since_training": since_training,
-                 "rescan": scan.to_dict() if scan else None}
+        mode = "rebuild" if reason else "incremental"
+        changes = UpdateChanges(manifest.build_id, len(diff.added), len(diff.changed), len(diff.removed),
+                                diff.unchanged, reason, since_training)
         est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
-        report = self._report(build_id, target, len(index), rep, t0, est, extra, scan)
+        report = self._report(build_id, target, len(index), rep, t0, est, mode, trained_on, scan, changes)
         count = self._publish(build_id, target, index, final, report.to_dict())
-        return self._report(build_id, target, count, rep, t0, est, extra, scan)
+        return self._report(build_id, target, count, rep, t0, est, mode, trained_on, scan, changes)

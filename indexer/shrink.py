@@ -9,10 +9,12 @@ embedded on the way stay in the cache and the serving build is untouched."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.errors import IndexShrinkError
+
+if TYPE_CHECKING:  # the CLI imports this module for DEFAULT_MAX_SHRINK; SQLAlchemy only when it runs
+    from shopsearch.catalogue.store import CatalogueStore
 
 #: the default: refuse a build with fewer than half the serving build's vectors
 DEFAULT_MAX_SHRINK = 0.5

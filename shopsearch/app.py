@@ -1,5 +1,7 @@
-"""Wiring: Settings -> catalogue, embedder, index, search service. The CLI and the web
-app both call these; they hold no logic of their own."""
+"""The composition root: Settings -> catalogue store, index store, embedder, router and
+search service. The CLI (indexer/cli), the web app (webapp/service.py) and the benchmark
+runner (`shopsearch bench`) build their services here and nowhere else; this module holds
+no logic of its own beyond choosing which piece goes with which."""
 from __future__ import annotations
 
 import logging
@@ -24,22 +26,31 @@ def open_index_store(settings: Settings) -> IndexStore:
     return IndexStore(settings.index_dir)
 
 
+def load_model(settings: Settings, spec: str | None = None) -> Embedder:
+    """The embedder `spec` names (default settings.model) on settings.device; fine-tuned
+    models and int8 calibrations are looked up in settings.models_dir. Loaded once per
+    process: the same spec, device and models folder give the same object."""
+    return load_embedder(spec or settings.model, settings.device, settings.models_dir)
+
+
 def embedder_for_index(settings: Settings, store: IndexStore, model: str | None = None) -> Embedder:
     """The embedder that built the serving index (or `model`, which must then match it)."""
     manifest = store.current_manifest()
-    spec = model or (manifest.model_name if manifest else settings.model)
-    return load_embedder(spec, settings.device, settings.models_dir)
+    return load_model(settings, model or (manifest.model_name if manifest else settings.model))
 
 
 def open_search_service(settings: Settings, catalogue: CatalogueStore | None = None, model: str | None = None,
-                        router: CategoryRouter | None = None, with_router: bool = True) -> SearchService:
+                        router: CategoryRouter | None = None, with_router: bool = True,
+                        embedder: Embedder | None = None) -> SearchService:
+    """A SearchService over the serving index build. `embedder` (tests) replaces the model
+    that built the index; `router` replaces the trained category router."""
     store = open_index_store(settings)
     index, manifest = store.load_current()
     place_index(index, settings)
-    embedder = embedder_for_index(settings, store, model)
+    embedder = embedder or embedder_for_index(settings, store, model)
     catalogue = catalogue or open_catalogue(settings)
     if router is None and with_router:
-        router = _load_router(settings, embedder)
+        router = load_router(settings, embedder)
     return SearchService(embedder, index, catalogue, manifest, router=router)
 
 
@@ -59,10 +70,8 @@ def place_index(index: VectorIndex, settings: Settings) -> bool:
     return False
 
 
-def _load_router(settings: Settings, embedder: Embedder) -> CategoryRouter | None:
+def load_router(settings: Settings, embedder: Embedder) -> CategoryRouter | None:
     """The category router trained for this embedder, when one exists (issue: category tagging)."""
-    try:
-        from shopsearch.classify.router import load_router_for  # noqa: PLC0415 - optional feature
-    except ImportError:
-        return None
+    from shopsearch.classify.router import load_router_for  # noqa: PLC0415 - imports torch: only when asked
+
     return load_router_for(settings, embedder)

@@ -1,18 +1,26 @@
-"""Settings as a dataclass, read from SHOPSEARCH_* environment variables."""
+"""Settings: the one reader of the environment.
+
+`Settings.from_env()` is called once at each edge (the CLI group, the web app factory, the
+benchmark scripts) and the result is passed down; nothing below this module reads or writes
+`os.environ`. The few variables other libraries define (HF_HUB_OFFLINE, OMP_NUM_THREADS,
+CXX) are read here too, by the small functions at the end."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
+
+from shopsearch.errors import ConfigError
+
+COMPILE_MODES = ("auto", "on", "off")
 
 
-def env_number(name: str, default: float | None, kind: type = int, minimum: float = 0,
-               maximum: float | None = None) -> float | None:
-    """A numeric tuning setting from the environment (default when unset or empty);
-    ConfigError naming the variable when it is not a number in range."""
-    from shopsearch.errors import ConfigError
-
-    raw = os.environ.get(name, "").strip()
+def _number(env: Mapping[str, str], name: str, default: float | None, kind: type = int, minimum: float = 0,
+            maximum: float | None = None) -> float | None:
+    """A numeric setting (default when unset or empty); ConfigError naming the variable when
+    it is not a number in range."""
+    raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
@@ -25,21 +33,66 @@ def env_number(name: str, default: float | None, kind: type = int, minimum: floa
     return value
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("SHOPSEARCH_DATA_DIR", "var")).resolve()
+@dataclass(frozen=True)
+class GpuTuning:
+    """The GPU executor's knobs (SHOPSEARCH_GPU_*, SHOPSEARCH_NVJPEG_SPLIT, SHOPSEARCH_CUDA_GRAPHS)."""
+
+    #: CPU decode processes beside nvJPEG; None: the usable CPUs minus the host's own
+    #: (shopsearch.embedding.gpu.HOST_CORES)
+    cpu_decoders: int | None = None
+    #: share of each batch the CPU decoders take (0..1, pins it: experiments, tests); None: adaptive
+    cpu_share: float | None = None
+    #: decoded batches waiting for the model (each ~150 MB of float pixels at batch 256)
+    prefetch: int = 2
+    #: threads reading the nvJPEG share: page-cache reads are short, more threads only
+    #: compete with the model thread for the GIL
+    read_threads: int = 4
+    #: nvJPEG calls a batch is split into
+    decode_split: int = 1
+    #: replay the model from a CUDA graph when the embedder can capture one
+    cuda_graphs: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "GpuTuning":
+        d = cls()
+        decoders = _number(env, "SHOPSEARCH_GPU_CPU_DECODERS", None)
+        return cls(
+            cpu_decoders=None if decoders is None else int(decoders),
+            cpu_share=_number(env, "SHOPSEARCH_GPU_CPU_SHARE", None, float, 0, 1),
+            prefetch=int(_number(env, "SHOPSEARCH_GPU_PREFETCH", d.prefetch, minimum=1)),  # type: ignore[arg-type]
+            read_threads=int(_number(env, "SHOPSEARCH_GPU_READ_THREADS", d.read_threads, minimum=1)),  # type: ignore[arg-type]
+            decode_split=int(_number(env, "SHOPSEARCH_NVJPEG_SPLIT", d.decode_split, minimum=1)),  # type: ignore[arg-type]
+            cuda_graphs=env.get("SHOPSEARCH_CUDA_GRAPHS", "1").strip() != "0")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How embedding jobs run when a command does not say (SHOPSEARCH_COMPILE)."""
+
+    #: torch.compile the model first: auto (big CPU jobs) | on | off
+    compile: str = "auto"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "PipelineSettings":
+        mode = (env.get("SHOPSEARCH_COMPILE") or "auto").strip().lower()
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"SHOPSEARCH_COMPILE must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
+        return cls(compile=mode)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where ShopSearch keeps its state and which model/device it uses."""
+    """Where ShopSearch keeps its state, which model/device it uses and how jobs are tuned."""
 
-    data_dir: Path = field(default_factory=default_data_dir)
+    data_dir: Path = field(default_factory=lambda: Path("var").resolve())
     database_url: str | None = None
     model: str = "auto"
     device: str = "auto"
     image_root: Path | None = None
     #: FAISS search on the GPU: "auto" (when faiss-gpu sees one and device is not cpu), "on", "off"
     faiss_gpu: str = "auto"
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    gpu: GpuTuning = field(default_factory=GpuTuning)
 
     @property
     def db_url(self) -> str:
@@ -65,17 +118,37 @@ class Settings:
         return self.data_dir / "models"
 
     @classmethod
-    def from_env(cls, **overrides: object) -> "Settings":
-        """Defaults, then SHOPSEARCH_* variables, then explicit non-None overrides."""
-        env = os.environ
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Defaults, then SHOPSEARCH_* variables of `env` (default: this process's), then
+        explicit non-None overrides. A malformed tuning variable is a ConfigError naming it."""
+        env = os.environ if env is None else env
         s = cls(
             data_dir=Path(env.get("SHOPSEARCH_DATA_DIR", "var")).resolve(),
             database_url=env.get("SHOPSEARCH_DATABASE_URL") or None,
             model=env.get("SHOPSEARCH_MODEL", "auto"),
             device=env.get("SHOPSEARCH_DEVICE", "auto"),
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
+            pipeline=PipelineSettings.from_env(env),
+            gpu=GpuTuning.from_env(env),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:
             clean["data_dir"] = Path(str(clean["data_dir"])).resolve()
         return replace(s, **clean)  # type: ignore[arg-type]
+
+
+# -- variables other libraries define ------------------------------------------------------
+def hf_offline() -> bool:
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloads."""
+    return any(os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def threads_pinned() -> bool:
+    """True when OMP_NUM_THREADS/MKL_NUM_THREADS set torch's thread count."""
+    return bool(os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"))
+
+
+def cxx_compilers() -> tuple[str, ...]:
+    """C++ compilers inductor may use, $CXX first."""
+    return tuple(c for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)

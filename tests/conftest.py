@@ -168,14 +168,3 @@ def sqlite_catalogue(tmp_path: Path):
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def _isolate_data_dir_env():
-    """The CLI exports SHOPSEARCH_DATA_DIR for library code; keep one test's value from leaking."""
-    before = os.environ.get("SHOPSEARCH_DATA_DIR")
-    yield
-    if before is None:
-        os.environ.pop("SHOPSEARCH_DATA_DIR", None)
-    else:
-        os.environ["SHOPSEARCH_DATA_DIR"] = before

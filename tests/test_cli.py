@@ -91,3 +91,12 @@ def test_grocerystore_end_to_end_with_offline_model(tmp_path):
     assert build["vectors"] == 32
     res = _json(_run(["search", str(ds / "test/Fruit/Banana/Banana_004.jpg"), "-k", "5", "--json"], data))
     assert res["results"][0]["sku"] == "Banana"
+
+
+def test_the_cli_passes_settings_down_and_leaves_the_environment_alone(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.delenv("SHOPSEARCH_DATA_DIR", raising=False)
+    before = dict(os.environ)
+    assert _json(_run(["index", "list", "--json"], tmp_path / "d")) == {"builds": []}
+    assert dict(os.environ) == before  # --data-dir reached the library as an argument, not a variable

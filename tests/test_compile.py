@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from shopsearch.config import Settings
 from shopsearch.embedders import torch_base
 from shopsearch.embedders.torch_base import TorchEmbedder
 from shopsearch.embedding.pipeline import COMPILE_MIN_IMAGES, tuned_config
@@ -27,7 +28,7 @@ def _batch(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, 32, 32)).astype(np.float32)
 
 
-@pytest.mark.skipif(not torch_base._cxx_available(), reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(not torch_base.cxx_available(), reason="inductor needs a C++ compiler")
 def test_compiled_matches_eager_with_one_compilation():
     from torch._dynamo.utils import counters
 
@@ -76,14 +77,15 @@ def test_a_failing_compiled_call_falls_back_for_good():
 
 
 def test_pipeline_compiles_only_big_cpu_jobs(monkeypatch):
-    monkeypatch.delenv("SHOPSEARCH_COMPILE", raising=False)
+    monkeypatch.setenv("SHOPSEARCH_COMPILE", "on")  # read by Settings at the edges only, never here
     emb = _tiny()
     assert not tuned_config(emb, images=COMPILE_MIN_IMAGES - 1).compile
     assert tuned_config(emb, images=COMPILE_MIN_IMAGES).compile
     assert tuned_config(emb, images=10, compile="on").compile
     assert not tuned_config(emb, images=10**6, compile="off").compile
     assert not tuned_config(FakeEmbedder(), images=10**6, compile="on").compile  # nothing to compile
-    monkeypatch.setenv("SHOPSEARCH_COMPILE", "on")
-    assert tuned_config(emb, images=10).compile
+    assert tuned_config(emb, images=10, compile=Settings.from_env().pipeline.compile).compile
+    with pytest.raises(ConfigError, match="SHOPSEARCH_COMPILE"):
+        Settings.from_env({"SHOPSEARCH_COMPILE": "fast"})
     with pytest.raises(ConfigError, match="auto, on, off"):
         tuned_config(emb, compile="fast")

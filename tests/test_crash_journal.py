@@ -35,6 +35,7 @@ N, POISON_AT = 400, 330
 RUN = r"""
 import json, os, signal, sys
 from pathlib import Path
+from shopsearch.config import Settings
 from shopsearch.embedding import gpu, pipeline
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import PipelineConfig, WorkItem, embed_items
@@ -47,12 +48,12 @@ def die():  # as a decoder crash does: the crash journal's fault handler records
 
 executor, cache_dir, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if executor == "gpu":
-    real_nvjpeg = gpu._nvjpeg
+    real_nvjpeg = gpu.nvjpeg_decode
     def nvjpeg(datas, *a):
         if any(b"POISON" in bytes(d.numpy()) for d in datas):
             die()
         return real_nvjpeg(datas, *a)
-    gpu._nvjpeg = nvjpeg
+    gpu.nvjpeg_decode = nvjpeg
     real_run = gpu.run_gpu_batches  # the GPU executor, replayed on the CPU as in test_gpu_lanes
     gpu.run_gpu_batches = lambda *a, **kw: real_run(*a, device="cpu", **kw)
     emb, fp, dim = MeanColour(), "mean-colour", 3
@@ -64,8 +65,10 @@ else:
         return real(src, *a, **kw)
     pipeline.decode_source = decode_source
     emb, fp, dim = FakeEmbedder(), "fake-grid4x4", 48
+settings = Settings.from_env()  # this script is an edge: SHOPSEARCH_* reach the pipeline through it
 rep = embed_items(emb, [WorkItem(*r) for r in rows], VectorCache(Path(cache_dir), fp, dim), batch_size=4,
-                  workers=2, chunk_size=4, progress=False, executor=executor)
+                  workers=2, chunk_size=4, progress=False, executor=executor,
+                  compile=settings.pipeline.compile, gpu=settings.gpu)
 print(json.dumps({"embedded": rep.embedded, "failed": [[it.key, r] for it, r in rep.failed]}))
 """
 

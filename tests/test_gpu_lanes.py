@@ -59,11 +59,12 @@ def test_decode_lane_runs_ahead_of_the_model(tmp_path, monkeypatch):
             return super().encode_batch(batch)
 
     got: dict[str, np.ndarray] = {}
-    gpu.run_gpu_batches(SlowModel(), items, PipelineConfig(8, 2, "gpu"), lambda k, v: got.update(zip(k, v)),
-                        lambda it, r: pytest.fail(r), device="cpu", cpu_decoders=0)
+    stages = gpu.run_gpu_batches(SlowModel(), items, PipelineConfig(8, 2, "gpu"),
+                                 lambda k, v: got.update(zip(k, v)), lambda it, r: pytest.fail(r), device="cpu",
+                                 cpu_decoders=0)
     assert overlapped == [True, True, True, True]
     assert set(got) == {it.key for it in items}
-    assert gpu.STAGES["model"] > 0 and gpu.STAGES["decode"] > 0
+    assert stages["model"] > 0 and stages["decode"] > 0
     assert not _lane_threads()
 
 
@@ -135,7 +136,7 @@ def test_cpu_decode_lane_takes_whole_batches_and_reports_like_the_cpu_pipeline(t
     bad = [WorkItem(f"{i:064x}", str(p)) for i, p in enumerate(files.values())]
     items = items[:20] + bad + items[20:]
     got, failed = {}, {}
-    monkeypatch.setattr(gpu, "_nvjpeg", lambda *a: pytest.fail("nvJPEG called with the CPU share pinned to 1"))
+    monkeypatch.setattr(gpu, "nvjpeg_decode", lambda *a: pytest.fail("nvJPEG called with the CPU share pinned to 1"))
     gpu.run_gpu_batches(MeanColour(), items, PipelineConfig(8, 2, "gpu"), lambda k, v: got.update(zip(k, v)),
                         lambda it, r: failed.__setitem__(Path(it.path).name, r), device="cpu",
                         cpu_decoders=2, cpu_share=1.0)
@@ -233,13 +234,21 @@ def test_cpu_lane_arena_has_no_name_while_workers_write_into_it(tmp_path, monkey
 
 @pytest.mark.parametrize("var,value", [("SHOPSEARCH_GPU_CPU_DECODERS", "many"), ("SHOPSEARCH_GPU_CPU_SHARE", "1.5"),
                                        ("SHOPSEARCH_GPU_READ_THREADS", "0"), ("SHOPSEARCH_NVJPEG_SPLIT", "x")])
-def test_malformed_gpu_settings_are_config_errors_naming_the_variable(tmp_path, monkeypatch, var, value):
+def test_malformed_gpu_settings_are_config_errors_naming_the_variable(var, value):
+    from shopsearch.config import Settings
     from shopsearch.errors import ConfigError
 
-    monkeypatch.setenv(var, value)
-    with pytest.raises(ConfigError, match=var):
-        gpu.run_gpu_batches(MeanColour(), _jpegs(tmp_path / "j", 2), PipelineConfig(8, 2, "gpu"),
-                            lambda k, v: None, lambda it, r: None, device="cpu")
+    with pytest.raises(ConfigError, match=var):  # at the edge, before any run starts
+        Settings.from_env({var: value})
+
+
+def test_gpu_settings_reach_the_executor_from_settings_only():
+    from shopsearch.config import GpuTuning, Settings
+
+    s = Settings.from_env({"SHOPSEARCH_GPU_CPU_DECODERS": "3", "SHOPSEARCH_GPU_CPU_SHARE": "0.25",
+                           "SHOPSEARCH_GPU_PREFETCH": "5", "SHOPSEARCH_CUDA_GRAPHS": "0"})
+    assert s.gpu == GpuTuning(cpu_decoders=3, cpu_share=0.25, prefetch=5, cuda_graphs=False)
+    assert Settings.from_env({}).gpu == GpuTuning()
 
 
 def test_zero_padded_jpeg_still_counts_as_whole_and_a_cut_one_does_not():

@@ -59,7 +59,7 @@ def test_an_unmounted_share_is_refused_and_publishes_once_it_is_back(tmp_path, s
 
     shutil.move(tmp_path / "elsewhere", tmp_path / "share")
     back = b.update(progress=False)
-    assert back.vectors == 20 and back.embedded == 0 and back.extra["rescan"]["restored"] == 20
+    assert back.vectors == 20 and back.embedded == 0 and back.rescan.restored == 20
     assert _served(store) == (back.build_id, 20)
 
 

@@ -109,8 +109,8 @@ def test_rescan_catches_files_gone_bad_before_embedding(tmp_path, sqlite_catalog
     emb = FakeEmbedder()
     r = IndexBuilder(emb, sqlite_catalogue, IndexStore(tmp_path / "index"), tmp_path / "vectors").build(
         progress=False, executor="inline")
-    scan = r.extra["rescan"]
-    assert (scan["missing"], scan["invalid"], r.vectors, emb.calls) == (1, 4, 3, 3)
+    scan = r.rescan
+    assert (scan.missing, scan.invalid, r.vectors, emb.calls) == (1, 4, 3, 3)
     failed = {Path(p).name: reason for _, p, reason in r.failed}  # in the build's failure list too
     errors = {Path(img.path).name: img.error for p in sqlite_catalogue.products() for img in p.images}
     for kind, needle in REASONS.items():

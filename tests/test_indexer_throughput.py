@@ -6,7 +6,7 @@ import json
 from click.testing import CliRunner
 
 from indexer.cli import cli
-from indexer.throughput import fp32_spec, with_precision
+from shopsearch.evaluation.throughput import fp32_spec, with_precision
 from tests.conftest import make_image
 
 

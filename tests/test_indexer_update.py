@@ -53,8 +53,8 @@ def test_update_embeds_only_new_and_changed_and_drops_removed(tmp_path, catalogu
 
     r = b.update(index_type=index_type, progress=False)
     assert r.embedded == 3 and emb.calls == 13  # two new + one changed, nothing else re-embedded
-    assert (r.extra["added"], r.extra["changed"], r.extra["removed"]) == (2, 1, 2)
-    assert r.extra["mode"] == ("rebuild" if index_type == "hnsw" else "incremental")
+    assert (r.update.added, r.update.changed, r.update.removed) == (2, 1, 2)
+    assert r.mode == ("rebuild" if index_type == "hnsw" else "incremental")
     index, manifest = store.load_current()
     assert set(index.ids().tolist()) == _catalogue_ids(catalogue) and manifest.count == 10
     assert index_status(catalogue, store).up_to_date
@@ -83,7 +83,7 @@ def test_update_without_vector_cache_reuses_index_vectors(tmp_path, sqlite_catal
     sqlite_catalogue.delete_products(["P0"])
     emb = FakeEmbedder()
     r = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors").update(progress=False, index_type="hnsw")
-    assert emb.calls == 0 and r.vectors == 5 and r.extra["rebuild_reason"]
+    assert emb.calls == 0 and r.vectors == 5 and r.update.rebuild_reason
 
 
 def test_update_refuses_another_model(tmp_path, sqlite_catalogue):
@@ -173,8 +173,8 @@ def test_ivf_update_readds_to_trained_index_with_correct_ids(tmp_path, sqlite_ca
     sqlite_catalogue.delete_products(["P0", "P1", "P2"])
     _add(sqlite_catalogue, tmp_path, 40)
     r = b.update(index_type="ivfflat", progress=False)
-    assert (r.embedded, r.vectors, emb.calls, r.extra["removed"]) == (1, 38, 41, 3)
-    assert "in place" in r.extra["rebuild_reason"] and r.extra["trained_on"] == 40  # codebooks kept
+    assert (r.embedded, r.vectors, emb.calls, r.update.removed) == (1, 38, 41, 3)
+    assert "in place" in r.update.rebuild_reason and r.trained_on == 40  # codebooks kept
     index, _ = store.load_current()
     index.nprobe = 64
     for sku in ("P3", "P20", "P40"):  # every vector still answers to its own image id

@@ -20,7 +20,7 @@ from shopsearch.embedding.calibrate import calibrate_int8, sample_evenly
 from shopsearch.errors import ConfigError, ModelUnavailableError
 from tests.conftest import jitter, make_image
 
-needs_cxx = pytest.mark.skipif(not torch_base._cxx_available(), reason="inductor needs a C++ compiler")
+needs_cxx = pytest.mark.skipif(not torch_base.cxx_available(), reason="inductor needs a C++ compiler")
 
 
 def _tiny() -> TorchEmbedder:
@@ -96,15 +96,16 @@ def test_the_wrong_calibration_or_device_is_refused(tiny_int8, tmp_path):
         int8.load_calibration(tmp_path / "bad.int8.pt")
 
 
-def test_int8_spec_without_a_calibration_names_the_command(tmp_path, monkeypatch):
-    monkeypatch.setenv("SHOPSEARCH_DATA_DIR", str(tmp_path))
+def test_int8_spec_without_a_calibration_names_the_command(tmp_path):
     clear_cache()
     spec = parse_spec("efficientnet-lite0+int8")
     assert spec.precision == "int8" and str(spec) == "efficientnet-lite0+int8"
     with pytest.raises(ModelUnavailableError, match="shopsearch model quantize --model efficientnet-lite0"):
-        load_embedder("efficientnet-lite0+int8", "cpu")
+        load_embedder("efficientnet-lite0+int8", "cpu", tmp_path)
     with pytest.raises(ConfigError, match="CPU precision"):
-        load_embedder("efficientnet-lite0+int8", "cuda")
+        load_embedder("efficientnet-lite0+int8", "cuda", tmp_path)
+    with pytest.raises(ConfigError, match="needs models_dir"):  # never guessed from the environment
+        load_embedder("efficientnet-lite0+int8", "cpu")
 
 
 def test_static_same_padding_keeps_efficientnet_arithmetic():

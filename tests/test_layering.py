@@ -45,3 +45,172 @@ def test_the_check_sees_lazy_imports(tmp_path):
     p = tmp_path / "m.py"
     p.write_text("def f():\n    from indexer.build import IndexBuilder\n    import flask\n")
     assert {"indexer.build", "flask"} <= _imports(p)
+
+
+# -- the module graph ---------------------------------------------------------------------
+PACKAGES = ("shopsearch", "indexer", "webapp")
+#: the modules that may read the environment: the settings module (Settings.from_env, and the
+#: variables other libraries define), the CLI entry point (a default for the tokenizers
+#: library) and the web server's process edge (the re-executed `serve` child's environment,
+#: gunicorn workers' thread count)
+ENVIRON_ALLOWED = {"shopsearch/config.py", "indexer/cli/__init__.py", "webapp/server.py",
+                   # prometheus_client takes its multiprocess mode from PROMETHEUS_MULTIPROC_DIR
+                   # alone, set by `serve` (an edge) before anything imports it
+                   "indexer/cli/serve_cmds.py"}
+#: the modules that may import click: the CLI
+CLICK_ALLOWED = ("indexer/cli/",)
+#: import cycles closed only by imports inside functions, left from before this test: the
+#: embedding executors (pipeline <-> gpu <-> cpu_lane <-> tuning), the CLI group and its
+#: command modules, the web app's error pages and its page module. New ones are refused.
+KNOWN_LAZY_CYCLES = {
+    frozenset({"shopsearch.embedding.cpu_lane", "shopsearch.embedding.gpu", "shopsearch.embedding.pipeline",
+               "shopsearch.embedding.tuning"}),
+    frozenset({"indexer.cli", "indexer.cli.catalogue_cmds", "indexer.cli.index_cmds", "indexer.cli.search_cmds",
+               "indexer.cli.bench_cmds", "indexer.cli.classify_cmds", "indexer.cli.demo_cmds",
+               "indexer.cli.model_cmds", "indexer.cli.serve_cmds", "indexer.cli.throughput_cmds"}),
+    frozenset({"webapp.errors", "webapp.pages", "webapp.params", "webapp.uploads"}),
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and ((isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+                                         or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _project_imports(path: Path, modules: dict[str, Path], lazy: bool) -> set[str]:
+    """Project modules `path` imports when it is loaded (lazy: also inside functions);
+    `from pkg import mod` counts as importing pkg.mod; TYPE_CHECKING blocks do not count."""
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.AST]) -> None:
+        for node in nodes:
+            if _type_checking(node):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                             for a in node.names)
+            elif lazy or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(list(ast.iter_child_nodes(node)))
+
+    visit(ast.parse(path.read_text(), str(path)).body)
+    return {m for m in found if m in modules}
+
+
+def _cycles(lazy: bool) -> list[frozenset[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    modules = _modules()
+    graph = {m: _project_imports(p, modules, lazy) for m, p in modules.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[frozenset[str]] = []
+
+    def connect(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(frozenset(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return out
+
+
+def test_no_import_cycles_among_project_modules():
+    assert _cycles(lazy=False) == []
+
+
+def test_no_new_cycles_held_together_by_lazy_imports():
+    grown = [sorted(c) for c in _cycles(lazy=True) if not any(c <= known for known in KNOWN_LAZY_CYCLES)]
+    assert grown == []
+
+
+def test_the_cycle_check_finds_a_cycle(tmp_path, monkeypatch):
+    (tmp_path / "shopsearch").mkdir()
+    (tmp_path / "shopsearch" / "__init__.py").write_text("")
+    (tmp_path / "shopsearch" / "a.py").write_text("from shopsearch.b import f\n")
+    (tmp_path / "shopsearch" / "b.py").write_text("def f():\n    from shopsearch import a\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert _cycles(lazy=False) == []
+    assert _cycles(lazy=True) == [frozenset({"shopsearch.a", "shopsearch.b"})]
+
+
+def _files(*packages: str) -> list[tuple[str, ast.AST]]:
+    return [(p.relative_to(ROOT).as_posix(), ast.parse(p.read_text(), str(p)))
+            for pkg in packages for p in sorted((ROOT / pkg).rglob("*.py"))]
+
+
+def test_no_module_imports_another_modules_private_names():
+    bad = []
+    for rel, tree in _files(*PACKAGES, "benchmarks"):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                bad += [f"{rel}: from {node.module} import {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert bad == []
+
+
+def test_only_the_settings_modules_touch_the_environment():
+    bad = []
+    for rel, tree in _files(*PACKAGES):
+        for node in ast.walk(tree):
+            touches = (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv", "unsetenv")
+                       and isinstance(node.value, ast.Name) and node.value.id == "os") or (
+                isinstance(node, ast.ImportFrom) and node.module == "os"
+                and any(a.name in ("environ", "getenv", "putenv") for a in node.names))
+            if touches and rel not in ENVIRON_ALLOWED:
+                bad.append(f"{rel}:{node.lineno}")
+    assert bad == []
+
+
+def test_click_only_in_cli_modules_and_flask_only_in_webapp():
+    web = ("flask", "werkzeug", "gunicorn")
+    for pkg in PACKAGES + ("migrations",):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            roots = {name.split(".")[0] for name in _imports(path)}
+            if not rel.startswith(CLICK_ALLOWED):
+                assert "click" not in roots, rel
+            if not rel.startswith("webapp/"):
+                assert not roots & set(web), rel
+
+
+def test_importing_the_cli_does_not_import_torch():
+    """`shopsearch --help` stays quick: torch (and SQLAlchemy, numpy) load when a command runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys, indexer.cli; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'numpy', 'sqlalchemy', 'faiss', 'flask') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

@@ -47,7 +47,7 @@ def test_update_notices_files_changed_on_disk(tmp_path, catalogue, monkeypatch):
     emb = FakeEmbedder()
     b = IndexBuilder(emb, catalogue, store, tmp_path / "vectors")
     first = b.build(progress=False)
-    assert first.vectors == 6 and first.extra["rescan"]["rehashed"] == 0  # the import recorded every stat
+    assert first.vectors == 6 and first.rescan.rehashed == 0  # the import recorded every stat
     assert index_status(catalogue, store).up_to_date
 
     make_image(100).save(paths[0]); _later(paths[0])  # P0's photo replaced in place
@@ -58,10 +58,10 @@ def test_update_notices_files_changed_on_disk(tmp_path, catalogue, monkeypatch):
     assert st.files_changed_on_disk == 4 and not st.up_to_date
 
     r = b.update(progress=False)
-    scan = r.extra["rescan"]
-    assert (scan["rehashed"], scan["changed"], scan["missing"], scan["invalid"], scan["restored"]) == (4, 1, 1, 1, 0)
+    scan = r.rescan
+    assert (scan.rehashed, scan.changed, scan.missing, scan.invalid, scan.restored) == (4, 1, 1, 1, 0)
     assert r.embedded == 1 and emb.calls == 7  # only the replaced photo; the touched one is not re-embedded
-    assert (r.extra["changed"], r.extra["removed"]) == (1, 2)
+    assert (r.update.changed, r.update.removed) == (1, 2)
     assert sorted(p.rsplit("/", 1)[1] for _, p, _ in r.failed) == ["p1.png", "p2.png"]
     index, _ = store.load_current()
     assert set(index.ids().tolist()) == {_image_id(catalogue, f"P{i}") for i in (0, 3, 4, 5)}
@@ -81,7 +81,7 @@ def test_update_notices_files_changed_on_disk(tmp_path, catalogue, monkeypatch):
     # the deleted photo comes back: restored, and its vector comes from the cache, not the model
     make_image(1).save(paths[1])
     r = b.update(progress=False)
-    assert r.extra["rescan"]["restored"] == 1 and r.embedded == 0 and r.vectors == 5
+    assert r.rescan.restored == 1 and r.embedded == 0 and r.vectors == 5
     assert _image_id(catalogue, "P1") in set(store.load_current()[0].ids().tolist())
 
 

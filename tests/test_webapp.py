@@ -23,6 +23,7 @@ from shopsearch.index import IndexStore
 from shopsearch.results import CategoryPrediction
 from tests.conftest import FakeEmbedder, jitter, make_image, sha
 from webapp import create_app
+from webapp.service import ServiceOverrides
 
 CATS = [("Fruit", "Apple"), ("Fruit", "Banana"), ("Dairy", "Milk")]
 
@@ -67,10 +68,9 @@ def site(tmp_path_factory) -> Settings:
     return make_site(tmp_path_factory.mktemp("site"))
 
 
-def app_for(settings: Settings, **extra):
-    cfg = {"SETTINGS": settings, "EMBEDDER": FakeEmbedder(), "TESTING": True, "RELOAD_CHECK_S": 0, **extra}
-    app = create_app(cfg)
-    return app
+def app_for(settings: Settings, embedder=None, router=None, **extra):
+    cfg = {"SETTINGS": settings, "TESTING": True, "RELOAD_CHECK_S": 0, **extra}
+    return create_app(cfg, ServiceOverrides(embedder=embedder or FakeEmbedder(), router=router))
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_text_box_only_with_text_tower(site):
             # "photo of product N" -> the vector of product N's image: exact ground truth
             return self.encode_images([make_image(int(t.split()[-1])) for t in texts])
 
-    app = app_for(site, EMBEDDER=TextFake())
+    app = app_for(site, embedder=TextFake())
     c = app.test_client()
     assert 'name="q"' in c.get("/").get_data(as_text=True)
     r = c.get("/api/v1/search/text", query_string={"q": "photo of product 7", "k": 3})
@@ -478,7 +478,7 @@ class BananaRouter:
 
 
 def test_predicted_category_in_api_and_cards(site):
-    app = app_for(site, ROUTER=BananaRouter())
+    app = app_for(site, router=BananaRouter())
     c = app.test_client()
     body = api_search(c, photo(0), k="4").json
     assert body["predicted_category"]["category"] == "Fruit/Banana"
@@ -557,7 +557,7 @@ def test_config_defaults_env_then_test_config(site, monkeypatch, tmp_path):
     assert app.config["MAX_CONTENT_LENGTH"] == 1024 * 1024 and app.config["RESULTS_K"] == 7
     monkeypatch.delenv("SHOPSEARCH_MAX_UPLOAD_MB")
     monkeypatch.setenv("SHOPSEARCH_DATA_DIR", str(site.data_dir))
-    app = create_app({"EMBEDDER": FakeEmbedder(), "TESTING": True})
+    app = create_app({"TESTING": True}, ServiceOverrides(embedder=FakeEmbedder()))
     assert app.config["MAX_CONTENT_LENGTH"] == 10 * 1024 * 1024  # the default
     assert app.config["SETTINGS"].data_dir == site.data_dir
     assert app.extensions["shopsearch"].loads == 1  # loaded at creation, once
@@ -569,7 +569,7 @@ def test_injected_search_service(site):
     cat = CatalogueStore.open(site.db_url)
     index, manifest = IndexStore(site.index_dir).load_current()
     svc = SearchService(FakeEmbedder(), index, cat, manifest)
-    c = create_app({"SEARCH_SERVICE": svc, "TESTING": True, "SETTINGS": site}).test_client()
+    c = create_app({"TESTING": True, "SETTINGS": site}, ServiceOverrides(search_service=svc)).test_client()
     assert api_search(c, photo(8)).json["results"][0]["sku"] == "P8"
     cat.close()
 
@@ -603,12 +603,12 @@ class _WarmingEmbedder(FakeEmbedder):
 
 def test_the_model_is_warmed_up_when_the_index_loads_not_in_a_request(site):
     emb = _WarmingEmbedder()
-    client = app_for(site, EMBEDDER=emb).test_client()
+    client = app_for(site, embedder=emb).test_client()
     assert emb.warmed == 1  # at app creation (EAGER_LOAD), before any shopper arrives
     buf = io.BytesIO()
     make_image(3).save(buf, format="PNG")
     assert client.post("/api/v1/search", data={"image": (io.BytesIO(buf.getvalue()), "q.png")}).status_code == 200
     assert emb.warmed == 1
-    broken = app_for(site, EMBEDDER=_WarmingEmbedder(fail=True)).test_client()
+    broken = app_for(site, embedder=_WarmingEmbedder(fail=True)).test_client()
     res = broken.post("/api/v1/search", data={"image": (io.BytesIO(buf.getvalue()), "q.png")})
     assert res.status_code >= 500 and "failed to compile" in res.get_json()["error"]["message"]

@@ -2,7 +2,7 @@
 
     create_app()                      # config from SHOPSEARCH_* env
     create_app({"SETTINGS": s})       # explicit settings (tests, `shopsearch serve`)
-    create_app({"SEARCH_SERVICE": svc})   # a prebuilt SearchService (tests)
+    create_app(cfg, ServiceOverrides(search_service=svc))   # a prebuilt SearchService (tests)
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from flask import Flask, g, request
 
 from shopsearch.errors import ShopSearchError
 from webapp.config import load_config
-from webapp.service import ServiceHolder
+from webapp.service import ServiceHolder, ServiceOverrides
 from webapp.thumbs import ThumbCache
 from webapp.uploads import InMemoryRequest, close_request_images
 
@@ -25,15 +25,16 @@ CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Application factory: defaults, then SHOPSEARCH_* env vars, then `test_config`."""
+def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOverrides | None = None) -> Flask:
+    """Application factory: defaults, then SHOPSEARCH_* env vars, then `test_config`.
+    `services` (tests) supplies a prebuilt SearchService, or an embedder/router to pair with
+    the on-disk index, instead of those the settings name."""
     app = Flask(__name__)
     app.request_class = InMemoryRequest
     load_config(app, test_config)
     cfg = app.config
     holder = ServiceHolder(cfg["SETTINGS"], model=cfg["MODEL"], reload_check_s=float(cfg["RELOAD_CHECK_S"]),
-                           service=cfg["SEARCH_SERVICE"], embedder=cfg["EMBEDDER"], router=cfg["ROUTER"],
-                           migrate=bool(cfg["MIGRATE"]))
+                           overrides=services, migrate=bool(cfg["MIGRATE"]))
     app.extensions["shopsearch"] = holder
     app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
 

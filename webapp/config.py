@@ -19,10 +19,6 @@ DEFAULTS: dict[str, Any] = {
     "DEVICE": None,
     # query model; None/"auto" -> the model that built the serving index
     "MODEL": None,
-    # a prebuilt SearchService (tests) or an embedder to pair with the on-disk index (tests)
-    "SEARCH_SERVICE": None,
-    "EMBEDDER": None,
-    "ROUTER": None,
     # uploads: 10 MB unless MAX_CONTENT_LENGTH is set explicitly
     "MAX_UPLOAD_MB": 10,
     "MAX_CONTENT_LENGTH": None,

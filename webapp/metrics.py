@@ -8,17 +8,20 @@ value among live workers (index gauges). Without it (Flask's debug server, tests
 figures are this process's own."""
 from __future__ import annotations
 
-import os
 import time
 
 from flask import Blueprint, Flask, Response, current_app, g, request
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest)
-from prometheus_client import multiprocess
+from prometheus_client import multiprocess, values
 
 from shopsearch.results import SearchResult
 
 bp = Blueprint("metrics", __name__)
+
+#: prometheus_client chose its mode at import (from PROMETHEUS_MULTIPROC_DIR, which `serve` sets
+#: before importing it): ask it rather than the environment
+MULTIPROCESS = values.ValueClass is not values.MutexValue
 
 REQUESTS = Counter("shopsearch_http_requests", "HTTP requests answered", ["method", "route", "status"])
 LATENCY = Histogram("shopsearch_http_request_duration_seconds", "Time to answer an HTTP request",
@@ -80,7 +83,7 @@ def _report_index() -> None:
 @bp.get("/metrics")
 def metrics() -> Response:
     _report_index()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
@@ -96,5 +99,5 @@ def init_app(app: Flask) -> None:
 
 def worker_exited(pid: int) -> None:
     """Gunicorn child_exit hook: drop a dead worker's live gauges (its counters stay summed)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if MULTIPROCESS:
         multiprocess.mark_process_dead(pid)

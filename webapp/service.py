@@ -9,31 +9,44 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
 
-from shopsearch.app import open_catalogue, open_index_store, open_search_service, place_index
+from shopsearch.app import open_catalogue, open_index_store, open_search_service
 from shopsearch.catalogue.records import ImageInfo
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
+from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexNotFoundError, ProductNotFoundError, ShopSearchError
-from shopsearch.search import SearchService
+from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.web")
 
 _Signature = tuple[int, int, int] | None
 
 
+@dataclass(frozen=True)
+class ServiceOverrides:
+    """What a caller (tests) supplies instead of what the settings name: a prebuilt
+    SearchService (served as is, never reloaded), or an embedder and router to pair with
+    whichever index build is serving."""
+
+    search_service: SearchService | None = None
+    embedder: Embedder | None = None
+    router: CategoryRouter | None = None
+
+
 class ServiceHolder:
     """Owns the process's catalogue connection pool and its current SearchService."""
 
     def __init__(self, settings: Settings, model: str | None = None, reload_check_s: float = 1.0,
-                 service: SearchService | None = None, embedder: Any = None, router: Any = None,
-                 migrate: bool = False) -> None:
+                 overrides: ServiceOverrides | None = None, migrate: bool = False) -> None:
+        overrides = overrides or ServiceOverrides()
+        service = overrides.search_service
         self.settings = settings
         self.model = model
         self.reload_check_s = reload_check_s
-        self._embedder = embedder
-        self._router = router
+        self._embedder = overrides.embedder
+        self._router = overrides.router
         self._migrate = migrate
         self._fixed = service is not None  # an injected service is served as is
         self._service = service
@@ -128,13 +141,10 @@ class ServiceHolder:
             return
         t0 = time.perf_counter()
         try:
-            if self._embedder is not None:
-                index, manifest = store.load_current()
-                place_index(index, self.settings)
-                svc = SearchService(self._embedder, index, self.catalogue, manifest, router=self._router)
-            else:
-                svc = open_search_service(self.settings, catalogue=self.catalogue, model=self.model,
-                                          router=self._router)
+            # an injected embedder comes with its router or none (it has no trained one)
+            svc = open_search_service(self.settings, catalogue=self.catalogue, model=self.model,
+                                      router=self._router, with_router=self._embedder is None,
+                                      embedder=self._embedder)
             warm_up = getattr(svc.embedder, "warm_up", None)
             if warm_up is not None:  # e.g. compile an int8 model now, not in the first shopper's request
                 warm_up()

@@ -75,20 +75,50 @@ class ShopSearchGroup(click.Group):
 
 @dataclass
 class Ctx:
+    """The commands' view of the composition root (shopsearch.app): services built from the
+    one Settings of this run. Imports are lazy so that `shopsearch --help` stays quick."""
+
     settings: Settings
-    _cache: dict = field(default_factory=dict)
+    _catalogue: Any = field(default=None, repr=False)
 
     def catalogue(self):
-        if "catalogue" not in self._cache:
+        if self._catalogue is None:
             from shopsearch.app import open_catalogue
 
-            self._cache["catalogue"] = open_catalogue(self.settings)
-        return self._cache["catalogue"]
+            self._catalogue = open_catalogue(self.settings)
+        return self._catalogue
 
     def index_store(self):
         from shopsearch.app import open_index_store
 
         return open_index_store(self.settings)
+
+    def model(self, spec: str | None = None):
+        """The embedder `spec` names (default: the configured model)."""
+        from shopsearch.app import load_model
+
+        return load_model(self.settings, spec)
+
+    def model_for_index(self, spec: str | None = None):
+        """`spec`, else the serving index's model, else the configured one."""
+        from shopsearch.app import embedder_for_index
+
+        return embedder_for_index(self.settings, self.index_store(), spec)
+
+    def search_service(self, model: str | None = None):
+        from shopsearch.app import open_search_service
+
+        return open_search_service(self.settings, catalogue=self.catalogue(), model=model)
+
+    def index_builder(self, embedder, store=None):
+        from indexer.build import IndexBuilder
+
+        return IndexBuilder(embedder, self.catalogue(), store or self.index_store(), self.settings.vector_cache_dir,
+                            gpu=self.settings.gpu)
+
+    def close(self) -> None:
+        if self._catalogue is not None:
+            self._catalogue.close()
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
@@ -111,26 +141,18 @@ def echo_json(obj: Any) -> None:
 def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str, log_level: str) -> None:
     """ShopSearch: visual product search over your catalogue."""
     logs.configure(log_level)
+    # the one place the CLI reads SHOPSEARCH_* settings; everything below gets them passed
     ctx.obj = Ctx(Settings.from_env(data_dir=data_dir, database_url=database_url, device=device))
-    # Library code that resolves names under the data dir (e.g. `finetuned:NAME`) reads the
-    # environment, so --data-dir must reach it too.
-    os.environ["SHOPSEARCH_DATA_DIR"] = str(ctx.obj.settings.data_dir)
-    ctx.call_on_close(lambda: ctx.obj._cache.get("catalogue") and ctx.obj._cache["catalogue"].close())
+    ctx.call_on_close(ctx.obj.close)
 
 
 def _register() -> None:
-    from indexer.cli import catalogue_cmds, index_cmds, search_cmds
+    """Each command group lives in its own module and registers itself."""
+    from indexer.cli import (bench_cmds, catalogue_cmds, classify_cmds, demo_cmds, index_cmds, model_cmds,
+                             search_cmds, serve_cmds)
 
-    for mod in (catalogue_cmds, index_cmds, search_cmds):
-        mod.register(cli)
-    # Optional command groups: each lives in its own module and registers itself.
-    for name in ("demo_cmds", "serve_cmds", "bench_cmds", "classify_cmds", "model_cmds"):
-        try:
-            mod = __import__(f"indexer.cli.{name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"indexer.cli.{name}":
-                raise
-            continue
+    for mod in (catalogue_cmds, index_cmds, search_cmds, demo_cmds, serve_cmds, bench_cmds, classify_cmds,
+                model_cmds):
         mod.register(cli)
 
 

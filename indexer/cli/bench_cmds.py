@@ -54,8 +54,7 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
                out_dir: str | None, as_json: bool) -> None:
     """Recall@k, precision@k, mAP@k, MRR, NDCG@k and latency of one or more configurations."""
-    from shopsearch.app import _load_router
-    from shopsearch.embedders import load_embedder
+    from shopsearch.app import load_model, load_router
     from shopsearch.evaluation import configs as cfgmod
     from shopsearch.evaluation import metrics, report
     from shopsearch.evaluation.datasets import load_dataset
@@ -78,10 +77,11 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
         results = run_benchmark(
             lambda g: load_dataset(dataset, layout, g or gallery, queries), parsed,
             Path(scratch) if no_cache else c.settings.vector_cache_dir,
-            embedder_for=lambda spec: load_embedder(spec, c.settings.device),
-            router_for=lambda emb: _load_router(c.settings, emb),
+            embedder_for=lambda spec: load_model(c.settings, spec),
+            router_for=lambda emb: load_router(c.settings, emb),
             options=RunOptions(ks=k_values, batch_size=batch_size, workers=workers, latency_samples=latency_samples,
-                               category_depth=category_depth, progress=sys.stderr.isatty()),
+                               category_depth=category_depth, progress=sys.stderr.isatty(),
+                               compile=c.settings.pipeline.compile, gpu=c.settings.gpu),
         )
     machine = machine_info()
     for p in results[0].dataset.problems[:10]:
@@ -102,22 +102,8 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
                    err=True)
 
 
-def _add_throughput() -> None:
-    """The embedding-throughput command lives in its own module (issue 6), when present."""
-    import importlib
-
-    try:
-        throughput_cmds = importlib.import_module("indexer.cli.throughput_cmds")
-    except ModuleNotFoundError as e:
-        if e.name != "indexer.cli.throughput_cmds":
-            raise
-        return
-    if hasattr(throughput_cmds, "register_bench"):
-        throughput_cmds.register_bench(bench)
-    elif isinstance(getattr(throughput_cmds, "throughput", None), click.Command):
-        bench.add_command(throughput_cmds.throughput)
-
-
 def register(cli: click.Group) -> None:
-    _add_throughput()
+    from indexer.cli.throughput_cmds import throughput  # its own module: a different job, a different user
+
+    bench.add_command(throughput)
     cli.add_command(bench)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
 from indexer.cli import Ctx, echo_json, pass_ctx
-from shopsearch.catalogue.importers import FORMATS, ImportReport, RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.formats import FORMATS
+
+if TYPE_CHECKING:
+    from shopsearch.catalogue.importers import ImportReport
 
 
 @click.group("catalogue")
@@ -33,6 +37,8 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     A SKU on several rows is imported from its last row and reported. Exits 1 when nothing
     was imported (no usable row, or every image unusable)."""
     from pathlib import Path
+
+    from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
 
     problems: list[RowProblem] = []
     records = read_source(Path(path), fmt, problems, reference_split)

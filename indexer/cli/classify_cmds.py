@@ -17,9 +17,7 @@ def classify() -> None:
 
 def _embedder(c: Ctx, model: str | None):
     """The model to classify with: --model, else the serving index's model, else the configured one."""
-    from shopsearch.app import embedder_for_index
-
-    return embedder_for_index(c.settings, c.index_store(), model)
+    return c.model_for_index(model)
 
 
 def _labelled(c: Ctx, spec: str | None):
@@ -49,7 +47,7 @@ def _print_metrics(title: str, m: dict) -> None:
 
 
 def _ft_options(f):
-    from shopsearch.classify.finetune import FinetuneConfig
+    from shopsearch.classify.finetune_config import FinetuneConfig  # torch-free: runs when the CLI is imported
 
     for fld in reversed(fields(FinetuneConfig)):
         if fld.name in ("max_steps", "workers", "preload"):
@@ -82,11 +80,11 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
     """Train a category classifier on the catalogue's (or given) labelled images."""
     train, val = _split(c, train_spec, val_spec, val_fraction)
     if finetune:
-        from shopsearch.classify.finetune import FinetuneConfig
+        from shopsearch.classify.finetune_config import FinetuneConfig
         from shopsearch.classify.training import finetune_artefact
         from shopsearch.embedders import load_embedder, resolve_device
 
-        base = load_embedder("efficientnet-lite0", "cpu")
+        base = load_embedder("efficientnet-lite0", "cpu")  # only its fingerprint: the backbone fine-tuned
         cfg = FinetuneConfig(**ft, max_steps=max_steps, workers=workers)  # type: ignore[arg-type]
         art = finetune_artefact(train, val, cfg, resolve_device(c.settings.device), base_fingerprint=base.fingerprint,
                                 name=name, target=target, progress=not as_json)

@@ -1,7 +1,6 @@
 """`shopsearch demo`: import the Grocery Store catalogue, index it, then serve the app."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -21,13 +20,13 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
               help="Serve the web app after indexing (else run one sample search).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Gunicorn worker processes.")
 @pass_ctx
-def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool, host: str, port: int) -> None:
+def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool, host: str, port: int,
+             workers: int) -> None:
     """Import + index the Grocery Store catalogue, then serve it (idempotent: reruns are quick)."""
-    from indexer.build import IndexBuilder
     from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
-    from shopsearch.app import open_search_service
-    from shopsearch.embedders import load_embedder
     from shopsearch.embedding.preprocess import decode_query
 
     root = Path(dataset)
@@ -39,7 +38,7 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     report = import_catalogue(c.catalogue(), read_source(root, "grocerystore", problems, split), problems)
     click.echo(f"catalogue: {report.products_created} new, {report.products_updated} updated, "
                f"{report.products_unchanged} unchanged products; {report.images_failed} image problems")
-    embedder = load_embedder(model, c.settings.device)
+    embedder = c.model(model)
     click.echo(f"model: {embedder.name} on {embedder.device}")
     store = c.index_store()
     current = store.current_manifest()
@@ -50,22 +49,18 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
         from shopsearch.index.lock import index_lock
 
         with index_lock(c.settings.index_dir, what="demo index build"):  # no build of another run is pruned
-            b = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).build()
+            b = c.index_builder(embedder, store).build(compile=c.settings.pipeline.compile)
         click.echo(f"index: build {b.build_id}, {b.vectors} vectors, {b.embedded} embedded in {b.seconds:.0f}s")
     sample = root / "dataset" / "test" / "Fruit" / "Banana" / "Banana_004.jpg"
     if sample.is_file():
-        svc = open_search_service(c.settings, catalogue=c.catalogue(), model=model if model != "auto" else None)
+        svc = c.search_service(model if model != "auto" else None)
         res = svc.search_image(decode_query(sample, svc.embedder), k=3)
         click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} ({h.score:.2f})" for h in res.hits))
     if not serve:
         return
-    try:
-        from webapp.server import run_server
-    except ImportError:
-        click.echo("web app not available in this build; done")
-        return
+    from webapp.server import run_server
     click.echo(f"serving on http://{host}:{port}/  (Ctrl-C to stop)")
-    run_server(c.settings, host=host, port=port, workers=int(os.environ.get("SHOPSEARCH_WORKERS", "1")))
+    run_server(c.settings, host=host, port=port, workers=workers)
 
 
 def register(cli: click.Group) -> None:

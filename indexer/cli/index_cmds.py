@@ -34,10 +34,9 @@ def _perf_options(f):
                      help="Also write the run's figures in the Prometheus text format to this file (for "
                           "node_exporter's textfile collector; written atomically), or - for stdout.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
-    f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
-                     envvar="SHOPSEARCH_COMPILE", show_default=True,
-                     help="torch.compile the model first (auto: CPU jobs of 4,096+ images, where it repays "
-                          "its 20-50 s; ~1.4x faster end to end on CPUs without bf16).")(f)
+    f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default=None,
+                     help="torch.compile the model first (default: SHOPSEARCH_COMPILE, else auto: CPU jobs of "
+                          "4,096+ images, where it repays its compilation).")(f)
     f = click.option("--max-shrink", type=click.FloatRange(0, 1), default=DEFAULT_MAX_SHRINK, show_default=True,
                      envvar="SHOPSEARCH_MAX_SHRINK",
                      help="Refuse to publish a build holding fewer than (1 - this) of the serving build's "
@@ -74,19 +73,18 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None) -> Non
     if as_json:
         echo_json(report.to_dict())
         return
-    extra = report.extra
-    mode = extra.get("mode", "full")
-    scan = extra.get("rescan") or {}
-    if scan.get("rehashed"):
-        click.echo(f"files on disk: {scan['changed']} changed, {scan['missing']} missing, {scan['invalid']} unusable, "
-                   f"{scan['restored']} restored ({scan['rehashed']} re-hashed of {scan['images']})", err=True)
-    line = (f"build {report.build_id} ({mode}): {report.vectors} vectors ({report.index_type}), "
+    scan = report.rescan
+    if scan is not None and scan.rehashed:
+        click.echo(f"files on disk: {scan.changed} changed, {scan.missing} missing, {scan.invalid} unusable, "
+                   f"{scan.restored} restored ({scan.rehashed} re-hashed of {scan.images})", err=True)
+    line = (f"build {report.build_id} ({report.mode}): {report.vectors} vectors ({report.index_type}), "
             f"embedded {report.embedded}, reused {report.skipped}, failed {len(report.failed)}, "
             f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s)")
-    if mode != "full":
-        line += f"; +{extra['added']} new, ~{extra['changed']} changed, -{extra['removed']} removed"
-        if extra.get("rebuild_reason"):
-            line += f"; rebuilt from the vector cache ({extra['rebuild_reason']})"
+    if report.update is not None:
+        u = report.update
+        line += f"; +{u.added} new, ~{u.changed} changed, -{u.removed} removed"
+        if u.rebuild_reason:
+            line += f"; rebuilt from the vector cache ({u.rebuild_reason})"
     click.echo(line)
     for image_id, path, reason in report.failed[:20]:
         click.echo(f"  failed image {image_id} {path}: {reason}", err=True)
@@ -105,11 +103,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
               as_json: bool, wait: bool, metrics_file: str | None) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     _writer(c, wait, "index build")
-    from indexer.build import IndexBuilder
-    from shopsearch.embedders import load_embedder
-
-    embedder = load_embedder(model, c.settings.device)
-    builder = IndexBuilder(embedder, c.catalogue(), c.index_store(), c.settings.vector_cache_dir)
+    embedder = c.model(model)
+    builder = c.index_builder(embedder)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
 
     def show_plan(plan) -> None:
@@ -119,7 +114,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
     with sigterm_as_interrupt():
         report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers,
                                progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
-                               on_plan=show_plan, compile=compile_mode, verify_hashes=verify_hashes,
+                               on_plan=show_plan, compile=compile_mode or c.settings.pipeline.compile,
+                               verify_hashes=verify_hashes,
                                max_shrink=max_shrink)
     _print_report(report, as_json, metrics_file)
 
@@ -133,19 +129,16 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     _writer(c, wait, "index update")
-    from indexer.build import IndexBuilder
-    from shopsearch.embedders import load_embedder
-
     store = c.index_store()
     manifest = store.current_manifest()
-    spec = model or (manifest.model_name if manifest else c.settings.model)
-    embedder = load_embedder(spec, c.settings.device)
+    embedder = c.model_for_index(model)
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
     with sigterm_as_interrupt():
-        report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
+        report = c.index_builder(embedder, store).update(
             index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-            executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode,
+            executor=executor, chunk_size=chunk_size, rescan=rescan,
+            compile=compile_mode or c.settings.pipeline.compile,
             verify_hashes=verify_hashes, max_shrink=max_shrink)
     _print_report(report, as_json, metrics_file)
 

@@ -21,13 +21,12 @@ from indexer.cli import Ctx, echo_json, pass_ctx
 def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Decimal | None,
                max_price: Decimal | None, model: str | None, no_routing: bool, as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
-    from shopsearch.app import open_search_service
-    from shopsearch.errors import CatalogueEmptyError
     from shopsearch.embedding.preprocess import decode_query
+    from shopsearch.errors import CatalogueEmptyError
     from shopsearch.results import SearchFilters
 
-    catalogue = c.catalogue()
-    svc = open_search_service(c.settings, catalogue=catalogue, model=model)
+    svc = c.search_service(model)
+    catalogue = svc.catalogue
     if catalogue.stats().products == 0:  # else every hit is dropped and "no matching products" misleads
         raise CatalogueEmptyError(
             f"the catalogue database {catalogue.engine.url.render_as_string(hide_password=True)} holds no products, "

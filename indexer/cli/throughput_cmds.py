@@ -19,6 +19,9 @@ from indexer.cli import Ctx, echo_json, pass_ctx
 @click.option("--source", default="auto", show_default=True,
               help="auto (Grocery Store photos when present, else generated 1600x1200 JPEGs) | grocery | "
                    "synthetic | a folder of images")
+@click.option("--grocery-dir", envvar="SHOPSEARCH_GROCERY_DIR", type=click.Path(file_okay=False),
+              default="../shared/datasets/grocerystore", show_default=True,
+              help="The Grocery Store dataset (--source grocery or auto).")
 @click.option("--batch-size", type=int, default=None, help="Our pipeline's batch (default: tuned).")
 @click.option("--workers", type=int, default=None, help="Our pipeline's decode workers (default: tuned).")
 @click.option("--executor", type=click.Choice(["auto", "thread", "process", "inline", "gpu"]), default="auto",
@@ -31,15 +34,17 @@ from indexer.cli import Ctx, echo_json, pass_ctx
 @click.option("--no-naive", is_flag=True, help="Skip the naive loop (ratio is then null).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
-def throughput(c: Ctx, model: str, device: str | None, images: int, precision: str, source: str,
+def throughput(c: Ctx, model: str, device: str | None, images: int, precision: str, source: str, grocery_dir: str,
                batch_size: int | None, workers: int | None, executor: str, compile_mode: str, repeats: int,
                no_naive: bool, as_json: bool) -> None:
     """Images/s from JPEG files to saved vectors: our pipeline and the naive loop, same images, same run."""
-    from indexer.throughput import run_throughput
+    from pathlib import Path
+
+    from shopsearch.evaluation.throughput import run_throughput
 
     r = run_throughput(model, device or c.settings.device, images=images, precision=precision, source=source,
                        batch_size=batch_size, workers=workers, executor=executor, naive=not no_naive,
-                       compile=compile_mode, repeats=repeats)
+                       compile=compile_mode, repeats=repeats, grocery=Path(grocery_dir), settings=c.settings)
     if as_json:
         echo_json(r.to_dict())
         return

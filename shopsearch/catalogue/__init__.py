@@ -1,5 +1,5 @@
-"""The catalogue: products, images, categories and index builds in SQL."""
-from shopsearch.catalogue.records import ImageInfo, ImageRecord, ProductInfo, ProductRecord
-from shopsearch.catalogue.store import CatalogueStore
+"""The catalogue: products, images, categories and index builds in SQL (store.py), the
+schema and its migrations (models.py, db.py), importers and the on-disk rescan.
 
-__all__ = ["CatalogueStore", "ImageInfo", "ImageRecord", "ProductInfo", "ProductRecord"]
+Nothing is re-exported here, so that importing one light module (formats.py: what the CLI
+needs to describe its options) does not import SQLAlchemy."""

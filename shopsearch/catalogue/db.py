@@ -15,7 +15,17 @@ from shopsearch.errors import DatabaseUnavailableError, SchemaVersionError
 
 log = logging.getLogger("shopsearch.catalogue")
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def _migrations_dir() -> Path:
+    """migrations/ of the repository, installed as the package shopsearch.migrations (an
+    editable install maps the name to the folder; a wheel holds a copy)."""
+    import shopsearch.migrations
+
+    return Path(shopsearch.migrations.__file__).resolve().parent
+
+
+MIGRATIONS_DIR = _migrations_dir()
 
 
 #: seconds to wait for a PostgreSQL server before calling the database unreachable

@@ -19,13 +19,13 @@ from tqdm import tqdm
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.errors import InvalidImageError, ManifestError
+from shopsearch.catalogue.formats import FORMATS
 from shopsearch.images import inspect_image
 from shopsearch.workers import RespawningPool
 
 log = logging.getLogger("shopsearch.importer")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-FORMATS = ("csv", "jsonl", "imagefolder", "grocerystore")
 _CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
 
 

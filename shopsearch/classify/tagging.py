@@ -86,7 +86,7 @@ def tag_after_import(settings: "Settings", store: "CatalogueStore", progress: bo
     from shopsearch.classify.router import Classifier, find_artefact
     from shopsearch.embedders import load_embedder
 
-    embedder = load_embedder(manifest.model_name, settings.device)
+    embedder = load_embedder(manifest.model_name, settings.device, settings.models_dir)
     path = find_artefact(settings, embedder)
     if path is None:
         return None

@@ -2,8 +2,8 @@
 
 Why: in the GPU pipeline the model thread shares the host process's GIL with the read
 and decode threads. An eager ViT-B-32 forward is a few hundred kernel launches from
-Python, each needing the GIL; measured on an H100 host, the model stage took 25-37 ms
-per batch of 256 there, against ~14 ms of GPU work. A graph replay is one call."""
+Python, each needing the GIL, so the model stage took about twice its GPU work
+(benchmarks/RESULTS.md). A graph replay is one call."""
 from __future__ import annotations
 
 import contextlib

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from shopsearch.embedders.torch_base import TorchEmbedder, hash_tensors
-from shopsearch.errors import ClassifierError, ModelUnavailableError
+from shopsearch.errors import ClassifierError, ConfigError, ModelUnavailableError
 
 DEFAULT_ARCH = "tf_efficientnet_lite0"
 
@@ -57,14 +57,12 @@ def backbone_fingerprint(arch: str, img_size: int, crop_pct: float, state: dict[
 
 
 def resolve_artefact(target: str, models_dir: Path | None = None) -> Path:
-    """NAME -> <models_dir, default <SHOPSEARCH_DATA_DIR>/models>/NAME.pt; a path (with / or
-    .pt) is taken as is."""
+    """NAME -> <models_dir>/NAME.pt (Settings.models_dir); a path (with / or .pt) is taken as is."""
     if "/" in target or target.endswith(".pt"):
         return Path(target).expanduser().resolve()
     if models_dir is None:
-        from shopsearch.config import default_data_dir
-
-        models_dir = default_data_dir() / "models"
+        raise ConfigError(f"fine-tuned model {target!r} is a name: it needs the models folder (models_dir), "
+                          "or give the path of its .pt file")
     return Path(models_dir) / f"{target}.pt"
 
 

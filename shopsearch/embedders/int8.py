@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shopsearch.embedders.torch_base import TorchEmbedder, _cxx_available, hash_tensors
+from shopsearch.embedders.torch_base import TorchEmbedder, cxx_available, hash_tensors
 from shopsearch.errors import ConfigError, ModelUnavailableError
 
 log = logging.getLogger("shopsearch.embedders")
@@ -82,7 +82,7 @@ def check_int8_device(device: str) -> None:
     """int8 runs on the CPU only (through inductor, which needs a C++ compiler)."""
     if torch.device(device).type != "cpu":
         raise ConfigError(f"int8 is a CPU precision; on {device} use fp32 or bf16")
-    if not _cxx_available():
+    if not cxx_available():
         raise ModelUnavailableError("int8 models are compiled by torch inductor, which needs a C++ compiler "
                                     "(g++) on PATH")
 
@@ -181,11 +181,9 @@ def load_calibration(path: str | Path) -> Calibration:
 
 
 def calibration_path(model_spec: str, models_dir: str | Path | None = None) -> Path:
-    """`<models_dir, default <data dir>/models>/<model spec, made a file name>.int8.pt`."""
+    """`<models_dir>/<model spec, made a file name>.int8.pt` (models_dir: Settings.models_dir)."""
     if models_dir is None:
-        from shopsearch.config import default_data_dir
-
-        models_dir = default_data_dir() / "models"
+        raise ConfigError(f"int8 calibrations live in the models folder: loading {model_spec}+int8 needs models_dir")
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_spec).strip("_")
     return Path(models_dir) / f"{safe}.int8.pt"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shopsearch import config
 from shopsearch.embedders.torch_base import TorchEmbedder
 from shopsearch.errors import ConfigError, ModelUnavailableError
 
@@ -46,10 +47,10 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def hf_offline() -> bool:
-    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloads."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            return True
+    """True when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), or huggingface_hub's own
+    configuration, forbids downloads."""
+    if config.hf_offline():
+        return True
     try:
         from huggingface_hub import constants
 

@@ -137,7 +137,7 @@ def _auto_openclip_available(timeout: float = AUTO_PROBE_TIMEOUT_S) -> bool:
 
 def _build(spec: ModelSpec, device: str, models_dir: Path | None = None) -> Embedder:
     """Load the model a (non-auto) spec names (finetuned artefacts and int8 calibrations are
-    looked for in `models_dir`, default `<data dir>/models`)."""
+    looked for in `models_dir`, Settings.models_dir)."""
     if spec.kind == "colorhist":
         from shopsearch.embedders.colorhist import ColorHistogramEmbedder
 
@@ -179,7 +179,10 @@ def load_embedder(spec: str = "auto", device: str = "auto", models_dir: Path | N
     # int8 runs on CPUs only: "auto" on a GPU machine must still find it (an explicit cuda is refused)
     cpu_only = parsed.kind == "colorhist" or (parsed.precision == "int8" and device == "auto")
     dev = "cpu" if cpu_only else resolve_device(device)
-    key = (str(parsed), dev, str(models_dir or ""))
+    # the models folder is part of the key only for the specs that look something up in it, so
+    # one model is loaded once whether or not a caller passed the folder
+    uses_folder = parsed.kind == "finetuned" or parsed.precision == "int8"
+    key = (str(parsed), dev, str(models_dir or "") if uses_folder else "")
     with _lock:
         if key in _cache:
             return _cache[key]

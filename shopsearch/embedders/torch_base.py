@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from shopsearch.config import cxx_compilers, threads_pinned
 from shopsearch.embedders.base import l2_normalize
 from shopsearch.errors import CapabilityError, ConfigError
 
@@ -51,7 +52,7 @@ def configure_torch_threads() -> None:
         if _threads_done:
             return
         _threads_done = True
-        if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        if threads_pinned():
             return
         n = available_cpus()
         if torch.get_num_threads() > n:
@@ -68,8 +69,9 @@ def hash_tensors(h: "hashlib._Hash", state: dict[str, torch.Tensor]) -> None:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
-def _cxx_available() -> bool:
-    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+def cxx_available() -> bool:
+    """True when a C++ compiler for inductor (torch.compile on the CPU) is installed."""
+    return any(shutil.which(c) for c in cxx_compilers())
 
 
 class TorchEmbedder:
@@ -185,14 +187,14 @@ class TorchEmbedder:
     # -- compiled forward (bulk embedding) ---------------------------------------------
     def compile(self, batch_size: int) -> bool:
         """Run the image tower through torch.compile (inductor, weights frozen into the
-        graph) at a fixed batch size, for bulk embedding. On a 2-core AVX2 CPU without
-        bf16 it lifted EfficientNet-Lite0 from 37 to 60 images/s; the first batch pays the
-        compilation (20-50 s there), so the pipeline asks only for big jobs. Vectors match
+        graph) at a fixed batch size, for bulk embedding: faster on CPUs without bf16
+        (figures: benchmarks/RESULTS.md); the first batch pays the compilation, so the
+        pipeline asks only for big jobs. Vectors match
         eager ones within 1e-5, so the fingerprint is unchanged. False, eager kept, when
         no C++ compiler is found (inductor's CPU backend needs one)."""
         if self._compiled is not None:
             return True
-        if torch.device(self._device).type == "cpu" and not _cxx_available():
+        if torch.device(self._device).type == "cpu" and not cxx_available():
             log.info("torch.compile skipped: no C++ compiler on PATH")
             return False
         try:

@@ -49,9 +49,6 @@ class VectorCache:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def missing(self, keys: list[str]) -> list[str]:
-        return [k for k in keys if k not in self._keys]
-
     def get_many(self, keys: list[str]) -> np.ndarray:
         """Vectors for `keys` (all must be present), in order."""
         if len(self._blocks) > 1:
@@ -79,17 +76,3 @@ class VectorCache:
                                   "the vectors saved before are kept: free some space and run the same command "
                                   "again") from None
         self._append(np.array(keys), vectors)
-
-    def compact(self) -> None:
-        """Merge all chunks into one file (fewer files to open at start-up)."""
-        files = sorted(self.dir.glob("chunk-*.npz"))
-        if len(files) <= 1:
-            return
-        keys = sorted(self._keys, key=self._keys.get)  # type: ignore[arg-type]
-        vecs = self.get_many(keys)
-        name = f"chunk-{uuid.uuid1().hex}"
-        tmp = self.dir / f".{name}.tmp.npz"
-        np.savez(tmp, keys=np.array(keys, dtype="U64"), vectors=vecs)
-        os.replace(tmp, self.dir / f"{name}.npz")
-        for f in files:
-            f.unlink(missing_ok=True)

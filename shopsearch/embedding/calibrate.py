@@ -87,7 +87,7 @@ def calibrate_int8(model: str, paths: Sequence[str], count: int = DEFAULT_CALIBR
     if count < MIN_CALIBRATION_IMAGES:
         raise ConfigError(f"int8 calibration needs at least {MIN_CALIBRATION_IMAGES} images, not {count}")
     t0 = time.perf_counter()
-    base = load_embedder(base_spec, "cpu")
+    base = load_embedder(base_spec, "cpu", Path(models_dir) if models_dir else None)
     if not isinstance(base, TorchEmbedder):
         raise ConfigError(f"{base_spec} is not a torch model; it has no int8 form")
     # Over-sample a little: a file that no longer decodes is replaced by the next one.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -21,77 +20,47 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from shopsearch.config import env_number
+from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.cpu_lane import CpuDecodeLane
-from shopsearch.embedding.gpu_decode import DECODE_SPLIT, GpuTransform, _nvjpeg, _read, gpu_transform_for
-from shopsearch.embedding.pipeline import _prepare_list
+from shopsearch.embedding.gpu_decode import GpuTransform, gpu_transform_for, nvjpeg_decode, read_for_nvjpeg
+from shopsearch.embedding.pipeline import prepare_list
 from shopsearch.embedding.preprocess import split_preprocess
 
 log = logging.getLogger("shopsearch.pipeline")
 
 #: host cores left to the read threads, the nvJPEG calls and the model thread when the
-#: rest decode on the CPU lane (16-core H100 host: 12 processes)
+#: rest decode on the CPU lane (measured defaults: benchmarks/RESULTS.md)
 HOST_CORES = 4
-#: decoded batches waiting for the model (each ~150 MB of float pixels at batch 256)
-PREFETCH = 2
 #: batches handed to the CPU lane ahead of the one being assembled, so its processes never
 #: wait for the lane thread (which holds slot ranges LOOKAHEAD + 1)
 LOOKAHEAD = 2
-#: threads reading the nvJPEG share: reads from the page cache are ~20 us; more threads
-#: only compete with the model thread for the GIL
-READ_THREADS = 4
 #: the lane thread waiting longer than this for the CPU share means the processes lag
 CPU_LAG_S = 0.002
-#: seconds spent per stage in the last GPU run (reported by the throughput benchmark);
-#: read/decode/transform run in the decode lane, model_wait is the model lane idling on it
-STAGES: dict[str, float] = {k: 0.0 for k in ("read_wait", "decode", "transform", "cpu_decode_wait",
-                                             "model_wait", "model", "write")}
+#: the stages a run reports seconds for: read/decode/transform run in the decode lane,
+#: model_wait is the model lane idling on it
+STAGE_NAMES = ("read_wait", "decode", "transform", "cpu_decode_wait", "model_wait", "model", "write")
 _DONE = object()
-
-
-@dataclass(frozen=True)
-class GpuTuning:
-    """The GPU executor's knobs (SHOPSEARCH_GPU_*, SHOPSEARCH_NVJPEG_SPLIT,
-    SHOPSEARCH_CUDA_GRAPHS), read when a run starts; a malformed value is a ConfigError."""
-
-    cpu_decoders: int
-    cpu_share: float | None  # None: adaptive
-    prefetch: int = PREFETCH
-    read_threads: int = READ_THREADS
-    decode_split: int = DECODE_SPLIT
-    cuda_graphs: bool = True
-
-    @classmethod
-    def from_env(cls) -> "GpuTuning":
-        from shopsearch.embedders.torch_base import available_cpus
-
-        return cls(
-            cpu_decoders=int(env_number("SHOPSEARCH_GPU_CPU_DECODERS", max(0, available_cpus() - HOST_CORES))),
-            cpu_share=env_number("SHOPSEARCH_GPU_CPU_SHARE", None, float, 0, 1),  # type: ignore[arg-type]
-            prefetch=int(env_number("SHOPSEARCH_GPU_PREFETCH", PREFETCH, minimum=1)),
-            read_threads=int(env_number("SHOPSEARCH_GPU_READ_THREADS", READ_THREADS, minimum=1)),
-            decode_split=int(env_number("SHOPSEARCH_NVJPEG_SPLIT", DECODE_SPLIT, minimum=1)),
-            cuda_graphs=os.environ.get("SHOPSEARCH_CUDA_GRAPHS", "1").strip() != "0")
 
 
 def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callable, on_failure: Callable,
                     device: str | None = None, cpu_decoders: int | None = None,
-                    cpu_share: float | None = None) -> None:
-    """Embed `todo` (WorkItems) in batches of cfg.batch_size with GPU decoding.
+                    cpu_share: float | None = None) -> dict[str, float]:
+    """Embed `todo` (WorkItems) in batches of cfg.batch_size with GPU decoding; returns the
+    seconds spent per stage (STAGE_NAMES) and the CPU lane's final share.
 
     Two lanes: a decode thread reads, decodes (nvJPEG) and transforms batch i+1 on its own
     CUDA stream while the calling thread runs the model on batch i, so the run costs
     max(decode, model) per batch instead of their sum (nvJPEG's hardware engine and the
-    SMs are separate units). At most PREFETCH decoded batches wait in GPU memory.
+    SMs are separate units). At most cfg.gpu.prefetch decoded batches wait in GPU memory.
 
-    nvJPEG through torchvision (one decoder behind one lock) tops out below what the model
-    eats (H100 host: ~4,500-4,800 640x480 images/s with its reads, while ViT-B-32 replayed
-    from a CUDA graph embeds ~17,500), so a share of each batch goes to `cpu_decoders`
+    nvJPEG through torchvision (one decoder behind one lock) tops out well below what a
+    model replayed from a CUDA graph eats (benchmarks/RESULTS.md), so a share of each
+    batch goes to `cpu_decoders`
     processes (PIL draft decoding into shared memory, see cpu_lane) at the same time; the
     share shrinks when the lane has to wait for it and grows when it does not.
-    `cpu_decoders` and `cpu_share` (0..1, pins the share: experiments, tests) override
-    GpuTuning.from_env().
+    The knobs come from cfg.gpu (Settings.gpu); `cpu_decoders` and `cpu_share` (0..1, pins
+    the share: experiments, tests) override them.
     `device` overrides the embedder's (tests run this on the CPU)."""
     import torch
 
@@ -100,20 +69,22 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
         raise RuntimeError("gpu executor needs a torchvision Resize/CenterCrop/Normalize transform")
     encode = getattr(embedder, "encode_tensor", None)
     dev = torch.device(device or embedder.device)
-    for k in STAGES:
-        STAGES[k] = 0.0
+    stages = dict.fromkeys(STAGE_NAMES, 0.0)
     bs = cfg.batch_size
     groups = [list(todo[i:i + bs]) for i in range(0, len(todo), bs)]
-    # H100 hosts (16 vCPUs), 640x480 JPEGs, ViT-B-32: both lanes gave the best figure (5,803
-    # img/s, 12 processes) and ~nvJPEG alone's elsewhere (defaults of the last three code
-    # states 4,264-4,741 vs 4,482-4,821), and they keep PNG/WebP catalogues off the host
-    # process (benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
-    tuning = GpuTuning.from_env()
+    # both lanes gave the best figure measured and about nvJPEG alone's elsewhere, and they
+    # keep PNG/WebP catalogues off the host process (benchmarks/RESULTS.md,
+    # benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
+    tuning = cfg.gpu
+    if tuning.cpu_decoders is None:
+        from shopsearch.embedders.torch_base import available_cpus
+
+        tuning = replace(tuning, cpu_decoders=max(0, available_cpus() - HOST_CORES))
     if cpu_decoders is not None:
         tuning = replace(tuning, cpu_decoders=cpu_decoders)
     if cpu_share is not None:
         tuning = replace(tuning, cpu_share=cpu_share)
-    lane = _DecodeLane(embedder, transform, dev, cfg, tuning)
+    lane = _DecodeLane(embedder, transform, dev, cfg, tuning, stages)
     batches: queue.Queue = queue.Queue(maxsize=tuning.prefetch)
     stop = threading.Event()
     producer = threading.Thread(target=lane.produce, args=(groups, batches, stop), name="gpu-decode", daemon=True)
@@ -123,7 +94,7 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
         while True:
             t0 = time.perf_counter()
             got = batches.get()
-            STAGES["model_wait"] += time.perf_counter() - t0
+            stages["model_wait"] += time.perf_counter() - t0
             if got is _DONE:
                 break
             if isinstance(got, BaseException):
@@ -141,10 +112,10 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
             vecs = encode(batch) if encode else embedder.encode_batch(batch.cpu().numpy())
             vecs = np.asarray(vecs, dtype=np.float32)
             t2 = time.perf_counter()
-            STAGES["model"] += t2 - t1
+            stages["model"] += t2 - t1
             del batch  # vectors are on the host, so the model's stream is done with the pixels
             on_vectors(keys, vecs)
-            STAGES["write"] += time.perf_counter() - t2
+            stages["write"] += time.perf_counter() - t2
     finally:
         stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue
@@ -154,8 +125,9 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
                 pass
             producer.join(timeout=0.05)
         lane.close()
-    STAGES["cpu_share"] = lane.share
-    log.info("gpu stage seconds", extra={k: round(v, 3) for k, v in STAGES.items()})
+    stages["cpu_share"] = lane.share
+    log.info("gpu stage seconds", extra={k: round(v, 3) for k, v in stages.items()})
+    return stages
 
 
 class _DecodeLane:
@@ -163,13 +135,15 @@ class _DecodeLane:
     the CPU decode processes (handed over LOOKAHEAD batches ahead), the rest is read by
     threads and decoded by nvJPEG; then resize/crop/normalise on the GPU."""
 
-    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, tuning: GpuTuning) -> None:
+    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, tuning: GpuTuning,
+                 stages: dict[str, float]) -> None:
         import torch
 
         self.transform, self.dev, self.workers, self.bs = transform, dev, cfg.workers, cfg.batch_size
         self.split = split_preprocess(embedder, require_encode_tensor=False)
         self.cpu_pre = self.split or embedder.preprocess
         self.tuning = tuning
+        self.stages = stages  # seconds per stage, shared with run_gpu_batches
         cpu_decoders, cpu_share = tuning.cpu_decoders, tuning.cpu_share
         self.fixed_share = None if cpu_share is None else min(1.0, max(0.0, cpu_share))
         # slot range i % (LOOKAHEAD + 1) belongs to batch i: batches i+1..i+LOOKAHEAD decode
@@ -217,7 +191,7 @@ class _DecodeLane:
                     cur = plans.pop(0)
                     t0 = time.perf_counter()
                     datas = [f.result() for f in cur.reads]
-                    STAGES["read_wait"] += time.perf_counter() - t0
+                    self.stages["read_wait"] += time.perf_counter() - t0
                     if not put(self._decode_group(cur, datas, pool, dec_pool)):
                         return
         except BaseException as e:  # noqa: BLE001 - handed to the model thread, which re-raises
@@ -231,7 +205,7 @@ class _DecodeLane:
         n_cpu = int(round(self.share * len(group))) if self.cpu else 0
         base = (gi % (LOOKAHEAD + 1)) * self.bs
         futs = self.cpu.submit([(base + j, group[j].path) for j in range(n_cpu)]) if n_cpu else []
-        return _Plan(group, base, n_cpu, futs, [pool.submit(_read, it.path) for it in group[n_cpu:]])
+        return _Plan(group, base, n_cpu, futs, [pool.submit(read_for_nvjpeg, it.path) for it in group[n_cpu:]])
 
     def _decode_group(self, plan: "_Plan", datas: list, pool: ThreadPoolExecutor, dec_pool: ThreadPoolExecutor):
         import torch
@@ -249,22 +223,22 @@ class _DecodeLane:
         tensors, keys = [], []
         if jpeg_data:
             try:
-                tensors = _nvjpeg(jpeg_data, self.dev, dec_pool, self.tuning.decode_split)
+                tensors = nvjpeg_decode(jpeg_data, self.dev, dec_pool, self.tuning.decode_split)
                 keys = [plan.group[j].key for j in jpeg_pos]
             except RuntimeError as e:  # one odd JPEG fails the batch call: decode those on the CPU
                 log.debug("nvJPEG batch failed (%s); CPU fallback", e)
                 other = jpeg_pos + other
         t2 = time.perf_counter()
-        STAGES["decode"] += t2 - t1
+        self.stages["decode"] += t2 - t1
         parts = [self.transform(tensors)] if tensors else []
         t3 = time.perf_counter()
-        STAGES["transform"] += t3 - t2
+        self.stages["transform"] += t3 - t2
         cpu_futs = plan.cpu_futs
         futs = []
         if other and self.cpu:  # PNG, WebP, CMYK...: into their own slots on the CPU lane
             cpu_futs = cpu_futs + self.cpu.submit([(plan.base + j, plan.group[j].path) for j in other])
         elif other:  # no CPU lane: decoded in the read threads
-            futs.append(pool.submit(_prepare_list, [plan.group[j] for j in other], self.cpu_pre))
+            futs.append(pool.submit(prepare_list, [plan.group[j] for j in other], self.cpu_pre))
         cpu_waited = False
         if cpu_futs:
             t4 = time.perf_counter()
@@ -298,7 +272,7 @@ class _DecodeLane:
             # this thread waits, not the model's: the batch is ready when queued, and the
             # pinned staging buffer is free for the next batch
             self.stream.synchronize()
-        STAGES["cpu_decode_wait"] += time.perf_counter() - t3
+        self.stages["cpu_decode_wait"] += time.perf_counter() - t3
         return keys, batch, failures
 
     def _collect_cpu(self, plan: "_Plan", futs: list, failures: list) -> tuple[list, list]:

@@ -11,7 +11,7 @@ from shopsearch.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 GpuTransform = Callable[[list], "object"]
 
 #: nvJPEG calls per batch. torchvision serialises them behind one decoder and one mutex, so
-#: splitting only adds calls: 1 (H100: 5,803 img/s with 1 vs 4,789 with 4, CPU lane on)
+#: splitting only adds calls: 1 was faster than 4 (benchmarks/RESULTS.md)
 DECODE_SPLIT = 1
 
 
@@ -84,7 +84,7 @@ def gpu_transform_for(embedder: Embedder, device: str | None = None) -> GpuTrans
     return run
 
 
-def _read(path: str) -> tuple[str, object]:
+def read_for_nvjpeg(path: str) -> tuple[str, object]:
     """Read-thread stage: ("jpeg", uint8 tensor) for nvJPEG, ("cpu", None) for the CPU
     decoder, or ("fail", reason)."""
     import torch
@@ -148,7 +148,7 @@ def jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _nvjpeg(data: list, dev, dec_pool: ThreadPoolExecutor, split: int = DECODE_SPLIT) -> list:
+def nvjpeg_decode(data: list, dev, dec_pool: ThreadPoolExecutor, split: int = DECODE_SPLIT) -> list:
     """Decode JPEG byte tensors on the GPU in a few concurrent sub-batches (order kept)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 

@@ -3,7 +3,7 @@
 The stages are separate functions so they can be moved onto other executors (a Ray Data
 map_batches per stage, see docs/scaling.md):
 
-    read_bytes -> decode_image -> prepare (the model's preprocess) -> embed_batch -> write_chunk
+    (read) -> decode_image -> prepare (the model's preprocess) -> embed_batch -> write_chunk
 
 and the last one, merging chunks into an index, lives in indexer/build.py. `embed_items`
 wires them on one machine: workers prepare images while the main thread runs the model,
@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import DEFAULT_MAX_PIXELS
@@ -57,6 +58,7 @@ class EmbedReport:
     skipped: int = 0
     failed: list[tuple[WorkItem, str]] = field(default_factory=list)
     seconds: float = 0.0
+    gpu_stages: dict[str, float] = field(default_factory=dict)  # the GPU executor's seconds per stage
 
     @property
     def images_per_s(self) -> float:
@@ -64,15 +66,9 @@ class EmbedReport:
 
 
 # -- stages ---------------------------------------------------------------------------
-def read_bytes(item: WorkItem) -> bytes:
-    """Stage 1: the file's bytes (the only stage that touches storage)."""
-    with open(item.path, "rb") as f:
-        return f.read()
-
-
 def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> object:
-    """Stage 2: bytes -> upright RGB PIL image at reduced scale (see preprocess.decode_source)."""
+    """Stage 2 (reads the file unless given its bytes) -> upright RGB PIL image at reduced scale (see preprocess.decode_source)."""
     return decode_source(data if data is not None else item.path, draft_size, max_pixels)
 
 
@@ -129,7 +125,8 @@ def _prepare_group(items: list[WorkItem]) -> list[tuple[WorkItem, np.ndarray | s
     return [prepare(it, _worker_preprocess) for it in items]
 
 
-def _prepare_list(items: list[WorkItem], preprocess: Preprocess) -> list[tuple[WorkItem, np.ndarray | str]]:
+def prepare_list(items: list[WorkItem], preprocess: Preprocess) -> list[tuple[WorkItem, np.ndarray | str]]:
+    """Decode and prepare `items` in this thread (failures as reason strings)."""
     return [prepare(it, preprocess) for it in items]
 
 
@@ -155,7 +152,7 @@ def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: 
     groups = [list(items[i:i + GROUP]) for i in range(0, len(items), GROUP)]
     ahead = max(2, window // GROUP)
     # threads share memory: they call the function directly; processes inherit it (fork)
-    fn = _prepare_group if executor == "process" else functools.partial(_prepare_list, preprocess=preprocess)
+    fn = _prepare_group if executor == "process" else functools.partial(prepare_list, preprocess=preprocess)
     pool: RespawningPool[WorkItem, tuple[WorkItem, np.ndarray | str]] = RespawningPool(
         lambda: _make_executor(executor, workers, preprocess), fn, lambda item, why: (item, why))
     pending: deque[Future] = deque()
@@ -177,24 +174,16 @@ def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: 
         pool.shutdown()
 
 
-def decoded_stream(items: Sequence[WorkItem], workers: int) -> Iterator[tuple[WorkItem, object]]:
-    """Decoded PIL images (or failure reasons) in item order; kept for callers of the old API."""
-    if workers <= 1 or len(items) < 32:
-        yield from map(decode, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(decode, items)
-
-
 # -- the whole pipeline -----------------------------------------------------------------
 def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCache, batch_size: int | None = None,
                 workers: int | None = None, chunk_size: int = 512, progress: bool = True,
-                executor: str = "auto", compile: str | None = None) -> EmbedReport:
+                executor: str = "auto", compile: str | None = None, gpu: GpuTuning | None = None) -> EmbedReport:
     """Embed every item not already in the cache; failures are reported, never raised.
 
     Vectors reach the cache every `chunk_size` images, each chunk atomically, so a run
     killed at any point resumes where it stopped (already-cached keys are skipped).
-    `compile`: auto | on | off (default SHOPSEARCH_COMPILE, else auto: big CPU jobs)."""
+    `compile`: auto (default: big CPU jobs) | on | off; `gpu`: the GPU executor's knobs
+    (Settings.pipeline.compile and Settings.gpu at the edges)."""
     report = EmbedReport()
     todo = [it for it in items if it.key not in cache]
     report.skipped = len(items) - len(todo)
@@ -209,7 +198,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     suspects = [it for it in todo if it.key in suspect_keys and it.key not in held]
     todo = [it for it in todo if it.key not in held and it.key not in suspect_keys]
     cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size, images=len(todo) + len(suspects),
-                       compile=compile)
+                       compile=compile, gpu=gpu)
     if cfg.compile and (todo or suspects):
         cfg = replace(cfg, compile=embedder.compile(cfg.batch_size))  # type: ignore[attr-defined]
     log.info("embedding", extra={"model": embedder.name, "todo": len(todo), "cached": report.skipped,
@@ -275,7 +264,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
         if cfg.executor == "gpu":
             from shopsearch.embedding.gpu import run_gpu_batches
 
-            run_gpu_batches(embedder, todo, cfg, on_vectors, on_failure)
+            report.gpu_stages = run_gpu_batches(embedder, todo, cfg, on_vectors, on_failure)
         else:
             _run_cpu_batches(embedder, todo, cfg, on_vectors, on_failure)
     finally:

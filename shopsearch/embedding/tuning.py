@@ -2,18 +2,17 @@
 (measured defaults), and how far ahead of the model its decoders may run."""
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from shopsearch.config import COMPILE_MODES, GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
 
 #: items handed to a worker at once (fewer round trips through the process pool)
 GROUP = 8
-#: CPU jobs at least this big torch.compile the model (compile ~20-50 s on 2 cores, then
-#: ~1.4x faster end to end on CPUs without bf16: it pays for itself after ~2,000-4,000 images)
+#: CPU jobs at least this big torch.compile the model: the compilation pays for itself after
+#: a few thousand images on CPUs without bf16 (benchmarks/RESULTS.md)
 COMPILE_MIN_IMAGES = 4096
-COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -25,12 +24,13 @@ class PipelineConfig:
     executor: str  # "thread" | "process" | "inline" | "gpu" (nvJPEG decoding on the model's GPU)
     chunk_size: int = 512
     compile: bool = False  # torch.compile the model for this job (TorchEmbedder.compile)
+    gpu: GpuTuning = field(default_factory=GpuTuning)  # the GPU executor's knobs (Settings.gpu)
 
 
 # -- tuning -----------------------------------------------------------------------------
 def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int | None = None,
                  executor: str = "auto", chunk_size: int = 512, images: int = 0,
-                 compile: str | None = None) -> PipelineConfig:
+                 compile: str | None = None, gpu: GpuTuning | None = None) -> PipelineConfig:
     """Defaults measured on a 2-core CPU box and an H100 (benchmarks/results/throughput_*.json).
 
     CPU: batches of 16 keep the activations in cache (larger batches were slower for both
@@ -50,7 +50,7 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
         batch_size = 256 if on_gpu else 16
     if workers is None:
         workers = max(2, cpus - 1) if (on_gpu or executor == "process") else max(1, min(cpus, 4))
-    mode = (compile or os.environ.get("SHOPSEARCH_COMPILE") or "auto").lower()
+    mode = (compile or "auto").lower()
     if mode not in COMPILE_MODES:
         raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
     # auto: CPU only (unmeasured on GPUs) and only where the job repays the compilation
@@ -58,7 +58,7 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
     # int8 models only exist compiled: they are told the batch to compile for whatever the mode
     use_compile = use_compile or getattr(embedder, "precision", "") == "int8"
     return PipelineConfig(int(batch_size), int(workers), executor, int(chunk_size),
-                          use_compile and hasattr(embedder, "compile"))
+                          use_compile and hasattr(embedder, "compile"), gpu or GpuTuning())
 
 
 def _gpu_decode_possible(embedder: Embedder) -> bool:
@@ -74,9 +74,9 @@ def inflight_horizon(cfg: PipelineConfig) -> int:
     assembled plus what the executor prepares ahead (prepared_stream's window, or the GPU
     executor's queued and planned batches)."""
     if cfg.executor == "gpu":
-        from shopsearch.embedding.gpu import LOOKAHEAD, GpuTuning
+        from shopsearch.embedding.gpu import LOOKAHEAD
 
-        return (LOOKAHEAD + GpuTuning.from_env().prefetch + 2) * cfg.batch_size
+        return (LOOKAHEAD + cfg.gpu.prefetch + 2) * cfg.batch_size
     return cfg.batch_size + cpu_window(cfg) + 2 * GROUP
 
 

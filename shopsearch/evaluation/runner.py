@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from shopsearch.config import GpuTuning
 from shopsearch.embedding.pipeline import WorkItem, embed_items
 from shopsearch.embedding.preprocess import decode_query
 from shopsearch.embedding.cache import VectorCache
@@ -43,6 +44,8 @@ class RunOptions:
     latency_samples: int = 32  # queries embedded one at a time to time the embedding step
     category_depth: int = 2  # per-category breakdown at this depth of the category path
     progress: bool = True
+    compile: str | None = None  # auto | on | off (Settings.pipeline.compile)
+    gpu: GpuTuning | None = None  # the GPU executor's knobs (Settings.gpu)
 
 
 @dataclass(frozen=True)
@@ -157,12 +160,14 @@ def _embed_model(embedder: Embedder, datasets: dict[str | None, BenchDataset], q
     st = _ModelState(embedder, VectorCache(cache_root, embedder.fingerprint, embedder.dim))
     for g, d in datasets.items():
         items = [WorkItem(keys[im.path], im.path) for p in d.products for im in p.images if im.path in keys]
-        rep = embed_items(embedder, items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress)
+        rep = embed_items(embedder, items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress,
+                          compile=o.compile, gpu=o.gpu)
         st.gallery_report[str(g)] = (rep.embedded, rep.skipped, len(rep.failed), rep.seconds)
         log.info("bench gallery embedded", extra={"model": embedder.name, "gallery": g, "embedded": rep.embedded,
                                                   "reused": rep.skipped, "images_per_s": rep.images_per_s})
     q_items = [WorkItem(keys[q.path], q.path) for q in queries if q.path in keys]
-    embed_items(embedder, q_items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress)
+    embed_items(embedder, q_items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress,
+                compile=o.compile, gpu=o.gpu)
     st.query_keys = {it.path: it.key for it in q_items}
     _time_embedding(st, queries, o.latency_samples)
     return st

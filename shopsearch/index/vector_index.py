@@ -23,11 +23,10 @@ FORMAT_VERSION = 1
 
 # Above these sizes exact search gets slow enough that ANN pays off; see
 # benchmarks/ann_bench.py for the recall (>= 0.95 of exact at k=10) behind them.
-# benchmarks/results/ann_100k.json (512-d, 2 cores): exact search already takes ~18 ms per
-# query single-threaded at 100k (154 ms at 1M, ann_1m.json), HNSW32 gives recall@10 0.998 at
-# efSearch 128 in ~0.4 ms. So HNSW from 100k. HNSW holds the full vectors plus links (~2.3 KB/vector at
-# 512-d, 5.5 KB at 1280-d): past 2M vectors (5-11 GB) IVF-PQ with SQ8 re-ranking (~0.6 KB
-# at 512-d, recall@10 0.976 at nprobe 16 and k_factor 4, 0.990 at k_factor 8) takes over.
+# At 100k vectors exact search is already tens of times slower per query than HNSW32 at
+# nearly the same recall (benchmarks/results/ann_100k.json, ann_1m.json; benchmarks/RESULTS.md),
+# so HNSW from 100k. HNSW holds the full vectors plus links: past 2M vectors IVF-PQ with
+# SQ8 re-ranking, a fraction of the memory at recall@10 near 0.98, takes over.
 HNSW_THRESHOLD = 100_000
 IVFPQ_THRESHOLD = 2_000_000
 #: most vectors an IVF/PQ index is trained on (about 40 per list at 4k lists)

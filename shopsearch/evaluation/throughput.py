@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from shopsearch.config import GpuTuning, Settings
 from shopsearch.embedders import load_embedder, parse_spec, resolve_device
 from shopsearch.embedders.base import Embedder
 
@@ -48,19 +49,19 @@ class ThroughputResult:
     naive_cpu_s_per_image: float | None = None
     compiled: bool = False  # the model ran through torch.compile (TorchEmbedder.compile)
     runs_s: tuple[float, ...] = ()  # seconds of each repeat; the first pays any compilation
+    gpu_stages_s: dict[str, float] | None = None  # where the GPU executor spent the fastest repeat
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def grocery_dir() -> Path:
-    here = Path(__file__).resolve().parents[1]
-    return Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", here.parent / "shared" / "datasets" / "grocerystore"))
+#: where the Grocery Store dataset sits beside a checkout (the callers' default)
+DEFAULT_GROCERY = Path("../shared/datasets/grocerystore")
 
 
-def grocery_jpegs(n: int) -> list[Path]:
+def grocery_jpegs(n: int, grocery: Path = DEFAULT_GROCERY) -> list[Path]:
     """Up to n Grocery Store photos (train then test split), in a fixed order."""
-    root = grocery_dir() / "dataset"
+    root = Path(grocery) / "dataset"
     out: list[Path] = []
     for split in ("train", "test"):
         f = root / f"{split}.txt"
@@ -126,12 +127,12 @@ def _names_precision(model: str) -> bool:
     return model.rpartition("+")[2].lower() in ("fp32", "bf16", "int8") and "+" in model
 
 
-def _faster_precision(model: str, device: str, paths: Sequence[Path], batch: int = 16) -> str:
+def _faster_precision(model: str, device: str, paths: Sequence[Path], models_dir: Path, batch: int = 16) -> str:
     """bf16 is not faster for every model on every CPU (autocast overhead on small ops):
     time a few batches of each and keep the faster."""
     from shopsearch.embedding.pipeline import WorkItem, decode_image
 
-    embs = {prec: load_embedder(with_precision(model, prec, device), device) for prec in ("fp32", "bf16")}
+    embs = {prec: load_embedder(with_precision(model, prec, device), device, models_dir) for prec in ("fp32", "bf16")}
     x = np.stack([embs["fp32"].preprocess(decode_image(WorkItem("", str(p)))) for p in paths[:batch]])
     best_t = {prec: float("inf") for prec in embs}
     for _ in range(4):  # interleaved, best of 4 each: robust to other jobs sharing the cores
@@ -180,12 +181,14 @@ def naive_loop(embedder: Embedder, paths: Sequence[Path], out: Path) -> float:
 
 
 def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, batch_size: int | None,
-                 workers: int | None, executor: str, compile: str | None = None) -> tuple[float, object]:
-    """Seconds our pipeline takes from JPEG files to vectors saved in a fresh VectorCache."""
+                 workers: int | None, executor: str, compile: str | None = None,
+                 gpu: GpuTuning | None = None) -> tuple[float, object, dict[str, float]]:
+    """Seconds our pipeline takes from JPEG files to vectors saved in a fresh VectorCache, its
+    configuration, and the GPU executor's seconds per stage (empty on the CPU)."""
     from shopsearch.embedding.pipeline import WorkItem, embed_items, tuned_config
     from shopsearch.embedding.cache import VectorCache
 
-    cfg = tuned_config(embedder, batch_size, workers, executor, images=len(paths), compile=compile)
+    cfg = tuned_config(embedder, batch_size, workers, executor, images=len(paths), compile=compile, gpu=gpu)
     # Keys are cheap stand-ins for content hashes: hashing is the catalogue import's job.
     items = [WorkItem(f"{i:064x}", str(p)) for i, p in enumerate(paths)]
     if cache_dir.exists():  # a timed run must embed everything: never reuse an earlier run's vectors
@@ -195,11 +198,11 @@ def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, bat
     cache = VectorCache(cache_dir, embedder.fingerprint, embedder.dim)
     t0 = time.perf_counter()
     rep = embed_items(embedder, items, cache, cfg.batch_size, cfg.workers, progress=False, executor=cfg.executor,
-                      compile=compile)
+                      compile=compile, gpu=gpu)
     secs = time.perf_counter() - t0
     if rep.failed:
         log.warning("throughput run had failures", extra={"failed": len(rep.failed)})
-    return secs, cfg
+    return secs, cfg, rep.gpu_stages
 
 
 def _warm(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
@@ -215,10 +218,13 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
                    source: str = "auto", batch_size: int | None = None, workers: int | None = None,
                    executor: str = "auto", naive: bool = True, work_dir: Path | None = None,
                    repeats: int = 1, synthetic_size: tuple[int, int] = (1600, 1200),
-                   compile: str | None = None) -> ThroughputResult:
+                   compile: str | None = None, grocery: Path = DEFAULT_GROCERY,
+                   settings: Settings | None = None) -> ThroughputResult:
     """Time our pipeline (best of `repeats` runs, each into a fresh cache) and, unless
     naive=False, the naive loop on the same `images` files. With the model compiled, the
-    first run includes the compilation (see runs_s)."""
+    first run includes the compilation (see runs_s). `settings` gives the models folder
+    (int8 calibrations, fine-tuned models) and the GPU executor's knobs."""
+    settings = settings or Settings()
     import platform
 
     import torch
@@ -228,10 +234,10 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
     root = Path(work_dir) if work_dir else Path(tmp.name)
     try:
         if source == "auto":
-            source = "grocery" if grocery_jpegs(1) else "synthetic"
+            source = "grocery" if grocery_jpegs(1, grocery) else "synthetic"
         if source == "grocery":
-            paths = grocery_jpegs(images)
-            src_desc = f"grocerystore:{grocery_dir()}"
+            paths = grocery_jpegs(images, grocery)
+            src_desc = f"grocerystore:{Path(grocery).resolve()}"
         elif source == "synthetic":
             paths = synthetic_jpegs(images, root / "images", synthetic_size)
             src_desc = f"synthetic-{synthetic_size[0]}x{synthetic_size[1]}-jpeg"
@@ -246,20 +252,21 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             size = f"{im.size[0]}x{im.size[1]}"
         if precision == "auto" and dev == "cpu" and best_precision(dev) == "bf16" \
                 and parse_spec(model).kind != "colorhist" and not _names_precision(model):
-            precision = _faster_precision(model, dev, paths)
+            precision = _faster_precision(model, dev, paths, settings.models_dir)
         spec = with_precision(model, precision, dev)
-        fast = load_embedder(spec, dev)
+        fast = load_embedder(spec, dev, settings.models_dir)
         _warm(fast, paths, 16)
         runs = []
         for r in range(max(1, repeats)):
             c0 = _cpu_seconds()
-            secs, cfg = pipeline_run(fast, paths, root / f"cache{r}", batch_size, workers, executor, compile)
-            runs.append((secs, cfg, (_cpu_seconds() - c0) / len(paths)))
-        secs, cfg, cpu_ours = min(runs, key=lambda t: t[0])
+            secs, cfg, stages = pipeline_run(fast, paths, root / f"cache{r}", batch_size, workers, executor,
+                                             compile, settings.gpu)
+            runs.append((secs, cfg, (_cpu_seconds() - c0) / len(paths), stages))
+        secs, cfg, cpu_ours, stages = min(runs, key=lambda t: t[0])
         ours = len(paths) / secs
         naive_ips = cpu_naive = None
         if naive:
-            slow = load_embedder(fp32_spec(model), dev)
+            slow = load_embedder(fp32_spec(model), dev, settings.models_dir)
             _warm(slow, paths, 8)
             c0 = _cpu_seconds()
             naive_ips = len(paths) / naive_loop(slow, paths, root / "naive.npy")
@@ -278,7 +285,8 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             executor=cfg.executor, source=src_desc, image_size=size, cpus=available_cpus(),
             load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, machine=machine,
             cpu_s_per_image=round(cpu_ours, 4), naive_cpu_s_per_image=round(cpu_naive, 4) if cpu_naive else None,
-            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs))
+            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs),
+            gpu_stages_s={k: round(v, 3) for k, v in stages.items()} or None)
     finally:
         tmp.cleanup()
 
