@@ -48,6 +48,8 @@ class ThroughputResult:
     naive_cpu_s_per_image: float | None = None
     compiled: bool = False  # the model ran through torch.compile (TorchEmbedder.compile)
     runs_s: tuple[float, ...] = ()  # seconds of each repeat; the first pays any compilation
+    #: precision "auto" on a bf16 CPU: ms per probe batch (16 images) of fp32 and bf16, the faster chosen
+    precision_probe_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,9 +128,10 @@ def _names_precision(model: str) -> bool:
     return model.rpartition("+")[2].lower() in ("fp32", "bf16", "int8") and "+" in model
 
 
-def _faster_precision(model: str, device: str, paths: Sequence[Path], batch: int = 16) -> str:
-    """bf16 is not faster for every model on every CPU (autocast overhead on small ops):
-    time a few batches of each and keep the faster."""
+def _faster_precision(model: str, device: str, paths: Sequence[Path], batch: int = 16) -> tuple[str, dict[str, float]]:
+    """bf16 is not faster for every model on every CPU (small ops, weight layouts): time a
+    batch of `batch` images in each, interleaved, best of 4, and keep the faster; returns
+    (the choice, ms per batch of each)."""
     from shopsearch.embedding.pipeline import WorkItem, decode_image
 
     embs = {prec: load_embedder(with_precision(model, prec, device), device) for prec in ("fp32", "bf16")}
@@ -140,7 +143,7 @@ def _faster_precision(model: str, device: str, paths: Sequence[Path], batch: int
             emb.encode_batch(x)
             best_t[prec] = min(best_t[prec], time.perf_counter() - t0)
     log.info("precision probe", extra={k: round(v, 4) for k, v in best_t.items()})
-    return min(best_t, key=best_t.get)  # type: ignore[arg-type]
+    return min(best_t, key=best_t.get), {k: round(v * 1000, 1) for k, v in best_t.items()}  # type: ignore[arg-type]
 
 
 def fp32_spec(model: str) -> str:
@@ -244,9 +247,10 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             p.read_bytes()
         with Image.open(paths[0]) as im:
             size = f"{im.size[0]}x{im.size[1]}"
+        probe = None
         if precision == "auto" and dev == "cpu" and best_precision(dev) == "bf16" \
                 and parse_spec(model).kind != "colorhist" and not _names_precision(model):
-            precision = _faster_precision(model, dev, paths)
+            precision, probe = _faster_precision(model, dev, paths)
         spec = with_precision(model, precision, dev)
         fast = load_embedder(spec, dev)
         _warm(fast, paths, 16)
@@ -278,7 +282,8 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             executor=cfg.executor, source=src_desc, image_size=size, cpus=available_cpus(),
             load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, machine=machine,
             cpu_s_per_image=round(cpu_ours, 4), naive_cpu_s_per_image=round(cpu_naive, 4) if cpu_naive else None,
-            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs))
+            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs),
+            precision_probe_ms=probe)
     finally:
         tmp.cleanup()
 
