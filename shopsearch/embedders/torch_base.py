@@ -16,14 +16,11 @@ from PIL import Image
 from torch import nn
 
 from shopsearch.embedders.base import l2_normalize
-from shopsearch.embedders.coalesce import Coalescer
 from shopsearch.errors import CapabilityError, ConfigError
 
 log = logging.getLogger("shopsearch.embedders")
 
 PRECISIONS = ("fp32", "bf16")
-#: encode_images calls of at most this many images (queries) are merged with concurrent ones
-COALESCE_IMAGES = 4
 
 _threads_lock = threading.Lock()
 _threads_done = False
@@ -117,7 +114,6 @@ class TorchEmbedder:
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compile_batch = 0
         self._graph = None  # cuda_graph.GraphedForward for the GPU pipeline's batch size
-        self._coalescer = Coalescer(self.encode_batch, max_rows=4 * COALESCE_IMAGES)
 
     # -- protocol properties ---------------------------------------------------------
     @property
@@ -270,8 +266,6 @@ class TorchEmbedder:
         """PIL images -> (N, dim) float32, rows L2-normalised; (0, dim) for no images."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if 0 < len(images) <= min(batch_size, COALESCE_IMAGES):  # a query: one forward with concurrent ones
-            return self._coalescer(np.stack([self.preprocess(im) for im in images]))
         chunks = []
         for start in range(0, len(images), batch_size):
             arrays = [self.preprocess(im) for im in images[start : start + batch_size]]
