@@ -95,7 +95,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--venv", type=Path, default=REPO / "var" / "clip-retrieval-venv")
     ap.add_argument("--work-dir", type=Path, default=None, help="photos, checkpoint and outputs (default: a temp dir)")
-    ap.add_argument("--batch-size", type=int, default=256, help="clip-retrieval's batch (its default)")
+    ap.add_argument("--batch-size", type=int, default=256,
+                    help="clip-retrieval's batch (its default 256; capped at --images: it warms up with one full batch)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the shopsearch +bf16 runs")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "clip_retrieval_vs_shopsearch.json")
     a = ap.parse_args()
@@ -113,6 +114,7 @@ def main() -> int:
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     shop = [sys.executable, "-c", "from indexer.cli import main; main()"]
     workers = str(info["cpus"])
+    cr_batch = min(a.batch_size, n)
     tools = {"clip-retrieval": None, "shopsearch": f"openclip:ViT-B-32@{ckpt}"}
     if info["bf16"] and not a.no_bf16:
         tools["shopsearch+bf16"] = f"openclip:ViT-B-32@{ckpt}+bf16"
@@ -124,7 +126,7 @@ def main() -> int:
                 out = work / f"cr-out-{r}"
                 secs = timed([str(exe), "inference", "--input_dataset", str(photos), "--output_folder", str(out),
                               "--input_format", "files", "--enable_text", "False", "--clip_model",
-                              f"open_clip:ViT-B-32/{ckpt}", "--batch_size", str(a.batch_size),
+                              f"open_clip:ViT-B-32/{ckpt}", "--batch_size", str(cr_batch),
                               "--num_prepro_workers", workers], env, log)
                 runs[tool].append({"round": r, "wall_s": round(secs, 2), "loadavg_1m_before": round(load, 2)})
             else:
@@ -139,7 +141,7 @@ def main() -> int:
     result = {
         "benchmark": "clip_retrieval_vs_shopsearch", "images": n, "source": "grocerystore photos (train, then test)",
         "model": "OpenCLIP ViT-B-32, random weights (seed 0), one checkpoint file for both tools",
-        "clip_retrieval": {"version": CLIP_RETRIEVAL, "batch_size": a.batch_size, "num_prepro_workers": int(workers),
+        "clip_retrieval": {"version": CLIP_RETRIEVAL, "batch_size": cr_batch, "num_prepro_workers": int(workers),
                            "command": "clip-retrieval inference --input_format files --enable_text False"},
         "shopsearch": {"command": "shopsearch index build (defaults; catalogue import timed apart as import_s)"},
         "rounds": a.rounds, "order": "alternating, one run of each tool per round, fresh output/data dir each run",
