@@ -91,6 +91,7 @@ def main() -> int:
                                    "batch_size": cfg.batch_size, "loadavg_1m_before": round(load, 2)})
                 print(f"round {r} {name}: {len(paths) / secs:.2f} img/s (load {load:.2f})", flush=True)
     med = {k: statistics.median(x["images_per_s"] for x in v) for k, v in runs.items()}
+    cpu = {k: round(statistics.median(x["cpu_s_per_image"] for x in v), 4) for k, v in runs.items()}
     result = {
         "benchmark": "bf16_vs_fp32_cpu", "model": a.model, "images": len(paths),
         "source": "grocerystore photos (train, then test)", "rounds": a.rounds,
@@ -98,6 +99,9 @@ def main() -> int:
         "median_images_per_s": {k: round(v, 2) for k, v in med.items()},
         "ratio_bf16_over_fp32": round(med["bf16"] / med["fp32"], 2),
         **({"ratio_bf16_over_autocast": round(med["bf16"] / med["autocast"], 2)} if "autocast" in med else {}),
+        #: CPU time barely depends on how many other jobs share the cores: the steadier ratio
+        "median_cpu_s_per_image": cpu,
+        "ratio_cpu_s_per_image_fp32_over_bf16": round(cpu["fp32"] / cpu["bf16"], 2),
         "runs": runs,
         "machine": {"cpu": _cpu_model(), "cpus": available_cpus(), "bf16_cpu": best_precision("cpu") == "bf16",
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()],
