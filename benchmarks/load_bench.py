@@ -7,6 +7,10 @@ closed-loop load with N client threads (keep-alive http.client, 127.0.0.1 only),
 writes requests/s and latency percentiles to benchmarks/results/load_search.json.
 
     .venv/bin/python benchmarks/load_bench.py --duration 20 --concurrency 4 --workers 2 --threads 2
+
+--sequential S first measures S seconds of one client (latency without queueing) on the same
+server; --server-repo serves another checkout's code (before/after comparisons in one session);
+--no-prepare reuses the data dir's catalogue and index as they are.
 """
 from __future__ import annotations
 
@@ -30,6 +34,14 @@ DEFAULT_GROCERY = Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", REPO.parent / "s
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
 
 
+def grocery_queries(dataset: Path) -> list[tuple[bytes, str]]:
+    """64 test-split photos (fixed seed) and the SKU each should find (its fine class)."""
+    lines = (dataset / "dataset" / "test.txt").read_text().splitlines()
+    rng = random.Random(0)
+    picks = rng.sample([ln.split(",")[0].strip() for ln in lines if ln.strip()], 64)
+    return [((dataset / "dataset" / p).read_bytes(), Path(p).parent.name) for p in picks]
+
+
 def shopsearch(data_dir: Path, *args: str, capture: bool = True) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("SHOPSEARCH_DATABASE_URL", None)
@@ -46,12 +58,7 @@ def prepare_catalogue(data_dir: Path, dataset: Path, model: str, split: str) -> 
             args += ["--reference-split", split]
         shopsearch(data_dir, *args)
         shopsearch(data_dir, "index", "build", "--model", model, "--json")
-        lines = (dataset / "dataset" / "test.txt").read_text().splitlines()
-        rng = random.Random(0)
-        picks = rng.sample([ln.split(",")[0].strip() for ln in lines if ln.strip()], 64)
-        # the expected product is the fine class: the photo's folder name
-        queries = [((dataset / "dataset" / p).read_bytes(), Path(p).parent.name) for p in picks]
-        return f"grocerystore iconic + {split} references", queries
+        return f"grocerystore iconic + {split} references", grocery_queries(dataset)
     from PIL import Image  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
@@ -146,6 +153,29 @@ def run_load(port: int, queries: list[tuple[bytes, str]], duration: float, concu
     return elapsed, [x for per in lat for x in per], stats
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user + system) used so far by process `root` and all its descendants:
+    unlike requests/s, CPU time per request barely moves when other jobs share the cores."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(d.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    keep, total, grew = {root}, 0.0, True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in keep and pid not in keep:
+                keep.add(pid)
+                grew = True
+    return sum(stats[p][1] for p in keep if p in stats)
+
+
 def percentile(sorted_vals: list[float], q: float) -> float:
     if not sorted_vals:
         return float("nan")
@@ -165,18 +195,27 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--sequential", type=float, default=0.0, help="seconds of one client measured first")
+    ap.add_argument("--server-repo", type=Path, default=REPO, help="checkout whose code serves")
+    ap.add_argument("--no-prepare", action="store_true", help="use the data dir's catalogue and index as they are")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "load_search.json")
     a = ap.parse_args()
 
     t_prep = time.perf_counter()
-    source, queries = prepare_catalogue(a.data_dir.resolve(), a.dataset, a.model, a.reference_split)
+    if a.no_prepare:
+        source, queries = f"grocerystore iconic + {a.reference_split} references (prepared earlier)", \
+            grocery_queries(a.dataset)
+    else:
+        source, queries = prepare_catalogue(a.data_dir.resolve(), a.dataset, a.model, a.reference_split)
     prep_s = time.perf_counter() - t_prep
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     proc = subprocess.Popen([*CLI, "--data-dir", str(a.data_dir.resolve()), "serve", "--bind", f"127.0.0.1:{port}",
                              "--workers", str(a.workers), "--threads", str(a.threads)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=a.server_repo.resolve(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    sequential = None
     try:
         t_start = time.perf_counter()
         health = wait_healthy(port, proc)
@@ -185,8 +224,22 @@ def main() -> int:
         for i in range(a.warmup):
             post(conn, queries[i % len(queries)][0], a.k)
         conn.close()
+        if a.sequential > 0:
+            load_seq = os.getloadavg()[0]
+            cpu0 = tree_cpu_s(proc.pid)
+            s_elapsed, s_lat, s_stats = run_load(port, queries, a.sequential, 1, a.k)
+            s_cpu = tree_cpu_s(proc.pid) - cpu0
+            s_lat.sort()
+            sequential = {"duration_s": round(s_elapsed, 2), "requests_ok": s_stats[0]["ok"],
+                          "requests_per_s": round(s_stats[0]["ok"] / s_elapsed, 2),
+                          "latency_ms": {"p50": round(percentile(s_lat, 50), 1), "p95": round(percentile(s_lat, 95), 1),
+                                         "p99": round(percentile(s_lat, 99), 1)},
+                          "loadavg_1m_before": round(load_seq, 2),
+                          "server_cpu_ms_per_request": round(1000 * s_cpu / max(1, s_stats[0]["ok"]), 1)}
         load1 = os.getloadavg()[0]
+        cpu0 = tree_cpu_s(proc.pid)
         elapsed, lat, stats = run_load(port, queries, a.duration, a.concurrency, a.k)
+        server_cpu = tree_cpu_s(proc.pid) - cpu0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -210,10 +263,12 @@ def main() -> int:
                    "keep_alive": True},
         "requests_ok": ok, "errors": sum(s["errors"] for s in stats), "status_counts": status,
         "requests_per_s": round(ok / elapsed, 2),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / ok, 1) if ok else None,
         "latency_ms": {"p50": round(percentile(lat, 50), 1), "p95": round(percentile(lat, 95), 1),
                        "p99": round(percentile(lat, 99), 1), "mean": round(sum(lat) / len(lat), 1) if lat else None,
                        "max": round(lat[-1], 1) if lat else None},
         "top1_correct_rate": round(sum(s["correct"] for s in stats) / ok, 3) if ok else None,
+        "sequential": sequential, "server_repo": str(a.server_repo.resolve()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_1m_before": round(load1, 2)},
         "prepare_s": round(prep_s, 1),

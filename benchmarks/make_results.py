@@ -41,6 +41,17 @@ REPRODUCE = [
     "# what a decoder crash costs (process pool replaced; threaded run killed, then recovered by the crash journal)",
     "python benchmarks/crash_bench.py",
     "python benchmarks/crash_bench.py --model efficientnet-lite0 --images 512",
+    "# bf16 against fp32 (and the old autocast path), interleaved in one process",
+    "python benchmarks/bf16_bench.py --model openclip:ViT-B-32 --images 64 --rounds 2 \\",
+    "    --out benchmarks/results/bf16_openclip-ViT-B-32_cpu.json",
+    "python benchmarks/bf16_bench.py --model efficientnet-lite0 --images 128 --rounds 2 \\",
+    "    --out benchmarks/results/bf16_efficientnet-lite0_cpu.json",
+    "# queries: stage times in process, then before/after over HTTP (one client, then 4), A B A B",
+    "python benchmarks/query_profile.py --data-dir /tmp/speeddemo --out benchmarks/results/query_profile.json",
+    "python benchmarks/load_bench.py --data-dir /tmp/speeddemo --no-prepare --server-repo /tmp/speed-base \\",
+    "    --workers 1 --threads 4 --concurrency 4 --duration 15 --sequential 15 --out before-1.json",
+    "# side by side with clip-retrieval 2.45 (its own venv under var/), same checkpoint, same photos",
+    "python benchmarks/clip_retrieval_bench.py --images 1000 --rounds 2",
     "python benchmarks/make_results.py",
 ]
 

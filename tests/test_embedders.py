@@ -106,6 +106,32 @@ def test_efficientnet_bf16_matches_fp32(effnet):
     x, y = effnet.encode_images(images), bf16.encode_images(images)
     assert_unit_rows(y, 1280)
     assert (x * y).sum(axis=1).min() > 0.99
+    # the ImageNet head runs on the same bf16 weights (bf16 input cast, float32 logits out)
+    logits = bf16.classify_logits(images[:2])
+    assert logits.dtype == np.float32
+    np.testing.assert_array_equal(logits.argmax(1), effnet.classify_logits(images[:2]).argmax(1))
+
+
+# bf16 on a CPU: the weights are converted once at load (autocast re-cast them on every
+# batch and made ViT-B-32 slower than fp32); vectors stay within cosine 0.99 of fp32
+def test_openclip_vit_b32_bf16_weights_match_fp32():
+    import torch
+
+    fp32 = load_embedder("openclip:ViT-B-32", device="cpu")
+    bf16 = load_embedder("openclip:ViT-B-32+bf16", device="cpu")
+    assert bf16.precision == "bf16" and bf16.fingerprint == fp32.fingerprint + "+bf16"
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}
+    images = textured_images(4, seed=3) + generated_images()[6:9]
+    x, y = fp32.encode_images(images, batch_size=4), bf16.encode_images(images, batch_size=4)
+    assert_unit_rows(y, 512)
+    assert (x * y).sum(axis=1).min() >= 0.99
+    texts = ["a red apple", "oat milk 1 l", "green bell pepper"]
+    tx, ty = fp32.encode_texts(texts), bf16.encode_texts(texts)
+    assert_unit_rows(ty, 512)
+    assert (tx * ty).sum(axis=1).min() >= 0.99
+    # the bf16 vectors still rank like the fp32 ones: each image's nearest neighbour agrees
+    np.testing.assert_array_equal(np.argsort(-(x @ x.T), axis=1)[:, 1], np.argsort(-(y @ y.T), axis=1)[:, 1])
 
 
 @pytest.fixture(scope="module")

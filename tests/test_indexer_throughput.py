@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from indexer.cli import cli
@@ -31,3 +33,25 @@ def test_precision_specs():
     assert with_precision("efficientnet-lite0+fp32", "bf16", "cpu") == "efficientnet-lite0+fp32"
     assert with_precision("openclip:ViT-B-32", "fp32", "cpu") == "openclip:ViT-B-32"
     assert fp32_spec("openclip:ViT-B-32+bf16") == "openclip:ViT-B-32"
+
+
+# precision auto on a CPU with bf16: both precisions are timed and the faster is kept (and said)
+@pytest.mark.slow
+def test_bench_throughput_auto_precision_reports_its_probe(tmp_path):
+    from shopsearch.evaluation.throughput import best_precision
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(16):
+        make_image(i, (160, 120)).save(imgs / f"{i}.jpg")
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "bench", "throughput", "--model",
+                                   "efficientnet-lite0", "--device", "cpu", "--images", "16", "--source", str(imgs),
+                                   "--no-naive", "--compile", "off", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    probe = out["precision_probe_ms"]
+    if best_precision("cpu") != "bf16":
+        assert probe is None and out["precision"] == "fp32"
+        return
+    assert set(probe) == {"fp32", "bf16"} and all(v > 0 for v in probe.values())
+    assert out["precision"] == min(probe, key=probe.get)

@@ -95,7 +95,9 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None) -> Non
 @index.command("build")
 @click.option("--model", envvar="SHOPSEARCH_MODEL", default="auto", show_default=True,
               help="efficientnet-lite0 | openclip:ARCH/PRETRAINED | openclip:ARCH@CHECKPOINT | colorhist | auto; "
-                   "append +bf16 for bfloat16 (about 2x faster on CPUs with AMX/AVX512-BF16 and on GPUs)")
+                   "append +bf16 for bfloat16: weights converted once; faster on CPUs with AMX/AVX512-BF16 and on "
+                   "GPUs (`shopsearch bench throughput` times both on this machine; measured ratios in "
+                   "benchmarks/RESULTS.md)")
 @_perf_options
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,

@@ -13,9 +13,10 @@ from indexer.cli import Ctx, echo_json, pass_ctx
 @click.option("--images", type=click.IntRange(16, 1_000_000), default=512, show_default=True,
               help="How many images both runs embed.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto", show_default=True,
-              help="Our pipeline's precision; auto = bf16 where the hardware runs it natively; int8 (CPU) "
-                   "needs `shopsearch model quantize` first. "
-                   "The naive loop is always fp32.")
+              help="Our pipeline's precision. auto: on a CPU with AMX or AVX512-BF16, one batch of 16 of the "
+                   "benchmark's images is timed in fp32 and in bf16 (weights converted once), interleaved, best "
+                   "of 4 each, and the faster kept (both times are printed); bf16 on a GPU that has it; else "
+                   "fp32. int8 (CPU) needs `shopsearch model quantize` first. The naive loop is always fp32.")
 @click.option("--source", default="auto", show_default=True,
               help="auto (Grocery Store photos when present, else generated 1600x1200 JPEGs) | grocery | "
                    "synthetic | a folder of images")
@@ -50,6 +51,9 @@ def throughput(c: Ctx, model: str, device: str | None, images: int, precision: s
         return
     click.echo(f"{r.model} on {r.device} ({r.machine}, {r.cpus} CPUs, load {r.load_avg_1m}): "
                f"{r.images} images {r.image_size} from {r.source}")
+    if r.precision_probe_ms:
+        click.echo("  precision probe (ms per batch of 16): "
+                   + ", ".join(f"{k} {v}" for k, v in r.precision_probe_ms.items()) + f" -> {r.precision}")
     click.echo(f"  pipeline ({r.precision}{', compiled' if r.compiled else ''}, batch {r.batch_size}, "
                f"{r.workers} {r.executor} workers): {r.images_per_s:.1f} img/s (runs: {', '.join(map(str, r.runs_s))} s)")
     if r.naive_images_per_s:

@@ -51,9 +51,7 @@ class EfficientNetLite0Embedder(TorchEmbedder):
         """RGB PIL images -> (N, 1000) float32 ImageNet logits."""
         if not images:
             return np.zeros((0, 1000), dtype=np.float32)
-        x = torch.from_numpy(np.stack([self.preprocess(im) for im in images])).to(self.device)
-        if self._channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._model_input(torch.from_numpy(np.stack([self.preprocess(im) for im in images])))
         with self._inference():
             logits = self.timm_model(x)
         return logits.float().cpu().numpy()

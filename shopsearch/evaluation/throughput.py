@@ -20,6 +20,7 @@ from PIL import Image
 from shopsearch.config import GpuTuning, Settings
 from shopsearch.embedders import load_embedder, parse_spec, resolve_device
 from shopsearch.embedders.base import Embedder
+from shopsearch.evaluation.machine import cpu_model
 
 log = logging.getLogger("shopsearch.bench")
 
@@ -50,6 +51,8 @@ class ThroughputResult:
     compiled: bool = False  # the model ran through torch.compile (TorchEmbedder.compile)
     runs_s: tuple[float, ...] = ()  # seconds of each repeat; the first pays any compilation
     gpu_stages_s: dict[str, float] | None = None  # where the GPU executor spent the fastest repeat
+    #: precision "auto" on a bf16 CPU: ms per probe batch (16 images) of fp32 and bf16, the faster chosen
+    precision_probe_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,9 +130,11 @@ def _names_precision(model: str) -> bool:
     return model.rpartition("+")[2].lower() in ("fp32", "bf16", "int8") and "+" in model
 
 
-def _faster_precision(model: str, device: str, paths: Sequence[Path], models_dir: Path, batch: int = 16) -> str:
-    """bf16 is not faster for every model on every CPU (autocast overhead on small ops):
-    time a few batches of each and keep the faster."""
+def _faster_precision(model: str, device: str, paths: Sequence[Path], models_dir: Path,
+                      batch: int = 16) -> tuple[str, dict[str, float]]:
+    """bf16 is not faster for every model on every CPU (small ops, weight layouts): time a
+    batch of `batch` images in each, interleaved, best of 4, and keep the faster; returns
+    (the choice, ms per batch of each)."""
     from shopsearch.embedding.pipeline import WorkItem, decode_image
 
     embs = {prec: load_embedder(with_precision(model, prec, device), device, models_dir) for prec in ("fp32", "bf16")}
@@ -141,7 +146,7 @@ def _faster_precision(model: str, device: str, paths: Sequence[Path], models_dir
             emb.encode_batch(x)
             best_t[prec] = min(best_t[prec], time.perf_counter() - t0)
     log.info("precision probe", extra={k: round(v, 4) for k, v in best_t.items()})
-    return min(best_t, key=best_t.get)  # type: ignore[arg-type]
+    return min(best_t, key=best_t.get), {k: round(v * 1000, 1) for k, v in best_t.items()}  # type: ignore[arg-type]
 
 
 def fp32_spec(model: str) -> str:
@@ -205,7 +210,7 @@ def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, bat
     return secs, cfg, rep.gpu_stages
 
 
-def _warm(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
+def warm_up(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
     """One small batch through the model (lazy init, oneDNN kernel selection) before timing."""
     from shopsearch.embedding.pipeline import decode_image, WorkItem
 
@@ -250,12 +255,13 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             p.read_bytes()
         with Image.open(paths[0]) as im:
             size = f"{im.size[0]}x{im.size[1]}"
+        probe = None
         if precision == "auto" and dev == "cpu" and best_precision(dev) == "bf16" \
                 and parse_spec(model).kind != "colorhist" and not _names_precision(model):
-            precision = _faster_precision(model, dev, paths, settings.models_dir)
+            precision, probe = _faster_precision(model, dev, paths, settings.models_dir)
         spec = with_precision(model, precision, dev)
         fast = load_embedder(spec, dev, settings.models_dir)
-        _warm(fast, paths, 16)
+        warm_up(fast, paths, 16)
         runs = []
         for r in range(max(1, repeats)):
             c0 = _cpu_seconds()
@@ -267,14 +273,14 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
         naive_ips = cpu_naive = None
         if naive:
             slow = load_embedder(fp32_spec(model), dev, settings.models_dir)
-            _warm(slow, paths, 8)
+            warm_up(slow, paths, 8)
             c0 = _cpu_seconds()
             naive_ips = len(paths) / naive_loop(slow, paths, root / "naive.npy")
             cpu_naive = (_cpu_seconds() - c0) / len(paths)
         if dev.startswith("cuda"):
             machine = torch.cuda.get_device_name(torch.device(dev))
         else:
-            machine = f"{platform.processor() or platform.machine()} ({_cpu_model()})"
+            machine = f"{platform.processor() or platform.machine()} ({cpu_model()})"
         from shopsearch.embedders.torch_base import available_cpus
 
         return ThroughputResult(
@@ -286,16 +292,6 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, machine=machine,
             cpu_s_per_image=round(cpu_ours, 4), naive_cpu_s_per_image=round(cpu_naive, 4) if cpu_naive else None,
             compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs),
-            gpu_stages_s={k: round(v, 3) for k, v in stages.items()} or None)
+            gpu_stages_s={k: round(v, 3) for k, v in stages.items()} or None, precision_probe_ms=probe)
     finally:
         tmp.cleanup()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"

@@ -1,0 +1,164 @@
+"""Side by side with clip-retrieval 2.45: the same random ViT-B-32 checkpoint, the same photos.
+
+Creates its own venv for clip-retrieval (PyPI, with `setuptools<81`, torch pinned like ours),
+writes one random-weight OpenCLIP ViT-B-32 checkpoint that both tools load, copies N Grocery
+Store photos into one folder, then alternates, round after round, each run in a fresh output
+or data dir and timed as wall clock around the whole command:
+
+    clip-retrieval inference --input_dataset PHOTOS --clip_model open_clip:ViT-B-32/CKPT ...
+    shopsearch index build --model openclip:ViT-B-32@CKPT            (fp32, our default)
+    shopsearch index build --model openclip:ViT-B-32@CKPT+bf16       (only where the CPU has bf16)
+
+(the `catalogue import` before each build is timed separately: clip-retrieval has no such
+step). Writes wall times, medians and ratios, the CPU model and load averages to
+benchmarks/results/clip_retrieval_vs_shopsearch.json. A benchmark, not a test:
+
+    .venv/bin/python benchmarks/clip_retrieval_bench.py --images 1000 --rounds 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+CLIP_RETRIEVAL = "clip-retrieval==2.45.0"
+TORCH = ("torch==2.14.1", "torchvision==0.29.1")  # the versions this machine serves locally, as in the Makefile
+
+
+def ensure_venv(venv: Path) -> Path:
+    """clip-retrieval's own venv (created once, reused); returns its `clip-retrieval` executable."""
+    exe = venv / "bin" / "clip-retrieval"
+    if exe.is_file():
+        return exe
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, *TORCH], check=True)
+    # clip-retrieval's dependencies import pkg_resources, which setuptools 81 removed
+    subprocess.run([*pip, "setuptools<81", CLIP_RETRIEVAL], check=True)
+    return exe
+
+
+def write_checkpoint(path: Path) -> None:
+    """A random-weight OpenCLIP ViT-B-32 state dict (seed 0), loadable by both tools."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    torch.save(model.state_dict(), path)
+
+
+def copy_photos(n: int, dest: Path) -> int:
+    """The first n Grocery Store photos (train then test split) as dest/<class>/<file>.jpg."""
+    from shopsearch.evaluation.throughput import grocery_jpegs
+
+    paths = grocery_jpegs(n)
+    if len(paths) < n:
+        raise SystemExit(f"only {len(paths)} Grocery Store photos found (wanted {n})")
+    for p in paths:
+        out = dest / p.parent.name / p.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not out.exists():
+            shutil.copyfile(p, out)
+    return len(paths)
+
+
+def timed(cmd: list[str], env: dict[str, str], log: Path) -> float:
+    with open(log, "ab") as fh:
+        fh.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        fh.flush()
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        return time.perf_counter() - t0
+
+
+def cpu_info() -> dict:
+    from shopsearch.evaluation.machine import cpu_model
+    from shopsearch.evaluation.throughput import best_precision
+    from shopsearch.embedders.torch_base import available_cpus
+
+    return {"cpu": cpu_model(), "cpus": available_cpus(), "bf16": best_precision("cpu") == "bf16"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--venv", type=Path, default=REPO / "var" / "clip-retrieval-venv")
+    ap.add_argument("--work-dir", type=Path, default=None, help="photos, checkpoint and outputs (default: a temp dir)")
+    ap.add_argument("--batch-size", type=int, default=256,
+                    help="clip-retrieval's batch (its default 256; capped at --images: it warms up with one full batch)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the shopsearch +bf16 runs")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "clip_retrieval_vs_shopsearch.json")
+    a = ap.parse_args()
+
+    info = cpu_info()
+    exe = ensure_venv(a.venv.resolve())
+    tmp = tempfile.TemporaryDirectory(prefix="clip-bench-")
+    work = (a.work_dir or Path(tmp.name)).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    photos, ckpt, log = work / "photos", work / "vit-b-32-random.pt", work / "runs.log"
+    n = copy_photos(a.images, photos)
+    if not ckpt.is_file():
+        write_checkpoint(ckpt)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("SHOPSEARCH_DATABASE_URL", None)
+    shop = [sys.executable, "-c", "from indexer.cli import main; main()"]
+    workers = str(info["cpus"])
+    cr_batch = min(a.batch_size, n)
+    tools = {"clip-retrieval": None, "shopsearch": f"openclip:ViT-B-32@{ckpt}"}
+    if info["bf16"] and not a.no_bf16:
+        tools["shopsearch+bf16"] = f"openclip:ViT-B-32@{ckpt}+bf16"
+    runs: dict[str, list[dict]] = {t: [] for t in tools}
+    for r in range(a.rounds):
+        for tool, model in tools.items():
+            load = os.getloadavg()[0]
+            if model is None:
+                out = work / f"cr-out-{r}"
+                secs = timed([str(exe), "inference", "--input_dataset", str(photos), "--output_folder", str(out),
+                              "--input_format", "files", "--enable_text", "False", "--clip_model",
+                              f"open_clip:ViT-B-32/{ckpt}", "--batch_size", str(cr_batch),
+                              "--num_prepro_workers", workers], env, log)
+                runs[tool].append({"round": r, "wall_s": round(secs, 2), "loadavg_1m_before": round(load, 2)})
+            else:
+                data = work / f"data-{tool}-{r}"
+                imp = timed([*shop, "--data-dir", str(data), "catalogue", "import", str(photos), "--format",
+                             "imagefolder", "--json"], env, log)
+                secs = timed([*shop, "--data-dir", str(data), "index", "build", "--model", model, "--json"], env, log)
+                runs[tool].append({"round": r, "wall_s": round(secs, 2), "import_s": round(imp, 2),
+                                   "loadavg_1m_before": round(load, 2)})
+            print(f"round {r} {tool}: {secs:.1f} s (load {load:.2f})", flush=True)
+    med = {t: statistics.median(x["wall_s"] for x in v) for t, v in runs.items()}
+    result = {
+        "benchmark": "clip_retrieval_vs_shopsearch", "images": n, "source": "grocerystore photos (train, then test)",
+        "model": "OpenCLIP ViT-B-32, random weights (seed 0), one checkpoint file for both tools",
+        "clip_retrieval": {"version": CLIP_RETRIEVAL, "batch_size": cr_batch, "num_prepro_workers": int(workers),
+                           "command": "clip-retrieval inference --input_format files --enable_text False"},
+        "shopsearch": {"command": "shopsearch index build (defaults; catalogue import timed apart as import_s)"},
+        "rounds": a.rounds, "order": "alternating, one run of each tool per round, fresh output/data dir each run",
+        "runs": runs, "median_wall_s": {t: round(v, 2) for t, v in med.items()},
+        "speedup_vs_clip_retrieval": {t: round(med["clip-retrieval"] / v, 2) for t, v in med.items()
+                                      if t != "clip-retrieval"},
+        "images_per_s": {t: round(n / v, 2) for t, v in med.items()},
+        "machine": {**info, "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Where one image search spends its time, in process (no HTTP client or server overhead):
+POST /api/v1/search (JSON) and POST /search (the results page, then its thumbnails), each
+request timed by stage, plus a cProfile of the JSON search's hottest functions.
+
+Stages are timed around the same calls the routes make (upload parse, decode, preprocess,
+model, FAISS, database, JSON/HTML); a data dir with a built index is required, e.g. the one
+benchmarks/load_bench.py prepares:
+
+    .venv/bin/python benchmarks/query_profile.py --data-dir /tmp/speeddemo --out benchmarks/results/query_profile.json
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_GROCERY = Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", REPO.parent / "shared" / "datasets" / "grocerystore"))
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def query_photos(dataset: Path, n: int) -> list[bytes]:
+    lines = (dataset / "dataset" / "test.txt").read_text().splitlines()
+    picks = random.Random(0).sample([ln.split(",")[0].strip() for ln in lines if ln.strip()], n)
+    return [(dataset / "dataset" / p).read_bytes() for p in picks]
+
+
+def stage_times(svc, photos: list[bytes], k: int) -> dict[str, float]:
+    """Median ms of each stage of a search, the calls the routes make, one photo at a time."""
+    import numpy as np
+
+    from shopsearch.embedding.preprocess import decode_query
+
+    emb = svc.embedder
+    out: dict[str, list[float]] = {s: [] for s in ("decode", "preprocess", "model", "faiss", "database", "group")}
+    for data in photos:
+        t0 = time.perf_counter()
+        img = decode_query(data, emb)
+        t1 = time.perf_counter()
+        x = np.stack([emb.preprocess(img)])
+        t2 = time.perf_counter()
+        vec = emb.encode_batch(x)[0]
+        t3 = time.perf_counter()
+        fetch = min(len(svc.index), max(50, 8 * k))
+        scores, ids = svc.index.search(vec[None, :], fetch)
+        t4 = time.perf_counter()
+        svc.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
+        t5 = time.perf_counter()
+        svc.search_vector(vec, k)
+        t6 = time.perf_counter()
+        for name, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+            out[name].append(dt * 1000)
+    return {name: round(statistics.median(v), 2) for name, v in out.items()}
+
+
+def request_times(client, photos: list[bytes], k: int) -> dict[str, float]:
+    """Median ms of whole requests through Flask (routing, upload parse, JSON/HTML, headers)."""
+    api, page, thumbs = [], [], []
+    for data in photos:
+        t0 = time.perf_counter()
+        r = client.post(f"/api/v1/search?k={k}", data=data, content_type="application/octet-stream")
+        api.append((time.perf_counter() - t0) * 1000)
+        assert r.status_code == 200, r.data[:300]
+        t0 = time.perf_counter()
+        r = client.post("/search", data={"image": (io.BytesIO(data), "q.jpg")}, content_type="multipart/form-data")
+        page.append((time.perf_counter() - t0) * 1000)
+        assert r.status_code == 200, r.data[:300]
+        import re
+
+        urls = re.findall(r'src="(/images/[^"]+)"', r.get_data(as_text=True))
+        t0 = time.perf_counter()
+        for u in urls:
+            assert client.get(u).status_code == 200
+        thumbs.append((time.perf_counter() - t0) * 1000 / max(1, len(urls)))
+    return {"api_search": round(statistics.median(api), 2), "results_page": round(statistics.median(page), 2),
+            "thumbnail_each_cached": round(statistics.median(thumbs[1:] or thumbs), 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--dataset", type=Path, default=DEFAULT_GROCERY)
+    ap.add_argument("--queries", type=int, default=32)
+    ap.add_argument("-k", type=int, default=10)
+    ap.add_argument("--top", type=int, default=25, help="cProfile rows to keep")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from shopsearch.config import Settings
+    from webapp import create_app
+
+    app = create_app({"SETTINGS": Settings.from_env(data_dir=a.data_dir), "RELOAD_CHECK_S": 3600})
+    client = app.test_client()
+    svc = app.extensions["shopsearch"].get()
+    photos = query_photos(a.dataset, a.queries)
+    for data in photos[:4]:  # warm-up: oneDNN kernel choice, DB pool, thumbnails made once
+        client.post("/api/v1/search", data=data, content_type="application/octet-stream")
+    request_times(client, photos[:4], a.k)
+    load1 = os.getloadavg()[0]
+    stages = stage_times(svc, photos, a.k)
+    requests = request_times(client, photos, a.k)
+    prof = cProfile.Profile()
+    prof.enable()
+    for data in photos:
+        client.post(f"/api/v1/search?k={a.k}", data=data, content_type="application/octet-stream")
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(a.top)
+    result = {
+        "benchmark": "query_profile", "model": svc.manifest.model_name, "vectors": len(svc.index),
+        "index_type": svc.manifest.index_type, "queries": len(photos), "k": a.k,
+        "stage_ms_median": stages, "request_ms_median": requests,
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg_1m_before": round(load1, 2),
+                    "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+        "how": "in process (Flask test client), one query at a time, median over the query photos",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(json.dumps(result, indent=2))
+    print(buf.getvalue(), file=sys.stderr)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
