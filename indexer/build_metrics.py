@@ -13,7 +13,7 @@ from indexer.build import BuildReport
 def build_registry(report: BuildReport, finished: float | None = None) -> CollectorRegistry:
     """One gauge per figure of the report, in a registry of its own."""
     reg = CollectorRegistry()
-    mode = str(report.extra.get("mode", "full"))
+    mode = report.mode
 
     def gauge(name: str, doc: str, value: float) -> None:
         Gauge(f"shopsearch_index_build_{name}", doc, registry=reg).set(value)
