@@ -88,8 +88,9 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
 
         base = load_embedder("efficientnet-lite0", "cpu")
         cfg = FinetuneConfig(**ft, max_steps=max_steps, workers=workers)  # type: ignore[arg-type]
+        reference = _frozen_reference(c, base, train, val, workers, not as_json)
         art = finetune_artefact(train, val, cfg, resolve_device(c.settings.device), base_fingerprint=base.fingerprint,
-                                name=name, target=target, progress=not as_json)
+                                name=name, target=target, progress=not as_json, reference_top1=reference)
         path = art.save(c.settings.models_dir / f"{name}.pt")
         spec = f"finetuned:{name}"
     else:
@@ -116,7 +117,27 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
     th = art.thresholds
     click.echo(f"routing: filter when p >= {th.filter:.3f}, top two when p1+p2 >= {th.top2:.3f}")
     if finetune:
+        click.echo(f"kept the {art.metrics.get('weights', 'raw')} weights of epoch {art.metrics.get('best_epoch')} "
+                   "(raw and averaged weights both validated each epoch)")
+        for w in art.metrics.get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
         click.echo(f"index with it: shopsearch index build --model {spec}")
+
+
+def _frozen_reference(c: Ctx, base, train, val, workers: int, progress: bool) -> float | None:
+    """The frozen head's validation top-1 on the same images (cached vectors), the bar a
+    fine-tune must clear."""
+    from shopsearch.classify.training import train_frozen
+    from shopsearch.classify.vectors import embed_labelled
+
+    if not val:
+        return None
+    xs, tr = embed_labelled(base, train, c.settings.vector_cache_dir, progress, workers)
+    xv, va = embed_labelled(base, val, c.settings.vector_cache_dir, progress, workers)
+    if not tr or not va:
+        return None
+    art = train_frozen(xs, tr, xv, va, base.fingerprint, base.name)
+    return art.metrics.get("val", {}).get("fine", {}).get("top1")
 
 
 @classify.command("eval")

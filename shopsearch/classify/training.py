@@ -64,7 +64,8 @@ def _indices(items: Sequence[LabelledImage], labels: LabelSpace) -> np.ndarray:
 def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vectors: np.ndarray,
                  val_items: Sequence[LabelledImage], fingerprint: str, embedder_name: str, hidden: int = 0,
                  epochs: int = 300, target: float = 0.97, seed: int = 0) -> ClassifierArtefact:
-    """A head on frozen embeddings, thresholds from the validation vectors."""
+    """A head on frozen embeddings, thresholds from the validation vectors: the cross-validated
+    logistic-regression probe (hidden=0) or a small MLP trained for `epochs`."""
     labels = LabelSpace.from_paths(i.category for i in items)
     known = set(labels.fine)
     val_keep = [j for j, it in enumerate(val_items) if it.category in known]
@@ -73,10 +74,22 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
     val_vectors, val_items = np.asarray(val_vectors)[val_keep], [val_items[j] for j in val_keep]
     yf = _indices(items, labels)
     yc = np.asarray(labels.fine_to_coarse)[yf]
-    head = train_head(vectors, yf, yc, len(labels.fine), len(labels.coarse), hidden=hidden, epochs=epochs, seed=seed)
+    extra: dict[str, Any] = {"train_samples": len(items), "mode": "frozen"}
+    if hidden > 0:
+        head = train_head(vectors, yf, yc, len(labels.fine), len(labels.coarse), hidden=hidden, epochs=epochs,
+                          seed=seed)
+        extra["head"] = f"mlp-{hidden}"
+    else:  # the linear head is the cross-validated logistic-regression probe itself
+        from shopsearch.classify.probe import fit_probe, head_from_probes
+
+        pf = fit_probe(vectors, yf, len(labels.fine), seed=seed)
+        pc = fit_probe(vectors, yc, len(labels.coarse), seed=seed)
+        head = head_from_probes(pf, pc)
+        extra.update({"head": "logistic-cv", "C_fine": pf.c, "C_coarse": pc.c,
+                      "cv_fine_top1": pf.cv_accuracy.get(pf.c)})
     config, state = dict(head.config), {k: v.detach().clone() for k, v in head.state_dict().items()}
     art = ClassifierArtefact(fingerprint, embedder_name, labels, config, state, kind="head")
-    return with_validation(art, val_vectors, val_items, target, {"train_samples": len(items), "mode": "frozen"})
+    return with_validation(art, val_vectors, val_items, target, extra)
 
 
 def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items: Sequence[LabelledImage],
@@ -96,8 +109,11 @@ def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items:
 def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImage], cfg: Any, device: str,
                       weights_path: str | Path | None = None, base_fingerprint: str = "efficientnet-lite0",
                       name: str = "finetuned", target: float = 0.97, store_dtype: torch.dtype = torch.float16,
-                      progress: bool = True) -> ClassifierArtefact:
-    """Fine-tune EfficientNet-Lite0 + head; the artefact defines a new embedder (its own fingerprint)."""
+                      progress: bool = True, reference_top1: float | None = None) -> ClassifierArtefact:
+    """Fine-tune EfficientNet-Lite0 + head; the artefact defines a new embedder (its own fingerprint).
+
+    `reference_top1`: the frozen head's validation fine top-1 on the same images; a run that
+    ends far below it gets a warning (in the log and in metrics["warnings"])."""
     from shopsearch.classify.finetune import finetune
     from shopsearch.embedders.finetuned import DEFAULT_ARCH, backbone_fingerprint, imagenet_backbone
 
@@ -114,11 +130,27 @@ def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImag
                              {k: v.detach().clone() for k, v in res.head.state_dict().items()},
                              kind="finetuned", backbone=bb,
                              metrics={"mode": "finetune", "train_samples": len(train), "best_epoch": res.best_epoch,
+                                      "weights": res.weights,
                                       "history": res.history, "seconds": round(res.seconds, 1), "config": res.config})
     if res.val_fine_probs is None:
         return art
     from dataclasses import replace
 
     y = _indices(val, labels)
+    val_report = accuracy_report(res.val_fine_probs, res.val_coarse_probs, y, labels)
+    warnings = below_reference(val_report["fine"]["top1"], reference_top1)
     return replace(art, thresholds=choose_thresholds(res.val_fine_probs, y, target),
-                   metrics={**art.metrics, "val": accuracy_report(res.val_fine_probs, res.val_coarse_probs, y, labels)})
+                   metrics={**art.metrics, "val": val_report, "frozen_val_top1": reference_top1,
+                            "warnings": warnings})
+
+
+def below_reference(top1: float, reference: float | None, margin: float = 0.05) -> list[str]:
+    """A warning when a fine-tuned model validates `margin` or more below the frozen head
+    (too few epochs, a learning rate too high, a broken average): it would serve worse results."""
+    if reference is None or not top1 < reference - margin:
+        return []
+    msg = (f"the fine-tuned model's validation top-1 ({top1:.1%}) is far below the frozen head's "
+           f"({reference:.1%}) on the same images: it would search and classify worse than the model it "
+           "started from; train longer, or keep the frozen model")
+    log.warning(msg)
+    return [msg]
