@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -13,6 +14,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, check_model
+from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.results import CategoryPrediction, ProductHit, SearchFilters, SearchResult
 
 
@@ -31,21 +33,30 @@ class SearchService:
     """Takes its collaborators; owns no I/O set-up of its own."""
 
     def __init__(self, embedder: Embedder, index: VectorIndex, catalogue: CatalogueStore,
-                 manifest: IndexManifest, router: CategoryRouter | None = None) -> None:
+                 manifest: IndexManifest, router: CategoryRouter | None = None,
+                 rerank: RerankOptions = RerankOptions(), tta: bool = False, fusion: bool = False) -> None:
         check_model(manifest, embedder.fingerprint)
         self.embedder = embedder
         self.index = index
         self.catalogue = catalogue
         self.manifest = manifest
         self.router = router
+        self.rerank = rerank  # the default of every query; a query may ask for another
+        self.tta = tta
+        # fuse the router's category probabilities into the ranking instead of filtering by them
+        self.fusion = fusion
 
     # -- entry points ---------------------------------------------------------
     def search_image(self, image: Image.Image, k: int = 10, filters: SearchFilters = SearchFilters(),
-                     routing: bool = True) -> SearchResult:
+                     routing: bool = True, rerank: RerankOptions | None = None,
+                     tta: bool | None = None, fusion: bool | None = None) -> SearchResult:
+        """`tta`: also embed the mirrored photo and search with the mean of both vectors."""
         t0 = time.perf_counter()
-        vec = self.embedder.encode_images([image])[0]
+        vec = tta_vector(self.embedder, image) if (self.tta if tta is None else tta) else \
+            self.embedder.encode_images([image])[0]
         t1 = time.perf_counter()
-        return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000)
+        return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000, rerank=rerank,
+                                  fusion=fusion)
 
     def search_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> SearchResult:
         if not self.embedder.has_text:
@@ -56,16 +67,24 @@ class SearchService:
 
     def search_vector(self, vec: np.ndarray, k: int = 10, filters: SearchFilters = SearchFilters(),
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
-                      embed_ms: float = 0.0) -> SearchResult:
+                      embed_ms: float = 0.0, rerank: RerankOptions | None = None,
+                      fusion: bool | None = None) -> SearchResult:
+        """`rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
+        router whose artefact carries a fusion weight; without one it is plain routing."""
         t0 = time.perf_counter()
-        prediction, allowed = None, None
+        opts = self.rerank if rerank is None else rerank
+        index = RerankingIndex(self.index, opts) if opts.active else self.index
+        prediction, allowed, boost = None, None, None
         if routing and self.router is not None:
             prediction, allowed = self.router.route(vec)
-        hits = self._grouped(vec, k, filters, allowed, exclude_skus)
+            if (self.fusion if fusion is None else fusion) and getattr(self.router, "fusion_weight", 0.0) > 0:
+                boost, allowed = self.router.category_boost(vec), None  # type: ignore[attr-defined]
+                prediction = replace(prediction, routing="fused")
+        hits = self._grouped(vec, k, filters, allowed, exclude_skus, index=index, boost=boost)
         if allowed is not None and len(hits) < k:
             # Routing must never hide results: top up from the unrestricted ranking.
             seen = {h.sku for h in hits} | set(exclude_skus)
-            hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen))][: k - len(hits)]
+            hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen), index=index)][: k - len(hits)]
         t1 = time.perf_counter()
         return SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id,
                             {"embed": embed_ms, "search": (t1 - t0) * 1000, "total": embed_ms + (t1 - t0) * 1000},
@@ -95,15 +114,19 @@ class SearchService:
             return False
 
     def _grouped(self, vec: np.ndarray, k: int, filters: SearchFilters, allowed: tuple[str, ...] | None,
-                 exclude_skus: frozenset[str], exclude_hashes: set[str] | None = None) -> list[ProductHit]:
-        """Best image per product, over a growing candidate list until k products pass the filters."""
-        n = len(self.index)
+                 exclude_skus: frozenset[str], exclude_hashes: set[str] | None = None,
+                 index: VectorIndex | RerankingIndex | None = None,
+                 boost: dict[str, float] | None = None) -> list[ProductHit]:
+        """Best image per product, over a growing candidate list until k products pass the filters;
+        `boost` (fusion) adds a per-category amount to each product's best similarity."""
+        index = self.index if index is None else index
+        n = len(index)
         fetch = min(n, max(50, 8 * k))
         # Routing is a preference, not a filter the shopper chose: a small predicted category
         # must not make us scan the whole index (the caller tops up from the unrestricted list).
         limit = n if allowed is None else min(n, 4 * fetch)
         while True:
-            scores, ids = self.index.search(vec[None, :], fetch)
+            scores, ids = index.search(vec[None, :], fetch)
             info = self.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
             best: dict[str, tuple[float, ProductInfo, ImageInfo, int]] = {}
             for score, image_id in zip(scores[0], ids[0]):
@@ -120,6 +143,10 @@ class SearchService:
             if len(best) >= k or fetch >= limit:
                 break
             fetch = min(limit, fetch * 4)
+        if boost is not None:
+            floor = boost.get("", 0.0)
+            best = {sku: (s + boost.get((p.category or "").strip("/"), floor), p, i, c)
+                    for sku, (s, p, i, c) in best.items()}
         ranked = sorted(best.values(), key=lambda t: -t[0])[:k]
         return [ProductHit(p.sku, p.title, s, i.id, i.path, p.brand, p.price, p.currency, p.category,
                            p.category_source, c) for s, p, i, c in ranked]
@@ -140,6 +167,15 @@ class SearchService:
         if f.max_price is not None and (prod.price is None or float(prod.price) > float(f.max_price)):
             return False
         return True
+
+
+def tta_vector(embedder: Embedder, image: Image.Image) -> np.ndarray:
+    """Test-time augmentation: the unit mean of the photo's and its mirror image's vectors."""
+    from PIL import ImageOps
+
+    vecs = embedder.encode_images([image, ImageOps.mirror(image)])
+    mean = vecs.mean(0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 def _diversify(pool: list[ProductHit], k: int, max_share: float) -> list[ProductHit]:

@@ -41,9 +41,10 @@ def _split(c: Ctx, train_spec: str | None, val_spec: str | None, val_fraction: f
 
 
 def _print_metrics(title: str, m: dict) -> None:
+    coarse = ("single-level categories (no coarse level)" if m["coarse"].get("same_as_fine") else
+              f"coarse ({m['coarse']['classes']} classes) top-1 {m['coarse']['top1']:.2%} top-5 {m['coarse']['top5']:.2%}")
     click.echo(f"{title}: {m['samples']} images; fine ({m['fine']['classes']} classes) top-1 "
-               f"{m['fine']['top1']:.2%} top-5 {m['fine']['top5']:.2%}; coarse ({m['coarse']['classes']} classes) "
-               f"top-1 {m['coarse']['top1']:.2%} top-5 {m['coarse']['top5']:.2%}")
+               f"{m['fine']['top1']:.2%} top-5 {m['fine']['top5']:.2%}; {coarse}")
     for p in m.get("most_confused", [])[:5]:
         click.echo(f"  {p['true']} -> {p['predicted']}: {p['count']}")
 
@@ -114,14 +115,25 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
     click.echo(f"saved {art.kind} classifier {path} ({len(art.labels.fine)} fine / {len(art.labels.coarse)} coarse)")
     if "val" in art.metrics:
         _print_metrics("validation", art.metrics["val"])
-    th = art.thresholds
-    click.echo(f"routing: filter when p >= {th.filter:.3f}, top two when p1+p2 >= {th.top2:.3f}")
+    click.echo(_routing_line(art.thresholds))
     if finetune:
         click.echo(f"kept the {art.metrics.get('weights', 'raw')} weights of epoch {art.metrics.get('best_epoch')} "
                    "(raw and averaged weights both validated each epoch)")
         for w in art.metrics.get("warnings", []):
             click.echo(f"warning: {w}", err=True)
         click.echo(f"index with it: shopsearch index build --model {spec}")
+
+
+def _routing_line(th) -> str:
+    """What routing will do, without printing a threshold above 1 as if it could fire."""
+    def part(name: str, value: float) -> str:
+        return f"{name} when p >= {value:.3f}" if value <= 1.0 else f"{name}: never ({th.target:.0%} not reachable)"
+
+    line = f"routing (precision target {th.target:.0%} on validation): {part('filter', th.filter)}; " \
+           f"{part('top two', th.top2).replace('p >=', 'p1+p2 >=')}"
+    if th.fusion > 0:
+        line += f"; fusion weight {th.fusion:g} (search with --fusion / fusion=on)"
+    return line
 
 
 def _frozen_reference(c: Ctx, base, train, val, workers: int, progress: bool) -> float | None:

@@ -21,7 +21,8 @@ log = logging.getLogger("shopsearch.classify")
 
 def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true: np.ndarray,
                     labels: LabelSpace, top_pairs: int = 10) -> dict[str, Any]:
-    """Top-1/top-5 per level and the most confused (true -> predicted) fine pairs."""
+    """Top-1/top-5 per level and the most confused (true -> predicted) fine pairs. With a
+    single-level taxonomy the coarse figures are the fine ones, marked `same_as_fine`."""
     fine_true = np.asarray(fine_true)
     coarse_true = np.asarray(labels.fine_to_coarse)[fine_true] if len(fine_true) else fine_true
 
@@ -37,6 +38,12 @@ def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true:
         if t != p:
             pairs[(int(t), int(p))] = pairs.get((int(t), int(p)), 0) + 1
     confused = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top_pairs]
+    fine = {"classes": len(labels.fine), "top1": topk(fine_probs, fine_true, 1), "top5": topk(fine_probs, fine_true, 5)}
+    if len(labels.coarse) == len(labels.fine):
+        # a single-level taxonomy: the "coarse" level is the fine one, and says so
+        return {"samples": int(len(fine_true)), "fine": fine, "coarse": {**fine, "same_as_fine": True},
+                "most_confused": [{"true": labels.fine[t], "predicted": labels.fine[p], "count": n}
+                                  for (t, p), n in confused]}
     return {
         "samples": int(len(fine_true)),
         "fine": {"classes": len(labels.fine), "top1": topk(fine_probs, fine_true, 1), "top5": topk(fine_probs, fine_true, 5)},
@@ -89,12 +96,14 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
                       "cv_fine_top1": pf.cv_accuracy.get(pf.c)})
     config, state = dict(head.config), {k: v.detach().clone() for k, v in head.state_dict().items()}
     art = ClassifierArtefact(fingerprint, embedder_name, labels, config, state, kind="head")
-    return with_validation(art, val_vectors, val_items, target, extra)
+    return with_validation(art, val_vectors, val_items, target, extra, gallery=(vectors, yf))
 
 
 def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items: Sequence[LabelledImage],
-                    target: float, extra: dict[str, Any]) -> ClassifierArtefact:
-    """The artefact with thresholds and validation metrics filled in from val vectors."""
+                    target: float, extra: dict[str, Any],
+                    gallery: tuple[np.ndarray, np.ndarray] | None = None) -> ClassifierArtefact:
+    """The artefact with thresholds and validation metrics filled in from val vectors; with a
+    labelled `gallery` (vectors, fine class indices) also the fusion weight."""
     from dataclasses import replace
 
     if len(val_items) == 0:
@@ -102,8 +111,14 @@ def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items:
         return replace(art, metrics={**art.metrics, **extra})
     pf, pc = head_probs(art, val_vectors)
     y = _indices(val_items, art.labels)
-    return replace(art, thresholds=choose_thresholds(pf, y, target),
-                   metrics={**art.metrics, **extra, "val": accuracy_report(pf, pc, y, art.labels)})
+    th = choose_thresholds(pf, y, target)
+    if gallery is not None:
+        from shopsearch.classify.fusion import choose_weight
+
+        weight, table = choose_weight(val_vectors, y, pf, gallery[0], gallery[1])
+        th = replace(th, fusion=weight)
+        extra = {**extra, "fusion_val_precision_at_1": table}
+    return replace(art, thresholds=th, metrics={**art.metrics, **extra, "val": accuracy_report(pf, pc, y, art.labels)})
 
 
 def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImage], cfg: Any, device: str,

@@ -10,6 +10,10 @@ TOML form (one table per configuration):
     gallery = "iconic"           # optional: this configuration's gallery protocol
     ef_search = 64               # optional HNSW setting
     nprobe = 16                  # optional IVF setting
+    rerank = "qe+kr"             # optional: off | qe | kr | qe+kr (see shopsearch.rerank)
+    tta = true                   # optional: queries embedded with their mirror image too
+    dba = 2                      # optional: database-side augmentation over this many neighbours
+    fusion = true                # optional: category head fused into the ranking (weight chosen on val)
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from typing import Any
 
 from shopsearch.errors import ConfigError
 
-KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe")
+KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion")
 _ON = {"on", "true", "yes", "1"}
 _OFF = {"off", "false", "no", "0"}
 
@@ -33,6 +37,10 @@ class BenchConfig:
     ef_search: int | None = None
     nprobe: int | None = None
     name: str | None = None
+    rerank: str = "off"
+    tta: bool = False
+    dba: int = 0
+    fusion: bool = False
 
     @property
     def label(self) -> str:
@@ -45,11 +53,13 @@ class BenchConfig:
             parts.append(f"nprobe={self.nprobe}")
         if self.gallery:
             parts.append(f"gallery={self.gallery}")
+        parts += (["tta"] if self.tta else []) + ([f"dba={self.dba}"] if self.dba else [])
+        parts += ([f"rerank={self.rerank}"] if self.rerank != "off" else []) + (["fusion"] if self.fusion else [])
         parts.append("routing" if self.routing else "no-routing")
         return " ".join(parts)
 
 
-def parse_routing(value: Any) -> bool:
+def parse_routing(value: Any, name: str = "routing") -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -57,7 +67,7 @@ def parse_routing(value: Any) -> bool:
         return True
     if text in _OFF:
         return False
-    raise ConfigError(f"routing must be on or off, got {value!r}")
+    raise ConfigError(f"{name} must be on or off, got {value!r}")
 
 
 def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> BenchConfig:
@@ -66,8 +76,20 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
     vals: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "routing":
-            vals[key] = parse_routing(value)
+        if key in ("routing", "tta", "fusion"):
+            vals[key] = parse_routing(value, key)
+        elif key == "rerank":
+            from shopsearch.rerank import parse_rerank
+
+            parse_rerank(str(value))  # refused here, before any embedding, when malformed
+            vals[key] = str(value).strip().lower()
+        elif key == "dba":
+            try:
+                vals[key] = int(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: dba must be an integer, got {value!r}") from None
+            if vals[key] < 0:
+                raise ConfigError(f"{where}: dba must be >= 0")
         elif key in ("ef_search", "nprobe"):
             try:
                 vals[key] = int(value)
