@@ -56,7 +56,8 @@ def _ft_options(f):
         if fld.name in ("max_steps", "workers", "preload"):
             continue
         f = click.option(f"--{fld.name.replace('_', '-')}", type=type(fld.default), default=fld.default,
-                         show_default=True, help=f"(--finetune) {fld.name.replace('_', ' ')}")(f)
+                         show_default=True, help=f"(--finetune) {fld.name.replace('_', ' ')} (GPU recipe's default; "
+                         "on a CPU the CPU recipe's unless given)")(f)
     return f
 
 
@@ -83,14 +84,23 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
     """Train a category classifier on the catalogue's (or given) labelled images."""
     train, val = _split(c, train_spec, val_spec, val_fraction)
     if finetune:
-        from shopsearch.classify.finetune import FinetuneConfig
+        from click.core import ParameterSource
+
+        from shopsearch.classify.finetune import recipe_for
         from shopsearch.classify.training import finetune_artefact
         from shopsearch.embedders import load_embedder, resolve_device
 
         base = load_embedder("efficientnet-lite0", "cpu")
-        cfg = FinetuneConfig(**ft, max_steps=max_steps, workers=workers)  # type: ignore[arg-type]
+        device = resolve_device(c.settings.device)
+        ctx = click.get_current_context()
+        explicit = {k: v for k, v in ft.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+        cfg = recipe_for(device, **explicit, max_steps=max_steps, workers=workers)
+        if not as_json:
+            click.echo(f"fine-tuning on {device}: {cfg.epochs} epochs at {cfg.img_size} px, batches of "
+                       f"{cfg.batch_size}, {cfg.frozen_blocks} first blocks frozen"
+                       f"{' (the CPU recipe)' if device.startswith('cpu') else ''}")
         reference = _frozen_reference(c, base, train, val, workers, not as_json)
-        art = finetune_artefact(train, val, cfg, resolve_device(c.settings.device), base_fingerprint=base.fingerprint,
+        art = finetune_artefact(train, val, cfg, device, base_fingerprint=base.fingerprint,
                                 name=name, target=target, progress=not as_json, reference_top1=reference)
         path = art.save(c.settings.models_dir / f"{name}.pt")
         spec = f"finetuned:{name}"
