@@ -105,18 +105,13 @@ def k_reciprocal_distance(feats: np.ndarray, k1: int, k2: int, lam: float) -> np
     in_half = np.zeros((n, n), dtype=bool)
     np.put_along_axis(in_half, top_h, True, axis=1)
     recip_h = in_half & in_half.T
-    v = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        members = np.flatnonzero(recip[i])
-        expanded = recip[i].copy()
-        for j in members:
-            cand = recip_h[j]
-            size = cand.sum()
-            if size and (cand & recip[i]).sum() > 2.0 / 3.0 * size:
-                expanded |= cand
-        idx = np.flatnonzero(expanded)
-        w = np.exp(-dist[i, idx])
-        v[i, idx] = w / max(w.sum(), 1e-12)
+    # expansion: add j's half-size reciprocal set when it overlaps i's set by more than 2/3
+    rf, hf = recip.astype(np.float32), recip_h.astype(np.float32)
+    overlap = rf @ hf.T  # [i, j] = |R(i) & R_half(j)|
+    cond = recip & (overlap > (2.0 / 3.0) * hf.sum(1)[None, :])
+    expanded = recip | ((cond.astype(np.float32) @ hf) > 0)
+    v = np.where(expanded, np.exp(-dist), 0.0).astype(np.float32)
+    v /= np.maximum(v.sum(1, keepdims=True), 1e-12)
     if k2 > 1:
         v = v[rank[:, :k2]].mean(axis=1)
     mins = np.minimum(v[0][None, :], v[1:]).sum(1)

@@ -14,6 +14,7 @@ TOML form (one table per configuration):
     tta = true                   # optional: queries embedded with their mirror image too
     dba = 2                      # optional: database-side augmentation over this many neighbours
     fusion = true                # optional: category head fused into the ranking (weight chosen on val)
+    shopper_views = 8            # optional: gallery vectors averaged with this many synthetic shopper views
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from typing import Any
 
 from shopsearch.errors import ConfigError
 
-KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion")
+KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion",
+        "shopper_views")
 _ON = {"on", "true", "yes", "1"}
 _OFF = {"off", "false", "no", "0"}
 
@@ -41,6 +43,7 @@ class BenchConfig:
     tta: bool = False
     dba: int = 0
     fusion: bool = False
+    shopper_views: int = 0
 
     @property
     def label(self) -> str:
@@ -54,6 +57,7 @@ class BenchConfig:
         if self.gallery:
             parts.append(f"gallery={self.gallery}")
         parts += (["tta"] if self.tta else []) + ([f"dba={self.dba}"] if self.dba else [])
+        parts += [f"shopper-views={self.shopper_views}"] if self.shopper_views else []
         parts += ([f"rerank={self.rerank}"] if self.rerank != "off" else []) + (["fusion"] if self.fusion else [])
         parts.append("routing" if self.routing else "no-routing")
         return " ".join(parts)
@@ -83,13 +87,13 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
 
             parse_rerank(str(value))  # refused here, before any embedding, when malformed
             vals[key] = str(value).strip().lower()
-        elif key == "dba":
+        elif key in ("dba", "shopper_views"):
             try:
                 vals[key] = int(value)
             except (TypeError, ValueError):
-                raise ConfigError(f"{where}: dba must be an integer, got {value!r}") from None
-            if vals[key] < 0:
-                raise ConfigError(f"{where}: dba must be >= 0")
+                raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
+            if not 0 <= vals[key] <= 64:
+                raise ConfigError(f"{where}: {key} must be between 0 and 64")
         elif key in ("ef_search", "nprobe"):
             try:
                 vals[key] = int(value)

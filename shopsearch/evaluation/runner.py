@@ -28,6 +28,7 @@ from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, su
 from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
 from shopsearch.evaluation import tta
+from shopsearch.gallery_aug import shopper_view_vectors
 from shopsearch.rerank import dba_vectors, parse_rerank
 from shopsearch.search import CategoryRouter, SearchService
 
@@ -205,6 +206,13 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     t0 = time.perf_counter()
     index = VectorIndex(emb.dim, itype, expected_size=len(good))
     gallery = st.cache.get_many([k for _, k in good])
+    if c.shopper_views and st.cache_root is not None:
+        paths = {img.sha256: img.path for img in store.indexable_images() if img.sha256}
+        views = shopper_view_vectors(emb, [(paths[k], k) for _, k in good if k in paths], c.shopper_views,
+                                     st.cache_root, o.batch_size, o.progress)
+        both = gallery + np.stack([views.get_many([k])[0] if k in views else gallery[j]
+                                   for j, (_, k) in enumerate(good)])
+        gallery = both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
     if c.dba:
         gallery = dba_vectors(gallery, c.dba)
     index.add(np.array([i for i, _ in good], dtype=np.int64), gallery)
