@@ -134,6 +134,30 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         click.echo(f"index with it: shopsearch index build --model {spec}")
 
 
+def _probe_baseline(c: Ctx, emb, train_spec: str | None, vecs, items, labels, workers: int, progress: bool) -> dict:
+    """The probe fitted on the training images, scored on the evaluated ones."""
+    import numpy as np
+    import torch
+
+    from shopsearch.classify.head import combined_probs
+    from shopsearch.classify.probe import fit_probe, head_from_probes
+    from shopsearch.classify.training import accuracy_report
+    from shopsearch.classify.vectors import embed_labelled
+
+    known = set(labels.fine)
+    train = [i for i in _labelled(c, train_spec) if i.category in known]
+    xs, train = embed_labelled(emb, train, c.settings.vector_cache_dir, progress, workers)
+    yf = np.array([labels.fine_index(i.category) for i in train], dtype=np.int64)
+    yc = np.asarray(labels.fine_to_coarse)[yf]
+    fine, coarse = fit_probe(xs, yf, len(labels.fine)), fit_probe(xs, yc, len(labels.coarse))
+    with torch.no_grad():
+        pf, pc = combined_probs(*head_from_probes(fine, coarse)(torch.from_numpy(np.asarray(vecs, np.float32))),
+                                torch.tensor(labels.fine_to_coarse))
+    y = np.array([labels.fine_index(i.category) for i in items], dtype=np.int64)
+    return {**accuracy_report(pf.numpy(), pc.numpy(), y, labels), "C_fine": fine.c, "C_coarse": coarse.c,
+            "train_samples": len(train)}
+
+
 def _routing_line(th) -> str:
     """What routing will do, without printing a threshold above 1 as if it could fire."""
     def part(name: str, value: float) -> str:
@@ -166,10 +190,16 @@ def _frozen_reference(c: Ctx, base, train, val, workers: int, progress: bool) ->
 @click.option("--model", default=None, help="Embedder (default: the serving index's model).")
 @click.option("--data", "data_spec", required=True,
               help="Labelled images: grocerystore:ROOT:SPLIT[+SPLIT] | imagefolder:ROOT")
+@click.option("--baseline", is_flag=True,
+              help="Also fit a cross-validated logistic-regression probe on the training images' vectors and "
+                   "report it beside the installed head (the bar the head must clear).")
+@click.option("--train", "train_spec", default=None,
+              help="--baseline: the probe's training images (default: the catalogue's labelled images).")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def eval_cmd(c: Ctx, model: str | None, data_spec: str, workers: int, as_json: bool) -> None:
+def eval_cmd(c: Ctx, model: str | None, data_spec: str, baseline: bool, train_spec: str | None, workers: int,
+             as_json: bool) -> None:
     """Top-1/top-5 per category level and the most confused pairs on labelled images."""
     import numpy as np
 
@@ -193,10 +223,14 @@ def eval_cmd(c: Ctx, model: str | None, data_spec: str, workers: int, as_json: b
     report = accuracy_report(pf, pc, np.array([clf.labels.fine_index(i.category) for i in items], dtype=np.int64),
                              clf.labels)
     report.update({"model": emb.name, "artefact": str(path), "unknown_category_images": unknown})
+    if baseline:
+        report["baseline"] = _probe_baseline(c, emb, train_spec, vecs, items, clf.labels, workers, not as_json)
     if as_json:
         echo_json(report)
         return
     _print_metrics(f"{data_spec} with {emb.name}", report)
+    if baseline:
+        _print_metrics("cross-validated logistic-regression probe (baseline)", report["baseline"])
     if unknown:
         click.echo(f"({unknown} images of categories the classifier does not know were skipped)", err=True)
 
