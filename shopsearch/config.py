@@ -40,6 +40,11 @@ class Settings:
     image_root: Path | None = None
     #: FAISS search on the GPU: "auto" (when faiss-gpu sees one and device is not cpu), "on", "off"
     faiss_gpu: str = "auto"
+    #: search quality defaults of the service (a query may ask otherwise): re-ranking
+    #: (off | qe | kr | qe+kr), mirrored-photo test-time augmentation, category fusion
+    rerank: str = "off"
+    tta: bool = False
+    fusion: bool = False
 
     @property
     def db_url(self) -> str:
@@ -74,6 +79,9 @@ class Settings:
             model=env.get("SHOPSEARCH_MODEL", "auto"),
             device=env.get("SHOPSEARCH_DEVICE", "auto"),
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
+            rerank=env.get("SHOPSEARCH_RERANK", "off"),
+            tta=env.get("SHOPSEARCH_TTA", "").strip().lower() in ("1", "on", "true", "yes"),
+            fusion=env.get("SHOPSEARCH_FUSION", "").strip().lower() in ("1", "on", "true", "yes"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:
