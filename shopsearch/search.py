@@ -70,16 +70,18 @@ class SearchService:
                       embed_ms: float = 0.0, rerank: RerankOptions | None = None,
                       fusion: bool | None = None) -> SearchResult:
         """`rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
-        router whose artefact carries a fusion weight; without one it is plain routing."""
+        router with category probabilities (a trained classifier); without one it is plain routing."""
         t0 = time.perf_counter()
         opts = self.rerank if rerank is None else rerank
         index = RerankingIndex(self.index, opts) if opts.active else self.index
         prediction, allowed, boost = None, None, None
         if routing and self.router is not None:
             prediction, allowed = self.router.route(vec)
-            if (self.fusion if fusion is None else fusion) and getattr(self.router, "fusion_weight", 0.0) > 0:
-                boost, allowed = self.router.category_boost(vec), None  # type: ignore[attr-defined]
-                prediction = replace(prediction, routing="fused")
+            if (self.fusion if fusion is None else fusion) and hasattr(self.router, "category_boost"):
+                # fusion replaces the filter; a weight of 0 (validation preferred plain retrieval) fuses nothing
+                w = getattr(self.router, "fusion_weight", 0.0)
+                boost = self.router.category_boost(vec) if w > 0 else None  # type: ignore[attr-defined]
+                allowed, prediction = None, replace(prediction, routing="fused")
         hits = self._grouped(vec, k, filters, allowed, exclude_skus, index=index, boost=boost)
         if allowed is not None and len(hits) < k:
             # Routing must never hide results: top up from the unrestricted ranking.
