@@ -41,6 +41,11 @@ REPRODUCE = [
     "# what a decoder crash costs (process pool replaced; threaded run killed, then recovered by the crash journal)",
     "python benchmarks/crash_bench.py",
     "python benchmarks/crash_bench.py --model efficientnet-lite0 --images 512",
+    "# search quality without a GPU, step by step (issue 13): head + fusion weight on train/val, then the steps",
+    "shopsearch --data-dir var classify train --model efficientnet-lite0 \\",
+    "    --train grocerystore:../shared/datasets/grocerystore:train+iconic --val grocerystore:../shared/datasets/grocerystore:val",
+    "shopsearch --data-dir var bench recall --dataset ../shared/datasets/grocerystore \\",
+    "    --config benchmarks/configs/quality_grocerystore.toml --json > benchmarks/results/recall_grocerystore_quality.json",
     "python benchmarks/make_results.py",
 ]
 
