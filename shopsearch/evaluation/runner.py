@@ -28,7 +28,7 @@ from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, su
 from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
 from shopsearch.evaluation import tta
-from shopsearch.gallery_aug import shopper_view_vectors
+from shopsearch.gallery_aug import blend, shopper_view_vectors
 from shopsearch.rerank import dba_vectors, parse_rerank
 from shopsearch.search import CategoryRouter, SearchService
 
@@ -210,9 +210,8 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
         paths = {img.sha256: img.path for img in store.indexable_images() if img.sha256}
         views = shopper_view_vectors(emb, [(paths[k], k) for _, k in good if k in paths], c.shopper_views,
                                      st.cache_root, o.batch_size, o.progress)
-        both = gallery + np.stack([views.get_many([k])[0] if k in views else gallery[j]
-                                   for j, (_, k) in enumerate(good)])
-        gallery = both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
+        gallery = blend(gallery, np.stack([views.get_many([k])[0] if k in views else gallery[j]
+                                           for j, (_, k) in enumerate(good)]))
     if c.dba:
         gallery = dba_vectors(gallery, c.dba)
     index.add(np.array([i for i, _ in good], dtype=np.int64), gallery)
