@@ -52,6 +52,11 @@ REPRODUCE = [
     "    --workers 1 --threads 4 --concurrency 4 --duration 15 --sequential 15 --out before-1.json",
     "# side by side with clip-retrieval 2.45 (its own venv under var/), same checkpoint, same photos",
     "python benchmarks/clip_retrieval_bench.py --images 1000 --rounds 2",
+    "# search quality without a GPU, step by step (issue 13): head + fusion weight on train/val, then the steps",
+    "shopsearch --data-dir var classify train --model efficientnet-lite0 \\",
+    "    --train grocerystore:../shared/datasets/grocerystore:train+iconic --val grocerystore:../shared/datasets/grocerystore:val",
+    "shopsearch --data-dir var bench recall --dataset ../shared/datasets/grocerystore \\",
+    "    --config benchmarks/configs/quality_grocerystore.toml --json > benchmarks/results/recall_grocerystore_quality.json",
     "python benchmarks/make_results.py",
 ]
 

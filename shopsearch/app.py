@@ -51,7 +51,10 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
     catalogue = catalogue or open_catalogue(settings)
     if router is None and with_router:
         router = load_router(settings, embedder)
-    return SearchService(embedder, index, catalogue, manifest, router=router)
+    from shopsearch.rerank import parse_rerank
+
+    return SearchService(embedder, index, catalogue, manifest, router=router, rerank=parse_rerank(settings.rerank),
+                         tta=settings.tta, fusion=settings.fusion)
 
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:

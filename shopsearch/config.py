@@ -93,6 +93,11 @@ class Settings:
     faiss_gpu: str = "auto"
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     gpu: GpuTuning = field(default_factory=GpuTuning)
+    #: search quality defaults of the service (a query may ask otherwise): re-ranking
+    #: (off | qe | kr | qe+kr), mirrored-photo test-time augmentation, category fusion
+    rerank: str = "off"
+    tta: bool = False
+    fusion: bool = False
 
     @property
     def db_url(self) -> str:
@@ -130,6 +135,9 @@ class Settings:
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
+            rerank=env.get("SHOPSEARCH_RERANK", "off"),
+            tta=env.get("SHOPSEARCH_TTA", "").strip().lower() in ("1", "on", "true", "yes"),
+            fusion=env.get("SHOPSEARCH_FUSION", "").strip().lower() in ("1", "on", "true", "yes"),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:

@@ -27,7 +27,7 @@ class CategoryPrediction:
     confidence: float
     level: str = "fine"
     alternatives: tuple[tuple[str, float], ...] = ()
-    routing: str = "off"  # "filter" | "top2" | "all" | "off": what search did with it
+    routing: str = "off"  # "filter" | "top2" | "all" | "fused" | "off": what search did with it
 
     def to_dict(self) -> dict[str, Any]:
         return {"category": self.category, "confidence": round(self.confidence, 4), "level": self.level,

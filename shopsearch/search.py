@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -13,6 +14,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, check_model
+from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.results import CategoryPrediction, ProductHit, SearchFilters, SearchResult
 
 
@@ -31,21 +33,30 @@ class SearchService:
     """Takes its collaborators; owns no I/O set-up of its own."""
 
     def __init__(self, embedder: Embedder, index: VectorIndex, catalogue: CatalogueStore,
-                 manifest: IndexManifest, router: CategoryRouter | None = None) -> None:
+                 manifest: IndexManifest, router: CategoryRouter | None = None,
+                 rerank: RerankOptions = RerankOptions(), tta: bool = False, fusion: bool = False) -> None:
         check_model(manifest, embedder.fingerprint)
         self.embedder = embedder
         self.index = index
         self.catalogue = catalogue
         self.manifest = manifest
         self.router = router
+        self.rerank = rerank  # the default of every query; a query may ask for another
+        self.tta = tta
+        # fuse the router's category probabilities into the ranking instead of filtering by them
+        self.fusion = fusion
 
     # -- entry points ---------------------------------------------------------
     def search_image(self, image: Image.Image, k: int = 10, filters: SearchFilters = SearchFilters(),
-                     routing: bool = True) -> SearchResult:
+                     routing: bool = True, rerank: RerankOptions | None = None,
+                     tta: bool | None = None, fusion: bool | None = None) -> SearchResult:
+        """`tta`: also embed the mirrored photo and search with the mean of both vectors."""
         t0 = time.perf_counter()
-        vec = self.embedder.encode_images([image])[0]
+        vec = tta_vector(self.embedder, image) if (self.tta if tta is None else tta) else \
+            self.embedder.encode_images([image])[0]
         t1 = time.perf_counter()
-        return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000)
+        return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000, rerank=rerank,
+                                  fusion=fusion)
 
     def search_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> SearchResult:
         if not self.embedder.has_text:
@@ -56,17 +67,28 @@ class SearchService:
 
     def search_vector(self, vec: np.ndarray, k: int = 10, filters: SearchFilters = SearchFilters(),
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
-                      embed_ms: float = 0.0) -> SearchResult:
+                      embed_ms: float = 0.0, rerank: RerankOptions | None = None,
+                      fusion: bool | None = None) -> SearchResult:
+        """`rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
+        router with category probabilities (a trained classifier); without one it is plain routing."""
         t0 = time.perf_counter()
         db_s = [0.0]  # catalogue lookups, reported apart from the vector search
-        prediction, allowed = None, None
+        opts = self.rerank if rerank is None else rerank
+        index = RerankingIndex(self.index, opts) if opts.active else self.index
+        prediction, allowed, boost = None, None, None
         if routing and self.router is not None:
             prediction, allowed = self.router.route(vec)
-        hits = self._grouped(vec, k, filters, allowed, exclude_skus, db_s=db_s)
+            if (self.fusion if fusion is None else fusion) and hasattr(self.router, "category_boost"):
+                # fusion replaces the filter; a weight of 0 (validation preferred plain retrieval) fuses nothing
+                w = getattr(self.router, "fusion_weight", 0.0)
+                boost = self.router.category_boost(vec) if w > 0 else None  # type: ignore[attr-defined]
+                allowed, prediction = None, replace(prediction, routing="fused")
+        hits = self._grouped(vec, k, filters, allowed, exclude_skus, index=index, boost=boost, db_s=db_s)
         if allowed is not None and len(hits) < k:
             # Routing must never hide results: top up from the unrestricted ranking.
             seen = {h.sku for h in hits} | set(exclude_skus)
-            hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen), db_s=db_s)][: k - len(hits)]
+            hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen), index=index,
+                                              db_s=db_s)][: k - len(hits)]
         t1 = time.perf_counter()
         timings = {"embed": embed_ms, "search": (t1 - t0 - db_s[0]) * 1000, "database": db_s[0] * 1000,
                    "total": embed_ms + (t1 - t0) * 1000}
@@ -97,16 +119,19 @@ class SearchService:
 
     def _grouped(self, vec: np.ndarray, k: int, filters: SearchFilters, allowed: tuple[str, ...] | None,
                  exclude_skus: frozenset[str], exclude_hashes: set[str] | None = None,
-                 db_s: list[float] | None = None) -> list[ProductHit]:
+                 index: VectorIndex | RerankingIndex | None = None,
+                 boost: dict[str, float] | None = None, db_s: list[float] | None = None) -> list[ProductHit]:
         """Best image per product, over a growing candidate list until k products pass the filters;
-        the seconds spent in catalogue lookups are added to db_s[0]."""
-        n = len(self.index)
+        `boost` (fusion) adds a per-category amount to each product's best similarity; the seconds
+        spent in catalogue lookups are added to db_s[0]."""
+        index = self.index if index is None else index
+        n = len(index)
         fetch = min(n, max(50, 8 * k))
         # Routing is a preference, not a filter the shopper chose: a small predicted category
         # must not make us scan the whole index (the caller tops up from the unrestricted list).
         limit = n if allowed is None else min(n, 4 * fetch)
         while True:
-            scores, ids = self.index.search(vec[None, :], fetch)
+            scores, ids = index.search(vec[None, :], fetch)
             t_db = time.perf_counter()
             info = self.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
             if db_s is not None:
@@ -126,6 +151,10 @@ class SearchService:
             if len(best) >= k or fetch >= limit:
                 break
             fetch = min(limit, fetch * 4)
+        if boost is not None:
+            floor = boost.get("", 0.0)
+            best = {sku: (s + boost.get((p.category or "").strip("/"), floor), p, i, c)
+                    for sku, (s, p, i, c) in best.items()}
         ranked = sorted(best.values(), key=lambda t: -t[0])[:k]
         return [ProductHit(p.sku, p.title, s, i.id, i.path, p.brand, p.price, p.currency, p.category,
                            p.category_source, c) for s, p, i, c in ranked]
@@ -146,6 +175,15 @@ class SearchService:
         if f.max_price is not None and (prod.price is None or float(prod.price) > float(f.max_price)):
             return False
         return True
+
+
+def tta_vector(embedder: Embedder, image: Image.Image) -> np.ndarray:
+    """Test-time augmentation: the unit mean of the photo's and its mirror image's vectors."""
+    from PIL import ImageOps
+
+    vecs = embedder.encode_images([image, ImageOps.mirror(image)])
+    mean = vecs.mean(0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 def _diversify(pool: list[ProductHit], k: int, max_share: float) -> list[ProductHit]:

@@ -31,6 +31,13 @@ def test_train_eval_tag_on_import(tmp_path):
     assert out["kind"] == "head" and out["fine_classes"] == 3 and out["metrics"]["val"]["fine"]["top1"] == 1.0
     ev = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--json"], data))
     assert ev["samples"] == 9 and ev["fine"]["top1"] == 1.0 and ev["most_confused"] == []
+    assert out["metrics"]["head"] == "logistic-cv" and "fusion" in out["thresholds"]
+    base = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--baseline",
+                            "--json"], data))
+    assert base["baseline"]["samples"] == 9 and base["baseline"]["train_samples"] == 18
+    assert base["baseline"]["fine"]["top1"] == 1.0
+    text = _run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--baseline"], data)
+    assert "logistic-regression probe (baseline)" in text
     # new products without a category are tagged on import; the merchant's ones never change
     rows = ["sku,title,category,images"]
     for c in range(3):
@@ -48,3 +55,18 @@ def test_train_eval_tag_on_import(tmp_path):
     assert (m0["category"], m0["category_source"], m0["predicted_category"]) == ("Dairy/Milk", "merchant", None)
     again = json.loads(_run(["classify", "tag", "--retag", "--json"], data))
     assert again["tagged"] == 3 and again["merchant"] == 19
+
+
+def test_single_level_taxonomy_and_unreachable_threshold_are_said_plainly(tmp_path):
+    data = tmp_path / "data"
+    for c, cat in enumerate(["Apple", "Milk", "Bread"]):  # one level: no coarse level to report
+        for split, seeds in (("shop", range(5)), ("held", range(50, 51))):  # 3 held: too few for a threshold
+            d = tmp_path / split / cat
+            d.mkdir(parents=True, exist_ok=True)
+            for s in seeds:
+                jitter(make_image(c), seed=100 * c + s, amount=20).save(d / f"{s}.png")
+    _run(["catalogue", "import", str(tmp_path / "shop"), "--format", "imagefolder", "--json"], data)
+    _run(["index", "build", "--model", "colorhist", "--json"], data)
+    text = _run(["classify", "train", "--val", f"imagefolder:{tmp_path / 'held'}", "--target", "1.0"], data)
+    assert "single-level categories (no coarse level)" in text and "coarse (" not in text
+    assert "1.010" not in text and "filter: never (100% not reachable)" in text

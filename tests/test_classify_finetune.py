@@ -7,7 +7,7 @@ import torch
 
 from shopsearch.classify.artefact import load_artefact
 from shopsearch.classify.data import imagefolder
-from shopsearch.classify.finetune import FinetuneConfig
+from shopsearch.classify.finetune_config import FinetuneConfig
 from shopsearch.classify.router import load_router_for
 from shopsearch.classify.training import finetune_artefact
 from shopsearch.config import Settings

@@ -272,6 +272,12 @@ def test_api_search_multipart_and_raw_body(client):
         assert r.status_code == 200 and r.json["results"][0]["sku"] == "P10"
 
 
+def test_api_search_quality_switches(client):
+    for params in ({"rerank": "qe+kr"}, {"rerank": "off", "tta": "on"}, {"fusion": "on"}):
+        r = api_search(client, photo(4), k="3", **params)
+        assert r.status_code == 200 and r.json["results"][0]["sku"] == "P4"
+
+
 def test_api_search_filters(client):
     r = api_search(client, photo(0), category="Dairy", k="10")
     assert sorted(h["sku"] for h in r.json["results"]) == ["P11", "P2", "P5", "P8"]
@@ -284,6 +290,8 @@ def test_api_search_filters(client):
     ({"k": "0"}, "k must be between"), ({"k": "ten"}, "whole number"), ({"k": "1000"}, "k must be between"),
     ({"min_price": "cheap"}, "min_price must be a number"), ({"max_price": "-1"}, "0 or more"),
     ({"min_price": "5", "max_price": "2"}, "above max_price"), ({"min_price": "NaN"}, "0 or more"),
+    ({"rerank": "magic"}, "rerank: unknown part"), ({"tta": "maybe"}, "tta must be on or off"),
+    ({"fusion": "2"}, "fusion must be on or off"),
 ])
 def test_api_bad_parameters(client, params, message):
     r = api_search(client, photo(1), **params)

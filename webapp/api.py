@@ -7,7 +7,8 @@ from shopsearch.errors import ShopSearchError
 from webapp.errors import BadParameterError
 from webapp.metrics import observe_search
 from webapp.openapi import openapi_document
-from webapp.params import parse_filters, parse_k, parse_routing, product_dict, result_dict
+from webapp.params import (parse_filters, parse_k, parse_rerank, parse_routing, parse_switch, product_dict,
+                           result_dict)
 from webapp.service import ServiceHolder
 from webapp.uploads import require_image
 
@@ -28,9 +29,10 @@ def search():
     """Image search: multipart field `image`, or the raw image as the request body."""
     values = _params()
     k, filters, routing = parse_k(values, 10), parse_filters(values), parse_routing(values)
+    rerank, tta, fusion = parse_rerank(values), parse_switch(values, "tta"), parse_switch(values, "fusion")
     svc = holder().get()
     img = require_image(svc.embedder, "image", allow_raw=True)
-    res = svc.search_image(img, k=k, filters=filters, routing=routing)
+    res = svc.search_image(img, k=k, filters=filters, routing=routing, rerank=rerank, tta=tta, fusion=fusion)
     observe_search(res)
     return jsonify(result_dict(res, filters, k))
 

@@ -38,7 +38,14 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                "are sniffed (not the filename or Content-Type). Uploads over the size limit get 413, "
                                "non-images 415, corrupt or oversized images 400.",
                 "parameters": [_K, *_FILTERS, _q("routing", {"type": "boolean", "default": True},
-                                                 "Let the category router narrow the search.")],
+                                                 "Let the category router narrow the search."),
+                               _q("rerank", {"type": "string", "enum": ["off", "qe", "kr", "qe+kr"]},
+                                  "Re-rank the top candidates: alpha query expansion (qe), k-reciprocal (kr), "
+                                  "both, or off (default: the server's setting)."),
+                               _q("tta", {"type": "boolean"}, "Also embed the mirrored photo (about twice the "
+                                  "embedding time)."),
+                               _q("fusion", {"type": "boolean"}, "Fuse the category head's probabilities into the "
+                                  "ranking instead of filtering by the predicted category.")],
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
                         "image": {"type": "string", "format": "binary"}, "k": {"type": "integer"},
@@ -88,7 +95,7 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "category": {"type": "string"}, "confidence": {"type": "number"}, "level": {"type": "string"},
                     "alternatives": {"type": "array", "items": {"type": "object", "properties": {
                         "category": {"type": "string"}, "confidence": {"type": "number"}}}},
-                    "routing": {"type": "string", "enum": ["filter", "top2", "all", "off"]}}},
+                    "routing": {"type": "string", "enum": ["filter", "top2", "all", "fused", "off"]}}},
                 "Hit": {"type": "object", "properties": {
                     "sku": {"type": "string"}, "title": {"type": "string"}, "score": {"type": "number"},
                     "brand": {"type": "string", "nullable": True}, "price": {"type": "number", "nullable": True},

@@ -7,6 +7,9 @@ from typing import Any, Mapping
 from flask import current_app, url_for
 
 from shopsearch.catalogue.records import ProductInfo
+from shopsearch.errors import ConfigError
+from shopsearch.rerank import RerankOptions
+from shopsearch.rerank import parse_rerank as rerank_options
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from webapp.errors import BadParameterError
 
@@ -55,6 +58,31 @@ def parse_filters(values: Mapping[str, str]) -> SearchFilters:
     if lo is not None and hi is not None and lo > hi:
         raise BadParameterError(f"min_price ({lo}) is above max_price ({hi})")
     return SearchFilters(category=category.strip("/") if category else None, min_price=lo, max_price=hi)
+
+
+def parse_rerank(values: Mapping[str, str]) -> RerankOptions | None:
+    """`rerank=off|qe|kr|qe+kr` (None when absent: the service's default)."""
+    raw = _get(values, "rerank")
+    if raw is None:
+        return None
+    if len(raw) > 100:
+        raise BadParameterError("rerank is too long")
+    try:
+        return rerank_options(raw)
+    except ConfigError as e:
+        raise BadParameterError(str(e)) from None
+
+
+def parse_switch(values: Mapping[str, str], name: str) -> bool | None:
+    """An on/off query parameter (None when absent: the service's default)."""
+    raw = _get(values, name)
+    if raw is None:
+        return None
+    if raw.lower() in ("1", "true", "on", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "off", "no"):
+        return False
+    raise BadParameterError(f"{name} must be on or off, not {raw!r}")
 
 
 def parse_routing(values: Mapping[str, str]) -> bool:

@@ -33,6 +33,17 @@ def bench() -> None:
 @click.option("--index", "index_type", default="flat", show_default=True,
               help="flat | hnsw | ivfpq | ivfflat | auto | a FAISS factory string.")
 @click.option("--category-routing", type=click.Choice(["on", "off"]), default="off", show_default=True)
+@click.option("--rerank", default="off", show_default=True,
+              help="Re-ranking of the top candidates: off | qe | kr | qe+kr (settings: 'qe=5,kr=20,depth=200').")
+@click.option("--tta", type=click.Choice(["on", "off"]), default="off", show_default=True,
+              help="Queries embedded with their mirror image too.")
+@click.option("--dba", type=click.IntRange(0, 50), default=0, show_default=True,
+              help="Database-side augmentation of the gallery over this many neighbours (0 = off).")
+@click.option("--shopper-views", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Gallery vectors averaged with this many synthetic shopper photos of each catalogue image "
+                   "(backgrounds, angle, light, partial views): for catalogues of studio photos.")
+@click.option("--fusion", type=click.Choice(["on", "off"]), default="off", show_default=True,
+              help="Fuse the category head into the ranking (its weight was chosen on validation by classify train).")
 @click.option("--config", "configs", multiple=True,
               help="A configuration, e.g. 'model=efficientnet-lite0,index=hnsw,routing=off', or a TOML file; "
                    "repeat to compare side by side (unset keys take the options above).")
@@ -50,7 +61,8 @@ def bench() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @pass_ctx
 def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
-               index_type: str, category_routing: str, configs: tuple[str, ...], min_recall: str | None,
+               index_type: str, category_routing: str, rerank: str, tta: str, dba: int, shopper_views: int, fusion: str,
+               configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
                out_dir: str | None, as_json: bool) -> None:
     """Recall@k, precision@k, mAP@k, MRR, NDCG@k and latency of one or more configurations."""
@@ -67,7 +79,12 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     k_values = tuple(sorted(set(k_values) | set(floors)))  # a gated k is always measured
-    defaults = cfgmod.BenchConfig(model=model, index=index_type, routing=category_routing == "on")
+    from shopsearch.rerank import parse_rerank
+
+    parse_rerank(rerank)  # a malformed --rerank is refused before any embedding
+    defaults = cfgmod.BenchConfig(model=model, index=index_type, routing=category_routing == "on",
+                                  rerank=rerank.strip().lower(), tta=tta == "on", dba=dba, fusion=fusion == "on",
+                                  shopper_views=shopper_views)
     parsed = [cfg for text in configs for cfg in cfgmod.parse_config(text, defaults)] or [defaults]
     parsed = cfgmod.unique_labels(parsed)
     if any(p.gallery and layout != "grocerystore" for p in parsed):

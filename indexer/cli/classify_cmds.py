@@ -39,9 +39,10 @@ def _split(c: Ctx, train_spec: str | None, val_spec: str | None, val_fraction: f
 
 
 def _print_metrics(title: str, m: dict) -> None:
+    coarse = ("single-level categories (no coarse level)" if m["coarse"].get("same_as_fine") else
+              f"coarse ({m['coarse']['classes']} classes) top-1 {m['coarse']['top1']:.2%} top-5 {m['coarse']['top5']:.2%}")
     click.echo(f"{title}: {m['samples']} images; fine ({m['fine']['classes']} classes) top-1 "
-               f"{m['fine']['top1']:.2%} top-5 {m['fine']['top5']:.2%}; coarse ({m['coarse']['classes']} classes) "
-               f"top-1 {m['coarse']['top1']:.2%} top-5 {m['coarse']['top5']:.2%}")
+               f"{m['fine']['top1']:.2%} top-5 {m['fine']['top5']:.2%}; {coarse}")
     for p in m.get("most_confused", [])[:5]:
         click.echo(f"  {p['true']} -> {p['predicted']}: {p['count']}")
 
@@ -53,7 +54,8 @@ def _ft_options(f):
         if fld.name in ("max_steps", "workers", "preload"):
             continue
         f = click.option(f"--{fld.name.replace('_', '-')}", type=type(fld.default), default=fld.default,
-                         show_default=True, help=f"(--finetune) {fld.name.replace('_', ' ')}")(f)
+                         show_default=True, help=f"(--finetune) {fld.name.replace('_', ' ')} (GPU recipe's default; "
+                         "on a CPU the CPU recipe's unless given)")(f)
     return f
 
 
@@ -80,14 +82,24 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
     """Train a category classifier on the catalogue's (or given) labelled images."""
     train, val = _split(c, train_spec, val_spec, val_fraction)
     if finetune:
-        from shopsearch.classify.finetune_config import FinetuneConfig
+        from click.core import ParameterSource
+
+        from shopsearch.classify.finetune_config import recipe_for
         from shopsearch.classify.training import finetune_artefact
         from shopsearch.embedders import load_embedder, resolve_device
 
-        base = load_embedder("efficientnet-lite0", "cpu")  # only its fingerprint: the backbone fine-tuned
-        cfg = FinetuneConfig(**ft, max_steps=max_steps, workers=workers)  # type: ignore[arg-type]
-        art = finetune_artefact(train, val, cfg, resolve_device(c.settings.device), base_fingerprint=base.fingerprint,
-                                name=name, target=target, progress=not as_json)
+        base = load_embedder("efficientnet-lite0", "cpu")
+        device = resolve_device(c.settings.device)
+        ctx = click.get_current_context()
+        explicit = {k: v for k, v in ft.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+        cfg = recipe_for(device, **explicit, max_steps=max_steps, workers=workers)
+        if not as_json:
+            click.echo(f"fine-tuning on {device}: {cfg.epochs} epochs at {cfg.img_size} px, batches of "
+                       f"{cfg.batch_size}, {cfg.frozen_blocks} first blocks frozen"
+                       f"{' (the CPU recipe)' if device.startswith('cpu') else ''}")
+        reference = _frozen_reference(c, base, train, val, workers, not as_json)
+        art = finetune_artefact(train, val, cfg, device, base_fingerprint=base.fingerprint,
+                                name=name, target=target, progress=not as_json, reference_top1=reference)
         path = art.save(c.settings.models_dir / f"{name}.pt")
         spec = f"finetuned:{name}"
     else:
@@ -111,20 +123,81 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
     click.echo(f"saved {art.kind} classifier {path} ({len(art.labels.fine)} fine / {len(art.labels.coarse)} coarse)")
     if "val" in art.metrics:
         _print_metrics("validation", art.metrics["val"])
-    th = art.thresholds
-    click.echo(f"routing: filter when p >= {th.filter:.3f}, top two when p1+p2 >= {th.top2:.3f}")
+    click.echo(_routing_line(art.thresholds))
     if finetune:
+        click.echo(f"kept the {art.metrics.get('weights', 'raw')} weights of epoch {art.metrics.get('best_epoch')} "
+                   "(raw and averaged weights both validated each epoch)")
+        for w in art.metrics.get("warnings", []):
+            click.echo(f"warning: {w}", err=True)
         click.echo(f"index with it: shopsearch index build --model {spec}")
+
+
+def _probe_baseline(c: Ctx, emb, train_spec: str | None, vecs, items, labels, workers: int, progress: bool) -> dict:
+    """The probe fitted on the training images, scored on the evaluated ones."""
+    import numpy as np
+    import torch
+
+    from shopsearch.classify.head import combined_probs
+    from shopsearch.classify.probe import fit_probe, head_from_probes
+    from shopsearch.classify.training import accuracy_report
+    from shopsearch.classify.vectors import embed_labelled
+
+    known = set(labels.fine)
+    train = [i for i in _labelled(c, train_spec) if i.category in known]
+    xs, train = embed_labelled(emb, train, c.settings.vector_cache_dir, progress, workers)
+    yf = np.array([labels.fine_index(i.category) for i in train], dtype=np.int64)
+    yc = np.asarray(labels.fine_to_coarse)[yf]
+    fine, coarse = fit_probe(xs, yf, len(labels.fine)), fit_probe(xs, yc, len(labels.coarse))
+    with torch.no_grad():
+        pf, pc = combined_probs(*head_from_probes(fine, coarse)(torch.from_numpy(np.asarray(vecs, np.float32))),
+                                torch.tensor(labels.fine_to_coarse))
+    y = np.array([labels.fine_index(i.category) for i in items], dtype=np.int64)
+    return {**accuracy_report(pf.numpy(), pc.numpy(), y, labels), "C_fine": fine.c, "C_coarse": coarse.c,
+            "train_samples": len(train)}
+
+
+def _routing_line(th) -> str:
+    """What routing will do, without printing a threshold above 1 as if it could fire."""
+    def part(name: str, value: float) -> str:
+        return f"{name} when p >= {value:.3f}" if value <= 1.0 else f"{name}: never ({th.target:.0%} not reachable)"
+
+    line = f"routing (precision target {th.target:.0%} on validation): {part('filter', th.filter)}; " \
+           f"{part('top two', th.top2).replace('p >=', 'p1+p2 >=')}"
+    if th.fusion > 0:
+        line += f"; fusion weight {th.fusion:g} (search with --fusion / fusion=on)"
+    return line
+
+
+def _frozen_reference(c: Ctx, base, train, val, workers: int, progress: bool) -> float | None:
+    """The frozen head's validation top-1 on the same images (cached vectors), the bar a
+    fine-tune must clear."""
+    from shopsearch.classify.training import train_frozen
+    from shopsearch.classify.vectors import embed_labelled
+
+    if not val:
+        return None
+    xs, tr = embed_labelled(base, train, c.settings.vector_cache_dir, progress, workers)
+    xv, va = embed_labelled(base, val, c.settings.vector_cache_dir, progress, workers)
+    if not tr or not va:
+        return None
+    art = train_frozen(xs, tr, xv, va, base.fingerprint, base.name)
+    return art.metrics.get("val", {}).get("fine", {}).get("top1")
 
 
 @classify.command("eval")
 @click.option("--model", default=None, help="Embedder (default: the serving index's model).")
 @click.option("--data", "data_spec", required=True,
               help="Labelled images: grocerystore:ROOT:SPLIT[+SPLIT] | imagefolder:ROOT")
+@click.option("--baseline", is_flag=True,
+              help="Also fit a cross-validated logistic-regression probe on the training images' vectors and "
+                   "report it beside the installed head (the bar the head must clear).")
+@click.option("--train", "train_spec", default=None,
+              help="--baseline: the probe's training images (default: the catalogue's labelled images).")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def eval_cmd(c: Ctx, model: str | None, data_spec: str, workers: int, as_json: bool) -> None:
+def eval_cmd(c: Ctx, model: str | None, data_spec: str, baseline: bool, train_spec: str | None, workers: int,
+             as_json: bool) -> None:
     """Top-1/top-5 per category level and the most confused pairs on labelled images."""
     import numpy as np
 
@@ -148,10 +221,14 @@ def eval_cmd(c: Ctx, model: str | None, data_spec: str, workers: int, as_json: b
     report = accuracy_report(pf, pc, np.array([clf.labels.fine_index(i.category) for i in items], dtype=np.int64),
                              clf.labels)
     report.update({"model": emb.name, "artefact": str(path), "unknown_category_images": unknown})
+    if baseline:
+        report["baseline"] = _probe_baseline(c, emb, train_spec, vecs, items, clf.labels, workers, not as_json)
     if as_json:
         echo_json(report)
         return
     _print_metrics(f"{data_spec} with {emb.name}", report)
+    if baseline:
+        _print_metrics("cross-validated logistic-regression probe (baseline)", report["baseline"])
     if unknown:
         click.echo(f"({unknown} images of categories the classifier does not know were skipped)", err=True)
 

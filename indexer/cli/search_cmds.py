@@ -16,13 +16,20 @@ from indexer.cli import Ctx, echo_json, pass_ctx
 @click.option("--max-price", type=Decimal, default=None)
 @click.option("--model", default=None, help="Must match the model that built the index (default: that model).")
 @click.option("--no-routing", is_flag=True, help="Do not narrow the search to the predicted category.")
+@click.option("--rerank", default=None, help="off | qe | kr | qe+kr (query expansion, k-reciprocal re-ranking "
+              "of the top candidates; default SHOPSEARCH_RERANK or off).")
+@click.option("--tta", is_flag=True, help="Also embed the mirrored photo (about twice the embedding time).")
+@click.option("--fusion", is_flag=True, help="Fuse the category head into the ranking instead of filtering.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Decimal | None,
-               max_price: Decimal | None, model: str | None, no_routing: bool, as_json: bool) -> None:
+               max_price: Decimal | None, model: str | None, no_routing: bool, rerank: str | None, tta: bool,
+               fusion: bool,
+               as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
     from shopsearch.embedding.preprocess import decode_query
     from shopsearch.errors import CatalogueEmptyError
+    from shopsearch.rerank import parse_rerank
     from shopsearch.results import SearchFilters
 
     svc = c.search_service(model)
@@ -33,7 +40,9 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
             f"but index build {svc.manifest.build_id} has {svc.manifest.count} vectors: is --database-url "
             "(SHOPSEARCH_DATABASE_URL) the database the index was built from?")
     img = decode_query(image, svc.embedder)  # decoded as the index's images were
-    res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing)
+    res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing,
+                           rerank=None if rerank is None else parse_rerank(rerank), tta=tta or None,
+                           fusion=fusion or None)
     if as_json:
         echo_json(res.to_dict())
         return

@@ -20,7 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from shopsearch.classify.data import LabelledImage
-from shopsearch.classify.finetune_config import FinetuneConfig  # noqa: F401 - re-exported
+from shopsearch.classify.ema import WeightAverage
+from shopsearch.classify.finetune_config import FinetuneConfig
 from shopsearch.classify.head import CategoryHead, combined_probs
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.transforms import CROP_PCT, eval_transform, train_transform
@@ -38,6 +39,7 @@ class FinetuneResult:
     val_coarse_probs: np.ndarray | None = None
     seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    weights: str = "raw"  # which weights were kept: "raw" or "averaged" (the EMA), whichever validated better
 
 
 class _Images(torch.utils.data.Dataset):
@@ -124,7 +126,8 @@ def predict(net: nn.Module, head: CategoryHead, loader: torch.utils.data.DataLoa
 def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[LabelledImage],
              labels: LabelSpace, cfg: FinetuneConfig = FinetuneConfig(), device: str = "cpu",
              progress: bool = True) -> FinetuneResult:
-    """Train backbone + head; keep the epoch with the best validation fine top-1."""
+    """Train backbone + head; keep the epoch, and of the raw and averaged (EMA) weights the
+    version, with the best validation (fine, coarse) top-1."""
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
@@ -147,15 +150,10 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
         opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else
         0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    ema = None
-    if cfg.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(nn.ModuleDict({"net": net, "head": head}), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                            use_buffers=True)
+    ema = WeightAverage(nn.ModuleDict({"net": net, "head": head}), cfg.ema_decay) if cfg.ema_decay > 0 else None
     best: tuple[float, float] = (-1.0, -1.0)
     best_state: dict[str, Any] = {}
-    best_epoch, stale, step = 0, 0, 0
+    best_epoch, best_weights, stale, step = 0, "raw", 0, 0
     history: list[dict[str, float]] = []
     for epoch in range(1, cfg.epochs + 1):
         net.train()
@@ -182,26 +180,33 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
             opt.step()
             sched.step()
             if ema is not None:
-                ema.update_parameters(nn.ModuleDict({"net": net, "head": head}))
+                ema.update(nn.ModuleDict({"net": net, "head": head}))
             losses.append(float(loss.detach()))
             step += 1
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "seconds": time.perf_counter() - t_start}
-        score = (0.0, 0.0)
-        e_net, e_head = (ema.module["net"], ema.module["head"]) if ema is not None else (net, head)
-        if val_dl is not None:
-            pf, pc, yf_np, yc_np = predict(e_net, e_head, val_dl, labels, dev, use_amp)
-            row["val_fine_top1"] = float((pf.argmax(1) == yf_np).mean())
-            row["val_coarse_top1"] = float((pc.argmax(1) == yc_np).mean())
-            score = (row["val_fine_top1"], row["val_coarse_top1"])
+        versions = {"raw": (net, head)}
+        if ema is not None:
+            versions["averaged"] = (ema.module["net"], ema.module["head"])
+        scores = {}
+        for kind, (v_net, v_head) in versions.items():
+            scores[kind] = (0.0, 0.0)
+            if val_dl is not None:
+                pf, pc, yf_np, yc_np = predict(v_net, v_head, val_dl, labels, dev, use_amp)
+                prefix = "val" if kind == "raw" else "ema_val"
+                row[f"{prefix}_fine_top1"] = float((pf.argmax(1) == yf_np).mean())
+                row[f"{prefix}_coarse_top1"] = float((pc.argmax(1) == yc_np).mean())
+                scores[kind] = (row[f"{prefix}_fine_top1"], row[f"{prefix}_coarse_top1"])
+        kind = max(scores, key=lambda k: scores[k])  # ties keep the raw weights
+        score, (e_net, e_head) = scores[kind], versions[kind]
         history.append(row)
         log.info("finetune epoch", extra=row)
         if progress:
             tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if score >= best or val_dl is None:
-            best, best_epoch, stale = score, epoch, 0
+            best, best_epoch, best_weights, stale = score, epoch, kind, 0
             best_state = {"net": copy.deepcopy(e_net.state_dict()), "head": copy.deepcopy(e_head.state_dict())}
         else:
             stale += 1
@@ -217,4 +222,4 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
     head = head.cpu().eval()
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return FinetuneResult(state, head, best_epoch, history, vf, vc, time.perf_counter() - t_start,
-                          {**asdict(cfg), "crop_pct": CROP_PCT, "device": str(dev)})
+                          {**asdict(cfg), "crop_pct": CROP_PCT, "device": str(dev)}, best_weights)

@@ -15,7 +15,7 @@ from dataclasses import fields
 import torch
 
 from shopsearch.classify.data import read_labelled
-from shopsearch.classify.finetune import FinetuneConfig
+from shopsearch.classify.finetune_config import FinetuneConfig, recipe_for
 from shopsearch.classify.training import finetune_artefact
 
 
@@ -30,12 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=0.97, help="routing precision target")
     for f in fields(FinetuneConfig):
         if f.name not in ("max_steps", "preload"):
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+            ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                            help=f"default: {f.default} (GPU), the CPU recipe's on a CPU")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--preload", action="store_true", help="decode all training images once, up front")
+    ap.add_argument("--preload", action="store_true", default=None, help="decode all training images once, up front")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = FinetuneConfig(**{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)})
+    cfg = recipe_for(args.device, **{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)
+                                     if getattr(args, f.name) is not None})
     art = finetune_artefact(read_labelled(args.train), read_labelled(args.val), cfg, args.device, args.weights,
                             name=args.name, target=args.target)
     art.save(args.out)

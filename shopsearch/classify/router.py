@@ -67,6 +67,21 @@ class ClassifierRouter:
         art = artefact if isinstance(artefact, ClassifierArtefact) else load_artefact(Path(artefact))
         return cls(Classifier.for_embedder(art, embedder))
 
+    @property
+    def fusion_weight(self) -> float:
+        return self.thresholds.fusion
+
+    def category_boost(self, vector: np.ndarray) -> dict[str, float]:
+        """Fusion: what to add to a candidate's similarity per fine category (categories the
+        classifier does not know get the uniform prior's)."""
+        from shopsearch.classify.fusion import log_prob
+
+        pf = self.classifier.probs(vector)[0][0]
+        w = self.thresholds.fusion
+        boosts = dict(zip(self.classifier.labels.fine, (w * log_prob(pf)).tolist()))
+        boosts[""] = float(w * log_prob(1.0 / len(pf)))
+        return boosts
+
     def route(self, vector: np.ndarray) -> tuple[CategoryPrediction, tuple[str, ...] | None]:
         """(prediction, category paths to restrict the search to, or None for all)."""
         top, _ = self.classifier.predict(vector)

@@ -22,6 +22,12 @@ class RoutingThresholds:
     val_samples: int = 0
     val_filter_rate: float = 0.0  # share of validation queries that would be filtered
     val_top2_rate: float = 0.0
+    fusion: float = 0.0  # weight of log p(category) added to similarities when fusing (0 = not chosen)
+
+    @property
+    def reachable(self) -> bool:
+        """False when no threshold reaches the target on validation (routing never filters)."""
+        return self.filter < NEVER or self.top2 < NEVER
 
     def decide(self, p1: float, p12: float) -> str:
         """'filter', 'top2' or 'all' for a query with these top probabilities."""

@@ -21,7 +21,8 @@ log = logging.getLogger("shopsearch.classify")
 
 def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true: np.ndarray,
                     labels: LabelSpace, top_pairs: int = 10) -> dict[str, Any]:
-    """Top-1/top-5 per level and the most confused (true -> predicted) fine pairs."""
+    """Top-1/top-5 per level and the most confused (true -> predicted) fine pairs. With a
+    single-level taxonomy the coarse figures are the fine ones, marked `same_as_fine`."""
     fine_true = np.asarray(fine_true)
     coarse_true = np.asarray(labels.fine_to_coarse)[fine_true] if len(fine_true) else fine_true
 
@@ -37,6 +38,12 @@ def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true:
         if t != p:
             pairs[(int(t), int(p))] = pairs.get((int(t), int(p)), 0) + 1
     confused = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:top_pairs]
+    fine = {"classes": len(labels.fine), "top1": topk(fine_probs, fine_true, 1), "top5": topk(fine_probs, fine_true, 5)}
+    if len(labels.coarse) == len(labels.fine):
+        # a single-level taxonomy: the "coarse" level is the fine one, and says so
+        return {"samples": int(len(fine_true)), "fine": fine, "coarse": {**fine, "same_as_fine": True},
+                "most_confused": [{"true": labels.fine[t], "predicted": labels.fine[p], "count": n}
+                                  for (t, p), n in confused]}
     return {
         "samples": int(len(fine_true)),
         "fine": {"classes": len(labels.fine), "top1": topk(fine_probs, fine_true, 1), "top5": topk(fine_probs, fine_true, 5)},
@@ -64,7 +71,8 @@ def _indices(items: Sequence[LabelledImage], labels: LabelSpace) -> np.ndarray:
 def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vectors: np.ndarray,
                  val_items: Sequence[LabelledImage], fingerprint: str, embedder_name: str, hidden: int = 0,
                  epochs: int = 300, target: float = 0.97, seed: int = 0) -> ClassifierArtefact:
-    """A head on frozen embeddings, thresholds from the validation vectors."""
+    """A head on frozen embeddings, thresholds from the validation vectors: the cross-validated
+    logistic-regression probe (hidden=0) or a small MLP trained for `epochs`."""
     labels = LabelSpace.from_paths(i.category for i in items)
     known = set(labels.fine)
     val_keep = [j for j, it in enumerate(val_items) if it.category in known]
@@ -73,15 +81,29 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
     val_vectors, val_items = np.asarray(val_vectors)[val_keep], [val_items[j] for j in val_keep]
     yf = _indices(items, labels)
     yc = np.asarray(labels.fine_to_coarse)[yf]
-    head = train_head(vectors, yf, yc, len(labels.fine), len(labels.coarse), hidden=hidden, epochs=epochs, seed=seed)
+    extra: dict[str, Any] = {"train_samples": len(items), "mode": "frozen"}
+    if hidden > 0:
+        head = train_head(vectors, yf, yc, len(labels.fine), len(labels.coarse), hidden=hidden, epochs=epochs,
+                          seed=seed)
+        extra["head"] = f"mlp-{hidden}"
+    else:  # the linear head is the cross-validated logistic-regression probe itself
+        from shopsearch.classify.probe import fit_probe, head_from_probes
+
+        pf = fit_probe(vectors, yf, len(labels.fine), seed=seed)
+        pc = fit_probe(vectors, yc, len(labels.coarse), seed=seed)
+        head = head_from_probes(pf, pc)
+        extra.update({"head": "logistic-cv", "C_fine": pf.c, "C_coarse": pc.c,
+                      "cv_fine_top1": pf.cv_accuracy.get(pf.c)})
     config, state = dict(head.config), {k: v.detach().clone() for k, v in head.state_dict().items()}
     art = ClassifierArtefact(fingerprint, embedder_name, labels, config, state, kind="head")
-    return with_validation(art, val_vectors, val_items, target, {"train_samples": len(items), "mode": "frozen"})
+    return with_validation(art, val_vectors, val_items, target, extra, gallery=(vectors, yf))
 
 
 def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items: Sequence[LabelledImage],
-                    target: float, extra: dict[str, Any]) -> ClassifierArtefact:
-    """The artefact with thresholds and validation metrics filled in from val vectors."""
+                    target: float, extra: dict[str, Any],
+                    gallery: tuple[np.ndarray, np.ndarray] | None = None) -> ClassifierArtefact:
+    """The artefact with thresholds and validation metrics filled in from val vectors; with a
+    labelled `gallery` (vectors, fine class indices) also the fusion weight."""
     from dataclasses import replace
 
     if len(val_items) == 0:
@@ -89,15 +111,24 @@ def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items:
         return replace(art, metrics={**art.metrics, **extra})
     pf, pc = head_probs(art, val_vectors)
     y = _indices(val_items, art.labels)
-    return replace(art, thresholds=choose_thresholds(pf, y, target),
-                   metrics={**art.metrics, **extra, "val": accuracy_report(pf, pc, y, art.labels)})
+    th = choose_thresholds(pf, y, target)
+    if gallery is not None:
+        from shopsearch.classify.fusion import choose_weight
+
+        weight, table = choose_weight(val_vectors, y, pf, gallery[0], gallery[1])
+        th = replace(th, fusion=weight)
+        extra = {**extra, "fusion_val_precision_at_1": table}
+    return replace(art, thresholds=th, metrics={**art.metrics, **extra, "val": accuracy_report(pf, pc, y, art.labels)})
 
 
 def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImage], cfg: Any, device: str,
                       weights_path: str | Path | None = None, base_fingerprint: str = "efficientnet-lite0",
                       name: str = "finetuned", target: float = 0.97, store_dtype: torch.dtype = torch.float16,
-                      progress: bool = True) -> ClassifierArtefact:
-    """Fine-tune EfficientNet-Lite0 + head; the artefact defines a new embedder (its own fingerprint)."""
+                      progress: bool = True, reference_top1: float | None = None) -> ClassifierArtefact:
+    """Fine-tune EfficientNet-Lite0 + head; the artefact defines a new embedder (its own fingerprint).
+
+    `reference_top1`: the frozen head's validation fine top-1 on the same images; a run that
+    ends far below it gets a warning (in the log and in metrics["warnings"])."""
     from shopsearch.classify.finetune import finetune
     from shopsearch.embedders.finetuned import DEFAULT_ARCH, backbone_fingerprint, imagenet_backbone
 
@@ -114,11 +145,27 @@ def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImag
                              {k: v.detach().clone() for k, v in res.head.state_dict().items()},
                              kind="finetuned", backbone=bb,
                              metrics={"mode": "finetune", "train_samples": len(train), "best_epoch": res.best_epoch,
+                                      "weights": res.weights,
                                       "history": res.history, "seconds": round(res.seconds, 1), "config": res.config})
     if res.val_fine_probs is None:
         return art
     from dataclasses import replace
 
     y = _indices(val, labels)
+    val_report = accuracy_report(res.val_fine_probs, res.val_coarse_probs, y, labels)
+    warnings = below_reference(val_report["fine"]["top1"], reference_top1)
     return replace(art, thresholds=choose_thresholds(res.val_fine_probs, y, target),
-                   metrics={**art.metrics, "val": accuracy_report(res.val_fine_probs, res.val_coarse_probs, y, labels)})
+                   metrics={**art.metrics, "val": val_report, "frozen_val_top1": reference_top1,
+                            "warnings": warnings})
+
+
+def below_reference(top1: float, reference: float | None, margin: float = 0.05) -> list[str]:
+    """A warning when a fine-tuned model validates `margin` or more below the frozen head
+    (too few epochs, a learning rate too high, a broken average): it would serve worse results."""
+    if reference is None or not top1 < reference - margin:
+        return []
+    msg = (f"the fine-tuned model's validation top-1 ({top1:.1%}) is far below the frozen head's "
+           f"({reference:.1%}) on the same images: it would search and classify worse than the model it "
+           "started from; train longer, or keep the frozen model")
+    log.warning(msg)
+    return [msg]

@@ -10,6 +10,11 @@ TOML form (one table per configuration):
     gallery = "iconic"           # optional: this configuration's gallery protocol
     ef_search = 64               # optional HNSW setting
     nprobe = 16                  # optional IVF setting
+    rerank = "qe+kr"             # optional: off | qe | kr | qe+kr (see shopsearch.rerank)
+    tta = true                   # optional: queries embedded with their mirror image too
+    dba = 2                      # optional: database-side augmentation over this many neighbours
+    fusion = true                # optional: category head fused into the ranking (weight chosen on val)
+    shopper_views = 8            # optional: gallery vectors averaged with this many synthetic shopper views
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ from typing import Any
 
 from shopsearch.errors import ConfigError
 
-KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe")
+KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion",
+        "shopper_views")
 _ON = {"on", "true", "yes", "1"}
 _OFF = {"off", "false", "no", "0"}
 
@@ -33,6 +39,11 @@ class BenchConfig:
     ef_search: int | None = None
     nprobe: int | None = None
     name: str | None = None
+    rerank: str = "off"
+    tta: bool = False
+    dba: int = 0
+    fusion: bool = False
+    shopper_views: int = 0
 
     @property
     def label(self) -> str:
@@ -45,11 +56,14 @@ class BenchConfig:
             parts.append(f"nprobe={self.nprobe}")
         if self.gallery:
             parts.append(f"gallery={self.gallery}")
+        parts += (["tta"] if self.tta else []) + ([f"dba={self.dba}"] if self.dba else [])
+        parts += [f"shopper-views={self.shopper_views}"] if self.shopper_views else []
+        parts += ([f"rerank={self.rerank}"] if self.rerank != "off" else []) + (["fusion"] if self.fusion else [])
         parts.append("routing" if self.routing else "no-routing")
         return " ".join(parts)
 
 
-def parse_routing(value: Any) -> bool:
+def parse_routing(value: Any, name: str = "routing") -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -57,7 +71,7 @@ def parse_routing(value: Any) -> bool:
         return True
     if text in _OFF:
         return False
-    raise ConfigError(f"routing must be on or off, got {value!r}")
+    raise ConfigError(f"{name} must be on or off, got {value!r}")
 
 
 def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> BenchConfig:
@@ -66,8 +80,20 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
     vals: dict[str, Any] = {}
     for key, value in raw.items():
-        if key == "routing":
-            vals[key] = parse_routing(value)
+        if key in ("routing", "tta", "fusion"):
+            vals[key] = parse_routing(value, key)
+        elif key == "rerank":
+            from shopsearch.rerank import parse_rerank
+
+            parse_rerank(str(value))  # refused here, before any embedding, when malformed
+            vals[key] = str(value).strip().lower()
+        elif key in ("dba", "shopper_views"):
+            try:
+                vals[key] = int(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
+            if not 0 <= vals[key] <= 64:
+                raise ConfigError(f"{where}: {key} must be between 0 and 64")
         elif key in ("ef_search", "nprobe"):
             try:
                 vals[key] = int(value)

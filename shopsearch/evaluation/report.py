@@ -36,6 +36,8 @@ def config_json(r: ConfigResult, machine: dict | None = None) -> dict:
         "index_factory": r.factory,
         "index_params": {"ef_search": r.config.ef_search, "nprobe": r.config.nprobe},
         "routing": r.config.routing,
+        "quality": {"tta": r.config.tta, "dba": r.config.dba, "rerank": r.config.rerank, "fusion": r.config.fusion,
+                    "shopper_views": r.config.shopper_views},
         "dataset": {"name": d.name, "layout": d.layout, "relevance": d.relevance,
                     "gallery": d.gallery_protocol, "queries": d.queries_protocol},
         "ks": list(s.ks),
@@ -66,6 +68,8 @@ def _rows(results: Sequence[ConfigResult]) -> list[tuple[str, list[str]]]:
     rows = [("model", [r.model for r in results]), ("index", [r.index_type for r in results]),
             ("FAISS", [r.factory for r in results]),
             ("routing", ["on" if r.config.routing else "off" for r in results]),
+            ("tta/dba/rerank/fusion", [f"{'on' if r.config.tta else 'off'}/{r.config.dba or 'off'}/{r.config.rerank}/"
+                                       f"{'on' if r.config.fusion else 'off'}" for r in results]),
             ("gallery", [f"{r.dataset.gallery_protocol} ({r.gallery_vectors} img)" for r in results]),
             ("queries", [str(r.summary.queries) for r in results])]
     rows += [(f"recall@{k}", [f(r.summary.recall_at[k]) for r in results]) for k in ks]

@@ -28,6 +28,9 @@ from shopsearch.evaluation.datasets import BenchDataset, Query, truncate_categor
 from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, summarize
 from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
+from shopsearch.evaluation import tta
+from shopsearch.gallery_aug import blend, shopper_view_vectors
+from shopsearch.rerank import dba_vectors, parse_rerank
 from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.bench")
@@ -91,6 +94,9 @@ class _ModelState:
     gallery_report: dict[str, tuple[int, int, int, float]] = field(default_factory=dict)
     embed_ms: list[float] = field(default_factory=list)
     embed_ms_for: list[int] = field(default_factory=list)  # query indices the samples belong to
+    cache_root: Path | None = None
+    mirrored: VectorCache | None = None  # query test-time augmentation, embedded when a config asks
+    tta_ms: list[float] = field(default_factory=list)
 
 
 def run_benchmark(load: DatasetLoader, configs: Sequence[BenchConfig], cache_root: Path,
@@ -106,7 +112,7 @@ def run_benchmark(load: DatasetLoader, configs: Sequence[BenchConfig], cache_roo
     embedders = {m: embedder_for(m) for m in dict.fromkeys(c.model for c in configs)}
     routers: dict[str, CategoryRouter | None] = {}
     for c in configs:
-        if c.routing and c.model not in routers:
+        if (c.routing or c.fusion) and c.model not in routers:
             routers[c.model] = router_for(embedders[c.model])
             if routers[c.model] is None:
                 raise ConfigError(
@@ -157,7 +163,7 @@ def _gallery_catalogue(d: BenchDataset, keys: dict[str, str], db_path: Path) -> 
 
 def _embed_model(embedder: Embedder, datasets: dict[str | None, BenchDataset], queries: Sequence[Query],
                  keys: dict[str, str], cache_root: Path, o: RunOptions) -> _ModelState:
-    st = _ModelState(embedder, VectorCache(cache_root, embedder.fingerprint, embedder.dim))
+    st = _ModelState(embedder, VectorCache(cache_root, embedder.fingerprint, embedder.dim), cache_root=cache_root)
     for g, d in datasets.items():
         items = [WorkItem(keys[im.path], im.path) for p in d.products for im in p.images if im.path in keys]
         rep = embed_items(embedder, items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress,
@@ -204,7 +210,16 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     itype = choose_index_type(len(good)) if c.index == "auto" else c.index
     t0 = time.perf_counter()
     index = VectorIndex(emb.dim, itype, expected_size=len(good))
-    index.add(np.array([i for i, _ in good], dtype=np.int64), st.cache.get_many([k for _, k in good]))
+    gallery = st.cache.get_many([k for _, k in good])
+    if c.shopper_views and st.cache_root is not None:
+        paths = {img.sha256: img.path for img in store.indexable_images() if img.sha256}
+        views = shopper_view_vectors(emb, [(paths[k], k) for _, k in good if k in paths], c.shopper_views,
+                                     st.cache_root, o.batch_size, o.progress)
+        gallery = blend(gallery, np.stack([views.get_many([k])[0] if k in views else gallery[j]
+                                           for j, (_, k) in enumerate(good)]))
+    if c.dba:
+        gallery = dba_vectors(gallery, c.dba)
+    index.add(np.array([i for i, _ in good], dtype=np.int64), gallery)
     if c.ef_search is not None:
         index.ef_search = c.ef_search
     if c.nprobe is not None:
@@ -212,7 +227,10 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     index_s = time.perf_counter() - t0
     manifest = IndexManifest(f"bench-{c.label}", emb.name, emb.fingerprint, emb.dim, len(index), itype,
                              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    svc = SearchService(emb, index, store, manifest, router=router if c.routing else None)
+    svc = SearchService(emb, index, store, manifest, router=router if c.routing or c.fusion else None,
+                        rerank=parse_rerank(c.rerank), fusion=c.fusion)
+    if c.tta:
+        _prepare_tta(st, d.queries, o)
     depth = max(o.ks)
     outcomes: list[QueryOutcome] = []
     search_ms: dict[int, float] = {}
@@ -223,8 +241,10 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
             failed += 1  # unreadable or undecodable query photo: reported, not scored
             continue
         vec = st.cache.get_many([key])[0]
+        if c.tta and st.mirrored is not None and key in st.mirrored:
+            vec = tta.combine(vec, st.mirrored.get_many([key])[0])[0]
         t = time.perf_counter()
-        res = svc.search_vector(vec, k=depth, routing=c.routing)
+        res = svc.search_vector(vec, k=depth, routing=c.routing or c.fusion)
         search_ms[qi] = (time.perf_counter() - t) * 1000
         outcomes.append(QueryOutcome(q.path, tuple(h.sku for h in res.hits), d.relevant(q),
                                      truncate_category(q.category, o.category_depth)))
@@ -233,14 +253,27 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     build = GalleryBuild(len(id_keys), embedded, reused, nfail, secs, embedded / secs if embedded and secs else None,
                          index_s)
     return ConfigResult(c, emb.name, emb.fingerprint, itype, d, summary, len(index), len(d.queries), failed,
-                        _latency(st, search_ms), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes))
+                        _latency(st, search_ms, c.tta), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes))
 
 
-def _latency(st: _ModelState, search_ms: dict[int, float]) -> dict:
+def _latency(st: _ModelState, search_ms: dict[int, float], tta_on: bool = False) -> dict:
     """Per stage p50/p95/p99; total = embed + search of the same sampled query (search alone
-    when no embedding was timed). The top-level p50/p95/p99 are the total's."""
-    totals = [e + search_ms[i] for e, i in zip(st.embed_ms, st.embed_ms_for) if i in search_ms]
+    when no embedding was timed). The top-level p50/p95/p99 are the total's. With test-time
+    augmentation the embedding step is the timed photo-plus-mirror one."""
+    embed_ms = st.tta_ms if tta_on else st.embed_ms
+    totals = [e + search_ms[i] for e, i in zip(embed_ms, st.embed_ms_for) if i in search_ms]
     total = percentiles(totals if totals else search_ms.values())
-    return {**total, "embed": percentiles(st.embed_ms), "search": percentiles(search_ms.values()),
-            "total": total, "embed_samples": len(st.embed_ms), "search_samples": len(search_ms),
+    return {**total, "embed": percentiles(embed_ms), "search": percentiles(search_ms.values()),
+            "total": total, "embed_samples": len(embed_ms), "search_samples": len(search_ms),
             "total_includes_embed": bool(totals)}
+
+
+def _prepare_tta(st: _ModelState, queries: Sequence[Query], o: RunOptions) -> None:
+    """Mirrored query vectors (cached) and the photo-plus-mirror embedding time, once per model."""
+    if st.mirrored is not None or st.cache_root is None:
+        return
+    keys = [(q.path, st.query_keys[q.path]) for q in queries if q.path in st.query_keys]
+    st.mirrored = tta.flipped_cache(st.embedder, st.cache_root, keys, o.batch_size, o.progress)
+    # the same sampled queries as the plain timing (plus one warm-up call)
+    picks = [queries[st.embed_ms_for[0]].path] + [queries[i].path for i in st.embed_ms_for] if st.embed_ms_for else []
+    st.tta_ms = tta.time_tta(st.embedder, picks)
