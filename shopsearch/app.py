@@ -6,6 +6,7 @@ import logging
 
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
+from shopsearch.confidence import load_calibration
 from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
@@ -40,7 +41,8 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
     catalogue = catalogue or open_catalogue(settings)
     if router is None and with_router:
         router = _load_router(settings, embedder)
-    return SearchService(embedder, index, catalogue, manifest, router=router)
+    return SearchService(embedder, index, catalogue, manifest, router=router,
+                         calibration=load_calibration(store.build_dir(manifest.build_id), manifest.build_id))
 
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:

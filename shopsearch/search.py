@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections import Counter
 from typing import Protocol
 
@@ -10,6 +11,7 @@ from PIL import Image
 
 from shopsearch.catalogue.records import ImageInfo, ProductInfo
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.confidence import Calibration, annotate
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, check_model
@@ -31,13 +33,15 @@ class SearchService:
     """Takes its collaborators; owns no I/O set-up of its own."""
 
     def __init__(self, embedder: Embedder, index: VectorIndex, catalogue: CatalogueStore,
-                 manifest: IndexManifest, router: CategoryRouter | None = None) -> None:
+                 manifest: IndexManifest, router: CategoryRouter | None = None,
+                 calibration: Calibration | None = None) -> None:
         check_model(manifest, embedder.fingerprint)
         self.embedder = embedder
         self.index = index
         self.catalogue = catalogue
         self.manifest = manifest
         self.router = router
+        self.calibration = calibration
 
     # -- entry points ---------------------------------------------------------
     def search_image(self, image: Image.Image, k: int = 10, filters: SearchFilters = SearchFilters(),
@@ -52,11 +56,15 @@ class SearchService:
             raise CapabilityError(f"model {self.embedder.name!r} has no text tower; text search needs a CLIP model")
         t0 = time.perf_counter()
         vec = self.embedder.encode_texts([text])[0]
-        return self.search_vector(vec, k, filters, routing=False, embed_ms=(time.perf_counter() - t0) * 1000)
+        return self.search_vector(vec, k, filters, routing=False, embed_ms=(time.perf_counter() - t0) * 1000,
+                                  calibrate=False)
 
     def search_vector(self, vec: np.ndarray, k: int = 10, filters: SearchFilters = SearchFilters(),
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
-                      embed_ms: float = 0.0) -> SearchResult:
+                      embed_ms: float = 0.0, calibrate: bool = True) -> SearchResult:
+        """Top-k products; image queries carry a calibrated confidence (shopsearch.confidence),
+        computed on at least two products so that k=1 has a runner-up to compare with."""
+        k_asked, k = k, max(k, 2)
         t0 = time.perf_counter()
         prediction, allowed = None, None
         if routing and self.router is not None:
@@ -67,9 +75,12 @@ class SearchService:
             seen = {h.sku for h in hits} | set(exclude_skus)
             hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen))][: k - len(hits)]
         t1 = time.perf_counter()
-        return SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id,
-                            {"embed": embed_ms, "search": (t1 - t0) * 1000, "total": embed_ms + (t1 - t0) * 1000},
-                            prediction)
+        res = SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id,
+                           {"embed": embed_ms, "search": (t1 - t0) * 1000, "total": embed_ms + (t1 - t0) * 1000},
+                           prediction)
+        if calibrate:
+            res = annotate(res, self.calibration)
+        return replace(res, hits=res.hits[:k_asked])
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:
         """"More like this": neighbours of the product's images, itself and exact duplicates

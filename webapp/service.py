@@ -15,6 +15,7 @@ from shopsearch.app import open_catalogue, open_index_store, open_search_service
 from shopsearch.catalogue.records import ImageInfo
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
+from shopsearch.confidence import load_calibration
 from shopsearch.errors import IndexNotFoundError, ProductNotFoundError, ShopSearchError
 from shopsearch.search import SearchService
 
@@ -106,7 +107,9 @@ class ServiceHolder:
             if self._embedder is not None:
                 index, manifest = store.load_current()
                 place_index(index, self.settings)
-                svc = SearchService(self._embedder, index, self.catalogue, manifest, router=self._router)
+                svc = SearchService(self._embedder, index, self.catalogue, manifest, router=self._router,
+                                    calibration=load_calibration(store.build_dir(manifest.build_id),
+                                                                 manifest.build_id))
             else:
                 svc = open_search_service(self.settings, catalogue=self.catalogue, model=self.model,
                                           router=self._router)

@@ -159,6 +159,29 @@ def rollback_cmd(c: Ctx, as_json: bool) -> None:
     click.echo(f"now serving build {new} ({manifest.count if manifest else '?'} vectors); {old} kept as previous")
 
 
+@index.command("calibrate")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def calibrate_cmd(c: Ctx, as_json: bool) -> None:
+    """Refit the serving build's confidence calibration (done by every build and update)."""
+    from shopsearch.confidence import calibrate_build, save_calibration
+
+    store = c.index_store()
+    index, manifest = store.load_current()
+    cal = calibrate_build(index, c.catalogue().indexable_images(), manifest.build_id)
+    save_calibration(store.build_dir(manifest.build_id), cal)
+    if as_json:
+        echo_json({"build_id": manifest.build_id, **cal.to_json()})
+        return
+    if cal.fitted:
+        click.echo(f"build {manifest.build_id}: calibrated on {cal.samples} held-out catalogue photos "
+                   f"(leave-one-out top-1 accuracy {cal.loo_top1_accuracy:.3f}); 'no close match' below "
+                   f"{cal.none_below:.2f}, 'strong' from {cal.strong_at:.2f}. Running web servers use it "
+                   "after a restart or the next build.")
+    else:
+        click.echo(f"build {manifest.build_id}: not calibrated: {cal.reason}")
+
+
 @index.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx

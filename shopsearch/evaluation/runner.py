@@ -25,6 +25,7 @@ from shopsearch.errors import ConfigError, InvalidImageError, ManifestError
 from shopsearch.evaluation.configs import BenchConfig
 from shopsearch.evaluation.datasets import BenchDataset, Query, truncate_category
 from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, summarize
+from shopsearch.evaluation.open_set import OpenSetQuery, OpenSetResult, evaluate_open_set
 from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
 from shopsearch.search import CategoryRouter, SearchService
@@ -43,6 +44,8 @@ class RunOptions:
     latency_samples: int = 32  # queries embedded one at a time to time the embedding step
     category_depth: int = 2  # per-category breakdown at this depth of the category path
     progress: bool = True
+    open_set: float | None = None  # share of products removed for the open-set benchmark
+    open_set_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class ConfigResult:
     build: GalleryBuild
     factory: str = ""  # the FAISS factory string the index type stood for
     outcomes: tuple[QueryOutcome, ...] = field(repr=False, default=())
+    open_set: OpenSetResult | None = None
 
 
 @dataclass
@@ -224,11 +228,24 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
         outcomes.append(QueryOutcome(q.path, tuple(h.sku for h in res.hits), d.relevant(q),
                                      truncate_category(q.category, o.category_depth)))
     summary = summarize(outcomes, o.ks)
+    open_set = _open_set(index, store, st, d, o) if o.open_set is not None else None
     embedded, reused, nfail, secs = st.gallery_report[str(c.gallery)]
     build = GalleryBuild(len(id_keys), embedded, reused, nfail, secs, embedded / secs if embedded and secs else None,
                          index_s)
     return ConfigResult(c, emb.name, emb.fingerprint, itype, d, summary, len(index), len(d.queries), failed,
-                        _latency(st, search_ms), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes))
+                        _latency(st, search_ms), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes),
+                        open_set)
+
+
+def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: BenchDataset,
+              o: RunOptions) -> OpenSetResult:
+    """The open-set benchmark over this configuration's gallery vectors and every scorable query."""
+    info = store.products_for_images([int(i) for i in index.ids()])
+    product_of = {i: prod.sku for i, (prod, _) in info.items()}
+    hash_of = {i: img.sha256 for i, (_, img) in info.items()}
+    queries = [OpenSetQuery(st.cache.get_many([st.query_keys[q.path]])[0], d.relevant(q)) for q in d.queries
+               if q.path in st.query_keys and st.query_keys[q.path] in st.cache and d.relevant(q)]
+    return evaluate_open_set(index, product_of, hash_of, queries, float(o.open_set), o.open_set_seed)
 
 
 def _latency(st: _ModelState, search_ms: dict[int, float]) -> dict:

@@ -116,11 +116,12 @@ class IndexStore:
 
     # -- publish ----------------------------------------------------------
     def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None = None,
-                report: dict | None = None) -> IndexManifest:
+                report: dict | None = None, extra_files: Mapping[str, str] | None = None) -> IndexManifest:
         """Save, verify, and atomically make this build the serving one.
 
         `keys` (image id -> content hash of its vector) lets `index update` tell new, changed and
-        removed images apart; `report` (counts, failures) is kept beside the index for people."""
+        removed images apart; `report` (counts, failures) is kept beside the index for people;
+        `extra_files` (name -> text, e.g. the calibration) are written into the build before it serves."""
         self.builds_dir.mkdir(parents=True, exist_ok=True)
         staging = self.builds_dir / f".staging-{manifest.build_id}"
         if staging.exists():
@@ -134,6 +135,8 @@ class IndexStore:
             os.replace(tmp, staging / KEYS_FILE)
         if report is not None:
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         # Verify what is on disk, not what is in memory, before anyone can serve it.
         reloaded, check = VectorIndex.load(staging)
         if len(reloaded) != len(index) or check.count != saved.count:
