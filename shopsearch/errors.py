@@ -112,3 +112,17 @@ class IndexShrinkError(ShopSearchError):
 
     code = "index_shrink"
     http_status = 409
+
+
+class InvalidRegionError(ShopSearchError):
+    """A crop box that is malformed, outside the photo or too small to search."""
+
+    code = "invalid_crop"
+    http_status = 400
+
+
+class UnknownCategoryError(ShopSearchError):
+    """A category filter that names no category of the catalogue."""
+
+    code = "unknown_category"
+    http_status = 400
