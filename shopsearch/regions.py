@@ -128,9 +128,11 @@ def _grid_boxes() -> list[Box]:
     return out
 
 
-def _pad(b: Box, frac: float = 0.04) -> Box:
-    x, y = max(0.0, b.x - frac), max(0.0, b.y - frac)
-    return Box(x, y, min(1 - x, b.w + 2 * frac), min(1 - y, b.h + 2 * frac))
+def _pad(b: Box, frac: float = 0.08) -> Box:
+    """A blob with a margin of `frac` of its size on each side (edges blur into the ground)."""
+    px, py = frac * b.w, frac * b.h
+    x, y = max(0.0, b.x - px), max(0.0, b.y - py)
+    return Box(x, y, min(1 - x, b.w + 2 * px), min(1 - y, b.h + 2 * py))
 
 
 def propose_boxes(image: Image.Image) -> list[Box]:

@@ -156,7 +156,8 @@ def test_page_search_finds_the_product(client, i):
     first = first[: first.index("</article>")]
     # too few held-out photos in this site to calibrate: plain similarity; the currency as a symbol
     assert "/images/" in first and "similarity" in first and f"€{i:.2f}" in first
-    assert f'title="{"/".join(CATS[i % 3])}"' in first  # category tag with its full path
+    # the tag names the product's own (leaf) category; its path is the tooltip (and on the product page)
+    assert f'title="{" › ".join(CATS[i % 3])}">{CATS[i % 3][1]}<' in first
     assert 'src="data:image/jpeg;base64,' in html  # the shopper's photo, inlined, not stored
     assert 'name="qv"' in html
 
