@@ -61,13 +61,18 @@ def category_label(path: str | None) -> str | None:
     return path.split("/")[-1].replace("-", " ")
 
 
+def shown_pct(p: float | None) -> int | None:
+    """A probability as a whole percentage for shoppers, never 0% nor 100% (an estimate is never certain)."""
+    return None if p is None else min(99, max(1, round(p * 100)))
+
+
 def card(h: ProductHit) -> dict[str, Any]:
     primary = holder().primary_image_id(h.sku)
     p = h.calibrated
     return {"sku": h.sku, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
             "category": h.category, "category_label": category_label(h.category),
             "category_source": h.category_source, "score": h.score, "score_pct": max(0, round(h.score * 100)),
-            "calibrated_pct": None if p is None else round(p * 100),
+            "calibrated_pct": shown_pct(p),
             "likelihood": None if p is None else ("likely" if p >= 0.6 else "possible" if p >= 0.25 else "unlikely"),
             "matched_image_id": h.image_id, "image_id": primary or h.image_id,
             "matched_differs": primary is not None and primary != h.image_id, "matched_images": h.matched_images}
@@ -77,8 +82,8 @@ def region_view(r: Region, index: int) -> dict[str, Any]:
     """A found object for the results page: its outline (percent of the photo) and its cards."""
     b = r.box
     return {"id": f"region-{index}", "index": index, "title": r.result.hits[0].title, "match": r.match,
-            "confidence_pct": None if r.confidence is None else round(r.confidence * 100),
-            "style": _style(b),
+            "confidence_pct": shown_pct(r.confidence),
+            "box": b.to_param(), "z": 1 + int(99 * (1 - b.w * b.h)),  # smaller boxes on top, still clickable
             "crop": b.to_param(), "cards": [card(h) for h in r.result.hits]}
 
 
@@ -86,7 +91,8 @@ def _render_results(res: SearchResult, filters: SearchFilters, k: int, **ctx: An
     svc = holder().get()
     return render_template("results.html", cards=[card(h) for h in res.hits], result=res, filters=filters, k=k,
                            categories=_categories(), has_text=svc.embedder.has_text,
-                           predicted=res.predicted_category, has_prices=_has_prices(), **ctx)
+                           predicted=res.predicted_category, has_prices=_has_prices(),
+                           confidence_pct=shown_pct(res.confidence), **ctx)
 
 
 def _price_problem(form: Any) -> str | None:
@@ -170,13 +176,7 @@ def search():
     return _render_results(res, filters, k, mode="photo", qv=encode_vector(vec), preview=preview,
                            filter_error=filter_error, price_input={n: form.get(n, "") for n in ("min_price", "max_price")},
                            crop=box.to_param() if box is not None else (form.get("crop") or ""),
-                           crop_style=_style(box), regions=[region_view(r, i + 1) for i, r in enumerate(regions)])
-
-
-def _style(box: Any) -> str | None:
-    if box is None:
-        return None
-    return f"left:{box.x * 100:.2f}%;top:{box.y * 100:.2f}%;width:{box.w * 100:.2f}%;height:{box.h * 100:.2f}%"
+                           regions=[region_view(r, i + 1) for i, r in enumerate(regions)])
 
 
 @bp.get("/search/text")
