@@ -94,6 +94,10 @@ class Calibration:
         f = features(scores)
         per_hit = _sigmoid(f @ np.asarray(self.hit[:2]) + self.hit[2])
         top = float(_sigmoid(np.asarray(f[0] @ np.asarray(self.top1[:2]) + self.top1[2])))
+        # the first-product model also knows unknown products; the others are scaled down alike,
+        # so that a list whose first item is unlikely does not call a lower one 'possible'
+        shrink = min(1.0, top / max(float(per_hit[0]), 1e-12))
+        per_hit = per_hit * shrink
         per_hit[0] = top
         return top, [float(p) for p in per_hit]
 
