@@ -274,3 +274,11 @@ def calibrate_build(index: Any, images: Sequence[Any], build_id: str) -> Calibra
 def calibration_file(cal: Calibration) -> dict[str, str]:
     """The build sidecar (name -> text) that IndexStore.publish writes before the build serves."""
     return {CALIBRATION_FILE: json.dumps(cal.to_json(), indent=2)}
+
+
+def calibrate_serving(store: Any, images: Sequence[Any]) -> tuple[str, Calibration]:
+    """Refit the serving build of an IndexStore (`shopsearch index calibrate`, older builds) and save it."""
+    index, manifest = store.load_current()
+    cal = calibrate_build(index, images, manifest.build_id)
+    save_calibration(store.build_dir(manifest.build_id), cal)
+    return manifest.build_id, cal

@@ -144,3 +144,42 @@ def test_open_set_on_separable_clusters():
     d = res.to_dict()
     assert set(d) >= {"auroc", "ece", "precision_coverage", "match_shares"}
     assert isinstance(Calibration.from_json(res.calibration.to_json()), Calibration)
+
+
+def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+    from tests.conftest import jitter, make_image
+
+    (tmp_path / "imgs").mkdir()
+    rows = ["sku,title,images"]
+    for i in range(12):
+        names = []
+        for j in range(3):
+            p = tmp_path / "imgs" / f"p{i}_{j}.png"
+            (make_image(i) if j == 0 else jitter(make_image(i), seed=10 * i + j, amount=5)).save(p)
+            names.append(f"imgs/{p.name}")
+        rows.append(f"S{i},Thing {i},{'|'.join(names)}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "data"
+
+    def run(*args):
+        res = CliRunner().invoke(cli, ["--data-dir", str(data), *args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res
+
+    run("catalogue", "import", str(tmp_path / "m.csv"), "--format", "csv")
+    build = _json.loads(run("index", "build", "--model", "colorhist", "--json", "--workers", "1").stdout)
+    saved = load_calibration(data / "index" / "builds" / build["build_id"], build["build_id"])
+    assert saved.fitted and saved.samples == 36
+    (data / "index" / "builds" / build["build_id"] / "calibration.json").unlink()
+    refit = _json.loads(run("index", "calibrate", "--json").stdout)
+    assert refit["build_id"] == build["build_id"] and refit["fitted"] and refit["samples"] == 36
+    query = tmp_path / "q.jpg"
+    jitter(make_image(5), seed=99, amount=5).save(query, quality=92)
+    res = _json.loads(run("search", str(query), "--json").stdout)
+    assert res["results"][0]["sku"] == "S5" and res["match"] == "strong"
+    assert "calibrated on 36" in run("index", "calibrate").stdout

@@ -164,22 +164,19 @@ def rollback_cmd(c: Ctx, as_json: bool) -> None:
 @pass_ctx
 def calibrate_cmd(c: Ctx, as_json: bool) -> None:
     """Refit the serving build's confidence calibration (done by every build and update)."""
-    from shopsearch.confidence import calibrate_build, save_calibration
+    from shopsearch.confidence import calibrate_serving
 
-    store = c.index_store()
-    index, manifest = store.load_current()
-    cal = calibrate_build(index, c.catalogue().indexable_images(), manifest.build_id)
-    save_calibration(store.build_dir(manifest.build_id), cal)
+    build_id, cal = calibrate_serving(c.index_store(), c.catalogue().indexable_images())
     if as_json:
-        echo_json({"build_id": manifest.build_id, **cal.to_json()})
+        echo_json({**cal.to_json(), "build_id": build_id})
         return
     if cal.fitted:
-        click.echo(f"build {manifest.build_id}: calibrated on {cal.samples} held-out catalogue photos "
+        click.echo(f"build {build_id}: calibrated on {cal.samples} held-out catalogue photos "
                    f"(leave-one-out top-1 accuracy {cal.loo_top1_accuracy:.3f}); 'no close match' below "
                    f"{cal.none_below:.2f}, 'strong' from {cal.strong_at:.2f}. Running web servers use it "
                    "after a restart or the next build.")
     else:
-        click.echo(f"build {manifest.build_id}: not calibrated: {cal.reason}")
+        click.echo(f"build {build_id}: not calibrated: {cal.reason}")
 
 
 @index.command("list")
