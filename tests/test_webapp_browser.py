@@ -112,8 +112,12 @@ def test_shopper_finds_banana_and_recommendations(base_url, tmp_path):
                 assert cards.first.get_attribute("data-sku") == "Banana", page.locator("#results").inner_text()
                 assert cards.count() >= 6
                 assert "match" in cards.first.inner_text()
+                page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazy images load when seen
                 page.wait_for_load_state("networkidle")
-                assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+                page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+                broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
+                                       ".map(i => i.src.slice(0, 80) + (i.loading || ''))")
+                assert not broken, broken
                 shots.append(tmp_path / f"results-{label}.png")
                 page.screenshot(path=str(shots[-1]), full_page=True)
 
