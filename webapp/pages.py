@@ -164,7 +164,7 @@ def search():
         t0 = time.perf_counter()
         vec = svc.embedder.encode_images([query])[0]
         embed_ms = (time.perf_counter() - t0) * 1000
-        preview = preview_data_url(img)
+        preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
         if objects:
             regions = find_objects(svc, img, objects, min(k, 8), filters)
     elif form.get("qv"):

@@ -113,7 +113,7 @@
       b.setAttribute("aria-pressed", String(b.getAttribute("data-region") === id));
     });
     Array.prototype.forEach.call(document.querySelectorAll(".region-results"), function (s) { s.hidden = s.id !== id; });
-    ["results", "nearest-heading", "verdict"].forEach(function (name) { var el = $(name); if (el) { el.hidden = !!id; } });
+    ["results", "nearest-heading", "verdict", "more-form"].forEach(function (name) { var el = $(name); if (el) { el.hidden = !!id; } });
   }
   Array.prototype.forEach.call(regionButtons, function (b) {
     b.addEventListener("click", function () { pick(b.getAttribute("data-region")); });
