@@ -33,12 +33,11 @@ def search():
     box, objects = parse_crop(values), parse_objects(values)
     svc = holder().get()
     img = require_image(svc.embedder, "image", allow_raw=True)
-    if box is not None:
-        img = crop(img, box)  # after EXIF orientation (decoding applied it), before embedding
-    res = svc.search_image(img, k=k, filters=filters, routing=routing)
+    # the crop is taken after EXIF orientation (decoding applied it), before embedding
+    res = svc.search_image(crop(img, box) if box is not None else img, k=k, filters=filters, routing=routing)
     out = result_dict(res, filters, k)
     out["crop"] = box.to_dict() if box is not None else None
-    if objects:
+    if objects:  # boxes in fractions of the whole photo, like `crop`
         out["regions"] = [region_dict(r) for r in find_objects(svc, img, objects, k, filters)]
     return jsonify(out)
 

@@ -23,8 +23,8 @@ _REGION_PARAMS = [
        "Search only this box of the photo: x,y,w,h as fractions of the upright (EXIF-rotated) image. A malformed "
        "box, one leaving the photo or under 16 pixels a side is a 400 (`invalid_crop`)."),
     _q("objects", {"type": "string", "example": "auto"},
-       "`auto` (or a number up to 4): also find the products in the photo; each region has its box, confidence "
-       "and products (`regions`)."),
+       "`auto` (or a number up to 4): also find the products in the whole photo; each region has its box "
+       "(fractions of the whole photo, usable as `crop`), confidence and products (`regions`)."),
 ]
 _MATCH = {"type": "string", "nullable": True, "enum": ["strong", "weak", "none", None],
           "description": "How close the shop's best product is: `none` means no close match (the results are "
