@@ -286,3 +286,17 @@ def test_app_import_without_calibration_file_still_serves(trust_site, tmp_path):
         app.extensions["shopsearch"].close()
     finally:
         path.write_bytes(saved)
+
+
+def test_resolve_category_spellings_ambiguity_and_unknown():
+    from shopsearch.category_filter import resolve_category
+    from shopsearch.errors import UnknownCategoryError
+
+    paths = ["Fruit", "Fruit/Apple", "Fruit/Apple/Granny-Smith", "Juice/Apple", "Juice"]
+    assert resolve_category("fruit > apple > granny smith", paths) == "Fruit/Apple/Granny-Smith"
+    assert resolve_category("Granny_Smith", paths) == "Fruit/Apple/Granny-Smith"
+    assert resolve_category("JUICE/apple", paths) == "Juice/Apple"
+    with pytest.raises(UnknownCategoryError, match="ambiguous: Fruit > Apple, Juice > Apple"):
+        resolve_category("apple", paths)
+    with pytest.raises(UnknownCategoryError, match="GET /api/v1/categories"):
+        resolve_category(" > ", paths)
