@@ -157,8 +157,8 @@ def plot_precision_coverage(result: OpenSetResult, path: Any, label: str = "") -
         ax.legend(loc="lower left")
     ax.set_xlabel("coverage (share of queries answered)")
     ax.set_ylabel("precision@1 of answered queries")
-    ax.set_title(f"Open set {label} ({result.fraction:.0%} of products removed): AUROC "
-                 f"{result.auroc:.3f}" if result.auroc is not None else "Open set", fontsize=9)
+    auroc_text = f"AUROC {result.auroc:.3f}" if result.auroc is not None else "AUROC -"
+    ax.set_title(f"Open set: {result.fraction:.0%} of products removed\n{label} · {auroc_text}", fontsize=9)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
