@@ -183,3 +183,8 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     res = _json.loads(run("search", str(query), "--json").stdout)
     assert res["results"][0]["sku"] == "S5" and res["match"] == "strong"
     assert "calibrated on 36" in run("index", "calibrate").stdout
+    run("catalogue", "delete", "S10", "S11")
+    update = _json.loads(run("index", "update", "--json", "--workers", "1").stdout)
+    assert update["build_id"] != build["build_id"]
+    refitted = load_calibration(data / "index" / "builds" / update["build_id"], update["build_id"])
+    assert refitted.fitted and refitted.samples == 30  # the new build's own photos
