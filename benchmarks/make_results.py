@@ -57,6 +57,13 @@ REPRODUCE = [
     "    --train grocerystore:../shared/datasets/grocerystore:train+iconic --val grocerystore:../shared/datasets/grocerystore:val",
     "shopsearch --data-dir var bench recall --dataset ../shared/datasets/grocerystore \\",
     "    --config benchmarks/configs/quality_grocerystore.toml --json > benchmarks/results/recall_grocerystore_quality.json",
+    "# calibrated confidence, open set: 20% of the products removed (AUROC, ECE, precision/coverage plot)",
+    "shopsearch bench recall --dataset ../shared/datasets/grocerystore --open-set 0.2 --json \\",
+    "    --out benchmarks/results/open_set_grocerystore_efficientnet-lite0 \\",
+    "    > benchmarks/results/open_set_grocerystore_efficientnet-lite0.json",
+    "# several products in one photo: regions (objects=auto) vs the whole image",
+    "python benchmarks/composite_bench.py --dataset ../shared/datasets/grocerystore --composites 60 \\",
+    "    --out benchmarks/results/composite_regions_grocerystore.json",
     "python benchmarks/make_results.py",
 ]
 
@@ -130,9 +137,24 @@ def render_recall(name: str, obj: dict) -> list[str]:
                        f"{g['images_per_s']:.1f}" if g.get("images_per_s") else "cached"])
     lines += _table(header, rows)
     lines += ["", "Total latency = one query image decoded + embedded alone, plus the grouped search "
-                  f"(sampled on {configs[0].get('latency_ms', {}).get('embed_samples', '?')} queries).", "",
-              machine_line(machine), ""]
+                  f"(sampled on {configs[0].get('latency_ms', {}).get('embed_samples', '?')} queries).", ""]
+    lines += _open_set_lines(configs)
+    lines += [machine_line(machine), ""]
     return lines
+
+
+def _open_set_lines(configs: list[dict]) -> list[str]:
+    """`--open-set`: how well the calibrated confidence says "no close match"."""
+    rows = [[c.get("name", c["model"]), o["fraction"], o["seed"], f"{o['queries_in_catalogue']}/"
+             f"{o['queries_not_in_catalogue']}", o["auroc"], o["ece"], o.get("top1_accuracy_in_catalogue"),
+             o["match_shares"]["in_catalogue"].get("none"), o["match_shares"]["not_in_catalogue"].get("none")]
+            for c in configs if (o := c.get("open_set"))]
+    if not rows:
+        return []
+    return ["Open set: a seeded share of products removed from the gallery; the confidence is calibrated on "
+            "the rest (leave-one-out) and scored on photos of kept and removed products.", ""] + _table(
+        ["configuration", "removed", "seed", "queries in/out", "AUROC", "ECE (15 bins)", "top-1 acc (in)",
+         "'none' share (in)", "'none' share (out)"], rows) + [""]
 
 
 # -- ANN -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import GpuTuning
+from shopsearch.confidence import calibrate_build, calibration_file
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
@@ -171,7 +172,9 @@ class IndexBuilder:
     def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict) -> int:
         manifest = IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
                                  len(index), itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        saved = self.store.publish(index, manifest, keys=keys, report=report)
+        # refit with every build: the confidence a search reports belongs to the build it searches
+        cal = calibrate_build(index, self.catalogue.indexable_images(), build_id)
+        saved = self.store.publish(index, manifest, keys=keys, report=report, extra_files=calibration_file(cal))
         self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
                                                    self.embedder.dim, saved.count, "complete", None, None))
         return saved.count

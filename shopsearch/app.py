@@ -8,6 +8,7 @@ import logging
 
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
+from shopsearch.confidence import load_calibration
 from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
@@ -54,7 +55,8 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
     from shopsearch.rerank import parse_rerank
 
     return SearchService(embedder, index, catalogue, manifest, router=router, rerank=parse_rerank(settings.rerank),
-                         tta=settings.tta, fusion=settings.fusion)
+                         tta=settings.tta, fusion=settings.fusion,
+                         calibration=load_calibration(store.build_dir(manifest.build_id), manifest.build_id))
 
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:

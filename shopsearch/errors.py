@@ -154,3 +154,15 @@ class IndexWriteError(ShopSearchError):
         if "(" in text and text.endswith(")"):  # "... write error in PATH: 4051 != 160000 (No space left on device)"
             return text[text.rindex("(") + 1:-1].lower()
         return text[-200:]
+class InvalidRegionError(ShopSearchError):
+    """A crop box that is malformed, outside the photo or too small to search."""
+
+    code = "invalid_crop"
+    http_status = 400
+
+
+class UnknownCategoryError(ShopSearchError):
+    """A category filter that names no category of the catalogue."""
+
+    code = "unknown_category"
+    http_status = 400

@@ -50,6 +50,7 @@ class ProductHit:
     category: str | None = None
     category_source: str | None = None
     matched_images: int = 1
+    calibrated: float | None = None  # probability this is the right product (shopsearch.confidence)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class ProductHit:
             "category_source": self.category_source,
             "matched_image": {"id": self.image_id, "path": self.image_path},
             "matched_images": self.matched_images,
+            "calibrated_score": round(self.calibrated, 4) if self.calibrated is not None else None,
         }
 
 
@@ -73,6 +75,9 @@ class SearchResult:
     build_id: str
     timings_ms: dict[str, float] = field(default_factory=dict)
     predicted_category: CategoryPrediction | None = None
+    confidence: float | None = None  # probability the first hit is the right product; None: uncalibrated
+    match: str | None = None  # "strong" | "weak" | "none" (None when uncalibrated)
+    calibration: dict[str, Any] | None = None  # how confidence was obtained, or why there is none
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,4 +86,7 @@ class SearchResult:
             "build_id": self.build_id,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "predicted_category": self.predicted_category.to_dict() if self.predicted_category else None,
+            "confidence": round(self.confidence, 4) if self.confidence is not None else None,
+            "match": self.match,
+            "calibration": self.calibration,
         }

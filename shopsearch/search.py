@@ -11,6 +11,7 @@ from PIL import Image
 
 from shopsearch.catalogue.records import ImageInfo, ProductInfo
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.confidence import Calibration, annotate
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, check_model
@@ -34,7 +35,8 @@ class SearchService:
 
     def __init__(self, embedder: Embedder, index: VectorIndex, catalogue: CatalogueStore,
                  manifest: IndexManifest, router: CategoryRouter | None = None,
-                 rerank: RerankOptions = RerankOptions(), tta: bool = False, fusion: bool = False) -> None:
+                 rerank: RerankOptions = RerankOptions(), tta: bool = False, fusion: bool = False,
+                 calibration: Calibration | None = None) -> None:
         check_model(manifest, embedder.fingerprint)
         self.embedder = embedder
         self.index = index
@@ -45,6 +47,7 @@ class SearchService:
         self.tta = tta
         # fuse the router's category probabilities into the ranking instead of filtering by them
         self.fusion = fusion
+        self.calibration = calibration
 
     # -- entry points ---------------------------------------------------------
     def search_image(self, image: Image.Image, k: int = 10, filters: SearchFilters = SearchFilters(),
@@ -63,14 +66,18 @@ class SearchService:
             raise CapabilityError(f"model {self.embedder.name!r} has no text tower; text search needs a CLIP model")
         t0 = time.perf_counter()
         vec = self.embedder.encode_texts([text])[0]
-        return self.search_vector(vec, k, filters, routing=False, embed_ms=(time.perf_counter() - t0) * 1000)
+        return self.search_vector(vec, k, filters, routing=False, embed_ms=(time.perf_counter() - t0) * 1000,
+                                  calibrate=False)
 
     def search_vector(self, vec: np.ndarray, k: int = 10, filters: SearchFilters = SearchFilters(),
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
                       embed_ms: float = 0.0, rerank: RerankOptions | None = None,
-                      fusion: bool | None = None) -> SearchResult:
-        """`rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
+                      fusion: bool | None = None, calibrate: bool = True) -> SearchResult:
+        """Top-k products; image queries carry a calibrated confidence (shopsearch.confidence),
+        computed on at least two products so that k=1 has a runner-up to compare with.
+        `rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
         router with category probabilities (a trained classifier); without one it is plain routing."""
+        k_asked, k = k, max(k, 2)
         t0 = time.perf_counter()
         db_s = [0.0]  # catalogue lookups, reported apart from the vector search
         opts = self.rerank if rerank is None else rerank
@@ -92,7 +99,10 @@ class SearchService:
         t1 = time.perf_counter()
         timings = {"embed": embed_ms, "search": (t1 - t0 - db_s[0]) * 1000, "database": db_s[0] * 1000,
                    "total": embed_ms + (t1 - t0) * 1000}
-        return SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
+        res = SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
+        if calibrate:
+            res = annotate(res, self.calibration)
+        return replace(res, hits=res.hits[:k_asked])
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:
         """"More like this": neighbours of the product's images, itself and exact duplicates

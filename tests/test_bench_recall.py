@@ -263,3 +263,21 @@ def test_cli_imagefolder_and_bad_input(tmp_path):
     assert r.exit_code == 2 and "positive" in r.output
     r = _cli(["--dataset", str(root), "--layout", "imagefolder", "--config", "bogus=1"], tmp_path)
     assert r.exit_code == 1 and "unknown key" in r.output
+
+
+def test_cli_open_set(grocery, tmp_path):
+    """--open-set: seeded product removal, AUROC/ECE in --json, the precision/coverage PNG with --out."""
+    base = ["--dataset", str(grocery), "--model", "colorhist", "--latency-samples", "0", "--workers", "1"]
+    out = tmp_path / "report"
+    r = _cli(base + ["--open-set", "0.34", "--json", "--out", str(out)], tmp_path)
+    assert r.exit_code == 0, r.output
+    o = json.loads(r.stdout)["open_set"]
+    assert o["removed_products"] == 2 and o["kept_products"] == 4 and o["ece_bins"] == 15
+    assert o["queries_in_catalogue"] + o["queries_not_in_catalogue"] == 20
+    assert 0 <= o["auroc"] <= 1 and 0 <= o["ece"] <= 1 and o["precision_coverage"]
+    assert (out / "precision_coverage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = json.loads(_cli(base + ["--open-set", "0.34", "--json"], tmp_path).stdout)["open_set"]
+    assert again["auroc"] == o["auroc"]  # seeded
+    other = json.loads(_cli(base + ["--open-set", "0.34", "--seed", "3", "--json"], tmp_path).stdout)["open_set"]
+    assert other["removed_products"] == 2
+    assert _cli(base + ["--open-set", "1.5"], tmp_path).exit_code == 2

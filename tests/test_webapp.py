@@ -154,8 +154,10 @@ def test_page_search_finds_the_product(client, i):
     assert skus[0] == f"P{i}" and len(skus) == len(set(skus)) == 12
     first = html[html.index('data-sku="P%d"' % i):]
     first = first[: first.index("</article>")]
-    assert "/images/" in first and "% match" in first and f"{i:.2f} EUR" in first
-    assert f'title="{"/".join(CATS[i % 3])}"' in first  # category tag with its full path
+    # too few held-out photos in this site to calibrate: plain similarity; the currency as a symbol
+    assert "/images/" in first and "similarity" in first and f"€{i:.2f}" in first
+    # the tag names the product's own (leaf) category; its path is the tooltip (and on the product page)
+    assert f'title="{" › ".join(CATS[i % 3])}">{CATS[i % 3][1]}<' in first
     assert 'src="data:image/jpeg;base64,' in html  # the shopper's photo, inlined, not stored
     assert 'name="qv"' in html
 
@@ -222,7 +224,7 @@ def test_product_page_with_recommendations(client):
     html = r.get_data(as_text=True)
     assert r.status_code == 200
     assert "<h1>Product 0</h1>" in html and "Acme" in html and "Description of product 0" in html
-    assert "0.00 EUR" in html and "Fruit › Apple" in html
+    assert "€0.00" in html and "Fruit › Apple" in html
     assert len(re.findall(r'class="gallery-thumb"', html)) == 2  # both of its photos
     rec = html[html.index('id="similar"'):]
     skus = card_skus(rec)

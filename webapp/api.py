@@ -4,11 +4,13 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from shopsearch.errors import ShopSearchError
+from shopsearch.regions import crop, find_objects
 from webapp.errors import BadParameterError
 from webapp.metrics import observe_search
 from webapp.openapi import openapi_document
 from webapp.params import (parse_filters, parse_k, parse_rerank, parse_routing, parse_switch, product_dict,
                            result_dict)
+from webapp.query_options import parse_crop, parse_objects, region_dict, resolved
 from webapp.service import ServiceHolder
 from webapp.uploads import require_image
 
@@ -26,21 +28,42 @@ def _params():
 
 @bp.post("/search")
 def search():
-    """Image search: multipart field `image`, or the raw image as the request body."""
+    """Image search: multipart field `image`, or the raw image as the request body; `crop=x,y,w,h`
+    searches that part of the upright photo, `objects=auto` also finds the products in it."""
     values = _params()
-    k, filters, routing = parse_k(values, 10), parse_filters(values), parse_routing(values)
+    k, filters, routing = parse_k(values, 10), _filters(values), parse_routing(values)
     rerank, tta, fusion = parse_rerank(values), parse_switch(values, "tta"), parse_switch(values, "fusion")
+    box, objects = parse_crop(values), parse_objects(values)
     svc = holder().get()
     img = require_image(svc.embedder, "image", allow_raw=True)
-    res = svc.search_image(img, k=k, filters=filters, routing=routing, rerank=rerank, tta=tta, fusion=fusion)
+    # the crop is taken after EXIF orientation (decoding applied it), before embedding
+    res = svc.search_image(crop(img, box) if box is not None else img, k=k, filters=filters, routing=routing,
+                           rerank=rerank, tta=tta, fusion=fusion)
     observe_search(res)
-    return jsonify(result_dict(res, filters, k))
+    out = result_dict(res, filters, k)
+    out["crop"] = box.to_dict() if box is not None else None
+    if objects:  # boxes in fractions of the whole photo, like `crop`
+        out["regions"] = [region_dict(r) for r in find_objects(svc, img, objects, k, filters)]
+    return jsonify(out)
+
+
+def _filters(values):
+    return resolved(parse_filters(values), [c.path for c in holder().catalogue.categories()])
+
+
+@bp.get("/categories")
+def categories():
+    """Every category path, for the `category` filter (which also takes `A > B` and leaf names)."""
+    cats = sorted(holder().catalogue.categories(), key=lambda c: c.path)
+    return jsonify({"categories": [{"path": c.path, "name": c.name, "depth": c.depth,
+                                    "display": c.path.replace("/", " > ")} for c in cats],
+                    "count": len(cats)})
 
 
 @bp.get("/search/text")
 def search_text():
     q = (request.args.get("q") or "").strip()
-    k, filters = parse_k(request.args, 10), parse_filters(request.args)
+    k, filters = parse_k(request.args, 10), _filters(request.args)
     svc = holder().get()
     if not q:
         raise BadParameterError("q (the text to search for) is required")

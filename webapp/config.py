@@ -42,6 +42,12 @@ DEFAULTS: dict[str, Any] = {
     "READY_DB_TIMEOUT_S": 2.0,
     # the CLI migrates before serving; the app itself only checks the schema
     "MIGRATE": False,
+    # the shop's currency (ISO code) for products that name none; None shows the bare amount
+    "CURRENCY": None,
+    # product attributes shown on product pages: comma-separated names, or "*"; none by default
+    "VISIBLE_ATTRIBUTES": "",
+    # at most this many object regions for objects=auto
+    "MAX_OBJECTS": 4,
 }
 
 

@@ -12,10 +12,23 @@ def _q(name: str, schema: dict, desc: str, required: bool = False) -> dict[str, 
 
 _K = _q("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}, "How many products to return.")
 _FILTERS = [
-    _q("category", {"type": "string"}, "Only products under this category path, e.g. `Fruit/Apple`."),
+    _q("category", {"type": "string"}, "Only products under this category: a path (`Fruit/Apple` or "
+       "`Fruit > Apple`, any case) or a leaf name (`Apple`) that only one category ends with. An unknown one is "
+       "a 400 (`unknown_category`); `GET /categories` lists them."),
     _q("min_price", {"type": "number", "minimum": 0}, "Lowest price (inclusive)."),
     _q("max_price", {"type": "number", "minimum": 0}, "Highest price (inclusive)."),
 ]
+_REGION_PARAMS = [
+    _q("crop", {"type": "string", "example": "0.1,0.2,0.5,0.5"},
+       "Search only this box of the photo: x,y,w,h as fractions of the upright (EXIF-rotated) image. A malformed "
+       "box, one leaving the photo or under 16 pixels a side is a 400 (`invalid_crop`)."),
+    _q("objects", {"type": "string", "example": "auto"},
+       "`auto` (or a number up to 4): also find the products in the whole photo; each region has its box "
+       "(fractions of the whole photo, usable as `crop`), confidence and products (`regions`)."),
+]
+_MATCH = {"type": "string", "nullable": True, "enum": ["strong", "weak", "none", None],
+          "description": "How close the shop's best product is: `none` means no close match (the results are "
+                         "only the nearest items)."}
 _SKU = {"name": "sku", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Product SKU."}
 
 
@@ -45,12 +58,12 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                _q("tta", {"type": "boolean"}, "Also embed the mirrored photo (about twice the "
                                   "embedding time)."),
                                _q("fusion", {"type": "boolean"}, "Fuse the category head's probabilities into the "
-                                  "ranking instead of filtering by the predicted category.")],
+                                  "ranking instead of filtering by the predicted category."), *_REGION_PARAMS],
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
                         "image": {"type": "string", "format": "binary"}, "k": {"type": "integer"},
                         "category": {"type": "string"}, "min_price": {"type": "number"},
-                        "max_price": {"type": "number"}}}},
+                        "max_price": {"type": "number"}, "crop": {"type": "string"}, "objects": {"type": "string"}}}},
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                     "image/*": {"schema": {"type": "string", "format": "binary"}}}},
                 "responses": {"200": _ok("SearchResponse", "Products, best match first."), "400": _ERR,
@@ -62,6 +75,9 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                               "409": {"description": "The index's model has no text tower.",
                                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                               "503": _ERR}}},
+            "/categories": {"get": {
+                "summary": "Every category, for the `category` filter",
+                "responses": {"200": _ok("Categories", "Category paths, sorted.")}}},
             "/products/{sku}": {"get": {
                 "summary": "One product with its images",
                 "parameters": [_SKU],
@@ -104,14 +120,40 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "category_source": {"type": "string", "nullable": True, "enum": ["merchant", "predicted", None]},
                     "matched_image": {"type": "object", "properties": {
                         "id": {"type": "integer"}, "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}}},
-                    "matched_images": {"type": "integer"}, "url": {"type": "string"}, "api_url": {"type": "string"}}},
+                    "matched_images": {"type": "integer"}, "url": {"type": "string"}, "api_url": {"type": "string"},
+                    "calibrated_score": {"type": "number", "nullable": True, "description":
+                                         "Estimated probability that this is the photographed product (null "
+                                         "when the build is not calibrated)."}}},
+                "Box": {"type": "object", "description": "Fractions of the upright photo.", "properties": {
+                    "x": {"type": "number"}, "y": {"type": "number"}, "w": {"type": "number"}, "h": {"type": "number"}}},
+                "Region": {"type": "object", "properties": {
+                    "box": {"$ref": "#/components/schemas/Box"},
+                    "crop": {"type": "string", "description": "The box as a `crop` parameter."},
+                    "confidence": {"type": "number", "nullable": True}, "match": _MATCH,
+                    "score": {"type": "number"}, "source": {"type": "string", "enum": ["foreground", "grid"]},
+                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}}}},
+                "Categories": {"type": "object", "properties": {
+                    "count": {"type": "integer"}, "categories": {"type": "array", "items": {"type": "object", "properties": {
+                        "path": {"type": "string"}, "name": {"type": "string"}, "depth": {"type": "integer"},
+                        "display": {"type": "string", "example": "Fruit > Apple"}}}}}},
                 "SearchResponse": {"type": "object", "properties": {
                     "results": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
                     "count": {"type": "integer"}, "k": {"type": "integer"}, "model": {"type": "string"},
                     "build_id": {"type": "string"}, "timings_ms": {"type": "object",
                                                                    "additionalProperties": {"type": "number"}},
                     "predicted_category": {"$ref": "#/components/schemas/Prediction"},
-                    "filters": {"type": "object"}}},
+                    "filters": {"type": "object"},
+                    "confidence": {"type": "number", "nullable": True, "description":
+                                   "Estimated probability that the first product is the photographed one, calibrated "
+                                   "on the shop's own photos when the index was built; null when uncalibrated "
+                                   "(see `calibration`) and for text searches."},
+                    "match": _MATCH,
+                    "calibration": {"type": "object", "nullable": True, "description":
+                                    "`status` calibrated (with `samples`, `strong_at`, `none_below`) or uncalibrated "
+                                    "(with `reason`: the fallback is raw similarity)."},
+                    "crop": {"allOf": [{"$ref": "#/components/schemas/Box"}], "nullable": True},
+                    "regions": {"type": "array", "items": {"$ref": "#/components/schemas/Region"},
+                                "description": "With objects=auto: the products found in the photo."}}},
                 "Product": {"type": "object", "properties": {
                     "sku": {"type": "string"}, "title": {"type": "string"},
                     "description": {"type": "string", "nullable": True}, "brand": {"type": "string", "nullable": True},

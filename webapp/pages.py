@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import logging
 import time
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
-from shopsearch.errors import ShopSearchError
+from shopsearch.errors import InvalidImageError, ShopSearchError
+from shopsearch.regions import Region, crop, find_objects
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.params import parse_filters, parse_k, parse_routing
+from webapp.query_options import format_price, parse_crop, parse_objects, resolved, visible_attributes
 from webapp.service import ServiceHolder
 from webapp.metrics import observe_search
 from webapp.uploads import checked_preview, decode_upload, decode_vector, encode_vector, preview_data_url, upload_bytes
@@ -35,43 +38,102 @@ def _categories() -> list[dict[str, Any]]:
     return [{"path": c.path, "name": c.name, "depth": c.depth} for c in sorted(cats, key=lambda c: c.path)]
 
 
+def _has_prices() -> bool:
+    try:
+        return holder().catalogue.has_prices()
+    except ShopSearchError:
+        return True  # unknown: keep the filter rather than hide it wrongly
+
+
 def index_context() -> dict[str, Any]:
     """What the upload form needs (also used to re-show it with an error message)."""
     svc = holder().peek()
     return {"categories": _categories(), "has_text": bool(svc and svc.embedder.has_text),
             "vectors": len(svc.index) if svc else 0, "index_ready": svc is not None,
             "max_bytes": int(current_app.config["MAX_CONTENT_LENGTH"]), "filters": SearchFilters(),
-            "model": svc.manifest.model_name if svc else None}
-
-
-def _price(price: Any, currency: str | None) -> str | None:
-    if price is None:
-        return None
-    return f"{float(price):,.2f} {currency or ''}".strip()
+            "model": svc.manifest.model_name if svc else None, "has_prices": _has_prices()}
 
 
 def category_label(path: str | None) -> str | None:
-    """Short tag text: the leaf's parent ("Fruit/Apple/Granny-Smith" -> "Apple"), the title names the leaf."""
+    """Short tag text: the product's own (leaf) category ("Fruit/Apple/Granny-Smith" -> "Granny Smith");
+    the product page shows the whole path."""
     if not path:
         return None
-    parts = path.split("/")
-    return (parts[-2] if len(parts) > 1 else parts[-1]).replace("-", " ")
+    return path.split("/")[-1].replace("-", " ")
+
+
+def shown_pct(p: float | None) -> int | None:
+    """A probability as a whole percentage for shoppers, never 0% nor 100% (an estimate is never certain)."""
+    return None if p is None else min(99, max(1, round(p * 100)))
 
 
 def card(h: ProductHit) -> dict[str, Any]:
     primary = holder().primary_image_id(h.sku)
-    return {"sku": h.sku, "title": h.title, "brand": h.brand, "price": _price(h.price, h.currency),
+    p = h.calibrated
+    return {"sku": h.sku, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
             "category": h.category, "category_label": category_label(h.category),
             "category_source": h.category_source, "score": h.score, "score_pct": max(0, round(h.score * 100)),
+            "calibrated_pct": shown_pct(p),
+            "likelihood": None if p is None else ("likely" if p >= 0.6 else "possible" if p >= 0.25 else "unlikely"),
             "matched_image_id": h.image_id, "image_id": primary or h.image_id,
             "matched_differs": primary is not None and primary != h.image_id, "matched_images": h.matched_images}
+
+
+def region_view(r: Region, index: int) -> dict[str, Any]:
+    """A found object for the results page: its outline (percent of the photo) and its cards."""
+    b = r.box
+    return {"id": f"region-{index}", "index": index, "title": r.result.hits[0].title, "match": r.match,
+            "confidence_pct": shown_pct(r.confidence),
+            "box": b.to_param(), "z": 1 + int(99 * (1 - b.w * b.h)),  # smaller boxes on top, still clickable
+            "crop": b.to_param(), "cards": [card(h) for h in r.result.hits]}
 
 
 def _render_results(res: SearchResult, filters: SearchFilters, k: int, **ctx: Any):
     svc = holder().get()
     return render_template("results.html", cards=[card(h) for h in res.hits], result=res, filters=filters, k=k,
                            categories=_categories(), has_text=svc.embedder.has_text,
-                           predicted=res.predicted_category, **ctx)
+                           predicted=res.predicted_category, has_prices=_has_prices(),
+                           confidence_pct=shown_pct(res.confidence), **ctx)
+
+
+def _price_problem(form: Any) -> str | None:
+    """The price filter's problem in a shopper's words (the page keeps the photo and results)."""
+    values = {}
+    for name, label in (("min_price", "Min price"), ("max_price", "Max price")):
+        raw = (form.get(name) or "").strip()
+        if not raw:
+            continue
+        try:
+            values[name] = Decimal(raw)
+        except InvalidOperation:
+            return f"{label} must be a number, like 12.50."
+        if not values[name].is_finite() or values[name] < 0:
+            return f"{label} must be 0 or more."
+    lo, hi = values.get("min_price"), values.get("max_price")
+    if lo is not None and hi is not None and lo > hi:
+        return (f"Min price ({lo:.2f}) is higher than Max price ({hi:.2f}). "
+                "Lower the minimum or raise the maximum.")
+    return None
+
+
+def _page_filters(form: Any) -> tuple[SearchFilters, str | None]:
+    """Filters for a results page; a bad price range is reported inline, searched without prices."""
+    if form.get("clear"):  # the "Clear filters" button
+        return SearchFilters(), None
+    problem = _price_problem(form)
+    if problem:
+        form = {k: v for k, v in form.items() if k not in ("min_price", "max_price")}
+    return resolved(parse_filters(form), [c["path"] for c in _categories()]), problem
+
+
+def _decode_for_shopper(data: bytes, embedder: Any) -> Any:
+    try:
+        return decode_upload(data, embedder)
+    except InvalidImageError as e:
+        if type(e) is not InvalidImageError or "empty" in str(e):
+            raise  # not an image, too large, empty: their messages already say so
+        raise InvalidImageError("We could not open this photo: the file seems damaged or incomplete (perhaps it "
+                                "did not finish downloading or copying). Please try another photo.") from e
 
 
 @bp.get("/")
@@ -89,18 +151,23 @@ def search():
     """A new photo (multipart `image`), or the previous query re-run with new filters (`qv`)."""
     form = request.form
     k = parse_k(form, int(current_app.config["RESULTS_K"]))
-    filters = parse_filters(form)
+    filters, filter_error = _page_filters(form)
+    box, objects = parse_crop(form), parse_objects(form)
     svc = holder().get()
     data = upload_bytes("image", allow_raw=False)
     if data is None:  # the phone-camera input of the upload form
         data = upload_bytes("camera", allow_raw=False)
     embed_ms = 0.0
+    regions: list[Region] = []
     if data is not None:
-        img = decode_upload(data, svc.embedder)
+        img = _decode_for_shopper(data, svc.embedder)
+        query = crop(img, box) if box is not None else img
         t0 = time.perf_counter()
-        vec = svc.embedder.encode_images([img])[0]
+        vec = svc.embedder.encode_images([query])[0]
         embed_ms = (time.perf_counter() - t0) * 1000
-        preview = preview_data_url(img)
+        preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
+        if objects:
+            regions = find_objects(svc, img, objects, min(k, 8), filters)
     elif form.get("qv"):
         vec = decode_vector(form["qv"], svc.embedder.dim)
         preview = checked_preview(form.get("qthumb"))
@@ -108,21 +175,25 @@ def search():
         raise MissingImageError("Choose or take a photo first.")
     res = svc.search_vector(vec, k=k, filters=filters, routing=parse_routing(form), embed_ms=embed_ms)
     observe_search(res)
-    return _render_results(res, filters, k, mode="photo", qv=encode_vector(vec), preview=preview)
+    return _render_results(res, filters, k, mode="photo", qv=encode_vector(vec), preview=preview,
+                           filter_error=filter_error, price_input={n: form.get(n, "") for n in ("min_price", "max_price")},
+                           crop=box.to_param() if box is not None else (form.get("crop") or ""),
+                           regions=[region_view(r, i + 1) for i, r in enumerate(regions)])
 
 
 @bp.get("/search/text")
 def search_text():
     q = (request.args.get("q") or "").strip()
     k = parse_k(request.args, int(current_app.config["RESULTS_K"]))
-    filters = parse_filters(request.args)
+    filters, filter_error = _page_filters(request.args)
     if not q:
         return redirect(url_for("pages.index"))
     if len(q) > 500:
         raise BadParameterError("The search text is too long (500 characters at most).")
     res = holder().get().search_text(q, k=k, filters=filters)
     observe_search(res)
-    return _render_results(res, filters, k, mode="text", q=q)
+    return _render_results(res, filters, k, mode="text", q=q, filter_error=filter_error,
+                           price_input={n: request.args.get(n, "") for n in ("min_price", "max_price")})
 
 
 @bp.get("/products/<path:sku>")
@@ -137,6 +208,6 @@ def product(sku: str):
         similar = [card(x) for x in h.get().similar_products(sku, k=int(current_app.config["SIMILAR_K"])).hits]
     except ShopSearchError as e:
         similar_error = str(e)
-    return render_template("product.html", product=p, images=images[:13], more_images=max(0, len(images) - 13),
-                           price=_price(p.price, p.currency), similar=similar, similar_error=similar_error,
-                           attributes=sorted((str(k), v) for k, v in (p.attributes or {}).items()))
+    return render_template("product.html", product=p, images=images, first_images=12,
+                           price=format_price(p.price, p.currency), similar=similar, similar_error=similar_error,
+                           attributes=visible_attributes(p.attributes))

@@ -58,13 +58,17 @@ def bench() -> None:
               help="Embed everything again into a throw-away vector cache (measures the gallery's images/s).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Also write results.json, report.md and PNG plots here.")
+@click.option("--open-set", "open_set", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Also remove this seeded share of products from the gallery and score the calibrated "
+                   "confidence on in- vs not-in-catalogue queries (AUROC, ECE, precision/coverage).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --open-set product draw.")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @pass_ctx
 def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
                index_type: str, category_routing: str, rerank: str, tta: str, dba: int, shopper_views: int, fusion: str,
                configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
-               out_dir: str | None, as_json: bool) -> None:
+               out_dir: str | None, open_set: float | None, seed: int, as_json: bool) -> None:
     """Recall@k, precision@k, mAP@k, MRR, NDCG@k and latency of one or more configurations."""
     from shopsearch.app import load_model, load_router
     from shopsearch.evaluation import configs as cfgmod
@@ -98,7 +102,8 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
             router_for=lambda emb: load_router(c.settings, emb),
             options=RunOptions(ks=k_values, batch_size=batch_size, workers=workers, latency_samples=latency_samples,
                                category_depth=category_depth, progress=sys.stderr.isatty(),
-                               compile=c.settings.pipeline.compile, gpu=c.settings.gpu),
+                               compile=c.settings.pipeline.compile, gpu=c.settings.gpu,
+                               open_set=open_set, open_set_seed=seed),
         )
     machine = machine_info()
     for p in results[0].dataset.problems[:10]:
@@ -107,6 +112,14 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
         click.echo(json.dumps(report.run_json(results, machine), indent=2))
     else:
         click.echo(report.text_table(results))
+        for r in results:
+            if r.open_set is not None:
+                o = r.open_set
+                click.echo(f"open set [{r.config.label}]: {o.removed_products} of "
+                           f"{o.removed_products + o.kept_products} products removed; AUROC "
+                           f"{o.auroc if o.auroc is None else round(o.auroc, 4)}, ECE "
+                           f"{o.ece if o.ece is None else round(o.ece, 4)} ({o.queries_in} in / "
+                           f"{o.queries_out} not in the catalogue)")
     if out_dir:
         written = report.write_outputs(results, machine, Path(out_dir))
         click.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)

@@ -45,6 +45,7 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     n_images = len(c.catalogue().indexable_images())
     if current and current.model_fingerprint == embedder.fingerprint and current.count == n_images:
         click.echo(f"index: build {current.build_id} is up to date ({current.count} vectors)")
+        _calibrate_if_missing(c, store, current.build_id)
     else:
         from shopsearch.index.lock import index_lock
 
@@ -55,12 +56,24 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     if sample.is_file():
         svc = c.search_service(model if model != "auto" else None)
         res = svc.search_image(decode_query(sample, svc.embedder), k=3)
-        click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} ({h.score:.2f})" for h in res.hits))
+        click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} ({h.score:.2f})" for h in res.hits)
+                   + (f"; match {res.match}, confidence {res.confidence:.2f}" if res.confidence is not None else ""))
     if not serve:
         return
     from webapp.server import run_server
     click.echo(f"serving on http://{host}:{port}/  (Ctrl-C to stop)")
     run_server(c.settings, host=host, port=port, workers=workers)
+
+
+def _calibrate_if_missing(c: Ctx, store, build_id: str) -> None:
+    """A build made before confidence calibration existed gets one (every new build has its own)."""
+    from shopsearch.confidence import CALIBRATION_FILE, calibrate_serving
+
+    if (store.build_dir(build_id) / CALIBRATION_FILE).is_file():
+        return
+    _, cal = calibrate_serving(store, c.catalogue().indexable_images())
+    click.echo(f"index: calibrated confidence on {cal.samples} held-out catalogue photos" if cal.fitted
+               else f"index: confidence not calibrated: {cal.reason}")
 
 
 def register(cli: click.Group) -> None:

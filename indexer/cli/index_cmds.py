@@ -187,6 +187,26 @@ def rollback_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
     click.echo(f"now serving build {new} ({manifest.count if manifest else '?'} vectors); {old} kept as previous")
 
 
+@index.command("calibrate")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_ctx
+def calibrate_cmd(c: Ctx, as_json: bool) -> None:
+    """Refit the serving build's confidence calibration (done by every build and update)."""
+    from shopsearch.confidence import calibrate_serving
+
+    build_id, cal = calibrate_serving(c.index_store(), c.catalogue().indexable_images())
+    if as_json:
+        echo_json({**cal.to_json(), "build_id": build_id})
+        return
+    if cal.fitted:
+        click.echo(f"build {build_id}: calibrated on {cal.samples} held-out catalogue photos "
+                   f"(leave-one-out top-1 accuracy {cal.loo_top1_accuracy:.3f}); 'no close match' below "
+                   f"{cal.none_below:.2f}, 'strong' from {cal.strong_at:.2f}. Running web servers use it "
+                   "after a restart or the next build.")
+    else:
+        click.echo(f"build {build_id}: not calibrated: {cal.reason}")
+
+
 @index.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx

@@ -49,6 +49,9 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
     if res.predicted_category:
         p = res.predicted_category
         click.echo(f"predicted category: {p.category} ({p.confidence:.0%}, routing {p.routing})")
+    if res.match is not None:
+        click.echo(f"match: {res.match} ({res.confidence:.0%} that the first product is the one photographed)"
+                   + ("; no close match in the catalogue, these are the nearest" if res.match == "none" else ""))
     if not res.hits:
         click.echo("no matching products")
     for rank, h in enumerate(res.hits, 1):

@@ -268,6 +268,11 @@ class CatalogueStore:
                 uncategorised=s.scalar(select(func.count()).select_from(Product).where(Product.category_id.is_(None))) or 0,
             )
 
+    def has_prices(self) -> bool:
+        """Does any product have a price (the page hides its price filter otherwise)."""
+        with self.session() as s:
+            return s.scalar(select(Product.id).where(Product.price.is_not(None)).limit(1)) is not None
+
     # -- index builds -----------------------------------------------------
     def record_build(self, info: IndexBuildInfo) -> None:
         """Insert or update the row of an index build."""

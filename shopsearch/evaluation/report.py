@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from shopsearch.evaluation.open_set import plot_precision_coverage
 from shopsearch.evaluation.runner import ConfigResult
 
 
@@ -47,6 +48,8 @@ def config_json(r: ConfigResult, machine: dict | None = None) -> dict:
         "queries_unanswerable": s.unanswerable,
         "gallery_build": r.build.to_dict(),
     }
+    if r.open_set is not None:
+        out["open_set"] = r.open_set.to_dict()
     if machine is not None:
         out["machine"] = machine
     return out
@@ -192,6 +195,11 @@ def write_outputs(results: Sequence[ConfigResult], machine: dict, out: Path) -> 
     """results.json, report.md and the PNGs under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     plots = plot(results, out)
+    for r in results:
+        if r.open_set is not None:
+            name = "precision_coverage.png" if len(results) == 1 else f"precision_coverage_{r.config.label}.png"
+            plot_precision_coverage(r.open_set, out / name, r.config.label)
+            plots.append(name)
     (out / "results.json").write_text(json.dumps(run_json(results, machine), indent=2) + "\n")
     (out / "report.md").write_text(markdown(results, machine, plots))
     return {"json": out / "results.json", "markdown": out / "report.md", **{p: out / p for p in plots}}

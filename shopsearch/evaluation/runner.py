@@ -26,6 +26,7 @@ from shopsearch.errors import ConfigError, InvalidImageError, ManifestError
 from shopsearch.evaluation.configs import BenchConfig
 from shopsearch.evaluation.datasets import BenchDataset, Query, truncate_category
 from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, summarize
+from shopsearch.evaluation.open_set import OpenSetQuery, OpenSetResult, evaluate_open_set
 from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
 from shopsearch.evaluation import tta
@@ -49,6 +50,8 @@ class RunOptions:
     progress: bool = True
     compile: str | None = None  # auto | on | off (Settings.pipeline.compile)
     gpu: GpuTuning | None = None  # the GPU executor's knobs (Settings.gpu)
+    open_set: float | None = None  # share of products removed for the open-set benchmark
+    open_set_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class ConfigResult:
     build: GalleryBuild
     factory: str = ""  # the FAISS factory string the index type stood for
     outcomes: tuple[QueryOutcome, ...] = field(repr=False, default=())
+    open_set: OpenSetResult | None = None
 
 
 @dataclass
@@ -249,11 +253,24 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
         outcomes.append(QueryOutcome(q.path, tuple(h.sku for h in res.hits), d.relevant(q),
                                      truncate_category(q.category, o.category_depth)))
     summary = summarize(outcomes, o.ks)
+    open_set = _open_set(index, store, st, d, o) if o.open_set is not None else None
     embedded, reused, nfail, secs = st.gallery_report[str(c.gallery)]
     build = GalleryBuild(len(id_keys), embedded, reused, nfail, secs, embedded / secs if embedded and secs else None,
                          index_s)
     return ConfigResult(c, emb.name, emb.fingerprint, itype, d, summary, len(index), len(d.queries), failed,
-                        _latency(st, search_ms, c.tta), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes))
+                        _latency(st, search_ms, c.tta), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes),
+                        open_set)
+
+
+def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: BenchDataset,
+              o: RunOptions) -> OpenSetResult:
+    """The open-set benchmark over this configuration's gallery vectors and every scorable query."""
+    info = store.products_for_images([int(i) for i in index.ids()])
+    product_of = {i: prod.sku for i, (prod, _) in info.items()}
+    hash_of = {i: img.sha256 for i, (_, img) in info.items()}
+    queries = [OpenSetQuery(st.cache.get_many([st.query_keys[q.path]])[0], d.relevant(q)) for q in d.queries
+               if q.path in st.query_keys and st.query_keys[q.path] in st.cache and d.relevant(q)]
+    return evaluate_open_set(index, product_of, hash_of, queries, float(o.open_set), o.open_set_seed)
 
 
 def _latency(st: _ModelState, search_ms: dict[int, float], tta_on: bool = False) -> dict:

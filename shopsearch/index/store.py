@@ -153,18 +153,19 @@ class IndexStore:
 
     # -- publish ----------------------------------------------------------
     def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None = None,
-                report: dict | None = None) -> IndexManifest:
+                report: dict | None = None, extra_files: Mapping[str, str] | None = None) -> IndexManifest:
         """Save, verify, and atomically make this build the serving one.
 
         `keys` (image id -> content hash of its vector) lets `index update` tell new, changed and
-        removed images apart; `report` (counts, failures) is kept beside the index for people.
+        removed images apart; `report` (counts, failures) is kept beside the index for people;
+        `extra_files` (name -> text, e.g. the calibration) are written into the build before it serves.
         A write that fails (disk full, read-only mount) removes what it wrote, staging included,
         and raises IndexWriteError: the serving build is untouched and the next run has the room."""
         staging = self.builds_dir / f".staging-{manifest.build_id}"
         try:
             self.builds_dir.mkdir(parents=True, exist_ok=True)
             self._drop_staging()  # left by a run killed while publishing: room for this one
-            return self._publish(staging, index, manifest, keys, report)
+            return self._publish(staging, index, manifest, keys, report, extra_files)
         except (OSError, RuntimeError) as e:  # faiss reports a failed write as RuntimeError
             shutil.rmtree(staging, ignore_errors=True)
             if self.current_id() != manifest.build_id:  # renamed into builds/, never made CURRENT
@@ -181,7 +182,7 @@ class IndexStore:
             shutil.rmtree(d, ignore_errors=True)
 
     def _publish(self, staging: Path, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None,
-                 report: dict | None) -> IndexManifest:
+                 report: dict | None, extra_files: Mapping[str, str] | None) -> IndexManifest:
         saved = index.save(staging, manifest)
         if keys is not None:
             ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
@@ -191,6 +192,8 @@ class IndexStore:
             os.replace(tmp, staging / KEYS_FILE)
         if report is not None:
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         # Verify what is on disk, not what is in memory, before anyone can serve it.
         reloaded, check = VectorIndex.load(staging)
         if len(reloaded) != len(index) or check.count != saved.count:

@@ -8,23 +8,46 @@
     var zone = $("dropzone"), picker = $("image-input"), camera = $("camera-input");
     var preview = $("preview"), errBox = $("client-error"), button = $("search-button");
     var maxBytes = parseInt(zone.getAttribute("data-max-bytes"), 10) || 0;
-    var lastUrl = null;
+    var lastUrl = null, notPhoto = false, tools = $("photo-tools");
+    var NOT_PHOTO = "That file is not a photo we can open. Please choose a JPEG, PNG, WebP or similar image.";
 
     function showError(msg) { errBox.textContent = msg; errBox.hidden = !msg; }
     function chosen() { return (picker.files && picker.files[0]) || (camera.files && camera.files[0]) || null; }
+    function announce(ok) {
+      if (tools) { tools.hidden = !ok; }
+      window.dispatchEvent(new CustomEvent("shopsearch:photo", {detail: {ok: ok}}));
+    }
+    function rejectFile() {
+      notPhoto = true;
+      preview.hidden = true;
+      preview.removeAttribute("src");
+      showError(NOT_PHOTO);
+      announce(false);
+    }
     function show(file) {
       showError("");
-      if (!file) { preview.hidden = true; return; }
+      notPhoto = false;
+      if (!file) { preview.hidden = true; announce(false); return; }
+      var looksLikeImage = file.type ? file.type.indexOf("image/") === 0 : /\.(jpe?g|png|gif|webp|bmp|tiff?|heic|heif|avif)$/i.test(file.name);
+      if (!looksLikeImage) { rejectFile(); return; }
       if (maxBytes && file.size > maxBytes) {
         showError("This photo is " + (file.size / 1048576).toFixed(1) + " MB; the limit is " + (maxBytes / 1048576) + " MB.");
-      } else if (file.type && file.type.indexOf("image/") !== 0) {
-        showError("That does not look like a photo. Please choose an image file.");
       }
       if (lastUrl) { URL.revokeObjectURL(lastUrl); }
       lastUrl = URL.createObjectURL(file);
+      preview.onerror = function () { if (chosen() === file) { rejectFile(); } };
+      preview.onload = function () { if (chosen() === file && !notPhoto) { preview.hidden = false; announce(true); } };
       preview.src = lastUrl;
-      preview.hidden = false;
     }
+    // Enter and Space on the pick buttons open the file chooser (the inputs themselves are hidden).
+    Array.prototype.forEach.call(document.querySelectorAll("label.pick"), function (label) {
+      label.addEventListener("keydown", function (e) {
+        if (e.key === "Enter" || e.key === " " || e.key === "Spacebar") {
+          e.preventDefault();
+          label.querySelector("input[type=file]").click();
+        }
+      });
+    });
     picker.addEventListener("change", function () { if (picker.files.length) { camera.value = ""; } show(chosen()); });
     camera.addEventListener("change", function () { if (camera.files.length) { picker.value = ""; } show(chosen()); });
 
@@ -46,11 +69,55 @@
     form.addEventListener("submit", function (e) {
       var f = chosen();
       if (!f) { e.preventDefault(); showError("Choose or take a photo first."); return; }
+      if (notPhoto) { e.preventDefault(); showError(NOT_PHOTO); return; }
       if (maxBytes && f.size > maxBytes) { e.preventDefault(); return; }
+      if (!checkPrices(form)) { e.preventDefault(); return; }
       button.disabled = true;
       button.textContent = "Searching…";
     });
   }
+
+  // Price filters: a minimum above the maximum is said inline, in the shopper's words, before sending.
+  function checkPrices(f) {
+    var lo = f.querySelector("input[name=min_price]"), hi = f.querySelector("input[name=max_price]");
+    var box = f.querySelector(".inline-error") || $("filter-error");
+    if (!lo || !hi || !box) { return true; }
+    var a = parseFloat(lo.value), b = parseFloat(hi.value), bad = !isNaN(a) && !isNaN(b) && a > b;
+    box.textContent = bad ? "Min price (" + a.toFixed(2) + ") is higher than Max price (" + b.toFixed(2) +
+                            "). Lower the minimum or raise the maximum." : "";
+    box.hidden = !bad;
+    [lo, hi].forEach(function (el) { if (bad) { el.setAttribute("aria-invalid", "true"); } else { el.removeAttribute("aria-invalid"); } });
+    if (bad) { lo.focus(); }
+    return !bad;
+  }
+  var filterForm = $("filter-form");
+  if (filterForm) {
+    filterForm.addEventListener("submit", function (e) {
+      var clear = e.submitter && e.submitter.name === "clear";
+      if (!clear && !checkPrices(filterForm)) { e.preventDefault(); }
+    });
+  }
+
+  // Results page: outlines over the photo (placed here: the CSP allows no inline styles).
+  Array.prototype.forEach.call(document.querySelectorAll("[data-box]"), function (el) {
+    var b = el.getAttribute("data-box").split(",").map(parseFloat);
+    el.style.left = (b[0] * 100) + "%"; el.style.top = (b[1] * 100) + "%";
+    el.style.width = (b[2] * 100) + "%"; el.style.height = (b[3] * 100) + "%";
+    if (el.getAttribute("data-z")) { el.style.zIndex = el.getAttribute("data-z"); }
+  });
+
+  // Results page: the objects found in the photo, chosen by their outline or chip.
+  var regionButtons = document.querySelectorAll("[data-region]");
+  function pick(id) {
+    Array.prototype.forEach.call(regionButtons, function (b) {
+      b.setAttribute("aria-pressed", String(b.getAttribute("data-region") === id));
+    });
+    Array.prototype.forEach.call(document.querySelectorAll(".region-results"), function (s) { s.hidden = s.id !== id; });
+    ["results", "nearest-heading", "verdict", "more-form"].forEach(function (name) { var el = $(name); if (el) { el.hidden = !!id; } });
+  }
+  Array.prototype.forEach.call(regionButtons, function (b) {
+    b.addEventListener("click", function () { pick(b.getAttribute("data-region")); });
+  });
 
   // Results page: changing the category applies it at once.
   Array.prototype.forEach.call(document.querySelectorAll("#filter-form select.auto-submit"), function (sel) {

@@ -1,0 +1,190 @@
+"""Calibrated confidence and the open-set metrics, on synthetic scores with known answers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shopsearch.confidence import (Calibration, Samples, annotate, collect_samples, features, fit_calibration,
+                                   fit_logistic, load_calibration, save_calibration)
+from shopsearch.evaluation.open_set import OpenSetQuery, auroc, ece, evaluate_open_set, precision_coverage
+from shopsearch.index.vector_index import VectorIndex
+from shopsearch.results import ProductHit, SearchResult
+
+
+def _sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_logistic_fit_recovers_known_probabilities():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(20000, 2))
+    true_w = np.array([6.0, 10.0, -5.0])
+    y = rng.uniform(size=len(x)) < _sig(x @ true_w[:2] + true_w[2])
+    w = fit_logistic(x, y)
+    assert np.allclose(w, true_w, atol=0.6)
+    grid = rng.uniform(0, 1, size=(200, 2))
+    assert np.max(np.abs(_sig(grid @ w[:2] + w[2]) - _sig(grid @ true_w[:2] + true_w[2]))) < 0.04
+
+
+def _synthetic_samples(n: int, seed: int = 1, unknown: bool = True) -> Samples:
+    """Top score s1 ~ U(0.3, 0.9); the first product is right with probability sigmoid(12 s1 + 20 gap - 8)."""
+    rng = np.random.default_rng(seed)
+    ranked, correct, left_out = [], [], []
+    for _ in range(n):
+        s1 = rng.uniform(0.3, 0.9)
+        s2 = s1 - rng.uniform(0, 0.2)
+        p = _sig(12 * s1 + 20 * (s1 - s2) - 8)
+        right = bool(rng.uniform() < p)
+        ranked.append((s1, s2, s2 - 0.05))
+        correct.append((right, not right, False))
+        left_out.append((s1 - 0.25, s1 - 0.26, s1 - 0.3))
+    return Samples(tuple(ranked), tuple(correct), tuple(left_out) if unknown else ())
+
+
+def test_fitted_confidence_is_calibrated_on_fresh_synthetic_data():
+    cal = fit_calibration(_synthetic_samples(6000, unknown=False), build_id="b1")
+    assert cal.fitted and cal.samples == 6000
+    fresh = _synthetic_samples(4000, seed=7)
+    conf = [cal.confidence(r)[0] for r in fresh.ranked]
+    truth = [_sig(12 * r[0] + 20 * (r[0] - r[1]) - 8) for r in fresh.ranked]
+    assert np.max(np.abs(np.array(conf) - np.array(truth))) < 0.05
+    assert ece(conf, [c[0] for c in fresh.correct]) < 0.03
+    # products left out of the catalogue enter as wrong answers: confidence drops where they lie
+    cal = fit_calibration(_synthetic_samples(6000), build_id="b1")
+    assert cal.confidence((0.45, 0.44))[0] < _sig(12 * 0.45 + 20 * 0.01 - 8)
+    # the 'none' threshold sits at the top decile of unknown products' confidence, within its range
+    assert 0.1 <= cal.none_below <= 0.45
+    assert cal.match(0.95) == "strong" and cal.match(cal.none_below - 0.01) == "none"
+    assert cal.match((cal.none_below + cal.strong_at) / 2) == "weak"
+
+
+def test_too_few_samples_is_a_stated_fallback():
+    cal = fit_calibration(_synthetic_samples(5))
+    assert not cal.fitted and "at least" in cal.reason
+    res = annotate(SearchResult((ProductHit("a", "A", 0.9, 1, "p"),), "m", "b"), cal)
+    assert res.confidence is None and res.match is None
+    assert res.to_dict()["calibration"]["status"] == "uncalibrated"
+    assert res.to_dict()["results"][0]["calibrated_score"] is None
+
+
+def test_annotate_sets_confidence_match_and_per_hit_scores(tmp_path):
+    cal = fit_calibration(_synthetic_samples(3000), build_id="b1")
+    hits = (ProductHit("a", "A", 0.88, 1, "p"), ProductHit("b", "B", 0.6, 2, "p"), ProductHit("c", "C", 0.55, 3, "p"))
+    d = annotate(SearchResult(hits, "m", "b1"), cal).to_dict()
+    assert d["match"] == "strong" and d["confidence"] > 0.9
+    assert d["results"][0]["calibrated_score"] == d["confidence"]
+    assert d["results"][1]["calibrated_score"] < d["results"][0]["calibrated_score"]
+    low = annotate(SearchResult((ProductHit("a", "A", 0.35, 1, "p"), ProductHit("b", "B", 0.34, 2, "p")), "m", "b1"), cal)
+    assert low.match == "none"
+    save_calibration(tmp_path, cal)
+    assert load_calibration(tmp_path, "b1") == cal
+    assert not load_calibration(tmp_path, "another-build").fitted
+    (tmp_path / "calibration.json").write_text("{not json")
+    assert "unreadable" in load_calibration(tmp_path).reason
+
+
+def test_features_lead_over_the_best_other_product():
+    f = features([0.9, 0.7, 0.6])
+    assert np.allclose(f, [[0.9, 0.2], [0.7, -0.2], [0.6, -0.3]])
+    assert np.allclose(features([0.5]), [[0.5, 0.5]])
+
+
+def _cluster_index(n_products: int, per_product: int, spread: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    dim = 32
+    centres = rng.normal(size=(n_products, dim))
+    vecs, product_of = [], {}
+    for p in range(n_products):
+        for j in range(per_product):
+            v = centres[p] + spread * rng.normal(size=dim)
+            vecs.append(v / np.linalg.norm(v))
+            product_of[len(vecs) - 1] = f"sku{p}"
+    index = VectorIndex(dim, "flat")
+    index.add(np.arange(len(vecs), dtype=np.int64), np.array(vecs, dtype=np.float32))
+    return index, product_of, centres
+
+
+def test_leave_one_out_on_tight_products_is_right_and_skips_identical_copies():
+    index, product_of, _ = _cluster_index(10, 3, 0.05)
+    hashes = {i: f"h{i}" for i in product_of}
+    s = collect_samples(index, product_of, hashes)
+    assert len(s.ranked) == 30 and all(c[0] for c in s.correct)
+    # with its whole product left out, the first product is never the query's
+    assert len(s.left_out) == 30
+    # a byte-identical copy of the query is not a fair neighbour: left out with the query
+    hashes = {i: f"p{i // 3}" for i in product_of}  # every product's photos are "identical"
+    s = collect_samples(index, product_of, hashes)
+    assert not any(c[0] for c in s.correct)
+
+
+def test_open_set_metrics_known_answers():
+    assert auroc([0.9, 0.8, 0.2, 0.1], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.8, 0.9], [True, True, False, False]) == 0.0
+    assert auroc([0.5, 0.5], [True, False]) == 0.5
+    assert auroc([0.5], [True]) is None
+    assert ece([0.8] * 10, [True] * 8 + [False] * 2) == pytest.approx(0.0)
+    assert ece([1.0] * 4 + [0.0] * 4, [False] * 4 + [True] * 4) == pytest.approx(1.0)
+    curve = precision_coverage([0.9, 0.6, 0.3], [True, False, True])
+    assert curve == [(0.9, 1 / 3, 1.0), (0.6, 2 / 3, 0.5), (0.3, 1.0, 2 / 3)]
+
+
+def test_open_set_on_separable_clusters():
+    index, product_of, centres = _cluster_index(20, 4, 0.3, seed=3)
+    rng = np.random.default_rng(9)
+    queries = []
+    for p in range(20):
+        for _ in range(3):
+            v = centres[p] + 0.3 * rng.normal(size=centres.shape[1])
+            queries.append(OpenSetQuery((v / np.linalg.norm(v)).astype(np.float32), frozenset({f"sku{p}"})))
+    res = evaluate_open_set(index, product_of, {}, queries, 0.25, seed=1)
+    assert res.removed_products == 5 and res.queries_out == 15 and res.queries_in == 45
+    assert res.auroc > 0.9
+    again = evaluate_open_set(index, product_of, {}, queries, 0.25, seed=1)
+    assert again.auroc == res.auroc  # seeded
+    d = res.to_dict()
+    assert set(d) >= {"auroc", "ece", "precision_coverage", "match_shares"}
+    assert isinstance(Calibration.from_json(res.calibration.to_json()), Calibration)
+
+
+def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+    from tests.conftest import jitter, make_image
+
+    (tmp_path / "imgs").mkdir()
+    rows = ["sku,title,images"]
+    for i in range(12):
+        names = []
+        for j in range(3):
+            p = tmp_path / "imgs" / f"p{i}_{j}.png"
+            (make_image(i) if j == 0 else jitter(make_image(i), seed=10 * i + j, amount=5)).save(p)
+            names.append(f"imgs/{p.name}")
+        rows.append(f"S{i},Thing {i},{'|'.join(names)}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    data = tmp_path / "data"
+
+    def run(*args):
+        res = CliRunner().invoke(cli, ["--data-dir", str(data), *args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res
+
+    run("catalogue", "import", str(tmp_path / "m.csv"), "--format", "csv")
+    build = _json.loads(run("index", "build", "--model", "colorhist", "--json", "--workers", "1").stdout)
+    saved = load_calibration(data / "index" / "builds" / build["build_id"], build["build_id"])
+    assert saved.fitted and saved.samples == 36
+    (data / "index" / "builds" / build["build_id"] / "calibration.json").unlink()
+    refit = _json.loads(run("index", "calibrate", "--json").stdout)
+    assert refit["build_id"] == build["build_id"] and refit["fitted"] and refit["samples"] == 36
+    query = tmp_path / "q.jpg"
+    jitter(make_image(5), seed=99, amount=5).save(query, quality=92)
+    res = _json.loads(run("search", str(query), "--json").stdout)
+    assert res["results"][0]["sku"] == "S5" and res["match"] == "strong"
+    assert "calibrated on 36" in run("index", "calibrate").stdout
+    run("catalogue", "delete", "S10", "S11")
+    update = _json.loads(run("index", "update", "--json", "--workers", "1").stdout)
+    assert update["build_id"] != build["build_id"]
+    refitted = load_calibration(data / "index" / "builds" / update["build_id"], update["build_id"])
+    assert refitted.fitted and refitted.samples == 30  # the new build's own photos
