@@ -40,6 +40,10 @@ class Settings:
     image_root: Path | None = None
     #: FAISS search on the GPU: "auto" (when faiss-gpu sees one and device is not cpu), "on", "off"
     faiss_gpu: str = "auto"
+    #: where index builds embed: "local" (this machine) or "ray" (a Ray cluster, indexer/ray_engine.py)
+    engine: str = "local"
+    #: the Ray cluster to join ("auto", "ray://host:10001", "host:6379"); None starts a local Ray
+    ray_address: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -74,6 +78,8 @@ class Settings:
             model=env.get("SHOPSEARCH_MODEL", "auto"),
             device=env.get("SHOPSEARCH_DEVICE", "auto"),
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
+            engine=env.get("SHOPSEARCH_ENGINE", "local") or "local",
+            ray_address=env.get("SHOPSEARCH_RAY_ADDRESS") or None,
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:

@@ -112,3 +112,11 @@ class IndexShrinkError(ShopSearchError):
 
     code = "index_shrink"
     http_status = 409
+
+
+class ClusterError(ShopSearchError):
+    """The Ray cluster cannot run the job: Ray missing, no cluster at the address, or storage
+    (the vector cache) that some of its nodes cannot reach."""
+
+    code = "cluster_error"
+    http_status = 500

@@ -14,6 +14,14 @@ def index() -> None:
 
 def _perf_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
+    f = click.option("--ray-actors", type=click.IntRange(1), default=None,
+                     help="--engine ray: embedding actors (default: one per GPU, else one per 4 CPUs).")(f)
+    f = click.option("--ray-address", default=None,
+                     help="--engine ray: the cluster to join (default SHOPSEARCH_RAY_ADDRESS; unset: start a "
+                          "local Ray sized to this machine).")(f)
+    f = click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+                     help="Where images are embedded: this machine, or a Ray cluster (pip install "
+                          "'shopsearch[ray]'; default SHOPSEARCH_ENGINE, else local).")(f)
     f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
                      envvar="SHOPSEARCH_COMPILE", show_default=True,
                      help="torch.compile the model first (auto: CPU jobs of 4,096+ images, where it repays "
@@ -39,13 +47,28 @@ def _perf_options(f):
     return f
 
 
+def _builder(c: Ctx, embedder, store, engine: str | None, ray_address: str | None, batch_size: int | None,
+             ray_actors: int | None):
+    """The local IndexBuilder, or the Ray one (imported only then: --engine local never imports ray)."""
+    from indexer.build import IndexBuilder
+
+    if (engine or c.settings.engine) != "ray":
+        return IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir)
+    from indexer.ray_engine import RayIndexBuilder, connect
+
+    resources = connect(ray_address or c.settings.ray_address)
+    click.echo(f"engine: ray, {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs", err=True)
+    return RayIndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir, resources,
+                           models_dir=c.settings.models_dir, batch_size=batch_size, actors=ray_actors)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def _print_report(report, as_json: bool) -> None:
+def _print_report(report, as_json: bool, engine: str = "local") -> None:
     if as_json:
-        echo_json(report.to_dict())
+        echo_json({**report.to_dict(), "engine": engine})
         return
     extra = report.extra
     mode = extra.get("mode", "full")
@@ -55,7 +78,7 @@ def _print_report(report, as_json: bool) -> None:
                    f"{scan['restored']} restored ({scan['rehashed']} re-hashed of {scan['images']})", err=True)
     line = (f"build {report.build_id} ({mode}): {report.vectors} vectors ({report.index_type}), "
             f"embedded {report.embedded}, reused {report.skipped}, failed {len(report.failed)}, "
-            f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s)")
+            f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s, engine {engine})")
     if mode != "full":
         line += f"; +{extra['added']} new, ~{extra['changed']} changed, -{extra['removed']} removed"
         if extra.get("rebuild_reason"):
@@ -75,13 +98,12 @@ def _print_report(report, as_json: bool) -> None:
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
-              as_json: bool) -> None:
+              as_json: bool, engine: str | None, ray_address: str | None, ray_actors: int | None) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
-    from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
 
     embedder = load_embedder(model, c.settings.device)
-    builder = IndexBuilder(embedder, c.catalogue(), c.index_store(), c.settings.vector_cache_dir)
+    builder = _builder(c, embedder, c.index_store(), engine, ray_address, batch_size, ray_actors)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
 
     def show_plan(plan) -> None:
@@ -93,7 +115,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
                                progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
                                on_plan=show_plan, compile=compile_mode, verify_hashes=verify_hashes,
                                max_shrink=max_shrink)
-    _print_report(report, as_json)
+    _print_report(report, as_json, engine or c.settings.engine)
 
 
 @index.command("update")
@@ -102,9 +124,9 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
-               compile_mode: str, as_json: bool) -> None:
+               compile_mode: str, as_json: bool, engine: str | None, ray_address: str | None,
+               ray_actors: int | None) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
-    from indexer.build import IndexBuilder
     from shopsearch.embedders import load_embedder
 
     store = c.index_store()
@@ -113,12 +135,13 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
     embedder = load_embedder(spec, c.settings.device)
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
+    builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
     with sigterm_as_interrupt():
-        report = IndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir).update(
+        report = builder.update(
             index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
             executor=executor, chunk_size=chunk_size, rescan=rescan, compile=compile_mode,
             verify_hashes=verify_hashes, max_shrink=max_shrink)
-    _print_report(report, as_json)
+    _print_report(report, as_json, engine or c.settings.engine)
 
 
 @index.command("status")
