@@ -38,6 +38,8 @@ log = logging.getLogger("shopsearch.ray")
 
 #: times Ray runs a task again after its worker died, before its block is set aside
 TASK_RETRIES = 2
+#: the same when each image runs alone (one retry forgives a worker killed by something else)
+ISOLATED_RETRIES = 1
 
 
 @dataclass(frozen=True)
@@ -179,12 +181,13 @@ def embed_on_ray(items: Sequence[WorkItem], make_embedder: Callable[[], Embedder
     t0 = time.perf_counter()
     bar = tqdm(total=len(items), desc="embedding (ray)", unit="img", disable=not progress, smoothing=0.1)
     try:
-        done = _run(items, make_embedder, preprocess, folder, sizing, sizing.decode_batch, bar, report)
+        done = _run(items, make_embedder, preprocess, folder, sizing, sizing.decode_batch, TASK_RETRIES, bar,
+                    report)
         lost = [it for it in items if it.key not in done]
         if lost:  # blocks that died on every try: one image per task finds the culprit
             log.warning("Ray tasks died on every try; running their images one per task",
                         extra={"images": len(lost)})
-            done = _run(lost, make_embedder, preprocess, folder, sizing, 1, bar, report)
+            done = _run(lost, make_embedder, preprocess, folder, sizing, 1, ISOLATED_RETRIES, bar, report)
             for it in lost:
                 if it.key not in done:
                     report.failed.append((it, DIED))
@@ -200,30 +203,33 @@ def embed_on_ray(items: Sequence[WorkItem], make_embedder: Callable[[], Embedder
 
 
 def _run(items: Sequence[WorkItem], make_embedder: Callable[[], Embedder], preprocess: Preprocess,
-         folder: Path, sizing: RaySizing, per_block: int, bar: Any, report: EmbedReport) -> set[str]:
+         folder: Path, sizing: RaySizing, per_block: int, retries: int, bar: Any, report: EmbedReport) -> set[str]:
     """One Ray Data pass; the keys that came out of it (embedded or failed as a value)."""
     import ray
 
     by_key = {it.key: it for it in items}
     ctx = ray.data.DataContext.get_current()
-    before, ctx.max_errored_blocks = ctx.max_errored_blocks, -1  # a block dead on every try is set aside
+    before = ctx.max_errored_blocks, ctx.enable_progress_bars
+    ctx.max_errored_blocks = -1  # a block whose task died on every try is set aside, not the job
+    ctx.enable_progress_bars = False  # the driver shows one bar (tqdm) for the whole job
     try:
-        return _stream(items, by_key, make_embedder, preprocess, folder, sizing, per_block, bar, report)
+        return _stream(items, by_key, make_embedder, preprocess, folder, sizing, per_block, retries, bar, report)
     finally:
-        ctx.max_errored_blocks = before
+        ctx.max_errored_blocks, ctx.enable_progress_bars = before
 
 
 def _stream(items: Sequence[WorkItem], by_key: dict[str, WorkItem], make_embedder: Callable[[], Embedder],
-            preprocess: Preprocess, folder: Path, sizing: RaySizing, per_block: int, bar: Any,
+            preprocess: Preprocess, folder: Path, sizing: RaySizing, per_block: int, retries: int, bar: Any,
             report: EmbedReport) -> set[str]:
     import ray
 
     blocks = max(1, math.ceil(len(items) / per_block))
     ds = ray.data.from_items([{"key": it.key, "path": it.path} for it in items], override_num_blocks=blocks)
     ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": preprocess}, batch_size=per_block,
-                        batch_format="numpy", num_cpus=sizing.cpus_per_decode_task, max_retries=TASK_RETRIES)
+                        batch_format="numpy", num_cpus=sizing.cpus_per_decode_task, max_retries=retries)
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"make_embedder": make_embedder, "folder": str(folder)},
-                        batch_size=sizing.batch_size, batch_format="numpy", concurrency=sizing.actors,
+                        batch_size=sizing.batch_size, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=sizing.actors),
                         num_cpus=sizing.cpus_per_actor, num_gpus=sizing.gpus_per_actor,
                         max_restarts=-1, max_task_retries=TASK_RETRIES)
     done: set[str] = set()
