@@ -41,6 +41,10 @@ REPRODUCE = [
     "# what a decoder crash costs (process pool replaced; threaded run killed, then recovered by the crash journal)",
     "python benchmarks/crash_bench.py",
     "python benchmarks/crash_bench.py --model efficientnet-lite0 --images 512",
+    "# --engine ray against --engine local on the same JPEGs, and 1 vs 2 CPU nodes of a local Ray cluster",
+    "python benchmarks/ray_bench.py",
+    "# bytes per vector a search node holds, per index type",
+    "python benchmarks/index_bytes_bench.py",
     "python benchmarks/make_results.py",
 ]
 

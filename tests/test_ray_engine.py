@@ -53,7 +53,8 @@ def cluster():
     """A head without CPUs (it only coordinates) and two worker nodes of one CPU each."""
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": STORE,
+                                                      "include_dashboard": False})
     for _ in range(2):
         c.add_node(num_cpus=1, object_store_memory=STORE)
     c.wait_for_nodes()
@@ -128,17 +129,18 @@ def test_ray_vectors_and_searches_equal_the_local_engines(cluster, tmp_path):
 
 def test_ivf_shards_merged_on_ray_give_the_single_process_index(cluster):
     rng = np.random.default_rng(7)
-    vecs = rng.standard_normal((3000, 32)).astype(np.float32)
+    n = 2000
+    vecs = rng.standard_normal((n, 32)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    ids = np.arange(10, 3010, dtype=np.int64)
-    q = vecs[rng.choice(3000, 40, replace=False)] + 0.05 * rng.standard_normal((40, 32)).astype(np.float32)
+    ids = np.arange(10, n + 10, dtype=np.int64)
+    q = vecs[rng.choice(n, 40, replace=False)] + 0.05 * rng.standard_normal((40, 32)).astype(np.float32)
     for itype in ("ivfpq", "ivfflat"):
-        single = VectorIndex(32, itype, expected_size=3000)
+        single = VectorIndex(32, itype, expected_size=n)
         single.add(ids, vecs)
-        sharded = VectorIndex(32, itype, expected_size=3000)
+        sharded = VectorIndex(32, itype, expected_size=n)
         sharded.train(vecs)
-        sharded = add_sharded(sharded, ids, vecs, shard=700)  # 5 tasks
-        assert len(sharded) == 3000
+        sharded = add_sharded(sharded, ids, vecs, shard=700)  # 3 tasks, merged in order
+        assert len(sharded) == n
         s1, i1 = single.search(q, 10)
         s2, i2 = sharded.search(q, 10)
         assert (i1 == i2).all(), itype
