@@ -177,6 +177,8 @@ def embed_on_ray(items: Sequence[WorkItem], make_embedder: Callable[[], Embedder
     """Embed `items` (not yet cached, deduplicated by the caller) on the connected Ray cluster,
     vectors into the cache `folder`. Failures come back as values, never as an exception."""
     report = EmbedReport()
+    if not items:
+        return report
     journal = CrashJournal(folder)
     t0 = time.perf_counter()
     bar = tqdm(total=len(items), desc="embedding (ray)", unit="img", disable=not progress, smoothing=0.1)
