@@ -47,7 +47,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> dict[str, float
     except ImportError:
         raise ClusterError("--engine ray needs Ray: pip install 'shopsearch[ray]'") from None
     if not ray.is_initialized():
-        kwargs: dict = {"address": address} if address else {"num_cpus": num_cpus or os.cpu_count()}
+        # "local": a new instance even where `ray start` runs on this machine (None would join it)
+        kwargs: dict = {"address": address} if address else {"address": "local",
+                                                             "num_cpus": num_cpus or os.cpu_count()}
         try:
             ray.init(log_to_driver=False, include_dashboard=False, configure_logging=False, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
