@@ -128,18 +128,18 @@ def test_ray_vectors_and_searches_equal_the_local_engines(cluster, tmp_path):
 
 
 def test_ivf_shards_merged_on_ray_give_the_single_process_index(cluster):
+    n, dim = 1600, 16
     rng = np.random.default_rng(7)
-    n = 2000
-    vecs = rng.standard_normal((n, 32)).astype(np.float32)
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     ids = np.arange(10, n + 10, dtype=np.int64)
-    q = vecs[rng.choice(n, 40, replace=False)] + 0.05 * rng.standard_normal((40, 32)).astype(np.float32)
+    q = vecs[rng.choice(n, 40, replace=False)] + 0.05 * rng.standard_normal((40, dim)).astype(np.float32)
     for itype in ("ivfpq", "ivfflat"):
-        single = VectorIndex(32, itype, expected_size=n)
-        single.add(ids, vecs)
-        sharded = VectorIndex(32, itype, expected_size=n)
+        single = VectorIndex(dim, itype, expected_size=n)
+        single.add(ids, vecs)  # trains, then adds everything in one process
+        sharded = VectorIndex(dim, itype, expected_size=n)
         sharded.train(vecs)
-        sharded = add_sharded(sharded, ids, vecs, shard=700)  # 3 tasks, merged in order
+        sharded = add_sharded(sharded, ids, vecs, shard=600)  # 3 Ray tasks, merged in order
         assert len(sharded) == n
         s1, i1 = single.search(q, 10)
         s2, i2 = sharded.search(q, 10)
