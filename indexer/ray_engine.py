@@ -57,18 +57,14 @@ def connect(address: str | None, num_cpus: int | None = None) -> dict[str, float
     return {k: float(v) for k, v in ray.cluster_resources().items()}
 
 
-def _add_shard_task(index_bytes: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-    """Ray task: the trained, empty index (serialised) with one shard's vectors added."""
-    return add_to_copy(index_bytes, ids, vectors)
-
-
 def add_sharded(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, shard: int = SHARD_VECTORS) -> VectorIndex:
     """Add `vectors` to a trained, empty IVF `index` in parallel Ray tasks, one per `shard`
     consecutive ids, and merge the shards in order (the lists end up as a single add makes them)."""
     import faiss
     import ray
 
-    task = ray.remote(max_retries=2)(_add_shard_task)
+    # the task's function lives in a light module: a worker imports faiss, not the indexer
+    task = ray.remote(max_retries=2)(add_to_copy)
     empty = ray.put(faiss.serialize_index(index.faiss_index))
     refs = [task.remote(empty, ids[i:i + shard], vectors[i:i + shard]) for i in range(0, len(ids), shard)]
     return merge_shards(index, [ray.get(r) for r in refs])
