@@ -12,7 +12,7 @@ $(BIN)/shopsearch: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch/torchvision first, pinned: served from this machine's local wheel cache
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,ray]'
 	touch $@
 
 venv: $(BIN)/shopsearch

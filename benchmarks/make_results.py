@@ -64,6 +64,10 @@ REPRODUCE = [
     "# several products in one photo: regions (objects=auto) vs the whole image",
     "python benchmarks/composite_bench.py --dataset ../shared/datasets/grocerystore --composites 60 \\",
     "    --out benchmarks/results/composite_regions_grocerystore.json",
+    "# --engine ray against --engine local on the same JPEGs, and 1 vs 2 CPU nodes of a local Ray cluster",
+    "python benchmarks/ray_bench.py",
+    "# bytes per vector a search node holds, per index type",
+    "python benchmarks/index_bytes_bench.py",
     "python benchmarks/make_results.py",
 ]
 

@@ -98,6 +98,10 @@ class Settings:
     rerank: str = "off"
     tta: bool = False
     fusion: bool = False
+    #: where index builds embed: "local" (this machine) or "ray" (a Ray cluster, indexer/ray_engine.py)
+    engine: str = "local"
+    #: the Ray cluster to join ("auto", "ray://host:10001", "host:6379"); None starts a local Ray
+    ray_address: str | None = None
 
     @property
     def db_url(self) -> str:
@@ -138,6 +142,8 @@ class Settings:
             rerank=env.get("SHOPSEARCH_RERANK", "off"),
             tta=env.get("SHOPSEARCH_TTA", "").strip().lower() in ("1", "on", "true", "yes"),
             fusion=env.get("SHOPSEARCH_FUSION", "").strip().lower() in ("1", "on", "true", "yes"),
+            engine=env.get("SHOPSEARCH_ENGINE", "local") or "local",
+            ray_address=env.get("SHOPSEARCH_RAY_ADDRESS") or None,
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:

@@ -154,6 +154,8 @@ class IndexWriteError(ShopSearchError):
         if "(" in text and text.endswith(")"):  # "... write error in PATH: 4051 != 160000 (No space left on device)"
             return text[text.rindex("(") + 1:-1].lower()
         return text[-200:]
+
+
 class InvalidRegionError(ShopSearchError):
     """A crop box that is malformed, outside the photo or too small to search."""
 
@@ -166,3 +168,11 @@ class UnknownCategoryError(ShopSearchError):
 
     code = "unknown_category"
     http_status = 400
+
+
+class ClusterError(ShopSearchError):
+    """The Ray cluster cannot run the job: Ray missing, no cluster at the address, or storage
+    (the vector cache) that some of its nodes cannot reach."""
+
+    code = "cluster_error"
+    http_status = 500

@@ -34,6 +34,14 @@ def _perf_options(f):
                      help="Also write the run's figures in the Prometheus text format to this file (for "
                           "node_exporter's textfile collector; written atomically), or - for stdout.")(f)
     f = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object.")(f)
+    f = click.option("--ray-actors", type=click.IntRange(1), default=None,
+                     help="--engine ray: embedding actors (default: one per GPU, else one per 4 CPUs).")(f)
+    f = click.option("--ray-address", default=None,
+                     help="--engine ray: the cluster to join (default SHOPSEARCH_RAY_ADDRESS; unset: start a "
+                          "local Ray sized to this machine).")(f)
+    f = click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+                     help="Where images are embedded: this machine, or a Ray cluster (pip install "
+                          "'shopsearch[ray]'; default SHOPSEARCH_ENGINE, else local).")(f)
     f = click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default=None,
                      help="torch.compile the model first (default: SHOPSEARCH_COMPILE, else auto: CPU jobs of "
                           "4,096+ images, where it repays its compilation).")(f)
@@ -58,11 +66,24 @@ def _perf_options(f):
     return f
 
 
+def _builder(c: Ctx, embedder, store, engine: str | None, ray_address: str | None, batch_size: int | None,
+             ray_actors: int | None):
+    """The local IndexBuilder, or the Ray one (imported only then: --engine local never imports ray)."""
+    if (engine or c.settings.engine) != "ray":
+        return c.index_builder(embedder, store)
+    from indexer.ray_engine import RayIndexBuilder, connect
+
+    resources = connect(ray_address or c.settings.ray_address)
+    click.echo(f"engine: ray, {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs", err=True)
+    return RayIndexBuilder(embedder, c.catalogue(), store, c.settings.vector_cache_dir, resources,
+                           models_dir=c.settings.models_dir, batch_size=batch_size, actors=ray_actors)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def _print_report(report, as_json: bool, metrics_file: str | None = None) -> None:
+def _print_report(report, as_json: bool, metrics_file: str | None = None, engine: str = "local") -> None:
     if metrics_file:
         from indexer.build_metrics import write_build_metrics
 
@@ -71,7 +92,7 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None) -> Non
             click.echo(text, nl=False)
             return
     if as_json:
-        echo_json(report.to_dict())
+        echo_json({**report.to_dict(), "engine": engine})
         return
     scan = report.rescan
     if scan is not None and scan.rehashed:
@@ -79,7 +100,7 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None) -> Non
                    f"{scan.restored} restored ({scan.rehashed} re-hashed of {scan.images})", err=True)
     line = (f"build {report.build_id} ({report.mode}): {report.vectors} vectors ({report.index_type}), "
             f"embedded {report.embedded}, reused {report.skipped}, failed {len(report.failed)}, "
-            f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s)")
+            f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s, engine {engine})")
     if report.update is not None:
         u = report.update
         line += f"; +{u.added} new, ~{u.changed} changed, -{u.removed} removed"
@@ -102,11 +123,12 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None) -> Non
 @pass_ctx
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
-              as_json: bool, wait: bool, metrics_file: str | None) -> None:
+              as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
+              ray_actors: int | None) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     _writer(c, wait, "index build")
     embedder = c.model(model)
-    builder = c.index_builder(embedder)
+    builder = _builder(c, embedder, c.index_store(), engine, ray_address, batch_size, ray_actors)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
 
     def show_plan(plan) -> None:
@@ -119,7 +141,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
                                on_plan=show_plan, compile=compile_mode or c.settings.pipeline.compile,
                                verify_hashes=verify_hashes,
                                max_shrink=max_shrink)
-    _print_report(report, as_json, metrics_file)
+    _print_report(report, as_json, metrics_file, engine or c.settings.engine)
 
 
 @index.command("update")
@@ -128,7 +150,8 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 @pass_ctx
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
-               compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None) -> None:
+               compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None, engine: str | None,
+               ray_address: str | None, ray_actors: int | None) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     _writer(c, wait, "index update")
     store = c.index_store()
@@ -136,13 +159,14 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
     embedder = c.model_for_index(model)
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
+    builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
     with sigterm_as_interrupt():
-        report = c.index_builder(embedder, store).update(
+        report = builder.update(
             index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
             executor=executor, chunk_size=chunk_size, rescan=rescan,
             compile=compile_mode or c.settings.pipeline.compile,
             verify_hashes=verify_hashes, max_shrink=max_shrink)
-    _print_report(report, as_json, metrics_file)
+    _print_report(report, as_json, metrics_file, engine or c.settings.engine)
 
 
 @index.command("status")

@@ -16,9 +16,29 @@ import numpy as np
 from shopsearch.errors import IndexWriteError
 
 
+def cache_dir(root: Path, fingerprint: str) -> Path:
+    """The folder of one model's vectors under the cache root."""
+    return Path(root) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+
+
+def write_chunk_file(folder: Path, keys: list[str], vectors: np.ndarray) -> None:
+    """Persist one chunk atomically (written, fsynced, then renamed into place). Safe to call
+    from several processes or machines at once on one folder: every chunk has its own name."""
+    name = f"chunk-{uuid.uuid1().hex}"
+    tmp = Path(folder) / f".{name}.tmp.npz"
+    try:
+        np.savez(tmp, keys=np.array(keys, dtype="U64"), vectors=np.asarray(vectors, dtype=np.float32))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, Path(folder) / f"{name}.npz")
+    except BaseException:  # disk full, a kill: never leave a partial chunk behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class VectorCache:
     def __init__(self, root: Path, fingerprint: str, dim: int) -> None:
-        self.dir = Path(root) / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+        self.dir = cache_dir(root, fingerprint)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "FINGERPRINT").write_text(fingerprint + "\n")
         self.dim = dim
@@ -63,15 +83,9 @@ class VectorCache:
         if not keys:
             return
         vectors = np.asarray(vectors, dtype=np.float32)
-        name = f"chunk-{uuid.uuid1().hex}"
-        tmp = self.dir / f".{name}.tmp.npz"
         try:
-            np.savez(tmp, keys=np.array(keys, dtype="U64"), vectors=vectors)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / f"{name}.npz")
-        except OSError as e:  # disk full: drop the partial chunk, keep the complete ones
-            tmp.unlink(missing_ok=True)
+            write_chunk_file(self.dir, keys, vectors)
+        except OSError as e:  # disk full: the complete chunks before this one are kept
             raise IndexWriteError(f"cannot save embedded vectors under {self.dir}: {IndexWriteError.reason_of(e)}; "
                                   "the vectors saved before are kept: free some space and run the same command "
                                   "again") from None
