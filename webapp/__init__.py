@@ -46,7 +46,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(health.bp, url_prefix="/api/v1")
     app.register_blueprint(health.bp, name="health_root")  # /healthz, /readyz: where probes usually look
-    register_error_handlers(app)
+    register_error_handlers(app, pages.index_context)
     if cfg["METRICS"]:
         from webapp import metrics  # noqa: PLC0415
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import PurePath
+from typing import Any, Callable
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -53,13 +54,15 @@ def error_response(status: int, code: str, message: str) -> Response | tuple:
         return resp
     # Upload failures go back to the upload form with the message, so the shopper can retry.
     template = "index.html" if request.endpoint == "pages.search" and status in (400, 413, 415) else "error.html"
-    from webapp.pages import index_context  # noqa: PLC0415 - avoid an import cycle
-
-    ctx = index_context() if template == "index.html" else {}
+    ctx = current_app.extensions["shopsearch_form_context"]() if template == "index.html" else {}
     return render_template(template, error=message, status=status, code=code, **ctx), status
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask, form_context: Callable[[], dict[str, Any]]) -> None:
+    """JSON errors for the API, pages for the rest; `form_context` (the pages' upload form
+    context) lets a failed upload re-show the form with its message."""
+    app.extensions["shopsearch_form_context"] = form_context
+
     @app.errorhandler(ShopSearchError)
     def _domain(e: ShopSearchError):
         if e.http_status >= 500:
