@@ -22,8 +22,15 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="si
 
 N = 300
 FLUSHED = r"""
+import time
+from shopsearch.embedders.colorhist import ColorHistogramEmbedder
 from shopsearch.embedding import pipeline
 pipeline.CHUNK_FLUSH_S = 0.3
+_encode = ColorHistogramEmbedder.encode_batch
+def _slow(self, batch):  # a real model's pace: on an idle machine colorhist finished before the kill
+    time.sleep(0.05)
+    return _encode(self, batch)
+ColorHistogramEmbedder.encode_batch = _slow
 from indexer.cli import main
 main()
 """

@@ -37,7 +37,8 @@ def _max_mb() -> str:
 
 #: an absolute file path inside a message (two levels at least, so "/api/v1"-like routes in
 #: HTTP errors are not touched: those do not go through public_message)
-_ABS_PATH = re.compile(r"(?<![\w:/.])/(?:[^\s/'\"]+/)+[^\s/'\":,;)]*")
+#: a server path in a message; the API's own routes (/api/v1/...) are no secret
+_ABS_PATH = re.compile(r"(?<![\w:/.])/(?!api/)(?:[^\s/'\"]+/)+[^\s/'\":,;)]*")
 
 
 def public_message(e: ShopSearchError) -> str:
