@@ -168,3 +168,17 @@ def sqlite_catalogue(tmp_path: Path):
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stop_server(proc) -> str:
+    """SIGTERM a `shopsearch serve` subprocess (stdout piped) and return what it printed; one
+    that does not stop within 30 s is killed, and its exit code then fails the caller's check."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)[0].decode()
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()[0].decode()

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
 from shopsearch.index import IndexStore
-from tests.conftest import make_image, sha
+from tests.conftest import make_image, sha, stop_server
 from webapp import front
 from webapp.front import NginxConfig
 
@@ -181,11 +180,6 @@ def test_default_serve_survives_slow_clients(tmp_path):
         assert r.status == 413 and json.loads(r.read())["error"]["code"] == "payload_too_large"
         conn.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out = proc.communicate(timeout=30)[0].decode()
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out = proc.communicate()[0].decode()
+        out = stop_server(proc)
     assert proc.returncode == 0, out
     assert "behind nginx" in out

@@ -3,7 +3,6 @@ index served; under gunicorn with several workers, one scrape sums every worker.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shopsearch.index import IndexStore
 from tests.test_slow_clients import free_port, get, indexed_data_dir
 from tests.test_webapp import api_search, app_for, make_site, photo
+from tests.conftest import stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,10 +94,5 @@ def test_one_scrape_sums_every_gunicorn_worker(tmp_path):
         assert value(page, "shopsearch_http_requests_total", method="GET", route="/readyz", status="200") == answered
         assert value(page, "shopsearch_index_vectors") == 4
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out = proc.communicate(timeout=30)[0].decode()
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out = proc.communicate()[0].decode()
+        out = stop_server(proc)
     assert proc.returncode == 0, out

@@ -4,7 +4,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
 from shopsearch.index import IndexStore
-from tests.conftest import jitter, make_image, sha
+from tests.conftest import jitter, make_image, sha, stop_server
 from webapp.server import bind_address, gunicorn_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,11 +94,6 @@ def test_serve_under_gunicorn(tmp_path):
         status, body = request(port, "GET", "/")
         assert status == 200 and b'id="dropzone"' in body
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out = proc.communicate(timeout=30)[0].decode()
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out = proc.communicate()[0].decode()
+        out = stop_server(proc)
     assert proc.returncode == 0, out
     assert "gthread" in out and "Booting worker" in out
