@@ -11,6 +11,9 @@ between them mean something else is wrong (memory, a broken library): after
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Generic, Sequence, TypeVar
@@ -25,6 +28,21 @@ R = TypeVar("R")  # the result of one job
 #: what a job that killed its worker is reported as
 DIED = "the decoding process died on this image (a crash in the decoder, or killed by the system)"
 MAX_DEATHS_IN_A_ROW = 8
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """In a pool worker: end this process once the process that started it is gone. A parent
+    killed with SIGKILL never shuts its pool down, and its workers would otherwise wait for
+    work forever, each holding the memory of a forked indexer. A watching thread rather than
+    PR_SET_PDEATHSIG, which fires when the *thread* that forked the worker ends."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class RespawningPool(Generic[J, R]):

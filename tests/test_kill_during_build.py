@@ -36,6 +36,27 @@ main()
 """
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running or sleeping (an exited child that nobody reaped yet is a zombie: gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            state = next(ln for ln in f if ln.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return state.split()[1] not in ("Z", "X")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_kill_9_loses_only_the_last_seconds_and_is_not_taken_for_a_crash(tmp_path, executor):
@@ -50,9 +71,16 @@ def test_kill_9_loses_only_the_last_seconds_and_is_not_taken_for_a_crash(tmp_pat
     while len(list(cache_dir.glob("chunk-*.npz"))) < 2 and proc.poll() is None:
         assert time.monotonic() < deadline, "the build saved nothing within 60 s"
         time.sleep(0.01)
+    workers = _children(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    if executor == "process":
+        assert workers, "the process executor forked no decode workers"
+    gone_by = time.monotonic() + 10  # its decode workers must not wait for work forever
+    while any(_alive(w) for w in workers) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], "decode workers outlived the killed run"
     saved = len(VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384))
     assert 0 < saved < N
     assert list(cache_dir.glob("inflight-*.txt"))  # it was tracking its decoders when killed

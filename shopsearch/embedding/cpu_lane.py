@@ -22,7 +22,7 @@ import numpy as np
 
 from shopsearch.embedding.pipeline import WorkItem, decode
 from shopsearch.embedding.preprocess import DRAFT_SIZE
-from shopsearch.workers import RespawningPool
+from shopsearch.workers import RespawningPool, exit_with_parent
 
 #: decode_source never returns a side longer than this, so one slot holds any image
 SLOT_SIDE = 2 * DRAFT_SIZE
@@ -41,6 +41,7 @@ def _init(path: str | None, slots: int, draft_size: int | None) -> None:
     map the file by name."""
     global _arena, _draft
     faulthandler.disable()  # the parent's crash journal fault file is not this process's
+    exit_with_parent()  # a kill -9'd indexer leaves no decode workers behind
     if path is not None:
         _arena = np.memmap(path, dtype=np.uint8, mode="r+", shape=(slots, SLOT_BYTES))
         _draft = draft_size

@@ -29,7 +29,7 @@ from shopsearch.config import GpuTuning
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import DEFAULT_MAX_PIXELS
-from shopsearch.workers import DIED, RespawningPool
+from shopsearch.workers import DIED, RespawningPool, exit_with_parent
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.journal import CrashJournal
 from shopsearch.embedding.preprocess import SplitPreprocess, decode_source, split_preprocess
@@ -112,6 +112,7 @@ def _init_worker(preprocess: Preprocess) -> None:
     # a forked worker inherits the crash journal's fault handler: its own death is handled by
     # the pool (shopsearch.workers), and must not mark the parent as crashed
     faulthandler.disable()
+    exit_with_parent()  # a kill -9'd indexer leaves no decode workers behind
     try:  # one decode process must not start a team of torch threads of its own
         import torch
 
