@@ -106,8 +106,9 @@ def main() -> int:
         "runs": runs,
         "machine": {"cpu": cpu_model(), "cpus": available_cpus(), "bf16_cpu": best_precision("cpu") == "bf16",
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                    "note": "the 2 cores were shared with other jobs (see the load averages): compare the "
-                            "ratios, measured in one run, rather than the absolute figures"},
+                    "note": ("load average above the core count: compare the ratios, measured in one run, "
+                             "rather than the absolute figures" if os.getloadavg()[0] > available_cpus()
+                             else "machine otherwise idle (load average below the core count)")},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(json.dumps(result, indent=2))

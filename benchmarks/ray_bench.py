@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SHOPSEARCH_COMPILE", "off")
 
-from indexer.throughput import synthetic_jpegs  # noqa: E402
+from shopsearch.evaluation.throughput import synthetic_jpegs  # noqa: E402
 from shopsearch.embedders import load_embedder  # noqa: E402
 from shopsearch.embedding.cache import VectorCache  # noqa: E402
 from shopsearch.embedding.pipeline import WorkItem, embed_items  # noqa: E402

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +69,12 @@ def test_crash_bench_recovers_in_both_executors(tmp_path):
     assert rows["process"]["exit_codes"] == [0]  # the pool was replaced inside the run
     assert rows["thread"]["exit_codes"] == [-11, 0]  # the run crashed (SIGSEGV), the next one recovered
     assert all(r["culprit_reason"].startswith("the decoding process died") for r in rows.values())
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+def test_every_benchmark_script_starts(script):
+    """`--help` runs each script's imports: a module moved elsewhere breaks it here, not on an
+    analyst's machine (ray_bench.py still imported the old throughput module once)."""
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
