@@ -91,6 +91,8 @@ class Settings:
     image_root: Path | None = None
     #: FAISS search on the GPU: "auto" (when faiss-gpu sees one and device is not cpu), "on", "off"
     faiss_gpu: str = "auto"
+    #: torch threads per web worker (0: the cores split between the workers)
+    torch_threads: int = 0
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     gpu: GpuTuning = field(default_factory=GpuTuning)
     #: search quality defaults of the service (a query may ask otherwise): re-ranking
@@ -137,6 +139,7 @@ class Settings:
             model=env.get("SHOPSEARCH_MODEL", "auto"),
             device=env.get("SHOPSEARCH_DEVICE", "auto"),
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
+            torch_threads=int(_number(env, "SHOPSEARCH_TORCH_THREADS", 0) or 0),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
             rerank=env.get("SHOPSEARCH_RERANK", "off"),

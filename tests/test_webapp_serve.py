@@ -97,3 +97,14 @@ def test_serve_under_gunicorn(tmp_path):
         out = stop_server(proc)
     assert proc.returncode == 0, out
     assert "gthread" in out and "Booting worker" in out
+
+
+def test_torch_threads_per_worker_is_a_setting():
+    """SHOPSEARCH_TORCH_THREADS is read with the other settings (a bad value names itself)."""
+    from shopsearch.config import Settings
+    from shopsearch.errors import ConfigError
+
+    assert Settings.from_env({"SHOPSEARCH_TORCH_THREADS": "3"}).torch_threads == 3
+    assert Settings.from_env({}).torch_threads == 0
+    with pytest.raises(ConfigError, match="SHOPSEARCH_TORCH_THREADS"):
+        Settings.from_env({"SHOPSEARCH_TORCH_THREADS": "many"})

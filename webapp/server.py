@@ -37,11 +37,12 @@ def gunicorn_options(bind: str, workers: int = 1, threads: int = 4, preload: boo
     return opts
 
 
-def _torch_threads(workers: int) -> None:
-    """Split the cores between workers instead of every worker claiming all of them."""
+def _torch_threads(workers: int, configured: int = 0) -> None:
+    """Split the cores between workers instead of every worker claiming all of them
+    (`configured`: Settings.torch_threads, 0 to split)."""
     if "torch" not in sys.modules:
         return
-    n = int(os.environ.get("SHOPSEARCH_TORCH_THREADS", "0")) or max(1, (os.cpu_count() or 1) // workers)
+    n = configured or max(1, (os.cpu_count() or 1) // workers)
     sys.modules["torch"].set_num_threads(n)
 
 
@@ -50,9 +51,10 @@ class ShopSearchGunicorn(BaseApplication):
     fork (the default; torch models must be loaded after fork), or once in the master with
     preload (model-free embedders only, e.g. colorhist: pages are shared copy-on-write)."""
 
-    def __init__(self, factory: Callable[[], Flask], options: Mapping[str, Any]) -> None:
+    def __init__(self, factory: Callable[[], Flask], options: Mapping[str, Any], torch_threads: int = 0) -> None:
         self.factory = factory
         self.options = dict(options)
+        self.torch_threads = torch_threads
         super().__init__()
 
     def load_config(self) -> None:
@@ -66,7 +68,7 @@ class ShopSearchGunicorn(BaseApplication):
             if app is not None:
                 app.extensions["shopsearch"].after_fork()
             else:
-                _torch_threads(workers)  # safe: torch has not run in this process yet
+                _torch_threads(workers, self.torch_threads)  # safe: torch has not run in this process yet
 
         self.cfg.set("post_fork", post_fork)
 
@@ -94,7 +96,7 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
         opts["when_ready"] = lambda server: front.start()
         opts["on_exit"] = lambda server: front.stop()
     log.info("starting gunicorn", extra={k: v for k, v in opts.items() if k in ("bind", "workers", "threads", "preload_app")})
-    ShopSearchGunicorn(lambda: create_app(overrides), opts).run()
+    ShopSearchGunicorn(lambda: create_app(overrides), opts, settings.torch_threads).run()
 
 
 def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 4,
