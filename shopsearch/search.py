@@ -102,7 +102,7 @@ class SearchService:
         res = SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
         if calibrate:
             res = annotate(res, self.calibration)
-        return replace(res, hits=res.hits[:k_asked])
+        return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:
         """"More like this": neighbours of the product's images, itself and exact duplicates

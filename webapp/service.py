@@ -17,6 +17,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexNotFoundError, ProductNotFoundError, ShopSearchError
+from shopsearch.feedback import FeedbackStore
 from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.web")
@@ -51,6 +52,7 @@ class ServiceHolder:
         self._fixed = service is not None  # an injected service is served as is
         self._service = service
         self._catalogue: CatalogueStore | None = service.catalogue if service else None
+        self._feedback: FeedbackStore | None = None
         self._lock = threading.Lock()  # guards reloads
         self._db_lock = threading.Lock()  # guards opening the catalogue (taken inside reloads)
         self._sig: _Signature = None
@@ -69,6 +71,13 @@ class ServiceHolder:
                 if self._catalogue is None:
                     self._catalogue = open_catalogue(self.settings, migrate=self._migrate)
         return self._catalogue
+
+    @property
+    def feedback(self) -> FeedbackStore:
+        """The feedback log, in the catalogue's database (its engine and connection pool)."""
+        if self._feedback is None:
+            self._feedback = FeedbackStore(self.catalogue.engine)
+        return self._feedback
 
     def get(self) -> SearchService:
         """The serving SearchService; raises IndexNotFoundError (503) while there is none."""
