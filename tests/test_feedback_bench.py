@@ -86,6 +86,21 @@ def test_bench_feedback_figures_on_a_seeded_log(tmp_path, db_url):
     assert "CTR@5" in table and "build A" in table and "category Dairy" in table
     bad = _run(["bench", "feedback", "--since", "last tuesday"], tmp_path / "d", db_url, ok=False)
     assert bad.exit_code == 1 and "--since must be like 7d" in bad.output
+    pruned = json.loads(_run(["feedback", "prune", "--days", "30", "--json"], tmp_path / "d", db_url).stdout)
+    assert pruned == {"removed_searches": 1, "retention_days": 30}  # S0
+    assert json.loads(_run(["bench", "feedback", "--json"], tmp_path / "d", db_url).stdout)["overall"] == o
+
+
+def test_feedback_settings_from_the_environment():
+    from shopsearch.errors import ConfigError
+
+    s = Settings.from_env({"SHOPSEARCH_FEEDBACK_LOG": "off", "SHOPSEARCH_FEEDBACK_RETENTION_DAYS": "14"})
+    assert (s.feedback_log, s.feedback_retention_days) == (False, 14)
+    assert (Settings.from_env({}).feedback_log, Settings.from_env({}).feedback_retention_days) == (True, 90)
+    for env, name in (({"SHOPSEARCH_FEEDBACK_LOG": "maybe"}, "SHOPSEARCH_FEEDBACK_LOG"),
+                      ({"SHOPSEARCH_FEEDBACK_RETENTION_DAYS": "0"}, "SHOPSEARCH_FEEDBACK_RETENTION_DAYS")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env(env)
 
 
 def test_replay_confirmed_queries_on_the_build(tmp_path, db_url):

@@ -2,11 +2,20 @@
 figures from the log); `bench recall --from-feedback` calls `recall_from_feedback` here."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
+if TYPE_CHECKING:  # the group's context object; importing indexer.cli here would close an import cycle
+    from indexer.cli import Ctx
+
+pass_ctx = click.pass_obj
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
 
 
 def _store(c: Ctx):
@@ -61,8 +70,6 @@ def bench_feedback(c: Ctx, since: str | None, category_depth: int, as_json: bool
     else:
         click.echo(text_table(report))
     if out_dir:
-        import json
-
         from shopsearch.feedback.plots import write_plots
 
         out = Path(out_dir)
