@@ -34,6 +34,8 @@ def app(fb_site):
 
 
 def _store(app) -> FeedbackStore:
+    """The log, once what the app queued is written (searches are logged on a background thread)."""
+    assert app.extensions["shopsearch"].flush_feedback()
     return app.extensions["shopsearch"].feedback
 
 
@@ -166,11 +168,23 @@ def test_a_database_gone_away_does_not_fail_the_search(app, monkeypatch, caplog)
         raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
 
     monkeypatch.setattr(_store(app), "record_search", gone)
-    with caplog.at_level(logging.WARNING, logger="shopsearch.web"):
-        r = api_search(app.test_client(), photo(5))
+    c = app.test_client()
+    with caplog.at_level(logging.WARNING, logger="shopsearch.feedback"):
+        r = api_search(c, photo(5))
+        assert app.extensions["shopsearch"].flush_feedback()
     assert r.status_code == 200 and r.get_json()["results"][0]["sku"] == "P5"
-    assert r.get_json()["request_id"] is None
     assert any(rec.getMessage() == "search not logged" for rec in caplog.records)
+    monkeypatch.undo()
+    r = c.post("/api/v1/feedback", json={"request_id": r.get_json()["request_id"], "sku": "P5", "event": "click"})
+    assert r.status_code == 404 and _store(app).counts()["searches"] == 0
+    assert api_search(c, photo(5)).status_code == 200 and _store(app).counts()["searches"] == 1  # the writer lives
+
+
+def test_a_full_log_queue_drops_the_entry_not_the_search(app):
+    writer = app.extensions["shopsearch"].feedback_writer
+    writer.max_pending = 0
+    r = api_search(app.test_client(), photo(1))
+    assert r.status_code == 200 and r.get_json()["request_id"] is None and writer.dropped == 1
 
 
 def test_retained_photo_is_named_in_the_log(fb_site, tmp_path):
@@ -181,9 +195,9 @@ def test_retained_photo_is_named_in_the_log(fb_site, tmp_path):
 
     from shopsearch.feedback import tables
 
+    assert _store(app).search(rid).hits
     with app.extensions["shopsearch"].catalogue.engine.connect() as conn:
         assert conn.execute(select(tables.searches.c.photo)).scalar() == kept.name
-    assert _store(app).search(rid).hits
     app.extensions["shopsearch"].close()
 
 

@@ -112,6 +112,7 @@ def test_replay_confirmed_queries_on_the_build(tmp_path, db_url):
     for i in range(6):
         rid = api_search(c, photo(i, seed=50 + i)).get_json()["request_id"]
         assert c.post("/api/v1/feedback", json={"request_id": rid, "sku": f"P{i}", "event": "confirm"}).status_code == 201
+    assert app.extensions["shopsearch"].flush_feedback()
     store = app.extensions["shopsearch"].feedback
     store.record_search(SearchLogEntry(new_request_id(), "old", "m", "another-model", "image", "api",
                                        np.ones(3, np.float32), (LoggedHit(1, "P0", 0, 0.9),), {}))
@@ -157,6 +158,7 @@ def test_bench_recall_from_feedback_cli(tmp_path):
         body = api_search(c, buf.getvalue(), k="3").get_json()
         if any(r["sku"] == f"S{i}" for r in body["results"]):
             c.post("/api/v1/feedback", json={"request_id": body["request_id"], "sku": f"S{i}", "event": "confirm"})
+    app.extensions["shopsearch"].flush_feedback()
     confirmed = len(app.extensions["shopsearch"].feedback.confirmed_pairs())
     app.extensions["shopsearch"].close()
     rep = json.loads(_run(["bench", "recall", "--from-feedback", "--k", "1,3", "--json"], data).stdout)

@@ -29,27 +29,24 @@ def logging_on() -> bool:
 
 def log_search(result: SearchResult, kind: str, source: str, options: dict[str, Any],
                regions: Sequence[SearchResult] = ()) -> str | None:
-    """Write the search to the log (one small transaction) and return its request id; None
-    when logging is off or the write failed: a database that has gone away must not fail a
-    search, so the failure is a warning and the shopper still gets the results."""
+    """Queue the search for the log and return its request id (None when logging is off).
+    The write happens on the log's own thread, after the response is on its way: a slow or
+    vanished database costs the search nothing (a warning in the log, and feedback on that
+    request id is then a 404)."""
     if not logging_on() or result.query_vector is None:
         return None
     rid = new_request_id()
-    try:
-        fingerprint = holder().get().embedder.fingerprint
-        entry = SearchLogEntry.from_result(rid, result, fingerprint, kind=kind, source=source, options=options,
-                                           regions=regions, photo=g.get("retained_photo"))
-        holder().feedback.record_search(entry)
-    except (SQLAlchemyError, ShopSearchError, OSError) as e:
-        log.warning("search not logged", extra={"error": " ".join(str(e).split())[:300]})
-        return None
-    return rid
+    entry = SearchLogEntry.from_result(rid, result, holder().get().embedder.fingerprint, kind=kind, source=source,
+                                       options=options, regions=regions, photo=g.get("retained_photo"))
+    return rid if holder().feedback_writer.submit(entry) else None
 
 
 def record(request_id: str, sku: str, event: str) -> LoggedEvent:
-    """Record one interaction; FeedbackError subclasses (4xx) when refused, nothing stored."""
+    """Record one interaction; FeedbackError subclasses (4xx) when refused, nothing stored.
+    Searches this process has queued are written first, so feedback never overtakes its search."""
     if not logging_on():
         raise FeedbackDisabledError("the feedback log is switched off on this shop (SHOPSEARCH_FEEDBACK_LOG=off)")
+    holder().flush_feedback(2.0)
     return holder().feedback.record_event(request_id, sku, event)
 
 

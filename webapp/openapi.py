@@ -165,7 +165,8 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "crop": {"allOf": [{"$ref": "#/components/schemas/Box"}], "nullable": True},
                     "request_id": {"type": "string", "nullable": True, "description":
                                    "This search in the feedback log, for `POST /feedback`; null when the shop "
-                                   "switched the log off (or the log could not be written)."},
+                                   "switched the log off. The log is written just after the answer: feedback on "
+                                   "a search whose entry could not be written is a 404."},
                     "regions": {"type": "array", "items": {"$ref": "#/components/schemas/Region"},
                                 "description": "With objects=auto: the products found in the photo."}}},
                 "Product": {"type": "object", "properties": {

@@ -218,6 +218,7 @@ def logged_results(rid: str):
     if not logging_on():
         raise UnknownRequestError("results are only kept while the feedback log is on")
     h = holder()
+    h.flush_feedback(2.0)
     logged = h.feedback.search(rid)
     main = [x for x in logged.hits if x.region == 0]
     info = h.catalogue.products_for_images([x.image_id for x in main])
