@@ -58,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--searches", type=int, default=200, help="searches with the log on (as many with it off)")
     ap.add_argument("--products", type=int, default=200)
     ap.add_argument("--database-url", default=None, help="default: SQLite in a temporary data dir")
+    ap.add_argument("--note", default="", help="e.g. 'loaded machine' or 'idle machine', kept in the JSON")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "feedback_log.json")
     args = ap.parse_args(argv)
 
     from shopsearch.config import Settings
+    from shopsearch.evaluation.machine import machine_info
     from webapp import create_app
 
     with tempfile.TemporaryDirectory(prefix="shopsearch-feedback-bench-") as tmp:
@@ -86,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert r.status_code == 200 and (r.get_json()["request_id"] is not None) == on
                 if n >= 10:  # the first ten warm up
                     times[on].append(ms)
+        apps[True].extensions["shopsearch"].flush_feedback()
         logged = apps[True].extensions["shopsearch"].feedback.counts()["searches"]
         for a in apps.values():
             a.extensions["shopsearch"].close()
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
            "products": args.products, "logged": logged,
            "median_ms": {"log_on": round(on, 2), "log_off": round(off, 2)},
            "p90_ms": {"log_on": round(_pct(times[True], 0.9), 2), "log_off": round(_pct(times[False], 0.9), 2)},
-           "median_ratio_on_off": round(on / off, 3), "machine_note": "interleaved on/off in one run"}
+           "median_ratio_on_off": round(on / off, 3), "note": ("interleaved on/off in one run; " + args.note).strip("; "), "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
