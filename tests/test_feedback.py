@@ -87,6 +87,28 @@ def test_objects_and_page_searches_are_logged(app):
     assert _store(app).counts()["searches"] == 2
 
 
+def test_text_searches_are_logged_without_their_words(fb_site):
+    from tests.conftest import FakeEmbedder, make_image
+
+    class TextFake(FakeEmbedder):
+        has_text = True
+
+        def encode_texts(self, texts):
+            return self.encode_images([make_image(int(t.split()[-1])) for t in texts])
+
+    app = app_for(fb_site, embedder=TextFake())
+    c = app.test_client()
+    rid = c.get("/api/v1/search/text", query_string={"q": "photo of product 3"}).get_json()["request_id"]
+    html = c.get("/search/text", query_string={"q": "photo of product 4"}).get_data(as_text=True)
+    (page_rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
+    api, page = _store(app).search(rid), _store(app).search(page_rid)
+    assert (api.kind, api.source, api.hits[0].sku) == ("text", "api", "P3")
+    assert (page.kind, page.source, page.hits[0].sku) == ("text", "page", "P4")
+    assert "photo of product" not in repr(api.options) + repr(page.options)
+    assert _store(app).confirmed_pairs(kinds=("text",)) == []  # nothing confirmed yet; image pairs by default
+    app.extensions["shopsearch"].close()
+
+
 def test_page_click_and_verdicts_work_without_javascript(app):
     c = app.test_client()
     html = page_search(c, photo(4)).get_data(as_text=True)
