@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
            "products": args.products, "logged": logged,
            "median_ms": {"log_on": round(on, 2), "log_off": round(off, 2)},
            "p90_ms": {"log_on": round(_pct(times[True], 0.9), 2), "log_off": round(_pct(times[False], 0.9), 2)},
-           "median_ratio_on_off": round(on / off, 3), "note": ("interleaved on/off in one run; " + args.note).strip("; "), "machine": machine_info()}
+           "median_ratio_on_off": round(on / off, 3),
+           "note": ("interleaved on/off in one run; " + args.note).strip("; "), "machine": machine_info()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -68,8 +68,7 @@ def test_api_search_is_logged_with_what_it_showed(app):
         [(i + 1, x["sku"], x["score"]) for i, x in enumerate(body["results"])]
     assert logged.hits[0].sku == "P2"
     # the stored vector is the query's: searching with it again gives the same products
-    (pair,) = [s for s in _store(app)._searches(None) if s[0].request_id == rid]
-    again = svc.search_vector(pair[1], k=4)
+    again = svc.search_vector(_store(app).vector(rid), k=4)
     assert [h.sku for h in again.hits] == [x["sku"] for x in body["results"]]
     assert logged.events == () and _store(app).counts()["searches"] == 1
 
@@ -186,7 +185,7 @@ def test_logging_off_stores_nothing_and_search_still_works(fb_site):
 
 
 def test_a_database_gone_away_does_not_fail_the_search(app, monkeypatch, caplog):
-    def gone(entry, now=None):
+    def gone(*args, **kwargs):
         raise OperationalError("INSERT", {}, Exception("server closed the connection unexpectedly"))
 
     monkeypatch.setattr(_store(app), "record_search", gone)
@@ -199,7 +198,12 @@ def test_a_database_gone_away_does_not_fail_the_search(app, monkeypatch, caplog)
     monkeypatch.undo()
     r = c.post("/api/v1/feedback", json={"request_id": r.get_json()["request_id"], "sku": "P5", "event": "click"})
     assert r.status_code == 404 and _store(app).counts()["searches"] == 0
-    assert api_search(c, photo(5)).status_code == 200 and _store(app).counts()["searches"] == 1  # the writer lives
+    rid = api_search(c, photo(5)).get_json()["request_id"]
+    assert _store(app).counts()["searches"] == 1  # the writer lives on
+    monkeypatch.setattr(_store(app), "record_event", gone)
+    r = c.post("/api/v1/feedback", json={"request_id": rid, "sku": "P5", "event": "click"})
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "database_unavailable"
+    assert c.get(f"/results/{rid}/click/P5").status_code == 303  # the shopper still reaches the product
 
 
 def test_a_full_log_queue_drops_the_entry_not_the_search(app):

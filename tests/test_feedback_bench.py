@@ -111,7 +111,8 @@ def test_replay_confirmed_queries_on_the_build(tmp_path, db_url):
     c = app.test_client()
     for i in range(6):
         rid = api_search(c, photo(i, seed=50 + i)).get_json()["request_id"]
-        assert c.post("/api/v1/feedback", json={"request_id": rid, "sku": f"P{i}", "event": "confirm"}).status_code == 201
+        r = c.post("/api/v1/feedback", json={"request_id": rid, "sku": f"P{i}", "event": "confirm"})
+        assert r.status_code == 201
     assert app.extensions["shopsearch"].flush_feedback()
     store = app.extensions["shopsearch"].feedback
     store.record_search(SearchLogEntry(new_request_id(), "old", "m", "another-model", "image", "api",

@@ -46,7 +46,7 @@ def search():
     regions = find_objects(svc, img, objects, k, filters) if objects else []
     if objects:  # boxes in fractions of the whole photo, like `crop`
         out["regions"] = [region_dict(r) for r in regions]
-    out["request_id"] = log_search(res, "image", "api", {
+    out["request_id"] = log_search(res, svc.embedder.fingerprint, "image", "api", {
         "k": k, "filters": out["filters"], "crop": out["crop"], "objects": objects, "routing": routing,
         "rerank": values.get("rerank"), "tta": tta, "fusion": fusion}, [r.result for r in regions])
     return jsonify(out)
@@ -79,7 +79,8 @@ def search_text():
     out = result_dict(res, filters, k)
     out["query"] = q
     # the words themselves are not logged: their vector is what an analysis replays
-    out["request_id"] = log_search(res, "text", "api", {"k": k, "filters": out["filters"]})
+    out["request_id"] = log_search(res, svc.embedder.fingerprint, "text", "api",
+                                   {"k": k, "filters": out["filters"]})
     return jsonify(out)
 
 

@@ -10,8 +10,9 @@ from typing import Any, Sequence
 from flask import Blueprint, current_app, g, redirect, request, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
-from shopsearch.errors import DuplicateFeedbackError, FeedbackDisabledError, FeedbackError, ShopSearchError
-from shopsearch.feedback import FeedbackStore, LoggedEvent, SearchLogEntry, new_request_id
+from shopsearch.errors import (DatabaseUnavailableError, DuplicateFeedbackError, FeedbackDisabledError, FeedbackError,
+                               ShopSearchError)
+from shopsearch.feedback import LoggedEvent, SearchLogEntry, new_request_id
 from shopsearch.results import SearchResult
 from webapp.service import ServiceHolder
 
@@ -27,17 +28,18 @@ def logging_on() -> bool:
     return bool(holder().settings.feedback_log)
 
 
-def log_search(result: SearchResult, kind: str, source: str, options: dict[str, Any],
+def log_search(result: SearchResult, fingerprint: str, kind: str, source: str, options: dict[str, Any],
                regions: Sequence[SearchResult] = ()) -> str | None:
     """Queue the search for the log and return its request id (None when logging is off).
+    `fingerprint`: the model of the service that searched (not whichever is loaded by now).
     The write happens on the log's own thread, after the response is on its way: a slow or
     vanished database costs the search nothing (a warning in the log, and feedback on that
     request id is then a 404)."""
     if not logging_on() or result.query_vector is None:
         return None
     rid = new_request_id()
-    entry = SearchLogEntry.from_result(rid, result, holder().get().embedder.fingerprint, kind=kind, source=source,
-                                       options=options, regions=regions, photo=g.get("retained_photo"))
+    entry = SearchLogEntry.from_result(rid, result, fingerprint, kind=kind, source=source, options=options,
+                                       regions=regions, photo=g.get("retained_photo"))
     return rid if holder().feedback_writer.submit(entry) else None
 
 
@@ -47,14 +49,14 @@ def record(request_id: str, sku: str, event: str) -> LoggedEvent:
     if not logging_on():
         raise FeedbackDisabledError("the feedback log is switched off on this shop (SHOPSEARCH_FEEDBACK_LOG=off)")
     holder().flush_feedback(2.0)
-    return holder().feedback.record_event(request_id, sku, event)
+    try:
+        return holder().feedback.record_event(request_id, sku, event)
+    except SQLAlchemyError as e:
+        log.warning("feedback not recorded", extra={"error": " ".join(str(e).split())[:300]})
+        raise DatabaseUnavailableError("the feedback log cannot be written just now; please try again") from None
 
 
-def store() -> FeedbackStore:
-    return holder().feedback
-
-
-# -- the pages' side: card links, "this is it" / "not this", the logged results page ------
+# -- the pages' side: card links and "this is it" / "not this" (pages.logged_results shows them) --
 @bp.get("/results/<rid>/click/<path:sku>")
 def click(rid: str, sku: str):
     """A result card's link: records the click, then goes to the product page. A click that
@@ -63,7 +65,7 @@ def click(rid: str, sku: str):
         record(rid, sku, "click")
     except FeedbackError:
         pass
-    except (SQLAlchemyError, ShopSearchError) as e:
+    except ShopSearchError as e:  # the database, not the click: still navigate
         log.warning("click not logged", extra={"error": " ".join(str(e).split())[:300]})
     return redirect(url_for("pages.product", sku=sku), 303)
 

@@ -73,7 +73,8 @@ def card(h: ProductHit, request_id: str | None = None) -> dict[str, Any]:
     "this is it" / "not this" (the feedback log)."""
     primary = holder().primary_image_id(h.sku)
     p = h.calibrated
-    return {"sku": h.sku, "request_id": request_id, "verdict": None, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
+    return {"request_id": request_id, "verdict": None,
+            "sku": h.sku, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
             "category": h.category, "category_label": category_label(h.category),
             "category_source": h.category_source, "score": h.score, "score_pct": max(0, round(h.score * 100)),
             "calibrated_pct": shown_pct(p),
@@ -182,9 +183,9 @@ def search():
     res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms)
     observe_search(res)
     crop_param = box.to_param() if box is not None else (form.get("crop") or "")
-    rid = log_search(res, "image", "page", {"k": k, "filters": _filters_dict(filters), "crop": crop_param or None,
-                                            "objects": objects, "routing": routing, "new_photo": data is not None},
-                     [r.result for r in regions])
+    options = {"k": k, "filters": _filters_dict(filters), "crop": crop_param or None, "objects": objects,
+               "routing": routing, "new_photo": data is not None}
+    rid = log_search(res, svc.embedder.fingerprint, "image", "page", options, [r.result for r in regions])
     return _render_results(res, filters, k, rid, mode="photo", qv=encode_vector(vec), preview=preview,
                            filter_error=filter_error, price_input={n: form.get(n, "") for n in ("min_price", "max_price")},
                            crop=crop_param, regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)])
@@ -204,9 +205,10 @@ def search_text():
         return redirect(url_for("pages.index"))
     if len(q) > 500:
         raise BadParameterError("The search text is too long (500 characters at most).")
-    res = holder().get().search_text(q, k=k, filters=filters)
+    svc = holder().get()
+    res = svc.search_text(q, k=k, filters=filters)
     observe_search(res)
-    rid = log_search(res, "text", "page", {"k": k, "filters": _filters_dict(filters)})
+    rid = log_search(res, svc.embedder.fingerprint, "text", "page", {"k": k, "filters": _filters_dict(filters)})
     return _render_results(res, filters, k, rid, mode="text", q=q, filter_error=filter_error,
                            price_input={n: request.args.get(n, "") for n in ("min_price", "max_price")})
 

@@ -122,6 +122,14 @@ class FeedbackStore:
                 return found[0][0]
         raise UnknownRequestError(f"no logged search has request id {request_id[:40]!r}")
 
+    def vector(self, request_id: str) -> np.ndarray:
+        """The query vector a logged search was made with (float32, as searched)."""
+        with self.engine.connect() as conn:
+            raw = conn.execute(select(t.searches.c.query_vector).where(t.searches.c.request_id == request_id)).scalar()
+        if raw is None:
+            raise UnknownRequestError(f"no logged search has request id {request_id[:40]!r}")
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+
     def searches(self, since: datetime | None = None) -> list[LoggedSearch]:
         """Every logged search since `since` (all when None), oldest first."""
         return [s for s, _ in self._searches(None if since is None else t.searches.c.created_at >= _utc(since))]
