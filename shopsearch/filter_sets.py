@@ -1,0 +1,89 @@
+"""Which image ids a search's filters allow, answered from memory (docs/filtered_search.md).
+
+The catalogue's filter columns (per indexable image: product, price, category) are read
+once per search service with one plain-row query and kept as numpy arrays (about 24 bytes
+per image: 24 MB at a million). A filter is then a few vectorised comparisons, and recent
+answers are kept in a small cache bounded by bytes, so repeated filters (the same category
+page, the same price bucket) cost a dictionary lookup and no database round trip.
+
+The columns are those of the catalogue when the service was opened (a service serves one
+index build; the web app opens a new one for each new build). Search still reads each
+hit's product from the database and re-checks the filters on it, so a price or category
+changed since then can hide a product until the next build, never show a wrong one."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+
+from shopsearch.catalogue.bulk import FilterColumns
+from shopsearch.results import SearchFilters
+
+#: bytes of cached allowed-id arrays kept per service
+CACHE_BYTES = 64 << 20
+
+
+def _matches(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+class AllowedImages:
+    """Allowed image ids for (filters, routed categories); loads its columns on first use."""
+
+    def __init__(self, load: Callable[[], FilterColumns]) -> None:
+        self._load = load
+        self._cols: FilterColumns | None = None
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+
+    def columns(self) -> FilterColumns:
+        with self._lock:
+            if self._cols is None:
+                self._cols = self._load()
+            return self._cols
+
+    def ids_for(self, filters: SearchFilters, categories: tuple[str, ...] | None = None) -> np.ndarray | None:
+        """Ascending image ids passing the shopper's filters and, when given, lying in one of
+        `categories` (routing); None when nothing restricts the search."""
+        if not filters.active and categories is None:
+            return None
+        key = (filters.category, _num(filters.min_price), _num(filters.max_price), categories)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        ids = self._compute(self.columns(), filters, categories)
+        with self._lock:
+            if key not in self._cache and ids.nbytes <= CACHE_BYTES:
+                self._cache[key] = ids
+                self._cached_bytes += ids.nbytes
+                while self._cached_bytes > CACHE_BYTES:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= old.nbytes
+        return ids
+
+    @staticmethod
+    def _compute(cols: FilterColumns, f: SearchFilters, categories: tuple[str, ...] | None) -> np.ndarray:
+        mask = np.ones(len(cols.image_ids), dtype=bool)
+        for prefixes in ((f.category,) if f.category else None, categories):
+            if prefixes is None:
+                continue
+            # a lookup table over category ids (slot 0: no category) turns the prefix test into one gather
+            lut = np.zeros(max(cols.category_paths, default=0) + 2, dtype=bool)
+            for cid, path in cols.category_paths.items():
+                lut[cid + 1] = _matches(path, prefixes)
+            mask &= lut[cols.category_ids + 1]
+        with np.errstate(invalid="ignore"):  # NaN (no price) fails every price bound, as it should
+            if f.min_price is not None:
+                mask &= cols.prices >= _num(f.min_price)
+            if f.max_price is not None:
+                mask &= cols.prices <= _num(f.max_price)
+        return cols.image_ids[mask]
+
+
+def _num(value) -> float | None:
+    return None if value is None else float(value)
