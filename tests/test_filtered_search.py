@@ -172,3 +172,41 @@ def test_products_for_images_beyond_the_bind_parameter_limit(catalogue):
     assert cols.prices[at].tolist() == [7.0, 1234.0]
     assert [cols.category_paths[c] for c in cols.category_ids[at]] == ["Cat/C19", f"Cat/C{1234 % 19}"]
     assert catalogue.ok_image_ids().tolist() == sorted(image_ids.tolist())
+
+
+def test_allowed_images_match_a_row_by_row_check():
+    """Category prefixes, price bounds (products without a price fail every bound), routing
+    and their combinations give exactly the images a row-by-row check would."""
+    from shopsearch.catalogue.bulk import FilterColumns
+    from shopsearch.filter_sets import AllowedImages
+
+    rng = np.random.default_rng(4)
+    n = 5000
+    paths = {1: "Fruit", 2: "Fruit/Apple", 3: "Fruit/Apple/Green", 4: "Dairy", 5: "Fruity"}
+    prices = np.round(rng.uniform(0, 100, n), 2)
+    prices[rng.random(n) < 0.1] = np.nan
+    cols = FilterColumns(np.arange(n, dtype=np.int64) * 2 + 1, np.arange(n, dtype=np.int64), prices,
+                         rng.choice([-1, 1, 2, 3, 4, 5], n), paths)
+    allowed = AllowedImages(lambda: cols)
+
+    def check(f: SearchFilters, routed: tuple[str, ...] | None = None) -> None:
+        def ok(r: int) -> bool:
+            path = paths.get(int(cols.category_ids[r]))
+            in_cat = lambda ps: path is not None and any(path == p or path.startswith(p + "/") for p in ps)  # noqa: E731
+            return ((not f.category or in_cat((f.category,))) and (routed is None or in_cat(routed))
+                    and (f.min_price is None or prices[r] >= float(f.min_price))
+                    and (f.max_price is None or prices[r] <= float(f.max_price)))
+        want = sorted(int(cols.image_ids[r]) for r in range(n) if ok(r))
+        for _ in range(2):  # computed, then from the cache
+            got = allowed.ids_for(f, routed)
+            assert sorted(got.tolist()) == want, (f, routed)
+
+    assert allowed.ids_for(SearchFilters()) is None
+    check(SearchFilters(category="Fruit"))  # Fruit, Fruit/Apple, Fruit/Apple/Green; not "Fruity"
+    check(SearchFilters(category="Fruit/Apple", min_price=20))
+    check(SearchFilters(max_price=Decimal("10.5")))
+    check(SearchFilters(min_price=40, max_price=40.5))
+    check(SearchFilters(min_price=60, max_price=50))  # an empty range
+    check(SearchFilters(min_price=10 ** 6))
+    check(SearchFilters(), routed=("Dairy", "Fruit/Apple/Green"))
+    check(SearchFilters(category="Fruit", max_price=30), routed=("Fruit/Apple",))
