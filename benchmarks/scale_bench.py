@@ -202,6 +202,7 @@ def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic
         inject_vectors(data_dir, hashes)
     sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
     res["detail"]["index_type"] = (rep or {}).get("index_type")
+    res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
     sec["noop_build"], _ = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
     for i in range(10):  # 10 pictures replaced in place: new bytes, same paths
         (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(_jpeg(10 ** 9 + n + i))
