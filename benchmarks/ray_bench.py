@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         tmpd = Path(tmp)
         items = _items(synthetic_jpegs(args.images, tmpd / "jpegs", (w, h)))
         runs = []
-        ray.init(num_cpus=os.cpu_count(), object_store_memory=store, include_dashboard=False, log_to_driver=False)
+        # "local": a new instance even where another Ray runs on this machine (as `--engine ray` does)
+        ray.init(address="local", num_cpus=os.cpu_count(), object_store_memory=store, include_dashboard=False,
+                 log_to_driver=False)
         for r in range(args.repeats):  # each run into an empty cache
             runs.append(_local(args.model, items, tmpd / f"local-{r}"))
             print(json.dumps(runs[-1]), flush=True)
