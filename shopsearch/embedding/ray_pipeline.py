@@ -125,7 +125,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: Preprocess) -> dict[s
             pixels.append(b"")
             shapes.append("")
             dtypes.append("")
-            reasons.append(res)
+            reasons.append(res or "unreadable")  # an empty reason would read as a good row
         else:
             arr = np.ascontiguousarray(res)
             pixels.append(arr.tobytes())
