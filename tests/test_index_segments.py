@@ -13,19 +13,12 @@ from click.testing import CliRunner
 import indexer.update_plan as update_plan
 from indexer.build import IndexBuilder
 from indexer.cli import cli
-from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.index import IndexStore
 from shopsearch.index.segments import new_delta
 from shopsearch.index.vector_index import INDEX_FILE, VectorIndex
-from tests.conftest import FakeEmbedder, make_image, sha
-
-
-def _add(cat, tmp_path, i: int, seed: int | None = None) -> None:
-    p = tmp_path / "imgs" / f"p{i}.png"
-    p.parent.mkdir(exist_ok=True)
-    make_image(i if seed is None else seed).save(p)
-    cat.upsert_product(ProductRecord(f"P{i}", f"product {i}", images=(ImageRecord(str(p), sha256=sha(p)),)))
+from tests.conftest import FakeEmbedder, make_image
+from tests.test_indexer_update import _add
 
 
 def _files(store: IndexStore, build_id: str) -> dict[str, tuple[int, int]]:
