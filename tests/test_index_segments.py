@@ -163,3 +163,23 @@ def test_a_segmented_index_excludes_tombstones_and_merges_its_delta(tmp_path, in
     loaded, _ = VectorIndex.load(tmp_path / "b")
     loaded.nprobe = 64
     np.testing.assert_array_equal(loaded.search(x[:3], 5)[1], seg.search(x[:3], 5)[1])
+
+
+def test_a_delta_publish_on_a_full_disk_leaves_the_serving_build(tmp_path, sqlite_catalogue, monkeypatch):
+    from shopsearch.errors import IndexWriteError
+    from shopsearch.index import segments
+
+    for i in range(8):
+        _add(sqlite_catalogue, tmp_path, i)
+    store = IndexStore(tmp_path / "index")
+    b = IndexBuilder(FakeEmbedder(), sqlite_catalogue, store, tmp_path / "vectors")
+    first = b.build(index_type="hnsw", progress=False)
+    _add(sqlite_catalogue, tmp_path, 8)
+    real_write = segments.faiss.write_index
+    monkeypatch.setattr(segments.faiss, "write_index", lambda index, path: real_write(index, "/dev/full"))
+    with pytest.raises(IndexWriteError, match=f"build {first.build_id} is still serving"):
+        b.update(index_type="hnsw", progress=False)
+    assert store.current_id() == first.build_id and [m.build_id for m in store.list_builds()] == [first.build_id]
+    assert not [p for p in (tmp_path / "index").rglob("*") if p.name.startswith(".staging-")]
+    monkeypatch.undo()
+    assert b.update(index_type="hnsw", progress=False).strategy == "delta"

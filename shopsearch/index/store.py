@@ -319,10 +319,11 @@ def _write_keys(path: Path, keys: Mapping[int, str]) -> None:
     ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
     tmp = path.with_name(f".{path.name}")
     with open(tmp, "wb") as f:
-        np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="U64"))
+        # hex digests as bytes: a quarter of the size of numpy's UTF-32 strings, read back as str
+        np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="S64"))
     os.replace(tmp, path)
 
 
 def _read_keys(path: Path) -> dict[int, str]:
     with np.load(path) as z:
-        return {int(i): str(k) for i, k in zip(z["ids"].tolist(), z["keys"].tolist())}
+        return dict(zip(z["ids"].tolist(), z["keys"].astype("U64").tolist()))
