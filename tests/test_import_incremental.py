@@ -69,6 +69,8 @@ def test_products_are_written_in_batched_transactions(tmp_path, catalogue, image
     assert r.products_created == 12 and len(commits) == 3  # 5 + 5 + 2
     assert [p.sku for p in catalogue.products()] == [f"S{i}" for i in range(12)]
     assert {p.category for p in catalogue.products()} == {"Cat0", "Cat1", "Cat2"}
+    monkeypatch.setattr(store_mod, "IN_CHUNK", 4)  # more paths than one IN list: one pass over the table
+    assert _run(catalogue, m).images_unchanged == 12
 
 
 def test_lookups_stay_below_the_postgresql_parameter_limit(catalogue):

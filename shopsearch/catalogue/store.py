@@ -235,12 +235,17 @@ class CatalogueStore:
         out: dict[str, ImageRecord] = {}
         cols = (ProductImage.path, ProductImage.sha256, ProductImage.width, ProductImage.height,
                 ProductImage.file_size, ProductImage.file_mtime_ns)
+        usable = (ProductImage.status == "ok", ProductImage.sha256.is_not(None))
+        # path has no index of its own: past one IN list, one pass over the table beats a scan per list
+        queries = [select(*cols).where(*usable)] if len(paths) > IN_CHUNK else \
+            [select(*cols).where(ProductImage.path.in_(paths), *usable)] if paths else []
+        wanted = set(paths)
         with self.engine.connect() as conn:
-            for start in range(0, len(paths), IN_CHUNK):
-                q = select(*cols).where(ProductImage.path.in_(paths[start:start + IN_CHUNK]),
-                                        ProductImage.status == "ok", ProductImage.sha256.is_not(None))
+            for q in queries:
                 for path, sha, w, h, size, mtime in conn.execute(q):
-                    out[path] = ImageRecord(path, sha256=sha, width=w, height=h, file_size=size, file_mtime_ns=mtime)
+                    if path in wanted:
+                        out[path] = ImageRecord(path, sha256=sha, width=w, height=h, file_size=size,
+                                                file_mtime_ns=mtime)
         return out
 
     def delete_products(self, skus: Iterable[str]) -> list[str]:
