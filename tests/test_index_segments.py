@@ -156,6 +156,9 @@ def test_a_segmented_index_excludes_tombstones_and_merges_its_delta(tmp_path, in
     assert set(ids[0].tolist()) == {5, 1000, -1}
     with pytest.raises(ValueError):
         seg.add(np.array([7]), x[:1])
+    only_delta = VectorIndex(16, index_type, index=base.faiss_index, delta=delta)  # no tombstones
+    only_delta.nprobe = 64
+    assert only_delta.search(x[1:2], 2)[1][0].tolist() == [1, 1000] and len(only_delta) == 302
     from shopsearch.index.vector_index import IndexManifest
 
     m = seg.save(tmp_path / "b", IndexManifest("b", "m", "fp", 16, 0, index_type, "now"))

@@ -316,10 +316,12 @@ class VectorIndex:
         if selector is not None:
             sel = selector if sel is None else faiss.IDSelectorAnd(sel, selector)
         self._tune(self._index)
+        if sel is None:  # a delta and no tombstones: nothing to exclude
+            return self._index.search(q, k)
         params, _alive = self._params(sel)  # _alive: the objects params point into, kept until the search ends
         return self._index.search(q, k, params=params)
 
-    def _params(self, sel: faiss.IDSelector | None) -> tuple[faiss.SearchParameters, list]:
+    def _params(self, sel: faiss.IDSelector) -> tuple[faiss.SearchParameters, list]:
         """Search parameters carrying `sel` (image ids) and this index's tuning: parameters
         replace the index's own efSearch / nprobe / k_factor, so they are copied in."""
         inner = faiss.downcast_index(self._index.index)
@@ -333,7 +335,7 @@ class VectorIndex:
         return self._params_for(inner, sel)
 
     @staticmethod
-    def _params_for(inner: faiss.Index, sel: faiss.IDSelector | None) -> tuple[faiss.SearchParameters, list]:
+    def _params_for(inner: faiss.Index, sel: faiss.IDSelector) -> tuple[faiss.SearchParameters, list]:
         if hasattr(inner, "hnsw"):
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(inner.hnsw.efSearch)), [sel]
         if hasattr(inner, "nprobe"):
