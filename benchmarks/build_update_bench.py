@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--database-url", default=None, help="default: a SQLite file in the work folder")
     ap.add_argument("--workdir", default=None, help="default: a temporary folder, removed afterwards")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--label", default=None, help="which checkout this is (e.g. main), stored in the results")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from shopsearch.catalogue.records import ImageRecord, ProductRecord
     from shopsearch.catalogue.store import CatalogueStore
     from shopsearch.embedders import load_embedder
+    from shopsearch.evaluation.machine import machine_info
     from shopsearch.images import sha256_file
     from shopsearch.index.store import IndexStore
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         problems: list[RowProblem] = []
         return import_catalogue(cat, read_source(manifest, "csv", problems), problems, workers=2, progress=False)
 
-    res: dict = {"products": a.products, "index_type": a.index, "cpus": os.cpu_count(),
+    res: dict = {"checkout": a.label, "products": a.products, "index_type": a.index,
                  "loadavg_1m": os.getloadavg()[0]}
     first_import, res["import_s"] = _timed(do_import)
     again, res["reimport_unchanged_s"] = _timed(do_import)
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     res["update_embedded"] = upd.embedded
     res["update_vectors"] = upd.vectors
     res["loadavg_1m_end"] = os.getloadavg()[0]
+    res["machine"] = {**machine_info(), "load_avg_1m": res["loadavg_1m_end"]}
     cat.close()
     text = json.dumps(res, indent=2)
     print(text)

@@ -199,7 +199,8 @@ class IndexBuilder:
         items = self.work_items(images)
         plan = self.plan(o.index_type, items)
         serving, serving_keys = self._serving()
-        if not o.force and serving is not None and serving_keys is not None \
+        # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
+        if not o.force and serving is not None and serving_keys is not None and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
             return self._up_to_date(serving, t0, scan)
