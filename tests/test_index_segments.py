@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import faiss
 import numpy as np
@@ -17,7 +21,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.index import IndexStore
 from shopsearch.index.segments import new_delta
 from shopsearch.index.vector_index import INDEX_FILE, VectorIndex
-from tests.conftest import FakeEmbedder, make_image
+from tests.conftest import REPO, FakeEmbedder, make_image
 from tests.test_indexer_update import _add
 
 
@@ -186,3 +190,52 @@ def test_a_delta_publish_on_a_full_disk_leaves_the_serving_build(tmp_path, sqlit
     assert not [p for p in (tmp_path / "index").rglob("*") if p.name.startswith(".staging-")]
     monkeypatch.undo()
     assert b.update(index_type="hnsw", progress=False).strategy == "delta"
+
+
+KILLED_WHILE_PUBLISHING = r"""
+import sys, time
+from pathlib import Path
+from shopsearch.index import store as store_mod
+from indexer.build import IndexBuilder
+from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.index import IndexStore
+from tests.conftest import FakeEmbedder
+
+root = Path(sys.argv[1])
+real = store_mod.write_delta
+def write_then_hang(*a, **kw):  # the delta is staged: the process dies before CURRENT moves
+    out = real(*a, **kw)
+    (root / "staged").touch()
+    time.sleep(60)
+    return out
+store_mod.write_delta = write_then_hang
+cat = CatalogueStore.open(f"sqlite:///{root / 'catalogue.db'}")
+IndexBuilder(FakeEmbedder(), cat, IndexStore(root / "index"), root / "vectors").update(index_type="hnsw",
+                                                                                       progress=False)
+"""
+
+
+def test_kill_9_while_publishing_a_delta_leaves_the_serving_build(tmp_path):
+    cat = CatalogueStore.open(f"sqlite:///{tmp_path / 'catalogue.db'}")
+    for i in range(10):
+        _add(cat, tmp_path, i)
+    store = IndexStore(tmp_path / "index")
+    b = IndexBuilder(FakeEmbedder(), cat, store, tmp_path / "vectors")
+    first = b.build(index_type="hnsw", progress=False)
+    cat.delete_products(["P1"])
+    _add(cat, tmp_path, 10)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_PUBLISHING, str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "staged").exists():
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the update never staged its delta"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert store.current_id() == first.build_id and len(store.load_current()[0]) == 10
+    r = b.update(index_type="hnsw", progress=False)  # the next run clears the leftover and publishes
+    assert r.strategy == "delta" and store.current_id() == r.build_id and r.vectors == 10
+    assert not [p for p in (tmp_path / "index").rglob("*") if p.name.startswith(".staging-")]
+    assert os.path.samefile(store.build_dir(r.build_id) / INDEX_FILE, store.build_dir(first.build_id) / INDEX_FILE)
+    cat.close()
