@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from indexer.build_types import BuildOptions
 from indexer.cli import Ctx, echo_json, pass_ctx, sigterm_as_interrupt
 from indexer.shrink import DEFAULT_MAX_SHRINK
 
@@ -30,6 +31,9 @@ def _writer(c: Ctx, wait: bool, what: str) -> None:
 
 def _perf_options(f):
     f = _wait_option(f)
+    f = click.option("--force", is_flag=True,
+                     help="build: rebuild even when the serving build is up to date; update: compact the "
+                          "serving build's segments into a fresh index (from the vector cache).")(f)
     f = click.option("--metrics-file", envvar="SHOPSEARCH_METRICS_FILE", default=None,
                      help="Also write the run's figures in the Prometheus text format to this file (for "
                           "node_exporter's textfile collector; written atomically), or - for stdout.")(f)
@@ -94,6 +98,10 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
     if as_json:
         echo_json({**report.to_dict(), "engine": engine})
         return
+    if report.up_to_date:
+        click.echo(f"up to date: build {report.build_id} serves {report.vectors} vectors ({report.index_type}, "
+                   f"model {report.model}); nothing to do ({report.seconds:.1f}s; --force rebuilds)")
+        return
     scan = report.rescan
     if scan is not None and scan.rehashed:
         click.echo(f"files on disk: {scan.changed} changed, {scan.missing} missing, {scan.invalid} unusable, "
@@ -106,6 +114,9 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
         line += f"; +{u.added} new, ~{u.changed} changed, -{u.removed} removed"
         if u.rebuild_reason:
             line += f"; rebuilt from the vector cache ({u.rebuild_reason})"
+    if report.segments is not None and (report.segments.delta or report.segments.dead):
+        sg = report.segments
+        line += f"; segments: base {sg.base}, delta {sg.delta}, tombstoned {sg.dead}"
     click.echo(line)
     for image_id, path, reason in report.failed[:20]:
         click.echo(f"  failed image {image_id} {path}: {reason}", err=True)
@@ -124,8 +135,9 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
-              ray_actors: int | None) -> None:
-    """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
+              ray_actors: int | None, force: bool) -> None:
+    """Embed every catalogue image (reusing cached vectors) and publish a new index build
+    (nothing, and "up to date", when the serving build already holds exactly these images)."""
     _writer(c, wait, "index build")
     embedder = c.model(model)
     builder = _builder(c, embedder, c.index_store(), engine, ray_address, batch_size, ray_actors)
@@ -135,12 +147,10 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
         click.echo(f"plan: {plan.images} images -> {plan.index_type} index of dim {plan.dim}, "
                    f"estimated memory {_mib(plan.estimated_bytes)}", err=True)
 
+    options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
+                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force)
     with sigterm_as_interrupt():
-        report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers,
-                               progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
-                               on_plan=show_plan, compile=compile_mode or c.settings.pipeline.compile,
-                               verify_hashes=verify_hashes,
-                               max_shrink=max_shrink)
+        report = builder.build(options, on_plan=show_plan)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
 
 
@@ -151,7 +161,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
                compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None, engine: str | None,
-               ray_address: str | None, ray_actors: int | None) -> None:
+               ray_address: str | None, ray_actors: int | None, force: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     _writer(c, wait, "index update")
     store = c.index_store()
@@ -160,12 +170,10 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
     builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
+    options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
+                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force)
     with sigterm_as_interrupt():
-        report = builder.update(
-            index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-            executor=executor, chunk_size=chunk_size, rescan=rescan,
-            compile=compile_mode or c.settings.pipeline.compile,
-            verify_hashes=verify_hashes, max_shrink=max_shrink)
+        report = builder.update(options)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
 
 

@@ -19,9 +19,10 @@ from shopsearch.catalogue.records import ImageInfo, ProductInfo
 #: ids per IN (...) list: below both databases' bind-parameter limits, with room for the rest of the query
 ID_CHUNK = 10_000
 
-_IMAGE_COLUMNS = (ProductImage.id, ProductImage.product_id, ProductImage.path, ProductImage.role,
-                  ProductImage.sha256, ProductImage.width, ProductImage.height, ProductImage.status,
-                  ProductImage.error, ProductImage.file_size, ProductImage.file_mtime_ns)
+#: image columns in ImageInfo's field order: rows read with them become ImageInfo without an ORM object
+IMAGE_COLUMNS = (ProductImage.id, ProductImage.product_id, ProductImage.path, ProductImage.role,
+                 ProductImage.sha256, ProductImage.width, ProductImage.height, ProductImage.status,
+                 ProductImage.error, ProductImage.file_size, ProductImage.file_mtime_ns)
 
 
 def chunks(ids: Sequence[int], size: int = ID_CHUNK) -> Iterator[list[int]]:
@@ -32,7 +33,7 @@ def chunks(ids: Sequence[int], size: int = ID_CHUNK) -> Iterator[list[int]]:
 
 def image_rows(conn: Connection, only_ok: bool = False) -> list[ImageInfo]:
     """Every image (or only indexable ones, status ok) in id order."""
-    q = select(*_IMAGE_COLUMNS).order_by(ProductImage.id)
+    q = select(*IMAGE_COLUMNS).order_by(ProductImage.id)
     if only_ok:
         q = q.where(ProductImage.status == "ok")
     return [ImageInfo(*row) for row in conn.execute(q)]
@@ -45,7 +46,7 @@ def products_for_images(engine: Engine, image_ids: Sequence[int]) -> dict[int, t
     if not ids:
         return {}
     merchant, predicted = aliased(Category), aliased(Category)
-    q = (select(*_IMAGE_COLUMNS, Product.sku, Product.title, Product.description, Product.brand, Product.price,
+    q = (select(*IMAGE_COLUMNS, Product.sku, Product.title, Product.description, Product.brand, Product.price,
                 Product.currency, Product.category_id, merchant.path, predicted.path,
                 Product.predicted_confidence, Product.attributes)
          .join(Product, Product.id == ProductImage.product_id)
@@ -56,9 +57,9 @@ def products_for_images(engine: Engine, image_ids: Sequence[int]) -> dict[int, t
     with engine.connect() as conn:
         for part in chunks(ids):
             for row in conn.execute(q.where(ProductImage.id.in_(part))):
-                img = ImageInfo(*row[:len(_IMAGE_COLUMNS)])
+                img = ImageInfo(*row[:len(IMAGE_COLUMNS)])
                 (sku, title, description, brand, price, currency, category_id, merchant_path, predicted_path,
-                 predicted_conf, attributes) = row[len(_IMAGE_COLUMNS):]
+                 predicted_conf, attributes) = row[len(IMAGE_COLUMNS):]
                 prod = products.get(img.product_id)
                 if prod is None:
                     source = "merchant" if category_id is not None else ("predicted" if predicted_path else None)
