@@ -105,8 +105,8 @@ class IndexDiff:
     unchanged: int
 
 
-def diff_index(want: dict[int, str], have: dict[int, str | None]) -> IndexDiff:
-    """Ids to add, re-embed and drop to turn `have` (id -> hash, None when unknown) into `want`."""
+def diff_index(want: dict[int, str], have: dict[int, str]) -> IndexDiff:
+    """Ids to add, re-embed and drop to turn `have` (id -> hash) into `want`."""
     added = tuple(sorted(i for i in want if i not in have))
     changed = tuple(sorted(i for i in want if i in have and have[i] != want[i]))
     removed = tuple(sorted(i for i in have if i not in want))
@@ -179,14 +179,13 @@ class IndexBuilder:
                                                    self.embedder.dim, saved.count, "complete", None, None))
         return saved.count
 
-    def _serving(self) -> tuple[IndexManifest | None, list[int] | None]:
-        """The serving build's manifest and image ids (None where it predates the keys sidecar)."""
+    def _serving(self) -> tuple[IndexManifest | None, list[int]]:
+        """The serving build's manifest and image ids (none when nothing serves)."""
         manifest = self.store.current_manifest()
-        keys = self.store.load_keys(manifest.build_id) if manifest is not None else None
-        return manifest, None if keys is None else list(keys)
+        return manifest, list(self.store.load_keys(manifest.build_id)) if manifest is not None else []
 
     def _guard(self, build_id: str | None, itype: str, serving: IndexManifest | None,
-               serving_ids: list[int] | None, new_ids: list[int], max_shrink: float | None) -> None:
+               serving_ids: list[int], new_ids: list[int], max_shrink: float | None) -> None:
         """Refuse (IndexShrinkError, the build recorded as failed) a build that drops more than
         `max_shrink` of the serving build's vectors. Checked on the plan, before any embedding,
         and again on what was embedded."""
@@ -267,16 +266,14 @@ class IndexBuilder:
         old, _ = self.store.load_current()
         items = self.work_items()
         want = {it.image_id: it.key for it in items if it.image_id is not None}
-        keys = self.store.load_keys(manifest.build_id)
-        # A build from before the keys sidecar: ids known, hashes not; assume unchanged.
-        have: dict[int, str | None] = dict(keys) if keys is not None else {int(i): want.get(int(i)) for i in old.ids()}
+        have = self.store.load_keys(manifest.build_id)
         diff = diff_index(want, have)
         self._guard(None, manifest.index_type, manifest, list(have), list(want), max_shrink)
         todo_ids = set(diff.added) | set(diff.changed)
         todo = [it for it in items if it.image_id in todo_ids]
         rep = self.embed(todo, batch_size, workers, progress, executor, chunk_size, compile)
         ok_new = {i: want[i] for i in sorted(todo_ids) if want[i] in self.cache}
-        final = {i: k for i, k in have.items() if i in want and i not in todo_ids and k is not None}
+        final = {i: k for i, k in have.items() if i in want and i not in todo_ids}
         final.update(ok_new)
         target = (choose_index_type(len(final)) if index_type == "auto" else index_type)
         prev_report = self.store.load_report(manifest.build_id) or {}

@@ -20,7 +20,6 @@ class IndexStatus:
     stale: int  # in the index, no longer in the catalogue: `index update` removes them
     changed: int  # in both, the image's content hash differs: re-embedded by `index update`
     failed_images: int  # catalogue images that cannot be indexed (missing or invalid files)
-    hashes_known: bool  # False for builds made before the keys sidecar (changes undetectable)
     previous_build: str | None
     up_to_date: bool
     files_changed_on_disk: int = 0  # size/mtime moved since hashed: `index update` re-checks them
@@ -39,16 +38,10 @@ def index_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     manifest = store.current_manifest()
     degraded = store.degraded
     if manifest is None:
-        return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed, True,
+        return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed,
                            store.previous_id(), not want, on_disk)
-    keys = store.load_keys(manifest.build_id)
-    if keys is None:
-        index, _ = store.load_current(mmap=True)
-        have: dict[int, str | None] = {int(i): want.get(int(i)) for i in index.ids()}
-    else:
-        have = dict(keys)
-    d = diff_index(want, have)
+    d = diff_index(want, store.load_keys(manifest.build_id))
     return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want),
-                       len(d.added), len(d.removed), len(d.changed), stats.images_failed, keys is not None,
+                       len(d.added), len(d.removed), len(d.changed), stats.images_failed,
                        store.previous_id(), not (d.added or d.removed or d.changed or on_disk), on_disk,
                        degraded=degraded)

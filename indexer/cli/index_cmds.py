@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx, sigterm_as_interrupt
+from indexer.cli.context import Ctx, echo_json, pass_ctx, sigterm_as_interrupt
 from indexer.shrink import DEFAULT_MAX_SHRINK
 
 
@@ -187,8 +187,7 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
         click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
     click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
-    click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove"
-               + ("" if st.hashes_known else " (content changes unknown: build predates hash records)"))
+    click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove")
     if st.files_changed_on_disk:
         click.echo(f"files: {st.files_changed_on_disk} changed or gone on disk since they were imported")
     click.echo("up to date" if st.up_to_date else "run `shopsearch index update` to catch up")

@@ -22,9 +22,9 @@ from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, V
 
 log = logging.getLogger("shopsearch.index")
 
-#: sidecar: image ids and the content sha256 each vector was computed from
+#: beside every index: image ids and the content sha256 each vector was computed from
 KEYS_FILE = "keys.npz"
-#: sidecar: the build report (counts, failed images with reasons)
+#: beside the index: the build report (counts, failed images with reasons)
 REPORT_FILE = "report.json"
 
 
@@ -128,18 +128,12 @@ class IndexStore:
         except (OSError, ValueError, TypeError):
             return None
 
-    # -- sidecars: which content hash each id had, and the build's report --------
-    def load_keys(self, build_id: str | None = None) -> dict[int, str] | None:
-        """image id -> content sha256 of the vector in a build (None for builds without the sidecar)."""
-        build_id = build_id or self.serving_id()
-        if build_id is None:
-            return None
+    # -- beside the index: which content hash each id had, and the build's report --------
+    def load_keys(self, build_id: str) -> dict[int, str]:
+        """image id -> content sha256 of the vector in a build (every build has them)."""
         path = self.build_dir(build_id) / KEYS_FILE
         try:
-            with np.load(path) as z:
-                return {int(i): str(k) for i, k in zip(z["ids"], z["keys"])}
-        except FileNotFoundError:
-            return None
+            return self._keys_in(path.parent)
         except (OSError, ValueError, KeyError) as e:
             raise IndexCorruptError(f"keys file {path} is unreadable: {e}") from None
 
@@ -152,11 +146,11 @@ class IndexStore:
             return None
 
     # -- publish ----------------------------------------------------------
-    def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None = None,
+    def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str],
                 report: dict | None = None, extra_files: Mapping[str, str] | None = None) -> IndexManifest:
         """Save, verify, and atomically make this build the serving one.
 
-        `keys` (image id -> content hash of its vector) lets `index update` tell new, changed and
+        `keys` (image id -> content hash of its vector, for every id in the index) lets `index update` tell new, changed and
         removed images apart; `report` (counts, failures) is kept beside the index for people;
         `extra_files` (name -> text, e.g. the calibration) are written into the build before it serves.
         A write that fails (disk full, read-only mount) removes what it wrote, staging included,
@@ -181,15 +175,14 @@ class IndexStore:
         for d in self.builds_dir.glob(".staging-*"):
             shutil.rmtree(d, ignore_errors=True)
 
-    def _publish(self, staging: Path, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None,
+    def _publish(self, staging: Path, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str],
                  report: dict | None, extra_files: Mapping[str, str] | None) -> IndexManifest:
         saved = index.save(staging, manifest)
-        if keys is not None:
-            ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
-            tmp = staging / f".{KEYS_FILE}"
-            with open(tmp, "wb") as f:
-                np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="U64"))
-            os.replace(tmp, staging / KEYS_FILE)
+        ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
+        tmp = staging / f".{KEYS_FILE}"
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="U64"))
+        os.replace(tmp, staging / KEYS_FILE)
         if report is not None:
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
         for name, text in (extra_files or {}).items():
@@ -199,11 +192,9 @@ class IndexStore:
         if len(reloaded) != len(index) or check.count != saved.count:
             shutil.rmtree(staging, ignore_errors=True)
             raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
-        if keys is not None:
-            on_disk = self._keys_in(staging)
-            if set(on_disk) != set(int(i) for i in reloaded.ids()):
-                shutil.rmtree(staging, ignore_errors=True)
-                raise IndexCorruptError(f"build {manifest.build_id}: keys sidecar does not match the index ids")
+        if set(self._keys_in(staging)) != set(int(i) for i in reloaded.ids()):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise IndexCorruptError(f"build {manifest.build_id}: keys file does not match the index ids")
         final = self.build_dir(manifest.build_id)
         os.replace(staging, final)
         old = self.serving_id()  # a broken CURRENT must not push the intact build out of PREVIOUS
