@@ -68,6 +68,10 @@ REPRODUCE = [
     "python benchmarks/ray_bench.py",
     "# bytes per vector a search node holds, per index type",
     "python benchmarks/index_bytes_bench.py",
+    "# what the feedback log costs a search (log on vs off, interleaved), SQLite then PostgreSQL",
+    "python benchmarks/feedback_log_bench.py",
+    "python benchmarks/feedback_log_bench.py --database-url postgresql://... \\",
+    "    --out benchmarks/results/feedback_log_postgresql.json",
     "python benchmarks/make_results.py",
 ]
 

@@ -131,8 +131,10 @@ def test_cli_status_update_rollback_json(tmp_path):
     p = tmp_path / "extra.png"
     jitter(make_image(50), seed=1).save(p)
     cat.upsert_product(ProductRecord("NEW", "new", images=(ImageRecord(str(p), sha256=sha(p)),)))
-    st = json.loads(_cli(data, "index", "status", "--json").stdout)
-    assert (st["missing"], st["stale"], st["changed"], st["up_to_date"]) == (1, 1, 0, False)
+    st = json.loads(_cli(data, "index", "status", "--json").stdout)  # the quick check: ids only
+    assert (st["missing"], st["stale"], st["changed"], st["up_to_date"], st["deep"]) == (1, 1, None, False, False)
+    st = json.loads(_cli(data, "index", "status", "--deep", "--json").stdout)
+    assert (st["missing"], st["stale"], st["changed"], st["up_to_date"], st["deep"]) == (1, 1, 0, False, True)
     res = _cli(data, "index", "update", "--json")
     upd = json.loads(res.stdout)  # exactly one JSON object on stdout
     assert (upd["embedded"], upd["skipped"], upd["vectors"], upd["removed"], upd["mode"]) == (1, 0, 5, 1, "incremental")

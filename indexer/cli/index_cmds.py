@@ -171,12 +171,15 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
 
 @index.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--deep", is_flag=True,
+              help="Also compare every image's content hash with the build's and stat every file "
+                   "(slow on big catalogues; the default compares counts and ids only).")
 @pass_ctx
-def status_cmd(c: Ctx, as_json: bool) -> None:
+def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
     """How far the serving index lags the catalogue."""
     from indexer.status import index_status
 
-    st = index_status(c.catalogue(), c.index_store())
+    st = index_status(c.catalogue(), c.index_store(), deep=deep)
     if as_json:
         echo_json(st.to_dict())
         return
@@ -187,7 +190,11 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
         click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
     click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
-    click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove")
+    if st.deep:
+        click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove")
+    else:
+        click.echo(f"lag: {st.missing} to add, {st.stale} to remove (ids only; --deep also checks content "
+                   "and files on disk)")
     if st.files_changed_on_disk:
         click.echo(f"files: {st.files_changed_on_disk} changed or gone on disk since they were imported")
     click.echo("up to date" if st.up_to_date else "run `shopsearch index update` to catch up")

@@ -9,7 +9,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from shopsearch.catalogue import db
+import numpy as np
+
+from shopsearch.catalogue import bulk, db
 from shopsearch.catalogue.models import Category, IndexBuild, Product, ProductImage
 from shopsearch.catalogue.records import (
     CatalogueStats,
@@ -189,27 +191,22 @@ class CatalogueStore:
             return [_product_info(p) for p in s.scalars(q)]
 
     def products_for_images(self, image_ids: Sequence[int]) -> dict[int, tuple[ProductInfo, ImageInfo]]:
-        """Map image id -> (its product, the image), for ids that still exist."""
-        ids = [int(i) for i in image_ids]
-        if not ids:
-            return {}
-        with self.session() as s:
-            imgs = s.scalars(select(ProductImage).where(ProductImage.id.in_(ids))).all()
-            pids = {i.product_id for i in imgs}
-            prods = {
-                p.id: _product_info(p, with_images=False)
-                for p in s.scalars(
-                    select(Product).options(selectinload(Product.category), selectinload(Product.predicted_category))
-                    .where(Product.id.in_(pids))
-                )
-            }
-            return {i.id: (prods[i.product_id], _image_info(i)) for i in imgs if i.product_id in prods}
+        """Map image id -> (its product, the image), for ids that still exist (plain rows,
+        chunked below the databases' bind-parameter limits; any number of ids)."""
+        return bulk.products_for_images(self.engine, image_ids)
+
+    def filter_columns(self) -> bulk.FilterColumns:
+        """Per indexable image: product, price and category as numpy columns (search filters)."""
+        return bulk.filter_columns(self.engine)
+
+    def ok_image_ids(self) -> np.ndarray:
+        """Ids of the indexable images, ascending (`index status` compares them with a build's)."""
+        return bulk.ok_image_ids(self.engine)
 
     def indexable_images(self) -> list[ImageInfo]:
         """Images with a readable file, in id order: what an index build embeds."""
-        with self.session() as s:
-            rows = s.scalars(select(ProductImage).where(ProductImage.status == "ok").order_by(ProductImage.id))
-            return [_image_info(i) for i in rows]
+        with self.engine.connect() as conn:
+            return bulk.image_rows(conn, only_ok=True)
 
     def unusable_images(self) -> list[UnusableImage]:
         """Images an index build skips (missing or undecodable files), with their SKU and reason."""
@@ -222,8 +219,8 @@ class CatalogueStore:
 
     def images(self) -> list[ImageInfo]:
         """Every image whatever its status, in id order (what a rescan of the files checks)."""
-        with self.session() as s:
-            return [_image_info(i) for i in s.scalars(select(ProductImage).order_by(ProductImage.id))]
+        with self.engine.connect() as conn:
+            return bulk.image_rows(conn)
 
     def update_image_file(self, image_id: int, status: str, sha256: str | None = None, width: int | None = None,
                           height: int | None = None, file_size: int | None = None, file_mtime_ns: int | None = None,

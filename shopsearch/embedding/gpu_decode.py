@@ -20,7 +20,7 @@ def gpu_transform_for(embedder: Embedder, device: str | None = None) -> GpuTrans
     """A batched GPU twin of the embedder's torchvision transform, or None when the
     transform has a step we cannot replay exactly (then the CPU workers are used).
     `device` overrides the embedder's (tests replay it on the CPU)."""
-    own = str(getattr(embedder, "device", "cpu"))
+    own = str(embedder.device)
     device = device or own
     if not isinstance(embedder, TransformEmbedder) or (device == own and not device.startswith("cuda")):
         return None

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
+from shopsearch.index.filtered import PositionMap, empty_result, search_positions
 
 log = logging.getLogger("shopsearch.index")
 
@@ -114,6 +115,7 @@ class VectorIndex:
         self.ef_search = DEFAULT_EF_SEARCH
         self.refine_k_factor = DEFAULT_REFINE_K_FACTOR
         self._search_index: faiss.Index | None = None  # a GPU copy answering search(), see to_gpu
+        self._positions: PositionMap | None = None  # id -> position, built on the first filtered search
 
     @property
     def faiss_index(self) -> faiss.Index:
@@ -178,6 +180,7 @@ class VectorIndex:
         if not self._index.is_trained:
             self.train(vectors)
         self._index.add_with_ids(vectors, ids)
+        self._positions = None
         self._search_index = None  # a GPU copy would now miss these; to_gpu() again
 
     def remove(self, ids: np.ndarray) -> int:
@@ -188,6 +191,7 @@ class VectorIndex:
         if not self.supports_remove():
             raise NotImplementedError(f"{self.index_type} indexes cannot remove vectors; rebuild without them")
         self._search_index = None  # the GPU copy would still return them
+        self._positions = None
         return int(self._index.remove_ids(ids))
 
     def supports_remove(self) -> bool:
@@ -234,15 +238,38 @@ class VectorIndex:
             ef = ef_for_size(len(self)) if self.ef_search == DEFAULT_EF_SEARCH else self.ef_search
             inner.hnsw.efSearch = ef
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), both (nq, k); missing slots have id -1."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), both (nq, k); missing slots have id -1. `allowed`: only these ids may
+        be returned, and the best of them are (shopsearch/index/filtered.py); an empty set
+        answers at once without searching."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ModelMismatchError(f"query vectors have dim {q.shape[1]}, the index has dim {self.dim}")
+        if allowed is not None:
+            return self._search_among(q, max(1, int(k)), allowed)
         k = max(1, min(int(k), max(len(self), 1)))
         index = self._search_index if self._search_index is not None else self._index
         self._tune(index)
         return index.search(q, k)
+
+    def _search_among(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Always on the CPU index: GPU indexes take no ID selectors.
+        if self._positions is None:
+            self._positions = PositionMap(self.ids())
+        positions = self._positions.positions(allowed)
+        if len(positions) == 0:
+            return empty_result(len(q), k)
+        inner = faiss.downcast_index(self._index.index)
+        ef = ef_for_size(len(self)) if self.ef_search == DEFAULT_EF_SEARCH else self.ef_search
+        try:
+            scores, pos = search_positions(inner, q, k, positions, self.nprobe, ef, self.refine_k_factor)
+        except RuntimeError as e:  # IVF reconstructs by position only through a direct map
+            if "direct map" not in str(e) or not self._make_direct_map():
+                raise
+            scores, pos = search_positions(inner, q, k, positions, self.nprobe, ef, self.refine_k_factor)
+        ids = np.where(pos >= 0, self._positions.external[np.maximum(pos, 0)], -1)
+        return scores, ids
 
     # -- persistence --------------------------------------------------------
     def save(self, directory: Path, manifest: IndexManifest) -> IndexManifest:
