@@ -40,16 +40,16 @@ import json, os, signal, sys, time
 from pathlib import Path
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
-from shopsearch.embedding import pipeline
+from shopsearch.embedding import items as stages
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import WorkItem, embed_items
 
-real = pipeline.decode_source
+real = stages.decode_source
 def decode_source(src, *a, **kw):
     if isinstance(src, str) and Path(src).read_bytes().endswith(b"CRASH-ME"):
         os.kill(os.getpid(), signal.SIGSEGV)
     return real(src, *a, **kw)
-pipeline.decode_source = decode_source
+stages.decode_source = decode_source
 
 model, executor, cache_dir, listing = sys.argv[1:5]
 settings = Settings.from_env()  # this script is an edge: SHOPSEARCH_* reach the pipeline through it

@@ -21,7 +21,7 @@ import numpy as np
 
 from indexer.build_types import BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges
 from indexer.shrink import check_shrink
-from indexer.update_plan import DELTA, READD, UP_TO_DATE, REBUILD, Changes, ServingIndex, UpdatePlan, plan_update
+from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex, plan_update
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
@@ -57,8 +57,8 @@ class IndexDiff:
     unchanged: int
 
 
-def diff_index(want: dict[int, str], have: dict[int, str | None]) -> IndexDiff:
-    """Ids to add, re-embed and drop to turn `have` (id -> hash, None when unknown) into `want`."""
+def diff_index(want: dict[int, str], have: dict[int, str]) -> IndexDiff:
+    """Ids to add, re-embed and drop to turn `have` (id -> hash) into `want`."""
     added = tuple(sorted(i for i in want if i not in have))
     changed = tuple(sorted(i for i in want if i in have and have[i] != want[i]))
     removed = tuple(sorted(i for i in have if i not in want))
@@ -141,14 +141,13 @@ class IndexBuilder:
         self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
                                                    self.embedder.dim, count, status, None, None))
 
-    def _serving(self) -> tuple[IndexManifest | None, dict[int, str] | None]:
-        """The serving build's manifest and image id -> content hash (None where it predates the keys sidecar)."""
+    def _serving(self) -> tuple[IndexManifest | None, dict[int, str]]:
+        """The serving build's manifest and image id -> content hash (empty when nothing serves)."""
         manifest = self.store.current_manifest()
-        keys = self.store.load_keys(manifest.build_id) if manifest is not None else None
-        return manifest, keys
+        return manifest, self.store.load_keys(manifest.build_id) if manifest is not None else {}
 
     def _guard(self, build_id: str | None, itype: str, serving: IndexManifest | None,
-               serving_ids: list[int] | None, new_ids: list[int], max_shrink: float | None) -> None:
+               serving_ids: list[int], new_ids: list[int], max_shrink: float | None) -> None:
         """Refuse (IndexShrinkError, the build recorded as failed) a build that drops more than
         `max_shrink` of the serving build's vectors. Checked on the plan, before any embedding,
         and again on what was embedded."""
@@ -200,7 +199,7 @@ class IndexBuilder:
         plan = self.plan(o.index_type, items)
         serving, serving_keys = self._serving()
         # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
-        if not o.force and serving is not None and serving_keys is not None and not self.store.degraded \
+        if not o.force and serving is not None and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
             return self._up_to_date(serving, t0, scan)
@@ -208,13 +207,12 @@ class IndexBuilder:
                                           "estimated_bytes": plan.estimated_bytes})
         if on_plan is not None:
             on_plan(plan)
-        serving_ids = None if serving_keys is None else list(serving_keys)
-        self._guard(None, plan.index_type, serving, serving_ids, [it.image_id for it in items], o.max_shrink)
+        self._guard(None, plan.index_type, serving, list(serving_keys), [it.image_id for it in items], o.max_shrink)
         build_id = self._start(plan.index_type)
         rep = self._embed(items, o)
         good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
         ids = sorted(good)
-        self._guard(build_id, plan.index_type, serving, serving_ids, ids, o.max_shrink)
+        self._guard(build_id, plan.index_type, serving, list(serving_keys), ids, o.max_shrink)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
         segments = SegmentCounts(len(index), 0, 0)
         report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),
@@ -246,17 +244,13 @@ class IndexBuilder:
         want = {it.image_id: it.key for it in items if it.image_id is not None}
         seg = self.store.segment_keys(manifest.build_id)
         old: VectorIndex | None = None
-        if seg is None:  # a build from before the keys sidecar: ids known, hashes not; assume unchanged
-            old, _ = self.store.load_current()
-            have: dict[int, str | None] = {int(i): want.get(int(i)) for i in old.ids()}
-        else:
-            have = dict(seg.served())
+        have = seg.served()
         diff = diff_index(want, have)
         self._guard(None, manifest.index_type, manifest, list(have), list(want), o.max_shrink)
         todo_ids = set(diff.added) | set(diff.changed)
         rep = self._embed([it for it in items if it.image_id in todo_ids], o)
         ok_new = {i: want[i] for i in sorted(todo_ids) if want[i] in self.cache}
-        final = {i: k for i, k in have.items() if i in want and i not in todo_ids and k is not None}
+        final = {i: k for i, k in have.items() if i in want and i not in todo_ids}
         final.update(ok_new)
         target = (choose_index_type(len(final)) if o.index_type == "auto" else o.index_type)
         prev_report = self.store.load_report(manifest.build_id) or {}
@@ -267,8 +261,6 @@ class IndexBuilder:
                                trained_on, since_training)
         plan = plan_update(serving, Changes(len(diff.added), len(diff.changed), len(diff.removed), len(final), target),
                            o.force)
-        if plan.strategy == DELTA and seg is None:
-            plan = UpdatePlan(REBUILD, "the serving build predates the keys sidecar")
         changes = UpdateChanges(manifest.build_id, len(diff.added), len(diff.changed), len(diff.removed),
                                 diff.unchanged, plan.reason, since_training + len(ok_new))
         if plan.strategy == UP_TO_DATE:
@@ -278,7 +270,6 @@ class IndexBuilder:
         self._guard(build_id, target, manifest, list(have), ids, o.max_shrink)
         est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
         if plan.strategy == DELTA:
-            assert seg is not None  # see above
             return self._publish_delta(build_id, manifest, seg, diff, final, rep, t0, est, trained_on, scan, changes)
         if old is None:
             old, _ = self.store.load_current()

@@ -34,20 +34,18 @@ class Shrink:
         return 1 - self.new / self.serving if self.serving else 0.0
 
 
-def measure_shrink(serving: int, serving_ids: Iterable[int] | None, new_ids: Iterable[int],
+def measure_shrink(serving: int, serving_ids: Iterable[int], new_ids: Iterable[int],
                    catalogue: CatalogueStore) -> Shrink:
-    """Compare the serving build (its vector count, and its image ids where known) with the
-    image ids of the build about to be published."""
+    """Compare the serving build (its vector count and image ids) with the image ids of the
+    build about to be published."""
     new = set(new_ids)
-    if serving_ids is None:  # a build from before the keys sidecar: counts only
-        return Shrink(serving, len(new), 0, 0)
     lost = set(serving_ids) - new
     known = {img.id for img in catalogue.images()} if lost else set()
     unusable = len(lost & known)
     return Shrink(serving, len(new), unusable, len(lost) - unusable)
 
 
-def check_shrink(serving: int, serving_ids: Iterable[int] | None, new_ids: Iterable[int],
+def check_shrink(serving: int, serving_ids: Iterable[int], new_ids: Iterable[int],
                  catalogue: CatalogueStore, max_shrink: float | None) -> None:
     """Raise IndexShrinkError when the new build would drop more than `max_shrink` (a
     fraction, 0..1) of the serving build's `serving` vectors; None or >= 1 allows anything.

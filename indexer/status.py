@@ -14,7 +14,7 @@ import numpy as np
 
 from shopsearch.catalogue.rescan import stat_moved
 from shopsearch.catalogue.store import CatalogueStore
-from shopsearch.index.store import KEYS_FILE, IndexStore
+from shopsearch.index.store import IndexStore
 from indexer.build import diff_index
 
 
@@ -29,7 +29,6 @@ class IndexStatus:
     stale: int  # in the index, no longer in the catalogue: `index update` removes them
     changed: int | None  # in both, the image's content hash differs (None: not checked, quick status)
     failed_images: int  # catalogue images that cannot be indexed (missing or invalid files)
-    hashes_known: bool  # False for builds made before the keys sidecar (changes undetectable)
     previous_build: str | None
     up_to_date: bool  # nothing to do as far as was checked (the quick check: ids only)
     files_changed_on_disk: int | None = 0  # size/mtime moved since hashed (None: not checked, quick status)
@@ -51,25 +50,14 @@ def _quick_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     want = catalogue.ok_image_ids()
     manifest = store.current_manifest()
     if manifest is None:
-        return IndexStatus(None, None, None, 0, len(want), len(want), 0, None, stats.images_failed, True,
+        return IndexStatus(None, None, None, 0, len(want), len(want), 0, None, stats.images_failed,
                            store.previous_id(), not len(want), None, deep=False)
-    have, hashes_known = _build_ids(store, manifest.build_id)
+    have = store.served_ids(manifest.build_id)
     missing = len(np.setdiff1d(want, have, assume_unique=True))
     stale = len(np.setdiff1d(have, want, assume_unique=True))
     return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want),
-                       missing, stale, None, stats.images_failed, hashes_known, store.previous_id(),
+                       missing, stale, None, stats.images_failed, store.previous_id(),
                        not (missing or stale), None, degraded=store.degraded, deep=False)
-
-
-def _build_ids(store: IndexStore, build_id: str) -> tuple[np.ndarray, bool]:
-    """The image ids of a build, from its keys sidecar's id column alone (the hashes stay
-    on disk), else from the index itself; and whether the build records content hashes."""
-    try:
-        with np.load(store.build_dir(build_id) / KEYS_FILE) as z:
-            return np.unique(z["ids"].astype(np.int64)), True
-    except (OSError, ValueError, KeyError):
-        index, _ = store.load_current(mmap=True)
-        return np.unique(index.ids()), False
 
 
 def _deep_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
@@ -80,16 +68,10 @@ def _deep_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     manifest = store.current_manifest()
     degraded = store.degraded
     if manifest is None:
-        return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed, True,
+        return IndexStatus(None, None, None, 0, len(want), len(want), 0, 0, stats.images_failed,
                            store.previous_id(), not want, on_disk)
-    keys = store.load_keys(manifest.build_id)
-    if keys is None:
-        index, _ = store.load_current(mmap=True)
-        have: dict[int, str | None] = {int(i): want.get(int(i)) for i in index.ids()}
-    else:
-        have = dict(keys)
-    d = diff_index(want, have)
+    d = diff_index(want, store.load_keys(manifest.build_id))
     return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want),
-                       len(d.added), len(d.removed), len(d.changed), stats.images_failed, keys is not None,
+                       len(d.added), len(d.removed), len(d.changed), stats.images_failed,
                        store.previous_id(), not (d.added or d.removed or d.changed or on_disk), on_disk,
                        degraded=degraded)

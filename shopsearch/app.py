@@ -8,12 +8,12 @@ import logging
 
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
-from shopsearch.confidence import load_calibration
+from shopsearch.confidence import Calibration, load_calibration
 from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
 from shopsearch.index.store import IndexStore
-from shopsearch.index.vector_index import VectorIndex, gpu_available
+from shopsearch.index.vector_index import IndexManifest, VectorIndex, gpu_available
 from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.app")
@@ -52,11 +52,21 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
     catalogue = catalogue or open_catalogue(settings)
     if router is None and with_router:
         router = load_router(settings, embedder)
+    return search_service_over(embedder, index, catalogue, manifest, router=router, rerank=settings.rerank,
+                               tta=settings.tta, fusion=settings.fusion,
+                               calibration=load_calibration(store.build_dir(manifest.build_id), manifest.build_id))
+
+
+def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: CatalogueStore, manifest: IndexManifest,
+                        router: CategoryRouter | None = None, rerank: str | None = None, tta: bool = False,
+                        fusion: bool = False, calibration: Calibration | None = None) -> SearchService:
+    """A SearchService over an index already in memory: the serving build's (above) or a
+    benchmark gallery's (shopsearch.evaluation.runner). `rerank` is the settings' string
+    (off | qe | kr | qe+kr, with parameters)."""
     from shopsearch.rerank import parse_rerank
 
-    return SearchService(embedder, index, catalogue, manifest, router=router, rerank=parse_rerank(settings.rerank),
-                         tta=settings.tta, fusion=settings.fusion,
-                         calibration=load_calibration(store.build_dir(manifest.build_id), manifest.build_id))
+    return SearchService(embedder, index, catalogue, manifest, router=router, rerank=parse_rerank(rerank),
+                         tta=tta, fusion=fusion, calibration=calibration)
 
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:

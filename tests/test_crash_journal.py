@@ -36,7 +36,8 @@ RUN = r"""
 import json, os, signal, sys
 from pathlib import Path
 from shopsearch.config import Settings
-from shopsearch.embedding import gpu, pipeline
+from shopsearch.embedding import gpu
+from shopsearch.embedding import items as stages
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import PipelineConfig, WorkItem, embed_items
 from shopsearch.embedding.tuning import inflight_horizon
@@ -58,12 +59,12 @@ if executor == "gpu":
     gpu.run_gpu_batches = lambda *a, **kw: real_run(*a, device="cpu", **kw)
     emb, fp, dim = MeanColour(), "mean-colour", 3
 else:
-    real = pipeline.decode_source
+    real = stages.decode_source
     def decode_source(src, *a, **kw):
         if isinstance(src, str) and b"POISON" in Path(src).read_bytes():
             die()
         return real(src, *a, **kw)
-    pipeline.decode_source = decode_source
+    stages.decode_source = decode_source
     emb, fp, dim = FakeEmbedder(), "fake-grid4x4", 48
 settings = Settings.from_env()  # this script is an edge: SHOPSEARCH_* reach the pipeline through it
 rep = embed_items(emb, [WorkItem(*r) for r in rows], VectorCache(Path(cache_dir), fp, dim), batch_size=4,
@@ -207,12 +208,12 @@ def test_png_with_trailing_bytes_still_decodes(tmp_path):
 CLI = r"""
 import os, signal, sys, time
 from pathlib import Path
-from shopsearch.embedding import pipeline
+from shopsearch.embedding import items as stages
 
 data = Path(sys.argv[sys.argv.index("--data-dir") + 1])
 chunks = lambda: len(list(data.rglob("chunk-*.npz")))
 before, main_pid = chunks(), os.getpid()
-real = pipeline.decode_source
+real = stages.decode_source
 def decode_source(src, *a, **kw):
     if isinstance(src, str) and b"POISON" in Path(src).read_bytes():
         deadline = time.monotonic() + 60
@@ -220,7 +221,7 @@ def decode_source(src, *a, **kw):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGSEGV)
     return real(src, *a, **kw)
-pipeline.decode_source = decode_source
+stages.decode_source = decode_source
 from indexer.cli import main
 main()
 """

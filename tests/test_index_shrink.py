@@ -113,14 +113,19 @@ def test_images_that_fail_to_embed_are_counted_after_embedding(tmp_path, sqlite_
 
 
 def test_check_shrink_limits():
-    check_shrink(10, None, range(5), None, 0.5)  # exactly at the limit
-    check_shrink(10, None, [], None, 1.0)
-    check_shrink(10, None, [], None, None)
-    check_shrink(0, None, [], None, 0.0)  # nothing served
-    with pytest.raises(IndexShrinkError, match="4 vectors against the serving build's 10 \\(60% fewer"):
-        check_shrink(10, None, range(4), None, 0.5)  # a build without the keys sidecar: counts only
+    class Emptied:  # a catalogue that lost every image
+        def images(self):
+            return []
+
+    check_shrink(10, range(10), range(5), None, 0.5)  # exactly at the limit: the catalogue is not read
+    check_shrink(10, range(10), [], None, 1.0)
+    check_shrink(10, range(10), [], None, None)
+    check_shrink(0, [], [], None, 0.0)  # nothing served
+    with pytest.raises(IndexShrinkError, match="4 vectors against the serving build's 10 \\(60% fewer.*6 of its "
+                                               "images left the catalogue"):
+        check_shrink(10, range(10), range(4), Emptied(), 0.5)
     with pytest.raises(IndexShrinkError):
-        check_shrink(10, None, range(9), None, 0.0)
+        check_shrink(10, range(10), range(9), Emptied(), 0.0)
 
 
 def test_cli_refuses_with_a_clear_error_and_max_shrink_allows(tmp_path):

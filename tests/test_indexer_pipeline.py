@@ -183,13 +183,13 @@ def test_split_preprocess_is_bit_identical_to_the_transform(tmp_path):
     for kw in (dict(crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # EfficientNet-Lite0
                dict(crop_pct=1.0, mean=(0.4815, 0.4578, 0.4082), std=(0.2686, 0.2613, 0.2758))):  # CLIP-like
         tf = create_transform(input_size=(3, 224, 224), interpolation="bicubic", **kw)
-        split = split_preprocess(SimpleNamespace(transform=tf, encode_tensor=None))
+        split = split_preprocess(SimpleNamespace(transform=tf, encode_tensor=lambda x: x))
         assert split is not None
         imgs = [make_image(i, size) for i, size in enumerate([(348, 348), (640, 480), (120, 200)])]
         got = split.finish(np.stack([split(im) for im in imgs]))
         want = torch.stack([tf(im) for im in imgs])
         assert torch.equal(got, want)
-    assert split_preprocess(SimpleNamespace(transform=lambda im: im, encode_tensor=None)) is None
+    assert split_preprocess(SimpleNamespace(transform=lambda im: im, encode_tensor=lambda x: x)) is None
     assert split_preprocess(FakeEmbedder()) is None
 
 

@@ -19,6 +19,11 @@ def _manifest(build_id="b1", fp="fp-1"):
     return IndexManifest(build_id, "fake", fp, 32, 0, "flat", "2026-01-01T00:00:00Z")
 
 
+def _keys(index: VectorIndex) -> dict[int, str]:
+    """A content hash per id, as the builder passes them."""
+    return {int(i): f"{int(i):064x}" for i in index.ids()}
+
+
 def test_flat_search_matches_brute_force():
     x = _data()
     ids = np.arange(1000, 1500, dtype=np.int64)
@@ -78,10 +83,10 @@ def test_store_publish_load_rollback(tmp_path):
         store.load_current()
     a = VectorIndex(32)
     a.add(np.arange(10), _data(10))
-    store.publish(a, _manifest("b1"))
+    store.publish(a, _manifest("b1"), _keys(a))
     b = VectorIndex(32)
     b.add(np.arange(20), _data(20))
-    store.publish(b, _manifest("b2"))
+    store.publish(b, _manifest("b2"), _keys(b))
     vi, m = store.load_current()
     assert m.build_id == "b2" and len(vi) == 20 and m.count == 20
     assert store.rollback() == "b1"
@@ -90,11 +95,25 @@ def test_store_publish_load_rollback(tmp_path):
     assert not list((tmp_path / "index" / "builds").glob(".staging-*"))
 
 
+def test_every_build_keeps_its_keys_and_a_build_without_them_is_corrupt(tmp_path):
+    store = IndexStore(tmp_path / "index")
+    a = VectorIndex(32)
+    a.add(np.arange(10), _data(10))
+    store.publish(a, _manifest("b1"), _keys(a))
+    assert store.load_keys("b1") == _keys(a)
+    with pytest.raises(IndexCorruptError, match="does not match the index ids"):
+        store.publish(a, _manifest("b2"), dict(list(_keys(a).items())[:5]))
+    assert store.current_id() == "b1"
+    (tmp_path / "index" / "builds" / "b1" / "keys.npz").unlink()
+    with pytest.raises(IndexCorruptError, match="keys file"):
+        store.load_keys("b1")
+
+
 def test_corrupt_index_file_is_detected(tmp_path):
     store = IndexStore(tmp_path / "index")
     a = VectorIndex(32)
     a.add(np.arange(10), _data(10))
-    store.publish(a, _manifest("b1"))
+    store.publish(a, _manifest("b1"), _keys(a))
     f = tmp_path / "index" / "builds" / "b1" / "index.faiss"
     f.write_bytes(f.read_bytes()[:-40])
     with pytest.raises(IndexCorruptError):
@@ -106,7 +125,7 @@ def test_half_written_build_never_serves(tmp_path, monkeypatch):
     store = IndexStore(tmp_path / "index")
     a = VectorIndex(32)
     a.add(np.arange(10), _data(10))
-    store.publish(a, _manifest("b1"))
+    store.publish(a, _manifest("b1"), _keys(a))
     b = VectorIndex(32)
     b.add(np.arange(20), _data(20))
 
@@ -115,7 +134,7 @@ def test_half_written_build_never_serves(tmp_path, monkeypatch):
 
     monkeypatch.setattr(VectorIndex, "load", classmethod(lambda cls, *a, **k: crash()))
     with pytest.raises(KeyboardInterrupt):
-        store.publish(b, _manifest("b2"))
+        store.publish(b, _manifest("b2"), _keys(b))
     monkeypatch.undo()
     vi, m = store.load_current()
     assert m.build_id == "b1" and len(vi) == 10

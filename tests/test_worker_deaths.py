@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shopsearch.embedding import gpu, pipeline
+from shopsearch.embedding import gpu
+from shopsearch.embedding import items as stages
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import PipelineConfig, WorkItem, embed_items
 from shopsearch.errors import WorkerCrashError
@@ -72,7 +73,7 @@ def test_workers_dying_on_everything_is_an_error_not_a_run_of_failures():
 def _crash_on_poison(monkeypatch) -> None:
     """The decoder segfaults on files named poison*: patched into the module that forked
     workers inherit, so the crash happens in a worker, as a real decoder bug would."""
-    real = pipeline.decode_source
+    real = stages.decode_source
 
     def decode_source(src, *a, **kw):
         if isinstance(src, str) and Path(src).name.startswith(POISON):
@@ -80,7 +81,7 @@ def _crash_on_poison(monkeypatch) -> None:
             os.kill(os.getpid(), signal.SIGSEGV)
         return real(src, *a, **kw)
 
-    monkeypatch.setattr(pipeline, "decode_source", decode_source)
+    monkeypatch.setattr(stages, "decode_source", decode_source)
 
 
 def _items_with_poison(image_dir, n: int = 30) -> tuple[list[WorkItem], WorkItem]:

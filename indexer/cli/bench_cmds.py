@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli import Ctx, pass_ctx
+from indexer.cli.context import Ctx, pass_ctx
 from shopsearch.errors import ConfigError
 
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
+from indexer.cli.context import Ctx, echo_json, pass_ctx
 from shopsearch.catalogue.formats import FORMATS
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
+from indexer.cli.context import Ctx, echo_json, pass_ctx
 
 
 @click.group("classify")

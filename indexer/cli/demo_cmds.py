@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli import Ctx, pass_ctx
+from indexer.cli.context import Ctx, pass_ctx
 
 DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-if TYPE_CHECKING:  # the group's context object; importing indexer.cli here would close an import cycle
-    from indexer.cli import Ctx
+if TYPE_CHECKING:
+    from indexer.cli.context import Ctx
 
 pass_ctx = click.pass_obj
 

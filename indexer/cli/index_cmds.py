@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from indexer.build_types import BuildOptions
-from indexer.cli import Ctx, echo_json, pass_ctx, sigterm_as_interrupt
+from indexer.cli.context import Ctx, echo_json, pass_ctx, sigterm_as_interrupt
 from indexer.shrink import DEFAULT_MAX_SHRINK
 
 
@@ -199,8 +199,7 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
     click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
     if st.deep:
-        click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove"
-                   + ("" if st.hashes_known else " (content changes unknown: build predates hash records)"))
+        click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove")
     else:
         click.echo(f"lag: {st.missing} to add, {st.stale} to remove (ids only; --deep also checks content "
                    "and files on disk)")

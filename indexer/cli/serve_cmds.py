@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli import Ctx, pass_ctx
+from indexer.cli.context import Ctx, pass_ctx
 
 
 def _split_bind(bind: str) -> tuple[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
+from indexer.cli.context import Ctx, echo_json, pass_ctx
 
 
 @click.command("throughput")

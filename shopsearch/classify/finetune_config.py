@@ -34,7 +34,7 @@ class FinetuneConfig:
 #: batches of 32 and the stem plus the first two blocks frozen: those early, high-resolution
 #: stages hold most of the activations a backward pass keeps, and at 288 px x 64 images
 #: they are gigabytes that the allocator maps and unmaps every step (the memory swinging
-#: between 3 and 9.6 GB, the high system time). Fewer epochs with a short warm-up, light
+#: by gigabytes, the high system time). Fewer epochs with a short warm-up, light
 #: augmentation (heavy augmentation needs the long schedule to pay off), and the weight
 #: average's warmed-up decay so a short run's average is usable.
 CPU_RECIPE: dict[str, Any] = {"epochs": 12, "batch_size": 32, "img_size": 224, "frozen_blocks": 2,

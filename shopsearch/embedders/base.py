@@ -47,6 +47,41 @@ class Embedder(Protocol):
         """Texts -> (N, dim) float32, L2-normalised. Raises CapabilityError without a text tower."""
 
 
+@runtime_checkable
+class TransformEmbedder(Protocol):
+    """An embedder whose `preprocess` is a torchvision transform: the pipeline may replay it
+    in parts (split across decode workers and the batch, or on the GPU)."""
+
+    #: the torchvision transform `preprocess` applies (Resize, CenterCrop, ToTensor, Normalize)
+    transform: object
+
+
+@runtime_checkable
+class TensorEmbedder(TransformEmbedder, Protocol):
+    """A transform embedder that also takes whole batches as torch tensors: the pipeline
+    normalises a batch of decoded pixels itself and hands it over without a numpy copy."""
+
+    def encode_tensor(self, x: object) -> np.ndarray:
+        """A normalised NCHW torch tensor (on any device) -> (N, dim) unit vectors."""
+
+
+@runtime_checkable
+class BatchEmbedder(TensorEmbedder, Protocol):
+    """Everything the embedding pipeline uses beyond `Embedder` (torch models, `TorchEmbedder`):
+    batches as tensors, compilation, CUDA graphs, precision. The pipeline checks for these
+    protocols, and uses a model's plain `preprocess`/`encode_batch` where it has none."""
+
+    @property
+    def precision(self) -> str:
+        """"fp32", "bf16" or "int8" (int8 models only run compiled)."""
+
+    def compile(self, batch_size: int) -> bool:
+        """Compile the model for batches of this size; False when it cannot be."""
+
+    def capture_cuda_graph(self, sample: object) -> bool:
+        """Replay the model from a CUDA graph captured for `sample`'s shape; False when not possible."""
+
+
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalisation to float32; zero rows stay zero."""
     x = np.asarray(x, dtype=np.float32)

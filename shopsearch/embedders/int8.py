@@ -8,9 +8,9 @@ and compiled by inductor into oneDNN int8 kernels. Activation ranges come from a
 the index build and every later query rebuild the very same quantized model. The
 fingerprint carries the calibration's digest: vectors from another calibration are refused.
 
-Measured on a 2-core AMD EPYC (AVX2 only): the EfficientNet-Lite0 model alone runs at about
-126 img/s in int8 against 55-67 img/s fp32 compiled; benchmarks/RESULTS.md has the end-to-end
-throughput and the Grocery Store recall against fp32."""
+On AVX2-only CPUs the int8 model runs faster than fp32 compiled;
+benchmarks/RESULTS.md has the measured figures, the end-to-end throughput and the Grocery
+Store recall against fp32."""
 from __future__ import annotations
 
 import hashlib
@@ -244,7 +244,7 @@ class Int8Embedder(TorchEmbedder):
         return True
 
     def warm_up(self) -> None:
-        """Compile the one-image graph now (about 10 s), so that the first query does not wait."""
+        """Compile the one-image graph now (it takes seconds), so that the first query does not wait."""
         self.encode_images([Image.new("RGB", (256, 256), (128, 128, 128))])
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@ each batch (PIL draft scaling, EXIF orientation) straight into a shared memory-m
 arena, so the host process only copies finished pixels to the GPU.
 
 Why not return arrays from the workers: unpickling ~230 KB per image in the host process
-holds its GIL, which its read threads and nvJPEG calls need (measured on an H100 host:
-10 pickling decode processes made the run slower than nvJPEG alone). Here a result is
+holds its GIL, which its read threads and nvJPEG calls need (with pickling decode
+processes the run was slower than nvJPEG alone: benchmarks/RESULTS.md). Here a result is
 two integers per image."""
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from shopsearch.embedding.pipeline import WorkItem, decode
-from shopsearch.embedding.preprocess import DRAFT_SIZE
+from shopsearch.embedding.items import DRAFT_SIZE, WorkItem, decode
 from shopsearch.workers import RespawningPool, exit_with_parent
 
 #: decode_source never returns a side longer than this, so one slot holds any image

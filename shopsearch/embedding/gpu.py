@@ -16,16 +16,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from shopsearch.config import GpuTuning
-from shopsearch.embedders.base import Embedder
+from shopsearch.embedders.base import BatchEmbedder, Embedder, TensorEmbedder
 from shopsearch.embedding.cpu_lane import CpuDecodeLane
+from shopsearch.embedding.executor import OnFailure, OnVectors
 from shopsearch.embedding.gpu_decode import GpuTransform, gpu_transform_for, nvjpeg_decode, read_for_nvjpeg
-from shopsearch.embedding.pipeline import prepare_list
+from shopsearch.embedding.items import WorkItem, prepare_list
 from shopsearch.embedding.preprocess import split_preprocess
+
+if TYPE_CHECKING:
+    from shopsearch.embedding.tuning import PipelineConfig
 
 log = logging.getLogger("shopsearch.pipeline")
 
@@ -43,8 +47,28 @@ STAGE_NAMES = ("read_wait", "decode", "transform", "cpu_decode_wait", "model_wai
 _DONE = object()
 
 
-def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callable, on_failure: Callable,
-                    device: str | None = None, cpu_decoders: int | None = None,
+class GpuExecutor:
+    """nvJPEG and CPU decode lanes feeding the model on its GPU (run_gpu_batches)."""
+
+    def __init__(self, embedder: Embedder, cfg: PipelineConfig) -> None:
+        self.embedder, self.cfg = embedder, cfg
+
+    @property
+    def horizon(self) -> int:
+        return gpu_horizon(self.cfg)
+
+    def run(self, items: Sequence[WorkItem], on_vectors: OnVectors, on_failure: OnFailure) -> dict[str, float]:
+        return run_gpu_batches(self.embedder, items, self.cfg, on_vectors, on_failure)
+
+
+def gpu_horizon(cfg: PipelineConfig) -> int:
+    """Images the GPU executor may be decoding past the last one it reported: the batch in
+    the model, the queued ones, and those planned ahead on the CPU lane."""
+    return (LOOKAHEAD + cfg.gpu.prefetch + 2) * cfg.batch_size
+
+
+def run_gpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: PipelineConfig, on_vectors: OnVectors,
+                    on_failure: OnFailure, device: str | None = None, cpu_decoders: int | None = None,
                     cpu_share: float | None = None) -> dict[str, float]:
     """Embed `todo` (WorkItems) in batches of cfg.batch_size with GPU decoding; returns the
     seconds spent per stage (STAGE_NAMES) and the CPU lane's final share.
@@ -67,7 +91,7 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     transform = gpu_transform_for(embedder, device)
     if transform is None:
         raise RuntimeError("gpu executor needs a torchvision Resize/CenterCrop/Normalize transform")
-    encode = getattr(embedder, "encode_tensor", None)
+    encode = embedder.encode_tensor if isinstance(embedder, TensorEmbedder) else None
     dev = torch.device(device or embedder.device)
     stages = dict.fromkeys(STAGE_NAMES, 0.0)
     bs = cfg.batch_size
@@ -89,7 +113,7 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
     stop = threading.Event()
     producer = threading.Thread(target=lane.produce, args=(groups, batches, stop), name="gpu-decode", daemon=True)
     producer.start()
-    graphs = dev.type == "cuda" and hasattr(embedder, "capture_cuda_graph") and tuning.cuda_graphs
+    graphs = dev.type == "cuda" and isinstance(embedder, BatchEmbedder) and tuning.cuda_graphs
     try:
         while True:
             t0 = time.perf_counter()
@@ -104,10 +128,10 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence, cfg, on_vectors: Callabl
                 on_failure(it, reason)
             if batch is None:
                 continue
-            if graphs and encode and batch.shape[0] == bs:
+            if graphs and batch.shape[0] == bs:
                 # the first full batch: capture the model for this shape (eager until then), once
                 graphs = False
-                embedder.capture_cuda_graph(batch)
+                embedder.capture_cuda_graph(batch)  # type: ignore[union-attr] - a BatchEmbedder
             t1 = time.perf_counter()
             vecs = encode(batch) if encode else embedder.encode_batch(batch.cpu().numpy())
             vecs = np.asarray(vecs, dtype=np.float32)
@@ -135,7 +159,7 @@ class _DecodeLane:
     the CPU decode processes (handed over LOOKAHEAD batches ahead), the rest is read by
     threads and decoded by nvJPEG; then resize/crop/normalise on the GPU."""
 
-    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg, tuning: GpuTuning,
+    def __init__(self, embedder: Embedder, transform: GpuTransform, dev, cfg: PipelineConfig, tuning: GpuTuning,
                  stages: dict[str, float]) -> None:
         import torch
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from shopsearch.embedders.base import Embedder
+from shopsearch.embedders.base import Embedder, TransformEmbedder
+from shopsearch.embedding.transform import TransformSpec, describe_transform
 from shopsearch.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 
 GpuTransform = Callable[[list], "object"]
@@ -19,37 +20,28 @@ def gpu_transform_for(embedder: Embedder, device: str | None = None) -> GpuTrans
     """A batched GPU twin of the embedder's torchvision transform, or None when the
     transform has a step we cannot replay exactly (then the CPU workers are used).
     `device` overrides the embedder's (tests replay it on the CPU)."""
+    own = str(embedder.device)
+    device = device or own
+    if not isinstance(embedder, TransformEmbedder) or (device == own and not device.startswith("cuda")):
+        return None
+    spec = describe_transform(embedder.transform)
+    if spec is None or not spec.gpu:
+        return None
+    return replay_on(spec, device)
+
+
+def replay_on(spec: TransformSpec, device: str) -> GpuTransform:
+    """The resize / crop / normalise `spec` describes as batched tensor ops on `device`."""
     import torch
     import torch.nn.functional as F
-    from torchvision import transforms as T
 
-    tf = getattr(embedder, "transform", None)
-    device = device or str(getattr(embedder, "device", "cpu"))
-    if tf is None or (device == str(getattr(embedder, "device", "cpu")) and not device.startswith("cuda")):
-        return None
-    steps = list(getattr(tf, "transforms", [tf]))
-    resize = crop = None
-    mean = std = None
-    for st in steps:
-        name = type(st).__name__
-        if isinstance(st, T.Resize) and st.max_size is None and st.interpolation.value in ("bicubic", "bilinear"):
-            resize = (st.size if isinstance(st.size, int) else (st.size[0] if len(st.size) == 1 else tuple(st.size)),
-                      st.interpolation.value)
-        elif isinstance(st, T.CenterCrop):
-            crop = tuple(st.size)
-        elif isinstance(st, T.Normalize):
-            mean, std = st.mean, st.std
-        elif name in ("ToTensor", "MaybeToTensor", "MaybeConvertMode") or "rgb" in getattr(st, "__name__", "").lower():
-            continue
-        else:
-            return None
-    if resize is None or crop is None or mean is None:
-        return None
+    assert spec.resize is not None and spec.crop is not None and spec.mean is not None and spec.std is not None
+    mean, std = spec.mean, spec.std
     dev = torch.device(device)
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=dev).view(1, 3, 1, 1)
-    size, mode = resize
-    ch, cw = crop
+    size, mode = spec.resize
+    ch, cw = spec.crop
 
     def one(img: "torch.Tensor") -> "torch.Tensor":
         """(N, 3, H, W) uint8 of one size -> (N, 3, ch, cw) float in [0, 255]."""
@@ -112,7 +104,7 @@ def _ends_with_eoi(data: bytes) -> bool:
 def _jpeg_size_ok(data: bytes) -> bool:
     """Cheap header check before nvJPEG: same limits as the CPU decoder (bombs, strips).
     Walks the JPEG markers to the frame header in a few slices (PIL's parser would hold
-    the GIL ~10x longer, and the model thread needs it)."""
+    the GIL far longer, and the model thread needs it)."""
     size = jpeg_frame_size(data)
     if size is None:
         return False

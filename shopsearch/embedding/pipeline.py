@@ -5,51 +5,45 @@ map_batches per stage, see docs/scaling.md):
 
     (read) -> decode_image -> prepare (the model's preprocess) -> embed_batch -> write_chunk
 
-and the last one, merging chunks into an index, lives in indexer/build.py. `embed_items`
-wires them on one machine: workers prepare images while the main thread runs the model,
-and every `chunk_size` vectors, or every CHUNK_FLUSH_S seconds on a slow machine, are
-persisted, so a killed run loses at most one chunk or ten seconds of work."""
+(items.py, cpu.py) and the last one, merging chunks into an index, lives in indexer/build.py.
+`embed_items` runs them on one machine in four parts, each with one job: `plan_work` (what
+to embed, what to re-check after a crash, what is quarantined), an executor (executor.py:
+CPU workers or the GPU) that decodes and embeds, a `ChunkWriter` that persists every
+`chunk_size` vectors or every CHUNK_FLUSH_S seconds, so a killed run loses at most one chunk
+or ten seconds of work, and a `JournalWindow` that keeps the crash journal one step ahead
+of the decoders."""
 from __future__ import annotations
 
-import faulthandler
-import functools
 import logging
-import multiprocessing as mp
-import sys
 import time
-from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Container, Mapping, Protocol, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from shopsearch.config import GpuTuning
-from shopsearch.embedders.base import Embedder
-from shopsearch.errors import InvalidImageError
-from shopsearch.images import DEFAULT_MAX_PIXELS
-from shopsearch.workers import DIED, RespawningPool, exit_with_parent
+from shopsearch.embedders.base import BatchEmbedder, Embedder
 from shopsearch.embedding.cache import VectorCache
-from shopsearch.embedding.journal import CrashJournal
-from shopsearch.embedding.preprocess import SplitPreprocess, decode_source, split_preprocess
-from shopsearch.embedding.tuning import (  # noqa: F401 - PipelineConfig and tuned_config are re-exported
-    COMPILE_MIN_IMAGES, GROUP, PipelineConfig, cpu_window, inflight_horizon, tuned_config)
+from shopsearch.embedding.cpu import CpuExecutor, IsolatedExecutor, embed_batch
+from shopsearch.embedding.executor import EmbedExecutor
+from shopsearch.embedding.gpu import GpuExecutor
+from shopsearch.embedding.items import (Failure, Preprocess, WorkItem, decode, decode_image, prepare,
+                                        prepare_list)
+from shopsearch.embedding.journal import CrashJournal, Quarantined
+from shopsearch.embedding.tuning import COMPILE_MIN_IMAGES, PipelineConfig, tuned_config
+from shopsearch.workers import DIED
+
+# the pipeline's stages and settings, importable from here by the executors on other machines (Ray)
+__all__ = ["COMPILE_MIN_IMAGES", "ChunkWriter", "EmbedReport", "JournalWindow", "PipelineConfig", "Preprocess",
+           "WorkItem", "WorkPlan", "decode", "decode_image", "embed_batch", "embed_items", "executor_for",
+           "plan_work", "prepare", "prepare_list", "tuned_config", "write_chunk"]
 
 log = logging.getLogger("shopsearch.pipeline")
-
-Preprocess = Callable[[object], np.ndarray]
 
 #: vectors embedded this long ago are saved even when the chunk is not full (a kill -9 on a
 #: slow CPU would otherwise lose minutes of work)
 CHUNK_FLUSH_S = 10.0
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    key: str  # content sha256 (cache key)
-    path: str
-    image_id: int | None = None
 
 
 @dataclass
@@ -65,117 +59,129 @@ class EmbedReport:
         return self.embedded / self.seconds if self.seconds > 0 else 0.0
 
 
-# -- stages ---------------------------------------------------------------------------
-def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> object:
-    """Stage 2 (reads the file unless given its bytes) -> upright RGB PIL image at reduced scale (see preprocess.decode_source)."""
-    return decode_source(data if data is not None else item.path, draft_size, max_pixels)
-
-
-def decode(item: WorkItem, draft_size: int | None = None) -> tuple[WorkItem, object]:
-    """Stage 2 with failures as values: (item, image) or (item, reason)."""
-    try:
-        return item, decode_image(item, draft_size=draft_size)
-    except InvalidImageError as e:
-        return item, str(e)
-    except Exception as e:  # noqa: BLE001 - a worker must report, never die, on one bad file
-        return item, f"{type(e).__name__}: {e}"
-
-
-def prepare(item: WorkItem, preprocess: Preprocess) -> tuple[WorkItem, np.ndarray | str]:
-    """Stages 1-3 for one item: (item, CHW float32 model input) or (item, failure reason)."""
-    try:
-        return item, preprocess(decode_image(item, draft_size=getattr(preprocess, "draft_size", None)))
-    except InvalidImageError as e:
-        return item, str(e)
-    except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
-        return item, f"{type(e).__name__}: {e}"
-
-
-def embed_batch(embedder: Embedder, arrays: Sequence[np.ndarray]) -> np.ndarray:
-    """Stage 4: stacked model inputs -> (N, dim) unit vectors."""
-    return embedder.encode_batch(np.stack(arrays))
-
-
 def write_chunk(cache: VectorCache, keys: list[str], vectors: np.ndarray) -> None:
-    """Stage 5: persist one chunk atomically (VectorCache.put)."""
+    """Persist one chunk atomically (VectorCache.put)."""
     cache.put(keys, vectors)
 
 
-# -- workers --------------------------------------------------------------------------
-_worker_preprocess: Preprocess | None = None
+# -- 1. plan the work ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkPlan:
+    todo: tuple[WorkItem, ...]  # to embed, in this order, each content once
+    suspects: tuple[WorkItem, ...]  # a crashed run had these in flight: decoded in separate processes first
+    held: tuple[tuple[WorkItem, Failure], ...]  # quarantined by an earlier run: reported, not decoded
+    skipped: int  # already in the cache
+
+    @property
+    def images(self) -> int:
+        """How many images will be decoded."""
+        return len(self.todo) + len(self.suspects)
 
 
-def _init_worker(preprocess: Preprocess) -> None:
-    global _worker_preprocess
-    _worker_preprocess = preprocess
-    # a forked worker inherits the crash journal's fault handler: its own death is handled by
-    # the pool (shopsearch.workers), and must not mark the parent as crashed
-    faulthandler.disable()
-    exit_with_parent()  # a kill -9'd indexer leaves no decode workers behind
-    try:  # one decode process must not start a team of torch threads of its own
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-
-
-def _prepare_group(items: list[WorkItem]) -> list[tuple[WorkItem, np.ndarray | str]]:
-    assert _worker_preprocess is not None
-    return [prepare(it, _worker_preprocess) for it in items]
+def plan_work(items: Sequence[WorkItem], cached: Container[str], quarantined: Mapping[str, Quarantined],
+              suspect_keys: Container[str]) -> WorkPlan:
+    """Every item not already in the cache, each content once: those that crashed a decoder
+    before are held until their content changes, those a dead run had in flight are
+    suspects (journal.py), the rest is the todo list."""
+    fresh = [it for it in items if it.key not in cached]
+    skipped = len(items) - len(fresh)
+    seen: set[str] = set()
+    fresh = [it for it in fresh if not (it.key in seen or seen.add(it.key))]  # type: ignore[func-returns-value]
+    held = tuple((it, quarantined[it.key].describe()) for it in fresh if it.key in quarantined)
+    suspects = tuple(it for it in fresh if it.key in suspect_keys and it.key not in quarantined)
+    todo = tuple(it for it in fresh if it.key not in quarantined and it.key not in suspect_keys)
+    return WorkPlan(todo, suspects, held, skipped)
 
 
-def prepare_list(items: list[WorkItem], preprocess: Preprocess) -> list[tuple[WorkItem, np.ndarray | str]]:
-    """Decode and prepare `items` in this thread (failures as reason strings)."""
-    return [prepare(it, preprocess) for it in items]
+# -- 2. write chunks ----------------------------------------------------------------------
+class ChunkWriter:
+    """Collects vectors and writes them to the cache every `chunk_size` vectors, or when the
+    oldest unsaved ones are `flush_s` seconds old (`clock`: tests pass their own)."""
+
+    def __init__(self, cache: VectorCache, chunk_size: int, flush_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cache, self.chunk_size, self.flush_s, self.clock = cache, chunk_size, flush_s, clock
+        self.keys: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.flushed_at = clock()
+
+    def add(self, keys: list[str], vectors: np.ndarray) -> None:
+        self.vectors.append(vectors)
+        self.keys.extend(keys)
+        if len(self.keys) >= self.chunk_size or self.clock() - self.flushed_at >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending as one chunk (nothing when nothing is)."""
+        self.flushed_at = self.clock()
+        if self.keys:
+            write_chunk(self.cache, list(self.keys), np.concatenate(self.vectors))
+            self.keys.clear()
+            self.vectors.clear()
 
 
-def _make_executor(kind: str, workers: int, preprocess: Preprocess) -> Executor:
-    if kind == "process":
-        # fork: the preprocess function (and the model object it may belong to) is inherited,
-        # never pickled; elsewhere spawn pickles it.
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(preprocess,))
-    return ThreadPoolExecutor(workers, thread_name_prefix="decode")
+# -- 3. advance the journal window --------------------------------------------------------
+class WindowJournal(Protocol):
+    def window(self, keys: Sequence[str]) -> None: ...
 
 
-def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: int = 2,
-                    executor: str = "thread", window: int = 64) -> Iterator[tuple[WorkItem, np.ndarray | str]]:
-    """Model inputs in item order, prepared by `workers` threads or processes, at most
-    `window` items ahead of the consumer (bounded memory, overlap with the model).
-    A decode process that dies (a decoder crash, the OOM killer) is replaced and the image
-    it died on is reported as a failure (shopsearch.workers)."""
-    if executor == "inline" or workers < 1 or len(items) <= GROUP:
-        for it in items:
-            yield prepare(it, preprocess)
-        return
-    groups = [list(items[i:i + GROUP]) for i in range(0, len(items), GROUP)]
-    ahead = max(2, window // GROUP)
-    # threads share memory: they call the function directly; processes inherit it (fork)
-    fn = _prepare_group if executor == "process" else functools.partial(prepare_list, preprocess=preprocess)
-    pool: RespawningPool[WorkItem, tuple[WorkItem, np.ndarray | str]] = RespawningPool(
-        lambda: _make_executor(executor, workers, preprocess), fn, lambda item, why: (item, why))
-    pending: deque[Future] = deque()
-    try:
-        it = iter(groups)
-        for g in it:
-            pending.append(pool.submit(g))
-            if len(pending) >= ahead:
-                break
-        while pending:
-            done = pool.result(pending.popleft())
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(nxt))
-            yield from done
-    finally:
-        for f in pending:
-            f.cancel()
-        pool.shutdown()
+class JournalWindow:
+    """Keeps the crash journal naming the images the decoders may be working on. They never
+    run more than `horizon` images past the last one reported, so a journal naming
+    [done, done + 2 * horizon) stays true until done passes its middle: it is rewritten
+    once per `horizon` images, not per batch."""
+
+    def __init__(self, journal: WindowJournal, order: Sequence[str], horizon: int) -> None:
+        self.journal, self.order, self.horizon = journal, list(order), horizon
+        self.done = self.mark = 0
+
+    def advance(self, n: int) -> None:
+        """`n` more images were reported (embedded or failed)."""
+        self.done += n
+        if self.mark <= self.done < len(self.order):
+            self.journal.window(self.order[self.done:self.done + 2 * self.horizon])
+            self.mark = self.done + self.horizon
 
 
-# -- the whole pipeline -----------------------------------------------------------------
+# -- 4. run an executor -------------------------------------------------------------------
+def executor_for(embedder: Embedder, cfg: PipelineConfig) -> EmbedExecutor:
+    """The executor cfg.executor names: "gpu" (nvJPEG on the model's GPU) or CPU workers."""
+    return GpuExecutor(embedder, cfg) if cfg.executor == "gpu" else CpuExecutor(embedder, cfg)
+
+
+class RunSink:
+    """Where an executor's results go: vectors to the chunk writer, failures to the report
+    (those that killed a decoder also to the quarantine), both to the progress bar and the
+    journal window (None while suspects run in processes of their own)."""
+
+    def __init__(self, report: EmbedReport, writer: ChunkWriter, journal: CrashJournal, bar: tqdm,
+                 window: JournalWindow | None = None) -> None:
+        self.report, self.writer, self.journal, self.bar, self.window = report, writer, journal, bar, window
+
+    def vectors(self, keys: list[str], vecs: np.ndarray) -> None:
+        self.writer.add(keys, vecs)
+        self.report.embedded += len(keys)
+        self.bar.update(len(keys))
+        if self.window is not None:
+            self.window.advance(len(keys))
+
+    def failure(self, item: WorkItem, reason: Failure) -> None:
+        self.report.failed.append((item, reason))
+        self.bar.update(1)
+        if reason == DIED:
+            self.journal.quarantine(item.key, item.path, reason)
+        if self.window is not None:
+            self.window.advance(1)
+
+
+def run_executor(executor: EmbedExecutor, items: Sequence[WorkItem], sink: RunSink) -> dict[str, float]:
+    """Embed `items` through `executor` into `sink`; the executor's stage seconds."""
+    if sink.window is not None:
+        sink.window.advance(0)  # the first window, before any decoder starts
+    return executor.run(items, sink.vectors, sink.failure)
+
+
+# -- the whole pipeline -------------------------------------------------------------------
 def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCache, batch_size: int | None = None,
                 workers: int | None = None, chunk_size: int = 512, progress: bool = True,
                 executor: str = "auto", compile: str | None = None, gpu: GpuTuning | None = None) -> EmbedReport:
@@ -185,145 +191,37 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     killed at any point resumes where it stopped (already-cached keys are skipped).
     `compile`: auto (default: big CPU jobs) | on | off; `gpu`: the GPU executor's knobs
     (Settings.pipeline.compile and Settings.gpu at the edges)."""
-    report = EmbedReport()
-    todo = [it for it in items if it.key not in cache]
-    report.skipped = len(items) - len(todo)
-    seen: set[str] = set()
-    todo = [it for it in todo if not (it.key in seen or seen.add(it.key))]  # type: ignore[func-returns-value]
-    # images that crashed a decoder before are not decoded again until their content changes,
-    # and those a dead run had in flight are decoded in separate processes first (journal.py)
     journal = CrashJournal(cache.dir)
-    held = journal.quarantined()
-    report.failed.extend((it, held[it.key].describe()) for it in todo if it.key in held)
     stale, suspect_keys = journal.stale()
-    suspects = [it for it in todo if it.key in suspect_keys and it.key not in held]
-    todo = [it for it in todo if it.key not in held and it.key not in suspect_keys]
-    cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size, images=len(todo) + len(suspects),
-                       compile=compile, gpu=gpu)
-    if cfg.compile and (todo or suspects):
-        cfg = replace(cfg, compile=embedder.compile(cfg.batch_size))  # type: ignore[attr-defined]
-    log.info("embedding", extra={"model": embedder.name, "todo": len(todo), "cached": report.skipped,
+    plan = plan_work(items, cache, journal.quarantined(), suspect_keys)
+    report = EmbedReport(skipped=plan.skipped, failed=list(plan.held))
+    cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size, images=plan.images, compile=compile,
+                       gpu=gpu)
+    if cfg.compile and plan.images and isinstance(embedder, BatchEmbedder):
+        cfg = replace(cfg, compile=embedder.compile(cfg.batch_size))
+    log.info("embedding", extra={"model": embedder.name, "todo": len(plan.todo), "cached": report.skipped,
                                  "batch_size": cfg.batch_size, "workers": cfg.workers, "executor": cfg.executor,
                                  "compile": cfg.compile, "quarantined": len(report.failed),
-                                 "suspects": len(suspects)})
+                                 "suspects": len(plan.suspects)})
     t0 = time.perf_counter()
-    bar = tqdm(total=len(todo) + len(suspects), desc="embedding", unit="img", disable=not progress, smoothing=0.1)
-    pend_keys: list[str] = []
-    pend_vecs: list[np.ndarray] = []
-    flushed_at = time.monotonic()
-    # the decoders never run more than `horizon` images past the last one reported, so a
-    # journal naming [done, done + 2 * horizon) stays true until done passes its middle
-    horizon = inflight_horizon(cfg)
-    order = [it.key for it in todo]
-    done, mark, tracking = 0, 0, False
-
-    def advance(n: int) -> None:
-        nonlocal done, mark
-        if not tracking:  # suspects are decoded in other processes: nothing to journal
-            return
-        done += n
-        if done >= mark and done < len(order):
-            journal.window(order[done:done + 2 * horizon])
-            mark = done + horizon
-
-    def on_vectors(keys: list[str], vecs: np.ndarray) -> None:
-        pend_vecs.append(vecs)
-        pend_keys.extend(keys)
-        report.embedded += len(keys)
-        bar.update(len(keys))
-        if len(pend_keys) >= cfg.chunk_size or time.monotonic() - flushed_at >= CHUNK_FLUSH_S:
-            flush_chunk()
-        advance(len(keys))
-
-    def on_failure(item: WorkItem, reason: str) -> None:
-        report.failed.append((item, reason))
-        bar.update(1)
-        if reason == DIED:
-            journal.quarantine(item.key, item.path, reason)
-        advance(1)
-
-    def flush_chunk() -> None:
-        nonlocal flushed_at
-        flushed_at = time.monotonic()
-        if pend_keys:
-            write_chunk(cache, list(pend_keys), np.concatenate(pend_vecs))
-            pend_keys.clear()
-            pend_vecs.clear()
-
+    bar = tqdm(total=plan.images, desc="embedding", unit="img", disable=not progress, smoothing=0.1)
+    writer = ChunkWriter(cache, cfg.chunk_size, CHUNK_FLUSH_S)
     try:
-        if suspects:
+        if plan.suspects:
             log.warning("an earlier run died while decoding; decoding the images it had in flight in separate "
-                        "processes first", extra={"suspects": len(suspects)})
-            split = split_preprocess(embedder)
-            _embed_stream(embedder, isolated_stream(suspects, split or embedder.preprocess, cfg.workers),
-                          cfg.batch_size, on_vectors, on_failure, split)
-            flush_chunk()
+                        "processes first", extra={"suspects": len(plan.suspects)})
+            run_executor(IsolatedExecutor(embedder, cfg), plan.suspects, RunSink(report, writer, journal, bar))
+            writer.flush()
         journal.forget(stale)  # every suspect is embedded, failed, or was not in this run's work
         journal.arm()  # from here on, a fatal signal in this process is recorded as a crash
-        tracking = True
-        advance(0)
-        if cfg.executor == "gpu":
-            from shopsearch.embedding.gpu import run_gpu_batches
-
-            report.gpu_stages = run_gpu_batches(embedder, todo, cfg, on_vectors, on_failure)
-        else:
-            _run_cpu_batches(embedder, todo, cfg, on_vectors, on_failure)
+        main = executor_for(embedder, cfg)
+        window = JournalWindow(journal, [it.key for it in plan.todo], main.horizon)
+        report.gpu_stages = run_executor(main, plan.todo, RunSink(report, writer, journal, bar, window))
     finally:
-        flush_chunk()  # whatever was embedded before an error is kept
+        writer.flush()  # whatever was embedded before an error is kept
         bar.close()
         journal.close()  # this process is alive: nothing it had in flight crashed it
     report.seconds = time.perf_counter() - t0
     log.info("embedded", extra={"model": embedder.name, "embedded": report.embedded, "failed": len(report.failed),
                                 "seconds": round(report.seconds, 2), "images_per_s": round(report.images_per_s, 1)})
     return report
-
-
-def isolated_stream(items: Sequence[WorkItem], preprocess: Preprocess,
-                    workers: int = 2) -> Iterator[tuple[WorkItem, np.ndarray | str]]:
-    """Model inputs prepared one task per image in worker processes, in item order: an image
-    that kills its process gets shopsearch.workers.DIED and harms nothing else."""
-    pool: RespawningPool[WorkItem, tuple[WorkItem, np.ndarray | str]] = RespawningPool(
-        lambda: _make_executor("process", max(1, workers), preprocess), _prepare_group, lambda it, why: (it, why))
-    try:
-        for i in range(0, len(items), 64):
-            yield from pool.run_each(items[i:i + 64])
-    finally:
-        pool.shutdown()
-
-
-def _run_cpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: PipelineConfig,
-                     on_vectors: Callable[[list[str], np.ndarray], None],
-                     on_failure: Callable[[WorkItem, str], None]) -> None:
-    split = split_preprocess(embedder)
-    preprocess = split if split is not None else embedder.preprocess
-    stream = prepared_stream(todo, preprocess, cfg.workers, cfg.executor, cpu_window(cfg))
-    _embed_stream(embedder, stream, cfg.batch_size, on_vectors, on_failure, split)
-
-
-def _embed_stream(embedder: Embedder, stream: Iterator[tuple[WorkItem, np.ndarray | str]], batch_size: int,
-                  on_vectors: Callable[[list[str], np.ndarray], None],
-                  on_failure: Callable[[WorkItem, str], None], split: SplitPreprocess | None = None) -> None:
-    """Batch prepared inputs through the model; failures are passed on as they come. `split`:
-    the split preprocess the stream was prepared with (its normalisation runs here)."""
-    batch: list[np.ndarray] = []
-    keys: list[str] = []
-
-    def run_model() -> None:
-        if split is not None:
-            vecs = embedder.encode_tensor(split.finish(np.stack(batch)))  # type: ignore[attr-defined]
-        else:
-            vecs = embed_batch(embedder, batch)
-        on_vectors(list(keys), vecs)
-        batch.clear()
-        keys.clear()
-
-    for item, res in stream:
-        if isinstance(res, str):
-            on_failure(item, res)
-            continue
-        batch.append(res)
-        keys.append(item.key)
-        if len(batch) >= batch_size:
-            run_model()
-    if batch:
-        run_model()

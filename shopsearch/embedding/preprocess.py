@@ -1,6 +1,6 @@
-"""Decoding and preprocessing shared by the pipeline and by queries: JPEGs decoded at
-the model's draft scale, and a torchvision transform split into its PIL geometry (run in
-decode workers) and its arithmetic (run once per batch)."""
+"""Preprocessing shared by the pipeline and by queries: a torchvision transform split into
+its PIL geometry (run in decode workers) and its arithmetic (run once per batch), and
+query photos decoded exactly as the pipeline decodes catalogue files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,22 +8,12 @@ from typing import Sequence
 
 import numpy as np
 
-from shopsearch.embedders.base import Embedder
-from shopsearch.images import DEFAULT_MAX_PIXELS, load_image
+from shopsearch.embedders.base import Embedder, TensorEmbedder, TransformEmbedder
+from shopsearch.embedding.items import DRAFT_SIZE, decode_source
+from shopsearch.embedding.transform import TransformSpec, describe_transform
+from shopsearch.images import DEFAULT_MAX_PIXELS
 
-#: decode JPEGs at reduced scale (PIL draft, DCT scaling): the models need ~224 px
-DRAFT_SIZE = 320
-
-
-def decode_source(source: bytes | str | Path, draft_size: int | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> object:
-    """Bytes or a path -> upright RGB PIL image; JPEGs decoded by PIL draft straight at the
-    smallest scale whose both sides stay >= draft_size, anything larger than twice
-    DRAFT_SIZE shrunk to it."""
-    img = load_image(source, draft_size=draft_size or DRAFT_SIZE, max_pixels=max_pixels)
-    if max(img.size) > 2 * DRAFT_SIZE:
-        img.thumbnail((2 * DRAFT_SIZE, 2 * DRAFT_SIZE))
-    return img
+__all__ = ["DRAFT_SIZE", "SplitPreprocess", "decode_query", "decode_source", "draft_size_for", "split_preprocess"]
 
 
 def draft_size_for(embedder: Embedder) -> int:
@@ -48,9 +38,9 @@ class SplitPreprocess:
     ToTensor + Normalize, so the model sees bit-identical input. The NHWC pixels permuted
     to NCHW are already channels-last in memory, which is what the CPU model wants."""
 
-    def __init__(self, pil_steps: list, mean: Sequence[float], std: Sequence[float],
+    def __init__(self, pil_steps: Sequence, mean: Sequence[float], std: Sequence[float],
                  draft_size: int | None = None) -> None:
-        self.pil_steps = pil_steps
+        self.pil_steps = list(pil_steps)
         #: the model resizes the shorter side to this: decoding JPEGs at >= this size loses nothing
         self.draft_size = draft_size
         self.mean = tuple(float(m) for m in mean)
@@ -74,29 +64,17 @@ class SplitPreprocess:
 
 
 def split_preprocess(embedder: Embedder, require_encode_tensor: bool = True) -> SplitPreprocess | None:
-    """The split form of a torch embedder's transform, or None (then `embedder.preprocess` is used)."""
-    tf = getattr(embedder, "transform", None)
-    if tf is None or (require_encode_tensor and not hasattr(embedder, "encode_tensor")):
+    """The split form of a torch embedder's transform, or None (then `embedder.preprocess` is
+    used). The batch is finished as a tensor, so by default only a TensorEmbedder gets one;
+    the GPU executor normalises on the device and asks without that requirement."""
+    if not isinstance(embedder, TensorEmbedder if require_encode_tensor else TransformEmbedder):
         return None
-    try:
-        from torchvision import transforms as T
-    except ImportError:  # pragma: no cover
+    spec = describe_transform(embedder.transform)
+    return split_of(spec) if spec is not None else None
+
+
+def split_of(spec: TransformSpec) -> SplitPreprocess | None:
+    """The split preprocess a transform description allows, or None."""
+    if not spec.cpu_split or spec.mean is None or spec.std is None:
         return None
-    pil, mean, std, tensor_seen = [], None, None, False
-    for st in getattr(tf, "transforms", [tf]):
-        name = type(st).__name__
-        if isinstance(st, (T.Resize, T.CenterCrop)) and not tensor_seen:
-            pil.append(st)
-        elif name in ("ToTensor", "MaybeToTensor"):
-            tensor_seen = True
-        elif name == "MaybeConvertMode" or "rgb" in getattr(st, "__name__", "").lower():
-            continue  # conversion to RGB: our decoder already returns RGB
-        elif isinstance(st, T.Normalize) and tensor_seen:
-            mean, std = st.mean, st.std
-        else:
-            return None
-    if not tensor_seen or mean is None:
-        return None
-    sizes = [st.size for st in pil if isinstance(st, T.Resize)]
-    draft = sizes[0] if sizes and isinstance(sizes[0], int) else None
-    return SplitPreprocess(pil, [float(m) for m in mean], [float(s) for s in std], draft)
+    return SplitPreprocess(spec.pil_steps, spec.mean, spec.std, spec.draft_size)

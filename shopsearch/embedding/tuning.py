@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shopsearch.config import COMPILE_MODES, GpuTuning
-from shopsearch.embedders.base import Embedder
+from shopsearch.embedders.base import BatchEmbedder, Embedder
+from shopsearch.embedding.gpu import gpu_horizon
+from shopsearch.embedding.gpu_decode import gpu_transform_for
 from shopsearch.errors import ConfigError
 
 #: items handed to a worker at once (fewer round trips through the process pool)
@@ -31,7 +33,7 @@ class PipelineConfig:
 def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int | None = None,
                  executor: str = "auto", chunk_size: int = 512, images: int = 0,
                  compile: str | None = None, gpu: GpuTuning | None = None) -> PipelineConfig:
-    """Defaults measured on a 2-core CPU box and an H100 (benchmarks/results/throughput_*.json).
+    """Measured defaults (benchmarks/RESULTS.md, benchmarks/results/throughput_*.json).
 
     CPU: batches of 16 keep the activations in cache (larger batches were slower for both
     EfficientNet-Lite0 and ViT-B-32); with <= 4 cores, decode threads beat processes because
@@ -40,10 +42,10 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
     from shopsearch.embedders.torch_base import available_cpus
 
     cpus = available_cpus()
-    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+    on_gpu = str(embedder.device).startswith("cuda")
     if executor == "auto":
         if on_gpu:
-            executor = "gpu" if _gpu_decode_possible(embedder) else "process"
+            executor = "gpu" if gpu_transform_for(embedder) is not None else "process"
         else:
             executor = "thread" if cpus <= 4 else "process"
     if batch_size is None:
@@ -56,17 +58,10 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
     # auto: CPU only (unmeasured on GPUs) and only where the job repays the compilation
     use_compile = mode == "on" or (mode == "auto" and not on_gpu and images >= COMPILE_MIN_IMAGES)
     # int8 models only exist compiled: they are told the batch to compile for whatever the mode
-    use_compile = use_compile or getattr(embedder, "precision", "") == "int8"
-    return PipelineConfig(int(batch_size), int(workers), executor, int(chunk_size),
-                          use_compile and hasattr(embedder, "compile"), gpu or GpuTuning())
-
-
-def _gpu_decode_possible(embedder: Embedder) -> bool:
-    try:
-        from shopsearch.embedding.gpu import gpu_transform_for
-    except ImportError:  # pragma: no cover - torchvision missing
-        return False
-    return gpu_transform_for(embedder) is not None
+    batch = isinstance(embedder, BatchEmbedder)
+    use_compile = use_compile or (batch and embedder.precision == "int8")
+    return PipelineConfig(int(batch_size), int(workers), executor, int(chunk_size), use_compile and batch,
+                          gpu or GpuTuning())
 
 
 def inflight_horizon(cfg: PipelineConfig) -> int:
@@ -74,9 +69,7 @@ def inflight_horizon(cfg: PipelineConfig) -> int:
     assembled plus what the executor prepares ahead (prepared_stream's window, or the GPU
     executor's queued and planned batches)."""
     if cfg.executor == "gpu":
-        from shopsearch.embedding.gpu import LOOKAHEAD
-
-        return (LOOKAHEAD + cfg.gpu.prefetch + 2) * cfg.batch_size
+        return gpu_horizon(cfg)
     return cfg.batch_size + cpu_window(cfg) + 2 * GROUP
 
 

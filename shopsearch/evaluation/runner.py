@@ -1,9 +1,13 @@
 """Run configurations over a labelled dataset: embed once per model (through the indexer
 pipeline and its vector cache), build each configuration's index in memory, search every
-query with the SearchService (grouped per product, routing included) and score the rankings.
+query with the SearchService the composition root assembles (shopsearch.app, grouped per
+product, routing included) and score the rankings.
 
 Nothing here touches the serving index: the gallery lives in a throw-away SQLite catalogue
-under a temporary folder and in an in-memory VectorIndex."""
+under a temporary folder and in an in-memory VectorIndex. Not through indexer's IndexBuilder:
+the library does not import the ingestion package, a configuration changes the gallery
+vectors before indexing (DBA, shopper views), and a published build (calibration, build
+records, the CURRENT pointer) is not what a benchmark measures."""
 from __future__ import annotations
 
 import logging
@@ -16,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from shopsearch.app import search_service_over
 from shopsearch.config import GpuTuning
 from shopsearch.embedding.pipeline import WorkItem, embed_items
 from shopsearch.embedding.preprocess import decode_query
@@ -31,8 +36,8 @@ from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
 from shopsearch.evaluation import tta
 from shopsearch.gallery_aug import blend, shopper_view_vectors
-from shopsearch.rerank import dba_vectors, parse_rerank
-from shopsearch.search import CategoryRouter, SearchService
+from shopsearch.rerank import dba_vectors
+from shopsearch.search import CategoryRouter
 
 log = logging.getLogger("shopsearch.bench")
 
@@ -231,8 +236,8 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     index_s = time.perf_counter() - t0
     manifest = IndexManifest(f"bench-{c.label}", emb.name, emb.fingerprint, emb.dim, len(index), itype,
                              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    svc = SearchService(emb, index, store, manifest, router=router if c.routing or c.fusion else None,
-                        rerank=parse_rerank(c.rerank), fusion=c.fusion)
+    svc = search_service_over(emb, index, store, manifest, router=router if c.routing or c.fusion else None,
+                              rerank=c.rerank, fusion=c.fusion)
     if c.tta:
         _prepare_tta(st, d.queries, o)
     depth = max(o.ks)

@@ -26,11 +26,11 @@ from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, V
 
 log = logging.getLogger("shopsearch.index")
 
-#: sidecar: image ids and the content sha256 each vector was computed from
+#: beside every index: image ids and the content sha256 each vector was computed from
 KEYS_FILE = "keys.npz"
-#: sidecar of the delta segment: its image ids and content hashes (keys.npz then covers the base only)
+#: beside the delta segment: its image ids and content hashes (keys.npz then covers the base only)
 DELTA_KEYS_FILE = "delta_keys.npz"
-#: sidecar: the build report (counts, failed images with reasons)
+#: beside the index: the build report (counts, failed images with reasons)
 REPORT_FILE = "report.json"
 
 
@@ -149,17 +149,13 @@ class IndexStore:
         except (OSError, ValueError, TypeError):
             return None
 
-    # -- sidecars: which content hash each id had, and the build's report --------
-    def load_keys(self, build_id: str | None = None) -> dict[int, str] | None:
-        """image id -> content sha256 of the vector in a build (None for builds without the sidecar)."""
-        seg = self.segment_keys(build_id)
-        return None if seg is None else seg.served()
+    # -- beside the index: which content hash each id had, and the build's report --------
+    def load_keys(self, build_id: str) -> dict[int, str]:
+        """image id -> content sha256 of every vector a build serves (every build has them)."""
+        return self.segment_keys(build_id).served()
 
-    def segment_keys(self, build_id: str | None = None) -> SegmentKeys | None:
-        """A build's keys per segment (None for builds without the sidecar)."""
-        build_id = build_id or self.serving_id()
-        if build_id is None:
-            return None
+    def segment_keys(self, build_id: str) -> SegmentKeys:
+        """A build's keys per segment; a build without them is corrupt."""
         d = self.build_dir(build_id)
         try:
             base = _read_keys(d / KEYS_FILE)
@@ -167,10 +163,22 @@ class IndexStore:
                 return SegmentKeys(base, frozenset(), {})
             dead = np.load(d / TOMBSTONES_FILE) if (d / TOMBSTONES_FILE).is_file() else ()
             return SegmentKeys(base, frozenset(int(i) for i in dead), _read_keys(d / DELTA_KEYS_FILE))
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError, KeyError) as e:
-            raise IndexCorruptError(f"keys of build {build_id} are unreadable: {e}") from None
+            raise IndexCorruptError(f"keys file of build {build_id} is unreadable: {e}") from None
+
+    def served_ids(self, build_id: str) -> np.ndarray:
+        """The sorted image ids a build serves, from the keys files' id columns alone (the
+        hashes stay on disk): base minus tombstones, plus the delta."""
+        d = self.build_dir(build_id)
+        try:
+            ids = _read_ids(d / KEYS_FILE)
+            if (d / TOMBSTONES_FILE).is_file():
+                ids = np.setdiff1d(ids, np.load(d / TOMBSTONES_FILE).astype(np.int64))
+            if (d / DELTA_KEYS_FILE).is_file():
+                ids = np.union1d(ids, _read_ids(d / DELTA_KEYS_FILE))
+            return ids
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexCorruptError(f"keys file of build {build_id} is unreadable: {e}") from None
 
     def load_report(self, build_id: str | None = None) -> dict | None:
         """The build report (counts, failures with reasons) written with a build, if any."""
@@ -181,11 +189,11 @@ class IndexStore:
             return None
 
     # -- publish ----------------------------------------------------------
-    def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None = None,
+    def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str],
                 report: dict | None = None, extra_files: Mapping[str, str] | None = None) -> IndexManifest:
         """Save, verify, and atomically make this build the serving one.
 
-        `keys` (image id -> content hash of its vector) lets `index update` tell new, changed and
+        `keys` (image id -> content hash of its vector, for every id in the index) lets `index update` tell new, changed and
         removed images apart; `report` (counts, failures) is kept beside the index for people;
         `extra_files` (name -> text, e.g. the calibration) are written into the build before it serves.
         A write that fails (disk full, read-only mount) removes what it wrote, staging included,
@@ -244,7 +252,7 @@ class IndexStore:
                         delta_sha256=delta_sha, tombstones_sha256=tomb_sha, base_count=base_count,
                         delta_count=n_delta, dead_count=len(dead))
         (staging / MANIFEST).write_text(json.dumps(asdict(saved), indent=2))
-        self._write_sidecars(staging, report, extra_files)
+        self._write_extras(staging, report, extra_files)
         # Verify what is on disk: the shared base is the very file that was verified when it was
         # published (same inode); the new small parts are read back in full.
         if not os.path.samefile(src / INDEX_FILE, staging / INDEX_FILE) and \
@@ -261,22 +269,21 @@ class IndexStore:
             shutil.rmtree(d, ignore_errors=True)
 
     def _stage_full(self, staging: Path, index: VectorIndex, manifest: IndexManifest,
-                    keys: Mapping[int, str] | None, report: dict | None,
+                    keys: Mapping[int, str], report: dict | None,
                     extra_files: Mapping[str, str] | None) -> IndexManifest:
         saved = index.save(staging, manifest)
-        if keys is not None:
-            _write_keys(staging / KEYS_FILE, keys)
-        self._write_sidecars(staging, report, extra_files)
+        _write_keys(staging / KEYS_FILE, keys)
+        self._write_extras(staging, report, extra_files)
         # Verify what is on disk, not what is in memory, before anyone can serve it.
         reloaded, check = VectorIndex.load(staging)
         if len(reloaded) != len(index) or check.count != saved.count:
             raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
-        if keys is not None and set(_read_keys(staging / KEYS_FILE)) != set(int(i) for i in reloaded.ids()):
-            raise IndexCorruptError(f"build {manifest.build_id}: keys sidecar does not match the index ids")
+        if set(_read_keys(staging / KEYS_FILE)) != set(int(i) for i in reloaded.ids()):
+            raise IndexCorruptError(f"build {manifest.build_id}: keys file does not match the index ids")
         return saved
 
     @staticmethod
-    def _write_sidecars(staging: Path, report: dict | None, extra_files: Mapping[str, str] | None) -> None:
+    def _write_extras(staging: Path, report: dict | None, extra_files: Mapping[str, str] | None) -> None:
         if report is not None:
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
         for name, text in (extra_files or {}).items():
@@ -327,3 +334,8 @@ def _write_keys(path: Path, keys: Mapping[int, str]) -> None:
 def _read_keys(path: Path) -> dict[int, str]:
     with np.load(path) as z:
         return dict(zip(z["ids"].tolist(), z["keys"].astype("U64").tolist()))
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    with np.load(path) as z:
+        return np.unique(z["ids"].astype(np.int64))

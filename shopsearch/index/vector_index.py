@@ -435,7 +435,7 @@ def gpu_available() -> bool:
 
 
 def _gpu_kmeans(index: faiss.Index) -> None:
-    """Point an IVF index's coarse k-means at a GPU flat index (10-50x faster training)."""
+    """Point an IVF index's coarse k-means at a GPU flat index (training far faster than on the CPU)."""
     if not gpu_available():
         return
     inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
