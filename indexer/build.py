@@ -22,7 +22,9 @@ from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import GpuTuning
-from shopsearch.confidence import calibrate_build, calibration_file
+from shopsearch.confidence import calibration_file
+from shopsearch.confidence_fit import calibrate_build
+from shopsearch.rerank import RerankOptions
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
@@ -115,9 +117,10 @@ def diff_index(want: dict[int, str], have: dict[int, str | None]) -> IndexDiff:
 
 class IndexBuilder:
     def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path,
-                 gpu: GpuTuning | None = None) -> None:
+                 gpu: GpuTuning | None = None, rerank: RerankOptions = RerankOptions()) -> None:
         self.embedder = embedder
         self.gpu = gpu  # the GPU executor's knobs (Settings.gpu)
+        self.rerank = rerank  # the searches' default re-ranking: the calibration is fitted on its scores
         self.catalogue = catalogue
         self.store = store
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
@@ -173,7 +176,7 @@ class IndexBuilder:
         manifest = IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
                                  len(index), itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         # refit with every build: the confidence a search reports belongs to the build it searches
-        cal = calibrate_build(index, self.catalogue.indexable_images(), build_id)
+        cal = calibrate_build(index, self.catalogue.indexable_images(), build_id, self.rerank)
         saved = self.store.publish(index, manifest, keys=keys, report=report, extra_files=calibration_file(cal))
         self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
                                                    self.embedder.dim, saved.count, "complete", None, None))

@@ -8,7 +8,7 @@ import logging
 
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
-from shopsearch.confidence import load_calibration
+from shopsearch.confidence import load_calibration, scoring_key
 from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
@@ -54,9 +54,15 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
         router = load_router(settings, embedder)
     from shopsearch.rerank import parse_rerank
 
-    return SearchService(embedder, index, catalogue, manifest, router=router, rerank=parse_rerank(settings.rerank),
-                         tta=settings.tta, fusion=settings.fusion,
-                         calibration=load_calibration(store.build_dir(manifest.build_id), manifest.build_id))
+    rerank = parse_rerank(settings.rerank)
+    calibration = load_calibration(store.build_dir(manifest.build_id), manifest.build_id)
+    fused = settings.fusion and getattr(router, "fusion_weight", 0.0) > 0
+    if calibration.fitted and calibration.scoring != scoring_key(rerank.spec, fused):
+        log.warning("confidence calibrated on another scoring path: searches on this one are uncalibrated",
+                    extra={"calibrated_on": calibration.scoring, "serving": scoring_key(rerank.spec, fused),
+                           "fix": "shopsearch index calibrate"})
+    return SearchService(embedder, index, catalogue, manifest, router=router, rerank=rerank,
+                         tta=settings.tta, fusion=settings.fusion, calibration=calibration)
 
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:

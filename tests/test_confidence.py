@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shopsearch.confidence import (Calibration, Samples, annotate, collect_samples, features, fit_calibration,
-                                   fit_logistic, load_calibration, save_calibration)
+from shopsearch.confidence import Calibration, annotate, features, fit_logistic, load_calibration, save_calibration
+from shopsearch.confidence_fit import Samples, collect_samples, fit_calibration
 from shopsearch.evaluation.open_set import OpenSetQuery, auroc, ece, evaluate_open_set, precision_coverage
 from shopsearch.index.vector_index import VectorIndex
 from shopsearch.results import ProductHit, SearchResult

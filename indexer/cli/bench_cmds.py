@@ -62,13 +62,18 @@ def bench() -> None:
               help="Also remove this seeded share of products from the gallery and score the calibrated "
                    "confidence on in- vs not-in-catalogue queries (AUROC, ECE, precision/coverage).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --open-set product draw.")
+@click.option("--calibrate-on", "calibrate_on", default=None,
+              help="--open-set: fit the confidence on these labelled photos (grocerystore: a split such as val; "
+                   "other layouts: an image,sku CSV) instead of the gallery's own photos. The same split as "
+                   "--queries is scored out of fold (5 folds by product).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @pass_ctx
 def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
                index_type: str, category_routing: str, rerank: str, tta: str, dba: int, shopper_views: int, fusion: str,
                configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
-               out_dir: str | None, open_set: float | None, seed: int, as_json: bool) -> None:
+               out_dir: str | None, open_set: float | None, seed: int, calibrate_on: str | None,
+               as_json: bool) -> None:
     """Recall@k, precision@k, mAP@k, MRR, NDCG@k and latency of one or more configurations."""
     from shopsearch.app import load_model, load_router
     from shopsearch.evaluation import configs as cfgmod
@@ -94,6 +99,11 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
     if any(p.gallery and layout != "grocerystore" for p in parsed):
         raise ConfigError("a per-configuration gallery is only supported for the grocerystore layout")
 
+    calibration_queries = ()
+    if calibrate_on:
+        if open_set is None:
+            raise click.BadParameter("--calibrate-on needs --open-set", param_hint="--calibrate-on")
+        calibration_queries = load_dataset(dataset, layout, gallery, calibrate_on).queries
     with tempfile.TemporaryDirectory(prefix="shopsearch-bench-vectors-") as scratch:
         results = run_benchmark(
             lambda g: load_dataset(dataset, layout, g or gallery, queries), parsed,
@@ -103,7 +113,7 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
             options=RunOptions(ks=k_values, batch_size=batch_size, workers=workers, latency_samples=latency_samples,
                                category_depth=category_depth, progress=sys.stderr.isatty(),
                                compile=c.settings.pipeline.compile, gpu=c.settings.gpu,
-                               open_set=open_set, open_set_seed=seed),
+                               open_set=open_set, open_set_seed=seed, calibration_queries=calibration_queries),
         )
     machine = machine_info()
     for p in results[0].dataset.problems[:10]:
