@@ -27,8 +27,12 @@ from shopsearch.rerank import RerankingIndex, RerankOptions
 
 log = logging.getLogger("shopsearch.confidence")
 
-#: the first product's features, chosen on the Grocery Store validation photos (benchmarks/RESULTS.md)
-DEFAULT_FEATURES = ("score", "lead")
+#: the first product's features per source of samples. Labelled photos: chosen on the Grocery Store
+#: validation photos, 5 folds by product (benchmarks/results/open_set_feature_selection_val.json): the
+#: score alone separates unknown products best; a lead over the second product tells right from wrong
+#: among known ones but makes unknown products (whose look-alikes lead clearly) look confident.
+#: Leave-one-out: the score and its lead, as before (no shopper photos to choose with).
+FEATURES_BY_METHOD = {"labelled": ("score",), "leave-one-out": ("score", "lead")}
 
 
 @dataclass(frozen=True)
@@ -127,12 +131,12 @@ def collect_labelled(index: Any, product_of: Mapping[int, Any], queries: Sequenc
 
 
 def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str = RAW_SCORING,
-                    query_feature_names: Sequence[str] = DEFAULT_FEATURES,
+                    query_feature_names: Sequence[str] | None = None,
                     unknown_prior: float = UNKNOWN_PRIOR) -> Calibration:
     """Fit the calibrator; an unfitted Calibration (with why) when there are too few samples.
     `unknown_prior`: the share of shoppers' photos assumed to show a product the shop does not sell
     (the left-out searches enter the first-product fit as wrong answers with this total weight)."""
-    names = tuple(query_feature_names)
+    names = tuple(query_feature_names or FEATURES_BY_METHOD[samples.method])
     if any(n not in QUERY_FEATURES for n in names):
         raise ValueError(f"unknown confidence feature in {names}; known: {sorted(QUERY_FEATURES)}")
     n = len(samples.ranked)
@@ -168,10 +172,12 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
 def calibrate_index(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
                     build_id: str | None = None, max_queries: int = 2000, seed: int = 0,
                     labelled: Sequence[LabelledQuery] = (), search: Any = None,
-                    scoring: str = RAW_SCORING) -> Calibration:
+                    scoring: str = RAW_SCORING, query_feature_names: Sequence[str] | None = None,
+                    unknown_prior: float = UNKNOWN_PRIOR) -> Calibration:
     """Labelled samples when there are enough, else leave-one-out ones, from `index`; then the fit."""
     if labelled:
-        cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search), build_id, scoring)
+        cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search), build_id, scoring,
+                              query_feature_names, unknown_prior)
         if cal.fitted:
             return cal
         log.warning("too few labelled photos; calibrating on the catalogue", extra={"reason": cal.reason})

@@ -110,6 +110,15 @@ def test_api_confidence_strong_for_a_known_product_none_for_an_unknown(client):
     assert len(other["results"]) == 10  # the nearest items still come back
 
 
+def test_a_search_rescored_by_reranking_is_not_given_the_raw_path_calibration(client):
+    body = _search(client, _jpeg(jitter(make_image(7), seed=5, amount=8)), rerank="qe").get_json()
+    assert body["results"][0]["sku"] == "S7"  # still answered, but not with a confidence fitted on other scores
+    assert body["confidence"] is None and body["match"] is None
+    assert body["calibration"]["status"] == "uncalibrated" and "rerank=off" in body["calibration"]["reason"]
+    plain = _search(client, _jpeg(jitter(make_image(7), seed=5, amount=8))).get_json()
+    assert plain["calibration"]["scoring"] == "rerank=off;fusion=off" and plain["confidence"] is not None
+
+
 def test_uncalibrated_build_states_the_fallback(tmp_path):
     site = make_site(tmp_path, n=8)  # 6 products with two photos: too few held-out photos
     app = app_for(site)
