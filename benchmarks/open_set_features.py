@@ -1,5 +1,5 @@
-"""Which confidence features and unknown-product weight to fit on labelled shopper photos:
-chosen on the Grocery Store validation photos, then quoted once on the test photos.
+"""How to fit the confidence (labelled photos or leave-one-out, near-duplicates, features,
+unknown-product weight): chosen on the Grocery Store validation photos, quoted once on test.
 
     python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore \
         --out benchmarks/results/open_set_feature_selection_val.json
@@ -8,7 +8,9 @@ The open-set protocol of `shopsearch bench recall --open-set 0.2 --calibrate-on 
 20% of products removed from the iconic+train gallery; every combination of the first product's
 features (shopsearch.confidence.QUERY_FEATURES) and unknown-product weight is fitted on the
 validation photos of the kept products and scored on all validation photos out of fold (5 folds
-by product): AUROC (in vs not in the catalogue) and ECE (15 bins, in-catalogue photos). The
+by product), or fitted leave-one-out over the gallery (same-product photos above a similarity
+left out too) and scored on all validation photos: AUROC (in vs not in the catalogue) and ECE
+(15 bins, in-catalogue photos). The
 best on validation (AUROC - 2 ECE) is then scored on the test photos with the fit on all
 validation photos. Vectors come from the data dir's vector cache (run bench recall on val and
 test first, or this embeds them)."""
@@ -36,6 +38,7 @@ from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import VectorIndex
 
 PRIORS = (0.0, 0.1, 0.2, 0.3)
+NEAR_DUPLICATES = (None, 0.9, 0.85, 0.8)
 
 
 def _vectors(paths: list[str], emb, cache: VectorCache) -> dict[str, np.ndarray]:
@@ -74,12 +77,25 @@ def main() -> None:
             for prior in PRIORS:
                 r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
                                       labelled_are_queries=True, query_features=names, unknown_prior=prior)
-                rows.append({"features": list(names), "unknown_prior": prior, "val_auroc": r.auroc, "val_ece": r.ece})
+                rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
+                             "val_auroc": r.auroc, "val_ece": r.ece})
                 print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
+    for near in NEAR_DUPLICATES:  # leave-one-out over the gallery: the fit never sees a validation photo
+        for n in range(1, len(QUERY_FEATURES) + 1):
+            for names in itertools.combinations(sorted(QUERY_FEATURES), n):
+                for prior in PRIORS[1:3]:
+                    r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed,
+                                          query_features=names, unknown_prior=prior, near_duplicate=near)
+                    rows.append({"source": "leave-one-out", "near_duplicate": near, "features": list(names),
+                                 "unknown_prior": prior, "val_auroc": r.auroc, "val_ece": r.ece})
+                    print(f"loo {near} {'+'.join(names):24s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}",
+                          file=sys.stderr)
     best = max(rows, key=lambda r: r["val_auroc"] - 2 * r["val_ece"])
     baseline = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed)
-    chosen = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed, labelled=labelled,
-                               query_features=best["features"], unknown_prior=best["unknown_prior"])
+    chosen = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed,
+                               labelled=labelled if best["source"] == "labelled" else (),
+                               query_features=best["features"], unknown_prior=best["unknown_prior"],
+                               near_duplicate=best.get("near_duplicate"))
     out = {"benchmark": "open_set_feature_selection", "dataset": "grocerystore", "model": emb.name,
            "fraction": a.fraction, "seed": a.seed, "criterion": "val AUROC - 2 * val ECE (5 folds by product)",
            "candidates": rows, "chosen": best,

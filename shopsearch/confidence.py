@@ -116,6 +116,7 @@ class Calibration:
     query_features: tuple[str, ...] = ("score", "lead")
     method: str = "leave-one-out"  # or "labelled": shopper photos with their products
     scoring: str = RAW_SCORING  # the scoring path the samples were scored on (scoring_key)
+    near_duplicate: float | None = None  # leave-one-out: same-product photos this similar were left out too
 
     def confidence(self, scores: Sequence[float]) -> tuple[float | None, list[float]]:
         """(probability the first product is right, per-product calibrated scores) for ranked scores."""

@@ -33,6 +33,8 @@ log = logging.getLogger("shopsearch.confidence")
 #: among known ones but makes unknown products (whose look-alikes lead clearly) look confident.
 #: Leave-one-out: the score and its lead, as before (no shopper photos to choose with).
 FEATURES_BY_METHOD = {"labelled": ("score",), "leave-one-out": ("score", "lead")}
+#: leave-one-out with near-duplicates left out: the score alone, chosen on the same validation photos
+NEAR_DUPLICATE_FEATURES = ("score",)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,13 @@ def ranked_products(scores: np.ndarray, ids: np.ndarray, product_of: Mapping[int
 
 
 def collect_samples(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
-                    max_queries: int = 2000, k: int = 5, seed: int = 0, search: Any = None) -> Samples:
+                    max_queries: int = 2000, k: int = 5, seed: int = 0, search: Any = None,
+                    near_duplicate: float | None = None) -> Samples:
     """Search sampled catalogue images of multi-photo products against `index` (leave-one-out);
-    `search`: what scores them (default the index itself; a RerankingIndex for a re-ranked path)."""
+    `search`: what scores them (default the index itself; a RerankingIndex for a re-ranked path).
+    `near_duplicate`: photos of the same product scoring at least this are left out with the query
+    (burst shots of one shelf are not what a shopper's photo is to the catalogue); a query with no
+    other photo of its product left is skipped."""
     by_product: dict[Any, list[int]] = {}
     for i, p in product_of.items():
         by_product.setdefault(p, []).append(int(i))
@@ -83,6 +89,10 @@ def collect_samples(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[
             own = product_of[q]
             same = {int(i) for i in nb if int(i) in hash_of and hash_of[int(i)] is not None
                     and hash_of[int(i)] == hash_of.get(q)} | {q}
+            if near_duplicate is not None:
+                same |= {int(i) for s, i in zip(sc, nb) if s >= near_duplicate and product_of.get(int(i)) == own}
+                if len(same & set(by_product[own])) >= len(by_product[own]):
+                    continue
             r = ranked_products(sc, nb, product_of, same, k)
             if not r:
                 continue
@@ -173,22 +183,26 @@ def calibrate_index(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[
                     build_id: str | None = None, max_queries: int = 2000, seed: int = 0,
                     labelled: Sequence[LabelledQuery] = (), search: Any = None,
                     scoring: str = RAW_SCORING, query_feature_names: Sequence[str] | None = None,
-                    unknown_prior: float = UNKNOWN_PRIOR) -> Calibration:
-    """Labelled samples when there are enough, else leave-one-out ones, from `index`; then the fit."""
+                    unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None) -> Calibration:
+    """Labelled samples when there are enough, else leave-one-out ones (`near_duplicate`: see
+    collect_samples), from `index`; then the fit."""
     if labelled:
         cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search), build_id, scoring,
                               query_feature_names, unknown_prior)
         if cal.fitted:
             return cal
         log.warning("too few labelled photos; calibrating on the catalogue", extra={"reason": cal.reason})
-    return fit_calibration(collect_samples(index, product_of, hash_of, max_queries, seed=seed, search=search),
-                           build_id, scoring)
+    samples = collect_samples(index, product_of, hash_of, max_queries, seed=seed, search=search,
+                              near_duplicate=near_duplicate)
+    names = query_feature_names or (NEAR_DUPLICATE_FEATURES if near_duplicate is not None else None)
+    cal = fit_calibration(samples, build_id, scoring, names, unknown_prior)
+    return replace(cal, near_duplicate=near_duplicate)
 
 
 
 
 def calibrate_build(index: Any, images: Sequence[Any], build_id: str, rerank: RerankOptions = RerankOptions(),
-                    labelled: Sequence[LabelledQuery] = ()) -> Calibration:
+                    labelled: Sequence[LabelledQuery] = (), near_duplicate: float | None = None) -> Calibration:
     """Fit on a build (its indexed catalogue images: `ImageInfo`s; `labelled` photos name product ids),
     scored as searches with `rerank` are; store it with `calibration_file`."""
     indexed = {int(i) for i in index.ids()}
@@ -196,7 +210,7 @@ def calibrate_build(index: Any, images: Sequence[Any], build_id: str, rerank: Re
     hash_of = {im.id: im.sha256 for im in images if im.id in indexed}
     search = RerankingIndex(index, rerank) if rerank.active else None
     cal = calibrate_index(index, product_of, hash_of, build_id, labelled=labelled, search=search,
-                          scoring=scoring_key(rerank.spec))
+                          scoring=scoring_key(rerank.spec), near_duplicate=near_duplicate)
     log.info("calibration fitted" if cal.fitted else "calibration not fitted",
              extra={"build_id": build_id, "samples": cal.samples, "reason": cal.reason, "method": cal.method,
                     "scoring": cal.scoring, "none_below": cal.none_below,
@@ -205,9 +219,10 @@ def calibrate_build(index: Any, images: Sequence[Any], build_id: str, rerank: Re
 
 
 def calibrate_serving(store: Any, images: Sequence[Any], rerank: RerankOptions = RerankOptions(),
-                      labelled: Sequence[LabelledQuery] = ()) -> tuple[str, Calibration]:
+                      labelled: Sequence[LabelledQuery] = (), near_duplicate: float | None = None
+                      ) -> tuple[str, Calibration]:
     """Refit the serving build of an IndexStore (`shopsearch index calibrate`, older builds) and save it."""
     index, manifest = store.load_current()
-    cal = calibrate_build(index, images, manifest.build_id, rerank, labelled)
+    cal = calibrate_build(index, images, manifest.build_id, rerank, labelled, near_duplicate)
     save_calibration(store.build_dir(manifest.build_id), cal)
     return manifest.build_id, cal

@@ -115,6 +115,35 @@ def test_leave_one_out_on_tight_products_is_right_and_skips_identical_copies():
     hashes = {i: f"p{i // 3}" for i in product_of}  # every product's photos are "identical"
     s = collect_samples(index, product_of, hashes)
     assert not any(c[0] for c in s.correct)
+    # near-duplicates of the same product are left out too; with none of its photos left, a photo is skipped
+    s = collect_samples(index, product_of, {}, near_duplicate=0.5)
+    assert s.ranked == ()
+
+
+def test_leaving_near_duplicates_out_makes_leave_one_out_honest():
+    """Each product: two bursts of three near-identical shots, far apart (a shopper's photo is as far
+    from the catalogue as one burst from the other). Plain leave-one-out always finds the burst mate."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 32))
+    vecs, product_of = [], {}
+    for p in range(20):
+        for _ in range(2):
+            burst = centres[p] + 1.5 * rng.normal(size=32)
+            for _ in range(3):
+                v = burst + 0.05 * rng.normal(size=32)
+                vecs.append(v / np.linalg.norm(v))
+                product_of[len(vecs) - 1] = f"sku{p}"
+    index = VectorIndex(32, "flat")
+    index.add(np.arange(len(vecs), dtype=np.int64), np.array(vecs, dtype=np.float32))
+    acc = lambda s: float(np.mean([c[0] for c in s.correct]))  # noqa: E731
+    assert acc(collect_samples(index, product_of, {})) == 1.0
+    strict = collect_samples(index, product_of, {}, near_duplicate=0.95)
+    assert len(strict.ranked) == 120 and acc(strict) < 0.7
+    from shopsearch.confidence_fit import calibrate_index
+
+    cal = calibrate_index(index, product_of, {}, near_duplicate=0.95)
+    assert cal.fitted and cal.near_duplicate == 0.95 and cal.query_features == ("score",)
+    assert cal.loo_top1_accuracy == pytest.approx(acc(strict))
 
 
 def test_open_set_metrics_known_answers():

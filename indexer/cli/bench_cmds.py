@@ -66,6 +66,10 @@ def bench() -> None:
               help="--open-set: fit the confidence on these labelled photos (grocerystore: a split such as val; "
                    "other layouts: an image,sku CSV) instead of the gallery's own photos. The same split as "
                    "--queries is scored out of fold (5 folds by product).")
+@click.option("--near-duplicates", "near_duplicate", type=click.FloatRange(-1, 1), default=None,
+              help="--open-set without --calibrate-on: the leave-one-out calibration also leaves out photos of "
+                   "the same product at least this similar to the held-out one (0.85 chosen on Grocery val, "
+                   "Lite0: benchmarks/results/open_set_feature_selection_val.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @pass_ctx
 def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
@@ -73,7 +77,7 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
                configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
                out_dir: str | None, open_set: float | None, seed: int, calibrate_on: str | None,
-               as_json: bool) -> None:
+               near_duplicate: float | None, as_json: bool) -> None:
     """Recall@k, precision@k, mAP@k, MRR, NDCG@k and latency of one or more configurations."""
     from shopsearch.app import load_model, load_router
     from shopsearch.evaluation import configs as cfgmod
@@ -113,7 +117,8 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
             options=RunOptions(ks=k_values, batch_size=batch_size, workers=workers, latency_samples=latency_samples,
                                category_depth=category_depth, progress=sys.stderr.isatty(),
                                compile=c.settings.pipeline.compile, gpu=c.settings.gpu,
-                               open_set=open_set, open_set_seed=seed, calibration_queries=calibration_queries),
+                               open_set=open_set, open_set_seed=seed, calibration_queries=calibration_queries,
+                               near_duplicate=near_duplicate),
         )
     machine = machine_info()
     for p in results[0].dataset.problems[:10]:

@@ -217,9 +217,12 @@ def rollback_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
 @click.option("--photos", "photos_csv", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Labelled shopper photos (CSV: image,sku), e.g. a validation split: a fairer fit than the "
                    "catalogue's own photos, whose near-duplicates make every match look certain.")
+@click.option("--near-duplicates", "near_duplicate", type=click.FloatRange(-1, 1), default=None,
+              help="Without --photos: also leave out same-product photos at least this similar to each held-out "
+                   "one (burst shots make every match look certain; 0.85 suits EfficientNet-Lite0).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
-def calibrate_cmd(c: Ctx, photos_csv: str | None, as_json: bool) -> None:
+def calibrate_cmd(c: Ctx, photos_csv: str | None, near_duplicate: float | None, as_json: bool) -> None:
     """Refit the serving build's confidence calibration (done by every build and update), on the
     search's default scoring path (SHOPSEARCH_RERANK)."""
     from shopsearch.app import embedder_for_index
@@ -237,7 +240,7 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, as_json: bool) -> None:
             click.echo(f"skipped photo: {line}", err=True)
         labelled = photos.queries
     build_id, cal = calibrate_serving(store, c.catalogue().indexable_images(), parse_rerank(c.settings.rerank),
-                                      labelled)
+                                      labelled, near_duplicate)
     if as_json:
         echo_json({**cal.to_json(), "build_id": build_id})
         return

@@ -105,6 +105,7 @@ class OpenSetResult:
                 "calibration": {"fitted": self.calibration.fitted, "samples": self.calibration.samples,
                                 "method": self.calibration.method, "scoring": self.calibration.scoring,
                                 "features": list(self.calibration.query_features),
+                                "near_duplicate": self.calibration.near_duplicate,
                                 "none_below": self.calibration.none_below, "strong_at": self.calibration.strong_at,
                                 "reason": self.calibration.reason},
                 "precision_coverage": [{"threshold": round(t, 4), "coverage": round(c, 4), "precision": round(p, 4)}
@@ -115,15 +116,15 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
                       queries: Sequence[OpenSetQuery], fraction: float, seed: int = 0, k: int = 5,
                       labelled: Sequence[LabelledQuery] = (), labelled_are_queries: bool = False,
                       rerank: RerankOptions = RerankOptions(), query_features: Sequence[str] | None = None,
-                      unknown_prior: float = UNKNOWN_PRIOR) -> OpenSetResult:
+                      unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None) -> OpenSetResult:
     """Remove `fraction` of the products (seeded), calibrate on what is left as a shop would, then
     score every query's confidence. The calibration uses `labelled` photos (products = SKUs) of the
     kept products when given (photos of removed products are dropped: a shop has none of what it
     does not sell), else leave-one-out over the gallery's own photos. `labelled_are_queries`: the
     labelled photos are the queries themselves (a validation split): each query's confidence then
     comes from a fit without its product's photos (FOLDS folds by product). Scores go through
-    `rerank` as the configuration's searches do. `query_features`, `unknown_prior`: the labelled fit's
-    settings (fit_calibration; None: the defaults), for choosing them on validation photos."""
+    `rerank` as the configuration's searches do. `query_features`, `unknown_prior`, `near_duplicate`:
+    the fit's settings (calibrate_index; None: the defaults), for choosing them on validation photos."""
     products = sorted(set(product_of.values()), key=str)
     rng = np.random.default_rng(seed)
     n_remove = int(round(fraction * len(products)))
@@ -141,7 +142,8 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
         photos = [q for q in labelled if exclude_fold is None or fold_of.get(q.product) != exclude_fold]
         return calibrate_index(gallery, kept_of, hash_of, build_id=f"open-set-{seed}", seed=seed, labelled=photos,
                                search=search if rerank.active else None, scoring=scoring_key(rerank.spec),
-                               query_feature_names=query_features if photos else None, unknown_prior=unknown_prior)
+                               query_feature_names=query_features, unknown_prior=unknown_prior,
+                               near_duplicate=near_duplicate)
 
     cal = fit(None)
     per_fold = {f: fit(f) for f in range(FOLDS)} if labelled and labelled_are_queries else {}

@@ -56,6 +56,8 @@ class RunOptions:
     #: labelled photos the open-set calibration is fitted on (e.g. the validation split); none: the
     #: gallery's own photos, leave-one-out. When they are the queries, each is scored out of fold.
     calibration_queries: tuple[Query, ...] = ()
+    #: leave-one-out calibration: same-product photos at least this similar are left out too
+    near_duplicate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,8 @@ def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: Ben
     labelled = [LabelledQuery(v, q.sku) for q in o.calibration_queries if q.sku and (v := vector(q)) is not None]
     same = {q.path for q in o.calibration_queries} == {q.path for q in d.queries}
     return evaluate_open_set(index, product_of, hash_of, queries, float(o.open_set), o.open_set_seed,
-                             labelled=labelled, labelled_are_queries=same and bool(labelled), rerank=rerank)
+                             labelled=labelled, labelled_are_queries=same and bool(labelled), rerank=rerank,
+                             near_duplicate=o.near_duplicate)
 
 
 def _latency(st: _ModelState, search_ms: dict[int, float], tta_on: bool = False) -> dict:
