@@ -1,13 +1,12 @@
 """Calibrated confidence: the probability that a search's first product is the right one,
 and whether the shop has a `strong`, `weak` or no (`none`) close match.
 
-Fitted per index build on labelled data every shop has: its own catalogue. Each sampled
-catalogue image of a product with two or more indexed photos is searched against the
-build with itself (and byte-identical copies) left out; whether the first product is the
-right one is the label (leave-one-out). The same images searched with their whole product
-left out show what an unknown product's scores look like, which sets the `none` threshold.
-A logistic model over the first product's score and its lead over the second is the
-calibrator; it is stored beside the build (calibration.json) and refitted with every build."""
+A logistic model over features of the first product's score (QUERY_FEATURES) plus one over
+each ranked product's score and lead; fitted per index build (shopsearch.confidence_fit) on
+labelled shopper photos when the shop has them, else leave-one-out over its own catalogue,
+stored beside the build (calibration.json) with the scoring path it was fitted on, and
+refitted with every build. A search scored on another path (re-ranking, fusion) gets the
+stated fallback instead of a confidence that belongs to other scores."""
 from __future__ import annotations
 
 import json
