@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--note", default=None, help="Free text stored with the results (machine load, findings).")
     a = ap.parse_args()
     settings = Settings.from_env()
     emb = load_embedder(a.model, settings.device, settings.models_dir)
@@ -103,7 +104,7 @@ def main() -> None:
                                "samples": chosen.calibration.samples},
                     "leave_one_out_baseline": {"auroc": baseline.auroc, "ece": baseline.ece,
                                                "method": baseline.calibration.method}},
-           "machine": machine_info(), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "note": a.note, "machine": machine_info(), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     text = json.dumps(out, indent=2)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
