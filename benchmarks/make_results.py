@@ -76,6 +76,12 @@ REPRODUCE = [
     "python benchmarks/ray_bench.py",
     "# bytes per vector a search node holds, per index type",
     "python benchmarks/index_bytes_bench.py",
+    "# what the feedback log costs a search (log on vs off, interleaved), SQLite then PostgreSQL",
+    "python benchmarks/feedback_log_bench.py",
+    "python benchmarks/feedback_log_bench.py --database-url postgresql://... \\",
+    "    --out benchmarks/results/feedback_log_postgresql.json",
+    "# no-op build, 10-image update and re-import of an unchanged manifest (main, then the branch)",
+    "python benchmarks/build_update_bench.py --products 5000 --label main --out benchmarks/results/build_update_5k_main.json",
     "python benchmarks/make_results.py",
 ]
 

@@ -1,100 +1,52 @@
 """IndexBuilder: catalogue images -> vectors (via the cache) -> a published FAISS build.
 
-`build` makes a fresh index of every good image; `update` starts from the serving build
-and applies only the difference with the catalogue (new and changed images by content
-hash, removed images by id), publishing it as a new build. Both embed only what the
-vector cache lacks, so a killed run resumes where it stopped, and both publish through
-IndexStore.publish (verified, atomic, previous build kept for rollback)."""
+`build` makes a fresh index of every good image, unless the serving build already holds
+exactly those images with this model and index type ("up to date": no index work, unless
+`force`). `update` starts from the serving build and applies only the difference with the
+catalogue (new and changed images by content hash, removed images by id); a small change is
+published as a delta segment and tombstones beside the serving build's base segment, which is
+shared, not rewritten (indexer/update_plan.py decides, shopsearch/index/segments.py stores).
+Both embed only what the vector cache lacks, so a killed run resumes where it stopped, and
+both publish through IndexStore (verified, atomic, previous build kept for rollback)."""
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import faiss
 import numpy as np
 
-from indexer.shrink import DEFAULT_MAX_SHRINK, check_shrink
-from indexer.update_plan import READD, REBUILD, plan_update
-from shopsearch.catalogue.records import IndexBuildInfo
+from indexer.build_types import BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges
+from indexer.shrink import check_shrink
+from indexer.update_plan import DELTA, READD, UP_TO_DATE, REBUILD, Changes, ServingIndex, UpdatePlan, plan_update
+from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import GpuTuning
-from shopsearch.confidence import calibration_file
+from shopsearch.confidence import calibration_file, load_calibration
 from shopsearch.confidence_fit import calibrate_build
 from shopsearch.rerank import RerankOptions
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
-from shopsearch.index.store import IndexStore, new_build_id
+from shopsearch.index.merge import is_ivf
+from shopsearch.index.segments import new_delta, read_delta
+from shopsearch.index.store import IndexStore, SegmentKeys, new_build_id
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, estimate_bytes_per_vector
 from shopsearch.embedding.pipeline import EmbedReport, WorkItem, embed_items
 from shopsearch.embedding.cache import VectorCache
 
 log = logging.getLogger("shopsearch.indexer")
 
+__all__ = ["BuildOptions", "BuildPlan", "BuildReport", "IndexBuilder", "IndexDiff", "UpdateChanges", "diff_index"]
 
 
-@dataclass(frozen=True)
-class BuildPlan:
-    """What a build is about to do; printed (memory estimate included) before any work."""
-
-    images: int
-    index_type: str
-    estimated_bytes: int
-    dim: int
-
-
-@dataclass(frozen=True)
-class UpdateChanges:
-    """What an update applied to the serving build."""
-
-    previous_build: str
-    added: int
-    changed: int
-    removed: int
-    unchanged: int
-    rebuild_reason: str | None  # why the index was rebuilt or re-filled (None: changed in place)
-    added_since_training: int  # vectors added since an IVF index was trained
-
-
-@dataclass(frozen=True)
-class BuildReport:
-    build_id: str
-    model: str
-    fingerprint: str
-    index_type: str
-    vectors: int
-    embedded: int
-    skipped: int
-    failed: tuple[tuple[int | None, str, str], ...]
-    seconds: float
-    images_per_s: float
-    estimated_bytes: int = 0
-    mode: str = "full"  # full | incremental | rebuild
-    trained_on: int = 0  # vectors the index was (last) trained or built on
-    rescan: RescanReport | None = None  # the files found changed on disk first
-    update: UpdateChanges | None = None  # an update's changes (None for a full build)
-
-    def to_dict(self) -> dict:
-        d = {
-            "build_id": self.build_id, "model": self.model, "fingerprint": self.fingerprint,
-            "index_type": self.index_type, "vectors": self.vectors, "embedded": self.embedded,
-            "skipped": self.skipped, "failed": [{"image_id": i, "path": p, "reason": r} for i, p, r in self.failed],
-            "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
-            "estimated_bytes": self.estimated_bytes, "mode": self.mode,
-        }
-        if self.update is not None:
-            u = self.update
-            d |= {"rebuild_reason": u.rebuild_reason, "previous_build": u.previous_build, "added": u.added,
-                  "changed": u.changed, "removed": u.removed, "unchanged": u.unchanged}
-        d["trained_on"] = self.trained_on
-        if self.update is not None:
-            d["added_since_training"] = self.update.added_since_training
-        d["rescan"] = self.rescan.to_dict() if self.rescan else None
-        return d
+def resolve_options(options: BuildOptions | None, overrides: dict[str, Any]) -> BuildOptions:
+    """`options` (defaults when None) with keyword overrides: `build(progress=False)` still reads well."""
+    return replace(options or BuildOptions(), **overrides)
 
 
 @dataclass(frozen=True)
@@ -131,12 +83,10 @@ class IndexBuilder:
         `verify_hashes`: re-hash every file)."""
         return rescan_files(self.catalogue, workers=workers or 2, progress=progress, verify_hashes=verify_hashes)
 
-    def work_items(self) -> list[WorkItem]:
-        items = []
-        for img in self.catalogue.indexable_images():
-            key = img.sha256 or sha256_file(img.path)
-            items.append(WorkItem(key, img.path, img.id))
-        return items
+    def work_items(self, images: list[ImageInfo] | None = None) -> list[WorkItem]:
+        """One item per indexable image (`images`: already read from the catalogue)."""
+        images = self.catalogue.indexable_images() if images is None else images
+        return [WorkItem(img.sha256 or sha256_file(img.path), img.path, img.id) for img in images]
 
     def plan(self, index_type: str = "auto", items: list[WorkItem] | None = None) -> BuildPlan:
         n = len(self.work_items() if items is None else items)
@@ -156,6 +106,11 @@ class IndexBuilder:
                 self.catalogue.mark_image_failed(it.image_id, failed_keys[it.key])
         return report
 
+    def _embed(self, items: list[WorkItem], o: BuildOptions) -> EmbedReport:
+        if not items:  # nothing to embed: no workers started
+            return EmbedReport()
+        return self.embed(items, o.batch_size, o.workers, o.progress, o.executor, o.chunk_size, o.compile)
+
     # -- stage: merge into an index and publish -----------------------------------------
     def _vectors(self, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> np.ndarray:
         """Vectors from the cache; ids the cache lacks (cache wiped) come from the old index."""
@@ -172,21 +127,28 @@ class IndexBuilder:
             index.add(np.array(ids, dtype=np.int64), self._vectors(ids, keys, fallback))
         return index
 
-    def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict) -> int:
-        manifest = IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
-                                 len(index), itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        # refit with every build: the confidence a search reports belongs to the build it searches
-        cal = calibrate_build(index, self.catalogue.indexable_images(), build_id, self.rerank)
-        saved = self.store.publish(index, manifest, keys=keys, report=report, extra_files=calibration_file(cal))
-        self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
-                                                   self.embedder.dim, saved.count, "complete", None, None))
+    def _manifest(self, build_id: str, itype: str, count: int) -> IndexManifest:
+        return IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
+                             count, itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict,
+                 images: list[ImageInfo]) -> int:
+        # refit with every full build: the confidence a search reports belongs to the build it searches
+        cal = calibrate_build(index, images, build_id, self.rerank)
+        saved = self.store.publish(index, self._manifest(build_id, itype, len(index)), keys=keys, report=report,
+                                   extra_files=calibration_file(cal))
+        self._record(build_id, itype, saved.count, "complete")
         return saved.count
 
-    def _serving(self) -> tuple[IndexManifest | None, list[int] | None]:
-        """The serving build's manifest and image ids (None where it predates the keys sidecar)."""
+    def _record(self, build_id: str, itype: str, count: int, status: str) -> None:
+        self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
+                                                   self.embedder.dim, count, status, None, None))
+
+    def _serving(self) -> tuple[IndexManifest | None, dict[int, str] | None]:
+        """The serving build's manifest and image id -> content hash (None where it predates the keys sidecar)."""
         manifest = self.store.current_manifest()
         keys = self.store.load_keys(manifest.build_id) if manifest is not None else None
-        return manifest, None if keys is None else list(keys)
+        return manifest, keys
 
     def _guard(self, build_id: str | None, itype: str, serving: IndexManifest | None,
                serving_ids: list[int] | None, new_ids: list[int], max_shrink: float | None) -> None:
@@ -199,120 +161,181 @@ class IndexBuilder:
             check_shrink(serving.count, serving_ids, new_ids, self.catalogue, max_shrink)
         except IndexShrinkError:
             if build_id is not None:
-                self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint,
-                                                           itype, self.embedder.dim, len(new_ids), "failed", None,
-                                                           None))
+                self._record(build_id, itype, len(new_ids), "failed")
             raise
 
     def _start(self, itype: str) -> str:
         build_id = new_build_id()
-        self.catalogue.record_build(IndexBuildInfo(build_id, self.embedder.name, self.embedder.fingerprint, itype,
-                                                   self.embedder.dim, 0, "building", None, None))
+        self._record(build_id, itype, 0, "building")
         return build_id
 
     def _report(self, build_id: str, itype: str, count: int, rep: EmbedReport, t0: float, est: int, mode: str,
-                trained_on: int, scan: RescanReport | None = None, update: UpdateChanges | None = None) -> BuildReport:
+                trained_on: int, scan: RescanReport | None = None, update: UpdateChanges | None = None,
+                strategy: str = "full", segments: SegmentCounts | None = None) -> BuildReport:
         # files found unusable by the rescan and by the decoder are one list for the merchandiser
         failed = (scan.problems if scan else ()) + tuple((it.image_id, it.path, r) for it, r in rep.failed)
         return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
                            rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
-                           scan, update)
+                           scan, update, strategy == UP_TO_DATE, strategy, segments)
+
+    def _up_to_date(self, serving: IndexManifest, t0: float, scan: RescanReport | None,
+                    update: UpdateChanges | None = None) -> BuildReport:
+        """The report of a run that found the serving build current: nothing written."""
+        prev = self.store.load_report(serving.build_id) or {}
+        log.info("index up to date", extra={"build_id": serving.build_id, "vectors": serving.count})
+        return self._report(serving.build_id, serving.index_type, serving.count, EmbedReport(), t0, 0, UP_TO_DATE,
+                            int(prev.get("trained_on") or serving.count), scan, update, UP_TO_DATE,
+                            _segment_counts(serving))
 
     # -- public -----------------------------------------------------------------------------
-    def build(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
-              progress: bool = True, executor: str = "auto", chunk_size: int = 512, rescan: bool = True,
-              on_plan: Callable[[BuildPlan], None] | None = None, compile: str | None = None,
-              verify_hashes: bool = False, max_shrink: float | None = DEFAULT_MAX_SHRINK) -> BuildReport:
+    def build(self, options: BuildOptions | None = None, on_plan: Callable[[BuildPlan], None] | None = None,
+              **overrides: Any) -> BuildReport:
         """Embed what is missing, build a fresh index of every good image, publish it atomically.
-        `on_plan` sees the plan (memory estimate included) before any embedding starts; a build
-        with less than (1 - max_shrink) of the serving build's vectors is refused (indexer.shrink)."""
+        Up to date (same model, index type, image ids and content hashes as the serving build):
+        nothing is built or published unless `force`. `on_plan` sees the plan (memory estimate
+        included) before any embedding starts; a build with less than (1 - max_shrink) of the
+        serving build's vectors is refused (indexer.shrink). `overrides` replace fields of `options`."""
+        o = resolve_options(options, overrides)
         t0 = time.perf_counter()
-        scan = self.rescan(workers, progress, verify_hashes) if rescan else None
-        items = self.work_items()
-        plan = self.plan(index_type, items)
+        scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
+        images = self.catalogue.indexable_images()
+        items = self.work_items(images)
+        plan = self.plan(o.index_type, items)
+        serving, serving_keys = self._serving()
+        # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
+        if not o.force and serving is not None and serving_keys is not None and not self.store.degraded \
+                and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
+                and serving_keys == {it.image_id: it.key for it in items}:
+            return self._up_to_date(serving, t0, scan)
         log.info("building index", extra={"images": plan.images, "index_type": plan.index_type,
                                           "estimated_bytes": plan.estimated_bytes})
         if on_plan is not None:
             on_plan(plan)
-        serving, serving_ids = self._serving()
-        self._guard(None, plan.index_type, serving, serving_ids, [it.image_id for it in items], max_shrink)
+        serving_ids = None if serving_keys is None else list(serving_keys)
+        self._guard(None, plan.index_type, serving, serving_ids, [it.image_id for it in items], o.max_shrink)
         build_id = self._start(plan.index_type)
-        rep = self.embed(items, batch_size, workers, progress, executor, chunk_size, compile)
+        rep = self._embed(items, o)
         good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
         ids = sorted(good)
-        self._guard(build_id, plan.index_type, serving, serving_ids, ids, max_shrink)
+        self._guard(build_id, plan.index_type, serving, serving_ids, ids, o.max_shrink)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
+        segments = SegmentCounts(len(index), 0, 0)
         report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),
-                              scan)
-        count = self._publish(build_id, plan.index_type, index, good, report.to_dict())
-        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, "full", len(ids), scan)
+                              scan, segments=segments)
+        count = self._publish(build_id, plan.index_type, index, good, report.to_dict(), images)
+        return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, "full", len(ids), scan,
+                            segments=segments)
 
-    def update(self, index_type: str = "auto", batch_size: int | None = None, workers: int | None = None,
-               progress: bool = True, executor: str = "auto", chunk_size: int = 512,
-               rescan: bool = True, compile: str | None = None, verify_hashes: bool = False,
-               max_shrink: float | None = DEFAULT_MAX_SHRINK) -> BuildReport:
+    def update(self, options: BuildOptions | None = None, **overrides: Any) -> BuildReport:
         """Apply the catalogue's changes to the serving build and publish the result as a new build.
 
         Files replaced or deleted on disk are noticed first (`rescan`). Only new or changed
-        images are embedded. Removals use FAISS remove_ids where the index type allows it;
-        HNSW (no removal) and a due compaction rebuild from the vector cache, never
-        re-embedding. Without a serving build this is a full `build`."""
+        images are embedded. indexer.update_plan picks how they reach the index: nothing to do
+        (up to date, nothing published), a delta segment and tombstones beside the serving
+        base segment (work proportional to the change, any index type), or a compaction from
+        the vector cache (never re-embedding). Without a serving build this is a full `build`."""
+        o = resolve_options(options, overrides)
         manifest = self.store.current_manifest()
         if manifest is None:
-            return self.build(index_type, batch_size, workers, progress, executor, chunk_size, rescan,
-                              compile=compile, verify_hashes=verify_hashes, max_shrink=max_shrink)
+            return self.build(o)
         if manifest.model_fingerprint != self.embedder.fingerprint:
             raise ModelMismatchError(
                 f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "
                 f"the same model (or run `shopsearch index build --model {self.embedder.name}`)")
         t0 = time.perf_counter()
-        scan = self.rescan(workers, progress, verify_hashes) if rescan else None
-        old, _ = self.store.load_current()
-        items = self.work_items()
+        scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
+        images = self.catalogue.indexable_images()
+        items = self.work_items(images)
         want = {it.image_id: it.key for it in items if it.image_id is not None}
-        keys = self.store.load_keys(manifest.build_id)
-        # A build from before the keys sidecar: ids known, hashes not; assume unchanged.
-        have: dict[int, str | None] = dict(keys) if keys is not None else {int(i): want.get(int(i)) for i in old.ids()}
+        seg = self.store.segment_keys(manifest.build_id)
+        old: VectorIndex | None = None
+        if seg is None:  # a build from before the keys sidecar: ids known, hashes not; assume unchanged
+            old, _ = self.store.load_current()
+            have: dict[int, str | None] = {int(i): want.get(int(i)) for i in old.ids()}
+        else:
+            have = dict(seg.served())
         diff = diff_index(want, have)
-        self._guard(None, manifest.index_type, manifest, list(have), list(want), max_shrink)
+        self._guard(None, manifest.index_type, manifest, list(have), list(want), o.max_shrink)
         todo_ids = set(diff.added) | set(diff.changed)
-        todo = [it for it in items if it.image_id in todo_ids]
-        rep = self.embed(todo, batch_size, workers, progress, executor, chunk_size, compile)
+        rep = self._embed([it for it in items if it.image_id in todo_ids], o)
         ok_new = {i: want[i] for i in sorted(todo_ids) if want[i] in self.cache}
         final = {i: k for i, k in have.items() if i in want and i not in todo_ids and k is not None}
         final.update(ok_new)
-        target = (choose_index_type(len(final)) if index_type == "auto" else index_type)
+        target = (choose_index_type(len(final)) if o.index_type == "auto" else o.index_type)
         prev_report = self.store.load_report(manifest.build_id) or {}
         trained_on = int(prev_report.get("trained_on") or len(have))
-        since_training = int(prev_report.get("added_since_training") or 0) + len(ok_new)
-        drop = list(diff.removed) + list(diff.changed)
-        plan = plan_update(old.index_type, target, old.is_trained, old.supports_remove(), len(final), trained_on,
-                           since_training, len(drop))
-        reason = plan.reason
+        since_training = int(prev_report.get("added_since_training") or 0)
+        serving = ServingIndex(manifest.index_type, is_ivf(manifest.index_type, manifest.dim, manifest.count),
+                               manifest.base_count or manifest.count, manifest.dead_count, manifest.delta_count,
+                               trained_on, since_training)
+        plan = plan_update(serving, Changes(len(diff.added), len(diff.changed), len(diff.removed), len(final), target),
+                           o.force)
+        if plan.strategy == DELTA and seg is None:
+            plan = UpdatePlan(REBUILD, "the serving build predates the keys sidecar")
+        changes = UpdateChanges(manifest.build_id, len(diff.added), len(diff.changed), len(diff.removed),
+                                diff.unchanged, plan.reason, since_training + len(ok_new))
+        if plan.strategy == UP_TO_DATE:
+            return self._up_to_date(manifest, t0, scan, changes)
         build_id = self._start(target)
         ids = sorted(final)
-        self._guard(build_id, target, manifest, list(have), ids, max_shrink)
+        self._guard(build_id, target, manifest, list(have), ids, o.max_shrink)
+        est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
+        if plan.strategy == DELTA:
+            assert seg is not None  # see above
+            return self._publish_delta(build_id, manifest, seg, diff, final, rep, t0, est, trained_on, scan, changes)
+        if old is None:
+            old, _ = self.store.load_current()
         if plan.strategy == READD:
             # IVF: keep the trained quantizer and codebooks, re-add the cached vectors (no k-means)
-            log.info("re-adding cached vectors to the trained index", extra={"reason": reason, "vectors": len(ids)})
+            log.info("re-adding cached vectors to the trained index", extra={"reason": plan.reason, "vectors": len(ids)})
             index = VectorIndex(old.dim, old.index_type, index=faiss.clone_index(old.faiss_index))
             index.faiss_index.reset()
             if ids:
                 index.add(np.array(ids, dtype=np.int64), self._vectors(ids, [final[i] for i in ids], old))
-        elif plan.strategy == REBUILD:  # compaction: a fresh index from cached vectors, nothing re-embedded
-            log.info("rebuilding from the vector cache", extra={"reason": reason, "vectors": len(ids)})
+        else:  # compaction: a fresh index from cached vectors, nothing re-embedded
+            log.info("rebuilding from the vector cache", extra={"reason": plan.reason, "vectors": len(ids)})
             index = self._new_index(target, ids, [final[i] for i in ids], fallback=old)
-            trained_on, since_training = len(ids), 0
-        else:
-            index = old
-            index.remove(np.array(drop, dtype=np.int64))
-            new_ids = sorted(ok_new)
-            if new_ids:
-                index.add(np.array(new_ids, dtype=np.int64), self.cache.get_many([ok_new[i] for i in new_ids]))
-        mode = "rebuild" if reason else "incremental"
-        changes = UpdateChanges(manifest.build_id, len(diff.added), len(diff.changed), len(diff.removed),
-                                diff.unchanged, reason, since_training)
-        est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
-        report = self._report(build_id, target, len(index), rep, t0, est, mode, trained_on, scan, changes)
-        count = self._publish(build_id, target, index, final, report.to_dict())
-        return self._report(build_id, target, count, rep, t0, est, mode, trained_on, scan, changes)
+            trained_on, changes = len(ids), replace(changes, added_since_training=0)
+        segments = SegmentCounts(len(index), 0, 0)
+        report = self._report(build_id, target, len(index), rep, t0, est, "rebuild", trained_on, scan, changes,
+                              plan.strategy, segments)
+        count = self._publish(build_id, target, index, final, report.to_dict(), images)
+        return self._report(build_id, target, count, rep, t0, est, "rebuild", trained_on, scan, changes,
+                            plan.strategy, segments)
+
+    def _publish_delta(self, build_id: str, manifest: IndexManifest, seg: SegmentKeys, diff: "IndexDiff",
+                       final: dict[int, str], rep: EmbedReport, t0: float, est: int, trained_on: int,
+                       scan: RescanReport | None, changes: UpdateChanges) -> BuildReport:
+        """Keep the serving base segment; tombstone its removed and changed ids; write the delta
+        (the serving delta's kept vectors plus the new ones from the cache). Work and writes are
+        proportional to the change and the delta, never to the base."""
+        dead = set(seg.dead) | {i for i in diff.removed + diff.changed if i in seg.base}
+        delta_keys = {i: k for i, k in final.items() if i not in seg.base or i in dead}
+        old_delta, _ = read_delta(self.store.build_dir(manifest.build_id), manifest.delta_sha256, "", verify=False)
+        delta = faiss.clone_index(old_delta) if old_delta is not None else new_delta(self.embedder.dim)
+        stale = [i for i, k in seg.delta.items() if delta_keys.get(i) != k]
+        if stale:
+            delta.remove_ids(np.array(stale, dtype=np.int64))
+        new = sorted(i for i in delta_keys if seg.delta.get(i) != delta_keys[i])
+        if new:
+            delta.add_with_ids(self.cache.get_many([delta_keys[i] for i in new]), np.array(new, dtype=np.int64))
+        delta_index = VectorIndex(self.embedder.dim, "flat", index=delta)
+        dead_ids = np.array(sorted(dead), dtype=np.int64)
+        segments = SegmentCounts(manifest.base_count or manifest.count, len(delta_index), len(dead_ids))
+        count = segments.base - segments.dead + segments.delta
+        log.info("publishing a delta segment", extra={"build_id": build_id, "base": segments.base,
+                                                      "delta": segments.delta, "dead": segments.dead})
+        report = self._report(build_id, manifest.index_type, count, rep, t0, est, DELTA, trained_on, scan, changes,
+                              DELTA, segments)
+        # the base's calibration still holds for a change this small (refit at each compaction,
+        # or with `shopsearch index calibrate`)
+        cal = load_calibration(self.store.build_dir(manifest.build_id))
+        saved = self.store.publish_delta(manifest.build_id, self._manifest(build_id, manifest.index_type, count),
+                                         delta_index, dead_ids, delta_keys, report.to_dict(),
+                                         calibration_file(replace(cal, build_id=build_id)))
+        self._record(build_id, manifest.index_type, saved.count, "complete")
+        return replace(report, vectors=saved.count, seconds=time.perf_counter() - t0)
+
+
+def _segment_counts(m: IndexManifest) -> SegmentCounts:
+    return SegmentCounts(m.base_count or m.count, m.delta_count, m.dead_count)

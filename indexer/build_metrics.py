@@ -22,6 +22,7 @@ def build_registry(report: BuildReport, finished: float | None = None) -> Collec
                  registry=reg)
     info.labels(report.build_id, report.model, report.index_type, mode).set(1)
     gauge("vectors", "Vectors in the published build", report.vectors)
+    gauge("up_to_date", "1 when the serving build was up to date and nothing was published", int(report.up_to_date))
     gauge("images_embedded", "Images embedded by this run", report.embedded)
     gauge("images_reused", "Vectors reused from the cache or the previous build", report.skipped)
     gauge("images_failed", "Images that could not be indexed", len(report.failed))

@@ -76,11 +76,11 @@ class RayIndexBuilder(IndexBuilder):
     def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path,
                  resources: dict[str, float], models_dir: Path | None = None, batch_size: int | None = None,
                  actors: int | None = None, shard_vectors: int = SHARD_VECTORS) -> None:
-        from shopsearch.embedding.ray_pipeline import check_shared_folder, size_for
+        from shopsearch.embedding.ray_pipeline import alive_node_cpus, check_shared_folder, size_for
 
         super().__init__(embedder, catalogue, store, cache_root)
         self.cache_root = Path(cache_root)
-        self.sizing = size_for(resources, batch_size, actors)
+        self.sizing = size_for(resources, batch_size, actors, alive_node_cpus())
         self.models_dir = models_dir
         self.shard_vectors = shard_vectors
         self.nodes = check_shared_folder(self.cache.dir)
@@ -100,6 +100,7 @@ class RayIndexBuilder(IndexBuilder):
         make = functools.partial(load_embedder, self.embedder.name, device, self.models_dir)
         preprocess = split_preprocess(self.embedder) or self.embedder.preprocess
         log.info("embedding on ray", extra={"todo": len(todo), "nodes": self.nodes, "actors": sizing.actors,
+                                            "cpus_per_actor": sizing.cpus_per_actor, "fused": sizing.fused,
                                             "batch_size": sizing.batch_size, "gpus_per_actor": sizing.gpus_per_actor})
         remote = embed_on_ray(todo, make, preprocess, self.cache.dir, sizing, progress)
         self.cache = VectorCache(self.cache_root, self.embedder.fingerprint, self.embedder.dim)  # the workers' chunks

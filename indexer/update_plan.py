@@ -1,38 +1,95 @@
-"""How `index update` applies the catalogue's changes to the serving build: a pure decision
-over what the serving index is and what changed, so each case is testable without an index."""
+"""How a build or `index update` applies the catalogue's changes to the serving build: a pure
+decision over what the serving index is and what changed, so each case is testable without
+an index.
+
+Small changes cost work proportional to the change on every index type (DELTA): the serving
+build's base segment is kept as it is (hard-linked into the new build), the images removed or
+changed since it was built are tombstoned (excluded inside `VectorIndex.search`), and the
+vectors added or changed since go into a small exact delta segment rewritten with each
+update. Once the waste (tombstones) or the delta grows past `COMPACT_FRACTION` of the base
+segment, and past `COMPACT_MIN_ENTRIES` so that small catalogues never churn, the index is
+compacted: rebuilt from the vector cache (REBUILD), or for a trained IVF index re-filled
+keeping its quantizer and codebooks (READD). Nothing is re-embedded either way.
+
+Why 20%: a tombstoned HNSW entry still costs graph hops, and a filtered HNSW search
+degrades as the share it must skip grows; the delta is searched exactly (a flat scan), so
+at 20% of a 1M base it is a 200k-vector scan per query. Past that the one-off rebuild
+(no embedding) is cheaper than what every later query pays."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 #: an IVF-PQ index is retrained from the cache once this share of its vectors arrived after training
 RETRAIN_FRACTION = 0.5
+#: compact once tombstones or the delta segment exceed this share of the base segment ...
+COMPACT_FRACTION = 0.2
+#: ... and this many entries (below it a small catalogue keeps its delta: it is cheap either way)
+COMPACT_MIN_ENTRIES = 1000
 
-INCREMENTAL = "incremental"  # remove and add in the serving index
+UP_TO_DATE = "up-to-date"  # nothing changed: no index work, nothing published
+DELTA = "delta"  # keep the base segment; tombstone what left, write a small delta segment
 READD = "re-add"  # keep the trained quantizer and codebooks, re-add every cached vector (no k-means)
 REBUILD = "rebuild"  # a fresh index from the cached vectors (trained again where it needs training)
 
 
 @dataclass(frozen=True)
+class ServingIndex:
+    """What the serving build is, as far as the plan needs to know."""
+
+    index_type: str
+    trained: bool  # needs training and has it (IVF kinds)
+    base_count: int  # vectors in the base segment, tombstoned ones included
+    dead: int  # tombstoned ids of the base segment
+    delta: int  # vectors in the delta segment
+    trained_on: int  # vectors the index was (last) trained or built on
+    added_since_training: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    """The catalogue against the serving build (see indexer.build.diff_index)."""
+
+    added: int
+    changed: int
+    removed: int
+    vectors: int  # vectors the updated index will hold
+    target_type: str  # the index type the update must end with
+
+
+@dataclass(frozen=True)
 class UpdatePlan:
-    strategy: str  # INCREMENTAL | READD | REBUILD
-    reason: str | None  # why not incremental (None when it is)
+    strategy: str  # UP_TO_DATE | DELTA | READD | REBUILD
+    reason: str | None  # why the index is rebuilt or re-filled (None otherwise)
+    #: after a DELTA: tombstones and delta entries the new build will carry
+    dead: int = 0
+    delta: int = 0
 
 
-def plan_update(old_type: str, target_type: str, trained: bool, can_remove: bool, vectors: int,
-                trained_on: int, added_since_training: int, drops: int) -> UpdatePlan:
-    """The strategy for an update of a serving `old_type` index into a `target_type` one of
-    `vectors` vectors, `drops` of the serving ones to remove, `added_since_training` of them
-    added after the index was trained on `trained_on`."""
-    retrain = trained and old_type not in ("flat", "hnsw") and \
-        added_since_training > RETRAIN_FRACTION * max(trained_on, 1)
-    if target_type != old_type:
-        reason = f"index type {old_type} -> {target_type} for {vectors} vectors"
-    elif retrain:
-        reason = f"{added_since_training} of {vectors} vectors arrived after the {old_type} training"
-    elif drops and not can_remove:
-        reason = f"{old_type} cannot remove vectors in place"
-    else:
-        return UpdatePlan(INCREMENTAL, None)
-    if target_type == old_type and old_type != "hnsw" and not retrain:
-        return UpdatePlan(READD, reason)
-    return UpdatePlan(REBUILD, reason)
+def plan_update(serving: ServingIndex, changes: Changes, force: bool = False) -> UpdatePlan:
+    """The strategy for applying `changes` to `serving`; `force` rebuilds whatever changed."""
+    old = serving.index_type
+    if force:
+        return UpdatePlan(_compaction(serving, changes.target_type), "forced")
+    if changes.target_type != old:
+        return UpdatePlan(REBUILD, f"index type {old} -> {changes.target_type} for {changes.vectors} vectors")
+    touched = changes.added + changes.changed + changes.removed
+    if touched == 0:
+        return UpdatePlan(UP_TO_DATE, None, serving.dead, serving.delta)
+    since = serving.added_since_training + changes.added + changes.changed
+    if serving.trained and old not in ("flat", "hnsw") and since > RETRAIN_FRACTION * max(serving.trained_on, 1):
+        return UpdatePlan(REBUILD, f"{since} of {changes.vectors} vectors arrived after the {old} training")
+    # an upper bound: a removed or changed image that lives in the delta is not a tombstone
+    dead = serving.dead + changes.removed + changes.changed
+    delta = serving.delta + changes.added + changes.changed
+    limit = max(COMPACT_FRACTION * serving.base_count, COMPACT_MIN_ENTRIES)
+    if dead > limit or delta > limit:
+        what = f"{dead} tombstoned" if dead > limit else f"{delta} delta"
+        reason = f"{what} of {serving.base_count} base vectors passed the compaction threshold"
+        return UpdatePlan(_compaction(serving, changes.target_type), reason)
+    return UpdatePlan(DELTA, None, dead, delta)
+
+
+def _compaction(serving: ServingIndex, target_type: str) -> str:
+    """A trained IVF index keeps its training (no k-means); everything else is built afresh."""
+    keep_training = serving.trained and target_type == serving.index_type and serving.index_type not in ("flat", "hnsw")
+    return READD if keep_training else REBUILD

@@ -33,6 +33,18 @@ def _number(env: Mapping[str, str], name: str, default: float | None, kind: type
     return value
 
 
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """An on/off setting (default when unset or empty); ConfigError naming it otherwise."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, not {raw!r}")
+
+
 @dataclass(frozen=True)
 class GpuTuning:
     """The GPU executor's knobs (SHOPSEARCH_GPU_*, SHOPSEARCH_NVJPEG_SPLIT, SHOPSEARCH_CUDA_GRAPHS)."""
@@ -104,6 +116,10 @@ class Settings:
     engine: str = "local"
     #: the Ray cluster to join ("auto", "ray://host:10001", "host:6379"); None starts a local Ray
     ray_address: str | None = None
+    #: the feedback log (shopsearch.feedback): every search and the shoppers' clicks and verdicts
+    feedback_log: bool = True
+    #: days a logged search (and its feedback) is kept; `shopsearch feedback prune` enforces it
+    feedback_retention_days: int = 90
 
     @property
     def db_url(self) -> str:
@@ -147,6 +163,8 @@ class Settings:
             fusion=env.get("SHOPSEARCH_FUSION", "").strip().lower() in ("1", "on", "true", "yes"),
             engine=env.get("SHOPSEARCH_ENGINE", "local") or "local",
             ray_address=env.get("SHOPSEARCH_RAY_ADDRESS") or None,
+            feedback_log=_switch(env, "SHOPSEARCH_FEEDBACK_LOG", True),
+            feedback_retention_days=int(_number(env, "SHOPSEARCH_FEEDBACK_RETENTION_DAYS", 90, minimum=1)),  # type: ignore[arg-type]
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in clean:

@@ -176,3 +176,45 @@ class ClusterError(ShopSearchError):
 
     code = "cluster_error"
     http_status = 500
+
+
+class FeedbackError(ShopSearchError):
+    """Feedback that is refused: nothing of it is stored."""
+
+    code = "invalid_feedback"
+    http_status = 400
+
+
+class UnknownRequestError(FeedbackError):
+    """No logged search has this request id (never logged, pruned, or logging was off)."""
+
+    code = "unknown_request"
+    http_status = 404
+
+
+class SkuNotShownError(FeedbackError):
+    """The product exists but was not among those shown for the request."""
+
+    code = "sku_not_shown"
+    http_status = 422
+
+
+class DuplicateFeedbackError(FeedbackError):
+    """The same event for the same product of the same request was recorded already."""
+
+    code = "duplicate_feedback"
+    http_status = 409
+
+
+class FeedbackDisabledError(FeedbackError):
+    """The shop switched the feedback log off."""
+
+    code = "feedback_disabled"
+    http_status = 409
+
+
+class NoFeedbackError(ShopSearchError):
+    """The feedback log holds nothing an analysis can use (no confirmed queries for this model)."""
+
+    code = "no_feedback"
+    http_status = 409

@@ -156,11 +156,12 @@ class RerankingIndex:
     def _vectors(self, ids: np.ndarray) -> np.ndarray:
         return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`allowed`: restrict to these ids (VectorIndex.search); the re-ranking sees only them."""
         q = np.atleast_2d(np.asarray(queries, np.float32))
         out_s, out_i = [], []
         for row in q:
-            scores, ids = self.index.search(row[None, :], max(k, self.opts.depth))
+            scores, ids = self.index.search(row[None, :], max(k, self.opts.depth), allowed=allowed)
             scores, ids = scores[0], ids[0]
             valid = ids >= 0
             scores, ids = scores[valid], ids[valid]

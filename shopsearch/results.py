@@ -78,6 +78,8 @@ class SearchResult:
     confidence: float | None = None  # probability the first hit is the right product; None: uncalibrated
     match: str | None = None  # "strong" | "weak" | "none" (None when uncalibrated)
     calibration: dict[str, Any] | None = None  # how confidence was obtained, or why there is none
+    #: the vector searched with (float32, unit length); kept out of to_dict: the feedback log stores it
+    query_vector: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

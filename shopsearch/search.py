@@ -14,6 +14,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.confidence import Calibration, annotate, scoring_key
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
+from shopsearch.filter_sets import AllowedImages
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, check_model
 from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.results import CategoryPrediction, ProductHit, SearchFilters, SearchResult
@@ -48,6 +49,8 @@ class SearchService:
         # fuse the router's category probabilities into the ranking instead of filtering by them
         self.fusion = fusion
         self.calibration = calibration
+        # filters and routing restrict the vector search itself (docs/filtered_search.md)
+        self.allowed_images = AllowedImages(lambda: catalogue.filter_columns())
 
     # -- entry points ---------------------------------------------------------
     def search_image(self, image: Image.Image, k: int = 10, filters: SearchFilters = SearchFilters(),
@@ -102,7 +105,7 @@ class SearchService:
         res = SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
         if calibrate:  # calibrated only for the scoring path it was fitted on (re-ranking, fusion)
             res = annotate(res, self.calibration, scoring_key(opts.spec, boost is not None))
-        return replace(res, hits=res.hits[:k_asked])
+        return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:
         """"More like this": neighbours of the product's images, itself and exact duplicates
@@ -131,17 +134,25 @@ class SearchService:
                  exclude_skus: frozenset[str], exclude_hashes: set[str] | None = None,
                  index: VectorIndex | RerankingIndex | None = None,
                  boost: dict[str, float] | None = None, db_s: list[float] | None = None) -> list[ProductHit]:
-        """Best image per product, over a growing candidate list until k products pass the filters;
+        """Best image per product among the nearest images that pass the filters and routing;
         `boost` (fusion) adds a per-category amount to each product's best similarity; the seconds
-        spent in catalogue lookups are added to db_s[0]."""
+        spent in catalogue lookups are added to db_s[0].
+
+        Filters and routing restrict the vector search itself (an allowed-id set), so its
+        results are the best matching images whatever share of the index matches; a filter
+        that matches no image answers at once without searching."""
         index = self.index if index is None else index
-        n = len(index)
-        fetch = min(n, max(50, 8 * k))
-        # Routing is a preference, not a filter the shopper chose: a small predicted category
-        # must not make us scan the whole index (the caller tops up from the unrestricted list).
-        limit = n if allowed is None else min(n, 4 * fetch)
-        while True:
-            scores, ids = index.search(vec[None, :], fetch)
+        restrict = self.allowed_images.ids_for(filters, allowed)
+        if restrict is not None and len(restrict) == 0:
+            return []
+        limit = len(index) if restrict is None else len(restrict)
+        fetch = min(limit, max(50, 8 * k))
+        for deeper in (False, True):
+            if deeper:
+                # only products with many images each can leave the list short of k: one pass 8x deeper
+                fetch = min(limit, fetch * 8)
+            scores, ids = (index.search(vec[None, :], fetch) if restrict is None
+                           else index.search(vec[None, :], fetch, allowed=restrict))
             t_db = time.perf_counter()
             info = self.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
             if db_s is not None:
@@ -151,6 +162,7 @@ class SearchService:
                 if image_id < 0 or int(image_id) not in info:
                     continue
                 prod, img = info[int(image_id)]
+                # filters are checked again on the live rows: the allowed set is as of the service's start
                 if not self._passes(prod, img, filters, allowed, exclude_skus, exclude_hashes):
                     continue
                 if prod.sku in best:
@@ -160,7 +172,6 @@ class SearchService:
                     best[prod.sku] = (float(score), prod, img, 1)
             if len(best) >= k or fetch >= limit:
                 break
-            fetch = min(limit, fetch * 4)
         if boost is not None:
             floor = boost.get("", 0.0)
             best = {sku: (s + boost.get((p.category or "").strip("/"), floor), p, i, c)

@@ -39,5 +39,6 @@ def test_build_and_update_write_their_figures(tmp_path, image_dir):
     # update, to stdout
     out = _run(["index", "update", "--workers", "1", "--metrics-file", "-"], data).stdout
     got = _values(out)
-    assert got["shopsearch_index_build_info"][0]["mode"] == "incremental"
+    assert got["shopsearch_index_build_info"][0]["mode"] == "up-to-date"  # nothing changed: nothing published
+    assert got["shopsearch_index_build_up_to_date"][1] == 1
     assert got["shopsearch_index_build_images_embedded"][1] == 0 and got["shopsearch_index_build_vectors"][1] == 5

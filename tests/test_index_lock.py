@@ -92,20 +92,20 @@ def test_a_second_build_fails_fast_or_waits_and_a_dead_runs_lock_is_taken_over(t
     assert waiting.returncode == 0, (tmp_path / "waiting.err").read_text()[-2000:]
     a, b = json.loads(out_first), json.loads(out_waiting)
     store = IndexStore(data / "index")
-    # one after the other: the first build is kept as the previous one, reachable by rollback
-    assert (store.current_id(), store.previous_id()) == (b["build_id"], a["build_id"])
-    assert b["skipped"] == 24 and b["embedded"] == 0
+    # one after the other: the waiting one then finds the first one's build up to date
+    assert (store.current_id(), store.previous_id()) == (a["build_id"], None)
+    assert b["up_to_date"] and b["build_id"] == a["build_id"] and b["embedded"] == 0
 
-    killed = _held(data)
+    killed = _held(data, "--force")  # nothing changed: only a forced build reaches its embedding stage
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=30)
     assert f"pid {killed.pid}" in (data / "index" / ".writer.lock").read_text()  # its lock file is still there
-    after = _cli(data)
+    after = _cli(data, "--force")  # a new build even though nothing changed: the first one becomes previous
     assert after.returncode == 0, after.stderr[-2000:]
-    assert store.current_id() == json.loads(after.stdout)["build_id"] and store.previous_id() == b["build_id"]
+    assert store.current_id() == json.loads(after.stdout)["build_id"] and store.previous_id() == a["build_id"]
     rolled = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
                              "index", "rollback", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == b["build_id"]
+    assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == a["build_id"]
 
 
 def test_an_index_folder_that_cannot_be_written_is_one_clear_line(tmp_path):

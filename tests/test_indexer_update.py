@@ -54,7 +54,7 @@ def test_update_embeds_only_new_and_changed_and_drops_removed(tmp_path, catalogu
     r = b.update(index_type=index_type, progress=False)
     assert r.embedded == 3 and emb.calls == 13  # two new + one changed, nothing else re-embedded
     assert (r.update.added, r.update.changed, r.update.removed) == (2, 1, 2)
-    assert r.mode == ("rebuild" if index_type == "hnsw" else "incremental")
+    assert r.mode == "delta"  # the base segment kept, on HNSW too (tombstones, no rebuild)
     index, manifest = store.load_current()
     assert set(index.ids().tolist()) == _catalogue_ids(catalogue) and manifest.count == 10
     assert index_status(catalogue, store).up_to_date
@@ -72,7 +72,7 @@ def test_update_embeds_only_new_and_changed_and_drops_removed(tmp_path, catalogu
 
 
 def test_update_without_vector_cache_reuses_index_vectors(tmp_path, sqlite_catalogue):
-    """HNSW can't delete: the rebuild takes vectors from the cache, or from the old index if the cache is gone."""
+    """A compaction (here forced) takes vectors from the cache, or from the old index if the cache is gone."""
     import shutil
 
     for i in range(6):
@@ -82,8 +82,9 @@ def test_update_without_vector_cache_reuses_index_vectors(tmp_path, sqlite_catal
     shutil.rmtree(tmp_path / "vectors")
     sqlite_catalogue.delete_products(["P0"])
     emb = FakeEmbedder()
-    r = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors").update(progress=False, index_type="hnsw")
-    assert emb.calls == 0 and r.vectors == 5 and r.update.rebuild_reason
+    r = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors").update(progress=False, index_type="hnsw",
+                                                                                force=True)
+    assert emb.calls == 0 and r.vectors == 5 and r.update.rebuild_reason == "forced"
 
 
 def test_update_refuses_another_model(tmp_path, sqlite_catalogue):
@@ -131,11 +132,13 @@ def test_cli_status_update_rollback_json(tmp_path):
     p = tmp_path / "extra.png"
     jitter(make_image(50), seed=1).save(p)
     cat.upsert_product(ProductRecord("NEW", "new", images=(ImageRecord(str(p), sha256=sha(p)),)))
-    st = json.loads(_cli(data, "index", "status", "--json").stdout)
-    assert (st["missing"], st["stale"], st["changed"], st["up_to_date"]) == (1, 1, 0, False)
+    st = json.loads(_cli(data, "index", "status", "--json").stdout)  # the quick check: ids only
+    assert (st["missing"], st["stale"], st["changed"], st["up_to_date"], st["deep"]) == (1, 1, None, False, False)
+    st = json.loads(_cli(data, "index", "status", "--deep", "--json").stdout)
+    assert (st["missing"], st["stale"], st["changed"], st["up_to_date"], st["deep"]) == (1, 1, 0, False, True)
     res = _cli(data, "index", "update", "--json")
     upd = json.loads(res.stdout)  # exactly one JSON object on stdout
-    assert (upd["embedded"], upd["skipped"], upd["vectors"], upd["removed"], upd["mode"]) == (1, 0, 5, 1, "incremental")
+    assert (upd["embedded"], upd["skipped"], upd["vectors"], upd["removed"], upd["mode"]) == (1, 0, 5, 1, "delta")
     assert upd["previous_build"] == first["build_id"] and upd["images_per_s"] >= 0 and "seconds" in upd
     assert json.loads(_cli(data, "index", "status", "--json").stdout)["up_to_date"] is True
     rb = json.loads(_cli(data, "index", "rollback", "--json").stdout)
@@ -172,9 +175,9 @@ def test_ivf_update_readds_to_trained_index_with_correct_ids(tmp_path, sqlite_ca
     b.build(index_type="ivfflat", progress=False)
     sqlite_catalogue.delete_products(["P0", "P1", "P2"])
     _add(sqlite_catalogue, tmp_path, 40)
-    r = b.update(index_type="ivfflat", progress=False)
+    r = b.update(index_type="ivfflat", progress=False, force=True)  # a compaction
     assert (r.embedded, r.vectors, emb.calls, r.update.removed) == (1, 38, 41, 3)
-    assert "in place" in r.update.rebuild_reason and r.trained_on == 40  # codebooks kept
+    assert r.strategy == "re-add" and r.trained_on == 40  # codebooks kept
     index, _ = store.load_current()
     index.nprobe = 64
     for sku in ("P3", "P20", "P40"):  # every vector still answers to its own image id

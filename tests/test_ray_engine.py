@@ -30,7 +30,7 @@ from shopsearch.embedding.cache import VectorCache  # noqa: E402
 from shopsearch.embedding.journal import CrashJournal  # noqa: E402
 from shopsearch.embedding.pipeline import WorkItem  # noqa: E402
 from shopsearch.embedding.ray_pipeline import RaySizing, embed_on_ray, size_for  # noqa: E402
-from shopsearch.errors import IndexShrinkError  # noqa: E402
+from shopsearch.errors import ClusterError, IndexShrinkError  # noqa: E402
 from shopsearch.index import IndexStore  # noqa: E402
 from shopsearch.index.vector_index import VectorIndex  # noqa: E402
 from shopsearch.workers import DIED  # noqa: E402
@@ -40,8 +40,12 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
 #: a small store per node: the machine is shared
 STORE = 80 * 2**20
+#: decode tasks feeding one actor (what a GPU cluster runs)
 SIZING = RaySizing(actors=1, batch_size=16, gpus_per_actor=0.0, cpus_per_actor=0.5, cpus_per_decode_task=0.5,
                    decode_batch=8)
+#: an actor per worker node decoding its own images (what a CPU cluster runs)
+FUSED = RaySizing(actors=2, batch_size=16, gpus_per_actor=0.0, cpus_per_actor=1.0, cpus_per_decode_task=0.0,
+                  decode_batch=8, fused=True)
 
 # the test's own classes and functions travel to the Ray workers by value (the workers
 # import shopsearch, not the tests package)
@@ -91,10 +95,14 @@ def _builders(tmp: Path, data: Path, cat: CatalogueStore, resources) -> tuple[In
 
 
 def test_sizing_follows_the_cluster():
-    assert size_for({"CPU": 2}) == RaySizing(1, 64, 0.0, 0.5, 0.5, 32)
-    assert size_for({"CPU": 16}).actors == 4 and size_for({"CPU": 16}).cpus_per_actor == 1.0
+    # CPUs only: fused decode + embed actors holding a node's CPUs (at most CPU_ACTOR_CPUS each)
+    assert size_for({"CPU": 2}) == RaySizing(1, 16, 0.0, 2.0, 0.0, 128, fused=True)
+    two_nodes = size_for({"CPU": 2}, node_cpus=[0, 1, 1])  # the test cluster: a head without CPUs
+    assert (two_nodes.actors, two_nodes.cpus_per_actor, two_nodes.fused) == (2, 1.0, True)
+    big = size_for({"CPU": 40}, node_cpus=[16, 16, 8])
+    assert (big.actors, big.cpus_per_actor) == (10, 4.0)
     gpu = size_for({"CPU": 64, "GPU": 8})
-    assert (gpu.actors, gpu.gpus_per_actor, gpu.batch_size) == (8, 1.0, 256)
+    assert (gpu.actors, gpu.gpus_per_actor, gpu.batch_size, gpu.fused) == (8, 1.0, 256, False)
     custom = size_for({"CPU": 64, "GPU": 8}, batch_size=128, actors=2)
     assert (custom.actors, custom.batch_size) == (2, 128)
 
@@ -163,14 +171,16 @@ class CrashOnPoison:
         return self.inner(image)
 
 
-def test_a_decoder_crash_is_one_failure_record_and_quarantined(cluster, tmp_path):
+@pytest.mark.parametrize("sizing", [SIZING, FUSED], ids=["two-stage", "fused"])
+def test_a_decoder_crash_is_one_failure_record_and_quarantined(cluster, tmp_path, sizing):
+    """Two-stage, the decode task's worker dies; fused, the embedding actor itself (restarted by Ray)."""
     _, _, paths = _catalogue(tmp_path, 40)
     make_image(21, POISON_SIZE).save(paths[21], "JPEG")
     emb = ColorHistogramEmbedder()
     folder = VectorCache(tmp_path / "vectors", emb.fingerprint, emb.dim).dir
     items = [WorkItem(sha(p), str(p), i) for i, p in enumerate(paths)]
     report = embed_on_ray(items, ColorHistogramEmbedder, CrashOnPoison(emb.preprocess), folder,
-                          SIZING, progress=False)
+                          sizing, progress=False)
     assert [(it.path, why) for it, why in report.failed] == [(str(paths[21]), DIED)]
     assert report.embedded == 39
     cache = VectorCache(tmp_path / "vectors", emb.fingerprint, emb.dim)
@@ -217,7 +227,7 @@ def test_a_ray_worker_killed_while_embedding_costs_a_retry_not_a_vector(cluster,
 
     t = threading.Thread(target=kill_the_actor_mid_run)
     t.start()
-    report = embed_on_ray(items, SlowColorhist, emb.preprocess, folder, SIZING, progress=False)
+    report = embed_on_ray(items, SlowColorhist, emb.preprocess, folder, FUSED, progress=False)
     t.join()
     chunks = len(list(folder.glob("chunk-*.npz")))
     print(f"killed embedding actor pid {killed}; the job embedded {report.embedded} of {len(items)}, "
@@ -306,18 +316,21 @@ def _get(port: int, method: str, path: str, body: bytes | None = None) -> tuple[
 
 
 def test_two_serving_replicas_switch_to_the_new_build_atomically(cluster, tmp_path):
-    """Two server processes (`shopsearch serve --debug`: Flask's threaded server, chosen so the
-    test does not depend on the production front end) read one data dir; an update on the
-    Ray engine publishes a new build while both are under load: no request fails, and each
-    replica answers from the old build, then from the new one, never back."""
+    """Two production servers (`shopsearch serve --front none`: gunicorn, its gthread workers,
+    on loopback, as behind a site's own proxy) read one data dir; an update on the Ray engine
+    publishes a new build while both are under load: no request fails, and each replica
+    answers from the old build, then from the new one, never back."""
     data, cat, _ = _catalogue(tmp_path, 30)
     _, remote = _builders(tmp_path, data, cat, ray.cluster_resources())
     first = remote.build(progress=False, rescan=False)
     env = {**os.environ, "SHOPSEARCH_DATA_DIR": str(data)}
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     ports = [_free_port(), _free_port()]
-    servers = [subprocess.Popen(_cli(data, "serve", "--debug", "--bind", f"127.0.0.1:{p}"), cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
+    logs = [tmp_path / f"serve-{p}.log" for p in ports]  # files: a full pipe would stall a server
+    servers = [subprocess.Popen(_cli(data, "serve", "--front", "none", "--bind", f"127.0.0.1:{p}", "--workers", "1",
+                                     "--threads", "4"), cwd=REPO, env=env,
+                                stdout=out.open("wb"), stderr=subprocess.STDOUT) for p, out in zip(ports, logs)]
+    threads: list[threading.Thread] = []
     log: list[tuple[int, int, str | None, str | None]] = []  # (port, status, build id, top sku)
     stop = threading.Event()
     buf = io.BytesIO()
@@ -342,7 +355,7 @@ def test_two_serving_replicas_switch_to_the_new_build_atomically(cluster, tmp_pa
                     pass
                 assert proc.poll() is None and time.monotonic() < deadline, "a replica did not start"
                 time.sleep(0.2)
-        threads = [threading.Thread(target=load, args=(p,)) for p in ports]
+        threads += [threading.Thread(target=load, args=(p,)) for p in ports]
         for t in threads:
             t.start()
         for i in range(30, 40):
@@ -358,9 +371,17 @@ def test_two_serving_replicas_switch_to_the_new_build_atomically(cluster, tmp_pa
         time.sleep(0.5)
     finally:
         stop.set()
+        for t in threads:
+            t.join(timeout=60)  # no request in flight when the servers stop
         for proc in servers:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    outs = [out.read_text(errors="replace") for out in logs]
+    assert all("gthread" in out and "Booting worker" in out for out in outs), outs  # gunicorn, not a dev server
     failed = [e for e in log if e[1] != 200]
     print(f"{len(log)} requests to 2 replicas during the update, {len(failed)} failed")
     assert not failed
@@ -369,3 +390,90 @@ def test_two_serving_replicas_switch_to_the_new_build_atomically(cluster, tmp_pa
         switch = builds.index(new["build_id"])
         assert set(builds[:switch]) == {first.build_id} and set(builds[switch:]) == {new["build_id"]}
         assert [e[3] for e in log if e[0] == p and e[3]][-1] == "S33"  # the new product is found
+
+
+def test_s3_image_uris_are_read_through_pyarrow_on_the_workers(cluster, tmp_path):
+    """A catalogue whose images live in S3 (moto's S3 server on loopback, spoken to by
+    pyarrow's S3 file system in the Ray workers): the vectors equal those of the same bytes
+    read from disk, and a missing object is one failure record, not a failed job."""
+    moto_server = pytest.importorskip("moto.server", reason="the S3 test needs moto[server] (the test extra)")
+    from pyarrow import fs
+
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        s3 = fs.S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                             region="us-east-1", allow_bucket_creation=True)
+        s3.create_dir("shop")
+        data = tmp_path / "data"
+        data.mkdir()
+        cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
+        (tmp_path / "imgs").mkdir()
+        uris, disk = [], []
+        for i in range(13):
+            p = tmp_path / "imgs" / f"{i:02d}.jpg"  # the same bytes on disk, for the local engine's vectors
+            make_image(i, (120, 90)).save(p, "JPEG", quality=90)
+            if i < 12:
+                with s3.open_output_stream(f"shop/photos/{i:02d}.jpg") as f:
+                    f.write(p.read_bytes())
+            # credentials and endpoint in the URI here; a real cluster's nodes take them from their environment
+            uri = f"s3://k:s@shop/photos/{i:02d}.jpg?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+            cat.upsert_product(ProductRecord(f"S{i}", "x", images=(ImageRecord(uri, sha256=sha(p)),)))
+            uris.append(uri)
+            disk.append(p)
+        _, remote = _builders(tmp_path, data, cat, ray.cluster_resources())
+        b = remote.build(progress=False, rescan=False)
+    finally:
+        server.stop()
+    assert b.vectors == 12 and b.embedded == 12
+    assert [path for _, path, _ in b.failed] == [uris[12]]  # the object never uploaded
+    print(f"the missing S3 object's failure record: {b.failed[0][2]}")
+    assert {u.path for u in cat.unusable_images()} == {uris[12]}
+    emb = ColorHistogramEmbedder()
+    got = VectorCache(data / "vectors", emb.fingerprint, emb.dim).get_many([sha(p) for p in disk[:12]])
+    want = emb.encode_images([Image.open(p) for p in disk[:12]])
+    assert np.abs(got - want).max() <= 1e-5
+
+
+def _can_unshare_mounts() -> bool:
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_a_node_that_cannot_see_the_vector_cache_is_refused_up_front(cluster, tmp_path):
+    """A third worker node joins from its own mount namespace, where an empty tmpfs hides the
+    vector cache folder (a node without the shared mount): the Ray engine refuses to start,
+    naming that node, before anything is embedded."""
+    if not _can_unshare_mounts():
+        pytest.skip("a node with its own view of the file system needs `unshare --mount` (root, or user namespaces)")
+    data, cat, _ = _catalogue(tmp_path, 4)
+    cache = VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384).dir
+    before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    ray_cli = Path(sys.executable).with_name("ray")
+    node_ip = ray.nodes()[0]["NodeManagerAddress"]
+    join = (f"mount -t tmpfs none {cache} && exec {ray_cli} start --address={cluster.address} --block "
+            f"--node-ip-address={node_ip} --num-cpus=1 --object-store-memory={STORE} --disable-usage-stats")
+    node = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", join],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not (new := {n["NodeID"] for n in ray.nodes() if n["Alive"]} - before):
+            assert node.poll() is None and time.monotonic() < deadline, "the extra node did not join"
+            time.sleep(0.5)
+        with pytest.raises(ClusterError) as err:
+            _builders(tmp_path, data, cat, ray.cluster_resources())
+        print(err.value)
+        (hidden,) = new
+        assert f"node {hidden} (No such file or directory)" in str(err.value)
+        assert not any(n in str(err.value) for n in before) and "not shared storage" in str(err.value)
+        assert not list(cache.glob("chunk-*")) and not list(cache.glob(".ray-probe-*"))  # nothing embedded or left
+    finally:
+        os.killpg(node.pid, signal.SIGTERM)  # `ray start --block` stops its node's processes
+        node.wait(timeout=60)
+        deadline = time.monotonic() + 90
+        while any(n["Alive"] for n in ray.nodes() if n["NodeID"] not in before):
+            assert time.monotonic() < deadline, "the extra node never left the cluster"
+            time.sleep(0.5)

@@ -123,7 +123,7 @@ def _cli_catalogue(tmp_path, ext: str):
 def test_cli_update_reports_disk_changes_and_no_rescan_skips_them(tmp_path):
     src, data, run = _cli_catalogue(tmp_path, "png")
     shutil.copy(src / "P3.png", src / "P0.png"); _later(src / "P0.png")
-    res = run(cli, ["--data-dir", data, "index", "status", "--json"])
+    res = run(cli, ["--data-dir", data, "index", "status", "--deep", "--json"])
     assert '"files_changed_on_disk": 1' in res.output
     skipped = run(cli, ["--data-dir", data, "index", "update", "--no-rescan", "--json"])
     assert skipped.exit_code == 0, skipped.output

@@ -92,7 +92,7 @@ def test_rebuild_reuses_cached_vectors(tmp_path, sqlite_catalogue, image_dir):
     store = IndexStore(tmp_path / "index")
     b = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors")
     r1 = b.build(progress=False, workers=1)
-    r2 = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors").build(progress=False, workers=1)
+    r2 = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors").build(progress=False, workers=1, force=True)
     assert (r1.embedded, r2.embedded, r2.skipped) == (5, 0, 5)
     assert emb.calls == 5 and r1.build_id != r2.build_id
 
@@ -119,17 +119,22 @@ class _OneCategoryRouter:
 def test_routing_prefers_category_tops_up_and_never_scans_everything(indexed, monkeypatch):
     svc, _ = indexed
     routed = SearchService(svc.embedder, svc.index, svc.catalogue, svc.manifest, router=_OneCategoryRouter())
-    asked: list[int] = []
+    asked: list[tuple[int, int | None]] = []
     real = routed.index.search
-    monkeypatch.setattr(routed.index, "search", lambda q, k: asked.append(k) or real(q, k))
+    monkeypatch.setattr(routed.index, "search", lambda q, k, allowed=None: asked.append(
+        (k, None if allowed is None else len(allowed))) or real(q, k, allowed=allowed))
     res = routed.search_image(make_image(0), k=3)
     # the 4 Dairy products come first, then the list is topped up from everything
     assert [h.category for h in res.hits] == ["Dairy/Milk"] * 3
     assert res.predicted_category.category == "Dairy/Milk"
+    # the routed search is restricted inside the index to the category's 6 images (4 products)
+    assert asked == [(6, 6)]
+    asked.clear()
     res = routed.search_image(make_image(0), k=8)
     assert [h.category for h in res.hits[:4]] == ["Dairy/Milk"] * 4 and len(res.hits) == 8
-    # a big gallery is never scanned whole for a routed query: the fetch is bounded
+    assert asked[0] == (6, 6) and asked[1][1] is None  # then one unrestricted top-up
+    # a big gallery is never scanned whole: each search asks for a bounded number of images
     monkeypatch.setattr(type(routed.index), "__len__", lambda self: 1_000_000)
     asked.clear()
     routed.search_image(make_image(0), k=8)
-    assert max(asked) <= 4 * max(50, 8 * 8)
+    assert max(k for k, _ in asked) <= 8 * max(50, 8 * 8)

@@ -38,10 +38,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
     app.extensions["shopsearch"] = holder
     app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
 
-    from webapp import api, health, images, pages  # noqa: PLC0415 - blueprints import current_app helpers
+    from webapp import api, feedback, health, images, pages  # noqa: PLC0415 - blueprints import current_app helpers
     from webapp.errors import register_error_handlers  # noqa: PLC0415
 
     app.register_blueprint(pages.bp)
+    app.register_blueprint(feedback.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(health.bp, url_prefix="/api/v1")

@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from shopsearch.errors import ShopSearchError
 from shopsearch.regions import crop, find_objects
 from webapp.errors import BadParameterError
+from webapp.feedback import log_search, record
 from webapp.metrics import observe_search
 from webapp.openapi import openapi_document
 from webapp.params import (parse_filters, parse_k, parse_rerank, parse_routing, parse_switch, product_dict,
@@ -42,8 +43,12 @@ def search():
     observe_search(res)
     out = result_dict(res, filters, k)
     out["crop"] = box.to_dict() if box is not None else None
+    regions = find_objects(svc, img, objects, k, filters) if objects else []
     if objects:  # boxes in fractions of the whole photo, like `crop`
-        out["regions"] = [region_dict(r) for r in find_objects(svc, img, objects, k, filters)]
+        out["regions"] = [region_dict(r) for r in regions]
+    out["request_id"] = log_search(res, svc.embedder.fingerprint, "image", "api", {
+        "k": k, "filters": out["filters"], "crop": out["crop"], "objects": objects, "routing": routing,
+        "rerank": values.get("rerank"), "tta": tta, "fusion": fusion}, [r.result for r in regions])
     return jsonify(out)
 
 
@@ -73,6 +78,9 @@ def search_text():
     observe_search(res)
     out = result_dict(res, filters, k)
     out["query"] = q
+    # the words themselves are not logged: their vector is what an analysis replays
+    out["request_id"] = log_search(res, svc.embedder.fingerprint, "text", "api",
+                                   {"k": k, "filters": out["filters"]})
     return jsonify(out)
 
 
@@ -88,6 +96,22 @@ def similar(sku: str):
     out = result_dict(res, None, k)
     out["sku"] = sku
     return jsonify(out)
+
+
+@bp.post("/feedback")
+def feedback():
+    """A shopper's interaction with a logged search: JSON {request_id, sku, event}."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadParameterError('send a JSON object: {"request_id": ..., "sku": ..., "event": ...}')
+    missing = [f for f in ("request_id", "sku", "event") if not isinstance(body.get(f), str)]
+    if missing:
+        raise BadParameterError(f"{', '.join(missing)} missing or not a string")
+    done = record(body["request_id"], body["sku"], body["event"])
+    resp = jsonify({"recorded": {"request_id": body["request_id"], "sku": done.sku, "event": done.event,
+                                 "at": done.created_at.isoformat()}})
+    resp.status_code = 201
+    return resp
 
 
 @bp.get("/openapi.json")

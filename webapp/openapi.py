@@ -97,6 +97,17 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                "or `unavailable` (503, with `reasons`): send no traffic then.",
                 "responses": {"200": _ok("Readiness", "Ready or degraded."),
                               "503": _ok("Readiness", "Not ready; `reasons` says why.")}}},
+            "/feedback": {"post": {
+                "summary": "Report a shopper's interaction with a search's results",
+                "description": "For the shop's own front end: `request_id` is the one the search returned. Refused "
+                               "with nothing stored: a malformed body or unknown `event` (400), an unknown or "
+                               "pruned `request_id` or unknown `sku` (404), the same event on the same product of "
+                               "the same search again, or the feedback log switched off (409), a product that search "
+                               "did not show (422). A later `reject` takes back a `confirm` and the other way round.",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "$ref": "#/components/schemas/Feedback"}}}},
+                "responses": {"201": _ok("FeedbackRecorded", "Recorded."), "400": _ERR, "404": _ERR, "409": _ERR,
+                              "422": _ERR}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
         },
         "components": {
@@ -154,6 +165,10 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                     "`reason`: the fallback is raw similarity; also when this search was scored on "
                                     "another path than the calibration's)."},
                     "crop": {"allOf": [{"$ref": "#/components/schemas/Box"}], "nullable": True},
+                    "request_id": {"type": "string", "nullable": True, "description":
+                                   "This search in the feedback log, for `POST /feedback`; null when the shop "
+                                   "switched the log off. The log is written just after the answer: feedback on "
+                                   "a search whose entry could not be written is a 404."},
                     "regions": {"type": "array", "items": {"$ref": "#/components/schemas/Region"},
                                 "description": "With objects=auto: the products found in the photo."}}},
                 "Product": {"type": "object", "properties": {
@@ -170,6 +185,14 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                         "height": {"type": "integer"}, "status": {"type": "string"},
                         "thumbnail_url": {"type": "string"}, "image_url": {"type": "string"}}}},
                     "url": {"type": "string"}, "similar_url": {"type": "string"}}},
+                "Feedback": {"type": "object", "required": ["request_id", "sku", "event"], "properties": {
+                    "request_id": {"type": "string", "pattern": "^[0-9a-f]{32}$",
+                                   "description": "The search's `request_id`."},
+                    "sku": {"type": "string", "maxLength": 200, "description": "A product that search showed."},
+                    "event": {"type": "string", "enum": ["click", "confirm", "reject", "add_to_cart", "purchase"]}}},
+                "FeedbackRecorded": {"type": "object", "properties": {"recorded": {"type": "object", "properties": {
+                    "request_id": {"type": "string"}, "sku": {"type": "string"}, "event": {"type": "string"},
+                    "at": {"type": "string", "format": "date-time"}}}}},
                 "Health": {"type": "object", "required": ["status"], "properties": {
                     "status": {"type": "string", "enum": ["ok"]}, "pid": {"type": "integer"},
                     "index_loaded": {"type": "boolean"}, "model": {"type": "string"},

@@ -8,10 +8,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
-from shopsearch.errors import ShopSearchError
+from shopsearch.errors import ShopSearchError, UnknownRequestError
 from shopsearch.regions import Region, crop, find_objects
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from webapp.errors import BadParameterError, MissingImageError
+from webapp.feedback import log_search, logging_on
 from webapp.params import parse_filters, parse_k, parse_routing
 from webapp.query_options import format_price, parse_crop, parse_objects, resolved, visible_attributes
 from webapp.service import ServiceHolder
@@ -74,10 +75,13 @@ def shown_similarity(score: float) -> str:
     return f"{min(max(score, 0.0), 0.99):.2f}"
 
 
-def card(h: ProductHit) -> dict[str, Any]:
+def card(h: ProductHit, request_id: str | None = None) -> dict[str, Any]:
+    """A result card; with the search's `request_id` its link records a click and it offers
+    "this is it" / "not this" (the feedback log)."""
     primary = holder().primary_image_id(h.sku)
     p = h.calibrated
-    return {"sku": h.sku, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
+    return {"request_id": request_id, "verdict": None,
+            "sku": h.sku, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
             "category": h.category, "category_label": category_label(h.category),
             "category_source": h.category_source, "score": h.score, "similarity": shown_similarity(h.score),
             "calibrated_pct": shown_pct(p),
@@ -86,21 +90,23 @@ def card(h: ProductHit) -> dict[str, Any]:
             "matched_differs": primary is not None and primary != h.image_id, "matched_images": h.matched_images}
 
 
-def region_view(r: Region, index: int) -> dict[str, Any]:
+def region_view(r: Region, index: int, request_id: str | None = None) -> dict[str, Any]:
     """A found object for the results page: its outline (percent of the photo) and its cards."""
     b = r.box
     return {"id": f"region-{index}", "index": index, "title": r.result.hits[0].title, "match": r.match,
             "confidence_pct": shown_pct(r.confidence),
             "box": b.to_param(), "z": 1 + int(99 * (1 - b.w * b.h)),  # smaller boxes on top, still clickable
-            "crop": b.to_param(), "cards": [card(h) for h in r.result.hits]}
+            "crop": b.to_param(), "cards": [card(h, request_id) for h in r.result.hits]}
 
 
-def _render_results(res: SearchResult, filters: SearchFilters, k: int, **ctx: Any):
+def _render_results(res: SearchResult, filters: SearchFilters, k: int, request_id: str | None = None,
+                    cards: list[dict[str, Any]] | None = None, **ctx: Any):
     svc = holder().get()
-    return render_template("results.html", cards=[card(h) for h in res.hits], result=res, filters=filters, k=k,
+    cards = [card(h, request_id) for h in res.hits] if cards is None else cards
+    return render_template("results.html", cards=cards, result=res, filters=filters, k=k,
                            categories=_categories(), has_text=svc.embedder.has_text,
                            predicted=res.predicted_category, has_prices=_has_prices(),
-                           confidence_pct=shown_pct(res.confidence), **ctx)
+                           confidence_pct=shown_pct(res.confidence), request_id=request_id, **ctx)
 
 
 def _price_problem(form: Any) -> str | None:
@@ -170,12 +176,21 @@ def search():
         preview = checked_preview(form.get("qthumb"))
     else:
         raise MissingImageError("Choose or take a photo first.")
-    res = svc.search_vector(vec, k=k, filters=filters, routing=parse_routing(form), embed_ms=embed_ms)
+    routing = parse_routing(form)
+    res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms)
     observe_search(res)
-    return _render_results(res, filters, k, mode="photo", qv=encode_vector(vec), preview=preview,
+    crop_param = box.to_param() if box is not None else (form.get("crop") or "")
+    options = {"k": k, "filters": _filters_dict(filters), "crop": crop_param or None, "objects": objects,
+               "routing": routing, "new_photo": data is not None}
+    rid = log_search(res, svc.embedder.fingerprint, "image", "page", options, [r.result for r in regions])
+    return _render_results(res, filters, k, rid, mode="photo", qv=encode_vector(vec), preview=preview,
                            filter_error=filter_error, price_input={n: form.get(n, "") for n in ("min_price", "max_price")},
-                           crop=box.to_param() if box is not None else (form.get("crop") or ""),
-                           regions=[region_view(r, i + 1) for i, r in enumerate(regions)])
+                           crop=crop_param, regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)])
+
+
+def _filters_dict(f: SearchFilters) -> dict[str, Any]:
+    return {"category": f.category, "min_price": None if f.min_price is None else float(f.min_price),
+            "max_price": None if f.max_price is None else float(f.max_price)}
 
 
 @bp.get("/search/text")
@@ -187,10 +202,37 @@ def search_text():
         return redirect(url_for("pages.index"))
     if len(q) > 500:
         raise BadParameterError("The search text is too long (500 characters at most).")
-    res = holder().get().search_text(q, k=k, filters=filters)
+    svc = holder().get()
+    res = svc.search_text(q, k=k, filters=filters)
     observe_search(res)
-    return _render_results(res, filters, k, mode="text", q=q, filter_error=filter_error,
+    rid = log_search(res, svc.embedder.fingerprint, "text", "page", {"k": k, "filters": _filters_dict(filters)})
+    return _render_results(res, filters, k, rid, mode="text", q=q, filter_error=filter_error,
                            price_input={n: request.args.get(n, "") for n in ("min_price", "max_price")})
+
+
+@bp.get("/results/<rid>")
+def logged_results(rid: str):
+    """A logged search's results as they were shown (same products, ranks and scores), with
+    the shopper's verdicts: where "this is it" / "not this" lead back to without JavaScript."""
+    if not logging_on():
+        raise UnknownRequestError("results are only kept while the feedback log is on")
+    h = holder()
+    h.flush_feedback(2.0)
+    logged = h.feedback.search(rid)
+    main = [x for x in logged.hits if x.region == 0]
+    info = h.catalogue.products_for_images([x.image_id for x in main])
+    verdicts = logged.verdicts()
+    cards = []
+    for x in main:
+        if x.image_id in info:  # a product deleted since shows no card
+            prod, img = info[x.image_id]
+            c = card(ProductHit(prod.sku, prod.title, x.score, img.id, img.path, prod.brand, prod.price,
+                                prod.currency, prod.category, prod.category_source, 1, x.calibrated), rid)
+            c["verdict"] = verdicts.get(x.sku)
+            cards.append(c)
+    res = SearchResult((), logged.model_name, logged.build_id, {}, None, logged.confidence, logged.match)
+    return _render_results(res, SearchFilters(), len(cards), rid, cards=cards, mode="logged",
+                           price_input={})
 
 
 @bp.get("/products/<path:sku>")

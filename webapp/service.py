@@ -17,6 +17,8 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexNotFoundError, ProductNotFoundError, ShopSearchError
+from shopsearch.feedback import FeedbackStore
+from shopsearch.feedback.writer import LogWriter
 from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.web")
@@ -51,6 +53,8 @@ class ServiceHolder:
         self._fixed = service is not None  # an injected service is served as is
         self._service = service
         self._catalogue: CatalogueStore | None = service.catalogue if service else None
+        self._feedback: FeedbackStore | None = None
+        self._feedback_writer: LogWriter | None = None
         self._lock = threading.Lock()  # guards reloads
         self._db_lock = threading.Lock()  # guards opening the catalogue (taken inside reloads)
         self._sig: _Signature = None
@@ -69,6 +73,24 @@ class ServiceHolder:
                 if self._catalogue is None:
                     self._catalogue = open_catalogue(self.settings, migrate=self._migrate)
         return self._catalogue
+
+    @property
+    def feedback(self) -> FeedbackStore:
+        """The feedback log, in the catalogue's database (its engine and connection pool)."""
+        if self._feedback is None:
+            self._feedback = FeedbackStore(self.catalogue.engine)
+        return self._feedback
+
+    @property
+    def feedback_writer(self) -> LogWriter:
+        """Writes logged searches off the request path (a thread of this process)."""
+        if self._feedback_writer is None:
+            self._feedback_writer = LogWriter(self.feedback)
+        return self._feedback_writer
+
+    def flush_feedback(self, timeout: float = 5.0) -> bool:
+        """Searches logged by this process so far are in the database (tests; before feedback on them)."""
+        return self._feedback_writer is None or self._feedback_writer.flush(timeout)
 
     def get(self) -> SearchService:
         """The serving SearchService; raises IndexNotFoundError (503) while there is none."""
@@ -189,5 +211,7 @@ class ServiceHolder:
             self._catalogue.engine.dispose(close=False)
 
     def close(self) -> None:
+        if self._feedback_writer is not None:
+            self._feedback_writer.close()
         if self._catalogue is not None and not self._fixed:
             self._catalogue.close()

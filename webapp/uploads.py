@@ -100,6 +100,7 @@ def _retain(data: bytes, img: Image.Image) -> None:
     digest = hashlib.sha256(data).hexdigest()
     fmt = Image.open(io.BytesIO(data)).format or "bin"  # header only: already validated
     final = folder / f"{digest}.{_EXT.get(fmt, 'bin')}"
+    g.retained_photo = final.name  # the feedback log names the kept photo (and nothing else of it)
     if final.exists():
         return
     tmp = folder / f".{digest}.{uuid.uuid4().hex}.tmp"

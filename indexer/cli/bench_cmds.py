@@ -18,8 +18,12 @@ def bench() -> None:
 
 
 @bench.command("recall")
-@click.option("--dataset", "dataset", required=True, type=click.Path(exists=True),
+@click.option("--dataset", "dataset", default=None, type=click.Path(exists=True),
               help="Grocery Store root, ImageFolder root, or a catalogue manifest (or folder with products.csv).")
+@click.option("--from-feedback", "from_feedback", is_flag=True,
+              help="Instead of --dataset: the serving build on the feedback log's confirmed queries (their stored "
+                   "vectors, so only queries logged with the build's model).")
+@click.option("--since", default=None, help="With --from-feedback: only queries since then (7d, 12h, ISO date).")
 @click.option("--layout", type=click.Choice(["grocerystore", "imagefolder", "manifest"]), default="grocerystore",
               show_default=True)
 @click.option("--gallery", default=None,
@@ -72,7 +76,7 @@ def bench() -> None:
                    "Lite0: benchmarks/results/open_set_feature_selection_val.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @pass_ctx
-def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
+def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | None, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
                index_type: str, category_routing: str, rerank: str, tta: str, dba: int, shopper_views: int, fusion: str,
                configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
@@ -92,6 +96,15 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     k_values = tuple(sorted(set(k_values) | set(floors)))  # a gated k is always measured
+    if from_feedback:
+        from indexer.cli.feedback_cmds import recall_from_feedback
+
+        if dataset:
+            raise click.UsageError("--from-feedback and --dataset exclude each other")
+        recall_from_feedback(c, k_values, since, as_json)
+        return
+    if not dataset:
+        raise click.UsageError("--dataset is required (or --from-feedback)")
     from shopsearch.rerank import parse_rerank
 
     parse_rerank(rerank)  # a malformed --rerank is refused before any embedding
@@ -150,5 +163,8 @@ def recall_cmd(c: Ctx, dataset: str, layout: str, gallery: str | None, queries: 
 def register(cli: click.Group) -> None:
     from indexer.cli.throughput_cmds import throughput  # its own module: a different job, a different user
 
+    from indexer.cli.feedback_cmds import bench_feedback
+
     bench.add_command(throughput)
+    bench.add_command(bench_feedback)
     cli.add_command(bench)

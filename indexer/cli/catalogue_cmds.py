@@ -55,7 +55,12 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
         return
     click.echo(f"products: {report.products_created} created, {report.products_updated} updated, "
                f"{report.products_unchanged} unchanged; images added: {report.images_added}, "
-               f"failed: {report.images_failed}")
+               f"failed: {report.images_failed}, removed: {report.images_removed}; "
+               f"files read: {report.images_decoded}, unchanged on disk: {report.images_unchanged}")
+    if report.images_replaced:
+        listed = ", ".join(report.images_replaced[:10])
+        more = f" and {len(report.images_replaced) - 10} more" if len(report.images_replaced) > 10 else ""
+        click.echo(f"image sets replaced (rows naming other images): {listed}{more}")
     if tagging is not None:
         click.echo(f"tagged {tagging.tagged} uncategorised product(s) with a predicted category")
     for p in report.problems[:50]:

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from indexer.build_types import BuildOptions
 from indexer.cli import Ctx, echo_json, pass_ctx, sigterm_as_interrupt
 from indexer.shrink import DEFAULT_MAX_SHRINK
 
@@ -32,6 +33,9 @@ def _writer(c: Ctx, wait: bool, what: str) -> None:
 
 def _perf_options(f):
     f = _wait_option(f)
+    f = click.option("--force", is_flag=True,
+                     help="build: rebuild even when the serving build is up to date; update: compact the "
+                          "serving build's segments into a fresh index (from the vector cache).")(f)
     f = click.option("--metrics-file", envvar="SHOPSEARCH_METRICS_FILE", default=None,
                      help="Also write the run's figures in the Prometheus text format to this file (for "
                           "node_exporter's textfile collector; written atomically), or - for stdout.")(f)
@@ -96,6 +100,10 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
     if as_json:
         echo_json({**report.to_dict(), "engine": engine})
         return
+    if report.up_to_date:
+        click.echo(f"up to date: build {report.build_id} serves {report.vectors} vectors ({report.index_type}, "
+                   f"model {report.model}); nothing to do ({report.seconds:.1f}s; --force rebuilds)")
+        return
     scan = report.rescan
     if scan is not None and scan.rehashed:
         click.echo(f"files on disk: {scan.changed} changed, {scan.missing} missing, {scan.invalid} unusable, "
@@ -108,6 +116,9 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
         line += f"; +{u.added} new, ~{u.changed} changed, -{u.removed} removed"
         if u.rebuild_reason:
             line += f"; rebuilt from the vector cache ({u.rebuild_reason})"
+    if report.segments is not None and (report.segments.delta or report.segments.dead):
+        sg = report.segments
+        line += f"; segments: base {sg.base}, delta {sg.delta}, tombstoned {sg.dead}"
     click.echo(line)
     for image_id, path, reason in report.failed[:20]:
         click.echo(f"  failed image {image_id} {path}: {reason}", err=True)
@@ -126,8 +137,9 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
-              ray_actors: int | None) -> None:
-    """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
+              ray_actors: int | None, force: bool) -> None:
+    """Embed every catalogue image (reusing cached vectors) and publish a new index build
+    (nothing, and "up to date", when the serving build already holds exactly these images)."""
     _writer(c, wait, "index build")
     embedder = c.model(model)
     builder = _builder(c, embedder, c.index_store(), engine, ray_address, batch_size, ray_actors)
@@ -137,12 +149,10 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
         click.echo(f"plan: {plan.images} images -> {plan.index_type} index of dim {plan.dim}, "
                    f"estimated memory {_mib(plan.estimated_bytes)}", err=True)
 
+    options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
+                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force)
     with sigterm_as_interrupt():
-        report = builder.build(index_type=index_type, batch_size=batch_size, workers=workers,
-                               progress=not as_json, executor=executor, chunk_size=chunk_size, rescan=rescan,
-                               on_plan=show_plan, compile=compile_mode or c.settings.pipeline.compile,
-                               verify_hashes=verify_hashes,
-                               max_shrink=max_shrink)
+        report = builder.build(options, on_plan=show_plan)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
 
 
@@ -153,7 +163,7 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
                compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None, engine: str | None,
-               ray_address: str | None, ray_actors: int | None) -> None:
+               ray_address: str | None, ray_actors: int | None, force: bool) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     _writer(c, wait, "index update")
     store = c.index_store()
@@ -162,23 +172,24 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
     builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
+    options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
+                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force)
     with sigterm_as_interrupt():
-        report = builder.update(
-            index_type=index_type, batch_size=batch_size, workers=workers, progress=not as_json,
-            executor=executor, chunk_size=chunk_size, rescan=rescan,
-            compile=compile_mode or c.settings.pipeline.compile,
-            verify_hashes=verify_hashes, max_shrink=max_shrink)
+        report = builder.update(options)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
 
 
 @index.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--deep", is_flag=True,
+              help="Also compare every image's content hash with the build's and stat every file "
+                   "(slow on big catalogues; the default compares counts and ids only).")
 @pass_ctx
-def status_cmd(c: Ctx, as_json: bool) -> None:
+def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
     """How far the serving index lags the catalogue."""
     from indexer.status import index_status
 
-    st = index_status(c.catalogue(), c.index_store())
+    st = index_status(c.catalogue(), c.index_store(), deep=deep)
     if as_json:
         echo_json(st.to_dict())
         return
@@ -189,8 +200,12 @@ def status_cmd(c: Ctx, as_json: bool) -> None:
         click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
     click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
-    click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove"
-               + ("" if st.hashes_known else " (content changes unknown: build predates hash records)"))
+    if st.deep:
+        click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove"
+                   + ("" if st.hashes_known else " (content changes unknown: build predates hash records)"))
+    else:
+        click.echo(f"lag: {st.missing} to add, {st.stale} to remove (ids only; --deep also checks content "
+                   "and files on disk)")
     if st.files_changed_on_disk:
         click.echo(f"files: {st.files_changed_on_disk} changed or gone on disk since they were imported")
     click.echo("up to date" if st.up_to_date else "run `shopsearch index update` to catch up")

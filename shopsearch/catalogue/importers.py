@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
@@ -16,8 +17,8 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from shopsearch.catalogue.records import ImageRecord, ProductRecord
-from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResult
+from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
 from shopsearch.errors import InvalidImageError, ManifestError
 from shopsearch.catalogue.formats import FORMATS
 from shopsearch.images import inspect_image
@@ -47,6 +48,11 @@ class ImportReport:
     images_added: int = 0
     images_failed: int = 0
     images_ok: int = 0  # usable images in the source, new or already known
+    images_removed: int = 0  # no longer named by their product's row: deleted from the catalogue
+    images_decoded: int = 0  # files opened, decoded and hashed (new, or their size or mtime moved)
+    images_unchanged: int = 0  # known files whose size and mtime had not moved: not read at all
+    #: SKUs whose row named another set of images than the catalogue held (the old ones removed)
+    images_replaced: list[str] = field(default_factory=list)
     problems: list[RowProblem] = field(default_factory=list)
 
     @property
@@ -60,6 +66,8 @@ class ImportReport:
             "products_created": self.products_created, "products_updated": self.products_updated,
             "products_unchanged": self.products_unchanged, "images_added": self.images_added,
             "images_failed": self.images_failed, "images_ok": self.images_ok,
+            "images_removed": self.images_removed, "images_decoded": self.images_decoded,
+            "images_unchanged": self.images_unchanged, "images_replaced": list(self.images_replaced),
             "problems": [{"where": p.where, "sku": p.sku, "reason": p.reason, "kind": p.kind}
                          for p in self.problems],
         }
@@ -304,11 +312,59 @@ def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
     return checked
 
 
+def unchanged_files(store: CatalogueStore, paths: list[str]) -> dict[str, ImageRecord]:
+    """The files the catalogue already knows as usable whose size and mtime have not moved
+    since they were hashed: their recorded hash and size stand, nothing is read."""
+    known = store.image_files(paths)
+    out = {}
+    for path, rec in known.items():
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns) == (rec.file_size, rec.file_mtime_ns):
+            out[path] = rec
+    return out
+
+
+def _checked_record(rec: ProductRecord, checked: dict[str, ImageRecord | str], report: ImportReport) -> ProductRecord:
+    """`rec` with each image's check result: the file's facts, or the reason it is unusable."""
+    images = []
+    for im in rec.images:
+        res = checked[im.path]
+        if isinstance(res, str):
+            report.images_failed += 1
+            report.problems.append(RowProblem(im.path, rec.sku, res, kind="image"))
+            # Recorded (not dropped) so the product page and `stats` can show it; never indexed.
+            status = "missing" if res.startswith("no such file") else "invalid"
+            images.append(replace(im, status=status, error=res))
+        else:
+            report.images_ok += 1
+            images.append(replace(res, role=im.role))
+    return replace(rec, images=tuple(images))
+
+
+def _count(report: ImportReport, result: UpsertResult) -> None:
+    report.images_added += result.images_added
+    report.images_removed += result.images_removed
+    if result.images_removed:
+        report.images_replaced.append(result.sku)
+    if result.created:
+        report.products_created += 1
+    elif result.changed:
+        report.products_updated += 1
+    else:
+        report.products_unchanged += 1
+
+
 def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], problems: list[RowProblem] | None = None,
                      workers: int = 2, progress: bool = True,
                      on_product: Callable[[int, ProductRecord], None] | None = None,
                      strict: bool = False) -> ImportReport:
-    """Check every image (in `workers` processes) and upsert the products. A SKU on several
+    """Check the images (in `workers` processes) and upsert the products, UPSERT_BATCH per
+    transaction. A file the catalogue already holds with the same size and mtime is not read
+    again; a row naming other images than the catalogue holds replaces the product's image set
+    (`images_replaced`; their vectors leave the index at the next update). A SKU on several
     rows is imported once, from its last row (the readers report the others); `strict`
     refuses the whole source (ManifestError, nothing written) when any row was unreadable
     or a duplicate."""
@@ -321,30 +377,20 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
         more = f"; and {len(refused) - 10} more" if len(refused) > 10 else ""
         raise ManifestError(f"refused (--strict), nothing imported: {len(refused)} problem row(s): {listed}{more}")
     paths = sorted({im.path for r in records for im in r.images})
-    checked = check_image_files(paths, workers, progress)
-    for rec in tqdm(records, desc="importing products", unit="product", disable=not progress):
-        images = []
-        for im in rec.images:
-            res = checked[im.path]
-            if isinstance(res, str):
-                report.images_failed += 1
-                report.problems.append(RowProblem(im.path, rec.sku, res, kind="image"))
-                # Recorded (not dropped) so the product page and `stats` can show it; never indexed.
-                status = "missing" if res.startswith("no such file") else "invalid"
-                images.append(replace(im, status=status, error=res))
-            else:
-                report.images_ok += 1
-                images.append(replace(res, role=im.role))
-        result = store.upsert_product(replace(rec, images=tuple(images)))
-        report.images_added += result.images_added
-        if result.created:
-            report.products_created += 1
-        elif result.changed:
-            report.products_updated += 1
-        else:
-            report.products_unchanged += 1
-        if on_product is not None:
-            on_product(result.product_id, rec)
+    checked: dict[str, ImageRecord | str] = dict(unchanged_files(store, paths))
+    report.images_unchanged = len(checked)
+    todo = [p for p in paths if p not in checked]
+    report.images_decoded = len(todo)
+    checked.update(check_image_files(todo, workers, progress))
+    bar = tqdm(total=len(records), desc="importing products", unit="product", disable=not progress)
+    for start in range(0, len(records), UPSERT_BATCH):
+        batch = [_checked_record(rec, checked, report) for rec in records[start:start + UPSERT_BATCH]]
+        for rec, result in zip(batch, store.upsert_products(batch)):
+            _count(report, result)
+            if on_product is not None:
+                on_product(result.product_id, rec)
+        bar.update(len(batch))
+    bar.close()
     for p in report.problems:
         log.warning("import problem", extra={"where": p.where, "sku": p.sku, "reason": p.reason})
     return report

@@ -115,6 +115,7 @@ class UpsertResult:
     changed: bool
     images_added: int
     images_changed: int
+    images_removed: int = 0  # no longer named by the product's row: deleted (their vectors leave at the next update)
 
 
 @dataclass(frozen=True)

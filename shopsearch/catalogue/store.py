@@ -3,18 +3,21 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from shopsearch.catalogue import db
+import numpy as np
+
+from shopsearch.catalogue import bulk, db
 from shopsearch.catalogue.models import Category, IndexBuild, Product, ProductImage
 from shopsearch.catalogue.records import (
     CatalogueStats,
     CategoryInfo,
     ImageInfo,
+    ImageRecord,
     IndexBuildInfo,
     ProductInfo,
     ProductRecord,
@@ -26,6 +29,13 @@ from shopsearch.errors import ProductNotFoundError
 #: stands for "/" inside a category name (DIVISION SLASH)
 LEVEL_SLASH = "\u2215"
 _PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attributes")
+#: products per upsert transaction (a batch binds ~2 parameters per product and image: far below
+#: PostgreSQL's 65,535)
+UPSERT_BATCH = 500
+#: values per IN (...) list: PostgreSQL refuses statements of more than 65,535 bind parameters
+IN_CHUNK = 10_000
+
+
 
 
 def _image_info(img: ProductImage) -> ImageInfo:
@@ -50,6 +60,74 @@ def _product_info(p: Product, with_images: bool = True) -> ProductInfo:
         attributes=dict(p.attributes or {}),
         images=tuple(_image_info(i) for i in p.images) if with_images else (),
     )
+
+
+def _product_columns() -> tuple[Any, ...]:
+    return (*(getattr(Product, f) for f in _PRODUCT_FIELDS), Product.category_id)
+
+
+def _unchanged(rec: ProductRecord, row: Any, images: list[ImageInfo], cat_id: int | None) -> bool:
+    """Would upserting `rec` over the stored `row` and its `images` write nothing?"""
+    for f in _PRODUCT_FIELDS:
+        new = dict(rec.attributes or {}) if f == "attributes" else getattr(rec, f)
+        old = dict(row.attributes or {}) if f == "attributes" else getattr(row, f)
+        if new != old:
+            return False
+    if cat_id is not None and row.category_id != cat_id:
+        return False
+    if not rec.images:
+        return True
+    by_path = {i.path: i for i in images}
+    if {im.path for im in rec.images} != set(by_path):
+        return False
+    return all(
+        (im.role, im.sha256, im.width, im.height, im.status, im.error, im.file_size, im.file_mtime_ns)
+        == (cur.role, cur.sha256, cur.width, cur.height, cur.status, cur.error, cur.file_size, cur.file_mtime_ns)
+        for im in rec.images for cur in (by_path[im.path],))
+
+
+def _apply(p: Product, rec: ProductRecord, cat_id: int | None, created: bool) -> tuple[bool, bool, int, int, int]:
+    """Write `rec` onto the ORM product `p`; (created, changed, images added, changed, removed)."""
+    changed = created
+    for f in _PRODUCT_FIELDS:
+        new = dict(rec.attributes or {}) if f == "attributes" else getattr(rec, f)
+        if getattr(p, f) != new:
+            setattr(p, f, new)
+            changed = True
+    if cat_id is not None and p.category_id != cat_id:
+        p.category_id = cat_id
+        changed = True
+    by_path = {i.path: i for i in p.images}
+    added = img_changed = removed = 0
+    for im in _unique_paths(rec.images):
+        cur = by_path.get(im.path)
+        if cur is None:
+            p.images.append(ProductImage(path=im.path, role=im.role, sha256=im.sha256, width=im.width,
+                                         height=im.height, status=im.status, error=im.error,
+                                         file_size=im.file_size, file_mtime_ns=im.file_mtime_ns))
+            added += 1
+            continue
+        new_vals = dict(role=im.role, sha256=im.sha256, width=im.width, height=im.height, status=im.status,
+                        error=im.error)
+        if any(getattr(cur, k) != v for k, v in new_vals.items()):
+            for k, v in new_vals.items():
+                setattr(cur, k, v)
+            img_changed += 1
+        # a touched file with the same bytes is not a change; just remember its new stat
+        if (cur.file_size, cur.file_mtime_ns) != (im.file_size, im.file_mtime_ns):
+            cur.file_size, cur.file_mtime_ns = im.file_size, im.file_mtime_ns
+    if rec.images:  # the row names the product's images: those it no longer names go (delete-orphan)
+        named = {im.path for im in rec.images}
+        for img in [i for i in p.images if i.path not in named]:
+            p.images.remove(img)
+            removed += 1
+    return created, changed or bool(added or img_changed or removed), added, img_changed, removed
+
+
+def _unique_paths(images: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """A row naming one file twice gets one image (the first mention)."""
+    seen: set[str] = set()
+    return [im for im in images if not (im.path in seen or seen.add(im.path))]  # type: ignore[func-returns-value]
 
 
 class CatalogueStore:
@@ -108,50 +186,65 @@ class CatalogueStore:
     # -- products ---------------------------------------------------------
     def upsert_product(self, rec: ProductRecord) -> UpsertResult:
         """Insert or update a product and its images; unchanged data writes nothing."""
-        with self.session() as s:
-            p = s.scalar(select(Product).options(selectinload(Product.images)).where(Product.sku == rec.sku))
-            created = p is None
+        return self.upsert_products([rec])[0]
+
+    def upsert_products(self, records: Sequence[ProductRecord]) -> list[UpsertResult]:
+        """Insert or update products, in one transaction per UPSERT_BATCH of them. A product whose
+        row and images are unchanged is compared on plain rows and not written; a record naming
+        images replaces the product's image set (a record naming none leaves it alone)."""
+        out: list[UpsertResult] = []
+        for start in range(0, len(records), UPSERT_BATCH):
+            with self.session() as s:
+                out += self._upsert_batch(s, records[start:start + UPSERT_BATCH])
+        return out
+
+    def _upsert_batch(self, s: Session, records: Sequence[ProductRecord]) -> list[UpsertResult]:
+        rows = {r.sku: r for r in s.execute(select(Product.id, Product.sku, *_product_columns())
+                                             .where(Product.sku.in_([r.sku for r in records])))}
+        images: dict[int, list[ImageInfo]] = {}
+        if rows:
+            pids = [r.id for r in rows.values()]
+            for r in s.execute(select(*bulk.IMAGE_COLUMNS).where(ProductImage.product_id.in_(pids))):
+                images.setdefault(r.product_id, []).append(ImageInfo(*r))
+        cats: dict[tuple[str, ...], int] = {}
+        pending: list[tuple[ProductRecord, Product | None, int | None, tuple[bool, bool, int, int, int]]] = []
+        for rec in records:
+            cat_id = None
+            if rec.category_path:
+                if rec.category_path not in cats:
+                    cats[rec.category_path] = self.ensure_category(rec.category_path, s)
+                cat_id = cats[rec.category_path]
+            row = rows.get(rec.sku)
+            if row is not None and _unchanged(rec, row, images.get(row.id, []), cat_id):
+                pending.append((rec, None, row.id, (False, False, 0, 0, 0)))
+                continue
+            p = None if row is None else s.scalar(
+                select(Product).options(selectinload(Product.images)).where(Product.id == row.id))
             if p is None:
                 p = Product(sku=rec.sku, title=rec.title, attributes={})
                 s.add(p)
-            changed = created
-            for f in _PRODUCT_FIELDS:
-                new = getattr(rec, f)
-                if f == "attributes":
-                    new = dict(new or {})
-                if getattr(p, f) != new:
-                    setattr(p, f, new)
-                    changed = True
-            if rec.category_path:
-                cat_id = self.ensure_category(rec.category_path, s)
-                if p.category_id != cat_id:
-                    p.category_id = cat_id
-                    changed = True
-            s.flush()
-            by_path = {i.path: i for i in p.images}
-            added = img_changed = 0
-            for im in rec.images:
-                cur = by_path.get(im.path)
-                if cur is None:
-                    p.images.append(
-                        ProductImage(
-                            path=im.path, role=im.role, sha256=im.sha256, width=im.width,
-                            height=im.height, status=im.status, error=im.error,
-                            file_size=im.file_size, file_mtime_ns=im.file_mtime_ns,
-                        )
-                    )
-                    added += 1
-                    continue
-                new_vals = dict(role=im.role, sha256=im.sha256, width=im.width, height=im.height,
-                                status=im.status, error=im.error)
-                if any(getattr(cur, k) != v for k, v in new_vals.items()):
-                    for k, v in new_vals.items():
-                        setattr(cur, k, v)
-                    img_changed += 1
-                # a touched file with the same bytes is not a change; just remember its new stat
-                cur.file_size, cur.file_mtime_ns = im.file_size, im.file_mtime_ns
-            s.flush()
-            return UpsertResult(rec.sku, p.id, created, changed or bool(added or img_changed), added, img_changed)
+            pending.append((rec, p, None, _apply(p, rec, cat_id, created=row is None)))
+        s.flush()  # one round of INSERTs/UPDATEs for the batch; new products get their ids
+        return [UpsertResult(rec.sku, pid if p is None else p.id, *counts) for rec, p, pid, counts in pending]
+
+    def image_files(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
+        """Path -> what the catalogue knows of a usable image file there (hash, size, stat when
+        hashed): an import skips decoding a file whose stat has not moved since."""
+        out: dict[str, ImageRecord] = {}
+        cols = (ProductImage.path, ProductImage.sha256, ProductImage.width, ProductImage.height,
+                ProductImage.file_size, ProductImage.file_mtime_ns)
+        usable = (ProductImage.status == "ok", ProductImage.sha256.is_not(None))
+        # path has no index of its own: past one IN list, one pass over the table beats a scan per list
+        queries = [select(*cols).where(*usable)] if len(paths) > IN_CHUNK else \
+            [select(*cols).where(ProductImage.path.in_(paths), *usable)] if paths else []
+        wanted = set(paths)
+        with self.engine.connect() as conn:
+            for q in queries:
+                for path, sha, w, h, size, mtime in conn.execute(q):
+                    if path in wanted:
+                        out[path] = ImageRecord(path, sha256=sha, width=w, height=h, file_size=size,
+                                                file_mtime_ns=mtime)
+        return out
 
     def delete_products(self, skus: Iterable[str]) -> list[str]:
         """Delete products (and their images) by SKU; returns the SKUs that existed."""
@@ -189,27 +282,22 @@ class CatalogueStore:
             return [_product_info(p) for p in s.scalars(q)]
 
     def products_for_images(self, image_ids: Sequence[int]) -> dict[int, tuple[ProductInfo, ImageInfo]]:
-        """Map image id -> (its product, the image), for ids that still exist."""
-        ids = [int(i) for i in image_ids]
-        if not ids:
-            return {}
-        with self.session() as s:
-            imgs = s.scalars(select(ProductImage).where(ProductImage.id.in_(ids))).all()
-            pids = {i.product_id for i in imgs}
-            prods = {
-                p.id: _product_info(p, with_images=False)
-                for p in s.scalars(
-                    select(Product).options(selectinload(Product.category), selectinload(Product.predicted_category))
-                    .where(Product.id.in_(pids))
-                )
-            }
-            return {i.id: (prods[i.product_id], _image_info(i)) for i in imgs if i.product_id in prods}
+        """Map image id -> (its product, the image), for ids that still exist (plain rows,
+        chunked below the databases' bind-parameter limits; any number of ids)."""
+        return bulk.products_for_images(self.engine, image_ids)
+
+    def filter_columns(self) -> bulk.FilterColumns:
+        """Per indexable image: product, price and category as numpy columns (search filters)."""
+        return bulk.filter_columns(self.engine)
+
+    def ok_image_ids(self) -> np.ndarray:
+        """Ids of the indexable images, ascending (`index status` compares them with a build's)."""
+        return bulk.ok_image_ids(self.engine)
 
     def indexable_images(self) -> list[ImageInfo]:
         """Images with a readable file, in id order: what an index build embeds."""
-        with self.session() as s:
-            rows = s.scalars(select(ProductImage).where(ProductImage.status == "ok").order_by(ProductImage.id))
-            return [_image_info(i) for i in rows]
+        with self.engine.connect() as conn:
+            return bulk.image_rows(conn, only_ok=True)
 
     def unusable_images(self) -> list[UnusableImage]:
         """Images an index build skips (missing or undecodable files), with their SKU and reason."""
@@ -222,8 +310,8 @@ class CatalogueStore:
 
     def images(self) -> list[ImageInfo]:
         """Every image whatever its status, in id order (what a rescan of the files checks)."""
-        with self.session() as s:
-            return [_image_info(i) for i in s.scalars(select(ProductImage).order_by(ProductImage.id))]
+        with self.engine.connect() as conn:
+            return bulk.image_rows(conn)
 
     def update_image_file(self, image_id: int, status: str, sha256: str | None = None, width: int | None = None,
                           height: int | None = None, file_size: int | None = None, file_mtime_ns: int | None = None,

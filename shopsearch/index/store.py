@@ -1,7 +1,9 @@
 """IndexStore: the index builds on disk and which one is serving.
 
 Layout under <data_dir>/index/:  builds/<build_id>/{index.faiss,manifest.json,keys.npz,report.json}  and
-CURRENT (the serving build id). A build is written under a temporary name, verified,
+CURRENT (the serving build id); a build made by a small update adds {delta.faiss,delta_keys.npz,
+tombstones.npy} and shares index.faiss and keys.npz with the build it came from by hard link
+(shopsearch/index/segments.py). A build is written under a temporary name, verified,
 renamed into builds/, and only then CURRENT is swapped with os.replace, so a crash at
 any point leaves the old index serving. The previous build is kept for rollback."""
 from __future__ import annotations
@@ -11,21 +13,40 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, IndexNotFoundError, IndexWriteError
+from shopsearch.index.segments import TOMBSTONES_FILE, link_or_copy, read_delta, write_delta
 from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, VectorIndex
 
 log = logging.getLogger("shopsearch.index")
 
 #: sidecar: image ids and the content sha256 each vector was computed from
 KEYS_FILE = "keys.npz"
+#: sidecar of the delta segment: its image ids and content hashes (keys.npz then covers the base only)
+DELTA_KEYS_FILE = "delta_keys.npz"
 #: sidecar: the build report (counts, failed images with reasons)
 REPORT_FILE = "report.json"
+
+
+@dataclass(frozen=True)
+class SegmentKeys:
+    """A build's image id -> content hash, per segment (see shopsearch/index/segments.py)."""
+
+    base: dict[int, str]  # the base segment, tombstoned ids included
+    dead: frozenset[int]  # tombstoned ids of the base segment
+    delta: dict[int, str]
+
+    def served(self) -> dict[int, str]:
+        """What the build serves: the live base entries, then the delta."""
+        out = {i: k for i, k in self.base.items() if i not in self.dead} if self.dead else dict(self.base)
+        out.update(self.delta)
+        return out
 
 
 def new_build_id() -> str:
@@ -131,17 +152,25 @@ class IndexStore:
     # -- sidecars: which content hash each id had, and the build's report --------
     def load_keys(self, build_id: str | None = None) -> dict[int, str] | None:
         """image id -> content sha256 of the vector in a build (None for builds without the sidecar)."""
+        seg = self.segment_keys(build_id)
+        return None if seg is None else seg.served()
+
+    def segment_keys(self, build_id: str | None = None) -> SegmentKeys | None:
+        """A build's keys per segment (None for builds without the sidecar)."""
         build_id = build_id or self.serving_id()
         if build_id is None:
             return None
-        path = self.build_dir(build_id) / KEYS_FILE
+        d = self.build_dir(build_id)
         try:
-            with np.load(path) as z:
-                return {int(i): str(k) for i, k in zip(z["ids"], z["keys"])}
+            base = _read_keys(d / KEYS_FILE)
+            if not (d / DELTA_KEYS_FILE).is_file():
+                return SegmentKeys(base, frozenset(), {})
+            dead = np.load(d / TOMBSTONES_FILE) if (d / TOMBSTONES_FILE).is_file() else ()
+            return SegmentKeys(base, frozenset(int(i) for i in dead), _read_keys(d / DELTA_KEYS_FILE))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError) as e:
-            raise IndexCorruptError(f"keys file {path} is unreadable: {e}") from None
+            raise IndexCorruptError(f"keys of build {build_id} are unreadable: {e}") from None
 
     def load_report(self, build_id: str | None = None) -> dict | None:
         """The build report (counts, failures with reasons) written with a build, if any."""
@@ -161,11 +190,19 @@ class IndexStore:
         `extra_files` (name -> text, e.g. the calibration) are written into the build before it serves.
         A write that fails (disk full, read-only mount) removes what it wrote, staging included,
         and raises IndexWriteError: the serving build is untouched and the next run has the room."""
+        if index.segmented:
+            raise ValueError("publish writes one segment; a segmented index is published by publish_delta")
+        return self._write_build(manifest, lambda staging: self._stage_full(
+            staging, index, manifest, keys, report, extra_files))
+
+    def _write_build(self, manifest: IndexManifest, stage: Callable[[Path], IndexManifest]) -> IndexManifest:
+        """Stage a build (`stage` writes and verifies it), rename it into builds/, make it CURRENT."""
         staging = self.builds_dir / f".staging-{manifest.build_id}"
         try:
             self.builds_dir.mkdir(parents=True, exist_ok=True)
             self._drop_staging()  # left by a run killed while publishing: room for this one
-            return self._publish(staging, index, manifest, keys, report, extra_files)
+            saved = stage(staging)
+            return self._swap_in(staging, saved)
         except (OSError, RuntimeError) as e:  # faiss reports a failed write as RuntimeError
             shutil.rmtree(staging, ignore_errors=True)
             if self.current_id() != manifest.build_id:  # renamed into builds/, never made CURRENT
@@ -176,48 +213,85 @@ class IndexStore:
             raise IndexWriteError(f"cannot write index build {manifest.build_id} under {self.builds_dir}: "
                                   f"{IndexWriteError.reason_of(e)}; nothing was published (build {serving} is still "
                                   "serving): free some space and run the same command again") from None
+        except IndexCorruptError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def publish_delta(self, base_build: str, manifest: IndexManifest, delta: VectorIndex | None, dead: np.ndarray,
+                      delta_keys: Mapping[int, str], report: dict | None = None,
+                      extra_files: Mapping[str, str] | None = None) -> IndexManifest:
+        """Publish a build that shares `base_build`'s base segment (hard links, nothing rewritten
+        or re-hashed) with `dead` of its ids tombstoned and `delta` (a flat index of
+        `delta_keys`' ids) beside it. Same guarantees as `publish`: verified, atomic, rollback."""
+        if delta is not None and delta.segmented:
+            raise ValueError("the delta segment must be a plain index")
+        return self._write_build(manifest, lambda staging: self._stage_delta(
+            staging, base_build, manifest, delta, dead, delta_keys, report, extra_files))
+
+    def _stage_delta(self, staging: Path, base_build: str, manifest: IndexManifest, delta: VectorIndex | None,
+                     dead: np.ndarray, delta_keys: Mapping[int, str], report: dict | None,
+                     extra_files: Mapping[str, str] | None) -> IndexManifest:
+        src = self.build_dir(base_build)
+        base = IndexManifest(**json.loads((src / MANIFEST).read_text()))
+        base_count = base.base_count or base.count
+        staging.mkdir(parents=True)
+        for name in (INDEX_FILE, KEYS_FILE):
+            link_or_copy(src / name, staging / name)
+        delta_sha, tomb_sha = write_delta(staging, delta.faiss_index if delta is not None else None, dead)
+        _write_keys(staging / DELTA_KEYS_FILE, delta_keys)
+        n_delta = len(delta) if delta is not None else 0
+        saved = replace(manifest, count=base_count - len(dead) + n_delta, index_sha256=base.index_sha256,
+                        delta_sha256=delta_sha, tombstones_sha256=tomb_sha, base_count=base_count,
+                        delta_count=n_delta, dead_count=len(dead))
+        (staging / MANIFEST).write_text(json.dumps(asdict(saved), indent=2))
+        self._write_sidecars(staging, report, extra_files)
+        # Verify what is on disk: the shared base is the very file that was verified when it was
+        # published (same inode); the new small parts are read back in full.
+        if not os.path.samefile(src / INDEX_FILE, staging / INDEX_FILE) and \
+                VectorIndex.load(staging).base_count != base_count:
+            raise IndexCorruptError(f"build {manifest.build_id}: the copied base segment does not verify")
+        got_delta, got_dead = read_delta(staging, delta_sha, tomb_sha)
+        if (got_delta.ntotal if got_delta is not None else 0) != n_delta or len(got_dead) != len(dead) \
+                or set(_read_keys(staging / DELTA_KEYS_FILE)) != set(delta_keys):
+            raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
+        return saved
 
     def _drop_staging(self) -> None:
         for d in self.builds_dir.glob(".staging-*"):
             shutil.rmtree(d, ignore_errors=True)
 
-    def _publish(self, staging: Path, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None,
-                 report: dict | None, extra_files: Mapping[str, str] | None) -> IndexManifest:
+    def _stage_full(self, staging: Path, index: VectorIndex, manifest: IndexManifest,
+                    keys: Mapping[int, str] | None, report: dict | None,
+                    extra_files: Mapping[str, str] | None) -> IndexManifest:
         saved = index.save(staging, manifest)
         if keys is not None:
-            ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
-            tmp = staging / f".{KEYS_FILE}"
-            with open(tmp, "wb") as f:
-                np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="U64"))
-            os.replace(tmp, staging / KEYS_FILE)
+            _write_keys(staging / KEYS_FILE, keys)
+        self._write_sidecars(staging, report, extra_files)
+        # Verify what is on disk, not what is in memory, before anyone can serve it.
+        reloaded, check = VectorIndex.load(staging)
+        if len(reloaded) != len(index) or check.count != saved.count:
+            raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
+        if keys is not None and set(_read_keys(staging / KEYS_FILE)) != set(int(i) for i in reloaded.ids()):
+            raise IndexCorruptError(f"build {manifest.build_id}: keys sidecar does not match the index ids")
+        return saved
+
+    @staticmethod
+    def _write_sidecars(staging: Path, report: dict | None, extra_files: Mapping[str, str] | None) -> None:
         if report is not None:
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        # Verify what is on disk, not what is in memory, before anyone can serve it.
-        reloaded, check = VectorIndex.load(staging)
-        if len(reloaded) != len(index) or check.count != saved.count:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
-        if keys is not None:
-            on_disk = self._keys_in(staging)
-            if set(on_disk) != set(int(i) for i in reloaded.ids()):
-                shutil.rmtree(staging, ignore_errors=True)
-                raise IndexCorruptError(f"build {manifest.build_id}: keys sidecar does not match the index ids")
-        final = self.build_dir(manifest.build_id)
+
+    def _swap_in(self, staging: Path, saved: IndexManifest) -> IndexManifest:
+        final = self.build_dir(saved.build_id)
         os.replace(staging, final)
         old = self.serving_id()  # a broken CURRENT must not push the intact build out of PREVIOUS
-        if old and old != manifest.build_id:
+        if old and old != saved.build_id:
             self._write_pointer("PREVIOUS", old)
-        self._write_pointer("CURRENT", manifest.build_id)
-        log.info("index build published", extra={"build_id": manifest.build_id, "count": saved.count})
+        self._write_pointer("CURRENT", saved.build_id)
+        log.info("index build published", extra={"build_id": saved.build_id, "count": saved.count})
         self._prune()
         return saved
-
-    @staticmethod
-    def _keys_in(directory: Path) -> dict[int, str]:
-        with np.load(directory / KEYS_FILE) as z:
-            return {int(i): str(k) for i, k in zip(z["ids"], z["keys"])}
 
     def rollback(self) -> str:
         """Serve the previous build again; returns its id."""
@@ -239,3 +313,17 @@ class IndexStore:
         for d in self.builds_dir.iterdir():
             if d.is_dir() and not d.name.startswith(".") and d.name not in keep_ids:
                 shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_keys(path: Path, keys: Mapping[int, str]) -> None:
+    ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
+    tmp = path.with_name(f".{path.name}")
+    with open(tmp, "wb") as f:
+        # hex digests as bytes: a quarter of the size of numpy's UTF-32 strings, read back as str
+        np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="S64"))
+    os.replace(tmp, path)
+
+
+def _read_keys(path: Path) -> dict[int, str]:
+    with np.load(path) as z:
+        return dict(zip(z["ids"].tolist(), z["keys"].astype("U64").tolist()))

@@ -2,7 +2,6 @@
 searched by inner product (= cosine), saved with a manifest that names the model."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import json
 import os
@@ -14,6 +13,8 @@ import faiss
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
+from shopsearch.index.filtered import PositionMap, empty_result, search_positions
+from shopsearch.index.segments import read_delta, sha256_file, write_delta
 
 log = logging.getLogger("shopsearch.index")
 
@@ -53,8 +54,14 @@ class IndexManifest:
     count: int
     index_type: str
     created: str
-    index_sha256: str = ""
+    index_sha256: str = ""  # the base segment
     format_version: int = FORMAT_VERSION
+    #: segments (shopsearch/index/segments.py); "" / 0 for a build of one segment
+    delta_sha256: str = ""
+    tombstones_sha256: str = ""
+    base_count: int = 0  # vectors in the base segment, tombstoned ones included
+    delta_count: int = 0
+    dead_count: int = 0
 
 
 def choose_index_type(n: int) -> str:
@@ -100,10 +107,15 @@ def estimate_bytes_per_vector(index_type: str, dim: int) -> int:
 
 
 class VectorIndex:
-    """int64 ids -> unit vectors; search returns (scores, ids) best first."""
+    """int64 ids -> unit vectors; search returns (scores, ids) best first.
+
+    A loaded build may be segmented (shopsearch/index/segments.py): the base index, whose
+    tombstoned ids (`dead_ids`) `search` excludes itself, plus an exact delta segment whose
+    results it merges in. Callers see one index either way."""
 
     def __init__(self, dim: int, index_type: str = "flat", expected_size: int = 0,
-                 index: faiss.Index | None = None) -> None:
+                 index: faiss.Index | None = None, delta: faiss.Index | None = None,
+                 dead: np.ndarray | None = None) -> None:
         self.dim = dim
         self.index_type = index_type
         if index is None:
@@ -114,13 +126,42 @@ class VectorIndex:
         self.ef_search = DEFAULT_EF_SEARCH
         self.refine_k_factor = DEFAULT_REFINE_K_FACTOR
         self._search_index: faiss.Index | None = None  # a GPU copy answering search(), see to_gpu
+        self._positions: PositionMap | None = None  # base id -> position, built on the first filtered search
+        self._delta = delta if delta is not None and delta.ntotal else None
+        self._dead = np.unique(np.asarray(dead if dead is not None else (), dtype=np.int64))
+        self._dead_set = frozenset(self._dead.tolist())
+        # the selector objects must outlive every search that uses them
+        self._not_dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(self._dead)) if len(self._dead) else None
 
     @property
     def faiss_index(self) -> faiss.Index:
+        """The base segment (the whole index unless `segmented`)."""
         return self._index
 
     def __len__(self) -> int:
+        return int(self._index.ntotal) - len(self._dead) + self.delta_count
+
+    @property
+    def segmented(self) -> bool:
+        """True when tombstones or a delta segment sit beside the base index."""
+        return self._delta is not None or len(self._dead) > 0
+
+    @property
+    def base_count(self) -> int:
         return int(self._index.ntotal)
+
+    @property
+    def delta_count(self) -> int:
+        return int(self._delta.ntotal) if self._delta is not None else 0
+
+    @property
+    def delta_index(self) -> faiss.Index | None:
+        return self._delta
+
+    @property
+    def dead_ids(self) -> np.ndarray:
+        """Sorted ids of the base segment that `search` never returns (removed or replaced)."""
+        return self._dead
 
     @property
     def is_trained(self) -> bool:
@@ -142,6 +183,8 @@ class VectorIndex:
         The CPU index is kept for reconstruct / ids / remove / save, which GPU types lack
         or answer differently, so "more like this" and rebuilds never depend on the GPU.
         `cloner` replaces faiss.index_cpu_to_gpu (tests pass a CPU copy)."""
+        if self.segmented:  # tombstones need search-time selectors, which GPU indexes lack
+            return False
         if cloner is None:
             if not gpu_available() or self.index_type == "hnsw":  # no GPU HNSW in FAISS
                 return False
@@ -167,6 +210,9 @@ class VectorIndex:
         return self._search_index is not None
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add to the base index (a fresh index: builds add no segments here)."""
+        if self.segmented:
+            raise ValueError("a segmented index takes its changes as a new delta segment (IndexStore.publish_delta)")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:
@@ -178,6 +224,7 @@ class VectorIndex:
         if not self._index.is_trained:
             self.train(vectors)
         self._index.add_with_ids(vectors, ids)
+        self._positions = None
         self._search_index = None  # a GPU copy would now miss these; to_gpu() again
 
     def remove(self, ids: np.ndarray) -> int:
@@ -185,9 +232,10 @@ class VectorIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return 0
-        if not self.supports_remove():
+        if not self.supports_remove() or self.segmented:
             raise NotImplementedError(f"{self.index_type} indexes cannot remove vectors; rebuild without them")
         self._search_index = None  # the GPU copy would still return them
+        self._positions = None
         return int(self._index.remove_ids(ids))
 
     def supports_remove(self) -> bool:
@@ -198,11 +246,23 @@ class VectorIndex:
         return self.index_type == "flat"
 
     def ids(self) -> np.ndarray:
-        """Every id in the index (insertion order)."""
-        return faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        """Every id the index serves (base in insertion order, then the delta)."""
+        base = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        if len(self._dead):
+            base = base[~np.isin(base, self._dead)]
+        if self._delta is None:
+            return base
+        return np.concatenate([base, faiss.vector_to_array(self._delta.id_map).astype(np.int64)])
 
     def reconstruct(self, image_id: int) -> np.ndarray:
         """The stored vector of `image_id` (RuntimeError when absent); "more like this" uses it."""
+        if self._delta is not None:
+            try:
+                return self._delta.reconstruct(int(image_id))
+            except RuntimeError:
+                pass
+        if int(image_id) in self._dead_set:
+            raise RuntimeError(f"id {image_id} was removed from the index")
         try:
             return self._index.reconstruct(int(image_id))
         except RuntimeError as e:
@@ -234,15 +294,98 @@ class VectorIndex:
             ef = ef_for_size(len(self)) if self.ef_search == DEFAULT_EF_SEARCH else self.ef_search
             inner.hnsw.efSearch = ef
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), both (nq, k); missing slots have id -1."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               selector: faiss.IDSelector | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), both (nq, k); missing slots have id -1. `allowed`: only these ids may
+        be returned, and the best of them are (shopsearch/index/filtered.py); an empty set
+        answers at once without searching. `selector` (image ids) limits the candidates
+        through FAISS. Tombstoned ids are excluded and the delta segment merged in here."""
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ModelMismatchError(f"query vectors have dim {q.shape[1]}, the index has dim {self.dim}")
+        if allowed is not None:
+            return self._search_among(q, max(1, int(k)), allowed)
         k = max(1, min(int(k), max(len(self), 1)))
-        index = self._search_index if self._search_index is not None else self._index
-        self._tune(index)
-        return index.search(q, k)
+        if not self.segmented and selector is None:
+            index = self._search_index if self._search_index is not None else self._index
+            self._tune(index)
+            return index.search(q, k)
+        scores, ids = self._search_base(q, k, selector)
+        return self._with_delta(q, k, scores, ids, selector)
+
+    def _with_delta(self, q: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,
+                    selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
+        """The base's best k merged with the delta segment's (itself limited by `selector`)."""
+        if self._delta is None:
+            return scores, ids
+        params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        ds, di = self._delta.search(q, min(k, self.delta_count), params=params)
+        return _merge_best(scores, ids, ds, di, k)
+
+    def _search_base(self, q: np.ndarray, k: int,
+                     selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
+        """The base segment's best k, tombstones and ids outside `selector` excluded."""
+        sel = self._not_dead
+        if selector is not None:
+            sel = selector if sel is None else faiss.IDSelectorAnd(sel, selector)
+        self._tune(self._index)
+        if sel is None:  # a delta and no tombstones: nothing to exclude
+            return self._index.search(q, k)
+        params, _alive = self._params(sel)  # _alive: the objects params point into, kept until the search ends
+        return self._index.search(q, k, params=params)
+
+    def _params(self, sel: faiss.IDSelector) -> tuple[faiss.SearchParameters, list]:
+        """Search parameters carrying `sel` (image ids) and this index's tuning: parameters
+        replace the index's own efSearch / nprobe / k_factor, so they are copied in."""
+        inner = faiss.downcast_index(self._index.index)
+        if hasattr(inner, "base_index"):
+            # IndexRefine hands the base index its own parameters, which IndexIDMap2 does not
+            # translate: the selector sees the base's sequential numbers, mapped here to ids
+            translated = faiss.IDSelectorTranslated(self._index.id_map, sel)
+            base, _ = self._params_for(faiss.downcast_index(inner.base_index), translated)
+            return faiss.IndexRefineSearchParameters(k_factor=float(inner.k_factor), base_index_params=base), \
+                [translated, base, sel]
+        return self._params_for(inner, sel)
+
+    @staticmethod
+    def _params_for(inner: faiss.Index, sel: faiss.IDSelector) -> tuple[faiss.SearchParameters, list]:
+        if hasattr(inner, "hnsw"):
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(inner.hnsw.efSearch)), [sel]
+        if hasattr(inner, "nprobe"):
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(inner.nprobe)), [sel]
+        return faiss.SearchParameters(sel=sel), [sel]
+
+    def _search_among(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # Always on the CPU index: GPU indexes take no ID selectors.
+        allowed = np.asarray(allowed, dtype=np.int64)
+        if len(allowed) and len(self._dead):
+            allowed = allowed[~np.isin(allowed, self._dead)]
+        if len(allowed) == 0:
+            return empty_result(len(q), k)
+        if self._positions is None:
+            self._positions = PositionMap(faiss.vector_to_array(self._index.id_map).astype(np.int64))
+        positions = self._positions.positions(allowed)
+        if self._delta is not None:
+            scores, ids = self._search_base_positions(q, k, positions) if len(positions) else empty_result(len(q), k)
+            keep = faiss.IDSelectorBatch(allowed)  # outlives the delta search below
+            return self._with_delta(q, k, scores, ids, keep)
+        if len(positions) == 0:
+            return empty_result(len(q), k)
+        return self._search_base_positions(q, k, positions)
+
+    def _search_base_positions(self, q: np.ndarray, k: int, positions: np.ndarray
+                               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of the base segment among its internal `positions` (non-empty)."""
+        inner = faiss.downcast_index(self._index.index)
+        ef = ef_for_size(len(self)) if self.ef_search == DEFAULT_EF_SEARCH else self.ef_search
+        try:
+            scores, pos = search_positions(inner, q, k, positions, self.nprobe, ef, self.refine_k_factor)
+        except RuntimeError as e:  # IVF reconstructs by position only through a direct map
+            if "direct map" not in str(e) or not self._make_direct_map():
+                raise
+            scores, pos = search_positions(inner, q, k, positions, self.nprobe, ef, self.refine_k_factor)
+        ids = np.where(pos >= 0, self._positions.external[np.maximum(pos, 0)], -1)
+        return scores, ids
 
     # -- persistence --------------------------------------------------------
     def save(self, directory: Path, manifest: IndexManifest) -> IndexManifest:
@@ -250,8 +393,12 @@ class VectorIndex:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / INDEX_FILE
         faiss.write_index(self._index, str(path))
+        delta_sha, tomb_sha = write_delta(directory, self._delta, self._dead)
         manifest = IndexManifest(**{**asdict(manifest), "count": len(self), "dim": self.dim,
-                                    "index_type": self.index_type, "index_sha256": _sha256(path)})
+                                    "index_type": self.index_type, "index_sha256": sha256_file(path),
+                                    "delta_sha256": delta_sha, "tombstones_sha256": tomb_sha,
+                                    "base_count": self.base_count, "delta_count": self.delta_count,
+                                    "dead_count": len(self._dead)})
         tmp = directory / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(asdict(manifest), indent=2))
         os.replace(tmp, directory / MANIFEST)
@@ -265,14 +412,15 @@ class VectorIndex:
         except (OSError, ValueError, TypeError) as e:
             raise IndexCorruptError(f"index manifest in {directory} is unreadable: {e}") from None
         path = directory / INDEX_FILE
-        if verify and manifest.index_sha256 and _sha256(path) != manifest.index_sha256:
+        if verify and manifest.index_sha256 and sha256_file(path) != manifest.index_sha256:
             raise IndexCorruptError(f"index file {path} does not match its manifest checksum")
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
-        except RuntimeError as e:
+            delta, dead = read_delta(directory, manifest.delta_sha256, manifest.tombstones_sha256, verify)
+        except (OSError, ValueError, RuntimeError) as e:
             raise IndexCorruptError(f"cannot read index {path}: {e}") from None
-        vi = cls(manifest.dim, manifest.index_type, index=index)
+        vi = cls(manifest.dim, manifest.index_type, index=index, delta=delta, dead=dead)
         if len(vi) != manifest.count:
             raise IndexCorruptError(f"index {path} holds {len(vi)} vectors, its manifest says {manifest.count}")
         return vi, manifest
@@ -310,12 +458,19 @@ def check_model(manifest: IndexManifest, fingerprint: str) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            h.update(b)
-    return h.hexdigest()
+def _merge_best(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of two (scores, ids) result sets per query row; empty slots (id -1) last."""
+    scores = np.concatenate([s1, s2], axis=1)
+    ids = np.concatenate([i1, i2], axis=1)
+    scores = np.where(ids < 0, -np.inf, scores)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out_s, out_i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    if out_s.shape[1] < k:  # fewer candidates than k in both segments together
+        pad = k - out_s.shape[1]
+        out_s = np.pad(out_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
+    return out_s.astype(np.float32), out_i.astype(np.int64)
 
 
 def _fsync_dir(directory: Path) -> None:

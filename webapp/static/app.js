@@ -124,6 +124,28 @@
     sel.addEventListener("change", function () { sel.form.submit(); });
   });
 
+  // Results: "this is it" / "not this" answered in place (without JavaScript the form posts and
+  // comes back to the logged results); a failed request falls back to the plain form post.
+  Array.prototype.forEach.call(document.querySelectorAll("form.feedback-form"), function (f) {
+    f.addEventListener("submit", function (e) {
+      var button = e.submitter;
+      if (!button || !window.fetch) { return; }
+      e.preventDefault();
+      var body = {request_id: f.getAttribute("data-request-id"), sku: f.querySelector("input[name=sku]").value,
+                  event: button.value};
+      fetch(f.getAttribute("data-api"), {method: "POST", headers: {"Content-Type": "application/json"},
+                                         body: JSON.stringify(body)})
+        .then(function (r) {
+          if (!r.ok && r.status !== 409) { throw new Error(String(r.status)); }
+          Array.prototype.forEach.call(f.querySelectorAll("button.fb"), function (b) {
+            b.setAttribute("aria-pressed", String(b === button));
+          });
+        })
+        .catch(function () { var h = document.createElement("input"); h.type = "hidden"; h.name = "event";
+                             h.value = button.value; f.appendChild(h); f.submit(); });
+    });
+  });
+
   // Product page: thumbnails swap the main photo.
   var main = $("main-image");
   if (main) {

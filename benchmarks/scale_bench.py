@@ -1,0 +1,307 @@
+"""Scale benchmark (issue 20): a growing shop, from 10k to 1M products, on SQLite and PostgreSQL.
+
+For each size it generates a seeded catalogue in a scratch folder outside the repository
+(one small JPEG per product, 50 leaf categories, prices 1.00-999.99, a CSV manifest),
+then drives the product the way a merchandiser would, through the `shopsearch` CLI:
+
+  import                 catalogue import of the manifest (images on disk, hashing included)
+  first build            index build --model colorhist (auto index type: flat < 100k <= hnsw)
+  no-op build            the same build again, nothing changed
+  10-image update        10 image files rewritten with new pictures, then index update
+  re-import unchanged    catalogue import of the same manifest again
+  index status           index status (the quick check) and index status --deep
+
+Each is the wall time of the command as a user runs it, process start included; `cli_start`
+(`shopsearch db current`) is that fixed start-up cost, to subtract when comparing the work.
+
+and searches in-process through the composition root (shopsearch.app.open_search_service),
+query vectors embedded beforehand: p50/p95 of unfiltered, category (one leaf of 50), price
+(about 1% of products) and a price range that matches nothing. Every figure comes with its
+growth factor from the smallest size run. From --synthetic-from products up (default 1M)
+the vectors are not computed: seeded unit vectors are written into the vector cache under
+each image's content hash (what the builder looks up), so the build finds them all.
+
+    .venv/bin/python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql
+    .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale
+
+Writes benchmarks/results/scale_<sizes>_<dbs>.json and prints a markdown table for
+benchmarks/RESULTS.md. Generated images are reused across runs (same seed, same bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+N_CATEGORIES = 50
+MODEL = "colorhist"
+STEPS = ("cli_start", "import", "first_build", "noop_build", "update_10", "reimport_unchanged", "status",
+         "status_deep")
+SEARCHES = ("unfiltered", "category", "price", "price_nothing")
+
+
+# -- the generated catalogue -------------------------------------------------------------------------------
+
+def _jpeg(seed: int) -> bytes:
+    """A 32x32 JPEG of a seeded 4x4 colour grid (about 1 KB)."""
+    from PIL import Image
+
+    grid = np.random.default_rng(seed).integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grid).resize((32, 32), Image.NEAREST).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _write_block(args: tuple[str, int, int]) -> list[str]:
+    folder, start, stop = args
+    hashes = []
+    for i in range(start, stop):
+        data = _jpeg(i)
+        path = Path(folder) / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        hashes.append(hashlib.sha256(data).hexdigest())
+    return hashes
+
+
+def generate(scratch: Path, n: int, workers: int) -> tuple[Path, list[str]]:
+    """Images (shared by every size: product i is the same file) and this size's manifest;
+    returns the manifest and the images' content hashes in product order."""
+    images = scratch / "images"
+    blocks = [(str(images), s, min(n, s + 10_000)) for s in range(0, n, 10_000)]
+    with ProcessPoolExecutor(workers) as pool:
+        hashes = [h for block in pool.map(_write_block, blocks) for h in block]
+    manifest = scratch / f"manifest_{n}.csv"
+    if not manifest.is_file():
+        rng = np.random.default_rng(n)
+        prices = rng.integers(100, 100_000, size=n)
+        tmp = manifest.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write("sku,title,image,category,price,currency\n")
+            for i in range(n):
+                f.write(f"SKU{i:07d},product {i},{images / f'{i // 10_000:03d}' / f'p{i:07d}.jpg'},"
+                        f"Dept{i % 5}/Cat{i % N_CATEGORIES:02d},{Decimal(int(prices[i])) / 100},EUR\n")
+        os.replace(tmp, manifest)
+    return manifest, hashes
+
+
+def inject_vectors(data_dir: Path, hashes: list[str]) -> None:
+    """Seeded unit vectors in the colorhist vector cache, keyed by content hash, in 100k chunks."""
+    from shopsearch.embedders import load_embedder
+    from shopsearch.embedding.cache import cache_dir, write_chunk_file
+
+    emb = load_embedder(MODEL, "cpu", data_dir / "models")
+    folder = cache_dir(data_dir / "vectors", emb.fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "FINGERPRINT").write_text(emb.fingerprint + "\n")
+    rng = np.random.default_rng(0)
+    unique = list(dict.fromkeys(hashes))
+    for s in range(0, len(unique), 100_000):
+        part = unique[s:s + 100_000]
+        v = rng.random((len(part), emb.dim), dtype=np.float32)  # non-negative, like histograms
+        write_chunk_file(folder, part, v / np.linalg.norm(v, axis=1, keepdims=True))
+
+
+# -- driving the product --------------------------------------------------------------------------------
+
+def shopsearch(data_dir: Path, db_url: str, *args: str) -> tuple[float, dict | None]:
+    """Run one CLI command; (wall seconds, its --json output when it printed one)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHOPSEARCH_DEVICE": "cpu"}
+    t0 = time.perf_counter()
+    out = subprocess.run([*CLI, "--data-dir", str(data_dir), "--database-url", db_url, *args], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"shopsearch {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    try:
+        return wall, json.loads(out.stdout)
+    except ValueError:
+        return wall, None
+
+
+def pg_schema_url(base: str, name: str) -> str:
+    """A URL whose search_path is a fresh schema `name` (dropped first)."""
+    from sqlalchemy import text
+
+    from shopsearch.catalogue import db as dbmod
+
+    eng = dbmod.make_engine(base)
+    with eng.begin() as c:
+        c.execute(text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
+        c.execute(text(f"CREATE SCHEMA {name}"))
+    eng.dispose()
+    return f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}"
+
+
+def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[str, dict[str, float]]:
+    """p50/p95 ms of SearchService.search_vector per filter kind (vectors embedded beforehand)."""
+    from PIL import Image
+
+    from shopsearch.app import open_search_service
+    from shopsearch.config import Settings
+    from shopsearch.results import SearchFilters
+
+    settings = Settings.from_env(data_dir=data_dir, database_url=db_url, device="cpu")
+    svc = open_search_service(settings, with_router=False)
+    rng = np.random.default_rng(1)
+    picks = rng.choice(n, queries, replace=False)
+    vecs = svc.embedder.encode_images([Image.open(io.BytesIO(_jpeg(int(i) + 10 ** 8))).convert("RGB")
+                                       for i in picks])
+    cats = [c.path for c in svc.catalogue.categories() if c.depth == 1]
+    kinds = {"unfiltered": lambda j: SearchFilters(),
+             "category": lambda j: SearchFilters(category=cats[j % len(cats)]),
+             "price": lambda j: SearchFilters(min_price=100 + j, max_price=110 + j),  # ~1% of 1-1000
+             "price_nothing": lambda j: SearchFilters(min_price=10 ** 7)}
+    out = {}
+    for kind, make in kinds.items():
+        svc.search_vector(vecs[0], k=10, filters=make(0), routing=False)  # warm: loads, caches
+        times, hits = [], []
+        for j, v in enumerate(vecs):
+            t0 = time.perf_counter()
+            res = svc.search_vector(v, k=10, filters=make(j), routing=False)
+            times.append((time.perf_counter() - t0) * 1000)
+            hits.append(len(res.hits))
+        out[kind] = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+                     "mean_hits": float(np.mean(hits))}
+    svc.catalogue.close()
+    return out
+
+
+def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic: bool, workers: int) -> dict:
+    manifest, hashes = generate(scratch, n, workers)
+    _restore(scratch)  # a run stopped during its update leaves new pictures behind
+    data_dir = scratch / f"data_{db}_{n}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    data_dir.mkdir(parents=True)
+    url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else pg_schema_url(pg_url, f"scale_{n}")
+    res: dict = {"size": n, "db": db, "synthetic_vectors": synthetic, "seconds": {}, "detail": {}}
+    sec = res["seconds"]
+    # what any command pays before its work (interpreter, imports, database check): part of every figure below
+    sec["cli_start"], _ = shopsearch(data_dir, url, "db", "current")
+    sec["import"], rep = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")
+    res["detail"]["import_products_per_s"] = n / sec["import"]
+    if synthetic:
+        inject_vectors(data_dir, hashes)
+    sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
+    res["detail"]["index_type"] = (rep or {}).get("index_type")
+    res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
+    sec["noop_build"], _ = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
+    for i in range(10):  # 10 pictures replaced in place: new bytes, same paths
+        (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(_jpeg(10 ** 9 + n + i))
+    sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", "--json")
+    res["detail"]["update_embedded"] = (rep or {}).get("embedded")
+    sec["reimport_unchanged"], _ = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")
+    sec["status"], st = shopsearch(data_dir, url, "index", "status", "--json")
+    sec["status_deep"], _ = shopsearch(data_dir, url, "index", "status", "--deep", "--json")
+    res["detail"]["status_up_to_date"] = (st or {}).get("up_to_date")
+    res["search"] = search_latencies(data_dir, url, n, queries)
+    res["disk_bytes"] = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
+    _restore(scratch)  # the next size or run starts from the same files
+    return res
+
+
+def _restore(scratch: Path) -> None:
+    for i in range(10):
+        path = scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
+        if path.is_file() and path.read_bytes() != _jpeg(i):
+            path.write_bytes(_jpeg(i))
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+def _growth(runs: list[dict]) -> None:
+    """Each figure divided by the same figure at the smallest size of the same database."""
+    for r in runs:
+        base = min((b for b in runs if b["db"] == r["db"]), key=lambda b: b["size"])
+        r["growth"] = {k: v / base["seconds"][k] for k, v in r["seconds"].items() if base["seconds"].get(k)}
+        for kind in SEARCHES:
+            b = base["search"][kind]["p50_ms"]
+            r["growth"][f"search_{kind}_p50"] = r["search"][kind]["p50_ms"] / b if b else None
+
+
+def markdown(runs: list[dict]) -> str:
+    cols = [f"{r['db']} {r['size']:,}" for r in runs]
+    lines = ["| measure | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+
+    def cell(v: float, g: float | None, unit: str) -> str:
+        return f"{v:.2f} {unit}" + (f" (×{g:.1f})" if g is not None and g != 1.0 else "")
+
+    for k in STEPS:
+        lines.append(f"| {k.replace('_', ' ')} | " + " | ".join(
+            cell(r["seconds"][k], r["growth"].get(k), "s") for r in runs) + " |")
+    for kind in SEARCHES:
+        for p in ("p50", "p95"):
+            lines.append(f"| search {kind.replace('_', ' ')} {p} | " + " | ".join(
+                cell(r["search"][kind][f"{p}_ms"], r["growth"].get(f"search_{kind}_p50") if p == "p50" else None,
+                     "ms") for r in runs) + " |")
+    lines.append("| import products/s | " + " | ".join(f"{r['detail']['import_products_per_s']:,.0f}"
+                                                     for r in runs) + " |")
+    lines.append("| index type | " + " | ".join(str(r["detail"]["index_type"]) for r in runs) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated product counts")
+    ap.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both, comma-separated")
+    ap.add_argument("--pg-url", default=os.environ.get("SHOPSEARCH_TEST_PG_URL", DEFAULT_PG),
+                    help="PostgreSQL database to use (a fresh schema scale_<size> is made in it)")
+    ap.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "shopsearch_scale"),
+                    help="generated images, manifests and data dirs (outside the repository)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--queries", type=int, default=50, help="queries per search kind")
+    ap.add_argument("--synthetic-from", type=int, default=1_000_000,
+                    help="from this many products up, inject seeded vectors instead of embedding")
+    ap.add_argument("--workers", type=int, default=2, help="processes generating images")
+    ap.add_argument("--keep", action="store_true", help="keep the data dirs (images are always kept)")
+    ap.add_argument("--note", default="", help="free text stored in the JSON, e.g. 'loaded machine'")
+    args = ap.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    dbs = [d.strip() for d in args.db.split(",")]
+    if bad := [d for d in dbs if d not in ("sqlite", "postgresql")]:
+        ap.error(f"unknown --db {bad}; use sqlite, postgresql")
+    scratch = Path(args.scratch).resolve()
+    if scratch.is_relative_to(REPO):
+        ap.error("--scratch must be outside the repository")
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"scale_{'_'.join(str(s) for s in sizes)}_{'_'.join(dbs)}.json"
+    runs: list[dict] = []
+    for db in dbs:
+        for n in sizes:
+            print(f"== {db} {n:,} products", flush=True)
+            t0 = time.perf_counter()
+            runs.append(run_one(scratch, n, db, args.pg_url, args.queries, n >= args.synthetic_from, args.workers))
+            runs[-1]["total_s"] = time.perf_counter() - t0
+            print(json.dumps(runs[-1]["seconds"]), flush=True)
+            if not args.keep:
+                shutil.rmtree(scratch / f"data_{db}_{n}", ignore_errors=True)
+            _growth(runs)
+            # written after every run: a later size that fails or is stopped keeps the earlier ones
+            path.write_text(json.dumps({"note": args.note, "machine": platform.processor() or platform.machine(),
+                                        "cpus": os.cpu_count(), "model": MODEL, "runs": runs}, indent=2))
+    print(markdown(runs))
+    print(f"\nwritten {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The typed values an index build takes and gives: its options, its plan and its report."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from indexer.shrink import DEFAULT_MAX_SHRINK
+
+if TYPE_CHECKING:  # the CLI imports this module for BuildOptions; the catalogue only when it runs
+    from shopsearch.catalogue.rescan import RescanReport
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything `index build` / `index update` can be told, made once by the CLI."""
+
+    index_type: str = "auto"  # auto | flat | hnsw | ivfpq | a FAISS factory string
+    batch_size: int | None = None
+    workers: int | None = None
+    progress: bool = True
+    executor: str = "auto"
+    chunk_size: int = 512
+    rescan: bool = True  # stat the files first and re-hash what moved
+    compile: str | None = None
+    verify_hashes: bool = False  # re-hash every file, not only the moved ones
+    max_shrink: float | None = DEFAULT_MAX_SHRINK
+    force: bool = False  # build: even when up to date; update: compact into a fresh base
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What a build is about to do; printed (memory estimate included) before any work."""
+
+    images: int
+    index_type: str
+    estimated_bytes: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class UpdateChanges:
+    """What an update applied to the serving build."""
+
+    previous_build: str
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    rebuild_reason: str | None  # why the index was rebuilt or re-filled (None: changed in place)
+    added_since_training: int  # vectors added since an IVF index was trained
+
+
+@dataclass(frozen=True)
+class SegmentCounts:
+    """The published build's segments (shopsearch/index/segments.py)."""
+
+    base: int  # vectors in the base segment, tombstoned ones included
+    delta: int
+    dead: int
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    build_id: str
+    model: str
+    fingerprint: str
+    index_type: str
+    vectors: int
+    embedded: int
+    skipped: int
+    failed: tuple[tuple[int | None, str, str], ...]
+    seconds: float
+    images_per_s: float
+    estimated_bytes: int = 0
+    mode: str = "full"  # full | delta | rebuild | up-to-date
+    trained_on: int = 0  # vectors the index was (last) trained or built on
+    rescan: RescanReport | None = None  # the files found changed on disk first
+    update: UpdateChanges | None = None  # an update's changes (None for a full build)
+    up_to_date: bool = False  # nothing changed: no index work, no new build (build_id is the serving one)
+    strategy: str = "full"  # full, or indexer.update_plan's UP_TO_DATE | DELTA | READD | REBUILD
+    segments: SegmentCounts | None = None
+
+    def to_dict(self) -> dict:
+        d = {
+            "build_id": self.build_id, "model": self.model, "fingerprint": self.fingerprint,
+            "index_type": self.index_type, "vectors": self.vectors, "embedded": self.embedded,
+            "skipped": self.skipped, "failed": [{"image_id": i, "path": p, "reason": r} for i, p, r in self.failed],
+            "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
+            "estimated_bytes": self.estimated_bytes, "mode": self.mode,
+        }
+        if self.update is not None:
+            u = self.update
+            d |= {"rebuild_reason": u.rebuild_reason, "previous_build": u.previous_build, "added": u.added,
+                  "changed": u.changed, "removed": u.removed, "unchanged": u.unchanged}
+        d["trained_on"] = self.trained_on
+        if self.update is not None:
+            d["added_since_training"] = self.update.added_since_training
+        d["rescan"] = self.rescan.to_dict() if self.rescan else None
+        s = self.segments
+        d |= {"up_to_date": self.up_to_date, "strategy": self.strategy,
+              "segments": {"base": s.base, "delta": s.delta, "dead": s.dead} if s else None}
+        return d
