@@ -61,6 +61,14 @@ REPRODUCE = [
     "shopsearch bench recall --dataset ../shared/datasets/grocerystore --open-set 0.2 --json \\",
     "    --out benchmarks/results/open_set_grocerystore_efficientnet-lite0 \\",
     "    > benchmarks/results/open_set_grocerystore_efficientnet-lite0.json",
+    "# how to fit the confidence (labelled val photos or leave-one-out, near-duplicates, features): chosen on val",
+    "python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore \\",
+    "    --out benchmarks/results/open_set_feature_selection_val.json",
+    "# the open set with the settings chosen on val (test, then val)",
+    "shopsearch bench recall --dataset ../shared/datasets/grocerystore --open-set 0.2 --near-duplicates 0.85 \\",
+    "    --latency-samples 0 --out benchmarks/results/open_set_grocerystore_efficientnet-lite0_near_duplicates",
+    "shopsearch bench recall --dataset ../shared/datasets/grocerystore --open-set 0.2 --calibrate-on val \\",
+    "    --latency-samples 0 --out benchmarks/results/open_set_grocerystore_efficientnet-lite0_labelled_val",
     "# several products in one photo: regions (objects=auto) vs the whole image",
     "python benchmarks/composite_bench.py --dataset ../shared/datasets/grocerystore --composites 60 \\",
     "    --out benchmarks/results/composite_regions_grocerystore.json",
@@ -155,16 +163,27 @@ def render_recall(name: str, obj: dict) -> list[str]:
 
 def _open_set_lines(configs: list[dict]) -> list[str]:
     """`--open-set`: how well the calibrated confidence says "no close match"."""
-    rows = [[c.get("name", c["model"]), o["fraction"], o["seed"], f"{o['queries_in_catalogue']}/"
-             f"{o['queries_not_in_catalogue']}", o["auroc"], o["ece"], o.get("top1_accuracy_in_catalogue"),
-             o["match_shares"]["in_catalogue"].get("none"), o["match_shares"]["not_in_catalogue"].get("none")]
+    rows = [[c.get("name", c["model"]), _calibrated_on(o.get("calibration", {})), o["fraction"], o["seed"],
+             f"{o['queries_in_catalogue']}/{o['queries_not_in_catalogue']}", o["auroc"], o["ece"],
+             o.get("top1_accuracy_in_catalogue"), o["match_shares"]["in_catalogue"].get("none"),
+             o["match_shares"]["not_in_catalogue"].get("none")]
             for c in configs if (o := c.get("open_set"))]
     if not rows:
         return []
     return ["Open set: a seeded share of products removed from the gallery; the confidence is calibrated on "
-            "the rest (leave-one-out) and scored on photos of kept and removed products.", ""] + _table(
-        ["configuration", "removed", "seed", "queries in/out", "AUROC", "ECE (15 bins)", "top-1 acc (in)",
-         "'none' share (in)", "'none' share (out)"], rows) + [""]
+            "the rest and scored on photos of kept and removed products.", ""] + _table(
+        ["configuration", "calibrated on", "removed", "seed", "queries in/out", "AUROC", "ECE (15 bins)",
+         "top-1 acc (in)", "'none' share (in)", "'none' share (out)"], rows) + [""]
+
+
+def _calibrated_on(cal: dict) -> str:
+    """How the open set's calibration was fitted (older files: leave-one-out, features score+lead)."""
+    if cal.get("method") == "labelled":
+        how = f"labelled photos ({cal.get('samples')})"
+    else:
+        near = cal.get("near_duplicate")
+        how = "leave-one-out" + (f", near-duplicates >= {near:g} left out" if near is not None else "")
+    return f"{how}; {'+'.join(cal.get('features') or ['score', 'lead'])}"
 
 
 # -- ANN -------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import GpuTuning
-from shopsearch.confidence import calibrate_build, calibration_file, load_calibration
+from shopsearch.confidence import calibration_file, load_calibration
+from shopsearch.confidence_fit import calibrate_build
+from shopsearch.rerank import RerankOptions
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
@@ -67,9 +69,10 @@ def diff_index(want: dict[int, str], have: dict[int, str]) -> IndexDiff:
 
 class IndexBuilder:
     def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path,
-                 gpu: GpuTuning | None = None) -> None:
+                 gpu: GpuTuning | None = None, rerank: RerankOptions = RerankOptions()) -> None:
         self.embedder = embedder
         self.gpu = gpu  # the GPU executor's knobs (Settings.gpu)
+        self.rerank = rerank  # the searches' default re-ranking: the calibration is fitted on its scores
         self.catalogue = catalogue
         self.store = store
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
@@ -131,7 +134,7 @@ class IndexBuilder:
     def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict,
                  images: list[ImageInfo]) -> int:
         # refit with every full build: the confidence a search reports belongs to the build it searches
-        cal = calibrate_build(index, images, build_id)
+        cal = calibrate_build(index, images, build_id, self.rerank)
         saved = self.store.publish(index, self._manifest(build_id, itype, len(index)), keys=keys, report=report,
                                    extra_files=calibration_file(cal))
         self._record(build_id, itype, saved.count, "complete")

@@ -8,7 +8,7 @@ import logging
 
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
-from shopsearch.confidence import Calibration, load_calibration
+from shopsearch.confidence import Calibration, load_calibration, scoring_key
 from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
@@ -65,7 +65,15 @@ def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: Catal
     (off | qe | kr | qe+kr, with parameters)."""
     from shopsearch.rerank import parse_rerank
 
-    return SearchService(embedder, index, catalogue, manifest, router=router, rerank=parse_rerank(rerank),
+    rerank_options = parse_rerank(rerank)
+    if calibration is not None and calibration.fitted:
+        fused = fusion and getattr(router, "fusion_weight", 0.0) > 0
+        serving = scoring_key(rerank_options.spec, fused)
+        if calibration.scoring != serving:
+            log.warning("confidence calibrated on another scoring path: searches on this one are uncalibrated",
+                        extra={"calibrated_on": calibration.scoring, "serving": serving,
+                               "fix": "shopsearch index calibrate"})
+    return SearchService(embedder, index, catalogue, manifest, router=router, rerank=rerank_options,
                          tta=tta, fusion=fusion, calibration=calibration)
 
 

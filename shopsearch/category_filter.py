@@ -24,11 +24,17 @@ def display(path: str) -> str:
     return " > ".join(path.split("/"))
 
 
-def resolve_category(text: str, paths: Sequence[str]) -> str:
-    """The one category path `text` names, else UnknownCategoryError (400)."""
+def listing(paths: Sequence[str], most: int = 12) -> str:
+    """`this shop's categories: Fruit > Apple, ...` for an edge that has no listing route (the CLI)."""
+    shown = ", ".join(display(p) for p in sorted(paths)[:most])
+    return f"this shop's categories: {shown}{' …' if len(paths) > most else ''}" if paths else "this shop has no categories"
+
+
+def resolve_category(text: str, paths: Sequence[str], how_to_list: str = HOW_TO_LIST) -> str:
+    """The one category path `text` names, else UnknownCategoryError (400) ending with `how_to_list`."""
     want = _parts(text)
     if not want:
-        raise UnknownCategoryError(f"category {text!r} names no category; {HOW_TO_LIST}")
+        raise UnknownCategoryError(f"category {text!r} names no category; {how_to_list}")
     keyed = [(p, _parts(p)) for p in paths]
     exact = [p for p, k in keyed if k == want]
     if exact:
@@ -40,4 +46,4 @@ def resolve_category(text: str, paths: Sequence[str]) -> str:
         shown = ", ".join(display(p) for p in tail[:5])
         raise UnknownCategoryError(f"category {text!r} is ambiguous: {shown}{' …' if len(tail) > 5 else ''}; "
                                    "give the full path, e.g. " + repr(display(tail[0])))
-    raise UnknownCategoryError(f"there is no category {text!r} in this shop; {HOW_TO_LIST}")
+    raise UnknownCategoryError(f"there is no category {text!r} in this shop; {how_to_list}")

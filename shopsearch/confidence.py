@@ -1,13 +1,12 @@
 """Calibrated confidence: the probability that a search's first product is the right one,
 and whether the shop has a `strong`, `weak` or no (`none`) close match.
 
-Fitted per index build on labelled data every shop has: its own catalogue. Each sampled
-catalogue image of a product with two or more indexed photos is searched against the
-build with itself (and byte-identical copies) left out; whether the first product is the
-right one is the label (leave-one-out). The same images searched with their whole product
-left out show what an unknown product's scores look like, which sets the `none` threshold.
-A logistic model over the first product's score and its lead over the second is the
-calibrator; it is stored beside the build (calibration.json) and refitted with every build."""
+A logistic model over features of the first product's score (QUERY_FEATURES) plus one over
+each ranked product's score and lead; fitted per index build (shopsearch.confidence_fit) on
+labelled shopper photos when the shop has them, else leave-one-out over its own catalogue,
+stored beside the build (calibration.json) with the scoring path it was fitted on, and
+refitted with every build. A search scored on another path (re-ranking, fusion) gets the
+stated fallback instead of a confidence that belongs to other scores."""
 from __future__ import annotations
 
 import json
@@ -17,7 +16,7 @@ import os
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -73,19 +72,50 @@ def features(scores: Sequence[float]) -> np.ndarray:
     return np.stack([s, s - best_other], axis=1)
 
 
+#: what a query's first product is judged by (names stored in calibration.json): its score, its lead
+#: over the second product, and its lead over the mean of the others (a crowd of near-equal products,
+#: typical of a photo of something the shop does not sell, gives a small lead over all of them)
+QUERY_FEATURES: dict[str, Callable[[np.ndarray], float]] = {
+    "score": lambda s: float(s[0]),
+    "lead": lambda s: float(s[0] - (s[1] if len(s) > 1 else 0.0)),
+    "lead_mean": lambda s: float(s[0] - (s[1:].mean() if len(s) > 1 else 0.0)),
+}
+#: a calibrated probability is an estimate from a finite sample: never shown as certain either way
+CONFIDENCE_RANGE = (0.01, 0.99)
+
+
+def query_features(scores: Sequence[float], names: Sequence[str]) -> np.ndarray:
+    """The named features of one ranked score list (best first)."""
+    s = np.asarray(scores, np.float64)
+    return np.array([QUERY_FEATURES[n](s) for n in names])
+
+
+def scoring_key(rerank: str = "off", fusion: bool = False) -> str:
+    """How a search scored its candidates (`RerankOptions.spec`, fusion): a calibration fitted on
+    one path says nothing about scores from another (re-ranked scores live on another scale)."""
+    return f"rerank={rerank or 'off'};fusion={'on' if fusion else 'off'}"
+
+
+RAW_SCORING = scoring_key()
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A fitted calibrator, or the reason there is none (`fitted` False)."""
 
     fitted: bool
-    top1: tuple[float, ...] = ()  # logistic weights (score, lead, bias) for the first product
-    hit: tuple[float, ...] = ()  # the same for any ranked product
+    top1: tuple[float, ...] = ()  # logistic weights (one per query feature, then the bias) for the first product
+    hit: tuple[float, ...] = ()  # weights (score, lead, bias) for any ranked product
     strong_at: float = STRONG_AT
     none_below: float = NONE_RANGE[0]
     samples: int = 0
-    loo_top1_accuracy: float | None = None
+    loo_top1_accuracy: float | None = None  # the first product's accuracy on the fitting queries
     build_id: str | None = None
     reason: str | None = None
+    query_features: tuple[str, ...] = ("score", "lead")
+    method: str = "leave-one-out"  # or "labelled": shopper photos with their products
+    scoring: str = RAW_SCORING  # the scoring path the samples were scored on (scoring_key)
+    near_duplicate: float | None = None  # leave-one-out: same-product photos this similar were left out too
 
     def confidence(self, scores: Sequence[float]) -> tuple[float | None, list[float]]:
         """(probability the first product is right, per-product calibrated scores) for ranked scores."""
@@ -93,11 +123,12 @@ class Calibration:
             return None, []
         f = features(scores)
         per_hit = _sigmoid(f @ np.asarray(self.hit[:2]) + self.hit[2])
-        top = float(_sigmoid(np.asarray(f[0] @ np.asarray(self.top1[:2]) + self.top1[2])))
+        q = query_features(scores, self.query_features)
+        top = float(np.clip(_sigmoid(np.asarray(q @ np.asarray(self.top1[:-1]) + self.top1[-1])), *CONFIDENCE_RANGE))
         # the first-product model also knows unknown products; the others are scaled down alike,
         # so that a list whose first item is unlikely does not call a lower one 'possible'
         shrink = min(1.0, top / max(float(per_hit[0]), 1e-12))
-        per_hit = per_hit * shrink
+        per_hit = np.clip(per_hit * shrink, *CONFIDENCE_RANGE)
         per_hit[0] = top
         return top, [float(p) for p in per_hit]
 
@@ -112,9 +143,18 @@ class Calibration:
         """What a response says about how its confidence was obtained."""
         if not self.fitted:
             return {"status": "uncalibrated", "reason": self.reason}
-        return {"status": "calibrated", "method": "leave-one-out over the catalogue's own photos",
-                "samples": self.samples, "strong_at": round(self.strong_at, 4),
-                "none_below": round(self.none_below, 4), "build_id": self.build_id}
+        how = ("labelled shopper photos of the shop's products" if self.method == "labelled"
+               else "leave-one-out over the catalogue's own photos")
+        return {"status": "calibrated", "method": how, "samples": self.samples, "strong_at": round(self.strong_at, 4),
+                "none_below": round(self.none_below, 4), "build_id": self.build_id, "scoring": self.scoring}
+
+    def for_scoring(self, scoring: str) -> "Calibration":
+        """This calibration when it was fitted on `scoring`, else the stated fallback (never a guess)."""
+        if not self.fitted or scoring == self.scoring:
+            return self
+        return replace(NO_CALIBRATION, reason=(
+            f"the confidence was calibrated on scores from {self.scoring}, but this search scored with {scoring}; "
+            "run `shopsearch index calibrate` with the same search settings"))
 
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -124,109 +164,25 @@ class Calibration:
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         for k in ("top1", "hit"):
             known[k] = tuple(float(x) for x in known.get(k, ()))
+        known["query_features"] = tuple(str(x) for x in known.get("query_features", ("score", "lead")))
+        unknown = [n for n in known["query_features"] if n not in QUERY_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown confidence feature(s) {unknown}")
+        if known.get("fitted") and len(known["top1"]) != len(known["query_features"]) + 1:
+            raise ValueError("the first-product weights do not match its features")
         return cls(**known)
 
 
 NO_CALIBRATION = Calibration(False, reason="this index build has no calibration yet; run `shopsearch index calibrate`")
 
 
-def annotate(result: SearchResult, calibration: Calibration | None) -> SearchResult:
-    """The result with `confidence`, `match` and each hit's calibrated score (or the fallback stated)."""
-    cal = calibration or NO_CALIBRATION
+def annotate(result: SearchResult, calibration: Calibration | None, scoring: str = RAW_SCORING) -> SearchResult:
+    """The result with `confidence`, `match` and each hit's calibrated score (or the fallback stated);
+    `scoring`: the path the hits' scores came from (scoring_key)."""
+    cal = (calibration or NO_CALIBRATION).for_scoring(scoring)
     conf, per_hit = cal.confidence([h.score for h in result.hits])
     hits = tuple(replace(h, calibrated=p) for h, p in zip(result.hits, per_hit)) if per_hit else result.hits
     return replace(result, hits=hits, confidence=conf, match=cal.match(conf), calibration=cal.describe())
-
-
-# -- fitting -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Samples:
-    """Leave-one-out observations: ranked product scores and the true product of each query."""
-
-    ranked: tuple[tuple[float, ...], ...]
-    correct: tuple[tuple[bool, ...], ...]  # per ranked product: is it the query's product
-    left_out: tuple[tuple[float, ...], ...]  # the same queries with their whole product left out
-
-
-def ranked_products(scores: np.ndarray, ids: np.ndarray, product_of: Mapping[int, Any],
-                    skip: set[int], k: int) -> list[tuple[Any, float]]:
-    """Best score per product over one neighbour list, in order, ids in `skip` ignored."""
-    out: dict[Any, float] = {}
-    for s, i in zip(scores, ids):
-        i = int(i)
-        if i < 0 or i in skip or i not in product_of:
-            continue
-        out.setdefault(product_of[i], float(s))
-        if len(out) >= k:
-            break
-    return list(out.items())
-
-
-def collect_samples(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
-                    max_queries: int = 2000, k: int = 5, seed: int = 0) -> Samples:
-    """Search sampled catalogue images of multi-photo products against `index` (leave-one-out)."""
-    by_product: dict[Any, list[int]] = {}
-    for i, p in product_of.items():
-        by_product.setdefault(p, []).append(int(i))
-    candidates = sorted(i for ids in by_product.values() if len(ids) >= 2 for i in ids)
-    rng = np.random.default_rng(seed)
-    if len(candidates) > max_queries:
-        candidates = sorted(rng.choice(candidates, max_queries, replace=False).tolist())
-    if not candidates:
-        return Samples((), (), ())
-    largest = max(len(v) for v in by_product.values())
-    fetch = int(min(len(product_of), max(64, largest + 8 * k)))
-    ranked, correct, left_out = [], [], []
-    for start in range(0, len(candidates), 256):
-        chunk = candidates[start:start + 256]
-        vecs = np.stack([index.reconstruct(i) for i in chunk]).astype(np.float32)
-        scores, ids = index.search(vecs, fetch)
-        for q, sc, nb in zip(chunk, scores, ids):
-            own = product_of[q]
-            same = {int(i) for i in nb if int(i) in hash_of and hash_of[int(i)] is not None
-                    and hash_of[int(i)] == hash_of.get(q)} | {q}
-            r = ranked_products(sc, nb, product_of, same, k)
-            if not r:
-                continue
-            ranked.append(tuple(s for _, s in r))
-            correct.append(tuple(p == own for p, _ in r))
-            lo = ranked_products(sc, nb, product_of, set(by_product[own]), k)
-            if lo:
-                left_out.append(tuple(s for _, s in lo))
-    return Samples(tuple(ranked), tuple(correct), tuple(left_out))
-
-
-def fit_calibration(samples: Samples, build_id: str | None = None) -> Calibration:
-    """Fit the calibrator on leave-one-out samples; an unfitted Calibration (with why) when too few."""
-    n = len(samples.ranked)
-    if n < MIN_SAMPLES:
-        return Calibration(False, build_id=build_id, samples=n, reason=(
-            f"only {n} catalogue photos could be held out (products with two or more photos); at least "
-            f"{MIN_SAMPLES} are needed to estimate confidence, so scores are raw similarities"))
-    # first product: leave-one-out queries (right or wrong) and products left out (always wrong)
-    x1 = np.stack([features(r)[0] for r in samples.ranked + samples.left_out])
-    y1 = np.array([c[0] for c in samples.correct] + [False] * len(samples.left_out), dtype=float)
-    w1 = np.ones(len(y1))
-    if samples.left_out:
-        w1[n:] = UNKNOWN_PRIOR / (1 - UNKNOWN_PRIOR) * n / len(samples.left_out)
-    top1 = fit_logistic(x1, y1, weight=w1) if y1.min() != y1.max() else fit_logistic(x1, y1, l2=1.0)
-    xh = np.concatenate([features(r) for r in samples.ranked])
-    yh = np.array([v for c in samples.correct for v in c], dtype=float)
-    # all right (or all wrong): an unregularised fit would diverge; shrink it harder
-    hit = fit_logistic(xh, yh) if yh.min() != yh.max() else fit_logistic(xh, yh, l2=1.0)
-    cal = Calibration(True, tuple(map(float, top1)), tuple(map(float, hit)), samples=n,
-                      loo_top1_accuracy=float(y1[:n].mean()), build_id=build_id)
-    if samples.left_out:
-        unknown = [cal.confidence(r)[0] for r in samples.left_out]
-        q = float(np.quantile(np.asarray(unknown, float), NONE_QUANTILE))
-        cal = replace(cal, none_below=min(max(q, NONE_RANGE[0]), NONE_RANGE[1]))
-    return cal
-
-
-def calibrate_index(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
-                    build_id: str | None = None, max_queries: int = 2000, seed: int = 0) -> Calibration:
-    """Leave-one-out samples from `index`, then the fit."""
-    return fit_calibration(collect_samples(index, product_of, hash_of, max_queries, seed=seed), build_id)
 
 
 # -- storage beside a build ------------------------------------------------------------------
@@ -246,7 +202,7 @@ def load_calibration(build_dir: Path, build_id: str | None = None) -> Calibratio
         cal = Calibration.from_json(json.loads(path.read_text()))
     except FileNotFoundError:
         return NO_CALIBRATION
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, KeyError) as e:
         log.warning("calibration unreadable", extra={"path": str(path), "error": str(e)})
         return replace(NO_CALIBRATION, reason=f"this build's calibration is unreadable ({e}); "
                                               "run `shopsearch index calibrate`")
@@ -259,26 +215,8 @@ def load_calibration(build_dir: Path, build_id: str | None = None) -> Calibratio
 
 
 
-def calibrate_build(index: Any, images: Sequence[Any], build_id: str) -> Calibration:
-    """Fit on a build (its indexed catalogue images: `ImageInfo`s); store it with `calibration_file`."""
-    indexed = {int(i) for i in index.ids()}
-    product_of = {im.id: im.product_id for im in images if im.id in indexed}
-    hash_of = {im.id: im.sha256 for im in images if im.id in indexed}
-    cal = calibrate_index(index, product_of, hash_of, build_id)
-    log.info("calibration fitted" if cal.fitted else "calibration not fitted",
-             extra={"build_id": build_id, "samples": cal.samples, "reason": cal.reason,
-                    "none_below": cal.none_below, "loo_top1_accuracy": cal.loo_top1_accuracy})
-    return cal
-
-
 def calibration_file(cal: Calibration) -> dict[str, str]:
     """The build sidecar (name -> text) that IndexStore.publish writes before the build serves."""
     return {CALIBRATION_FILE: json.dumps(cal.to_json(), indent=2)}
 
 
-def calibrate_serving(store: Any, images: Sequence[Any]) -> tuple[str, Calibration]:
-    """Refit the serving build of an IndexStore (`shopsearch index calibrate`, older builds) and save it."""
-    index, manifest = store.load_current()
-    cal = calibrate_build(index, images, manifest.build_id)
-    save_calibration(store.build_dir(manifest.build_id), cal)
-    return manifest.build_id, cal

@@ -32,6 +32,13 @@ class RerankOptions:
         return self.qe > 0 or self.kreciprocal
 
     @property
+    def spec(self) -> str:
+        """Every setting that changes the scores, `off` when inactive (parse_rerank reads it back)."""
+        parts = ([f"qe={self.qe},alpha={self.alpha:g}"] if self.qe else []) + \
+            ([f"kr={self.k1},k2={self.k2},lam={self.lam:g}"] if self.kreciprocal else [])
+        return ",".join(parts + [f"depth={self.depth}"]) if parts else "off"
+
+    @property
     def label(self) -> str:
         parts = (["qe"] if self.qe else []) + (["kr"] if self.kreciprocal else [])
         return "+".join(parts) or "off"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from shopsearch.catalogue.records import ImageInfo, ProductInfo
 from shopsearch.catalogue.store import CatalogueStore
-from shopsearch.confidence import Calibration, annotate
+from shopsearch.confidence import Calibration, annotate, scoring_key
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.filter_sets import AllowedImages
@@ -103,8 +103,8 @@ class SearchService:
         timings = {"embed": embed_ms, "search": (t1 - t0 - db_s[0]) * 1000, "database": db_s[0] * 1000,
                    "total": embed_ms + (t1 - t0) * 1000}
         res = SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
-        if calibrate:
-            res = annotate(res, self.calibration)
+        if calibrate:  # calibrated only for the scoring path it was fitted on (re-ranking, fusion)
+            res = annotate(res, self.calibration, scoring_key(opts.spec, boost is not None))
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:

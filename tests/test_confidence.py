@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shopsearch.confidence import (Calibration, Samples, annotate, collect_samples, features, fit_calibration,
-                                   fit_logistic, load_calibration, save_calibration)
+from shopsearch.confidence import Calibration, annotate, features, fit_logistic, load_calibration, save_calibration
+from shopsearch.confidence_fit import Samples, collect_samples, fit_calibration
 from shopsearch.evaluation.open_set import OpenSetQuery, auroc, ece, evaluate_open_set, precision_coverage
 from shopsearch.index.vector_index import VectorIndex
 from shopsearch.results import ProductHit, SearchResult
@@ -115,6 +115,35 @@ def test_leave_one_out_on_tight_products_is_right_and_skips_identical_copies():
     hashes = {i: f"p{i // 3}" for i in product_of}  # every product's photos are "identical"
     s = collect_samples(index, product_of, hashes)
     assert not any(c[0] for c in s.correct)
+    # near-duplicates of the same product are left out too; with none of its photos left, a photo is skipped
+    s = collect_samples(index, product_of, {}, near_duplicate=0.5)
+    assert s.ranked == ()
+
+
+def test_leaving_near_duplicates_out_makes_leave_one_out_honest():
+    """Each product: two bursts of three near-identical shots, far apart (a shopper's photo is as far
+    from the catalogue as one burst from the other). Plain leave-one-out always finds the burst mate."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 32))
+    vecs, product_of = [], {}
+    for p in range(20):
+        for _ in range(2):
+            burst = centres[p] + 1.5 * rng.normal(size=32)
+            for _ in range(3):
+                v = burst + 0.05 * rng.normal(size=32)
+                vecs.append(v / np.linalg.norm(v))
+                product_of[len(vecs) - 1] = f"sku{p}"
+    index = VectorIndex(32, "flat")
+    index.add(np.arange(len(vecs), dtype=np.int64), np.array(vecs, dtype=np.float32))
+    acc = lambda s: float(np.mean([c[0] for c in s.correct]))  # noqa: E731
+    assert acc(collect_samples(index, product_of, {})) == 1.0
+    strict = collect_samples(index, product_of, {}, near_duplicate=0.95)
+    assert len(strict.ranked) == 120 and acc(strict) < 0.7
+    from shopsearch.confidence_fit import calibrate_index
+
+    cal = calibrate_index(index, product_of, {}, near_duplicate=0.95)
+    assert cal.fitted and cal.near_duplicate == 0.95 and cal.query_features == ("score",)
+    assert cal.loo_top1_accuracy == pytest.approx(acc(strict))
 
 
 def test_open_set_metrics_known_answers():
@@ -183,6 +212,19 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     res = _json.loads(run("search", str(query), "--json").stdout)
     assert res["results"][0]["sku"] == "S5" and res["match"] == "strong"
     assert "calibrated on 36" in run("index", "calibrate").stdout
+    # labelled shopper photos (image,sku), one of a product the shop does not sell
+    lines = ["image,sku"]
+    for i in range(12):
+        for j in range(3):
+            p = tmp_path / "imgs" / f"shopper{i}_{j}.jpg"
+            jitter(make_image(i), seed=500 + 10 * i + j, amount=12).save(p, quality=85)
+            lines.append(f"imgs/{p.name},S{i}")
+    lines.append("imgs/shopper0_0.jpg,NOT-SOLD")
+    (tmp_path / "photos.csv").write_text("\n".join(lines) + "\n")
+    labelled = _json.loads(run("index", "calibrate", "--photos", str(tmp_path / "photos.csv"), "--json").stdout)
+    assert labelled["fitted"] and labelled["method"] == "labelled" and labelled["samples"] == 36
+    assert labelled["scoring"] == "rerank=off;fusion=off"
+    assert "labelled shopper photos" in run("index", "calibrate", "--photos", str(tmp_path / "photos.csv")).stdout
     run("catalogue", "delete", "S10", "S11")
     update = _json.loads(run("index", "update", "--json", "--workers", "1").stdout)
     assert update["build_id"] != build["build_id"] and update["strategy"] == "delta"
@@ -191,4 +233,84 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     assert carried.fitted and carried.samples == 36
     assert _json.loads(run("index", "calibrate", "--json").stdout)["samples"] == 30  # the build's own photos
     refitted = load_calibration(data / "index" / "builds" / update["build_id"], update["build_id"])
-    assert refitted.fitted and refitted.samples == 30
+    assert refitted.fitted and refitted.samples == 30  # the new build's own photos
+
+
+def test_labelled_photos_fit_is_honest_where_catalogue_near_duplicates_are_not():
+    """Catalogue photos that are near-duplicates make leave-one-out look certain; shopper photos
+    (further from their product's photos) are right less often, and a fit on them says so."""
+    from shopsearch.confidence_fit import LabelledQuery, collect_labelled
+
+    index, product_of, centres = _cluster_index(20, 4, 0.05, seed=2)  # tight: near-duplicate photos
+    loo = fit_calibration(collect_samples(index, product_of, {}))
+    rng = np.random.default_rng(4)
+    shoppers = []
+    for p in range(20):
+        for _ in range(6):
+            v = centres[p] + 0.9 * rng.normal(size=centres.shape[1])  # shopper photos: far noisier
+            shoppers.append(LabelledQuery((v / np.linalg.norm(v)).astype(np.float32), f"sku{p}"))
+    samples = collect_labelled(index, product_of, shoppers)
+    assert samples.method == "labelled" and len(samples.ranked) == 120 and len(samples.left_out) == 120
+    labelled = fit_calibration(samples, query_feature_names=("score", "lead", "lead_mean"))
+    assert labelled.fitted and labelled.method == "labelled" and labelled.query_features == ("score", "lead", "lead_mean")
+    fresh = collect_labelled(index, product_of, shoppers[::2])
+    truth = [c[0] for c in fresh.correct]
+    by_loo = [loo.confidence(r)[0] for r in fresh.ranked]
+    by_labelled = [labelled.confidence(r)[0] for r in fresh.ranked]
+    assert ece(by_labelled, truth) < ece(by_loo, truth)
+    assert max(by_loo) <= 0.99 and min(by_labelled) >= 0.01  # never shown as certain
+    # a photo of a product the index lacks counts as an unknown product only
+    alien = collect_labelled(index, product_of, [LabelledQuery(shoppers[0].vector, "not-sold")])
+    assert alien.ranked == () and len(alien.left_out) == 1
+    assert Calibration.from_json(labelled.to_json()) == labelled
+
+
+def test_calibration_applies_only_to_the_scoring_path_it_was_fitted_on(tmp_path):
+    from shopsearch.confidence import scoring_key
+    from shopsearch.rerank import parse_rerank
+
+    cal = fit_calibration(_synthetic_samples(3000), build_id="b1", scoring=scoring_key("off"))
+    hits = (ProductHit("a", "A", 0.88, 1, "p"), ProductHit("b", "B", 0.6, 2, "p"))
+    assert annotate(SearchResult(hits, "m", "b1"), cal, scoring_key("off")).confidence is not None
+    other = annotate(SearchResult(hits, "m", "b1"), cal, scoring_key(parse_rerank("qe").spec))
+    assert other.confidence is None and other.match is None
+    reason = other.to_dict()["calibration"]["reason"]
+    assert "rerank=off" in reason and "rerank=qe=5" in reason and "index calibrate" in reason
+    save_calibration(tmp_path, cal)
+    assert load_calibration(tmp_path, "b1").scoring == scoring_key("off")
+    bad = cal.to_json() | {"query_features": ["score", "no-such-feature"]}
+    (tmp_path / "calibration.json").write_text(__import__("json").dumps(bad))
+    assert not load_calibration(tmp_path, "b1").fitted  # an unusable file is the stated fallback
+
+
+def test_rerank_spec_round_trips():
+    from shopsearch.rerank import parse_rerank
+
+    for text in ("off", "qe", "kr", "qe+kr", "qe=3,alpha=2,depth=100"):
+        opts = parse_rerank(text)
+        assert parse_rerank(opts.spec) == opts
+
+
+def test_open_set_calibrated_on_labelled_photos_out_of_fold():
+    from shopsearch.confidence_fit import LabelledQuery
+
+    index, product_of, centres = _cluster_index(20, 4, 0.3, seed=3)
+    rng = np.random.default_rng(9)
+
+    def photos(n):
+        out = []
+        for p in range(20):
+            for _ in range(n):
+                v = centres[p] + 0.3 * rng.normal(size=centres.shape[1])
+                out.append(((v / np.linalg.norm(v)).astype(np.float32), f"sku{p}"))
+        return out
+
+    val, test = photos(3), photos(3)
+    labelled = [LabelledQuery(v, s) for v, s in val]
+    res = evaluate_open_set(index, product_of, {}, [OpenSetQuery(v, frozenset({s})) for v, s in test], 0.25, seed=1,
+                            labelled=labelled)
+    assert res.calibration.method == "labelled" and res.calibration.samples == 45  # removed products' photos dropped
+    assert res.auroc > 0.9 and res.to_dict()["calibration"]["method"] == "labelled"
+    cv = evaluate_open_set(index, product_of, {}, [OpenSetQuery(v, frozenset({s})) for v, s in val], 0.25, seed=1,
+                           labelled=labelled, labelled_are_queries=True)
+    assert cv.auroc > 0.85 and cv.removed_products == res.removed_products

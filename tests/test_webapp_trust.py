@@ -110,6 +110,15 @@ def test_api_confidence_strong_for_a_known_product_none_for_an_unknown(client):
     assert len(other["results"]) == 10  # the nearest items still come back
 
 
+def test_a_search_rescored_by_reranking_is_not_given_the_raw_path_calibration(client):
+    body = _search(client, _jpeg(jitter(make_image(7), seed=5, amount=8)), rerank="qe").get_json()
+    assert body["results"][0]["sku"] == "S7"  # still answered, but not with a confidence fitted on other scores
+    assert body["confidence"] is None and body["match"] is None
+    assert body["calibration"]["status"] == "uncalibrated" and "rerank=off" in body["calibration"]["reason"]
+    plain = _search(client, _jpeg(jitter(make_image(7), seed=5, amount=8))).get_json()
+    assert plain["calibration"]["scoring"] == "rerank=off;fusion=off" and plain["confidence"] is not None
+
+
 def test_uncalibrated_build_states_the_fallback(tmp_path):
     site = make_site(tmp_path, n=8)  # 6 products with two photos: too few held-out photos
     app = app_for(site)
@@ -117,6 +126,10 @@ def test_uncalibrated_build_states_the_fallback(tmp_path):
         body = _search(app.test_client(), _png(make_image(3))).get_json()
         assert body["confidence"] is None and body["match"] is None
         assert body["calibration"]["status"] == "uncalibrated" and "at least" in body["calibration"]["reason"]
+        # the catalogue's own photo scores a similarity of 1.0: the page must not present it as certain
+        assert body["results"][0]["score"] > 0.995
+        html = _page(app.test_client(), _png(make_image(3))).get_data(as_text=True)
+        assert "similarity 0.99" in html and "similarity 1.00" not in html and "100%" not in html
     finally:
         app.extensions["shopsearch"].close()
 
@@ -264,6 +277,10 @@ def test_truncated_jpeg_message_in_shopper_words(client):
     html = r.get_data(as_text=True)
     assert r.status_code == 400 and "damaged or incomplete" in html
     assert "truncated" not in html and "broken data stream" not in html
+    api = client.post("/api/v1/search", data=data[: len(data) // 2], content_type="image/jpeg")
+    assert api.status_code == 400 and api.json["error"]["code"] == "invalid_image"
+    message = api.json["error"]["message"]
+    assert "damaged or incomplete" in message and "truncated" not in message and "Error" not in message
 
 
 def test_upload_controls_are_keyboard_reachable(client):

@@ -160,8 +160,10 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                    "(see `calibration`) and for text searches."},
                     "match": _MATCH,
                     "calibration": {"type": "object", "nullable": True, "description":
-                                    "`status` calibrated (with `samples`, `strong_at`, `none_below`) or uncalibrated "
-                                    "(with `reason`: the fallback is raw similarity)."},
+                                    "`status` calibrated (with `method`, `samples`, `strong_at`, `none_below` and "
+                                    "`scoring`, the re-ranking/fusion path it holds for) or uncalibrated (with "
+                                    "`reason`: the fallback is raw similarity; also when this search was scored on "
+                                    "another path than the calibration's)."},
                     "crop": {"allOf": [{"$ref": "#/components/schemas/Box"}], "nullable": True},
                     "request_id": {"type": "string", "nullable": True, "description":
                                    "This search in the feedback log, for `POST /feedback`; null when the shop "

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, redirect, render_template, request, url_for
 
-from shopsearch.errors import InvalidImageError, ShopSearchError, UnknownRequestError
+from shopsearch.errors import ShopSearchError, UnknownRequestError
 from shopsearch.regions import Region, crop, find_objects
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from webapp.errors import BadParameterError, MissingImageError
@@ -63,9 +63,16 @@ def category_label(path: str | None) -> str | None:
     return path.split("/")[-1].replace("-", " ")
 
 
+@bp.app_template_filter("pct")
 def shown_pct(p: float | None) -> int | None:
     """A probability as a whole percentage for shoppers, never 0% nor 100% (an estimate is never certain)."""
     return None if p is None else min(99, max(1, round(p * 100)))
+
+
+def shown_similarity(score: float) -> str:
+    """A raw similarity (no calibration) as `0.87`: not a percentage, since it is not a probability, and
+    never `1.00`, since even the same photo re-encoded is not a certain match."""
+    return f"{min(max(score, 0.0), 0.99):.2f}"
 
 
 def card(h: ProductHit, request_id: str | None = None) -> dict[str, Any]:
@@ -76,7 +83,7 @@ def card(h: ProductHit, request_id: str | None = None) -> dict[str, Any]:
     return {"request_id": request_id, "verdict": None,
             "sku": h.sku, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
             "category": h.category, "category_label": category_label(h.category),
-            "category_source": h.category_source, "score": h.score, "score_pct": max(0, round(h.score * 100)),
+            "category_source": h.category_source, "score": h.score, "similarity": shown_similarity(h.score),
             "calibrated_pct": shown_pct(p),
             "likelihood": None if p is None else ("likely" if p >= 0.6 else "possible" if p >= 0.25 else "unlikely"),
             "matched_image_id": h.image_id, "image_id": primary or h.image_id,
@@ -132,16 +139,6 @@ def _page_filters(form: Any) -> tuple[SearchFilters, str | None]:
     return resolved(parse_filters(form), [c["path"] for c in _categories()]), problem
 
 
-def _decode_for_shopper(data: bytes, embedder: Any) -> Any:
-    try:
-        return decode_upload(data, embedder)
-    except InvalidImageError as e:
-        if type(e) is not InvalidImageError or "empty" in str(e):
-            raise  # not an image, too large, empty: their messages already say so
-        raise InvalidImageError("We could not open this photo: the file seems damaged or incomplete (perhaps it "
-                                "did not finish downloading or copying). Please try another photo.") from e
-
-
 @bp.get("/")
 def index():
     return render_template("index.html", **index_context())
@@ -166,7 +163,7 @@ def search():
     embed_ms = 0.0
     regions: list[Region] = []
     if data is not None:
-        img = _decode_for_shopper(data, svc.embedder)
+        img = decode_upload(data, svc.embedder)
         query = crop(img, box) if box is not None else img
         t0 = time.perf_counter()
         vec = svc.embedder.encode_images([query])[0]

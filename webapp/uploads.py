@@ -68,11 +68,24 @@ def _raw_body() -> bytes:
     return data
 
 
+#: what a shopper (page or API) reads when the decoder fails part-way: the decoder's own words
+#: ("image file is truncated (3 bytes not processed)") mean nothing to them; the log keeps those
+DAMAGED_PHOTO = ("We could not open this photo: the file seems damaged or incomplete (perhaps it did not "
+                 "finish downloading or copying). Please try another photo.")
+
+
 def decode_upload(data: bytes, embedder: Embedder) -> Image.Image:
     """Bytes -> upright RGB image, decoded as the indexer decodes catalogue files for this
-    model (same JPEG draft scale), so an uploaded catalogue photo matches itself exactly."""
+    model (same JPEG draft scale), so an uploaded catalogue photo matches itself exactly.
+    A damaged or truncated file is an InvalidImageError in a shopper's words."""
     t0 = time.perf_counter()
-    img = decode_query(data, embedder, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
+    try:
+        img = decode_query(data, embedder, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
+    except InvalidImageError as e:
+        if type(e) is not InvalidImageError or "empty" in str(e):
+            raise  # not an image, too large, empty: their messages already say so plainly
+        log.info("upload undecodable", extra={"error": str(e), "bytes": len(data)})
+        raise InvalidImageError(DAMAGED_PHOTO) from e
     observe_decode(time.perf_counter() - t0)
     g.setdefault("images", []).append(img)  # closed in teardown
     _retain(data, img)

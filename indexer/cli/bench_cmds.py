@@ -66,13 +66,22 @@ def bench() -> None:
               help="Also remove this seeded share of products from the gallery and score the calibrated "
                    "confidence on in- vs not-in-catalogue queries (AUROC, ECE, precision/coverage).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --open-set product draw.")
+@click.option("--calibrate-on", "calibrate_on", default=None,
+              help="--open-set: fit the confidence on these labelled photos (grocerystore: a split such as val; "
+                   "other layouts: an image,sku CSV) instead of the gallery's own photos. The same split as "
+                   "--queries is scored out of fold (5 folds by product).")
+@click.option("--near-duplicates", "near_duplicate", type=click.FloatRange(-1, 1), default=None,
+              help="--open-set without --calibrate-on: the leave-one-out calibration also leaves out photos of "
+                   "the same product at least this similar to the held-out one (0.85 chosen on Grocery val, "
+                   "Lite0: benchmarks/results/open_set_feature_selection_val.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object.")
 @pass_ctx
 def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | None, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
                index_type: str, category_routing: str, rerank: str, tta: str, dba: int, shopper_views: int, fusion: str,
                configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
-               out_dir: str | None, open_set: float | None, seed: int, as_json: bool) -> None:
+               out_dir: str | None, open_set: float | None, seed: int, calibrate_on: str | None,
+               near_duplicate: float | None, as_json: bool) -> None:
     """Recall@k, precision@k, mAP@k, MRR, NDCG@k and latency of one or more configurations."""
     from shopsearch.app import load_model, load_router
     from shopsearch.evaluation import configs as cfgmod
@@ -107,6 +116,11 @@ def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | No
     if any(p.gallery and layout != "grocerystore" for p in parsed):
         raise ConfigError("a per-configuration gallery is only supported for the grocerystore layout")
 
+    calibration_queries = ()
+    if calibrate_on:
+        if open_set is None:
+            raise click.BadParameter("--calibrate-on needs --open-set", param_hint="--calibrate-on")
+        calibration_queries = load_dataset(dataset, layout, gallery, calibrate_on).queries
     with tempfile.TemporaryDirectory(prefix="shopsearch-bench-vectors-") as scratch:
         results = run_benchmark(
             lambda g: load_dataset(dataset, layout, g or gallery, queries), parsed,
@@ -116,7 +130,8 @@ def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | No
             options=RunOptions(ks=k_values, batch_size=batch_size, workers=workers, latency_samples=latency_samples,
                                category_depth=category_depth, progress=sys.stderr.isatty(),
                                compile=c.settings.pipeline.compile, gpu=c.settings.gpu,
-                               open_set=open_set, open_set_seed=seed),
+                               open_set=open_set, open_set_seed=seed, calibration_queries=calibration_queries,
+                               near_duplicate=near_duplicate),
         )
     machine = machine_info()
     for p in results[0].dataset.problems[:10]:

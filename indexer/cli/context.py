@@ -113,9 +113,10 @@ class Ctx:
 
     def index_builder(self, embedder, store=None):
         from indexer.build import IndexBuilder
+        from shopsearch.rerank import parse_rerank
 
         return IndexBuilder(embedder, self.catalogue(), store or self.index_store(), self.settings.vector_cache_dir,
-                            gpu=self.settings.gpu)
+                            gpu=self.settings.gpu, rerank=parse_rerank(self.settings.rerank))
 
     def close(self) -> None:
         if self._catalogue is not None:

@@ -67,7 +67,8 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
 
 def _calibrate_if_missing(c: Ctx, store, build_id: str) -> None:
     """A build made before confidence calibration existed gets one (every new build has its own)."""
-    from shopsearch.confidence import CALIBRATION_FILE, calibrate_serving
+    from shopsearch.confidence import CALIBRATION_FILE
+    from shopsearch.confidence_fit import calibrate_serving
 
     if (store.build_dir(build_id) / CALIBRATION_FILE).is_file():
         return

@@ -11,7 +11,9 @@ from indexer.cli.context import Ctx, echo_json, pass_ctx
 @click.command("search")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=10, show_default=True)
-@click.option("--category", default=None, help="Only products under this category path, e.g. Fruit/Apple.")
+@click.option("--category", default=None,
+              help="Only products under this category: a path ('Fruit > Apple', 'fruit/apple') or a leaf name "
+                   "('Granny Smith'), any case, as the API takes it.")
 @click.option("--min-price", type=Decimal, default=None)
 @click.option("--max-price", type=Decimal, default=None)
 @click.option("--model", default=None, help="Must match the model that built the index (default: that model).")
@@ -27,6 +29,7 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
                fusion: bool,
                as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
+    from shopsearch.category_filter import listing, resolve_category
     from shopsearch.embedding.preprocess import decode_query
     from shopsearch.errors import CatalogueEmptyError
     from shopsearch.rerank import parse_rerank
@@ -39,6 +42,9 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
             f"the catalogue database {catalogue.engine.url.render_as_string(hide_password=True)} holds no products, "
             f"but index build {svc.manifest.build_id} has {svc.manifest.count} vectors: is --database-url "
             "(SHOPSEARCH_DATABASE_URL) the database the index was built from?")
+    if category:  # resolved before the photo is embedded: a typo costs no model time
+        paths = [cat.path for cat in catalogue.categories()]
+        category = resolve_category(category, paths, how_to_list=listing(paths))
     img = decode_query(image, svc.embedder)  # decoded as the index's images were
     res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing,
                            rerank=None if rerank is None else parse_rerank(rerank), tta=tta or None,

@@ -9,10 +9,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from shopsearch.confidence import Calibration, calibrate_index, ranked_products
+from shopsearch.confidence import UNKNOWN_PRIOR, Calibration, scoring_key
+from shopsearch.confidence_fit import LabelledQuery, calibrate_index, ranked_products
+from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.index.vector_index import VectorIndex
 
 ECE_BINS = 15
+#: folds (by product) when the calibration photos are the queries themselves
+FOLDS = 5
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
@@ -99,6 +103,9 @@ class OpenSetResult:
                 "top1_accuracy_in_catalogue": round(self.top1_accuracy_in, 4) if self.top1_accuracy_in else None,
                 "match_shares": self.match_shares,
                 "calibration": {"fitted": self.calibration.fitted, "samples": self.calibration.samples,
+                                "method": self.calibration.method, "scoring": self.calibration.scoring,
+                                "features": list(self.calibration.query_features),
+                                "near_duplicate": self.calibration.near_duplicate,
                                 "none_below": self.calibration.none_below, "strong_at": self.calibration.strong_at,
                                 "reason": self.calibration.reason},
                 "precision_coverage": [{"threshold": round(t, 4), "coverage": round(c, 4), "precision": round(p, 4)}
@@ -106,9 +113,18 @@ class OpenSetResult:
 
 
 def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
-                      queries: Sequence[OpenSetQuery], fraction: float, seed: int = 0, k: int = 5) -> OpenSetResult:
-    """Remove `fraction` of the products (seeded), calibrate on what is left as a shop would
-    (leave-one-out over its own photos), then score every query's confidence."""
+                      queries: Sequence[OpenSetQuery], fraction: float, seed: int = 0, k: int = 5,
+                      labelled: Sequence[LabelledQuery] = (), labelled_are_queries: bool = False,
+                      rerank: RerankOptions = RerankOptions(), query_features: Sequence[str] | None = None,
+                      unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None) -> OpenSetResult:
+    """Remove `fraction` of the products (seeded), calibrate on what is left as a shop would, then
+    score every query's confidence. The calibration uses `labelled` photos (products = SKUs) of the
+    kept products when given (photos of removed products are dropped: a shop has none of what it
+    does not sell), else leave-one-out over the gallery's own photos. `labelled_are_queries`: the
+    labelled photos are the queries themselves (a validation split): each query's confidence then
+    comes from a fit without its product's photos (FOLDS folds by product). Scores go through
+    `rerank` as the configuration's searches do. `query_features`, `unknown_prior`, `near_duplicate`:
+    the fit's settings (calibrate_index; None: the defaults), for choosing them on validation photos."""
     products = sorted(set(product_of.values()), key=str)
     rng = np.random.default_rng(seed)
     n_remove = int(round(fraction * len(products)))
@@ -118,14 +134,27 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
     gallery = VectorIndex(index.dim, "flat", expected_size=len(kept_ids))
     gallery.add(kept_ids, np.stack([index.reconstruct(int(i)) for i in kept_ids]))
     kept_of = {int(i): product_of[int(i)] for i in kept_ids}
-    cal = calibrate_index(gallery, kept_of, hash_of, build_id=f"open-set-{seed}", seed=seed)
+    search = RerankingIndex(gallery, rerank) if rerank.active else gallery
+    labelled = [q for q in labelled if q.product not in removed_products]
+    fold_of = {p: i % FOLDS for i, p in enumerate(rng.permutation(np.array(products, dtype=object)).tolist())}
+
+    def fit(exclude_fold: int | None) -> Calibration:
+        photos = [q for q in labelled if exclude_fold is None or fold_of.get(q.product) != exclude_fold]
+        return calibrate_index(gallery, kept_of, hash_of, build_id=f"open-set-{seed}", seed=seed, labelled=photos,
+                               search=search if rerank.active else None, scoring=scoring_key(rerank.spec),
+                               query_feature_names=query_features, unknown_prior=unknown_prior,
+                               near_duplicate=near_duplicate)
+
+    cal = fit(None)
+    per_fold = {f: fit(f) for f in range(FOLDS)} if labelled and labelled_are_queries else {}
     fetch = min(len(kept_ids), 256)
     conf, inside, correct = [], [], []
     vecs = np.stack([q.vector for q in queries]).astype(np.float32)
-    scores, ids = gallery.search(vecs, fetch)
+    scores, ids = search.search(vecs, fetch)
     for q, sc, nb in zip(queries, scores, ids):
         ranked = ranked_products(sc, nb, kept_of, set(), k)
-        c, _ = cal.confidence([s for _, s in ranked])
+        fold = {fold_of.get(p) for p in q.relevant} - {None}
+        c, _ = (per_fold[min(fold)] if per_fold and fold else cal).confidence([s for _, s in ranked])
         conf.append(0.0 if c is None else c)
         inside.append(bool(q.relevant - removed_products))
         correct.append(bool(ranked) and ranked[0][0] in q.relevant)

@@ -36,7 +36,8 @@ from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
 from shopsearch.evaluation import tta
 from shopsearch.gallery_aug import blend, shopper_view_vectors
-from shopsearch.rerank import dba_vectors
+from shopsearch.confidence_fit import LabelledQuery
+from shopsearch.rerank import RerankOptions, dba_vectors, parse_rerank
 from shopsearch.search import CategoryRouter
 
 log = logging.getLogger("shopsearch.bench")
@@ -57,6 +58,11 @@ class RunOptions:
     gpu: GpuTuning | None = None  # the GPU executor's knobs (Settings.gpu)
     open_set: float | None = None  # share of products removed for the open-set benchmark
     open_set_seed: int = 0
+    #: labelled photos the open-set calibration is fitted on (e.g. the validation split); none: the
+    #: gallery's own photos, leave-one-out. When they are the queries, each is scored out of fold.
+    calibration_queries: tuple[Query, ...] = ()
+    #: leave-one-out calibration: same-product photos at least this similar are left out too
+    near_duplicate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +134,7 @@ def run_benchmark(load: DatasetLoader, configs: Sequence[BenchConfig], cache_roo
                     f"configuration {c.label!r} asks for category routing, but no trained category router exists "
                     f"for model {embedders[c.model].name!r} ({embedders[c.model].fingerprint}); train one for this "
                     "model first, or set routing=off")
-    keys = _hash_images(datasets, first.queries, options.progress)
+    keys = _hash_images(datasets, tuple(first.queries) + options.calibration_queries, options.progress)
     with tempfile.TemporaryDirectory(prefix="shopsearch-bench-", dir=workdir) as tmp:
         catalogues = {g: _gallery_catalogue(d, keys, Path(tmp) / f"gallery-{i}.db")
                       for i, (g, d) in enumerate(datasets.items())}
@@ -180,7 +186,7 @@ def _embed_model(embedder: Embedder, datasets: dict[str | None, BenchDataset], q
         st.gallery_report[str(g)] = (rep.embedded, rep.skipped, len(rep.failed), rep.seconds)
         log.info("bench gallery embedded", extra={"model": embedder.name, "gallery": g, "embedded": rep.embedded,
                                                   "reused": rep.skipped, "images_per_s": rep.images_per_s})
-    q_items = [WorkItem(keys[q.path], q.path) for q in queries if q.path in keys]
+    q_items = [WorkItem(keys[q.path], q.path) for q in tuple(queries) + o.calibration_queries if q.path in keys]
     embed_items(embedder, q_items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress,
                 compile=o.compile, gpu=o.gpu)
     st.query_keys = {it.path: it.key for it in q_items}
@@ -258,7 +264,7 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
         outcomes.append(QueryOutcome(q.path, tuple(h.sku for h in res.hits), d.relevant(q),
                                      truncate_category(q.category, o.category_depth)))
     summary = summarize(outcomes, o.ks)
-    open_set = _open_set(index, store, st, d, o) if o.open_set is not None else None
+    open_set = _open_set(index, store, st, d, o, parse_rerank(c.rerank)) if o.open_set is not None else None
     embedded, reused, nfail, secs = st.gallery_report[str(c.gallery)]
     build = GalleryBuild(len(id_keys), embedded, reused, nfail, secs, embedded / secs if embedded and secs else None,
                          index_s)
@@ -268,14 +274,22 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
 
 
 def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: BenchDataset,
-              o: RunOptions) -> OpenSetResult:
+              o: RunOptions, rerank: RerankOptions) -> OpenSetResult:
     """The open-set benchmark over this configuration's gallery vectors and every scorable query."""
     info = store.products_for_images([int(i) for i in index.ids()])
     product_of = {i: prod.sku for i, (prod, _) in info.items()}
     hash_of = {i: img.sha256 for i, (_, img) in info.items()}
-    queries = [OpenSetQuery(st.cache.get_many([st.query_keys[q.path]])[0], d.relevant(q)) for q in d.queries
-               if q.path in st.query_keys and st.query_keys[q.path] in st.cache and d.relevant(q)]
-    return evaluate_open_set(index, product_of, hash_of, queries, float(o.open_set), o.open_set_seed)
+
+    def vector(q: Query) -> np.ndarray | None:
+        key = st.query_keys.get(q.path)
+        return st.cache.get_many([key])[0] if key is not None and key in st.cache else None
+
+    queries = [OpenSetQuery(v, d.relevant(q)) for q in d.queries if d.relevant(q) and (v := vector(q)) is not None]
+    labelled = [LabelledQuery(v, q.sku) for q in o.calibration_queries if q.sku and (v := vector(q)) is not None]
+    same = {q.path for q in o.calibration_queries} == {q.path for q in d.queries}
+    return evaluate_open_set(index, product_of, hash_of, queries, float(o.open_set), o.open_set_seed,
+                             labelled=labelled, labelled_are_queries=same and bool(labelled), rerank=rerank,
+                             near_duplicate=o.near_duplicate)
 
 
 def _latency(st: _ModelState, search_ms: dict[int, float], tta_on: bool = False) -> dict:

@@ -1,0 +1,116 @@
+"""How to fit the confidence (labelled photos or leave-one-out, near-duplicates, features,
+unknown-product weight): chosen on the Grocery Store validation photos, quoted once on test.
+
+    python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore \
+        --out benchmarks/results/open_set_feature_selection_val.json
+
+The open-set protocol of `shopsearch bench recall --open-set 0.2 --calibrate-on val`: a seeded
+20% of products removed from the iconic+train gallery; every combination of the first product's
+features (shopsearch.confidence.QUERY_FEATURES) and unknown-product weight is fitted on the
+validation photos of the kept products and scored on all validation photos out of fold (5 folds
+by product), or fitted leave-one-out over the gallery (same-product photos above a similarity
+left out too) and scored on all validation photos: AUROC (in vs not in the catalogue) and ECE
+(15 bins, in-catalogue photos). The
+best on validation (AUROC - 2 ECE) is then scored on the test photos with the fit on all
+validation photos. Vectors come from the data dir's vector cache (run bench recall on val and
+test first, or this embeds them)."""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shopsearch.config import Settings
+from shopsearch.confidence import QUERY_FEATURES
+from shopsearch.confidence_fit import LabelledQuery
+from shopsearch.embedders import load_embedder
+from shopsearch.embedding.cache import VectorCache
+from shopsearch.embedding.pipeline import WorkItem, embed_items
+from shopsearch.evaluation.datasets import load_dataset
+from shopsearch.evaluation.machine import machine_info
+from shopsearch.evaluation.open_set import OpenSetQuery, evaluate_open_set
+from shopsearch.images import sha256_file
+from shopsearch.index.vector_index import VectorIndex
+
+PRIORS = (0.0, 0.1, 0.2, 0.3)
+NEAR_DUPLICATES = (None, 0.9, 0.85, 0.8)
+LOO_FEATURES = (("score",), ("lead", "score"), ("lead_mean", "score"))
+
+
+def _vectors(paths: list[str], emb, cache: VectorCache) -> dict[str, np.ndarray]:
+    keys = {p: sha256_file(p) for p in paths}
+    embed_items(emb, [WorkItem(k, p) for p, k in keys.items()], cache, progress=sys.stderr.isatty())
+    return {p: cache.get_many([k])[0] for p, k in keys.items() if k in cache}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", required=True, help="Grocery Store root")
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--note", default=None, help="Free text stored with the results (machine load, findings).")
+    a = ap.parse_args()
+    settings = Settings.from_env()
+    emb = load_embedder(a.model, settings.device, settings.models_dir)
+    cache = VectorCache(settings.vector_cache_dir, emb.fingerprint, emb.dim)
+    val, test = (load_dataset(a.dataset, "grocerystore", "iconic+train", s) for s in ("val", "test"))
+    gallery = [(p.sku, im.path) for p in val.products for im in p.images]
+    vecs = _vectors([g for _, g in gallery] + [q.path for q in val.queries + test.queries], emb, cache)
+    gallery = [(s, g) for s, g in gallery if g in vecs]
+    index = VectorIndex(emb.dim, "flat", expected_size=len(gallery))
+    index.add(np.arange(len(gallery), dtype=np.int64), np.stack([vecs[g] for _, g in gallery]))
+    product_of = {i: s for i, (s, _) in enumerate(gallery)}
+    hash_of = {i: sha256_file(g) for i, (_, g) in enumerate(gallery)}  # identical copies left out of leave-one-out
+
+    def queries(d):
+        return [OpenSetQuery(vecs[q.path], frozenset({q.sku})) for q in d.queries if q.path in vecs]
+
+    labelled = [LabelledQuery(vecs[q.path], q.sku) for q in val.queries if q.path in vecs]
+    rows = []
+    for n in range(1, len(QUERY_FEATURES) + 1):
+        for names in itertools.combinations(sorted(QUERY_FEATURES), n):
+            for prior in PRIORS:
+                r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
+                                      labelled_are_queries=True, query_features=names, unknown_prior=prior)
+                rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
+                             "val_auroc": r.auroc, "val_ece": r.ece})
+                print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
+    for near in NEAR_DUPLICATES:  # leave-one-out over the gallery: the fit never sees a validation photo
+        for names in LOO_FEATURES:
+            for prior in (0.1,):  # each leave-one-out fit searches 2,000 photos: a smaller grid
+                r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed,
+                                      query_features=names, unknown_prior=prior, near_duplicate=near)
+                rows.append({"source": "leave-one-out", "near_duplicate": near, "features": list(names),
+                             "unknown_prior": prior, "val_auroc": r.auroc, "val_ece": r.ece})
+                print(f"loo {near} {'+'.join(names):24s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}",
+                      file=sys.stderr)
+    best = max(rows, key=lambda r: r["val_auroc"] - 2 * r["val_ece"])
+    baseline = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed)
+    chosen = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed,
+                               labelled=labelled if best["source"] == "labelled" else (),
+                               query_features=best["features"], unknown_prior=best["unknown_prior"],
+                               near_duplicate=best.get("near_duplicate"))
+    out = {"benchmark": "open_set_feature_selection", "dataset": "grocerystore", "model": emb.name,
+           "fraction": a.fraction, "seed": a.seed, "criterion": "val AUROC - 2 * val ECE (5 folds by product)",
+           "candidates": rows, "chosen": best,
+           "test": {"chosen": {"auroc": chosen.auroc, "ece": chosen.ece, "method": chosen.calibration.method,
+                               "samples": chosen.calibration.samples},
+                    "leave_one_out_baseline": {"auroc": baseline.auroc, "ece": baseline.ece,
+                                               "method": baseline.calibration.method}},
+           "note": a.note, "machine": machine_info(), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    text = json.dumps(out, indent=2)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
