@@ -148,11 +148,11 @@ def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str
 
 def _register() -> None:
     """Each command group lives in its own module and registers itself."""
-    from indexer.cli import (bench_cmds, catalogue_cmds, classify_cmds, demo_cmds, index_cmds, model_cmds,
-                             search_cmds, serve_cmds)
+    from indexer.cli import (adapter_cmds, bench_cmds, catalogue_cmds, classify_cmds, demo_cmds, index_cmds,
+                             model_cmds, search_cmds, serve_cmds, shadow_cmds)
 
-    for mod in (catalogue_cmds, index_cmds, search_cmds, demo_cmds, serve_cmds, bench_cmds, classify_cmds,
-                model_cmds):
+    for mod in (catalogue_cmds, index_cmds, shadow_cmds, search_cmds, demo_cmds, serve_cmds, bench_cmds,
+                classify_cmds, model_cmds, adapter_cmds):
         mod.register(cli)
 
 

@@ -119,16 +119,24 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
                    "append +bf16 for bfloat16: weights converted once; faster on CPUs with AMX/AVX512-BF16 and on "
                    "GPUs (`shopsearch bench throughput` times both on this machine; measured ratios in "
                    "benchmarks/RESULTS.md)")
+@click.option("--shadow", is_flag=True,
+              help="Build beside the serving build without serving it: compare the two with `index compare`, "
+                   "then `index promote` it (or build another).")
 @_perf_options
 @pass_ctx
-def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
+def build_cmd(c: Ctx, model: str, shadow: bool, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
               ray_actors: int | None) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build."""
     _writer(c, wait, "index build")
     embedder = c.model(model)
-    builder = _builder(c, embedder, c.index_store(), engine, ray_address, batch_size, ray_actors)
+    store = c.index_store()
+    if shadow:
+        from shopsearch.index.shadow import ShadowTarget
+
+        store = ShadowTarget(store)
+    builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
 
     def show_plan(plan) -> None:
@@ -142,6 +150,9 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
                                verify_hashes=verify_hashes,
                                max_shrink=max_shrink)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
+    if shadow and not as_json and not metrics_file:
+        click.echo(f"shadow build {report.build_id} staged (not serving): `shopsearch index compare`, then "
+                   "`shopsearch index promote`", err=True)
 
 
 @index.command("update")
@@ -235,17 +246,18 @@ def calibrate_cmd(c: Ctx, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
 def list_cmd(c: Ctx, as_json: bool) -> None:
-    """The index builds on disk (current and previous marked)."""
+    """The index builds on disk (current *, previous - and shadow s marked)."""
     store = c.index_store()
-    cur, prev = store.current_id(), store.previous_id()
+    cur, prev, shadow = store.current_id(), store.previous_id(), store.shadow_id()
     builds = [{"build_id": m.build_id, "model": m.model_name, "index_type": m.index_type, "vectors": m.count,
-               "created": m.created, "current": m.build_id == cur, "previous": m.build_id == prev}
+               "created": m.created, "current": m.build_id == cur, "previous": m.build_id == prev,
+               "shadow": m.build_id == shadow}
               for m in store.list_builds()]
     if as_json:
         echo_json({"builds": builds})
         return
     for b in builds:
-        mark = "*" if b["current"] else ("-" if b["previous"] else " ")
+        mark = "*" if b["current"] else ("-" if b["previous"] else ("s" if b["shadow"] else " "))
         click.echo(f"{mark} {b['build_id']}  {b['vectors']:>9} vectors  {b['index_type']:<6} {b['model']}")
 
 

@@ -1,7 +1,8 @@
 """IndexStore: the index builds on disk and which one is serving.
 
 Layout under <data_dir>/index/:  builds/<build_id>/{index.faiss,manifest.json,keys.npz,report.json}  and
-CURRENT (the serving build id). A build is written under a temporary name, verified,
+CURRENT (the serving build id), PREVIOUS (the one before, for rollback) and SHADOW (a build
+made beside the serving one, not served until promoted). A build is written under a temporary name, verified,
 renamed into builds/, and only then CURRENT is swapped with os.replace, so a crash at
 any point leaves the old index serving. The previous build is kept for rollback."""
 from __future__ import annotations
@@ -26,6 +27,8 @@ log = logging.getLogger("shopsearch.index")
 KEYS_FILE = "keys.npz"
 #: sidecar: the build report (counts, failed images with reasons)
 REPORT_FILE = "report.json"
+#: pointer to a build made beside the serving one (`index build --shadow`), until promoted
+SHADOW = "SHADOW"
 
 
 def new_build_id() -> str:
@@ -153,8 +156,10 @@ class IndexStore:
 
     # -- publish ----------------------------------------------------------
     def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None = None,
-                report: dict | None = None, extra_files: Mapping[str, str] | None = None) -> IndexManifest:
-        """Save, verify, and atomically make this build the serving one.
+                report: dict | None = None, extra_files: Mapping[str, str | bytes] | None = None,
+                make_current: bool = True) -> IndexManifest:
+        """Save, verify, and atomically make this build the serving one (`make_current` False:
+        the shadow build, served only after `promote`).
 
         `keys` (image id -> content hash of its vector) lets `index update` tell new, changed and
         removed images apart; `report` (counts, failures) is kept beside the index for people;
@@ -165,7 +170,7 @@ class IndexStore:
         try:
             self.builds_dir.mkdir(parents=True, exist_ok=True)
             self._drop_staging()  # left by a run killed while publishing: room for this one
-            return self._publish(staging, index, manifest, keys, report, extra_files)
+            return self._publish(staging, index, manifest, keys, report, extra_files, make_current)
         except (OSError, RuntimeError) as e:  # faiss reports a failed write as RuntimeError
             shutil.rmtree(staging, ignore_errors=True)
             if self.current_id() != manifest.build_id:  # renamed into builds/, never made CURRENT
@@ -182,7 +187,8 @@ class IndexStore:
             shutil.rmtree(d, ignore_errors=True)
 
     def _publish(self, staging: Path, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str] | None,
-                 report: dict | None, extra_files: Mapping[str, str] | None) -> IndexManifest:
+                 report: dict | None, extra_files: Mapping[str, str | bytes] | None,
+                 make_current: bool = True) -> IndexManifest:
         saved = index.save(staging, manifest)
         if keys is not None:
             ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
@@ -192,8 +198,11 @@ class IndexStore:
             os.replace(tmp, staging / KEYS_FILE)
         if report is not None:
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, bytes):
+                (staging / name).write_bytes(content)
+            else:
+                (staging / name).write_text(content)
         # Verify what is on disk, not what is in memory, before anyone can serve it.
         reloaded, check = VectorIndex.load(staging)
         if len(reloaded) != len(index) or check.count != saved.count:
@@ -206,6 +215,11 @@ class IndexStore:
                 raise IndexCorruptError(f"build {manifest.build_id}: keys sidecar does not match the index ids")
         final = self.build_dir(manifest.build_id)
         os.replace(staging, final)
+        if not make_current:
+            self._write_pointer(SHADOW, manifest.build_id)
+            log.info("shadow index build staged", extra={"build_id": manifest.build_id, "count": saved.count})
+            self._prune()
+            return saved
         old = self.serving_id()  # a broken CURRENT must not push the intact build out of PREVIOUS
         if old and old != manifest.build_id:
             self._write_pointer("PREVIOUS", old)
@@ -230,9 +244,27 @@ class IndexStore:
             self._write_pointer("PREVIOUS", cur)
         return prev
 
+    # -- shadow builds --------------------------------------------------------
+    def shadow_id(self) -> str | None:
+        return self._read_pointer(SHADOW)
+
+    def promote(self) -> str:
+        """Serve the shadow build (verified first); the serving one becomes PREVIOUS, so
+        `rollback` undoes this. Returns the promoted build id."""
+        shadow, cur = self.shadow_id(), self.current_id()
+        if not shadow or not self._readable(shadow):
+            raise IndexNotFoundError("there is no shadow build to promote; run `shopsearch index build --shadow`")
+        VectorIndex.load(self.build_dir(shadow))  # refuse to promote a broken build
+        if cur and cur != shadow:
+            self._write_pointer("PREVIOUS", cur)
+        self._write_pointer("CURRENT", shadow)
+        (self.root / SHADOW).unlink(missing_ok=True)
+        log.info("shadow index build promoted", extra={"build_id": shadow, "previous": cur})
+        return shadow
+
     def _prune(self) -> None:
-        """Keep CURRENT, PREVIOUS and the newest `keep` builds; drop stale staging dirs."""
-        keep_ids = {self.current_id(), self.previous_id()}
+        """Keep CURRENT, PREVIOUS, SHADOW and the newest `keep` builds; drop stale staging dirs."""
+        keep_ids = {self.current_id(), self.previous_id(), self.shadow_id()}
         builds = [m.build_id for m in self.list_builds()]
         keep_ids.update(builds[-self.keep:])
         self._drop_staging()
