@@ -18,36 +18,27 @@ from pathlib import Path
 import pytest
 
 from indexer.build import IndexBuilder
-from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
 from shopsearch.index import IndexStore
 from shopsearch.index.shadow import ShadowTarget
-from tests.conftest import jitter, make_image, sha, stop_server
-from tests.test_slow_clients import free_port, wait_until_healthy
+from tests.conftest import jitter, make_image, stop_server
+from tests.test_slow_clients import free_port, indexed_data_dir, wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 LOAD_THREADS = 3
 
 
-def _data_dir(tmp_path: Path) -> tuple[Path, str, str]:
-    """colorhist serving, efficientnet-lite0 staged as the shadow build."""
-    settings = Settings(data_dir=tmp_path / "data", device="cpu")
-    cat = CatalogueStore.open(settings.db_url)
-    for i in range(4):
-        p = tmp_path / f"p{i}.png"
-        make_image(i).save(p)
-        cat.upsert_product(ProductRecord(sku=f"S{i}", title=f"Thing {i}", category_path=("Things",),
-                                         images=(ImageRecord(str(p), sha256=sha(p)),)))
+def _stage_lite0_shadow(data_dir: Path) -> str:
+    """efficientnet-lite0 staged as the shadow build beside the serving colorhist one."""
+    settings = Settings(data_dir=data_dir, device="cpu")
     store = IndexStore(settings.index_dir)
-    old = IndexBuilder(load_embedder("colorhist", "cpu"), cat, store, settings.vector_cache_dir).build(
-        progress=False, workers=1)
+    cat = CatalogueStore.open(settings.db_url)
     new = IndexBuilder(load_embedder("efficientnet-lite0", "cpu"), cat, ShadowTarget(store),
                        settings.vector_cache_dir).build(progress=False, workers=1)
     cat.close()
-    assert store.current_id() == old.build_id and store.shadow_id() == new.build_id
-    return settings.data_dir, old.build_id, new.build_id
+    return new.build_id
 
 
 class Load:
@@ -116,9 +107,11 @@ def _switched_cleanly(answers, port: int, new: str, since: float) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 def test_promote_and_rollback_under_load_with_two_servers(tmp_path):
-    data_dir, old, new = _data_dir(tmp_path)
+    data_dir = indexed_data_dir(tmp_path)  # colorhist serving
+    store = IndexStore(data_dir / "index")
+    old = store.current_id()
     env = {**os.environ, "SHOPSEARCH_DATA_DIR": str(data_dir), "SHOPSEARCH_DEVICE": "cpu",
            "SHOPSEARCH_TORCH_THREADS": "1"}
     for var in ("SHOPSEARCH_DATABASE_URL", "SHOPSEARCH_MODEL", "SHOPSEARCH_WORKERS", "SHOPSEARCH_THREADS"):
@@ -129,8 +122,9 @@ def test_promote_and_rollback_under_load_with_two_servers(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for port in ports]
     buf = io.BytesIO()
     jitter(make_image(2), seed=3).save(buf, format="PNG")
-    store = IndexStore(data_dir / "index")
     try:
+        new = _stage_lite0_shadow(data_dir)  # while the servers start
+        assert store.current_id() == old and store.shadow_id() == new
         deadline = time.monotonic() + 60
         for proc, port in zip(procs, ports):
             wait_until_healthy(proc, port, deadline)
@@ -139,16 +133,18 @@ def test_promote_and_rollback_under_load_with_two_servers(tmp_path):
             t_promote = time.monotonic()
             assert store.promote() == new
             load.wait_for(new, t_promote)
-            t_rollback = time.monotonic()
+            t_rollback = time.monotonic()  # both servers answer with the new model and index
             assert store.rollback() == old
             load.wait_for(old, t_rollback)
+            t_back = time.monotonic()
         assert not load.failures, load.failures
         assert load.models == {old: {"colorhist"}, new: {"efficientnet-lite0"}}
         answers = load.answers
         for port in ports:
             assert _switched_cleanly([a for a in answers if a[1] < t_rollback], port, new, t_promote)
             assert _switched_cleanly(answers, port, old, t_rollback)
-        print(f"{len(answers)} searches, 0 failed; models switched on both servers")
+        print(f"{len(answers)} searches, 0 failed; both servers on efficientnet-lite0 {t_rollback - t_promote:.1f} s "
+              f"after the promote (loading the model), back on colorhist {t_back - t_rollback:.1f} s after the rollback")
     finally:
         outs = [stop_server(p) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
