@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
-from indexer.cli.shadow_cmds import confirmed_pairs, hold_index_lock
+from indexer.cli.shadow_cmds import Ctx, confirmed_pairs, echo_json, hold_index_lock
 
 
 @click.group("adapter")
@@ -24,7 +23,7 @@ def adapter() -> None:
 @click.option("--steps", type=click.IntRange(1), default=150, show_default=True, help="Optimiser steps.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--wait", is_flag=True, help="Wait for another build, update or rollback instead of exit code 75.")
-@pass_ctx
+@click.pass_obj
 def train_cmd(c: Ctx, pairs_file: str | None, from_feedback: bool, model: str | None, shadow: bool, lam: float,
               steps: int, as_json: bool, wait: bool) -> None:
     """Train an adapter (seconds to minutes on a CPU) and publish the adapted build atomically."""

@@ -6,11 +6,17 @@ import csv
 import importlib
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from indexer.cli import Ctx, echo_json, pass_ctx
-from indexer.cli.index_cmds import index
+# These commands take the group's Ctx through click.pass_obj and never import indexer.cli:
+# the group imports its command modules, so an import back would close a cycle.
+Ctx = Any
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
 
 
 def hold_index_lock(c: Ctx, wait: bool, what: str) -> None:
@@ -39,7 +45,7 @@ def confirmed_pairs(c: Ctx, pairs_file: str | None, from_feedback: bool) -> list
     return out
 
 
-@index.command("compare")
+@click.command("compare")
 @click.option("--dataset", type=click.Path(exists=True), default=None,
               help="A labelled set to search with both builds (its SKUs must be the catalogue's).")
 @click.option("--layout", type=click.Choice(["grocerystore", "imagefolder", "manifest"]), default="manifest",
@@ -55,7 +61,7 @@ def confirmed_pairs(c: Ctx, pairs_file: str | None, from_feedback: bool) -> list
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, disagreeing queries included.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Also write compare.json, compare.md and disagreements.csv into this folder.")
-@pass_ctx
+@click.pass_obj
 def compare_cmd(c: Ctx, dataset: str | None, layout: str, queries: str | None, limit: int | None,
                 pairs_file: str | None, from_feedback: bool, shadow_id: str | None, ks: tuple[int, ...],
                 as_json: bool, out: str | None) -> None:
@@ -143,10 +149,10 @@ def _write_out(folder: Path, doc: dict, results) -> None:
                             d.serving_right, d.shadow_right])
 
 
-@index.command("promote")
+@click.command("promote")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--wait", is_flag=True, help="Wait for another build, update or rollback instead of exit code 75.")
-@pass_ctx
+@click.pass_obj
 def promote_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
     """Serve the shadow build (atomically); the serving build is kept for `index rollback`."""
     hold_index_lock(c, wait, "index promote")
@@ -163,4 +169,8 @@ def promote_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
 
 
 def register(cli: click.Group) -> None:
-    """The commands join the `index` group (registered by index_cmds)."""
+    """The commands join the `index` group (registered before, by index_cmds)."""
+    group = cli.commands["index"]
+    assert isinstance(group, click.Group)
+    group.add_command(compare_cmd)
+    group.add_command(promote_cmd)

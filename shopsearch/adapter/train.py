@@ -155,14 +155,16 @@ def _fit(torch, gallery: np.ndarray, g_lab: np.ndarray, q: np.ndarray, q_lab: np
     pool = torch.from_numpy(loo)
 
     def loss_fn(g_idx: torch.Tensor, q_idx: torch.Tensor) -> torch.Tensor:
-        protos = F.normalize(sums @ W.T, dim=1)
+        adapted_sums = sums @ W.T
+        protos = F.normalize(adapted_sums, dim=1)
         total, weight = 0.0, 0.0
         if len(g_idx):
             own = gl[g_idx]
-            z = F.normalize(G[g_idx] @ W.T, dim=1)
+            zu = G[g_idx] @ W.T
+            z = F.normalize(zu, dim=1)
             logits = z @ protos.T
             # leave-one-out: the image's own product is scored against its other images only
-            loo_proto = F.normalize((sums[own] - G[g_idx]) @ W.T, dim=1)
+            loo_proto = F.normalize(adapted_sums[own] - zu, dim=1)
             logits = logits.scatter(1, own[:, None], (z * loo_proto).sum(1, keepdim=True))
             total = total + F.cross_entropy(logits / o.temperature, own, reduction="sum")
             weight += float(len(g_idx))
