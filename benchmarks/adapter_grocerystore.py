@@ -15,17 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
-from shopsearch.adapter.train import AdapterOptions, top1_recall, train_adapter, train_adapter_path
+from shopsearch.adapter.train import AdapterOptions, save_pairs, top1_recall, train_adapter, train_adapter_path
 from shopsearch.classify.data import grocery_split
 from shopsearch.classify.vectors import embed_labelled
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
+from shopsearch.evaluation.machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 LAMS = (0.1, 1.0, 10.0)
@@ -52,6 +52,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="decoding workers while embedding")
     ap.add_argument("--lams", type=float, nargs="+", default=list(LAMS), help="lam values tried on val")
     ap.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="step counts tried on val")
+    ap.add_argument("--pairs-out", default=None,
+                    help="Also save the val photos as confirmed pairs (.npz) for `shopsearch adapter train --pairs` "
+                         "on a catalogue imported from this dataset")
+    ap.add_argument("--test-limit", type=int, default=None,
+                    help="Score at most this many test photos, evenly spread over the split (default: all)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads while training (1 on a busy machine)")
     args = ap.parse_args()
     settings = Settings.from_env(device="cpu")
@@ -62,8 +67,13 @@ def main() -> None:
     g, g_items = embed_labelled(emb, grocery_split(root, "iconic") + grocery_split(root, "train"), cache,
                                 workers=args.workers)
     v, v_items = embed_labelled(emb, grocery_split(root, "val"), cache, workers=args.workers)
-    q, q_items = embed_labelled(emb, grocery_split(root, "test"), cache, workers=args.workers)
+    test = grocery_split(root, "test")
+    if args.test_limit and len(test) > args.test_limit:
+        test = [test[int(i)] for i in np.unique(np.linspace(0, len(test) - 1, args.test_limit).astype(int))]
+    q, q_items = embed_labelled(emb, test, cache, workers=args.workers)
     embed_s = time.perf_counter() - t0
+    if args.pairs_out:  # the catalogue importer names each product by its fine class
+        save_pairs(Path(args.pairs_out), v, [i.category.rsplit("/", 1)[-1] for i in v_items], emb.fingerprint)
     gs, vs, qs = ([i.category for i in items] for items in (g_items, v_items, q_items))
 
     # model selection on val only: two-fold over val halves, one run per (lam, fold) with
@@ -94,12 +104,12 @@ def main() -> None:
         "protocol": "gallery iconic+train; confirmed queries = val photos on their true product; test photos "
                     "scored; lam/steps chosen by two-fold recall@1 over val halves",
         "gallery_images": len(g), "confirmed_queries": len(v), "test_queries": len(q),
+        "test_photos_in_split": len(grocery_split(root, "test")),
         "test_recall@1_before": round(before, 4), "test_recall@1_after": round(after, 4),
         "test_recall@1_catalogue_only_adapter": round(top1_recall(g, gs, q, qs, catalogue_only), 4),
         "val_recall@1_before": round(val_before, 4), "chosen": best, "grid": grid,
         "train": report.to_dict(), "embed_seconds": round(embed_s, 1),
-        "machine": {"arch": platform.machine(), "cpus": os.cpu_count(),
-                    "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "machine": {**machine_info(), "load_avg_1m": round(os.getloadavg()[0], 2)},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

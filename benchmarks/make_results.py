@@ -68,6 +68,8 @@ REPRODUCE = [
     "python benchmarks/ray_bench.py",
     "# bytes per vector a search node holds, per index type",
     "python benchmarks/index_bytes_bench.py",
+    "# the feedback adapter, simulated: val photos as confirmed queries, test photos unseen (issue 17)",
+    "SHOPSEARCH_DATA_DIR=var python benchmarks/adapter_grocerystore.py --out benchmarks/results/adapter_grocerystore.json",
     "python benchmarks/make_results.py",
 ]
 
