@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from indexer.build import IndexBuilder
+from indexer.shrink import DEFAULT_MAX_SHRINK, check_shrink
 from shopsearch.adapter.model import ADAPTER_FILE, Adapter, build_adapter
 from shopsearch.adapter.train import AdapterOptions, ConfirmedPair, TrainReport, train_adapter, usable_pairs
 from shopsearch.catalogue.records import IndexBuildInfo
@@ -68,12 +69,17 @@ def catalogue_vectors(builder: IndexBuilder, progress: bool = True, workers: int
 
 def train_and_build(builder: IndexBuilder, pairs: Iterable[ConfirmedPair] = (), options: AdapterOptions = AdapterOptions(),
                     shadow: bool = False, index_type: str = "auto", progress: bool = True,
-                    workers: int | None = None) -> AdapterBuildReport:
-    """Adapter from the catalogue plus `pairs`, then the adapted build (published, or the shadow)."""
+                    workers: int | None = None, max_shrink: float | None = DEFAULT_MAX_SHRINK) -> AdapterBuildReport:
+    """Adapter from the catalogue plus `pairs`, then the adapted build (published, or the shadow).
+    Like any build, it is refused when it would hold far fewer vectors than the serving one."""
     t0 = time.perf_counter()
     base = builder.embedder
     cat = catalogue_vectors(builder, progress, workers)
     serving = builder.store.current_manifest()
+    if serving is not None:
+        keys = builder.store.load_keys(serving.build_id)
+        check_shrink(serving.count, None if keys is None else list(keys), [int(i) for i in cat.ids],
+                     builder.catalogue, max_shrink)
     # queries logged by an adapted build are mapped back to the model's space through its adapter
     served = build_adapter(builder.store.build_dir(serving.build_id)) if serving is not None else None
     q, q_skus, skipped = usable_pairs(pairs, base.fingerprint, set(cat.skus), [served] if served else [])

@@ -3,6 +3,7 @@ compared on a labelled set and on confirmed queries, promoted, rolled back."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 
 import numpy as np
@@ -70,6 +71,9 @@ def test_compare_json_on_a_tiny_labelled_set(tmp_path):
     assert _cli(data, "index", "build", "--model", "colorhist").exit_code == 0
     res = _cli(data, "index", "compare", "--dataset", str(tmp_path), "--json")
     assert res.exit_code == 1 and "no shadow build" in res.output
+    if importlib.util.find_spec("shopsearch.feedback") is None:  # without the feedback log: said, nothing done
+        res = _cli(data, "adapter", "train", "--from-feedback")
+        assert res.exit_code == 1 and "--pairs FILE" in res.output
     # confirmed queries: the shopper photos' colorhist vectors, confirmed on their product
     emb = load_embedder("colorhist", "cpu")
     from PIL import Image

@@ -33,8 +33,8 @@ def train_cmd(c: Ctx, pairs_file: str | None, from_feedback: bool, model: str | 
     hold_index_lock(c, wait, "adapter train")
     store = c.index_store()
     serving = store.current_manifest()
-    embedder = c.model(model or (serving.model_name if serving else None))
     pairs = confirmed_pairs(c, pairs_file, from_feedback)
+    embedder = c.model(model or (serving.model_name if serving else None))
     if not as_json:
         click.echo(f"training an adapter for {embedder.name} ({embedder.fingerprint}) on the catalogue and "
                    f"{len(pairs)} confirmed queries", err=True)

@@ -34,14 +34,15 @@ def confirmed_pairs(c: Ctx, pairs_file: str | None, from_feedback: bool) -> list
 
     out = load_pairs(Path(pairs_file)) if pairs_file else []
     if from_feedback:
-        # the feedback log (issue 17, points 1-2) is its own module; this is the one place it is read
+        # the feedback log (issue 17, points 1-2: shopsearch.feedback.FeedbackStore) is read here only;
+        # imported by name so that this branch works before and after the log is merged in
         try:
-            log_store = importlib.import_module("shopsearch.feedback.store")
+            feedback = importlib.import_module("shopsearch.feedback")
         except ModuleNotFoundError:
             raise click.ClickException("--from-feedback needs the feedback log (shopsearch.feedback), which this "
                                        "installation does not have; pass confirmed pairs with --pairs FILE") from None
-        out += [ConfirmedPair(vector, str(sku), str(fingerprint))
-                for vector, sku, fingerprint in log_store.confirmed_pairs(c.catalogue())]
+        logged = feedback.FeedbackStore(c.catalogue().engine).confirmed_pairs()
+        out += [ConfirmedPair(p.vector, p.sku, p.model_fingerprint) for p in logged]
     return out
 
 
