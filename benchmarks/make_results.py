@@ -82,6 +82,8 @@ REPRODUCE = [
     "    --out benchmarks/results/feedback_log_postgresql.json",
     "# no-op build, 10-image update and re-import of an unchanged manifest (main, then the branch)",
     "python benchmarks/build_update_bench.py --products 5000 --label main --out benchmarks/results/build_update_5k_main.json",
+    "# the feedback adapter, simulated: val photos as confirmed queries, test photos unseen (issue 17)",
+    "SHOPSEARCH_DATA_DIR=var python benchmarks/adapter_grocerystore.py --out benchmarks/results/adapter_grocerystore.json",
     "python benchmarks/make_results.py",
 ]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from shopsearch.adapter.model import with_build_adapter
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.confidence import Calibration, load_calibration, scoring_key
@@ -37,18 +38,28 @@ def load_model(settings: Settings, spec: str | None = None) -> Embedder:
 def embedder_for_index(settings: Settings, store: IndexStore, model: str | None = None) -> Embedder:
     """The embedder that built the serving index (or `model`, which must then match it)."""
     manifest = store.current_manifest()
-    return load_model(settings, model or (manifest.model_name if manifest else settings.model))
+    if manifest is None:
+        return load_model(settings, model)
+    return embedder_for_build(settings, store, manifest, model)
+
+
+def embedder_for_build(settings: Settings, store: IndexStore, manifest: IndexManifest,
+                       model: str | None = None) -> Embedder:
+    """The query embedder of one build: its model (or `model`), through the build's adapter
+    when it was made with one (shopsearch.adapter)."""
+    return with_build_adapter(load_model(settings, model or manifest.model_name), store.build_dir(manifest.build_id))
 
 
 def open_search_service(settings: Settings, catalogue: CatalogueStore | None = None, model: str | None = None,
                         router: CategoryRouter | None = None, with_router: bool = True,
-                        embedder: Embedder | None = None) -> SearchService:
-    """A SearchService over the serving index build. `embedder` (tests) replaces the model
-    that built the index; `router` replaces the trained category router."""
+                        embedder: Embedder | None = None, build_id: str | None = None) -> SearchService:
+    """A SearchService over the serving index build (or `build_id`'s, e.g. the shadow build).
+    `embedder` (tests) replaces the model that built the index; `router` replaces the
+    trained category router."""
     store = open_index_store(settings)
-    index, manifest = store.load_current()
+    index, manifest = store.load_current() if build_id is None else VectorIndex.load(store.build_dir(build_id))
     place_index(index, settings)
-    embedder = embedder or embedder_for_index(settings, store, model)
+    embedder = embedder or embedder_for_build(settings, store, manifest, model)
     catalogue = catalogue or open_catalogue(settings)
     if router is None and with_router:
         router = load_router(settings, embedder)

@@ -51,6 +51,19 @@ def get(port: int, path: str, timeout: float) -> tuple[int, bytes]:
         conn.close()
 
 
+def wait_until_healthy(proc: subprocess.Popen, port: int, deadline: float) -> None:
+    """Until the `shopsearch serve` subprocess answers /healthz (fails if it exits or the deadline passes)."""
+    while True:
+        try:
+            if get(port, "/api/v1/healthz", 5)[0] == 200:
+                return
+        except OSError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.3)
+
+
 def indexed_data_dir(tmp_path: Path) -> Path:
     settings = Settings(data_dir=tmp_path / "data")
     cat = CatalogueStore.open(settings.db_url)
@@ -143,16 +156,7 @@ def test_default_serve_survives_slow_clients(tmp_path):
                              "--bind", f"127.0.0.1:{port}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if get(port, "/api/v1/healthz", 5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.3)
+        wait_until_healthy(proc, port, time.monotonic() + 60)
         worst, probes, failures = 0.0, 0, []
         with SlowClients(port, SLOW_CLIENTS) as attack:
             end = time.monotonic() + ATTACK_S

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from indexer.cli import (bench_cmds, catalogue_cmds, classify_cmds, demo_cmds, feedback_cmds, index_cmds,
-                         model_cmds, search_cmds, serve_cmds)
+from indexer.cli import (adapter_cmds, bench_cmds, catalogue_cmds, classify_cmds, demo_cmds, feedback_cmds,
+                         index_cmds, model_cmds, search_cmds, serve_cmds, shadow_cmds)
 from indexer.cli.context import Ctx, ShopSearchGroup
 from shopsearch import logs
 from shopsearch.config import Settings
@@ -32,8 +32,8 @@ def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str
 
 
 # each command group lives in its own module and registers itself
-for _mod in (catalogue_cmds, index_cmds, search_cmds, demo_cmds, serve_cmds, bench_cmds, classify_cmds, model_cmds,
-             feedback_cmds):
+for _mod in (catalogue_cmds, index_cmds, shadow_cmds, search_cmds, demo_cmds, serve_cmds, bench_cmds,
+             classify_cmds, model_cmds, feedback_cmds, adapter_cmds):
     _mod.register(cli)
 
 

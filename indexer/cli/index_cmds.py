@@ -132,9 +132,12 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
                    "append +bf16 for bfloat16: weights converted once; faster on CPUs with AMX/AVX512-BF16 and on "
                    "GPUs (`shopsearch bench throughput` times both on this machine; measured ratios in "
                    "benchmarks/RESULTS.md)")
+@click.option("--shadow", is_flag=True,
+              help="Build beside the serving build without serving it: compare the two with `index compare`, "
+                   "then `index promote` it (or build another).")
 @_perf_options
 @pass_ctx
-def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
+def build_cmd(c: Ctx, model: str, shadow: bool, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
               ray_actors: int | None, force: bool) -> None:
@@ -142,7 +145,12 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
     (nothing, and "up to date", when the serving build already holds exactly these images)."""
     _writer(c, wait, "index build")
     embedder = c.model(model)
-    builder = _builder(c, embedder, c.index_store(), engine, ray_address, batch_size, ray_actors)
+    store = c.index_store()
+    if shadow:
+        from shopsearch.index.shadow import ShadowTarget
+
+        store = ShadowTarget(store)
+    builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
 
     def show_plan(plan) -> None:
@@ -150,10 +158,14 @@ def build_cmd(c: Ctx, model: str, index_type: str, batch_size: int | None, worke
                    f"estimated memory {_mib(plan.estimated_bytes)}", err=True)
 
     options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
-                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force)
+                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink,
+                           force or shadow)  # a shadow asked for is built, even beside an identical serving build
     with sigterm_as_interrupt():
         report = builder.build(options, on_plan=show_plan)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
+    if shadow and not as_json and not metrics_file:
+        click.echo(f"shadow build {report.build_id} staged (not serving): `shopsearch index compare`, then "
+                   "`shopsearch index promote`", err=True)
 
 
 @index.command("update")
@@ -272,17 +284,18 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, near_duplicate: float | None, 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
 def list_cmd(c: Ctx, as_json: bool) -> None:
-    """The index builds on disk (current and previous marked)."""
+    """The index builds on disk (current *, previous - and shadow s marked)."""
     store = c.index_store()
-    cur, prev = store.current_id(), store.previous_id()
+    cur, prev, shadow = store.current_id(), store.previous_id(), store.shadow_id()
     builds = [{"build_id": m.build_id, "model": m.model_name, "index_type": m.index_type, "vectors": m.count,
-               "created": m.created, "current": m.build_id == cur, "previous": m.build_id == prev}
+               "created": m.created, "current": m.build_id == cur, "previous": m.build_id == prev,
+               "shadow": m.build_id == shadow}
               for m in store.list_builds()]
     if as_json:
         echo_json({"builds": builds})
         return
     for b in builds:
-        mark = "*" if b["current"] else ("-" if b["previous"] else " ")
+        mark = "*" if b["current"] else ("-" if b["previous"] else ("s" if b["shadow"] else " "))
         click.echo(f"{mark} {b['build_id']}  {b['vectors']:>9} vectors  {b['index_type']:<6} {b['model']}")
 
 

@@ -1,9 +1,10 @@
 """IndexStore: the index builds on disk and which one is serving.
 
 Layout under <data_dir>/index/:  builds/<build_id>/{index.faiss,manifest.json,keys.npz,report.json}  and
-CURRENT (the serving build id); a build made by a small update adds {delta.faiss,delta_keys.npz,
-tombstones.npy} and shares index.faiss and keys.npz with the build it came from by hard link
-(shopsearch/index/segments.py). A build is written under a temporary name, verified,
+CURRENT (the serving build id), PREVIOUS (the one before, for rollback) and SHADOW (a build
+made beside the serving one, not served until promoted); a build made by a small update adds
+{delta.faiss,delta_keys.npz,tombstones.npy} and shares index.faiss and keys.npz with the build it
+came from by hard link (shopsearch/index/segments.py). A build is written under a temporary name, verified,
 renamed into builds/, and only then CURRENT is swapped with os.replace, so a crash at
 any point leaves the old index serving. The previous build is kept for rollback."""
 from __future__ import annotations
@@ -32,6 +33,8 @@ KEYS_FILE = "keys.npz"
 DELTA_KEYS_FILE = "delta_keys.npz"
 #: beside the index: the build report (counts, failed images with reasons)
 REPORT_FILE = "report.json"
+#: pointer to a build made beside the serving one (`index build --shadow`), until promoted
+SHADOW = "SHADOW"
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,10 @@ class IndexStore:
 
     # -- publish ----------------------------------------------------------
     def publish(self, index: VectorIndex, manifest: IndexManifest, keys: Mapping[int, str],
-                report: dict | None = None, extra_files: Mapping[str, str] | None = None) -> IndexManifest:
-        """Save, verify, and atomically make this build the serving one.
+                report: dict | None = None, extra_files: Mapping[str, str | bytes] | None = None,
+                make_current: bool = True) -> IndexManifest:
+        """Save, verify, and atomically make this build the serving one (`make_current` False:
+        the shadow build, served only after `promote`).
 
         `keys` (image id -> content hash of its vector, for every id in the index) lets `index update` tell new, changed and
         removed images apart; `report` (counts, failures) is kept beside the index for people;
@@ -201,16 +206,17 @@ class IndexStore:
         if index.segmented:
             raise ValueError("publish writes one segment; a segmented index is published by publish_delta")
         return self._write_build(manifest, lambda staging: self._stage_full(
-            staging, index, manifest, keys, report, extra_files))
+            staging, index, manifest, keys, report, extra_files), make_current)
 
-    def _write_build(self, manifest: IndexManifest, stage: Callable[[Path], IndexManifest]) -> IndexManifest:
+    def _write_build(self, manifest: IndexManifest, stage: Callable[[Path], IndexManifest],
+                     make_current: bool = True) -> IndexManifest:
         """Stage a build (`stage` writes and verifies it), rename it into builds/, make it CURRENT."""
         staging = self.builds_dir / f".staging-{manifest.build_id}"
         try:
             self.builds_dir.mkdir(parents=True, exist_ok=True)
             self._drop_staging()  # left by a run killed while publishing: room for this one
             saved = stage(staging)
-            return self._swap_in(staging, saved)
+            return self._swap_in(staging, saved, make_current)
         except (OSError, RuntimeError) as e:  # faiss reports a failed write as RuntimeError
             shutil.rmtree(staging, ignore_errors=True)
             if self.current_id() != manifest.build_id:  # renamed into builds/, never made CURRENT
@@ -227,18 +233,19 @@ class IndexStore:
 
     def publish_delta(self, base_build: str, manifest: IndexManifest, delta: VectorIndex | None, dead: np.ndarray,
                       delta_keys: Mapping[int, str], report: dict | None = None,
-                      extra_files: Mapping[str, str] | None = None) -> IndexManifest:
+                      extra_files: Mapping[str, str | bytes] | None = None,
+                      make_current: bool = True) -> IndexManifest:
         """Publish a build that shares `base_build`'s base segment (hard links, nothing rewritten
         or re-hashed) with `dead` of its ids tombstoned and `delta` (a flat index of
         `delta_keys`' ids) beside it. Same guarantees as `publish`: verified, atomic, rollback."""
         if delta is not None and delta.segmented:
             raise ValueError("the delta segment must be a plain index")
         return self._write_build(manifest, lambda staging: self._stage_delta(
-            staging, base_build, manifest, delta, dead, delta_keys, report, extra_files))
+            staging, base_build, manifest, delta, dead, delta_keys, report, extra_files), make_current)
 
     def _stage_delta(self, staging: Path, base_build: str, manifest: IndexManifest, delta: VectorIndex | None,
                      dead: np.ndarray, delta_keys: Mapping[int, str], report: dict | None,
-                     extra_files: Mapping[str, str] | None) -> IndexManifest:
+                     extra_files: Mapping[str, str | bytes] | None) -> IndexManifest:
         src = self.build_dir(base_build)
         base = IndexManifest(**json.loads((src / MANIFEST).read_text()))
         base_count = base.base_count or base.count
@@ -270,7 +277,7 @@ class IndexStore:
 
     def _stage_full(self, staging: Path, index: VectorIndex, manifest: IndexManifest,
                     keys: Mapping[int, str], report: dict | None,
-                    extra_files: Mapping[str, str] | None) -> IndexManifest:
+                    extra_files: Mapping[str, str | bytes] | None) -> IndexManifest:
         saved = index.save(staging, manifest)
         _write_keys(staging / KEYS_FILE, keys)
         self._write_extras(staging, report, extra_files)
@@ -283,15 +290,23 @@ class IndexStore:
         return saved
 
     @staticmethod
-    def _write_extras(staging: Path, report: dict | None, extra_files: Mapping[str, str] | None) -> None:
+    def _write_extras(staging: Path, report: dict | None, extra_files: Mapping[str, str | bytes] | None) -> None:
         if report is not None:
             (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
-        for name, text in (extra_files or {}).items():
-            (staging / name).write_text(text)
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, bytes):
+                (staging / name).write_bytes(content)
+            else:
+                (staging / name).write_text(content)
 
-    def _swap_in(self, staging: Path, saved: IndexManifest) -> IndexManifest:
+    def _swap_in(self, staging: Path, saved: IndexManifest, make_current: bool = True) -> IndexManifest:
         final = self.build_dir(saved.build_id)
         os.replace(staging, final)
+        if not make_current:
+            self._write_pointer(SHADOW, saved.build_id)
+            log.info("shadow index build staged", extra={"build_id": saved.build_id, "count": saved.count})
+            self._prune()
+            return saved
         old = self.serving_id()  # a broken CURRENT must not push the intact build out of PREVIOUS
         if old and old != saved.build_id:
             self._write_pointer("PREVIOUS", old)
@@ -311,9 +326,27 @@ class IndexStore:
             self._write_pointer("PREVIOUS", cur)
         return prev
 
+    # -- shadow builds --------------------------------------------------------
+    def shadow_id(self) -> str | None:
+        return self._read_pointer(SHADOW)
+
+    def promote(self) -> str:
+        """Serve the shadow build (verified first); the serving one becomes PREVIOUS, so
+        `rollback` undoes this. Returns the promoted build id."""
+        shadow, cur = self.shadow_id(), self.current_id()
+        if not shadow or not self._readable(shadow):
+            raise IndexNotFoundError("there is no shadow build to promote; run `shopsearch index build --shadow`")
+        VectorIndex.load(self.build_dir(shadow))  # refuse to promote a broken build
+        if cur and cur != shadow:
+            self._write_pointer("PREVIOUS", cur)
+        self._write_pointer("CURRENT", shadow)
+        (self.root / SHADOW).unlink(missing_ok=True)
+        log.info("shadow index build promoted", extra={"build_id": shadow, "previous": cur})
+        return shadow
+
     def _prune(self) -> None:
-        """Keep CURRENT, PREVIOUS and the newest `keep` builds; drop stale staging dirs."""
-        keep_ids = {self.current_id(), self.previous_id()}
+        """Keep CURRENT, PREVIOUS, SHADOW and the newest `keep` builds; drop stale staging dirs."""
+        keep_ids = {self.current_id(), self.previous_id(), self.shadow_id()}
         builds = [m.build_id for m in self.list_builds()]
         keep_ids.update(builds[-self.keep:])
         self._drop_staging()
