@@ -32,8 +32,9 @@ DEFAULTS: dict[str, Any] = {
     "SIMILAR_K": 8,
     "MAX_K": 100,
     "ROUTING": True,
-    # how often (seconds) a request may stat index/CURRENT to pick up a new build
-    "RELOAD_CHECK_S": 1.0,
+    # how often (seconds) a request may stat index/CURRENT to pick up a new build: 0, one stat per
+    # request, so that the first request after a publish, promote or rollback is answered by it
+    "RELOAD_CHECK_S": 0.0,
     # load model + index when the app is created (before gunicorn forks with --preload)
     "EAGER_LOAD": True,
     # Prometheus metrics at /metrics

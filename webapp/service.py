@@ -40,7 +40,7 @@ class ServiceOverrides:
 class ServiceHolder:
     """Owns the process's catalogue connection pool and its current SearchService."""
 
-    def __init__(self, settings: Settings, model: str | None = None, reload_check_s: float = 1.0,
+    def __init__(self, settings: Settings, model: str | None = None, reload_check_s: float = 0.0,
                  overrides: ServiceOverrides | None = None, migrate: bool = False) -> None:
         overrides = overrides or ServiceOverrides()
         service = overrides.search_service

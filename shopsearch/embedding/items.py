@@ -50,16 +50,10 @@ def decode_source(source: bytes | str | Path, draft_size: int | None = None,
     return img
 
 
-def decode_image(item: WorkItem, data: bytes | None = None, draft_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> object:
-    """Reads the file unless given its bytes -> upright RGB PIL image at reduced scale (decode_source)."""
-    return decode_source(data if data is not None else item.path, draft_size, max_pixels)
-
-
 def decode(item: WorkItem, draft_size: int | None = None) -> tuple[WorkItem, object]:
     """Decoding with failures as values: (item, image) or (item, reason)."""
     try:
-        return item, decode_image(item, draft_size=draft_size)
+        return item, decode_source(item.path, draft_size)
     except Exception as e:  # noqa: BLE001 - a worker must report, never die, on one bad file
         return item, failure_of(e)
 
@@ -68,7 +62,7 @@ def prepare(item: WorkItem, preprocess: Preprocess) -> Prepared:
     """Read, decode and preprocess one item: (item, model input) or (item, failure reason).
     A preprocess with a `draft_size` (SplitPreprocess) decodes JPEGs at that scale."""
     try:
-        return item, preprocess(decode_image(item, draft_size=getattr(preprocess, "draft_size", None)))
+        return item, preprocess(decode_source(item.path, getattr(preprocess, "draft_size", None)))
     except Exception as e:  # noqa: BLE001 - one bad file must never stop the run
         return item, failure_of(e)
 

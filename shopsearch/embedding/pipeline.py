@@ -3,7 +3,7 @@
 The stages are separate functions so they can be moved onto other executors (a Ray Data
 map_batches per stage, see docs/scaling.md):
 
-    (read) -> decode_image -> prepare (the model's preprocess) -> embed_batch -> write_chunk
+    (read) -> decode_source -> prepare (the model's preprocess) -> embed_batch -> write_chunk
 
 (items.py, cpu.py) and the last one, merging chunks into an index, lives in indexer/build.py.
 `embed_items` runs them on one machine in four parts, each with one job: `plan_work` (what
@@ -28,7 +28,7 @@ from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.cpu import CpuExecutor, IsolatedExecutor, embed_batch
 from shopsearch.embedding.executor import EmbedExecutor
 from shopsearch.embedding.gpu import GpuExecutor
-from shopsearch.embedding.items import (Failure, Preprocess, WorkItem, decode, decode_image, prepare,
+from shopsearch.embedding.items import (Failure, Preprocess, WorkItem, decode, prepare,
                                         prepare_list)
 from shopsearch.embedding.journal import CrashJournal, Quarantined
 from shopsearch.embedding.tuning import COMPILE_MIN_IMAGES, PipelineConfig, tuned_config
@@ -36,7 +36,7 @@ from shopsearch.workers import DIED
 
 # the pipeline's stages and settings, importable from here by the executors on other machines (Ray)
 __all__ = ["COMPILE_MIN_IMAGES", "ChunkWriter", "EmbedReport", "JournalWindow", "PipelineConfig", "Preprocess",
-           "WorkItem", "WorkPlan", "decode", "decode_image", "embed_batch", "embed_items", "executor_for",
+           "WorkItem", "WorkPlan", "decode", "embed_batch", "embed_items", "executor_for",
            "plan_work", "prepare", "prepare_list", "tuned_config", "write_chunk"]
 
 log = logging.getLogger("shopsearch.pipeline")

@@ -135,10 +135,10 @@ def _faster_precision(model: str, device: str, paths: Sequence[Path], models_dir
     """bf16 is not faster for every model on every CPU (small ops, weight layouts): time a
     batch of `batch` images in each, interleaved, best of 4, and keep the faster; returns
     (the choice, ms per batch of each)."""
-    from shopsearch.embedding.pipeline import WorkItem, decode_image
+    from shopsearch.embedding.items import decode_source
 
     embs = {prec: load_embedder(with_precision(model, prec, device), device, models_dir) for prec in ("fp32", "bf16")}
-    x = np.stack([embs["fp32"].preprocess(decode_image(WorkItem("", str(p)))) for p in paths[:batch]])
+    x = np.stack([embs["fp32"].preprocess(decode_source(str(p))) for p in paths[:batch]])
     best_t = {prec: float("inf") for prec in embs}
     for _ in range(4):  # interleaved, best of 4 each: robust to other jobs sharing the cores
         for prec, emb in embs.items():
@@ -212,9 +212,9 @@ def pipeline_run(embedder: Embedder, paths: Sequence[Path], cache_dir: Path, bat
 
 def warm_up(embedder: Embedder, paths: Sequence[Path], n: int) -> None:
     """One small batch through the model (lazy init, oneDNN kernel selection) before timing."""
-    from shopsearch.embedding.pipeline import decode_image, WorkItem
+    from shopsearch.embedding.items import decode_source
 
-    arr = [embedder.preprocess(decode_image(WorkItem("", str(p)))) for p in paths[:n]]
+    arr = [embedder.preprocess(decode_source(str(p))) for p in paths[:n]]
     for _ in range(2):
         embedder.encode_batch(np.stack(arr))
 
