@@ -108,10 +108,12 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     gpu: GpuTuning = field(default_factory=GpuTuning)
     #: search quality defaults of the service (a query may ask otherwise): re-ranking
-    #: (off | qe | kr | qe+kr), mirrored-photo test-time augmentation, category fusion
+    #: (off | qe | kr | qe+kr), mirrored-photo test-time augmentation, category fusion.
+    #: Fusion is on: once `classify train` has made a head for the model it is the largest
+    #: measured gain and costs one matrix product per query (benchmarks/RESULTS.md, issue 13)
     rerank: str = "off"
     tta: bool = False
-    fusion: bool = False
+    fusion: bool = True
     #: where index builds embed: "local" (this machine) or "ray" (a Ray cluster, indexer/ray_engine.py)
     engine: str = "local"
     #: the Ray cluster to join ("auto", "ray://host:10001", "host:6379"); None starts a local Ray
@@ -159,8 +161,8 @@ class Settings:
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
             rerank=env.get("SHOPSEARCH_RERANK", "off"),
-            tta=env.get("SHOPSEARCH_TTA", "").strip().lower() in ("1", "on", "true", "yes"),
-            fusion=env.get("SHOPSEARCH_FUSION", "").strip().lower() in ("1", "on", "true", "yes"),
+            tta=_switch(env, "SHOPSEARCH_TTA", False),
+            fusion=_switch(env, "SHOPSEARCH_FUSION", True),
             engine=env.get("SHOPSEARCH_ENGINE", "local") or "local",
             ray_address=env.get("SHOPSEARCH_RAY_ADDRESS") or None,
             feedback_log=_switch(env, "SHOPSEARCH_FEEDBACK_LOG", True),

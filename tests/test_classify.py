@@ -67,6 +67,23 @@ def test_head_learns_separable_classes():
     assert art.thresholds.filter < 1.0 and art.thresholds.val_filter_rate > 0.9
 
 
+def test_served_head_is_refitted_on_train_plus_val():
+    """Validation chooses C, thresholds and the fusion weight and its figures are those of the
+    train-only head; the head served is then fitted on train + val with the same settings."""
+    x, items = _clusters(20, seed=1)
+    xv, val = _clusters(10, seed=2, spread=0.9)  # noisy val: adding it must move the weights
+    only = train_frozen(x, items, xv, val, "fp-a", "fake-a", refit=False)
+    both = train_frozen(x, items, xv, val, "fp-a", "fake-a")
+    assert "refit" not in only.metrics and only.metrics["train_samples"] == 100
+    assert both.metrics["refit"] == "train+val" and both.metrics["train_samples"] == 150
+    assert both.thresholds == only.thresholds and both.metrics["val"] == only.metrics["val"]
+    assert both.metrics["C_fine"] == only.metrics["C_fine"]
+    assert not torch.allclose(both.head_state["fine.weight"], only.head_state["fine.weight"])
+    xt, test = _clusters(10, seed=3)
+    truth = np.array([both.labels.fine_index(i.category) for i in test])
+    assert (Classifier(both).probs(xt)[0].argmax(1) == truth).mean() == 1.0
+
+
 def test_artefact_round_trip_and_refusals(tmp_path):
     art = _trained()
     path = art.save(artefact_path(tmp_path, art.fingerprint))

@@ -54,3 +54,19 @@ def test_fusion_reorders_by_category_instead_of_filtering(indexed):  # noqa: F81
     more = svc.search_image(apple, k=12, fusion=True)
     assert {h.sku for h in more.hits} == {f"P{i}" for i in range(12)}  # nothing hidden
     assert np.all(np.diff([h.score for h in more.hits]) <= 0)
+
+
+def test_fusion_is_the_default_and_a_setting_turns_it_off():
+    """A shop gets fusion without asking (once a head exists); SHOPSEARCH_FUSION=off turns it off,
+    and a value that is neither on nor off is refused, naming the variable."""
+    import pytest
+
+    from shopsearch.config import Settings
+    from shopsearch.errors import ConfigError
+
+    assert Settings.from_env({}).fusion is True and Settings().fusion is True
+    assert Settings.from_env({"SHOPSEARCH_FUSION": "off"}).fusion is False
+    assert Settings.from_env({"SHOPSEARCH_FUSION": " On "}).fusion is True
+    assert Settings.from_env({}).tta is False and Settings.from_env({"SHOPSEARCH_TTA": "1"}).tta is True
+    with pytest.raises(ConfigError, match="SHOPSEARCH_FUSION"):
+        Settings.from_env({"SHOPSEARCH_FUSION": "maybe"})

@@ -38,6 +38,20 @@ def _split(c: Ctx, train_spec: str | None, val_spec: str | None, val_fraction: f
     return stratified_holdout(train, val_fraction)
 
 
+def train_head_for(c: Ctx, emb, train, val, hidden: int = 0, epochs: int = 300, target: float = 0.97,
+                   workers: int = 2, progress: bool = True):
+    """(artefact, path): the frozen head for `emb` on labelled images (cached vectors), installed
+    where search finds it (`classify train` and `demo`)."""
+    from shopsearch.classify.artefact import artefact_path
+    from shopsearch.classify.training import train_frozen
+    from shopsearch.classify.vectors import embed_labelled
+
+    xs, train = embed_labelled(emb, train, c.settings.vector_cache_dir, progress, workers)
+    xv, val = embed_labelled(emb, val, c.settings.vector_cache_dir, progress, workers)
+    art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, hidden=hidden, epochs=epochs, target=target)
+    return art, art.save(artefact_path(c.settings.classifier_dir, emb.fingerprint))
+
+
 def _print_metrics(title: str, m: dict) -> None:
     coarse = ("single-level categories (no coarse level)" if m["coarse"].get("same_as_fine") else
               f"coarse ({m['coarse']['classes']} classes) top-1 {m['coarse']['top1']:.2%} top-5 {m['coarse']['top5']:.2%}")
@@ -103,16 +117,9 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         path = art.save(c.settings.models_dir / f"{name}.pt")
         spec = f"finetuned:{name}"
     else:
-        from shopsearch.classify.artefact import artefact_path
-        from shopsearch.classify.training import train_frozen
-        from shopsearch.classify.vectors import embed_labelled
-
         emb = _embedder(c, model)
-        xs, train = embed_labelled(emb, train, c.settings.vector_cache_dir, not as_json, workers)
-        xv, val = embed_labelled(emb, val, c.settings.vector_cache_dir, not as_json, workers)
-        art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, hidden=hidden, epochs=head_epochs,
-                           target=target)
-        path = art.save(artefact_path(c.settings.classifier_dir, emb.fingerprint))
+        art, path = train_head_for(c, emb, train, val, hidden=hidden, epochs=head_epochs, target=target,
+                                   workers=workers, progress=not as_json)
         spec = emb.name
     out = {"artefact": str(path), "kind": art.kind, "model": spec, "fingerprint": art.fingerprint,
            "fine_classes": len(art.labels.fine), "coarse_classes": len(art.labels.coarse),

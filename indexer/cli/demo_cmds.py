@@ -16,6 +16,9 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 @click.option("--model", envvar="SHOPSEARCH_MODEL", default="auto", show_default=True)
 @click.option("--reference-split", default="train", show_default=True,
               type=click.Choice(["none", "train", "val", "test"]))
+@click.option("--classifier/--no-classifier", default=True, show_default=True,
+              help="Train the category head on the catalogue's categories when the model has none: search "
+                   "fuses it into the ranking (SHOPSEARCH_FUSION), the largest measured gain without a GPU.")
 @click.option("--serve/--no-serve", default=True, show_default=True,
               help="Serve the web app after indexing (else run one sample search).")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -23,8 +26,8 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 @click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Gunicorn worker processes.")
 @pass_ctx
-def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool, host: str, port: int,
-             workers: int) -> None:
+def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, classifier: bool, serve: bool, host: str,
+             port: int, workers: int) -> None:
     """Import + index the Grocery Store catalogue, then serve it (idempotent: reruns are quick)."""
     from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
     from shopsearch.embedding.preprocess import decode_query
@@ -52,6 +55,8 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
         with index_lock(c.settings.index_dir, what="demo index build"):  # no build of another run is pruned
             b = c.index_builder(embedder, store).build(compile=c.settings.pipeline.compile)
         click.echo(f"index: build {b.build_id}, {b.vectors} vectors, {b.embedded} embedded in {b.seconds:.0f}s")
+    if classifier:
+        _train_head_if_missing(c, embedder)
     sample = root / "dataset" / "test" / "Fruit" / "Banana" / "Banana_004.jpg"
     if sample.is_file():
         svc = c.search_service(model if model != "auto" else None)
@@ -63,6 +68,26 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, serve: bool
     from webapp.server import run_server
     click.echo(f"serving on http://{host}:{port}/  (Ctrl-C to stop)")
     run_server(c.settings, host=host, port=port, workers=workers)
+
+
+def _train_head_if_missing(c: Ctx, embedder) -> None:
+    """The fast head on the catalogue's own categories (a tenth of each held out to choose its
+    settings), unless one exists for this model: what `classify train` does with no options."""
+    from indexer.cli.classify_cmds import train_head_for
+    from shopsearch.classify.data import catalogue_images, stratified_holdout
+    from shopsearch.classify.router import find_artefact
+
+    if find_artefact(c.settings, embedder) is not None:
+        click.echo("classifier: already trained for this model")
+        return
+    items = catalogue_images(c.catalogue())
+    if len({i.category for i in items}) < 2:
+        click.echo("classifier: not trained (the catalogue has fewer than two categories)")
+        return
+    art, path = train_head_for(c, embedder, *stratified_holdout(items, 0.1))
+    top1 = art.metrics.get("val", {}).get("fine", {}).get("top1")
+    click.echo(f"classifier: {len(art.labels.fine)} categories, held-out top-1 "
+               f"{'n/a' if top1 is None else f'{top1:.0%}'}, fusion weight {art.thresholds.fusion:g} ({path})")
 
 
 def _calibrate_if_missing(c: Ctx, store, build_id: str) -> None:

@@ -21,12 +21,14 @@ from indexer.cli.context import Ctx, echo_json, pass_ctx
 @click.option("--rerank", default=None, help="off | qe | kr | qe+kr (query expansion, k-reciprocal re-ranking "
               "of the top candidates; default SHOPSEARCH_RERANK or off).")
 @click.option("--tta", is_flag=True, help="Also embed the mirrored photo (about twice the embedding time).")
-@click.option("--fusion", is_flag=True, help="Fuse the category head into the ranking instead of filtering.")
+@click.option("--fusion/--no-fusion", default=None,
+              help="Fuse the category head into the ranking (default: SHOPSEARCH_FUSION, on); --no-fusion "
+                   "filters by the predicted category's thresholds instead.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Decimal | None,
                max_price: Decimal | None, model: str | None, no_routing: bool, rerank: str | None, tta: bool,
-               fusion: bool,
+               fusion: bool | None,
                as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
     from shopsearch.category_filter import listing, resolve_category
@@ -48,7 +50,7 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
     img = decode_query(image, svc.embedder)  # decoded as the index's images were
     res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing,
                            rerank=None if rerank is None else parse_rerank(rerank), tta=tta or None,
-                           fusion=fusion or None)
+                           fusion=fusion)
     if as_json:
         echo_json(res.to_dict())
         return

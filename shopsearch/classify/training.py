@@ -11,7 +11,7 @@ import torch
 
 from shopsearch.classify.artefact import BackboneSpec, ClassifierArtefact
 from shopsearch.classify.data import LabelledImage
-from shopsearch.classify.head import combined_probs, train_head
+from shopsearch.classify.head import CategoryHead, combined_probs, train_head
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.thresholds import choose_thresholds
 from shopsearch.errors import ClassifierError
@@ -55,7 +55,6 @@ def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true:
 
 def head_probs(artefact: ClassifierArtefact, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(fine, coarse) probabilities of an artefact's head for embedder vectors."""
-    from shopsearch.classify.head import CategoryHead
 
     head = CategoryHead.from_state(artefact.head_config, artefact.head_state)
     f2c = torch.tensor(artefact.labels.fine_to_coarse)
@@ -70,9 +69,11 @@ def _indices(items: Sequence[LabelledImage], labels: LabelSpace) -> np.ndarray:
 
 def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vectors: np.ndarray,
                  val_items: Sequence[LabelledImage], fingerprint: str, embedder_name: str, hidden: int = 0,
-                 epochs: int = 300, target: float = 0.97, seed: int = 0) -> ClassifierArtefact:
+                 epochs: int = 300, target: float = 0.97, seed: int = 0, refit: bool = True) -> ClassifierArtefact:
     """A head on frozen embeddings, thresholds from the validation vectors: the cross-validated
-    logistic-regression probe (hidden=0) or a small MLP trained for `epochs`."""
+    logistic-regression probe (hidden=0) or a small MLP trained for `epochs`. `refit`: the probe
+    served is refitted on train + val once validation has chosen its settings (metrics["val"]
+    stay those of the head fitted on train alone, an honest figure)."""
     labels = LabelSpace.from_paths(i.category for i in items)
     known = set(labels.fine)
     val_keep = [j for j, it in enumerate(val_items) if it.category in known]
@@ -94,9 +95,29 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
         head = head_from_probes(pf, pc)
         extra.update({"head": "logistic-cv", "C_fine": pf.c, "C_coarse": pc.c,
                       "cv_fine_top1": pf.cv_accuracy.get(pf.c)})
+    art = _artefact(head, fingerprint, embedder_name, labels)
+    art = with_validation(art, val_vectors, val_items, target, extra, gallery=(vectors, yf))
+    if hidden > 0 or not refit or not val_items:
+        return art
+    # Everything was chosen on val (C, thresholds, fusion weight, the figures reported): the
+    # served head is then refitted with those settings on train + val, more photos of each class.
+    from dataclasses import replace
+
+    from shopsearch.classify.probe import fit_probe, head_from_probes
+
+    xa = np.vstack([vectors, val_vectors])
+    ya = np.concatenate([yf, _indices(val_items, labels)])
+    refitted = head_from_probes(fit_probe(xa, ya, len(labels.fine), c_grid=(pf.c,), seed=seed),
+                                fit_probe(xa, np.asarray(labels.fine_to_coarse)[ya], len(labels.coarse),
+                                          c_grid=(pc.c,), seed=seed))
+    served = _artefact(refitted, fingerprint, embedder_name, labels)
+    return replace(served, thresholds=art.thresholds,
+                   metrics={**art.metrics, "refit": "train+val", "train_samples": len(ya)})
+
+
+def _artefact(head: CategoryHead, fingerprint: str, embedder_name: str, labels: LabelSpace) -> ClassifierArtefact:
     config, state = dict(head.config), {k: v.detach().clone() for k, v in head.state_dict().items()}
-    art = ClassifierArtefact(fingerprint, embedder_name, labels, config, state, kind="head")
-    return with_validation(art, val_vectors, val_items, target, extra, gallery=(vectors, yf))
+    return ClassifierArtefact(fingerprint, embedder_name, labels, config, state, kind="head")
 
 
 def with_validation(art: ClassifierArtefact, val_vectors: np.ndarray, val_items: Sequence[LabelledImage],
