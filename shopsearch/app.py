@@ -80,7 +80,8 @@ def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: Catal
     if calibration is not None and calibration.fitted:
         fused = fusion and getattr(router, "fusion_weight", 0.0) > 0
         serving = scoring_key(rerank_options.spec, fused)
-        if calibration.scoring != serving:
+        # fused searches are scored by a calibration of plain similarity too (SearchService.search_vector)
+        if calibration.scoring not in (serving, scoring_key(rerank_options.spec, False)):
             log.warning("confidence calibrated on another scoring path: searches on this one are uncalibrated",
                         extra={"calibrated_on": calibration.scoring, "serving": serving,
                                "fix": "shopsearch index calibrate"})

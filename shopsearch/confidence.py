@@ -176,11 +176,13 @@ class Calibration:
 NO_CALIBRATION = Calibration(False, reason="this index build has no calibration yet; run `shopsearch index calibrate`")
 
 
-def annotate(result: SearchResult, calibration: Calibration | None, scoring: str = RAW_SCORING) -> SearchResult:
+def annotate(result: SearchResult, calibration: Calibration | None, scoring: str = RAW_SCORING,
+             plain_scores: bool = False) -> SearchResult:
     """The result with `confidence`, `match` and each hit's calibrated score (or the fallback stated);
-    `scoring`: the path the hits' scores came from (scoring_key)."""
+    `scoring`: the path the hits' scores came from (scoring_key); `plain_scores`: calibrate the
+    hits' plain similarities (fused results scored by a calibration of plain similarity)."""
     cal = (calibration or NO_CALIBRATION).for_scoring(scoring)
-    conf, per_hit = cal.confidence([h.score for h in result.hits])
+    conf, per_hit = cal.confidence([h.plain_score if plain_scores else h.score for h in result.hits])
     hits = tuple(replace(h, calibrated=p) for h, p in zip(result.hits, per_hit)) if per_hit else result.hits
     return replace(result, hits=hits, confidence=conf, match=cal.match(conf), calibration=cal.describe())
 

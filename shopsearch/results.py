@@ -51,6 +51,7 @@ class ProductHit:
     category_source: str | None = None
     matched_images: int = 1
     calibrated: float | None = None  # probability this is the right product (shopsearch.confidence)
+    similarity: float | None = None  # the plain similarity when `score` holds a fused one (None: the same)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +66,13 @@ class ProductHit:
             "matched_image": {"id": self.image_id, "path": self.image_path},
             "matched_images": self.matched_images,
             "calibrated_score": round(self.calibrated, 4) if self.calibrated is not None else None,
+            "similarity": round(float(self.plain_score), 6),
         }
+
+    @property
+    def plain_score(self) -> float:
+        """The image similarity itself, before any fusion bonus."""
+        return self.score if self.similarity is None else self.similarity
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,15 @@ class SearchService:
                    "total": embed_ms + (t1 - t0) * 1000}
         res = SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
         if calibrate:  # calibrated only for the scoring path it was fitted on (re-ranking, fusion)
-            res = annotate(res, self.calibration, scoring_key(opts.spec, boost is not None))
+            path = scoring_key(opts.spec, boost is not None)
+            plain = scoring_key(opts.spec, False)
+            if boost is not None and self.calibration is not None and self.calibration.scoring == plain:
+                # Fusion only re-orders products by a category bonus. A calibration fitted on plain
+                # similarity is applied to the plain similarities of the products in the order shown
+                # (a first product that fusion lifted over a more similar one gets a lower confidence).
+                res = annotate(res, self.calibration, plain, plain_scores=True)
+            else:
+                res = annotate(res, self.calibration, path)
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:
@@ -172,13 +180,15 @@ class SearchService:
                     best[prod.sku] = (float(score), prod, img, 1)
             if len(best) >= k or fetch >= limit:
                 break
-        if boost is not None:
-            floor = boost.get("", 0.0)
-            best = {sku: (s + boost.get((p.category or "").strip("/"), floor), p, i, c)
-                    for sku, (s, p, i, c) in best.items()}
-        ranked = sorted(best.values(), key=lambda t: -t[0])[:k]
-        return [ProductHit(p.sku, p.title, s, i.id, i.path, p.brand, p.price, p.currency, p.category,
-                           p.category_source, c) for s, p, i, c in ranked]
+        if boost is None:
+            ranked = sorted(best.values(), key=lambda t: -t[0])[:k]
+            return [ProductHit(p.sku, p.title, s, i.id, i.path, p.brand, p.price, p.currency, p.category,
+                               p.category_source, c) for s, p, i, c in ranked]
+        floor = boost.get("", 0.0)
+        fused = sorted(((s + boost.get((p.category or "").strip("/"), floor), s, p, i, c) for s, p, i, c in best.values()),
+                       key=lambda t: -t[0])[:k]
+        return [ProductHit(p.sku, p.title, f, i.id, i.path, p.brand, p.price, p.currency, p.category,
+                           p.category_source, c, similarity=s) for f, s, p, i, c in fused]
 
     @staticmethod
     def _passes(prod: ProductInfo, img: ImageInfo, f: SearchFilters, allowed: tuple[str, ...] | None,

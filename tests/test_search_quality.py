@@ -70,3 +70,29 @@ def test_fusion_is_the_default_and_a_setting_turns_it_off():
     assert Settings.from_env({}).tta is False and Settings.from_env({"SHOPSEARCH_TTA": "1"}).tta is True
     with pytest.raises(ConfigError, match="SHOPSEARCH_FUSION"):
         Settings.from_env({"SHOPSEARCH_FUSION": "maybe"})
+
+
+def test_fused_results_are_calibrated_on_their_plain_similarities(indexed):  # noqa: F811
+    """Fusion re-orders products by a category bonus; a calibration fitted on plain similarity
+    scores the plain similarities of the products in the order shown, not the fused scores,
+    and a first product that fusion lifted over a more similar one gets a lower confidence."""
+    from shopsearch.confidence import RAW_SCORING, Calibration
+
+    class Lifting(_Router):
+        def category_boost(self, vector):
+            return {**super().category_boost(vector), "Dairy/Milk": 1.0}
+
+    svc, _ = indexed
+    svc.router = Lifting()
+    svc.calibration = Calibration(True, top1=(8.0, 4.0, -4.0), hit=(8.0, 4.0, -4.0), scoring=RAW_SCORING)
+    apple = make_image(0)
+    plain = svc.search_image(apple, k=4, fusion=False)
+    fused = svc.search_image(apple, k=4, fusion=True)
+    assert fused.predicted_category.routing == "fused" and fused.hits[0].sku != "P0"
+    assert fused.calibration["status"] != "uncalibrated" and fused.confidence is not None
+    sims = [h.similarity for h in fused.hits]
+    assert [round(h.score - 1.0, 5) for h in fused.hits] == [round(s, 5) for s in sims]
+    assert fused.confidence == svc.calibration.confidence(sims)[0]
+    assert fused.confidence < plain.confidence  # milk first, though the apple photo is most like P0
+    assert fused.hits[0].to_dict()["similarity"] == round(sims[0], 6)
+    assert plain.hits[0].similarity is None and plain.hits[0].to_dict()["similarity"] == round(plain.hits[0].score, 6)
