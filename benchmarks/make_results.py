@@ -84,6 +84,8 @@ REPRODUCE = [
     "python benchmarks/build_update_bench.py --products 5000 --label main --out benchmarks/results/build_update_5k_main.json",
     "# the feedback adapter, simulated: val photos as confirmed queries, test photos unseen (issue 17)",
     "SHOPSEARCH_DATA_DIR=var python benchmarks/adapter_grocerystore.py --out benchmarks/results/adapter_grocerystore.json",
+    "# a growing shop, 10k and 100k products, SQLite and PostgreSQL (issue 20); 1M: --sizes 1000000",
+    "python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql --scratch /tmp/scale",
     "python benchmarks/make_results.py",
 ]
 
