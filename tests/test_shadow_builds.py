@@ -16,8 +16,10 @@ from shopsearch.index import IndexStore
 from tests.conftest import jitter, make_image
 
 
-def _cli(data_dir, *args):
-    return CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
+def _cli(data_dir, *args, db_url: str | None = None):
+    """The CLI on `data_dir`, its catalogue in `db_url` (default: SQLite inside the data dir)."""
+    base = ["--data-dir", str(data_dir)] + (["--database-url", db_url] if db_url else [])
+    return CliRunner().invoke(cli, [*base, *args], catch_exceptions=False)
 
 
 def _labelled_set(tmp_path, n: int = 6):
@@ -40,27 +42,30 @@ def _labelled_set(tmp_path, n: int = 6):
     return tmp_path / "products.csv"
 
 
-def test_shadow_build_promote_rollback(tmp_path):
+def test_shadow_build_promote_rollback(tmp_path, db_url):
+    """On SQLite and PostgreSQL."""
     data = tmp_path / "data"
     products = _labelled_set(tmp_path)
-    assert _cli(data, "catalogue", "import", str(products)).exit_code == 0
-    res = _cli(data, "index", "promote")
+    assert _cli(data, "catalogue", "import", str(products), db_url=db_url).exit_code == 0
+    res = _cli(data, "index", "promote", db_url=db_url)
     assert res.exit_code == 1 and "no shadow build" in res.output
-    first = json.loads(_cli(data, "index", "build", "--model", "colorhist", "--json").stdout)
-    shadow = json.loads(_cli(data, "index", "build", "--model", "colorhist", "--shadow", "--json").stdout)
+    first = json.loads(_cli(data, "index", "build", "--model", "colorhist", "--json", db_url=db_url).stdout)
+    shadow = json.loads(_cli(data, "index", "build", "--model", "colorhist", "--shadow", "--json",
+                             db_url=db_url).stdout)
     store = IndexStore(data / "index")
     assert store.current_id() == first["build_id"] and store.shadow_id() == shadow["build_id"]
-    listing = {b["build_id"]: b for b in json.loads(_cli(data, "index", "list", "--json").stdout)["builds"]}
+    listing = {b["build_id"]: b
+               for b in json.loads(_cli(data, "index", "list", "--json", db_url=db_url).stdout)["builds"]}
     assert listing[shadow["build_id"]]["shadow"] and not listing[shadow["build_id"]]["current"]
     # later builds never prune the staged shadow (the store keeps the 2 newest otherwise)
     for _ in range(3):
-        assert _cli(data, "index", "build", "--model", "colorhist").exit_code == 0
+        assert _cli(data, "index", "build", "--model", "colorhist", "--force", db_url=db_url).exit_code == 0
     assert store.build_dir(shadow["build_id"]).is_dir() and store.shadow_id() == shadow["build_id"]
     serving = store.current_id()
-    promoted = json.loads(_cli(data, "index", "promote", "--json").stdout)
+    promoted = json.loads(_cli(data, "index", "promote", "--json", db_url=db_url).stdout)
     assert promoted["current"] == shadow["build_id"] and promoted["previous"] == serving
     assert store.current_id() == shadow["build_id"] and store.shadow_id() is None
-    back = json.loads(_cli(data, "index", "rollback", "--json").stdout)
+    back = json.loads(_cli(data, "index", "rollback", "--json", db_url=db_url).stdout)
     assert back["current"] == serving and store.previous_id() == shadow["build_id"]
 
 
