@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -27,18 +27,14 @@ from shopsearch.embedding.executor import OnFailure, OnVectors
 from shopsearch.embedding.gpu_decode import GpuTransform, gpu_transform_for, nvjpeg_decode, read_for_nvjpeg
 from shopsearch.embedding.items import WorkItem, prepare_list
 from shopsearch.embedding.preprocess import split_preprocess
+from shopsearch.embedding.tuning import LOOKAHEAD, PipelineConfig, gpu_horizon
 
-if TYPE_CHECKING:
-    from shopsearch.embedding.tuning import PipelineConfig
 
 log = logging.getLogger("shopsearch.pipeline")
 
 #: host cores left to the read threads, the nvJPEG calls and the model thread when the
 #: rest decode on the CPU lane (measured defaults: benchmarks/RESULTS.md)
 HOST_CORES = 4
-#: batches handed to the CPU lane ahead of the one being assembled, so its processes never
-#: wait for the lane thread (which holds slot ranges LOOKAHEAD + 1)
-LOOKAHEAD = 2
 #: the lane thread waiting longer than this for the CPU share means the processes lag
 CPU_LAG_S = 0.002
 #: the stages a run reports seconds for: read/decode/transform run in the decode lane,
@@ -59,12 +55,6 @@ class GpuExecutor:
 
     def run(self, items: Sequence[WorkItem], on_vectors: OnVectors, on_failure: OnFailure) -> dict[str, float]:
         return run_gpu_batches(self.embedder, items, self.cfg, on_vectors, on_failure)
-
-
-def gpu_horizon(cfg: PipelineConfig) -> int:
-    """Images the GPU executor may be decoding past the last one it reported: the batch in
-    the model, the queued ones, and those planned ahead on the CPU lane."""
-    return (LOOKAHEAD + cfg.gpu.prefetch + 2) * cfg.batch_size
 
 
 def run_gpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: PipelineConfig, on_vectors: OnVectors,

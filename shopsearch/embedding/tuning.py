@@ -6,10 +6,12 @@ from dataclasses import dataclass, field
 
 from shopsearch.config import COMPILE_MODES, GpuTuning
 from shopsearch.embedders.base import BatchEmbedder, Embedder
-from shopsearch.embedding.gpu import gpu_horizon
 from shopsearch.embedding.gpu_decode import gpu_transform_for
 from shopsearch.errors import ConfigError
 
+#: batches the GPU executor hands to its CPU decode lane ahead of the one being assembled, so
+#: the lane's processes never wait for the lane thread (which holds slot ranges LOOKAHEAD + 1)
+LOOKAHEAD = 2
 #: items handed to a worker at once (fewer round trips through the process pool)
 GROUP = 8
 #: CPU jobs at least this big torch.compile the model: the compilation pays for itself after
@@ -75,3 +77,9 @@ def inflight_horizon(cfg: PipelineConfig) -> int:
 
 def cpu_window(cfg: PipelineConfig) -> int:
     return max(4 * cfg.batch_size, 8 * cfg.workers * GROUP)
+
+
+def gpu_horizon(cfg: PipelineConfig) -> int:
+    """Images the GPU executor may be decoding past the last one it reported: the batch in
+    the model, the queued ones, and those planned ahead on the CPU lane."""
+    return (LOOKAHEAD + cfg.gpu.prefetch + 2) * cfg.batch_size
