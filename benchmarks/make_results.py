@@ -223,7 +223,7 @@ def _shipped_factory(index_type: str, dim: int, n: int) -> str | None:
     """What VectorIndex builds for this type today (None when the package cannot be imported)."""
     try:
         sys.path.insert(0, str(HERE.parent))
-        from shopsearch.index.vector_index import factory_string  # noqa: PLC0415
+        from shopsearch.index.sizing import factory_string  # noqa: PLC0415
     except ImportError:
         return None
     return factory_string(index_type, dim, n)

@@ -14,7 +14,8 @@ from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
 from shopsearch.index.store import IndexStore
-from shopsearch.index.vector_index import IndexManifest, VectorIndex, gpu_available
+from shopsearch.index.faiss_gpu import gpu_available
+from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.app")

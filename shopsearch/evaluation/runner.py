@@ -33,7 +33,8 @@ from shopsearch.evaluation.datasets import BenchDataset, Query, truncate_categor
 from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, summarize
 from shopsearch.evaluation.open_set import OpenSetQuery, OpenSetResult, evaluate_open_set
 from shopsearch.images import sha256_file
-from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
+from shopsearch.index.sizing import choose_index_type, factory_string
+from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.evaluation import tta
 from shopsearch.gallery_aug import blend, shopper_view_vectors
 from shopsearch.confidence_fit import LabelledQuery
