@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from shopsearch.config import Settings
+from shopsearch.config import Settings, child_environment, metrics_dir
 
 if TYPE_CHECKING:
     from webapp.front import NginxFront
@@ -87,7 +87,7 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
 
     overrides = {"SETTINGS": settings, **(config or {})}
     opts = gunicorn_options(front.upstream_bind if front else bind, workers, threads, preload, timeout, access_log)
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if metrics_dir():
         from webapp.metrics import worker_exited  # noqa: PLC0415
 
         opts["child_exit"] = lambda server, worker: worker_exited(worker.pid)
@@ -115,9 +115,9 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wo
              "--timeout", str(timeout), "--preload" if preload else "--no-preload"]
     if access_log:
         args.append("--access-log")
-    env = dict(os.environ)
-    for key, value in (config or {}).items():  # read back by create_app's SHOPSEARCH_* loading
-        env[f"SHOPSEARCH_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    # read back by create_app's SHOPSEARCH_* loading
+    env = child_environment({f"SHOPSEARCH_{key}": value if isinstance(value, str) else json.dumps(value)
+                             for key, value in (config or {}).items()})
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, args, env)
