@@ -6,7 +6,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
