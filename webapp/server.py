@@ -39,11 +39,14 @@ def gunicorn_options(bind: str, workers: int = 1, threads: int = 4, preload: boo
 
 def _torch_threads(workers: int, configured: int = 0) -> None:
     """Split the cores between workers instead of every worker claiming all of them
-    (`configured`: Settings.torch_threads, 0 to split)."""
-    if "torch" not in sys.modules:
-        return
+    (`configured`: Settings.torch_threads, 0 to split). A worker forked before torch was
+    imported (the usual case: the model loads after fork) gets OMP_NUM_THREADS, which torch
+    reads when the worker imports it, unless the operator set it."""
     n = configured or max(1, (os.cpu_count() or 1) // workers)
-    sys.modules["torch"].set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    elif configured or "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 class ShopSearchGunicorn(BaseApplication):
