@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--note", default=None, help="Free text stored with the results (machine load, findings).")
     ap.add_argument("--val-only", action="store_true", help="Choose on validation; no test figures.")
+    ap.add_argument("--only", default=None, metavar="FEATURES:PRIOR",
+                    help="Score just this labelled candidate (e.g. lead_mean+score:0.1, chosen by an earlier "
+                         "--val-only run) on val, then on test.")
     ap.add_argument("--fused", type=float, default=None, metavar="WEIGHT",
                     help="Fuse a head trained on the kept products with this weight (the served router's).")
     a = ap.parse_args()
@@ -96,18 +99,23 @@ def main() -> None:
         fusion = OpenSetFusion(train, a.fused, category_of)
     rows = []
     names_pool = sorted(QUERY_FEATURES) if fusion else sorted(set(QUERY_FEATURES) - HEAD_FEATURES)
-    for n in range(1, len(names_pool) + 1):
-        for names in itertools.combinations(names_pool, n):
-            if len(HEAD_FEATURES & set(names)) > 1:
-                continue  # one reading of the head at a time
-            for prior in (PRIORS if not fusion else (0.1, 0.2)):
-                r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
-                                      labelled_are_queries=True, query_features=names, unknown_prior=prior,
-                                      fusion=fusion)
-                rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
-                             "val_auroc": r.auroc, "val_ece": r.ece})
-                print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
-    for near in (NEAR_DUPLICATES if fusion is None else ()):  # leave-one-out: the fit never sees a validation photo
+    combos = [c for n in range(1, len(names_pool) + 1) for c in itertools.combinations(names_pool, n)]
+    priors_for = None
+    if a.only:
+        feats, prior = a.only.split(":")
+        combos, priors_for = [tuple(sorted(feats.split("+")))], (float(prior),)
+    for names in combos:
+        if len(HEAD_FEATURES & set(names)) > 1:
+            continue  # one reading of the head at a time
+        for prior in priors_for or (PRIORS if not fusion else (0.1, 0.2)):
+            r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
+                                  labelled_are_queries=True, query_features=names, unknown_prior=prior,
+                                  fusion=fusion)
+            rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
+                         "val_auroc": r.auroc, "val_ece": r.ece})
+            print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
+    # leave-one-out over the gallery: the fit never sees a validation photo
+    for near in (NEAR_DUPLICATES if fusion is None and not a.only else ()):
         for names in LOO_FEATURES:
             for prior in (0.1,):  # each leave-one-out fit searches 2,000 photos: a smaller grid
                 r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed,
