@@ -51,19 +51,27 @@ def main() -> None:
                      "right": res.hits[0].sku == q.sku, "confidence": res.confidence, "match": res.match})
     right = [r for r in rows if r["right"]]
     wrong = [r for r in rows if not r["right"]]
+    machine = machine_info()
+    cal = res.calibration or {}
     run = {"label": a.label, "photos": len(rows), "seed": a.seed, "right_first": len(right),
-           "right": _shares(right), "wrong": _shares(wrong), "calibration": res.calibration, "note": a.note,
-           "machine": machine_info(), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "queries": rows}
+           "right": _shares(right), "wrong": _shares(wrong),
+           "calibration": f"{cal.get('status')}, {cal.get('scoring')}, features {'+'.join(cal.get('features') or [])}, "
+                          f"none below {cal.get('none_below')}",
+           "note": a.note, "load_avg_1m": machine.get("load_avg_1m"),
+           "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     runs = []
     if a.append and a.out and a.out.is_file():
         runs = json.loads(a.out.read_text())["runs"]
     out = {"benchmark": "demo_confidence", "dataset": "grocerystore", "queries": "test (seeded sample)",
-           "runs": runs + [run]}
+           "runs": runs + [run], "machine": machine}
+    print(json.dumps(run, indent=2))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in run.items() if k not in ("queries", "machine")}, indent=2))
+        # each photo's answer beside it (make_results renders only the top-level files)
+        detail = a.out.with_suffix("") / f"run{len(out['runs'])}.json"
+        detail.parent.mkdir(parents=True, exist_ok=True)
+        detail.write_text(json.dumps({"label": a.label, "queries": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
