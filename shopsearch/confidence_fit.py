@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from shopsearch.confidence import (HEAD_FEATURES, MIN_SAMPLES, NONE_QUANTILE, NONE_RANGE, QUERY_FEATURES,
-                                   RAW_SCORING, RIGHT_KEPT, UNKNOWN_PRIOR, Calibration, features, fit_logistic, query_features,
-                                   save_calibration, scoring_key)
+                                   RAW_SCORING, RIGHT_KEPT, UNKNOWN_PRIOR, Calibration, features, fit_logistic,
+                                   query_features, save_calibration, scoring_key)
 from shopsearch.rerank import RerankingIndex, RerankOptions
 
 log = logging.getLogger("shopsearch.confidence")
@@ -65,10 +66,13 @@ class FusedRanking:
     categories: tuple[str, ...]  # the columns of `probabilities`
     category_of: Mapping[Any, str]  # product -> its category path ("/"-joined)
 
+    @cached_property
+    def _columns(self) -> dict[str, int]:
+        return {c: j for j, c in enumerate(self.categories)}
+
     def column(self, product: Any) -> int | None:
-        if not hasattr(self, "_col"):
-            object.__setattr__(self, "_col", {c: j for j, c in enumerate(self.categories)})
-        return self._col.get((self.category_of.get(product) or "").strip("/"))  # type: ignore[attr-defined]
+        """The head's column of `product`'s category (None: a category the head does not know)."""
+        return self._columns.get((self.category_of.get(product) or "").strip("/"))
 
     def order(self, ranked: list[tuple[Any, float]], probs: np.ndarray, k: int
               ) -> tuple[list[tuple[Any, float]], list[float]]:
