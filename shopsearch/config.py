@@ -217,3 +217,10 @@ def set_metrics_dir(path: str | None) -> None:
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment plus `extra`, for a program it replaces itself with."""
     return {**os.environ, **extra}
+
+
+def pin_omp_threads(n: int, override: bool) -> None:
+    """OMP_NUM_THREADS=n for a process that imports torch later (a gunicorn worker after fork),
+    unless the operator set it already and `override` is false."""
+    if override or "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(n)

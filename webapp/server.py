@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from shopsearch.config import Settings, child_environment, metrics_dir
+from shopsearch.config import Settings, child_environment, metrics_dir, pin_omp_threads
 
 if TYPE_CHECKING:
     from webapp.front import NginxFront
@@ -45,8 +45,8 @@ def _torch_threads(workers: int, configured: int = 0) -> None:
     n = configured or max(1, (os.cpu_count() or 1) // workers)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
-    elif configured or "OMP_NUM_THREADS" not in os.environ:
-        os.environ["OMP_NUM_THREADS"] = str(n)
+    else:
+        pin_omp_threads(n, override=bool(configured))
 
 
 class ShopSearchGunicorn(BaseApplication):
