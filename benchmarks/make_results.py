@@ -87,6 +87,8 @@ REPRODUCE = [
     "SHOPSEARCH_DATA_DIR=var python benchmarks/adapter_grocerystore.py --out benchmarks/results/adapter_grocerystore.json",
     "# a growing shop, 10k and 100k products, SQLite and PostgreSQL (issue 20); 1M: --sizes 1000000",
     "python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql --scratch /tmp/scale",
+    "nice -n 5 python benchmarks/scale_bench.py --sizes 10000,1000000 --db sqlite,postgresql --size-first \\",
+    "    --scratch /tmp/scale3 --pg-schema scale3   # then, if stopped in its first build: --resume --index-type flat",
     "python benchmarks/make_results.py",
 ]
 

@@ -159,6 +159,10 @@ def pg_schema_url(base: str, name: str) -> str:
         c.execute(text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
         c.execute(text(f"CREATE SCHEMA {name}"))
     eng.dispose()
+    return _schema_url(base, name)
+
+
+def _schema_url(base: str, name: str) -> str:
     return f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}"
 
 
@@ -216,15 +220,25 @@ def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic
     res["detail"]["import_products_per_s"] = n / sec["import"]
     if synthetic:
         inject_vectors(data_dir, hashes)
-    sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
+    return finish(scratch, n, data_dir, url, manifest, queries, res, save)
+
+
+def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, queries: int, res: dict,
+           save: Callable[[dict], None], index_type: str = "auto") -> dict:
+    """The steps after the import: builds, update, re-import, status, searches."""
+    sec = res["seconds"]
+    itype = [] if index_type == "auto" else ["--index-type", index_type]
+    sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
     save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["index_type"] = (rep or {}).get("index_type")
     res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
-    sec["noop_build"], _ = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
+    sec["noop_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
+    res["detail"]["noop_build_up_to_date"] = (rep or {}).get("up_to_date")
     save(res)  # a run stopped later keeps the steps done so far
     for i in range(10):  # 10 pictures replaced in place: new bytes, same paths
         (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(_jpeg(10 ** 9 + n + i))
-    sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", "--json")
+    sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", *itype, "--json")
+    res["detail"]["update_strategy"] = (rep or {}).get("strategy")
     save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["update_embedded"] = (rep or {}).get("embedded")
     sec["reimport_unchanged"], _ = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")
@@ -309,6 +323,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes generating images")
     ap.add_argument("--keep", action="store_true", help="keep the data dirs (images are always kept)")
     ap.add_argument("--note", default="", help="free text stored in the JSON, e.g. 'loaded machine'")
+    ap.add_argument("--resume", action="store_true",
+                    help="finish the incomplete run of the result file (its data dir is kept): every step "
+                         "after its import, with --index-type")
+    ap.add_argument("--index-type", default="auto", help="with --resume: the builds' index type")
     ap.add_argument("--size-first", action="store_true",
                     help="every database at one size before the next size (a run stopped early keeps "
                          "the smaller sizes of both databases)")
@@ -334,6 +352,26 @@ def main() -> None:
         path.write_text(json.dumps({"note": args.note, "machine": machine_info(), "cpus": os.cpu_count(),
                                     "model": MODEL, "runs": done}, indent=2))
 
+    if args.resume:
+        earlier = json.loads(path.read_text())
+        runs[:] = earlier["runs"]
+        args.note = earlier.get("note", "")
+        partial = next(r for r in runs if not r.get("complete"))
+        runs.remove(partial)
+        db, n = partial["db"], partial["size"]
+        data_dir = scratch / f"data_{db}_{n}"
+        url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else \
+            _schema_url(args.pg_url, f"{args.pg_schema}_{n}")
+        partial["seconds"] = {k: v for k, v in partial["seconds"].items() if k in ("cli_start", "import")}
+        partial["resumed"] = {"after": "import", "index_type": args.index_type}
+        LOAD.clear()
+        LOAD.update(partial.get("load_avg_1m") or {})
+        partial["load_avg_1m"] = LOAD
+        print(f"== resuming {db} {n:,} products after the import, index type {args.index_type}", flush=True)
+        runs.append(finish(scratch, n, data_dir, url, scratch / f"manifest_{n}.csv", args.queries, partial, save,
+                           args.index_type))
+        order = []
+        save()
     for db, n in order:
         print(f"== {db} {n:,} products", flush=True)
         t0 = time.perf_counter()
