@@ -227,7 +227,7 @@ def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, quer
            save: Callable[[dict], None], index_type: str = "auto") -> dict:
     """The steps after the import: builds, update, re-import, status, searches."""
     sec = res["seconds"]
-    itype = [] if index_type == "auto" else ["--index-type", index_type]
+    itype = [] if index_type == "auto" else ["--index", index_type]
     sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
     save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["index_type"] = (rep or {}).get("index_type")
@@ -364,6 +364,7 @@ def main() -> None:
             _schema_url(args.pg_url, f"{args.pg_schema}_{n}")
         partial["seconds"] = {k: v for k, v in partial["seconds"].items() if k in ("cli_start", "import")}
         partial["resumed"] = {"after": "import", "index_type": args.index_type}
+        partial["detail"]["import_products_per_s"] = n / partial["seconds"]["import"]
         LOAD.clear()
         LOAD.update(partial.get("load_avg_1m") or {})
         partial["load_avg_1m"] = LOAD

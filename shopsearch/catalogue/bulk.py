@@ -42,9 +42,13 @@ def image_rows(conn: Connection, only_ok: bool = False) -> list[ImageInfo]:
 def image_stats(conn: Connection) -> list[tuple[int, str, str, int | None, int | None]]:
     """(id, path, status, file size, file mtime ns) of every image, as plain tuples: what a
     rescan needs to stat the files, without the rest of the row."""
-    q = select(ProductImage.id, ProductImage.path, ProductImage.status, ProductImage.file_size,
-               ProductImage.file_mtime_ns)
-    return [tuple(r) for r in conn.execute(q)]
+    # the driver's own cursor: its rows are tuples already (no SQLAlchemy Row per image)
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute("SELECT id, path, status, file_size, file_mtime_ns FROM product_images")
+        return cur.fetchall()
+    finally:
+        cur.close()
 
 
 def images_by_id(conn: Connection, ids: Sequence[int]) -> list[ImageInfo]:

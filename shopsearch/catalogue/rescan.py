@@ -13,6 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 from tqdm import tqdm
 
@@ -48,6 +49,23 @@ def stat_moved(img: ImageInfo) -> bool:
     return _moved(img.path, img.status, img.file_size, img.file_mtime_ns)
 
 
+def _moved_ids(stats: Iterable[tuple[int, str, str, int | None, int | None]]) -> list[int]:
+    """Ids among (id, path, status, size, mtime) rows whose file's stat moved: _moved inlined,
+    as this loop runs once per image of the catalogue."""
+    out = []
+    stat = os.stat
+    for i, path, status, size, mtime_ns in stats:
+        try:
+            st = stat(path)
+        except OSError:
+            if status != "missing":
+                out.append(i)
+            continue
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            out.append(i)
+    return out
+
+
 def _moved(path: str, status: str, size: int | None, mtime_ns: int | None) -> bool:
     try:
         st = os.stat(path)
@@ -64,9 +82,7 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
     # plain (id, path, status, size, mtime) tuples: only the images whose stat moved are read in full
     stats = store.image_stats()
     n_images = len(stats)
-    todo = store.images_by_id([i for i, path, status, size, mtime in
-                               tqdm(stats, desc="checking files", unit="img", disable=not progress)
-                               if _moved(path, status, size, mtime)])
+    todo = store.images_by_id(_moved_ids(tqdm(stats, desc="checking files", unit="img", disable=not progress)))
     del stats
     if verify_hashes:  # reads every file anyway: the full rows cost nothing next to that
         moved = {img.id for img in todo}
