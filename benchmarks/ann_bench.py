@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 from shopsearch.evaluation.metrics import percentiles  # noqa: E402
-from shopsearch.index.vector_index import VectorIndex, factory_string  # noqa: E402
+from shopsearch.index.sizing import factory_string  # noqa: E402
+from shopsearch.index.vector_index import VectorIndex  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 K = 10

@@ -58,11 +58,11 @@ def write_checkpoint(path: Path) -> None:
     torch.save(model.state_dict(), path)
 
 
-def copy_photos(n: int, dest: Path) -> int:
+def copy_photos(n: int, dest: Path, dataset: Path) -> int:
     """The first n Grocery Store photos (train then test split) as dest/<class>/<file>.jpg."""
     from shopsearch.evaluation.throughput import grocery_jpegs
 
-    paths = grocery_jpegs(n)
+    paths = grocery_jpegs(n, dataset)
     if len(paths) < n:
         raise SystemExit(f"only {len(paths)} Grocery Store photos found (wanted {n})")
     for p in paths:
@@ -94,6 +94,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dataset", type=Path, default=Path(os.environ.get(
+        "SHOPSEARCH_GROCERY_DIR", REPO.parent / "shared" / "datasets" / "grocerystore")), help="Grocery Store folder")
     ap.add_argument("--venv", type=Path, default=REPO / "var" / "clip-retrieval-venv")
     ap.add_argument("--work-dir", type=Path, default=None, help="photos, checkpoint and outputs (default: a temp dir)")
     ap.add_argument("--batch-size", type=int, default=256,
@@ -108,7 +110,7 @@ def main() -> int:
     work = (a.work_dir or Path(tmp.name)).resolve()
     work.mkdir(parents=True, exist_ok=True)
     photos, ckpt, log = work / "photos", work / "vit-b-32-random.pt", work / "runs.log"
-    n = copy_photos(a.images, photos)
+    n = copy_photos(a.images, photos, a.dataset)
     if not ckpt.is_file():
         write_checkpoint(ckpt)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -22,7 +22,8 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
-from shopsearch.index.vector_index import VectorIndex, estimate_bytes_per_vector, factory_string  # noqa: E402
+from shopsearch.index.sizing import estimate_bytes_per_vector, factory_string  # noqa: E402
+from shopsearch.index.vector_index import VectorIndex  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

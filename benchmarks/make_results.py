@@ -51,6 +51,9 @@ REPRODUCE = [
     "python benchmarks/query_profile.py --data-dir /tmp/speeddemo --out benchmarks/results/query_profile.json",
     "python benchmarks/load_bench.py --data-dir /tmp/speeddemo --no-prepare --server-repo /tmp/speed-base \\",
     "    --workers 1 --threads 4 --concurrency 4 --duration 15 --sequential 15 --out before-1.json",
+    "# the same, several checkouts and server configurations in turns (NAME=CHECKOUT:WORKERSxTHREADS[:TORCH])",
+    "python benchmarks/load_ab.py --data-dir /tmp/speeddemo --variant before=/tmp/speed-base:1x4 \\",
+    "    --variant after=.:1x4 --variant after-2x2=.:2x2 --variant after-1x4-t1=.:1x4:1 --rounds 2",
     "# side by side with clip-retrieval 2.45 (its own venv under var/), same checkpoint, same photos",
     "python benchmarks/clip_retrieval_bench.py --images 1000 --rounds 2",
     "# search quality without a GPU, step by step (issue 13): head + fusion weight on train/val, then the steps",
@@ -65,6 +68,16 @@ REPRODUCE = [
     "# how to fit the confidence (labelled val photos or leave-one-out, near-duplicates, features): chosen on val",
     "python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore \\",
     "    --out benchmarks/results/open_set_feature_selection_val.json",
+    "# fused searches (head trained on the kept products only, weight 0.5): features chosen on val, then test",
+    "python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore --fused 0.5 --val-only",
+    "python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore --fused 0.5 \\",
+    "    --only lead_mean+score:0.1 --out benchmarks/results/open_set_feature_selection_fused.json",
+    "# the demo's confidence: fused features chosen on val photos, then 50 seeded test photos through the service",
+    "shopsearch --data-dir var demo --no-serve",
+    "SHOPSEARCH_DATA_DIR=var python benchmarks/confidence_fused_features.py ../shared/datasets/grocerystore",
+    "SHOPSEARCH_DATA_DIR=var python benchmarks/demo_confidence.py --dataset ../shared/datasets/grocerystore \\",
+    "    --label 'val photos, fused' --out benchmarks/results/demo_confidence_grocerystore.json",
+    "shopsearch --data-dir var index calibrate   # the catalogue-only fallback, then demo_confidence.py --append",
     "# the open set with the settings chosen on val (test, then val)",
     "shopsearch bench recall --dataset ../shared/datasets/grocerystore --open-set 0.2 --near-duplicates 0.85 \\",
     "    --latency-samples 0 --out benchmarks/results/open_set_grocerystore_efficientnet-lite0_near_duplicates",
@@ -226,7 +239,7 @@ def _shipped_factory(index_type: str, dim: int, n: int) -> str | None:
     """What VectorIndex builds for this type today (None when the package cannot be imported)."""
     try:
         sys.path.insert(0, str(HERE.parent))
-        from shopsearch.index.vector_index import factory_string  # noqa: PLC0415
+        from shopsearch.index.sizing import factory_string  # noqa: PLC0415
     except ImportError:
         return None
     return factory_string(index_type, dim, n)

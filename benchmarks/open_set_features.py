@@ -13,7 +13,11 @@ left out too) and scored on all validation photos: AUROC (in vs not in the catal
 (15 bins, in-catalogue photos). The
 best on validation (AUROC - 2 ECE) is then scored on the test photos with the fit on all
 validation photos. Vectors come from the data dir's vector cache (run bench recall on val and
-test first, or this embeds them)."""
+test first, or this embeds them).
+
+`--fused WEIGHT`: searches fused with a category head (the served probe's recipe) trained on the
+kept products' gallery photos only, as `bench recall --fusion on` does; the candidates are then the
+labelled fits over every combination of features, those of the category head included."""
 from __future__ import annotations
 
 import argparse
@@ -26,14 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from shopsearch.config import Settings
-from shopsearch.confidence import QUERY_FEATURES
+from shopsearch.confidence import HEAD_FEATURES, QUERY_FEATURES
 from shopsearch.confidence_fit import LabelledQuery
 from shopsearch.embedders import load_embedder
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import WorkItem, embed_items
 from shopsearch.evaluation.datasets import load_dataset
 from shopsearch.evaluation.machine import machine_info
-from shopsearch.evaluation.open_set import OpenSetQuery, evaluate_open_set
+from shopsearch.evaluation.open_set import OpenSetFusion, OpenSetQuery, evaluate_open_set
+from shopsearch.evaluation.runner import probe_head
 from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import VectorIndex
 
@@ -56,13 +61,20 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--note", default=None, help="Free text stored with the results (machine load, findings).")
+    ap.add_argument("--val-only", action="store_true", help="Choose on validation; no test figures.")
+    ap.add_argument("--only", default=None, metavar="FEATURES:PRIOR",
+                    help="Score just this labelled candidate (e.g. lead_mean+score:0.1, chosen by an earlier "
+                         "--val-only run) on val, then on test.")
+    ap.add_argument("--fused", type=float, default=None, metavar="WEIGHT",
+                    help="Fuse a head trained on the kept products with this weight (the served router's).")
     a = ap.parse_args()
     settings = Settings.from_env()
     emb = load_embedder(a.model, settings.device, settings.models_dir)
     cache = VectorCache(settings.vector_cache_dir, emb.fingerprint, emb.dim)
     val, test = (load_dataset(a.dataset, "grocerystore", "iconic+train", s) for s in ("val", "test"))
     gallery = [(p.sku, im.path) for p in val.products for im in p.images]
-    vecs = _vectors([g for _, g in gallery] + [q.path for q in val.queries + test.queries], emb, cache)
+    finals = () if a.val_only else tuple(test.queries)
+    vecs = _vectors([g for _, g in gallery] + [q.path for q in val.queries + finals], emb, cache)
     gallery = [(s, g) for s, g in gallery if g in vecs]
     index = VectorIndex(emb.dim, "flat", expected_size=len(gallery))
     index.add(np.arange(len(gallery), dtype=np.int64), np.stack([vecs[g] for _, g in gallery]))
@@ -73,16 +85,37 @@ def main() -> None:
         return [OpenSetQuery(vecs[q.path], frozenset({q.sku})) for q in d.queries if q.path in vecs]
 
     labelled = [LabelledQuery(vecs[q.path], q.sku) for q in val.queries if q.path in vecs]
+    fusion = None
+    if a.fused is not None:
+        category_of = {p.sku: "/".join(p.category_path or ()) for p in val.products}
+        heads: dict[int, tuple] = {}  # one head per gallery (the kept products): trained once, reused
+
+        def train(vectors, categories):
+            key = hash(tuple(categories))
+            if key not in heads:
+                heads[key] = probe_head(vectors, categories)
+            return heads[key]
+
+        fusion = OpenSetFusion(train, a.fused, category_of)
     rows = []
-    for n in range(1, len(QUERY_FEATURES) + 1):
-        for names in itertools.combinations(sorted(QUERY_FEATURES), n):
-            for prior in PRIORS:
-                r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
-                                      labelled_are_queries=True, query_features=names, unknown_prior=prior)
-                rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
-                             "val_auroc": r.auroc, "val_ece": r.ece})
-                print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
-    for near in NEAR_DUPLICATES:  # leave-one-out over the gallery: the fit never sees a validation photo
+    names_pool = sorted(QUERY_FEATURES) if fusion else sorted(set(QUERY_FEATURES) - HEAD_FEATURES)
+    combos = [c for n in range(1, len(names_pool) + 1) for c in itertools.combinations(names_pool, n)]
+    priors_for = None
+    if a.only:
+        feats, prior = a.only.split(":")
+        combos, priors_for = [tuple(sorted(feats.split("+")))], (float(prior),)
+    for names in combos:
+        if len(HEAD_FEATURES & set(names)) > 1:
+            continue  # one reading of the head at a time
+        for prior in priors_for or (PRIORS if not fusion else (0.1, 0.2)):
+            r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
+                                  labelled_are_queries=True, query_features=names, unknown_prior=prior,
+                                  fusion=fusion)
+            rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
+                         "val_auroc": r.auroc, "val_ece": r.ece})
+            print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
+    # leave-one-out over the gallery: the fit never sees a validation photo
+    for near in (NEAR_DUPLICATES if fusion is None and not a.only else ()):
         for names in LOO_FEATURES:
             for prior in (0.1,):  # each leave-one-out fit searches 2,000 photos: a smaller grid
                 r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed,
@@ -92,16 +125,22 @@ def main() -> None:
                 print(f"loo {near} {'+'.join(names):24s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}",
                       file=sys.stderr)
     best = max(rows, key=lambda r: r["val_auroc"] - 2 * r["val_ece"])
-    baseline = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed)
+    print(f"chosen on val: {best}", file=sys.stderr)
+    if a.val_only:
+        return
+    baseline = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed, fusion=fusion)
     chosen = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed,
                                labelled=labelled if best["source"] == "labelled" else (),
                                query_features=best["features"], unknown_prior=best["unknown_prior"],
-                               near_duplicate=best.get("near_duplicate"))
+                               near_duplicate=best.get("near_duplicate"), fusion=fusion)
     out = {"benchmark": "open_set_feature_selection", "dataset": "grocerystore", "model": emb.name,
+           "fusion_weight": a.fused, "head": "probe on the kept products' gallery photos" if fusion else None,
            "fraction": a.fraction, "seed": a.seed, "criterion": "val AUROC - 2 * val ECE (5 folds by product)",
            "candidates": rows, "chosen": best,
            "test": {"chosen": {"auroc": chosen.auroc, "ece": chosen.ece, "method": chosen.calibration.method,
-                               "samples": chosen.calibration.samples},
+                               "samples": chosen.calibration.samples, "none_below": chosen.calibration.none_below,
+                               "match_shares": chosen.match_shares,
+                               "top1_accuracy_in_catalogue": chosen.top1_accuracy_in},
                     "leave_one_out_baseline": {"auroc": baseline.auroc, "ece": baseline.ece,
                                                "method": baseline.calibration.method}},
            "note": a.note, "machine": machine_info(), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -41,8 +41,11 @@ def query_photos(dataset: Path, n: int) -> list[bytes]:
     return [(dataset / "dataset" / p).read_bytes() for p in picks]
 
 
-def stage_times(svc, photos: list[bytes], k: int) -> dict[str, float]:
-    """Median ms of each stage of a search, the calls the routes make, one photo at a time."""
+def stage_times(svc, photos: list[bytes], k: int, clock=time.perf_counter) -> dict[str, float]:
+    """Median ms of each stage of a search, the calls the routes make, one photo at a time.
+    clock=time.thread_time gives this thread's CPU ms instead: with one intra-op thread
+    (OMP_NUM_THREADS=1) all the work runs in this thread, and CPU time barely moves when other
+    jobs share the cores, where wall time does."""
     import numpy as np
 
     from shopsearch.embedding.preprocess import decode_query
@@ -50,23 +53,33 @@ def stage_times(svc, photos: list[bytes], k: int) -> dict[str, float]:
     emb = svc.embedder
     out: dict[str, list[float]] = {s: [] for s in ("decode", "preprocess", "model", "faiss", "database", "group")}
     for data in photos:
-        t0 = time.perf_counter()
+        t0 = clock()
         img = decode_query(data, emb)
-        t1 = time.perf_counter()
+        t1 = clock()
         x = np.stack([emb.preprocess(img)])
-        t2 = time.perf_counter()
+        t2 = clock()
         vec = emb.encode_batch(x)[0]
-        t3 = time.perf_counter()
+        t3 = clock()
         fetch = min(len(svc.index), max(50, 8 * k))
         scores, ids = svc.index.search(vec[None, :], fetch)
-        t4 = time.perf_counter()
+        t4 = clock()
         svc.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
-        t5 = time.perf_counter()
+        t5 = clock()
         svc.search_vector(vec, k)
-        t6 = time.perf_counter()
+        t6 = clock()
         for name, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             out[name].append(dt * 1000)
     return {name: round(statistics.median(v), 2) for name, v in out.items()}
+
+
+def request_cpu_ms(client, photos: list[bytes], k: int) -> float:
+    """Median CPU ms of this thread per whole POST /api/v1/search (see stage_times' clock)."""
+    ms = []
+    for data in photos:
+        t0 = time.thread_time()
+        client.post(f"/api/v1/search?k={k}", data=data, content_type="application/octet-stream")
+        ms.append((time.thread_time() - t0) * 1000)
+    return round(statistics.median(ms), 2)
 
 
 def request_times(client, photos: list[bytes], k: int) -> dict[str, float]:
@@ -115,7 +128,9 @@ def main() -> int:
     request_times(client, photos[:4], a.k)
     load1 = os.getloadavg()[0]
     stages = stage_times(svc, photos, a.k)
+    stages_cpu = stage_times(svc, photos, a.k, clock=time.thread_time)
     requests = request_times(client, photos, a.k)
+    requests["api_search_cpu_ms"] = request_cpu_ms(client, photos, a.k)
     prof = cProfile.Profile()
     prof.enable()
     for data in photos:
@@ -126,10 +141,12 @@ def main() -> int:
     result = {
         "benchmark": "query_profile", "model": svc.manifest.model_name, "vectors": len(svc.index),
         "index_type": svc.manifest.index_type, "queries": len(photos), "k": a.k,
-        "stage_ms_median": stages, "request_ms_median": requests,
+        "stage_ms_median": stages, "stage_cpu_ms_median": stages_cpu, "request_ms_median": requests,
+        "torch_threads": __import__("torch").get_num_threads(),
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg_1m_before": round(load1, 2),
                     "loadavg_1m_after": round(os.getloadavg()[0], 2)},
-        "how": "in process (Flask test client), one query at a time, median over the query photos",
+        "how": "in process (Flask test client), one query at a time, median over the query photos; "
+               "*_cpu_ms: this thread's CPU time (all the work when torch has one thread)",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(json.dumps(result, indent=2))

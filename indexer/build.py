@@ -37,7 +37,8 @@ from shopsearch.images import sha256_file
 from shopsearch.index.merge import is_ivf
 from shopsearch.index.segments import new_delta, read_delta
 from shopsearch.index.store import IndexStore, new_build_id
-from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, estimate_bytes_per_vector
+from shopsearch.index.sizing import choose_index_type, estimate_bytes_per_vector
+from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.embedding.pipeline import EmbedReport, WorkItem, embed_items
 from shopsearch.embedding.cache import VectorCache
 

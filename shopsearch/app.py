@@ -5,6 +5,7 @@ no logic of its own beyond choosing which piece goes with which."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from shopsearch.adapter.model import with_build_adapter
 from shopsearch.catalogue.store import CatalogueStore
@@ -14,7 +15,8 @@ from shopsearch.embedders import load_embedder
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
 from shopsearch.index.store import IndexStore
-from shopsearch.index.vector_index import IndexManifest, VectorIndex, gpu_available
+from shopsearch.index.faiss_gpu import gpu_available
+from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.app")
@@ -110,3 +112,13 @@ def load_router(settings: Settings, embedder: Embedder) -> CategoryRouter | None
     from shopsearch.classify.router import load_router_for  # noqa: PLC0415 - imports torch: only when asked
 
     return load_router_for(settings, embedder)
+
+
+def serving_fusion(settings: Settings, embedder: Embedder, catalogue: CatalogueStore) -> Any:
+    """How the serving search fuses the category head (a confidence_fit.FusedRanking), or None when
+    it does not (SHOPSEARCH_FUSION off, no trained head, or a fusion weight of 0)."""
+    from shopsearch.confidence_fit import fused_ranking_for
+
+    if not settings.fusion:
+        return None
+    return fused_ranking_for(load_router(settings, embedder), catalogue.products())

@@ -33,6 +33,9 @@ STRONG_AT = 0.6
 #: kept within NONE_RANGE so that it never swallows `weak` nor vanishes
 NONE_QUANTILE = 0.9
 NONE_RANGE = (0.1, 0.45)
+#: ... and never above the confidence this share of the fit's right answers reach: where right
+#: answers and unknown products overlap, 'no close match' must not swallow the right answers
+RIGHT_KEPT = 0.9
 #: the share of shopper photos assumed to show a product the shop does not sell: the products left
 #: out of the catalogue enter the fit as wrong answers with this much total weight
 UNKNOWN_PRIOR = 0.1
@@ -72,22 +75,40 @@ def features(scores: Sequence[float]) -> np.ndarray:
     return np.stack([s, s - best_other], axis=1)
 
 
-#: what a query's first product is judged by (names stored in calibration.json): its score, its lead
-#: over the second product, and its lead over the mean of the others (a crowd of near-equal products,
-#: typical of a photo of something the shop does not sell, gives a small lead over all of them)
-QUERY_FEATURES: dict[str, Callable[[np.ndarray], float]] = {
-    "score": lambda s: float(s[0]),
-    "lead": lambda s: float(s[0] - (s[1] if len(s) > 1 else 0.0)),
-    "lead_mean": lambda s: float(s[0] - (s[1:].mean() if len(s) > 1 else 0.0)),
+#: what a query's first product is judged by (names stored in calibration.json), from its ranked
+#: plain similarities `s` and, on fused searches, the category head's probability `h` of each ranked
+#: product's category: the first product's score, its lead over the second product, its lead over
+#: the mean of the others (a crowd of near-equal products, typical of a photo of something the shop
+#: does not sell, gives a small lead over all of them), and the head's probability of its category
+#: (a head that agrees with retrieval is rarely wrong; it also knows categories look-alikes lack)
+QUERY_FEATURES: dict[str, Callable[[np.ndarray, np.ndarray | None], float]] = {
+    "score": lambda s, h: float(s[0]),
+    "lead": lambda s, h: float(s[0] - (s[1] if len(s) > 1 else 0.0)),
+    "lead_mean": lambda s, h: float(s[0] - (s[1:].mean() if len(s) > 1 else 0.0)),
+    "head": lambda s, h: float(_need_head(h)[0]),
+    "head_log": lambda s, h: float(np.log(max(float(_need_head(h)[0]), 1e-4))),
+    "head_lead": lambda s, h: float(_need_head(h)[0] - (h[1:].max() if len(h) > 1 else 0.0)),
 }
+#: features that need the category head's probabilities (fused searches only)
+HEAD_FEATURES = frozenset({"head", "head_log", "head_lead"})
+
+
+def _need_head(h: np.ndarray | None) -> np.ndarray:
+    if h is None or len(h) == 0:
+        raise ValueError("this confidence feature needs the category head's probabilities (a fused search)")
+    return h
+
+
 #: a calibrated probability is an estimate from a finite sample: never shown as certain either way
 CONFIDENCE_RANGE = (0.01, 0.99)
 
 
-def query_features(scores: Sequence[float], names: Sequence[str]) -> np.ndarray:
-    """The named features of one ranked score list (best first)."""
+def query_features(scores: Sequence[float], names: Sequence[str], head: Sequence[float] | None = None) -> np.ndarray:
+    """The named features of one ranked score list (in the order shown); `head`: the category head's
+    probability of each ranked product's category (fused searches)."""
     s = np.asarray(scores, np.float64)
-    return np.array([QUERY_FEATURES[n](s) for n in names])
+    h = None if head is None else np.asarray(head, np.float64)
+    return np.array([QUERY_FEATURES[n](s, h) for n in names])
 
 
 def scoring_key(rerank: str = "off", fusion: bool = False) -> str:
@@ -117,13 +138,21 @@ class Calibration:
     scoring: str = RAW_SCORING  # the scoring path the samples were scored on (scoring_key)
     near_duplicate: float | None = None  # leave-one-out: same-product photos this similar were left out too
 
-    def confidence(self, scores: Sequence[float]) -> tuple[float | None, list[float]]:
-        """(probability the first product is right, per-product calibrated scores) for ranked scores."""
-        if not self.fitted or not scores:
+    @property
+    def needs_head(self) -> bool:
+        """Whether the first-product model uses the category head (fitted on fused searches)."""
+        return bool(HEAD_FEATURES & set(self.query_features))
+
+    def confidence(self, scores: Sequence[float], head: Sequence[float] | None = None
+                   ) -> tuple[float | None, list[float]]:
+        """(probability the first product is right, per-product calibrated scores) for ranked plain
+        similarities in the order shown; `head`: the head's probability of each one's category
+        (needed when the calibration uses it: None then answers None)."""
+        if not self.fitted or not scores or (self.needs_head and head is None):
             return None, []
         f = features(scores)
         per_hit = _sigmoid(f @ np.asarray(self.hit[:2]) + self.hit[2])
-        q = query_features(scores, self.query_features)
+        q = query_features(scores, self.query_features, head)
         top = float(np.clip(_sigmoid(np.asarray(q @ np.asarray(self.top1[:-1]) + self.top1[-1])), *CONFIDENCE_RANGE))
         # the first-product model also knows unknown products; the others are scaled down alike,
         # so that a list whose first item is unlikely does not call a lower one 'possible'
@@ -146,7 +175,8 @@ class Calibration:
         how = ("labelled shopper photos of the shop's products" if self.method == "labelled"
                else "leave-one-out over the catalogue's own photos")
         return {"status": "calibrated", "method": how, "samples": self.samples, "strong_at": round(self.strong_at, 4),
-                "none_below": round(self.none_below, 4), "build_id": self.build_id, "scoring": self.scoring}
+                "none_below": round(self.none_below, 4), "build_id": self.build_id, "scoring": self.scoring,
+                "features": list(self.query_features)}
 
     def for_scoring(self, scoring: str) -> "Calibration":
         """This calibration when it was fitted on `scoring`, else the stated fallback (never a guess)."""
@@ -177,12 +207,16 @@ NO_CALIBRATION = Calibration(False, reason="this index build has no calibration 
 
 
 def annotate(result: SearchResult, calibration: Calibration | None, scoring: str = RAW_SCORING,
-             plain_scores: bool = False) -> SearchResult:
+             plain_scores: bool = False, head: Sequence[float] | None = None) -> SearchResult:
     """The result with `confidence`, `match` and each hit's calibrated score (or the fallback stated);
     `scoring`: the path the hits' scores came from (scoring_key); `plain_scores`: calibrate the
-    hits' plain similarities (fused results scored by a calibration of plain similarity)."""
+    hits' plain similarities (fused results); `head`: the category head's probability of each hit's
+    category (fused results: a calibration fitted on fused searches uses it)."""
     cal = (calibration or NO_CALIBRATION).for_scoring(scoring)
-    conf, per_hit = cal.confidence([h.plain_score if plain_scores else h.score for h in result.hits])
+    if cal.fitted and cal.needs_head and head is None:
+        cal = replace(NO_CALIBRATION, reason="the confidence was calibrated with the category head's probabilities, "
+                                             "which this search did not compute")
+    conf, per_hit = cal.confidence([h.plain_score if plain_scores else h.score for h in result.hits], head)
     hits = tuple(replace(h, calibrated=p) for h, p in zip(result.hits, per_hit)) if per_hit else result.hits
     return replace(result, hits=hits, confidence=conf, match=cal.match(conf), calibration=cal.describe())
 

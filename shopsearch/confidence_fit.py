@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from functools import cached_property
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from shopsearch.confidence import (MIN_SAMPLES, NONE_QUANTILE, NONE_RANGE, QUERY_FEATURES, RAW_SCORING,
-                                   UNKNOWN_PRIOR, Calibration, features, fit_logistic, query_features,
-                                   save_calibration, scoring_key)
+from shopsearch.confidence import (HEAD_FEATURES, MIN_SAMPLES, NONE_QUANTILE, NONE_RANGE, QUERY_FEATURES,
+                                   RAW_SCORING, RIGHT_KEPT, UNKNOWN_PRIOR, Calibration, features, fit_logistic,
+                                   query_features, save_calibration, scoring_key)
 from shopsearch.rerank import RerankingIndex, RerankOptions
 
 log = logging.getLogger("shopsearch.confidence")
@@ -35,16 +36,51 @@ log = logging.getLogger("shopsearch.confidence")
 FEATURES_BY_METHOD = {"labelled": ("score",), "leave-one-out": ("score", "lead")}
 #: leave-one-out with near-duplicates left out: the score alone, chosen on the same validation photos
 NEAR_DUPLICATE_FEATURES = ("score",)
+#: fused searches (labelled photos searched with the category head): the score and the head's probability
+#: of the first product's category, chosen on the Grocery Store validation photos (5 folds by product:
+#: benchmarks/results/confidence_fused_features_val.json): right vs wrong first products far apart
+#: with the head, barely told apart by similarity alone
+FUSED_FEATURES = ("score", "head")
 
 
 @dataclass(frozen=True)
 class Samples:
-    """Labelled searches: ranked product scores and, per ranked product, whether it is the query's."""
+    """Labelled searches: ranked product scores and, per ranked product, whether it is the query's;
+    on fused searches also the head's probability of each ranked product's category."""
 
     ranked: tuple[tuple[float, ...], ...]
     correct: tuple[tuple[bool, ...], ...]  # per ranked product: is it the query's product
     left_out: tuple[tuple[float, ...], ...]  # searches whose product is not in the catalogue
     method: str = "leave-one-out"  # or "labelled"
+    head: tuple[tuple[float, ...], ...] = ()  # fused: parallel to ranked
+    left_out_head: tuple[tuple[float, ...], ...] = ()  # fused: parallel to left_out
+
+
+@dataclass(frozen=True)
+class FusedRanking:
+    """How fused searches order products (SearchService: similarity + weight * log p(category)),
+    so that samples are ranked, and the head's probabilities read, as a fused search serves them."""
+
+    weight: float
+    probabilities: Callable[[np.ndarray], np.ndarray]  # (N, dim) query vectors -> (N, categories)
+    categories: tuple[str, ...]  # the columns of `probabilities`
+    category_of: Mapping[Any, str]  # product -> its category path ("/"-joined)
+
+    @cached_property
+    def _columns(self) -> dict[str, int]:
+        return {c: j for j, c in enumerate(self.categories)}
+
+    def column(self, product: Any) -> int | None:
+        """The head's column of `product`'s category (None: a category the head does not know)."""
+        return self._columns.get((self.category_of.get(product) or "").strip("/"))
+
+    def order(self, ranked: list[tuple[Any, float]], probs: np.ndarray, k: int
+              ) -> tuple[list[tuple[Any, float]], list[float]]:
+        """(the first k products in fused order with their plain similarities, their head probabilities)."""
+        uniform = 1.0 / max(1, len(self.categories))
+        head = [uniform if (j := self.column(p)) is None else float(probs[j]) for p, _ in ranked]
+        fused = sorted(range(len(ranked)), key=lambda i: -(ranked[i][1] + self.weight * np.log(max(head[i], 1e-4))))
+        return [ranked[i] for i in fused[:k]], [head[i] for i in fused[:k]]
 
 
 def ranked_products(scores: np.ndarray, ids: np.ndarray, product_of: Mapping[int, Any],
@@ -59,6 +95,21 @@ def ranked_products(scores: np.ndarray, ids: np.ndarray, product_of: Mapping[int
         if len(out) >= k:
             break
     return list(out.items())
+
+
+#: fused searches re-order the products of this many nearest images (SearchService fetches 8 per result)
+FUSION_POOL = 64
+
+
+def ranked_as_served(scores: np.ndarray, ids: np.ndarray, product_of: Mapping[int, Any], skip: set[int], k: int,
+                     fusion: FusedRanking | None = None, probs: np.ndarray | None = None
+                     ) -> tuple[list[tuple[Any, float]], list[float] | None]:
+    """(products in the order a search shows them, with plain similarities; the head's probabilities
+    of their categories, fused searches only)."""
+    if fusion is None or probs is None:
+        return ranked_products(scores, ids, product_of, skip, k), None
+    return fusion.order(ranked_products(scores[:FUSION_POOL], ids[:FUSION_POOL], product_of, skip, FUSION_POOL),
+                        probs, k)
 
 
 def collect_samples(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
@@ -112,32 +163,50 @@ class LabelledQuery:
     product: Any
 
 
+def without_category(probs: np.ndarray, column: int | None) -> np.ndarray:
+    """The head's probabilities had it never known `column`'s category (a softmax without that
+    class: the others renormalised), for a search whose product stands for one the shop lacks."""
+    if column is None:
+        return probs
+    out = np.array(probs, np.float64)
+    rest = max(1.0 - float(out[column]), 1e-12)
+    out[column] = 0.0
+    return out / rest
+
+
 def collect_labelled(index: Any, product_of: Mapping[int, Any], queries: Sequence[LabelledQuery], k: int = 5,
-                     search: Any = None) -> Samples:
+                     search: Any = None, fusion: FusedRanking | None = None) -> Samples:
     """Search labelled photos as shoppers' photos; each again with its product left out (an unknown
-    product). Photos of products the index lacks are unknown products as they are."""
+    product: with `fusion`, the head's probabilities are read as if it did not know that product's
+    category either). Photos of products the index lacks are unknown products as they are."""
     by_product: dict[Any, set[int]] = {}
     for i, p in product_of.items():
         by_product.setdefault(p, set()).add(int(i))
     if not queries or not by_product:
         return Samples((), (), (), "labelled")
     largest = max(len(v) for v in by_product.values())
-    fetch = int(min(len(product_of), max(64, largest + 8 * k)))
-    ranked, correct, left_out = [], [], []
+    fetch = int(min(len(product_of), max(64, largest + 8 * k, FUSION_POOL if fusion else 0)))
+    ranked, correct, left_out, head, left_out_head = [], [], [], [], []
     for start in range(0, len(queries), 256):
         chunk = queries[start:start + 256]
-        scores, ids = (search or index).search(np.stack([q.vector for q in chunk]).astype(np.float32), fetch)
-        for q, sc, nb in zip(chunk, scores, ids):
+        vecs = np.stack([q.vector for q in chunk]).astype(np.float32)
+        scores, ids = (search or index).search(vecs, fetch)
+        probs = fusion.probabilities(vecs) if fusion else [None] * len(chunk)
+        for q, sc, nb, pr in zip(chunk, scores, ids, probs):
             own = by_product.get(q.product, set())
             if own:
-                r = ranked_products(sc, nb, product_of, set(), k)
+                r, h = ranked_as_served(sc, nb, product_of, set(), k, fusion, pr)
                 if r:
                     ranked.append(tuple(s for _, s in r))
                     correct.append(tuple(p == q.product for p, _ in r))
-            lo = ranked_products(sc, nb, product_of, own, k)
+                    head.append(tuple(h or ()))
+            pr_out = None if pr is None else (without_category(pr, fusion.column(q.product)) if own else pr)
+            lo, h = ranked_as_served(sc, nb, product_of, own, k, fusion, pr_out)
             if lo:
                 left_out.append(tuple(s for _, s in lo))
-    return Samples(tuple(ranked), tuple(correct), tuple(left_out), "labelled")
+                left_out_head.append(tuple(h or ()))
+    return Samples(tuple(ranked), tuple(correct), tuple(left_out), "labelled",
+                   tuple(head) if fusion else (), tuple(left_out_head) if fusion else ())
 
 
 def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str = RAW_SCORING,
@@ -146,9 +215,12 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
     """Fit the calibrator; an unfitted Calibration (with why) when there are too few samples.
     `unknown_prior`: the share of shoppers' photos assumed to show a product the shop does not sell
     (the left-out searches enter the first-product fit as wrong answers with this total weight)."""
-    names = tuple(query_feature_names or FEATURES_BY_METHOD[samples.method])
+    fused = bool(samples.head)
+    names = tuple(query_feature_names or (FUSED_FEATURES if fused else FEATURES_BY_METHOD[samples.method]))
     if any(n not in QUERY_FEATURES for n in names):
         raise ValueError(f"unknown confidence feature in {names}; known: {sorted(QUERY_FEATURES)}")
+    if not fused and HEAD_FEATURES & set(names):
+        raise ValueError(f"features {sorted(HEAD_FEATURES & set(names))} need samples from fused searches")
     n = len(samples.ranked)
     if n < MIN_SAMPLES:
         where = ("labelled photos of products in the catalogue" if samples.method == "labelled" else
@@ -159,7 +231,8 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
     # first product: the searches (right or wrong) and the products left out (always wrong)
     use_unknown = unknown_prior > 0 and bool(samples.left_out)
     pool = samples.ranked + (samples.left_out if use_unknown else ())
-    x1 = np.stack([query_features(r, names) for r in pool])
+    heads = (samples.head + (samples.left_out_head if use_unknown else ())) if fused else (None,) * len(pool)
+    x1 = np.stack([query_features(r, names, h) for r, h in zip(pool, heads)])
     y1 = np.array([c[0] for c in samples.correct] + [False] * (len(pool) - n), dtype=float)
     w1 = np.ones(len(y1))
     if use_unknown:
@@ -172,45 +245,74 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
     cal = Calibration(True, tuple(map(float, top1)), tuple(map(float, hit)), samples=n,
                       loo_top1_accuracy=float(y1[:n].mean()), build_id=build_id, query_features=names,
                       method=samples.method, scoring=scoring)
-    if samples.left_out:
-        unknown = [cal.confidence(r)[0] for r in samples.left_out]
-        q = float(np.quantile(np.asarray(unknown, float), NONE_QUANTILE))
-        cal = replace(cal, none_below=min(max(q, NONE_RANGE[0]), NONE_RANGE[1]))
-    return cal
+    right = [cal.confidence(r, h or None)[0] for r, h, c in
+             zip(samples.ranked, samples.head or ((),) * n, samples.correct) if c[0]]
+    unknown = [cal.confidence(r, h or None)[0] for r, h in
+               zip(samples.left_out, samples.left_out_head or ((),) * len(samples.left_out))]
+    return replace(cal, none_below=none_threshold(right, unknown))
+
+
+def none_threshold(right: Sequence[float], unknown: Sequence[float]) -> float:
+    """Where 'no close match' starts: below what most products the shop lacks score (NONE_QUANTILE
+    of their confidences), yet never above what RIGHT_KEPT of the right answers reach, so that a
+    first product that is right is rarely called 'no close match' when the two overlap; within
+    NONE_RANGE."""
+    q = float(np.quantile(np.asarray(unknown, float), NONE_QUANTILE)) if len(unknown) else NONE_RANGE[0]
+    if len(right):
+        q = min(q, float(np.quantile(np.asarray(right, float), 1.0 - RIGHT_KEPT)))
+    return min(max(q, NONE_RANGE[0]), NONE_RANGE[1])
 
 
 def calibrate_index(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
                     build_id: str | None = None, max_queries: int = 2000, seed: int = 0,
                     labelled: Sequence[LabelledQuery] = (), search: Any = None,
                     scoring: str = RAW_SCORING, query_feature_names: Sequence[str] | None = None,
-                    unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None) -> Calibration:
+                    unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None,
+                    fusion: FusedRanking | None = None) -> Calibration:
     """Labelled samples when there are enough, else leave-one-out ones (`near_duplicate`: see
-    collect_samples), from `index`; then the fit."""
+    collect_samples), from `index`; then the fit. `fusion`: labelled photos are searched as fused
+    searches are (the head trained on the catalogue has never seen them); leave-one-out never is, as
+    the head was trained on those very photos (a fused search then uses the plain-similarity fit)."""
     if labelled:
-        cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search), build_id, scoring,
-                              query_feature_names, unknown_prior)
+        cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search, fusion=fusion), build_id,
+                              scoring_fused(scoring) if fusion else scoring, query_feature_names, unknown_prior)
         if cal.fitted:
             return cal
         log.warning("too few labelled photos; calibrating on the catalogue", extra={"reason": cal.reason})
     samples = collect_samples(index, product_of, hash_of, max_queries, seed=seed, search=search,
                               near_duplicate=near_duplicate)
-    names = query_feature_names or (NEAR_DUPLICATE_FEATURES if near_duplicate is not None else None)
+    names = query_feature_names if not (query_feature_names and HEAD_FEATURES & set(query_feature_names)) else None
+    names = names or (NEAR_DUPLICATE_FEATURES if near_duplicate is not None else None)
     cal = fit_calibration(samples, build_id, scoring, names, unknown_prior)
     return replace(cal, near_duplicate=near_duplicate)
 
 
+def scoring_fused(scoring: str) -> str:
+    """The scoring key of the same path with fusion on."""
+    return scoring.replace("fusion=off", "fusion=on")
+
+
+def fused_ranking_for(router: Any, products: Sequence[Any]) -> FusedRanking | None:
+    """How `router` (a trained ClassifierRouter) fuses, over products (ProductInfo-like: id and
+    category); None when it does not fuse (no head probabilities, or a weight of 0)."""
+    weight = float(getattr(router, "fusion_weight", 0.0) or 0.0)
+    if router is None or weight <= 0 or not hasattr(router, "category_probabilities"):
+        return None
+    return FusedRanking(weight, router.category_probabilities, tuple(router.categories),
+                        {p.id: (p.category or "").strip("/") for p in products})
 
 
 def calibrate_build(index: Any, images: Sequence[Any], build_id: str, rerank: RerankOptions = RerankOptions(),
-                    labelled: Sequence[LabelledQuery] = (), near_duplicate: float | None = None) -> Calibration:
+                    labelled: Sequence[LabelledQuery] = (), near_duplicate: float | None = None,
+                    fusion: FusedRanking | None = None) -> Calibration:
     """Fit on a build (its indexed catalogue images: `ImageInfo`s; `labelled` photos name product ids),
-    scored as searches with `rerank` are; store it with `calibration_file`."""
+    scored as searches with `rerank` (and `fusion`, labelled photos only) are; store it with `calibration_file`."""
     indexed = {int(i) for i in index.ids()}
     product_of = {im.id: im.product_id for im in images if im.id in indexed}
     hash_of = {im.id: im.sha256 for im in images if im.id in indexed}
     search = RerankingIndex(index, rerank) if rerank.active else None
     cal = calibrate_index(index, product_of, hash_of, build_id, labelled=labelled, search=search,
-                          scoring=scoring_key(rerank.spec), near_duplicate=near_duplicate)
+                          scoring=scoring_key(rerank.spec), near_duplicate=near_duplicate, fusion=fusion)
     log.info("calibration fitted" if cal.fitted else "calibration not fitted",
              extra={"build_id": build_id, "samples": cal.samples, "reason": cal.reason, "method": cal.method,
                     "scoring": cal.scoring, "none_below": cal.none_below,
@@ -219,10 +321,10 @@ def calibrate_build(index: Any, images: Sequence[Any], build_id: str, rerank: Re
 
 
 def calibrate_serving(store: Any, images: Sequence[Any], rerank: RerankOptions = RerankOptions(),
-                      labelled: Sequence[LabelledQuery] = (), near_duplicate: float | None = None
-                      ) -> tuple[str, Calibration]:
+                      labelled: Sequence[LabelledQuery] = (), near_duplicate: float | None = None,
+                      fusion: FusedRanking | None = None) -> tuple[str, Calibration]:
     """Refit the serving build of an IndexStore (`shopsearch index calibrate`, older builds) and save it."""
     index, manifest = store.load_current()
-    cal = calibrate_build(index, images, manifest.build_id, rerank, labelled, near_duplicate)
+    cal = calibrate_build(index, images, manifest.build_id, rerank, labelled, near_duplicate, fusion)
     save_calibration(store.build_dir(manifest.build_id), cal)
     return manifest.build_id, cal

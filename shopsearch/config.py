@@ -189,3 +189,31 @@ def threads_pinned() -> bool:
 def cxx_compilers() -> tuple[str, ...]:
     """C++ compilers inductor may use, $CXX first."""
     return tuple(c for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+
+
+# -- the process environment, for the edges (CLI, server) that must set it for others ---------
+#: where prometheus_client's multi-process mode keeps every gunicorn worker's samples
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def quiet_tokenizers() -> None:
+    """Tokenizers' own thread pool fights the embedding workers for the cores: off unless asked."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def metrics_dir() -> str | None:
+    """The multi-process metrics directory this process was started with, if any."""
+    return os.environ.get(METRICS_DIR_VAR) or None
+
+
+def set_metrics_dir(path: str | None) -> None:
+    """Set (or, with None, clear) the metrics directory before prometheus_client is imported."""
+    if path is None:
+        os.environ.pop(METRICS_DIR_VAR, None)
+    else:
+        os.environ[METRICS_DIR_VAR] = path
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment plus `extra`, for a program it replaces itself with."""
+    return {**os.environ, **extra}

@@ -85,13 +85,15 @@ class SearchService:
         db_s = [0.0]  # catalogue lookups, reported apart from the vector search
         opts = self.rerank if rerank is None else rerank
         index = RerankingIndex(self.index, opts) if opts.active else self.index
-        prediction, allowed, boost = None, None, None
+        prediction, allowed, boost, head = None, None, None, None
         if routing and self.router is not None:
             prediction, allowed = self.router.route(vec)
             if (self.fusion if fusion is None else fusion) and hasattr(self.router, "category_boost"):
                 # fusion replaces the filter; a weight of 0 (validation preferred plain retrieval) fuses nothing
                 w = getattr(self.router, "fusion_weight", 0.0)
                 boost = self.router.category_boost(vec) if w > 0 else None  # type: ignore[attr-defined]
+                if boost is not None and hasattr(self.router, "category_probs"):
+                    head = self.router.category_probs(vec)  # type: ignore[attr-defined]
                 allowed, prediction = None, replace(prediction, routing="fused")
         hits = self._grouped(vec, k, filters, allowed, exclude_skus, index=index, boost=boost, db_s=db_s)
         if allowed is not None and len(hits) < k:
@@ -106,13 +108,17 @@ class SearchService:
         if calibrate:  # calibrated only for the scoring path it was fitted on (re-ranking, fusion)
             path = scoring_key(opts.spec, boost is not None)
             plain = scoring_key(opts.spec, False)
-            if boost is not None and self.calibration is not None and self.calibration.scoring == plain:
+            if boost is None:
+                res = annotate(res, self.calibration, path)
+            elif self.calibration is not None and self.calibration.scoring == plain:
                 # Fusion only re-orders products by a category bonus. A calibration fitted on plain
                 # similarity is applied to the plain similarities of the products in the order shown
                 # (a first product that fusion lifted over a more similar one gets a lower confidence).
                 res = annotate(res, self.calibration, plain, plain_scores=True)
-            else:
-                res = annotate(res, self.calibration, path)
+            else:  # fitted on fused searches: their plain similarities and the head's probabilities
+                probs = None if head is None else [head.get((h.category or "").strip("/"), head.get("", 0.0))
+                                                   for h in res.hits]
+                res = annotate(res, self.calibration, path, plain_scores=True, head=probs)
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:

@@ -6,7 +6,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +14,10 @@ from PIL import Image, ImageDraw
 from shopsearch.embedders import load_embedder, parse_spec
 from shopsearch.embedders import registry
 from shopsearch.embedders.registry import ModelSpec
-from tests.conftest import make_image
+from tests.conftest import GROCERY, make_image
 from shopsearch.errors import CapabilityError, ConfigError, ModelUnavailableError
 
-DATASET = Path(__file__).resolve().parents[1].parent / "shared/datasets/grocerystore"
+DATASET = GROCERY  # SHOPSEARCH_GROCERY_DIR, else the checkout's sibling shared/ folder
 BANANA = DATASET / "dataset/test/Fruit/Banana/Banana_004.jpg"
 SMALL_CLIP = "ViT-S-32-alt"  # smallest standard OpenCLIP architecture (~43M params, 256-d)
 

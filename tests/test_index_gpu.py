@@ -10,7 +10,7 @@ from shopsearch.app import place_index
 from shopsearch.config import Settings
 from shopsearch.errors import ConfigError
 from shopsearch.index import VectorIndex
-from shopsearch.index.vector_index import gpu_available
+from shopsearch.index.faiss_gpu import gpu_available
 
 
 def _data(n: int, d: int = 32, seed: int = 0) -> np.ndarray:

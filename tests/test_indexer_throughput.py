@@ -55,3 +55,29 @@ def test_bench_throughput_auto_precision_reports_its_probe(tmp_path):
         return
     assert set(probe) == {"fp32", "bf16"} and all(v > 0 for v in probe.values())
     assert out["precision"] == min(probe, key=probe.get)
+
+
+def test_auto_times_int8_only_where_a_calibration_exists(tmp_path, monkeypatch):
+    """precision auto on a CPU: fp32 always, bf16 where the CPU has it, int8 once the model was
+    quantized (its calibration file exists) and inductor has a compiler; a spec that names its
+    precision, a GPU and colorhist leave nothing to choose."""
+    from shopsearch.embedders import torch_base
+    from shopsearch.embedders.int8 import calibration_path
+    from shopsearch.evaluation import throughput
+
+    monkeypatch.setattr(throughput, "best_precision", lambda device: "fp32")  # an AVX2-only CPU
+    monkeypatch.setattr(torch_base, "cxx_available", lambda: True)
+    models = tmp_path / "models"
+    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32",)
+    path = calibration_path("efficientnet-lite0", models)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"calibration")
+    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32", "int8")
+    assert throughput.precision_candidates("openclip:ViT-B-32", "cpu", models) == ("fp32",)  # not quantized
+    assert throughput.precision_candidates("efficientnet-lite0+fp32", "cpu", models) == ("fp32",)
+    assert throughput.precision_candidates("efficientnet-lite0", "cuda", models) == ("fp32",)
+    assert throughput.precision_candidates("colorhist", "cpu", models) == ("fp32",)
+    monkeypatch.setattr(torch_base, "cxx_available", lambda: False)
+    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32",)
+    monkeypatch.setattr(throughput, "best_precision", lambda device: "bf16")
+    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32", "bf16")

@@ -53,10 +53,9 @@ PACKAGES = ("shopsearch", "indexer", "webapp")
 #: variables other libraries define), the CLI entry point (a default for the tokenizers
 #: library) and the web server's process edge (the re-executed `serve` child's environment,
 #: gunicorn workers' thread count)
-ENVIRON_ALLOWED = {"shopsearch/config.py", "indexer/cli/__init__.py", "webapp/server.py",
-                   # prometheus_client takes its multiprocess mode from PROMETHEUS_MULTIPROC_DIR
-                   # alone, set by `serve` (an edge) before anything imports it
-                   "indexer/cli/serve_cmds.py"}
+# the edges that must set the process environment for others (the metrics directory of
+# prometheus_client, a replacing process's SHOPSEARCH_* settings) do it through config.py too
+ENVIRON_ALLOWED = {"shopsearch/config.py"}
 #: the modules that may import click: the CLI
 CLICK_ALLOWED = ("indexer/cli/",)
 #: import cycles closed only by imports inside functions, left from before this test. None

@@ -108,3 +108,23 @@ def test_torch_threads_per_worker_is_a_setting():
     assert Settings.from_env({}).torch_threads == 0
     with pytest.raises(ConfigError, match="SHOPSEARCH_TORCH_THREADS"):
         Settings.from_env({"SHOPSEARCH_TORCH_THREADS": "many"})
+
+
+def test_a_worker_forked_before_torch_gets_its_share_of_the_cores(monkeypatch):
+    """Workers load the model after fork, so torch is not imported yet in post_fork: the split
+    goes through OMP_NUM_THREADS (read when torch loads), never over an operator's own value."""
+    import os
+    import sys
+
+    from webapp import server
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as in a freshly forked worker
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    server._torch_threads(workers=2)
+    assert os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    server._torch_threads(workers=4)
+    assert os.environ["OMP_NUM_THREADS"] == "3"  # the operator's value stands ...
+    server._torch_threads(workers=4, configured=1)
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # ... unless SHOPSEARCH_TORCH_THREADS says otherwise

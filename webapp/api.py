@@ -53,7 +53,10 @@ def search():
 
 
 def _filters(values):
-    return resolved(parse_filters(values), [c.path for c in holder().catalogue.categories()])
+    filters = parse_filters(values)
+    if not filters.category:  # most searches name no category: no database read for the list
+        return filters
+    return resolved(filters, [c.path for c in holder().catalogue.categories()])
 
 
 @bp.get("/categories")

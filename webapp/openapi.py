@@ -27,8 +27,9 @@ _REGION_PARAMS = [
        "(fractions of the whole photo, usable as `crop`), confidence and products (`regions`)."),
 ]
 _MATCH = {"type": "string", "nullable": True, "enum": ["strong", "weak", "none", None],
-          "description": "How close the shop's best product is: `none` means no close match (the results are "
-                         "only the nearest items)."}
+          "description": "How close the shop's best product is: `strong` from `calibration.strong_at`, `none` "
+                         "(no close match: the results are only the nearest items) below `calibration.none_below`, "
+                         "`weak` between; null when uncalibrated."}
 _SKU = {"name": "sku", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Product SKU."}
 
 
@@ -156,14 +157,17 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "filters": {"type": "object"},
                     "confidence": {"type": "number", "nullable": True, "description":
                                    "Estimated probability that the first product is the photographed one, calibrated "
-                                   "on the shop's own photos when the index was built; null when uncalibrated "
-                                   "(see `calibration`) and for text searches."},
+                                   "on labelled shopper photos (`index calibrate --photos`, searched as this search "
+                                   "was, fused with the category head when it is) or else on the catalogue's own "
+                                   "photos when the index was built; null when uncalibrated (see `calibration`) "
+                                   "and for text searches."},
                     "match": _MATCH,
                     "calibration": {"type": "object", "nullable": True, "description":
                                     "`status` calibrated (with `method`, `samples`, `strong_at`, `none_below` and "
-                                    "`scoring`, the re-ranking/fusion path it holds for) or uncalibrated (with "
-                                    "`reason`: the fallback is raw similarity; also when this search was scored on "
-                                    "another path than the calibration's)."},
+                                    "`scoring`, the re-ranking/fusion path it holds for; `features`: what the first "
+                                    "product is judged by, `head` being the category head's probability of its "
+                                    "category) or uncalibrated (with `reason`: the fallback is raw similarity; also "
+                                    "when this search was scored on another path than the calibration's)."},
                     "crop": {"allOf": [{"$ref": "#/components/schemas/Box"}], "nullable": True},
                     "request_id": {"type": "string", "nullable": True, "description":
                                    "This search in the feedback log, for `POST /feedback`; null when the shop "

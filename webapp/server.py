@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from shopsearch.config import Settings
+from shopsearch.config import Settings, child_environment, metrics_dir
 
 if TYPE_CHECKING:
     from webapp.front import NginxFront
@@ -39,11 +39,14 @@ def gunicorn_options(bind: str, workers: int = 1, threads: int = 4, preload: boo
 
 def _torch_threads(workers: int, configured: int = 0) -> None:
     """Split the cores between workers instead of every worker claiming all of them
-    (`configured`: Settings.torch_threads, 0 to split)."""
-    if "torch" not in sys.modules:
-        return
+    (`configured`: Settings.torch_threads, 0 to split). A worker forked before torch was
+    imported (the usual case: the model loads after fork) gets OMP_NUM_THREADS, which torch
+    reads when the worker imports it, unless the operator set it."""
     n = configured or max(1, (os.cpu_count() or 1) // workers)
-    sys.modules["torch"].set_num_threads(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    elif configured or "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(n)
 
 
 class ShopSearchGunicorn(BaseApplication):
@@ -87,7 +90,7 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
 
     overrides = {"SETTINGS": settings, **(config or {})}
     opts = gunicorn_options(front.upstream_bind if front else bind, workers, threads, preload, timeout, access_log)
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if metrics_dir():
         from webapp.metrics import worker_exited  # noqa: PLC0415
 
         opts["child_exit"] = lambda server, worker: worker_exited(worker.pid)
@@ -115,9 +118,9 @@ def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, wo
              "--timeout", str(timeout), "--preload" if preload else "--no-preload"]
     if access_log:
         args.append("--access-log")
-    env = dict(os.environ)
-    for key, value in (config or {}).items():  # read back by create_app's SHOPSEARCH_* loading
-        env[f"SHOPSEARCH_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    # read back by create_app's SHOPSEARCH_* loading
+    env = child_environment({f"SHOPSEARCH_{key}": value if isinstance(value, str) else json.dumps(value)
+                             for key, value in (config or {}).items()})
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, args, env)

@@ -1,7 +1,6 @@
 """The `shopsearch` command. Domain errors become click.ClickException here and only here."""
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -10,7 +9,7 @@ from indexer.cli import (adapter_cmds, bench_cmds, catalogue_cmds, classify_cmds
                          index_cmds, model_cmds, search_cmds, serve_cmds, shadow_cmds)
 from indexer.cli.context import Ctx, ShopSearchGroup
 from shopsearch import logs
-from shopsearch.config import Settings
+from shopsearch.config import Settings, quiet_tokenizers
 
 
 @click.group(cls=ShopSearchGroup)
@@ -38,7 +37,7 @@ for _mod in (catalogue_cmds, index_cmds, shadow_cmds, search_cmds, demo_cmds, se
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_tokenizers()
     cli(prog_name="shopsearch")
 
 

@@ -19,6 +19,10 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 @click.option("--classifier/--no-classifier", default=True, show_default=True,
               help="Train the category head on the catalogue's categories when the model has none: search "
                    "fuses it into the ranking (SHOPSEARCH_FUSION), the largest measured gain without a GPU.")
+@click.option("--calibration-split", default="val", show_default=True,
+              type=click.Choice(["none", "train", "val", "test"]),
+              help="Labelled shopper photos the confidence is calibrated on (searched as the shop serves them, "
+                   "fused with the category head); 'none': leave-one-out over the catalogue's own photos.")
 @click.option("--serve/--no-serve", default=True, show_default=True,
               help="Serve the web app after indexing (else run one sample search).")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -26,8 +30,8 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 @click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Gunicorn worker processes.")
 @pass_ctx
-def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, classifier: bool, serve: bool, host: str,
-             port: int, workers: int) -> None:
+def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration_split: str, classifier: bool,
+             serve: bool, host: str, port: int, workers: int) -> None:
     """Import + index the Grocery Store catalogue, then serve it (idempotent: reruns are quick)."""
     from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
     from shopsearch.embedding.preprocess import decode_query
@@ -48,7 +52,6 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, classifier:
     n_images = len(c.catalogue().indexable_images())
     if current and current.model_fingerprint == embedder.fingerprint and current.count == n_images:
         click.echo(f"index: build {current.build_id} is up to date ({current.count} vectors)")
-        _calibrate_if_missing(c, store, current.build_id)
     else:
         from shopsearch.index.lock import index_lock
 
@@ -57,6 +60,10 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, classifier:
         click.echo(f"index: build {b.build_id}, {b.vectors} vectors, {b.embedded} embedded in {b.seconds:.0f}s")
     if classifier:
         _train_head_if_missing(c, embedder)
+    if calibration_split not in ("none", reference_split):
+        _calibrate_on_photos(c, store, root, calibration_split)
+    else:
+        _calibrate_if_missing(c, store, store.current_id())
     sample = root / "dataset" / "test" / "Fruit" / "Banana" / "Banana_004.jpg"
     if sample.is_file():
         svc = c.search_service(model if model != "auto" else None)
@@ -100,6 +107,32 @@ def _calibrate_if_missing(c: Ctx, store, build_id: str) -> None:
     _, cal = calibrate_serving(store, c.catalogue().indexable_images())
     click.echo(f"index: calibrated confidence on {cal.samples} held-out catalogue photos" if cal.fitted
                else f"index: confidence not calibrated: {cal.reason}")
+
+
+def _calibrate_on_photos(c: Ctx, store, root: Path, split: str) -> None:
+    """Calibrate the confidence on a split of labelled shopper photos, searched as the shop serves
+    them (fused with the head): catalogue photos of one product are near-duplicates of each other,
+    so a fit on them alone calls shoppers' right answers unsure (unless already done for this build)."""
+    from shopsearch.app import embedder_for_index, serving_fusion
+    from shopsearch.confidence import load_calibration, scoring_key
+    from shopsearch.confidence_fit import calibrate_serving
+    from shopsearch.evaluation.datasets import load_dataset
+    from shopsearch.labelled_photos import load_labelled_photos
+    from shopsearch.rerank import parse_rerank
+
+    build_id = store.current_id()
+    embedder = embedder_for_index(c.settings, store)
+    fusion = serving_fusion(c.settings, embedder, c.catalogue())
+    rerank = parse_rerank(c.settings.rerank)
+    have = load_calibration(store.build_dir(build_id), build_id)
+    if have.fitted and have.method == "labelled" and have.scoring == scoring_key(rerank.spec, fusion is not None):
+        return
+    rows = [(Path(q.path), q.sku) for q in load_dataset(root, "grocerystore", "iconic", split).queries if q.sku]
+    photos = load_labelled_photos(rows, embedder, c.catalogue(), c.settings.vector_cache_dir)
+    _, cal = calibrate_serving(store, c.catalogue().indexable_images(), rerank, photos.queries, fusion=fusion)
+    click.echo(f"index: confidence calibrated on {cal.samples} {split} photos ({cal.scoring}); 'no close match' "
+               f"below {cal.none_below:.2f}" if cal.fitted and cal.method == "labelled"
+               else f"index: confidence calibrated on the catalogue ({cal.reason or cal.method})")
 
 
 def register(cli: click.Group) -> None:

@@ -256,17 +256,21 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, near_duplicate: float | None, 
     from shopsearch.rerank import parse_rerank
 
     store = c.index_store()
-    labelled = ()
+    labelled, fusion = (), None
     if photos_csv:
+        from shopsearch.app import serving_fusion
         from shopsearch.labelled_photos import load_labelled_photos, read_labelled_csv
 
-        photos = load_labelled_photos(read_labelled_csv(photos_csv), embedder_for_index(c.settings, store),
+        embedder = embedder_for_index(c.settings, store)
+        photos = load_labelled_photos(read_labelled_csv(photos_csv), embedder,
                                       c.catalogue(), c.settings.vector_cache_dir, progress=sys.stderr.isatty())
         for line in photos.unreadable[:10]:
             click.echo(f"skipped photo: {line}", err=True)
         labelled = photos.queries
+        # searched as the shop serves them: fused with the category head when it is (the head never saw them)
+        fusion = serving_fusion(c.settings, embedder, c.catalogue())
     build_id, cal = calibrate_serving(store, c.catalogue().indexable_images(), parse_rerank(c.settings.rerank),
-                                      labelled, near_duplicate)
+                                      labelled, near_duplicate, fusion)
     if as_json:
         echo_json({**cal.to_json(), "build_id": build_id})
         return

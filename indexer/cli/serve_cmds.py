@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from indexer.cli.context import Ctx, pass_ctx
+from shopsearch.config import metrics_dir, set_metrics_dir
 
 
 def _split_bind(bind: str) -> tuple[str, int]:
@@ -57,21 +58,21 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
 
     By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
     slow clients cannot tie up gunicorn's threads (deploy/nginx/nginx.conf.in)."""
-    metrics_dir = None
-    if (not debug and not print_nginx_config and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    own_metrics_dir = None
+    if (not debug and not print_nginx_config and not metrics_dir()
             and "prometheus_client" not in sys.modules):  # it picks its mode once, at import
         # before anything imports prometheus_client: every gunicorn worker then writes its
         # samples here and /metrics sums them, whichever worker answers (webapp/metrics.py)
-        metrics_dir = tempfile.mkdtemp(prefix="shopsearch-metrics-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        own_metrics_dir = tempfile.mkdtemp(prefix="shopsearch-metrics-")
+        set_metrics_dir(own_metrics_dir)
     owner = os.getpid()
     try:
         _serve(c, bind, workers, threads, preload, timeout, max_upload_mb, retain_uploads, image_roots, model, front,
                print_nginx_config, access_log, debug)
     finally:
-        if metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        if own_metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
+            set_metrics_dir(None)
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
 
 
 def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,

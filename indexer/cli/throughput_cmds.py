@@ -13,10 +13,11 @@ from indexer.cli.context import Ctx, echo_json, pass_ctx
 @click.option("--images", type=click.IntRange(16, 1_000_000), default=512, show_default=True,
               help="How many images both runs embed.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto", show_default=True,
-              help="Our pipeline's precision. auto: on a CPU with AMX or AVX512-BF16, one batch of 16 of the "
-                   "benchmark's images is timed in fp32 and in bf16 (weights converted once), interleaved, best "
-                   "of 4 each, and the faster kept (both times are printed); bf16 on a GPU that has it; else "
-                   "fp32. int8 (CPU) needs `shopsearch model quantize` first. The naive loop is always fp32.")
+              help="Our pipeline's precision. auto on a CPU: one batch of 16 of the benchmark's images is timed "
+                   "in fp32, in bf16 where the CPU has AMX or AVX512-BF16 (weights converted once), and in int8 "
+                   "where the model has a calibration (`shopsearch model quantize`; the choice on AVX2-only "
+                   "CPUs), interleaved, best of 4 each, and the fastest kept (every time is printed); bf16 on a "
+                   "GPU that has it; else fp32. The naive loop is always fp32.")
 @click.option("--source", default="auto", show_default=True,
               help="auto (Grocery Store photos when present, else generated 1600x1200 JPEGs) | grocery | "
                    "synthetic | a folder of images")

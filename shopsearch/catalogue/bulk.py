@@ -5,11 +5,12 @@ the columns they need with SQLAlchemy Core, and lists of ids go to the database 
 well below the bind-parameter limits (PostgreSQL: 65,535 per statement; SQLite: 32,766)."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
@@ -60,24 +61,32 @@ def images_by_id(conn: Connection, ids: Sequence[int]) -> list[ImageInfo]:
     return out
 
 
+@functools.cache
+def _products_for_images_query() -> Select:
+    """The joined select of products_for_images, built once: every search runs it, and building
+    the statement cost more than the database answering it."""
+    merchant, predicted = aliased(Category), aliased(Category)
+    return (select(*IMAGE_COLUMNS, Product.sku, Product.title, Product.description, Product.brand, Product.price,
+                   Product.currency, Product.category_id, merchant.path, predicted.path,
+                   Product.predicted_confidence, Product.attributes)
+            .join(Product, Product.id == ProductImage.product_id)
+            .outerjoin(merchant, merchant.id == Product.category_id)
+            .outerjoin(predicted, predicted.id == Product.predicted_category_id)
+            .where(ProductImage.id.in_(bindparam("ids", expanding=True))))
+
+
 def products_for_images(engine: Engine, image_ids: Sequence[int]) -> dict[int, tuple[ProductInfo, ImageInfo]]:
     """image id -> (its product without its image list, the image), for ids that still exist:
     one joined query per chunk of ids."""
     ids = sorted({int(i) for i in image_ids})
     if not ids:
         return {}
-    merchant, predicted = aliased(Category), aliased(Category)
-    q = (select(*IMAGE_COLUMNS, Product.sku, Product.title, Product.description, Product.brand, Product.price,
-                Product.currency, Product.category_id, merchant.path, predicted.path,
-                Product.predicted_confidence, Product.attributes)
-         .join(Product, Product.id == ProductImage.product_id)
-         .outerjoin(merchant, merchant.id == Product.category_id)
-         .outerjoin(predicted, predicted.id == Product.predicted_category_id))
+    q = _products_for_images_query()
     out: dict[int, tuple[ProductInfo, ImageInfo]] = {}
     products: dict[int, ProductInfo] = {}  # one ProductInfo per product, shared by its images
     with engine.connect() as conn:
         for part in chunks(ids):
-            for row in conn.execute(q.where(ProductImage.id.in_(part))):
+            for row in conn.execute(q, {"ids": part}):
                 img = ImageInfo(*row[:len(IMAGE_COLUMNS)])
                 (sku, title, description, brand, price, currency, category_id, merchant_path, predicted_path,
                  predicted_conf, attributes) = row[len(IMAGE_COLUMNS):]

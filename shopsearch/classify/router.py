@@ -54,6 +54,13 @@ class Classifier:
         return [(self.labels.fine[i], float(pf[i])) for i in order[: ALTERNATIVES + 1]], pf
 
 
+def fusion_boost(probs: dict[str, float], weight: float) -> dict[str, float]:
+    """weight * log p per category (shopsearch.classify.fusion), from category_probs."""
+    from shopsearch.classify.fusion import log_prob
+
+    return {c: float(weight * log_prob(p)) for c, p in probs.items()}
+
+
 class ClassifierRouter:
     """CategoryRouter over a Classifier and its validation-chosen thresholds."""
 
@@ -71,16 +78,27 @@ class ClassifierRouter:
     def fusion_weight(self) -> float:
         return self.thresholds.fusion
 
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The fine categories, in the order of category_probabilities' columns."""
+        return tuple(self.classifier.labels.fine)
+
+    def category_probabilities(self, vectors: np.ndarray) -> np.ndarray:
+        """(N, fine categories) probabilities of query vectors."""
+        return self.classifier.probs(vectors)[0]
+
+    def category_probs(self, vector: np.ndarray) -> dict[str, float]:
+        """One query's probability per fine category; "" stands for a category the head does not
+        know (the uniform prior)."""
+        pf = self.category_probabilities(vector)[0]
+        probs = dict(zip(self.classifier.labels.fine, pf.tolist()))
+        probs[""] = 1.0 / len(pf)
+        return probs
+
     def category_boost(self, vector: np.ndarray) -> dict[str, float]:
         """Fusion: what to add to a candidate's similarity per fine category (categories the
         classifier does not know get the uniform prior's)."""
-        from shopsearch.classify.fusion import log_prob
-
-        pf = self.classifier.probs(vector)[0][0]
-        w = self.thresholds.fusion
-        boosts = dict(zip(self.classifier.labels.fine, (w * log_prob(pf)).tolist()))
-        boosts[""] = float(w * log_prob(1.0 / len(pf)))
-        return boosts
+        return fusion_boost(self.category_probs(vector), self.thresholds.fusion)
 
     def route(self, vector: np.ndarray) -> tuple[CategoryPrediction, tuple[str, ...] | None]:
         """(prediction, category paths to restrict the search to, or None for all)."""

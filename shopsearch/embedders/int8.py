@@ -211,6 +211,8 @@ class Int8Embedder(TorchEmbedder):
     stragglers, one at a time). Every image's vector is the same whichever way it went, so
     a query photo finds its own indexed vector at similarity 1."""
 
+    fold_batch_norms = False  # the quantized graph has its batch norms folded already
+
     def __init__(self, base: TorchEmbedder, calibration: Calibration, size: int) -> None:
         check_int8_device(base.device)
         if calibration.base_fingerprint != base.fingerprint:

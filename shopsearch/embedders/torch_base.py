@@ -106,16 +106,41 @@ class TorchEmbedder:
         self._channels_last = torch.device(self._device).type == "cpu"
         self._input_dtype = torch.bfloat16 if precision == "bf16" and self._channels_last else torch.float32
         model = model.eval().to(self._device)
+        self.transform = transform
+        # eager CPU batches and single queries run a copy with the batch norms folded in (same
+        # function, fewer ops); compilation, CUDA graphs and int8 take `model` itself
+        eager = self._folded(model) if self._channels_last and self.fold_batch_norms else None
         if self._input_dtype == torch.bfloat16:
             model = model.to(torch.bfloat16)
+            eager = eager.to(torch.bfloat16) if eager is not None else None
         if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
+            eager = eager.to(memory_format=torch.channels_last) if eager is not None else None
         self.model = model
-        self.transform = transform
+        self._eager = eager if eager is not None else model
         self._text_encoder = text_encoder
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compile_batch = 0
         self._graph = None  # cuda_graph.GraphedForward for the GPU pipeline's batch size
+
+    #: fold batch norms into convolutions for eager CPU inference (subclasses whose model is
+    #: not a plain module graph turn it off)
+    fold_batch_norms = True
+
+    def _folded(self, model: nn.Module) -> nn.Module | None:
+        """`model` with its batch norms folded (fold.py), checked on a random batch shaped like
+        this model's input; None when it has none to fold."""
+        from shopsearch.embedders.fold import fold_conv_bn, has_pairs
+
+        if not has_pairs(model):
+            return None
+        try:
+            shape = self.preprocess(Image.new("RGB", (256, 256))).shape
+            sample = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0)).to(self._device)
+            return fold_conv_bn(model, sample)
+        except Exception as e:  # noqa: BLE001 - an optimisation must never stop a model loading
+            log.info("batch norms not folded: %s", e)
+            return None
 
     # -- protocol properties ---------------------------------------------------------
     @property
@@ -242,7 +267,7 @@ class TorchEmbedder:
             return graph(x)
         compiled, size = self._compiled, self._compile_batch
         if compiled is None:
-            return self.model(x)
+            return self._eager(x)
         try:
             outs = []
             fmt = torch.channels_last if self._channels_last else torch.contiguous_format
@@ -250,7 +275,7 @@ class TorchEmbedder:
                 part = x[start:start + size]
                 n = part.shape[0]
                 if 2 * n < size:  # a few images (a single query): padding would waste the batch
-                    outs.append(self.model(part))
+                    outs.append(self._eager(part))
                     continue
                 # Every input is a fresh inference-mode tensor of one shape and layout: a
                 # padded last batch, or a tensor made outside inference mode, would fail
@@ -262,7 +287,7 @@ class TorchEmbedder:
         except Exception as e:  # noqa: BLE001 - compilation failed at the first call: fall back for good
             log.warning("torch.compile failed, running eager from now on: %s", e)
             self._compiled = None
-            return self.model(x)
+            return self._eager(x)
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """PIL images -> (N, dim) float32, rows L2-normalised; (0, dim) for no images."""

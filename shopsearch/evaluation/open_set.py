@@ -5,18 +5,30 @@ what precision each share of answered queries gets (precision/coverage)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from shopsearch.confidence import UNKNOWN_PRIOR, Calibration, scoring_key
-from shopsearch.confidence_fit import LabelledQuery, calibrate_index, ranked_products
+from shopsearch.confidence_fit import FusedRanking, LabelledQuery, calibrate_index, ranked_as_served
 from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.index.vector_index import VectorIndex
 
 ECE_BINS = 15
 #: folds (by product) when the calibration photos are the queries themselves
 FOLDS = 5
+#: trains a category head on (gallery vectors, their categories): (vectors -> probabilities, the columns)
+HeadTrainer = Callable[[np.ndarray, Sequence[str]], tuple[Callable[[np.ndarray], np.ndarray], tuple[str, ...]]]
+
+
+@dataclass(frozen=True)
+class OpenSetFusion:
+    """Fused searches in the open set: a head trained on the kept products' gallery photos only
+    (it never sees a removed product), fused with `weight` as the served router fuses."""
+
+    train: HeadTrainer
+    weight: float
+    category_of: Mapping[Any, str]  # product -> category path
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
@@ -116,7 +128,8 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
                       queries: Sequence[OpenSetQuery], fraction: float, seed: int = 0, k: int = 5,
                       labelled: Sequence[LabelledQuery] = (), labelled_are_queries: bool = False,
                       rerank: RerankOptions = RerankOptions(), query_features: Sequence[str] | None = None,
-                      unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None) -> OpenSetResult:
+                      unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None,
+                      fusion: OpenSetFusion | None = None) -> OpenSetResult:
     """Remove `fraction` of the products (seeded), calibrate on what is left as a shop would, then
     score every query's confidence. The calibration uses `labelled` photos (products = SKUs) of the
     kept products when given (photos of removed products are dropped: a shop has none of what it
@@ -124,7 +137,9 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
     labelled photos are the queries themselves (a validation split): each query's confidence then
     comes from a fit without its product's photos (FOLDS folds by product). Scores go through
     `rerank` as the configuration's searches do. `query_features`, `unknown_prior`, `near_duplicate`:
-    the fit's settings (calibrate_index; None: the defaults), for choosing them on validation photos."""
+    the fit's settings (calibrate_index; None: the defaults), for choosing them on validation photos.
+    `fusion`: searches are fused with a head trained on the kept products alone (labelled photos are
+    then fitted on the fused path, with the head's probability among the features)."""
     products = sorted(set(product_of.values()), key=str)
     rng = np.random.default_rng(seed)
     n_remove = int(round(fraction * len(products)))
@@ -136,6 +151,11 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
     kept_of = {int(i): product_of[int(i)] for i in kept_ids}
     search = RerankingIndex(gallery, rerank) if rerank.active else gallery
     labelled = [q for q in labelled if q.product not in removed_products]
+    fused = None
+    if fusion is not None:
+        probabilities, columns = fusion.train(np.stack([index.reconstruct(int(i)) for i in kept_ids]),
+                                              [fusion.category_of[kept_of[int(i)]] for i in kept_ids])
+        fused = FusedRanking(fusion.weight, probabilities, tuple(columns), fusion.category_of)
     fold_of = {p: i % FOLDS for i, p in enumerate(rng.permutation(np.array(products, dtype=object)).tolist())}
 
     def fit(exclude_fold: int | None) -> Calibration:
@@ -143,7 +163,7 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
         return calibrate_index(gallery, kept_of, hash_of, build_id=f"open-set-{seed}", seed=seed, labelled=photos,
                                search=search if rerank.active else None, scoring=scoring_key(rerank.spec),
                                query_feature_names=query_features, unknown_prior=unknown_prior,
-                               near_duplicate=near_duplicate)
+                               near_duplicate=near_duplicate, fusion=fused)
 
     cal = fit(None)
     per_fold = {f: fit(f) for f in range(FOLDS)} if labelled and labelled_are_queries else {}
@@ -151,10 +171,13 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
     conf, inside, correct = [], [], []
     vecs = np.stack([q.vector for q in queries]).astype(np.float32)
     scores, ids = search.search(vecs, fetch)
-    for q, sc, nb in zip(queries, scores, ids):
-        ranked = ranked_products(sc, nb, kept_of, set(), k)
+    probs = fused.probabilities(vecs) if fused is not None else [None] * len(queries)
+    for q, sc, nb, pr in zip(queries, scores, ids, probs):
         fold = {fold_of.get(p) for p in q.relevant} - {None}
-        c, _ = (per_fold[min(fold)] if per_fold and fold else cal).confidence([s for _, s in ranked])
+        c_fit = per_fold[min(fold)] if per_fold and fold else cal
+        # fused search order; the head's probabilities only for a calibration fitted with them
+        ranked, head = ranked_as_served(sc, nb, kept_of, set(), k, fused, pr)
+        c, _ = c_fit.confidence([s for _, s in ranked], head if c_fit.needs_head else None)
         conf.append(0.0 if c is None else c)
         inside.append(bool(q.relevant - removed_products))
         correct.append(bool(ranked) and ranked[0][0] in q.relevant)

@@ -31,9 +31,10 @@ from shopsearch.errors import ConfigError, InvalidImageError, ManifestError
 from shopsearch.evaluation.configs import BenchConfig
 from shopsearch.evaluation.datasets import BenchDataset, Query, truncate_category
 from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, summarize
-from shopsearch.evaluation.open_set import OpenSetQuery, OpenSetResult, evaluate_open_set
+from shopsearch.evaluation.open_set import OpenSetFusion, OpenSetQuery, OpenSetResult, evaluate_open_set
 from shopsearch.images import sha256_file
-from shopsearch.index.vector_index import IndexManifest, VectorIndex, choose_index_type, factory_string
+from shopsearch.index.sizing import choose_index_type, factory_string
+from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.evaluation import tta
 from shopsearch.gallery_aug import blend, shopper_view_vectors
 from shopsearch.confidence_fit import LabelledQuery
@@ -264,7 +265,8 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
         outcomes.append(QueryOutcome(q.path, tuple(h.sku for h in res.hits), d.relevant(q),
                                      truncate_category(q.category, o.category_depth)))
     summary = summarize(outcomes, o.ks)
-    open_set = _open_set(index, store, st, d, o, parse_rerank(c.rerank)) if o.open_set is not None else None
+    weight = float(getattr(router, "fusion_weight", 0.0) or 0.0) if c.fusion else 0.0
+    open_set = _open_set(index, store, st, d, o, parse_rerank(c.rerank), weight) if o.open_set is not None else None
     embedded, reused, nfail, secs = st.gallery_report[str(c.gallery)]
     build = GalleryBuild(len(id_keys), embedded, reused, nfail, secs, embedded / secs if embedded and secs else None,
                          index_s)
@@ -274,11 +276,16 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
 
 
 def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: BenchDataset,
-              o: RunOptions, rerank: RerankOptions) -> OpenSetResult:
-    """The open-set benchmark over this configuration's gallery vectors and every scorable query."""
+              o: RunOptions, rerank: RerankOptions, fusion_weight: float = 0.0) -> OpenSetResult:
+    """The open-set benchmark over this configuration's gallery vectors and every scorable query;
+    `fusion_weight` > 0 (a fused configuration): searches are fused with a head trained on the kept
+    products' gallery photos only, with the served router's weight."""
     info = store.products_for_images([int(i) for i in index.ids()])
     product_of = {i: prod.sku for i, (prod, _) in info.items()}
     hash_of = {i: img.sha256 for i, (_, img) in info.items()}
+    fusion = (OpenSetFusion(probe_head, fusion_weight, {prod.sku: (prod.category or "").strip("/")
+                                                        for prod, _ in info.values()})
+              if fusion_weight > 0 else None)
 
     def vector(q: Query) -> np.ndarray | None:
         key = st.query_keys.get(q.path)
@@ -289,7 +296,24 @@ def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: Ben
     same = {q.path for q in o.calibration_queries} == {q.path for q in d.queries}
     return evaluate_open_set(index, product_of, hash_of, queries, float(o.open_set), o.open_set_seed,
                              labelled=labelled, labelled_are_queries=same and bool(labelled), rerank=rerank,
-                             near_duplicate=o.near_duplicate)
+                             near_duplicate=o.near_duplicate, fusion=fusion)
+
+
+def probe_head(vectors: np.ndarray, categories: Sequence[str]) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                                        tuple[str, ...]]:
+    """The served head's recipe (the cross-validated logistic-regression probe) on these vectors alone."""
+    from shopsearch.classify.probe import fit_probe  # noqa: PLC0415 - torch: only for fused open sets
+
+    columns = tuple(sorted(set(categories)))
+    col = {c: j for j, c in enumerate(columns)}
+    probe = fit_probe(np.asarray(vectors, np.float32), np.array([col[c] for c in categories]), len(columns))
+
+    def probabilities(x: np.ndarray) -> np.ndarray:
+        z = probe.logits(np.atleast_2d(np.asarray(x, np.float32)))
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return z / z.sum(axis=1, keepdims=True)
+
+    return probabilities, columns
 
 
 def _latency(st: _ModelState, search_ms: dict[int, float], tta_on: bool = False) -> dict:

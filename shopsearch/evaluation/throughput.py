@@ -51,7 +51,7 @@ class ThroughputResult:
     compiled: bool = False  # the model ran through torch.compile (TorchEmbedder.compile)
     runs_s: tuple[float, ...] = ()  # seconds of each repeat; the first pays any compilation
     gpu_stages_s: dict[str, float] | None = None  # where the GPU executor spent the fastest repeat
-    #: precision "auto" on a bf16 CPU: ms per probe batch (16 images) of fp32 and bf16, the faster chosen
+    #: precision "auto" with candidates to time (precision_candidates): ms per probe batch (16 images) of each, the fastest chosen
     precision_probe_ms: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
@@ -130,16 +130,36 @@ def _names_precision(model: str) -> bool:
     return model.rpartition("+")[2].lower() in ("fp32", "bf16", "int8") and "+" in model
 
 
+def precision_candidates(model: str, device: str, models_dir: Path | None) -> tuple[str, ...]:
+    """What precision "auto" times on a CPU: fp32, bf16 where the CPU runs it natively, and int8
+    where this model has a calibration (`shopsearch model quantize`) and inductor can compile it.
+    One candidate means nothing to time."""
+    if device != "cpu" or parse_spec(model).kind == "colorhist" or _names_precision(model):
+        return ("fp32",)
+    out = ["fp32"]
+    if best_precision(device) == "bf16":
+        out.append("bf16")
+    from shopsearch.embedders.int8 import calibration_path
+    from shopsearch.embedders.torch_base import cxx_available
+
+    if models_dir is not None and cxx_available() and calibration_path(str(parse_spec(model)), models_dir).is_file():
+        out.append("int8")
+    return tuple(out)
+
+
 def _faster_precision(model: str, device: str, paths: Sequence[Path], models_dir: Path,
-                      batch: int = 16) -> tuple[str, dict[str, float]]:
-    """bf16 is not faster for every model on every CPU (small ops, weight layouts): time a
-    batch of `batch` images in each, interleaved, best of 4, and keep the faster; returns
-    (the choice, ms per batch of each)."""
+                      candidates: Sequence[str] = ("fp32", "bf16"), batch: int = 16) -> tuple[str, dict[str, float]]:
+    """No precision is the fastest for every model on every CPU (bf16: small ops, weight layouts;
+    int8: AVX2 kernels): time a batch of `batch` images in each candidate, interleaved, best of 4
+    (after one untimed call: int8 compiles there), and keep the fastest; returns (the choice, ms
+    per batch of each)."""
     from shopsearch.embedding.items import decode_source
 
-    embs = {prec: load_embedder(with_precision(model, prec, device), device, models_dir) for prec in ("fp32", "bf16")}
+    embs = {prec: load_embedder(with_precision(model, prec, device), device, models_dir) for prec in candidates}
     x = np.stack([embs["fp32"].preprocess(decode_source(str(p))) for p in paths[:batch]])
     best_t = {prec: float("inf") for prec in embs}
+    for emb in embs.values():
+        emb.encode_batch(x)  # lazy initialisation, kernel choice, int8's compilation: not timed
     for _ in range(4):  # interleaved, best of 4 each: robust to other jobs sharing the cores
         for prec, emb in embs.items():
             t0 = time.perf_counter()
@@ -256,9 +276,9 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
         with Image.open(paths[0]) as im:
             size = f"{im.size[0]}x{im.size[1]}"
         probe = None
-        if precision == "auto" and dev == "cpu" and best_precision(dev) == "bf16" \
-                and parse_spec(model).kind != "colorhist" and not _names_precision(model):
-            precision, probe = _faster_precision(model, dev, paths, settings.models_dir)
+        candidates = precision_candidates(model, dev, settings.models_dir) if precision == "auto" else ()
+        if len(candidates) > 1:
+            precision, probe = _faster_precision(model, dev, paths, settings.models_dir, candidates)
         spec = with_precision(model, precision, dev)
         fast = load_embedder(spec, dev, settings.models_dir)
         warm_up(fast, paths, 16)

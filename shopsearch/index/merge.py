@@ -11,7 +11,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from shopsearch.index.vector_index import VectorIndex, factory_string
+from shopsearch.index.sizing import factory_string
+from shopsearch.index.vector_index import VectorIndex
 
 
 def is_ivf(index_type: str, dim: int, n: int) -> bool:

@@ -76,3 +76,18 @@ def sha256_file(path: Path) -> str:
         while b := f.read(1 << 20):
             h.update(b)
     return h.hexdigest()
+
+
+def merge_best(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of two (scores, ids) result sets per query row; empty slots (id -1) last."""
+    scores = np.concatenate([s1, s2], axis=1)
+    ids = np.concatenate([i1, i2], axis=1)
+    scores = np.where(ids < 0, -np.inf, scores)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out_s, out_i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    if out_s.shape[1] < k:  # fewer candidates than k in both segments together
+        pad = k - out_s.shape[1]
+        out_s = np.pad(out_s, ((0, 0), (0, pad)), constant_values=-np.inf)
+        out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
+    return out_s.astype(np.float32), out_i.astype(np.int64)

@@ -14,36 +14,22 @@ import numpy as np
 
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
 from shopsearch.index.filtered import PositionMap, empty_result, search_positions
-from shopsearch.index.segments import read_delta, sha256_file, write_delta
+from shopsearch.index.faiss_gpu import gpu_available, gpu_kmeans
+from shopsearch.index.segments import merge_best, read_delta, sha256_file, write_delta
+from shopsearch.index.sizing import (
+    DEFAULT_EF_SEARCH,
+    DEFAULT_NPROBE,
+    DEFAULT_REFINE_K_FACTOR,
+    MAX_TRAIN_VECTORS,
+    ef_for_size,
+    factory_string,
+)
 
 log = logging.getLogger("shopsearch.index")
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 FORMAT_VERSION = 1
-
-# Above these sizes exact search gets slow enough that ANN pays off; see
-# benchmarks/ann_bench.py for the recall (>= 0.95 of exact at k=10) behind them.
-# At 100k vectors exact search is already tens of times slower per query than HNSW32 at
-# nearly the same recall (benchmarks/results/ann_100k.json, ann_1m.json; benchmarks/RESULTS.md),
-# so HNSW from 100k. HNSW holds the full vectors plus links: past 2M vectors IVF-PQ with
-# SQ8 re-ranking, a fraction of the memory at recall@10 near 0.98, takes over.
-HNSW_THRESHOLD = 100_000
-IVFPQ_THRESHOLD = 2_000_000
-#: most vectors an IVF/PQ index is trained on (about 40 per list at 4k lists)
-MAX_TRAIN_VECTORS = 160_000
-#: search-time defaults of the ANN types (see benchmarks/results/ann_*.json). HNSW32 recall@10
-#: at efSearch 64 fell from 0.991 (100k) to 0.941 (1M), at 128 it is 0.998 / 0.975: 128 up to
-#: 1M vectors, 256 beyond (ef_for_size). IVF-PQ re-ranks k * 8 candidates (0.990 at 100k).
-DEFAULT_NPROBE = 16
-DEFAULT_EF_SEARCH = 128
-DEFAULT_REFINE_K_FACTOR = 8
-
-
-def ef_for_size(n: int) -> int:
-    """HNSW efSearch that keeps recall@10 >= 0.95 of exact at this size (measured to 1M)."""
-    return DEFAULT_EF_SEARCH if n <= 1_000_000 else 2 * DEFAULT_EF_SEARCH
-
 
 @dataclass(frozen=True)
 class IndexManifest:
@@ -62,48 +48,6 @@ class IndexManifest:
     base_count: int = 0  # vectors in the base segment, tombstoned ones included
     delta_count: int = 0
     dead_count: int = 0
-
-
-def choose_index_type(n: int) -> str:
-    """Exact search for small catalogues, HNSW then IVF-PQ as they grow."""
-    if n < HNSW_THRESHOLD:
-        return "flat"
-    if n < IVFPQ_THRESHOLD:
-        return "hnsw"
-    return "ivfpq"
-
-
-def factory_string(index_type: str, dim: int, n: int) -> str:
-    """Our short names -> a FAISS factory string (anything else is passed through)."""
-    if index_type == "flat":
-        return "Flat"
-    if index_type == "hnsw":
-        return "HNSW32,Flat"
-    if index_type == "ivfpq":
-        # PQ codes alone cap recall@10 near 0.67 (benchmarks/results/ann_100k.json); re-ranking
-        # k_factor x k candidates on 8-bit scalar codes lifts it to 0.976 (k_factor 4), 0.990 (8)
-        # (benchmarks/results/ivfpq_refine_100k.json) for ~600 B/vector instead of 2 KB (512-d).
-        nlist = int(max(16, min(65536, 4 * np.sqrt(max(n, 1)))))
-        return f"IVF{nlist},PQ{_pq_m(dim)}x8,Refine(SQ8)"
-    if index_type == "ivfflat":
-        return f"IVF{int(max(16, 4 * np.sqrt(max(n, 1))))},Flat"
-    return index_type
-
-
-def _pq_m(dim: int) -> int:
-    """PQ sub-quantizers: as many as possible up to 64 while keeping >= 4 dims each."""
-    return next((m for m in (64, 48, 32, 16, 8, 4, 2) if dim % m == 0 and dim // m >= 4), 1)
-
-
-def estimate_bytes_per_vector(index_type: str, dim: int) -> int:
-    """Rough RAM per vector, printed before a build (ids included)."""
-    if index_type == "flat":
-        return 4 * dim + 16
-    if index_type == "hnsw":
-        return 4 * dim + 32 * 2 * 4 + 16
-    if index_type == "ivfpq":
-        return _pq_m(dim) + dim + 8 + 16  # PQ code + SQ8 refine code + id + list overhead
-    return 4 * dim + 16
 
 
 class VectorIndex:
@@ -169,7 +113,7 @@ class VectorIndex:
 
     def train(self, vectors: np.ndarray) -> None:
         if not self._index.is_trained:
-            _gpu_kmeans(self._index)  # IVF k-means on the GPU when faiss-gpu is installed
+            gpu_kmeans(self._index)  # IVF k-means on the GPU when faiss-gpu is installed
             if len(vectors) > MAX_TRAIN_VECTORS:
                 # k-means quality saturates long before millions of points; a seeded sample keeps
                 # training time bounded (and builds reproducible).
@@ -320,7 +264,7 @@ class VectorIndex:
             return scores, ids
         params = faiss.SearchParameters(sel=selector) if selector is not None else None
         ds, di = self._delta.search(q, min(k, self.delta_count), params=params)
-        return _merge_best(scores, ids, ds, di, k)
+        return merge_best(scores, ids, ds, di, k)
 
     def _search_base(self, q: np.ndarray, k: int,
                      selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
@@ -426,28 +370,6 @@ class VectorIndex:
         return vi, manifest
 
 
-def gpu_available() -> bool:
-    """True when this FAISS build has GPU support and sees a GPU (the faiss-gpu packages)."""
-    try:
-        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-    except Exception:  # noqa: BLE001 - a CPU-only build may lack the symbol entirely
-        return False
-
-
-def _gpu_kmeans(index: faiss.Index) -> None:
-    """Point an IVF index's coarse k-means at a GPU flat index (training far faster than on the CPU)."""
-    if not gpu_available():
-        return
-    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
-    if hasattr(inner, "base_index"):
-        inner = faiss.downcast_index(inner.base_index)
-    if hasattr(inner, "clustering_index") and hasattr(inner, "nlist"):
-        try:
-            inner.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(inner.d))
-        except (RuntimeError, AttributeError) as e:
-            log.info("IVF training stays on the CPU: %s", e)
-
-
 def check_model(manifest: IndexManifest, fingerprint: str) -> None:
     """Queries must use the model that built the index."""
     if manifest.model_fingerprint != fingerprint:
@@ -456,21 +378,6 @@ def check_model(manifest: IndexManifest, fingerprint: str) -> None:
             f"(fingerprint {manifest.model_fingerprint}); the query model has fingerprint {fingerprint}. "
             f"Use --model {manifest.model_name} or rebuild the index."
         )
-
-
-def _merge_best(s1: np.ndarray, i1: np.ndarray, s2: np.ndarray, i2: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best k of two (scores, ids) result sets per query row; empty slots (id -1) last."""
-    scores = np.concatenate([s1, s2], axis=1)
-    ids = np.concatenate([i1, i2], axis=1)
-    scores = np.where(ids < 0, -np.inf, scores)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    out_s, out_i = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-    if out_s.shape[1] < k:  # fewer candidates than k in both segments together
-        pad = k - out_s.shape[1]
-        out_s = np.pad(out_s, ((0, 0), (0, pad)), constant_values=-np.inf)
-        out_i = np.pad(out_i, ((0, 0), (0, pad)), constant_values=-1)
-    return out_s.astype(np.float32), out_i.astype(np.int64)
 
 
 def _fsync_dir(directory: Path) -> None:
