@@ -9,6 +9,7 @@ Every section names the machine its figures came from."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -99,6 +100,8 @@ REPRODUCE = [
     "SHOPSEARCH_DATA_DIR=var python benchmarks/adapter_grocerystore.py --out benchmarks/results/adapter_grocerystore.json",
     "# a growing shop, 10k and 100k products, SQLite and PostgreSQL (issue 20); 1M: --sizes 1000000",
     "python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql --scratch /tmp/scale",
+    "nice -n 5 python benchmarks/scale_bench.py --sizes 10000,1000000 --db sqlite,postgresql --size-first \\",
+    "    --scratch /tmp/scale3 --pg-schema scale3   # then, if stopped in its first build: --resume --index-type flat",
     "python benchmarks/make_results.py",
 ]
 
@@ -264,6 +267,22 @@ def render_generic(name: str, obj: Any) -> list[str]:
     return lines + [machine_line(obj.get("machine"), obj), ""]
 
 
+def is_scale(name: str, obj: Any) -> bool:
+    """A scale_bench.py result: runs with per-step seconds."""
+    return name.startswith("scale_") and isinstance(obj, dict) and isinstance(obj.get("runs"), list) \
+        and all(isinstance(r, dict) and "seconds" in r for r in obj["runs"])
+
+
+def render_scale(name: str, obj: dict) -> list[str]:
+    """The growth table scale_bench.py prints (each figure with its factor from the smallest size
+    of the same database and run), then the full fields."""
+    spec = importlib.util.spec_from_file_location("scale_bench", Path(__file__).with_name("scale_bench.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    table = bench.markdown(obj["runs"]).split("\n")
+    return render_generic(name, obj)[:2] + table + [""] + render_generic(name, obj)[2:]
+
+
 def generate(results: Path) -> str:
     files = sorted(p for p in results.glob("*.json"))
     recall, ann, other = [], [], []
@@ -296,7 +315,7 @@ def generate(results: Path) -> str:
     if other:
         lines += ["## Other results", ""]
         for n, o in other:
-            lines += render_generic(n, o)
+            lines += render_scale(n, o) if is_scale(n, o) else render_generic(n, o)
     if not files:
         lines += ["No results yet: run the benchmarks first."]
     lines += ["## Reproducing", "", "```bash", *REPRODUCE, "```"]

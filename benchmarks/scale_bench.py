@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -43,11 +42,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from shopsearch.evaluation.machine import machine_info  # noqa: E402
+
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 N_CATEGORIES = 50
@@ -73,18 +75,22 @@ def _write_block(args: tuple[str, int, int]) -> list[str]:
     folder, start, stop = args
     hashes = []
     for i in range(start, stop):
-        data = _jpeg(i)
         path = Path(folder) / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
-        if not path.is_file():
+        data = path.read_bytes() if path.is_file() else b""
+        if not data.endswith(b"\xff\xd9"):  # missing, or cut short by a stopped run (no JPEG end marker)
+            data = _jpeg(i)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
         hashes.append(hashlib.sha256(data).hexdigest())
     return hashes
 
 
 def generate(scratch: Path, n: int, workers: int) -> tuple[Path, list[str]]:
-    """Images (shared by every size: product i is the same file) and this size's manifest;
-    returns the manifest and the images' content hashes in product order."""
+    """Images (shared by every size: product i is the same file, written once and then only
+    read and hashed) and this size's manifest; returns the manifest and the images' content
+    hashes in product order."""
     images = scratch / "images"
     blocks = [(str(images), s, min(n, s + 10_000)) for s in range(0, n, 10_000)]
     with ProcessPoolExecutor(workers) as pool:
@@ -122,9 +128,14 @@ def inject_vectors(data_dir: Path, hashes: list[str]) -> None:
 
 # -- driving the product --------------------------------------------------------------------------------
 
+#: 1-minute load average when each step started (other jobs on a shared machine slow every figure)
+LOAD: dict[str, float] = {}
+
+
 def shopsearch(data_dir: Path, db_url: str, *args: str) -> tuple[float, dict | None]:
     """Run one CLI command; (wall seconds, its --json output when it printed one)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHOPSEARCH_DEVICE": "cpu"}
+    LOAD[" ".join(a for a in args if not a.startswith(("/", "-")))] = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     out = subprocess.run([*CLI, "--data-dir", str(data_dir), "--database-url", db_url, *args], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -148,6 +159,10 @@ def pg_schema_url(base: str, name: str) -> str:
         c.execute(text(f"DROP SCHEMA IF EXISTS {name} CASCADE"))
         c.execute(text(f"CREATE SCHEMA {name}"))
     eng.dispose()
+    return _schema_url(base, name)
+
+
+def _schema_url(base: str, name: str) -> str:
     return f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}"
 
 
@@ -185,35 +200,59 @@ def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[
     return out
 
 
-def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic: bool, workers: int) -> dict:
+def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic: bool, workers: int,
+            schema: str = "scale", save: Callable[[dict], None] = lambda run: None) -> dict:
     manifest, hashes = generate(scratch, n, workers)
     _restore(scratch)  # a run stopped during its update leaves new pictures behind
     data_dir = scratch / f"data_{db}_{n}"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else pg_schema_url(pg_url, f"scale_{n}")
-    res: dict = {"size": n, "db": db, "synthetic_vectors": synthetic, "seconds": {}, "detail": {}}
+    url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else pg_schema_url(pg_url, f"{schema}_{n}")
+    LOAD.clear()
+    res: dict = {"size": n, "db": db, "synthetic_vectors": synthetic, "complete": False, "seconds": {},
+                 "detail": {}, "load_avg_1m": LOAD}
     sec = res["seconds"]
     # what any command pays before its work (interpreter, imports, database check): part of every figure below
     sec["cli_start"], _ = shopsearch(data_dir, url, "db", "current")
+    save(res)  # a run stopped later keeps the steps done so far
     sec["import"], rep = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")
+    save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["import_products_per_s"] = n / sec["import"]
     if synthetic:
         inject_vectors(data_dir, hashes)
-    sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
+    return finish(scratch, n, data_dir, url, manifest, queries, res, save)
+
+
+def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, queries: int, res: dict,
+           save: Callable[[dict], None], index_type: str = "auto") -> dict:
+    """The steps after the import: builds, update, re-import, status, searches."""
+    sec = res["seconds"]
+    itype = [] if index_type == "auto" else ["--index", index_type]
+    sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
+    save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["index_type"] = (rep or {}).get("index_type")
     res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
-    sec["noop_build"], _ = shopsearch(data_dir, url, "index", "build", "--model", MODEL, "--json")
+    sec["noop_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
+    res["detail"]["noop_build_up_to_date"] = (rep or {}).get("up_to_date")
+    save(res)  # a run stopped later keeps the steps done so far
     for i in range(10):  # 10 pictures replaced in place: new bytes, same paths
         (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(_jpeg(10 ** 9 + n + i))
-    sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", "--json")
+    sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", *itype, "--json")
+    res["detail"]["update_strategy"] = (rep or {}).get("strategy")
+    save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["update_embedded"] = (rep or {}).get("embedded")
     sec["reimport_unchanged"], _ = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")
+    save(res)  # a run stopped later keeps the steps done so far
     sec["status"], st = shopsearch(data_dir, url, "index", "status", "--json")
+    save(res)  # a run stopped later keeps the steps done so far
     sec["status_deep"], _ = shopsearch(data_dir, url, "index", "status", "--deep", "--json")
+    save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["status_up_to_date"] = (st or {}).get("up_to_date")
+    LOAD["search"] = round(os.getloadavg()[0], 2)
     res["search"] = search_latencies(data_dir, url, n, queries)
+    res["load_avg_1m"] = dict(LOAD)
     res["disk_bytes"] = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
+    res["complete"] = True
     _restore(scratch)  # the next size or run starts from the same files
     return res
 
@@ -232,6 +271,8 @@ def _growth(runs: list[dict]) -> None:
     for r in runs:
         base = min((b for b in runs if b["db"] == r["db"]), key=lambda b: b["size"])
         r["growth"] = {k: v / base["seconds"][k] for k, v in r["seconds"].items() if base["seconds"].get(k)}
+        if "search" not in r or "search" not in base:
+            continue
         for kind in SEARCHES:
             b = base["search"][kind]["p50_ms"]
             r["growth"][f"search_{kind}_p50"] = r["search"][kind]["p50_ms"] / b if b else None
@@ -241,20 +282,28 @@ def markdown(runs: list[dict]) -> str:
     cols = [f"{r['db']} {r['size']:,}" for r in runs]
     lines = ["| measure | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
 
-    def cell(v: float, g: float | None, unit: str) -> str:
+    def cell(v: float | None, g: float | None, unit: str) -> str:
+        if v is None:
+            return "not run"
         return f"{v:.2f} {unit}" + (f" (×{g:.1f})" if g is not None and g != 1.0 else "")
 
     for k in STEPS:
         lines.append(f"| {k.replace('_', ' ')} | " + " | ".join(
-            cell(r["seconds"][k], r["growth"].get(k), "s") for r in runs) + " |")
+            cell(r["seconds"].get(k), r.get("growth", {}).get(k), "s") for r in runs) + " |")
     for kind in SEARCHES:
         for p in ("p50", "p95"):
             lines.append(f"| search {kind.replace('_', ' ')} {p} | " + " | ".join(
-                cell(r["search"][kind][f"{p}_ms"], r["growth"].get(f"search_{kind}_p50") if p == "p50" else None,
-                     "ms") for r in runs) + " |")
-    lines.append("| import products/s | " + " | ".join(f"{r['detail']['import_products_per_s']:,.0f}"
+                cell(r["search"][kind][f"{p}_ms"] if "search" in r else None,
+                     r.get("growth", {}).get(f"search_{kind}_p50") if p == "p50" else None, "ms")
+                for r in runs) + " |")
+    lines.append("| import products/s | " + " | ".join(f"{r['detail'].get('import_products_per_s', 0):,.0f}"
                                                      for r in runs) + " |")
-    lines.append("| index type | " + " | ".join(str(r["detail"]["index_type"]) for r in runs) + " |")
+    lines.append("| index type | " + " | ".join(str(r["detail"].get("index_type")) for r in runs) + " |")
+    def load(r: dict) -> str:
+        seen = list((r.get("load_avg_1m") or {}).values())
+        return f"{min(seen):.1f}-{max(seen):.1f}" if seen else "not recorded"
+
+    lines.append("| load average (1 min) at the steps | " + " | ".join(load(r) for r in runs) + " |")
     return "\n".join(lines)
 
 
@@ -264,6 +313,7 @@ def main() -> None:
     ap.add_argument("--db", default="sqlite,postgresql", help="sqlite, postgresql or both, comma-separated")
     ap.add_argument("--pg-url", default=os.environ.get("SHOPSEARCH_TEST_PG_URL", DEFAULT_PG),
                     help="PostgreSQL database to use (a fresh schema scale_<size> is made in it)")
+    ap.add_argument("--pg-schema", default="scale", help="PostgreSQL schemas are named <this>_<size>")
     ap.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "shopsearch_scale"),
                     help="generated images, manifests and data dirs (outside the repository)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -273,6 +323,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes generating images")
     ap.add_argument("--keep", action="store_true", help="keep the data dirs (images are always kept)")
     ap.add_argument("--note", default="", help="free text stored in the JSON, e.g. 'loaded machine'")
+    ap.add_argument("--resume", action="store_true",
+                    help="finish the incomplete run of the result file (its data dir is kept): every step "
+                         "after its import, with --index-type")
+    ap.add_argument("--index-type", default="auto", help="with --resume: the builds' index type")
+    ap.add_argument("--size-first", action="store_true",
+                    help="every database at one size before the next size (a run stopped early keeps "
+                         "the smaller sizes of both databases)")
     args = ap.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     dbs = [d.strip() for d in args.db.split(",")]
@@ -286,19 +343,46 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"scale_{'_'.join(str(s) for s in sizes)}_{'_'.join(dbs)}.json"
     runs: list[dict] = []
-    for db in dbs:
-        for n in sizes:
-            print(f"== {db} {n:,} products", flush=True)
-            t0 = time.perf_counter()
-            runs.append(run_one(scratch, n, db, args.pg_url, args.queries, n >= args.synthetic_from, args.workers))
-            runs[-1]["total_s"] = time.perf_counter() - t0
-            print(json.dumps(runs[-1]["seconds"]), flush=True)
-            if not args.keep:
-                shutil.rmtree(scratch / f"data_{db}_{n}", ignore_errors=True)
-            _growth(runs)
-            # written after every run: a later size that fails or is stopped keeps the earlier ones
-            path.write_text(json.dumps({"note": args.note, "machine": platform.processor() or platform.machine(),
-                                        "cpus": os.cpu_count(), "model": MODEL, "runs": runs}, indent=2))
+    order = [(db, n) for n in sizes for db in dbs] if args.size_first else [(db, n) for db in dbs for n in sizes]
+
+    def save(partial: dict | None = None) -> None:
+        # written after every step: a run that fails or is stopped keeps what was measured
+        done = runs + ([partial] if partial is not None else [])
+        _growth(done)
+        path.write_text(json.dumps({"note": args.note, "machine": machine_info(), "cpus": os.cpu_count(),
+                                    "model": MODEL, "runs": done}, indent=2))
+
+    if args.resume:
+        earlier = json.loads(path.read_text())
+        runs[:] = earlier["runs"]
+        args.note = earlier.get("note", "")
+        partial = next(r for r in runs if not r.get("complete"))
+        runs.remove(partial)
+        db, n = partial["db"], partial["size"]
+        data_dir = scratch / f"data_{db}_{n}"
+        url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else \
+            _schema_url(args.pg_url, f"{args.pg_schema}_{n}")
+        partial["seconds"] = {k: v for k, v in partial["seconds"].items() if k in ("cli_start", "import")}
+        partial["resumed"] = {"after": "import", "index_type": args.index_type}
+        partial["detail"]["import_products_per_s"] = n / partial["seconds"]["import"]
+        LOAD.clear()
+        LOAD.update(partial.get("load_avg_1m") or {})
+        partial["load_avg_1m"] = LOAD
+        print(f"== resuming {db} {n:,} products after the import, index type {args.index_type}", flush=True)
+        runs.append(finish(scratch, n, data_dir, url, scratch / f"manifest_{n}.csv", args.queries, partial, save,
+                           args.index_type))
+        order = []
+        save()
+    for db, n in order:
+        print(f"== {db} {n:,} products", flush=True)
+        t0 = time.perf_counter()
+        runs.append(run_one(scratch, n, db, args.pg_url, args.queries, n >= args.synthetic_from, args.workers,
+                            args.pg_schema, save))
+        runs[-1]["total_s"] = time.perf_counter() - t0
+        print(json.dumps(runs[-1]["seconds"]), flush=True)
+        if not args.keep:
+            shutil.rmtree(scratch / f"data_{db}_{n}", ignore_errors=True)
+        save()
     print(markdown(runs))
     print(f"\nwritten {path}")
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import faiss
 import numpy as np
 
+from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.build_types import BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges
 from indexer.shrink import check_shrink
 from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex, plan_update
+from shopsearch.catalogue.bulk import NO_HASH
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
@@ -34,7 +36,7 @@ from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
 from shopsearch.index.merge import is_ivf
 from shopsearch.index.segments import new_delta, read_delta
-from shopsearch.index.store import IndexStore, SegmentKeys, new_build_id
+from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.sizing import choose_index_type, estimate_bytes_per_vector
 from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.embedding.pipeline import EmbedReport, WorkItem, embed_items
@@ -48,24 +50,6 @@ __all__ = ["BuildOptions", "BuildPlan", "BuildReport", "IndexBuilder", "IndexDif
 def resolve_options(options: BuildOptions | None, overrides: dict[str, Any]) -> BuildOptions:
     """`options` (defaults when None) with keyword overrides: `build(progress=False)` still reads well."""
     return replace(options or BuildOptions(), **overrides)
-
-
-@dataclass(frozen=True)
-class IndexDiff:
-    """The serving build against the catalogue, by image id and content hash."""
-
-    added: tuple[int, ...]  # in the catalogue, not in the index
-    changed: tuple[int, ...]  # in both, with another content hash
-    removed: tuple[int, ...]  # in the index, no longer an indexable catalogue image
-    unchanged: int
-
-
-def diff_index(want: dict[int, str], have: dict[int, str]) -> IndexDiff:
-    """Ids to add, re-embed and drop to turn `have` (id -> hash) into `want`."""
-    added = tuple(sorted(i for i in want if i not in have))
-    changed = tuple(sorted(i for i in want if i in have and have[i] != want[i]))
-    removed = tuple(sorted(i for i in have if i not in want))
-    return IndexDiff(added, changed, removed, len(want) - len(added) - len(changed))
 
 
 class IndexBuilder:
@@ -187,6 +171,29 @@ class IndexBuilder:
                             int(prev.get("trained_on") or serving.count), scan, update, UP_TO_DATE,
                             _segment_counts(serving))
 
+    def _indexable_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """The catalogue's indexable image ids and content hashes (arrays, by id); an image
+        without a recorded hash gets its file's, as work_items would give it."""
+        ids, keys = self.catalogue.indexable_keys()
+        unhashed = np.flatnonzero(keys == NO_HASH)
+        if len(unhashed):
+            keys = keys.copy()
+            for it in self.work_items(self.catalogue.images_by_id(ids[unhashed].tolist())):
+                keys[np.searchsorted(ids, it.image_id)] = it.key.encode()
+        return ids, keys
+
+    def _current_at(self, generation: int, index_type: str) -> IndexManifest | None:
+        """The serving build when it is known to hold exactly the indexable images of catalogue
+        `generation` with this model and index type (decided without reading any image row);
+        None when that is not known (the rows decide)."""
+        serving = self.store.current_manifest()
+        if serving is None or self.store.degraded or serving.model_fingerprint != self.embedder.fingerprint:
+            return None
+        itype = choose_index_type(serving.count) if index_type == "auto" else index_type
+        if serving.index_type != itype or self.catalogue.build_generation(serving.build_id) != generation:
+            return None
+        return serving
+
     # -- public -----------------------------------------------------------------------------
     def build(self, options: BuildOptions | None = None, on_plan: Callable[[BuildPlan], None] | None = None,
               **overrides: Any) -> BuildReport:
@@ -198,6 +205,10 @@ class IndexBuilder:
         o = resolve_options(options, overrides)
         t0 = time.perf_counter()
         scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
+        # read before the rows: a change made after this makes the next build look at the rows
+        generation = self.catalogue.generation()
+        if not o.force and (serving := self._current_at(generation, o.index_type)) is not None:
+            return self._up_to_date(serving, t0, scan)
         images = self.catalogue.indexable_images()
         items = self.work_items(images)
         plan = self.plan(o.index_type, items)
@@ -206,6 +217,7 @@ class IndexBuilder:
         if not o.force and serving is not None and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
+            self.catalogue.set_build_generation(serving.build_id, generation)
             return self._up_to_date(serving, t0, scan)
         log.info("building index", extra={"images": plan.images, "index_type": plan.index_type,
                                           "estimated_bytes": plan.estimated_bytes})
@@ -222,6 +234,8 @@ class IndexBuilder:
         report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),
                               scan, segments=segments)
         count = self._publish(build_id, plan.index_type, index, good, report.to_dict(), images)
+        if len(good) == len(items):  # every indexable image is in: the build holds this generation exactly
+            self.catalogue.set_build_generation(build_id, generation)
         return self._report(build_id, plan.index_type, count, rep, t0, plan.estimated_bytes, "full", len(ids), scan,
                             segments=segments)
 
@@ -243,40 +257,56 @@ class IndexBuilder:
                 f"the same model (or run `shopsearch index build --model {self.embedder.name}`)")
         t0 = time.perf_counter()
         scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
-        images = self.catalogue.indexable_images()
-        items = self.work_items(images)
-        want = {it.image_id: it.key for it in items if it.image_id is not None}
-        seg = self.store.segment_keys(manifest.build_id)
-        old: VectorIndex | None = None
-        have = seg.served()
-        diff = diff_index(want, have)
-        self._guard(None, manifest.index_type, manifest, list(have), list(want), o.max_shrink)
-        todo_ids = set(diff.added) | set(diff.changed)
-        rep = self._embed([it for it in items if it.image_id in todo_ids], o)
-        ok_new = {i: want[i] for i in sorted(todo_ids) if want[i] in self.cache}
-        final = {i: k for i, k in have.items() if i in want and i not in todo_ids}
-        final.update(ok_new)
-        target = (choose_index_type(len(final)) if o.index_type == "auto" else o.index_type)
+        generation = self.catalogue.generation()
+        if not o.force and self._current_at(generation, o.index_type) is not None:
+            prev = self.store.load_report(manifest.build_id) or {}
+            changes = UpdateChanges(manifest.build_id, 0, 0, 0, manifest.count, None,
+                                    int(prev.get("added_since_training") or 0))
+            return self._up_to_date(manifest, t0, scan, changes)
+        # the diff in numpy: Python objects (rows, items) only for the images that changed
+        want_ids, want_keys = self._indexable_keys()
+        have_ids, have_keys = self.store.served_keys(manifest.build_id)
+        diff = diff_arrays(want_ids, want_keys, have_ids, have_keys)
+        self._guard(None, manifest.index_type, manifest, have_ids.tolist(), want_ids.tolist(), o.max_shrink)
+        todo_ids = sorted(set(diff.added) | set(diff.changed))
+        todo_items = self.work_items(self.catalogue.images_by_id(todo_ids))
+        rep = self._embed(todo_items, o)
+        ok_new = {it.image_id: it.key for it in todo_items if it.key in self.cache}
+        count = len(want_ids) - len(todo_ids) + len(ok_new)
+        target = (choose_index_type(count) if o.index_type == "auto" else o.index_type)
         prev_report = self.store.load_report(manifest.build_id) or {}
-        trained_on = int(prev_report.get("trained_on") or len(have))
+        trained_on = int(prev_report.get("trained_on") or len(have_ids))
         since_training = int(prev_report.get("added_since_training") or 0)
         serving = ServingIndex(manifest.index_type, is_ivf(manifest.index_type, manifest.dim, manifest.count),
                                manifest.base_count or manifest.count, manifest.dead_count, manifest.delta_count,
                                trained_on, since_training)
-        plan = plan_update(serving, Changes(len(diff.added), len(diff.changed), len(diff.removed), len(final), target),
+        plan = plan_update(serving, Changes(len(diff.added), len(diff.changed), len(diff.removed), count, target),
                            o.force)
         changes = UpdateChanges(manifest.build_id, len(diff.added), len(diff.changed), len(diff.removed),
                                 diff.unchanged, plan.reason, since_training + len(ok_new))
+        complete = len(ok_new) == len(todo_ids)  # nothing failed: the result holds this generation exactly
         if plan.strategy == UP_TO_DATE:
+            if complete:
+                self.catalogue.set_build_generation(manifest.build_id, generation)
             return self._up_to_date(manifest, t0, scan, changes)
         build_id = self._start(target)
-        ids = sorted(final)
-        self._guard(build_id, target, manifest, list(have), ids, o.max_shrink)
-        est = estimate_bytes_per_vector(target, self.embedder.dim) * len(ids)
+        est = estimate_bytes_per_vector(target, self.embedder.dim) * count
         if plan.strategy == DELTA:
-            return self._publish_delta(build_id, manifest, seg, diff, final, rep, t0, est, trained_on, scan, changes)
-        if old is None:
-            old, _ = self.store.load_current()
+            if count < len(have_ids):
+                self._guard(build_id, target, manifest, have_ids.tolist(),
+                            sorted(set(want_ids.tolist()) - set(todo_ids) | set(ok_new)), o.max_shrink)
+            out = self._publish_delta(build_id, manifest, diff, set(todo_ids), ok_new, rep, t0, est, trained_on,
+                                      scan, changes)
+            if complete:
+                self.catalogue.set_build_generation(build_id, generation)
+            return out
+        # a compaction reads everything anyway: the whole id -> hash map, and the rows for the calibration
+        keep = np.isin(have_ids, want_ids, assume_unique=True) & ~np.isin(have_ids, np.array(todo_ids, np.int64))
+        final = dict(zip(have_ids[keep].tolist(), have_keys[keep].astype("U64").tolist()))
+        final.update(ok_new)
+        ids = sorted(final)
+        self._guard(build_id, target, manifest, have_ids.tolist(), ids, o.max_shrink)
+        old, _ = self.store.load_current()
         if plan.strategy == READD:
             # IVF: keep the trained quantizer and codebooks, re-add the cached vectors (no k-means)
             log.info("re-adding cached vectors to the trained index", extra={"reason": plan.reason, "vectors": len(ids)})
@@ -291,24 +321,33 @@ class IndexBuilder:
         segments = SegmentCounts(len(index), 0, 0)
         report = self._report(build_id, target, len(index), rep, t0, est, "rebuild", trained_on, scan, changes,
                               plan.strategy, segments)
-        count = self._publish(build_id, target, index, final, report.to_dict(), images)
+        count = self._publish(build_id, target, index, final, report.to_dict(), self.catalogue.indexable_images())
+        if complete:
+            self.catalogue.set_build_generation(build_id, generation)
         return self._report(build_id, target, count, rep, t0, est, "rebuild", trained_on, scan, changes,
                             plan.strategy, segments)
 
-    def _publish_delta(self, build_id: str, manifest: IndexManifest, seg: SegmentKeys, diff: "IndexDiff",
-                       final: dict[int, str], rep: EmbedReport, t0: float, est: int, trained_on: int,
+    def _publish_delta(self, build_id: str, manifest: IndexManifest, diff: IndexDiff, todo: set[int],
+                       ok_new: dict[int, str], rep: EmbedReport, t0: float, est: int, trained_on: int,
                        scan: RescanReport | None, changes: UpdateChanges) -> BuildReport:
         """Keep the serving base segment; tombstone its removed and changed ids; write the delta
         (the serving delta's kept vectors plus the new ones from the cache). Work and writes are
-        proportional to the change and the delta, never to the base."""
-        dead = set(seg.dead) | {i for i in diff.removed + diff.changed if i in seg.base}
-        delta_keys = {i: k for i, k in final.items() if i not in seg.base or i in dead}
+        proportional to the change and the delta, never to the base (whose ids are only
+        searched, as a sorted array)."""
+        base_ids, old_dead, old_delta_keys = self.store.segment_parts(manifest.build_id)
+        touched = np.array(diff.removed + diff.changed, dtype=np.int64)
+        in_base = touched[np.isin(touched, base_ids, assume_unique=True)] if len(touched) else touched
+        dead = set(old_dead) | set(in_base.tolist())
+        gone = set(diff.removed) | todo
+        # the delta: its kept entries (still wanted, not re-embedded) and every new vector
+        delta_keys = {i: k for i, k in old_delta_keys.items() if i not in gone}
+        delta_keys.update(ok_new)
         old_delta, _ = read_delta(self.store.build_dir(manifest.build_id), manifest.delta_sha256, "", verify=False)
         delta = faiss.clone_index(old_delta) if old_delta is not None else new_delta(self.embedder.dim)
-        stale = [i for i, k in seg.delta.items() if delta_keys.get(i) != k]
+        stale = [i for i, k in old_delta_keys.items() if delta_keys.get(i) != k]
         if stale:
             delta.remove_ids(np.array(stale, dtype=np.int64))
-        new = sorted(i for i in delta_keys if seg.delta.get(i) != delta_keys[i])
+        new = sorted(i for i in delta_keys if old_delta_keys.get(i) != delta_keys[i])
         if new:
             delta.add_with_ids(self.cache.get_many([delta_keys[i] for i in new]), np.array(new, dtype=np.int64))
         delta_index = VectorIndex(self.embedder.dim, "flat", index=delta)

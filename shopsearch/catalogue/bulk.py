@@ -40,6 +40,27 @@ def image_rows(conn: Connection, only_ok: bool = False) -> list[ImageInfo]:
     return [ImageInfo(*row) for row in conn.execute(q)]
 
 
+def image_stats(conn: Connection) -> list[tuple[int, str, str, int | None, int | None]]:
+    """(id, path, status, file size, file mtime ns) of every image, as plain tuples: what a
+    rescan needs to stat the files, without the rest of the row."""
+    # the driver's own cursor: its rows are tuples already (no SQLAlchemy Row per image)
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute("SELECT id, path, status, file_size, file_mtime_ns FROM product_images")
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
+def images_by_id(conn: Connection, ids: Sequence[int]) -> list[ImageInfo]:
+    """The images with these ids (those that exist), in id order, chunked below the parameter limits."""
+    out: list[ImageInfo] = []
+    for part in chunks(sorted(ids)):
+        out += [ImageInfo(*row) for row in conn.execute(select(*IMAGE_COLUMNS).where(ProductImage.id.in_(part))
+                                                         .order_by(ProductImage.id))]
+    return out
+
+
 @functools.cache
 def _products_for_images_query() -> Select:
     """The joined select of products_for_images, built once: every search runs it, and building
@@ -113,6 +134,33 @@ def filter_columns(engine: Engine) -> FilterColumns:
 def ok_image_ids(engine: Engine) -> np.ndarray:
     """Ids of the indexable images (status ok), ascending."""
     return np.sort(_numbers(engine, ["id"], "product_images WHERE status = 'ok'", "id").astype(np.int64))
+
+
+#: the key of an indexable image without a recorded content hash (the builder hashes its file)
+NO_HASH = b"0" * 64
+
+
+def indexable_keys(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64, content hashes S64) of the indexable images (status ok), by ascending id;
+    NO_HASH where none is recorded. One fixed-width text from the database (20 digits of id,
+    64 of hash per image) cut up by numpy: no Python object per image."""
+    if engine.dialect.name == "postgresql":
+        row = "lpad(id::text, 20, '0') || coalesce(sha256, repeat('0', 64))"
+        sql = f"SELECT string_agg({row}, '') FROM product_images WHERE status = 'ok'"
+    else:
+        row = "printf('%020d', id) || coalesce(sha256, '" + NO_HASH.decode() + "')"
+        sql = f"SELECT group_concat({row}, '') FROM product_images WHERE status = 'ok'"
+    with engine.connect() as conn:
+        text_ = conn.exec_driver_sql(sql).scalar() or ""
+    raw = text_.encode("ascii")
+    if len(raw) % 84:
+        raise ValueError("a content hash in the catalogue is not 64 hex digits")
+    cells = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 84)
+    # the last 18 digits: ids stay below 10**18, and 10**19 would not fit in an int64
+    ids = (cells[:, 2:20].astype(np.int64) - 48) @ (10 ** np.arange(17, -1, -1, dtype=np.int64))
+    keys = np.ascontiguousarray(cells[:, 20:]).view("S64").ravel()
+    order = np.argsort(ids, kind="stable")
+    return ids[order], keys[order]
 
 
 def _numbers(engine: Engine, exprs: list[str], source: str, order: str) -> np.ndarray:

@@ -144,7 +144,7 @@ def _record(row: dict, base: Path, where: str) -> ProductRecord:
         sku=sku, title=title, description=(row.get("description") or None), brand=(row.get("brand") or None),
         price=_price(row.get("price")), currency=(str(row["currency"]).upper()[:3] if row.get("currency") else None),
         category_path=_category(row.get("category")), attributes=attrs,
-        images=tuple(ImageRecord(str((base / p).resolve()) if not Path(p).is_absolute() else p) for p in images),
+        images=tuple(ImageRecord(p if os.path.isabs(p) else str((base / p).resolve())) for p in images),
     )
 
 
@@ -340,8 +340,10 @@ def _checked_record(rec: ProductRecord, checked: dict[str, ImageRecord | str], r
             images.append(replace(im, status=status, error=res))
         else:
             report.images_ok += 1
-            images.append(replace(res, role=im.role))
-    return replace(rec, images=tuple(images))
+            images.append(res if res.role == im.role else replace(res, role=im.role))
+    # the constructor, not dataclasses.replace: this runs once per row of a million-row manifest
+    return ProductRecord(rec.sku, rec.title, rec.description, rec.brand, rec.price, rec.currency,
+                         rec.category_path, rec.attributes, tuple(images))
 
 
 def _count(report: ImportReport, result: UpsertResult) -> None:

@@ -81,7 +81,7 @@ class ProductImage(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"), index=True)
-    path: Mapped[str] = mapped_column(String(2000))
+    path: Mapped[str] = mapped_column(String(2000), index=True)
     # "catalogue" (merchant's own picture) or "reference" (e.g. shopper photos added as extra views)
     role: Mapped[str] = mapped_column(String(20), default="catalogue")
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -114,3 +114,16 @@ class IndexBuild(Base):
     status: Mapped[str] = mapped_column(String(20), default="building")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the catalogue generation whose indexable images this build holds exactly (None: unknown)
+    catalogue_generation: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class CatalogueState(Base):
+    """One row: the catalogue generation, bumped by database triggers (migration 0004) on every
+    change to what an index holds: an image inserted or deleted, its status, content hash or
+    product changed. Equal generations mean nothing an index build reads has changed."""
+
+    __tablename__ = "catalogue_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -13,6 +13,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 from tqdm import tqdm
 
@@ -45,11 +46,32 @@ class RescanReport:
 
 def stat_moved(img: ImageInfo) -> bool:
     """True when the file's size or mtime differs from the catalogue's record (or it vanished)."""
+    return _moved(img.path, img.status, img.file_size, img.file_mtime_ns)
+
+
+def _moved_ids(stats: Iterable[tuple[int, str, str, int | None, int | None]]) -> list[int]:
+    """Ids among (id, path, status, size, mtime) rows whose file's stat moved: _moved inlined,
+    as this loop runs once per image of the catalogue."""
+    out = []
+    stat = os.stat
+    for i, path, status, size, mtime_ns in stats:
+        try:
+            st = stat(path)
+        except OSError:
+            if status != "missing":
+                out.append(i)
+            continue
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            out.append(i)
+    return out
+
+
+def _moved(path: str, status: str, size: int | None, mtime_ns: int | None) -> bool:
     try:
-        st = os.stat(img.path)
+        st = os.stat(path)
     except OSError:
-        return img.status != "missing"
-    return (st.st_size, st.st_mtime_ns) != (img.file_size, img.file_mtime_ns)
+        return status != "missing"
+    return st.st_size != size or st.st_mtime_ns != mtime_ns
 
 
 def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
@@ -57,11 +79,14 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
     """Bring the catalogue's hashes and statuses in line with the files on disk
     (`verify_hashes`: also hash the files whose stat did not move)."""
     t0 = time.perf_counter()
-    images = store.images()
-    todo = [img for img in tqdm(images, desc="checking files", unit="img", disable=not progress) if stat_moved(img)]
-    if verify_hashes:
+    # plain (id, path, status, size, mtime) tuples: only the images whose stat moved are read in full
+    stats = store.image_stats()
+    n_images = len(stats)
+    todo = store.images_by_id(_moved_ids(tqdm(stats, desc="checking files", unit="img", disable=not progress)))
+    del stats
+    if verify_hashes:  # reads every file anyway: the full rows cost nothing next to that
         moved = {img.id for img in todo}
-        todo += _content_moved([img for img in images if img.id not in moved and img.status == "ok"],
+        todo += _content_moved([img for img in store.images() if img.id not in moved and img.status == "ok"],
                                workers, progress)
     changed = missing = invalid = restored = 0
     problems = []
@@ -83,7 +108,7 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
         size, mtime = _stat_or_none(img.path)
         # The stat of an unusable file is kept too, so it is not re-decoded at every rescan.
         store.update_image_file(img.id, status, file_size=size, file_mtime_ns=mtime, error=res)
-    report = RescanReport(len(images), len(todo), changed, missing, invalid, restored, time.perf_counter() - t0,
+    report = RescanReport(n_images, len(todo), changed, missing, invalid, restored, time.perf_counter() - t0,
                           tuple(problems))
     if todo:
         log.info("files rescanned", extra=report.to_dict())

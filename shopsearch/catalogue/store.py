@@ -3,16 +3,17 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 import numpy as np
 
 from shopsearch.catalogue import bulk, db
-from shopsearch.catalogue.models import Category, IndexBuild, Product, ProductImage
+from shopsearch.catalogue.upsert import upsert_batch
+from shopsearch.catalogue.models import CatalogueState, Category, IndexBuild, Product, ProductImage
 from shopsearch.catalogue.records import (
     CatalogueStats,
     CategoryInfo,
@@ -28,10 +29,8 @@ from shopsearch.errors import ProductNotFoundError
 
 #: stands for "/" inside a category name (DIVISION SLASH)
 LEVEL_SLASH = "\u2215"
-_PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attributes")
-#: products per upsert transaction (a batch binds ~2 parameters per product and image: far below
-#: PostgreSQL's 65,535)
-UPSERT_BATCH = 500
+#: products per upsert transaction (written in bulk: catalogue/upsert.py)
+UPSERT_BATCH = 2000
 #: values per IN (...) list: PostgreSQL refuses statements of more than 65,535 bind parameters
 IN_CHUNK = 10_000
 
@@ -62,80 +61,14 @@ def _product_info(p: Product, with_images: bool = True) -> ProductInfo:
     )
 
 
-def _product_columns() -> tuple[Any, ...]:
-    return (*(getattr(Product, f) for f in _PRODUCT_FIELDS), Product.category_id)
-
-
-def _unchanged(rec: ProductRecord, row: Any, images: list[ImageInfo], cat_id: int | None) -> bool:
-    """Would upserting `rec` over the stored `row` and its `images` write nothing?"""
-    for f in _PRODUCT_FIELDS:
-        new = dict(rec.attributes or {}) if f == "attributes" else getattr(rec, f)
-        old = dict(row.attributes or {}) if f == "attributes" else getattr(row, f)
-        if new != old:
-            return False
-    if cat_id is not None and row.category_id != cat_id:
-        return False
-    if not rec.images:
-        return True
-    by_path = {i.path: i for i in images}
-    if {im.path for im in rec.images} != set(by_path):
-        return False
-    return all(
-        (im.role, im.sha256, im.width, im.height, im.status, im.error, im.file_size, im.file_mtime_ns)
-        == (cur.role, cur.sha256, cur.width, cur.height, cur.status, cur.error, cur.file_size, cur.file_mtime_ns)
-        for im in rec.images for cur in (by_path[im.path],))
-
-
-def _apply(p: Product, rec: ProductRecord, cat_id: int | None, created: bool) -> tuple[bool, bool, int, int, int]:
-    """Write `rec` onto the ORM product `p`; (created, changed, images added, changed, removed)."""
-    changed = created
-    for f in _PRODUCT_FIELDS:
-        new = dict(rec.attributes or {}) if f == "attributes" else getattr(rec, f)
-        if getattr(p, f) != new:
-            setattr(p, f, new)
-            changed = True
-    if cat_id is not None and p.category_id != cat_id:
-        p.category_id = cat_id
-        changed = True
-    by_path = {i.path: i for i in p.images}
-    added = img_changed = removed = 0
-    for im in _unique_paths(rec.images):
-        cur = by_path.get(im.path)
-        if cur is None:
-            p.images.append(ProductImage(path=im.path, role=im.role, sha256=im.sha256, width=im.width,
-                                         height=im.height, status=im.status, error=im.error,
-                                         file_size=im.file_size, file_mtime_ns=im.file_mtime_ns))
-            added += 1
-            continue
-        new_vals = dict(role=im.role, sha256=im.sha256, width=im.width, height=im.height, status=im.status,
-                        error=im.error)
-        if any(getattr(cur, k) != v for k, v in new_vals.items()):
-            for k, v in new_vals.items():
-                setattr(cur, k, v)
-            img_changed += 1
-        # a touched file with the same bytes is not a change; just remember its new stat
-        if (cur.file_size, cur.file_mtime_ns) != (im.file_size, im.file_mtime_ns):
-            cur.file_size, cur.file_mtime_ns = im.file_size, im.file_mtime_ns
-    if rec.images:  # the row names the product's images: those it no longer names go (delete-orphan)
-        named = {im.path for im in rec.images}
-        for img in [i for i in p.images if i.path not in named]:
-            p.images.remove(img)
-            removed += 1
-    return created, changed or bool(added or img_changed or removed), added, img_changed, removed
-
-
-def _unique_paths(images: Sequence[ImageRecord]) -> list[ImageRecord]:
-    """A row naming one file twice gets one image (the first mention)."""
-    seen: set[str] = set()
-    return [im for im in images if not (im.path in seen or seen.add(im.path))]  # type: ignore[func-returns-value]
-
-
 class CatalogueStore:
     """All catalogue reads and writes. Takes an engine; call `open()` for a checked one."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        #: category path -> id, for imports (categories are never deleted, only added)
+        self._category_ids: dict[tuple[str, ...], int] = {}
 
     @classmethod
     def open(cls, url: str, migrate: bool = True) -> "CatalogueStore":
@@ -189,43 +122,25 @@ class CatalogueStore:
         return self.upsert_products([rec])[0]
 
     def upsert_products(self, records: Sequence[ProductRecord]) -> list[UpsertResult]:
-        """Insert or update products, in one transaction per UPSERT_BATCH of them. A product whose
-        row and images are unchanged is compared on plain rows and not written; a record naming
-        images replaces the product's image set (a record naming none leaves it alone)."""
+        """Insert or update products, in one transaction per UPSERT_BATCH of them, written in bulk
+        (catalogue/upsert.py). A product whose row and images are unchanged is compared on plain
+        rows and not written; a record naming images replaces the product's image set (a record
+        naming none leaves it alone)."""
         out: list[UpsertResult] = []
         for start in range(0, len(records), UPSERT_BATCH):
+            made: dict[tuple[str, ...], int] = {}
             with self.session() as s:
-                out += self._upsert_batch(s, records[start:start + UPSERT_BATCH])
-        return out
 
-    def _upsert_batch(self, s: Session, records: Sequence[ProductRecord]) -> list[UpsertResult]:
-        rows = {r.sku: r for r in s.execute(select(Product.id, Product.sku, *_product_columns())
-                                             .where(Product.sku.in_([r.sku for r in records])))}
-        images: dict[int, list[ImageInfo]] = {}
-        if rows:
-            pids = [r.id for r in rows.values()]
-            for r in s.execute(select(*bulk.IMAGE_COLUMNS).where(ProductImage.product_id.in_(pids))):
-                images.setdefault(r.product_id, []).append(ImageInfo(*r))
-        cats: dict[tuple[str, ...], int] = {}
-        pending: list[tuple[ProductRecord, Product | None, int | None, tuple[bool, bool, int, int, int]]] = []
-        for rec in records:
-            cat_id = None
-            if rec.category_path:
-                if rec.category_path not in cats:
-                    cats[rec.category_path] = self.ensure_category(rec.category_path, s)
-                cat_id = cats[rec.category_path]
-            row = rows.get(rec.sku)
-            if row is not None and _unchanged(rec, row, images.get(row.id, []), cat_id):
-                pending.append((rec, None, row.id, (False, False, 0, 0, 0)))
-                continue
-            p = None if row is None else s.scalar(
-                select(Product).options(selectinload(Product.images)).where(Product.id == row.id))
-            if p is None:
-                p = Product(sku=rec.sku, title=rec.title, attributes={})
-                s.add(p)
-            pending.append((rec, p, None, _apply(p, rec, cat_id, created=row is None)))
-        s.flush()  # one round of INSERTs/UPDATEs for the batch; new products get their ids
-        return [UpsertResult(rec.sku, pid if p is None else p.id, *counts) for rec, p, pid, counts in pending]
+                def category_id(names: tuple[str, ...]) -> int:
+                    cid = self._category_ids.get(names) or made.get(names)
+                    if cid is None:
+                        cid = made[names] = self.ensure_category(names, s)
+                    return cid
+
+                out += upsert_batch(s, records[start:start + UPSERT_BATCH], category_id)
+            # remembered once committed: a rolled-back batch leaves no id behind that does not exist
+            self._category_ids.update(made)
+        return out
 
     def image_files(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         """Path -> what the catalogue knows of a usable image file there (hash, size, stat when
@@ -294,6 +209,10 @@ class CatalogueStore:
         """Ids of the indexable images, ascending (`index status` compares them with a build's)."""
         return bulk.ok_image_ids(self.engine)
 
+    def indexable_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, content hashes as S64; bulk.NO_HASH where none) of the indexable images, by id."""
+        return bulk.indexable_keys(self.engine)
+
     def indexable_images(self) -> list[ImageInfo]:
         """Images with a readable file, in id order: what an index build embeds."""
         with self.engine.connect() as conn:
@@ -312,6 +231,16 @@ class CatalogueStore:
         """Every image whatever its status, in id order (what a rescan of the files checks)."""
         with self.engine.connect() as conn:
             return bulk.image_rows(conn)
+
+    def image_stats(self) -> list[tuple[int, str, str, int | None, int | None]]:
+        """(id, path, status, file size, file mtime ns) of every image (a rescan's stat list)."""
+        with self.engine.connect() as conn:
+            return bulk.image_stats(conn)
+
+    def images_by_id(self, ids: Sequence[int]) -> list[ImageInfo]:
+        """The images with these ids that exist, in id order."""
+        with self.engine.connect() as conn:
+            return bulk.images_by_id(conn, ids)
 
     def update_image_file(self, image_id: int, status: str, sha256: str | None = None, width: int | None = None,
                           height: int | None = None, file_size: int | None = None, file_mtime_ns: int | None = None,
@@ -356,6 +285,12 @@ class CatalogueStore:
                 uncategorised=s.scalar(select(func.count()).select_from(Product).where(Product.category_id.is_(None))) or 0,
             )
 
+    def unusable_count(self) -> int:
+        """Images whose file is missing or undecodable (one COUNT)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(ProductImage)
+                                    .where(ProductImage.status != "ok")).scalar() or 0)
+
     def has_prices(self) -> bool:
         """Does any product have a price (the page hides its price filter otherwise)."""
         with self.session() as s:
@@ -373,6 +308,23 @@ class CatalogueStore:
             row.index_type, row.dim, row.vector_count, row.status = info.index_type, info.dim, info.vector_count, info.status
             if info.status == "complete":
                 row.completed_at = datetime.now(timezone.utc)
+
+    def generation(self) -> int:
+        """The catalogue generation: moved by every change to what an index holds (migration 0004)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(CatalogueState.generation).where(CatalogueState.id == 1)).scalar() or 0)
+
+    def build_generation(self, build_id: str) -> int | None:
+        """The generation whose indexable images `build_id` holds exactly (None: not known)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(IndexBuild.catalogue_generation)
+                                .where(IndexBuild.build_id == build_id)).scalar()
+
+    def set_build_generation(self, build_id: str, generation: int) -> None:
+        """Record that `build_id` holds exactly the indexable images of catalogue `generation`."""
+        with self.session() as s:
+            s.execute(update(IndexBuild).where(IndexBuild.build_id == build_id)
+                      .values(catalogue_generation=generation))
 
     def builds(self) -> list[IndexBuildInfo]:
         with self.session() as s:

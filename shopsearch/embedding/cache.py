@@ -45,13 +45,20 @@ class VectorCache:
         self._keys: dict[str, int] = {}
         self._blocks: list[np.ndarray] = []
         self._rows = 0
+        # read at first use: a build with nothing to do never needs the vectors (gigabytes at a million)
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
         for f in sorted(self.dir.glob("chunk-*.npz")):
             try:
                 with np.load(f) as z:
                     keys, vecs = z["keys"], z["vectors"]
             except (OSError, ValueError, KeyError, EOFError):
                 continue  # a chunk that cannot be read is treated as never written
-            if vecs.ndim != 2 or vecs.shape[1] != dim:
+            if vecs.ndim != 2 or vecs.shape[1] != self.dim:
                 continue
             self._append(keys, vecs)
 
@@ -64,13 +71,16 @@ class VectorCache:
             self._blocks = [np.concatenate(self._blocks)]
 
     def __contains__(self, key: str) -> bool:
+        self._load()
         return key in self._keys
 
     def __len__(self) -> int:
+        self._load()
         return len(self._keys)
 
     def get_many(self, keys: list[str]) -> np.ndarray:
         """Vectors for `keys` (all must be present), in order."""
+        self._load()
         if len(self._blocks) > 1:
             self._blocks = [np.concatenate(self._blocks)]
         if not keys:
@@ -82,6 +92,7 @@ class VectorCache:
         """Persist a chunk (atomically) and make it visible."""
         if not keys:
             return
+        self._load()  # the rows already on disk are numbered first
         vectors = np.asarray(vectors, dtype=np.float32)
         try:
             write_chunk_file(self.dir, keys, vectors)

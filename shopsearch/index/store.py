@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
@@ -22,34 +22,17 @@ from typing import Callable, Mapping
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, IndexNotFoundError, IndexWriteError
+from shopsearch.index.keyfiles import (DELTA_KEYS_FILE, KEYS_FILE, SegmentKeys, read_arrays, read_ids, read_keys,
+                                       write_keys)
 from shopsearch.index.segments import TOMBSTONES_FILE, link_or_copy, read_delta, write_delta
 from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, VectorIndex
 
 log = logging.getLogger("shopsearch.index")
 
-#: beside every index: image ids and the content sha256 each vector was computed from
-KEYS_FILE = "keys.npz"
-#: beside the delta segment: its image ids and content hashes (keys.npz then covers the base only)
-DELTA_KEYS_FILE = "delta_keys.npz"
 #: beside the index: the build report (counts, failed images with reasons)
 REPORT_FILE = "report.json"
 #: pointer to a build made beside the serving one (`index build --shadow`), until promoted
 SHADOW = "SHADOW"
-
-
-@dataclass(frozen=True)
-class SegmentKeys:
-    """A build's image id -> content hash, per segment (see shopsearch/index/segments.py)."""
-
-    base: dict[int, str]  # the base segment, tombstoned ids included
-    dead: frozenset[int]  # tombstoned ids of the base segment
-    delta: dict[int, str]
-
-    def served(self) -> dict[int, str]:
-        """What the build serves: the live base entries, then the delta."""
-        out = {i: k for i, k in self.base.items() if i not in self.dead} if self.dead else dict(self.base)
-        out.update(self.delta)
-        return out
 
 
 def new_build_id() -> str:
@@ -161,11 +144,41 @@ class IndexStore:
         """A build's keys per segment; a build without them is corrupt."""
         d = self.build_dir(build_id)
         try:
-            base = _read_keys(d / KEYS_FILE)
+            base = read_keys(d / KEYS_FILE)
             if not (d / DELTA_KEYS_FILE).is_file():
                 return SegmentKeys(base, frozenset(), {})
             dead = np.load(d / TOMBSTONES_FILE) if (d / TOMBSTONES_FILE).is_file() else ()
-            return SegmentKeys(base, frozenset(int(i) for i in dead), _read_keys(d / DELTA_KEYS_FILE))
+            return SegmentKeys(base, frozenset(int(i) for i in dead), read_keys(d / DELTA_KEYS_FILE))
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexCorruptError(f"keys file of build {build_id} is unreadable: {e}") from None
+
+    def served_keys(self, build_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, content hashes as S64) of every vector a build serves, by ascending id: the
+        keys files' columns as arrays (what load_keys holds, without a dict of a million)."""
+        d = self.build_dir(build_id)
+        try:
+            ids, keys = read_arrays(d / KEYS_FILE)
+            if (d / TOMBSTONES_FILE).is_file():
+                live = ~np.isin(ids, np.load(d / TOMBSTONES_FILE).astype(np.int64))
+                ids, keys = ids[live], keys[live]
+            if (d / DELTA_KEYS_FILE).is_file():
+                delta_ids, delta_keys = read_arrays(d / DELTA_KEYS_FILE)
+                ids, keys = np.concatenate([ids, delta_ids]), np.concatenate([keys, delta_keys])
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexCorruptError(f"keys file of build {build_id} is unreadable: {e}") from None
+        order = np.argsort(ids, kind="stable")
+        return ids[order], keys[order]
+
+    def segment_parts(self, build_id: str) -> tuple[np.ndarray, frozenset[int], dict[int, str]]:
+        """A build's base segment ids (sorted array), its tombstones and its delta's id -> hash:
+        what an update that keeps the base needs, without the base's hashes."""
+        d = self.build_dir(build_id)
+        try:
+            base = read_ids(d / KEYS_FILE)
+            if not (d / DELTA_KEYS_FILE).is_file():
+                return base, frozenset(), {}
+            dead = np.load(d / TOMBSTONES_FILE) if (d / TOMBSTONES_FILE).is_file() else ()
+            return base, frozenset(int(i) for i in dead), read_keys(d / DELTA_KEYS_FILE)
         except (OSError, ValueError, KeyError) as e:
             raise IndexCorruptError(f"keys file of build {build_id} is unreadable: {e}") from None
 
@@ -174,11 +187,11 @@ class IndexStore:
         hashes stay on disk): base minus tombstones, plus the delta."""
         d = self.build_dir(build_id)
         try:
-            ids = _read_ids(d / KEYS_FILE)
+            ids = read_ids(d / KEYS_FILE)
             if (d / TOMBSTONES_FILE).is_file():
                 ids = np.setdiff1d(ids, np.load(d / TOMBSTONES_FILE).astype(np.int64))
             if (d / DELTA_KEYS_FILE).is_file():
-                ids = np.union1d(ids, _read_ids(d / DELTA_KEYS_FILE))
+                ids = np.union1d(ids, read_ids(d / DELTA_KEYS_FILE))
             return ids
         except (OSError, ValueError, KeyError) as e:
             raise IndexCorruptError(f"keys file of build {build_id} is unreadable: {e}") from None
@@ -253,7 +266,7 @@ class IndexStore:
         for name in (INDEX_FILE, KEYS_FILE):
             link_or_copy(src / name, staging / name)
         delta_sha, tomb_sha = write_delta(staging, delta.faiss_index if delta is not None else None, dead)
-        _write_keys(staging / DELTA_KEYS_FILE, delta_keys)
+        write_keys(staging / DELTA_KEYS_FILE, delta_keys)
         n_delta = len(delta) if delta is not None else 0
         saved = replace(manifest, count=base_count - len(dead) + n_delta, index_sha256=base.index_sha256,
                         delta_sha256=delta_sha, tombstones_sha256=tomb_sha, base_count=base_count,
@@ -267,7 +280,7 @@ class IndexStore:
             raise IndexCorruptError(f"build {manifest.build_id}: the copied base segment does not verify")
         got_delta, got_dead = read_delta(staging, delta_sha, tomb_sha)
         if (got_delta.ntotal if got_delta is not None else 0) != n_delta or len(got_dead) != len(dead) \
-                or set(_read_keys(staging / DELTA_KEYS_FILE)) != set(delta_keys):
+                or set(read_keys(staging / DELTA_KEYS_FILE)) != set(delta_keys):
             raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
         return saved
 
@@ -279,13 +292,13 @@ class IndexStore:
                     keys: Mapping[int, str], report: dict | None,
                     extra_files: Mapping[str, str | bytes] | None) -> IndexManifest:
         saved = index.save(staging, manifest)
-        _write_keys(staging / KEYS_FILE, keys)
+        write_keys(staging / KEYS_FILE, keys)
         self._write_extras(staging, report, extra_files)
         # Verify what is on disk, not what is in memory, before anyone can serve it.
         reloaded, check = VectorIndex.load(staging)
         if len(reloaded) != len(index) or check.count != saved.count:
             raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
-        if set(_read_keys(staging / KEYS_FILE)) != set(int(i) for i in reloaded.ids()):
+        if set(read_keys(staging / KEYS_FILE)) != set(int(i) for i in reloaded.ids()):
             raise IndexCorruptError(f"build {manifest.build_id}: keys file does not match the index ids")
         return saved
 
@@ -354,21 +367,3 @@ class IndexStore:
             if d.is_dir() and not d.name.startswith(".") and d.name not in keep_ids:
                 shutil.rmtree(d, ignore_errors=True)
 
-
-def _write_keys(path: Path, keys: Mapping[int, str]) -> None:
-    ids = np.fromiter(keys.keys(), dtype=np.int64, count=len(keys))
-    tmp = path.with_name(f".{path.name}")
-    with open(tmp, "wb") as f:
-        # hex digests as bytes: a quarter of the size of numpy's UTF-32 strings, read back as str
-        np.savez(f, ids=ids, keys=np.array([keys[int(i)] for i in ids], dtype="S64"))
-    os.replace(tmp, path)
-
-
-def _read_keys(path: Path) -> dict[int, str]:
-    with np.load(path) as z:
-        return dict(zip(z["ids"].tolist(), z["keys"].astype("U64").tolist()))
-
-
-def _read_ids(path: Path) -> np.ndarray:
-    with np.load(path) as z:
-        return np.unique(z["ids"].astype(np.int64))

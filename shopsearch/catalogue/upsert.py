@@ -1,0 +1,144 @@
+"""One batch of product upserts, in one transaction, written in bulk.
+
+New products and their images go in with two multi-row INSERTs (SQLAlchemy Core
+executemany: a few statements per batch, not a round trip per product); unchanged products
+are compared on plain rows and not written; only products whose row changed are loaded as
+ORM objects and updated (a re-import changes few). Statements stay far below PostgreSQL's
+65,535 bind parameters: SQLAlchemy pages multi-row INSERTs (insertmanyvalues), and the
+lookups bind one batch of SKUs or ids."""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session, selectinload
+
+from shopsearch.catalogue import bulk
+from shopsearch.catalogue.models import Product, ProductImage, utcnow
+from shopsearch.catalogue.records import ImageInfo, ImageRecord, ProductRecord, UpsertResult
+
+PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attributes")
+
+
+def upsert_batch(s: Session, records: Sequence[ProductRecord],
+                 category_id: Callable[[tuple[str, ...]], int]) -> list[UpsertResult]:
+    """Insert or update `records` in session `s`; `category_id` gives (or makes) a category's id.
+    Categories are resolved first, so that no pending ORM object is flushed by their queries."""
+    cat_ids = [category_id(r.category_path) if r.category_path else None for r in records]
+    rows = {r.sku: r for r in s.execute(select(Product.id, Product.sku, *_product_columns())
+                                         .where(Product.sku.in_([r.sku for r in records])))}
+    images: dict[int, list[ImageInfo]] = {}
+    if rows:
+        pids = [r.id for r in rows.values()]
+        for r in s.execute(select(*bulk.IMAGE_COLUMNS).where(ProductImage.product_id.in_(pids))):
+            images.setdefault(r.product_id, []).append(ImageInfo(*r))
+    out: list[UpsertResult | None] = [None] * len(records)
+    new, changed = [], []
+    for j, rec in enumerate(records):
+        row = rows.get(rec.sku)
+        if row is None:
+            new.append(j)
+        elif _unchanged(rec, row, images.get(row.id, []), cat_ids[j]):
+            out[j] = UpsertResult(rec.sku, row.id, False, False, 0, 0)
+        else:
+            changed.append(j)
+    if new:
+        ids = _insert_new(s, [records[j] for j in new], [cat_ids[j] for j in new])
+        for j, pid in zip(new, ids):
+            out[j] = UpsertResult(records[j].sku, pid, True, True, len(_unique_paths(records[j].images)), 0)
+    if changed:
+        wanted = [rows[records[j].sku].id for j in changed]
+        loaded = {p.id: p for p in s.scalars(select(Product).options(selectinload(Product.images))
+                                             .where(Product.id.in_(wanted)))}
+        for j, pid in zip(changed, wanted):
+            out[j] = UpsertResult(records[j].sku, pid, *_apply(loaded[pid], records[j], cat_ids[j], created=False))
+        s.flush()
+    return [r for r in out if r is not None]
+
+
+def _insert_new(s: Session, records: list[ProductRecord], cat_ids: list[int | None]) -> list[int]:
+    """Multi-row INSERTs of new products (ids returned in order) and of their images."""
+    now = utcnow()
+    conn = s.connection()
+    ids = list(conn.execute(
+        insert(Product.__table__).returning(Product.__table__.c.id, sort_by_parameter_order=True),
+        [dict(sku=r.sku, title=r.title, description=r.description, brand=r.brand, price=r.price,
+              currency=r.currency, category_id=c, attributes=dict(r.attributes or {}), created_at=now,
+              updated_at=now) for r, c in zip(records, cat_ids)]).scalars())
+    rows = [dict(product_id=pid, path=im.path, role=im.role, sha256=im.sha256, width=im.width, height=im.height,
+                 status=im.status, error=im.error, file_size=im.file_size, file_mtime_ns=im.file_mtime_ns,
+                 created_at=now)
+            for pid, r in zip(ids, records) for im in _unique_paths(r.images)]
+    if rows:
+        conn.execute(insert(ProductImage.__table__), rows)
+    return ids
+
+
+def _product_columns() -> tuple[Any, ...]:
+    return (*(getattr(Product, f) for f in PRODUCT_FIELDS), Product.category_id)
+
+
+def _unchanged(rec: ProductRecord, row: Any, images: list[ImageInfo], cat_id: int | None) -> bool:
+    """Would upserting `rec` over the stored `row` and its `images` write nothing?"""
+    for f in PRODUCT_FIELDS:
+        new = dict(rec.attributes or {}) if f == "attributes" else getattr(rec, f)
+        old = dict(row.attributes or {}) if f == "attributes" else getattr(row, f)
+        if new != old:
+            return False
+    if cat_id is not None and row.category_id != cat_id:
+        return False
+    if not rec.images:
+        return True
+    by_path = {i.path: i for i in images}
+    if {im.path for im in rec.images} != set(by_path):
+        return False
+    return all(
+        (im.role, im.sha256, im.width, im.height, im.status, im.error, im.file_size, im.file_mtime_ns)
+        == (cur.role, cur.sha256, cur.width, cur.height, cur.status, cur.error, cur.file_size, cur.file_mtime_ns)
+        for im in rec.images for cur in (by_path[im.path],))
+
+
+def _apply(p: Product, rec: ProductRecord, cat_id: int | None, created: bool) -> tuple[bool, bool, int, int, int]:
+    """Write `rec` onto the ORM product `p`; (created, changed, images added, changed, removed)."""
+    changed = created
+    for f in PRODUCT_FIELDS:
+        new = dict(rec.attributes or {}) if f == "attributes" else getattr(rec, f)
+        if getattr(p, f) != new:
+            setattr(p, f, new)
+            changed = True
+    if cat_id is not None and p.category_id != cat_id:
+        p.category_id = cat_id
+        changed = True
+    by_path = {i.path: i for i in p.images}
+    added = img_changed = removed = 0
+    for im in _unique_paths(rec.images):
+        cur = by_path.get(im.path)
+        if cur is None:
+            p.images.append(ProductImage(path=im.path, role=im.role, sha256=im.sha256, width=im.width,
+                                         height=im.height, status=im.status, error=im.error,
+                                         file_size=im.file_size, file_mtime_ns=im.file_mtime_ns))
+            added += 1
+            continue
+        new_vals = dict(role=im.role, sha256=im.sha256, width=im.width, height=im.height, status=im.status,
+                        error=im.error)
+        if any(getattr(cur, k) != v for k, v in new_vals.items()):
+            for k, v in new_vals.items():
+                setattr(cur, k, v)
+            img_changed += 1
+        # a touched file with the same bytes is not a change; just remember its new stat
+        if (cur.file_size, cur.file_mtime_ns) != (im.file_size, im.file_mtime_ns):
+            cur.file_size, cur.file_mtime_ns = im.file_size, im.file_mtime_ns
+    if rec.images:  # the row names the product's images: those it no longer names go (delete-orphan)
+        named = {im.path for im in rec.images}
+        for img in [i for i in p.images if i.path not in named]:
+            p.images.remove(img)
+            removed += 1
+    return created, changed or bool(added or img_changed or removed), added, img_changed, removed
+
+
+def _unique_paths(images: Sequence[ImageRecord]) -> list[ImageRecord]:
+    """A row naming one file twice gets one image (the first mention)."""
+    seen: set[str] = set()
+    return [im for im in images if not (im.path in seen or seen.add(im.path))]  # type: ignore[func-returns-value]
+
+
