@@ -131,3 +131,29 @@ def test_a_centred_build_serves_queries_through_its_means_and_keeps_them(tmp_pat
     assert not off.up_to_date and build_centring(store.build_dir(off.build_id)) is None
     assert open_search_service(settings, catalogue=cat, embedder=emb, with_router=False).centring is None
     cat.close()
+
+
+def test_bench_centre_config_centres_gallery_and_queries(tmp_path):
+    from shopsearch.evaluation.configs import BenchConfig, parse_config
+    from shopsearch.evaluation.datasets import load_dataset
+    from shopsearch.evaluation.runner import RunOptions, run_benchmark
+
+    root = tmp_path / "tree"
+    for c in range(8):
+        (root / "train" / f"class{c}").mkdir(parents=True)
+        make_image(c).save(root / "train" / f"class{c}" / "studio.png")
+        (root / "test" / f"class{c}").mkdir(parents=True)
+        for j in range(4):
+            # a shopper photo: the product faint in front of the same shelf, which looks like product 0
+            shot = Image.blend(jitter(make_image(c), seed=10 * c + j, amount=10), make_image(0), 0.7)
+            shot.save(root / "test" / f"class{c}" / f"shot{j}.png")
+    (c,) = parse_config("centre=on", BenchConfig("fake"))
+    assert c.centre and "centred" in c.label
+    plain, centred = run_benchmark(lambda g: load_dataset(root, "imagefolder", g), [BenchConfig("fake"), c],
+                                   tmp_path / "vectors", embedder_for=lambda spec: FakeEmbedder(),
+                                   router_for=lambda e: None,
+                                   options=RunOptions(ks=(1,), workers=1, progress=False, latency_samples=0))
+    assert centred.centring["query_vectors"] == 32 and "query photos" in centred.centring["query_source"]
+    assert not plain.centring
+    assert plain.summary.recall_at[1] < 0.5 and centred.summary.recall_at[1] > 0.9, \
+        (plain.summary.recall_at, centred.summary.recall_at)
