@@ -19,6 +19,7 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
+from indexer.centring_build import choose_centring
 from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.build_types import BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges
 from indexer.shrink import check_shrink
@@ -27,6 +28,7 @@ from shopsearch.catalogue.bulk import NO_HASH
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.centring import CENTRING_FILE, DomainCentring, build_centring
 from shopsearch.config import GpuTuning
 from shopsearch.confidence import calibration_file, load_calibration
 from shopsearch.confidence_fit import calibrate_build
@@ -61,6 +63,9 @@ class IndexBuilder:
         self.catalogue = catalogue
         self.store = store
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
+        #: unlabelled shopper photos' vectors and where they came from, for `centre="on"` builds
+        self.query_sample: tuple[np.ndarray, str] | None = None
+        self._centring: DomainCentring | None = None  # the centring of the build being made
 
     # -- stage: read the catalogue ------------------------------------------------------
     def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False) -> RescanReport:
@@ -98,13 +103,20 @@ class IndexBuilder:
 
     # -- stage: merge into an index and publish -----------------------------------------
     def _vectors(self, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> np.ndarray:
-        """Vectors from the cache; ids the cache lacks (cache wiped) come from the old index."""
+        """Vectors from the cache (centred when the build is); ids the cache lacks (cache wiped)
+        come from the old index, which holds them centred already when it is."""
         if fallback is None or all(k in self.cache for k in keys):
-            return self.cache.get_many(keys)
+            return self._centre(self.cache.get_many(keys))
         out = np.empty((len(ids), self.embedder.dim), np.float32)
         for j, (i, k) in enumerate(zip(ids, keys)):
-            out[j] = self.cache.get_many([k])[0] if k in self.cache else fallback.reconstruct(i)
+            out[j] = self._centre(self.cache.get_many([k]))[0] if k in self.cache else fallback.reconstruct(i)
         return out
+
+    def _centre(self, vectors: np.ndarray) -> np.ndarray:
+        return vectors if self._centring is None or not len(vectors) else self._centring.gallery(vectors)
+
+    def _extra_files(self) -> dict[str, bytes]:
+        return {CENTRING_FILE: self._centring.to_bytes()} if self._centring is not None else {}
 
     def _new_index(self, itype: str, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> VectorIndex:
         index = VectorIndex(self.embedder.dim, itype, expected_size=len(ids))
@@ -121,7 +133,7 @@ class IndexBuilder:
         # refit with every full build: the confidence a search reports belongs to the build it searches
         cal = calibrate_build(index, images, build_id, self.rerank)
         saved = self.store.publish(index, self._manifest(build_id, itype, len(index)), keys=keys, report=report,
-                                   extra_files=calibration_file(cal))
+                                   extra_files={**calibration_file(cal), **self._extra_files()})
         self._record(build_id, itype, saved.count, "complete")
         return saved.count
 
@@ -214,7 +226,9 @@ class IndexBuilder:
         plan = self.plan(o.index_type, items)
         serving, serving_keys = self._serving()
         # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
-        if not o.force and serving is not None and not self.store.degraded \
+        centring_same = o.centre == "keep" or (o.centre == "off" and serving is not None
+                                               and build_centring(self.store.build_dir(serving.build_id)) is None)
+        if not o.force and centring_same and serving is not None and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
             self.catalogue.set_build_generation(serving.build_id, generation)
@@ -229,6 +243,9 @@ class IndexBuilder:
         good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
         ids = sorted(good)
         self._guard(build_id, plan.index_type, serving, list(serving_keys), ids, o.max_shrink)
+        self._centring = choose_centring(o.centre, self.store, serving, self.embedder,
+                                         self.cache.get_many([good[i] for i in ids]) if o.centre == "on" else
+                                         np.zeros((0, self.embedder.dim), np.float32), self.query_sample)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
         segments = SegmentCounts(len(index), 0, 0)
         report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),
@@ -256,6 +273,8 @@ class IndexBuilder:
                 f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "
                 f"the same model (or run `shopsearch index build --model {self.embedder.name}`)")
         t0 = time.perf_counter()
+        # new vectors join the serving build's space: its means, never refitted by an update
+        self._centring = build_centring(self.store.build_dir(manifest.build_id))
         scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
         generation = self.catalogue.generation()
         if not o.force and self._current_at(generation, o.index_type) is not None:
@@ -349,7 +368,8 @@ class IndexBuilder:
             delta.remove_ids(np.array(stale, dtype=np.int64))
         new = sorted(i for i in delta_keys if old_delta_keys.get(i) != delta_keys[i])
         if new:
-            delta.add_with_ids(self.cache.get_many([delta_keys[i] for i in new]), np.array(new, dtype=np.int64))
+            delta.add_with_ids(self._centre(self.cache.get_many([delta_keys[i] for i in new])),
+                               np.array(new, dtype=np.int64))
         delta_index = VectorIndex(self.embedder.dim, "flat", index=delta)
         dead_ids = np.array(sorted(dead), dtype=np.int64)
         segments = SegmentCounts(manifest.base_count or manifest.count, len(delta_index), len(dead_ids))
@@ -363,7 +383,7 @@ class IndexBuilder:
         cal = load_calibration(self.store.build_dir(manifest.build_id))
         saved = self.store.publish_delta(manifest.build_id, self._manifest(build_id, manifest.index_type, count),
                                          delta_index, dead_ids, delta_keys, report.to_dict(),
-                                         calibration_file(replace(cal, build_id=build_id)))
+                                         {**calibration_file(replace(cal, build_id=build_id)), **self._extra_files()})
         self._record(build_id, manifest.index_type, saved.count, "complete")
         return replace(report, vectors=saved.count, seconds=time.perf_counter() - t0)
 

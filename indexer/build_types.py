@@ -25,6 +25,9 @@ class BuildOptions:
     verify_hashes: bool = False  # re-hash every file, not only the moved ones
     max_shrink: float | None = DEFAULT_MAX_SHRINK
     force: bool = False  # build: even when up to date; update: compact into a fresh base
+    #: per-domain mean centring (shopsearch.centring): "keep" what the serving build does, "on"
+    #: (means fitted anew), "off". An update always keeps the serving build's means.
+    centre: str = "keep"
 
 
 @dataclass(frozen=True)

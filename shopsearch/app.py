@@ -9,6 +9,7 @@ from typing import Any
 
 from shopsearch.adapter.model import with_build_adapter
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.centring import DomainCentring, build_centring
 from shopsearch.config import Settings
 from shopsearch.confidence import Calibration, load_calibration, scoring_key
 from shopsearch.embedders import load_embedder
@@ -67,12 +68,14 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
         router = load_router(settings, embedder)
     return search_service_over(embedder, index, catalogue, manifest, router=router, rerank=settings.rerank,
                                tta=settings.tta, fusion=settings.fusion,
-                               calibration=load_calibration(store.build_dir(manifest.build_id), manifest.build_id))
+                               calibration=load_calibration(store.build_dir(manifest.build_id), manifest.build_id),
+                               centring=build_centring(store.build_dir(manifest.build_id)))
 
 
 def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: CatalogueStore, manifest: IndexManifest,
                         router: CategoryRouter | None = None, rerank: str | None = None, tta: bool = False,
-                        fusion: bool = False, calibration: Calibration | None = None) -> SearchService:
+                        fusion: bool = False, calibration: Calibration | None = None,
+                        centring: DomainCentring | None = None) -> SearchService:
     """A SearchService over an index already in memory: the serving build's (above) or a
     benchmark gallery's (shopsearch.evaluation.runner). `rerank` is the settings' string
     (off | qe | kr | qe+kr, with parameters)."""
@@ -88,7 +91,7 @@ def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: Catal
                         extra={"calibrated_on": calibration.scoring, "serving": serving,
                                "fix": "shopsearch index calibrate"})
     return SearchService(embedder, index, catalogue, manifest, router=router, rerank=rerank_options,
-                         tta=tta, fusion=fusion, calibration=calibration)
+                         tta=tta, fusion=fusion, calibration=calibration, centring=centring)
 
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from shopsearch.catalogue.records import ImageInfo, ProductInfo
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.centring import DomainCentring
 from shopsearch.confidence import Calibration, annotate, scoring_key
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
@@ -37,7 +38,7 @@ class SearchService:
     def __init__(self, embedder: Embedder, index: VectorIndex, catalogue: CatalogueStore,
                  manifest: IndexManifest, router: CategoryRouter | None = None,
                  rerank: RerankOptions = RerankOptions(), tta: bool = False, fusion: bool = False,
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None, centring: DomainCentring | None = None) -> None:
         check_model(manifest, embedder.fingerprint)
         self.embedder = embedder
         self.index = index
@@ -49,6 +50,8 @@ class SearchService:
         # fuse the router's category probabilities into the ranking instead of filtering by them
         self.fusion = fusion
         self.calibration = calibration
+        # the build's per-domain means (shopsearch.centring): its gallery vectors are stored centred
+        self.centring = centring
         # filters and routing restrict the vector search itself (docs/filtered_search.md)
         self.allowed_images = AllowedImages(lambda: catalogue.filter_columns())
 
@@ -70,16 +73,19 @@ class SearchService:
         t0 = time.perf_counter()
         vec = self.embedder.encode_texts([text])[0]
         return self.search_vector(vec, k, filters, routing=False, embed_ms=(time.perf_counter() - t0) * 1000,
-                                  calibrate=False)
+                                  calibrate=False, photo=False)
 
     def search_vector(self, vec: np.ndarray, k: int = 10, filters: SearchFilters = SearchFilters(),
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
                       embed_ms: float = 0.0, rerank: RerankOptions | None = None,
-                      fusion: bool | None = None, calibrate: bool = True) -> SearchResult:
+                      fusion: bool | None = None, calibrate: bool = True, photo: bool = True) -> SearchResult:
         """Top-k products; image queries carry a calibrated confidence (shopsearch.confidence),
         computed on at least two products so that k=1 has a runner-up to compare with.
         `rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
-        router with category probabilities (a trained classifier); without one it is plain routing."""
+        router with category probabilities (a trained classifier); without one it is plain routing.
+        `vec` is the model's vector (the one logged, and the one the category head reads); a
+        centred build searches with the photo's vector centred by the shopper-photo mean
+        (`photo`=False: a text query, not centred)."""
         k_asked, k = k, max(k, 2)
         t0 = time.perf_counter()
         db_s = [0.0]  # catalogue lookups, reported apart from the vector search
@@ -95,11 +101,12 @@ class SearchService:
                 if boost is not None and hasattr(self.router, "category_probs"):
                     head = self.router.category_probs(vec)  # type: ignore[attr-defined]
                 allowed, prediction = None, replace(prediction, routing="fused")
-        hits = self._grouped(vec, k, filters, allowed, exclude_skus, index=index, boost=boost, db_s=db_s)
+        svec = self.centring.query(vec) if self.centring is not None and photo else vec
+        hits = self._grouped(svec, k, filters, allowed, exclude_skus, index=index, boost=boost, db_s=db_s)
         if allowed is not None and len(hits) < k:
             # Routing must never hide results: top up from the unrestricted ranking.
             seen = {h.sku for h in hits} | set(exclude_skus)
-            hits += [h for h in self._grouped(vec, k, filters, None, frozenset(seen), index=index,
+            hits += [h for h in self._grouped(svec, k, filters, None, frozenset(seen), index=index,
                                               db_s=db_s)][: k - len(hits)]
         t1 = time.perf_counter()
         timings = {"embed": embed_ms, "search": (t1 - t0 - db_s[0]) * 1000, "database": db_s[0] * 1000,

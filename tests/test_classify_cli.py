@@ -31,6 +31,12 @@ def test_train_eval_tag_on_import(tmp_path):
     assert out["kind"] == "head" and out["fine_classes"] == 3 and out["metrics"]["val"]["fine"]["top1"] == 1.0
     ev = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--json"], data))
     assert ev["samples"] == 9 and ev["fine"]["top1"] == 1.0 and ev["most_confused"] == []
+    tta = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--tta", "on", "--json"],
+                          data))
+    assert tta["tta"] is True and ev["tta"] is False and tta["samples"] == 9
+    # the mirrored photos were embedded once, into their own cache beside the model's
+    flips = [d for d in (data / "vectors").iterdir() if (d / "FINGERPRINT").read_text().strip().endswith("+hflip")]
+    assert len(flips) == 1 and len(list(flips[0].glob("chunk-*.npz"))) >= 1
     assert out["metrics"]["head"] == "logistic-cv" and "fusion" in out["thresholds"]
     base = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--baseline",
                             "--json"], data))

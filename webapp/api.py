@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from shopsearch.errors import ShopSearchError
 from shopsearch.regions import crop, find_objects
 from webapp.errors import BadParameterError
 from webapp.feedback import log_search, record

@@ -48,6 +48,11 @@ def bench() -> None:
                    "(backgrounds, angle, light, partial views): for catalogues of studio photos.")
 @click.option("--fusion", type=click.Choice(["on", "off"]), default="off", show_default=True,
               help="Fuse the category head into the ranking (its weight was chosen on validation by classify train).")
+@click.option("--centre", type=click.Choice(["on", "off"]), default="off", show_default=True,
+              help="Per-domain mean centring (catalogue photos vs shopper photos; no labels used).")
+@click.option("--centre-sample", "centre_sample", default=None,
+              help="Unlabelled shopper photos whose mean centres the queries (grocerystore: a split such as val; "
+                   "other layouts: an image,sku CSV, the sku unused); default: the query photos themselves.")
 @click.option("--config", "configs", multiple=True,
               help="A configuration, e.g. 'model=efficientnet-lite0,index=hnsw,routing=off', or a TOML file; "
                    "repeat to compare side by side (unset keys take the options above).")
@@ -78,7 +83,7 @@ def bench() -> None:
 @pass_ctx
 def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | None, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
                index_type: str, category_routing: str, rerank: str, tta: str, dba: int, shopper_views: int, fusion: str,
-               configs: tuple[str, ...], min_recall: str | None,
+               centre: str, centre_sample: str | None, configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
                out_dir: str | None, open_set: float | None, seed: int, calibrate_on: str | None,
                near_duplicate: float | None, as_json: bool) -> None:
@@ -110,7 +115,7 @@ def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | No
     parse_rerank(rerank)  # a malformed --rerank is refused before any embedding
     defaults = cfgmod.BenchConfig(model=model, index=index_type, routing=category_routing == "on",
                                   rerank=rerank.strip().lower(), tta=tta == "on", dba=dba, fusion=fusion == "on",
-                                  shopper_views=shopper_views)
+                                  shopper_views=shopper_views, centre=centre == "on")
     parsed = [cfg for text in configs for cfg in cfgmod.parse_config(text, defaults)] or [defaults]
     parsed = cfgmod.unique_labels(parsed)
     if any(p.gallery and layout != "grocerystore" for p in parsed):
@@ -121,6 +126,7 @@ def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | No
         if open_set is None:
             raise click.BadParameter("--calibrate-on needs --open-set", param_hint="--calibrate-on")
         calibration_queries = load_dataset(dataset, layout, gallery, calibrate_on).queries
+    sample = load_dataset(dataset, layout, gallery, centre_sample).queries if centre_sample else ()
     with tempfile.TemporaryDirectory(prefix="shopsearch-bench-vectors-") as scratch:
         results = run_benchmark(
             lambda g: load_dataset(dataset, layout, g or gallery, queries), parsed,
@@ -131,7 +137,7 @@ def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | No
                                category_depth=category_depth, progress=sys.stderr.isatty(),
                                compile=c.settings.pipeline.compile, gpu=c.settings.gpu,
                                open_set=open_set, open_set_seed=seed, calibration_queries=calibration_queries,
-                               near_duplicate=near_duplicate),
+                               near_duplicate=near_duplicate, centre_sample=sample),
         )
     machine = machine_info()
     for p in results[0].dataset.problems[:10]:

@@ -200,11 +200,14 @@ def _frozen_reference(c: Ctx, base, train, val, workers: int, progress: bool) ->
                    "report it beside the installed head (the bar the head must clear).")
 @click.option("--train", "train_spec", default=None,
               help="--baseline: the probe's training images (default: the catalogue's labelled images).")
+@click.option("--tta", type=click.Choice(["on", "off"]), default="off", show_default=True,
+              help="Classify the unit mean of each photo's and its mirror image's vectors, as searches do with "
+                   "SHOPSEARCH_TTA=on (the fused category head then reads that vector).")
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def eval_cmd(c: Ctx, model: str | None, data_spec: str, baseline: bool, train_spec: str | None, workers: int,
-             as_json: bool) -> None:
+def eval_cmd(c: Ctx, model: str | None, data_spec: str, baseline: bool, train_spec: str | None, tta: str,
+             workers: int, as_json: bool) -> None:
     """Top-1/top-5 per category level and the most confused pairs on labelled images."""
     import numpy as np
 
@@ -224,10 +227,12 @@ def eval_cmd(c: Ctx, model: str | None, data_spec: str, baseline: bool, train_sp
     unknown = sum(1 for i in items if i.category not in known)
     vecs, items = embed_labelled(emb, [i for i in items if i.category in known], c.settings.vector_cache_dir,
                                  not as_json, workers)
+    if tta == "on" and len(items):
+        vecs, items = _with_mirrors(emb, c.settings.vector_cache_dir, vecs, items, not as_json)
     pf, pc = clf.probs(vecs) if len(items) else (np.zeros((0, len(known))), np.zeros((0, len(clf.labels.coarse))))
     report = accuracy_report(pf, pc, np.array([clf.labels.fine_index(i.category) for i in items], dtype=np.int64),
                              clf.labels)
-    report.update({"model": emb.name, "artefact": str(path), "unknown_category_images": unknown})
+    report.update({"model": emb.name, "artefact": str(path), "unknown_category_images": unknown, "tta": tta == "on"})
     if baseline:
         report["baseline"] = _probe_baseline(c, emb, train_spec, vecs, items, clf.labels, workers, not as_json)
     if as_json:
@@ -238,6 +243,17 @@ def eval_cmd(c: Ctx, model: str | None, data_spec: str, baseline: bool, train_sp
         _print_metrics("cross-validated logistic-regression probe (baseline)", report["baseline"])
     if unknown:
         click.echo(f"({unknown} images of categories the classifier does not know were skipped)", err=True)
+
+
+def _with_mirrors(emb, cache_root, vecs, items, progress: bool):
+    """(TTA vectors, their items): each vector averaged with its mirrored photo's (cached)."""
+    from shopsearch.evaluation import tta as tta_mod
+    from shopsearch.images import sha256_file
+
+    keys = [i.sha256 or sha256_file(i.path) for i in items]
+    mirrored = tta_mod.flipped_cache(emb, cache_root, list(zip([i.path for i in items], keys)), progress=progress)
+    keep = [j for j, k in enumerate(keys) if k in mirrored]
+    return tta_mod.combine(vecs[keep], mirrored.get_many([keys[j] for j in keep])), [items[j] for j in keep]
 
 
 @classify.command("tag")

@@ -85,6 +85,21 @@ def _builder(c: Ctx, embedder, store, engine: str | None, ray_address: str | Non
                            models_dir=c.settings.models_dir, batch_size=batch_size, actors=ray_actors)
 
 
+def _centre_sample(c: Ctx, embedder, builder, sample: str | None, workers: int | None, progress: bool):
+    """(vectors, source) of unlabelled shopper photos for a centred build."""
+    if not sample:
+        raise click.UsageError("--centre on needs --centre-sample DIR (unlabelled shopper photos) or "
+                               "--centre-sample feedback (the searches logged so far)")
+    if sample == "feedback":
+        from shopsearch.feedback import FeedbackStore
+
+        vecs = FeedbackStore(c.catalogue().engine).query_vectors(embedder.fingerprint)
+        return vecs, f"{len(vecs)} searches in the feedback log"
+    from indexer.centring_build import folder_sample
+
+    return folder_sample(embedder, builder.cache, sample, workers, progress)
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -135,9 +150,16 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 @click.option("--shadow", is_flag=True,
               help="Build beside the serving build without serving it: compare the two with `index compare`, "
                    "then `index promote` it (or build another).")
+@click.option("--centre", type=click.Choice(["keep", "on", "off"]), default="keep", show_default=True,
+              help="Per-domain mean centring: catalogue vectors centred on the catalogue's mean, queries on "
+                   "shopper photos' (no labels; helps most with one studio photo per product). keep: as the "
+                   "serving build.")
+@click.option("--centre-sample", "centre_sample", default=None,
+              help="With --centre on: a folder of unlabelled shopper photos, or 'feedback' (the query vectors of "
+                   "the searches logged with this model).")
 @_perf_options
 @pass_ctx
-def build_cmd(c: Ctx, model: str, shadow: bool, index_type: str, batch_size: int | None, workers: int | None, executor: str,
+def build_cmd(c: Ctx, model: str, shadow: bool, centre: str, centre_sample: str | None, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
               ray_actors: int | None, force: bool) -> None:
@@ -152,6 +174,8 @@ def build_cmd(c: Ctx, model: str, shadow: bool, index_type: str, batch_size: int
         store = ShadowTarget(store)
     builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
+    if centre == "on":
+        builder.query_sample = _centre_sample(c, embedder, builder, centre_sample, workers, not as_json)
 
     def show_plan(plan) -> None:
         click.echo(f"plan: {plan.images} images -> {plan.index_type} index of dim {plan.dim}, "
@@ -159,7 +183,8 @@ def build_cmd(c: Ctx, model: str, shadow: bool, index_type: str, batch_size: int
 
     options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
                            compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink,
-                           force or shadow)  # a shadow asked for is built, even beside an identical serving build
+                           force or shadow,  # a shadow asked for is built, even beside an identical serving build
+                           centre=centre)
     with sigterm_as_interrupt():
         report = builder.build(options, on_plan=show_plan)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)

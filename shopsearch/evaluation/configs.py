@@ -15,6 +15,8 @@ TOML form (one table per configuration):
     dba = 2                      # optional: database-side augmentation over this many neighbours
     fusion = true                # optional: category head fused into the ranking (weight chosen on val)
     shopper_views = 8            # optional: gallery vectors averaged with this many synthetic shopper views
+    centre = true                # optional: per-domain mean centring (shopsearch.centring); the shopper-photo
+                                 # mean comes from the run's --centre-sample photos (labels unused), else the queries'
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Any
 from shopsearch.errors import ConfigError
 
 KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion",
-        "shopper_views")
+        "shopper_views", "centre")
 _ON = {"on", "true", "yes", "1"}
 _OFF = {"off", "false", "no", "0"}
 
@@ -44,6 +46,7 @@ class BenchConfig:
     dba: int = 0
     fusion: bool = False
     shopper_views: int = 0
+    centre: bool = False
 
     @property
     def label(self) -> str:
@@ -58,6 +61,7 @@ class BenchConfig:
             parts.append(f"gallery={self.gallery}")
         parts += (["tta"] if self.tta else []) + ([f"dba={self.dba}"] if self.dba else [])
         parts += [f"shopper-views={self.shopper_views}"] if self.shopper_views else []
+        parts += ["centred"] if self.centre else []
         parts += ([f"rerank={self.rerank}"] if self.rerank != "off" else []) + (["fusion"] if self.fusion else [])
         parts.append("routing" if self.routing else "no-routing")
         return " ".join(parts)
@@ -80,7 +84,7 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(KEYS)}")
     vals: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in ("routing", "tta", "fusion"):
+        if key in ("routing", "tta", "fusion", "centre"):
             vals[key] = parse_routing(value, key)
         elif key == "rerank":
             from shopsearch.rerank import parse_rerank

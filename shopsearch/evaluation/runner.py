@@ -37,6 +37,7 @@ from shopsearch.index.sizing import choose_index_type, factory_string
 from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.evaluation import tta
 from shopsearch.gallery_aug import blend, shopper_view_vectors
+from shopsearch.centring import DomainCentring, fit_centring
 from shopsearch.confidence_fit import LabelledQuery
 from shopsearch.rerank import RerankOptions, dba_vectors, parse_rerank
 from shopsearch.search import CategoryRouter
@@ -64,6 +65,9 @@ class RunOptions:
     calibration_queries: tuple[Query, ...] = ()
     #: leave-one-out calibration: same-product photos at least this similar are left out too
     near_duplicate: float | None = None
+    #: unlabelled shopper photos whose mean centres the queries of `centre` configurations
+    #: (none: the run's own query photos, as a service's logged searches would estimate it)
+    centre_sample: tuple[Query, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class ConfigResult:
     factory: str = ""  # the FAISS factory string the index type stood for
     outcomes: tuple[QueryOutcome, ...] = field(repr=False, default=())
     open_set: OpenSetResult | None = None
+    centring: dict = field(default_factory=dict)  # where the domain means came from (centre configurations)
 
 
 @dataclass
@@ -135,7 +140,8 @@ def run_benchmark(load: DatasetLoader, configs: Sequence[BenchConfig], cache_roo
                     f"configuration {c.label!r} asks for category routing, but no trained category router exists "
                     f"for model {embedders[c.model].name!r} ({embedders[c.model].fingerprint}); train one for this "
                     "model first, or set routing=off")
-    keys = _hash_images(datasets, tuple(first.queries) + options.calibration_queries, options.progress)
+    keys = _hash_images(datasets, tuple(first.queries) + options.calibration_queries + options.centre_sample,
+                        options.progress)
     with tempfile.TemporaryDirectory(prefix="shopsearch-bench-", dir=workdir) as tmp:
         catalogues = {g: _gallery_catalogue(d, keys, Path(tmp) / f"gallery-{i}.db")
                       for i, (g, d) in enumerate(datasets.items())}
@@ -187,7 +193,8 @@ def _embed_model(embedder: Embedder, datasets: dict[str | None, BenchDataset], q
         st.gallery_report[str(g)] = (rep.embedded, rep.skipped, len(rep.failed), rep.seconds)
         log.info("bench gallery embedded", extra={"model": embedder.name, "gallery": g, "embedded": rep.embedded,
                                                   "reused": rep.skipped, "images_per_s": rep.images_per_s})
-    q_items = [WorkItem(keys[q.path], q.path) for q in tuple(queries) + o.calibration_queries if q.path in keys]
+    q_items = [WorkItem(keys[q.path], q.path) for q in tuple(queries) + o.calibration_queries + o.centre_sample
+               if q.path in keys]
     embed_items(embedder, q_items, st.cache, batch_size=o.batch_size, workers=o.workers, progress=o.progress,
                 compile=o.compile, gpu=o.gpu)
     st.query_keys = {it.path: it.key for it in q_items}
@@ -233,6 +240,9 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
                                      st.cache_root, o.batch_size, o.progress)
         gallery = blend(gallery, np.stack([views.get_many([k])[0] if k in views else gallery[j]
                                            for j, (_, k) in enumerate(good)]))
+    centring = _centring(st, gallery, d.queries, o) if c.centre else None
+    if centring is not None:
+        gallery = centring.gallery(gallery)
     if c.dba:
         gallery = dba_vectors(gallery, c.dba)
     index.add(np.array([i for i, _ in good], dtype=np.int64), gallery)
@@ -244,7 +254,7 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     manifest = IndexManifest(f"bench-{c.label}", emb.name, emb.fingerprint, emb.dim, len(index), itype,
                              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     svc = search_service_over(emb, index, store, manifest, router=router if c.routing or c.fusion else None,
-                              rerank=c.rerank, fusion=c.fusion)
+                              rerank=c.rerank, fusion=c.fusion, centring=centring)
     if c.tta:
         _prepare_tta(st, d.queries, o)
     depth = max(o.ks)
@@ -266,17 +276,28 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
                                      truncate_category(q.category, o.category_depth)))
     summary = summarize(outcomes, o.ks)
     weight = float(getattr(router, "fusion_weight", 0.0) or 0.0) if c.fusion else 0.0
-    open_set = _open_set(index, store, st, d, o, parse_rerank(c.rerank), weight) if o.open_set is not None else None
+    open_set = (_open_set(index, store, st, d, o, parse_rerank(c.rerank), weight, centring)
+                if o.open_set is not None else None)
     embedded, reused, nfail, secs = st.gallery_report[str(c.gallery)]
     build = GalleryBuild(len(id_keys), embedded, reused, nfail, secs, embedded / secs if embedded and secs else None,
                          index_s)
     return ConfigResult(c, emb.name, emb.fingerprint, itype, d, summary, len(index), len(d.queries), failed,
                         _latency(st, search_ms, c.tta), build, factory_string(itype, emb.dim, len(good)), tuple(outcomes),
-                        open_set)
+                        open_set, centring.info if centring is not None else {})
+
+
+def _centring(st: _ModelState, gallery: np.ndarray, queries: Sequence[Query], o: RunOptions) -> DomainCentring:
+    """Domain means: the gallery's vectors and the unlabelled sample's (else the queries')."""
+    sample = o.centre_sample or tuple(queries)
+    keys = [st.query_keys[q.path] for q in sample if q.path in st.query_keys and st.query_keys[q.path] in st.cache]
+    source = f"{len(keys)} sample photos" if o.centre_sample else f"the {len(keys)} query photos (labels unused)"
+    return fit_centring(gallery, st.cache.get_many(keys) if keys else np.zeros((0, gallery.shape[1])),
+                        st.embedder.fingerprint, source)
 
 
 def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: BenchDataset,
-              o: RunOptions, rerank: RerankOptions, fusion_weight: float = 0.0) -> OpenSetResult:
+              o: RunOptions, rerank: RerankOptions, fusion_weight: float = 0.0,
+              centring: DomainCentring | None = None) -> OpenSetResult:
     """The open-set benchmark over this configuration's gallery vectors and every scorable query;
     `fusion_weight` > 0 (a fused configuration): searches are fused with a head trained on the kept
     products' gallery photos only, with the served router's weight."""
@@ -289,7 +310,10 @@ def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: Ben
 
     def vector(q: Query) -> np.ndarray | None:
         key = st.query_keys.get(q.path)
-        return st.cache.get_many([key])[0] if key is not None and key in st.cache else None
+        if key is None or key not in st.cache:
+            return None
+        vec = st.cache.get_many([key])[0]
+        return vec if centring is None else centring.query(vec)  # the index holds centred vectors
 
     queries = [OpenSetQuery(v, d.relevant(q)) for q in d.queries if d.relevant(q) and (v := vector(q)) is not None]
     labelled = [LabelledQuery(v, q.sku) for q in o.calibration_queries if q.sku and (v := vector(q)) is not None]

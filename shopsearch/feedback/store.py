@@ -153,6 +153,17 @@ class FeedbackStore:
                                            main[sku].rank, main[sku].category, vec))
         return pairs
 
+    def query_vectors(self, model_fingerprint: str, kinds: Iterable[str] = ("image",), limit: int = 5000
+                      ) -> np.ndarray:
+        """The latest `limit` query vectors logged for searches with this model (no feedback
+        needed): an unlabelled sample of what shoppers photograph (shopsearch.centring)."""
+        cond = t.searches.c.kind.in_(tuple(kinds)) & (t.searches.c.model_fingerprint == model_fingerprint)
+        q = select(t.searches.c.query_vector).where(cond).order_by(t.searches.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            rows = [np.frombuffer(r, dtype="<f4") for (r,) in conn.execute(q)]
+        dims = {len(r) for r in rows}
+        return np.stack(rows).astype(np.float32) if rows and len(dims) == 1 else np.zeros((0, 0), np.float32)
+
     def fingerprints(self, since: datetime | None = None) -> dict[str, int]:
         """model fingerprint -> searches logged with it."""
         q = select(t.searches.c.model_fingerprint, func.count()).group_by(t.searches.c.model_fingerprint)

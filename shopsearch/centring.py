@@ -1,0 +1,102 @@
+"""Per-domain mean centring: catalogue photos and shopper photos are two domains, and each
+has its own mean direction in the embedding space (white studio background against shelves
+and hands). Subtracting each domain's own mean before the cosine similarity removes what
+every photo of a domain shares, so the similarity is left with what tells products apart.
+
+No training and no labels: the gallery mean is the catalogue vectors' mean; the query mean
+is the mean of shopper photos' vectors, estimated from searches already logged (the
+feedback log keeps every query vector) or from a folder of unlabelled shopper photos.
+It helps most where the two domains differ most, a catalogue of one studio photo per
+product. A build made with it stores both means (`centring.npz`, its folder); gallery
+vectors are stored centred and every query is centred by the service before it searches."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shopsearch.embedders.base import l2_normalize
+from shopsearch.errors import ConfigError, IndexCorruptError
+
+#: the centring's file in a build folder
+CENTRING_FILE = "centring.npz"
+#: fewer shopper photos than this give a query mean too noisy to use
+MIN_QUERY_SAMPLE = 20
+
+
+@dataclass(frozen=True)
+class DomainCentring:
+    """The two domain means of one model's (unit) vectors."""
+
+    gallery_mean: np.ndarray = field(repr=False)
+    query_mean: np.ndarray = field(repr=False)
+    base_fingerprint: str
+    info: dict[str, Any] = field(default_factory=dict, compare=False)  # sample sizes and sources (for people)
+
+    @property
+    def sha256(self) -> str:
+        h = hashlib.sha256(self.base_fingerprint.encode())
+        for m in (self.gallery_mean, self.query_mean):
+            h.update(np.ascontiguousarray(m, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
+    def gallery(self, vectors: np.ndarray) -> np.ndarray:
+        """Catalogue vectors (N, dim) -> centred unit vectors."""
+        return l2_normalize(np.atleast_2d(np.asarray(vectors, np.float32)) - self.gallery_mean)
+
+    def query(self, vector: np.ndarray) -> np.ndarray:
+        """Shopper-photo vectors (N, dim) or one (dim,) -> centred unit vectors of the same shape."""
+        v = np.asarray(vector, np.float32)
+        out = l2_normalize(np.atleast_2d(v) - self.query_mean)
+        return out[0] if v.ndim == 1 else out
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(buf, gallery_mean=self.gallery_mean.astype(np.float32),
+                 query_mean=self.query_mean.astype(np.float32), base_fingerprint=np.array(self.base_fingerprint),
+                 info=np.array(json.dumps(self.info, default=str)))
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "centring") -> "DomainCentring":
+        try:
+            with np.load(io.BytesIO(data)) as z:
+                g, q = np.asarray(z["gallery_mean"], np.float32), np.asarray(z["query_mean"], np.float32)
+                base, info = str(z["base_fingerprint"]), json.loads(str(z["info"]))
+        except (OSError, ValueError, KeyError) as e:
+            raise IndexCorruptError(f"{where} is unreadable: {e}") from None
+        if g.ndim != 1 or g.shape != q.shape:
+            raise IndexCorruptError(f"{where}: expected two means of one length, got {g.shape} and {q.shape}")
+        return cls(g, q, base, info)
+
+    @classmethod
+    def load(cls, path: Path) -> "DomainCentring":
+        return cls.from_bytes(Path(path).read_bytes(), str(path))
+
+
+def fit_centring(gallery_vectors: np.ndarray, query_vectors: np.ndarray, base_fingerprint: str,
+                 query_source: str) -> DomainCentring:
+    """Both means from unit vectors of the model with `base_fingerprint`. ConfigError when
+    there are no catalogue vectors or fewer than MIN_QUERY_SAMPLE shopper photos."""
+    g = np.asarray(gallery_vectors, np.float32)
+    q = np.asarray(query_vectors, np.float32)
+    if g.ndim != 2 or len(g) == 0:
+        raise ConfigError("centring needs the catalogue's vectors; the catalogue has none")
+    if q.ndim != 2 or len(q) < MIN_QUERY_SAMPLE or q.shape[1] != g.shape[1]:
+        raise ConfigError(
+            f"centring needs at least {MIN_QUERY_SAMPLE} shopper photos of this model to estimate their mean "
+            f"(got {len(q) if q.ndim == 2 else 0} from {query_source}); log some searches first or give a folder "
+            "of unlabelled shopper photos")
+    return DomainCentring(g.mean(0), q.mean(0), base_fingerprint,
+                          {"gallery_vectors": int(len(g)), "query_vectors": int(len(q)), "query_source": query_source})
+
+
+def build_centring(build_dir: Path) -> DomainCentring | None:
+    """The centring stored with an index build (None: the build holds the model's own vectors)."""
+    path = Path(build_dir) / CENTRING_FILE
+    return DomainCentring.load(path) if path.is_file() else None
