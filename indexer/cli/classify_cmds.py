@@ -39,7 +39,7 @@ def _split(c: Ctx, train_spec: str | None, val_spec: str | None, val_fraction: f
 
 
 def train_head_for(c: Ctx, emb, train, val, hidden: int = 0, epochs: int = 300, target: float = 0.97,
-                   workers: int = 2, progress: bool = True):
+                   workers: int = 2, progress: bool = True, refit: bool = True):
     """(artefact, path): the frozen head for `emb` on labelled images (cached vectors), installed
     where search finds it (`classify train` and `demo`)."""
     from shopsearch.classify.artefact import artefact_path
@@ -48,7 +48,8 @@ def train_head_for(c: Ctx, emb, train, val, hidden: int = 0, epochs: int = 300, 
 
     xs, train = embed_labelled(emb, train, c.settings.vector_cache_dir, progress, workers)
     xv, val = embed_labelled(emb, val, c.settings.vector_cache_dir, progress, workers)
-    art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, hidden=hidden, epochs=epochs, target=target)
+    art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, hidden=hidden, epochs=epochs, target=target,
+                       refit=refit)
     return art, art.save(artefact_path(c.settings.classifier_dir, emb.fingerprint))
 
 

@@ -59,7 +59,8 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration
             b = c.index_builder(embedder, store).build(compile=c.settings.pipeline.compile)
         click.echo(f"index: build {b.build_id}, {b.vectors} vectors, {b.embedded} embedded in {b.seconds:.0f}s")
     if classifier:
-        _train_head_if_missing(c, embedder)
+        _train_head_if_missing(c, embedder, root, None if calibration_split in ("none", reference_split)
+                               else calibration_split)
     if calibration_split not in ("none", reference_split):
         _calibrate_on_photos(c, store, root, calibration_split)
     else:
@@ -77,11 +78,15 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration
     run_server(c.settings, host=host, port=port, workers=workers)
 
 
-def _train_head_if_missing(c: Ctx, embedder) -> None:
-    """The fast head on the catalogue's own categories (a tenth of each held out to choose its
-    settings), unless one exists for this model: what `classify train` does with no options."""
+def _train_head_if_missing(c: Ctx, embedder, root: Path, photo_split: str | None) -> None:
+    """The fast head on the catalogue's own categories, unless one exists for this model. Its
+    settings (regularisation, fusion weight) are chosen on the labelled shopper photos of
+    `photo_split` when given, as `classify train --val` does: on a held-out tenth of the
+    catalogue instead, whose photos have near-duplicate twins in the gallery, plain retrieval
+    looks almost perfect and fusion is given next to no weight. The head is not refitted on
+    those photos, because the confidence is calibrated on them next."""
     from indexer.cli.classify_cmds import train_head_for
-    from shopsearch.classify.data import catalogue_images, stratified_holdout
+    from shopsearch.classify.data import catalogue_images, grocery_split, stratified_holdout
     from shopsearch.classify.router import find_artefact
 
     if find_artefact(c.settings, embedder) is not None:
@@ -91,9 +96,12 @@ def _train_head_if_missing(c: Ctx, embedder) -> None:
     if len({i.category for i in items}) < 2:
         click.echo("classifier: not trained (the catalogue has fewer than two categories)")
         return
-    art, path = train_head_for(c, embedder, *stratified_holdout(items, 0.1))
+    if photo_split is not None:
+        art, path = train_head_for(c, embedder, items, grocery_split(root, photo_split), refit=False)
+    else:
+        art, path = train_head_for(c, embedder, *stratified_holdout(items, 0.1))
     top1 = art.metrics.get("val", {}).get("fine", {}).get("top1")
-    click.echo(f"classifier: {len(art.labels.fine)} categories, held-out top-1 "
+    click.echo(f"classifier: {len(art.labels.fine)} categories, {photo_split or 'held-out'} top-1 "
                f"{'n/a' if top1 is None else f'{top1:.0%}'}, fusion weight {art.thresholds.fusion:g} ({path})")
 
 

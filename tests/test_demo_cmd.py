@@ -1,0 +1,39 @@
+"""`shopsearch demo --no-serve` on a miniature Grocery Store tree: import, index, head, calibration."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from indexer.cli import cli
+from shopsearch.classify.artefact import load_artefact
+from tests.test_bench_recall import make_grocery
+
+
+def _demo(data_dir, root, *extra):
+    return CliRunner().invoke(cli, ["--data-dir", str(data_dir), "demo", "--dataset", str(root), "--model",
+                                    "colorhist", "--no-serve", *extra], catch_exceptions=False)
+
+
+def test_demo_chooses_the_heads_settings_on_shopper_photos_it_does_not_train_on(tmp_path):
+    root = make_grocery(tmp_path / "grocery")
+    ds = root / "dataset"
+    (ds / "val.txt").write_text((ds / "test.txt").read_text())  # labelled shopper photos
+    res = _demo(tmp_path / "var", root)
+    assert res.exit_code == 0, res.output
+    assert "val top-1" in res.output, res.output
+    arts = [load_artefact(p) for p in (tmp_path / "var" / "classifiers").rglob("*.pt")]
+    assert len(arts) == 1
+    metrics = arts[0].metrics
+    val_photos = len((ds / "val.txt").read_text().splitlines())
+    assert metrics["val"]["samples"] == val_photos
+    # chosen on the val photos, never refitted on them (the confidence is calibrated on them next):
+    # trained on the catalogue's images alone (iconic + 2 train photos of each of 6 products)
+    assert "refit" not in metrics and metrics["train_samples"] == 18
+
+
+def test_demo_without_shopper_photos_holds_out_catalogue_images(tmp_path):
+    root = make_grocery(tmp_path / "grocery")
+    res = _demo(tmp_path / "var", root, "--calibration-split", "none")
+    assert res.exit_code == 0, res.output
+    assert "held-out top-1" in res.output, res.output
+    arts = [load_artefact(p) for p in (tmp_path / "var" / "classifiers").rglob("*.pt")]
+    assert len(arts) == 1 and "val" not in arts[0].metrics  # too few catalogue images to hold any out
