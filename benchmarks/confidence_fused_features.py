@@ -5,6 +5,7 @@ trained on the catalogue and never saw a val photo) and its fusion weight.
     SHOPSEARCH_DATA_DIR=var python benchmarks/confidence_fused_features.py ../shared/datasets/grocerystore
 
 Prints one JSON line (benchmarks/results/confidence_fused_features_val.json holds a run)."""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ CANDIDATES = (("score",), ("lead_mean", "score"), ("lead", "score"), ("head", "s
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dataset", help="Grocery Store root (its val photos are used)")
+    a = ap.parse_args()
     settings = Settings.from_env()
     store = open_index_store(settings)
     index, _ = store.load_current()
@@ -33,7 +37,7 @@ def main() -> None:
     if fusion is None:
         sys.exit("this data dir's search does not fuse a category head (train one: shopsearch classify train)")
     product_of = {im.id: im.product_id for im in catalogue.indexable_images()}
-    val = load_dataset(sys.argv[1], "grocerystore", "iconic", "val").queries
+    val = load_dataset(a.dataset, "grocerystore", "iconic", "val").queries
     photos = load_labelled_photos([(Path(q.path), q.sku) for q in val], embedder, catalogue,
                                   settings.vector_cache_dir, progress=False).queries
     products = sorted({q.product for q in photos})

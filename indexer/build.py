@@ -206,6 +206,10 @@ class IndexBuilder:
             return None
         return serving
 
+    def _centring_kept(self, centre: str, serving: IndexManifest) -> bool:
+        """Whether a build with this --centre leaves the serving build's centring as it is."""
+        return centre == "keep" or (centre == "off" and build_centring(self.store.build_dir(serving.build_id)) is None)
+
     # -- public -----------------------------------------------------------------------------
     def build(self, options: BuildOptions | None = None, on_plan: Callable[[BuildPlan], None] | None = None,
               **overrides: Any) -> BuildReport:
@@ -219,16 +223,15 @@ class IndexBuilder:
         scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
         # read before the rows: a change made after this makes the next build look at the rows
         generation = self.catalogue.generation()
-        if not o.force and (serving := self._current_at(generation, o.index_type)) is not None:
+        if not o.force and (serving := self._current_at(generation, o.index_type)) is not None \
+                and self._centring_kept(o.centre, serving):
             return self._up_to_date(serving, t0, scan)
         images = self.catalogue.indexable_images()
         items = self.work_items(images)
         plan = self.plan(o.index_type, items)
         serving, serving_keys = self._serving()
         # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
-        centring_same = o.centre == "keep" or (o.centre == "off" and serving is not None
-                                               and build_centring(self.store.build_dir(serving.build_id)) is None)
-        if not o.force and centring_same and serving is not None and not self.store.degraded \
+        if not o.force and serving is not None and self._centring_kept(o.centre, serving) and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
             self.catalogue.set_build_generation(serving.build_id, generation)
