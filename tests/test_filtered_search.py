@@ -19,7 +19,7 @@ from shopsearch.search import SearchService
 DIM = 32
 #: vectors per index type: 100k flat; the ANN types are scaled down so that building them
 #: stays within seconds on a shared 2-core machine (HNSW32 and IVF training dominate)
-SIZES = {"flat": 100_000, "ivfflat": 20_000, "hnsw": 10_000, "ivfpq": 20_000}
+SIZES = {"flat": 100_000, "ivfflat": 20_000, "hnsw": 10_000, "ivfpq": 6_000}
 INDEX_TYPES = ("flat", "ivfflat", "hnsw")
 
 
