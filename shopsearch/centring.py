@@ -96,6 +96,34 @@ def fit_centring(gallery_vectors: np.ndarray, query_vectors: np.ndarray, base_fi
                           {"gallery_vectors": int(len(g)), "query_vectors": int(len(q)), "query_source": query_source})
 
 
+#: share of a catalogue vector kept when it moves toward its shopper photos (chosen on val)
+ADAPT_KEEP = 0.5
+
+
+def adapt_gallery(gallery: np.ndarray, sample: np.ndarray, rounds: int, keep: float = ADAPT_KEEP) -> np.ndarray:
+    """Catalogue vectors moved toward the unlabelled shopper photos nearest to them, both
+    already centred (`DomainCentring.gallery`, `.query`): each round gives every shopper
+    photo to its most similar catalogue vector and replaces that vector with
+    unit(keep * its original + (1 - keep) * unit(mean of its photos)). No labels: a
+    k-means over the shopper sample seeded with the catalogue. It pulls a studio photo
+    toward how its product looks on a shelf, which helps where the catalogue has one
+    studio photo per product; vectors no photo chose are left as they were."""
+    g0 = np.atleast_2d(np.asarray(gallery, np.float32))
+    u = np.atleast_2d(np.asarray(sample, np.float32))
+    g = g0.copy()
+    if len(u) == 0 or len(g0) == 0:
+        return g
+    for _ in range(max(0, int(rounds))):
+        nearest = (u @ g.T).argmax(1)
+        sums = np.zeros_like(g0)
+        np.add.at(sums, nearest, u)
+        chosen = np.bincount(nearest, minlength=len(g0)) > 0
+        g = g0.copy()
+        g[chosen] = keep * g0[chosen] + (1.0 - keep) * l2_normalize(sums[chosen])
+        g = l2_normalize(g)
+    return g
+
+
 def build_centring(build_dir: Path) -> DomainCentring | None:
     """The centring stored with an index build (None: the build holds the model's own vectors)."""
     path = Path(build_dir) / CENTRING_FILE

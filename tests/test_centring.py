@@ -11,7 +11,7 @@ from indexer.build import IndexBuilder
 from indexer.centring_build import folder_sample
 from shopsearch.app import open_search_service
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
-from shopsearch.centring import CENTRING_FILE, DomainCentring, build_centring, fit_centring
+from shopsearch.centring import CENTRING_FILE, DomainCentring, adapt_gallery, build_centring, fit_centring
 from shopsearch.config import Settings
 from shopsearch.embedders.base import l2_normalize
 from shopsearch.errors import ConfigError
@@ -149,11 +149,37 @@ def test_bench_centre_config_centres_gallery_and_queries(tmp_path):
             shot.save(root / "test" / f"class{c}" / f"shot{j}.png")
     (c,) = parse_config("centre=on", BenchConfig("fake"))
     assert c.centre and "centred" in c.label
-    plain, centred = run_benchmark(lambda g: load_dataset(root, "imagefolder", g), [BenchConfig("fake"), c],
+    (a,) = parse_config("centre=on,adapt=1", BenchConfig("fake"))
+    assert a.adapt == 1 and "adapt=1" in a.label
+    with pytest.raises(ConfigError, match="centre"):
+        parse_config("adapt=1", BenchConfig("fake"))
+    plain, centred, adapted = run_benchmark(lambda g: load_dataset(root, "imagefolder", g),
+                                            [BenchConfig("fake"), c, a],
                                    tmp_path / "vectors", embedder_for=lambda spec: FakeEmbedder(),
                                    router_for=lambda e: None,
                                    options=RunOptions(ks=(1,), workers=1, progress=False, latency_samples=0))
     assert centred.centring["query_vectors"] == 32 and "query photos" in centred.centring["query_source"]
-    assert not plain.centring
+    assert not plain.centring and adapted.centring["query_vectors"] == 32
+    assert adapted.summary.recall_at[1] >= centred.summary.recall_at[1]
     assert plain.summary.recall_at[1] < 0.5 and centred.summary.recall_at[1] > 0.9, \
         (plain.summary.recall_at, centred.summary.recall_at)
+
+
+def test_adapting_the_catalogue_to_unlabelled_shopper_photos():
+    """Each studio photo is off its product by its own direction (no common shift for the
+    means to undo): moving it toward the shopper photos nearest to it, labels unused,
+    recovers products that held-out shopper photos missed."""
+    rng = np.random.default_rng(3)
+    products, dim = 40, 24
+    centres = rng.normal(size=(products, dim))
+    gallery = l2_normalize(centres + 1.5 * rng.normal(size=(products, dim)))
+    labels = np.repeat(np.arange(products), 6)
+    sample = l2_normalize(centres[labels] + 0.5 * rng.normal(size=(len(labels), dim)))
+    queries = l2_normalize(centres[labels] + 0.5 * rng.normal(size=(len(labels), dim)))
+    adapted = adapt_gallery(gallery, sample, rounds=2)
+    assert np.allclose(np.linalg.norm(adapted, axis=1), 1.0)
+    assert _recall1(adapted, queries, labels) > _recall1(gallery, queries, labels) + 0.1
+    assert np.array_equal(adapt_gallery(gallery, sample, rounds=0), gallery)
+    # a catalogue vector no shopper photo is nearest to stays as it was
+    far = np.vstack([gallery, -sample.mean(0, keepdims=True) / np.linalg.norm(sample.mean(0))])
+    assert np.allclose(adapt_gallery(far, sample, rounds=1)[-1], far[-1], atol=1e-6)

@@ -17,6 +17,8 @@ TOML form (one table per configuration):
     shopper_views = 8            # optional: gallery vectors averaged with this many synthetic shopper views
     centre = true                # optional: per-domain mean centring (shopsearch.centring); the shopper-photo
                                  # mean comes from the run's --centre-sample photos (labels unused), else the queries'
+    adapt = 2                    # optional, with centre: rounds moving catalogue vectors toward the nearest of
+                                 # those unlabelled shopper photos (shopsearch.centring.adapt_gallery)
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Any
 from shopsearch.errors import ConfigError
 
 KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion",
-        "shopper_views", "centre")
+        "shopper_views", "centre", "adapt")
 _ON = {"on", "true", "yes", "1"}
 _OFF = {"off", "false", "no", "0"}
 
@@ -47,6 +49,7 @@ class BenchConfig:
     fusion: bool = False
     shopper_views: int = 0
     centre: bool = False
+    adapt: int = 0
 
     @property
     def label(self) -> str:
@@ -62,6 +65,7 @@ class BenchConfig:
         parts += (["tta"] if self.tta else []) + ([f"dba={self.dba}"] if self.dba else [])
         parts += [f"shopper-views={self.shopper_views}"] if self.shopper_views else []
         parts += ["centred"] if self.centre else []
+        parts += [f"adapt={self.adapt}"] if self.adapt else []
         parts += ([f"rerank={self.rerank}"] if self.rerank != "off" else []) + (["fusion"] if self.fusion else [])
         parts.append("routing" if self.routing else "no-routing")
         return " ".join(parts)
@@ -91,7 +95,7 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
 
             parse_rerank(str(value))  # refused here, before any embedding, when malformed
             vals[key] = str(value).strip().lower()
-        elif key in ("dba", "shopper_views"):
+        elif key in ("dba", "shopper_views", "adapt"):
             try:
                 vals[key] = int(value)
             except (TypeError, ValueError):
@@ -110,7 +114,10 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
             if not text:
                 raise ConfigError(f"{where}: {key} is empty")
             vals[key] = text
-    return replace(defaults, **vals)
+    out = replace(defaults, **vals)
+    if out.adapt and not out.centre:
+        raise ConfigError(f"{where}: adapt works on centred vectors; add centre = true")
+    return out
 
 
 def parse_config(text: str, defaults: BenchConfig) -> list[BenchConfig]:

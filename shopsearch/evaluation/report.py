@@ -38,7 +38,7 @@ def config_json(r: ConfigResult, machine: dict | None = None) -> dict:
         "index_params": {"ef_search": r.config.ef_search, "nprobe": r.config.nprobe},
         "routing": r.config.routing,
         "quality": {"tta": r.config.tta, "dba": r.config.dba, "rerank": r.config.rerank, "fusion": r.config.fusion,
-                    "shopper_views": r.config.shopper_views, "centre": r.config.centre,
+                    "shopper_views": r.config.shopper_views, "centre": r.config.centre, "adapt": r.config.adapt,
                     **({"centring": r.centring} if r.centring else {})},
         "dataset": {"name": d.name, "layout": d.layout, "relevance": d.relevance,
                     "gallery": d.gallery_protocol, "queries": d.queries_protocol},

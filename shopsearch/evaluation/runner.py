@@ -37,7 +37,7 @@ from shopsearch.index.sizing import choose_index_type, factory_string
 from shopsearch.index.vector_index import IndexManifest, VectorIndex
 from shopsearch.evaluation import tta
 from shopsearch.gallery_aug import blend, shopper_view_vectors
-from shopsearch.centring import DomainCentring, fit_centring
+from shopsearch.centring import DomainCentring, adapt_gallery, fit_centring
 from shopsearch.confidence_fit import LabelledQuery
 from shopsearch.rerank import RerankOptions, dba_vectors, parse_rerank
 from shopsearch.search import CategoryRouter
@@ -243,6 +243,8 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     centring = _centring(st, gallery, d.queries, o) if c.centre else None
     if centring is not None:
         gallery = centring.gallery(gallery)
+        if c.adapt:
+            gallery = adapt_gallery(gallery, centring.query(_sample_vectors(st, d.queries, o)), c.adapt)
     if c.dba:
         gallery = dba_vectors(gallery, c.dba)
     index.add(np.array([i for i, _ in good], dtype=np.int64), gallery)
@@ -286,13 +288,18 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
                         open_set, centring.info if centring is not None else {})
 
 
-def _centring(st: _ModelState, gallery: np.ndarray, queries: Sequence[Query], o: RunOptions) -> DomainCentring:
-    """Domain means: the gallery's vectors and the unlabelled sample's (else the queries')."""
+def _sample_vectors(st: _ModelState, queries: Sequence[Query], o: RunOptions) -> np.ndarray:
+    """The unlabelled shopper photos' vectors: the --centre-sample photos, else the queries'."""
     sample = o.centre_sample or tuple(queries)
     keys = [st.query_keys[q.path] for q in sample if q.path in st.query_keys and st.query_keys[q.path] in st.cache]
-    source = f"{len(keys)} sample photos" if o.centre_sample else f"the {len(keys)} query photos (labels unused)"
-    return fit_centring(gallery, st.cache.get_many(keys) if keys else np.zeros((0, gallery.shape[1])),
-                        st.embedder.fingerprint, source)
+    return st.cache.get_many(keys) if keys else np.zeros((0, st.embedder.dim), np.float32)
+
+
+def _centring(st: _ModelState, gallery: np.ndarray, queries: Sequence[Query], o: RunOptions) -> DomainCentring:
+    """Domain means: the gallery's vectors and the unlabelled sample's (else the queries')."""
+    vecs = _sample_vectors(st, queries, o)
+    source = f"{len(vecs)} sample photos" if o.centre_sample else f"the {len(vecs)} query photos (labels unused)"
+    return fit_centring(gallery, vecs, st.embedder.fingerprint, source)
 
 
 def _open_set(index: VectorIndex, store: CatalogueStore, st: _ModelState, d: BenchDataset,
