@@ -2,7 +2,7 @@
 run; the next run must find the image that did it instead of crashing on it again: it
 decodes the dead run's in-flight images in separate processes first, quarantines the
 culprit by content hash, and embeds everything else. Runs here are real processes that
-really die (SIGSEGV)."""
+really die (SIGSEGV), forked from a server that imported the modules once (tests/preforked.py)."""
 from __future__ import annotations
 
 import json
@@ -22,6 +22,7 @@ from shopsearch.embedding.pipeline import PipelineConfig, WorkItem, embed_items
 from shopsearch.embedding.tuning import inflight_horizon
 from shopsearch.workers import DIED
 from tests.conftest import REPO, FakeEmbedder, make_image, sha
+from tests.preforked import run_script
 from tests.test_indexer_pipeline import MeanColour
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals and fork")
@@ -49,6 +50,8 @@ def die():  # as a decoder crash does: the crash journal's fault handler records
 
 executor, cache_dir, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if executor == "gpu":
+    import torch
+    torch.set_num_threads(1)  # the replay's batches are tiny: more threads only spin on a shared CPU
     real_nvjpeg = gpu.nvjpeg_decode
     def nvjpeg(datas, *a):
         if any(b"POISON" in bytes(d.numpy()) for d in datas):
@@ -77,8 +80,7 @@ print(json.dumps({"embedded": rep.embedded, "failed": [[it.key, r] for it, r in 
 def _run(executor: str, cache: Path, items: list[WorkItem]) -> subprocess.CompletedProcess:
     env = {**os.environ, "SHOPSEARCH_GPU_CPU_DECODERS": "0", "SHOPSEARCH_COMPILE": "off"}
     rows = json.dumps([[it.key, it.path, it.image_id] for it in items])
-    return subprocess.run([sys.executable, "-c", RUN, executor, str(cache), rows], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_script(RUN, executor, str(cache), rows, cwd=REPO, env=env, timeout=300)
 
 
 def _files(d: Path, n: int, poison_at: int, ext: str) -> tuple[list[WorkItem], WorkItem]:
@@ -242,8 +244,8 @@ def test_cli_build_killed_by_a_decoder_crash_keeps_serving_and_the_rerun_complet
             cat.upsert_product(ProductRecord(f"S{it.image_id}", "x", images=(ImageRecord(it.path, sha256=it.key),)))
 
     def shopsearch(*args):
-        return subprocess.run([sys.executable, "-c", CLI, "--data-dir", str(data), *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=300, env={**os.environ, "SHOPSEARCH_COMPILE": "off"})
+        return run_script(CLI, "--data-dir", str(data), *args, cwd=REPO, timeout=300,
+                          env={**os.environ, "SHOPSEARCH_COMPILE": "off"})
 
     add(items[:100])
     seed = shopsearch("index", "build", "--model", "colorhist", "--json")

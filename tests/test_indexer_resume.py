@@ -25,9 +25,24 @@ N = 400
 CHUNK = 16
 M = 400  # images of the SIGTERM test: ~1.5 s of work left when it is stopped
 
+# `shopsearch` whose colorhist takes a real model's time per batch (0.2 s): the killed run is
+# still busy long after its first chunks, while its images stay small, so that the builds
+# before and after it cost little
+PACED = r"""
+import time
+from shopsearch.embedders.colorhist import ColorHistogramEmbedder
+_encode = ColorHistogramEmbedder.encode_batch
+def _slow(self, batch):
+    time.sleep(0.2)
+    return _encode(self, batch)
+ColorHistogramEmbedder.encode_batch = _slow
+from indexer.cli import main
+main()
+"""
 
-def _cmd(data_dir, *args: str) -> list[str]:
-    return [sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data_dir), *args]
+
+def _cmd(data_dir, *args: str, script: str = "from indexer.cli import main; main()") -> list[str]:
+    return [sys.executable, "-c", script, "--data-dir", str(data_dir), *args]
 
 
 def _jpeg_catalogue(tmp_path, n: int, size: tuple[int, int]):
@@ -48,7 +63,7 @@ def _jpeg_catalogue(tmp_path, n: int, size: tuple[int, int]):
 
 
 def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
-    data, cat, buf = _jpeg_catalogue(tmp_path, N, (1200, 900))
+    data, cat, buf = _jpeg_catalogue(tmp_path, N, (160, 120))
     imgs = tmp_path / "imgs"
     # serve a small first build so we can check the killed run never replaces it
     seed_build = subprocess.run(_cmd(data, "index", "build", "--model", "colorhist", "--json"), cwd=REPO,
@@ -66,8 +81,8 @@ def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
     chunks_before = set(cache_dir.glob("chunk-*.npz"))
 
     proc = subprocess.Popen(_cmd(data, "index", "build", "--model", "colorhist", "--chunk-size", str(CHUNK),
-                                 "--batch-size", str(CHUNK), "--workers", "1", "--executor", "inline", "--json"),
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 "--batch-size", str(CHUNK), "--workers", "1", "--executor", "inline", "--json",
+                                 script=PACED), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while len(set(cache_dir.glob("chunk-*.npz")) - chunks_before) < 2 and proc.poll() is None:
         assert time.monotonic() < deadline, "the build never wrote a chunk"
