@@ -109,7 +109,7 @@ class IndexBuilder:
     def _vectors(self, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> np.ndarray:
         """Vectors from the cache (centred when the build is); ids the cache lacks (cache wiped)
         come from the old index, which holds them centred already when it is."""
-        if fallback is None or all(k in self.cache for k in keys):
+        if fallback is None or self.cache.present(keys).all():
             return self._centre(self.cache.get_many(keys))
         out = np.empty((len(ids), self.embedder.dim), np.float32)
         for j, (i, k) in enumerate(zip(ids, keys)):
@@ -247,7 +247,8 @@ class IndexBuilder:
         self._guard(None, plan.index_type, serving, list(serving_keys), [it.image_id for it in items], o.max_shrink)
         build_id = self._start(plan.index_type)
         rep = self._embed(items, o)
-        good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
+        cached = self.cache.present([it.key for it in items]).tolist()
+        good = {it.image_id: it.key for it, hit in zip(items, cached) if hit and it.image_id is not None}
         ids = sorted(good)
         self._guard(build_id, plan.index_type, serving, list(serving_keys), ids, o.max_shrink)
         self._centring = choose_centring(o.centre, self.store, serving, self.embedder,
