@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from shopsearch.catalogue.rescan import stat_moved
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.index.store import IndexStore
-from indexer.build import diff_index
+from indexer.diff import diff_index
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,10 @@ def _quick_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
 
 
 def _deep_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
+    # here, not at the top: the quick status (every `index status`) needs neither the
+    # importers (PIL, worker pools) nor the index builder (FAISS, the embedding pipeline)
+    from shopsearch.catalogue.rescan import stat_moved
+
     stats = catalogue.stats()
     images = catalogue.images()  # one query for both: indexable ones are those with status ok
     want = {img.id: img.sha256 or "" for img in images if img.status == "ok"}

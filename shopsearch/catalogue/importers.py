@@ -6,6 +6,7 @@ and skipped, never aborting the run; re-importing unchanged data writes nothing.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ from shopsearch.workers import RespawningPool
 log = logging.getLogger("shopsearch.importer")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+#: characters that make an image cell a list (JSON, or paths separated by | or ;)
+_LIST_MARKS = frozenset("[|;")
 _CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
 
 
@@ -110,6 +113,16 @@ def _json_list(value: object) -> object:
 
 
 def _category(value: object) -> tuple[str, ...] | None:
+    # a manifest names few categories on many rows: each text is parsed once
+    return _category_of_text(value) if isinstance(value, str) else _parse_category(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _category_of_text(value: str) -> tuple[str, ...] | None:
+    return _parse_category(value)
+
+
+def _parse_category(value: object) -> tuple[str, ...] | None:
     value = _json_list(value)
     if value in (None, "", []):
         return None
@@ -123,6 +136,10 @@ def _category(value: object) -> tuple[str, ...] | None:
 
 
 def _image_list(value: object) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str) and not (set(value) & _LIST_MARKS) and value.strip() == value:
+        return [value]  # one plain path: most rows of most manifests
     value = _json_list(value)
     if value in (None, ""):
         return []
