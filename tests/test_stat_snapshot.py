@@ -109,3 +109,23 @@ def test_dirs_scope_without_a_snapshot_stats_every_file(tmp_path, sqlite_catalog
     paths, snap = _setup(sqlite_catalogue, tmp_path)
     make_image(300).save(paths[1]); _later(paths[1])
     assert rescan_files(sqlite_catalogue, progress=False, workers=1, snapshot=snap, scope="dirs").changed == 1
+
+
+def test_quick_status_sees_folders_that_moved_since_the_last_rescan(tmp_path, sqlite_catalogue):
+    from indexer.build import IndexBuilder
+    from indexer.status import index_status
+    from shopsearch.index import IndexStore
+    from tests.conftest import FakeEmbedder
+
+    paths, _ = _setup(sqlite_catalogue, tmp_path)
+    store = IndexStore(tmp_path / "index")
+    IndexBuilder(FakeEmbedder(), sqlite_catalogue, store, tmp_path / "vectors").build(progress=False)
+    quick = index_status(sqlite_catalogue, store, deep=False)
+    assert quick.up_to_date and quick.folders_changed_on_disk == 0
+    paths[2].unlink()  # dir0 moves
+    st = os.stat(paths[2].parent)
+    os.utime(paths[2].parent, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    quick = index_status(sqlite_catalogue, store, deep=False)
+    assert quick.folders_changed_on_disk == 1  # a hint: the ids still match
+    deep = index_status(sqlite_catalogue, store, deep=True)
+    assert deep.files_changed_on_disk == 1 and not deep.up_to_date

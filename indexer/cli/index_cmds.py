@@ -249,6 +249,9 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
                    "and files on disk)")
     if st.files_changed_on_disk:
         click.echo(f"files: {st.files_changed_on_disk} changed or gone on disk since they were imported")
+    if st.folders_changed_on_disk:
+        click.echo(f"folders: {st.folders_changed_on_disk} image folders changed on disk since the last rescan "
+                   "(files added, deleted or renamed there)")
     click.echo("up to date" if st.up_to_date else "run `shopsearch index update` to catch up")
 
 

@@ -80,6 +80,20 @@ class StatSnapshot:
         except (OSError, ValueError, KeyError, EOFError):
             return None  # absent, cut short or from another version: the rows are read instead
 
+    @staticmethod
+    def folders_moved(path: Path, generation: int, source: str) -> int | None:
+        """How many image folders' mtimes moved since the snapshot at `path` was taken (files
+        added, deleted or renamed in them); None without a current snapshot. Reads the folder
+        columns only."""
+        try:
+            with np.load(path) as z:
+                if int(z["generation"]) != generation or str(z["source"]) != source:
+                    return None
+                dirs, then = z["dirs"], z["dir_mtimes"]
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+        return int((_stat_many(dirs.tolist())[1] != then).sum())
+
     def save(self, path: Path) -> None:
         """Written beside and renamed into place: a reader sees the old file or the new one."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
