@@ -3,8 +3,17 @@ vector, and a lookup reads only the chunks that hold the keys asked for."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from shopsearch.embedding import cache as cache_mod
 from shopsearch.embedding.cache import KEY_INDEX, VectorCache, write_chunk_file
+
+
+@pytest.fixture(autouse=True)
+def _save_the_index_at_once(monkeypatch):
+    """Small caches: the key index is written at every change, as a big one is past the thresholds."""
+    monkeypatch.setattr(cache_mod, "SAVE_AFTER_CHUNKS", 1)
+    monkeypatch.setattr(cache_mod, "SAVE_AFTER_KEYS", 1)
 
 
 def _key(i: int) -> str:
@@ -61,3 +70,17 @@ def test_a_put_is_visible_at_once_and_missing_keys_raise(tmp_path):
         pass
     else:
         raise AssertionError("a key never cached was answered")
+
+
+def test_a_small_update_does_not_rewrite_the_key_index(tmp_path, monkeypatch):
+    _fill(tmp_path, chunks=3)
+    VectorCache(tmp_path, "fp", 3).present([_key(0)])  # indexed
+    index = tmp_path / VectorCache(tmp_path, "fp", 3).dir.name / KEY_INDEX
+    before = index.stat().st_mtime_ns
+    monkeypatch.setattr(cache_mod, "SAVE_AFTER_CHUNKS", 16)
+    monkeypatch.setattr(cache_mod, "SAVE_AFTER_KEYS", 50_000)
+    c = VectorCache(tmp_path, "fp", 3)
+    c.put([_key(500)], np.ones((1, 3), np.float32))
+    c.save_index()
+    assert VectorCache(tmp_path, "fp", 3).present([_key(500), _key(1)]).all()  # its chunk read at start
+    assert index.stat().st_mtime_ns == before

@@ -41,6 +41,9 @@ def write_chunk_file(folder: Path, keys: list[str], vectors: np.ndarray) -> str:
 
 #: beside the chunks: every cached key, sorted, with the chunk and row holding its vector
 KEY_INDEX = "key-index.npz"
+#: the key index is rewritten once this many chunks or keys are not in it: a small update's
+#: chunk is cheaper to read again at the next start than a million-key index is to rewrite
+SAVE_AFTER_CHUNKS, SAVE_AFTER_KEYS = 16, 50_000
 
 
 def _chunk_keys(path: Path, dim: int) -> np.ndarray | None:
@@ -93,7 +96,7 @@ class VectorCache:
         if any(n not in on_disk for n in names):  # a chunk was removed by hand: index afresh
             names, keys, where = [], keys[:0] + [np.zeros(0, "S64")], [np.zeros((0, 2), np.int32)]
         known = set(names)
-        added = False
+        added = 0
         for name in sorted(on_disk - known):
             k = _chunk_keys(self.dir / name, self.dim)
             if k is None:
@@ -101,10 +104,10 @@ class VectorCache:
             names.append(name)
             keys.append(k)
             where.append(np.stack([np.full(len(k), len(names) - 1, np.int32), np.arange(len(k), dtype=np.int32)], 1))
-            added = True
+            added += len(k)
         self._names = names
         self._set(np.concatenate(keys), np.concatenate(where))
-        if added:
+        if len(names) - len(known) >= SAVE_AFTER_CHUNKS or added >= SAVE_AFTER_KEYS:
             self._save_index()
 
     def _set(self, keys: np.ndarray, where: np.ndarray) -> None:
@@ -121,8 +124,9 @@ class VectorCache:
             tmp.unlink(missing_ok=True)
 
     def save_index(self) -> None:
-        """Fold the keys put by this process into the saved key index."""
-        if not self._recent:
+        """Fold the keys put by this process into the saved key index (once there are enough of
+        them: SAVE_AFTER_KEYS)."""
+        if len(self._recent) < SAVE_AFTER_KEYS:
             return
         where = np.array(list(self._recent.values()), np.int32).reshape(-1, 2)
         self._set(np.concatenate([self._sorted, np.array(list(self._recent), dtype="S64")]),
