@@ -96,13 +96,12 @@ class StatSnapshot:
 
     def save(self, path: Path) -> None:
         """Written beside and renamed into place: a reader sees the old file or the new one."""
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # ends in .npz: savez adds no suffix
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
-                np.savez(f, generation=np.int64(self.generation), source=np.str_(self.source), ids=self.ids,
-                         paths=self.paths, sizes=self.sizes, mtimes=self.mtimes, missing=self.missing,
-                         dir_of=self.dir_of, dirs=self.dirs, dir_mtimes=self.dir_mtimes)
+            np.savez(tmp, generation=np.int64(self.generation), source=np.str_(self.source), ids=self.ids,
+                     paths=self.paths, sizes=self.sizes, mtimes=self.mtimes, missing=self.missing,
+                     dir_of=self.dir_of, dirs=self.dirs, dir_mtimes=self.dir_mtimes)
             os.replace(tmp, path)
         except OSError:  # a cache: a full disk costs the next run a read of the rows, nothing else
             tmp.unlink(missing_ok=True)

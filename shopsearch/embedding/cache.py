@@ -115,10 +115,9 @@ class VectorCache:
         self._sorted, self._where = keys, where[first]
 
     def _save_index(self) -> None:
-        tmp = self.dir / f".{KEY_INDEX}.{uuid.uuid4().hex}.tmp"
+        tmp = self.dir / f".key-index.{uuid.uuid4().hex}.tmp.npz"  # ends in .npz: savez adds no suffix
         try:
-            with open(tmp, "wb") as f:
-                np.savez(f, names=np.array(self._names), keys=self._sorted, where=self._where)
+            np.savez(tmp, names=np.array(self._names), keys=self._sorted, where=self._where)
             os.replace(tmp, self.dir / KEY_INDEX)
         except OSError:  # an index that cannot be saved is rebuilt from the chunks next time
             tmp.unlink(missing_ok=True)
