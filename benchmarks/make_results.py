@@ -116,6 +116,11 @@ REPRODUCE = [
     "python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql --scratch /tmp/scale",
     "nice -n 5 python benchmarks/scale_bench.py --sizes 10000,1000000 --db sqlite,postgresql --size-first \\",
     "    --scratch /tmp/scale3 --pg-schema scale3   # then, if stopped in its first build: --resume --index-type flat",
+    "# issue 20 before/after (scale4): the same run from a copy of each checkout (git archive REV | tar -x -C DIR),",
+    "# vectors synthetic at 100k, then the steps that should follow the change, timed in turns on one catalogue",
+    "nice -n 5 python DIR/benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql --size-first \\",
+    "    --synthetic-from 100000 --scratch /tmp/scale4-scratch --pg-schema scale4after --out DIR/results",
+    "nice -n 5 python benchmarks/scale_ab.py --a MAIN_COPY --b BRANCH_COPY --size 100000 --scratch /tmp/scale4-ab",
     "python benchmarks/make_results.py",
 ]
 

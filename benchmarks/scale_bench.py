@@ -6,7 +6,8 @@ then drives the product the way a merchandiser would, through the `shopsearch` C
 
   import                 catalogue import of the manifest (images on disk, hashing included)
   first build            index build --model colorhist (auto index type: flat < 100k <= hnsw)
-  no-op build            the same build again, nothing changed
+  no-op build            the same build again, nothing changed (the rescan stats every file)
+  no-op build, dirs      the same with --rescan-scope dirs (folders stat'ed, their files only when moved)
   10-image update        10 image files rewritten with new pictures, then index update
   re-import unchanged    catalogue import of the same manifest again
   index status           index status (the quick check) and index status --deep
@@ -54,8 +55,8 @@ CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 N_CATEGORIES = 50
 MODEL = "colorhist"
-STEPS = ("cli_start", "import", "first_build", "noop_build", "update_10", "reimport_unchanged", "status",
-         "status_deep")
+STEPS = ("cli_start", "import", "first_build", "noop_build", "noop_build_dirs", "update_10", "reimport_unchanged",
+         "status", "status_deep")
 SEARCHES = ("unfiltered", "category", "price", "price_nothing")
 
 
@@ -234,11 +235,19 @@ def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, quer
     res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
     sec["noop_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
     res["detail"]["noop_build_up_to_date"] = (rep or {}).get("up_to_date")
+    res["detail"]["noop_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
+    save(res)  # a run stopped later keeps the steps done so far
+    # the same with the rescan stat'ing folders only (blind to files rewritten in place: README)
+    sec["noop_build_dirs"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype,
+                                             "--rescan-scope", "dirs", "--json")
+    res["detail"]["noop_build_dirs_up_to_date"] = (rep or {}).get("up_to_date")
+    res["detail"]["noop_dirs_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
     save(res)  # a run stopped later keeps the steps done so far
     for i in range(10):  # 10 pictures replaced in place: new bytes, same paths
         (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(_jpeg(10 ** 9 + n + i))
     sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", *itype, "--json")
     res["detail"]["update_strategy"] = (rep or {}).get("strategy")
+    res["detail"]["update_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
     save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["update_embedded"] = (rep or {}).get("embedded")
     sec["reimport_unchanged"], _ = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")

@@ -27,6 +27,7 @@ from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex,
 from shopsearch.catalogue.bulk import NO_HASH
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
+from shopsearch.catalogue.stat_snapshot import SNAPSHOT_FILE
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.centring import CENTRING_FILE, DomainCentring, build_centring
 from shopsearch.config import GpuTuning
@@ -68,10 +69,13 @@ class IndexBuilder:
         self._centring: DomainCentring | None = None  # the centring of the build being made
 
     # -- stage: read the catalogue ------------------------------------------------------
-    def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False) -> RescanReport:
-        """Catch files replaced or deleted on disk since the import (stat, re-hash what moved;
-        `verify_hashes`: re-hash every file)."""
-        return rescan_files(self.catalogue, workers=workers or 2, progress=progress, verify_hashes=verify_hashes)
+    def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False,
+               scope: str = "files") -> RescanReport:
+        """Catch files replaced or deleted on disk since the import (stat against the stored
+        snapshot, re-hash what moved; `verify_hashes`: re-hash every file; `scope`: see
+        shopsearch/catalogue/stat_snapshot.py)."""
+        return rescan_files(self.catalogue, workers=workers or 2, progress=progress, verify_hashes=verify_hashes,
+                            snapshot=self.store.root / SNAPSHOT_FILE, scope=scope)
 
     def work_items(self, images: list[ImageInfo] | None = None) -> list[WorkItem]:
         """One item per indexable image (`images`: already read from the catalogue)."""
@@ -105,7 +109,7 @@ class IndexBuilder:
     def _vectors(self, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> np.ndarray:
         """Vectors from the cache (centred when the build is); ids the cache lacks (cache wiped)
         come from the old index, which holds them centred already when it is."""
-        if fallback is None or all(k in self.cache for k in keys):
+        if fallback is None or self.cache.present(keys).all():
             return self._centre(self.cache.get_many(keys))
         out = np.empty((len(ids), self.embedder.dim), np.float32)
         for j, (i, k) in enumerate(zip(ids, keys)):
@@ -220,7 +224,7 @@ class IndexBuilder:
         serving build's vectors is refused (indexer.shrink). `overrides` replace fields of `options`."""
         o = resolve_options(options, overrides)
         t0 = time.perf_counter()
-        scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
+        scan = self.rescan(o.workers, o.progress, o.verify_hashes, o.rescan_scope) if o.rescan else None
         # read before the rows: a change made after this makes the next build look at the rows
         generation = self.catalogue.generation()
         if not o.force and (serving := self._current_at(generation, o.index_type)) is not None \
@@ -243,7 +247,8 @@ class IndexBuilder:
         self._guard(None, plan.index_type, serving, list(serving_keys), [it.image_id for it in items], o.max_shrink)
         build_id = self._start(plan.index_type)
         rep = self._embed(items, o)
-        good = {it.image_id: it.key for it in items if it.key in self.cache and it.image_id is not None}
+        cached = self.cache.present([it.key for it in items]).tolist()
+        good = {it.image_id: it.key for it, hit in zip(items, cached) if hit and it.image_id is not None}
         ids = sorted(good)
         self._guard(build_id, plan.index_type, serving, list(serving_keys), ids, o.max_shrink)
         self._centring = choose_centring(o.centre, self.store, serving, self.embedder,
@@ -278,7 +283,7 @@ class IndexBuilder:
         t0 = time.perf_counter()
         # new vectors join the serving build's space: its means, never refitted by an update
         self._centring = build_centring(self.store.build_dir(manifest.build_id))
-        scan = self.rescan(o.workers, o.progress, o.verify_hashes) if o.rescan else None
+        scan = self.rescan(o.workers, o.progress, o.verify_hashes, o.rescan_scope) if o.rescan else None
         generation = self.catalogue.generation()
         if not o.force and self._current_at(generation, o.index_type) is not None:
             prev = self.store.load_report(manifest.build_id) or {}

@@ -28,6 +28,9 @@ class BuildOptions:
     #: per-domain mean centring (shopsearch.centring): "keep" what the serving build does, "on"
     #: (means fitted anew), "off". An update always keeps the serving build's means.
     centre: str = "keep"
+    #: what the rescan stats: "files" (every file) or "dirs" (folders, then the files of those
+    #: that moved; blind to files rewritten in place: shopsearch/catalogue/stat_snapshot.py)
+    rescan_scope: str = "files"
 
 
 @dataclass(frozen=True)

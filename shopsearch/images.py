@@ -117,14 +117,29 @@ def load_image(
         raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
 
 
+#: files up to this size are read once, then hashed and decoded from memory (one open, one read)
+_READ_WHOLE = 32 << 20
+
+
 def inspect_image(path: str | Path) -> ImageMeta:
     """Hash and fully decode a catalogue file; raises InvalidImageError when unusable."""
-    img = _open(path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)  # clear errors for missing/non-image files
-    st = os.stat(path)  # before hashing: a write during hashing then shows up at the next rescan
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())  # before reading: a write during the read shows at the next rescan
+            data = f.read() if st.st_size <= _READ_WHOLE else None
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise InvalidImageError(f"no such file: {path}") from None
+    except OSError as e:
+        raise InvalidImageError(f"cannot read image: {e}") from None
+    if data is not None and not data:
+        raise InvalidImageError(f"the file is empty: {path}")
+    # clear errors for non-image files; a big file is decoded and hashed from disk instead
+    img = _open(data if data is not None else path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
     fmt = img.format or "?"
     try:
         img.load()
         w, h = ImageOps.exif_transpose(img).size
     except Exception as e:  # noqa: BLE001 - see _open
         raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
-    return ImageMeta(sha256_file(path), w, h, fmt, st.st_size, st.st_mtime_ns)
+    return ImageMeta(digest, w, h, fmt, st.st_size, st.st_mtime_ns)

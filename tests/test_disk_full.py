@@ -109,7 +109,10 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path):
         assert full.returncode == 1, full.stderr[-2000:]
         assert "no space left on device" in full.stderr and "Traceback" not in full.stderr
         assert _leftovers(data) == [] and IndexStore(data / "index").current_id() is None
-        assert sum(f.stat().st_size for f in (data / "index").rglob("*") if f.is_file()) < 4096
+        # (the stat snapshot is the rescan's cache of the catalogue's file stats, written before the
+        # build ran out of room: not part of any build)
+        assert sum(f.stat().st_size for f in (data / "index").rglob("*")
+                   if f.is_file() and f.name != "stat_snapshot.npz") < 4096
         subprocess.run(["mount", "-o", "remount,size=4m", str(data / "index")], check=True)
         ok = shopsearch()
         assert ok.returncode == 0, ok.stderr[-2000:]

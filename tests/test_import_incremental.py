@@ -94,3 +94,18 @@ def test_a_row_naming_other_images_replaces_the_set_and_the_update_drops_their_v
     u = b.update(progress=False)
     assert (u.update.added, u.update.removed, u.vectors) == (2, 1, 7)
     assert old.id not in store.load_current()[0].ids().tolist()
+
+
+def test_attributes_are_compared_as_stored_text_and_decoded_only_when_the_text_differs(tmp_path, catalogue):
+    from sqlalchemy import text
+
+    from shopsearch.catalogue.records import ProductRecord
+
+    rec = ProductRecord("A1", "a", attributes={"colour": "red", "size": "M"})
+    assert catalogue.upsert_product(rec).created
+    assert not catalogue.upsert_product(rec).changed  # same text
+    with catalogue.engine.begin() as conn:  # the same document written with other key order and spacing
+        conn.execute(text("""UPDATE products SET attributes = '{"size":  "M", "colour": "red"}' WHERE sku = 'A1'"""))
+    assert not catalogue.upsert_product(rec).changed  # decoded, equal
+    moved = catalogue.upsert_product(ProductRecord("A1", "a", attributes={"colour": "blue", "size": "M"}))
+    assert moved.changed and catalogue.get_product("A1").attributes == {"colour": "blue", "size": "M"}

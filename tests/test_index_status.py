@@ -44,8 +44,8 @@ def test_quick_status_counts_ids_without_reading_files_deep_checks_content(tmp_p
     real_stat = os.stat
 
     def counting_stat(path, *a, **k):
-        if str(path).endswith(".png"):
-            stat_calls.append(str(path))
+        if os.fsdecode(path).endswith(".png"):  # the deep check passes paths as bytes
+            stat_calls.append(os.fsdecode(path))
         return real_stat(path, *a, **k)
 
     monkeypatch.setattr(rescan.os, "stat", counting_stat)

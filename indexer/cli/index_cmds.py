@@ -57,6 +57,10 @@ def _perf_options(f):
                           "vectors (an unmounted share, a wrong --database-url); 1 allows any shrink.")(f)
     f = click.option("--rescan/--no-rescan", default=True, show_default=True,
                      help="First stat every image file and re-hash those changed on disk since the import.")(f)
+    f = click.option("--rescan-scope", type=click.Choice(["files", "dirs"]), default="files", show_default=True,
+                     help="What the rescan stats, compared with the stored stat snapshot: every file, or the "
+                          "folders and then the files of folders whose mtime moved (fast on big catalogues; "
+                          "misses files rewritten in place, which do not move their folder's mtime).")(f)
     f = click.option("--verify-hashes", is_flag=True,
                      help="Re-hash every image file, not only those whose size or mtime moved (catches files "
                           "rewritten in place with their old size and mtime; reads the whole catalogue).")(f)
@@ -162,7 +166,7 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 def build_cmd(c: Ctx, model: str, shadow: bool, centre: str, centre_sample: str | None, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
-              ray_actors: int | None, force: bool) -> None:
+              ray_actors: int | None, force: bool, rescan_scope: str) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build
     (nothing, and "up to date", when the serving build already holds exactly these images)."""
     _writer(c, wait, "index build")
@@ -184,7 +188,7 @@ def build_cmd(c: Ctx, model: str, shadow: bool, centre: str, centre_sample: str 
     options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
                            compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink,
                            force or shadow,  # a shadow asked for is built, even beside an identical serving build
-                           centre=centre)
+                           centre=centre, rescan_scope=rescan_scope)
     with sigterm_as_interrupt():
         report = builder.build(options, on_plan=show_plan)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
@@ -200,7 +204,7 @@ def build_cmd(c: Ctx, model: str, shadow: bool, centre: str, centre_sample: str 
 def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | None, workers: int | None,
                executor: str, chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool,
                compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None, engine: str | None,
-               ray_address: str | None, ray_actors: int | None, force: bool) -> None:
+               ray_address: str | None, ray_actors: int | None, force: bool, rescan_scope: str) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     _writer(c, wait, "index update")
     store = c.index_store()
@@ -210,7 +214,8 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                f"with {embedder.name} on {embedder.device}", err=True)
     builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
     options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
-                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force)
+                           compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force,
+                           rescan_scope=rescan_scope)
     with sigterm_as_interrupt():
         report = builder.update(options)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine)
@@ -244,6 +249,9 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
                    "and files on disk)")
     if st.files_changed_on_disk:
         click.echo(f"files: {st.files_changed_on_disk} changed or gone on disk since they were imported")
+    if st.folders_changed_on_disk:
+        click.echo(f"folders: {st.folders_changed_on_disk} image folders changed on disk since the last rescan "
+                   "(files added, deleted or renamed there)")
     click.echo("up to date" if st.up_to_date else "run `shopsearch index update` to catch up")
 
 

@@ -11,12 +11,12 @@ import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from shopsearch.catalogue.cells import category, image_list, price
 from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResult
 from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
 from shopsearch.errors import InvalidImageError, ManifestError
@@ -89,61 +89,19 @@ class _SkuRows:
 
 
 # -- readers ------------------------------------------------------------------
-def _price(value: object) -> Decimal | None:
-    if value in (None, ""):
-        return None
-    try:
-        return Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"price {value!r} is not a number") from None
-
-
-def _json_list(value: object) -> object:
-    """A CSV cell holding a JSON list (`["Home", "Bath/Shower"]`) as that list; else unchanged."""
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            parsed = json.loads(value)
-        except ValueError:
-            return value
-        return parsed if isinstance(parsed, list) else value
-    return value
-
-
-def _category(value: object) -> tuple[str, ...] | None:
-    value = _json_list(value)
-    if value in (None, "", []):
-        return None
-    if isinstance(value, (list, tuple)):  # one level per element, whatever characters it holds
-        parts = [str(v).strip() for v in value]
-    else:
-        text = str(value)
-        parts = [p.strip() for p in (text.split(">") if ">" in text else text.split("/"))]
-    parts = [p for p in parts if p]
-    return tuple(parts) or None
-
-
-def _image_list(value: object) -> list[str]:
-    value = _json_list(value)
-    if value in (None, ""):
-        return []
-    if isinstance(value, list):
-        return [str(v) for v in value if str(v).strip()]
-    return [p.strip() for p in str(value).replace(";", "|").split("|") if p.strip()]
-
-
 def _record(row: dict, base: Path, where: str) -> ProductRecord:
     sku = str(row.get("sku") or "").strip()
     if not sku:
         raise ValueError("missing sku")
     title = str(row.get("title") or row.get("name") or "").strip() or sku
-    images = _image_list(row.get("images")) + _image_list(row.get("image"))
+    images = image_list(row.get("images")) + image_list(row.get("image"))
     attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
     if isinstance(row.get("attributes"), dict):
         attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
     return ProductRecord(
         sku=sku, title=title, description=(row.get("description") or None), brand=(row.get("brand") or None),
-        price=_price(row.get("price")), currency=(str(row["currency"]).upper()[:3] if row.get("currency") else None),
-        category_path=_category(row.get("category")), attributes=attrs,
+        price=price(row.get("price")), currency=(str(row["currency"]).upper()[:3] if row.get("currency") else None),
+        category_path=category(row.get("category")), attributes=attrs,
         images=tuple(ImageRecord(p if os.path.isabs(p) else str((base / p).resolve())) for p in images),
     )
 

@@ -52,6 +52,20 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class FileCheck:
+    """What a rescan found for one image file: new content (status ok) or why it is unusable."""
+
+    image_id: int
+    status: str
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    file_size: int | None = None
+    file_mtime_ns: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class UnusableImage:
     """A catalogue image that is not indexed, and why (import check, rescan or embedding)."""
 

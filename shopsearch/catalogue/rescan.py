@@ -1,7 +1,10 @@
 """Rescan: notice image files replaced, deleted or restored on disk since they were imported.
 
-Every image's file is stat'ed; only those whose (size, mtime) moved are hashed and decoded
-again, so a rescan of an unchanged catalogue reads no image bytes. What it finds goes into
+Every image's file is stat'ed (or, with the "dirs" scope, every folder, and the files of
+the folders whose mtime moved) and compared with the stored stat snapshot
+(catalogue/stat_snapshot.py, which says what each scope can miss); only the files whose
+(size, mtime) moved are hashed and decoded again, so a rescan of an unchanged catalogue
+reads no image bytes and, with a current snapshot, no image row. What it finds goes into
 the catalogue (new hash, or status missing / invalid), where `index update` picks it up:
 changed images are re-embedded, missing ones leave the index, restored ones come back.
 A file rewritten in place with its old size and mtime (`cp -p`, `rsync -t`) slips through
@@ -13,21 +16,25 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Iterable
+from pathlib import Path
 
 from tqdm import tqdm
 
 from shopsearch.catalogue.importers import check_image_files
-from shopsearch.catalogue.records import ImageInfo, ImageRecord
+from shopsearch.catalogue.records import FileCheck, ImageInfo, ImageRecord
+from shopsearch.catalogue.stat_snapshot import StatSnapshot
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.images import sha256_file
 
 log = logging.getLogger("shopsearch.catalogue")
 
+#: what a rescan stats: every file, or the folders and then the files of those that moved
+SCOPES = ("files", "dirs")
+
 
 @dataclass(frozen=True)
 class RescanReport:
-    images: int  # catalogue images whose file was stat'ed
+    images: int  # catalogue images (their files stat'ed, or their folders with the "dirs" scope)
     rehashed: int  # stat moved (or never recorded), or content moved under an unchanged stat: decoded again
     changed: int  # usable, with new content: `index update` re-embeds them
     missing: int  # the file is gone: `index update` drops them from the index
@@ -49,23 +56,6 @@ def stat_moved(img: ImageInfo) -> bool:
     return _moved(img.path, img.status, img.file_size, img.file_mtime_ns)
 
 
-def _moved_ids(stats: Iterable[tuple[int, str, str, int | None, int | None]]) -> list[int]:
-    """Ids among (id, path, status, size, mtime) rows whose file's stat moved: _moved inlined,
-    as this loop runs once per image of the catalogue."""
-    out = []
-    stat = os.stat
-    for i, path, status, size, mtime_ns in stats:
-        try:
-            st = stat(path)
-        except OSError:
-            if status != "missing":
-                out.append(i)
-            continue
-        if st.st_size != size or st.st_mtime_ns != mtime_ns:
-            out.append(i)
-    return out
-
-
 def _moved(path: str, status: str, size: int | None, mtime_ns: int | None) -> bool:
     try:
         st = os.stat(path)
@@ -75,21 +65,30 @@ def _moved(path: str, status: str, size: int | None, mtime_ns: int | None) -> bo
 
 
 def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
-                 verify_hashes: bool = False) -> RescanReport:
-    """Bring the catalogue's hashes and statuses in line with the files on disk
-    (`verify_hashes`: also hash the files whose stat did not move)."""
+                 verify_hashes: bool = False, snapshot: Path | None = None, scope: str = "files") -> RescanReport:
+    """Bring the catalogue's hashes and statuses in line with the files on disk. `snapshot`:
+    the stored stat snapshot to compare with (catalogue/stat_snapshot.py; read from the rows
+    and written there when absent or stale); `scope` "files" stats every file, "dirs" only
+    the folders and then the files of the folders that moved (needs a valid snapshot, else
+    every file is stat'ed); `verify_hashes` also hashes the files whose stat did not move."""
+    if scope not in SCOPES:
+        raise ValueError(f"rescan scope {scope!r}: use one of {', '.join(SCOPES)}")
     t0 = time.perf_counter()
-    # plain (id, path, status, size, mtime) tuples: only the images whose stat moved are read in full
-    stats = store.image_stats()
-    n_images = len(stats)
-    todo = store.images_by_id(_moved_ids(tqdm(stats, desc="checking files", unit="img", disable=not progress)))
-    del stats
+    generation = store.generation()  # before anything is read: a change after it shows next time
+    snap = StatSnapshot.load(snapshot, generation, store.source()) if snapshot is not None else None
+    if snap is None:  # (id, path, status, size, mtime) tuples: full rows only for the files that moved
+        snap = StatSnapshot.from_rows(store.image_stats(), generation, store.source())
+        scope = "files"  # no folder mtimes to compare with yet
+    dir_mtimes = snap.stat_dirs()
+    rows = snap.in_dirs(dir_mtimes != snap.dir_mtimes) if scope == "dirs" else None
+    todo = store.images_by_id(snap.moved(rows, workers).tolist())
     if verify_hashes:  # reads every file anyway: the full rows cost nothing next to that
         moved = {img.id for img in todo}
         todo += _content_moved([img for img in store.images() if img.id not in moved and img.status == "ok"],
                                workers, progress)
     changed = missing = invalid = restored = 0
     problems = []
+    checks: list[FileCheck] = []
     results = check_image_files([img.path for img in todo], workers, progress, desc="re-hashing changed files")
     for img in todo:
         res = results[img.path]
@@ -98,7 +97,8 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
                 restored += 1
             elif res.sha256 != img.sha256:
                 changed += 1
-            store.update_image_file(img.id, "ok", res.sha256, res.width, res.height, res.file_size, res.file_mtime_ns)
+            checks.append(FileCheck(img.id, "ok", res.sha256, res.width, res.height, res.file_size,
+                                    res.file_mtime_ns))
             continue
         status = "missing" if res.startswith("no such file") else "invalid"
         if status != img.status:
@@ -107,12 +107,26 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
             problems.append((img.id, img.path, res))
         size, mtime = _stat_or_none(img.path)
         # The stat of an unusable file is kept too, so it is not re-decoded at every rescan.
-        store.update_image_file(img.id, status, file_size=size, file_mtime_ns=mtime, error=res)
-    report = RescanReport(n_images, len(todo), changed, missing, invalid, restored, time.perf_counter() - t0,
+        checks.append(FileCheck(img.id, status, file_size=size, file_mtime_ns=mtime, error=res))
+    after = store.record_file_checks(checks, generation) if checks else generation
+    if snapshot is not None:
+        _keep(snap, snapshot, after, dir_mtimes, checks)
+    report = RescanReport(len(snap.ids), len(todo), changed, missing, invalid, restored, time.perf_counter() - t0,
                           tuple(problems))
     if todo:
         log.info("files rescanned", extra=report.to_dict())
     return report
+
+
+def _keep(snap: StatSnapshot, path: Path, generation: int | None, dir_mtimes, checks: list[FileCheck]) -> None:
+    """Store the snapshot with this rescan's findings, or drop it when another writer changed
+    the catalogue meanwhile (the next rescan reads the rows again)."""
+    if generation is None:
+        path.unlink(missing_ok=True)
+        return
+    snap.patch([(c.image_id, c.status, c.file_size, c.file_mtime_ns) for c in checks])
+    snap.generation, snap.dir_mtimes = generation, dir_mtimes
+    snap.save(path)
 
 
 def _content_moved(images: list[ImageInfo], workers: int, progress: bool) -> list[ImageInfo]:

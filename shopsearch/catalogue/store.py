@@ -17,6 +17,7 @@ from shopsearch.catalogue.models import CatalogueState, Category, IndexBuild, Pr
 from shopsearch.catalogue.records import (
     CatalogueStats,
     CategoryInfo,
+    FileCheck,
     ImageInfo,
     ImageRecord,
     IndexBuildInfo,
@@ -255,6 +256,29 @@ class CatalogueStore:
             if status == "ok":
                 img.sha256, img.width, img.height = sha256, width, height
 
+    def record_file_checks(self, checks: Sequence[FileCheck], expected_generation: int) -> int | None:
+        """Write what a rescan found (one transaction, the generation counter's row locked
+        first, so no other writer moves it meanwhile); the generation after the writes when
+        nobody changed the catalogue since `expected_generation` (a stat snapshot taken then
+        stays exact with these writes applied), else None."""
+        with self.engine.begin() as conn:
+            state = CatalogueState.__table__
+            # a no-op write: takes the row lock (PostgreSQL) or the database's write lock (SQLite)
+            conn.execute(update(state).where(state.c.id == 1).values(generation=state.c.generation))
+            before = self._generation(conn)
+            table = ProductImage.__table__
+            for c in checks:
+                values = dict(status=c.status, error=c.error, file_size=c.file_size, file_mtime_ns=c.file_mtime_ns)
+                if c.status == "ok":
+                    values.update(sha256=c.sha256, width=c.width, height=c.height)
+                conn.execute(update(table).where(table.c.id == c.image_id).values(**values))
+            after = self._generation(conn)
+        return after if before == expected_generation else None
+
+    def source(self) -> str:
+        """Which database this is (its URL without the password): what a stat snapshot describes."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     def image(self, image_id: int) -> ImageInfo | None:
         with self.session() as s:
             img = s.get(ProductImage, image_id)
@@ -312,7 +336,11 @@ class CatalogueStore:
     def generation(self) -> int:
         """The catalogue generation: moved by every change to what an index holds (migration 0004)."""
         with self.engine.connect() as conn:
-            return int(conn.execute(select(CatalogueState.generation).where(CatalogueState.id == 1)).scalar() or 0)
+            return self._generation(conn)
+
+    @staticmethod
+    def _generation(conn) -> int:
+        return int(conn.execute(select(CatalogueState.generation).where(CatalogueState.id == 1)).scalar() or 0)
 
     def build_generation(self, build_id: str) -> int | None:
         """The generation whose indexable images `build_id` holds exactly (None: not known)."""

@@ -193,7 +193,9 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
     (Settings.pipeline.compile and Settings.gpu at the edges)."""
     journal = CrashJournal(cache.dir)
     stale, suspect_keys = journal.stale()
-    plan = plan_work(items, cache, journal.quarantined(), suspect_keys)
+    keys = [it.key for it in items]
+    cached = {k for k, hit in zip(keys, cache.present(keys).tolist()) if hit}  # one lookup, no vector read
+    plan = plan_work(items, cached, journal.quarantined(), suspect_keys)
     report = EmbedReport(skipped=plan.skipped, failed=list(plan.held))
     cfg = tuned_config(embedder, batch_size, workers, executor, chunk_size, images=plan.images, compile=compile,
                        gpu=gpu)
@@ -219,6 +221,7 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
         report.gpu_stages = run_executor(main, plan.todo, RunSink(report, writer, journal, bar, window))
     finally:
         writer.flush()  # whatever was embedded before an error is kept
+        cache.save_index()  # the next run finds these chunks' keys without reading them
         bar.close()
         journal.close()  # this process is alive: nothing it had in flight crashed it
     report.seconds = time.perf_counter() - t0

@@ -1,0 +1,123 @@
+"""Interleaved A/B of two checkouts on one scale-bench catalogue (issue 20): the steps whose
+cost should follow the change, not the catalogue, timed in turns (A, B, A, B, ...) so that a
+shared machine's load falls on both alike.
+
+Prepares (once, with checkout B) a catalogue of --size products from scale_bench's generated
+images: import, seeded vectors injected, a flat first build. Then per round and checkout:
+
+  noop_build        index build, nothing changed (the rescan stats every file)
+  noop_build_dirs   the same with --rescan-scope dirs (checkouts that have it)
+  status            index status (quick)
+  update_10         10 image files rewritten in place (other files each turn), then index update
+  reimport          catalogue import of the unchanged manifest
+
+    python benchmarks/scale_ab.py --a /tmp/main-copy --b . --size 100000 --scratch /tmp/scale4-ab
+
+Both checkouts must share the schema (same migrations). Writes
+benchmarks/results/scale_ab_<size>_<db>.json with every time, the medians and B/A ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.scale_bench import _jpeg, generate, inject_vectors, pg_schema_url  # noqa: E402
+from shopsearch.evaluation.machine import machine_info  # noqa: E402
+
+STEPS = ("noop_build", "noop_build_dirs", "status", "update_10", "reimport")
+
+
+def cli(checkout: Path, data: Path, url: str, *args: str) -> tuple[float, dict | None]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHOPSEARCH_DEVICE": "cpu"}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
+                          "--database-url", url, *args], cwd=checkout, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"{checkout}: shopsearch {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    try:
+        return wall, json.loads(out.stdout)
+    except ValueError:
+        return wall, None
+
+
+def has_dirs_scope(checkout: Path) -> bool:
+    return "rescan-scope" in (checkout / "indexer" / "cli" / "index_cmds.py").read_text()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", required=True, help="checkout A (before)")
+    ap.add_argument("--b", default=str(REPO), help="checkout B (after)")
+    ap.add_argument("--size", type=int, default=100_000)
+    ap.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql"])
+    ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    ap.add_argument("--pg-schema", default="scale_ab")
+    ap.add_argument("--scratch", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="the catalogue of an earlier run is still there")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    a, b, n = Path(args.a).resolve(), Path(args.b).resolve(), args.size
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    manifest, hashes = generate(scratch, n, 2)
+    data = scratch / f"ab_{args.db}_{n}"
+    url = f"sqlite:///{data / 'catalogue.db'}" if args.db == "sqlite" else \
+        (pg_schema_url(args.pg_url, f"{args.pg_schema}_{n}") if not args.reuse else
+         f"{args.pg_url}?options=-csearch_path%3D{args.pg_schema}_{n}")
+    if not args.reuse:
+        data.mkdir(parents=True, exist_ok=True)
+        print("preparing", flush=True)
+        cli(b, data, url, "catalogue", "import", str(manifest), "--json")
+        inject_vectors(data, hashes)
+        cli(b, data, url, "index", "build", "--model", "colorhist", "--index", "flat", "--json")
+    times: dict[str, dict[str, list[float]]] = {"A": {s: [] for s in STEPS}, "B": {s: [] for s in STEPS}}
+    loads: list[float] = []
+    turn = 0
+    for rnd in range(args.rounds):
+        for name, checkout in (("A", a), ("B", b)) if rnd % 2 == 0 else (("B", b), ("A", a)):
+            loads.append(os.getloadavg()[0])
+            base = ["--model", "colorhist", "--index", "flat", "--json"]
+            t, rep = cli(checkout, data, url, "index", "build", *base)
+            assert rep and rep.get("up_to_date"), rep
+            times[name]["noop_build"].append(t)
+            if has_dirs_scope(checkout):
+                times[name]["noop_build_dirs"].append(cli(checkout, data, url, "index", "build", *base,
+                                                          "--rescan-scope", "dirs")[0])
+            times[name]["status"].append(cli(checkout, data, url, "index", "status", "--json")[0])
+            for i in range(10):  # rewritten in place, other files each turn
+                j = 100 + turn * 10 + i
+                (scratch / "images" / f"{j // 10_000:03d}" / f"p{j:07d}.jpg").write_bytes(_jpeg(10 ** 9 + j))
+            turn += 1
+            t, rep = cli(checkout, data, url, "index", "update", "--index", "flat", "--json")
+            assert rep and rep.get("embedded") == 10, rep
+            times[name]["update_10"].append(t)
+            times[name]["reimport"].append(cli(checkout, data, url, "catalogue", "import", str(manifest),
+                                               "--json")[0])
+            print(rnd, name, {k: round(v[-1], 2) for k, v in times[name].items() if v}, flush=True)
+    for j in range(100, 100 + turn * 10):  # the pictures back as generated
+        (scratch / "images" / f"{j // 10_000:03d}" / f"p{j:07d}.jpg").write_bytes(_jpeg(j))
+    med = {k: {s: float(np.median(v)) for s, v in t.items() if v} for k, t in times.items()}
+    ratio = {s: med["B"][s] / med["A"][s] for s in STEPS if s in med["A"] and s in med["B"]}
+    out = Path(args.out) / f"scale_ab_{n}_{args.db}.json"
+    out.write_text(json.dumps({"note": args.note, "size": n, "db": args.db, "a": str(a), "b": str(b),
+                               "rounds": args.rounds, "seconds": times, "median_s": med, "ratio_b_over_a": ratio,
+                               "load_avg_1m": {"min": min(loads), "max": max(loads)},
+                               "machine": machine_info()}, indent=2))
+    print(json.dumps({"median_s": med, "ratio_b_over_a": ratio}, indent=2))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

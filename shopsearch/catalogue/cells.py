@@ -1,0 +1,69 @@
+"""Manifest cells -> values: prices, category paths and image lists as CSV and JSONL rows
+write them (shared by every manifest reader in importers.py)."""
+from __future__ import annotations
+
+import functools
+import json
+from decimal import Decimal, InvalidOperation
+
+#: characters that make an image cell a list (JSON, or paths separated by | or ;)
+_LIST_MARKS = frozenset("[|;")
+
+
+def price(value: object) -> Decimal | None:
+    """A price cell as a Decimal (None when empty); ValueError when it is not a number."""
+    if value in (None, ""):
+        return None
+    try:
+        return Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"price {value!r} is not a number") from None
+
+
+def _json_list(value: object) -> object:
+    """A CSV cell holding a JSON list (`["Home", "Bath/Shower"]`) as that list; else unchanged."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            return value
+        return parsed if isinstance(parsed, list) else value
+    return value
+
+
+def category(value: object) -> tuple[str, ...] | None:
+    """A category cell (`Fruit > Apple`, `Fruit/Apple` or a JSON list of levels) as its levels."""
+    # a manifest names few categories on many rows: each text is parsed once
+    return _category_of_text(value) if isinstance(value, str) else _parse_category(value)
+
+
+@functools.lru_cache(maxsize=8192)
+def _category_of_text(value: str) -> tuple[str, ...] | None:
+    return _parse_category(value)
+
+
+def _parse_category(value: object) -> tuple[str, ...] | None:
+    value = _json_list(value)
+    if value in (None, "", []):
+        return None
+    if isinstance(value, (list, tuple)):  # one level per element, whatever characters it holds
+        parts = [str(v).strip() for v in value]
+    else:
+        text = str(value)
+        parts = [p.strip() for p in (text.split(">") if ">" in text else text.split("/"))]
+    parts = [p for p in parts if p]
+    return tuple(parts) or None
+
+
+def image_list(value: object) -> list[str]:
+    """An image cell (one path, paths separated by | or ;, or a JSON list) as its paths."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str) and not (set(value) & _LIST_MARKS) and value.strip() == value:
+        return [value]  # one plain path: most rows of most manifests
+    value = _json_list(value)
+    if value in (None, ""):
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value if str(v).strip()]
+    return [p.strip() for p in str(value).replace(";", "|").split("|") if p.strip()]
