@@ -64,7 +64,8 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from shopsearch.evaluation.machine import cpu_model
-    from shopsearch.evaluation.throughput import best_precision, grocery_jpegs, pipeline_run, warm_up
+    from shopsearch.embedders.precision import best_precision
+    from shopsearch.evaluation.throughput import grocery_jpegs, pipeline_run, warm_up
     from shopsearch.embedders import load_embedder
     from shopsearch.embedders.torch_base import available_cpus
 
