@@ -122,7 +122,7 @@ def main() -> int:
     tmp = tempfile.TemporaryDirectory(prefix="clip-bench-")
     work = (a.work_dir or Path(tmp.name)).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    photos, ckpt, log = work / "photos", work / "vit-b-32-random.pt", work / "runs.log"
+    photos, ckpt, log = work / f"photos{a.images}", work / "vit-b-32-random.pt", work / "runs.log"
     n = copy_photos(a.images, photos, a.dataset)
     if not ckpt.is_file():
         write_checkpoint(ckpt)
