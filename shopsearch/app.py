@@ -5,6 +5,7 @@ no logic of its own beyond choosing which piece goes with which."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from shopsearch.adapter.model import with_build_adapter
@@ -53,9 +54,9 @@ def model_for_build(settings: Settings, store: IndexStore, spec: str | None = No
         choice = PrecisionChoice(chosen, parse_spec(chosen).precision)
     else:
         serving = store.current_manifest()
-        if serving is not None and names_precision(serving.model_name) \
-                and serving.model_name.rpartition("+")[0] == str(parse_spec(spec)):
-            choice = PrecisionChoice(serving.model_name, parse_spec(serving.model_name).precision)
+        built = parse_spec(serving.model_name) if serving is not None else None
+        if built is not None and str(replace(built, precision="fp32")) == str(parse_spec(spec)):
+            choice = PrecisionChoice(str(built), built.precision)
         else:
             choice = choose_precision(spec, device, settings.models_dir, settings.cache_dir / "precision.json")
     return load_model(settings, choice.spec), choice

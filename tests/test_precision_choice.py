@@ -49,6 +49,13 @@ def test_auto_times_once_per_architecture_then_reads_the_cache(tmp_path, probe):
     assert len(probe.probes) == 2 and len(json.loads(cache.read_text())) == 2
 
 
+def test_a_close_call_is_not_remembered(tmp_path, probe, monkeypatch):
+    monkeypatch.setattr(precision, "faster_precision", lambda *a, **k: ("bf16", {"fp32": 10.5, "bf16": 10.0}))
+    cache = tmp_path / "precision.json"
+    assert precision.choose_precision("efficientnet-lite0", "cpu", None, cache).precision == "bf16"
+    assert not cache.exists()
+
+
 def test_auto_has_nothing_to_time_without_bf16_or_with_a_named_precision(tmp_path, probe, monkeypatch):
     cache = tmp_path / "precision.json"
     assert precision.choose_precision("efficientnet-lite0+fp32", "cpu", None, cache).spec == "efficientnet-lite0+fp32"
@@ -75,8 +82,12 @@ def test_index_build_model_precision(tmp_path, probe, monkeypatch):
     assert (tmp_path / "cache" / "precision.json").is_file()
     fp32_serving = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="openclip:ViT-B-32@/w.pt+fp32"))
     assert app.model_for_build(settings, fp32_serving, "openclip:ViT-B-32@/w.pt", "auto")[0] == \
-        "openclip:ViT-B-32@/w.pt+fp32"
+        "openclip:ViT-B-32@/w.pt"  # fp32: the spec without a suffix
+    fp32_plain = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="openclip:ViT-B-32@/w.pt"))
+    assert app.model_for_build(settings, fp32_plain, "openclip:ViT-B-32@/w.pt", "auto")[0] == "openclip:ViT-B-32@/w.pt"
     assert len(probe.probes) == 1
+    other = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="colorhist"))
+    assert app.model_for_build(settings, other, "openclip:ViT-B-32@/w.pt", "auto")[0] == "openclip:ViT-B-32@/w.pt+bf16"
 
 
 def test_precision_setting_is_checked():

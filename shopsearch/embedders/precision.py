@@ -104,6 +104,16 @@ class PrecisionChoice:
     cached: bool = False
 
 
+#: the probe's answer is remembered only when the winner was at least this much faster: a close
+#: call (or one skewed by other jobs on the cores) is measured again at the next build
+DECISIVE = 1.15
+
+
+def _decisive(probe_ms: dict[str, float]) -> bool:
+    times = sorted(probe_ms.values())
+    return len(times) < 2 or times[1] >= DECISIVE * times[0]
+
+
 def _family(model: str) -> str:
     """What the speed depends on: the architecture, not the weights."""
     spec = parse_spec(model)
@@ -139,8 +149,8 @@ def choose_precision(model: str, device: str, models_dir: Path | None, cache_fil
                      batch: int = 8) -> PrecisionChoice:
     """The spec "auto" precision runs `model` in on `device`: fp32 where there is nothing to choose
     (a GPU, a CPU without bf16, a spec naming its precision), else the faster of fp32 and bf16 on a
-    batch of `batch` inputs, remembered in `cache_file` (int8 needs a calibration and compiles:
-    ask for it by name). The loser is unloaded again."""
+    batch of `batch` inputs, remembered in `cache_file` when the margin is decisive (int8 needs a
+    calibration and compiles: ask for it by name). The loser is unloaded again."""
     candidates = precision_candidates(model, device, models_dir, int8=False)
     if len(candidates) < 2:
         return PrecisionChoice(model if names_precision(model) else with_precision(model, "fp32", device),
@@ -161,7 +171,7 @@ def choose_precision(model: str, device: str, models_dir: Path | None, cache_fil
     for prec in candidates:
         if prec != choice:
             evict(with_precision(model, prec, device), device, models_dir)
-    if cache_file is not None:
+    if cache_file is not None and _decisive(probe):
         table[key] = {"precision": choice, "probe_ms": probe, "batch": batch,
                       "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         try:
