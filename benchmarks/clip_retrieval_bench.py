@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -78,14 +79,17 @@ def copy_photos(n: int, dest: Path, dataset: Path) -> int:
     return len(paths)
 
 
-def timed(cmd: list[str], env: dict[str, str], log: Path, stdout: Path | None = None) -> float:
-    """Wall seconds of `cmd`; its stderr (and stdout, unless `stdout` names a file for it) go to `log`."""
+def timed(cmd: list[str], env: dict[str, str], log: Path, stdout: Path | None = None) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, its child processes included) of `cmd`; its
+    stderr (and stdout, unless `stdout` names a file for it) go to `log`. Under load the CPU
+    seconds compare better than the wall clock."""
     with open(log, "ab") as fh, open(stdout or os.devnull, "wb") as out:
         fh.write(("\n$ " + " ".join(cmd) + "\n").encode())
         fh.flush()
-        t0 = time.perf_counter()
+        r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stdout=out if stdout else fh, stderr=fh, cwd=REPO)
-        return time.perf_counter() - t0
+        r1, t1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        return t1 - t0, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
 
 
 def cpu_info() -> dict:
@@ -143,25 +147,46 @@ def main() -> int:
             load = os.getloadavg()[0]
             if model is None:
                 out = work / f"cr-out-{r}"
-                secs = timed([str(exe), "inference", "--input_dataset", str(photos), "--output_folder", str(out),
-                              "--input_format", "files", "--enable_text", "False", "--clip_model",
-                              f"open_clip:ViT-B-32/{ckpt}", "--batch_size", str(cr_batch),
-                              "--num_prepro_workers", workers], env, log)
-                runs[tool].append({"round": r, "wall_s": round(secs, 2), "loadavg_1m_before": round(load, 2)})
+                secs, cpu = timed([str(exe), "inference", "--input_dataset", str(photos), "--output_folder",
+                                   str(out), "--input_format", "files", "--enable_text", "False", "--clip_model",
+                                   f"open_clip:ViT-B-32/{ckpt}", "--batch_size", str(cr_batch),
+                                   "--num_prepro_workers", workers], env, log)
+                runs[tool].append({"round": r, "wall_s": round(secs, 2), "cpu_s": round(cpu, 1),
+                                   "loadavg_1m_before": round(load, 2)})
             else:
                 data = work / f"data-{tool}-{r}"
-                imp = timed([*shop, "--data-dir", str(data), "catalogue", "import", str(photos), "--format",
-                             "imagefolder", "--json"], env, log)
+                imp, _ = timed([*shop, "--data-dir", str(data), "catalogue", "import", str(photos), "--format",
+                                "imagefolder", "--json"], env, log)
                 report = data / "build.json"
-                secs = timed([*shop, "--data-dir", str(data), "index", "build", "--model", model, "--json"], env, log,
-                             report)
+                secs, cpu = timed([*shop, "--data-dir", str(data), "index", "build", "--model", model, "--json"],
+                                  env, log, report)
                 built = json.loads(report.read_text())
-                runs[tool].append({"round": r, "wall_s": round(secs, 2), "import_s": round(imp, 2),
+                runs[tool].append({"round": r, "wall_s": round(secs, 2), "cpu_s": round(cpu, 1),
+                                   "import_s": round(imp, 2),
                                    "embed_s": built.get("seconds"), "model": built.get("model"),
                                    "loadavg_1m_before": round(load, 2)})
-            print(f"round {r} {tool}: {secs:.1f} s (load {load:.2f})", flush=True)
+            print(f"round {r} {tool}: {secs:.1f} s, {cpu:.1f} CPU s (load {load:.2f})", flush=True)
+            write(a.out, summary(runs, n, cr_batch, workers, a, info, load_before, done=False))
+    result = summary(runs, n, cr_batch, workers, a, info, load_before, done=True)
+    write(a.out, result)
+    print(json.dumps(result, indent=2))
+    tmp.cleanup()
+    return 0
+
+
+def write(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def summary(runs: dict[str, list[dict]], n: int, cr_batch: int, workers: str, a: argparse.Namespace, info: dict,
+            load_before: list[float], done: bool) -> dict:
+    """The result file's content: after every run (done=False: the rounds so far), then complete."""
+    runs = {t: v for t, v in runs.items() if v}
     med = {t: statistics.median(x["wall_s"] for x in v) for t, v in runs.items()}
-    result = {
+    cpu = {t: statistics.median(x["cpu_s"] for x in v) for t, v in runs.items()}
+    base = "clip-retrieval"
+    return {
         "benchmark": "clip_retrieval_vs_shopsearch", "images": n, "source": "grocerystore photos (train, then test)",
         "model": "OpenCLIP ViT-B-32, random weights (seed 0), one checkpoint file for both tools",
         "clip_retrieval": {"version": CLIP_RETRIEVAL, "batch_size": cr_batch, "num_prepro_workers": int(workers),
@@ -169,25 +194,23 @@ def main() -> int:
         "shopsearch": {"command": "shopsearch index build (defaults, so --precision auto; catalogue import timed "
                                   "apart as import_s; embed_s: the build's own embedding seconds)"},
         "rounds": a.rounds, "order": "alternating, one run of each tool per round, fresh output/data dir each run",
+        **({} if done else {"partial": f"written after each run: {sum(map(len, runs.values()))} runs so far"}),
         "runs": runs, "median_wall_s": {t: round(v, 2) for t, v in med.items()},
-        "speedup_vs_clip_retrieval": {t: round(med["clip-retrieval"] / v, 2) for t, v in med.items()
-                                      if t != "clip-retrieval"},
+        "median_cpu_s": {t: round(v, 1) for t, v in cpu.items()},
+        "speedup_vs_clip_retrieval": {t: round(med[base] / v, 2) for t, v in med.items() if base in med and t != base},
         "speedup_vs_clip_retrieval_with_import": {
-            t: round(med["clip-retrieval"] / statistics.median(x["wall_s"] + x["import_s"] for x in v), 2)
-            for t, v in runs.items() if t != "clip-retrieval"},
+            t: round(med[base] / statistics.median(x["wall_s"] + x["import_s"] for x in v), 2)
+            for t, v in runs.items() if base in med and t != base},
+        #: CPU seconds barely depend on how many other jobs share the cores: the steadier ratio under load
+        "cpu_ratio_clip_retrieval_over": {t: round(cpu[base] / v, 2) for t, v in cpu.items() if base in cpu and t != base},
         "default_precision_chosen": sorted({x["model"].rpartition("+")[2] if "+" in x["model"] else "fp32"
-                                            for x in runs["shopsearch"]}),
+                                            for x in runs.get("shopsearch", [])}),
         "note": a.note,
         "images_per_s": {t: round(n / v, 2) for t, v in med.items()},
         "machine": {**info, "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                     "state": "loaded" if max(load_before[0], os.getloadavg()[0]) > info["cpus"] else "idle"},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    tmp.cleanup()
-    return 0
 
 
 if __name__ == "__main__":
