@@ -56,10 +56,12 @@ def test_a_close_call_is_not_remembered(tmp_path, probe, monkeypatch):
     assert not cache.exists()
 
 
-def test_auto_has_nothing_to_time_without_bf16_or_with_a_named_precision(tmp_path, probe, monkeypatch):
+def test_auto_has_nothing_to_time_on_gpus_without_bf16_cpus_or_with_a_named_precision(tmp_path, probe, monkeypatch):
     cache = tmp_path / "precision.json"
     assert precision.choose_precision("efficientnet-lite0+fp32", "cpu", None, cache).spec == "efficientnet-lite0+fp32"
-    assert precision.choose_precision("efficientnet-lite0", "cuda", None, cache).spec == "efficientnet-lite0"
+    assert precision.choose_precision("efficientnet-lite0", "cuda", None, cache).spec == "efficientnet-lite0"  # no bf16
+    monkeypatch.setattr(precision, "best_precision", lambda device: "bf16")  # a GPU with bf16: no probe either
+    assert precision.choose_precision("efficientnet-lite0", "cuda", None, cache).spec == "efficientnet-lite0+bf16"
     assert precision.choose_precision("colorhist", "cpu", None, cache).spec == "colorhist"
     monkeypatch.setattr(precision, "best_precision", lambda device: "fp32")  # an AVX2-only CPU
     assert precision.choose_precision("openclip:ViT-B-32", "cpu", None, cache) == \

@@ -147,12 +147,13 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
                    "append +bf16, +fp32 or +int8 to fix the precision (else --precision decides)")
 @click.option("--precision", envvar="SHOPSEARCH_PRECISION", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
               default="auto", show_default=True,
-              help="Precision when the model spec names none. auto: fp32 on GPUs and on CPUs without bf16; on "
+              help="Precision when the model spec names none. auto: bf16 on GPUs that have it, fp32 on CPUs without; on "
                    "CPUs with AVX512-BF16 or AMX, a batch of 8 is timed in fp32 and in bf16 (weights converted "
                    "to bfloat16 once, at load) and the faster kept, remembered per model architecture, CPU and "
                    "torch version under ~/.cache/shopsearch (SHOPSEARCH_CACHE_DIR); a serving build of the same "
-                   "model keeps its precision. Measured on a 2-core AMD EPYC with AVX512-BF16: bf16 wins for "
-                   "ViT-B-32 and EfficientNet-Lite0 (benchmarks/RESULTS.md, bf16_*_epyc_bf16_*).")
+                   "model keeps its precision. What the choice rests on, measured end to end on a 2-core AMD "
+                   "EPYC with AVX512-BF16 (no AMX) for ViT-B-32 and EfficientNet-Lite0: benchmarks/RESULTS.md, "
+                   "bf16_*_epyc_bf16_* and clip_retrieval_vs_shopsearch_epyc_bf16_*.")
 @click.option("--shadow", is_flag=True,
               help="Build beside the serving build without serving it: compare the two with `index compare`, "
                    "then `index promote` it (or build another).")

@@ -147,14 +147,14 @@ def _probe_batch(model: str, device: str, models_dir: Path | None, n: int) -> np
 
 def choose_precision(model: str, device: str, models_dir: Path | None, cache_file: Path | None,
                      batch: int = 8) -> PrecisionChoice:
-    """The spec "auto" precision runs `model` in on `device`: fp32 where there is nothing to choose
-    (a GPU, a CPU without bf16, a spec naming its precision), else the faster of fp32 and bf16 on a
+    """The spec "auto" precision runs `model` in on `device`: a spec naming its precision as named,
+    bf16 on a GPU that has it, fp32 on a CPU without bf16, else the faster of fp32 and bf16 on a
     batch of `batch` inputs, remembered in `cache_file` when the margin is decisive (int8 needs a
     calibration and compiles: ask for it by name). The loser is unloaded again."""
     candidates = precision_candidates(model, device, models_dir, int8=False)
-    if len(candidates) < 2:
-        return PrecisionChoice(model if names_precision(model) else with_precision(model, "fp32", device),
-                               parse_spec(model).precision)
+    if len(candidates) < 2:  # nothing to time: GPUs run bf16 where they have it, CPUs without bf16 fp32
+        chosen = with_precision(model, "auto" if device.startswith("cuda") else "fp32", device)
+        return PrecisionChoice(chosen, parse_spec(chosen).precision)
     key = f"{_family(model)}|{_machine_key(device)}"
     table: dict = {}
     if cache_file is not None and cache_file.is_file():
