@@ -36,7 +36,7 @@ def test_auto_times_once_per_architecture_then_reads_the_cache(tmp_path, probe):
     first = precision.choose_precision("openclip:ViT-B-32@/w/a.pt", "cpu", None, cache)
     assert first == precision.PrecisionChoice("openclip:ViT-B-32@/w/a.pt+bf16", "bf16",
                                               {"fp32": 20.0, "bf16": 10.0}, cached=False)
-    assert probe.probes == [("openclip:ViT-B-32@/w/a.pt", ("fp32", "bf16"), (8, 3, 8, 8))]
+    assert probe.probes == [("openclip:ViT-B-32@/w/a.pt", ("fp32", "bf16"), (4, 3, 8, 8))]
     assert probe.evicted == ["openclip:ViT-B-32@/w/a.pt"]  # the fp32 model the probe loaded
     (entry,) = json.loads(cache.read_text()).values()
     assert entry["precision"] == "bf16"

@@ -148,7 +148,7 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 @click.option("--precision", envvar="SHOPSEARCH_PRECISION", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
               default="auto", show_default=True,
               help="Precision when the model spec names none. auto: bf16 on GPUs that have it, fp32 on CPUs without; on "
-                   "CPUs with AVX512-BF16 or AMX, a batch of 8 is timed in fp32 and in bf16 (weights converted "
+                   "CPUs with AVX512-BF16 or AMX, a batch of 4 is timed (best of 2) in fp32 and in bf16 (weights converted "
                    "to bfloat16 once, at load) and the faster kept, remembered per model architecture, CPU and "
                    "torch version under ~/.cache/shopsearch (SHOPSEARCH_CACHE_DIR); a serving build of the same "
                    "model keeps its precision. What the choice rests on, measured end to end on a 2-core AMD "
@@ -178,7 +178,7 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
     store = c.index_store()
     embedder, choice = model_for_build(c.settings, store, model, precision)
     if choice.probe_ms:
-        click.echo(f"precision auto: {choice.precision} (ms per batch of 8: "
+        click.echo(f"precision auto: {choice.precision} (ms per probe batch: "
                    + ", ".join(f"{k} {v}" for k, v in choice.probe_ms.items())
                    + ("; measured earlier on this machine" if choice.cached else "") + ")", err=True)
     if shadow:

@@ -146,7 +146,7 @@ def _probe_batch(model: str, device: str, models_dir: Path | None, n: int) -> np
 
 
 def choose_precision(model: str, device: str, models_dir: Path | None, cache_file: Path | None,
-                     batch: int = 8) -> PrecisionChoice:
+                     batch: int = 4) -> PrecisionChoice:
     """The spec "auto" precision runs `model` in on `device`: a spec naming its precision as named,
     bf16 on a GPU that has it, fp32 on a CPU without bf16, else the faster of fp32 and bf16 on a
     batch of `batch` inputs, remembered in `cache_file` when the margin is decisive (int8 needs a
@@ -167,7 +167,7 @@ def choose_precision(model: str, device: str, models_dir: Path | None, cache_fil
         return PrecisionChoice(with_precision(model, hit["precision"], device), hit["precision"],
                                hit.get("probe_ms"), cached=True)
     x = _probe_batch(model, device, models_dir, batch)
-    choice, probe = faster_precision(model, device, x, models_dir, candidates, rounds=3)
+    choice, probe = faster_precision(model, device, x, models_dir, candidates, rounds=2)
     for prec in candidates:
         if prec != choice:
             evict(with_precision(model, prec, device), device, models_dir)
