@@ -59,16 +59,21 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None, help="default: tuned (as index build)")
     ap.add_argument("--no-autocast", action="store_true", help="skip the autocast comparison")
+    ap.add_argument("--int8", action="store_true",
+                    help="also MODEL+int8 (needs `shopsearch model quantize` run on SHOPSEARCH_DATA_DIR first)")
+    ap.add_argument("--note", default="", help="free text stored with the result (e.g. idle or loaded)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from shopsearch.evaluation.machine import cpu_model
-    from shopsearch.evaluation.throughput import best_precision, grocery_jpegs, pipeline_run, warm_up
+    from shopsearch.embedders.precision import best_precision
+    from shopsearch.evaluation.throughput import DEFAULT_GROCERY, grocery_jpegs, pipeline_run, warm_up
     from shopsearch.embedders import load_embedder
     from shopsearch.embedders.torch_base import available_cpus
 
-    paths = grocery_jpegs(a.images)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    paths = grocery_jpegs(a.images, Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", DEFAULT_GROCERY)))
     if not paths:
         raise SystemExit("no Grocery Store photos found (set SHOPSEARCH_GROCERY_DIR)")
     for p in paths:
@@ -76,8 +81,12 @@ def main() -> int:
     variants = {"fp32": load_embedder(a.model, "cpu"), "bf16": load_embedder(f"{a.model}+bf16", "cpu")}
     if not a.no_autocast:
         variants["autocast"] = autocast_embedder(a.model)
+    if a.int8:
+        from shopsearch.config import Settings
+
+        variants["int8"] = load_embedder(f"{a.model}+int8", "cpu", Settings.from_env().models_dir)
     for emb in variants.values():
-        warm_up(emb, paths, 8)
+        warm_up(emb, paths, 16)  # the pipeline's batch: int8 compiles for it here, untimed
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     with tempfile.TemporaryDirectory(prefix="bf16-bench-") as tmp:
         for r in range(a.rounds):
@@ -100,11 +109,14 @@ def main() -> int:
         "median_images_per_s": {k: round(v, 2) for k, v in med.items()},
         "ratio_bf16_over_fp32": round(med["bf16"] / med["fp32"], 2),
         **({"ratio_bf16_over_autocast": round(med["bf16"] / med["autocast"], 2)} if "autocast" in med else {}),
+        **({"ratio_int8_over_fp32": round(med["int8"] / med["fp32"], 2)} if "int8" in med else {}),
+        "note": a.note,
         #: CPU time barely depends on how many other jobs share the cores: the steadier ratio
         "median_cpu_s_per_image": cpu,
         "ratio_cpu_s_per_image_fp32_over_bf16": round(cpu["fp32"] / cpu["bf16"], 2),
         "runs": runs,
         "machine": {"cpu": cpu_model(), "cpus": available_cpus(), "bf16_cpu": best_precision("cpu") == "bf16",
+                    "loadavg_before": load_before,
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                     "note": ("load average above the core count: compare the ratios, measured in one run, "
                              "rather than the absolute figures" if os.getloadavg()[0] > available_cpus()

@@ -5,6 +5,7 @@ no logic of its own beyond choosing which piece goes with which."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from shopsearch.adapter.model import with_build_adapter
@@ -12,8 +13,9 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.centring import DomainCentring, build_centring
 from shopsearch.config import Settings
 from shopsearch.confidence import Calibration, load_calibration, scoring_key
-from shopsearch.embedders import load_embedder
+from shopsearch.embedders import load_embedder, parse_spec, resolve_device
 from shopsearch.embedders.base import Embedder
+from shopsearch.embedders.precision import PrecisionChoice, choose_precision, names_precision, with_precision
 from shopsearch.errors import ConfigError
 from shopsearch.index.store import IndexStore
 from shopsearch.index.faiss_gpu import gpu_available
@@ -36,6 +38,28 @@ def load_model(settings: Settings, spec: str | None = None) -> Embedder:
     models and int8 calibrations are looked up in settings.models_dir. Loaded once per
     process: the same spec, device and models folder give the same object."""
     return load_embedder(spec or settings.model, settings.device, settings.models_dir)
+
+
+def model_for_build(settings: Settings, store: IndexStore, spec: str | None = None,
+                    precision: str | None = None) -> tuple[Embedder, PrecisionChoice]:
+    """The embedder an index build runs: `spec` (default settings.model) in `precision` (default
+    settings.precision) when the spec names none. "auto" keeps the serving build's precision for
+    the same model (its vectors stay reusable), else times fp32 against bf16 once per machine
+    (the answer kept under settings.cache_dir)."""
+    spec = spec or settings.model
+    precision = precision or settings.precision
+    device = resolve_device(settings.device)
+    if names_precision(spec) or precision != "auto":
+        chosen = with_precision(spec, precision, device)  # a suffix in the spec wins
+        choice = PrecisionChoice(chosen, parse_spec(chosen).precision)
+    else:
+        serving = store.current_manifest()
+        built = parse_spec(serving.model_name) if serving is not None else None
+        if built is not None and str(replace(built, precision="fp32")) == str(parse_spec(spec)):
+            choice = PrecisionChoice(str(built), built.precision)
+        else:
+            choice = choose_precision(spec, device, settings.models_dir, settings.cache_dir / "precision.json")
+    return load_model(settings, choice.spec), choice
 
 
 def embedder_for_index(settings: Settings, store: IndexStore, model: str | None = None) -> Embedder:

@@ -14,6 +14,7 @@ from typing import Mapping
 from shopsearch.errors import ConfigError
 
 COMPILE_MODES = ("auto", "on", "off")
+PRECISION_MODES = ("auto", "fp32", "bf16", "int8")
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None, kind: type = int, minimum: float = 0,
@@ -43,6 +44,14 @@ def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "off", "false", "no"):
         return False
     raise ConfigError(f"{name} must be on or off, not {raw!r}")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    """One of `allowed` (default when unset or empty); ConfigError naming the variable otherwise."""
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -86,10 +95,7 @@ class PipelineSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "PipelineSettings":
-        mode = (env.get("SHOPSEARCH_COMPILE") or "auto").strip().lower()
-        if mode not in COMPILE_MODES:
-            raise ConfigError(f"SHOPSEARCH_COMPILE must be one of {', '.join(COMPILE_MODES)}, not {mode!r}")
-        return cls(compile=mode)
+        return cls(compile=_choice(env, "SHOPSEARCH_COMPILE", "auto", COMPILE_MODES))
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,11 @@ class Settings:
     database_url: str | None = None
     model: str = "auto"
     device: str = "auto"
+    #: the precision `index build` runs a model in when its spec names none: "auto" (the faster of
+    #: fp32 and bf16, timed once per machine, where the CPU has bf16; else fp32) | fp32 | bf16 | int8
+    precision: str = "auto"
+    #: per-user files that outlive any one data dir (the precision "auto" chose on this machine)
+    cache_dir: Path = field(default_factory=lambda: Path("~/.cache/shopsearch").expanduser())
     image_root: Path | None = None
     #: FAISS search on the GPU: "auto" (when faiss-gpu sees one and device is not cpu), "on", "off"
     faiss_gpu: str = "auto"
@@ -156,6 +167,9 @@ class Settings:
             database_url=env.get("SHOPSEARCH_DATABASE_URL") or None,
             model=env.get("SHOPSEARCH_MODEL", "auto"),
             device=env.get("SHOPSEARCH_DEVICE", "auto"),
+            precision=_choice(env, "SHOPSEARCH_PRECISION", "auto", PRECISION_MODES),
+            cache_dir=Path(env.get("SHOPSEARCH_CACHE_DIR") or Path(env.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+                           / "shopsearch"),
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
             torch_threads=int(_number(env, "SHOPSEARCH_TORCH_THREADS", 0) or 0),
             pipeline=PipelineSettings.from_env(env),

@@ -7,6 +7,9 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# index builds in tests compare their vectors with fp32 embedders': the product default "auto" would
+# time bf16 against fp32 on CPUs that have bf16 (tests/test_precision_choice.py covers that choice)
+os.environ.setdefault("SHOPSEARCH_PRECISION", "fp32")
 
 import numpy as np
 import pytest

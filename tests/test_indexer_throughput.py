@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
-from shopsearch.evaluation.throughput import fp32_spec, with_precision
+from shopsearch.embedders.precision import with_precision
+from shopsearch.evaluation.throughput import fp32_spec
 from tests.conftest import make_image
 
 
@@ -38,7 +39,7 @@ def test_precision_specs():
 # precision auto on a CPU with bf16: both precisions are timed and the faster is kept (and said)
 @pytest.mark.slow
 def test_bench_throughput_auto_precision_reports_its_probe(tmp_path):
-    from shopsearch.evaluation.throughput import best_precision
+    from shopsearch.embedders.precision import best_precision
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -63,21 +64,21 @@ def test_auto_times_int8_only_where_a_calibration_exists(tmp_path, monkeypatch):
     precision, a GPU and colorhist leave nothing to choose."""
     from shopsearch.embedders import torch_base
     from shopsearch.embedders.int8 import calibration_path
-    from shopsearch.evaluation import throughput
+    from shopsearch.embedders import precision
 
-    monkeypatch.setattr(throughput, "best_precision", lambda device: "fp32")  # an AVX2-only CPU
+    monkeypatch.setattr(precision, "best_precision", lambda device: "fp32")  # an AVX2-only CPU
     monkeypatch.setattr(torch_base, "cxx_available", lambda: True)
     models = tmp_path / "models"
-    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32",)
+    assert precision.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32",)
     path = calibration_path("efficientnet-lite0", models)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"calibration")
-    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32", "int8")
-    assert throughput.precision_candidates("openclip:ViT-B-32", "cpu", models) == ("fp32",)  # not quantized
-    assert throughput.precision_candidates("efficientnet-lite0+fp32", "cpu", models) == ("fp32",)
-    assert throughput.precision_candidates("efficientnet-lite0", "cuda", models) == ("fp32",)
-    assert throughput.precision_candidates("colorhist", "cpu", models) == ("fp32",)
+    assert precision.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32", "int8")
+    assert precision.precision_candidates("openclip:ViT-B-32", "cpu", models) == ("fp32",)  # not quantized
+    assert precision.precision_candidates("efficientnet-lite0+fp32", "cpu", models) == ("fp32",)
+    assert precision.precision_candidates("efficientnet-lite0", "cuda", models) == ("fp32",)
+    assert precision.precision_candidates("colorhist", "cpu", models) == ("fp32",)
     monkeypatch.setattr(torch_base, "cxx_available", lambda: False)
-    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32",)
-    monkeypatch.setattr(throughput, "best_precision", lambda device: "bf16")
-    assert throughput.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32", "bf16")
+    assert precision.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32",)
+    monkeypatch.setattr(precision, "best_precision", lambda device: "bf16")
+    assert precision.precision_candidates("efficientnet-lite0", "cpu", models) == ("fp32", "bf16")

@@ -148,9 +148,16 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 @index.command("build")
 @click.option("--model", envvar="SHOPSEARCH_MODEL", default="auto", show_default=True,
               help="efficientnet-lite0 | openclip:ARCH/PRETRAINED | openclip:ARCH@CHECKPOINT | colorhist | auto; "
-                   "append +bf16 for bfloat16: weights converted once; faster on CPUs with AMX/AVX512-BF16 and on "
-                   "GPUs (`shopsearch bench throughput` times both on this machine; measured ratios in "
-                   "benchmarks/RESULTS.md)")
+                   "append +bf16, +fp32 or +int8 to fix the precision (else --precision decides)")
+@click.option("--precision", envvar="SHOPSEARCH_PRECISION", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
+              default="auto", show_default=True,
+              help="Precision when the model spec names none. auto: bf16 on GPUs that have it, fp32 on CPUs without; on "
+                   "CPUs with AVX512-BF16 or AMX, a batch of 4 is timed (best of 2) in fp32 and in bf16 (weights converted "
+                   "to bfloat16 once, at load) and the faster kept, remembered per model architecture, CPU and "
+                   "torch version under ~/.cache/shopsearch (SHOPSEARCH_CACHE_DIR); a serving build of the same "
+                   "model keeps its precision. What the choice rests on, measured end to end on a 2-core AMD "
+                   "EPYC with AVX512-BF16 (no AMX) for ViT-B-32 and EfficientNet-Lite0: benchmarks/RESULTS.md, "
+                   "bf16_*_epyc_bf16_* and clip_retrieval_vs_shopsearch_epyc_bf16_*.")
 @click.option("--shadow", is_flag=True,
               help="Build beside the serving build without serving it: compare the two with `index compare`, "
                    "then `index promote` it (or build another).")
@@ -163,15 +170,21 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
                    "the searches logged with this model).")
 @_perf_options
 @pass_ctx
-def build_cmd(c: Ctx, model: str, shadow: bool, centre: str, centre_sample: str | None, index_type: str, batch_size: int | None, workers: int | None, executor: str,
+def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, centre_sample: str | None, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
               ray_actors: int | None, force: bool, rescan_scope: str) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build
     (nothing, and "up to date", when the serving build already holds exactly these images)."""
     _writer(c, wait, "index build")
-    embedder = c.model(model)
+    from shopsearch.app import model_for_build
+
     store = c.index_store()
+    embedder, choice = model_for_build(c.settings, store, model, precision)
+    if choice.probe_ms:
+        click.echo(f"precision auto: {choice.precision} (ms per probe batch: "
+                   + ", ".join(f"{k} {v}" for k, v in choice.probe_ms.items())
+                   + ("; measured earlier on this machine" if choice.cached else "") + ")", err=True)
     if shadow:
         from shopsearch.index.shadow import ShadowTarget
 

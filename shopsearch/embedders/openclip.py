@@ -7,11 +7,13 @@ drawn from a fixed seed, for tests and throughput benchmarks only.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -57,6 +59,31 @@ def hf_offline() -> bool:
         return bool(constants.HF_HUB_OFFLINE)
     except ImportError:
         return False
+
+
+@contextlib.contextmanager
+def skipped_init(skip: bool) -> Iterator[None]:
+    """With `skip`, torch.nn.init's fills do nothing while a model is built: weights about to be
+    overwritten by a checkpoint (open_clip loads it strictly: every parameter and persistent
+    buffer) need no random draw, which took longer than reading the file."""
+    if not skip:
+        yield
+        return
+    from torch.nn import init
+
+    names = [n for n in dir(init) if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))]
+    saved = {n: getattr(init, n) for n in names}
+    try:
+        for n in names:
+            setattr(init, n, _keep)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
+def _keep(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+    return tensor
 
 
 def _open_clip():
@@ -190,7 +217,7 @@ def load_openclip(
         weights_id = f"random-init-seed{RANDOM_SEED}-UNTRAINED-not-for-search"
 
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), skipped_init(path is not None):
             torch.manual_seed(RANDOM_SEED)
             clip, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=path, **kwargs)
         tokenizer = open_clip.get_tokenizer(arch)

@@ -173,8 +173,8 @@ _cache: dict[tuple[str, str, str], Embedder] = {}
 _lock = threading.RLock()
 
 
-def load_embedder(spec: str = "auto", device: str = "auto", models_dir: Path | None = None) -> Embedder:
-    """Load (once per process, per spec, device and models folder) the embedder a spec names."""
+def _key(spec: str, device: str, models_dir: Path | None) -> tuple[ModelSpec, str, tuple[str, str, str]]:
+    """The parsed spec, the device it runs on and the cache key of one embedder."""
     parsed = parse_spec(spec)
     # int8 runs on CPUs only: "auto" on a GPU machine must still find it (an explicit cuda is refused)
     cpu_only = parsed.kind == "colorhist" or (parsed.precision == "int8" and device == "auto")
@@ -182,7 +182,12 @@ def load_embedder(spec: str = "auto", device: str = "auto", models_dir: Path | N
     # the models folder is part of the key only for the specs that look something up in it, so
     # one model is loaded once whether or not a caller passed the folder
     uses_folder = parsed.kind == "finetuned" or parsed.precision == "int8"
-    key = (str(parsed), dev, str(models_dir or "") if uses_folder else "")
+    return parsed, dev, (str(parsed), dev, str(models_dir or "") if uses_folder else "")
+
+
+def load_embedder(spec: str = "auto", device: str = "auto", models_dir: Path | None = None) -> Embedder:
+    """Load (once per process, per spec, device and models folder) the embedder a spec names."""
+    parsed, dev, key = _key(spec, device, models_dir)
     with _lock:
         if key in _cache:
             return _cache[key]
@@ -209,6 +214,12 @@ def _load_auto(parsed: ModelSpec, device: str, models_dir: Path | None = None) -
     emb = load_embedder(f"efficientnet-lite0{suffix}", device, models_dir)
     log.info("model 'auto' -> efficientnet-lite0 on %s", device)
     return emb
+
+
+def evict(spec: str, device: str = "auto", models_dir: Path | None = None) -> None:
+    """Forget one loaded embedder (load_embedder's key), e.g. the precision a probe did not keep."""
+    with _lock:
+        _cache.pop(_key(spec, device, models_dir)[2], None)
 
 
 def clear_cache() -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from shopsearch.config import GpuTuning, Settings
 from shopsearch.embedders import load_embedder, parse_spec, resolve_device
 from shopsearch.embedders.base import Embedder
+from shopsearch.embedders.precision import faster_precision, precision_candidates, with_precision
 from shopsearch.evaluation.machine import cpu_model
 
 log = logging.getLogger("shopsearch.bench")
@@ -103,70 +104,14 @@ def synthetic_jpegs(n: int, out_dir: Path, size: tuple[int, int] = (1600, 1200),
     return [j[0] for j in jobs]
 
 
-def best_precision(device: str) -> str:
-    """bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX or AVX512-BF16), else fp32."""
-    if device.startswith("cuda"):
-        import torch
-
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "fp32"
-
-
-def with_precision(model: str, precision: str, device: str) -> str:
-    """The model spec with a precision suffix, unless the spec already names one."""
-    base, plus, suffix = model.rpartition("+")
-    if plus and suffix.lower() in ("fp32", "bf16", "int8"):
-        return model
-    if precision == "auto":
-        precision = "fp32" if parse_spec(model).kind == "colorhist" else best_precision(device)
-    return model if precision == "fp32" else f"{model}+{precision}"
-
-
-def _names_precision(model: str) -> bool:
-    return model.rpartition("+")[2].lower() in ("fp32", "bf16", "int8") and "+" in model
-
-
-def precision_candidates(model: str, device: str, models_dir: Path | None) -> tuple[str, ...]:
-    """What precision "auto" times on a CPU: fp32, bf16 where the CPU runs it natively, and int8
-    where this model has a calibration (`shopsearch model quantize`) and inductor can compile it.
-    One candidate means nothing to time."""
-    if device != "cpu" or parse_spec(model).kind == "colorhist" or _names_precision(model):
-        return ("fp32",)
-    out = ["fp32"]
-    if best_precision(device) == "bf16":
-        out.append("bf16")
-    from shopsearch.embedders.int8 import calibration_path
-    from shopsearch.embedders.torch_base import cxx_available
-
-    if models_dir is not None and cxx_available() and calibration_path(str(parse_spec(model)), models_dir).is_file():
-        out.append("int8")
-    return tuple(out)
-
-
 def _faster_precision(model: str, device: str, paths: Sequence[Path], models_dir: Path,
                       candidates: Sequence[str] = ("fp32", "bf16"), batch: int = 16) -> tuple[str, dict[str, float]]:
-    """No precision is the fastest for every model on every CPU (bf16: small ops, weight layouts;
-    int8: AVX2 kernels): time a batch of `batch` images in each candidate, interleaved, best of 4
-    (after one untimed call: int8 compiles there), and keep the fastest; returns (the choice, ms
-    per batch of each)."""
+    """precision.faster_precision on a batch of `batch` of the benchmark's own photos."""
     from shopsearch.embedding.items import decode_source
 
-    embs = {prec: load_embedder(with_precision(model, prec, device), device, models_dir) for prec in candidates}
-    x = np.stack([embs["fp32"].preprocess(decode_source(str(p))) for p in paths[:batch]])
-    best_t = {prec: float("inf") for prec in embs}
-    for emb in embs.values():
-        emb.encode_batch(x)  # lazy initialisation, kernel choice, int8's compilation: not timed
-    for _ in range(4):  # interleaved, best of 4 each: robust to other jobs sharing the cores
-        for prec, emb in embs.items():
-            t0 = time.perf_counter()
-            emb.encode_batch(x)
-            best_t[prec] = min(best_t[prec], time.perf_counter() - t0)
-    log.info("precision probe", extra={k: round(v, 4) for k, v in best_t.items()})
-    return min(best_t, key=best_t.get), {k: round(v * 1000, 1) for k, v in best_t.items()}  # type: ignore[arg-type]
+    fp32 = load_embedder(with_precision(model, "fp32", device), device, models_dir)
+    x = np.stack([fp32.preprocess(decode_source(str(p))) for p in paths[:batch]])
+    return faster_precision(model, device, x, models_dir, candidates)
 
 
 def fp32_spec(model: str) -> str:
