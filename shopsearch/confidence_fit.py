@@ -42,12 +42,13 @@ NEAR_DUPLICATE_FEATURES = ("score",)
 #: benchmarks/results/confidence_fused_features_val.json): right vs wrong first products far apart
 #: with the head, barely told apart by similarity alone
 FUSED_FEATURES = ("score", "head")
-#: labelled photos with the build's density model (shopsearch.density), fused or not: the score and the
-#: photo's familiarity, chosen on the Grocery Store validation photos in the open set (20% of products
-#: removed, 5 folds by product, AUROC - 2 ECE: benchmarks/results/open_set_density_fused.json): val AUROC
-#: 0.814 against 0.742 with the head's probability too (the head, which never saw a removed product,
-#: is sure of a look-alike's category) and 0.715 for score + head
-DENSITY_FEATURES_CHOSEN = ("score", "density")
+#: labelled photos with the build's density model (shopsearch.density): the score and the photo's
+#: familiarity, chosen on the Grocery Store validation photos in the open set (20% of products removed,
+#: 5 folds by product, AUROC - 2 ECE: benchmarks/results/open_set_density_fused.json, val AUROC 0.814
+#: against 0.715 for score + head; on test 0.738 against 0.743: the val gain did not carry over).
+#: Fused searches keep the head's probability too, as it tells right from wrong first products
+#: (FUSED_FEATURES); with it, the familiarity still lifted val open-set AUROC from 0.715 to 0.742
+DENSITY_FEATURES_BY_PATH = {"plain": ("score", "density"), "fused": ("score", "head", "density")}
 
 
 @dataclass(frozen=True)
@@ -234,8 +235,8 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
     `density`: the model the samples' familiarities came from (kept with a fit that reads them)."""
     fused = bool(samples.head)
     with_density = bool(samples.familiarity) and density is not None
-    names = tuple(query_feature_names or (DENSITY_FEATURES_CHOSEN if with_density else
-                                          FUSED_FEATURES if fused else FEATURES_BY_METHOD[samples.method]))
+    names = tuple(query_feature_names or (DENSITY_FEATURES_BY_PATH["fused" if fused else "plain"] if with_density
+                                          else FUSED_FEATURES if fused else FEATURES_BY_METHOD[samples.method]))
     if any(n not in QUERY_FEATURES for n in names):
         raise ValueError(f"unknown confidence feature in {names}; known: {sorted(QUERY_FEATURES)}")
     if not fused and HEAD_FEATURES & set(names):

@@ -72,9 +72,7 @@ def test_shopper_photos_right_answers_are_strong_or_weak_with_a_fused_labelled_f
     # the catalogue's own photos: every held-out shot has its burst mates, so the fit learns that a
     # right answer scores like a near-duplicate, and a shopper's right answer looks unsure
     loo = calibrate_index(index, product_of, {})
-    # the head's reading of fused searches (with the density model the score and familiarity are chosen)
-    labelled = calibrate_index(index, product_of, {}, labelled=photos(range(KNOWN), 8, seed=11), fusion=fusion,
-                               density=False)
+    labelled = calibrate_index(index, product_of, {}, labelled=photos(range(KNOWN), 8, seed=11), fusion=fusion)
     assert labelled.method == "labelled" and labelled.needs_head
     assert labelled.scoring == scoring_key("off", True)
     fresh = _served(labelled, index, product_of, fusion, photos(range(KNOWN), 8, seed=12))
@@ -157,7 +155,7 @@ def test_open_set_head_never_sees_removed_products():
 
     queries = [OpenSetQuery(q.vector, frozenset({q.product})) for q in photos(range(KNOWN), 3, seed=21)]
     r = evaluate_open_set(index, product_of, {}, queries, 0.25, seed=0, labelled=photos(range(KNOWN), 3, seed=22),
-                          fusion=OpenSetFusion(train, 0.05, fusion.category_of), density=False)
+                          fusion=OpenSetFusion(train, 0.05, fusion.category_of))
     removed = {f"c{p}" for p in range(KNOWN)} - seen[0]
     assert len(seen) == 1 and len(removed) == r.removed_products == 6
     assert r.calibration.needs_head and r.auroc is not None
