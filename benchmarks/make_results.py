@@ -86,6 +86,8 @@ REPRODUCE = [
     "python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore --fused 0.5 \\",
     "    --only head+score:0.1,density+head+score:0.1,density+score:0.1,density+head+lead_mean+score:0.1,\\",
     "density+head+score:0.2 --out benchmarks/results/open_set_density_fused.json",
+    "python benchmarks/open_set_features.py --dataset ../shared/datasets/grocerystore --fused 0.5 \\",
+    "    --only density+head+score:0.1 --out benchmarks/results/open_set_density_fused_served.json  # the demo's",
     "# the demo's confidence: fused features chosen on val photos, then 50 seeded test photos through the service",
     "shopsearch --data-dir var demo --no-serve",
     "SHOPSEARCH_DATA_DIR=var python benchmarks/confidence_fused_features.py ../shared/datasets/grocerystore",
