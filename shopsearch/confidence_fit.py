@@ -48,6 +48,7 @@ FUSED_FEATURES = ("score", "head")
 #: against 0.715 for score + head; on test 0.738 against 0.743: the val gain did not carry over).
 #: Fused searches keep the head's probability too, as it tells right from wrong first products
 #: (FUSED_FEATURES); with it, the familiarity still lifted val open-set AUROC from 0.715 to 0.742
+#: (test: 0.743 -> 0.752, ECE 0.039 -> 0.034; open_set_density_fused_served.json)
 DENSITY_FEATURES_BY_PATH = {"plain": ("score", "density"), "fused": ("score", "head", "density")}
 
 
