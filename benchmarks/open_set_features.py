@@ -47,7 +47,7 @@ NEAR_DUPLICATES = (None, 0.9, 0.85, 0.8)
 LOO_FEATURES = (("score",), ("lead", "score"), ("lead_mean", "score"))
 
 
-def _vectors(paths: list[str], emb, cache: VectorCache) -> dict[str, np.ndarray]:
+def cached_vectors(paths: list[str], emb, cache: VectorCache) -> dict[str, np.ndarray]:
     keys = {p: sha256_file(p) for p in paths}
     embed_items(emb, [WorkItem(k, p) for p, k in keys.items()], cache, progress=sys.stderr.isatty())
     return {p: cache.get_many([k])[0] for p, k in keys.items() if k in cache}
@@ -62,9 +62,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--note", default=None, help="Free text stored with the results (machine load, findings).")
     ap.add_argument("--val-only", action="store_true", help="Choose on validation; no test figures.")
-    ap.add_argument("--only", default=None, metavar="FEATURES:PRIOR",
-                    help="Score just this labelled candidate (e.g. lead_mean+score:0.1, chosen by an earlier "
-                         "--val-only run) on val, then on test.")
+    ap.add_argument("--only", default=None, metavar="FEATURES:PRIOR[,...]",
+                    help="Score just these labelled candidates (e.g. lead_mean+score:0.1, chosen by an earlier "
+                         "--val-only run; several separated by commas) on val, then the best on val on test.")
     ap.add_argument("--fused", type=float, default=None, metavar="WEIGHT",
                     help="Fuse a head trained on the kept products with this weight (the served router's).")
     a = ap.parse_args()
@@ -74,7 +74,7 @@ def main() -> None:
     val, test = (load_dataset(a.dataset, "grocerystore", "iconic+train", s) for s in ("val", "test"))
     gallery = [(p.sku, im.path) for p in val.products for im in p.images]
     finals = () if a.val_only else tuple(test.queries)
-    vecs = _vectors([g for _, g in gallery] + [q.path for q in val.queries + finals], emb, cache)
+    vecs = cached_vectors([g for _, g in gallery] + [q.path for q in val.queries + finals], emb, cache)
     gallery = [(s, g) for s, g in gallery if g in vecs]
     index = VectorIndex(emb.dim, "flat", expected_size=len(gallery))
     index.add(np.arange(len(gallery), dtype=np.int64), np.stack([vecs[g] for _, g in gallery]))
@@ -100,20 +100,17 @@ def main() -> None:
     rows = []
     names_pool = sorted(QUERY_FEATURES) if fusion else sorted(set(QUERY_FEATURES) - HEAD_FEATURES)
     combos = [c for n in range(1, len(names_pool) + 1) for c in itertools.combinations(names_pool, n)]
-    priors_for = None
+    grid = [(names, prior) for names in combos for prior in (PRIORS if not fusion else (0.1, 0.2))]
     if a.only:
-        feats, prior = a.only.split(":")
-        combos, priors_for = [tuple(sorted(feats.split("+")))], (float(prior),)
-    for names in combos:
+        grid = [(tuple(sorted(c.split(":")[0].split("+"))), float(c.split(":")[1])) for c in a.only.split(",")]
+    for names, prior in grid:
         if len(HEAD_FEATURES & set(names)) > 1:
             continue  # one reading of the head at a time
-        for prior in priors_for or (PRIORS if not fusion else (0.1, 0.2)):
-            r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
-                                  labelled_are_queries=True, query_features=names, unknown_prior=prior,
-                                  fusion=fusion)
-            rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
-                         "val_auroc": r.auroc, "val_ece": r.ece})
-            print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
+        r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed, labelled=labelled,
+                              labelled_are_queries=True, query_features=names, unknown_prior=prior, fusion=fusion)
+        rows.append({"source": "labelled", "features": list(names), "unknown_prior": prior,
+                     "val_auroc": r.auroc, "val_ece": r.ece})
+        print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
     # leave-one-out over the gallery: the fit never sees a validation photo
     for near in (NEAR_DUPLICATES if fusion is None and not a.only else ()):
         for names in LOO_FEATURES:

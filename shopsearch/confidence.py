@@ -14,12 +14,13 @@ import logging
 import math
 import os
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from shopsearch.density import DENSITY_FILE, ProductDensity
 from shopsearch.results import SearchResult
 
 log = logging.getLogger("shopsearch.confidence")
@@ -76,21 +77,26 @@ def features(scores: Sequence[float]) -> np.ndarray:
 
 
 #: what a query's first product is judged by (names stored in calibration.json), from its ranked
-#: plain similarities `s` and, on fused searches, the category head's probability `h` of each ranked
-#: product's category: the first product's score, its lead over the second product, its lead over
-#: the mean of the others (a crowd of near-equal products, typical of a photo of something the shop
-#: does not sell, gives a small lead over all of them), and the head's probability of its category
-#: (a head that agrees with retrieval is rarely wrong; it also knows categories look-alikes lack)
-QUERY_FEATURES: dict[str, Callable[[np.ndarray, np.ndarray | None], float]] = {
-    "score": lambda s, h: float(s[0]),
-    "lead": lambda s, h: float(s[0] - (s[1] if len(s) > 1 else 0.0)),
-    "lead_mean": lambda s, h: float(s[0] - (s[1:].mean() if len(s) > 1 else 0.0)),
-    "head": lambda s, h: float(_need_head(h)[0]),
-    "head_log": lambda s, h: float(np.log(max(float(_need_head(h)[0]), 1e-4))),
-    "head_lead": lambda s, h: float(_need_head(h)[0] - (h[1:].max() if len(h) > 1 else 0.0)),
+#: plain similarities `s`, on fused searches the category head's probability `h` of each ranked
+#: product's category, and `m` the photo's familiarity to the catalogue (shopsearch.density): the
+#: first product's score, its lead over the second product, its lead over the mean of the others (a
+#: crowd of near-equal products, typical of a photo of something the shop does not sell, gives a
+#: small lead over all of them), the head's probability of its category (a head that agrees with
+#: retrieval is rarely wrong; it also knows categories look-alikes lack), and how far the photo lies
+#: from every product's photos in units of their spread (`density`: unknown products lie farther)
+QUERY_FEATURES: dict[str, Callable[[np.ndarray, np.ndarray | None, float | None], float]] = {
+    "score": lambda s, h, m: float(s[0]),
+    "lead": lambda s, h, m: float(s[0] - (s[1] if len(s) > 1 else 0.0)),
+    "lead_mean": lambda s, h, m: float(s[0] - (s[1:].mean() if len(s) > 1 else 0.0)),
+    "head": lambda s, h, m: float(_need_head(h)[0]),
+    "head_log": lambda s, h, m: float(np.log(max(float(_need_head(h)[0]), 1e-4))),
+    "head_lead": lambda s, h, m: float(_need_head(h)[0] - (h[1:].max() if len(h) > 1 else 0.0)),
+    "density": lambda s, h, m: _need_density(m),
 }
 #: features that need the category head's probabilities (fused searches only)
 HEAD_FEATURES = frozenset({"head", "head_log", "head_lead"})
+#: features that need the build's density model (density.npz) and the query's vector
+DENSITY_FEATURES = frozenset({"density"})
 
 
 def _need_head(h: np.ndarray | None) -> np.ndarray:
@@ -99,16 +105,24 @@ def _need_head(h: np.ndarray | None) -> np.ndarray:
     return h
 
 
+def _need_density(m: float | None) -> float:
+    if m is None:
+        raise ValueError("this confidence feature needs the photo's familiarity (the build's density model)")
+    return float(m)
+
+
 #: a calibrated probability is an estimate from a finite sample: never shown as certain either way
 CONFIDENCE_RANGE = (0.01, 0.99)
 
 
-def query_features(scores: Sequence[float], names: Sequence[str], head: Sequence[float] | None = None) -> np.ndarray:
+def query_features(scores: Sequence[float], names: Sequence[str], head: Sequence[float] | None = None,
+                   familiarity: float | None = None) -> np.ndarray:
     """The named features of one ranked score list (in the order shown); `head`: the category head's
-    probability of each ranked product's category (fused searches)."""
+    probability of each ranked product's category (fused searches); `familiarity`: the photo's
+    (ProductDensity.familiarity)."""
     s = np.asarray(scores, np.float64)
     h = None if head is None else np.asarray(head, np.float64)
-    return np.array([QUERY_FEATURES[n](s, h) for n in names])
+    return np.array([QUERY_FEATURES[n](s, h, familiarity) for n in names])
 
 
 def scoring_key(rerank: str = "off", fusion: bool = False) -> str:
@@ -137,22 +151,36 @@ class Calibration:
     method: str = "leave-one-out"  # or "labelled": shopper photos with their products
     scoring: str = RAW_SCORING  # the scoring path the samples were scored on (scoring_key)
     near_duplicate: float | None = None  # leave-one-out: same-product photos this similar were left out too
+    #: the catalogue's density model the `density` feature reads (stored beside as density.npz)
+    density: ProductDensity | None = field(default=None, compare=False, repr=False)
 
     @property
     def needs_head(self) -> bool:
         """Whether the first-product model uses the category head (fitted on fused searches)."""
         return bool(HEAD_FEATURES & set(self.query_features))
 
-    def confidence(self, scores: Sequence[float], head: Sequence[float] | None = None
-                   ) -> tuple[float | None, list[float]]:
+    @property
+    def needs_density(self) -> bool:
+        """Whether the first-product model reads the photo's familiarity (the build's density model)."""
+        return bool(DENSITY_FEATURES & set(self.query_features))
+
+    def familiarity(self, vector: np.ndarray | None) -> float | None:
+        """The photo's familiarity to the catalogue when this calibration reads it (else None)."""
+        if not self.needs_density or self.density is None or vector is None:
+            return None
+        return float(self.density.familiarity(vector)[0])
+
+    def confidence(self, scores: Sequence[float], head: Sequence[float] | None = None,
+                   familiarity: float | None = None) -> tuple[float | None, list[float]]:
         """(probability the first product is right, per-product calibrated scores) for ranked plain
-        similarities in the order shown; `head`: the head's probability of each one's category
-        (needed when the calibration uses it: None then answers None)."""
-        if not self.fitted or not scores or (self.needs_head and head is None):
+        similarities in the order shown; `head`: the head's probability of each one's category,
+        `familiarity`: the photo's (needed when the calibration uses them: None then answers None)."""
+        if not self.fitted or not scores or (self.needs_head and head is None) or \
+                (self.needs_density and familiarity is None):
             return None, []
         f = features(scores)
         per_hit = _sigmoid(f @ np.asarray(self.hit[:2]) + self.hit[2])
-        q = query_features(scores, self.query_features, head)
+        q = query_features(scores, self.query_features, head, familiarity)
         top = float(np.clip(_sigmoid(np.asarray(q @ np.asarray(self.top1[:-1]) + self.top1[-1])), *CONFIDENCE_RANGE))
         # the first-product model also knows unknown products; the others are scaled down alike,
         # so that a list whose first item is unlikely does not call a lower one 'possible'
@@ -187,11 +215,11 @@ class Calibration:
             "run `shopsearch index calibrate` with the same search settings"))
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items() if k != "density"}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Calibration":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "density"}
         for k in ("top1", "hit"):
             known[k] = tuple(float(x) for x in known.get(k, ()))
         known["query_features"] = tuple(str(x) for x in known.get("query_features", ("score", "lead")))
@@ -207,16 +235,25 @@ NO_CALIBRATION = Calibration(False, reason="this index build has no calibration 
 
 
 def annotate(result: SearchResult, calibration: Calibration | None, scoring: str = RAW_SCORING,
-             plain_scores: bool = False, head: Sequence[float] | None = None) -> SearchResult:
+             plain_scores: bool = False, head: Sequence[float] | None = None,
+             vector: np.ndarray | None = None) -> SearchResult:
     """The result with `confidence`, `match` and each hit's calibrated score (or the fallback stated);
     `scoring`: the path the hits' scores came from (scoring_key); `plain_scores`: calibrate the
     hits' plain similarities (fused results); `head`: the category head's probability of each hit's
-    category (fused results: a calibration fitted on fused searches uses it)."""
+    category (fused results: a calibration fitted on fused searches uses it); `vector`: the query's
+    vector as searched (a calibration with the `density` feature reads its familiarity)."""
     cal = (calibration or NO_CALIBRATION).for_scoring(scoring)
     if cal.fitted and cal.needs_head and head is None:
         cal = replace(NO_CALIBRATION, reason="the confidence was calibrated with the category head's probabilities, "
                                              "which this search did not compute")
-    conf, per_hit = cal.confidence([h.plain_score if plain_scores else h.score for h in result.hits], head)
+    if cal.fitted and cal.needs_density and (cal.density is None or vector is None):
+        cal = replace(NO_CALIBRATION, reason=(
+            "the confidence was calibrated with the catalogue's density model, which this build lacks "
+            f"({DENSITY_FILE}); run `shopsearch index calibrate --photos`" if cal.density is None else
+            "the confidence was calibrated with the photo's familiarity to the catalogue, which this search "
+            "(not a photo) has none of"))
+    conf, per_hit = cal.confidence([h.plain_score if plain_scores else h.score for h in result.hits], head,
+                                   cal.familiarity(vector))
     hits = tuple(replace(h, calibrated=p) for h, p in zip(result.hits, per_hit)) if per_hit else result.hits
     return replace(result, hits=hits, confidence=conf, match=cal.match(conf), calibration=cal.describe())
 
@@ -224,11 +261,16 @@ def annotate(result: SearchResult, calibration: Calibration | None, scoring: str
 # -- storage beside a build ------------------------------------------------------------------
 def save_calibration(build_dir: Path, cal: Calibration) -> Path:
     """Write calibration.json atomically into a build folder."""
-    path = Path(build_dir) / CALIBRATION_FILE
-    tmp = path.with_name(f".{CALIBRATION_FILE}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(calibration_file(cal)[CALIBRATION_FILE])
-    os.replace(tmp, path)
-    return path
+    files = calibration_file(cal)
+    if DENSITY_FILE not in files:
+        (Path(build_dir) / DENSITY_FILE).unlink(missing_ok=True)  # an older fit's: not this one's
+    for name in sorted(files, key=lambda n: n == CALIBRATION_FILE):  # the density first: never a fit without it
+        path = Path(build_dir) / name
+        tmp = path.with_name(f".{name}.{uuid.uuid4().hex}.tmp")
+        content = files[name]
+        tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
+        os.replace(tmp, path)
+    return Path(build_dir) / CALIBRATION_FILE
 
 
 def load_calibration(build_dir: Path, build_id: str | None = None) -> Calibration:
@@ -247,12 +289,21 @@ def load_calibration(build_dir: Path, build_id: str | None = None) -> Calibratio
                                               "run `shopsearch index calibrate`")
     if cal.fitted and not all(math.isfinite(v) for v in cal.top1 + cal.hit):
         return replace(NO_CALIBRATION, reason="this build's calibration is not usable; run `shopsearch index calibrate`")
+    if cal.needs_density:  # missing or unreadable: annotate states the fallback
+        try:
+            cal = replace(cal, density=ProductDensity.from_bytes((Path(build_dir) / DENSITY_FILE).read_bytes()))
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("density model unreadable", extra={"path": str(Path(build_dir) / DENSITY_FILE), "error": str(e)})
     return cal
 
 
 
-def calibration_file(cal: Calibration) -> dict[str, str]:
-    """The build sidecar (name -> text) that IndexStore.publish writes before the build serves."""
-    return {CALIBRATION_FILE: json.dumps(cal.to_json(), indent=2)}
+def calibration_file(cal: Calibration) -> dict[str, str | bytes]:
+    """The build sidecars (name -> content) that IndexStore.publish writes before the build serves:
+    the calibration, and the density model its `density` feature reads."""
+    files: dict[str, str | bytes] = {CALIBRATION_FILE: json.dumps(cal.to_json(), indent=2)}
+    if cal.density is not None and cal.needs_density:
+        files[DENSITY_FILE] = cal.density.to_bytes()
+    return files
 
 

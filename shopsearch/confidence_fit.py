@@ -21,9 +21,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from shopsearch.confidence import (HEAD_FEATURES, MIN_SAMPLES, NONE_QUANTILE, NONE_RANGE, QUERY_FEATURES,
+from shopsearch.confidence import (DENSITY_FEATURES, HEAD_FEATURES, MIN_SAMPLES, NONE_QUANTILE, NONE_RANGE, QUERY_FEATURES,
                                    RAW_SCORING, RIGHT_KEPT, UNKNOWN_PRIOR, Calibration, features, fit_logistic,
                                    query_features, save_calibration, scoring_key)
+from shopsearch.density import ProductDensity, fit_index_density
 from shopsearch.rerank import RerankingIndex, RerankOptions
 
 log = logging.getLogger("shopsearch.confidence")
@@ -41,6 +42,14 @@ NEAR_DUPLICATE_FEATURES = ("score",)
 #: benchmarks/results/confidence_fused_features_val.json): right vs wrong first products far apart
 #: with the head, barely told apart by similarity alone
 FUSED_FEATURES = ("score", "head")
+#: labelled photos with the build's density model (shopsearch.density): the score and the photo's
+#: familiarity, chosen on the Grocery Store validation photos in the open set (20% of products removed,
+#: 5 folds by product, AUROC - 2 ECE: benchmarks/results/open_set_density_fused.json, val AUROC 0.814
+#: against 0.715 for score + head; on test 0.738 against 0.743: the val gain did not carry over).
+#: Fused searches keep the head's probability too, as it tells right from wrong first products
+#: (FUSED_FEATURES); with it, the familiarity still lifted val open-set AUROC from 0.715 to 0.742
+#: (test: 0.743 -> 0.752, ECE 0.039 -> 0.034; open_set_density_fused_served.json)
+DENSITY_FEATURES_BY_PATH = {"plain": ("score", "density"), "fused": ("score", "head", "density")}
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,8 @@ class Samples:
     method: str = "leave-one-out"  # or "labelled"
     head: tuple[tuple[float, ...], ...] = ()  # fused: parallel to ranked
     left_out_head: tuple[tuple[float, ...], ...] = ()  # fused: parallel to left_out
+    familiarity: tuple[float, ...] = ()  # with a density model: each query's, parallel to ranked
+    left_out_familiarity: tuple[float, ...] = ()  # ... its product left out of the model, parallel to left_out
 
 
 @dataclass(frozen=True)
@@ -175,10 +186,12 @@ def without_category(probs: np.ndarray, column: int | None) -> np.ndarray:
 
 
 def collect_labelled(index: Any, product_of: Mapping[int, Any], queries: Sequence[LabelledQuery], k: int = 5,
-                     search: Any = None, fusion: FusedRanking | None = None) -> Samples:
+                     search: Any = None, fusion: FusedRanking | None = None,
+                     density: ProductDensity | None = None) -> Samples:
     """Search labelled photos as shoppers' photos; each again with its product left out (an unknown
     product: with `fusion`, the head's probabilities are read as if it did not know that product's
-    category either). Photos of products the index lacks are unknown products as they are."""
+    category either; with `density`, its familiarity as if the product had no photos). Photos of
+    products the index lacks are unknown products as they are."""
     by_product: dict[Any, set[int]] = {}
     for i, p in product_of.items():
         by_product.setdefault(p, set()).add(int(i))
@@ -186,7 +199,7 @@ def collect_labelled(index: Any, product_of: Mapping[int, Any], queries: Sequenc
         return Samples((), (), (), "labelled")
     largest = max(len(v) for v in by_product.values())
     fetch = int(min(len(product_of), max(64, largest + 8 * k, FUSION_POOL if fusion else 0)))
-    ranked, correct, left_out, head, left_out_head = [], [], [], [], []
+    ranked, correct, left_out, head, left_out_head, fam, left_out_fam = [], [], [], [], [], [], []
     for start in range(0, len(queries), 256):
         chunk = queries[start:start + 256]
         vecs = np.stack([q.vector for q in chunk]).astype(np.float32)
@@ -200,27 +213,37 @@ def collect_labelled(index: Any, product_of: Mapping[int, Any], queries: Sequenc
                     ranked.append(tuple(s for _, s in r))
                     correct.append(tuple(p == q.product for p, _ in r))
                     head.append(tuple(h or ()))
+                    if density is not None:
+                        fam.append(float(density.familiarity(q.vector)[0]))
             pr_out = None if pr is None else (without_category(pr, fusion.column(q.product)) if own else pr)
             lo, h = ranked_as_served(sc, nb, product_of, own, k, fusion, pr_out)
             if lo:
                 left_out.append(tuple(s for _, s in lo))
                 left_out_head.append(tuple(h or ()))
+                if density is not None:
+                    left_out_fam.append(float(density.familiarity(q.vector, without=q.product if own else None)[0]))
     return Samples(tuple(ranked), tuple(correct), tuple(left_out), "labelled",
-                   tuple(head) if fusion else (), tuple(left_out_head) if fusion else ())
+                   tuple(head) if fusion else (), tuple(left_out_head) if fusion else (), tuple(fam),
+                   tuple(left_out_fam))
 
 
 def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str = RAW_SCORING,
                     query_feature_names: Sequence[str] | None = None,
-                    unknown_prior: float = UNKNOWN_PRIOR) -> Calibration:
+                    unknown_prior: float = UNKNOWN_PRIOR, density: ProductDensity | None = None) -> Calibration:
     """Fit the calibrator; an unfitted Calibration (with why) when there are too few samples.
     `unknown_prior`: the share of shoppers' photos assumed to show a product the shop does not sell
-    (the left-out searches enter the first-product fit as wrong answers with this total weight)."""
+    (the left-out searches enter the first-product fit as wrong answers with this total weight).
+    `density`: the model the samples' familiarities came from (kept with a fit that reads them)."""
     fused = bool(samples.head)
-    names = tuple(query_feature_names or (FUSED_FEATURES if fused else FEATURES_BY_METHOD[samples.method]))
+    with_density = bool(samples.familiarity) and density is not None
+    names = tuple(query_feature_names or (DENSITY_FEATURES_BY_PATH["fused" if fused else "plain"] if with_density
+                                          else FUSED_FEATURES if fused else FEATURES_BY_METHOD[samples.method]))
     if any(n not in QUERY_FEATURES for n in names):
         raise ValueError(f"unknown confidence feature in {names}; known: {sorted(QUERY_FEATURES)}")
     if not fused and HEAD_FEATURES & set(names):
         raise ValueError(f"features {sorted(HEAD_FEATURES & set(names))} need samples from fused searches")
+    if not with_density and DENSITY_FEATURES & set(names):
+        raise ValueError(f"features {sorted(DENSITY_FEATURES & set(names))} need samples with a density model")
     n = len(samples.ranked)
     if n < MIN_SAMPLES:
         where = ("labelled photos of products in the catalogue" if samples.method == "labelled" else
@@ -232,7 +255,9 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
     use_unknown = unknown_prior > 0 and bool(samples.left_out)
     pool = samples.ranked + (samples.left_out if use_unknown else ())
     heads = (samples.head + (samples.left_out_head if use_unknown else ())) if fused else (None,) * len(pool)
-    x1 = np.stack([query_features(r, names, h) for r, h in zip(pool, heads)])
+    fams = (samples.familiarity + (samples.left_out_familiarity if use_unknown else ())) if with_density \
+        else (None,) * len(pool)
+    x1 = np.stack([query_features(r, names, h, m) for r, h, m in zip(pool, heads, fams)])
     y1 = np.array([c[0] for c in samples.correct] + [False] * (len(pool) - n), dtype=float)
     w1 = np.ones(len(y1))
     if use_unknown:
@@ -244,11 +269,15 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
     hit = fit_logistic(xh, yh) if yh.min() != yh.max() else fit_logistic(xh, yh, l2=1.0)
     cal = Calibration(True, tuple(map(float, top1)), tuple(map(float, hit)), samples=n,
                       loo_top1_accuracy=float(y1[:n].mean()), build_id=build_id, query_features=names,
-                      method=samples.method, scoring=scoring)
-    right = [cal.confidence(r, h or None)[0] for r, h, c in
-             zip(samples.ranked, samples.head or ((),) * n, samples.correct) if c[0]]
-    unknown = [cal.confidence(r, h or None)[0] for r, h in
-               zip(samples.left_out, samples.left_out_head or ((),) * len(samples.left_out))]
+                      method=samples.method, scoring=scoring,
+                      density=density if DENSITY_FEATURES & set(names) else None)
+    right = [cal.confidence(r, h or None, m)[0] for r, h, m, c in
+             zip(samples.ranked, samples.head or ((),) * n, samples.familiarity or (None,) * n, samples.correct)
+             if c[0]]
+    n_out = len(samples.left_out)
+    unknown = [cal.confidence(r, h or None, m)[0] for r, h, m in
+               zip(samples.left_out, samples.left_out_head or ((),) * n_out,
+                   samples.left_out_familiarity or (None,) * n_out)]
     return replace(cal, none_below=none_threshold(right, unknown))
 
 
@@ -268,20 +297,25 @@ def calibrate_index(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[
                     labelled: Sequence[LabelledQuery] = (), search: Any = None,
                     scoring: str = RAW_SCORING, query_feature_names: Sequence[str] | None = None,
                     unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None,
-                    fusion: FusedRanking | None = None) -> Calibration:
+                    fusion: FusedRanking | None = None, density: bool = True) -> Calibration:
     """Labelled samples when there are enough, else leave-one-out ones (`near_duplicate`: see
     collect_samples), from `index`; then the fit. `fusion`: labelled photos are searched as fused
     searches are (the head trained on the catalogue has never seen them); leave-one-out never is, as
-    the head was trained on those very photos (a fused search then uses the plain-similarity fit)."""
+    the head was trained on those very photos (a fused search then uses the plain-similarity fit).
+    `density`: labelled fits also read each photo's familiarity to the index's vectors
+    (shopsearch.density, fitted here on them; leave-one-out photos are the vectors it is fitted on)."""
     if labelled:
-        cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search, fusion=fusion), build_id,
-                              scoring_fused(scoring) if fusion else scoring, query_feature_names, unknown_prior)
+        model = fit_index_density(index, product_of) if density else None
+        cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search, fusion=fusion,
+                                               density=model), build_id,
+                              scoring_fused(scoring) if fusion else scoring, query_feature_names, unknown_prior, model)
         if cal.fitted:
             return cal
         log.warning("too few labelled photos; calibrating on the catalogue", extra={"reason": cal.reason})
     samples = collect_samples(index, product_of, hash_of, max_queries, seed=seed, search=search,
                               near_duplicate=near_duplicate)
-    names = query_feature_names if not (query_feature_names and HEAD_FEATURES & set(query_feature_names)) else None
+    names = query_feature_names if not (query_feature_names and (HEAD_FEATURES | DENSITY_FEATURES)
+                                        & set(query_feature_names)) else None
     names = names or (NEAR_DUPLICATE_FEATURES if near_duplicate is not None else None)
     cal = fit_calibration(samples, build_id, scoring, names, unknown_prior)
     return replace(cal, near_duplicate=near_duplicate)

@@ -116,16 +116,16 @@ class SearchService:
             path = scoring_key(opts.spec, boost is not None)
             plain = scoring_key(opts.spec, False)
             if boost is None:
-                res = annotate(res, self.calibration, path)
+                res = annotate(res, self.calibration, path, vector=svec)
             elif self.calibration is not None and self.calibration.scoring == plain:
                 # Fusion only re-orders products by a category bonus. A calibration fitted on plain
                 # similarity is applied to the plain similarities of the products in the order shown
                 # (a first product that fusion lifted over a more similar one gets a lower confidence).
-                res = annotate(res, self.calibration, plain, plain_scores=True)
+                res = annotate(res, self.calibration, plain, plain_scores=True, vector=svec)
             else:  # fitted on fused searches: their plain similarities and the head's probabilities
                 probs = None if head is None else [head.get((h.category or "").strip("/"), head.get("", 0.0))
                                                    for h in res.hits]
-                res = annotate(res, self.calibration, path, plain_scores=True, head=probs)
+                res = annotate(res, self.calibration, path, plain_scores=True, head=probs, vector=svec)
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:

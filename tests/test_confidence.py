@@ -224,13 +224,18 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     labelled = _json.loads(run("index", "calibrate", "--photos", str(tmp_path / "photos.csv"), "--json").stdout)
     assert labelled["fitted"] and labelled["method"] == "labelled" and labelled["samples"] == 36
     assert labelled["scoring"] == "rerank=off;fusion=off"
+    # the photo's familiarity to the catalogue joins the features; its model is stored with the build
+    assert labelled["query_features"] == ["score", "density"]
+    assert (data / "index" / "builds" / build["build_id"] / "density.npz").is_file()
+    served = _json.loads(run("search", str(query), "--json").stdout)
+    assert served["calibration"]["status"] == "calibrated" and "density" in served["calibration"]["features"]
     assert "labelled shopper photos" in run("index", "calibrate", "--photos", str(tmp_path / "photos.csv")).stdout
     run("catalogue", "delete", "S10", "S11")
     update = _json.loads(run("index", "update", "--json", "--workers", "1").stdout)
     assert update["build_id"] != build["build_id"] and update["strategy"] == "delta"
     # a delta update keeps its base's fit (refitting reads the whole index), stamped with its own id
     carried = load_calibration(data / "index" / "builds" / update["build_id"], update["build_id"])
-    assert carried.fitted and carried.samples == 36
+    assert carried.fitted and carried.samples == 36 and carried.density is not None  # carried with its density
     assert _json.loads(run("index", "calibrate", "--json").stdout)["samples"] == 30  # the build's own photos
     refitted = load_calibration(data / "index" / "builds" / update["build_id"], update["build_id"])
     assert refitted.fitted and refitted.samples == 30  # the new build's own photos

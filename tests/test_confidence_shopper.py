@@ -62,7 +62,7 @@ def _served(cal: Calibration, index, product_of, fusion, queries):
     out = []
     for q, sc, nb, pr in zip(queries, scores, ids, fusion.probabilities(vecs)):
         ranked, head = ranked_as_served(sc, nb, product_of, set(), 5, fusion, pr)
-        conf, _ = cal.confidence([s for _, s in ranked], head if cal.needs_head else None)
+        conf, _ = cal.confidence([s for _, s in ranked], head if cal.needs_head else None, cal.familiarity(q.vector))
         out.append((conf, ranked[0][0] == q.product))
     return out
 

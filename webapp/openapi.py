@@ -166,8 +166,10 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                     "`status` calibrated (with `method`, `samples`, `strong_at`, `none_below` and "
                                     "`scoring`, the re-ranking/fusion path it holds for; `features`: what the first "
                                     "product is judged by, `head` being the category head's probability of its "
-                                    "category) or uncalibrated (with `reason`: the fallback is raw similarity; also "
-                                    "when this search was scored on another path than the calibration's)."},
+                                    "category and `density` the photo's familiarity to the catalogue's photos) or "
+                                    "uncalibrated (with `reason`: the fallback is raw similarity; also when this "
+                                    "search was scored on another path than the calibration's, or the build lacks "
+                                    "the density model its calibration reads)."},
                     "crop": {"allOf": [{"$ref": "#/components/schemas/Box"}], "nullable": True},
                     "request_id": {"type": "string", "nullable": True, "description":
                                    "This search in the feedback log, for `POST /feedback`; null when the shop "

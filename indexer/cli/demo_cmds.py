@@ -133,13 +133,14 @@ def _calibrate_on_photos(c: Ctx, store, root: Path, split: str) -> None:
     fusion = serving_fusion(c.settings, embedder, c.catalogue())
     rerank = parse_rerank(c.settings.rerank)
     have = load_calibration(store.build_dir(build_id), build_id)
-    if have.fitted and have.method == "labelled" and have.scoring == scoring_key(rerank.spec, fusion is not None):
+    if have.fitted and have.method == "labelled" and have.scoring == scoring_key(rerank.spec, fusion is not None) \
+            and have.density is not None:  # a fit from before the density model is refitted
         return
     rows = [(Path(q.path), q.sku) for q in load_dataset(root, "grocerystore", "iconic", split).queries if q.sku]
     photos = load_labelled_photos(rows, embedder, c.catalogue(), c.settings.vector_cache_dir)
     _, cal = calibrate_serving(store, c.catalogue().indexable_images(), rerank, photos.queries, fusion=fusion)
-    click.echo(f"index: confidence calibrated on {cal.samples} {split} photos ({cal.scoring}); 'no close match' "
-               f"below {cal.none_below:.2f}" if cal.fitted and cal.method == "labelled"
+    click.echo(f"index: confidence calibrated on {cal.samples} {split} photos ({cal.scoring}; features "
+               f"{'+'.join(cal.query_features)}); 'no close match' below {cal.none_below:.2f}" if cal.fitted and cal.method == "labelled"
                else f"index: confidence calibrated on the catalogue ({cal.reason or cal.method})")
 
 

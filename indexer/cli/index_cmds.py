@@ -323,7 +323,8 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, near_duplicate: float | None, 
     if cal.fitted:
         source = ("labelled shopper photos" if cal.method == "labelled" else "held-out catalogue photos")
         click.echo(f"build {build_id}: calibrated on {cal.samples} {source} "
-                   f"(top-1 accuracy {cal.loo_top1_accuracy:.3f}, scoring {cal.scoring}); 'no close match' below "
+                   f"(top-1 accuracy {cal.loo_top1_accuracy:.3f}, scoring {cal.scoring}, features "
+                   f"{'+'.join(cal.query_features)}); 'no close match' below "
                    f"{cal.none_below:.2f}, 'strong' from {cal.strong_at:.2f}. Running web servers use it "
                    "after a restart or the next build.")
     else:

@@ -129,7 +129,7 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
                       labelled: Sequence[LabelledQuery] = (), labelled_are_queries: bool = False,
                       rerank: RerankOptions = RerankOptions(), query_features: Sequence[str] | None = None,
                       unknown_prior: float = UNKNOWN_PRIOR, near_duplicate: float | None = None,
-                      fusion: OpenSetFusion | None = None) -> OpenSetResult:
+                      fusion: OpenSetFusion | None = None, density: bool = True) -> OpenSetResult:
     """Remove `fraction` of the products (seeded), calibrate on what is left as a shop would, then
     score every query's confidence. The calibration uses `labelled` photos (products = SKUs) of the
     kept products when given (photos of removed products are dropped: a shop has none of what it
@@ -139,7 +139,8 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
     `rerank` as the configuration's searches do. `query_features`, `unknown_prior`, `near_duplicate`:
     the fit's settings (calibrate_index; None: the defaults), for choosing them on validation photos.
     `fusion`: searches are fused with a head trained on the kept products alone (labelled photos are
-    then fitted on the fused path, with the head's probability among the features)."""
+    then fitted on the fused path, with the head's probability among the features). `density`: labelled
+    fits also read the photo's familiarity to the kept products' photos (shopsearch.density)."""
     products = sorted(set(product_of.values()), key=str)
     rng = np.random.default_rng(seed)
     n_remove = int(round(fraction * len(products)))
@@ -163,7 +164,7 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
         return calibrate_index(gallery, kept_of, hash_of, build_id=f"open-set-{seed}", seed=seed, labelled=photos,
                                search=search if rerank.active else None, scoring=scoring_key(rerank.spec),
                                query_feature_names=query_features, unknown_prior=unknown_prior,
-                               near_duplicate=near_duplicate, fusion=fused)
+                               near_duplicate=near_duplicate, fusion=fused, density=density)
 
     cal = fit(None)
     per_fold = {f: fit(f) for f in range(FOLDS)} if labelled and labelled_are_queries else {}
@@ -177,7 +178,8 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
         c_fit = per_fold[min(fold)] if per_fold and fold else cal
         # fused search order; the head's probabilities only for a calibration fitted with them
         ranked, head = ranked_as_served(sc, nb, kept_of, set(), k, fused, pr)
-        c, _ = c_fit.confidence([s for _, s in ranked], head if c_fit.needs_head else None)
+        c, _ = c_fit.confidence([s for _, s in ranked], head if c_fit.needs_head else None,
+                                c_fit.familiarity(q.vector))
         conf.append(0.0 if c is None else c)
         inside.append(bool(q.relevant - removed_products))
         correct.append(bool(ranked) and ranked[0][0] in q.relevant)

@@ -1,0 +1,99 @@
+"""The catalogue's density model (shopsearch.density) and the confidence feature that reads it:
+Gaussian clusters with a known answer."""
+from __future__ import annotations
+
+import numpy as np
+
+from shopsearch.confidence import Calibration, annotate, load_calibration, save_calibration
+from shopsearch.density import DENSITY_FILE, ProductDensity, fit_density
+from shopsearch.evaluation.open_set import auroc
+from shopsearch.results import ProductHit, SearchResult
+
+DIM = 16
+
+
+def _clusters(seed: int = 0, known: int = 12, unknown: int = 6, per: int = 40, scale: float = 4.0):
+    """Products whose photos spread widely along the first half of the dimensions and barely along
+    the second; each product the shop does not sell sits next to one it sells, shifted only along the
+    narrow directions: close in plain distance, far in units of how one product's photos spread."""
+    rng = np.random.default_rng(seed)
+    spread = np.r_[np.full(DIM // 2, 2.0), np.full(DIM // 2, 0.1)]
+    means = rng.normal(scale=scale, size=(known, DIM))
+    twins = means[rng.choice(known, unknown, replace=False)] + np.r_[np.zeros(DIM // 2), np.full(DIM // 2, 0.8)]
+
+    def photos(centres, n):
+        return np.concatenate([c + spread * rng.normal(size=(n, DIM)) for c in centres])
+
+    return photos(means, per), np.repeat(np.arange(known), per), photos(means, 10), photos(twins, 10)
+
+
+def test_familiarity_separates_held_out_products_that_plain_distance_confuses():
+    gallery, labels, sold, not_sold = _clusters()
+    dens = fit_density(gallery, labels, shrinkage=0.01)
+    fam = np.r_[dens.familiarity(sold), dens.familiarity(not_sold)]
+    inside = np.r_[np.ones(len(sold), bool), np.zeros(len(not_sold), bool)]
+    assert auroc(fam, inside) >= 0.97
+    # the nearest catalogue photo in plain distance tells them apart far worse
+    nearest = -np.min(((np.r_[sold, not_sold][:, None, :] - gallery[None]) ** 2).sum(2), axis=1)
+    assert auroc(nearest, inside) < 0.8
+
+
+def test_a_product_left_out_makes_its_own_photos_unfamiliar_and_the_model_round_trips():
+    gallery, labels, sold, _ = _clusters(seed=1)
+    dens = fit_density(gallery, labels, shrinkage=0.01)
+    own = sold[:10]  # product 0's photos
+    assert np.all(dens.familiarity(own, without=0) < dens.familiarity(own))
+    again = ProductDensity.from_bytes(dens.to_bytes())
+    np.testing.assert_allclose(again.familiarity(sold), dens.familiarity(sold), rtol=1e-3, atol=1e-3)
+    assert fit_density(gallery[:5], np.zeros(5)) is None  # one product: nothing to compare with
+
+
+def _cal_with_density(dens):
+    return Calibration(True, top1=(6.0, 2.0, 1.0), hit=(8.0, 4.0, -4.0), query_features=("score", "density"),
+                       method="labelled", build_id="b1", density=dens)
+
+
+def test_density_calibration_is_stored_with_the_build_and_its_absence_is_a_stated_fallback(tmp_path):
+    gallery, labels, sold, not_sold = _clusters(seed=2)
+    dens = fit_density(gallery, labels, shrinkage=0.01)
+    cal = _cal_with_density(dens)
+    res = SearchResult((ProductHit("a", "A", 0.8, 1, "p"), ProductHit("b", "B", 0.5, 2, "p")), "m", "b1")
+    near, far = annotate(res, cal, vector=sold[0]), annotate(res, cal, vector=not_sold[0])
+    assert near.confidence > far.confidence  # same scores: the unfamiliar photo is less likely right
+    save_calibration(tmp_path, cal)
+    assert (tmp_path / DENSITY_FILE).is_file()
+    loaded = load_calibration(tmp_path, "b1")
+    assert abs(annotate(res, loaded, vector=sold[0]).confidence - near.confidence) < 1e-3
+    # a text query has no photo to judge; a build without the model says what to run
+    assert annotate(res, loaded).calibration["status"] == "uncalibrated"
+    (tmp_path / DENSITY_FILE).unlink()
+    missing = annotate(res, load_calibration(tmp_path, "b1"), vector=sold[0])
+    assert missing.confidence is None and "index calibrate --photos" in missing.calibration["reason"]
+    # a later fit without the feature removes the stale model
+    save_calibration(tmp_path, _cal_with_density(dens))
+    save_calibration(tmp_path, Calibration(True, top1=(6.0, 1.0), hit=(8.0, 4.0, -4.0), query_features=("score",),
+                                           build_id="b1"))
+    assert not (tmp_path / DENSITY_FILE).exists()
+
+
+def test_a_labelled_fit_reads_the_density_and_trusts_familiar_photos_more():
+    """Fitted as `index calibrate --photos` fits: the index's own vectors give the density model, the
+    labelled photos (and each again with its product left out, which makes it unfamiliar) the fit."""
+    from shopsearch.confidence_fit import LabelledQuery, calibrate_index
+    from shopsearch.index.vector_index import VectorIndex
+
+    gallery, labels, sold, _ = _clusters(seed=3, scale=1.0)
+    unit = lambda v: (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    index = VectorIndex(DIM, "flat")
+    index.add(np.arange(len(gallery), dtype=np.int64), unit(gallery))
+    product_of = {i: int(p) for i, p in enumerate(labels)}
+    photos = [LabelledQuery(v, int(p)) for v, p in zip(unit(sold), np.repeat(np.arange(12), 10))]
+    cal = calibrate_index(index, product_of, {}, labelled=photos)
+    assert cal.fitted and cal.query_features == ("score", "density") and cal.density is not None
+    assert cal.top1[1] > 0  # the more familiar the photo, the likelier its first product is right
+    v = photos[0].vector
+    scores = [0.9, 0.5]
+    familiar, unfamiliar = cal.familiarity(v), float(cal.density.familiarity(v, without=0)[0])
+    assert cal.confidence(scores, None, familiar)[0] > cal.confidence(scores, None, unfamiliar)[0]
+    without = calibrate_index(index, product_of, {}, labelled=photos, density=False)
+    assert without.query_features == ("score",) and without.density is None
