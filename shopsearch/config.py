@@ -14,6 +14,8 @@ from typing import Mapping
 from shopsearch.errors import ConfigError
 
 COMPILE_MODES = ("auto", "on", "off")
+#: SHOPSEARCH_QUERY_PRECISION: the query model's form measured (auto) or forced
+QUERY_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None, kind: type = int, minimum: float = 0,
@@ -77,6 +79,14 @@ class GpuTuning:
             cuda_graphs=env.get("SHOPSEARCH_CUDA_GRAPHS", "1").strip() != "0")
 
 
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    """One of `allowed` (the first when unset); ConfigError naming the variable otherwise."""
+    value = (env.get(name) or allowed[0]).strip().lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     """How embedding jobs run when a command does not say (SHOPSEARCH_COMPILE)."""
@@ -105,6 +115,9 @@ class Settings:
     faiss_gpu: str = "auto"
     #: torch threads per web worker (0: the cores split between the workers)
     torch_threads: int = 0
+    #: the form of the model shoppers' photos run on (CPU): auto (the fastest measured at start-up
+    #: whose vectors match fp32's, bf16 where the CPU has it) | fp32 | bf16
+    query_precision: str = "auto"
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     gpu: GpuTuning = field(default_factory=GpuTuning)
     #: search quality defaults of the service (a query may ask otherwise): re-ranking
@@ -158,6 +171,7 @@ class Settings:
             device=env.get("SHOPSEARCH_DEVICE", "auto"),
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
             torch_threads=int(_number(env, "SHOPSEARCH_TORCH_THREADS", 0) or 0),
+            query_precision=_choice(env, "SHOPSEARCH_QUERY_PRECISION", QUERY_PRECISIONS),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
             rerank=env.get("SHOPSEARCH_RERANK", "off"),
