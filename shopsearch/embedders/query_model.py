@@ -2,8 +2,9 @@
 (batch-norm folded) image tower, measured once when the service loads.
 
 A single query is a batch of one: latency, not throughput. Candidates are the folded fp32
-model, on CPUs with bfloat16 instructions (AVX512-BF16, AMX) a bf16 copy of it, and that
-copy frozen by TorchScript (whole graph in C++, without the GIL between ops). Each candidate
+model and, on CPUs with bfloat16 instructions (AVX512-BF16, AMX), a bf16 copy of it frozen by
+TorchScript (whole graph in C++, without the GIL between ops; the eager bf16 copy where
+freezing fails). Each candidate
 must give vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the
 one with the lowest single-image time wins. The index and its fingerprint are untouched:
 catalogue vectors always come from the fp32 model, only the query side may be bf16.
@@ -71,11 +72,11 @@ def candidates(model: nn.Module, sample: torch.Tensor, precision: str = "auto") 
     out: dict[str, Forward] = {"fp32": model}
     if precision == "fp32" or not cpu_has_bf16():
         return out
-    out["bf16"] = _bf16(model)
-    try:
+    try:  # one bf16 form, so that start-up stays short: frozen (faster than eager bf16 where measured)
         out["bf16-frozen"] = _frozen_bf16(model, sample)
     except Exception as e:  # noqa: BLE001 - TorchScript may refuse a model, or be gone from torch
-        log.info("query model: no frozen bf16 form: %s", e)
+        log.info("query model: no frozen bf16 form (%s), eager bf16 instead", e)
+        out["bf16"] = _bf16(model)
     return out
 
 
@@ -83,7 +84,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).min())
 
 
-def choose(forms: dict[str, Forward], sample: torch.Tensor, rounds: int = 5, precision: str = "auto",
+def choose(forms: dict[str, Forward], sample: torch.Tensor, rounds: int = 3, precision: str = "auto",
            clock: Callable[[], float] = time.perf_counter) -> tuple[Forward, QueryChoice]:
     """The fastest form whose vectors match fp32's on `sample` (one image per call, timed in
     turns, best of `rounds`: the minimum shrugs off other jobs' interruptions). `precision`

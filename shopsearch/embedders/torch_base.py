@@ -321,8 +321,14 @@ class TorchEmbedder:
         # one intra-op thread (a worker of several): all the work is this thread's, and its CPU time
         # barely moves when other jobs share the cores, where wall time does
         clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-        self._query, self.query_choice = choose(candidates(self._eager, sample, precision), sample,
-                                                precision=precision, clock=clock)
+        try:
+            self._query, self.query_choice = choose(candidates(self._eager, sample, precision), sample,
+                                                    precision=precision, clock=clock)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an optimisation must never stop a service loading
+            log.warning("query model not chosen, queries run the eager model: %s", e)
+            return None
         self._query_precision = precision
         log.info("query model chosen", extra={"choice": self.query_choice.name, "ms": self.query_choice.ms,
                                               "cosine": self.query_choice.cosine})
