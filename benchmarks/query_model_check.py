@@ -29,7 +29,7 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--dataset", type=Path, default=DEFAULT_GROCERY)
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
-    ap.add_argument("--limit", type=int, default=0, help="first N photos of the split (0: all)")
+    ap.add_argument("--stride", type=int, default=1, help="every Nth photo of the split (1: all)")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16"])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "query_model_check.json")
     a = ap.parse_args()
@@ -45,7 +45,7 @@ def main() -> int:
     choice = emb.prepare_queries(a.precision)
     lines = [ln.split(",")[0].strip() for ln in (a.dataset / "dataset" / f"{a.split}.txt").read_text().splitlines()
              if ln.strip()]
-    lines = lines[: a.limit] if a.limit else lines
+    lines = lines[:: max(1, a.stride)]
     correct32 = correctq = agree = 0
     cosines = []
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def main() -> int:
     n = len(lines)
     result = {
         "benchmark": "query_model_check", "model": svc.manifest.model_name, "vectors": len(svc.index),
-        "index_type": svc.manifest.index_type, "split": a.split, "photos": n,
+        "index_type": svc.manifest.index_type, "split": a.split, "stride": a.stride, "photos": n,
         "query_model": getattr(choice, "name", "fp32 (no choice made)"),
         "choice_ms": getattr(choice, "ms", {}), "choice_cosine": getattr(choice, "cosine", {}),
         "top1_correct_fp32": round(correct32 / n, 4), "top1_correct_query_model": round(correctq / n, 4),

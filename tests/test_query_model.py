@@ -102,7 +102,9 @@ def test_queries_run_the_chosen_form_and_catalogue_vectors_stay_fp32():
     emb, photos = _embedder(), _photos()
     before = emb.encode_images(photos)
     np.testing.assert_array_equal(emb.encode_query(photos[:1]), emb.encode_images(photos[:1]))  # eager until chosen
-    choice = emb.prepare_queries("auto")
+    threads = torch.get_num_threads()
+    choice = emb.prepare_queries("auto")  # timed on one thread, then the process's count is back
+    assert torch.get_num_threads() == threads
     assert choice is not None and choice.name in choice.ms
     assert emb.prepare_queries("auto") is choice  # measured once per model
     np.testing.assert_array_equal(emb.encode_images(photos), before)

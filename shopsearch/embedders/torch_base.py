@@ -318,17 +318,21 @@ class TorchEmbedder:
             return self.query_choice  # the same model behind a new index build: measured already
         sample = self._model_input(torch.randn((2, *self.preprocess(Image.new("RGB", (256, 256))).shape),
                                                generator=torch.Generator().manual_seed(0)))
-        # one intra-op thread (a worker of several): all the work is this thread's, and its CPU time
-        # barely moves when other jobs share the cores, where wall time does
-        clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+        # timed on one intra-op thread in this thread's CPU time: all the work is then this thread's,
+        # and CPU time barely moves when other jobs share the cores, where wall time with two
+        # OpenMP threads waiting on each other at every op did (fp32 picked, 38 s spent, at load 20)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
             self._query, self.query_choice = choose(candidates(self._eager, sample, precision), sample,
-                                                    precision=precision, clock=clock)
+                                                    precision=precision, clock=time.thread_time)
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - an optimisation must never stop a service loading
             log.warning("query model not chosen, queries run the eager model: %s", e)
             return None
+        finally:
+            torch.set_num_threads(threads)
         self._query_precision = precision
         log.info("query model chosen", extra={"choice": self.query_choice.name, "ms": self.query_choice.ms,
                                               "cosine": self.query_choice.cosine})
