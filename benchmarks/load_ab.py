@@ -45,7 +45,8 @@ def run_one(v: dict, a: argparse.Namespace, out: Path) -> dict:
     env = dict(os.environ)
     if v["torch_threads"]:
         env["SHOPSEARCH_TORCH_THREADS"] = str(v["torch_threads"])
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0 and not out.is_file():
+        return {"variant": v["name"], "errors": "run failed (server not healthy?): no figures"}
     r = json.loads(out.read_text())
     seq = r.get("sequential") or {}
     return {"variant": v["name"], "seq_p50_ms": seq.get("latency_ms", {}).get("p50"),
@@ -82,10 +83,10 @@ def main() -> int:
                 row = run_one(v, a, Path(tmp) / f"{v['name']}-{r}.json") | {"round": r}
                 runs.append(row)
                 print(json.dumps(row), flush=True)
-    keys = [k for k in runs[0] if k not in ("variant", "round", "errors")]
+    keys = list(dict.fromkeys(k for x in runs for k in x if k not in ("variant", "round", "errors")))
     medians = {v["name"]: {k: round(statistics.median(x[k] for x in runs if x["variant"] == v["name"]
-                                                       and x[k] is not None), 2)
-                           for k in keys if any(x[k] is not None for x in runs if x["variant"] == v["name"])}
+                                                       and x.get(k) is not None), 2)
+                           for k in keys if any(x.get(k) is not None for x in runs if x["variant"] == v["name"])}
                for v in variants}
     loads = [x[k] for x in runs for k in x if k.endswith("loadavg_1m") and x[k] is not None]
     result = {

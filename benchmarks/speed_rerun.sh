@@ -18,11 +18,13 @@ for step in $STEPS; do case $step in
 demo)  # Lite0, flat, 2,721 vectors, category head (about 1 minute idle once the vectors are cached)
   $PY -c "from indexer.cli import main; main()" --data-dir "$DATA" demo --dataset "$SHOPSEARCH_GROCERY_DIR" \
       --model efficientnet-lite0 --no-serve ;;
-queries)  # stage CPU times, then HTTP: before/after and server configurations in turns (~12 minutes)
-  $PY benchmarks/query_profile.py --data-dir "$DATA" --out $R/query_profile_epyc.json > /dev/null
+queries)  # query model check (all Grocery test photos), stage CPU times, then HTTP through gunicorn + nginx:
+  # before (BASE, its default 1x4) and after (1x4, 2x2) in turns, 2 rounds (~8 minutes idle)
+  $PY benchmarks/query_model_check.py --data-dir "$DATA" --out $R/query_model_check_epyc_bf16_idle.json > /dev/null
+  $PY benchmarks/query_profile.py --data-dir "$DATA" --out $R/query_profile_epyc_bf16_idle.json > /dev/null
   $PY benchmarks/load_ab.py --data-dir "$DATA" --rounds 2 --duration 15 --sequential 15 \
-      --variant before=$BASE:1x4 --variant after=.:1x4 --variant after-1x4-t1=.:1x4:1 \
-      --variant after-2x2=.:2x2 --variant after-2x1=.:2x1 --out $R/load_search_ab_idle.json ;;
+      --variant before=$BASE:1x4 --variant after=.:1x4 --variant after-2x2=.:2x2 \
+      --out $R/load_search_ab_epyc_bf16_idle.json ;;
 throughput)  # Lite0 end to end: fp32 eager (folded) and the naive loop; compiled; precision auto (int8 if quantized)
   $PY benchmarks/throughput_bench.py --model efficientnet-lite0 --images 1024 --compile off --precision fp32 \
       --out $R/throughput_efficientnet-lite0_cpu_epyc_fold.json --note "idle rerun: fp32 eager, batch norms folded"

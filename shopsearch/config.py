@@ -15,6 +15,8 @@ from shopsearch.errors import ConfigError
 
 COMPILE_MODES = ("auto", "on", "off")
 PRECISION_MODES = ("auto", "fp32", "bf16", "int8")
+#: SHOPSEARCH_QUERY_PRECISION: the query model's form measured (auto) or forced
+QUERY_PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None, kind: type = int, minimum: float = 0,
@@ -116,6 +118,9 @@ class Settings:
     faiss_gpu: str = "auto"
     #: torch threads per web worker (0: the cores split between the workers)
     torch_threads: int = 0
+    #: the form of the model shoppers' photos run on (CPU): auto (the fastest measured at start-up
+    #: whose vectors match fp32's, bf16 where the CPU has it) | fp32 | bf16
+    query_precision: str = "auto"
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     gpu: GpuTuning = field(default_factory=GpuTuning)
     #: search quality defaults of the service (a query may ask otherwise): re-ranking
@@ -172,6 +177,7 @@ class Settings:
                            / "shopsearch"),
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
             torch_threads=int(_number(env, "SHOPSEARCH_TORCH_THREADS", 0) or 0),
+            query_precision=_choice(env, "SHOPSEARCH_QUERY_PRECISION", "auto", QUERY_PRECISIONS),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
             rerank=env.get("SHOPSEARCH_RERANK", "off"),

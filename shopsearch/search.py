@@ -62,7 +62,7 @@ class SearchService:
         """`tta`: also embed the mirrored photo and search with the mean of both vectors."""
         t0 = time.perf_counter()
         vec = tta_vector(self.embedder, image) if (self.tta if tta is None else tta) else \
-            self.embedder.encode_images([image])[0]
+            query_vectors(self.embedder, [image])[0]
         t1 = time.perf_counter()
         return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000, rerank=rerank,
                                   fusion=fusion)
@@ -221,11 +221,18 @@ class SearchService:
         return True
 
 
+def query_vectors(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:
+    """A shopper's photo(s) -> unit vectors, on the embedder's query model where it has one
+    (TorchEmbedder.encode_query: the form measured fastest for single images), else encode_images."""
+    encode = getattr(embedder, "encode_query", None)
+    return encode(images) if encode is not None else embedder.encode_images(images)
+
+
 def tta_vector(embedder: Embedder, image: Image.Image) -> np.ndarray:
     """Test-time augmentation: the unit mean of the photo's and its mirror image's vectors."""
     from PIL import ImageOps
 
-    vecs = embedder.encode_images([image, ImageOps.mirror(image)])
+    vecs = query_vectors(embedder, [image, ImageOps.mirror(image)])
     mean = vecs.mean(0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 

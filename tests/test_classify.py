@@ -213,3 +213,21 @@ def test_search_routes_to_predicted_category(tmp_path, sqlite_catalogue):
     assert len(svc.search_image(query, k=8).hits) == 8
     off = svc.search_image(query, k=3, routing=False)
     assert off.predicted_category is None
+
+
+def test_one_query_runs_the_head_once_for_routing_fusion_and_confidence():
+    router = _router(RoutingThresholds(filter=0.9, top2=0.9, fusion=0.5))
+    calls = []
+    real = router.classifier.head.forward
+    router.classifier.head.forward = lambda x: calls.append(len(x)) or real(x)
+    a, b = np.array([1.0, 0, 0], np.float32), np.array([0, 1.0, 0], np.float32)
+    router.route(a)
+    boost, probs = router.category_boost(a), router.category_probs(a)
+    assert calls == [1]
+    assert probs["A/x"] == pytest.approx(math.exp(10) / (math.exp(10) + 2), rel=1e-5)
+    assert boost["A/x"] > boost["B/z"]
+    router.route(b)  # another query: asked again, and answered for it
+    assert calls == [1, 1] and router.category_probs(b)["A/y"] > 0.99
+    router.category_probabilities(np.stack([a, b]))  # batches are not kept
+    router.category_probabilities(np.stack([a, b]))
+    assert calls == [1, 1, 2, 2]

@@ -11,6 +11,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from shopsearch.errors import ShopSearchError, UnknownRequestError
 from shopsearch.regions import Region, crop, find_objects
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
+from shopsearch.search import query_vectors
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.feedback import log_search, logging_on
 from webapp.params import parse_filters, parse_k, parse_routing
@@ -166,7 +167,7 @@ def search():
         img = decode_upload(data, svc.embedder)
         query = crop(img, box) if box is not None else img
         t0 = time.perf_counter()
-        vec = svc.embedder.encode_images([query])[0]
+        vec = query_vectors(svc.embedder, [query])[0]
         embed_ms = (time.perf_counter() - t0) * 1000
         preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
         if objects:

@@ -170,6 +170,9 @@ class ServiceHolder:
             warm_up = getattr(svc.embedder, "warm_up", None)
             if warm_up is not None:  # e.g. compile an int8 model now, not in the first shopper's request
                 warm_up()
+            prepare = getattr(svc.embedder, "prepare_queries", None)
+            if prepare is not None:  # the query model's form, measured here (embedders/query_model.py)
+                prepare(self.settings.query_precision)
         except ShopSearchError as e:
             self._load_error = e
             log.error("index load failed; keeping the previous one",

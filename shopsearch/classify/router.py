@@ -4,6 +4,7 @@ otherwise; the thresholds were chosen on validation data and live in the artefac
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,9 @@ class Classifier:
         self.labels = artefact.labels
         self.head = CategoryHead.from_state(artefact.head_config, artefact.head_state)
         self._f2c = torch.tensor(self.labels.fine_to_coarse)
+        # one search asks about its query vector up to three times (routing, fusion boost, the
+        # confidence's head probabilities): the last answer is kept, per serving thread
+        self._last = threading.local()
 
     @classmethod
     def for_embedder(cls, artefact: ClassifierArtefact, embedder: Embedder) -> "Classifier":
@@ -41,11 +45,20 @@ class Classifier:
         return cls(artefact)
 
     def probs(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, fine) and (N, coarse) probabilities."""
-        x = torch.from_numpy(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
+        """(N, fine) and (N, coarse) probabilities (read-only for a single vector: kept for reuse)."""
+        x = np.ascontiguousarray(np.atleast_2d(np.asarray(vectors, dtype=np.float32)))
+        key = x.tobytes() if len(x) == 1 else None  # single queries only: batches are evaluations
+        last = getattr(self._last, "value", None)
+        if key is not None and last is not None and last[0] == key:
+            return last[1]
         with torch.inference_mode():
-            pf, pc = combined_probs(*self.head(x), self._f2c)
-        return pf.numpy(), pc.numpy()
+            pf, pc = combined_probs(*self.head(torch.from_numpy(x)), self._f2c)
+        out = (pf.numpy(), pc.numpy())
+        if key is not None:
+            for a in out:
+                a.flags.writeable = False  # shared by every caller of the kept answer
+            self._last.value = (key, out)
+        return out
 
     def predict(self, vector: np.ndarray) -> tuple[list[tuple[str, float]], np.ndarray]:
         """(fine classes with probabilities, best first; the fine probability row)."""

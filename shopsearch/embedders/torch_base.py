@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -122,6 +123,9 @@ class TorchEmbedder:
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compile_batch = 0
         self._graph = None  # cuda_graph.GraphedForward for the GPU pipeline's batch size
+        self._query: Callable[[torch.Tensor], torch.Tensor] | None = None  # prepare_queries' choice
+        self.query_choice = None  # query_model.QueryChoice, once prepare_queries ran
+        self._query_precision = ""
 
     #: fold batch norms into convolutions for eager CPU inference (subclasses whose model is
     #: not a plain module graph turn it off)
@@ -300,6 +304,50 @@ class TorchEmbedder:
         if not chunks:
             return np.zeros((0, self._dim), dtype=np.float32)
         return np.concatenate(chunks, axis=0)
+
+    # -- shoppers' photos --------------------------------------------------------------
+    def prepare_queries(self, precision: str = "auto") -> object:
+        """Choose, by measuring here, the form of the model that `encode_query` runs (see
+        query_model: bf16 where the CPU has it and it is faster); returns the QueryChoice, or
+        None where queries keep the eager model (CUDA, bf16 or unfolded weights)."""
+        from shopsearch.embedders.query_model import candidates, choose
+
+        if not self._channels_last or self._input_dtype != torch.float32:
+            return None
+        if self.query_choice is not None and self._query_precision == precision:
+            return self.query_choice  # the same model behind a new index build: measured already
+        sample = self._model_input(torch.randn((2, *self.preprocess(Image.new("RGB", (256, 256))).shape),
+                                               generator=torch.Generator().manual_seed(0)))
+        # timed on one intra-op thread in this thread's CPU time: all the work is then this thread's,
+        # and CPU time barely moves when other jobs share the cores, where wall time with two
+        # OpenMP threads waiting on each other at every op did (fp32 picked, 38 s spent, at load 20)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._query, self.query_choice = choose(candidates(self._eager, sample, precision), sample,
+                                                    precision=precision, clock=time.thread_time)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - an optimisation must never stop a service loading
+            log.warning("query model not chosen, queries run the eager model: %s", e)
+            return None
+        finally:
+            torch.set_num_threads(threads)
+        self._query_precision = precision
+        log.info("query model chosen", extra={"choice": self.query_choice.name, "ms": self.query_choice.ms,
+                                              "cosine": self.query_choice.cosine})
+        return self.query_choice
+
+    def encode_query(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """One shopper's photo (or a photo and its mirror) -> unit vectors, on the form of the
+        model prepare_queries chose (the eager model before it ran). Never for catalogue
+        vectors: those always come from encode_images/encode_tensor."""
+        query = self._query
+        if query is None or not images:
+            return self.encode_images(images)
+        x = self._model_input(torch.from_numpy(np.stack([self.preprocess(im) for im in images])))
+        with torch.inference_mode():
+            return self._to_numpy(query(x))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (N, dim) float32 L2-normalised; CapabilityError without a text tower."""

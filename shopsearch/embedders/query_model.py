@@ -1,0 +1,117 @@
+"""The model a shopper's photo runs through on a CPU: the fastest of a few forms of the
+(batch-norm folded) image tower, measured once when the service loads.
+
+A single query is a batch of one: latency, not throughput. Candidates are the folded fp32
+model and, on CPUs with bfloat16 instructions (AVX512-BF16, AMX), a bf16 copy of it frozen by
+TorchScript (whole graph in C++, without the GIL between ops; the eager bf16 copy where
+freezing fails). Each candidate
+must give vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the
+one with the lowest single-image time wins. The index and its fingerprint are untouched:
+catalogue vectors always come from the fp32 model, only the query side may be bf16.
+benchmarks/RESULTS.md has the measured times and the Grocery Store check of top-1 results."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from shopsearch.config import QUERY_PRECISIONS
+from shopsearch.errors import ConfigError
+
+log = logging.getLogger("shopsearch.embedders")
+
+#: a candidate's vectors must be at least this close (cosine) to the fp32 model's; bf16
+#: Lite0 gives ~0.9998 on one image
+MIN_COSINE = 0.999
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class QueryChoice:
+    """Which form serves queries, and what was measured to choose it."""
+
+    name: str  # "fp32", "bf16" or "bf16-frozen"
+    ms: dict[str, float] = field(default_factory=dict)  # best single-image time per candidate
+    cosine: dict[str, float] = field(default_factory=dict)  # worst cosine to fp32 on the sample
+    refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not timed
+
+
+def cpu_has_bf16() -> bool:
+    """True when oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _bf16(model: nn.Module) -> Forward:
+    bf = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    return lambda x: bf(x.to(torch.bfloat16))
+
+
+def _frozen_bf16(model: nn.Module, sample: torch.Tensor) -> Forward:
+    bf = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the fastest here
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(bf, sample[:1].to(torch.bfloat16))))
+    return lambda x: frozen(x.to(torch.bfloat16))
+
+
+def candidates(model: nn.Module, sample: torch.Tensor, precision: str = "auto") -> dict[str, Forward]:
+    """The forms worth trying for `precision` on this CPU (fp32 always, as the reference; bf16
+    only where the CPU runs it natively: emulated, it is slower than fp32)."""
+    if precision not in QUERY_PRECISIONS:
+        raise ConfigError(f"query precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}")
+    out: dict[str, Forward] = {"fp32": model}
+    if precision == "fp32" or not cpu_has_bf16():
+        return out
+    try:  # one bf16 form, so that start-up stays short: frozen (faster than eager bf16 where measured)
+        out["bf16-frozen"] = _frozen_bf16(model, sample)
+    except Exception as e:  # noqa: BLE001 - TorchScript may refuse a model, or be gone from torch
+        log.info("query model: no frozen bf16 form (%s), eager bf16 instead", e)
+        out["bf16"] = _bf16(model)
+    return out
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=1).min())
+
+
+def choose(forms: dict[str, Forward], sample: torch.Tensor, rounds: int = 3, precision: str = "auto",
+           clock: Callable[[], float] = time.perf_counter) -> tuple[Forward, QueryChoice]:
+    """The fastest form whose vectors match fp32's on `sample` (one image per call, timed in
+    turns, best of `rounds`: the minimum shrugs off other jobs' interruptions). `precision`
+    bf16 leaves fp32 out of the race where a bf16 form passed the check."""
+    with torch.inference_mode():
+        ref = forms["fp32"](sample)
+        cosine, refused, ok = {}, {}, {}
+        for name, fwd in forms.items():
+            try:
+                cosine[name] = round(_cosine(fwd(sample), ref), 6)
+            except Exception as e:  # noqa: BLE001 - a form that cannot run is simply not chosen
+                refused[name] = f"{type(e).__name__}: {e}"
+                continue
+            if cosine[name] >= MIN_COSINE:
+                ok[name] = fwd
+            else:
+                refused[name] = f"cosine {cosine[name]} < {MIN_COSINE}"
+        if precision == "bf16" and len(ok) > 1:
+            ok.pop("fp32", None)
+        one = sample[:1]
+        best = {name: float("inf") for name in ok}
+        for r in range(rounds + 1):
+            for name, fwd in ok.items():
+                t0 = clock()
+                fwd(one)
+                if r:  # the first round warms oneDNN's kernel choice (and TorchScript's profiling) up
+                    best[name] = min(best[name], clock() - t0)
+    ms = {name: round(t * 1000, 2) for name, t in best.items()}
+    name = min(ms, key=lambda n: ms[n])
+    return ok[name], QueryChoice(name, ms, cosine, refused)
