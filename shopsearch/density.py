@@ -26,6 +26,9 @@ SHRINKAGE = 10.0
 MAX_FIT_VECTORS = 20000
 #: wider vectors get no density model (a dim x dim eigendecomposition at each calibration, and stored)
 MAX_DIM = 4096
+#: more products get no density model: every query would pay one distance per product, and the
+#: stored means would grow with the catalogue (searches then state the fallback)
+MAX_PRODUCTS = 100_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,13 +82,14 @@ def _whitening(cov: np.ndarray, ridge: float) -> np.ndarray:
 
 
 def fit_density(vectors: np.ndarray, products: Any, shrinkage: float = SHRINKAGE,
-                max_vectors: int = MAX_FIT_VECTORS, seed: int = 0) -> ProductDensity | None:
-    """Fit on vectors and their products (one label per row); None with fewer than two products, no
-    product with two photos, or vectors wider than MAX_DIM."""
+                max_vectors: int = MAX_FIT_VECTORS, seed: int = 0,
+                max_products: int = MAX_PRODUCTS) -> ProductDensity | None:
+    """Fit on vectors and their products (one label per row); None with fewer than two products or
+    more than `max_products`, no product with two photos, or vectors wider than MAX_DIM."""
     x = np.asarray(vectors, np.float64)
     labels = list(products)
     keys = sorted(set(labels), key=str)
-    if len(keys) < 2 or len(x) <= len(keys) or x.shape[1] > MAX_DIM:
+    if not 2 <= len(keys) <= max_products or len(x) <= len(keys) or x.shape[1] > MAX_DIM:
         return None
     row = {p: i for i, p in enumerate(keys)}
     idx = np.array([row[p] for p in labels])
@@ -112,7 +116,7 @@ def fit_index_density(index: Any, product_of: Mapping[int, Any], shrinkage: floa
                       seed: int = 0) -> ProductDensity | None:
     """The density of an index's vectors (`product_of`: image id -> product), as searches see them."""
     ids = sorted(int(i) for i in product_of)
-    if not ids:
+    if not ids or len(set(product_of.values())) > MAX_PRODUCTS:  # before reading any vector back
         return None
     vecs = np.stack([index.reconstruct(i) for i in ids])
     return fit_density(vecs, [product_of[i] for i in ids], shrinkage, seed=seed)

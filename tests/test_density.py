@@ -46,6 +46,9 @@ def test_a_product_left_out_makes_its_own_photos_unfamiliar_and_the_model_round_
     again = ProductDensity.from_bytes(dens.to_bytes())
     np.testing.assert_allclose(again.familiarity(sold), dens.familiarity(sold), rtol=1e-3, atol=1e-3)
     assert fit_density(gallery[:5], np.zeros(5)) is None  # one product: nothing to compare with
+    # a catalogue with more products than the cap gets none (each query pays one distance per product)
+    assert fit_density(gallery, labels, shrinkage=0.01, max_products=11) is None
+    assert fit_density(gallery, labels, shrinkage=0.01, max_products=12) is not None
 
 
 def _cal_with_density(dens):

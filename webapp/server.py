@@ -22,7 +22,7 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-def gunicorn_options(bind: str, workers: int = 1, threads: int = 4, preload: bool = False, timeout: int = 60,
+def gunicorn_options(bind: str, workers: int = 2, threads: int = 2, preload: bool = False, timeout: int = 60,
                      access_log: bool = False, max_requests: int = 0) -> dict[str, Any]:
     """Gunicorn settings: gthread workers (the model call releases the GIL, threads overlap I/O)."""
     if workers < 1 or threads < 1:
@@ -102,7 +102,7 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
     ShopSearchGunicorn(lambda: create_app(overrides), opts, settings.torch_threads).run()
 
 
-def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 4,
+def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 2, threads: int = 2,
                preload: bool = False, timeout: int = 60, access_log: bool = False,
                config: Mapping[str, Any] | None = None) -> None:
     """Serve the web app under gunicorn until interrupted; never returns (used by `shopsearch demo`).

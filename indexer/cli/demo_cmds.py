@@ -27,7 +27,7 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
               help="Serve the web app after indexing (else run one sample search).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Gunicorn worker processes.")
 @pass_ctx
 def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration_split: str, classifier: bool,

@@ -24,9 +24,10 @@ def _split_bind(bind: str) -> tuple[str, int]:
 @click.command("serve")
 @click.option("--bind", envvar="SHOPSEARCH_BIND", default="127.0.0.1:8000", show_default=True,
               help="HOST:PORT to listen on (0.0.0.0:8000 for every interface: only with the nginx front).")
-@click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Gunicorn worker processes (each holds the model and the index).")
-@click.option("--threads", envvar="SHOPSEARCH_THREADS", type=click.IntRange(1, 256), default=4, show_default=True,
+@click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Gunicorn worker processes (each holds the model and the index; on 2 cores 2 x 2 threads "
+                   "served more searches/s than 1 x 4: benchmarks/RESULTS.md, load_search_ab_epyc_bf16_idle).")
+@click.option("--threads", envvar="SHOPSEARCH_THREADS", type=click.IntRange(1, 256), default=2, show_default=True,
               help="Threads per worker.")
 @click.option("--preload/--no-preload", envvar="SHOPSEARCH_PRELOAD", default=False, show_default=True,
               help="Load the app once in the master before forking. Only for model-free embedders "
