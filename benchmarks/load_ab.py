@@ -76,6 +76,10 @@ def main() -> int:
     variants = [parse_variant(v) for v in a.variant]
     from shopsearch.evaluation.machine import cpu_model
 
+    # the servers and their clients load the cores themselves during the phases: whether other jobs
+    # shared the machine is read from the load average before the first server starts
+    load_before = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
     runs = []
     with tempfile.TemporaryDirectory(prefix="load-ab-") as tmp:
         for r in range(a.rounds):
@@ -94,10 +98,10 @@ def main() -> int:
         "what": "benchmarks/load_bench.py per variant, in turns (round by round), one data dir",
         "variants": variants, "rounds": a.rounds, "duration_s": a.duration, "sequential_s": a.sequential,
         "concurrency": a.concurrency, "runs": runs, "median": medians,
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg_1m_range": [min(loads), max(loads)],
-                    "loaded": max(loads) > (os.cpu_count() or 1),
-                    "note": a.note or ("load average above the core count: other jobs shared the cores, compare "
-                                       "variants within the run" if max(loads) > (os.cpu_count() or 1) else "")},
+        "machine": {"cpu": cpu_model(), "cpus": cpus, "loadavg_1m_before": round(load_before, 2),
+                    "loadavg_1m_range": [min(loads), max(loads)], "loaded": load_before > cpus,
+                    "note": a.note or ("other jobs shared the cores before the run started: compare variants "
+                                       "within the run" if load_before > cpus else "")},
         "command": "python benchmarks/load_ab.py " + " ".join(sys.argv[1:]),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
