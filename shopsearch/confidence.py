@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import uuid
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -292,7 +293,7 @@ def load_calibration(build_dir: Path, build_id: str | None = None) -> Calibratio
     if cal.needs_density:  # missing or unreadable: annotate states the fallback
         try:
             cal = replace(cal, density=ProductDensity.from_bytes((Path(build_dir) / DENSITY_FILE).read_bytes()))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
             log.warning("density model unreadable", extra={"path": str(Path(build_dir) / DENSITY_FILE), "error": str(e)})
     return cal
 

@@ -72,6 +72,12 @@ def test_density_calibration_is_stored_with_the_build_and_its_absence_is_a_state
     (tmp_path / DENSITY_FILE).unlink()
     missing = annotate(res, load_calibration(tmp_path, "b1"), vector=sold[0])
     assert missing.confidence is None and "index calibrate --photos" in missing.calibration["reason"]
+    # so does a damaged one (cut short), instead of failing the search
+    save_calibration(tmp_path, cal)
+    data = (tmp_path / DENSITY_FILE).read_bytes()
+    (tmp_path / DENSITY_FILE).write_bytes(data[: len(data) // 2])
+    damaged = annotate(res, load_calibration(tmp_path, "b1"), vector=sold[0])
+    assert damaged.confidence is None and "index calibrate --photos" in damaged.calibration["reason"]
     # a later fit without the feature removes the stale model
     save_calibration(tmp_path, _cal_with_density(dens))
     save_calibration(tmp_path, Calibration(True, top1=(6.0, 1.0), hit=(8.0, 4.0, -4.0), query_features=("score",),

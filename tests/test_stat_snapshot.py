@@ -74,6 +74,13 @@ def test_another_writer_makes_the_rescan_read_the_rows_again(tmp_path, catalogue
     assert fresh is not None and len(fresh.ids) == 7
     # a snapshot of another database is never used
     assert StatSnapshot.load(snap, catalogue.generation(), "sqlite:///elsewhere.db") is None
+    # a damaged snapshot (cut short) is no snapshot: the rows are read instead, and it is taken again
+    data = snap.read_bytes()
+    snap.write_bytes(data[: len(data) // 2])
+    assert StatSnapshot.load(snap, catalogue.generation(), catalogue.source()) is None
+    assert StatSnapshot.folders_moved(snap, catalogue.generation(), catalogue.source()) is None
+    assert rescan_files(catalogue, progress=False, workers=1, snapshot=snap).images == 7
+    assert StatSnapshot.load(snap, catalogue.generation(), catalogue.source()) is not None
 
 
 def test_a_snapshot_is_not_kept_when_the_catalogue_moved_during_the_rescan(tmp_path, catalogue):

@@ -84,3 +84,15 @@ def test_a_small_update_does_not_rewrite_the_key_index(tmp_path, monkeypatch):
     c.save_index()
     assert VectorCache(tmp_path, "fp", 3).present([_key(500), _key(1)]).all()  # its chunk read at start
     assert index.stat().st_mtime_ns == before
+
+
+def test_a_key_index_cut_short_is_rebuilt_from_the_chunks(tmp_path):
+    _fill(tmp_path)
+    first = VectorCache(tmp_path, "fp", 3)
+    first.present([_key(0)])  # saves the key index
+    index = first.dir / KEY_INDEX
+    data = index.read_bytes()
+    index.write_bytes(data[: len(data) // 2])  # a damaged file (zip central directory gone)
+    cache = VectorCache(tmp_path, "fp", 3)
+    assert cache.present([_key(0), _key(19), _key(20)]).tolist() == [True, True, False]
+    assert cache.get_many([_key(7)])[0, 0] == 7.0

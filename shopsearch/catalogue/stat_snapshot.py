@@ -21,6 +21,7 @@ What each rescan scope can see (catalogue/rescan.py):
 from __future__ import annotations
 
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ class StatSnapshot:
                     return None
                 return cls(generation, source, *(z[k] for k in ("ids", "paths", "sizes", "mtimes", "missing",
                                                                    "dir_of", "dirs", "dir_mtimes")))
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None  # absent, cut short or from another version: the rows are read instead
 
     @staticmethod
@@ -90,7 +91,7 @@ class StatSnapshot:
                 if int(z["generation"]) != generation or str(z["source"]) != source:
                     return None
                 dirs, then = z["dirs"], z["dir_mtimes"]
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
         return int((_stat_many(dirs.tolist())[1] != then).sum())
 

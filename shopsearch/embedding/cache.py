@@ -90,8 +90,8 @@ class VectorCache:
         try:
             with np.load(self.dir / KEY_INDEX) as z:
                 names, keys[0], where[0] = [str(n) for n in z["names"]], z["keys"], z["where"]
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # no index yet (or unreadable): every chunk's keys are read once
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # no index yet (or unreadable, cut short): every chunk's keys are read once
         on_disk = {f.name for f in self.dir.glob("chunk-*.npz")}
         if any(n not in on_disk for n in names):  # a chunk was removed by hand: index afresh
             names, keys, where = [], keys[:0] + [np.zeros(0, "S64")], [np.zeros((0, 2), np.int32)]
