@@ -21,33 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.scale_bench import _jpeg, generate, inject_vectors, pg_schema_url  # noqa: E402
+from benchmarks.scale_bench import generate, inject_vectors, pg_schema_url, seeded_jpeg, shopsearch  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
 STEPS = ("noop_build", "noop_build_dirs", "status", "update_10", "reimport")
 
 
 def cli(checkout: Path, data: Path, url: str, *args: str) -> tuple[float, dict | None]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHOPSEARCH_DEVICE": "cpu"}
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
-                          "--database-url", url, *args], cwd=checkout, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"{checkout}: shopsearch {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    try:
-        return wall, json.loads(out.stdout)
-    except ValueError:
-        return wall, None
+    return shopsearch(data, url, *args, checkout=checkout)
 
 
 def has_dirs_scope(checkout: Path) -> bool:
@@ -98,7 +86,7 @@ def main() -> None:
             times[name]["status"].append(cli(checkout, data, url, "index", "status", "--json")[0])
             for i in range(10):  # rewritten in place, other files each turn
                 j = 100 + turn * 10 + i
-                (scratch / "images" / f"{j // 10_000:03d}" / f"p{j:07d}.jpg").write_bytes(_jpeg(10 ** 9 + j))
+                (scratch / "images" / f"{j // 10_000:03d}" / f"p{j:07d}.jpg").write_bytes(seeded_jpeg(10 ** 9 + j))
             turn += 1
             t, rep = cli(checkout, data, url, "index", "update", "--index", "flat", "--json")
             assert rep and rep.get("embedded") == 10, rep
@@ -107,7 +95,7 @@ def main() -> None:
                                                "--json")[0])
             print(rnd, name, {k: round(v[-1], 2) for k, v in times[name].items() if v}, flush=True)
     for j in range(100, 100 + turn * 10):  # the pictures back as generated
-        (scratch / "images" / f"{j // 10_000:03d}" / f"p{j:07d}.jpg").write_bytes(_jpeg(j))
+        (scratch / "images" / f"{j // 10_000:03d}" / f"p{j:07d}.jpg").write_bytes(seeded_jpeg(j))
     med = {k: {s: float(np.median(v)) for s, v in t.items() if v} for k, t in times.items()}
     ratio = {s: med["B"][s] / med["A"][s] for s in STEPS if s in med["A"] and s in med["B"]}
     out = Path(args.out) / f"scale_ab_{n}_{args.db}.json"

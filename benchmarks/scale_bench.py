@@ -62,7 +62,7 @@ SEARCHES = ("unfiltered", "category", "price", "price_nothing")
 
 # -- the generated catalogue -------------------------------------------------------------------------------
 
-def _jpeg(seed: int) -> bytes:
+def seeded_jpeg(seed: int) -> bytes:
     """A 32x32 JPEG of a seeded 4x4 colour grid (about 1 KB)."""
     from PIL import Image
 
@@ -79,7 +79,7 @@ def _write_block(args: tuple[str, int, int]) -> list[str]:
         path = Path(folder) / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
         data = path.read_bytes() if path.is_file() else b""
         if not data.endswith(b"\xff\xd9"):  # missing, or cut short by a stopped run (no JPEG end marker)
-            data = _jpeg(i)
+            data = seeded_jpeg(i)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(data)
@@ -133,16 +133,16 @@ def inject_vectors(data_dir: Path, hashes: list[str]) -> None:
 LOAD: dict[str, float] = {}
 
 
-def shopsearch(data_dir: Path, db_url: str, *args: str) -> tuple[float, dict | None]:
-    """Run one CLI command; (wall seconds, its --json output when it printed one)."""
+def shopsearch(data_dir: Path, db_url: str, *args: str, checkout: Path = REPO) -> tuple[float, dict | None]:
+    """Run one CLI command of `checkout`; (wall seconds, its --json output when it printed one)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHOPSEARCH_DEVICE": "cpu"}
     LOAD[" ".join(a for a in args if not a.startswith(("/", "-")))] = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
-    out = subprocess.run([*CLI, "--data-dir", str(data_dir), "--database-url", db_url, *args], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = subprocess.run([*CLI, "--data-dir", str(data_dir), "--database-url", db_url, *args], cwd=checkout,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
-        raise SystemExit(f"shopsearch {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        raise SystemExit(f"{checkout}: shopsearch {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     try:
         return wall, json.loads(out.stdout)
     except ValueError:
@@ -179,7 +179,7 @@ def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[
     svc = open_search_service(settings, with_router=False)
     rng = np.random.default_rng(1)
     picks = rng.choice(n, queries, replace=False)
-    vecs = svc.embedder.encode_images([Image.open(io.BytesIO(_jpeg(int(i) + 10 ** 8))).convert("RGB")
+    vecs = svc.embedder.encode_images([Image.open(io.BytesIO(seeded_jpeg(int(i) + 10 ** 8))).convert("RGB")
                                        for i in picks])
     cats = [c.path for c in svc.catalogue.categories() if c.depth == 1]
     kinds = {"unfiltered": lambda j: SearchFilters(),
@@ -244,7 +244,7 @@ def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, quer
     res["detail"]["noop_dirs_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
     save(res)  # a run stopped later keeps the steps done so far
     for i in range(10):  # 10 pictures replaced in place: new bytes, same paths
-        (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(_jpeg(10 ** 9 + n + i))
+        (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(seeded_jpeg(10 ** 9 + n + i))
     sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", *itype, "--json")
     res["detail"]["update_strategy"] = (rep or {}).get("strategy")
     res["detail"]["update_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
@@ -269,8 +269,8 @@ def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, quer
 def _restore(scratch: Path) -> None:
     for i in range(10):
         path = scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
-        if path.is_file() and path.read_bytes() != _jpeg(i):
-            path.write_bytes(_jpeg(i))
+        if path.is_file() and path.read_bytes() != seeded_jpeg(i):
+            path.write_bytes(seeded_jpeg(i))
 
 
 # -- report ---------------------------------------------------------------------------------------------
