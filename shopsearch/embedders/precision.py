@@ -19,19 +19,11 @@ from typing import Sequence
 import numpy as np
 
 from shopsearch.embedders.registry import evict, load_embedder, parse_spec
+from shopsearch.evaluation.machine import cpu_has_bf16, cpu_model
 
 log = logging.getLogger("shopsearch.embedders")
 
 SUFFIXES = ("fp32", "bf16", "int8")
-
-
-def cpu_has_bf16() -> bool:
-    """True on CPUs that run bfloat16 natively (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def best_precision(device: str) -> str:
@@ -127,13 +119,7 @@ def _machine_key(device: str) -> str:
 
     from shopsearch.embedders.torch_base import available_cpus
 
-    cpu = "unknown cpu"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{device}|{cpu}|bf16={cpu_has_bf16()}|{available_cpus()} cpus|torch {torch.__version__}"
+    return f"{device}|{cpu_model()}|bf16={cpu_has_bf16()}|{available_cpus()} cpus|torch {torch.__version__}"
 
 
 def _probe_batch(model: str, device: str, models_dir: Path | None, n: int) -> np.ndarray:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from shopsearch.config import QUERY_PRECISIONS
+from shopsearch.evaluation.machine import cpu_has_bf16
 from shopsearch.errors import ConfigError
 
 log = logging.getLogger("shopsearch.embedders")
@@ -41,14 +42,6 @@ class QueryChoice:
     ms: dict[str, float] = field(default_factory=dict)  # best single-image time per candidate
     cosine: dict[str, float] = field(default_factory=dict)  # worst cosine to fp32 on the sample
     refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not timed
-
-
-def cpu_has_bf16() -> bool:
-    """True when oneDNN runs bfloat16 natively here (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _bf16(model: nn.Module) -> Forward:
