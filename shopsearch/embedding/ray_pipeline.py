@@ -335,10 +335,15 @@ def _stream(items: Sequence[WorkItem], by_key: dict[str, WorkItem], make_embedde
     per_block = math.ceil(len(items) / blocks)
     ds = ray.data.from_items([{"key": it.key, "path": it.path} for it in items], override_num_blocks=blocks)
     if sizing.fused:
+        # One image per task is the culprit hunt: an actor that dies takes down every task queued
+        # on it, so with several in flight an innocent image died beside the culprit on each try
+        # and was quarantined too. One task in flight per actor makes each death its own image's.
+        in_flight = 1 if per_block == 1 else None
         ds = ds.map_batches(DecodeEmbedActor, fn_constructor_kwargs={
             "make_embedder": make_embedder, "preprocess": preprocess, "folder": str(folder),
             "threads": max(1, int(sizing.cpus_per_actor)), "model_batch": sizing.batch_size},
-            batch_size=per_block, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=sizing.actors),
+            batch_size=per_block, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=sizing.actors, max_tasks_in_flight_per_actor=in_flight),
             num_cpus=sizing.cpus_per_actor, max_restarts=-1, max_task_retries=retries)
     else:
         ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": preprocess}, batch_size=per_block,
