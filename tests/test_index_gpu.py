@@ -10,7 +10,7 @@ from shopsearch.app import place_index
 from shopsearch.config import Settings
 from shopsearch.errors import ConfigError
 from shopsearch.index import VectorIndex
-from shopsearch.index.faiss_gpu import gpu_available
+from shopsearch.index.faiss_gpu import gpu_available, kernels_run
 
 
 def _data(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -99,3 +99,14 @@ def test_real_gpu_search_matches_cpu():
     gpu = VectorIndex(64, "flat", index=faiss.clone_index(cpu.faiss_index))
     assert gpu.to_gpu()
     np.testing.assert_array_equal(gpu.search(q, 10)[1], cpu.search(q, 10)[1])
+
+
+def test_gpu_probe_runs_in_a_child_so_an_aborting_build_only_says_no(caplog):
+    """A faiss-gpu build without kernels for the GPU aborts on the first search (seen with
+    PyPI's faiss-gpu-cu12 1.14 on an H200): the probe's child dies, the caller lives and hears why."""
+    probe = kernels_run.__wrapped__  # uncached: each case runs its own child
+    with caplog.at_level("WARNING", logger="shopsearch.index"):
+        assert probe("import os, sys; sys.stderr.write('no kernel image is available\\n'); os.abort()") is False
+    assert "cannot run on this GPU" in caplog.text and "no kernel image is available" in caplog.text
+    assert probe("import time; time.sleep(5)", timeout_s=0.5) is False
+    assert probe("x = 1") is True
