@@ -86,7 +86,7 @@ def jitter(img: Image.Image, seed: int, amount: int = 12) -> Image.Image:
 def one_torch_thread():
     """Tiny torch workloads (heads fitted on a few hundred vectors) on one intra-op thread: with
     more, every small op waits for threads that a loaded shared CPU deschedules, and the fits
-    take many times longer without computing anything else (benchmarks/RESULTS.md, test suite)."""
+    take many times longer for nothing (benchmarks/results/test_suite_durations_loaded.json)."""
     import torch
 
     before = torch.get_num_threads()
