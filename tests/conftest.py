@@ -82,6 +82,19 @@ def jitter(img: Image.Image, seed: int, amount: int = 12) -> Image.Image:
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny torch workloads (heads fitted on a few hundred vectors) on one intra-op thread: with
+    more, every small op waits for threads that a loaded shared CPU deschedules, and the fits
+    take many times longer for nothing (benchmarks/results/test_suite_durations_loaded.json)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def fake_embedder() -> FakeEmbedder:
     return FakeEmbedder()

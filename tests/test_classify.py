@@ -26,6 +26,8 @@ from tests.conftest import FakeEmbedder, jitter, make_image, sha
 
 CATS = ["Fruit/Apple/Granny-Smith", "Fruit/Apple/Pink-Lady", "Fruit/Banana", "Dairy/Milk/Oat", "Dairy/Yoghurt"]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_label_space_levels():
     labels = LabelSpace.from_paths(CATS + ["Fruit/Banana"])
@@ -49,14 +51,16 @@ def _clusters(n_per: int, seed: int, spread: float = 0.35) -> tuple[np.ndarray, 
     return x / np.linalg.norm(x, axis=1, keepdims=True), items
 
 
-def _trained(seed: int = 0) -> ClassifierArtefact:
+@pytest.fixture(scope="module")
+def trained(one_torch_thread) -> ClassifierArtefact:
+    """One head on separable clusters, shared by the tests that only read it (frozen artefact)."""
     x, items = _clusters(20, seed=1)
     xv, val = _clusters(10, seed=2)
-    return train_frozen(x, items, xv, val, "fp-a", "fake-a", epochs=80, seed=seed)
+    return train_frozen(x, items, xv, val, "fp-a", "fake-a", epochs=80, seed=0)
 
 
-def test_head_learns_separable_classes():
-    art = _trained()
+def test_head_learns_separable_classes(trained):
+    art = trained
     xt, test = _clusters(10, seed=3)
     pf, pc = Classifier(art).probs(xt)
     truth = np.array([art.labels.fine_index(i.category) for i in test])
@@ -84,8 +88,8 @@ def test_served_head_is_refitted_on_train_plus_val():
     assert (Classifier(both).probs(xt)[0].argmax(1) == truth).mean() == 1.0
 
 
-def test_artefact_round_trip_and_refusals(tmp_path):
-    art = _trained()
+def test_artefact_round_trip_and_refusals(trained, tmp_path):
+    art = trained
     path = art.save(artefact_path(tmp_path, art.fingerprint))
     back = load_artefact(path)
     assert (back.fingerprint, back.labels, back.thresholds, back.kind) == (art.fingerprint, art.labels,

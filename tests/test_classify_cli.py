@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
 from tests.conftest import jitter, make_image
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny fits (tests/conftest.py)
 
 CATS = ["Fruit/Apple", "Fruit/Banana", "Dairy/Milk"]
 

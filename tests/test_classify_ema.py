@@ -13,6 +13,8 @@ from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.training import below_reference
 from tests.conftest import jitter, make_image
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny training steps (tests/conftest.py)
+
 
 def test_decay_warms_up_then_caps():
     assert warmed_decay(0.998, 0) == pytest.approx(0.1)

@@ -15,6 +15,8 @@ from shopsearch.embedders import load_embedder
 from shopsearch.errors import ClassifierError, ModelUnavailableError
 from tests.conftest import jitter, make_image
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny training steps (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):

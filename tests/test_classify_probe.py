@@ -8,6 +8,8 @@ import torch
 from shopsearch.classify.head import combined_probs
 from shopsearch.classify.probe import fit_probe, head_from_probes
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny fits (tests/conftest.py)
+
 
 def _blobs(n_per: int, classes: int, dim: int, noise: float, seed: int, skew: bool = False, draw: int = 0):
     centres = np.random.default_rng(seed).normal(size=(classes, dim))

@@ -24,10 +24,14 @@ needs_cxx = pytest.mark.skipif(not torch_base.cxx_available(), reason="inductor 
 
 
 def _tiny() -> TorchEmbedder:
+    """EfficientNet-lite's layer kinds in miniature: a stride-2 stem, a depthwise 3x3 and a
+    pointwise convolution, batch norms, ReLU6, global pooling (and a linear head)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU6(),
+                        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
                         nn.Conv2d(16, 32, 1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 24))
-    net[1].running_mean.uniform_(-0.5, 0.5)
+    for bn in (net[1], net[4]):
+        bn.running_mean.uniform_(-0.5, 0.5)
     tf = T.Compose([T.Resize(36), T.CenterCrop(32), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
     return TorchEmbedder("tiny", net, transform=tf, dim=24, fingerprint="tiny-1")
 
@@ -157,13 +161,18 @@ def test_quantize_then_index_and_search_with_efficientnet_int8(tmp_path):
                             out=tmp_path / "folder.int8.pt")
     assert folder.images == 8 and folder.skipped == 1
 
-    build = json.loads(_cli(["index", "build", "--model", "efficientnet-lite0+int8", "--json"], data).stdout)
+    # batch 1: the build compiles the one graph the searches below reuse (inductor compiles of
+    # EfficientNet are the suite's slowest step); a bulk batch beside the one-image graph is
+    # test_int8_vectors_are_close_to_fp32_and_independent_of_the_batch's, on the same layer kinds
+    build = json.loads(_cli(["index", "build", "--model", "efficientnet-lite0+int8", "--batch-size", "1", "--json"],
+                            data).stdout)
     assert build["vectors"] == 12 and build["model"] == "efficientnet-lite0+int8"
     query = tmp_path / "q.jpg"
     jitter(make_image(5, size=(240, 200)), seed=3).save(query, quality=90)
     found = json.loads(_cli(["search", str(query), "-k", "3", "--json"], data).stdout)
     # generated colour grids look alike to an ImageNet model: the photo's product is among the first three
     assert "P5" in [r["sku"] for r in found["results"]] and found["model"] == "efficientnet-lite0+int8"
+    # the query path (decode, resize, model) gives the indexed image its own vector back
     own = json.loads(_cli(["search", str(imgs / "p7.jpg"), "-k", "1", "--json"], data).stdout)
     assert own["results"][0]["sku"] == "P7" and own["results"][0]["score"] > 0.9999
     mismatch = _cli(["search", str(query), "--model", "efficientnet-lite0"], data, ok=False)
