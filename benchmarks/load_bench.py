@@ -199,6 +199,7 @@ def main() -> int:
     ap.add_argument("--server-repo", type=Path, default=REPO, help="checkout whose code serves")
     ap.add_argument("--no-prepare", action="store_true", help="use the data dir's catalogue and index as they are")
     ap.add_argument("--port", type=int, default=0, help="port the server listens on (0: any free one)")
+    ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds the server may take to load")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "load_search.json")
     a = ap.parse_args()
 
@@ -219,7 +220,7 @@ def main() -> int:
     sequential = None
     try:
         t_start = time.perf_counter()
-        health = wait_healthy(port, proc)
+        health = wait_healthy(port, proc, a.startup_timeout)
         startup_s = time.perf_counter() - t_start
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in range(a.warmup):
