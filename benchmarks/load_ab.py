@@ -41,7 +41,8 @@ def run_one(v: dict, a: argparse.Namespace, out: Path) -> dict:
     cmd = [sys.executable, str(REPO / "benchmarks" / "load_bench.py"), "--data-dir", str(a.data_dir), "--no-prepare",
            "--dataset", str(a.dataset), "--server-repo", v["repo"], "--workers", str(v["workers"]),
            "--threads", str(v["threads"]), "--concurrency", str(a.concurrency), "--duration", str(a.duration),
-           "--sequential", str(a.sequential), "--out", str(out)]
+           "--sequential", str(a.sequential), "--port", str(a.port),
+           "--startup-timeout", str(a.startup_timeout), "--out", str(out)]
     env = dict(os.environ)
     if v["torch_threads"]:
         env["SHOPSEARCH_TORCH_THREADS"] = str(v["torch_threads"])
@@ -70,6 +71,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--sequential", type=float, default=15.0)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--port", type=int, default=0, help="port each server listens on in turn (0: any free one)")
+    ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds a server may take to load")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "load_search_ab.json")
     a = ap.parse_args()

@@ -198,6 +198,8 @@ def main() -> int:
     ap.add_argument("--sequential", type=float, default=0.0, help="seconds of one client measured first")
     ap.add_argument("--server-repo", type=Path, default=REPO, help="checkout whose code serves")
     ap.add_argument("--no-prepare", action="store_true", help="use the data dir's catalogue and index as they are")
+    ap.add_argument("--port", type=int, default=0, help="port the server listens on (0: any free one)")
+    ap.add_argument("--startup-timeout", type=float, default=180.0, help="seconds the server may take to load")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "load_search.json")
     a = ap.parse_args()
 
@@ -208,7 +210,7 @@ def main() -> int:
     else:
         source, queries = prepare_catalogue(a.data_dir.resolve(), a.dataset, a.model, a.reference_split)
     prep_s = time.perf_counter() - t_prep
-    port = free_port()
+    port = a.port or free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     proc = subprocess.Popen([*CLI, "--data-dir", str(a.data_dir.resolve()), "serve", "--bind", f"127.0.0.1:{port}",
@@ -218,7 +220,7 @@ def main() -> int:
     sequential = None
     try:
         t_start = time.perf_counter()
-        health = wait_healthy(port, proc)
+        health = wait_healthy(port, proc, a.startup_timeout)
         startup_s = time.perf_counter() - t_start
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in range(a.warmup):

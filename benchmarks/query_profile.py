@@ -45,10 +45,13 @@ def stage_times(svc, photos: list[bytes], k: int, clock=time.perf_counter) -> di
     """Median ms of each stage of a search, the calls the routes make, one photo at a time.
     clock=time.thread_time gives this thread's CPU ms instead: with one intra-op thread
     (OMP_NUM_THREADS=1) all the work runs in this thread, and CPU time barely moves when other
-    jobs share the cores, where wall time does."""
+    jobs share the cores, where wall time does. 'group' is the whole of search_vector after the
+    model (vector search, routing and fusion head, grouping with its catalogue reads,
+    calibration); 'database' the catalogue reads alone."""
     import numpy as np
 
     from shopsearch.embedding.preprocess import decode_query
+    from shopsearch.grouping import group_candidates
 
     emb = svc.embedder
     stages = ("decode", "preprocess", "model", "faiss", "database", "group", "query_encode")
@@ -65,7 +68,10 @@ def stage_times(svc, photos: list[bytes], k: int, clock=time.perf_counter) -> di
         fetch = min(len(svc.index), max(50, 8 * k))
         scores, ids = svc.index.search(vec[None, :], fetch)
         t4 = clock()
-        svc.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
+        # what search reads of the catalogue: each image's product (in memory, one generation read)
+        # and the live rows of each candidate product's best image
+        cands = group_candidates(svc.owners.current(), ids[0], scores[0])
+        svc.catalogue.products_for_images(cands.image_ids.tolist())
         t5 = clock()
         svc.search_vector(vec, k)
         t6 = clock()

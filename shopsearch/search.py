@@ -16,6 +16,7 @@ from shopsearch.confidence import Calibration, annotate, scoring_key
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.filter_sets import AllowedImages
+from shopsearch.grouping import OwnersCache, group_candidates
 from shopsearch.index.vector_index import IndexManifest, VectorIndex, check_model
 from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.results import CategoryPrediction, ProductHit, SearchFilters, SearchResult
@@ -54,6 +55,8 @@ class SearchService:
         self.centring = centring
         # filters and routing restrict the vector search itself (docs/filtered_search.md)
         self.allowed_images = AllowedImages(lambda: catalogue.filter_columns())
+        # each image's product, for grouping candidates without a database row each (shopsearch.grouping)
+        self.owners = OwnersCache(catalogue.generation, catalogue.image_owners)
 
     # -- entry points ---------------------------------------------------------
     def search_image(self, image: Image.Image, k: int = 10, filters: SearchFilters = SearchFilters(),
@@ -139,8 +142,9 @@ class SearchService:
             return SearchResult((), self.manifest.model_name, self.manifest.build_id)
         query = np.mean(np.stack(vecs), axis=0)
         query /= max(np.linalg.norm(query), 1e-12)
-        own_hashes = {i.sha256 for i in product.images if i.sha256}
-        pool = self._grouped(query, k * 4, SearchFilters(), None, frozenset({sku}), exclude_hashes=own_hashes)
+        # its own photos' exact duplicates filed under other products are no recommendation either
+        own = self.catalogue.image_ids_with_hashes(sorted({i.sha256 for i in product.images if i.sha256}))
+        pool = self._grouped(query, k * 4, SearchFilters(), None, frozenset({sku}), exclude_ids=own)
         return SearchResult(tuple(_diversify(pool, k, max_per_category)), self.manifest.model_name, self.manifest.build_id)
 
     # -- internals --------------------------------------------------------------
@@ -152,7 +156,7 @@ class SearchService:
             return False
 
     def _grouped(self, vec: np.ndarray, k: int, filters: SearchFilters, allowed: tuple[str, ...] | None,
-                 exclude_skus: frozenset[str], exclude_hashes: set[str] | None = None,
+                 exclude_skus: frozenset[str], exclude_ids: np.ndarray | None = None,
                  index: VectorIndex | RerankingIndex | None = None,
                  boost: dict[str, float] | None = None, db_s: list[float] | None = None) -> list[ProductHit]:
         """Best image per product among the nearest images that pass the filters and routing;
@@ -175,40 +179,35 @@ class SearchService:
             scores, ids = (index.search(vec[None, :], fetch) if restrict is None
                            else index.search(vec[None, :], fetch, allowed=restrict))
             t_db = time.perf_counter()
-            info = self.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
+            cands = group_candidates(self.owners.current(), ids[0], scores[0], exclude_ids)
+            # the live rows of each product's best image only: titles, prices and categories as they are now
+            info = self.catalogue.products_for_images(cands.image_ids.tolist())
             if db_s is not None:
                 db_s[0] += time.perf_counter() - t_db
-            best: dict[str, tuple[float, ProductInfo, ImageInfo, int]] = {}
-            for score, image_id in zip(scores[0], ids[0]):
-                if image_id < 0 or int(image_id) not in info:
+            best: list[tuple[float, ProductInfo, ImageInfo, int]] = []
+            for image_id, score, count in zip(cands.image_ids.tolist(), cands.scores.tolist(), cands.counts.tolist()):
+                if image_id not in info:  # deleted since the columns were read: the next search reloads them
                     continue
-                prod, img = info[int(image_id)]
+                prod, img = info[image_id]
                 # filters are checked again on the live rows: the allowed set is as of the service's start
-                if not self._passes(prod, img, filters, allowed, exclude_skus, exclude_hashes):
-                    continue
-                if prod.sku in best:
-                    s, p, i, c = best[prod.sku]
-                    best[prod.sku] = (s, p, i, c + 1)
-                else:
-                    best[prod.sku] = (float(score), prod, img, 1)
+                if self._passes(prod, filters, allowed, exclude_skus):
+                    best.append((score, prod, img, count))
             if len(best) >= k or fetch >= limit:
                 break
         if boost is None:
-            ranked = sorted(best.values(), key=lambda t: -t[0])[:k]
+            ranked = best[:k]  # in score order already
             return [ProductHit(p.sku, p.title, s, i.id, i.path, p.brand, p.price, p.currency, p.category,
                                p.category_source, c) for s, p, i, c in ranked]
         floor = boost.get("", 0.0)
-        fused = sorted(((s + boost.get((p.category or "").strip("/"), floor), s, p, i, c) for s, p, i, c in best.values()),
+        fused = sorted(((s + boost.get((p.category or "").strip("/"), floor), s, p, i, c) for s, p, i, c in best),
                        key=lambda t: -t[0])[:k]
         return [ProductHit(p.sku, p.title, f, i.id, i.path, p.brand, p.price, p.currency, p.category,
                            p.category_source, c, similarity=s) for f, s, p, i, c in fused]
 
     @staticmethod
-    def _passes(prod: ProductInfo, img: ImageInfo, f: SearchFilters, allowed: tuple[str, ...] | None,
-                exclude_skus: frozenset[str], exclude_hashes: set[str] | None) -> bool:
+    def _passes(prod: ProductInfo, f: SearchFilters, allowed: tuple[str, ...] | None,
+                exclude_skus: frozenset[str]) -> bool:
         if prod.sku in exclude_skus:
-            return False
-        if exclude_hashes and img.sha256 in exclude_hashes:
             return False
         if f.category and not _in_categories(prod.category, (f.category,)):
             return False

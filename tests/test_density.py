@@ -106,3 +106,13 @@ def test_a_labelled_fit_reads_the_density_and_trusts_familiar_photos_more():
     assert cal.confidence(scores, None, familiar)[0] > cal.confidence(scores, None, unfamiliar)[0]
     without = calibrate_index(index, product_of, {}, labelled=photos, density=False)
     assert without.query_features == ("score",) and without.density is None
+
+
+def test_relative_distances_equal_the_two_projection_form():
+    gallery, labels, sold, unknown = _clusters(seed=2)
+    dens = ProductDensity.from_bytes(fit_density(gallery, labels, shrinkage=0.01).to_bytes())
+    x = np.concatenate([sold, unknown]).astype(np.float64)
+    z = x @ dens.proj
+    direct = ((z[:, None, :] - dens.means[None]) ** 2).sum(2) - ((x @ dens.proj0 - dens.mean0) ** 2).sum(1)[:, None]
+    np.testing.assert_allclose(dens.relative_distances(x), direct / x.shape[1], rtol=1e-9, atol=1e-9)
+    assert np.array_equal(dens.relative_distances(x).argmin(1), direct.argmin(1))

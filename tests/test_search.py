@@ -138,3 +138,70 @@ def test_routing_prefers_category_tops_up_and_never_scans_everything(indexed, mo
     asked.clear()
     routed.search_image(make_image(0), k=8)
     assert max(k for k, _ in asked) <= 8 * max(50, 8 * 8)
+
+
+def _grouped_from_rows(svc: SearchService, vec, k: int) -> list[tuple[str, float, int, int]]:
+    """The grouping search did before shopsearch.grouping: one catalogue row per candidate image,
+    best image per product in the search's order, then sorted by score (the reference)."""
+    fetch = min(len(svc.index), max(50, 8 * k))
+    scores, ids = svc.index.search(vec[None, :], fetch)
+    info = svc.catalogue.products_for_images([int(i) for i in ids[0] if i >= 0])
+    best: dict[str, list] = {}
+    for score, image_id in zip(scores[0], ids[0]):
+        if image_id < 0 or int(image_id) not in info:
+            continue
+        prod, img = info[int(image_id)]
+        if prod.sku in best:
+            best[prod.sku][3] += 1
+        else:
+            best[prod.sku] = [prod.sku, float(score), img.id, 1]
+    return [tuple(b) for b in sorted(best.values(), key=lambda b: -b[1])[:k]]
+
+
+def test_grouping_from_columns_matches_a_row_per_candidate(indexed):
+    svc, _ = indexed
+    for i in range(12):
+        vec = svc.embedder.encode_images([jitter(make_image(i), seed=50 + i)])[0]
+        for k in (1, 5, 12):
+            got = [(h.sku, h.score, h.image_id, h.matched_images) for h in svc.search_vector(vec, k).hits]
+            assert got == _grouped_from_rows(svc, vec, max(k, 2))[:k]
+
+
+def test_grouping_notices_catalogue_changes_without_a_new_build(indexed, tmp_path):
+    svc, _ = indexed
+    query = make_image(0)
+    assert svc.search_image(query, k=1).hits[0].matched_images == 2
+    loads = svc.owners.loads
+    svc.search_image(query, k=3)
+    assert svc.owners.loads == loads  # unchanged catalogue: the columns are read once
+    # P0 keeps only its first image: its second leaves the catalogue (still in the index)
+    p0 = svc.catalogue.get_product("P0")
+    svc.catalogue.upsert_product(ProductRecord(sku="P0", title="Product 0 renamed", price=Decimal(0), currency="EUR",
+                                               category_path=("Fruit", "Apple"),
+                                               images=(ImageRecord(p0.images[0].path, sha256=p0.images[0].sha256),)))
+    top = svc.search_image(query, k=1).hits[0]
+    assert (top.sku, top.matched_images, top.title) == ("P0", 1, "Product 0 renamed")
+    assert svc.owners.loads == loads + 1
+    # P0 deleted: gone from the results at once, as the live rows said before
+    svc.catalogue.delete_products(["P0"])
+    res = svc.search_image(query, k=12)
+    assert "P0" not in [h.sku for h in res.hits] and len(res.hits) == 11
+    vec = svc.embedder.encode_images([query])[0]
+    assert [(h.sku, h.score, h.image_id, h.matched_images) for h in svc.search_vector(vec, 11).hits] == \
+        _grouped_from_rows(svc, vec, 11)
+
+
+def test_group_candidates_orders_counts_and_leaves_out():
+    import numpy as np
+
+    from shopsearch.grouping import ImageOwners, group_candidates
+
+    owners = ImageOwners(7, np.array([3, 5, 8, 9, 12]), np.array([1, 2, 1, 3, 2]))
+    # image 4 is not in the catalogue (deleted), -1 is FAISS's "no result"; 9 and 3 tie on score
+    c = group_candidates(owners, np.array([5, 4, 9, 3, 12, 8, -1]), np.array([0.9, 0.8, 0.7, 0.7, 0.6, 0.5, 0.0]))
+    assert c.image_ids.tolist() == [5, 9, 3] and c.counts.tolist() == [2, 1, 2]
+    assert c.scores.tolist() == pytest.approx([0.9, 0.7, 0.7])
+    c = group_candidates(owners, np.array([5, 9, 3, 12]), np.array([0.9, 0.7, 0.6, 0.5]), exclude_ids=np.array([5]))
+    assert c.image_ids.tolist() == [9, 3, 12] and c.counts.tolist() == [1, 1, 1]
+    empty = ImageOwners(0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    assert group_candidates(empty, np.array([5]), np.array([0.9])).image_ids.tolist() == []

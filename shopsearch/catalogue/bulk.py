@@ -14,7 +14,7 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
-from shopsearch.catalogue.models import Category, Product, ProductImage
+from shopsearch.catalogue.models import CatalogueState, Category, Product, ProductImage
 from shopsearch.catalogue.records import ImageInfo, ProductInfo
 
 #: ids per IN (...) list: below both databases' bind-parameter limits, with room for the rest of the query
@@ -52,12 +52,17 @@ def image_stats(conn: Connection) -> list[tuple[int, str, str, int | None, int |
         cur.close()
 
 
+@functools.cache
+def _images_by_id_query() -> Select:
+    """The select of images_by_id, built once: every thumbnail request runs it."""
+    return select(*IMAGE_COLUMNS).where(ProductImage.id.in_(bindparam("ids", expanding=True))).order_by(ProductImage.id)
+
+
 def images_by_id(conn: Connection, ids: Sequence[int]) -> list[ImageInfo]:
     """The images with these ids (those that exist), in id order, chunked below the parameter limits."""
     out: list[ImageInfo] = []
     for part in chunks(sorted(ids)):
-        out += [ImageInfo(*row) for row in conn.execute(select(*IMAGE_COLUMNS).where(ProductImage.id.in_(part))
-                                                         .order_by(ProductImage.id))]
+        out += [ImageInfo(*row) for row in conn.execute(_images_by_id_query(), {"ids": part})]
     return out
 
 
@@ -131,6 +136,37 @@ def filter_columns(engine: Engine) -> FilterColumns:
                          cols[:, 4].astype(np.int64), paths)
 
 
+#: the catalogue generation's select (migration 0004), built once: every search reads it
+GENERATION = select(CatalogueState.generation).where(CatalogueState.id == 1)
+
+
+def generation(conn: Connection) -> int:
+    """The catalogue generation, moved by every change to what an index holds."""
+    return int(conn.execute(GENERATION).scalar() or 0)
+
+
+def image_owners(engine: Engine) -> tuple[int, np.ndarray, np.ndarray]:
+    """(catalogue generation, image ids int64 ascending, their product ids) of every image row
+    whatever its status: what grouping a search's candidate images into products needs. The
+    generation is read first, in the same transaction, so the columns are at least that recent."""
+    with engine.connect() as conn, conn.begin():
+        gen = generation(conn)
+        numbers = _numbers(conn, ["id", "product_id"], "product_images", "id")
+    cols = numbers.reshape(-1, 2).astype(np.int64)
+    cols = cols[np.argsort(cols[:, 0], kind="stable")]  # SQLite's group_concat promises no order
+    return gen, np.ascontiguousarray(cols[:, 0]), np.ascontiguousarray(cols[:, 1])
+
+
+def image_ids_with_hashes(engine: Engine, hashes: Sequence[str]) -> np.ndarray:
+    """Ids of every image whose content hash is one of `hashes` (exact duplicates), ascending."""
+    out: list[int] = []
+    with engine.connect() as conn:
+        for start in range(0, len(hashes), ID_CHUNK):
+            part = list(hashes[start:start + ID_CHUNK])
+            out += [int(i) for i, in conn.execute(select(ProductImage.id).where(ProductImage.sha256.in_(part)))]
+    return np.array(sorted(out), dtype=np.int64)
+
+
 def ok_image_ids(engine: Engine) -> np.ndarray:
     """Ids of the indexable images (status ok), ascending."""
     return np.sort(_numbers(engine, ["id"], "product_images WHERE status = 'ok'", "id").astype(np.int64))
@@ -163,20 +199,23 @@ def indexable_keys(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], keys[order]
 
 
-def _numbers(engine: Engine, exprs: list[str], source: str, order: str) -> np.ndarray:
+def _numbers(bind: Engine | Connection, exprs: list[str], source: str, order: str) -> np.ndarray:
     """The numeric `exprs` of every row of `source`, row after row, as one float64 array.
 
     The database joins them into one comma-separated text that numpy parses in C: at a
     million rows this is several times faster than a Python tuple per row (ids stay exact
     in float64 up to 2**53)."""
-    if engine.dialect.name == "postgresql":
+    if bind.dialect.name == "postgresql":
         row = "concat_ws(',', " + ", ".join(exprs) + ")"
         sql = f"SELECT string_agg({row}, ',' ORDER BY {order}) FROM {source}"
     else:
         row = " || ',' || ".join(f"({e})" for e in exprs)
         sql = f"SELECT group_concat(r) FROM (SELECT {row} AS r FROM {source} ORDER BY {order})"
-    with engine.connect() as conn:
-        text_ = conn.exec_driver_sql(sql).scalar()
+    if isinstance(bind, Connection):  # inside the caller's transaction
+        text_ = bind.exec_driver_sql(sql).scalar()
+    else:
+        with bind.connect() as conn:
+            text_ = conn.exec_driver_sql(sql).scalar()
     if not text_:
         return np.zeros(0, dtype=np.float64)
     return np.fromstring(text_, dtype=np.float64, sep=",")

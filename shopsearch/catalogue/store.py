@@ -37,7 +37,6 @@ IN_CHUNK = 10_000
 
 
 
-
 def _image_info(img: ProductImage) -> ImageInfo:
     return ImageInfo(img.id, img.product_id, img.path, img.role, img.sha256, img.width, img.height, img.status,
                      img.error, img.file_size, img.file_mtime_ns)
@@ -206,6 +205,15 @@ class CatalogueStore:
         """Per indexable image: product, price and category as numpy columns (search filters)."""
         return bulk.filter_columns(self.engine)
 
+    def image_owners(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(generation, image ids ascending, their product ids) of every image row: search
+        groups its candidates with these, read once per catalogue generation."""
+        return bulk.image_owners(self.engine)
+
+    def image_ids_with_hashes(self, hashes: Sequence[str]) -> np.ndarray:
+        """Ids of the images whose content hash is one of `hashes`, ascending."""
+        return bulk.image_ids_with_hashes(self.engine, hashes)
+
     def ok_image_ids(self) -> np.ndarray:
         """Ids of the indexable images, ascending (`index status` compares them with a build's)."""
         return bulk.ok_image_ids(self.engine)
@@ -280,9 +288,9 @@ class CatalogueStore:
         return self.engine.url.render_as_string(hide_password=True)
 
     def image(self, image_id: int) -> ImageInfo | None:
-        with self.session() as s:
-            img = s.get(ProductImage, image_id)
-            return _image_info(img) if img else None
+        """One image row (plain columns: every thumbnail request reads one)."""
+        found = self.images_by_id([image_id])
+        return found[0] if found else None
 
     def mark_image_failed(self, image_id: int, error: str) -> None:
         with self.session() as s:
@@ -340,7 +348,7 @@ class CatalogueStore:
 
     @staticmethod
     def _generation(conn) -> int:
-        return int(conn.execute(select(CatalogueState.generation).where(CatalogueState.id == 1)).scalar() or 0)
+        return bulk.generation(conn)
 
     def build_generation(self, build_id: str) -> int | None:
         """The generation whose indexable images `build_id` holds exactly (None: not known)."""
