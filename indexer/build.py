@@ -19,7 +19,7 @@ from typing import Any, Callable
 import faiss
 import numpy as np
 
-from indexer.centring_build import choose_centring
+from indexer.centring_build import choose_adaptation, choose_centring, iconic_only
 from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.build_types import BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges
 from indexer.shrink import check_shrink
@@ -110,11 +110,19 @@ class IndexBuilder:
         """Vectors from the cache (centred when the build is); ids the cache lacks (cache wiped)
         come from the old index, which holds them centred already when it is."""
         if fallback is None or self.cache.present(keys).all():
-            return self._centre(self.cache.get_many(keys))
+            return self._adapt(self._centre(self.cache.get_many(keys)))
         out = np.empty((len(ids), self.embedder.dim), np.float32)
+        cached = np.zeros(len(ids), bool)
         for j, (i, k) in enumerate(zip(ids, keys)):
-            out[j] = self._centre(self.cache.get_many([k]))[0] if k in self.cache else fallback.reconstruct(i)
-        return out
+            cached[j] = k in self.cache
+            out[j] = self._centre(self.cache.get_many([k]))[0] if cached[j] else fallback.reconstruct(i)
+        return self._adapt(out, cached)  # vectors read back from the index were adapted already
+
+    def _adapt(self, centred: np.ndarray, movable: np.ndarray | None = None) -> np.ndarray:
+        """A whole gallery moved toward the build's shopper sample (when its centring adapts):
+        only whole-gallery builds adapt; a delta's new vectors are centred alone until the next
+        compaction."""
+        return centred if self._centring is None else self._centring.adapted(centred, movable)
 
     def _centre(self, vectors: np.ndarray) -> np.ndarray:
         return vectors if self._centring is None or not len(vectors) else self._centring.gallery(vectors)
@@ -176,7 +184,8 @@ class IndexBuilder:
         failed = (scan.problems if scan else ()) + tuple((it.image_id, it.path, r) for it, r in rep.failed)
         return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
                            rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
-                           scan, update, strategy == UP_TO_DATE, strategy, segments)
+                           scan, update, strategy == UP_TO_DATE, strategy, segments,
+                           self._centring.adapt_rounds if self._centring is not None and self._centring.adapts else 0)
 
     def _up_to_date(self, serving: IndexManifest, t0: float, scan: RescanReport | None,
                     update: UpdateChanges | None = None) -> BuildReport:
@@ -210,9 +219,12 @@ class IndexBuilder:
             return None
         return serving
 
-    def _centring_kept(self, centre: str, serving: IndexManifest) -> bool:
-        """Whether a build with this --centre leaves the serving build's centring as it is."""
-        return centre == "keep" or (centre == "off" and build_centring(self.store.build_dir(serving.build_id)) is None)
+    def _centring_kept(self, o: BuildOptions, serving: IndexManifest) -> bool:
+        """Whether a build with this --centre and --adapt leaves the serving build's centring as it is."""
+        current = build_centring(self.store.build_dir(serving.build_id))
+        if o.centre == "keep":
+            return o.adapt == "auto" or (o.adapt == "on") == bool(current is not None and current.adapts)
+        return o.centre == "off" and current is None
 
     # -- public -----------------------------------------------------------------------------
     def build(self, options: BuildOptions | None = None, on_plan: Callable[[BuildPlan], None] | None = None,
@@ -228,14 +240,14 @@ class IndexBuilder:
         # read before the rows: a change made after this makes the next build look at the rows
         generation = self.catalogue.generation()
         if not o.force and (serving := self._current_at(generation, o.index_type)) is not None \
-                and self._centring_kept(o.centre, serving):
+                and self._centring_kept(o, serving):
             return self._up_to_date(serving, t0, scan)
         images = self.catalogue.indexable_images()
         items = self.work_items(images)
         plan = self.plan(o.index_type, items)
         serving, serving_keys = self._serving()
         # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
-        if not o.force and serving is not None and self._centring_kept(o.centre, serving) and not self.store.degraded \
+        if not o.force and serving is not None and self._centring_kept(o, serving) and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
             self.catalogue.set_build_generation(serving.build_id, generation)
@@ -254,6 +266,9 @@ class IndexBuilder:
         self._centring = choose_centring(o.centre, self.store, serving, self.embedder,
                                          self.cache.get_many([good[i] for i in ids]) if o.centre == "on" else
                                          np.zeros((0, self.embedder.dim), np.float32), self.query_sample)
+        fresh = self.query_sample[0] if o.centre == "on" and self.query_sample is not None else None
+        self._centring = choose_adaptation(o.adapt, self._centring, fresh,
+                                           iconic_only([im.product_id for im in images if im.id in good]))
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
         segments = SegmentCounts(len(index), 0, 0)
         report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),

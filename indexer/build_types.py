@@ -28,6 +28,10 @@ class BuildOptions:
     #: per-domain mean centring (shopsearch.centring): "keep" what the serving build does, "on"
     #: (means fitted anew), "off". An update always keeps the serving build's means.
     centre: str = "keep"
+    #: catalogue adaptation of a centred build (shopsearch.centring.adapt_gallery): "auto" (on
+    #: for an iconic-only catalogue, about one image per product, when a shopper sample is
+    #: given; else as the serving build), "on", "off"
+    adapt: str = "auto"
     #: what the rescan stats: "files" (every file) or "dirs" (folders, then the files of those
     #: that moved; blind to files rewritten in place: shopsearch/catalogue/stat_snapshot.py)
     rescan_scope: str = "files"
@@ -85,6 +89,7 @@ class BuildReport:
     up_to_date: bool = False  # nothing changed: no index work, no new build (build_id is the serving one)
     strategy: str = "full"  # full, or indexer.update_plan's UP_TO_DATE | DELTA | READD | REBUILD
     segments: SegmentCounts | None = None
+    adapt_rounds: int = 0  # rounds of catalogue adaptation in the published vectors (0: none)
 
     def to_dict(self) -> dict:
         d = {
@@ -104,5 +109,6 @@ class BuildReport:
         d["rescan"] = self.rescan.to_dict() if self.rescan else None
         s = self.segments
         d |= {"up_to_date": self.up_to_date, "strategy": self.strategy,
-              "segments": {"base": s.base, "delta": s.delta, "dead": s.dead} if s else None}
+              "segments": {"base": s.base, "delta": s.delta, "dead": s.dead} if s else None,
+              "adapt_rounds": self.adapt_rounds}
         return d

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from shopsearch.centring import DomainCentring, build_centring, fit_centring
+from shopsearch.centring import ADAPT_ROUNDS, DomainCentring, build_centring, fit_centring
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import WorkItem, embed_items
@@ -20,6 +21,10 @@ from shopsearch.index.vector_index import IndexManifest
 log = logging.getLogger("shopsearch.indexer")
 
 MODES = ("keep", "on", "off")
+ADAPT_MODES = ("auto", "on", "off")
+#: a catalogue with at most this many indexable images per product on average is iconic-only
+#: (one studio photo per product), where adaptation helps (benchmarks/RESULTS.md)
+ICONIC_IMAGES_PER_PRODUCT = 1.5
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -56,3 +61,34 @@ def choose_centring(mode: str, store: IndexStore, serving: IndexManifest | None,
     centring = fit_centring(gallery_vectors, vecs, embedder.fingerprint, source)
     log.info("domain centring fitted", extra=centring.info)
     return centring
+
+
+def iconic_only(product_ids: Sequence[int]) -> bool:
+    """Whether the indexable images (their product ids) are about one per product."""
+    products = len(set(product_ids))
+    return products > 0 and len(product_ids) <= ICONIC_IMAGES_PER_PRODUCT * products
+
+
+def choose_adaptation(mode: str, centring: DomainCentring | None, fresh_sample: np.ndarray | None,
+                      iconic: bool) -> DomainCentring | None:
+    """The build's centring with or without catalogue adaptation. `fresh_sample`: the shopper
+    photos of a `centre on` build (None: the centring was kept from the serving build, with
+    whatever adaptation and sample it stored)."""
+    if mode not in ADAPT_MODES:
+        raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {mode!r}")
+    if centring is None:
+        if mode == "on":
+            raise ConfigError("adaptation moves centred catalogue vectors: build with --centre on and "
+                              "--centre-sample (or keep a serving build centred that way)")
+        return None
+    if mode == "off":
+        return centring.with_adaptation(None)
+    if fresh_sample is None:
+        if mode == "on" and not centring.adapts:
+            raise ConfigError("--adapt on: the serving build's centring stores no shopper photos to adapt to; "
+                              "build with --centre on --centre-sample DIR|feedback")
+        return centring
+    if mode == "auto" and not iconic:
+        log.info("catalogue adaptation off: the catalogue has several images per product")
+        return centring.with_adaptation(None)
+    return centring.with_adaptation(fresh_sample, ADAPT_ROUNDS)

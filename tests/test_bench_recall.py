@@ -281,3 +281,15 @@ def test_cli_open_set(grocery, tmp_path):
     other = json.loads(_cli(base + ["--open-set", "0.34", "--seed", "3", "--json"], tmp_path).stdout)["open_set"]
     assert other["removed_products"] == 2
     assert _cli(base + ["--open-set", "1.5"], tmp_path).exit_code == 2
+
+
+def test_cli_iconic_gallery_with_adaptation(grocery, tmp_path):
+    """`--adapt N` reports the iconic-gallery figure of an adapted build (centred vectors only)."""
+    base = ["--dataset", str(grocery), "--model", "colorhist", "--latency-samples", "0", "--workers", "1",
+            "--gallery", "iconic", "--json"]
+    r = _cli(base + ["--centre", "on", "--adapt", "2"], tmp_path)
+    assert r.exit_code == 0, r.output
+    q = json.loads(r.stdout)["quality"]
+    assert (q["centre"], q["adapt"]) == (True, 2) and q["centring"]["query_vectors"] > 0
+    r = _cli(base + ["--adapt", "2"], tmp_path)
+    assert r.exit_code == 2 and "--centre on" in r.output

@@ -87,16 +87,22 @@ def _build_setup(tmp_path, url: str):
     return settings, cat, shots
 
 
-def test_a_centred_build_serves_queries_through_its_means_and_keeps_them(tmp_path):
+def builder_setup(tmp_path):
+    """(settings, catalogue, shopper folder, embedder, store, builder) over _build_setup's catalogue."""
     settings, cat, shots = _build_setup(tmp_path, f"sqlite:///{tmp_path / 'c.db'}")
     emb = FakeEmbedder()
     store = IndexStore(settings.index_dir)
-    builder = IndexBuilder(emb, cat, store, settings.vector_cache_dir)
+    return settings, cat, shots, emb, store, IndexBuilder(emb, cat, store, settings.vector_cache_dir)
+
+
+def test_a_centred_build_serves_queries_through_its_means_and_keeps_them(tmp_path):
+    settings, cat, shots, emb, store, builder = builder_setup(tmp_path)
     with pytest.raises(ConfigError, match="--centre-sample"):
         builder.build(progress=False, workers=1, centre="on")
     builder.query_sample = folder_sample(emb, builder.cache, shots, workers=1, progress=False)
     assert len(builder.query_sample[0]) == 24
-    rep = builder.build(progress=False, workers=1, centre="on")
+    # centring alone (an iconic catalogue is adapted too by default: tests/test_adapt_build.py)
+    rep = builder.build(progress=False, workers=1, centre="on", adapt="off")
     c = build_centring(store.build_dir(rep.build_id))
     assert c is not None and c.info["query_vectors"] == 24 and c.info["gallery_vectors"] == 8
     index, _ = store.load_current()

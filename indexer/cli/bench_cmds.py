@@ -53,6 +53,9 @@ def bench() -> None:
 @click.option("--centre-sample", "centre_sample", default=None,
               help="Unlabelled shopper photos whose mean centres the queries (grocerystore: a split such as val; "
                    "other layouts: an image,sku CSV, the sku unused); default: the query photos themselves.")
+@click.option("--adapt", type=click.IntRange(0, 10), default=0, show_default=True,
+              help="With --centre on: rounds of catalogue adaptation toward the unlabelled shopper photos, as "
+                   "`index build --adapt` makes for an iconic-only catalogue (0 = off; builds use 2).")
 @click.option("--config", "configs", multiple=True,
               help="A configuration, e.g. 'model=efficientnet-lite0,index=hnsw,routing=off', or a TOML file; "
                    "repeat to compare side by side (unset keys take the options above).")
@@ -83,7 +86,7 @@ def bench() -> None:
 @pass_ctx
 def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | None, layout: str, gallery: str | None, queries: str | None, ks: str, model: str,
                index_type: str, category_routing: str, rerank: str, tta: str, dba: int, shopper_views: int, fusion: str,
-               centre: str, centre_sample: str | None, configs: tuple[str, ...], min_recall: str | None,
+               centre: str, centre_sample: str | None, adapt: int, configs: tuple[str, ...], min_recall: str | None,
                category_depth: int, latency_samples: int, batch_size: int, workers: int, no_cache: bool,
                out_dir: str | None, open_set: float | None, seed: int, calibrate_on: str | None,
                near_duplicate: float | None, as_json: bool) -> None:
@@ -115,7 +118,9 @@ def recall_cmd(c: Ctx, dataset: str | None, from_feedback: bool, since: str | No
     parse_rerank(rerank)  # a malformed --rerank is refused before any embedding
     defaults = cfgmod.BenchConfig(model=model, index=index_type, routing=category_routing == "on",
                                   rerank=rerank.strip().lower(), tta=tta == "on", dba=dba, fusion=fusion == "on",
-                                  shopper_views=shopper_views, centre=centre == "on")
+                                  shopper_views=shopper_views, centre=centre == "on", adapt=adapt)
+    if adapt and centre != "on":
+        raise click.UsageError("--adapt moves centred catalogue vectors: add --centre on")
     parsed = [cfg for text in configs for cfg in cfgmod.parse_config(text, defaults)] or [defaults]
     parsed = cfgmod.unique_labels(parsed)
     if any(p.gallery and layout != "grocerystore" for p in parsed):

@@ -49,6 +49,8 @@ class ClassifierArtefact:
     metrics: dict[str, Any] = field(default_factory=dict)
     kind: str = "head"  # "head" (frozen embeddings) | "finetuned"
     backbone: BackboneSpec | None = None
+    #: the nearest-neighbour vote mixed with the head (shopsearch.classify.knn), None: the head alone
+    knn: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def check_fingerprint(self, fingerprint: str) -> None:
@@ -65,7 +67,7 @@ class ClassifierArtefact:
             "labels": self.labels.to_dict(), "head_config": dict(self.head_config),
             "head_state": {k: v.detach().cpu().float() for k, v in self.head_state.items()},
             "thresholds": self.thresholds.to_dict(), "metrics": self.metrics, "created_at": self.created_at,
-            "backbone": self.backbone.to_dict() if self.backbone else None,
+            "backbone": self.backbone.to_dict() if self.backbone else None, "knn": self.knn,
         }
 
     def save(self, path: Path) -> Path:
@@ -103,4 +105,5 @@ def load_artefact(path: Path) -> ClassifierArtefact:
         kind=d.get("kind", "head"), created_at=d.get("created_at", ""),
         backbone=BackboneSpec(bb["arch"], int(bb["img_size"]), float(bb["crop_pct"]), dict(bb["state"]),
                               bb.get("base_fingerprint", "")) if bb else None,
+        knn=d.get("knn"),  # absent from artefacts saved before the vote existed
     )

@@ -13,6 +13,7 @@ import torch
 
 from shopsearch.classify.artefact import ClassifierArtefact, artefact_path, load_artefact
 from shopsearch.classify.head import CategoryHead, combined_probs
+from shopsearch.classify.knn import KnnVote
 from shopsearch.classify.thresholds import RoutingThresholds
 from shopsearch.embedders.base import Embedder
 from shopsearch.results import CategoryPrediction
@@ -34,6 +35,7 @@ class Classifier:
         self.labels = artefact.labels
         self.head = CategoryHead.from_state(artefact.head_config, artefact.head_state)
         self._f2c = torch.tensor(self.labels.fine_to_coarse)
+        self.vote = KnnVote.from_dict(artefact.knn) if artefact.knn else None
         # one search asks about its query vector up to three times (routing, fusion boost, the
         # confidence's head probabilities): the last answer is kept, per serving thread
         self._last = threading.local()
@@ -54,6 +56,8 @@ class Classifier:
         with torch.inference_mode():
             pf, pc = combined_probs(*self.head(torch.from_numpy(x)), self._f2c)
         out = (pf.numpy(), pc.numpy())
+        if self.vote is not None:
+            out = self.vote.mix(*out, x, self.labels.fine_to_coarse)
         if key is not None:
             for a in out:
                 a.flags.writeable = False  # shared by every caller of the kept answer

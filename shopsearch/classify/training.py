@@ -11,7 +11,7 @@ import torch
 
 from shopsearch.classify.artefact import BackboneSpec, ClassifierArtefact
 from shopsearch.classify.data import LabelledImage
-from shopsearch.classify.head import CategoryHead, combined_probs, train_head
+from shopsearch.classify.head import CategoryHead, train_head
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.thresholds import choose_thresholds
 from shopsearch.errors import ClassifierError
@@ -54,13 +54,11 @@ def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true:
 
 
 def head_probs(artefact: ClassifierArtefact, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fine, coarse) probabilities of an artefact's head for embedder vectors."""
+    """(fine, coarse) probabilities of an artefact (its head, and its nearest-neighbour vote
+    when it has one) for embedder vectors."""
+    from shopsearch.classify.router import Classifier
 
-    head = CategoryHead.from_state(artefact.head_config, artefact.head_state)
-    f2c = torch.tensor(artefact.labels.fine_to_coarse)
-    with torch.no_grad():
-        pf, pc = combined_probs(*head(torch.from_numpy(np.asarray(vectors, np.float32))), f2c)
-    return pf.numpy(), pc.numpy()
+    return Classifier(artefact).probs(np.asarray(vectors, np.float32))
 
 
 def _indices(items: Sequence[LabelledImage], labels: LabelSpace) -> np.ndarray:
@@ -96,6 +94,7 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
         extra.update({"head": "logistic-cv", "C_fine": pf.c, "C_coarse": pc.c,
                       "cv_fine_top1": pf.cv_accuracy.get(pf.c)})
     art = _artefact(head, fingerprint, embedder_name, labels)
+    art, extra = _with_vote(art, val_vectors, val_items, vectors, yf, extra)
     art = with_validation(art, val_vectors, val_items, target, extra, gallery=(vectors, yf))
     if hidden > 0 or not refit or not val_items:
         return art
@@ -111,8 +110,28 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
                                 fit_probe(xa, np.asarray(labels.fine_to_coarse)[ya], len(labels.coarse),
                                           c_grid=(pc.c,), seed=seed))
     served = _artefact(refitted, fingerprint, embedder_name, labels)
-    return replace(served, thresholds=art.thresholds,
+    # the vote keeps the settings validation chose, over the refitted head's photos
+    knn = None if art.knn is None else {**art.knn, "vectors": torch.from_numpy(xa.astype(np.float16)),
+                                        "labels": torch.from_numpy(ya)}
+    return replace(served, thresholds=art.thresholds, knn=knn,
                    metrics={**art.metrics, "refit": "train+val", "train_samples": len(ya)})
+
+
+def _with_vote(art: ClassifierArtefact, val_vectors: np.ndarray, val_items: Sequence[LabelledImage],
+               vectors: np.ndarray, y: np.ndarray, extra: dict[str, Any]) -> tuple[ClassifierArtefact, dict[str, Any]]:
+    """The artefact with the nearest-neighbour vote over the training vectors mixed in when
+    validation says it helps (shopsearch.classify.knn), and what was chosen."""
+    from dataclasses import replace
+
+    from shopsearch.classify.knn import choose_vote
+
+    if not val_items:
+        return art, extra
+    yv = _indices(val_items, art.labels)
+    pf, _ = head_probs(art, val_vectors)
+    vote, _table = choose_vote(val_vectors, yv, pf, vectors, y, len(art.labels.fine))
+    info = {**vote.settings(), "val_top1_head": float((pf.argmax(1) == yv).mean())}
+    return (replace(art, knn=vote.to_dict()) if vote.weight > 0 else art), {**extra, "knn_vote": info}
 
 
 def _artefact(head: CategoryHead, fingerprint: str, embedder_name: str, labels: LabelSpace) -> ClassifierArtefact:
