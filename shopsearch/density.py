@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class ProductDensity:
     proj0: np.ndarray  # (dim, dim)
     mean0: np.ndarray  # (dim,), whitened by proj0
     products: tuple[Any, ...] = ()  # the rows of `means` (kept in memory for fitting; not stored)
+    counts: np.ndarray | None = None  # photos per row of `means` (in memory for fitting; not stored)
 
     def relative_distances(self, x: np.ndarray) -> np.ndarray:
         """(N, products) relative squared Mahalanobis distances, per dimension."""
@@ -57,6 +58,30 @@ class ProductDensity:
         if without is not None and without in self.products and len(self.products) > 1:
             d[:, self.products.index(without)] = np.inf
         return -d.min(axis=1)
+
+    def held_out(self, x: np.ndarray, products: Sequence[Any], removed: Sequence[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """For catalogue photos used as pseudo-queries (row i of x, a photo of products[i]): (their
+        familiarity with `removed[i]`, rows of that product's photos the query itself among them, taken
+        out of its product's mean; their familiarity with the whole product left out). A photo of the
+        fit is otherwise its own product's mean's pull, and looks more familiar than a shopper's."""
+        x = np.atleast_2d(np.asarray(x, np.float64))
+        d = self.relative_distances(x)
+        out = d.copy()
+        row = {p: j for j, p in enumerate(self.products)}
+        z, z0 = x @ self.proj, x @ self.proj0 - self.mean0
+        for i, (p, gone) in enumerate(zip(products, removed)):
+            j = row.get(p)
+            if j is None:
+                continue
+            out[i, j] = np.inf
+            n, k = float(self.counts[j]) if self.counts is not None else 0.0, len(gone)
+            if n - k >= 1:  # the mean of the product's remaining photos
+                m = (n * self.means[j] - (np.asarray(gone, np.float64) @ self.proj).sum(0)) / (n - k)
+                d[i, j] = (float(((z[i] - m) ** 2).sum()) - float((z0[i] ** 2).sum())) / x.shape[1]
+            else:
+                d[i, j] = np.inf
+        return -d.min(axis=1), -out.min(axis=1)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -109,7 +134,7 @@ def fit_density(vectors: np.ndarray, products: Any, shrinkage: float = SHRINKAGE
     ridge = shrinkage * max(float(np.trace(cov)) / len(cov), 1e-12)
     proj = _whitening(cov, ridge)
     proj0 = _whitening(total.T @ total / len(pick), ridge)
-    return ProductDensity(proj, means @ proj, proj0, mean0 @ proj0, tuple(keys))
+    return ProductDensity(proj, means @ proj, proj0, mean0 @ proj0, tuple(keys), counts)
 
 
 def fit_index_density(index: Any, product_of: Mapping[int, Any], shrinkage: float = SHRINKAGE,
