@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -43,13 +44,22 @@ class ProductDensity:
     products: tuple[Any, ...] = ()  # the rows of `means` (kept in memory for fitting; not stored)
     counts: np.ndarray | None = None  # photos per row of `means` (in memory for fitting; not stored)
 
+    @cached_property
+    def _serving(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Both projections side by side, in float32: one matrix product per query instead of two
+        in float64, about 4x cheaper per search (benchmarks/results/confidence_cost.json)."""
+        means = self.means.astype(np.float32)
+        return (np.hstack([self.proj, self.proj0]).astype(np.float32), means, self.mean0.astype(np.float32),
+                (means * means).sum(1))
+
     def relative_distances(self, x: np.ndarray) -> np.ndarray:
         """(N, products) relative squared Mahalanobis distances, per dimension."""
-        x = np.atleast_2d(np.asarray(x, np.float64))
-        z = x @ self.proj
-        d = (z * z).sum(1)[:, None] - 2.0 * z @ self.means.T + (self.means * self.means).sum(1)[None, :]
-        z0 = x @ self.proj0 - self.mean0
-        return (d - (z0 * z0).sum(1)[:, None]) / x.shape[1]
+        both, means, mean0, norms = self._serving
+        x = np.atleast_2d(np.asarray(x, np.float32))
+        zz = x @ both
+        z, z0 = zz[:, :means.shape[1]], zz[:, means.shape[1]:] - mean0
+        d = (z * z).sum(1)[:, None] - 2.0 * z @ means.T + norms[None, :]
+        return ((d - (z0 * z0).sum(1)[:, None]) / x.shape[1]).astype(np.float64)
 
     def familiarity(self, x: np.ndarray, without: Any = None) -> np.ndarray:
         """Minus the nearest product's relative distance, per row of x (higher: more like the catalogue);

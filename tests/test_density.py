@@ -117,7 +117,7 @@ def test_a_held_out_catalogue_photo_is_read_against_its_products_other_photos():
     q, rest = gallery[:2], gallery[2:40]  # product 0's first two photos, then its other 38
     held, without = dens.held_out(q[:1], [0], [q])
     manual = ProductDensity(dens.proj, np.r_[(rest.mean(0) @ dens.proj)[None], dens.means[1:]], dens.proj0, dens.mean0)
-    assert held[0] == pytest.approx(manual.familiarity(q[:1])[0], rel=1e-9)
+    assert held[0] == pytest.approx(manual.familiarity(q[:1])[0], rel=1e-3)  # served in float32
     assert held[0] < dens.familiarity(q[:1])[0]  # its own pull on the mean taken away
     assert without[0] == pytest.approx(dens.familiarity(q[:1], without=0)[0])
     # every photo of the product taken out: the product is absent, as if never sold
