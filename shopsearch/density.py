@@ -46,8 +46,8 @@ class ProductDensity:
 
     @cached_property
     def _serving(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Both projections side by side, in float32: one matrix product per query instead of two
-        in float64, about 4x cheaper per search (benchmarks/results/confidence_cost.json)."""
+        """Both projections side by side, in float32: one matrix product per query instead of two in
+        float64 (what a search pays: benchmarks/results/confidence_cost.json)."""
         means = self.means.astype(np.float32)
         return (np.hstack([self.proj, self.proj0]).astype(np.float32), means, self.mean0.astype(np.float32),
                 (means * means).sum(1))
