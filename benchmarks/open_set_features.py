@@ -43,8 +43,30 @@ from shopsearch.images import sha256_file
 from shopsearch.index.vector_index import VectorIndex
 
 PRIORS = (0.0, 0.1, 0.2, 0.3)
+#: the catalogue-only grid (--catalogue-only): each candidate is one leave-one-out fit of 2,000 searches
+CATALOGUE_NEAR_DUPLICATES = (None, 0.9)
+CATALOGUE_FEATURES = (("lead", "score"), ("density", "score"), ("density", "lead", "score"),
+                      ("density", "lead_mean", "score"))
+
+
+def _reuse_density_fits() -> None:
+    """Every fit of one open set reads the same gallery: its density model is fitted once (the
+    candidates differ only in how the confidence reads it)."""
+    import shopsearch.confidence_fit as fit
+
+    fitted: dict = {}
+    plain = fit.fit_index_density
+
+    def once(index, product_of, *args, **kwargs):
+        key = hash(frozenset(product_of.items()))
+        if key not in fitted:
+            fitted[key] = plain(index, product_of, *args, **kwargs)
+        return fitted[key]
+
+    fit.fit_index_density = once
 NEAR_DUPLICATES = (None, 0.9, 0.85, 0.8)
-LOO_FEATURES = (("score",), ("lead", "score"), ("lead_mean", "score"))
+LOO_FEATURES = (("score",), ("lead", "score"), ("lead_mean", "score"), ("density", "score"),
+                ("density", "lead", "score"), ("density", "lead_mean", "score"))
 
 
 def cached_vectors(paths: list[str], emb, cache: VectorCache) -> dict[str, np.ndarray]:
@@ -65,10 +87,14 @@ def main() -> None:
     ap.add_argument("--only", default=None, metavar="FEATURES:PRIOR[,...]",
                     help="Score just these labelled candidates (e.g. lead_mean+score:0.1, chosen by an earlier "
                          "--val-only run; several separated by commas) on val, then the best on val on test.")
+    ap.add_argument("--catalogue-only", action="store_true",
+                    help="Also choose the catalogue-only fallback (leave-one-out over the gallery, no labelled "
+                         "photos) on val, and score the chosen one on test beside the labelled fit.")
     ap.add_argument("--fused", type=float, default=None, metavar="WEIGHT",
                     help="Fuse a head trained on the kept products with this weight (the served router's).")
     a = ap.parse_args()
     settings = Settings.from_env()
+    _reuse_density_fits()
     emb = load_embedder(a.model, settings.device, settings.models_dir)
     cache = VectorCache(settings.vector_cache_dir, emb.fingerprint, emb.dim)
     val, test = (load_dataset(a.dataset, "grocerystore", "iconic+train", s) for s in ("val", "test"))
@@ -112,20 +138,26 @@ def main() -> None:
                      "val_auroc": r.auroc, "val_ece": r.ece})
         print(f"{'+'.join(names):28s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}", file=sys.stderr)
     # leave-one-out over the gallery: the fit never sees a validation photo
-    for near in (NEAR_DUPLICATES if fusion is None and not a.only else ()):
-        for names in LOO_FEATURES:
+    loo_rows = []
+    near_grid, loo_grid = ((CATALOGUE_NEAR_DUPLICATES, CATALOGUE_FEATURES) if a.catalogue_only else
+                           (NEAR_DUPLICATES if fusion is None and not a.only else (), LOO_FEATURES))
+    for near in near_grid:
+        for names in loo_grid:
             for prior in (0.1,):  # each leave-one-out fit searches 2,000 photos: a smaller grid
                 r = evaluate_open_set(index, product_of, hash_of, queries(val), a.fraction, a.seed,
                                       query_features=names, unknown_prior=prior, near_duplicate=near)
-                rows.append({"source": "leave-one-out", "near_duplicate": near, "features": list(names),
-                             "unknown_prior": prior, "val_auroc": r.auroc, "val_ece": r.ece})
+                loo_rows.append({"source": "leave-one-out", "near_duplicate": near, "features": list(names),
+                                 "unknown_prior": prior, "val_auroc": r.auroc, "val_ece": r.ece})
                 print(f"loo {near} {'+'.join(names):24s} prior {prior:.1f}  val AUROC {r.auroc:.4f}  ECE {r.ece:.4f}",
                       file=sys.stderr)
-    best = max(rows, key=lambda r: r["val_auroc"] - 2 * r["val_ece"])
-    print(f"chosen on val: {best}", file=sys.stderr)
+    best = max(rows + ([] if a.catalogue_only else loo_rows), key=lambda r: r["val_auroc"] - 2 * r["val_ece"])
+    catalogue = max(loo_rows, key=lambda r: r["val_auroc"] - 2 * r["val_ece"]) if loo_rows else None
+    rows += loo_rows
+    print(f"chosen on val: {best}; catalogue-only: {catalogue}", file=sys.stderr)
     if a.val_only:
         return
-    baseline = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed, fusion=fusion)
+    baseline = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed, fusion=fusion,
+                                 density=False)  # the catalogue-only fit before the density model joined it
     chosen = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed,
                                labelled=labelled if best["source"] == "labelled" else (),
                                query_features=best["features"], unknown_prior=best["unknown_prior"],
@@ -141,6 +173,17 @@ def main() -> None:
                     "leave_one_out_baseline": {"auroc": baseline.auroc, "ece": baseline.ece,
                                                "method": baseline.calibration.method}},
            "note": a.note, "machine": machine_info(), "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if catalogue is not None:  # what a shop without labelled photos gets, as `index build` fits it
+        fallback = evaluate_open_set(index, product_of, hash_of, queries(test), a.fraction, a.seed,
+                                     query_features=catalogue["features"], unknown_prior=catalogue["unknown_prior"],
+                                     near_duplicate=catalogue.get("near_duplicate"), fusion=fusion)
+        out["chosen_catalogue_only"] = catalogue
+        out["test"]["catalogue_only"] = {"auroc": fallback.auroc, "ece": fallback.ece,
+                                         "method": fallback.calibration.method,
+                                         "features": list(fallback.calibration.query_features),
+                                         "samples": fallback.calibration.samples,
+                                         "none_below": fallback.calibration.none_below,
+                                         "match_shares": fallback.match_shares}
     text = json.dumps(out, indent=2)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

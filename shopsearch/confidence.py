@@ -203,9 +203,12 @@ class Calibration:
             return {"status": "uncalibrated", "reason": self.reason}
         how = ("labelled shopper photos of the shop's products" if self.method == "labelled"
                else "leave-one-out over the catalogue's own photos")
-        return {"status": "calibrated", "method": how, "samples": self.samples, "strong_at": round(self.strong_at, 4),
-                "none_below": round(self.none_below, 4), "build_id": self.build_id, "scoring": self.scoring,
-                "features": list(self.query_features)}
+        out = {"status": "calibrated", "method": how, "source": "labelled" if self.method == "labelled" else "catalogue",
+               "samples": self.samples, "strong_at": round(self.strong_at, 4), "none_below": round(self.none_below, 4),
+               "build_id": self.build_id, "scoring": self.scoring, "features": list(self.query_features)}
+        if self.method != "labelled":
+            out["fallback"] = CATALOGUE_FALLBACK
+        return out
 
     def for_scoring(self, scoring: str) -> "Calibration":
         """This calibration when it was fitted on `scoring`, else the stated fallback (never a guess)."""
@@ -231,6 +234,11 @@ class Calibration:
             raise ValueError("the first-product weights do not match its features")
         return cls(**known)
 
+
+#: what a catalogue-only calibration says about itself (API, CLI): it is the fallback, and how to do better
+CATALOGUE_FALLBACK = ("no labelled shopper photos: calibrated on the catalogue's own photos, each held out and "
+                      "searched as a shopper's photo; run `shopsearch index calibrate --photos` with labelled "
+                      "shopper photos for a fairer fit")
 
 NO_CALIBRATION = Calibration(False, reason="this index build has no calibration yet; run `shopsearch index calibrate`")
 

@@ -8,7 +8,10 @@ Two sources of labels, best first:
 - **leave-one-out over the catalogue** (`collect_samples`), when the shop has nothing else: each
   sampled catalogue image searched with itself and byte-identical copies left out. Catalogue
   photos of one product are often near-duplicates, so these searches look easier than a
-  shopper's: a fit on them is over-confident (benchmarks/RESULTS.md, open set).
+  shopper's: a fit on them is over-confident (benchmarks/RESULTS.md, open set). This is the
+  catalogue-only fallback, and responses say so (`Calibration.describe`: source `catalogue`). With
+  the catalogue's density model, each held-out photo's familiarity is read with it (and the photos
+  left out with it) taken out of its product's mean, and with its whole product left out.
 
 Samples are scored on the path the search serves with (re-ranking included: pass the
 `RerankingIndex` as `search`), and the path is stored with the fit (`Calibration.scoring`)."""
@@ -49,7 +52,16 @@ FUSED_FEATURES = ("score", "head")
 #: Fused searches keep the head's probability too, as it tells right from wrong first products
 #: (FUSED_FEATURES); with it, the familiarity still lifted val open-set AUROC from 0.715 to 0.742
 #: (test: 0.743 -> 0.752, ECE 0.039 -> 0.034; open_set_density_fused_served.json)
-DENSITY_FEATURES_BY_PATH = {"plain": ("score", "density"), "fused": ("score", "head", "density")}
+#: Leave-one-out over the catalogue (the catalogue-only fallback): score, lead and familiarity, chosen on the
+#: Grocery Store validation photos (open set, AUROC - 2 ECE among 4 feature sets x near-duplicates off/0.9:
+#: benchmarks/results/open_set_catalogue_only.json; val AUROC 0.770 / ECE 0.142 against 0.706 / 0.124
+#: for score + lead without the density model)
+DENSITY_FEATURES_BY_PATH = {"plain": ("score", "density"), "fused": ("score", "head", "density"),
+                            "leave-one-out": ("score", "lead", "density")}
+
+
+#: leave-one-out fits (each build's) read the density model back from the index up to this many images
+LOO_DENSITY_MAX_IMAGES = 50_000
 
 
 @dataclass(frozen=True)
@@ -125,12 +137,14 @@ def ranked_as_served(scores: np.ndarray, ids: np.ndarray, product_of: Mapping[in
 
 def collect_samples(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
                     max_queries: int = 2000, k: int = 5, seed: int = 0, search: Any = None,
-                    near_duplicate: float | None = None) -> Samples:
+                    near_duplicate: float | None = None, density: ProductDensity | None = None) -> Samples:
     """Search sampled catalogue images of multi-photo products against `index` (leave-one-out);
     `search`: what scores them (default the index itself; a RerankingIndex for a re-ranked path).
     `near_duplicate`: photos of the same product scoring at least this are left out with the query
     (burst shots of one shelf are not what a shopper's photo is to the catalogue); a query with no
-    other photo of its product left is skipped."""
+    other photo of its product left is skipped. `density` (fitted on the index's vectors): each
+    query's familiarity with the photos left out taken out of its product's mean too, and with its
+    whole product left out (ProductDensity.held_out)."""
     by_product: dict[Any, list[int]] = {}
     for i, p in product_of.items():
         by_product.setdefault(p, []).append(int(i))
@@ -142,12 +156,13 @@ def collect_samples(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[
         return Samples((), (), ())
     largest = max(len(v) for v in by_product.values())
     fetch = int(min(len(product_of), max(64, largest + 8 * k)))
-    ranked, correct, left_out = [], [], []
+    ranked, correct, left_out, fam, left_out_fam = [], [], [], [], []
     for start in range(0, len(candidates), 256):
         chunk = candidates[start:start + 256]
         vecs = np.stack([index.reconstruct(i) for i in chunk]).astype(np.float32)
         scores, ids = (search or index).search(vecs, fetch)
-        for q, sc, nb in zip(chunk, scores, ids):
+        kept, gone = [], []
+        for row, (q, sc, nb) in enumerate(zip(chunk, scores, ids)):
             own = product_of[q]
             same = {int(i) for i in nb if int(i) in hash_of and hash_of[int(i)] is not None
                     and hash_of[int(i)] == hash_of.get(q)} | {q}
@@ -163,7 +178,15 @@ def collect_samples(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[
             lo = ranked_products(sc, nb, product_of, set(by_product[own]), k)
             if lo:
                 left_out.append(tuple(s for _, s in lo))
-    return Samples(tuple(ranked), tuple(correct), tuple(left_out))
+            kept.append((row, own, bool(lo)))
+            gone.append(sorted(same & set(by_product[own])))
+        if density is not None and kept:
+            held, without = density.held_out(vecs[[r for r, _, _ in kept]], [p for _, p, _ in kept],
+                                             [np.stack([index.reconstruct(i) for i in g]) for g in gone])
+            fam += [float(v) for v in held]
+            left_out_fam += [float(v) for v, (_, _, lo) in zip(without, kept) if lo]
+    return Samples(tuple(ranked), tuple(correct), tuple(left_out), familiarity=tuple(fam),
+                   left_out_familiarity=tuple(left_out_fam))
 
 
 @dataclass(frozen=True)
@@ -236,7 +259,8 @@ def fit_calibration(samples: Samples, build_id: str | None = None, scoring: str 
     `density`: the model the samples' familiarities came from (kept with a fit that reads them)."""
     fused = bool(samples.head)
     with_density = bool(samples.familiarity) and density is not None
-    names = tuple(query_feature_names or (DENSITY_FEATURES_BY_PATH["fused" if fused else "plain"] if with_density
+    path = "leave-one-out" if samples.method == "leave-one-out" else "fused" if fused else "plain"
+    names = tuple(query_feature_names or (DENSITY_FEATURES_BY_PATH[path] if with_density
                                           else FUSED_FEATURES if fused else FEATURES_BY_METHOD[samples.method]))
     if any(n not in QUERY_FEATURES for n in names):
         raise ValueError(f"unknown confidence feature in {names}; known: {sorted(QUERY_FEATURES)}")
@@ -302,10 +326,13 @@ def calibrate_index(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[
     collect_samples), from `index`; then the fit. `fusion`: labelled photos are searched as fused
     searches are (the head trained on the catalogue has never seen them); leave-one-out never is, as
     the head was trained on those very photos (a fused search then uses the plain-similarity fit).
-    `density`: labelled fits also read each photo's familiarity to the index's vectors
-    (shopsearch.density, fitted here on them; leave-one-out photos are the vectors it is fitted on)."""
+    `density`: the fit also reads each photo's familiarity to the index's vectors (shopsearch.density,
+    fitted here on them; a held-out catalogue photo's with itself taken out of its product's mean)."""
+    # every build calibrates: past this size, reading every vector back for the density is left to
+    # `index calibrate --photos`
+    model = fit_index_density(index, product_of) \
+        if density and (labelled or len(product_of) <= LOO_DENSITY_MAX_IMAGES) else None
     if labelled:
-        model = fit_index_density(index, product_of) if density else None
         cal = fit_calibration(collect_labelled(index, product_of, labelled, search=search, fusion=fusion,
                                                density=model), build_id,
                               scoring_fused(scoring) if fusion else scoring, query_feature_names, unknown_prior, model)
@@ -313,11 +340,12 @@ def calibrate_index(index: Any, product_of: Mapping[int, Any], hash_of: Mapping[
             return cal
         log.warning("too few labelled photos; calibrating on the catalogue", extra={"reason": cal.reason})
     samples = collect_samples(index, product_of, hash_of, max_queries, seed=seed, search=search,
-                              near_duplicate=near_duplicate)
-    names = query_feature_names if not (query_feature_names and (HEAD_FEATURES | DENSITY_FEATURES)
-                                        & set(query_feature_names)) else None
-    names = names or (NEAR_DUPLICATE_FEATURES if near_duplicate is not None else None)
-    cal = fit_calibration(samples, build_id, scoring, names, unknown_prior)
+                              near_duplicate=near_duplicate, density=model)
+    # the head was trained on these very photos: its features have no honest leave-one-out reading
+    unusable = HEAD_FEATURES | (set() if model is not None else DENSITY_FEATURES)
+    names = query_feature_names if not (query_feature_names and unusable & set(query_feature_names)) else None
+    names = names or (NEAR_DUPLICATE_FEATURES if near_duplicate is not None and model is None else None)
+    cal = fit_calibration(samples, build_id, scoring, names, unknown_prior, model)
     return replace(cal, near_duplicate=near_duplicate)
 
 

@@ -11,10 +11,10 @@ serving build's vectors and stored beside it (density.npz). Serving costs one pr
 query (dim x dim) and one distance per product."""
 from __future__ import annotations
 
-import functools
 import io
 from dataclasses import dataclass
-from typing import Any, Mapping
+from functools import cached_property
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -42,23 +42,24 @@ class ProductDensity:
     proj0: np.ndarray  # (dim, dim)
     mean0: np.ndarray  # (dim,), whitened by proj0
     products: tuple[Any, ...] = ()  # the rows of `means` (kept in memory for fitting; not stored)
+    counts: np.ndarray | None = None  # photos per row of `means` (in memory for fitting; not stored)
+
+    @cached_property
+    def _serving(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Both projections side by side, in float32: one matrix product per query instead of two in
+        float64 (what a search pays: benchmarks/results/confidence_cost.json)."""
+        means = self.means.astype(np.float32)
+        return (np.hstack([self.proj, self.proj0]).astype(np.float32), means, self.mean0.astype(np.float32),
+                (means * means).sum(1))
 
     def relative_distances(self, x: np.ndarray) -> np.ndarray:
-        """(N, products) relative squared Mahalanobis distances, per dimension:
-        |x proj - mean_j|^2 - |x proj0 - mean0|^2 = x M x' - 2 x B_j + c_j (see _expanded)."""
-        x = np.atleast_2d(np.asarray(x, np.float64))
-        m, b, c = self._expanded
-        return (np.einsum("ij,ij->i", x @ m, x)[:, None] - 2.0 * (x @ b) + c[None, :]) / x.shape[1]
-
-    @functools.cached_property
-    def _expanded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(M, B, c) = (proj proj' - proj0 proj0', proj means' - proj0 mean0', |means|^2 - |mean0|^2),
-        made once: a query then reads one dim x dim matrix instead of two (they are what a
-        search's calibration spends most of its time reading)."""
-        m = self.proj @ self.proj.T - self.proj0 @ self.proj0.T
-        b = self.proj @ self.means.T - (self.proj0 @ self.mean0)[:, None]
-        c = (self.means * self.means).sum(1) - float(self.mean0 @ self.mean0)
-        return m, b, c
+        """(N, products) relative squared Mahalanobis distances, per dimension."""
+        both, means, mean0, norms = self._serving
+        x = np.atleast_2d(np.asarray(x, np.float32))
+        zz = x @ both
+        z, z0 = zz[:, :means.shape[1]], zz[:, means.shape[1]:] - mean0
+        d = (z * z).sum(1)[:, None] - 2.0 * z @ means.T + norms[None, :]
+        return ((d - (z0 * z0).sum(1)[:, None]) / x.shape[1]).astype(np.float64)
 
     def familiarity(self, x: np.ndarray, without: Any = None) -> np.ndarray:
         """Minus the nearest product's relative distance, per row of x (higher: more like the catalogue);
@@ -67,6 +68,30 @@ class ProductDensity:
         if without is not None and without in self.products and len(self.products) > 1:
             d[:, self.products.index(without)] = np.inf
         return -d.min(axis=1)
+
+    def held_out(self, x: np.ndarray, products: Sequence[Any], removed: Sequence[np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """For catalogue photos used as pseudo-queries (row i of x, a photo of products[i]): (their
+        familiarity with `removed[i]`, rows of that product's photos the query itself among them, taken
+        out of its product's mean; their familiarity with the whole product left out). A photo of the
+        fit is otherwise its own product's mean's pull, and looks more familiar than a shopper's."""
+        x = np.atleast_2d(np.asarray(x, np.float64))
+        d = self.relative_distances(x)
+        out = d.copy()
+        row = {p: j for j, p in enumerate(self.products)}
+        z, z0 = x @ self.proj, x @ self.proj0 - self.mean0
+        for i, (p, gone) in enumerate(zip(products, removed)):
+            j = row.get(p)
+            if j is None:
+                continue
+            out[i, j] = np.inf
+            n, k = float(self.counts[j]) if self.counts is not None else 0.0, len(gone)
+            if n - k >= 1:  # the mean of the product's remaining photos
+                m = (n * self.means[j] - (np.asarray(gone, np.float64) @ self.proj).sum(0)) / (n - k)
+                d[i, j] = (float(((z[i] - m) ** 2).sum()) - float((z0[i] ** 2).sum())) / x.shape[1]
+            else:
+                d[i, j] = np.inf
+        return -d.min(axis=1), -out.min(axis=1)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -121,7 +146,7 @@ def fit_density(vectors: np.ndarray, products: Any, shrinkage: float = SHRINKAGE
     ridge = shrinkage * max(float(np.trace(cov)) / len(cov), 1e-12)
     proj = _whitening(cov, ridge)
     proj0 = _whitening(total.T @ total / len(pick), ridge)
-    return ProductDensity(proj, means @ proj, proj0, mean0 @ proj0, tuple(keys))
+    return ProductDensity(proj, means @ proj, proj0, mean0 @ proj0, tuple(keys), counts)
 
 
 def fit_index_density(index: Any, product_of: Mapping[int, Any], shrinkage: float = SHRINKAGE,

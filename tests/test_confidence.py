@@ -141,9 +141,12 @@ def test_leaving_near_duplicates_out_makes_leave_one_out_honest():
     assert len(strict.ranked) == 120 and acc(strict) < 0.7
     from shopsearch.confidence_fit import calibrate_index
 
-    cal = calibrate_index(index, product_of, {}, near_duplicate=0.95)
+    cal = calibrate_index(index, product_of, {}, near_duplicate=0.95, density=False)
     assert cal.fitted and cal.near_duplicate == 0.95 and cal.query_features == ("score",)
     assert cal.loo_top1_accuracy == pytest.approx(acc(strict))
+    # with the catalogue's density model (the default) the photo's familiarity joins the score
+    dens = calibrate_index(index, product_of, {}, near_duplicate=0.95)
+    assert dens.query_features[0] == "score" and "density" in dens.query_features and dens.density is not None
 
 
 def test_open_set_metrics_known_answers():
@@ -204,6 +207,8 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     build = _json.loads(run("index", "build", "--model", "colorhist", "--json", "--workers", "1").stdout)
     saved = load_calibration(data / "index" / "builds" / build["build_id"], build["build_id"])
     assert saved.fitted and saved.samples == 36
+    # no labelled photos: the build says it serves the catalogue-only fallback, and how to do better
+    assert build["calibration"]["source"] == "catalogue" and "--photos" in build["calibration"]["fallback"]
     (data / "index" / "builds" / build["build_id"] / "calibration.json").unlink()
     refit = _json.loads(run("index", "calibrate", "--json").stdout)
     assert refit["build_id"] == build["build_id"] and refit["fitted"] and refit["samples"] == 36
@@ -212,6 +217,8 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     res = _json.loads(run("search", str(query), "--json").stdout)
     assert res["results"][0]["sku"] == "S5" and res["match"] == "strong"
     assert "calibrated on 36" in run("index", "calibrate").stdout
+    assert "catalogue-only fallback" in run("index", "calibrate").stdout
+    assert res["calibration"]["source"] == "catalogue" and res["calibration"]["fallback"]
     # labelled shopper photos (image,sku), one of a product the shop does not sell
     lines = ["image,sku"]
     for i in range(12):
@@ -223,12 +230,14 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     (tmp_path / "photos.csv").write_text("\n".join(lines) + "\n")
     labelled = _json.loads(run("index", "calibrate", "--photos", str(tmp_path / "photos.csv"), "--json").stdout)
     assert labelled["fitted"] and labelled["method"] == "labelled" and labelled["samples"] == 36
+    assert labelled["source"] == "labelled" and "fallback" not in labelled
     assert labelled["scoring"] == "rerank=off;fusion=off"
     # the photo's familiarity to the catalogue joins the features; its model is stored with the build
     assert labelled["query_features"] == ["score", "density"]
     assert (data / "index" / "builds" / build["build_id"] / "density.npz").is_file()
     served = _json.loads(run("search", str(query), "--json").stdout)
     assert served["calibration"]["status"] == "calibrated" and "density" in served["calibration"]["features"]
+    assert served["calibration"]["source"] == "labelled" and "fallback" not in served["calibration"]
     assert "labelled shopper photos" in run("index", "calibrate", "--photos", str(tmp_path / "photos.csv")).stdout
     run("catalogue", "delete", "S10", "S11")
     update = _json.loads(run("index", "update", "--json", "--workers", "1").stdout)

@@ -3,6 +3,7 @@ Gaussian clusters with a known answer."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from shopsearch.confidence import Calibration, annotate, load_calibration, save_calibration
 from shopsearch.density import DENSITY_FILE, ProductDensity, fit_density
@@ -114,5 +115,54 @@ def test_relative_distances_equal_the_two_projection_form():
     x = np.concatenate([sold, unknown]).astype(np.float64)
     z = x @ dens.proj
     direct = ((z[:, None, :] - dens.means[None]) ** 2).sum(2) - ((x @ dens.proj0 - dens.mean0) ** 2).sum(1)[:, None]
-    np.testing.assert_allclose(dens.relative_distances(x), direct / x.shape[1], rtol=1e-9, atol=1e-9)
+    # served in float32 (one product of both projections): agreement to float32 rounding
+    np.testing.assert_allclose(dens.relative_distances(x), direct / x.shape[1], rtol=1e-4, atol=5e-4)
     assert np.array_equal(dens.relative_distances(x).argmin(1), direct.argmin(1))
+
+
+def test_a_held_out_catalogue_photo_is_read_against_its_products_other_photos():
+    """A catalogue photo used as a pseudo-query: its product's mean is recomputed without it (and
+    without the photos left out with it), exactly as a density fitted on the rest would place it."""
+    gallery, labels, sold, _ = _clusters(seed=4)
+    dens = fit_density(gallery, labels, shrinkage=0.01)
+    q, rest = gallery[:2], gallery[2:40]  # product 0's first two photos, then its other 38
+    held, without = dens.held_out(q[:1], [0], [q])
+    manual = ProductDensity(dens.proj, np.r_[(rest.mean(0) @ dens.proj)[None], dens.means[1:]], dens.proj0, dens.mean0)
+    assert held[0] == pytest.approx(manual.familiarity(q[:1])[0], rel=1e-3)  # served in float32
+    assert held[0] < dens.familiarity(q[:1])[0]  # its own pull on the mean taken away
+    assert without[0] == pytest.approx(dens.familiarity(q[:1], without=0)[0])
+    # every photo of the product taken out: the product is absent, as if never sold
+    everything = gallery[labels == 0]
+    assert dens.held_out(q[:1], [0], [everything])[0][0] == pytest.approx(without[0])
+
+
+def test_catalogue_only_calibration_reads_the_density_and_says_it_is_the_fallback():
+    """No labelled photos: held-out catalogue photos are the pseudo-queries, their familiarity read
+    with themselves out of their product's mean (else each would look as familiar as the mean it
+    pulls), and each again with its whole product left out as a product the shop does not sell."""
+    from shopsearch.confidence_fit import calibrate_index, collect_samples
+    from shopsearch.density import fit_index_density
+    from shopsearch.index.vector_index import VectorIndex
+
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    gallery, labels, _, _ = _clusters(seed=5, scale=1.0, per=6)
+    gallery = unit(gallery)
+    index = VectorIndex(DIM, "flat")
+    index.add(np.arange(len(gallery), dtype=np.int64), gallery.astype(np.float32))
+    product_of = {i: int(p) for i, p in enumerate(labels)}
+    dens = fit_index_density(index, product_of)
+    samples = collect_samples(index, product_of, {}, density=dens)
+    assert len(samples.familiarity) == len(samples.ranked) == len(gallery)
+    assert len(samples.left_out_familiarity) == len(samples.left_out)
+    in_mean = dens.familiarity(gallery.astype(np.float32))  # as the index holds them
+    held = np.array(samples.familiarity)
+    # the photo's own pull on its mean taken away (unchanged only where another product is nearer)
+    assert np.all(held <= in_mean + 1e-9) and np.mean(held < in_mean) > 0.5
+    assert np.mean(samples.left_out_familiarity) < np.mean(samples.familiarity)  # whole product out: stranger
+    cal = calibrate_index(index, product_of, {})
+    assert cal.fitted and cal.method == "leave-one-out" and "density" in cal.query_features
+    assert cal.top1[cal.query_features.index("density")] > 0  # more familiar: likelier right
+    said = cal.describe()
+    assert said["source"] == "catalogue" and "index calibrate --photos" in said["fallback"]
+    plain = calibrate_index(index, product_of, {}, density=False)
+    assert "density" not in plain.query_features and plain.describe()["source"] == "catalogue"

@@ -164,7 +164,10 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "match": _MATCH,
                     "calibration": {"type": "object", "nullable": True, "description":
                                     "`status` calibrated (with `method`, `samples`, `strong_at`, `none_below` and "
-                                    "`scoring`, the re-ranking/fusion path it holds for; `features`: what the first "
+                                    "`scoring`, the re-ranking/fusion path it holds for; `source`: `labelled` "
+                                    "(shopper photos given to `index calibrate --photos`) or `catalogue` (the "
+                                    "catalogue-only fallback: held-out catalogue photos as shoppers' photos, said "
+                                    "in words in `fallback`); `features`: what the first "
                                     "product is judged by, `head` being the category head's probability of its "
                                     "category and `density` the photo's familiarity to the catalogue's photos) or "
                                     "uncalibrated (with `reason`: the fallback is raw similarity; also when this "

@@ -108,7 +108,28 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def _print_report(report, as_json: bool, metrics_file: str | None = None, engine: str = "local") -> None:
+def _calibration_of(c: Ctx, build_id: str | None) -> dict | None:
+    """What the build's confidence is calibrated on (Calibration.describe), for the build's output."""
+    from shopsearch.confidence import load_calibration
+
+    if not build_id:
+        return None
+    return load_calibration(c.index_store().build_dir(build_id), build_id).describe()
+
+
+def calibration_line(cal: dict) -> str:
+    """One line saying which calibration is in force (labelled photos, or the catalogue-only fallback)."""
+    if cal.get("status") != "calibrated":
+        return f"confidence: not calibrated ({cal.get('reason')})"
+    if cal.get("source") == "labelled":
+        return (f"confidence: calibrated on {cal['samples']} labelled shopper photos "
+                f"(features {'+'.join(cal['features'])})")
+    return (f"confidence: catalogue-only fallback, calibrated on {cal['samples']} held-out catalogue photos "
+            f"(features {'+'.join(cal['features'])}); {cal['fallback'].split('; ', 1)[1]}")
+
+
+def _print_report(report, as_json: bool, metrics_file: str | None = None, engine: str = "local",
+                  calibration: dict | None = None) -> None:
     if metrics_file:
         from indexer.build_metrics import write_build_metrics
 
@@ -117,7 +138,7 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
             click.echo(text, nl=False)
             return
     if as_json:
-        echo_json({**report.to_dict(), "engine": engine})
+        echo_json({**report.to_dict(), "engine": engine, **({"calibration": calibration} if calibration else {})})
         return
     if report.up_to_date:
         click.echo(f"up to date: build {report.build_id} serves {report.vectors} vectors ({report.index_type}, "
@@ -141,6 +162,8 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
         sg = report.segments
         line += f"; segments: base {sg.base}, delta {sg.delta}, tombstoned {sg.dead}"
     click.echo(line)
+    if calibration:
+        click.echo(calibration_line(calibration), err=True)
     for image_id, path, reason in report.failed[:20]:
         click.echo(f"  failed image {image_id} {path}: {reason}", err=True)
     if len(report.failed) > 20:
@@ -210,7 +233,8 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
                            centre=centre, rescan_scope=rescan_scope, adapt=adapt)
     with sigterm_as_interrupt():
         report = builder.build(options, on_plan=show_plan)
-    _print_report(report, as_json, metrics_file, engine or c.settings.engine)
+    _print_report(report, as_json, metrics_file, engine or c.settings.engine,
+                  None if report.up_to_date else _calibration_of(c, report.build_id))
     if shadow and not as_json and not metrics_file:
         click.echo(f"shadow build {report.build_id} staged (not serving): `shopsearch index compare`, then "
                    "`shopsearch index promote`", err=True)
@@ -324,10 +348,13 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, near_duplicate: float | None, 
     build_id, cal = calibrate_serving(store, c.catalogue().indexable_images(), parse_rerank(c.settings.rerank),
                                       labelled, near_duplicate, fusion)
     if as_json:
-        echo_json({**cal.to_json(), "build_id": build_id})
+        said = cal.describe()
+        echo_json({**cal.to_json(), "build_id": build_id,
+                   **{k: said[k] for k in ("source", "fallback") if k in said}})
         return
     if cal.fitted:
-        source = ("labelled shopper photos" if cal.method == "labelled" else "held-out catalogue photos")
+        source = ("labelled shopper photos" if cal.method == "labelled"
+                  else "held-out catalogue photos (catalogue-only fallback: no labelled photos given)")
         click.echo(f"build {build_id}: calibrated on {cal.samples} {source} "
                    f"(top-1 accuracy {cal.loo_top1_accuracy:.3f}, scoring {cal.scoring}, features "
                    f"{'+'.join(cal.query_features)}); 'no close match' below "
