@@ -90,7 +90,7 @@ class _SkuRows:
 
 
 # -- readers ------------------------------------------------------------------
-def _record(row: dict, base: Path, where: str) -> ProductRecord:
+def _record(row: dict, base: Path) -> ProductRecord:
     sku = str(row.get("sku") or "").strip()
     if not sku:
         raise ValueError("missing sku")
@@ -117,9 +117,10 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         if not reader.fieldnames or "sku" not in reader.fieldnames:
             raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' columns")
         rows = _SkuRows(problems)
+        base, name = path.parent, path.name  # once: pathlib computes them again at every call
         for n, row in enumerate(reader, start=2):
             try:
-                yield rows.see(_record(row, path.parent, f"row {n}"), f"{path.name} row {n}")
+                yield rows.see(_record(row, base), f"{name} row {n}")
             except ValueError as e:
                 problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
 
@@ -130,6 +131,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"cannot read manifest {path}: {e}") from None
     rows = _SkuRows(problems)
+    base, name = path.parent, path.name
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -137,7 +139,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("line is not a JSON object")
-            yield rows.see(_record(row, path.parent, f"line {n}"), f"{path.name} line {n}")
+            yield rows.see(_record(row, base), f"{name} line {n}")
         except ValueError as e:
             problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
 
