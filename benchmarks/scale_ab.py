@@ -12,8 +12,11 @@ imports it once before the rounds. Then per round and checkout:
   noop_build        index build, nothing changed (the rescan stats every file)
   noop_build_dirs   the same with --rescan-scope dirs (checkouts that have it)
   status            index status (quick)
-  update_10         10 image files rewritten in place (other files each turn), then index update
+  update_10         10 image files replaced by new pictures (other files each turn), then index update
   reimport          catalogue import of the unchanged manifest
+
+each as wall seconds and as the CPU seconds the command used (user + system; on a shared
+machine far less swayed by the other jobs). --steps times some of them only.
 
     python benchmarks/scale_ab.py --a /tmp/main-copy --b . --size 100000 --scratch /tmp/scale4-ab
 
@@ -35,14 +38,26 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.scale_bench import generate, inject_vectors, pg_schema_url, seeded_jpeg, shopsearch  # noqa: E402
+from benchmarks.scale_bench import generate, inject_vectors, pg_schema_url, seeded_jpeg, shopsearch_cpu  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
 STEPS = ("noop_build", "noop_build_dirs", "status", "update_10", "reimport")
 
 
+#: CPU seconds of each timed command, per checkout and step (filled by `timed`)
+CPU: dict[str, dict[str, list[float]]] = {"A": {}, "B": {}}
+
+
 def cli(checkout: Path, data: Path, url: str, *args: str) -> tuple[float, dict | None]:
-    return shopsearch(data, url, *args, checkout=checkout)
+    wall, _, out = shopsearch_cpu(data, url, *args, checkout=checkout)
+    return wall, out
+
+
+def timed(name: str, step: str, checkout: Path, data: Path, url: str, *args: str) -> tuple[float, dict | None]:
+    """cli, its CPU seconds kept in CPU[name][step]."""
+    wall, cpu, out = shopsearch_cpu(data, url, *args, checkout=checkout)
+    CPU[name].setdefault(step, []).append(cpu)
+    return wall, out
 
 
 def has_dirs_scope(checkout: Path) -> bool:
@@ -105,8 +120,10 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="the catalogue of an earlier run is still there")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--note", default="")
+    ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated steps to time (default: all)")
     args = ap.parse_args()
     a, b, n = Path(args.a).resolve(), Path(args.b).resolve(), args.size
+    steps = set(args.steps.split(","))
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     manifest, hashes = generate(scratch, n, 2)
@@ -119,33 +136,43 @@ def main() -> None:
             data, url, images, man = side[name]
             loads.append(os.getloadavg()[0])
             base = ["--model", "colorhist", "--index", "flat", "--json"]
-            t, rep = cli(checkout, data, url, "index", "build", *base)
-            assert rep and rep.get("up_to_date"), rep
-            times[name]["noop_build"].append(t)
-            if has_dirs_scope(checkout):
-                times[name]["noop_build_dirs"].append(cli(checkout, data, url, "index", "build", *base,
-                                                          "--rescan-scope", "dirs")[0])
-            times[name]["status"].append(cli(checkout, data, url, "index", "status", "--json")[0])
-            for i in range(10):  # new pictures, other files each turn
-                j = 100 + turn * 10 + i
-                _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(10 ** 9 + j))
-            turn += 1
-            t, rep = cli(checkout, data, url, "index", "update", "--index", "flat", "--json")
-            assert rep and rep.get("embedded") == 10, rep
-            times[name]["update_10"].append(t)
-            times[name]["reimport"].append(cli(checkout, data, url, "catalogue", "import", str(man), "--json")[0])
+            if "noop_build" in steps:
+                t, rep = timed(name, "noop_build", checkout, data, url, "index", "build", *base)
+                assert rep and rep.get("up_to_date"), rep
+                times[name]["noop_build"].append(t)
+            if "noop_build_dirs" in steps and has_dirs_scope(checkout):
+                times[name]["noop_build_dirs"].append(timed(name, "noop_build_dirs", checkout, data, url, "index",
+                                                            "build", *base, "--rescan-scope", "dirs")[0])
+            if "status" in steps:
+                times[name]["status"].append(timed(name, "status", checkout, data, url, "index", "status",
+                                                   "--json")[0])
+            if "update_10" in steps:
+                for i in range(10):  # new pictures, other files each turn
+                    j = 100 + turn * 10 + i
+                    _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(10 ** 9 + j))
+                turn += 1
+                t, rep = timed(name, "update_10", checkout, data, url, "index", "update", "--index", "flat", "--json")
+                assert rep and rep.get("embedded") == 10, rep
+                times[name]["update_10"].append(t)
+            if "reimport" in steps:
+                times[name]["reimport"].append(timed(name, "reimport", checkout, data, url, "catalogue", "import",
+                                                     str(man), "--json")[0])
             print(rnd, name, {k: round(v[-1], 2) for k, v in times[name].items() if v}, flush=True)
     for j in range(100, 100 + turn * 10):  # the pictures back as generated
         for _, _, images, _ in side.values():
             _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(j))
     med = {k: {s: float(np.median(v)) for s, v in t.items() if v} for k, t in times.items()}
     ratio = {s: med["B"][s] / med["A"][s] for s in STEPS if s in med["A"] and s in med["B"]}
-    out = Path(args.out) / f"scale_ab_{n}_{args.db}.json"
+    cpu_med = {k: {s: float(np.median(v)) for s, v in t.items() if v} for k, t in CPU.items()}
+    cpu_ratio = {s: cpu_med["B"][s] / cpu_med["A"][s] for s in STEPS if s in cpu_med["A"] and s in cpu_med["B"]}
+    only = "" if steps >= set(STEPS) else "_" + "_".join(s for s in STEPS if s in steps)
+    out = Path(args.out) / f"scale_ab_{n}_{args.db}{only}.json"
     out.write_text(json.dumps({"note": args.note, "size": n, "db": args.db, "a": str(a), "b": str(b),
                                "rounds": args.rounds, "seconds": times, "median_s": med, "ratio_b_over_a": ratio,
+                               "cpu_seconds": CPU, "cpu_median_s": cpu_med, "cpu_ratio_b_over_a": cpu_ratio,
                                "load_avg_1m": {"min": min(loads), "max": max(loads)},
                                "machine": machine_info()}, indent=2))
-    print(json.dumps({"median_s": med, "ratio_b_over_a": ratio}, indent=2))
+    print(json.dumps({"median_s": med, "ratio_b_over_a": ratio, "cpu_ratio_b_over_a": cpu_ratio}, indent=2))
     print(f"written {out}")
 
 
