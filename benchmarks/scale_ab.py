@@ -157,7 +157,8 @@ def main() -> None:
             if "reimport" in steps:
                 times[name]["reimport"].append(timed(name, "reimport", checkout, data, url, "catalogue", "import",
                                                      str(man), "--json")[0])
-            print(rnd, name, {k: round(v[-1], 2) for k, v in times[name].items() if v}, flush=True)
+            print(rnd, name, {k: round(v[-1], 2) for k, v in times[name].items() if v},
+                  "cpu", {k: round(v[-1], 2) for k, v in CPU[name].items()}, flush=True)
     for j in range(100, 100 + turn * 10):  # the pictures back as generated
         for _, _, images, _ in side.values():
             _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(j))
