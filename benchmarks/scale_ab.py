@@ -121,6 +121,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--note", default="")
     ap.add_argument("--steps", default=",".join(STEPS), help="comma-separated steps to time (default: all)")
+    ap.add_argument("--first-file", type=int, default=100,
+                    help="the first product whose picture update_10 replaces (another run: pictures not yet cached)")
     args = ap.parse_args()
     a, b, n = Path(args.a).resolve(), Path(args.b).resolve(), args.size
     steps = set(args.steps.split(","))
@@ -128,6 +130,9 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     manifest, hashes = generate(scratch, n, 2)
     side = {name: _prepare(name, checkout, scratch, manifest, hashes, args) for name, checkout in (("A", a), ("B", b))}
+    if args.reuse:  # files an earlier run changed or restored: taken in, untimed
+        for name, checkout in (("A", a), ("B", b)):
+            cli(checkout, side[name][0], side[name][1], "index", "update", "--index", "flat", "--json")
     times: dict[str, dict[str, list[float]]] = {"A": {s: [] for s in STEPS}, "B": {s: [] for s in STEPS}}
     loads: list[float] = []
     turn = 0
@@ -148,7 +153,7 @@ def main() -> None:
                                                    "--json")[0])
             if "update_10" in steps:
                 for i in range(10):  # new pictures, other files each turn
-                    j = 100 + turn * 10 + i
+                    j = args.first_file + turn * 10 + i
                     _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(10 ** 9 + j))
                 turn += 1
                 t, rep = timed(name, "update_10", checkout, data, url, "index", "update", "--index", "flat", "--json")
@@ -159,7 +164,7 @@ def main() -> None:
                                                      str(man), "--json")[0])
             print(rnd, name, {k: round(v[-1], 2) for k, v in times[name].items() if v},
                   "cpu", {k: round(v[-1], 2) for k, v in CPU[name].items()}, flush=True)
-    for j in range(100, 100 + turn * 10):  # the pictures back as generated
+    for j in range(args.first_file, args.first_file + turn * 10):  # the pictures back as generated
         for _, _, images, _ in side.values():
             _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(j))
     med = {k: {s: float(np.median(v)) for s, v in t.items() if v} for k, t in times.items()}
