@@ -35,6 +35,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -135,18 +136,29 @@ LOAD: dict[str, float] = {}
 
 def shopsearch(data_dir: Path, db_url: str, *args: str, checkout: Path = REPO) -> tuple[float, dict | None]:
     """Run one CLI command of `checkout`; (wall seconds, its --json output when it printed one)."""
+    wall, _, out = shopsearch_cpu(data_dir, db_url, *args, checkout=checkout)
+    return wall, out
+
+
+def shopsearch_cpu(data_dir: Path, db_url: str, *args: str,
+                   checkout: Path = REPO) -> tuple[float, float, dict | None]:
+    """shopsearch, plus the CPU seconds (user + system) the command used: on a shared machine
+    far less swayed by the other jobs than its wall time."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SHOPSEARCH_DEVICE": "cpu"}
     LOAD[" ".join(a for a in args if not a.startswith(("/", "-")))] = round(os.getloadavg()[0], 2)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run([*CLI, "--data-dir", str(data_dir), "--database-url", db_url, *args], cwd=checkout,
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if out.returncode != 0:
         raise SystemExit(f"{checkout}: shopsearch {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     try:
-        return wall, json.loads(out.stdout)
+        return wall, cpu, json.loads(out.stdout)
     except ValueError:
-        return wall, None
+        return wall, cpu, None
 
 
 def pg_schema_url(base: str, name: str) -> str:

@@ -38,7 +38,6 @@ from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
 from shopsearch.index.merge import is_ivf
-from shopsearch.index.segments import new_delta, read_delta
 from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.sizing import choose_index_type, estimate_bytes_per_vector
 from shopsearch.index.vector_index import IndexManifest, VectorIndex
@@ -372,10 +371,10 @@ class IndexBuilder:
     def _publish_delta(self, build_id: str, manifest: IndexManifest, diff: IndexDiff, todo: set[int],
                        ok_new: dict[int, str], rep: EmbedReport, t0: float, est: int, trained_on: int,
                        scan: RescanReport | None, changes: UpdateChanges) -> BuildReport:
-        """Keep the serving base segment; tombstone its removed and changed ids; write the delta
-        (the serving delta's kept vectors plus the new ones from the cache). Work and writes are
-        proportional to the change and the delta, never to the base (whose ids are only
-        searched, as a sorted array)."""
+        """Keep the serving base segment and delta parts; tombstone the base's removed and changed
+        ids; write one delta part of the new vectors (from the cache) and the delta ids they
+        drop. Work and writes are proportional to the change, never to the base (whose ids are
+        only searched, as a sorted array) nor to the delta already written."""
         base_ids, old_dead, old_delta_keys = self.store.segment_parts(manifest.build_id)
         touched = np.array(diff.removed + diff.changed, dtype=np.int64)
         in_base = touched[np.isin(touched, base_ids, assume_unique=True)] if len(touched) else touched
@@ -384,18 +383,13 @@ class IndexBuilder:
         # the delta: its kept entries (still wanted, not re-embedded) and every new vector
         delta_keys = {i: k for i, k in old_delta_keys.items() if i not in gone}
         delta_keys.update(ok_new)
-        old_delta, _ = read_delta(self.store.build_dir(manifest.build_id), manifest.delta_sha256, "", verify=False)
-        delta = faiss.clone_index(old_delta) if old_delta is not None else new_delta(self.embedder.dim)
-        stale = [i for i, k in old_delta_keys.items() if delta_keys.get(i) != k]
-        if stale:
-            delta.remove_ids(np.array(stale, dtype=np.int64))
+        drop = np.array(sorted(i for i, k in old_delta_keys.items() if delta_keys.get(i) != k), dtype=np.int64)
         new = sorted(i for i in delta_keys if old_delta_keys.get(i) != delta_keys[i])
-        if new:
-            delta.add_with_ids(self._centre(self.cache.get_many([delta_keys[i] for i in new])),
-                               np.array(new, dtype=np.int64))
-        delta_index = VectorIndex(self.embedder.dim, "flat", index=delta)
+        vectors = self._centre(self.cache.get_many([delta_keys[i] for i in new])) if new else \
+            np.zeros((0, self.embedder.dim), np.float32)
+        change = (np.array(new, dtype=np.int64), vectors, drop)
         dead_ids = np.array(sorted(dead), dtype=np.int64)
-        segments = SegmentCounts(manifest.base_count or manifest.count, len(delta_index), len(dead_ids))
+        segments = SegmentCounts(manifest.base_count or manifest.count, len(delta_keys), len(dead_ids))
         count = segments.base - segments.dead + segments.delta
         log.info("publishing a delta segment", extra={"build_id": build_id, "base": segments.base,
                                                       "delta": segments.delta, "dead": segments.dead})
@@ -405,7 +399,7 @@ class IndexBuilder:
         # or with `shopsearch index calibrate`)
         cal = load_calibration(self.store.build_dir(manifest.build_id))
         saved = self.store.publish_delta(manifest.build_id, self._manifest(build_id, manifest.index_type, count),
-                                         delta_index, dead_ids, delta_keys, report.to_dict(),
+                                         change, dead_ids, delta_keys, report.to_dict(),
                                          {**calibration_file(replace(cal, build_id=build_id)), **self._extra_files()})
         self._record(build_id, manifest.index_type, saved.count, "complete")
         return replace(report, vectors=saved.count, seconds=time.perf_counter() - t0)

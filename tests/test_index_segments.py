@@ -187,8 +187,10 @@ def test_a_delta_publish_on_a_full_disk_leaves_the_serving_build(tmp_path, sqlit
     b = IndexBuilder(FakeEmbedder(), sqlite_catalogue, store, tmp_path / "vectors")
     first = b.build(index_type="hnsw", progress=False)
     _add(sqlite_catalogue, tmp_path, 8)
-    real_write = segments.faiss.write_index
-    monkeypatch.setattr(segments.faiss, "write_index", lambda index, path: real_write(index, "/dev/full"))
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):  # the delta part is written to /dev/full
+        return open("/dev/full" if "w" in mode else path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(segments, "open", open_on_a_full_disk, raising=False)
     with pytest.raises(IndexWriteError, match=f"build {first.build_id} is still serving"):
         b.update(index_type="hnsw", progress=False)
     assert store.current_id() == first.build_id and [m.build_id for m in store.list_builds()] == [first.build_id]

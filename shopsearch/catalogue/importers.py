@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from shopsearch.catalogue.cells import category, image_list, price
 from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResult
+from shopsearch.catalogue.row_digest import current_digest
 from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
 from shopsearch.errors import InvalidImageError, ManifestError
 from shopsearch.catalogue.formats import FORMATS
@@ -89,7 +90,7 @@ class _SkuRows:
 
 
 # -- readers ------------------------------------------------------------------
-def _record(row: dict, base: Path, where: str) -> ProductRecord:
+def _record(row: dict, base: Path) -> ProductRecord:
     sku = str(row.get("sku") or "").strip()
     if not sku:
         raise ValueError("missing sku")
@@ -116,9 +117,10 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         if not reader.fieldnames or "sku" not in reader.fieldnames:
             raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' columns")
         rows = _SkuRows(problems)
+        base, name = path.parent, path.name  # once: pathlib computes them again at every call
         for n, row in enumerate(reader, start=2):
             try:
-                yield rows.see(_record(row, path.parent, f"row {n}"), f"{path.name} row {n}")
+                yield rows.see(_record(row, base), f"{name} row {n}")
             except ValueError as e:
                 problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
 
@@ -129,6 +131,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
     except (OSError, UnicodeDecodeError) as e:
         raise ManifestError(f"cannot read manifest {path}: {e}") from None
     rows = _SkuRows(problems)
+    base, name = path.parent, path.name
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -136,7 +139,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("line is not a JSON object")
-            yield rows.see(_record(row, path.parent, f"line {n}"), f"{path.name} line {n}")
+            yield rows.see(_record(row, base), f"{name} line {n}")
         except ValueError as e:
             problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
 
@@ -317,6 +320,26 @@ def _count(report: ImportReport, result: UpsertResult) -> None:
         report.products_unchanged += 1
 
 
+def _skip_unchanged_rows(store: CatalogueStore, records: list[ProductRecord],
+                         report: ImportReport) -> tuple[list[ProductRecord], list[tuple[int, ProductRecord]]]:
+    """(the records left to check and upsert, (product id, record) of those skipped): a row
+    whose digest (its data, its files' path, size and mtime) is the one stored with its
+    product is unchanged, counted as such and never looked at again; no file is read."""
+    known = store.row_digests()
+    if not known:  # a first import: nothing to compare, not even a stat
+        return records, []
+    rest, skipped = [], []
+    for rec in records:
+        stored = known.get(rec.sku)
+        if stored is not None and stored[1] == current_digest(rec):
+            skipped.append((stored[0], rec))
+            report.products_unchanged += 1
+            report.images_ok += len(rec.images)
+        else:
+            rest.append(rec)
+    return rest, skipped
+
+
 def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], problems: list[RowProblem] | None = None,
                      workers: int = 2, progress: bool = True,
                      on_product: Callable[[int, ProductRecord], None] | None = None,
@@ -336,9 +359,14 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
         listed = "; ".join(f"{p.where}: {p.reason}" for p in refused[:10])
         more = f"; and {len(refused) - 10} more" if len(refused) > 10 else ""
         raise ManifestError(f"refused (--strict), nothing imported: {len(refused)} problem row(s): {listed}{more}")
+    records, skipped = _skip_unchanged_rows(store, records, report)
+    if on_product is not None:
+        for pid, rec in skipped:
+            on_product(pid, rec)
     paths = sorted({im.path for r in records for im in r.images})
     checked: dict[str, ImageRecord | str] = dict(unchanged_files(store, paths))
-    report.images_unchanged = len(checked)
+    skipped_paths = {im.path for _, r in skipped for im in r.images}.difference(paths)
+    report.images_unchanged = len(checked) + len(skipped_paths)
     todo = [p for p in paths if p not in checked]
     report.images_decoded = len(todo)
     checked.update(check_image_files(todo, workers, progress))

@@ -63,6 +63,8 @@ class Product(Base):
     predicted_category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id", ondelete="SET NULL"))
     predicted_confidence: Mapped[float | None] = mapped_column(Float)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # digest of the manifest row last imported (catalogue/row_digest.py); NULL: compare in full
+    row_digest: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

@@ -142,6 +142,17 @@ class CatalogueStore:
             self._category_ids.update(made)
         return out
 
+    def row_digests(self) -> dict[str, tuple[int, str]]:
+        """SKU -> (product id, stored row digest) of every product that has one
+        (catalogue/row_digest.py), read as plain tuples by the driver's cursor."""
+        with self.engine.connect() as conn:
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                cur.execute("SELECT sku, id, row_digest FROM products WHERE row_digest IS NOT NULL")
+                return {sku: (pid, digest) for sku, pid, digest in cur.fetchall()}
+            finally:
+                cur.close()
+
     def image_files(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         """Path -> what the catalogue knows of a usable image file there (hash, size, stat when
         hashed): an import skips decoding a file whose stat has not moved since."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Text, cast, insert, select
+from sqlalchemy import Text, bindparam, cast, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from shopsearch.catalogue import bulk
 from shopsearch.catalogue.models import Product, ProductImage, utcnow
 from shopsearch.catalogue.records import ImageInfo, ImageRecord, ProductRecord, UpsertResult
+from shopsearch.catalogue.row_digest import stored_digest
 
 PRODUCT_FIELDS = ("title", "description", "brand", "price", "currency", "attributes")
 
@@ -33,18 +34,21 @@ def upsert_batch(s: Session, records: Sequence[ProductRecord],
         pids = [r.id for r in rows.values()]
         for r in s.execute(select(*bulk.IMAGE_COLUMNS).where(ProductImage.product_id.in_(pids))):
             images.setdefault(r.product_id, []).append(ImageInfo(*r))
+    digests = [stored_digest(r) for r in records]
     out: list[UpsertResult | None] = [None] * len(records)
-    new, changed = [], []
+    new, changed, stale = [], [], []
     for j, rec in enumerate(records):
         row = rows.get(rec.sku)
         if row is None:
             new.append(j)
         elif _unchanged(rec, row, images.get(row.id, []), cat_ids[j]):
             out[j] = UpsertResult(rec.sku, row.id, False, False, 0, 0)
+            if row.row_digest != digests[j]:  # imported before digests, or cleared since
+                stale.append(j)
         else:
             changed.append(j)
     if new:
-        ids = _insert_new(s, [records[j] for j in new], [cat_ids[j] for j in new])
+        ids = _insert_new(s, [records[j] for j in new], [cat_ids[j] for j in new], [digests[j] for j in new])
         for j, pid in zip(new, ids):
             out[j] = UpsertResult(records[j].sku, pid, True, True, len(_unique_paths(records[j].images)), 0)
     if changed:
@@ -54,20 +58,26 @@ def upsert_batch(s: Session, records: Sequence[ProductRecord],
         for j, pid in zip(changed, wanted):
             out[j] = UpsertResult(records[j].sku, pid, *_apply(loaded[pid], records[j], cat_ids[j], created=False))
         s.flush()
+    # after the flush: its writes to the products' fields and images cleared their digests (triggers)
+    if stale or changed:
+        s.execute(update(Product.__table__).where(Product.__table__.c.id == bindparam("pid"))
+                  .values(row_digest=bindparam("digest")),
+                  [{"pid": rows[records[j].sku].id, "digest": digests[j]} for j in stale + changed])
     return [r for r in out if r is not None]
 
 
-def _insert_new(s: Session, records: list[ProductRecord], cat_ids: list[int | None]) -> list[int]:
+def _insert_new(s: Session, records: list[ProductRecord], cat_ids: list[int | None],
+                digests: list[str | None]) -> list[int]:
     """Multi-row INSERTs of new products (ids returned in order) and of their images."""
     now = utcnow()
     conn = s.connection()
     if conn.dialect.name == "postgresql":
-        return _copy_new(conn, records, cat_ids, now)
+        return _copy_new(conn, records, cat_ids, digests, now)
     ids = list(conn.execute(
         insert(Product.__table__).returning(Product.__table__.c.id, sort_by_parameter_order=True),
         [dict(sku=r.sku, title=r.title, description=r.description, brand=r.brand, price=r.price,
-              currency=r.currency, category_id=c, attributes=dict(r.attributes or {}), created_at=now,
-              updated_at=now) for r, c in zip(records, cat_ids)]).scalars())
+              currency=r.currency, category_id=c, attributes=dict(r.attributes or {}), row_digest=d,
+              created_at=now, updated_at=now) for r, c, d in zip(records, cat_ids, digests)]).scalars())
     rows = [dict(product_id=pid, path=im.path, role=im.role, sha256=im.sha256, width=im.width, height=im.height,
                  status=im.status, error=im.error, file_size=im.file_size, file_mtime_ns=im.file_mtime_ns,
                  created_at=now)
@@ -78,12 +88,13 @@ def _insert_new(s: Session, records: list[ProductRecord], cat_ids: list[int | No
 
 
 _PRODUCT_COPY = "COPY products (id, sku, title, description, brand, price, currency, category_id, attributes, " \
-                "created_at, updated_at) FROM STDIN"
+                "row_digest, created_at, updated_at) FROM STDIN"
 _IMAGE_COPY = "COPY product_images (product_id, path, role, sha256, width, height, status, error, file_size, " \
               "file_mtime_ns, created_at) FROM STDIN"
 
 
-def _copy_new(conn: Any, records: list[ProductRecord], cat_ids: list[int | None], now: Any) -> list[int]:
+def _copy_new(conn: Any, records: list[ProductRecord], cat_ids: list[int | None], digests: list[str | None],
+              now: Any) -> list[int]:
     """PostgreSQL: ids drawn from the products' sequence, then both tables filled with COPY,
     in the session's transaction. A multi-row INSERT made psycopg parse one statement of
     thousands of placeholders per page, and the images went one prepared statement per row.
@@ -93,10 +104,10 @@ def _copy_new(conn: Any, records: list[ProductRecord], cat_ids: list[int | None]
         {"n": len(records)}).scalars()]
     with conn.connection.dbapi_connection.cursor() as cur:
         with cur.copy(_PRODUCT_COPY) as copy:
-            for pid, r, c in zip(ids, records, cat_ids):
+            for pid, r, c, d in zip(ids, records, cat_ids, digests):
                 # json.dumps: the text SQLAlchemy's JSON type writes, which re-imports compare with
                 copy.write_row((pid, r.sku, r.title, r.description, r.brand, r.price, r.currency, c,
-                                json.dumps(dict(r.attributes or {})), now, now))
+                                json.dumps(dict(r.attributes or {})), d, now, now))
         with cur.copy(_IMAGE_COPY) as copy:
             for pid, r in zip(ids, records):
                 for im in _unique_paths(r.images):
@@ -109,7 +120,7 @@ def _product_columns() -> tuple[Any, ...]:
     # attributes as the stored JSON text: an unchanged row is told by comparing texts, without
     # decoding a JSON document per product (a re-import of a million rows spent seconds there)
     return (*(getattr(Product, f) for f in PRODUCT_FIELDS if f != "attributes"),
-            cast(Product.attributes, Text).label("attributes_text"), Product.category_id)
+            cast(Product.attributes, Text).label("attributes_text"), Product.category_id, Product.row_digest)
 
 
 def _same_attributes(new: dict, stored_text: str | None) -> bool:

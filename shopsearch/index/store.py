@@ -3,8 +3,9 @@
 Layout under <data_dir>/index/:  builds/<build_id>/{index.faiss,manifest.json,keys.npz,report.json}  and
 CURRENT (the serving build id), PREVIOUS (the one before, for rollback) and SHADOW (a build
 made beside the serving one, not served until promoted); a build made by a small update adds
-{delta.faiss,delta_keys.npz,tombstones.npy} and shares index.faiss and keys.npz with the build it
-came from by hard link (shopsearch/index/segments.py). A build is written under a temporary name, verified,
+its delta part (delta-<build id>.npz), delta_keys.npz and tombstones.npy, and shares index.faiss,
+keys.npz and the earlier delta parts with the build it came from by hard link
+(shopsearch/index/segments.py). A build is written under a temporary name, verified,
 renamed into builds/, and only then CURRENT is swapped with os.replace, so a crash at
 any point leaves the old index serving. The previous build is kept for rollback."""
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 from shopsearch.errors import IndexCorruptError, IndexNotFoundError, IndexWriteError
 from shopsearch.index.keyfiles import (DELTA_KEYS_FILE, KEYS_FILE, SegmentKeys, read_arrays, read_ids, read_keys,
                                        write_keys)
-from shopsearch.index.segments import TOMBSTONES_FILE, link_or_copy, read_delta, write_delta
+from shopsearch.index.segments import (DELTA_FILE, MAX_PARTS, TOMBSTONES_FILE, Part, compacted, legacy_part,
+                                       link_or_copy, live_ids, part_name, read_part, write_delta, write_part)
 from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, VectorIndex
 
 log = logging.getLogger("shopsearch.index")
@@ -244,19 +246,19 @@ class IndexStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
 
-    def publish_delta(self, base_build: str, manifest: IndexManifest, delta: VectorIndex | None, dead: np.ndarray,
+    def publish_delta(self, base_build: str, manifest: IndexManifest, change: Part | None, dead: np.ndarray,
                       delta_keys: Mapping[int, str], report: dict | None = None,
                       extra_files: Mapping[str, str | bytes] | None = None,
                       make_current: bool = True) -> IndexManifest:
-        """Publish a build that shares `base_build`'s base segment (hard links, nothing rewritten
-        or re-hashed) with `dead` of its ids tombstoned and `delta` (a flat index of
-        `delta_keys`' ids) beside it. Same guarantees as `publish`: verified, atomic, rollback."""
-        if delta is not None and delta.segmented:
-            raise ValueError("the delta segment must be a plain index")
+        """Publish a build that shares `base_build`'s base segment and delta parts (hard links,
+        nothing rewritten or re-hashed) with `dead` of its base ids tombstoned and `change`
+        (this update's vectors, and the ids of the delta it drops) written as one new delta
+        part; `delta_keys` are the delta's live ids and hashes afterwards. Same guarantees as
+        `publish`: verified, atomic, rollback."""
         return self._write_build(manifest, lambda staging: self._stage_delta(
-            staging, base_build, manifest, delta, dead, delta_keys, report, extra_files), make_current)
+            staging, base_build, manifest, change, dead, delta_keys, report, extra_files), make_current)
 
-    def _stage_delta(self, staging: Path, base_build: str, manifest: IndexManifest, delta: VectorIndex | None,
+    def _stage_delta(self, staging: Path, base_build: str, manifest: IndexManifest, change: Part | None,
                      dead: np.ndarray, delta_keys: Mapping[int, str], report: dict | None,
                      extra_files: Mapping[str, str | bytes] | None) -> IndexManifest:
         src = self.build_dir(base_build)
@@ -265,24 +267,52 @@ class IndexStore:
         staging.mkdir(parents=True)
         for name in (INDEX_FILE, KEYS_FILE):
             link_or_copy(src / name, staging / name)
-        delta_sha, tomb_sha = write_delta(staging, delta.faiss_index if delta is not None else None, dead)
+        parts = self._carry_parts(src, base, staging)
+        chain = [read_part(staging / name, vectors=False) for name, _ in parts]
+        if change is not None:
+            chain.append(change)
+        live, entries = len(live_ids(chain)), sum(len(p[0]) for p in chain)
+        if parts and (len(parts) >= MAX_PARTS or entries - live > live):  # the chain rewritten as one part
+            change = compacted([read_part(staging / name) for name, _ in parts] + ([change] if change else []),
+                               manifest.dim)
+            for name, _ in parts:
+                (staging / name).unlink()
+            parts = []
+        name = part_name(manifest.build_id)
+        part_sha, tomb_sha = write_delta(staging, name, change, dead)
+        if part_sha:
+            parts.append([name, part_sha])
+        saved = replace(manifest, count=base_count - len(dead) + live, index_sha256=base.index_sha256,
+                        delta_sha256="", delta_parts=parts, tombstones_sha256=tomb_sha, base_count=base_count,
+                        delta_count=live, dead_count=len(dead))
         write_keys(staging / DELTA_KEYS_FILE, delta_keys)
-        n_delta = len(delta) if delta is not None else 0
-        saved = replace(manifest, count=base_count - len(dead) + n_delta, index_sha256=base.index_sha256,
-                        delta_sha256=delta_sha, tombstones_sha256=tomb_sha, base_count=base_count,
-                        delta_count=n_delta, dead_count=len(dead))
         (staging / MANIFEST).write_text(json.dumps(asdict(saved), indent=2))
         self._write_extras(staging, report, extra_files)
-        # Verify what is on disk: the shared base is the very file that was verified when it was
-        # published (same inode); the new small parts are read back in full.
+        # Verify what is on disk: the shared base and parts are the very files verified when
+        # they were published (same inodes); the new part is read back in full.
         if not os.path.samefile(src / INDEX_FILE, staging / INDEX_FILE) and \
                 VectorIndex.load(staging).base_count != base_count:
             raise IndexCorruptError(f"build {manifest.build_id}: the copied base segment does not verify")
-        got_delta, got_dead = read_delta(staging, delta_sha, tomb_sha)
-        if (got_delta.ntotal if got_delta is not None else 0) != n_delta or len(got_dead) != len(dead) \
-                or set(read_keys(staging / DELTA_KEYS_FILE)) != set(delta_keys):
+        if part_sha and len(read_part(staging / name, part_sha)[0]) != len(change[0]):  # type: ignore[index]
+            raise IndexCorruptError(f"build {manifest.build_id}: its delta part failed verification after writing")
+        served = live_ids([read_part(staging / n, vectors=False) for n, _ in parts])
+        got_dead = np.load(staging / TOMBSTONES_FILE) if tomb_sha else ()
+        keys = set(read_keys(staging / DELTA_KEYS_FILE))
+        if len(served) != live or len(got_dead) != len(dead) or set(served.tolist()) != keys \
+                or keys != set(delta_keys):
             raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
         return saved
+
+    @staticmethod
+    def _carry_parts(src: Path, base: IndexManifest, staging: Path) -> list[list[str]]:
+        """The delta parts of build `src` shared into `staging` by hard link; a delta of a build
+        made before parts (one FAISS file) is written once as a part."""
+        if base.delta_sha256:
+            name = part_name(base.build_id)
+            return [[name, write_part(staging / name, legacy_part(src / DELTA_FILE))]]
+        for name, _ in base.delta_parts:
+            link_or_copy(src / name, staging / name)
+        return [list(p) for p in base.delta_parts]
 
     def _drop_staging(self) -> None:
         for d in self.builds_dir.glob(".staging-*"):

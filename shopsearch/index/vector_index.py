@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +15,7 @@ import numpy as np
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
 from shopsearch.index.filtered import PositionMap, empty_result, search_positions
 from shopsearch.index.faiss_gpu import gpu_available, gpu_kmeans
-from shopsearch.index.segments import merge_best, read_delta, sha256_file, write_delta
+from shopsearch.index.segments import delta_part, merge_best, part_name, read_delta, sha256_file, write_delta
 from shopsearch.index.sizing import (
     DEFAULT_EF_SEARCH,
     DEFAULT_NPROBE,
@@ -43,11 +43,13 @@ class IndexManifest:
     index_sha256: str = ""  # the base segment
     format_version: int = FORMAT_VERSION
     #: segments (shopsearch/index/segments.py); "" / 0 for a build of one segment
-    delta_sha256: str = ""
+    delta_sha256: str = ""  # a delta in one FAISS file (builds made before delta parts)
     tombstones_sha256: str = ""
     base_count: int = 0  # vectors in the base segment, tombstoned ones included
     delta_count: int = 0
     dead_count: int = 0
+    #: the delta segment's part files, oldest first: [file name, sha256] each
+    delta_parts: list[list[str]] = field(default_factory=list)
 
 
 class VectorIndex:
@@ -337,10 +339,13 @@ class VectorIndex:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / INDEX_FILE
         faiss.write_index(self._index, str(path))
-        delta_sha, tomb_sha = write_delta(directory, self._delta, self._dead)
+        name = part_name(manifest.build_id)
+        part_sha, tomb_sha = write_delta(directory, name, delta_part(self._delta) if self._delta is not None else None,
+                                         self._dead)
         manifest = IndexManifest(**{**asdict(manifest), "count": len(self), "dim": self.dim,
                                     "index_type": self.index_type, "index_sha256": sha256_file(path),
-                                    "delta_sha256": delta_sha, "tombstones_sha256": tomb_sha,
+                                    "delta_sha256": "", "delta_parts": [[name, part_sha]] if part_sha else [],
+                                    "tombstones_sha256": tomb_sha,
                                     "base_count": self.base_count, "delta_count": self.delta_count,
                                     "dead_count": len(self._dead)})
         tmp = directory / (MANIFEST + ".tmp")
@@ -361,7 +366,8 @@ class VectorIndex:
         flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
-            delta, dead = read_delta(directory, manifest.delta_sha256, manifest.tombstones_sha256, verify)
+            delta, dead = read_delta(directory, manifest.dim, manifest.delta_parts, manifest.delta_sha256,
+                                     manifest.tombstones_sha256, verify)
         except (OSError, ValueError, RuntimeError) as e:
             raise IndexCorruptError(f"cannot read index {path}: {e}") from None
         vi = cls(manifest.dim, manifest.index_type, index=index, delta=delta, dead=dead)
