@@ -21,9 +21,10 @@ import numpy as np
 
 from indexer.centring_build import choose_adaptation, choose_centring, iconic_only
 from indexer.diff import IndexDiff, diff_arrays, diff_index
-from indexer.build_types import BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges
+from indexer.build_types import (BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges,
+                                 resolve_options)
 from indexer.shrink import check_shrink
-from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex, plan_update
+from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex, current_at, plan_update
 from shopsearch.catalogue.bulk import NO_HASH
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
@@ -47,11 +48,6 @@ from shopsearch.embedding.cache import VectorCache
 log = logging.getLogger("shopsearch.indexer")
 
 __all__ = ["BuildOptions", "BuildPlan", "BuildReport", "IndexBuilder", "IndexDiff", "UpdateChanges", "diff_index"]
-
-
-def resolve_options(options: BuildOptions | None, overrides: dict[str, Any]) -> BuildOptions:
-    """`options` (defaults when None) with keyword overrides: `build(progress=False)` still reads well."""
-    return replace(options or BuildOptions(), **overrides)
 
 
 class IndexBuilder:
@@ -193,7 +189,7 @@ class IndexBuilder:
         log.info("index up to date", extra={"build_id": serving.build_id, "vectors": serving.count})
         return self._report(serving.build_id, serving.index_type, serving.count, EmbedReport(), t0, 0, UP_TO_DATE,
                             int(prev.get("trained_on") or serving.count), scan, update, UP_TO_DATE,
-                            _segment_counts(serving))
+                            SegmentCounts.of(serving))
 
     def _indexable_keys(self) -> tuple[np.ndarray, np.ndarray]:
         """The catalogue's indexable image ids and content hashes (arrays, by id); an image
@@ -205,18 +201,6 @@ class IndexBuilder:
             for it in self.work_items(self.catalogue.images_by_id(ids[unhashed].tolist())):
                 keys[np.searchsorted(ids, it.image_id)] = it.key.encode()
         return ids, keys
-
-    def _current_at(self, generation: int, index_type: str) -> IndexManifest | None:
-        """The serving build when it is known to hold exactly the indexable images of catalogue
-        `generation` with this model and index type (decided without reading any image row);
-        None when that is not known (the rows decide)."""
-        serving = self.store.current_manifest()
-        if serving is None or self.store.degraded or serving.model_fingerprint != self.embedder.fingerprint:
-            return None
-        itype = choose_index_type(serving.count) if index_type == "auto" else index_type
-        if serving.index_type != itype or self.catalogue.build_generation(serving.build_id) != generation:
-            return None
-        return serving
 
     def _centring_kept(self, o: BuildOptions, serving: IndexManifest) -> bool:
         """Whether a build with this --centre and --adapt leaves the serving build's centring as it is."""
@@ -238,8 +222,9 @@ class IndexBuilder:
         scan = self.rescan(o.workers, o.progress, o.verify_hashes, o.rescan_scope) if o.rescan else None
         # read before the rows: a change made after this makes the next build look at the rows
         generation = self.catalogue.generation()
-        if not o.force and (serving := self._current_at(generation, o.index_type)) is not None \
-                and self._centring_kept(o, serving):
+        serving = None if o.force else current_at(self.store, self.catalogue, self.embedder.fingerprint,
+                                                  generation, o.index_type)
+        if serving is not None and self._centring_kept(o, serving):
             return self._up_to_date(serving, t0, scan)
         images = self.catalogue.indexable_images()
         items = self.work_items(images)
@@ -299,7 +284,8 @@ class IndexBuilder:
         self._centring = build_centring(self.store.build_dir(manifest.build_id))
         scan = self.rescan(o.workers, o.progress, o.verify_hashes, o.rescan_scope) if o.rescan else None
         generation = self.catalogue.generation()
-        if not o.force and self._current_at(generation, o.index_type) is not None:
+        if not o.force and current_at(self.store, self.catalogue, self.embedder.fingerprint, generation,
+                                      o.index_type) is not None:
             prev = self.store.load_report(manifest.build_id) or {}
             changes = UpdateChanges(manifest.build_id, 0, 0, 0, manifest.count, None,
                                     int(prev.get("added_since_training") or 0))
@@ -403,7 +389,3 @@ class IndexBuilder:
                                          {**calibration_file(replace(cal, build_id=build_id)), **self._extra_files()})
         self._record(build_id, manifest.index_type, saved.count, "complete")
         return replace(report, vectors=saved.count, seconds=time.perf_counter() - t0)
-
-
-def _segment_counts(m: IndexManifest) -> SegmentCounts:
-    return SegmentCounts(m.base_count or m.count, m.delta_count, m.dead_count)

@@ -1,13 +1,14 @@
 """The typed values an index build takes and gives: its options, its plan and its report."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from indexer.shrink import DEFAULT_MAX_SHRINK
 
 if TYPE_CHECKING:  # the CLI imports this module for BuildOptions; the catalogue only when it runs
     from shopsearch.catalogue.rescan import RescanReport
+    from shopsearch.index.vector_index import IndexManifest
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,10 @@ class SegmentCounts:
     delta: int
     dead: int
 
+    @classmethod
+    def of(cls, m: IndexManifest) -> SegmentCounts:
+        return cls(m.base_count or m.count, m.delta_count, m.dead_count)
+
 
 @dataclass(frozen=True)
 class BuildReport:
@@ -112,3 +117,8 @@ class BuildReport:
               "segments": {"base": s.base, "delta": s.delta, "dead": s.dead} if s else None,
               "adapt_rounds": self.adapt_rounds}
         return d
+
+
+def resolve_options(options: BuildOptions | None, overrides: dict[str, Any]) -> BuildOptions:
+    """`options` (defaults when None) with keyword overrides: `build(progress=False)` still reads well."""
+    return replace(options or BuildOptions(), **overrides)

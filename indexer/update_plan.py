@@ -18,6 +18,14 @@ at 20% of a 1M base it is a 200k-vector scan per query. Past that the one-off re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shopsearch.index.sizing import choose_index_type
+
+if TYPE_CHECKING:
+    from shopsearch.catalogue.store import CatalogueStore
+    from shopsearch.index.store import IndexStore
+    from shopsearch.index.vector_index import IndexManifest
 
 #: an IVF-PQ index is retrained from the cache once this share of its vectors arrived after training
 RETRAIN_FRACTION = 0.5
@@ -93,3 +101,17 @@ def _compaction(serving: ServingIndex, target_type: str) -> str:
     """A trained IVF index keeps its training (no k-means); everything else is built afresh."""
     keep_training = serving.trained and target_type == serving.index_type and serving.index_type not in ("flat", "hnsw")
     return READD if keep_training else REBUILD
+
+
+def current_at(store: IndexStore, catalogue: CatalogueStore, fingerprint: str, generation: int,
+               index_type: str) -> IndexManifest | None:
+    """The serving build when it is known to hold exactly the indexable images of catalogue
+    `generation` with this model and index type (decided without reading any image row);
+    None when that is not known (the rows decide)."""
+    serving = store.current_manifest()
+    if serving is None or store.degraded or serving.model_fingerprint != fingerprint:
+        return None
+    itype = choose_index_type(serving.count) if index_type == "auto" else index_type
+    if serving.index_type != itype or catalogue.build_generation(serving.build_id) != generation:
+        return None
+    return serving

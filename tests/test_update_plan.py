@@ -106,7 +106,7 @@ def test_build_report_json_keeps_its_keys_for_scripts():
 def test_build_options_are_one_frozen_value():
     import dataclasses
 
-    from indexer.build import resolve_options
+    from indexer.build_types import resolve_options
     from indexer.build_types import BuildOptions
 
     o = BuildOptions(index_type="hnsw")
