@@ -3,7 +3,7 @@ EfficientNet-Lite0 weights in fp16) small enough to carry to a remote GPU for fi
 
     .venv/bin/python benchmarks/classify_prepare_data.py --out .gsdata --short-side 288 --quality 72
     # on the GPU machine, from the repo root:
-    PYTHONPATH=. python3 -m shopsearch.classify.finetune_main --train grocerystore:.gsdata:train+iconic \
+    PYTHONPATH=. python3 -m indexer.finetune_main --train grocerystore:.gsdata:train+iconic \
         --val grocerystore:.gsdata:val --weights .gsdata/effnet_lite0_imagenet_fp16.pth --out gs-effnet.pt \
         --name gs-effnet --device cuda --img-size 288 --epochs 50 --patience 20 --workers 7 --preload
     # back here:

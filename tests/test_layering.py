@@ -205,3 +205,15 @@ def test_importing_the_cli_does_not_import_torch():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_library_neither_exits_nor_parses_a_command_line():
+    """Process edges (sys.exit, argparse) belong to indexer/ and webapp/, not to shopsearch/."""
+    bad = []
+    for rel, tree in _files("shopsearch"):
+        for node in ast.walk(tree):
+            exits = (isinstance(node, ast.Attribute) and node.attr == "exit"
+                     and isinstance(node.value, ast.Name) and node.value.id == "sys")
+            if exits or (isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names)):
+                bad.append(f"{rel}:{node.lineno}")
+    assert bad == []

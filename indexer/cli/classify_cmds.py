@@ -288,7 +288,7 @@ def tag_cmd(c: Ctx, model: str | None, retag: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def install_cmd(c: Ctx, artefact: str, name: str, as_json: bool) -> None:
-    """Install a fine-tuned artefact trained elsewhere (e.g. `python -m shopsearch.classify.finetune_main` on a GPU)."""
+    """Install a fine-tuned artefact trained elsewhere (e.g. `python -m indexer.finetune_main` on a GPU)."""
     from shopsearch.classify.artefact import load_artefact
     from shopsearch.errors import ClassifierError
 

@@ -2,7 +2,7 @@
 a cosine schedule, label smoothing and early stopping on a validation split.
 
 Runs on CPU (the tests take one tiny step) or CUDA (bf16 autocast, channels-last). The
-same code runs on a remote GPU through `python -m shopsearch.classify.finetune_main`."""
+same code runs on a remote GPU through `python -m indexer.finetune_main`."""
 from __future__ import annotations
 
 import copy

@@ -1,7 +1,7 @@
-"""CLI-free fine-tuning entry point (no click, no database), for a GPU machine that has
+"""Fine-tuning entry point without click or a database (argparse only), for a GPU machine that has
 only torch, timm and pillow:
 
-    python -m shopsearch.classify.finetune_main --train grocerystore:DATA:train+iconic \
+    python -m indexer.finetune_main --train grocerystore:DATA:train+iconic \
         --val grocerystore:DATA:val --weights effnet_lite0.pth --out model.pt --device cuda
 """
 from __future__ import annotations
