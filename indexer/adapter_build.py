@@ -19,7 +19,6 @@ from shopsearch.adapter.model import ADAPTER_FILE, Adapter, build_adapter
 from shopsearch.adapter.train import AdapterOptions, ConfirmedPair, TrainReport, train_adapter, usable_pairs
 from shopsearch.catalogue.records import IndexBuildInfo
 from shopsearch.confidence import calibration_file
-from shopsearch.confidence_fit import calibrate_build
 from shopsearch.errors import ManifestError
 from shopsearch.index.store import new_build_id
 from shopsearch.index.sizing import choose_index_type
@@ -104,7 +103,7 @@ def publish_adapted(builder: IndexBuilder, adapter: Adapter, cat: CatalogueVecto
     index.add(cat.ids, vectors)
     manifest = IndexManifest(build_id, base.name, adapter.fingerprint, base.dim, len(index), itype,
                              time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    cal = calibrate_build(index, builder.catalogue.indexable_images(), build_id, builder.rerank)
+    cal = builder.calibrator.fit(index, builder.catalogue.indexable_images(), build_id)
     report = {"mode": "adapter", "vectors": len(index), "adapter_sha256": adapter.sha256, "adapter": adapter.info}
     saved = builder.store.publish(index, manifest, keys=cat.keys, report=report,
                                   extra_files={**calibration_file(cal), ADAPTER_FILE: adapter.to_bytes()},

@@ -32,9 +32,8 @@ from shopsearch.catalogue.stat_snapshot import SNAPSHOT_FILE
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.centring import CENTRING_FILE, DomainCentring, build_centring
 from shopsearch.config import GpuTuning
+from shopsearch.calibration_source import BuildCalibrator
 from shopsearch.confidence import calibration_file, load_calibration
-from shopsearch.confidence_fit import calibrate_build
-from shopsearch.rerank import RerankOptions
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
@@ -52,10 +51,11 @@ __all__ = ["BuildOptions", "BuildPlan", "BuildReport", "IndexBuilder", "IndexDif
 
 class IndexBuilder:
     def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path,
-                 gpu: GpuTuning | None = None, rerank: RerankOptions = RerankOptions()) -> None:
+                 gpu: GpuTuning | None = None, calibrator: BuildCalibrator | None = None) -> None:
         self.embedder = embedder
         self.gpu = gpu  # the GPU executor's knobs (Settings.gpu)
-        self.rerank = rerank  # the searches' default re-ranking: the calibration is fitted on its scores
+        # fits each full build's confidence calibration (remembered labelled photos, else the catalogue)
+        self.calibrator = calibrator or BuildCalibrator()
         self.catalogue = catalogue
         self.store = store
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
@@ -138,7 +138,7 @@ class IndexBuilder:
     def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict,
                  images: list[ImageInfo]) -> int:
         # refit with every full build: the confidence a search reports belongs to the build it searches
-        cal = calibrate_build(index, images, build_id, self.rerank)
+        cal = self.calibrator.fit(index, images, build_id)
         saved = self.store.publish(index, self._manifest(build_id, itype, len(index)), keys=keys, report=report,
                                    extra_files={**calibration_file(cal), **self._extra_files()})
         self._record(build_id, itype, saved.count, "complete")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.build import IndexBuilder
+from shopsearch.calibration_source import BuildCalibrator
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.cache import VectorCache
@@ -75,10 +76,11 @@ class RayIndexBuilder(IndexBuilder):
 
     def __init__(self, embedder: Embedder, catalogue: CatalogueStore, store: IndexStore, cache_root: Path,
                  resources: dict[str, float], models_dir: Path | None = None, batch_size: int | None = None,
-                 actors: int | None = None, shard_vectors: int = SHARD_VECTORS) -> None:
+                 actors: int | None = None, shard_vectors: int = SHARD_VECTORS,
+                 calibrator: BuildCalibrator | None = None) -> None:
         from shopsearch.embedding.ray_pipeline import alive_node_cpus, check_shared_folder, size_for
 
-        super().__init__(embedder, catalogue, store, cache_root)
+        super().__init__(embedder, catalogue, store, cache_root, calibrator=calibrator)
         self.cache_root = Path(cache_root)
         self.sizing = size_for(resources, batch_size, actors, alive_node_cpus())
         self.models_dir = models_dir

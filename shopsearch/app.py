@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from shopsearch.adapter.model import with_build_adapter
+from shopsearch.calibration_source import BuildCalibrator, LabelledSource, remembered_photos
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.centring import DomainCentring, build_centring
 from shopsearch.config import Settings
@@ -149,3 +150,16 @@ def serving_fusion(settings: Settings, embedder: Embedder, catalogue: CatalogueS
     if not settings.fusion:
         return None
     return fused_ranking_for(load_router(settings, embedder), catalogue.products())
+
+
+def build_calibrator(settings: Settings, store: IndexStore, embedder: Embedder,
+                     catalogue: CatalogueStore) -> BuildCalibrator:
+    """How the builds of `store` fit their confidence: on the labelled photos remembered beside the
+    index (searched as the shop serves them, fused with the head when it is), else on the catalogue."""
+    from shopsearch.rerank import parse_rerank
+
+    rows = remembered_photos(store.root)
+    labelled = None if rows is None else LabelledSource(
+        tuple(rows), embedder, catalogue, settings.vector_cache_dir,
+        fusion=lambda: serving_fusion(settings, embedder, catalogue))
+    return BuildCalibrator(parse_rerank(settings.rerank), labelled)

@@ -239,15 +239,49 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     assert served["calibration"]["status"] == "calibrated" and "density" in served["calibration"]["features"]
     assert served["calibration"]["source"] == "labelled" and "fallback" not in served["calibration"]
     assert "labelled shopper photos" in run("index", "calibrate", "--photos", str(tmp_path / "photos.csv")).stdout
+    # the photos are remembered beside the index: a full rebuild refits on them, not on the catalogue
+    rebuilt = _json.loads(run("index", "build", "--model", "colorhist", "--force", "--json", "--workers", "1").stdout)
+    assert rebuilt["build_id"] != build["build_id"] and rebuilt["calibration"]["source"] == "labelled"
+    assert load_calibration(data / "index" / "builds" / rebuilt["build_id"], rebuilt["build_id"]).samples == 36
+    again = run("index", "calibrate")
+    assert "remembered" in again.output and "labelled shopper photos" in again.output
+    build = rebuilt
     run("catalogue", "delete", "S10", "S11")
     update = _json.loads(run("index", "update", "--json", "--workers", "1").stdout)
     assert update["build_id"] != build["build_id"] and update["strategy"] == "delta"
     # a delta update keeps its base's fit (refitting reads the whole index), stamped with its own id
     carried = load_calibration(data / "index" / "builds" / update["build_id"], update["build_id"])
     assert carried.fitted and carried.samples == 36 and carried.density is not None  # carried with its density
-    assert _json.loads(run("index", "calibrate", "--json").stdout)["samples"] == 30  # the build's own photos
+    # --catalogue-only forgets the photos: this fit and the next builds' read the catalogue alone
+    only = _json.loads(run("index", "calibrate", "--catalogue-only", "--json").stdout)
+    assert only["samples"] == 30 and only["source"] == "catalogue"  # the build's own photos
     refitted = load_calibration(data / "index" / "builds" / update["build_id"], update["build_id"])
     assert refitted.fitted and refitted.samples == 30  # the new build's own photos
+    forced = _json.loads(run("index", "build", "--model", "colorhist", "--force", "--json", "--workers", "1").stdout)
+    assert forced["calibration"]["source"] == "catalogue"
+    with pytest.raises(AssertionError, match="exclude each other"):
+        run("index", "calibrate", "--catalogue-only", "--photos", str(tmp_path / "photos.csv"))
+
+
+def test_remembered_photos_that_are_gone_fall_back_to_the_catalogue(tmp_path):
+    """A build whose remembered photos cannot be read any more still gets a (catalogue) fit."""
+    from types import SimpleNamespace
+
+    from shopsearch.calibration_source import (BuildCalibrator, LabelledSource, forget_photos, remember_photos,
+                                               remembered_photos)
+    from shopsearch.embedders import load_embedder
+
+    assert remembered_photos(tmp_path) is None and not forget_photos(tmp_path)
+    remember_photos(tmp_path, [(tmp_path / "gone.jpg", "S1"), (tmp_path / "x" / ".." / "b.jpg", "S2")])
+    rows = remembered_photos(tmp_path)
+    assert rows == [(tmp_path / "gone.jpg", "S1"), (tmp_path / "b.jpg", "S2")]  # absolute, resolved
+    index, product_of, _ = _cluster_index(6, 3, 0.05, seed=3)
+    images = [SimpleNamespace(id=i, product_id=p, sha256=f"h{i}") for i, p in product_of.items()]
+    embedder = load_embedder("colorhist", "cpu")
+    cal = BuildCalibrator(labelled=LabelledSource(tuple(rows), embedder, None, tmp_path / "cache")).fit(
+        index, images, "b1")
+    assert cal.method == "leave-one-out" and cal.samples == 18  # the catalogue's own 6 x 3 photos
+    assert forget_photos(tmp_path) and remembered_photos(tmp_path) is None
 
 
 def test_labelled_photos_fit_is_honest_where_catalogue_near_duplicates_are_not():

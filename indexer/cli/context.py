@@ -113,10 +113,15 @@ class Ctx:
 
     def index_builder(self, embedder, store=None):
         from indexer.build import IndexBuilder
-        from shopsearch.rerank import parse_rerank
 
-        return IndexBuilder(embedder, self.catalogue(), store or self.index_store(), self.settings.vector_cache_dir,
-                            gpu=self.settings.gpu, rerank=parse_rerank(self.settings.rerank))
+        store = store or self.index_store()
+        return IndexBuilder(embedder, self.catalogue(), store, self.settings.vector_cache_dir,
+                            gpu=self.settings.gpu, calibrator=self.build_calibrator(embedder, store))
+
+    def build_calibrator(self, embedder, store):
+        from shopsearch.app import build_calibrator
+
+        return build_calibrator(self.settings, store, embedder, self.catalogue())
 
     def close(self) -> None:
         if self._catalogue is not None:

@@ -122,6 +122,7 @@ def _calibrate_on_photos(c: Ctx, store, root: Path, split: str) -> None:
     them (fused with the head): catalogue photos of one product are near-duplicates of each other,
     so a fit on them alone calls shoppers' right answers unsure (unless already done for this build)."""
     from shopsearch.app import embedder_for_index, serving_fusion
+    from shopsearch.calibration_source import remember_photos
     from shopsearch.confidence import load_calibration, scoring_key
     from shopsearch.confidence_fit import calibrate_serving
     from shopsearch.evaluation.datasets import load_dataset
@@ -132,11 +133,12 @@ def _calibrate_on_photos(c: Ctx, store, root: Path, split: str) -> None:
     embedder = embedder_for_index(c.settings, store)
     fusion = serving_fusion(c.settings, embedder, c.catalogue())
     rerank = parse_rerank(c.settings.rerank)
+    rows = [(Path(q.path), q.sku) for q in load_dataset(root, "grocerystore", "iconic", split).queries if q.sku]
+    remember_photos(store.root, rows)  # later builds (`index build`, a model switch) refit on them too
     have = load_calibration(store.build_dir(build_id), build_id)
     if have.fitted and have.method == "labelled" and have.scoring == scoring_key(rerank.spec, fusion is not None) \
             and have.density is not None:  # a fit from before the density model is refitted
         return
-    rows = [(Path(q.path), q.sku) for q in load_dataset(root, "grocerystore", "iconic", split).queries if q.sku]
     photos = load_labelled_photos(rows, embedder, c.catalogue(), c.settings.vector_cache_dir)
     _, cal = calibrate_serving(store, c.catalogue().indexable_images(), rerank, photos.queries, fusion=fusion)
     click.echo(f"index: confidence calibrated on {cal.samples} {split} photos ({cal.scoring}; features "
