@@ -37,6 +37,10 @@ def test_finetune_step_makes_a_usable_artefact(tiny_model):
     assert art.kind == "finetuned" and art.backbone is not None and art.backbone.img_size == 32
     assert len(art.labels.fine) == 3 and art.metrics["best_epoch"] == 1 and art.metrics["val"]["samples"] == 9
     assert all(v.dtype == torch.float16 for v in art.backbone.state.values() if v.is_floating_point())
+    # the CPU's forward/backward precision ("auto": bf16 only where a probe timed it faster) is recorded
+    cfg = art.metrics["config"]
+    assert cfg["precision"] == "auto" and cfg["autocast"] in ("fp32", "bf16")
+    assert cfg["autocast"] == "fp32" or cfg["precision_probe_s"]["bf16"] * 1.1 <= cfg["precision_probe_s"]["fp32"]
     back = load_artefact(path)
     assert back.fingerprint == art.fingerprint and back.fingerprint.startswith("finetuned:timm-tf_efficientnet_lite0:32")
 

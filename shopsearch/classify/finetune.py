@@ -24,6 +24,7 @@ from shopsearch.classify.ema import WeightAverage
 from shopsearch.classify.finetune_config import FinetuneConfig
 from shopsearch.classify.head import CategoryHead, combined_probs
 from shopsearch.classify.labels import LabelSpace
+from shopsearch.classify.train_precision import candidates, probe
 from shopsearch.classify.transforms import CROP_PCT, eval_transform, train_transform
 
 log = logging.getLogger("shopsearch.classify")
@@ -131,7 +132,7 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
-    use_amp = dev.type == "cuda"
+    options = candidates(cfg.precision, dev)  # raises on an unknown name before any work
     net = backbone.to(dev).to(memory_format=torch.channels_last)
     dim = int(getattr(net, "num_features", 1280))
     head = CategoryHead(dim, len(labels.fine), len(labels.coarse), dropout=0.2).to(dev)
@@ -151,6 +152,7 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
         0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
     ema = WeightAverage(nn.ModuleDict({"net": net, "head": head}), cfg.ema_decay) if cfg.ema_decay > 0 else None
+    use_amp, probe_s = options == ("bf16",), {}
     best: tuple[float, float] = (-1.0, -1.0)
     best_state: dict[str, Any] = {}
     best_epoch, best_weights, stale, step = 0, "raw", 0, 0
@@ -164,6 +166,10 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
                               disable=not progress, leave=False):
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             yf, yc = yf.to(dev, non_blocking=True), yc.to(dev, non_blocking=True)
+            if len(options) > 1 and not probe_s:  # time fp32 against bf16 on the first batch, on copies
+                precision, probe_s = probe(net, head, x, lambda lf, lc: F.cross_entropy(lf, yf) + F.cross_entropy(lc, yc),
+                                           options)
+                use_amp = precision == "bf16"
             lam, yf2, yc2 = 1.0, yf, yc
             if cfg.mix_prob > 0 and bool(torch.rand(1, generator=mix_gen) < cfg.mix_prob):
                 x, yf2, yc2, lam = _mix(x, yf, yc, mix_gen)
@@ -222,4 +228,5 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
     head = head.cpu().eval()
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return FinetuneResult(state, head, best_epoch, history, vf, vc, time.perf_counter() - t_start,
-                          {**asdict(cfg), "crop_pct": CROP_PCT, "device": str(dev)}, best_weights)
+                          {**asdict(cfg), "crop_pct": CROP_PCT, "device": str(dev),
+                           "autocast": "bf16" if use_amp else "fp32", "precision_probe_s": probe_s}, best_weights)
