@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 18's CPU points on an idle 2-core Intel Xeon with AMX + AVX512-BF16, in one run (ratios from one session).
 # Takes about 10-11 minutes idle (at most 12; estimated from its parts, timed whole only under load) when DATA
-# already holds the Grocery demo; building the demo
-# (Lite0, flat index, 2,721 vectors) adds about 1.5 minutes idle (it took 25 minutes at load average 14).
+# already holds the Grocery demo; building the demo (Lite0, flat index, 2,721 vectors, then its calibration
+# photos) adds an estimated 3-5 minutes idle (46 minutes wall, 9 CPU-minutes at load average 14-20): build it
+# first (the first lines below, or any earlier DATA) to stay within 12 minutes.
 #   1. EfficientNet-Lite0 end to end (Grocery JPEGs to saved vectors): what `index build` picks (--precision
 #      auto, tuned batch) with the naive loop; bf16 at batch 8 and 32 (2 decode threads) and at 16 with one
 #      decode thread ("best": the fastest of the four); CPU ms per photo by stage on one thread
