@@ -78,3 +78,24 @@ def test_every_benchmark_script_starts(script):
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_speed_summary_reads_the_idle_script_files_against_the_goals(tmp_path):
+    mod = _load("summarise_speed")
+    tp = {"images_per_s": 120.0, "precision": "bf16", "batch_size": 16, "workers": 2, "cpu_s_per_image": 0.0161,
+          "naive_images_per_s": 30.0, "load_avg_1m": 0.3}
+    (tmp_path / "throughput_efficientnet-lite0_cpu_default_t.json").write_text(json.dumps(tp))
+    (tmp_path / "throughput_efficientnet-lite0_cpu_bf16_b8_w2_t.json").write_text(
+        json.dumps(tp | {"images_per_s": 151.0, "batch_size": 8, "naive_images_per_s": None}))
+    (tmp_path / "bf16_openclip-ViT-B-32_t.json").write_text(json.dumps(
+        {"median_images_per_s": {"fp32": 11.0, "bf16": 31.0}, "median_cpu_s_per_image": {"fp32": 0.18, "bf16": 0.06},
+         "machine": {"cpu": "ToyXeon"}}))
+    (tmp_path / "load_search_ab_t.json").write_text(json.dumps({"median": {
+        "after": {"seq_p50_ms": 24.0, "c4_req_per_s": 70.0},
+        "after-2x2": {"seq_p50_ms": 19.5, "c4_req_per_s": 61.0, "c4_server_cpu_ms_per_request": 30.0}}}))
+    assert mod.main(["--suffix", "_t", "--results", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "speed_summary_t.json").read_text())
+    assert out["met"] == {"lite0_default": False, "lite0_best": True, "vit_b32_bf16": True, "queries": True}
+    assert out["lite0_best"] == "bf16_b8_w2" and out["lite0"]["default"]["cpu_ms_per_image"] == 16.1
+    assert out["queries"]["after-2x2"]["c4_server_cpu_ms_per_request"] == 30.0 and out["machine"]["cpu"] == "ToyXeon"
+    assert out["lite0_cpu_ms_one_thread"] is None and out["query_stage_cpu_ms"] is None
