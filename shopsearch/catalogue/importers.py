@@ -28,6 +28,9 @@ from shopsearch.workers import RespawningPool
 log = logging.getLogger("shopsearch.importer")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+#: image files per task sent to a checking process: few enough round trips that passing them costs
+#: little beside the decoding (a task whose worker dies is run again one file at a time)
+CHECK_CHUNK = 256
 _CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
 
 
@@ -91,20 +94,25 @@ class _SkuRows:
 
 # -- readers ------------------------------------------------------------------
 def _record(row: dict, base: Path) -> ProductRecord:
-    sku = str(row.get("sku") or "").strip()
+    # runs once per row of a million-row manifest: plain lookups, no generator, no keyword arguments
+    get = row.get
+    sku = str(get("sku") or "").strip()
     if not sku:
         raise ValueError("missing sku")
-    title = str(row.get("title") or row.get("name") or "").strip() or sku
-    images = image_list(row.get("images")) + image_list(row.get("image"))
+    title = str(get("title") or get("name") or "").strip() or sku
+    many, one = get("images"), get("image")
+    images = image_list(one) if many is None or many == "" else image_list(many) + image_list(one)
     attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
-    if isinstance(row.get("attributes"), dict):
+    if isinstance(get("attributes"), dict):
         attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
+    cur = get("currency")
     return ProductRecord(
-        sku=sku, title=title, description=(row.get("description") or None), brand=(row.get("brand") or None),
-        price=price(row.get("price")), currency=(str(row["currency"]).upper()[:3] if row.get("currency") else None),
-        category_path=category(row.get("category")), attributes=attrs,
-        images=tuple(ImageRecord(p if os.path.isabs(p) else str((base / p).resolve())) for p in images),
-    )
+        sku, title, get("description") or None, get("brand") or None, price(get("price")),
+        str(cur).upper()[:3] if cur else None, category(get("category")), attrs,
+        tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]))
+
+
+_isabs = os.path.isabs
 
 
 def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
@@ -259,7 +267,7 @@ def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
         pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
             lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
         try:
-            for fut in [pool.submit(paths[i:i + 32]) for i in range(0, len(paths), 32)]:
+            for fut in [pool.submit(paths[i:i + CHECK_CHUNK]) for i in range(0, len(paths), CHECK_CHUNK)]:
                 for path, res in pool.result(fut):
                     checked[path] = res
                     bar.update()

@@ -73,11 +73,19 @@ def _insert_new(s: Session, records: list[ProductRecord], cat_ids: list[int | No
     conn = s.connection()
     if conn.dialect.name == "postgresql":
         return _copy_new(conn, records, cat_ids, digests, now)
-    ids = list(conn.execute(
-        insert(Product.__table__).returning(Product.__table__.c.id, sort_by_parameter_order=True),
-        [dict(sku=r.sku, title=r.title, description=r.description, brand=r.brand, price=r.price,
-              currency=r.currency, category_id=c, attributes=dict(r.attributes or {}), row_digest=d,
-              created_at=now, updated_at=now) for r, c, d in zip(records, cat_ids, digests)]).scalars())
+    # one executemany without RETURNING, then the new ids by SKU (unique, indexed): with
+    # RETURNING in parameter order SQLAlchemy ran one INSERT per product on SQLite
+    table = Product.__table__
+    conn.execute(insert(table), [dict(sku=r.sku, title=r.title, description=r.description, brand=r.brand,
+                                      price=r.price, currency=r.currency, category_id=c,
+                                      attributes=dict(r.attributes or {}), row_digest=d, created_at=now,
+                                      updated_at=now) for r, c, d in zip(records, cat_ids, digests)])
+    by_sku: dict[str, int] = {}
+    skus = [r.sku for r in records]
+    for start in range(0, len(skus), bulk.ID_CHUNK):
+        by_sku.update((sku, pid) for sku, pid in conn.execute(
+            select(table.c.sku, table.c.id).where(table.c.sku.in_(skus[start:start + bulk.ID_CHUNK]))))
+    ids = [by_sku[s] for s in skus]
     rows = [dict(product_id=pid, path=im.path, role=im.role, sha256=im.sha256, width=im.width, height=im.height,
                  status=im.status, error=im.error, file_size=im.file_size, file_mtime_ns=im.file_mtime_ns,
                  created_at=now)
