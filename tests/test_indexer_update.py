@@ -116,12 +116,17 @@ def _cli(data_dir, *args):
     return res
 
 
-def test_cli_status_update_rollback_json(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
+def _data_dir(tmp_path, products: int):
+    """A data folder whose SQLite catalogue holds `products` products (P0...), and the open store."""
+    (data := tmp_path / "data").mkdir()
     cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
-    for i in range(5):
+    for i in range(products):
         _add(cat, tmp_path, i)
+    return data, cat
+
+
+def test_cli_status_update_rollback_json(tmp_path):
+    data, cat = _data_dir(tmp_path, 5)
     res = _cli(data, "index", "status", "--json")
     assert json.loads(res.stdout)["missing"] == 5
     res = _cli(data, "index", "rollback")
@@ -192,11 +197,7 @@ def test_colorhist_build_and_update_never_import_torch(tmp_path):
     import subprocess
     import sys
 
-    data = tmp_path / "data"
-    data.mkdir()
-    cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
-    for i in range(4):
-        _add(cat, tmp_path, i)
+    data, cat = _data_dir(tmp_path, 4)
     cat.close()
     script = (
         "import sys, json\n"
