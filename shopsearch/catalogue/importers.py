@@ -276,27 +276,35 @@ def _check_group(paths: list[str]) -> list[tuple[str, ImageRecord | str]]:
 def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
                       desc: str = "checking images") -> dict[str, ImageRecord | str]:
     """check_image_file over many paths, in `workers` processes unless `workers` is 1."""
-    checked: dict[str, ImageRecord | str] = {}
+    return dict(iter_image_checks(paths, workers, progress, desc))
+
+
+def iter_image_checks(paths: list[str], workers: int = 2, progress: bool = True,
+                      desc: str = "checking images") -> Iterator[tuple[str, ImageRecord | str]]:
+    """(path, check_image_file's result) in the order of `paths`, as the workers finish them:
+    every task is queued at once, so the workers go on checking while the caller writes what
+    it has been given (an import upserts one batch while the next ones are being checked)."""
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or not paths)
-    if workers > 1 and paths:
-        # Processes even for a handful of files: a decoder crashing on one of them would
-        # otherwise take the import down, and every retry with it. A worker that dies on a
-        # file is replaced and the file reported as invalid (shopsearch.workers).
-        pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
-            lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
-        try:
-            for fut in [pool.submit(paths[i:i + CHECK_CHUNK]) for i in range(0, len(paths), CHECK_CHUNK)]:
-                for path, res in pool.result(fut):
-                    checked[path] = res
-                    bar.update()
-        finally:
-            pool.shutdown()
-    else:
-        for path in paths:
-            checked[path] = check_image_file(path)[1]
-            bar.update()
-    bar.close()
-    return checked
+    try:
+        if workers > 1 and paths:
+            # Processes even for a handful of files: a decoder crashing on one of them would
+            # otherwise take the import down, and every retry with it. A worker that dies on a
+            # file is replaced and the file reported as invalid (shopsearch.workers).
+            pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
+                lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
+            try:
+                for fut in [pool.submit(paths[i:i + CHECK_CHUNK]) for i in range(0, len(paths), CHECK_CHUNK)]:
+                    done = pool.result(fut)
+                    bar.update(len(done))
+                    yield from done
+            finally:
+                pool.shutdown()
+        else:
+            for path in paths:
+                yield check_image_file(path)
+                bar.update()
+    finally:
+        bar.close()
 
 
 def unchanged_files(store: CatalogueStore, paths: list[str]) -> dict[str, ImageRecord]:
@@ -371,7 +379,7 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
                      on_product: Callable[[int, ProductRecord], None] | None = None,
                      strict: bool = False) -> ImportReport:
     """Check the images (in `workers` processes) and upsert the products, UPSERT_BATCH per
-    transaction. A file the catalogue already holds with the same size and mtime is not read
+    transaction, each batch written while the workers check the next batches' files. A file the catalogue already holds with the same size and mtime is not read
     again; a row naming other images than the catalogue holds replaces the product's image set
     (`images_replaced`; their vectors leave the index at the next update). A SKU on several
     rows is imported once, from its last row (the readers report the others); `strict`
@@ -393,18 +401,29 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
     checked: dict[str, ImageRecord | str] = dict(unchanged_files(store, paths))
     skipped_paths = {im.path for _, r in skipped for im in r.images}.difference(paths)
     report.images_unchanged = len(checked) + len(skipped_paths)
-    todo = [p for p in paths if p not in checked]
+    # the files to read in the order the batches name them: each batch is written as soon as its
+    # own files are checked, while the workers go on with the next ones
+    todo = [p for p in dict.fromkeys(im.path for r in records for im in r.images) if p not in checked]
     report.images_decoded = len(todo)
-    checked.update(check_image_files(todo, workers, progress))
+    checks = iter_image_checks(todo, workers, progress)
     bar = tqdm(total=len(records), desc="importing products", unit="product", disable=not progress)
-    for start in range(0, len(records), UPSERT_BATCH):
-        batch = [_checked_record(rec, checked, report) for rec in records[start:start + UPSERT_BATCH]]
-        for rec, result in zip(batch, store.upsert_products(batch)):
-            _count(report, result)
-            if on_product is not None:
-                on_product(result.product_id, rec)
-        bar.update(len(batch))
-    bar.close()
+    try:
+        for start in range(0, len(records), UPSERT_BATCH):
+            chunk = records[start:start + UPSERT_BATCH]
+            for rec in chunk:
+                for im in rec.images:
+                    while im.path not in checked:  # the checks come in `todo` order
+                        path, res = next(checks)
+                        checked[path] = res
+            batch = [_checked_record(rec, checked, report) for rec in chunk]
+            for rec, result in zip(batch, store.upsert_products(batch)):
+                _count(report, result)
+                if on_product is not None:
+                    on_product(result.product_id, rec)
+            bar.update(len(batch))
+    finally:
+        checks.close()  # the workers stop (a failed batch leaves the rest unchecked)
+        bar.close()
     for p in report.problems:
         log.warning("import problem", extra={"where": p.where, "sku": p.sku, "reason": p.reason})
     return report
