@@ -112,7 +112,8 @@ def _record(row: dict, base: Path) -> ProductRecord:
         tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]))
 
 
-_isabs = os.path.isabs
+#: os.path.isabs without its per-call str/bytes dispatch where absolute means a leading "/"
+_isabs = (lambda p: p.startswith("/")) if os.sep == "/" and not os.altsep else os.path.isabs
 
 
 def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
