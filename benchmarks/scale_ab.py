@@ -192,6 +192,7 @@ def main() -> None:
     cpu_ratio = {s: cpu_med["B"][s] / cpu_med["A"][s] for s in STEPS if s in cpu_med["A"] and s in cpu_med["B"]}
     only = "" if steps >= set(STEPS) else "_" + "_".join(s for s in STEPS if s in steps)
     out = Path(args.out) / f"scale_ab_{n}_{args.db}{only}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # a missing folder lost a whole PostgreSQL run once
     out.write_text(json.dumps({"note": args.note, "size": n, "db": args.db, "a": str(a), "b": str(b),
                                "rounds": args.rounds, "seconds": times, "median_s": med, "ratio_b_over_a": ratio,
                                "cpu_seconds": CPU, "cpu_median_s": cpu_med, "cpu_ratio_b_over_a": cpu_ratio,
