@@ -145,6 +145,13 @@ REPRODUCE = [
     "nice -n 5 python DIR/benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql --size-first \\",
     "    --synthetic-from 100000 --scratch /tmp/scale4-scratch --pg-schema scale4after --out DIR/results",
     "nice -n 5 python benchmarks/scale_ab.py --a MAIN_COPY --b BRANCH_COPY --size 100000 --scratch /tmp/scale4-ab",
+    "# issue 20 (scale6): first imports too (--steps import: an empty catalogue each turn), and a first import's",
+    "# CPU by phase (manifest read, main process, image-checking workers), main against the branch, interleaved",
+    "nice -n 5 python benchmarks/scale_ab.py --a MAIN_COPY --b BRANCH_COPY --size 100000 \\",
+    "    --steps import,reimport,update_10 --scratch /tmp/scale6-ab",
+    "python benchmarks/import_cpu_ab.py --a MAIN_COPY --b . --manifest /tmp/scale6-ab/manifest_20000.csv",
+    "nice -n 10 python benchmarks/scale_bench.py --sizes 10000,1000000 --db sqlite --scratch /tmp/scale6 \\",
+    "    --tag xeon_loaded",
     "python benchmarks/make_results.py",
 ]
 

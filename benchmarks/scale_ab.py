@@ -14,6 +14,8 @@ imports it once before the rounds. Then per round and checkout:
   status            index status (quick)
   update_10         10 image files replaced by new pictures (other files each turn), then index update
   reimport          catalogue import of the unchanged manifest
+  import            a first import of the manifest into an empty catalogue (a fresh SQLite file or
+                    PostgreSQL schema each turn; images on disk, hashing included)
 
 each as wall seconds and as the CPU seconds the command used (user + system; on a shared
 machine far less swayed by the other jobs). --steps times some of them only.
@@ -41,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.scale_bench import generate, inject_vectors, pg_schema_url, seeded_jpeg, shopsearch_cpu  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
-STEPS = ("noop_build", "noop_build_dirs", "status", "update_10", "reimport")
+STEPS = ("noop_build", "noop_build_dirs", "status", "update_10", "reimport", "import")
 
 
 #: CPU seconds of each timed command, per checkout and step (filled by `timed`)
@@ -72,8 +74,9 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def _prepare(name: str, checkout: Path, scratch: Path, manifest: Path, hashes: list[str],
-             args: argparse.Namespace) -> tuple[Path, str, Path, Path]:
-    """(data folder, database URL, image tree, manifest) of one checkout's catalogue."""
+             args: argparse.Namespace, catalogue: bool = True) -> tuple[Path, str, Path, Path]:
+    """(data folder, database URL, image tree, manifest) of one checkout's catalogue; without
+    `catalogue` (only first imports timed) the image tree and manifest alone."""
     n = args.size
     data = scratch / f"ab_{args.db}_{n}_{name}"
     images, man = scratch / "images", manifest
@@ -86,7 +89,7 @@ def _prepare(name: str, checkout: Path, scratch: Path, manifest: Path, hashes: l
     schema = f"{args.pg_schema}_{n}_{name.lower()}"
     url = f"sqlite:///{data / 'catalogue.db'}" if args.db == "sqlite" else \
         (pg_schema_url(args.pg_url, schema) if not args.reuse else f"{args.pg_url}?options=-csearch_path%3D{schema}")
-    if args.reuse:
+    if args.reuse or not catalogue:
         return data, url, images, man
     print("preparing", name, flush=True)
     if name == "B" and args.db == "sqlite":
@@ -105,6 +108,19 @@ def _prepare(name: str, checkout: Path, scratch: Path, manifest: Path, hashes: l
         cli(checkout, data, url, "catalogue", "import", str(man), "--json")
         cli(checkout, data, url, "index", "build", "--model", "colorhist", "--index", "flat", "--json")
     return data, url, images, man
+
+
+def first_import(name: str, checkout: Path, scratch: Path, manifest: Path, args: argparse.Namespace) -> float:
+    """One timed import of the whole manifest into an empty catalogue; its wall seconds."""
+    data = scratch / f"ab_{args.db}_{args.size}_{name}_import"
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    url = f"sqlite:///{data / 'catalogue.db'}" if args.db == "sqlite" else \
+        pg_schema_url(args.pg_url, f"{args.pg_schema}_{args.size}_{name.lower()}_import")
+    t, rep = timed(name, "import", checkout, data, url, "catalogue", "import", str(manifest), "--json")
+    assert rep and rep.get("products_created") == args.size, rep
+    shutil.rmtree(data, ignore_errors=True)
+    return t
 
 
 def main() -> None:
@@ -129,8 +145,9 @@ def main() -> None:
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     manifest, hashes = generate(scratch, n, 2)
-    side = {name: _prepare(name, checkout, scratch, manifest, hashes, args) for name, checkout in (("A", a), ("B", b))}
-    if args.reuse:  # files an earlier run changed or restored: taken in, untimed
+    side = {name: _prepare(name, checkout, scratch, manifest, hashes, args, catalogue=not steps <= {"import"})
+            for name, checkout in (("A", a), ("B", b))}
+    if args.reuse and not steps <= {"import"}:  # files an earlier run changed or restored: taken in, untimed
         for name, checkout in (("A", a), ("B", b)):
             cli(checkout, side[name][0], side[name][1], "index", "update", "--index", "flat", "--json")
     times: dict[str, dict[str, list[float]]] = {"A": {s: [] for s in STEPS}, "B": {s: [] for s in STEPS}}
@@ -162,6 +179,8 @@ def main() -> None:
             if "reimport" in steps:
                 times[name]["reimport"].append(timed(name, "reimport", checkout, data, url, "catalogue", "import",
                                                      str(man), "--json")[0])
+            if "import" in steps:
+                times[name]["import"].append(first_import(name, checkout, scratch, man, args))
             print(rnd, name, {k: round(v[-1], 2) for k, v in times[name].items() if v},
                   "cpu", {k: round(v[-1], 2) for k, v in CPU[name].items()}, flush=True)
     for j in range(args.first_file, args.first_file + turn * 10):  # the pictures back as generated
@@ -173,6 +192,7 @@ def main() -> None:
     cpu_ratio = {s: cpu_med["B"][s] / cpu_med["A"][s] for s in STEPS if s in cpu_med["A"] and s in cpu_med["B"]}
     only = "" if steps >= set(STEPS) else "_" + "_".join(s for s in STEPS if s in steps)
     out = Path(args.out) / f"scale_ab_{n}_{args.db}{only}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)  # a missing folder lost a whole PostgreSQL run once
     out.write_text(json.dumps({"note": args.note, "size": n, "db": args.db, "a": str(a), "b": str(b),
                                "rounds": args.rounds, "seconds": times, "median_s": med, "ratio_b_over_a": ratio,
                                "cpu_seconds": CPU, "cpu_median_s": cpu_med, "cpu_ratio_b_over_a": cpu_ratio,

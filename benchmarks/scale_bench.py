@@ -344,6 +344,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes generating images")
     ap.add_argument("--keep", action="store_true", help="keep the data dirs (images are always kept)")
     ap.add_argument("--note", default="", help="free text stored in the JSON, e.g. 'loaded machine'")
+    ap.add_argument("--tag", default="", help="appended to the result file's name, e.g. xeon_loaded "
+                                              "(scale_<sizes>_<dbs>_<tag>.json)")
     ap.add_argument("--resume", action="store_true",
                     help="finish the incomplete run of the result file (its data dir is kept): every step "
                          "after its import, with --index-type")
@@ -362,7 +364,8 @@ def main() -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"scale_{'_'.join(str(s) for s in sizes)}_{'_'.join(dbs)}.json"
+    tag = f"_{args.tag}" if args.tag else ""
+    path = out / f"scale_{'_'.join(str(s) for s in sizes)}_{'_'.join(dbs)}{tag}.json"
     runs: list[dict] = []
     order = [(db, n) for n in sizes for db in dbs] if args.size_first else [(db, n) for db in dbs for n in sizes]
 

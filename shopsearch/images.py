@@ -117,6 +117,10 @@ def load_image(
         raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
 
 
+#: the EXIF orientation tag, and its values that turn the picture by a quarter (width and height swap)
+_ORIENTATION = 0x0112
+_SIDEWAYS = frozenset({5, 6, 7, 8})
+
 #: files up to this size are read once, then hashed and decoded from memory (one open, one read)
 _READ_WHOLE = 32 << 20
 
@@ -139,7 +143,8 @@ def inspect_image(path: str | Path) -> ImageMeta:
     fmt = img.format or "?"
     try:
         img.load()
-        w, h = ImageOps.exif_transpose(img).size
+        # the upright size (exif_transpose's), without the copy of the pixels it makes of every image
+        w, h = img.size[::-1] if img.getexif().get(_ORIENTATION, 1) in _SIDEWAYS else img.size
     except Exception as e:  # noqa: BLE001 - see _open
         raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
     return ImageMeta(digest, w, h, fmt, st.st_size, st.st_mtime_ns)

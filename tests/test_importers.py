@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,60 @@ def test_format_is_guessed_from_the_path(tmp_path):
     (tmp_path / "m.xlsx").write_text("")
     with pytest.raises(ManifestError, match="pass --format"):
         guess_format(tmp_path / "m.xlsx")
+
+
+def test_batches_are_written_as_their_files_are_checked_and_a_failed_batch_keeps_the_earlier(
+        tmp_path, catalogue, image_dir, monkeypatch):
+    """Each batch is upserted once its own files are checked (the workers go on with the next
+    ones); a batch that fails stops the import with the earlier batches committed, the later
+    ones unwritten, and its workers shut down."""
+    import shopsearch.catalogue.importers as importers
+    import shopsearch.catalogue.store as store_mod
+
+    paths = image_dir(7)
+    (tmp_path / "m.csv").write_text("sku,title,image,price\n" + "".join(
+        f"S{i},t{i},{p},{i}.50\n" for i, p in enumerate(paths)))
+    monkeypatch.setattr(store_mod, "UPSERT_BATCH", 3)
+    monkeypatch.setattr(importers, "UPSERT_BATCH", 3)
+    monkeypatch.setattr(importers, "CHECK_CHUNK", 2)
+    calls: list[int] = []
+    real = catalogue.upsert_products
+
+    def upsert(batch):
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return real(batch)
+
+    monkeypatch.setattr(catalogue, "upsert_products", upsert)
+    problems: list[RowProblem] = []
+    with pytest.raises(RuntimeError, match="disk full"):
+        import_catalogue(catalogue, read_source(tmp_path / "m.csv", "csv", problems), problems, workers=2,
+                         progress=False)
+    assert calls == [3, 3]
+    assert [p.sku for p in catalogue.products()] == ["S0", "S1", "S2"]
+    assert catalogue.get_product("S1").price == Decimal("1.50")
+    # the rest come in with the next import, the first three unchanged
+    monkeypatch.setattr(catalogue, "upsert_products", real)
+    r = _run(catalogue, tmp_path / "m.csv", "csv")
+    assert (r.products_created, r.products_unchanged, r.images_decoded) == (4, 3, 4)
+
+
+def test_bulk_insert_writes_what_sqlalchemy_writes(tmp_path, sqlite_catalogue, image_dir):
+    """New products go in through the driver's executemany: the stored texts (dates, JSON,
+    prices) are the ones SQLAlchemy writes and reads back."""
+    import sqlite3
+    from datetime import datetime
+
+    (a,) = image_dir(1)
+    (tmp_path / "m.csv").write_text(f"sku,title,image,price,colour\nA,apple,{a},1.50,red\n")
+    _run(sqlite_catalogue, tmp_path / "m.csv", "csv")
+    p = sqlite_catalogue.get_product("A")
+    assert (p.price, p.attributes) == (Decimal("1.50"), {"colour": "red"})
+    url = str(sqlite_catalogue.engine.url).split("///", 1)[1]
+    with sqlite3.connect(url) as conn:
+        created, attrs = conn.execute("SELECT created_at, attributes FROM products").fetchone()
+        (img_created,) = conn.execute("SELECT created_at FROM product_images").fetchone()
+    for text in (created, img_created):  # SQLAlchemy's SQLite DATETIME text, no zone suffix
+        assert datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
+    assert json.loads(attrs) == {"colour": "red"}

@@ -116,12 +116,17 @@ def _cli(data_dir, *args):
     return res
 
 
-def test_cli_status_update_rollback_json(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
+def _data_dir(tmp_path, products: int):
+    """A data folder whose SQLite catalogue holds `products` products (P0...), and the open store."""
+    (data := tmp_path / "data").mkdir()
     cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
-    for i in range(5):
+    for i in range(products):
         _add(cat, tmp_path, i)
+    return data, cat
+
+
+def test_cli_status_update_rollback_json(tmp_path):
+    data, cat = _data_dir(tmp_path, 5)
     res = _cli(data, "index", "status", "--json")
     assert json.loads(res.stdout)["missing"] == 5
     res = _cli(data, "index", "rollback")
@@ -184,3 +189,32 @@ def test_ivf_update_readds_to_trained_index_with_correct_ids(tmp_path, sqlite_ca
         img = sqlite_catalogue.get_product(sku).images[0]
         _, got = index.search(FakeEmbedder().encode_images([make_image(int(sku[1:]))]), 1)
         assert got[0, 0] == img.id
+
+
+def test_colorhist_build_and_update_never_import_torch(tmp_path):
+    """A model without torch builds and updates without importing it (about a CPU-second and
+    hundreds of MB per command): the pipeline's tuning reads the CPU count torch-free."""
+    import subprocess
+    import sys
+
+    data, cat = _data_dir(tmp_path, 4)
+    cat.close()
+    script = (
+        "import sys, json\n"
+        "from indexer.cli import cli\n"
+        "from tests.conftest import make_image\n"
+        f"data = {str(data)!r}\n"
+        "def run(*a):\n"
+        "    try:\n"
+        "        cli(['--data-dir', data, *a], standalone_mode=False)\n"
+        "    except SystemExit as e:\n"
+        "        assert not e.code, e.code\n"
+        "run('index', 'build', '--model', 'colorhist', '--json')\n"
+        f"make_image(77).save({str(tmp_path / 'imgs' / 'p0.png')!r})\n"
+        "run('index', 'update', '--json')\n"
+        "print('TORCH', 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "SHOPSEARCH_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"embedded": 1' in out.stdout  # the update did embed the replaced picture
+    assert "TORCH False" in out.stdout

@@ -1,44 +1,32 @@
-"""Catalogue importers: CSV/JSONL manifests, ImageFolder trees, the Grocery Store layout.
-
-Each importer yields ProductRecords; `import_catalogue` checks every image (exists,
+"""Catalogue imports: the readers (readers.py: CSV/JSONL manifests, ImageFolder trees, the
+Grocery Store layout) yield ProductRecords; `import_catalogue` checks every image (exists,
 decodes, hash, size) in worker processes and upserts. A bad row or image is reported
 and skipped, never aborting the run; re-importing unchanged data writes nothing."""
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from shopsearch.catalogue.cells import category, image_list, price
 from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResult
 from shopsearch.catalogue.row_digest import current_digest
 from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
+from shopsearch.catalogue.readers import (  # noqa: F401 - the readers, importable from here as before
+    IMAGE_SUFFIXES, RowProblem, guess_format, read_csv, read_grocerystore, read_imagefolder, read_jsonl,
+    read_source)
 from shopsearch.errors import InvalidImageError, ManifestError
-from shopsearch.catalogue.formats import FORMATS
 from shopsearch.images import inspect_image
 from shopsearch.workers import RespawningPool
 
 log = logging.getLogger("shopsearch.importer")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-_CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    where: str  # "row 12", "line 3", a path
-    sku: str | None
-    reason: str
-    #: "row" (unreadable row), "duplicate" (a SKU already read), "image" (unusable image file),
-    #: "file" (a file skipped or missing beside a usable row)
-    kind: str = "row"
+#: image files per task sent to a checking process: few enough round trips that passing them costs
+#: little beside the decoding (a task whose worker dies is run again one file at a time)
+CHECK_CHUNK = 256
 
 
 @dataclass
@@ -74,160 +62,6 @@ class ImportReport:
         }
 
 
-class _SkuRows:
-    """Where each SKU was read, so that a SKU on several rows is reported (the last row wins)."""
-
-    def __init__(self, problems: list[RowProblem]) -> None:
-        self.problems = problems
-        self.first: dict[str, str] = {}
-
-    def see(self, rec: ProductRecord, where: str) -> ProductRecord:
-        earlier = self.first.setdefault(rec.sku, where)
-        if earlier != where:
-            self.problems.append(RowProblem(where, rec.sku, f"duplicate SKU {rec.sku!r}, first on {earlier}; "
-                                                            "the last row wins", kind="duplicate"))
-        return rec
-
-
-# -- readers ------------------------------------------------------------------
-def _record(row: dict, base: Path) -> ProductRecord:
-    sku = str(row.get("sku") or "").strip()
-    if not sku:
-        raise ValueError("missing sku")
-    title = str(row.get("title") or row.get("name") or "").strip() or sku
-    images = image_list(row.get("images")) + image_list(row.get("image"))
-    attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
-    if isinstance(row.get("attributes"), dict):
-        attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
-    return ProductRecord(
-        sku=sku, title=title, description=(row.get("description") or None), brand=(row.get("brand") or None),
-        price=price(row.get("price")), currency=(str(row["currency"]).upper()[:3] if row.get("currency") else None),
-        category_path=category(row.get("category")), attributes=attrs,
-        images=tuple(ImageRecord(p if os.path.isabs(p) else str((base / p).resolve())) for p in images),
-    )
-
-
-def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
-    try:
-        f = open(path, newline="", encoding="utf-8-sig")
-    except OSError as e:
-        raise ManifestError(f"cannot open manifest {path}: {e}") from None
-    with f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "sku" not in reader.fieldnames:
-            raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' columns")
-        rows = _SkuRows(problems)
-        base, name = path.parent, path.name  # once: pathlib computes them again at every call
-        for n, row in enumerate(reader, start=2):
-            try:
-                yield rows.see(_record(row, base), f"{name} row {n}")
-            except ValueError as e:
-                problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
-
-
-def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"cannot read manifest {path}: {e}") from None
-    rows = _SkuRows(problems)
-    base, name = path.parent, path.name
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("line is not a JSON object")
-            yield rows.see(_record(row, base), f"{name} line {n}")
-        except ValueError as e:
-            problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
-
-
-def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
-    """root/<class>/[<subclass>/...]/<image>: one product per image, category = its folders."""
-    if not root.is_dir():
-        raise ManifestError(f"{root} is not a folder")
-    rows = _SkuRows(problems)
-    for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        rel = p.relative_to(root)
-        if len(rel.parts) < 2:
-            problems.append(RowProblem(str(rel), None, "image is not inside a class folder; skipped", kind="file"))
-            continue
-        rec = ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
-                            category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),))
-        yield rows.see(rec, str(rel))
-
-
-def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:
-    """One product per fine class (iconic image + description); optional shopper photos as references."""
-    ds = root / "dataset" if (root / "dataset" / "classes.csv").is_file() else root
-    classes = ds / "classes.csv"
-    if not classes.is_file():
-        raise ManifestError(f"{root} does not look like the Grocery Store dataset (no dataset/classes.csv)")
-    refs: dict[int, list[str]] = {}
-    if reference_split:
-        split = ds / f"{reference_split}.txt"
-        if not split.is_file():
-            raise ManifestError(f"no split file {split}")
-        for line in split.read_text().splitlines():
-            parts = [x.strip() for x in line.split(",")]
-            if len(parts) >= 2 and parts[0]:
-                refs.setdefault(int(parts[1]), []).append(str((ds / parts[0]).resolve()))
-    with open(classes, newline="") as f:
-        for row in csv.reader(f):
-            if not row or not row[1].strip().isdigit():
-                continue
-            name, fine_id, iconic, desc = row[0], int(row[1]), row[4].lstrip("/"), row[5].lstrip("/")
-            rel = Path(iconic).parent.relative_to("iconic-images-and-descriptions")
-            description = None
-            try:
-                description = (ds / desc).read_text(encoding="utf-8", errors="replace").strip()
-            except OSError:
-                problems.append(RowProblem(desc, name, "description file missing", kind="file"))
-            images = [ImageRecord(str((ds / iconic).resolve()), role="catalogue")]
-            images += [ImageRecord(p, role="reference") for p in refs.get(fine_id, [])]
-            yield ProductRecord(
-                sku=name, title=name.replace("-", " "), description=description,
-                category_path=tuple(rel.parts), images=tuple(images),
-                attributes={"fine_label": fine_id, "coarse_label": int(row[3]), "coarse_class": row[2]},
-            )
-
-
-def guess_format(path: Path) -> str:
-    """csv / jsonl by suffix; a folder is the Grocery Store dataset when it has its
-    classes.csv, an ImageFolder tree otherwise."""
-    path = Path(path)
-    if path.is_dir():
-        is_grocery = (path / "dataset" / "classes.csv").is_file() or (path / "classes.csv").is_file()
-        return "grocerystore" if is_grocery else "imagefolder"
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    raise ManifestError(f"cannot tell the format of {path} from its name; pass --format ({', '.join(FORMATS)})")
-
-
-def read_source(path: Path, fmt: str, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:
-    path = Path(path)
-    if not path.exists():
-        raise ManifestError(f"{path} does not exist")
-    if fmt == "auto":
-        fmt = guess_format(path)
-    if fmt == "csv":
-        return read_csv(path, problems)
-    if fmt == "jsonl":
-        return read_jsonl(path, problems)
-    if fmt == "imagefolder":
-        return read_imagefolder(path, problems)
-    if fmt == "grocerystore":
-        return read_grocerystore(path, problems, reference_split)
-    raise ManifestError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-
-
 # -- checking and upserting ------------------------------------------------------
 def check_image_file(path: str) -> tuple[str, ImageRecord | str]:
     """Worker: inspect one image; returns the filled record or the reason it failed."""
@@ -250,27 +84,35 @@ def _check_group(paths: list[str]) -> list[tuple[str, ImageRecord | str]]:
 def check_image_files(paths: list[str], workers: int = 2, progress: bool = True,
                       desc: str = "checking images") -> dict[str, ImageRecord | str]:
     """check_image_file over many paths, in `workers` processes unless `workers` is 1."""
-    checked: dict[str, ImageRecord | str] = {}
+    return dict(iter_image_checks(paths, workers, progress, desc))
+
+
+def iter_image_checks(paths: list[str], workers: int = 2, progress: bool = True,
+                      desc: str = "checking images") -> Iterator[tuple[str, ImageRecord | str]]:
+    """(path, check_image_file's result) in the order of `paths`, as the workers finish them:
+    every task is queued at once, so the workers go on checking while the caller writes what
+    it has been given (an import upserts one batch while the next ones are being checked)."""
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress or not paths)
-    if workers > 1 and paths:
-        # Processes even for a handful of files: a decoder crashing on one of them would
-        # otherwise take the import down, and every retry with it. A worker that dies on a
-        # file is replaced and the file reported as invalid (shopsearch.workers).
-        pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
-            lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
-        try:
-            for fut in [pool.submit(paths[i:i + 32]) for i in range(0, len(paths), 32)]:
-                for path, res in pool.result(fut):
-                    checked[path] = res
-                    bar.update()
-        finally:
-            pool.shutdown()
-    else:
-        for path in paths:
-            checked[path] = check_image_file(path)[1]
-            bar.update()
-    bar.close()
-    return checked
+    try:
+        if workers > 1 and paths:
+            # Processes even for a handful of files: a decoder crashing on one of them would
+            # otherwise take the import down, and every retry with it. A worker that dies on a
+            # file is replaced and the file reported as invalid (shopsearch.workers).
+            pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
+                lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
+            try:
+                for fut in [pool.submit(paths[i:i + CHECK_CHUNK]) for i in range(0, len(paths), CHECK_CHUNK)]:
+                    done = pool.result(fut)
+                    bar.update(len(done))
+                    yield from done
+            finally:
+                pool.shutdown()
+        else:
+            for path in paths:
+                yield check_image_file(path)
+                bar.update()
+    finally:
+        bar.close()
 
 
 def unchanged_files(store: CatalogueStore, paths: list[str]) -> dict[str, ImageRecord]:
@@ -345,7 +187,7 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
                      on_product: Callable[[int, ProductRecord], None] | None = None,
                      strict: bool = False) -> ImportReport:
     """Check the images (in `workers` processes) and upsert the products, UPSERT_BATCH per
-    transaction. A file the catalogue already holds with the same size and mtime is not read
+    transaction, each batch written while the workers check the next batches' files. A file the catalogue already holds with the same size and mtime is not read
     again; a row naming other images than the catalogue holds replaces the product's image set
     (`images_replaced`; their vectors leave the index at the next update). A SKU on several
     rows is imported once, from its last row (the readers report the others); `strict`
@@ -367,18 +209,29 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
     checked: dict[str, ImageRecord | str] = dict(unchanged_files(store, paths))
     skipped_paths = {im.path for _, r in skipped for im in r.images}.difference(paths)
     report.images_unchanged = len(checked) + len(skipped_paths)
-    todo = [p for p in paths if p not in checked]
+    # the files to read in the order the batches name them: each batch is written as soon as its
+    # own files are checked, while the workers go on with the next ones
+    todo = [p for p in dict.fromkeys(im.path for r in records for im in r.images) if p not in checked]
     report.images_decoded = len(todo)
-    checked.update(check_image_files(todo, workers, progress))
+    checks = iter_image_checks(todo, workers, progress)
     bar = tqdm(total=len(records), desc="importing products", unit="product", disable=not progress)
-    for start in range(0, len(records), UPSERT_BATCH):
-        batch = [_checked_record(rec, checked, report) for rec in records[start:start + UPSERT_BATCH]]
-        for rec, result in zip(batch, store.upsert_products(batch)):
-            _count(report, result)
-            if on_product is not None:
-                on_product(result.product_id, rec)
-        bar.update(len(batch))
-    bar.close()
+    try:
+        for start in range(0, len(records), UPSERT_BATCH):
+            chunk = records[start:start + UPSERT_BATCH]
+            for rec in chunk:
+                for im in rec.images:
+                    while im.path not in checked:  # the checks come in `todo` order
+                        path, res = next(checks)
+                        checked[path] = res
+            batch = [_checked_record(rec, checked, report) for rec in chunk]
+            for rec, result in zip(batch, store.upsert_products(batch)):
+                _count(report, result)
+                if on_product is not None:
+                    on_product(result.product_id, rec)
+            bar.update(len(batch))
+    finally:
+        checks.close()  # the workers stop (a failed batch leaves the rest unchecked)
+        bar.close()
     for p in report.problems:
         log.warning("import problem", extra={"where": p.where, "sku": p.sku, "reason": p.reason})
     return report

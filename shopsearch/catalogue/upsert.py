@@ -1,7 +1,7 @@
 """One batch of product upserts, in one transaction, written in bulk.
 
-New products and their images go in with two multi-row INSERTs (SQLAlchemy Core
-executemany: a few statements per batch, not a round trip per product); unchanged products
+New products and their images go in with two bulk writes per batch (SQLite: the driver's
+executemany on plain tuples; PostgreSQL: COPY), not a round trip per product; unchanged products
 are compared on plain rows and not written; only products whose row changed are loaded as
 ORM objects and updated (a re-import changes few). Statements stay far below PostgreSQL's
 65,535 bind parameters: SQLAlchemy pages multi-row INSERTs (insertmanyvalues), and the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Sequence
 
-from sqlalchemy import Text, bindparam, cast, insert, select, update
+from sqlalchemy import Text, bindparam, cast, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from shopsearch.catalogue import bulk
@@ -73,18 +73,55 @@ def _insert_new(s: Session, records: list[ProductRecord], cat_ids: list[int | No
     conn = s.connection()
     if conn.dialect.name == "postgresql":
         return _copy_new(conn, records, cat_ids, digests, now)
-    ids = list(conn.execute(
-        insert(Product.__table__).returning(Product.__table__.c.id, sort_by_parameter_order=True),
-        [dict(sku=r.sku, title=r.title, description=r.description, brand=r.brand, price=r.price,
-              currency=r.currency, category_id=c, attributes=dict(r.attributes or {}), row_digest=d,
-              created_at=now, updated_at=now) for r, c, d in zip(records, cat_ids, digests)]).scalars())
-    rows = [dict(product_id=pid, path=im.path, role=im.role, sha256=im.sha256, width=im.width, height=im.height,
-                 status=im.status, error=im.error, file_size=im.file_size, file_mtime_ns=im.file_mtime_ns,
-                 created_at=now)
-            for pid, r in zip(ids, records) for im in _unique_paths(r.images)]
-    if rows:
-        conn.execute(insert(ProductImage.__table__), rows)
+    # one executemany without RETURNING, then the new ids by SKU (unique, indexed): with
+    # RETURNING in parameter order SQLAlchemy ran one INSERT per product on SQLite
+    table = Product.__table__
+    _executemany(conn, table, ("sku", "title", "description", "brand", "price", "currency", "category_id",
+                               "attributes", "row_digest"),
+                 [(r.sku, r.title, r.description, r.brand, r.price, r.currency, c, dict(r.attributes or {}), d)
+                  for r, c, d in zip(records, cat_ids, digests)], {"created_at": now, "updated_at": now})
+    by_sku: dict[str, int] = {}
+    skus = [r.sku for r in records]
+    for start in range(0, len(skus), bulk.ID_CHUNK):
+        by_sku.update((sku, pid) for sku, pid in conn.execute(
+            select(table.c.sku, table.c.id).where(table.c.sku.in_(skus[start:start + bulk.ID_CHUNK]))))
+    ids = [by_sku[s] for s in skus]
+    _executemany(conn, ProductImage.__table__, ("product_id", "path", "role", "sha256", "width", "height", "status",
+                                                "error", "file_size", "file_mtime_ns"),
+                 [(pid, im.path, im.role, im.sha256, im.width, im.height, im.status, im.error, im.file_size,
+                   im.file_mtime_ns) for pid, r in zip(ids, records) for im in _unique_paths(r.images)],
+                 {"created_at": now})
     return ids
+
+
+def _executemany(conn: Any, table: Any, columns: Sequence[str], rows: list[tuple], same: dict[str, Any]) -> None:
+    """SQLite: one INSERT of `rows` (values of `columns`) plus the values `same` for every row, run as
+    the driver's executemany on plain tuples in the session's transaction. Each value goes
+    through its column type's bind processor, as SQLAlchemy would write it, but `same` once per
+    call: SQLAlchemy's per-row parameter handling cost more than SQLite storing the rows."""
+    if not rows:
+        return
+    def processor(column: str) -> Callable[[Any], Any] | None:  # what SQLAlchemy applies for this dialect
+        return table.c[column].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+
+    procs = [(i, p) for i, c in enumerate(columns) if (p := processor(c))]
+    fixed = tuple(p(v) if (p := processor(c)) else v for c, v in same.items())
+    if procs:
+        def processed(row: tuple) -> tuple:
+            values = list(row)
+            for i, p in procs:
+                values[i] = p(values[i])
+            return (*values, *fixed)
+        params = [processed(r) for r in rows]
+    else:
+        params = [(*r, *fixed) for r in rows]
+    names = [*columns, *same]
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.executemany(sql, params)
+    finally:
+        cur.close()
 
 
 _PRODUCT_COPY = "COPY products (id, sku, title, description, brand, price, currency, category_id, attributes, " \

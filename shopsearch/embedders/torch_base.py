@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shopsearch.config import cxx_compilers, threads_pinned
+from shopsearch.config import available_cpus, cxx_compilers, threads_pinned
 from shopsearch.embedders.base import l2_normalize
 from shopsearch.errors import CapabilityError, ConfigError
 
@@ -26,22 +26,6 @@ PRECISIONS = ("fp32", "bf16")
 
 _threads_lock = threading.Lock()
 _threads_done = False
-
-
-def available_cpus() -> int:
-    """CPUs this process may really use: affinity mask, capped by a cgroup v2 quota."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as fh:
-            quota, period = fh.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 def configure_torch_threads() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shopsearch.config import COMPILE_MODES, GpuTuning
+from shopsearch.config import COMPILE_MODES, GpuTuning, available_cpus
 from shopsearch.embedders.base import BatchEmbedder, Embedder
 from shopsearch.embedding.gpu_decode import gpu_transform_for
 from shopsearch.errors import ConfigError
@@ -41,9 +41,7 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
     EfficientNet-Lite0 and ViT-B-32); with <= 4 cores, decode threads beat processes because
     PIL and torch release the GIL and nothing is pickled between processes.
     GPU: large batches, JPEGs decoded by nvJPEG on the GPU, file reads in threads."""
-    from shopsearch.embedders.torch_base import available_cpus
-
-    cpus = available_cpus()
+    cpus = available_cpus()  # torch-free: a colorhist update never imports torch
     on_gpu = str(embedder.device).startswith("cuda")
     if executor == "auto":
         if on_gpu:
