@@ -70,7 +70,7 @@ def main() -> int:
     from shopsearch.embedders.precision import best_precision
     from shopsearch.evaluation.throughput import DEFAULT_GROCERY, grocery_jpegs, pipeline_run, warm_up
     from shopsearch.embedders import load_embedder
-    from shopsearch.embedders.torch_base import available_cpus
+    from shopsearch.config import available_cpus
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     paths = grocery_jpegs(a.images, Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", DEFAULT_GROCERY)))

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from indexer.build import IndexBuilder
-    from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
+    from shopsearch.catalogue.importers import import_catalogue
+    from shopsearch.catalogue.readers import RowProblem, read_source
     from shopsearch.catalogue.records import ImageRecord, ProductRecord
     from shopsearch.catalogue.store import CatalogueStore
     from shopsearch.embedders import load_embedder

@@ -95,7 +95,7 @@ def timed(cmd: list[str], env: dict[str, str], log: Path, stdout: Path | None = 
 def cpu_info() -> dict:
     from shopsearch.evaluation.machine import cpu_model
     from shopsearch.embedders.precision import best_precision
-    from shopsearch.embedders.torch_base import available_cpus
+    from shopsearch.config import available_cpus
 
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
     return {"cpu": cpu_model(), "cpus": available_cpus(), "bf16": best_precision("cpu") == "bf16",

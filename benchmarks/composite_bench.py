@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from indexer.build import IndexBuilder
-from shopsearch.catalogue.importers import import_catalogue, read_source
+from shopsearch.catalogue.importers import import_catalogue
+from shopsearch.catalogue.readers import read_source
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.confidence import load_calibration
 from shopsearch.embedders import load_embedder

@@ -34,7 +34,8 @@ from shopsearch.evaluation.machine import machine_info  # noqa: E402
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from shopsearch.catalogue.importers import import_catalogue, read_source
+from shopsearch.catalogue.importers import import_catalogue
+from shopsearch.catalogue.readers import read_source
 from shopsearch.catalogue.store import CatalogueStore
 
 def cpu():

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from indexer.build import IndexBuilder
-from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import import_catalogue
+from shopsearch.catalogue.readers import RowProblem, read_source
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import inspect_image, load_image
 from shopsearch.index import IndexStore

@@ -10,7 +10,8 @@ from sqlalchemy import event, text
 import shopsearch.catalogue.importers as importers
 import shopsearch.catalogue.store as store_mod
 from indexer.build import IndexBuilder
-from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import import_catalogue
+from shopsearch.catalogue.readers import RowProblem, read_source
 from shopsearch.index import IndexStore
 from tests.conftest import FakeEmbedder
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import import_catalogue
+from shopsearch.catalogue.readers import RowProblem, read_source
 from shopsearch.errors import ManifestError
 from tests.conftest import GROCERY, needs_grocery
 
@@ -87,7 +88,7 @@ def test_grocerystore_layout(sqlite_catalogue):
 
 
 def test_format_is_guessed_from_the_path(tmp_path):
-    from shopsearch.catalogue.importers import guess_format
+    from shopsearch.catalogue.readers import guess_format
     from shopsearch.errors import ManifestError
 
     (tmp_path / "m.csv").write_text("sku,image\n")

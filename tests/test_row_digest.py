@@ -10,7 +10,8 @@ from sqlalchemy import inspect, text
 
 import shopsearch.catalogue.importers as importers
 from shopsearch.catalogue import db as dbmod
-from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
+from shopsearch.catalogue.importers import import_catalogue
+from shopsearch.catalogue.readers import RowProblem, read_source
 from shopsearch.catalogue.store import CatalogueStore
 
 

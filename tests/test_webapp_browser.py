@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from indexer.build import IndexBuilder
-from shopsearch.catalogue.importers import import_catalogue, read_source
+from shopsearch.catalogue.importers import import_catalogue
+from shopsearch.catalogue.readers import read_source
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder

@@ -38,7 +38,8 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     was imported (no usable row, or every image unusable)."""
     from pathlib import Path
 
-    from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
+    from shopsearch.catalogue.importers import import_catalogue
+    from shopsearch.catalogue.readers import RowProblem, read_source
 
     problems: list[RowProblem] = []
     records = read_source(Path(path), fmt, problems, reference_split)

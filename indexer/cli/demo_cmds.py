@@ -33,7 +33,8 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration_split: str, classifier: bool,
              serve: bool, host: str, port: int, workers: int) -> None:
     """Import + index the Grocery Store catalogue, then serve it (idempotent: reruns are quick)."""
-    from shopsearch.catalogue.importers import RowProblem, import_catalogue, read_source
+    from shopsearch.catalogue.importers import import_catalogue
+    from shopsearch.catalogue.readers import RowProblem, read_source
     from shopsearch.embedding.preprocess import decode_query
 
     root = Path(dataset)

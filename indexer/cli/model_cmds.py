@@ -29,7 +29,7 @@ def quantize(c: Ctx, spec: str, count: int, source: str | None, force: bool, as_
     int8 runs on CPUs only and is about twice as fast as fp32 where there is no bf16
     (AVX2-only x86). The calibration is saved under the data dir's models/ folder and
     recorded in every index built with it."""
-    from shopsearch.catalogue.importers import IMAGE_SUFFIXES
+    from shopsearch.catalogue.readers import IMAGE_SUFFIXES
     from shopsearch.embedding.calibrate import calibrate_int8
 
     if source:

@@ -15,9 +15,7 @@ from tqdm import tqdm
 from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResult
 from shopsearch.catalogue.row_digest import current_digest
 from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
-from shopsearch.catalogue.readers import (  # noqa: F401 - the readers, importable from here as before
-    IMAGE_SUFFIXES, RowProblem, guess_format, read_csv, read_grocerystore, read_imagefolder, read_jsonl,
-    read_source)
+from shopsearch.catalogue.readers import RowProblem
 from shopsearch.errors import InvalidImageError, ManifestError
 from shopsearch.images import inspect_image
 from shopsearch.workers import RespawningPool

@@ -117,7 +117,7 @@ def _family(model: str) -> str:
 def _machine_key(device: str) -> str:
     import torch
 
-    from shopsearch.embedders.torch_base import available_cpus
+    from shopsearch.config import available_cpus
 
     return f"{device}|{cpu_model()}|bf16={cpu_has_bf16()}|{available_cpus()} cpus|torch {torch.__version__}"
 

@@ -91,7 +91,7 @@ def run_gpu_batches(embedder: Embedder, todo: Sequence[WorkItem], cfg: PipelineC
     # benchmarks/results/throughput_openclip-ViT-B-32_cuda_runs.json)
     tuning = cfg.gpu
     if tuning.cpu_decoders is None:
-        from shopsearch.embedders.torch_base import available_cpus
+        from shopsearch.config import available_cpus
 
         tuning = replace(tuning, cpu_decoders=max(0, available_cpus() - HOST_CORES))
     if cpu_decoders is not None:

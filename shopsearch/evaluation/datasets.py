@@ -23,7 +23,7 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shopsearch.catalogue.importers import IMAGE_SUFFIXES, RowProblem, read_csv, read_grocerystore, read_imagefolder, read_jsonl
+from shopsearch.catalogue.readers import IMAGE_SUFFIXES, RowProblem, read_csv, read_grocerystore, read_imagefolder, read_jsonl
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.errors import ConfigError, ManifestError
 

@@ -246,7 +246,7 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             machine = torch.cuda.get_device_name(torch.device(dev))
         else:
             machine = f"{platform.processor() or platform.machine()} ({cpu_model()})"
-        from shopsearch.embedders.torch_base import available_cpus
+        from shopsearch.config import available_cpus
 
         return ThroughputResult(
             model=model, device=dev, images=len(paths), images_per_s=round(ours, 2),
