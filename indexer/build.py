@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from indexer.centring_build import choose_adaptation, choose_centring, iconic_only
+from indexer.views_build import GalleryViews, choose_views, served_views, transforms_kept
 from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.build_types import (BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges,
                                  resolve_options)
@@ -58,10 +59,12 @@ class IndexBuilder:
         self.calibrator = calibrator or BuildCalibrator()
         self.catalogue = catalogue
         self.store = store
+        self.cache_root = Path(cache_root)
         self.cache = VectorCache(cache_root, embedder.fingerprint, embedder.dim)
         #: unlabelled shopper photos' vectors and where they came from, for `centre="on"` builds
         self.query_sample: tuple[np.ndarray, str] | None = None
         self._centring: DomainCentring | None = None  # the centring of the build being made
+        self._views = GalleryViews(embedder, cache_root, 0)  # the shopper views the build blends in
 
     # -- stage: read the catalogue ------------------------------------------------------
     def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False,
@@ -105,12 +108,12 @@ class IndexBuilder:
         """Vectors from the cache (centred when the build is); ids the cache lacks (cache wiped)
         come from the old index, which holds them centred already when it is."""
         if fallback is None or self.cache.present(keys).all():
-            return self._adapt(self._centre(self.cache.get_many(keys)))
+            return self._adapt(self._centre(self._raw(keys)))
         out = np.empty((len(ids), self.embedder.dim), np.float32)
         cached = np.zeros(len(ids), bool)
         for j, (i, k) in enumerate(zip(ids, keys)):
             cached[j] = k in self.cache
-            out[j] = self._centre(self.cache.get_many([k]))[0] if cached[j] else fallback.reconstruct(i)
+            out[j] = self._centre(self._raw([k]))[0] if cached[j] else fallback.reconstruct(i)
         return self._adapt(out, cached)  # vectors read back from the index were adapted already
 
     def _adapt(self, centred: np.ndarray, movable: np.ndarray | None = None) -> np.ndarray:
@@ -118,6 +121,10 @@ class IndexBuilder:
         only whole-gallery builds adapt; a delta's new vectors are centred alone until the next
         compaction."""
         return centred if self._centring is None else self._centring.adapted(centred, movable)
+
+    def _raw(self, keys: list[str]) -> np.ndarray:
+        """Cached vectors, blended with their shopper views when the build has them."""
+        return self._views.apply(keys, self.cache.get_many(keys))
 
     def _centre(self, vectors: np.ndarray) -> np.ndarray:
         return vectors if self._centring is None or not len(vectors) else self._centring.gallery(vectors)
@@ -180,7 +187,8 @@ class IndexBuilder:
         return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
                            rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
                            scan, update, strategy == UP_TO_DATE, strategy, segments,
-                           self._centring.adapt_rounds if self._centring is not None and self._centring.adapts else 0)
+                           self._centring.adapt_rounds if self._centring is not None and self._centring.adapts else 0,
+                           self._views.n)
 
     def _up_to_date(self, serving: IndexManifest, t0: float, scan: RescanReport | None,
                     update: UpdateChanges | None = None) -> BuildReport:
@@ -202,12 +210,6 @@ class IndexBuilder:
                 keys[np.searchsorted(ids, it.image_id)] = it.key.encode()
         return ids, keys
 
-    def _centring_kept(self, o: BuildOptions, serving: IndexManifest) -> bool:
-        """Whether a build with this --centre and --adapt leaves the serving build's centring as it is."""
-        current = build_centring(self.store.build_dir(serving.build_id))
-        if o.centre == "keep":
-            return o.adapt == "auto" or (o.adapt == "on") == bool(current is not None and current.adapts)
-        return o.centre == "off" and current is None
 
     # -- public -----------------------------------------------------------------------------
     def build(self, options: BuildOptions | None = None, on_plan: Callable[[BuildPlan], None] | None = None,
@@ -224,14 +226,14 @@ class IndexBuilder:
         generation = self.catalogue.generation()
         serving = None if o.force else current_at(self.store, self.catalogue, self.embedder.fingerprint,
                                                   generation, o.index_type)
-        if serving is not None and self._centring_kept(o, serving):
+        if serving is not None and transforms_kept(self.store, o.centre, o.adapt, o.views, serving.build_id):
             return self._up_to_date(serving, t0, scan)
         images = self.catalogue.indexable_images()
         items = self.work_items(images)
         plan = self.plan(o.index_type, items)
         serving, serving_keys = self._serving()
         # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
-        if not o.force and serving is not None and self._centring_kept(o, serving) and not self.store.degraded \
+        if not o.force and serving is not None and transforms_kept(self.store, o.centre, o.adapt, o.views, serving.build_id) and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
             self.catalogue.set_build_generation(serving.build_id, generation)
@@ -247,12 +249,18 @@ class IndexBuilder:
         good = {it.image_id: it.key for it, hit in zip(items, cached) if hit and it.image_id is not None}
         ids = sorted(good)
         self._guard(build_id, plan.index_type, serving, list(serving_keys), ids, o.max_shrink)
-        self._centring = choose_centring(o.centre, self.store, serving, self.embedder,
-                                         self.cache.get_many([good[i] for i in ids]) if o.centre == "on" else
-                                         np.zeros((0, self.embedder.dim), np.float32), self.query_sample)
+        iconic = iconic_only([im.product_id for im in images if im.id in good])
+        kept = None if o.centre == "on" else choose_centring(o.centre, self.store, serving, self.embedder,
+                                                              np.zeros((0, self.embedder.dim), np.float32), None)
+        # shopper views (auto): for an iconic-only catalogue whose build is centred, as adaptation
+        self._views = GalleryViews(self.embedder, self.cache_root, choose_views(
+            o.views, iconic and (o.centre == "on" or kept is not None),
+            served_views(self.store, serving.build_id) if o.centre == "keep" and serving is not None else None))
+        self._views.ensure([(it.path, it.key) for it in items if it.image_id in good], o.batch_size, o.progress)
+        self._centring = kept if o.centre != "on" else choose_centring(
+            "on", self.store, serving, self.embedder, self._raw([good[i] for i in ids]), self.query_sample)
         fresh = self.query_sample[0] if o.centre == "on" and self.query_sample is not None else None
-        self._centring = choose_adaptation(o.adapt, self._centring, fresh,
-                                           iconic_only([im.product_id for im in images if im.id in good]))
+        self._centring = choose_adaptation(o.adapt, self._centring, fresh, iconic)
         index = self._new_index(plan.index_type, ids, [good[i] for i in ids])
         segments = SegmentCounts(len(index), 0, 0)
         report = self._report(build_id, plan.index_type, len(index), rep, t0, plan.estimated_bytes, "full", len(ids),
@@ -299,6 +307,9 @@ class IndexBuilder:
         todo_items = self.work_items(self.catalogue.images_by_id(todo_ids))
         rep = self._embed(todo_items, o)
         ok_new = {it.image_id: it.key for it in todo_items if it.key in self.cache}
+        # new images join the serving build's space: its shopper views too
+        self._views = GalleryViews(self.embedder, self.cache_root, served_views(self.store, manifest.build_id))
+        self._views.ensure([(it.path, it.key) for it in todo_items if it.image_id in ok_new], o.batch_size, o.progress)
         count = len(want_ids) - len(todo_ids) + len(ok_new)
         target = (choose_index_type(count) if o.index_type == "auto" else o.index_type)
         prev_report = self.store.load_report(manifest.build_id) or {}
@@ -371,7 +382,7 @@ class IndexBuilder:
         delta_keys.update(ok_new)
         drop = np.array(sorted(i for i, k in old_delta_keys.items() if delta_keys.get(i) != k), dtype=np.int64)
         new = sorted(i for i in delta_keys if old_delta_keys.get(i) != delta_keys[i])
-        vectors = self._centre(self.cache.get_many([delta_keys[i] for i in new])) if new else \
+        vectors = self._centre(self._raw([delta_keys[i] for i in new])) if new else \
             np.zeros((0, self.embedder.dim), np.float32)
         change = (np.array(new, dtype=np.int64), vectors, drop)
         dead_ids = np.array(sorted(dead), dtype=np.int64)

@@ -33,6 +33,9 @@ class BuildOptions:
     #: for an iconic-only catalogue, about one image per product, when a shopper sample is
     #: given; else as the serving build), "on", "off"
     adapt: str = "auto"
+    #: synthetic shopper views blended into each catalogue vector (indexer/views_build.py):
+    #: "auto" (on for an iconic-only catalogue, about one image per product), "on", "off"
+    views: str = "auto"
     #: what the rescan stats: "files" (every file) or "dirs" (folders, then the files of those
     #: that moved; blind to files rewritten in place: shopsearch/catalogue/stat_snapshot.py)
     rescan_scope: str = "files"
@@ -95,6 +98,7 @@ class BuildReport:
     strategy: str = "full"  # full, or indexer.update_plan's UP_TO_DATE | DELTA | READD | REBUILD
     segments: SegmentCounts | None = None
     adapt_rounds: int = 0  # rounds of catalogue adaptation in the published vectors (0: none)
+    shopper_views: int = 0  # synthetic shopper views blended into each published catalogue vector
 
     def to_dict(self) -> dict:
         d = {
@@ -115,7 +119,7 @@ class BuildReport:
         s = self.segments
         d |= {"up_to_date": self.up_to_date, "strategy": self.strategy,
               "segments": {"base": s.base, "delta": s.delta, "dead": s.dead} if s else None,
-              "adapt_rounds": self.adapt_rounds}
+              "adapt_rounds": self.adapt_rounds, "shopper_views": self.shopper_views}
         return d
 
 

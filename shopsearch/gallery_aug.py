@@ -83,6 +83,10 @@ def shopper_views(img: Image.Image, n: int, seed: int, clutter: Sequence[Image.I
     return [shopper_view(img, rng, clutter) for _ in range(n)]
 
 
+#: synthetic shopper views per catalogue image an index build of an iconic-only catalogue
+#: blends into its vectors (indexer/views_build.py; chosen on the Grocery Store val split)
+SHOPPER_VIEWS = 8
+
 #: weight of the shopper views' mean against the catalogue image's own vector (chosen on the
 #: Grocery Store val split with an iconic-only gallery; heavier weights did worse there)
 VIEW_WEIGHT = 0.5

@@ -27,7 +27,8 @@ def test_an_iconic_build_is_adapted_and_a_compaction_repeats_it(tmp_path):
     with pytest.raises(ConfigError, match="centre"):
         builder.build(progress=False, workers=1, adapt="on")  # nothing to adapt to without a centred build
     builder.query_sample = folder_sample(emb, builder.cache, shots, workers=1, progress=False)
-    rep = builder.build(progress=False, workers=1, centre="on")  # adapt=auto: one photo per product
+    # adapt=auto: one photo per product (the shopper views, tests/test_views_build.py, off here)
+    rep = builder.build(progress=False, workers=1, centre="on", views="off")
     assert rep.adapt_rounds == ADAPT_ROUNDS and rep.to_dict()["adapt_rounds"] == ADAPT_ROUNDS
     c = build_centring(store.build_dir(rep.build_id))
     assert c is not None and c.adapts and c.sample.shape == (24, emb.dim) and c.info["adapt_sample"] == 24

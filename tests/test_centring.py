@@ -101,8 +101,9 @@ def test_a_centred_build_serves_queries_through_its_means_and_keeps_them(tmp_pat
         builder.build(progress=False, workers=1, centre="on")
     builder.query_sample = folder_sample(emb, builder.cache, shots, workers=1, progress=False)
     assert len(builder.query_sample[0]) == 24
-    # centring alone (an iconic catalogue is adapted too by default: tests/test_adapt_build.py)
-    rep = builder.build(progress=False, workers=1, centre="on", adapt="off")
+    # centring alone (an iconic catalogue is adapted and given shopper views too by default:
+    # tests/test_adapt_build.py, tests/test_views_build.py)
+    rep = builder.build(progress=False, workers=1, centre="on", adapt="off", views="off")
     c = build_centring(store.build_dir(rep.build_id))
     assert c is not None and c.info["query_vectors"] == 24 and c.info["gallery_vectors"] == 8
     index, _ = store.load_current()

@@ -159,6 +159,8 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
         line += f"; catalogue adapted to the shopper photos ({report.adapt_rounds} rounds)"
         if u.rebuild_reason:
             line += f"; rebuilt from the vector cache ({u.rebuild_reason})"
+    if report.shopper_views:
+        line += f"; {report.shopper_views} synthetic shopper views blended into each catalogue image"
     if report.segments is not None and (report.segments.delta or report.segments.dead):
         sg = report.segments
         line += f"; segments: base {sg.base}, delta {sg.delta}, tombstoned {sg.dead}"
@@ -198,9 +200,14 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
               help="Move each centred catalogue vector toward the shopper photos nearest to it (no labels; "
                    "helps a catalogue of one studio photo per product). auto: on for such a catalogue when "
                    "--centre on is given a sample, else as the serving build.")
+@click.option("--views", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Blend synthetic shopper photos of each catalogue image (backgrounds, angles, light, partial "
+                   "views; embedded once and cached) into its vector. auto: on for a catalogue of about one "
+                   "image per product.")
 @_perf_options
 @pass_ctx
-def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, centre_sample: str | None, adapt: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
+def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, centre_sample: str | None, adapt: str,
+              views: str, index_type: str, batch_size: int | None, workers: int | None, executor: str,
               chunk_size: int, rescan: bool, max_shrink: float, verify_hashes: bool, compile_mode: str,
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
               ray_actors: int | None, force: bool, rescan_scope: str) -> None:
@@ -231,7 +238,7 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
     options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
                            compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink,
                            force or shadow,  # a shadow asked for is built, even beside an identical serving build
-                           centre=centre, rescan_scope=rescan_scope, adapt=adapt)
+                           centre=centre, rescan_scope=rescan_scope, adapt=adapt, views=views)
     with sigterm_as_interrupt():
         report = builder.build(options, on_plan=show_plan)
     _print_report(report, as_json, metrics_file, engine or c.settings.engine,
