@@ -10,6 +10,7 @@ Both embed only what the vector cache lacks, so a killed run resumes where it st
 both publish through IndexStore (verified, atomic, previous build kept for rollback)."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -25,8 +26,7 @@ from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.build_types import (BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges,
                                  resolve_options)
 from indexer.shrink import check_shrink
-from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex, current_at, plan_update
-from shopsearch.catalogue.bulk import NO_HASH
+from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex, current_at, indexable_keys, plan_update
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.stat_snapshot import SNAPSHOT_FILE
@@ -199,18 +199,6 @@ class IndexBuilder:
                             int(prev.get("trained_on") or serving.count), scan, update, UP_TO_DATE,
                             SegmentCounts.of(serving))
 
-    def _indexable_keys(self) -> tuple[np.ndarray, np.ndarray]:
-        """The catalogue's indexable image ids and content hashes (arrays, by id); an image
-        without a recorded hash gets its file's, as work_items would give it."""
-        ids, keys = self.catalogue.indexable_keys()
-        unhashed = np.flatnonzero(keys == NO_HASH)
-        if len(unhashed):
-            keys = keys.copy()
-            for it in self.work_items(self.catalogue.images_by_id(ids[unhashed].tolist())):
-                keys[np.searchsorted(ids, it.image_id)] = it.key.encode()
-        return ids, keys
-
-
     # -- public -----------------------------------------------------------------------------
     def build(self, options: BuildOptions | None = None, on_plan: Callable[[BuildPlan], None] | None = None,
               **overrides: Any) -> BuildReport:
@@ -226,14 +214,15 @@ class IndexBuilder:
         generation = self.catalogue.generation()
         serving = None if o.force else current_at(self.store, self.catalogue, self.embedder.fingerprint,
                                                   generation, o.index_type)
-        if serving is not None and transforms_kept(self.store, o.centre, o.adapt, o.views, serving.build_id):
+        kept = functools.partial(transforms_kept, self.store, o.centre, o.adapt, o.views)  # -> bool, of a build id
+        if serving is not None and kept(serving.build_id):
             return self._up_to_date(serving, t0, scan)
         images = self.catalogue.indexable_images()
         items = self.work_items(images)
         plan = self.plan(o.index_type, items)
         serving, serving_keys = self._serving()
         # a degraded store (CURRENT missing or unreadable, PREVIOUS served) is never up to date: build replaces it
-        if not o.force and serving is not None and transforms_kept(self.store, o.centre, o.adapt, o.views, serving.build_id) and not self.store.degraded \
+        if not o.force and serving is not None and kept(serving.build_id) and not self.store.degraded \
                 and serving.model_fingerprint == self.embedder.fingerprint and serving.index_type == plan.index_type \
                 and serving_keys == {it.image_id: it.key for it in items}:
             self.catalogue.set_build_generation(serving.build_id, generation)
@@ -299,7 +288,7 @@ class IndexBuilder:
                                     int(prev.get("added_since_training") or 0))
             return self._up_to_date(manifest, t0, scan, changes)
         # the diff in numpy: Python objects (rows, items) only for the images that changed
-        want_ids, want_keys = self._indexable_keys()
+        want_ids, want_keys = indexable_keys(self.catalogue)
         have_ids, have_keys = self.store.served_keys(manifest.build_id)
         diff = diff_arrays(want_ids, want_keys, have_ids, have_keys)
         self._guard(None, manifest.index_type, manifest, have_ids.tolist(), want_ids.tolist(), o.max_shrink)

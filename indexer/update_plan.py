@@ -20,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from shopsearch.catalogue.bulk import NO_HASH
+from shopsearch.images import sha256_file
 from shopsearch.index.sizing import choose_index_type
 
 if TYPE_CHECKING:
@@ -115,3 +119,15 @@ def current_at(store: IndexStore, catalogue: CatalogueStore, fingerprint: str, g
     if serving.index_type != itype or catalogue.build_generation(serving.build_id) != generation:
         return None
     return serving
+
+
+def indexable_keys(catalogue: CatalogueStore) -> tuple[np.ndarray, np.ndarray]:
+    """The catalogue's indexable image ids and content hashes (arrays, by id); an image without a
+    recorded hash gets its file's, as IndexBuilder.work_items would give it."""
+    ids, keys = catalogue.indexable_keys()
+    unhashed = np.flatnonzero(keys == NO_HASH)
+    if len(unhashed):
+        keys = keys.copy()
+        for img in catalogue.images_by_id(ids[unhashed].tolist()):
+            keys[np.searchsorted(ids, img.id)] = (img.sha256 or sha256_file(img.path)).encode()
+    return ids, keys
