@@ -14,7 +14,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.centring import DomainCentring, build_centring
 from shopsearch.config import Settings
 from shopsearch.confidence import Calibration, load_calibration, scoring_key
-from shopsearch.embedders import load_embedder, parse_spec, resolve_device
+from shopsearch.embedders import load_embedder, parse_spec, resolve_device, resolved_spec
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedders.precision import PrecisionChoice, choose_precision, names_precision, with_precision
 from shopsearch.errors import ConfigError
@@ -56,7 +56,10 @@ def model_for_build(settings: Settings, store: IndexStore, spec: str | None = No
     else:
         serving = store.current_manifest()
         built = parse_spec(serving.model_name) if serving is not None else None
-        if built is not None and str(replace(built, precision="fp32")) == str(parse_spec(spec)):
+        # "auto" is compared as the model it loads: a rebuild of the demo's index keeps its
+        # precision, hence its classifier head and cached vectors
+        if built is not None and str(replace(built, precision="fp32")) == str(
+                parse_spec(resolved_spec(spec, device, settings.models_dir))):
             choice = PrecisionChoice(str(built), built.precision)
         else:
             choice = choose_precision(spec, device, settings.models_dir, settings.cache_dir / "precision.json")

@@ -90,6 +90,22 @@ def test_index_build_model_precision(tmp_path, probe, monkeypatch):
     assert len(probe.probes) == 1
     other = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="colorhist"))
     assert app.model_for_build(settings, other, "openclip:ViT-B-32@/w.pt", "auto")[0] == "openclip:ViT-B-32@/w.pt+bf16"
+    # the model "auto" is read as what it loads here: the demo's fp32 Lite0 build stays fp32 when
+    # `index build` runs with the defaults (else its head and cached vectors would be left behind)
+    monkeypatch.setattr(app, "resolved_spec", lambda spec, device, models_dir: "efficientnet-lite0")
+    lite0_fp32 = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="efficientnet-lite0"))
+    assert app.model_for_build(settings, lite0_fp32, "auto", "auto")[0] == "efficientnet-lite0"
+    lite0_bf16 = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="efficientnet-lite0+bf16"))
+    assert app.model_for_build(settings, lite0_bf16, "auto", "auto")[0] == "efficientnet-lite0+bf16"
+    assert len(probe.probes) == 2  # neither timed anything
+
+
+def test_resolved_spec_names_the_model_auto_loads_and_leaves_others_alone():
+    from shopsearch.embedders import resolved_spec
+
+    assert resolved_spec("colorhist") == "colorhist"
+    assert resolved_spec("openclip:ViT-B-32@/nowhere.pt+bf16") == "openclip:ViT-B-32@/nowhere.pt+bf16"  # not loaded
+    assert resolved_spec("auto", "cpu") == "efficientnet-lite0"  # offline: the CLIP weights are not at hand
 
 
 def test_precision_setting_is_checked():

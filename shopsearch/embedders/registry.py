@@ -199,6 +199,12 @@ def load_embedder(spec: str = "auto", device: str = "auto", models_dir: Path | N
         return emb
 
 
+def resolved_spec(spec: str, device: str = "auto", models_dir: Path | None = None) -> str:
+    """The concrete spec `spec` names here: "auto" is the model it loads on this machine (OpenCLIP
+    when its weights are at hand, else EfficientNet-Lite0); any other spec is itself."""
+    return load_embedder(spec, device, models_dir).name if parse_spec(spec).kind == "auto" else spec
+
+
 def _load_auto(parsed: ModelSpec, device: str, models_dir: Path | None = None) -> Embedder:
     arch, tag = AUTO_OPENCLIP
     suffix = "" if parsed.precision == "fp32" else f"+{parsed.precision}"
