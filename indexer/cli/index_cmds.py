@@ -1,8 +1,6 @@
 """`shopsearch index ...`: build, update, inspect and roll back the FAISS index."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from indexer.build_types import BuildOptions
@@ -323,76 +321,6 @@ def rollback_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
     click.echo(f"now serving build {new} ({manifest.count if manifest else '?'} vectors); {old} kept as previous")
 
 
-@index.command("calibrate")
-@click.option("--photos", "photos_csv", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Labelled shopper photos (CSV: image,sku), e.g. a validation split: a fairer fit than the "
-                   "catalogue's own photos, whose near-duplicates make every match look certain. Remembered "
-                   "(their paths, beside the index): later builds and calibrations refit on them.")
-@click.option("--catalogue-only", is_flag=True,
-              help="Forget remembered labelled photos and fit on the catalogue's own held-out photos.")
-@click.option("--near-duplicates", "near_duplicate", type=click.FloatRange(-1, 1), default=None,
-              help="Catalogue-only fits: also leave out same-product photos at least this similar to each held-out "
-                   "one (burst shots make every match look certain; 0.85 suits EfficientNet-Lite0).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@pass_ctx
-def calibrate_cmd(c: Ctx, photos_csv: str | None, catalogue_only: bool, near_duplicate: float | None,
-                  as_json: bool) -> None:
-    """Refit the serving build's confidence calibration (done by every build and update), on the
-    search's default scoring path (SHOPSEARCH_RERANK): on --photos, else on the labelled photos
-    remembered from an earlier --photos, else on the catalogue."""
-    from shopsearch.app import embedder_for_index
-    from shopsearch.calibration_source import forget_photos, remember_photos, remembered_photos
-    from shopsearch.confidence_fit import calibrate_serving
-    from shopsearch.rerank import parse_rerank
-
-    if photos_csv and catalogue_only:
-        raise click.UsageError("--photos and --catalogue-only exclude each other")
-    store = c.index_store()
-    if catalogue_only:
-        forget_photos(store.root)
-    labelled, fusion, rows = (), None, None
-    if photos_csv:
-        from shopsearch.labelled_photos import read_labelled_csv
-
-        rows = read_labelled_csv(photos_csv)
-    elif not catalogue_only:
-        rows = remembered_photos(store.root)
-        if rows is not None and not as_json:
-            click.echo(f"calibrating on the {len(rows)} labelled photos remembered from an earlier --photos "
-                       "(--catalogue-only forgets them)", err=True)
-    if rows:
-        from shopsearch.app import serving_fusion
-        from shopsearch.labelled_photos import load_labelled_photos
-
-        embedder = embedder_for_index(c.settings, store)
-        photos = load_labelled_photos(rows, embedder, c.catalogue(), c.settings.vector_cache_dir,
-                                      progress=sys.stderr.isatty())
-        for line in photos.unreadable[:10]:
-            click.echo(f"skipped photo: {line}", err=True)
-        labelled = photos.queries
-        # searched as the shop serves them: fused with the category head when it is (the head never saw them)
-        fusion = serving_fusion(c.settings, embedder, c.catalogue())
-    build_id, cal = calibrate_serving(store, c.catalogue().indexable_images(), parse_rerank(c.settings.rerank),
-                                      labelled, near_duplicate, fusion)
-    if photos_csv and cal.fitted and cal.method == "labelled":
-        remember_photos(store.root, rows)
-    if as_json:
-        said = cal.describe()
-        echo_json({**cal.to_json(), "build_id": build_id,
-                   **{k: said[k] for k in ("source", "fallback") if k in said}})
-        return
-    if cal.fitted:
-        source = ("labelled shopper photos" if cal.method == "labelled"
-                  else "held-out catalogue photos (catalogue-only fallback: no labelled photos given)")
-        click.echo(f"build {build_id}: calibrated on {cal.samples} {source} "
-                   f"(top-1 accuracy {cal.loo_top1_accuracy:.3f}, scoring {cal.scoring}, features "
-                   f"{'+'.join(cal.query_features)}); 'no close match' below "
-                   f"{cal.none_below:.2f}, 'strong' from {cal.strong_at:.2f}. Running web servers use it "
-                   "after a restart or the next build.")
-    else:
-        click.echo(f"build {build_id}: not calibrated: {cal.reason}")
-
-
 @index.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
@@ -413,4 +341,7 @@ def list_cmd(c: Ctx, as_json: bool) -> None:
 
 
 def register(cli: click.Group) -> None:
+    from indexer.cli.calibrate_cmds import calibrate_cmd
+
+    index.add_command(calibrate_cmd)
     cli.add_command(index)
