@@ -18,7 +18,7 @@ import numpy as np
 from shopsearch.centring import build_centring
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import ConfigError
-from shopsearch.gallery_aug import SHOPPER_VIEWS, blend, shopper_view_vectors
+from shopsearch.gallery_aug import SHOPPER_VIEWS, blend, shopper_view_vectors, views_fingerprint
 from shopsearch.index.store import IndexStore
 
 log = logging.getLogger("shopsearch.indexer")
@@ -77,7 +77,7 @@ class GalleryViews:
         if self._cache is None:
             from shopsearch.embedding.cache import VectorCache
 
-            self._cache = VectorCache(self.cache_root, f"{self.embedder.fingerprint}+shopper{self.n}",
+            self._cache = VectorCache(self.cache_root, views_fingerprint(self.embedder.fingerprint, self.n),
                                       self.embedder.dim)
         have = self._cache.present(list(keys))
         if not have.any():

@@ -46,6 +46,18 @@ def _perspective(img: Image.Image, rng: random.Random, strength: float = 0.12) -
     return img.transform((w, h), Image.Transform.QUAD, quad, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
 
 
+def relight(img: Image.Image, rng: random.Random, brightness: tuple[float, float] = (0.6, 1.25),
+            contrast: tuple[float, float] = (0.7, 1.2), colour: tuple[float, float] = (0.7, 1.2),
+            blur: float = 0.5) -> Image.Image:
+    """Other light (brightness, contrast, saturation) and, with probability `blur`, some blur."""
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(*brightness))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(*contrast))
+    img = ImageEnhance.Color(img).enhance(rng.uniform(*colour))
+    if rng.random() < blur:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+    return img
+
+
 def shopper_view(img: Image.Image, rng: random.Random, clutter: Sequence[Image.Image] = ()) -> Image.Image:
     """One synthetic shopper photo of a studio image."""
     img = img.convert("RGB")
@@ -67,20 +79,64 @@ def shopper_view(img: Image.Image, rng: random.Random, clutter: Sequence[Image.I
     cy1 = min(canvas[1], y + prod.height + rng.randint(-prod.height // 5, prod.height // 4))
     if cx1 - cx0 > 16 and cy1 - cy0 > 16:
         out = out.crop((cx0, cy0, cx1, cy1))
-    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.6, 1.25))
-    out = ImageEnhance.Contrast(out).enhance(rng.uniform(0.7, 1.2))
-    out = ImageEnhance.Color(out).enhance(rng.uniform(0.7, 1.2))
-    if rng.random() < 0.5:
-        out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+    out = relight(out, rng)
     if rng.random() < 0.5:
         out = ImageOps.mirror(out)
     return out
 
 
-def shopper_views(img: Image.Image, n: int, seed: int, clutter: Sequence[Image.Image] = ()) -> list[Image.Image]:
-    """`n` synthetic shopper photos of one catalogue image."""
-    rng = random.Random(seed)
-    return [shopper_view(img, rng, clutter) for _ in range(n)]
+def _tight_mask(img: Image.Image, tol: int = 24) -> Image.Image:
+    """The product's mask: everything between its leftmost and rightmost non-white pixel in
+    each row and its top and bottom one in each column, so white inside the product (a milk
+    carton's sides) stays in; shrunk a little so copies carry no white studio rim."""
+    fg = (255 - np.asarray(img.convert("RGB"), dtype=np.int16)).max(axis=2) > tol
+
+    def spans(m: np.ndarray) -> np.ndarray:
+        idx = np.arange(m.shape[1])
+        first = np.where(m.any(1), np.where(m, idx, m.shape[1]).min(1), m.shape[1])
+        last = np.where(m, idx, -1).max(1)
+        return (idx >= first[:, None]) & (idx <= last[:, None])
+
+    inside = spans(fg) & spans(fg.T).T
+    return Image.fromarray((inside * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(3)).filter(
+        ImageFilter.GaussianBlur(1))
+
+
+def pile_view(img: Image.Image, rng: random.Random) -> Image.Image:
+    """One synthetic shopper photo of several copies of the product, rows of them with jitter:
+    fruit heaped in a crate, cartons side by side on a shelf, as stores show most products."""
+    img = img.convert("RGB")
+    img.putalpha(_tight_mask(img))
+    side = max(img.size)
+    canvas = int(side * rng.uniform(1.5, 2.2))
+    out = _background((canvas, canvas), rng, ())
+    s = rng.uniform(0.35, 0.6) * canvas / side
+    cw, ch = max(1, int(img.width * s)), max(1, int(img.height * s))
+    copy0 = img.resize((cw, ch), Image.Resampling.BICUBIC)
+    step_x, step_y = cw * rng.uniform(0.7, 1.0), ch * rng.uniform(0.6, 0.95)
+    y = -ch * rng.uniform(0.0, 0.4)
+    while y < canvas:
+        x = -cw * rng.uniform(0.0, 0.5)
+        while x < canvas:
+            c = copy0.rotate(rng.uniform(-15, 15), Image.Resampling.BICUBIC, expand=True)
+            rgb = ImageEnhance.Brightness(c.convert("RGB")).enhance(rng.uniform(0.8, 1.15))
+            out.paste(rgb, (int(x + rng.uniform(-0.1, 0.1) * cw), int(y + rng.uniform(-0.1, 0.1) * ch)),
+                      c.getchannel("A"))
+            x += step_x
+        y += step_y
+    crop = int(canvas * rng.uniform(0.6, 1.0))
+    x0, y0 = rng.randint(0, canvas - crop), rng.randint(0, canvas - crop)
+    out = out.crop((x0, y0, x0 + crop, y0 + crop))
+    out = relight(out, rng)
+    return out
+
+
+def shopper_views(img: Image.Image, n: int, seed: int, clutter: Sequence[Image.Image] = (),
+                  piles: int = 0) -> list[Image.Image]:
+    """`n` synthetic shopper photos of one catalogue image, then `piles` of it in piles/rows
+    (their own random stream: the first `n` views do not depend on `piles`)."""
+    rng, pile_rng = random.Random(seed), random.Random(seed + 1)
+    return [shopper_view(img, rng, clutter) for _ in range(n)] + [pile_view(img, pile_rng) for _ in range(piles)]
 
 
 #: synthetic shopper views per catalogue image an index build of an iconic-only catalogue
@@ -102,11 +158,16 @@ def seed_of(content_hash: str) -> int:
     return int(content_hash[:12], 16)
 
 
+def views_fingerprint(fingerprint: str, n: int, piles: int = 0) -> str:
+    """The vector cache of `n` shopper views (+ `piles` pile views) per catalogue image."""
+    return f"{fingerprint}+shopper{n}" + (f"+pile{piles}" if piles else "")
+
+
 def shopper_view_vectors(embedder, items: Sequence[tuple[str, str]], n: int, cache_root, batch_size: int = 32,
-                         progress: bool = True, clutter_images: int = 24):
-    """VectorCache (fingerprint + "+shopper{n}") holding, per catalogue image content hash,
-    the unit mean of the embeddings of its `n` synthetic shopper views; only images not
-    cached yet are decoded and embedded. `items`: (path, content hash)."""
+                         progress: bool = True, clutter_images: int = 24, piles: int = 0):
+    """VectorCache (`views_fingerprint`) holding, per catalogue image content hash, the unit
+    mean of the embeddings of its `n` synthetic shopper views and `piles` pile views; only
+    images not cached yet are decoded and embedded. `items`: (path, content hash)."""
     import logging
 
     from tqdm import tqdm
@@ -116,7 +177,7 @@ def shopper_view_vectors(embedder, items: Sequence[tuple[str, str]], n: int, cac
     from shopsearch.images import load_image
 
     log = logging.getLogger("shopsearch.gallery")
-    cache = VectorCache(cache_root, f"{embedder.fingerprint}+shopper{n}", embedder.dim)
+    cache = VectorCache(cache_root, views_fingerprint(embedder.fingerprint, n, piles), embedder.dim)
     todo = [(p, k) for p, k in dict(items).items() if k not in cache]
     if not todo:
         return cache
@@ -129,8 +190,9 @@ def shopper_view_vectors(embedder, items: Sequence[tuple[str, str]], n: int, cac
             clutter.append(im)
         except (InvalidImageError, OSError):
             continue
-    per_batch = max(1, batch_size // n)
-    for start in tqdm(range(0, len(todo), per_batch), desc=f"embedding {n} shopper views per image", unit="batch",
+    per_image = n + piles
+    per_batch = max(1, batch_size // per_image)
+    for start in tqdm(range(0, len(todo), per_batch), desc=f"embedding {per_image} shopper views per image", unit="batch",
                       disable=not progress):
         keys, views = [], []
         for path, key in todo[start:start + per_batch]:
@@ -140,9 +202,9 @@ def shopper_view_vectors(embedder, items: Sequence[tuple[str, str]], n: int, cac
                 log.warning("catalogue image not augmented", extra={"path": path, "error": str(e)})
                 continue
             img.thumbnail((512, 512))
-            views += shopper_views(img, n, seed_of(key), [c for c in clutter if c is not img])
+            views += shopper_views(img, n, seed_of(key), [c for c in clutter if c is not img], piles)
             keys.append(key)
         if keys:
-            vecs = embedder.encode_images(views).reshape(len(keys), n, -1).mean(1)
+            vecs = embedder.encode_images(views).reshape(len(keys), per_image, -1).mean(1)
             cache.put(keys, vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12))
     return cache

@@ -32,6 +32,9 @@ def test_train_eval_tag_on_import(tmp_path):
     _run(["index", "build", "--model", "colorhist", "--json"], data)
     out = json.loads(_run(["classify", "train", "--val", f"imagefolder:{tmp_path / 'held'}", "--json"], data))
     assert out["kind"] == "head" and out["fine_classes"] == 3 and out["metrics"]["val"]["fine"]["top1"] == 1.0
+    assert out["metrics"]["train_view_vectors"] == 18  # one synthetic view of each image by default
+    views = [d for d in (data / "vectors").iterdir() if (d / "FINGERPRINT").read_text().strip().endswith("+photoview0")]
+    assert len(views) == 1
     ev = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--json"], data))
     assert ev["samples"] == 9 and ev["fine"]["top1"] == 1.0 and ev["most_confused"] == []
     tta = json.loads(_run(["classify", "eval", "--data", f"imagefolder:{tmp_path / 'held'}", "--tta", "on", "--json"],

@@ -56,3 +56,41 @@ def test_bench_config_quality_keys():
     for bad in ("rerank=bogus", "dba=-1", "tta=maybe", "shopper_views=x"):
         with pytest.raises(ConfigError):
             parse_config(bad, d)
+
+
+def test_pile_views_show_several_copies_without_the_studio_white():
+    import random
+
+    from shopsearch.gallery_aug import _tight_mask, pile_view
+
+    img = Image.new("RGB", (100, 100), "white")
+    ImageDraw.Draw(img).rectangle((30, 20, 70, 80), fill=(250, 250, 250), outline=(0, 0, 200), width=3)
+    ImageDraw.Draw(img).rectangle((40, 40, 60, 60), fill=(0, 0, 200))  # a white carton with a blue label
+    mask = np.asarray(_tight_mask(img)) > 128
+    assert mask[50, 35] and not mask[5, 5]  # the carton's white side is product, the studio white is not
+    a = pile_view(img, random.Random(3))
+    b = pile_view(img, random.Random(3))
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    px = np.asarray(a.resize((120, 120)), dtype=np.int16)
+    blue = (px[..., 2] - np.maximum(px[..., 0], px[..., 1]) > 80)
+    assert blue.mean() > 0.02
+    # several labels: the blue pixels fall into more than one separate column band
+    cols = np.flatnonzero(blue.any(0))
+    assert len(cols) and (np.diff(cols) > 3).sum() >= 1
+
+
+def test_pile_views_join_the_shopper_views_in_their_own_cache(tmp_path):
+    p = tmp_path / "0.png"
+    _studio((200, 30, 30)).save(p)
+    pairs = [(str(p), "0" * 64)]
+    emb = FakeEmbedder()
+    plain = shopper_view_vectors(emb, pairs, 2, tmp_path / "vectors", progress=False)
+    assert emb.calls == 2
+    both = shopper_view_vectors(emb, pairs, 2, tmp_path / "vectors", progress=False, piles=2)
+    assert emb.calls == 6  # 2 shopper + 2 pile views, cached apart from the shopper-only mean
+    assert not np.allclose(plain.get_many(["0" * 64]), both.get_many(["0" * 64]))
+    d = BenchConfig(model="m")
+    (c,) = parse_config("shopper_views=8,pile_views=4", d)
+    assert (c.shopper_views, c.pile_views) == (8, 4) and "pile-views=4" in c.label
+    with pytest.raises(ConfigError):
+        parse_config("pile_views=4", d)  # piles join shopper views, never alone

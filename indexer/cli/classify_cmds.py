@@ -39,17 +39,29 @@ def _split(c: Ctx, train_spec: str | None, val_spec: str | None, val_fraction: f
 
 
 def train_head_for(c: Ctx, emb, train, val, hidden: int = 0, epochs: int = 300, target: float = 0.97,
-                   workers: int = 2, progress: bool = True, refit: bool = True):
+                   workers: int = 2, progress: bool = True, refit: bool = True, views: int = 0):
     """(artefact, path): the frozen head for `emb` on labelled images (cached vectors), installed
-    where search finds it (`classify train` and `demo`)."""
+    where search finds it (`classify train` and `demo`); `views` synthetic views of each
+    training image (cached too) added to the head's training samples."""
     from shopsearch.classify.artefact import artefact_path
     from shopsearch.classify.training import train_frozen
     from shopsearch.classify.vectors import embed_labelled
 
     xs, train = embed_labelled(emb, train, c.settings.vector_cache_dir, progress, workers)
     xv, val = embed_labelled(emb, val, c.settings.vector_cache_dir, progress, workers)
+    extra = None
+    if views > 0 and train:
+        import numpy as np
+
+        from shopsearch.classify.photo_views import view_vectors
+        from shopsearch.images import sha256_file
+
+        pairs = [(i.path, i.sha256 or sha256_file(i.path)) for i in train]
+        vv, ok = view_vectors(emb, pairs, views, c.settings.vector_cache_dir, progress=progress)
+        src = np.repeat(np.flatnonzero(ok), views)
+        extra = (vv[ok].reshape(-1, vv.shape[2]), src)
     art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, hidden=hidden, epochs=epochs, target=target,
-                       refit=refit)
+                       refit=refit, views=extra)
     return art, art.save(artefact_path(c.settings.classifier_dir, emb.fingerprint))
 
 
@@ -84,6 +96,10 @@ def _ft_options(f):
               help="Routing precision the thresholds are chosen for on the validation images.")
 @click.option("--hidden", type=int, default=0, show_default=True, help="Frozen head: MLP width (0 = linear).")
 @click.option("--head-epochs", type=int, default=300, show_default=True)
+@click.option("--views", type=click.IntRange(0, 16), default=None,
+              help="Frozen head: synthetic shopper-like views of each training image (crops, angle, light; "
+                   "studio shots on backgrounds) added to its training samples, embedded once and cached "
+                   "[default: 1, chosen on Grocery Store val; 0 = off].")
 @click.option("--finetune", is_flag=True, help="Fine-tune the EfficientNet-Lite0 backbone too (a new embedder).")
 @click.option("--name", default="finetuned", show_default=True, help="--finetune: saved as <data dir>/models/NAME.pt")
 @click.option("--max-steps", type=int, default=None, hidden=True)
@@ -92,8 +108,8 @@ def _ft_options(f):
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str | None, val_fraction: float,
-              target: float, hidden: int, head_epochs: int, finetune: bool, name: str, max_steps: int | None,
-              workers: int, as_json: bool, **ft: object) -> None:
+              target: float, hidden: int, head_epochs: int, views: int | None, finetune: bool, name: str,
+              max_steps: int | None, workers: int, as_json: bool, **ft: object) -> None:
     """Train a category classifier on the catalogue's (or given) labelled images."""
     train, val = _split(c, train_spec, val_spec, val_fraction)
     if finetune:
@@ -119,8 +135,11 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         spec = f"finetuned:{name}"
     else:
         emb = _embedder(c, model)
+        from shopsearch.classify.photo_views import TRAIN_VIEWS
+
         art, path = train_head_for(c, emb, train, val, hidden=hidden, epochs=head_epochs, target=target,
-                                   workers=workers, progress=not as_json)
+                                   workers=workers, progress=not as_json,
+                                   views=TRAIN_VIEWS if views is None else views)
         spec = emb.name
     out = {"artefact": str(path), "kind": art.kind, "model": spec, "fingerprint": art.fingerprint,
            "fine_classes": len(art.labels.fine), "coarse_classes": len(art.labels.coarse),

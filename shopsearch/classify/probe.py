@@ -85,20 +85,34 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-8, scale, 1.0)
 
 
+def _group_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Stratified folds dealt per group (a photo and its synthetic views), so no group is
+    split between training and held-out samples."""
+    ids, first = np.unique(groups, return_index=True)
+    gfold = _folds(y[first], k, seed)
+    return gfold[np.searchsorted(ids, groups)]
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, c_grid: tuple[float, ...] = C_GRID, folds: int = 3,
-              balanced: bool = True, max_iter: int = 100, seed: int = 0) -> Probe:
+              balanced: bool = True, max_iter: int = 100, seed: int = 0, groups: np.ndarray | None = None,
+              scored: np.ndarray | None = None) -> Probe:
     """Fit the probe; C by `folds`-fold cross-validated accuracy on (x, y) when there is
-    more than one candidate and every class has at least `folds` samples."""
+    more than one candidate and every class has at least `folds` samples (groups).
+    `groups`: samples sharing a group (a photo and its synthetic views) stay in one fold;
+    `scored`: the held-out samples the accuracy counts (the photos, not their views)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.int64)
     torch.manual_seed(seed)
     cv: dict[float, float] = {}
-    counts = np.bincount(y, minlength=n_classes)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    scored = np.ones(len(y), bool) if scored is None else np.asarray(scored, bool)
+    _, first = np.unique(groups, return_index=True)
+    counts = np.bincount(y[first], minlength=n_classes)
     if len(c_grid) > 1 and counts[counts > 0].min() >= folds:
-        fold = _folds(y, folds, seed)
+        fold = _group_folds(y, groups, folds, seed)
         accs: dict[float, list[float]] = {c: [] for c in c_grid}
         for f in range(folds):
-            tr, te = fold != f, fold == f
+            tr, te = fold != f, (fold == f) & scored
             mean, scale = _standardise(x[tr])
             zt, zv = torch.from_numpy((x[tr] - mean) / scale), torch.from_numpy((x[te] - mean) / scale)
             cw = _balanced_weights(y[tr], n_classes) if balanced else None

@@ -67,11 +67,16 @@ def _indices(items: Sequence[LabelledImage], labels: LabelSpace) -> np.ndarray:
 
 def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vectors: np.ndarray,
                  val_items: Sequence[LabelledImage], fingerprint: str, embedder_name: str, hidden: int = 0,
-                 epochs: int = 300, target: float = 0.97, seed: int = 0, refit: bool = True) -> ClassifierArtefact:
+                 epochs: int = 300, target: float = 0.97, seed: int = 0, refit: bool = True,
+                 views: tuple[np.ndarray, np.ndarray] | None = None) -> ClassifierArtefact:
     """A head on frozen embeddings, thresholds from the validation vectors: the cross-validated
     logistic-regression probe (hidden=0) or a small MLP trained for `epochs`. `refit`: the probe
     served is refitted on train + val once validation has chosen its settings (metrics["val"]
-    stay those of the head fitted on train alone, an honest figure)."""
+    stay those of the head fitted on train alone, an honest figure). `views`: (vectors, index of
+    the training image each is a synthetic view of), added to the head's training samples with
+    their image's label (shopsearch.classify.photo_views); cross-validation keeps an image and
+    its views in one fold and scores the images only. The nearest-neighbour vote and the fusion
+    weight use the images alone."""
     labels = LabelSpace.from_paths(i.category for i in items)
     known = set(labels.fine)
     val_keep = [j for j, it in enumerate(val_items) if it.category in known]
@@ -79,17 +84,25 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
         log.warning("validation images of unseen categories ignored", extra={"n": len(val_items) - len(val_keep)})
     val_vectors, val_items = np.asarray(val_vectors)[val_keep], [val_items[j] for j in val_keep]
     yf = _indices(items, labels)
-    yc = np.asarray(labels.fine_to_coarse)[yf]
+    f2c = np.asarray(labels.fine_to_coarse)
     extra: dict[str, Any] = {"train_samples": len(items), "mode": "frozen"}
+    vx, src = (np.zeros((0, vectors.shape[1]), np.float32), np.zeros(0, np.int64)) if views is None else views
+    src = np.asarray(src, np.int64)
+    xs = np.vstack([np.asarray(vectors, np.float32), np.asarray(vx, np.float32)])
+    ys = np.concatenate([yf, yf[src]])
+    groups = np.concatenate([np.arange(len(yf)), src])
+    scored = np.arange(len(ys)) < len(yf)
+    if len(src):
+        extra["train_view_vectors"] = int(len(src))
     if hidden > 0:
-        head = train_head(vectors, yf, yc, len(labels.fine), len(labels.coarse), hidden=hidden, epochs=epochs,
+        head = train_head(xs, ys, f2c[ys], len(labels.fine), len(labels.coarse), hidden=hidden, epochs=epochs,
                           seed=seed)
         extra["head"] = f"mlp-{hidden}"
     else:  # the linear head is the cross-validated logistic-regression probe itself
         from shopsearch.classify.probe import fit_probe, head_from_probes
 
-        pf = fit_probe(vectors, yf, len(labels.fine), seed=seed)
-        pc = fit_probe(vectors, yc, len(labels.coarse), seed=seed)
+        pf = fit_probe(xs, ys, len(labels.fine), seed=seed, groups=groups, scored=scored)
+        pc = fit_probe(xs, f2c[ys], len(labels.coarse), seed=seed, groups=groups, scored=scored)
         head = head_from_probes(pf, pc)
         extra.update({"head": "logistic-cv", "C_fine": pf.c, "C_coarse": pc.c,
                       "cv_fine_top1": pf.cv_accuracy.get(pf.c)})
@@ -104,17 +117,17 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
 
     from shopsearch.classify.probe import fit_probe, head_from_probes
 
-    xa = np.vstack([vectors, val_vectors])
-    ya = np.concatenate([yf, _indices(val_items, labels)])
+    yv = _indices(val_items, labels)
+    xa, ya = np.vstack([xs, val_vectors]), np.concatenate([ys, yv])  # the val photos' views are not made
     refitted = head_from_probes(fit_probe(xa, ya, len(labels.fine), c_grid=(pf.c,), seed=seed),
-                                fit_probe(xa, np.asarray(labels.fine_to_coarse)[ya], len(labels.coarse),
-                                          c_grid=(pc.c,), seed=seed))
+                                fit_probe(xa, f2c[ya], len(labels.coarse), c_grid=(pc.c,), seed=seed))
     served = _artefact(refitted, fingerprint, embedder_name, labels)
     # the vote keeps the settings validation chose, over the refitted head's photos
-    knn = None if art.knn is None else {**art.knn, "vectors": torch.from_numpy(xa.astype(np.float16)),
-                                        "labels": torch.from_numpy(ya)}
+    photos = np.vstack([vectors, val_vectors])
+    knn = None if art.knn is None else {**art.knn, "vectors": torch.from_numpy(photos.astype(np.float16)),
+                                        "labels": torch.from_numpy(np.concatenate([yf, yv]))}
     return replace(served, thresholds=art.thresholds, knn=knn,
-                   metrics={**art.metrics, "refit": "train+val", "train_samples": len(ya)})
+                   metrics={**art.metrics, "refit": "train+val", "train_samples": len(yf) + len(yv)})
 
 
 def _with_vote(art: ClassifierArtefact, val_vectors: np.ndarray, val_items: Sequence[LabelledImage],

@@ -15,6 +15,7 @@ TOML form (one table per configuration):
     dba = 2                      # optional: database-side augmentation over this many neighbours
     fusion = true                # optional: category head fused into the ranking (weight chosen on val)
     shopper_views = 8            # optional: gallery vectors averaged with this many synthetic shopper views
+    pile_views = 4               # optional, with shopper_views: and this many views of the product in piles/rows
     centre = true                # optional: per-domain mean centring (shopsearch.centring); the shopper-photo
                                  # mean comes from the run's --centre-sample photos (labels unused), else the queries'
     adapt = 2                    # optional, with centre: rounds moving catalogue vectors toward the nearest of
@@ -29,7 +30,7 @@ from typing import Any
 from shopsearch.errors import ConfigError
 
 KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion",
-        "shopper_views", "centre", "adapt")
+        "shopper_views", "pile_views", "centre", "adapt")
 _ON = {"on", "true", "yes", "1"}
 _OFF = {"off", "false", "no", "0"}
 
@@ -48,6 +49,7 @@ class BenchConfig:
     dba: int = 0
     fusion: bool = False
     shopper_views: int = 0
+    pile_views: int = 0
     centre: bool = False
     adapt: int = 0
 
@@ -64,6 +66,7 @@ class BenchConfig:
             parts.append(f"gallery={self.gallery}")
         parts += (["tta"] if self.tta else []) + ([f"dba={self.dba}"] if self.dba else [])
         parts += [f"shopper-views={self.shopper_views}"] if self.shopper_views else []
+        parts += [f"pile-views={self.pile_views}"] if self.pile_views else []
         parts += ["centred"] if self.centre else []
         parts += [f"adapt={self.adapt}"] if self.adapt else []
         parts += ([f"rerank={self.rerank}"] if self.rerank != "off" else []) + (["fusion"] if self.fusion else [])
@@ -95,7 +98,7 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
 
             parse_rerank(str(value))  # refused here, before any embedding, when malformed
             vals[key] = str(value).strip().lower()
-        elif key in ("dba", "shopper_views", "adapt"):
+        elif key in ("dba", "shopper_views", "pile_views", "adapt"):
             try:
                 vals[key] = int(value)
             except (TypeError, ValueError):
@@ -117,6 +120,8 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
     out = replace(defaults, **vals)
     if out.adapt and not out.centre:
         raise ConfigError(f"{where}: adapt works on centred vectors; add centre = true")
+    if out.pile_views and not out.shopper_views:
+        raise ConfigError(f"{where}: pile_views joins the shopper views; add shopper_views")
     return out
 
 

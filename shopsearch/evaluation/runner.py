@@ -237,7 +237,7 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
     if c.shopper_views and st.cache_root is not None:
         paths = {img.sha256: img.path for img in store.indexable_images() if img.sha256}
         views = shopper_view_vectors(emb, [(paths[k], k) for _, k in good if k in paths], c.shopper_views,
-                                     st.cache_root, o.batch_size, o.progress)
+                                     st.cache_root, o.batch_size, o.progress, piles=c.pile_views)
         gallery = blend(gallery, np.stack([views.get_many([k])[0] if k in views else gallery[j]
                                            for j, (_, k) in enumerate(good)]))
     centring = _centring(st, gallery, d.queries, o) if c.centre else None

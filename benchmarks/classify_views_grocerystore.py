@@ -1,0 +1,66 @@
+"""`classify train --views N` on Grocery Store (issue 13): how many synthetic views of each
+training image the frozen head trains on, chosen on val only. Train = train + iconic images,
+frozen EfficientNet-Lite0 vectors and view vectors from the project's vector cache (what
+`classify train` embeds and caches); each row is `train_frozen` without the train+val refit,
+scored on val (the figure `classify train` reports as validation).
+
+    .venv/bin/python benchmarks/classify_views_grocerystore.py --views 0,1,2,4 \
+        --out benchmarks/results/classify_views_grocerystore_val.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from shopsearch.classify.data import grocery_split
+from shopsearch.classify.photo_views import view_vectors
+from shopsearch.classify.training import train_frozen
+from shopsearch.classify.vectors import embed_labelled
+from shopsearch.embedders import load_embedder
+from shopsearch.images import sha256_file
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", type=Path, default=Path("../shared/datasets/grocerystore"))
+    ap.add_argument("--cache", type=Path, default=Path("var/vectors"))
+    ap.add_argument("--views", default="0,1,2,4")
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    emb = load_embedder("efficientnet-lite0", "cpu")
+    train = grocery_split(a.dataset, "train") + grocery_split(a.dataset, "iconic")
+    xs, train = embed_labelled(emb, train, a.cache, progress=False)
+    xv, val = embed_labelled(emb, grocery_split(a.dataset, "val"), a.cache, progress=False)
+    counts = [int(n) for n in a.views.split(",")]
+    vv, ok = view_vectors(emb, [(i.path, i.sha256 or sha256_file(i.path)) for i in train], max(counts), a.cache,
+                          progress=False)
+    rows = []
+    for n in counts:
+        t = time.time()
+        views = (vv[ok, :n].reshape(-1, vv.shape[2]), np.repeat(np.flatnonzero(ok), n)) if n else None
+        art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, refit=False, views=views)
+        m = art.metrics
+        rows.append({"views": n, "val_fine_top1": round(m["val"]["fine"]["top1"], 4),
+                     "val_coarse_top1": round(m["val"]["coarse"]["top1"], 4),
+                     "val_fine_top1_head_only": round(m["knn_vote"]["val_top1_head"], 4),
+                     "knn_weight": m["knn_vote"].get("weight"), "C_fine": m["C_fine"], "C_coarse": m["C_coarse"],
+                     "cv_fine_top1": round(m["cv_fine_top1"], 4), "fit_s": round(time.time() - t, 1)})
+        print(rows[-1], flush=True)
+    res = {"benchmark": "classify_views", "split": "val", "train": "train+iconic", "model": emb.name,
+           "train_images": len(train), "val_images": len(val), "rows": rows,
+           "machine": {"cpu": platform.processor() or "AMD EPYC", "cores": os.cpu_count(),
+                       "load_avg_1m": round(os.getloadavg()[0], 2),
+                       "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
