@@ -5,10 +5,11 @@ thread: the gunicorn worker's main thread, its request threads, the feedback wri
 OpenMP pools of torch and faiss). Optionally py-spy samples the worker meanwhile (--py-spy
 FILE: its folded stacks, request threads' Python frames with native frames below them).
 
-Each --variant is NAME=WORKERSxTHREADS[,ENV=VALUE...], run in turns (A B A B ...):
+Each --variant is NAME=CHECKOUT:WORKERSxTHREADS[,ENV=VALUE...] (CHECKOUT: the code that serves,
+as in load_ab.py; ENV: variables the server starts with), run in turns (A B A B ...):
 
     .venv/bin/python benchmarks/serve_profile.py --data-dir var/demo --requests 200 \\
-        --variant default=1x4 --variant passive=1x4,OMP_WAIT_POLICY=PASSIVE \\
+        --variant default=.:1x4 --variant passive=.:1x4,OMP_WAIT_POLICY=PASSIVE \\
         --out benchmarks/results/serve_profile.json
 
 CPU time, unlike latency, barely moves when other jobs share the cores; the load average
@@ -72,6 +73,31 @@ def thread_cpu(pids: list[int]) -> dict[tuple[int, int], float]:
     return out
 
 
+#: the frames a search's time is broken down by (py-spy function names; TorchScript forms of
+#: the model have no Python frames below encode_query)
+STAGES = {"upload parse + decode": "require_image", "model (with preprocess)": "TorchEmbedder.encode_query",
+          "preprocess": "TorchEmbedder.preprocess", "oneDNN reorders": "ideep::tensor::reorder_if_differ_in",
+          "after the model (routing, FAISS, database, fusion, confidence)": "SearchService.search_vector",
+          "FAISS + database + grouping": "SearchService._grouped", "routing head": "ClassifierRouter.route",
+          "confidence (calibration, density)": "annotate", "feedback log queueing": "log_search",
+          "JSON": "result_dict"}
+
+
+def spy_breakdown(folded: Path, route: str = "search") -> dict[str, float]:
+    """Share (%) of the route's samples (request threads inside the Flask view `route`) spent
+    under each STAGES frame, from py-spy's raw folded stacks."""
+    total, under = 0, {k: 0 for k in STAGES}
+    for line in folded.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = {f.split(" (")[0] for f in stack.split(";")}
+        if route not in frames:
+            continue
+        total += int(n)
+        for stage, frame in STAGES.items():
+            under[stage] += int(n) * (frame in frames)
+    return {"samples": total, **{k: round(100 * v / total, 1) for k, v in under.items()}} if total else {}
+
+
 def run_phase(port: int, queries: list, n_requests: int, concurrency: int, k: int) -> tuple[float, list[float]]:
     lat: list[float] = []
     lock = threading.Lock()
@@ -103,9 +129,12 @@ def run_phase(port: int, queries: list, n_requests: int, concurrency: int, k: in
 
 def parse_variant(text: str) -> dict:
     name, _, rest = text.partition("=")
+    repo, _, rest = rest.rpartition(":")
     shape, *envs = rest.split(",")
+    if not name or not repo or "x" not in shape:
+        raise SystemExit(f"--variant {text!r}: expected NAME=CHECKOUT:WORKERSxTHREADS[,ENV=VALUE...]")
     workers, threads = (int(v) for v in shape.lower().split("x"))
-    return {"name": name, "workers": workers, "threads": threads,
+    return {"name": name, "repo": str(Path(repo).resolve()), "workers": workers, "threads": threads,
             "env": dict(e.split("=", 1) for e in envs if e)}
 
 
@@ -114,7 +143,7 @@ def profile(v: dict, a: argparse.Namespace, queries: list, round_no: int) -> dic
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     proc = subprocess.Popen([*CLI, "--data-dir", str(a.data_dir), "serve", "--front", "none",
                              "--bind", f"127.0.0.1:{a.port}", "--workers", str(v["workers"]),
-                             "--threads", str(v["threads"])], cwd=REPO, env=env,
+                             "--threads", str(v["threads"])], cwd=v["repo"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out: dict = {"variant": v["name"], "round": round_no}
     try:
@@ -139,6 +168,7 @@ def profile(v: dict, a: argparse.Namespace, queries: list, round_no: int) -> dic
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
+                out["py_spy_pct_of_search"] = spy_breakdown(Path(f"{a.py_spy}.{v['name']}.txt"))
             n = len(lat)
             per_thread = sorted(((round(1000 * (after[key] - before.get(key, 0.0)) / n, 2), key)
                                  for key in after), reverse=True)
@@ -167,7 +197,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--dataset", type=Path, default=DEFAULT_GROCERY)
-    ap.add_argument("--variant", action="append", required=True, help="NAME=WORKERSxTHREADS[,ENV=VALUE...]")
+    ap.add_argument("--variant", action="append", required=True, help="NAME=CHECKOUT:WORKERSxTHREADS[,ENV=VALUE...]")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests", type=int, default=200, help="requests per phase")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
