@@ -257,10 +257,9 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
 
 #: a serving process's thread settings for numpy's OpenBLAS and the OpenMP runtimes (torch's,
 #: faiss's), read by each library once, when it loads. A search's numpy and faiss work is one
-#: vector: a second BLAS thread only spins after each product (30% of a worker's CPU under
-#: `perf`), and OpenMP threads that spin at every barrier cost a single-image forward 9x its
-#: CPU time while other jobs hold the cores (serve_profile and load_bench figures:
-#: benchmarks/RESULTS.md, serve_profile_epyc_avx2_loaded)
+#: vector: a second BLAS thread only spins after each product, and OpenMP threads that spin at
+#: every barrier multiply a single-image forward's CPU time while other jobs hold the cores
+#: (benchmarks/RESULTS.md: load_search_ab_query7_epyc_avx2_loaded, serve_profile_*, query_batch_probe_omp_*)
 SERVING_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 

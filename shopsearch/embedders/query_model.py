@@ -3,7 +3,7 @@
 
 A single query is a batch of one: latency, not throughput. Candidates are the folded fp32
 model, the same model frozen by TorchScript (convolution weights packed once for oneDNN instead
-of reordered on every call, which was 19% of a query's model time on an AVX2 EPYC) and, on CPUs
+of reordered on every call: serve_profile_query7_epyc_avx2_loaded in benchmarks/RESULTS.md) and, on CPUs
 with bfloat16 instructions (AVX512-BF16, AMX), a bf16 copy of it frozen by TorchScript (whole
 graph in C++, without the GIL between ops; the eager bf16 copy where freezing fails). Each candidate
 must give vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the
