@@ -2,8 +2,9 @@
 (batch-norm folded) image tower, measured once when the service loads.
 
 A single query is a batch of one: latency, not throughput. Candidates are the folded fp32
-model, the same model frozen by TorchScript (convolution weights packed once for oneDNN instead
-of reordered on every call: serve_profile_query7_epyc_avx2_loaded in benchmarks/RESULTS.md) and, on CPUs
+model, the same model frozen by TorchScript (weights as constants, convolutions prepacked for
+oneDNN where torch does so: a few ms less CPU per query on an AVX2 CPU, load_search_ab_query7 in
+benchmarks/RESULTS.md) and, on CPUs
 with bfloat16 instructions (AVX512-BF16, AMX), a bf16 copy of it frozen by TorchScript (whole
 graph in C++, without the GIL between ops; the eager bf16 copy where freezing fails). Each candidate
 must give vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the
