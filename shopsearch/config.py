@@ -255,6 +255,23 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return {**os.environ, **extra}
 
 
+#: a serving process's thread settings for numpy's OpenBLAS and the OpenMP runtimes (torch's,
+#: faiss's), read by each library once, when it loads. A search's numpy and faiss work is one
+#: vector: a second BLAS thread only spins after each product, and OpenMP threads that spin at
+#: every barrier multiply a single-image forward's CPU time while other jobs hold the cores
+#: (benchmarks/RESULTS.md: load_search_ab_query7_epyc_avx2_loaded, serve_profile_*, query_batch_probe_omp_*)
+SERVING_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def pin_serving_threads() -> dict[str, str]:
+    """Set SERVING_THREAD_ENV where the operator has not set those variables; returns what was
+    set. Only effective before numpy, faiss and torch are imported (the serve command calls it
+    first): gunicorn's workers inherit the libraries the master loaded, settings included."""
+    done = {k: v for k, v in SERVING_THREAD_ENV.items() if k not in os.environ}
+    os.environ.update(done)
+    return done
+
+
 def pin_omp_threads(n: int, override: bool) -> None:
     """OMP_NUM_THREADS=n for a process that imports torch later (a gunicorn worker after fork),
     unless the operator set it already and `override` is false."""

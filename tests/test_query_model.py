@@ -70,18 +70,31 @@ def _cnn() -> nn.Module:
 def test_candidates_offer_bf16_only_where_the_cpu_has_it(monkeypatch):
     sample = torch.randn(2, 3, 16, 16)
     monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: False)
-    assert list(candidates(_cnn(), sample)) == ["fp32"]
+    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen"]
+    assert list(candidates(_cnn(), sample, "bf16")) == ["fp32"]  # nothing to force: fp32 serves
     monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: True)
-    assert list(candidates(_cnn(), sample, "fp32")) == ["fp32"]
+    assert list(candidates(_cnn(), sample, "fp32")) == ["fp32", "fp32-frozen"]
+    assert list(candidates(_cnn(), sample, "bf16")) == ["fp32", "bf16-frozen"]  # fp32 only as the reference
 
     def no_torchscript(model, sample):
         raise RuntimeError("torch.jit is gone")
 
-    monkeypatch.setattr(query_model, "_frozen_bf16", no_torchscript)  # an optional form that fails is left out
+    # an optional form that fails is left out
+    monkeypatch.setattr(query_model, "_frozen_bf16", no_torchscript)
+    monkeypatch.setattr(query_model, "_frozen_fp32", no_torchscript)
     assert list(candidates(_cnn(), sample)) == ["fp32", "bf16"]
     monkeypatch.undo()
     monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: True)
-    assert list(candidates(_cnn(), sample)) == ["fp32", "bf16-frozen"]
+    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen", "bf16-frozen"]
+
+
+def test_frozen_fp32_form_gives_the_eager_models_vectors():
+    """The frozen fp32 form is the same function (weights packed once, not per call)."""
+    model, sample = _cnn(), torch.randn(3, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    frozen = candidates(model, sample, "fp32")["fp32-frozen"]
+    with torch.inference_mode():
+        assert torch.allclose(frozen(sample), model(sample), atol=1e-5)
+        assert torch.allclose(frozen(sample[:1]), model(sample[:1]), atol=1e-5)  # traced on one image, any batch
     with pytest.raises(ConfigError):
         candidates(_cnn(), sample, "int4")
 

@@ -128,3 +128,43 @@ def test_a_worker_forked_before_torch_gets_its_share_of_the_cores(monkeypatch):
     assert os.environ["OMP_NUM_THREADS"] == "3"  # the operator's value stands ...
     server._torch_threads(workers=4, configured=1)
     assert os.environ["OMP_NUM_THREADS"] == "1"  # ... unless SHOPSEARCH_TORCH_THREADS says otherwise
+
+
+PINNING_PROBE = """
+import ctypes, glob, os, sys
+import shopsearch.config as cfg
+pin = cfg.pin_serving_threads
+def spy():
+    print("loaded before pinning:", [m for m in ("numpy", "faiss", "torch") if m in sys.modules])
+    return pin()
+cfg.pin_serving_threads = spy
+from indexer.cli import main
+sys.argv = ["shopsearch", "--data-dir", sys.argv[1], "serve", "--print-nginx-config"]
+try:
+    main()
+except SystemExit:
+    pass
+print("env:", os.environ.get("OPENBLAS_NUM_THREADS"), os.environ.get("OMP_WAIT_POLICY"))
+import numpy
+libs = glob.glob(os.path.join(os.path.dirname(numpy.__file__) + ".libs", "libscipy_openblas*"))
+get = getattr(ctypes.CDLL(libs[0]), "scipy_openblas_get_num_threads64_", None) if libs else None
+print("numpy blas threads:", get() if get else "unknown")
+"""
+
+
+@pytest.mark.parametrize("operator", [{}, {"OPENBLAS_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}])
+def test_serve_pins_numpy_and_openmp_threads_before_they_load(tmp_path, operator):
+    """`serve` sets one BLAS thread and passive OpenMP waits before numpy, faiss or torch is
+    imported (each reads them once, at load, and gunicorn's workers inherit what the master
+    loaded), so numpy's products really run on one thread; an operator's own values stand."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.pop("SHOPSEARCH_DATABASE_URL", None)
+    out = subprocess.run([sys.executable, "-c", PINNING_PROBE, str(tmp_path / "data")], cwd=REPO,
+                         env={**env, **operator}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "loaded before pinning: []" in out.stdout
+    blas, wait = (operator.get("OPENBLAS_NUM_THREADS", "1"), operator.get("OMP_WAIT_POLICY", "PASSIVE"))
+    assert f"env: {blas} {wait}" in out.stdout
+    threads = out.stdout.split("numpy blas threads:")[1].strip()
+    if threads != "unknown":  # numpy built on another BLAS: the environment is what can be checked
+        assert threads == blas

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from indexer.cli.context import Ctx, pass_ctx
-from shopsearch.config import metrics_dir, set_metrics_dir
+from shopsearch.config import metrics_dir, pin_serving_threads, set_metrics_dir
 
 
 def _split_bind(bind: str) -> tuple[str, int]:
@@ -59,6 +59,7 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
 
     By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
     slow clients cannot tie up gunicorn's threads (deploy/nginx/nginx.conf.in)."""
+    pin_serving_threads()  # before numpy and faiss load here, in the master the workers fork from
     own_metrics_dir = None
     if (not debug and not print_nginx_config and not metrics_dir()
             and "prometheus_client" not in sys.modules):  # it picks its mode once, at import

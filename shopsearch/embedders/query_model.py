@@ -2,9 +2,11 @@
 (batch-norm folded) image tower, measured once when the service loads.
 
 A single query is a batch of one: latency, not throughput. Candidates are the folded fp32
-model and, on CPUs with bfloat16 instructions (AVX512-BF16, AMX), a bf16 copy of it frozen by
-TorchScript (whole graph in C++, without the GIL between ops; the eager bf16 copy where
-freezing fails). Each candidate
+model, the same model frozen by TorchScript (weights as constants, convolutions prepacked for
+oneDNN where torch does so: a few ms less CPU per query on an AVX2 CPU, load_search_ab_query7 in
+benchmarks/RESULTS.md) and, on CPUs
+with bfloat16 instructions (AVX512-BF16, AMX), a bf16 copy of it frozen by TorchScript (whole
+graph in C++, without the GIL between ops; the eager bf16 copy where freezing fails). Each candidate
 must give vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the
 one with the lowest single-image time wins. The index and its fingerprint are untouched:
 catalogue vectors always come from the fp32 model, only the query side may be bf16.
@@ -38,7 +40,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 class QueryChoice:
     """Which form serves queries, and what was measured to choose it."""
 
-    name: str  # "fp32", "bf16" or "bf16-frozen"
+    name: str  # "fp32", "fp32-frozen", "bf16" or "bf16-frozen"
     ms: dict[str, float] = field(default_factory=dict)  # best single-image time per candidate
     cosine: dict[str, float] = field(default_factory=dict)  # worst cosine to fp32 on the sample
     refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not timed
@@ -49,20 +51,34 @@ def _bf16(model: nn.Module) -> Forward:
     return lambda x: bf(x.to(torch.bfloat16))
 
 
-def _frozen_bf16(model: nn.Module, sample: torch.Tensor) -> Forward:
-    bf = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
+def _frozen(model: nn.Module, sample: torch.Tensor) -> torch.jit.ScriptModule:
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still the fastest here
-        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(bf, sample[:1].to(torch.bfloat16))))
+        return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, sample[:1])))
+
+
+def _frozen_fp32(model: nn.Module, sample: torch.Tensor) -> Forward:
+    return _frozen(copy.deepcopy(model).to(memory_format=torch.channels_last), sample.float())
+
+
+def _frozen_bf16(model: nn.Module, sample: torch.Tensor) -> Forward:
+    bf = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
+    frozen = _frozen(bf, sample.to(torch.bfloat16))
     return lambda x: frozen(x.to(torch.bfloat16))
 
 
 def candidates(model: nn.Module, sample: torch.Tensor, precision: str = "auto") -> dict[str, Forward]:
-    """The forms worth trying for `precision` on this CPU (fp32 always, as the reference; bf16
-    only where the CPU runs it natively: emulated, it is slower than fp32)."""
+    """The forms worth trying for `precision` on this CPU (fp32 always, as the reference, and
+    frozen unless bf16 is forced; bf16 only where the CPU runs it natively: emulated, it is
+    slower than fp32)."""
     if precision not in QUERY_PRECISIONS:
         raise ConfigError(f"query precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}")
     out: dict[str, Forward] = {"fp32": model}
+    if precision != "bf16":
+        try:
+            out["fp32-frozen"] = _frozen_fp32(model, sample)
+        except Exception as e:  # noqa: BLE001 - TorchScript may refuse a model, or be gone from torch
+            log.info("query model: no frozen fp32 form (%s)", e)
     if precision == "fp32" or not cpu_has_bf16():
         return out
     try:  # one bf16 form, so that start-up stays short: frozen (faster than eager bf16 where measured)
