@@ -81,6 +81,7 @@ def test_large_allowed_share_stays_inside_and_finds_the_best(index_type, monkeyp
     """Half and a twentieth of the index allowed, with the exact-scoring limit lowered so that
     the selector paths (HNSW graph, inverted lists) answer as they would at a million."""
     monkeypatch.setattr(filtered, "EXACT_LIMIT", 100)
+    monkeypatch.setattr(filtered, "HNSW_EXACT_LIMIT", 100)
     vi, ids, x = _big(index_type)
     rng = np.random.default_rng(2)
     q = _unit(rng.standard_normal((20, DIM)))
@@ -214,3 +215,42 @@ def test_allowed_images_match_a_row_by_row_check():
     check(SearchFilters(min_price=10 ** 6))
     check(SearchFilters(), routed=("Dairy", "Fruit/Apple/Green"))
     check(SearchFilters(category="Fruit", max_price=30), routed=("Fruit/Apple",))
+
+
+def test_a_repeated_allowed_set_is_translated_once_and_answers_the_same(monkeypatch):
+    """The index keeps a read-only allowed set's positions (keyed by the array, held weakly):
+    a repeated filter skips the id -> position translation; a writeable array is never kept."""
+    vi, ids, x = _big("hnsw")
+    rng = np.random.default_rng(6)
+    q = _unit(rng.standard_normal((2, DIM)))
+    allowed = np.sort(rng.choice(ids, 500, replace=False))
+    first = vi.search(q, 20, allowed=allowed)
+    translations: list[int] = []
+    real = filtered.PositionMap.positions
+    monkeypatch.setattr(filtered.PositionMap, "positions",
+                        lambda self, a: translations.append(len(a)) or real(self, a))
+    np.testing.assert_array_equal(vi.search(q, 20, allowed=allowed)[1], first[1])
+    assert len(translations) == 1  # writeable: translated again
+    allowed.flags.writeable = False
+    for _ in range(3):
+        np.testing.assert_array_equal(vi.search(q, 20, allowed=allowed)[1], first[1])
+    assert len(translations) == 2  # read-only: translated once, then from the cache
+    assert np.array_equal(first[1][0], _truth(x, ids, q[0], allowed, 20))
+    del allowed  # its entry goes with it
+    cache = vi._among.cache  # noqa: SLF001 - the cache's bookkeeping is what this test checks
+    assert cache._entries == {} and cache._bytes == 0  # noqa: SLF001
+
+
+def test_allowed_images_are_one_sorted_read_only_array_per_filter():
+    from shopsearch.catalogue.bulk import FilterColumns
+    from shopsearch.filter_sets import AllowedImages
+
+    rng = np.random.default_rng(8)
+    n = 2000
+    cols = FilterColumns(np.arange(n, dtype=np.int64) + 5, np.arange(n, dtype=np.int64), rng.uniform(0, 100, n),
+                         rng.choice([1, 2], n), {1: "A", 2: "B"})
+    allowed = AllowedImages(lambda: cols)
+    for f in (SearchFilters(min_price=10, max_price=20), SearchFilters(category="B")):
+        got = allowed.ids_for(f)
+        assert (np.diff(got) > 0).all() and not got.flags.writeable
+        assert allowed.ids_for(f) is got
