@@ -241,6 +241,17 @@ def summary(turns: list[dict], kinds: list[str]) -> dict:
     return out
 
 
+def table_rows(db: str, s: dict, kinds: list[str]) -> list[dict]:
+    """One row per database and kind (RESULTS.md renders these as the table)."""
+    return [{"db": db, "search": kind, "A_p50_ms": round(s["A"][kind]["p50_ms"], 3),
+             "B_p50_ms": round(s["B"][kind]["p50_ms"], 3),
+             "B/A": round(s["B"][kind]["p50_ms"] / s["A"][kind]["p50_ms"], 3) if s["A"][kind]["p50_ms"] else None,
+             "A_x_unfiltered": s["A"][kind]["x_unfiltered"] and round(s["A"][kind]["x_unfiltered"], 2),
+             "B_x_unfiltered": s["B"][kind]["x_unfiltered"] and round(s["B"][kind]["x_unfiltered"], 2),
+             "A_p95_ms": round(s["A"][kind]["p95_ms"], 3), "B_p95_ms": round(s["B"][kind]["p95_ms"], 3),
+             "same_products": s["same_products"][kind]} for kind in kinds]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", nargs="?", default="ab", choices=("ab", "prepare", "turn"))
@@ -290,6 +301,8 @@ def main() -> None:
                 turns.append({"name": name, "round": r, "load_avg_1m": load, **res})
                 print(db, r, name, {k: round(v["p50_ms"], 2) for k, v in res["search"].items()}, flush=True)
         result["runs"][db] = {"summary": summary(turns, kinds) if len(checkouts) == 2 else None, "turns": turns}
+        if len(checkouts) == 2:
+            result["table"] = [row for d, r in result["runs"].items() for row in table_rows(d, r["summary"], kinds)]
         path.write_text(json.dumps(result, indent=1))
     print(json.dumps({db: r["summary"] for db, r in result["runs"].items()}, indent=1))
     print(f"written {path}")

@@ -254,3 +254,33 @@ def test_allowed_images_are_one_sorted_read_only_array_per_filter():
         got = allowed.ids_for(f)
         assert (np.diff(got) > 0).all() and not got.flags.writeable
         assert allowed.ids_for(f) is got
+
+
+def test_a_page_reads_about_k_candidate_rows_and_more_only_when_rows_fail(catalogue):
+    """The database is asked for the k best candidates' rows (plus a small margin), not for
+    every candidate; rows whose product no longer passes the filter are read past."""
+    from sqlalchemy import update
+
+    from shopsearch.search import READ_MARGIN
+
+    n = 3000
+    image_ids = _bulk_catalogue(catalogue, n)
+    x = _unit(np.random.default_rng(9).standard_normal((n, DIM)))
+    vi = VectorIndex(DIM, "flat", expected_size=n)
+    vi.add(image_ids, x)
+    svc = SearchService(_VecEmbedder(), vi, catalogue, IndexManifest("b1", "vec", "vec-fp", DIM, n, "flat", "now"))
+    asked: list[int] = []
+    real = catalogue.products_for_images
+    catalogue.products_for_images = lambda ids: asked.append(len(ids)) or real(ids)
+    f = SearchFilters(max_price=2000)
+    first = svc.search_vector(x[100], k=10, filters=f, calibrate=False)
+    assert first.hits[0].sku == "S100" and sum(asked) == 10 + READ_MARGIN
+    # the six best products now cost more than the filter allows (the service's columns are older)
+    gone = [h.sku for h in first.hits[:6]]
+    with catalogue.engine.begin() as conn:
+        conn.execute(update(Product).where(Product.sku.in_(gone)).values(price=Decimal(5000)))
+    asked.clear()
+    again = svc.search_vector(x[100], k=10, filters=f, calibrate=False)
+    assert len(again.hits) == 10 and not set(gone) & {h.sku for h in again.hits}
+    assert all(h.price <= 2000 for h in again.hits) and len(asked) == 2
+    assert [h.sku for h in again.hits[:4]] == [h.sku for h in first.hits[6:10]]
