@@ -284,3 +284,16 @@ def test_a_page_reads_about_k_candidate_rows_and_more_only_when_rows_fail(catalo
     assert len(again.hits) == 10 and not set(gone) & {h.sku for h in again.hits}
     assert all(h.price <= 2000 for h in again.hits) and len(asked) == 2
     assert [h.sku for h in again.hits[:4]] == [h.sku for h in first.hits[6:10]]
+
+
+@pytest.mark.parametrize("spread", [3, 10])  # ids dense enough for the lookup table, then too sparse for it
+def test_positions_drop_unknown_and_repeated_ids(spread):
+    rng = np.random.default_rng(10)
+    table = rng.permutation(np.arange(1000, dtype=np.int64) * spread + 7)  # positions in no id order
+    pm = filtered.PositionMap(table)
+    asked = np.concatenate([table[[5, 900, 5, 17]], [-3, 8, 10 ** 9]])  # a repeat, unknown ids
+    assert pm.positions(asked).tolist() == [5, 17, 900]
+    vi, ids, x = _big("hnsw")
+    q = _unit(rng.standard_normal((1, DIM)))
+    scores, got = vi.search(q, 6, allowed=np.repeat(ids[:3], 2))  # each allowed id twice
+    assert sorted(got[0][:3].tolist()) == ids[:3].tolist() and got[0][3:].tolist() == [-1, -1, -1]

@@ -3,8 +3,8 @@
 A search restricted to a set of image ids (a category, a price range, a routed category)
 must return the best matches *of that set*, however small the set is, without reading the
 rest of the index through the database. The set arrives as external ids; they are turned
-into the index's internal positions (the IndexIDMap2 table) once per set and index, kept in
-a small cache keyed by the set itself (`PositionCache`), and then:
+into the index's internal positions (a lookup table over the IndexIDMap2's ids) once per set
+and index, kept in a small cache keyed by the set itself (`PositionCache`), and then:
 
 - flat vectors (the `flat` type, and the storage under `hnsw`): the allowed vectors are
   scored exactly, read in place by position (`knn_inner_products_by_idx`): one dot product
@@ -39,6 +39,8 @@ MAX_EF_SEARCH = 2048
 MAX_NPROBE_FACTOR = 64
 #: bytes of positions (and bitmaps) kept per index for the allowed sets seen last
 CACHE_BYTES = 64 << 20
+#: PositionMap uses a lookup table while the ids span at most this many times their number
+SPARSE_SPAN = 4
 
 
 def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,27 +49,36 @@ def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PositionMap:
-    """External id -> internal position of an IndexIDMap2 (its id table; sorted once unless
-    it is ascending already, as builds add images in id order)."""
+    """External id -> internal position of an IndexIDMap2. Image ids are dense (database
+    keys), so the map is a lookup table over the id range (4 bytes per id in it: 4 MB at a
+    million) and a translation is one gather, whatever the index's size; ids spread over
+    more than SPARSE_SPAN times the table's length fall back to a binary search in a sorted
+    copy (16 bytes per vector)."""
 
     def __init__(self, id_table: np.ndarray) -> None:
         self.external = id_table  # position -> external id
-        ascending = len(id_table) < 2 or bool(np.all(id_table[1:] > id_table[:-1]))
-        self._order = None if ascending else np.argsort(id_table, kind="stable")
-        self._sorted = id_table if ascending else id_table[self._order]
+        n = len(id_table)
+        self._lo = int(id_table.min()) if n else 0
+        span = int(id_table.max()) - self._lo + 1 if n else 0
+        self._lut: np.ndarray | None = None
+        if n and span <= SPARSE_SPAN * n and n < 2 ** 31:
+            self._lut = np.full(span, -1, dtype=np.int32)
+            self._lut[id_table - self._lo] = np.arange(n, dtype=np.int32)
+        else:
+            self._order = np.argsort(id_table, kind="stable")
+            self._sorted = id_table[self._order]
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
-        """Internal positions of the ids that are in the index (others dropped), ascending."""
+        """Internal positions of the ids that are in the index (others and repeats dropped), ascending."""
         ids = np.asarray(ids, dtype=np.int64)
-        if len(self._sorted) == 0 or len(ids) == 0:
+        if len(self.external) == 0 or len(ids) == 0:
             return np.zeros(0, dtype=np.int64)
+        if self._lut is not None:
+            rel = ids - self._lo
+            pos = self._lut[rel[(rel >= 0) & (rel < len(self._lut))]]
+            return np.unique(pos[pos >= 0]).astype(np.int64)
         at = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
-        found = self._sorted[at] == ids
-        return np.sort(at[found] if self._order is None else self._order[at[found]])
-
-    @property
-    def nbytes(self) -> int:
-        return self._sorted.nbytes if self._order is not None else 0
+        return np.unique(self._order[at[self._sorted[at] == ids]])
 
 
 @dataclass
@@ -78,6 +89,7 @@ class AllowedPositions:
     base: np.ndarray
     delta: np.ndarray
     bits: np.ndarray | None = field(default=None, repr=False)
+    cached: bool = False  # held by a PositionCache (which then counts its bytes)
 
     @property
     def nbytes(self) -> int:
@@ -112,6 +124,7 @@ class PositionCache:
             except TypeError:  # a view of a foreign buffer takes no weak reference
                 return made
             self._entries[key] = (ref, made)
+            made.cached = True
             self._bytes += made.nbytes
             while self._bytes > CACHE_BYTES and self._entries:
                 self._drop(next(iter(self._entries)))
@@ -123,13 +136,8 @@ class PositionCache:
             bits = bitmap(entry.base, n)
             with self._lock:
                 entry.bits = bits
-                self._bytes += bits.nbytes
+                self._bytes += bits.nbytes if entry.cached else 0
         return entry.bits
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
 
     def _forget(self, key: int, ref: weakref.ref) -> None:
         with self._lock:
@@ -140,6 +148,7 @@ class PositionCache:
     def _drop(self, key: int) -> None:
         hit = self._entries.pop(key, None)
         if hit is not None:
+            hit[1].cached = False
             self._bytes -= hit[1].nbytes
 
 
