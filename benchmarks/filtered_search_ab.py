@@ -9,7 +9,8 @@ tombstoned in the base and live again in a delta segment). Query vectors are col
 embeddings of scale_bench's seeded query images.
 
 Per round and checkout (A, B, A, B, ...; a fresh process each turn, so both see the same
-machine state), after one warm-up query per kind, p50/p95 ms of:
+machine state), after one warm-up query per kind, p50/p95 ms of (the kinds interleaved query
+by query, so that a change of load falls on every kind alike):
 
   unfiltered      no filter
   category        one leaf category (2% of the images)
@@ -181,23 +182,28 @@ def turn(args: argparse.Namespace) -> None:
         import cProfile
 
         prof = cProfile.Profile()
-    for kind in args.kinds.split(","):
-        make = kinds[kind]
+    names = args.kinds.split(",")
+    times: dict[str, list[float]] = {kind: [] for kind in names}
+    skus: dict[str, list[list[str]]] = {kind: [] for kind in names}
+    first: dict[str, float] = {}
+    for kind in names:
         t1 = time.perf_counter()
-        svc.search_vector(vecs[0], k=10, filters=make(0), routing=False)  # warm: loads columns, caches
-        warm_ms = (time.perf_counter() - t1) * 1000
-        times, skus = [], []
-        for j, v in enumerate(vecs):
+        svc.search_vector(vecs[0], k=10, filters=kinds[kind](0), routing=False)  # warm: loads columns, caches
+        first[kind] = (time.perf_counter() - t1) * 1000
+    for j, v in enumerate(vecs):  # kinds interleaved per query: a change of load falls on all of them alike
+        for kind in names:
             if prof is not None:
                 prof.enable()
             t1 = time.perf_counter()
-            res = svc.search_vector(v, k=10, filters=make(j), routing=False)
-            times.append((time.perf_counter() - t1) * 1000)
+            res = svc.search_vector(v, k=10, filters=kinds[kind](j), routing=False)
+            times[kind].append((time.perf_counter() - t1) * 1000)
             if prof is not None:
                 prof.disable()
-            skus.append([h.sku for h in res.hits])
-        out["search"][kind] = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
-                               "mean_ms": float(np.mean(times)), "first_ms": warm_ms, "skus": skus}
+            skus[kind].append([h.sku for h in res.hits])
+    for kind in names:
+        t = times[kind]
+        out["search"][kind] = {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)),
+                               "mean_ms": float(np.mean(t)), "first_ms": first[kind], "skus": skus[kind]}
     store.close()
     if prof is not None:  # where the time of the timed queries went (to stderr)
         import pstats

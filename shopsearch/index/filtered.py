@@ -31,8 +31,8 @@ from shopsearch.index.segments import merge_best
 #: allowed sets up to this size are scored exactly on their own vectors on IVF types
 EXACT_LIMIT = 32_768
 #: on HNSW, allowed sets up to this size are scored exactly (a graph walk with a selective
-#: filter must visit ~1/share nodes per hit found); measured crossover in docs/filtered_search.md.
-#: Larger sets are scored exactly too when the efSearch they need passes MAX_EF_SEARCH.
+#: filter must visit ~1/share nodes per hit found; docs/filtered_search.md). Larger sets are
+#: scored exactly too when the efSearch they need passes MAX_EF_SEARCH.
 HNSW_EXACT_LIMIT = 65_536
 #: ceilings of the search-breadth knobs raised for selective filters
 MAX_EF_SEARCH = 2048
