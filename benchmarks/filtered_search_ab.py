@@ -307,6 +307,9 @@ def main() -> None:
                 turns.append({"name": name, "round": r, "load_avg_1m": load, **res})
                 print(db, r, name, {k: round(v["p50_ms"], 2) for k, v in res["search"].items()}, flush=True)
         result["runs"][db] = {"summary": summary(turns, kinds) if len(checkouts) == 2 else None, "turns": turns}
+        for t in turns:  # compared above; too bulky to keep
+            for v in t["search"].values():
+                v.pop("skus")
         if len(checkouts) == 2:
             result["table"] = [row for d, r in result["runs"].items() for row in table_rows(d, r["summary"], kinds)]
         path.write_text(json.dumps(result, indent=1))
