@@ -167,6 +167,9 @@ REPRODUCE = [
     "python benchmarks/import_cpu_ab.py --a MAIN_COPY --b . --manifest /tmp/scale6-ab/manifest_20000.csv",
     "nice -n 10 python benchmarks/scale_bench.py --sizes 10000,1000000 --db sqlite --scratch /tmp/scale6 \\",
     "    --tag xeon_loaded",
+    "# issue 20, filtered search at 1M (filter7): main against the branch in turns, in-process, SQLite and PostgreSQL",
+    "nice -n 10 python benchmarks/filtered_search_ab.py --a MAIN_COPY --b . --size 1000000 --db sqlite,postgresql \\",
+    "    --scratch /tmp/filtered-ab --tag NAME",
     "python benchmarks/make_results.py",
 ]
 

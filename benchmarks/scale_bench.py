@@ -17,13 +17,15 @@ Each is the wall time of the command as a user runs it, process start included; 
 
 and searches in-process through the composition root (shopsearch.app.open_search_service),
 query vectors embedded beforehand: p50/p95 of unfiltered, category (one leaf of 50), price
-(about 1% of products) and a price range that matches nothing. Every figure comes with its
+(about 1% of products), a price range that matches nothing and department (one of the 5
+top-level categories, 20%: the large-set path of docs/filtered_search.md). Every figure comes with its
 growth factor from the smallest size run. From --synthetic-from products up (default 1M)
 the vectors are not computed: seeded unit vectors are written into the vector cache under
 each image's content hash (what the builder looks up), so the build finds them all.
 
     .venv/bin/python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql
     .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale
+    .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale --search-only
 
 Writes benchmarks/results/scale_<sizes>_<dbs>.json and prints a markdown table for
 benchmarks/RESULTS.md. Generated images are reused across runs (same seed, same bytes).
@@ -58,7 +60,7 @@ N_CATEGORIES = 50
 MODEL = "colorhist"
 STEPS = ("cli_start", "import", "first_build", "noop_build", "noop_build_dirs", "update_10", "reimport_unchanged",
          "status", "status_deep")
-SEARCHES = ("unfiltered", "category", "price", "price_nothing")
+SEARCHES = ("unfiltered", "category", "price", "price_nothing", "department")
 
 
 # -- the generated catalogue -------------------------------------------------------------------------------
@@ -194,10 +196,12 @@ def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[
     vecs = svc.embedder.encode_images([Image.open(io.BytesIO(seeded_jpeg(int(i) + 10 ** 8))).convert("RGB")
                                        for i in picks])
     cats = [c.path for c in svc.catalogue.categories() if c.depth == 1]
+    depts = [c.path for c in svc.catalogue.categories() if c.depth == 0]
     kinds = {"unfiltered": lambda j: SearchFilters(),
              "category": lambda j: SearchFilters(category=cats[j % len(cats)]),
              "price": lambda j: SearchFilters(min_price=100 + j, max_price=110 + j),  # ~1% of 1-1000
-             "price_nothing": lambda j: SearchFilters(min_price=10 ** 7)}
+             "price_nothing": lambda j: SearchFilters(min_price=10 ** 7),
+             "department": lambda j: SearchFilters(category=depts[j % len(depts)])}
     out = {}
     for kind, make in kinds.items():
         svc.search_vector(vecs[0], k=10, filters=make(0), routing=False)  # warm: loads, caches
@@ -295,6 +299,8 @@ def _growth(runs: list[dict]) -> None:
         if "search" not in r or "search" not in base:
             continue
         for kind in SEARCHES:
+            if kind not in r["search"] or kind not in base["search"]:  # runs made before the kind existed
+                continue
             b = base["search"][kind]["p50_ms"]
             r["growth"][f"search_{kind}_p50"] = r["search"][kind]["p50_ms"] / b if b else None
 
@@ -314,7 +320,7 @@ def markdown(runs: list[dict]) -> str:
     for kind in SEARCHES:
         for p in ("p50", "p95"):
             lines.append(f"| search {kind.replace('_', ' ')} {p} | " + " | ".join(
-                cell(r["search"][kind][f"{p}_ms"] if "search" in r else None,
+                cell(r["search"][kind][f"{p}_ms"] if kind in r.get("search", {}) else None,
                      r.get("growth", {}).get(f"search_{kind}_p50") if p == "p50" else None, "ms")
                 for r in runs) + " |")
     lines.append("| import products/s | " + " | ".join(f"{r['detail'].get('import_products_per_s', 0):,.0f}"
@@ -350,6 +356,9 @@ def main() -> None:
                     help="finish the incomplete run of the result file (its data dir is kept): every step "
                          "after its import, with --index-type")
     ap.add_argument("--index-type", default="auto", help="with --resume: the builds' index type")
+    ap.add_argument("--search-only", action="store_true",
+                    help="only the searches, on the data dirs an earlier run kept (--keep): "
+                         "scale_<sizes>_<dbs>_<tag>_search.json")
     ap.add_argument("--size-first", action="store_true",
                     help="every database at one size before the next size (a run stopped early keeps "
                          "the smaller sizes of both databases)")
@@ -376,7 +385,21 @@ def main() -> None:
         path.write_text(json.dumps({"note": args.note, "machine": machine_info(), "cpus": os.cpu_count(),
                                     "model": MODEL, "runs": done}, indent=2))
 
-    if args.resume:
+    if args.search_only:
+        path = path.with_name(path.stem + "_search.json")
+        for db, n in order:
+            data_dir = scratch / f"data_{db}_{n}"
+            if not data_dir.is_dir():
+                ap.error(f"{data_dir} is missing: run the size with --keep first")
+            url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else \
+                _schema_url(args.pg_url, f"{args.pg_schema}_{n}")
+            print(f"== searches, {db} {n:,} products", flush=True)
+            load = {"search": round(os.getloadavg()[0], 2)}
+            runs.append({"size": n, "db": db, "complete": True, "seconds": {}, "detail": {}, "load_avg_1m": load,
+                         "search": search_latencies(data_dir, url, n, args.queries)})
+            save()
+        order = []
+    elif args.resume:
         earlier = json.loads(path.read_text())
         runs[:] = earlier["runs"]
         args.note = earlier.get("note", "")

@@ -48,8 +48,9 @@ class AllowedImages:
             return self._cols
 
     def ids_for(self, filters: SearchFilters, categories: tuple[str, ...] | None = None) -> np.ndarray | None:
-        """Image ids (in no particular order) passing the shopper's filters and, when given,
-        lying in one of `categories` (routing); None when nothing restricts the search."""
+        """Image ids (ascending, a read-only array, the same one for a repeated filter) passing
+        the shopper's filters and, when given, lying in one of `categories` (routing); None
+        when nothing restricts the search."""
         if not filters.active and categories is None:
             return None
         key = (filters.category, _num(filters.min_price), _num(filters.max_price), categories)
@@ -58,7 +59,9 @@ class AllowedImages:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        ids = self._compute(self.columns(), filters, categories)
+        ids = np.sort(self._compute(self.columns(), filters, categories))  # ascending: cheap to translate
+        # read-only: the index keys its translation of a repeated set on the array (PositionCache)
+        ids.flags.writeable = False
         with self._lock:
             if key not in self._cache and ids.nbytes <= CACHE_BYTES:
                 self._cache[key] = ids

@@ -22,6 +22,11 @@ from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.results import CategoryPrediction, ProductHit, SearchFilters, SearchResult
 
 
+#: candidate rows read beyond the k a page needs, for rows deleted or changed since the
+#: search's columns were read (they fail the re-check; a short read reads again)
+READ_MARGIN = 4
+
+
 class CategoryRouter(Protocol):
     """Optional collaborator: predicts a query's category and narrows the search to it."""
 
@@ -180,18 +185,25 @@ class SearchService:
                            else index.search(vec[None, :], fetch, allowed=restrict))
             t_db = time.perf_counter()
             cands = group_candidates(self.owners.current(), ids[0], scores[0], exclude_ids)
-            # the live rows of each product's best image only: titles, prices and categories as they are now
-            info = self.catalogue.products_for_images(cands.image_ids.tolist())
+            rows = list(zip(cands.image_ids.tolist(), cands.scores.tolist(), cands.counts.tolist()))
+            best: list[tuple[float, ProductInfo, ImageInfo, int]] = []
+            # The live rows of each product's best image only (titles, prices and categories as they
+            # are now), best first and no more than the page needs: k, plus READ_MARGIN for rows that
+            # fail below. Fusion re-orders by category, so it reads every candidate.
+            at = 0
+            while at < len(rows) and (len(best) < k or boost is not None):
+                part = rows[at:] if boost is not None else rows[at:at + k - len(best) + READ_MARGIN]
+                at += len(part)
+                info = self.catalogue.products_for_images([r[0] for r in part])
+                for image_id, score, count in part:
+                    if image_id not in info:  # deleted since the columns were read: the next search reloads them
+                        continue
+                    prod, img = info[image_id]
+                    # filters are checked again on the live rows: the allowed set is as of the service's start
+                    if self._passes(prod, filters, allowed, exclude_skus):
+                        best.append((score, prod, img, count))
             if db_s is not None:
                 db_s[0] += time.perf_counter() - t_db
-            best: list[tuple[float, ProductInfo, ImageInfo, int]] = []
-            for image_id, score, count in zip(cands.image_ids.tolist(), cands.scores.tolist(), cands.counts.tolist()):
-                if image_id not in info:  # deleted since the columns were read: the next search reloads them
-                    continue
-                prod, img = info[image_id]
-                # filters are checked again on the live rows: the allowed set is as of the service's start
-                if self._passes(prod, filters, allowed, exclude_skus):
-                    best.append((score, prod, img, count))
             if len(best) >= k or fetch >= limit:
                 break
         if boost is None:

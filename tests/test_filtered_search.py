@@ -81,6 +81,7 @@ def test_large_allowed_share_stays_inside_and_finds_the_best(index_type, monkeyp
     """Half and a twentieth of the index allowed, with the exact-scoring limit lowered so that
     the selector paths (HNSW graph, inverted lists) answer as they would at a million."""
     monkeypatch.setattr(filtered, "EXACT_LIMIT", 100)
+    monkeypatch.setattr(filtered, "HNSW_EXACT_LIMIT", 100)
     vi, ids, x = _big(index_type)
     rng = np.random.default_rng(2)
     q = _unit(rng.standard_normal((20, DIM)))
@@ -214,3 +215,85 @@ def test_allowed_images_match_a_row_by_row_check():
     check(SearchFilters(min_price=10 ** 6))
     check(SearchFilters(), routed=("Dairy", "Fruit/Apple/Green"))
     check(SearchFilters(category="Fruit", max_price=30), routed=("Fruit/Apple",))
+
+
+def test_a_repeated_allowed_set_is_translated_once_and_answers_the_same(monkeypatch):
+    """The index keeps a read-only allowed set's positions (keyed by the array, held weakly):
+    a repeated filter skips the id -> position translation; a writeable array is never kept."""
+    vi, ids, x = _big("hnsw")
+    rng = np.random.default_rng(6)
+    q = _unit(rng.standard_normal((2, DIM)))
+    allowed = np.sort(rng.choice(ids, 500, replace=False))
+    first = vi.search(q, 20, allowed=allowed)
+    translations: list[int] = []
+    real = filtered.PositionMap.positions
+    monkeypatch.setattr(filtered.PositionMap, "positions",
+                        lambda self, a: translations.append(len(a)) or real(self, a))
+    np.testing.assert_array_equal(vi.search(q, 20, allowed=allowed)[1], first[1])
+    assert len(translations) == 1  # writeable: translated again
+    allowed.flags.writeable = False
+    for _ in range(3):
+        np.testing.assert_array_equal(vi.search(q, 20, allowed=allowed)[1], first[1])
+    assert len(translations) == 2  # read-only: translated once, then from the cache
+    assert np.array_equal(first[1][0], _truth(x, ids, q[0], allowed, 20))
+    del allowed  # its entry goes with it
+    cache = vi._among.cache  # noqa: SLF001 - the cache's bookkeeping is what this test checks
+    assert cache._entries == {} and cache._bytes == 0  # noqa: SLF001
+
+
+def test_allowed_images_are_one_sorted_read_only_array_per_filter():
+    from shopsearch.catalogue.bulk import FilterColumns
+    from shopsearch.filter_sets import AllowedImages
+
+    rng = np.random.default_rng(8)
+    n = 2000
+    cols = FilterColumns(np.arange(n, dtype=np.int64) + 5, np.arange(n, dtype=np.int64), rng.uniform(0, 100, n),
+                         rng.choice([1, 2], n), {1: "A", 2: "B"})
+    allowed = AllowedImages(lambda: cols)
+    for f in (SearchFilters(min_price=10, max_price=20), SearchFilters(category="B")):
+        got = allowed.ids_for(f)
+        assert (np.diff(got) > 0).all() and not got.flags.writeable
+        assert allowed.ids_for(f) is got
+
+
+def test_a_page_reads_about_k_candidate_rows_and_more_only_when_rows_fail(catalogue):
+    """The database is asked for the k best candidates' rows (plus a small margin), not for
+    every candidate; rows whose product no longer passes the filter are read past."""
+    from sqlalchemy import update
+
+    from shopsearch.search import READ_MARGIN
+
+    n = 3000
+    image_ids = _bulk_catalogue(catalogue, n)
+    x = _unit(np.random.default_rng(9).standard_normal((n, DIM)))
+    vi = VectorIndex(DIM, "flat", expected_size=n)
+    vi.add(image_ids, x)
+    svc = SearchService(_VecEmbedder(), vi, catalogue, IndexManifest("b1", "vec", "vec-fp", DIM, n, "flat", "now"))
+    asked: list[int] = []
+    real = catalogue.products_for_images
+    catalogue.products_for_images = lambda ids: asked.append(len(ids)) or real(ids)
+    f = SearchFilters(max_price=2000)
+    first = svc.search_vector(x[100], k=10, filters=f, calibrate=False)
+    assert first.hits[0].sku == "S100" and sum(asked) == 10 + READ_MARGIN
+    # the six best products now cost more than the filter allows (the service's columns are older)
+    gone = [h.sku for h in first.hits[:6]]
+    with catalogue.engine.begin() as conn:
+        conn.execute(update(Product).where(Product.sku.in_(gone)).values(price=Decimal(5000)))
+    asked.clear()
+    again = svc.search_vector(x[100], k=10, filters=f, calibrate=False)
+    assert len(again.hits) == 10 and not set(gone) & {h.sku for h in again.hits}
+    assert all(h.price <= 2000 for h in again.hits) and len(asked) == 2
+    assert [h.sku for h in again.hits[:4]] == [h.sku for h in first.hits[6:10]]
+
+
+@pytest.mark.parametrize("spread", [3, 10])  # ids dense enough for the lookup table, then too sparse for it
+def test_positions_drop_unknown_and_repeated_ids(spread):
+    rng = np.random.default_rng(10)
+    table = rng.permutation(np.arange(1000, dtype=np.int64) * spread + 7)  # positions in no id order
+    pm = filtered.PositionMap(table)
+    asked = np.concatenate([table[[5, 900, 5, 17]], [-3, 8, 10 ** 9]])  # a repeat, unknown ids
+    assert pm.positions(asked).tolist() == [5, 17, 900]
+    vi, ids, x = _big("hnsw")
+    q = _unit(rng.standard_normal((1, DIM)))
+    scores, got = vi.search(q, 6, allowed=np.repeat(ids[:3], 2))  # each allowed id twice
+    assert sorted(got[0][:3].tolist()) == ids[:3].tolist() and got[0][3:].tolist() == [-1, -1, -1]

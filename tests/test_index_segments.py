@@ -163,6 +163,9 @@ def test_a_segmented_index_excludes_tombstones_and_merges_its_delta(tmp_path, in
     assert set(ids[0].tolist()) == {5, 1000, -1}
     _, ids = seg.search(x[:1], 3, allowed=np.array([2], dtype=np.int64))  # only a tombstone allowed
     assert ids[0].tolist() == [-1, -1, -1]
+    # id 0 is tombstoned in the base but lives on in the delta (a changed image): a filter keeps it
+    scores, ids = seg.search(x[:1], 2, allowed=np.array([0, 2], dtype=np.int64))
+    assert ids[0].tolist() == [0, -1] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError):
         seg.add(np.array([7]), x[:1])
     only_delta = VectorIndex(16, index_type, index=base.faiss_index, delta=delta)  # no tombstones

@@ -13,7 +13,7 @@ import faiss
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
-from shopsearch.index.filtered import PositionMap, empty_result, search_positions
+from shopsearch.index.filtered import AllowedSearch, empty_result
 from shopsearch.index.faiss_gpu import gpu_available, gpu_kmeans
 from shopsearch.index.segments import delta_part, merge_best, part_name, read_delta, sha256_file, write_delta
 from shopsearch.index.sizing import (
@@ -72,7 +72,7 @@ class VectorIndex:
         self.ef_search = DEFAULT_EF_SEARCH
         self.refine_k_factor = DEFAULT_REFINE_K_FACTOR
         self._search_index: faiss.Index | None = None  # a GPU copy answering search(), see to_gpu
-        self._positions: PositionMap | None = None  # base id -> position, built on the first filtered search
+        self._among: AllowedSearch | None = None  # filtered search, made on the first one
         self._delta = delta if delta is not None and delta.ntotal else None
         self._dead = np.unique(np.asarray(dead if dead is not None else (), dtype=np.int64))
         self._dead_set = frozenset(self._dead.tolist())
@@ -170,7 +170,7 @@ class VectorIndex:
         if not self._index.is_trained:
             self.train(vectors)
         self._index.add_with_ids(vectors, ids)
-        self._positions = None
+        self._among = None
         self._search_index = None  # a GPU copy would now miss these; to_gpu() again
 
     def remove(self, ids: np.ndarray) -> int:
@@ -181,7 +181,7 @@ class VectorIndex:
         if not self.supports_remove() or self.segmented:
             raise NotImplementedError(f"{self.index_type} indexes cannot remove vectors; rebuild without them")
         self._search_index = None  # the GPU copy would still return them
-        self._positions = None
+        self._among = None
         return int(self._index.remove_ids(ids))
 
     def supports_remove(self) -> bool:
@@ -304,34 +304,17 @@ class VectorIndex:
     def _search_among(self, q: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Always on the CPU index: GPU indexes take no ID selectors.
         allowed = np.asarray(allowed, dtype=np.int64)
-        if len(allowed) and len(self._dead):
-            allowed = allowed[~np.isin(allowed, self._dead)]
         if len(allowed) == 0:
             return empty_result(len(q), k)
-        if self._positions is None:
-            self._positions = PositionMap(faiss.vector_to_array(self._index.id_map).astype(np.int64))
-        positions = self._positions.positions(allowed)
-        if self._delta is not None:
-            scores, ids = self._search_base_positions(q, k, positions) if len(positions) else empty_result(len(q), k)
-            keep = faiss.IDSelectorBatch(allowed)  # outlives the delta search below
-            return self._with_delta(q, k, scores, ids, keep)
-        if len(positions) == 0:
-            return empty_result(len(q), k)
-        return self._search_base_positions(q, k, positions)
-
-    def _search_base_positions(self, q: np.ndarray, k: int, positions: np.ndarray
-                               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of the base segment among its internal `positions` (non-empty)."""
-        inner = faiss.downcast_index(self._index.index)
+        if self._among is None:
+            self._among = AllowedSearch(self._index, self._delta, self._dead)
         ef = ef_for_size(len(self)) if self.ef_search == DEFAULT_EF_SEARCH else self.ef_search
         try:
-            scores, pos = search_positions(inner, q, k, positions, self.nprobe, ef, self.refine_k_factor)
+            return self._among.search(q, k, allowed, self.nprobe, ef, self.refine_k_factor)
         except RuntimeError as e:  # IVF reconstructs by position only through a direct map
             if "direct map" not in str(e) or not self._make_direct_map():
                 raise
-            scores, pos = search_positions(inner, q, k, positions, self.nprobe, ef, self.refine_k_factor)
-        ids = np.where(pos >= 0, self._positions.external[np.maximum(pos, 0)], -1)
-        return scores, ids
+            return self._among.search(q, k, allowed, self.nprobe, ef, self.refine_k_factor)
 
     # -- persistence --------------------------------------------------------
     def save(self, directory: Path, manifest: IndexManifest) -> IndexManifest:
