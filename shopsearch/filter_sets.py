@@ -1,10 +1,10 @@
 """Which image ids a search's filters allow, answered from memory (docs/filtered_search.md).
 
 The catalogue's filter columns (per indexable image: product, price, category) are read
-once per search service with one query and kept as numpy arrays (about 32 bytes per image
-with the price order: 32 MB at a million). A category is a lookup over category ids, a price
-range a slice of the images sorted by price (work in proportion to what it matches), and recent
-answers are kept in a small cache bounded by bytes, so repeated filters (the same category
+once per search service with one query and kept as numpy arrays (about 56 bytes per image
+with the price and category orders: 56 MB at a million). A category is a slice of the images
+grouped by category and a price range a slice of the images sorted by price (work in
+proportion to what they match), and recent answers are kept in a small cache bounded by bytes, so repeated filters (the same category
 page, the same price bucket) cost a dictionary lookup and no database round trip.
 
 The columns are those of the catalogue when the service was opened (a service serves one
@@ -40,6 +40,7 @@ class AllowedImages:
         self._cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
         self._price_order: tuple[np.ndarray, np.ndarray] | None = None
+        self._category_order: tuple[np.ndarray, np.ndarray] | None = None
 
     def columns(self) -> FilterColumns:
         with self._lock:
@@ -82,13 +83,30 @@ class AllowedImages:
         for prefixes in ((f.category,) if f.category else None, categories):
             if prefixes is None:
                 continue
-            # a lookup table over category ids (slot 0: no category) turns the prefix test into one gather
-            lut = np.zeros(max(cols.category_paths, default=0) + 2, dtype=bool)
-            for cid, path in cols.category_paths.items():
-                lut[cid + 1] = _matches(path, prefixes)
-            rows = np.flatnonzero(lut[cols.category_ids + 1]) if rows is None else \
-                rows[lut[cols.category_ids[rows] + 1]]
+            matched = [cid for cid, path in cols.category_paths.items() if _matches(path, prefixes)]
+            if rows is None:
+                # the rows grouped by category (made once): work in proportion to what matches
+                order, bounds = self._by_category(cols)
+                starts, ends = bounds[matched], bounds[np.asarray(matched, dtype=np.int64) + 1]
+                rows = np.concatenate([order[a:b] for a, b in zip(starts, ends)]) if matched \
+                    else np.empty(0, dtype=np.int64)
+            else:
+                # a lookup table over category ids (slot 0: no category) turns the prefix test into one gather
+                lut = np.zeros(max(cols.category_paths, default=0) + 2, dtype=bool)
+                lut[np.asarray(matched, dtype=np.int64) + 1] = True
+                rows = rows[lut[cols.category_ids[rows] + 1]]
         return cols.image_ids if rows is None else cols.image_ids[rows]
+
+    def _by_category(self, cols: FilterColumns) -> tuple[np.ndarray, np.ndarray]:
+        """Rows grouped by category id (ascending rows within each) and where each id's group
+        starts (`bounds[cid]` to `bounds[cid + 1]`); made once."""
+        with self._lock:
+            if self._category_order is None:
+                order = np.argsort(cols.category_ids, kind="stable")
+                top = max(cols.category_paths, default=0) + 2
+                bounds = np.searchsorted(cols.category_ids[order], np.arange(top), "left")
+                self._category_order = (order, bounds)
+            return self._category_order
 
     def _by_price(self, cols: FilterColumns) -> tuple[np.ndarray, np.ndarray]:
         """Rows in price order (no price last, never inside a range) and the sorted prices; made once."""

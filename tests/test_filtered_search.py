@@ -187,7 +187,7 @@ def test_allowed_images_match_a_row_by_row_check():
 
     rng = np.random.default_rng(4)
     n = 5000
-    paths = {1: "Fruit", 2: "Fruit/Apple", 3: "Fruit/Apple/Green", 4: "Dairy", 5: "Fruity"}
+    paths = {1: "Fruit", 2: "Fruit/Apple", 3: "Fruit/Apple/Green", 4: "Dairy", 5: "Fruity", 6: "Bakery"}
     prices = np.round(rng.uniform(0, 100, n), 2)
     prices[rng.random(n) < 0.1] = np.nan
     cols = FilterColumns(np.arange(n, dtype=np.int64) * 2 + 1, np.arange(n, dtype=np.int64), prices,
@@ -209,6 +209,7 @@ def test_allowed_images_match_a_row_by_row_check():
     assert allowed.ids_for(SearchFilters()) is None
     check(SearchFilters(category="Fruit"))  # Fruit, Fruit/Apple, Fruit/Apple/Green; not "Fruity"
     check(SearchFilters(category="Fruit/Apple", min_price=20))
+    check(SearchFilters(category="Bakery"))  # a category no image is in
     check(SearchFilters(max_price=Decimal("10.5")))
     check(SearchFilters(min_price=40, max_price=40.5))
     check(SearchFilters(min_price=60, max_price=50))  # an empty range
