@@ -25,7 +25,9 @@ from tests.conftest import REPO, FakeEmbedder, make_image, sha
 from tests.preforked import run_script
 from tests.test_indexer_pipeline import MeanColour
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals and fork")
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals and fork"),
+              # the reference vectors are MeanColour's timm transform, image by image, in this process
+              pytest.mark.usefixtures("one_torch_thread")]
 
 MARK = b"POISON"
 #: past two journal windows of the CPU executors (2 x 148 images at batch 4, 2 workers)

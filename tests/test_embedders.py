@@ -19,6 +19,9 @@ from shopsearch.errors import CapabilityError, ConfigError, ModelUnavailableErro
 
 DATASET = GROCERY  # SHOPSEARCH_GROCERY_DIR, else the checkout's sibling shared/ folder
 BANANA = DATASET / "dataset/test/Fruit/Banana/Banana_004.jpg"
+# a dozen images at a time: on one intra-op thread (tests/conftest.py); on a CPU without native
+# bf16 the emulated bf16 convolutions took ten times the CPU on two threads
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL_CLIP = "ViT-S-32-alt"  # smallest standard OpenCLIP architecture (~43M params, 256-d)
 
 

@@ -14,6 +14,8 @@ from shopsearch.embedding.pipeline import PipelineConfig, WorkItem
 from tests.conftest import make_image, sha
 from tests.test_indexer_pipeline import MeanColour
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # timm transforms of small batches (tests/conftest.py)
+
 
 def _jpegs(d: Path, n: int) -> list[WorkItem]:
     d.mkdir()

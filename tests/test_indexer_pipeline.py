@@ -17,6 +17,8 @@ from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.index import IndexStore
 from tests.conftest import FakeEmbedder, make_image, sha
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # timm transforms image by image (tests/conftest.py)
+
 
 def _items(paths: list[Path]) -> list[WorkItem]:
     return [WorkItem(sha(p), str(p), i + 1) for i, p in enumerate(paths)]

@@ -21,6 +21,8 @@ from shopsearch.errors import ConfigError, ModelUnavailableError
 from tests.conftest import jitter, make_image
 
 needs_cxx = pytest.mark.skipif(not torch_base.cxx_available(), reason="inductor needs a C++ compiler")
+# calibration and a dozen images through EfficientNet on one intra-op thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny() -> TorchEmbedder:

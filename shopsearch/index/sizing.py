@@ -46,8 +46,12 @@ def factory_string(index_type: str, dim: int, n: int) -> str:
         # PQ codes alone cap recall@10 near 0.67 (benchmarks/results/ann_100k.json); re-ranking
         # k_factor x k candidates on 8-bit scalar codes lifts it to 0.976 (k_factor 4), 0.990 (8)
         # (benchmarks/results/ivfpq_refine_100k.json) for ~600 B/vector instead of 2 KB (512-d).
+        # "np": no polysemous training. The factory does it by default (seconds of CPU per
+        # sub-quantizer whatever the catalogue's size: most of a small IVF-PQ build) only to
+        # relabel the codes for a Hamming pre-filter our searches never enable (polysemous_ht
+        # stays 0); the centroids, and so every search result, are the same without it.
         nlist = int(max(16, min(65536, 4 * np.sqrt(max(n, 1)))))
-        return f"IVF{nlist},PQ{pq_m(dim)}x8,Refine(SQ8)"
+        return f"IVF{nlist},PQ{pq_m(dim)}x8np,Refine(SQ8)"
     if index_type == "ivfflat":
         return f"IVF{int(max(16, 4 * np.sqrt(max(n, 1))))},Flat"
     return index_type
