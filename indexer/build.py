@@ -68,7 +68,7 @@ class IndexBuilder:
 
     # -- stage: read the catalogue ------------------------------------------------------
     def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False,
-               scope: str = "files") -> RescanReport:
+               scope: str = "auto") -> RescanReport:
         """Catch files replaced or deleted on disk since the import (stat against the stored
         snapshot, re-hash what moved; `verify_hashes`: re-hash every file; `scope`: see
         shopsearch/catalogue/stat_snapshot.py)."""
