@@ -47,11 +47,19 @@ class RescanReport:
     #: (image id, path, reason) of each image found unusable by this rescan
     problems: tuple[tuple[int, str, str], ...] = ()
     files_checked: int = 0  # files stat'ed (every one with the "files" scope; see SCOPES)
+    #: the catalogue generation this rescan started from and the one its writes made (None:
+    #: another writer came in between, nothing written): with `moves`, what an update needs to
+    #: apply this rescan alone to a build that was current at the first (indexer/update_plan.py)
+    generations: tuple[int, int | None] = (0, None)
+    #: image ids whose indexable content this rescan moved: (now usable again, new content,
+    #: usable before and not now)
+    moves: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((), (), ())
 
     def to_dict(self) -> dict:
         """Counts only: the problems go into the build report's failure list."""
         d = asdict(self)
-        d.pop("problems")
+        for k in ("problems", "generations", "moves"):
+            d.pop(k)
         return {**d, "seconds": round(self.seconds, 3)}
 
 
@@ -101,6 +109,7 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
                                workers, progress)
     changed = missing = invalid = restored = 0
     problems = []
+    moves: tuple[list[int], list[int], list[int]] = ([], [], [])
     checks: list[FileCheck] = []
     results = check_image_files([img.path for img in todo], workers, progress, desc="re-hashing changed files")
     for img in todo:
@@ -108,12 +117,16 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
         if isinstance(res, ImageRecord):
             if img.status != "ok":
                 restored += 1
+                moves[0].append(img.id)
             elif res.sha256 != img.sha256:
                 changed += 1
+                moves[1].append(img.id)
             checks.append(FileCheck(img.id, "ok", res.sha256, res.width, res.height, res.file_size,
                                     res.file_mtime_ns))
             continue
         status = "missing" if res.startswith("no such file") else "invalid"
+        if img.status == "ok":
+            moves[2].append(img.id)
         if status != img.status:
             missing += status == "missing"
             invalid += status == "invalid"
@@ -127,7 +140,7 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
         if cursor is not None and after is not None:  # the window was checked: the next one next time
             StatSnapshot.save_cursor(cursor_file, cursor)
     report = RescanReport(len(snap.ids), len(todo), changed, missing, invalid, restored, time.perf_counter() - t0,
-                          tuple(problems), checked)
+                          tuple(problems), checked, (generation, after), tuple(tuple(m) for m in moves))
     if todo:
         log.info("files rescanned", extra=report.to_dict())
     return report
