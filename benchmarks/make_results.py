@@ -162,6 +162,13 @@ REPRODUCE = [
     "python benchmarks/import_cpu_ab.py --a MAIN_COPY --b . --manifest /tmp/scale6-ab/manifest_20000.csv",
     "nice -n 10 python benchmarks/scale_bench.py --sizes 10000,1000000 --db sqlite --scratch /tmp/scale6 \\",
     "    --tag xeon_loaded",
+    "# issue 20 (rescan7): default rescan scope auto, rescan-only update diff, Alembic skipped at head; main vs",
+    "# the branch in turns at 100k (SQLite), then the 1M no-op builds, update and status again on kept data dirs",
+    "nice -n 10 python benchmarks/scale_ab.py --a MAIN_COPY --b BRANCH_COPY --size 100000 --scratch /tmp/rescan7-ab \\",
+    "    --steps noop_build,status,update_10",
+    "python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --keep",
+    "python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --rerun \\",
+    "    --tag rerun_xeon_idle",
     "python benchmarks/make_results.py",
 ]
 
@@ -334,9 +341,9 @@ def is_scale(name: str, obj: Any) -> bool:
 
 
 def render_scale(name: str, obj: dict) -> list[str]:
-    """The growth table scale_bench.py prints (each figure with its factor from the smallest size
+    """The growth table scale_bench.py prints (scale_report.py) (each figure with its factor from the smallest size
     of the same database and run), then the full fields."""
-    spec = importlib.util.spec_from_file_location("scale_bench", Path(__file__).with_name("scale_bench.py"))
+    spec = importlib.util.spec_from_file_location("scale_report", Path(__file__).with_name("scale_report.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     table = bench.markdown(obj["runs"]).split("\n")

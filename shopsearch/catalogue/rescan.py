@@ -154,7 +154,7 @@ def _keep(snap: StatSnapshot, path: Path, generation: int | None, dir_mtimes, ch
         path.unlink(missing_ok=True)
         return
     if stored and not checks and generation == snap.generation and np.array_equal(dir_mtimes, snap.dir_mtimes):
-        return  # nothing moved: the file is this snapshot already (rewriting it costs ~0.1 s per 100k images)
+        return  # nothing moved: the file is this snapshot already (not rewritten: it is large)
     snap.patch([(c.image_id, c.status, c.file_size, c.file_mtime_ns) for c in checks])
     snap.generation, snap.dir_mtimes = generation, dir_mtimes
     snap.save(path)

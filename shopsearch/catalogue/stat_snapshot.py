@@ -22,9 +22,9 @@ What each rescan scope can see (catalogue/rescan.py):
   (`rolling_window`: ROLL_MIN files or 1/ROLL_PARTS of them, whichever is more), the next
   window at each rescan, so that a file rewritten in place is noticed within ROLL_PARTS
   rescans; a catalogue of up to ROLL_MIN images has every file stat'ed at every rescan.
-  Where the window stands is kept beside the snapshot (CURSOR_FILE): a per-file stat costs
-  2-3 us of system time, so stat'ing a million files at each build cannot fit a 2 s no-op
-  build, while a window of 65,536 costs about 0.2 s."""
+  Where the window stands is kept beside the snapshot (CURSOR_FILE). Why not every file: a
+  stat is a system call per file, so a million of them cost seconds at each build (the
+  scale runs in benchmarks/RESULTS.md), where a window costs a fraction of that."""
 from __future__ import annotations
 
 import os
