@@ -169,6 +169,8 @@ REPRODUCE = [
     "python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --keep",
     "python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --rerun \\",
     "    --tag rerun_xeon_idle",
+    "python benchmarks/stat_walk_bench.py --a MAIN_COPY --scratch /tmp/statwalk --out benchmarks/results/rescan_1m_stat_walk.json",
+    "python benchmarks/unusable_count_bench.py --schema bench_count --out benchmarks/results/unusable_count_pg_1m.json",
     "python benchmarks/make_results.py",
 ]
 
