@@ -12,13 +12,11 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    Index,
     Integer,
     Numeric,
     String,
     Text,
     UniqueConstraint,
-    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -81,10 +79,9 @@ class ProductImage(Base):
     """One image of a product. Its id is the int64 key of its vector in FAISS."""
 
     __tablename__ = "product_images"
-    __table_args__ = (UniqueConstraint("product_id", "path", name="uq_product_images_product_path"),
-                      # the unusable images alone (migration 0006): the quick status counts them
-                      Index("ix_product_images_unusable", "id", postgresql_where=text("status <> 'ok'"),
-                            sqlite_where=text("status <> 'ok'")))
+    # (migration 0006 adds a partial index of the unusable images, status <> 'ok', for the quick
+    # status' COUNT; not declared here: its per-dialect WHERE would import both dialects at start-up)
+    __table_args__ = (UniqueConstraint("product_id", "path", name="uq_product_images_product_path"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"), index=True)
