@@ -54,7 +54,8 @@ def _perf_options(f):
                      help="Refuse to publish a build holding fewer than (1 - this) of the serving build's "
                           "vectors (an unmounted share, a wrong --database-url); 1 allows any shrink.")(f)
     f = click.option("--rescan/--no-rescan", default=True, show_default=True,
-                     help="First stat every image file and re-hash those changed on disk since the import.")(f)
+                     help="First rescan the image files (--rescan-scope) and re-hash those changed on disk since "
+                          "the import.")(f)
     f = click.option("--rescan-scope", type=click.Choice(["auto", "files", "dirs"]), default="auto",
                      show_default=True,
                      help="What the rescan stats, compared with the stored stat snapshot. auto: the folders, the "
