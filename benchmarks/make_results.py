@@ -162,15 +162,9 @@ REPRODUCE = [
     "python benchmarks/import_cpu_ab.py --a MAIN_COPY --b . --manifest /tmp/scale6-ab/manifest_20000.csv",
     "nice -n 10 python benchmarks/scale_bench.py --sizes 10000,1000000 --db sqlite --scratch /tmp/scale6 \\",
     "    --tag xeon_loaded",
-    "# issue 20 (rescan7): default rescan scope auto, rescan-only update diff, Alembic skipped at head; main vs",
-    "# the branch in turns at 100k (SQLite), then the 1M no-op builds, update and status again on kept data dirs",
-    "nice -n 10 python benchmarks/scale_ab.py --a MAIN_COPY --b BRANCH_COPY --size 100000 --scratch /tmp/rescan7-ab \\",
-    "    --steps noop_build,status,update_10",
-    "python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --keep",
-    "python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --rerun \\",
-    "    --tag rerun_xeon_idle",
-    "python benchmarks/stat_walk_bench.py --a MAIN_COPY --scratch /tmp/statwalk --out benchmarks/results/rescan_1m_stat_walk.json",
-    "python benchmarks/unusable_count_bench.py --schema bench_count --out benchmarks/results/unusable_count_pg_1m.json",
+    "nice -n 10 python benchmarks/scale_ab.py --a MAIN_COPY --b BRANCH_COPY --size 100000 --scratch /tmp/rescan7-ab --steps noop_build,status,update_10  # issue 20, rescan7",
+    "python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --keep && python benchmarks/scale_bench.py --sizes 1000000 --db sqlite,postgresql --scratch /data/scale --rerun --tag rerun_xeon_idle",
+    "python benchmarks/stat_walk_bench.py --a MAIN_COPY --scratch /tmp/statwalk --out benchmarks/results/rescan_1m_stat_walk.json; python benchmarks/unusable_count_bench.py --out benchmarks/results/unusable_count_pg_1m.json",
     "python benchmarks/make_results.py",
 ]
 
