@@ -40,7 +40,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.scale_bench import generate, inject_vectors, pg_schema_url, seeded_jpeg, shopsearch_cpu  # noqa: E402
+from benchmarks.scale_bench import pg_schema_url, shopsearch_cpu  # noqa: E402
+from benchmarks.scale_data import generate, inject_vectors, seeded_jpeg  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
 STEPS = ("noop_build", "noop_build_dirs", "status", "update_10", "reimport", "import")

@@ -6,9 +6,11 @@ then drives the product the way a merchandiser would, through the `shopsearch` C
 
   import                 catalogue import of the manifest (images on disk, hashing included)
   first build            index build --model colorhist (auto index type: flat < 100k <= hnsw)
-  no-op build            the same build again, nothing changed (the rescan stats every file)
-  no-op build, dirs      the same with --rescan-scope dirs (folders stat'ed, their files only when moved)
-  10-image update        10 image files rewritten with new pictures, then index update
+  no-op build            the same build again, nothing changed (default rescan scope auto: folders,
+                         the files of folders that moved, a rolling window of 1/16 of the files)
+  no-op build, files     the same with --rescan-scope files (every file stat'ed: the full check)
+  10-image update        10 image files replaced by new pictures (written beside, renamed over, as
+                         uploaders and rsync do), then index update with the default options
   re-import unchanged    catalogue import of the same manifest again
   index status           index status (the quick check) and index status --deep
 
@@ -24,7 +26,9 @@ the vectors are not computed: seeded unit vectors are written into the vector ca
 each image's content hash (what the builder looks up), so the build finds them all.
 
     .venv/bin/python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql
-    .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale
+    .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale --keep
+    .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale --rerun \
+        --tag rerun_xeon_idle   # the no-op builds, update and status again on the kept data dir
     .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale --search-only
 
 Writes benchmarks/results/scale_<sizes>_<dbs>.json and prints a markdown table for
@@ -33,7 +37,6 @@ benchmarks/RESULTS.md. Generated images are reused across runs (same seed, same 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -43,8 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from decimal import Decimal
 from pathlib import Path
 from typing import Callable
 
@@ -52,82 +53,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.scale_data import MODEL, generate, inject_vectors, seeded_jpeg  # noqa: E402
+from benchmarks.scale_report import growth, markdown  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
-N_CATEGORIES = 50
-MODEL = "colorhist"
-STEPS = ("cli_start", "import", "first_build", "noop_build", "noop_build_dirs", "update_10", "reimport_unchanged",
-         "status", "status_deep")
-SEARCHES = ("unfiltered", "category", "price", "price_nothing", "department")
-
-
-# -- the generated catalogue -------------------------------------------------------------------------------
-
-def seeded_jpeg(seed: int) -> bytes:
-    """A 32x32 JPEG of a seeded 4x4 colour grid (about 1 KB)."""
-    from PIL import Image
-
-    grid = np.random.default_rng(seed).integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(grid).resize((32, 32), Image.NEAREST).save(buf, "JPEG", quality=85)
-    return buf.getvalue()
-
-
-def _write_block(args: tuple[str, int, int]) -> list[str]:
-    folder, start, stop = args
-    hashes = []
-    for i in range(start, stop):
-        path = Path(folder) / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
-        data = path.read_bytes() if path.is_file() else b""
-        if not data.endswith(b"\xff\xd9"):  # missing, or cut short by a stopped run (no JPEG end marker)
-            data = seeded_jpeg(i)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        hashes.append(hashlib.sha256(data).hexdigest())
-    return hashes
-
-
-def generate(scratch: Path, n: int, workers: int) -> tuple[Path, list[str]]:
-    """Images (shared by every size: product i is the same file, written once and then only
-    read and hashed) and this size's manifest; returns the manifest and the images' content
-    hashes in product order."""
-    images = scratch / "images"
-    blocks = [(str(images), s, min(n, s + 10_000)) for s in range(0, n, 10_000)]
-    with ProcessPoolExecutor(workers) as pool:
-        hashes = [h for block in pool.map(_write_block, blocks) for h in block]
-    manifest = scratch / f"manifest_{n}.csv"
-    if not manifest.is_file():
-        rng = np.random.default_rng(n)
-        prices = rng.integers(100, 100_000, size=n)
-        tmp = manifest.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write("sku,title,image,category,price,currency\n")
-            for i in range(n):
-                f.write(f"SKU{i:07d},product {i},{images / f'{i // 10_000:03d}' / f'p{i:07d}.jpg'},"
-                        f"Dept{i % 5}/Cat{i % N_CATEGORIES:02d},{Decimal(int(prices[i])) / 100},EUR\n")
-        os.replace(tmp, manifest)
-    return manifest, hashes
-
-
-def inject_vectors(data_dir: Path, hashes: list[str]) -> None:
-    """Seeded unit vectors in the colorhist vector cache, keyed by content hash, in 100k chunks."""
-    from shopsearch.embedders import load_embedder
-    from shopsearch.embedding.cache import cache_dir, write_chunk_file
-
-    emb = load_embedder(MODEL, "cpu", data_dir / "models")
-    folder = cache_dir(data_dir / "vectors", emb.fingerprint)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "FINGERPRINT").write_text(emb.fingerprint + "\n")
-    rng = np.random.default_rng(0)
-    unique = list(dict.fromkeys(hashes))
-    for s in range(0, len(unique), 100_000):
-        part = unique[s:s + 100_000]
-        v = rng.random((len(part), emb.dim), dtype=np.float32)  # non-negative, like histograms
-        write_chunk_file(folder, part, v / np.linalg.norm(v, axis=1, keepdims=True))
+#: what --rerun times again on a kept data dir: the steps whose cost should follow the change
+RERUN_STEPS = ("cli_start", "noop_build", "noop_build_files", "update_10", "status", "status_deep")
 
 
 # -- driving the product --------------------------------------------------------------------------------
@@ -241,97 +174,87 @@ def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic
 
 
 def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, queries: int, res: dict,
-           save: Callable[[dict], None], index_type: str = "auto") -> dict:
-    """The steps after the import: builds, update, re-import, status, searches."""
+           save: Callable[[dict], None], index_type: str = "auto", rerun: bool = False) -> dict:
+    """The steps after the import: builds, update, re-import, status, searches (`rerun`: the
+    no-op builds, the update and the status of a data dir built earlier, nothing else)."""
     sec = res["seconds"]
     itype = [] if index_type == "auto" else ["--index", index_type]
-    sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
-    save(res)  # a run stopped later keeps the steps done so far
-    res["detail"]["index_type"] = (rep or {}).get("index_type")
-    res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
+    if not rerun:
+        sec["first_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
+        save(res)  # a run stopped later keeps the steps done so far
+        res["detail"]["index_type"] = (rep or {}).get("index_type")
+        res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
     sec["noop_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
     res["detail"]["noop_build_up_to_date"] = (rep or {}).get("up_to_date")
     res["detail"]["noop_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
+    res["detail"]["noop_files_checked"] = ((rep or {}).get("rescan") or {}).get("files_checked")
+    res["detail"]["index_type"] = (rep or {}).get("index_type")
     save(res)  # a run stopped later keeps the steps done so far
-    # the same with the rescan stat'ing folders only (blind to files rewritten in place: README)
-    sec["noop_build_dirs"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype,
-                                             "--rescan-scope", "dirs", "--json")
-    res["detail"]["noop_build_dirs_up_to_date"] = (rep or {}).get("up_to_date")
-    res["detail"]["noop_dirs_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
+    # the full check: every file stat'ed (what sees a file rewritten in place at once: README)
+    sec["noop_build_files"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype,
+                                              "--rescan-scope", "files", "--json")
+    res["detail"]["noop_build_files_up_to_date"] = (rep or {}).get("up_to_date")
+    res["detail"]["noop_files_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
     save(res)  # a run stopped later keeps the steps done so far
-    for i in range(10):  # 10 pictures replaced in place: new bytes, same paths
-        (scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg").write_bytes(seeded_jpeg(10 ** 9 + n + i))
+    # a rerun: other pictures than earlier runs (new bytes, not in the vector cache yet)
+    first = 10 * (1 + int(time.time()) % max(1, n // 10 - 1)) if rerun else 0
+    for i in range(first, first + 10):  # 10 pictures replaced: new bytes, same paths
+        _replace(scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg", seeded_jpeg(10 ** 9 + n + i))
     sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", *itype, "--json")
     res["detail"]["update_strategy"] = (rep or {}).get("strategy")
     res["detail"]["update_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
-    save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["update_embedded"] = (rep or {}).get("embedded")
-    sec["reimport_unchanged"], _ = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")
     save(res)  # a run stopped later keeps the steps done so far
+    if not rerun:
+        sec["reimport_unchanged"], _ = shopsearch(data_dir, url, "catalogue", "import", str(manifest), "--json")
+        save(res)  # a run stopped later keeps the steps done so far
     sec["status"], st = shopsearch(data_dir, url, "index", "status", "--json")
+    res["detail"]["status_up_to_date"] = (st or {}).get("up_to_date")
     save(res)  # a run stopped later keeps the steps done so far
     sec["status_deep"], _ = shopsearch(data_dir, url, "index", "status", "--deep", "--json")
     save(res)  # a run stopped later keeps the steps done so far
-    res["detail"]["status_up_to_date"] = (st or {}).get("up_to_date")
+    _restore(scratch, range(first, first + 10))  # the next size or run starts from the same files
+    if rerun:  # the generated pictures back in the index: the data dir stays as it was
+        shopsearch(data_dir, url, "index", "update", *itype, "--json")
+        res["load_avg_1m"] = dict(LOAD)
+        res["complete"] = True
+        return res
     LOAD["search"] = round(os.getloadavg()[0], 2)
     res["search"] = search_latencies(data_dir, url, n, queries)
     res["load_avg_1m"] = dict(LOAD)
     res["disk_bytes"] = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
     res["complete"] = True
-    _restore(scratch)  # the next size or run starts from the same files
     return res
 
 
-def _restore(scratch: Path) -> None:
-    for i in range(10):
+def _replace(path: Path, data: bytes) -> None:
+    """Written beside and renamed over: the folder's mtime moves, as with uploaders and rsync."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _restore(scratch: Path, picks: range = range(10)) -> None:
+    for i in picks:
         path = scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
         if path.is_file() and path.read_bytes() != seeded_jpeg(i):
-            path.write_bytes(seeded_jpeg(i))
+            _replace(path, seeded_jpeg(i))
 
 
-# -- report ---------------------------------------------------------------------------------------------
-
-def _growth(runs: list[dict]) -> None:
-    """Each figure divided by the same figure at the smallest size of the same database."""
-    for r in runs:
-        base = min((b for b in runs if b["db"] == r["db"]), key=lambda b: b["size"])
-        r["growth"] = {k: v / base["seconds"][k] for k, v in r["seconds"].items() if base["seconds"].get(k)}
-        if "search" not in r or "search" not in base:
-            continue
-        for kind in SEARCHES:
-            if kind not in r["search"] or kind not in base["search"]:  # runs made before the kind existed
-                continue
-            b = base["search"][kind]["p50_ms"]
-            r["growth"][f"search_{kind}_p50"] = r["search"][kind]["p50_ms"] / b if b else None
-
-
-def markdown(runs: list[dict]) -> str:
-    cols = [f"{r['db']} {r['size']:,}" for r in runs]
-    lines = ["| measure | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-
-    def cell(v: float | None, g: float | None, unit: str) -> str:
-        if v is None:
-            return "not run"
-        return f"{v:.2f} {unit}" + (f" (×{g:.1f})" if g is not None and g != 1.0 else "")
-
-    for k in STEPS:
-        lines.append(f"| {k.replace('_', ' ')} | " + " | ".join(
-            cell(r["seconds"].get(k), r.get("growth", {}).get(k), "s") for r in runs) + " |")
-    for kind in SEARCHES:
-        for p in ("p50", "p95"):
-            lines.append(f"| search {kind.replace('_', ' ')} {p} | " + " | ".join(
-                cell(r["search"][kind][f"{p}_ms"] if kind in r.get("search", {}) else None,
-                     r.get("growth", {}).get(f"search_{kind}_p50") if p == "p50" else None, "ms")
-                for r in runs) + " |")
-    lines.append("| import products/s | " + " | ".join(f"{r['detail'].get('import_products_per_s', 0):,.0f}"
-                                                     for r in runs) + " |")
-    lines.append("| index type | " + " | ".join(str(r["detail"].get("index_type")) for r in runs) + " |")
-    def load(r: dict) -> str:
-        seen = list((r.get("load_avg_1m") or {}).values())
-        return f"{min(seen):.1f}-{max(seen):.1f}" if seen else "not recorded"
-
-    lines.append("| load average (1 min) at the steps | " + " | ".join(load(r) for r in runs) + " |")
-    return "\n".join(lines)
+def rerun(scratch: Path, n: int, db: str, pg_url: str, schema: str, index_type: str,
+          save: Callable[[dict], None]) -> dict:
+    """RERUN_STEPS on the data dir (and PostgreSQL schema) that an earlier run kept."""
+    data_dir = scratch / f"data_{db}_{n}"
+    if not (data_dir / "index").is_dir():
+        raise SystemExit(f"{data_dir}: no kept data dir (run once with --keep)")
+    url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else _schema_url(pg_url, f"{schema}_{n}")
+    LOAD.clear()
+    res: dict = {"size": n, "db": db, "synthetic_vectors": None, "complete": False, "rerun": True, "seconds": {},
+                 "detail": {}, "load_avg_1m": LOAD}
+    shopsearch(data_dir, url, "db", "upgrade")  # a newer checkout's migrations: untimed
+    shopsearch(data_dir, url, "index", "update", *([] if index_type == "auto" else ["--index", index_type]))
+    res["seconds"]["cli_start"], _ = shopsearch(data_dir, url, "db", "current")
+    return finish(scratch, n, data_dir, url, scratch / f"manifest_{n}.csv", 0, res, save, index_type, rerun=True)
 
 
 def main() -> None:
@@ -355,7 +278,10 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="finish the incomplete run of the result file (its data dir is kept): every step "
                          "after its import, with --index-type")
-    ap.add_argument("--index-type", default="auto", help="with --resume: the builds' index type")
+    ap.add_argument("--index-type", default="auto", help="with --resume or --rerun: the builds' index type")
+    ap.add_argument("--rerun", action="store_true",
+                    help="time again, on the data dirs an earlier run kept (--keep), only the steps that should "
+                         "follow the change: " + ", ".join(RERUN_STEPS))
     ap.add_argument("--search-only", action="store_true",
                     help="only the searches, on the data dirs an earlier run kept (--keep): "
                          "scale_<sizes>_<dbs>_<tag>_search.json")
@@ -381,25 +307,11 @@ def main() -> None:
     def save(partial: dict | None = None) -> None:
         # written after every step: a run that fails or is stopped keeps what was measured
         done = runs + ([partial] if partial is not None else [])
-        _growth(done)
+        growth(done)
         path.write_text(json.dumps({"note": args.note, "machine": machine_info(), "cpus": os.cpu_count(),
                                     "model": MODEL, "runs": done}, indent=2))
 
-    if args.search_only:
-        path = path.with_name(path.stem + "_search.json")
-        for db, n in order:
-            data_dir = scratch / f"data_{db}_{n}"
-            if not data_dir.is_dir():
-                ap.error(f"{data_dir} is missing: run the size with --keep first")
-            url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else \
-                _schema_url(args.pg_url, f"{args.pg_schema}_{n}")
-            print(f"== searches, {db} {n:,} products", flush=True)
-            load = {"search": round(os.getloadavg()[0], 2)}
-            runs.append({"size": n, "db": db, "complete": True, "seconds": {}, "detail": {}, "load_avg_1m": load,
-                         "search": search_latencies(data_dir, url, n, args.queries)})
-            save()
-        order = []
-    elif args.resume:
+    if args.resume:
         earlier = json.loads(path.read_text())
         runs[:] = earlier["runs"]
         args.note = earlier.get("note", "")
@@ -420,6 +332,26 @@ def main() -> None:
                            args.index_type))
         order = []
         save()
+    if args.search_only:
+        path = path.with_name(path.stem + "_search.json")
+        for db, n in order:
+            data_dir = scratch / f"data_{db}_{n}"
+            if not data_dir.is_dir():
+                ap.error(f"{data_dir} is missing: run the size with --keep first")
+            url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else \
+                _schema_url(args.pg_url, f"{args.pg_schema}_{n}")
+            print(f"== searches, {db} {n:,} products", flush=True)
+            load = {"search": round(os.getloadavg()[0], 2)}
+            runs.append({"size": n, "db": db, "complete": True, "seconds": {}, "detail": {}, "load_avg_1m": load,
+                         "search": search_latencies(data_dir, url, n, args.queries)})
+            save()
+        order = []
+    if args.rerun:
+        for db, n in order:
+            print(f"== rerun: {db} {n:,} products", flush=True)
+            runs.append(rerun(scratch, n, db, args.pg_url, args.pg_schema, args.index_type, save))
+            save()
+        order = []
     for db, n in order:
         print(f"== {db} {n:,} products", flush=True)
         t0 = time.perf_counter()

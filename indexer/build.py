@@ -26,7 +26,8 @@ from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.build_types import (BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges,
                                  resolve_options)
 from indexer.shrink import check_shrink
-from indexer.update_plan import DELTA, READD, UP_TO_DATE, Changes, ServingIndex, current_at, indexable_keys, plan_update
+from indexer.update_plan import (DELTA, READD, UP_TO_DATE, Changes, ServingIndex, current_at, indexable_keys,
+                                 plan_update, rescan_diff)
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
 from shopsearch.catalogue.rescan import RescanReport, rescan_files
 from shopsearch.catalogue.stat_snapshot import SNAPSHOT_FILE
@@ -68,7 +69,7 @@ class IndexBuilder:
 
     # -- stage: read the catalogue ------------------------------------------------------
     def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False,
-               scope: str = "files") -> RescanReport:
+               scope: str = "auto") -> RescanReport:
         """Catch files replaced or deleted on disk since the import (stat against the stored
         snapshot, re-hash what moved; `verify_hashes`: re-hash every file; `scope`: see
         shopsearch/catalogue/stat_snapshot.py)."""
@@ -287,11 +288,14 @@ class IndexBuilder:
             changes = UpdateChanges(manifest.build_id, 0, 0, 0, manifest.count, None,
                                     int(prev.get("added_since_training") or 0))
             return self._up_to_date(manifest, t0, scan, changes)
-        # the diff in numpy: Python objects (rows, items) only for the images that changed
-        want_ids, want_keys = indexable_keys(self.catalogue)
-        have_ids, have_keys = self.store.served_keys(manifest.build_id)
-        diff = diff_arrays(want_ids, want_keys, have_ids, have_keys)
-        self._guard(None, manifest.index_type, manifest, have_ids.tolist(), want_ids.tolist(), o.max_shrink)
+        have_ids = None  # the rescan's own changes alone: no row or key read (update_plan.rescan_diff)
+        diff = None if o.force or self.store.degraded else rescan_diff(
+            manifest, scan, self.catalogue.build_generation(manifest.build_id), generation, o.max_shrink)
+        if diff is None:  # the diff in numpy: Python objects (rows, items) only for the images that changed
+            want_ids, want_keys = indexable_keys(self.catalogue)
+            have_ids, have_keys = self.store.served_keys(manifest.build_id)
+            diff = diff_arrays(want_ids, want_keys, have_ids, have_keys)
+            self._guard(None, manifest.index_type, manifest, have_ids.tolist(), want_ids.tolist(), o.max_shrink)
         todo_ids = sorted(set(diff.added) | set(diff.changed))
         todo_items = self.work_items(self.catalogue.images_by_id(todo_ids))
         rep = self._embed(todo_items, o)
@@ -299,10 +303,10 @@ class IndexBuilder:
         # new images join the serving build's space: its shopper views too
         self._views = GalleryViews(self.embedder, self.cache_root, served_views(self.store, manifest.build_id))
         self._views.ensure([(it.path, it.key) for it in todo_items if it.image_id in ok_new], o.batch_size, o.progress)
-        count = len(want_ids) - len(todo_ids) + len(ok_new)
+        count = diff.unchanged + len(diff.added) + len(diff.changed) - len(todo_ids) + len(ok_new)
         target = (choose_index_type(count) if o.index_type == "auto" else o.index_type)
         prev_report = self.store.load_report(manifest.build_id) or {}
-        trained_on = int(prev_report.get("trained_on") or len(have_ids))
+        trained_on = int(prev_report.get("trained_on") or manifest.count)
         since_training = int(prev_report.get("added_since_training") or 0)
         serving = ServingIndex(manifest.index_type, is_ivf(manifest.index_type, manifest.dim, manifest.count),
                                manifest.base_count or manifest.count, manifest.dead_count, manifest.delta_count,
@@ -319,7 +323,7 @@ class IndexBuilder:
         build_id = self._start(target)
         est = estimate_bytes_per_vector(target, self.embedder.dim) * count
         if plan.strategy == DELTA:
-            if count < len(have_ids):
+            if count < manifest.count and have_ids is not None:  # (rescan_diff checked its own shrink)
                 self._guard(build_id, target, manifest, have_ids.tolist(),
                             sorted(set(want_ids.tolist()) - set(todo_ids) | set(ok_new)), o.max_shrink)
             out = self._publish_delta(build_id, manifest, diff, set(todo_ids), ok_new, rep, t0, est, trained_on,
@@ -328,6 +332,9 @@ class IndexBuilder:
                 self.catalogue.set_build_generation(build_id, generation)
             return out
         # a compaction reads everything anyway: the whole id -> hash map, and the rows for the calibration
+        if have_ids is None:
+            want_ids, _ = indexable_keys(self.catalogue)
+            have_ids, have_keys = self.store.served_keys(manifest.build_id)
         keep = np.isin(have_ids, want_ids, assume_unique=True) & ~np.isin(have_ids, np.array(todo_ids, np.int64))
         final = dict(zip(have_ids[keep].tolist(), have_keys[keep].astype("U64").tolist()))
         final.update(ok_new)

@@ -36,9 +36,10 @@ class BuildOptions:
     #: synthetic shopper views blended into each catalogue vector (indexer/views_build.py):
     #: "auto" (on for an iconic-only catalogue, about one image per product), "on", "off"
     views: str = "auto"
-    #: what the rescan stats: "files" (every file) or "dirs" (folders, then the files of those
-    #: that moved; blind to files rewritten in place: shopsearch/catalogue/stat_snapshot.py)
-    rescan_scope: str = "files"
+    #: what the rescan stats: "auto" (folders, the files of those that moved, and a rolling
+    #: window of the rest: a file rewritten in place is seen within 16 rescans), "files" (every
+    #: file) or "dirs" (no window: blind to rewrites in place); shopsearch/catalogue/stat_snapshot.py
+    rescan_scope: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from indexer.diff import IndexDiff
 from shopsearch.catalogue.bulk import NO_HASH
 from shopsearch.images import sha256_file
 from shopsearch.index.sizing import choose_index_type
 
 if TYPE_CHECKING:
+    from shopsearch.catalogue.rescan import RescanReport
     from shopsearch.catalogue.store import CatalogueStore
     from shopsearch.index.store import IndexStore
     from shopsearch.index.vector_index import IndexManifest
@@ -131,3 +133,21 @@ def indexable_keys(catalogue: CatalogueStore) -> tuple[np.ndarray, np.ndarray]:
         for img in catalogue.images_by_id(ids[unhashed].tolist()):
             keys[np.searchsorted(ids, img.id)] = (img.sha256 or sha256_file(img.path)).encode()
     return ids, keys
+
+
+def rescan_diff(serving: IndexManifest, scan: RescanReport | None, built_at: int | None, generation: int,
+                max_shrink: float | None) -> IndexDiff | None:
+    """The serving build against the catalogue from the rescan alone, when the rescan is all
+    that changed: the build held the catalogue exactly at the generation the rescan started
+    from (`built_at`) and the rescan's own writes made the current `generation`. No image row
+    and no keys file is read then: an update after k files changed costs O(k), not a read of
+    a million ids and hashes. None (the full diff decides) when anything else changed, or
+    when the change is big enough for the shrink guard to look at the ids."""
+    if scan is None or built_at is None or built_at != scan.generations[0] or scan.generations[1] != generation:
+        return None
+    restored, new_content, gone = scan.moves
+    if max_shrink is not None and max_shrink < 1 \
+            and len(restored) + len(new_content) + len(gone) > max_shrink * serving.count:
+        return None
+    return IndexDiff(tuple(sorted(restored)), tuple(sorted(new_content)), tuple(sorted(gone)),
+                     serving.count - len(new_content) - len(gone))

@@ -6,22 +6,24 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shopsearch.adapter.model import with_build_adapter
-from shopsearch.calibration_source import BuildCalibrator, LabelledSource, remembered_photos
 from shopsearch.catalogue.store import CatalogueStore
-from shopsearch.centring import DomainCentring, build_centring
 from shopsearch.config import Settings
-from shopsearch.confidence import Calibration, load_calibration, scoring_key
-from shopsearch.embedders import load_embedder, parse_spec, resolve_device, resolved_spec
-from shopsearch.embedders.base import Embedder
-from shopsearch.embedders.precision import PrecisionChoice, choose_precision, names_precision, with_precision
 from shopsearch.errors import ConfigError
 from shopsearch.index.store import IndexStore
-from shopsearch.index.faiss_gpu import gpu_available
-from shopsearch.index.vector_index import IndexManifest, VectorIndex
-from shopsearch.search import CategoryRouter, SearchService
+
+# The models, search and calibration pieces are imported by the functions that assemble them:
+# commands that only open the stores (`index status`, `catalogue import`) skip PIL, the
+# embedding pipeline and the search service at start-up.
+if TYPE_CHECKING:
+    from shopsearch.calibration_source import BuildCalibrator
+    from shopsearch.centring import DomainCentring
+    from shopsearch.confidence import Calibration
+    from shopsearch.embedders.base import Embedder
+    from shopsearch.embedders.precision import PrecisionChoice
+    from shopsearch.index.vector_index import IndexManifest, VectorIndex
+    from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.app")
 
@@ -38,6 +40,8 @@ def load_model(settings: Settings, spec: str | None = None) -> Embedder:
     """The embedder `spec` names (default settings.model) on settings.device; fine-tuned
     models and int8 calibrations are looked up in settings.models_dir. Loaded once per
     process: the same spec, device and models folder give the same object."""
+    from shopsearch.embedders import load_embedder
+
     return load_embedder(spec or settings.model, settings.device, settings.models_dir)
 
 
@@ -47,6 +51,9 @@ def model_for_build(settings: Settings, store: IndexStore, spec: str | None = No
     settings.precision) when the spec names none. "auto" keeps the serving build's precision for
     the same model (its vectors stay reusable), else times fp32 against bf16 once per machine
     (the answer kept under settings.cache_dir)."""
+    from shopsearch.embedders import parse_spec, resolve_device, resolved_spec
+    from shopsearch.embedders.precision import PrecisionChoice, choose_precision, names_precision, with_precision
+
     spec = spec or settings.model
     precision = precision or settings.precision
     device = resolve_device(settings.device)
@@ -78,6 +85,8 @@ def embedder_for_build(settings: Settings, store: IndexStore, manifest: IndexMan
                        model: str | None = None) -> Embedder:
     """The query embedder of one build: its model (or `model`), through the build's adapter
     when it was made with one (shopsearch.adapter)."""
+    from shopsearch.adapter.model import with_build_adapter
+
     return with_build_adapter(load_model(settings, model or manifest.model_name), store.build_dir(manifest.build_id))
 
 
@@ -87,6 +96,10 @@ def open_search_service(settings: Settings, catalogue: CatalogueStore | None = N
     """A SearchService over the serving index build (or `build_id`'s, e.g. the shadow build).
     `embedder` (tests) replaces the model that built the index; `router` replaces the
     trained category router."""
+    from shopsearch.centring import build_centring
+    from shopsearch.confidence import load_calibration
+    from shopsearch.index.vector_index import VectorIndex
+
     store = open_index_store(settings)
     index, manifest = store.load_current() if build_id is None else VectorIndex.load(store.build_dir(build_id))
     place_index(index, settings)
@@ -107,7 +120,9 @@ def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: Catal
     """A SearchService over an index already in memory: the serving build's (above) or a
     benchmark gallery's (shopsearch.evaluation.runner). `rerank` is the settings' string
     (off | qe | kr | qe+kr, with parameters)."""
+    from shopsearch.confidence import scoring_key
     from shopsearch.rerank import parse_rerank
+    from shopsearch.search import SearchService
 
     rerank_options = parse_rerank(rerank)
     if calibration is not None and calibration.fitted:
@@ -124,6 +139,8 @@ def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: Catal
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:
     """Move searching to the GPU as settings.faiss_gpu says; True when it runs there."""
+    from shopsearch.index.faiss_gpu import gpu_available
+
     mode = (settings.faiss_gpu or "auto").lower()
     if mode not in ("auto", "on", "off"):
         raise ConfigError(f"SHOPSEARCH_FAISS_GPU must be auto, on or off, not {settings.faiss_gpu!r}")
@@ -159,6 +176,7 @@ def build_calibrator(settings: Settings, store: IndexStore, embedder: Embedder,
                      catalogue: CatalogueStore) -> BuildCalibrator:
     """How the builds of `store` fit their confidence: on the labelled photos remembered beside the
     index (searched as the shop serves them, fused with the head when it is), else on the catalogue."""
+    from shopsearch.calibration_source import BuildCalibrator, LabelledSource, remembered_photos
     from shopsearch.rerank import parse_rerank
 
     rows = remembered_photos(store.root)

@@ -43,6 +43,38 @@ def test_refuses_schema_newer_than_code(db_url):
     engine.dispose()
 
 
+def test_a_database_at_head_opens_without_alembic(tmp_path):
+    """The head read from the migration files is Alembic's; a catalogue already at it opens
+    without importing Alembic (every command's start), an older one is still migrated."""
+    import subprocess
+    import sys
+
+    assert dbmod.head_from_files() == dbmod.head_revision()
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    CatalogueStore.open(url).close()  # migrated to head
+    probe = ("import sys; from shopsearch.catalogue.store import CatalogueStore; "
+             f"CatalogueStore.open({url!r}).close(); print('alembic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    engine = dbmod.make_engine(url)
+    dbmod.downgrade(engine, "0004")
+    CatalogueStore.open(url).close()
+    assert dbmod.current_revision(engine) == dbmod.head_revision()
+    engine.dispose()
+
+
+def test_unusable_images_are_counted_from_their_partial_index(tmp_path):
+    """Migration 0006: the quick status' COUNT of unusable images reads the partial index, not
+    every image row (SQLite's plan; PostgreSQL picks it once the table is large)."""
+    cat = CatalogueStore.open(f"sqlite:///{tmp_path / 'c.db'}")
+    with cat.engine.connect() as conn:
+        plan = " ".join(str(r) for r in conn.execute(
+            text("EXPLAIN QUERY PLAN SELECT count(*) FROM product_images WHERE status != 'ok'")))
+    assert "ix_product_images_unusable" in plan
+    assert cat.unusable_count() == 0
+    cat.close()
+
+
 def test_unmigrated_database_is_refused_without_migrate(tmp_path):
     with pytest.raises(SchemaVersionError, match="not initialised"):
         CatalogueStore.open(f"sqlite:///{tmp_path / 'x.db'}", migrate=False)

@@ -249,3 +249,12 @@ def test_kill_9_while_publishing_a_delta_leaves_the_serving_build(tmp_path):
     assert not [p for p in (tmp_path / "index").rglob("*") if p.name.startswith(".staging-")]
     assert os.path.samefile(store.build_dir(r.build_id) / INDEX_FILE, store.build_dir(first.build_id) / INDEX_FILE)
     cat.close()
+
+
+def test_read_ids_gives_sorted_ids_whatever_order_the_file_holds(tmp_path):
+    from shopsearch.index.keyfiles import read_ids, write_keys
+
+    write_keys(tmp_path / "unsorted.npz", {3: "c" * 64, 1: "a" * 64, 2: "b" * 64})
+    write_keys(tmp_path / "sorted.npz", {1: "a" * 64, 5: "e" * 64})
+    assert read_ids(tmp_path / "unsorted.npz").tolist() == [1, 2, 3]
+    assert read_ids(tmp_path / "sorted.npz").tolist() == [1, 5]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from shopsearch import app
+from shopsearch import app, embedders
 from shopsearch.config import Settings
 from shopsearch.embedders import precision
 from shopsearch.errors import ConfigError
@@ -92,7 +92,7 @@ def test_index_build_model_precision(tmp_path, probe, monkeypatch):
     assert app.model_for_build(settings, other, "openclip:ViT-B-32@/w.pt", "auto")[0] == "openclip:ViT-B-32@/w.pt+bf16"
     # the model "auto" is read as what it loads here: the demo's fp32 Lite0 build stays fp32 when
     # `index build` runs with the defaults (else its head and cached vectors would be left behind)
-    monkeypatch.setattr(app, "resolved_spec", lambda spec, device, models_dir: "efficientnet-lite0")
+    monkeypatch.setattr(embedders, "resolved_spec", lambda spec, device, models_dir: "efficientnet-lite0")
     lite0_fp32 = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="efficientnet-lite0"))
     assert app.model_for_build(settings, lite0_fp32, "auto", "auto")[0] == "efficientnet-lite0"
     lite0_bf16 = SimpleNamespace(current_manifest=lambda: SimpleNamespace(model_name="efficientnet-lite0+bf16"))

@@ -54,11 +54,15 @@ def _perf_options(f):
                      help="Refuse to publish a build holding fewer than (1 - this) of the serving build's "
                           "vectors (an unmounted share, a wrong --database-url); 1 allows any shrink.")(f)
     f = click.option("--rescan/--no-rescan", default=True, show_default=True,
-                     help="First stat every image file and re-hash those changed on disk since the import.")(f)
-    f = click.option("--rescan-scope", type=click.Choice(["files", "dirs"]), default="files", show_default=True,
-                     help="What the rescan stats, compared with the stored stat snapshot: every file, or the "
-                          "folders and then the files of folders whose mtime moved (fast on big catalogues; "
-                          "misses files rewritten in place, which do not move their folder's mtime).")(f)
+                     help="First rescan the image files (--rescan-scope) and re-hash those changed on disk since "
+                          "the import.")(f)
+    f = click.option("--rescan-scope", type=click.Choice(["auto", "files", "dirs"]), default="auto",
+                     show_default=True,
+                     help="What the rescan stats, compared with the stored stat snapshot. auto: the folders, the "
+                          "files of folders whose mtime moved (files added, deleted, renamed over) and a rolling "
+                          "window of the others, so a file rewritten in place (its folder's mtime unchanged) is "
+                          "seen within 16 rescans (at every rescan up to 65,536 images); files: every file "
+                          "(sees rewrites in place at once); dirs: auto without the window.")(f)
     f = click.option("--verify-hashes", is_flag=True,
                      help="Re-hash every image file, not only those whose size or mtime moved (catches files "
                           "rewritten in place with their old size and mtime; reads the whole catalogue).")(f)

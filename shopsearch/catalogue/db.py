@@ -113,6 +113,26 @@ def _alembic_config(engine: Engine):
     return cfg
 
 
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*=\s*(?:[\"']([^\"']+)[\"']|None)\s*$", re.M)
+
+
+def head_from_files() -> str | None:
+    """The head revision read from the migration files' `revision` / `down_revision` lines,
+    without importing Alembic (0.2-0.5 s of every command's start); None when the files do not
+    form one plain chain (then Alembic decides). Only ever compared for equality with the
+    database's revision: a mismatch takes the full Alembic path."""
+    revs, downs = set(), set()
+    for f in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict((k, v) for k, v in _REVISION_LINE.findall(f.read_text()))
+        if "revision" not in found:
+            return None
+        revs.add(found["revision"])
+        if found.get("down_revision"):
+            downs.add(found["down_revision"])
+    heads = revs - downs
+    return heads.pop() if len(heads) == 1 else None
+
+
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 

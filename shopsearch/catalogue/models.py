@@ -79,6 +79,8 @@ class ProductImage(Base):
     """One image of a product. Its id is the int64 key of its vector in FAISS."""
 
     __tablename__ = "product_images"
+    # (migration 0006 adds a partial index of the unusable images, status <> 'ok', for the quick
+    # status' COUNT; not declared here: its per-dialect WHERE would import both dialects at start-up)
     __table_args__ = (UniqueConstraint("product_id", "path", name="uq_product_images_product_path"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

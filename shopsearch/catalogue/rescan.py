@@ -1,8 +1,9 @@
 """Rescan: notice image files replaced, deleted or restored on disk since they were imported.
 
-Every image's file is stat'ed (or, with the "dirs" scope, every folder, and the files of
-the folders whose mtime moved) and compared with the stored stat snapshot
-(catalogue/stat_snapshot.py, which says what each scope can miss); only the files whose
+The image folders are stat'ed, then the files of the folders whose mtime moved and a
+rolling window of the others (the default "auto" scope; "files" stats every file, "dirs"
+the folders' files only), and compared with the stored stat snapshot
+(catalogue/stat_snapshot.py, which says what each scope can miss and when); only the files whose
 (size, mtime) moved are hashed and decoded again, so a rescan of an unchanged catalogue
 reads no image bytes and, with a current snapshot, no image row. What it finds goes into
 the catalogue (new hash, or status missing / invalid), where `index update` picks it up:
@@ -18,18 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from shopsearch.catalogue.importers import check_image_files
 from shopsearch.catalogue.records import FileCheck, ImageInfo, ImageRecord
-from shopsearch.catalogue.stat_snapshot import StatSnapshot
+from shopsearch.catalogue.stat_snapshot import CURSOR_FILE, StatSnapshot
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.images import sha256_file
 
 log = logging.getLogger("shopsearch.catalogue")
 
-#: what a rescan stats: every file, or the folders and then the files of those that moved
-SCOPES = ("files", "dirs")
+#: what a rescan stats: the folders, the files of those that moved and a rolling window of the
+#: rest (auto); every file (files); the folders and the files of those that moved (dirs)
+SCOPES = ("auto", "files", "dirs")
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,20 @@ class RescanReport:
     seconds: float
     #: (image id, path, reason) of each image found unusable by this rescan
     problems: tuple[tuple[int, str, str], ...] = ()
+    files_checked: int = 0  # files stat'ed (every one with the "files" scope; see SCOPES)
+    #: the catalogue generation this rescan started from and the one its writes made (None:
+    #: another writer came in between, nothing written): with `moves`, what an update needs to
+    #: apply this rescan alone to a build that was current at the first (indexer/update_plan.py)
+    generations: tuple[int, int | None] = (0, None)
+    #: image ids whose indexable content this rescan moved: (now usable again, new content,
+    #: usable before and not now)
+    moves: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] = ((), (), ())
 
     def to_dict(self) -> dict:
         """Counts only: the problems go into the build report's failure list."""
         d = asdict(self)
-        d.pop("problems")
+        for k in ("problems", "generations", "moves"):
+            d.pop(k)
         return {**d, "seconds": round(self.seconds, 3)}
 
 
@@ -65,29 +77,39 @@ def _moved(path: str, status: str, size: int | None, mtime_ns: int | None) -> bo
 
 
 def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
-                 verify_hashes: bool = False, snapshot: Path | None = None, scope: str = "files") -> RescanReport:
+                 verify_hashes: bool = False, snapshot: Path | None = None, scope: str = "auto") -> RescanReport:
     """Bring the catalogue's hashes and statuses in line with the files on disk. `snapshot`:
     the stored stat snapshot to compare with (catalogue/stat_snapshot.py; read from the rows
     and written there when absent or stale); `scope` "files" stats every file, "dirs" only
-    the folders and then the files of the folders that moved (needs a valid snapshot, else
-    every file is stat'ed); `verify_hashes` also hashes the files whose stat did not move."""
+    the folders and then the files of the folders that moved, "auto" those and a rolling
+    window of the other files (both need a valid snapshot, else every file is stat'ed);
+    `verify_hashes` also hashes the files whose stat did not move."""
     if scope not in SCOPES:
         raise ValueError(f"rescan scope {scope!r}: use one of {', '.join(SCOPES)}")
     t0 = time.perf_counter()
     generation = store.generation()  # before anything is read: a change after it shows next time
     snap = StatSnapshot.load(snapshot, generation, store.source()) if snapshot is not None else None
+    stored = snap is not None  # the file holds this snapshot already
     if snap is None:  # (id, path, status, size, mtime) tuples: full rows only for the files that moved
         snap = StatSnapshot.from_rows(store.image_stats(), generation, store.source())
         scope = "files"  # no folder mtimes to compare with yet
+    cursor_file = snapshot.with_name(CURSOR_FILE) if snapshot is not None else None
     dir_mtimes = snap.stat_dirs()
-    rows = snap.in_dirs(dir_mtimes != snap.dir_mtimes) if scope == "dirs" else None
+    rows, cursor = None, None  # None: every file
+    if scope != "files":
+        rows = snap.in_dirs(dir_mtimes != snap.dir_mtimes)
+        if scope == "auto":
+            window, cursor = snap.rolling_window(StatSnapshot.load_cursor(cursor_file))
+            rows = None if len(window) == len(snap.ids) else np.union1d(rows, window)
     todo = store.images_by_id(snap.moved(rows, workers).tolist())
+    checked = len(snap.ids) if rows is None else len(rows)
     if verify_hashes:  # reads every file anyway: the full rows cost nothing next to that
         moved = {img.id for img in todo}
         todo += _content_moved([img for img in store.images() if img.id not in moved and img.status == "ok"],
                                workers, progress)
     changed = missing = invalid = restored = 0
     problems = []
+    moves: tuple[list[int], list[int], list[int]] = ([], [], [])
     checks: list[FileCheck] = []
     results = check_image_files([img.path for img in todo], workers, progress, desc="re-hashing changed files")
     for img in todo:
@@ -95,12 +117,16 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
         if isinstance(res, ImageRecord):
             if img.status != "ok":
                 restored += 1
+                moves[0].append(img.id)
             elif res.sha256 != img.sha256:
                 changed += 1
+                moves[1].append(img.id)
             checks.append(FileCheck(img.id, "ok", res.sha256, res.width, res.height, res.file_size,
                                     res.file_mtime_ns))
             continue
         status = "missing" if res.startswith("no such file") else "invalid"
+        if img.status == "ok":
+            moves[2].append(img.id)
         if status != img.status:
             missing += status == "missing"
             invalid += status == "invalid"
@@ -110,20 +136,25 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
         checks.append(FileCheck(img.id, status, file_size=size, file_mtime_ns=mtime, error=res))
     after = store.record_file_checks(checks, generation) if checks else generation
     if snapshot is not None:
-        _keep(snap, snapshot, after, dir_mtimes, checks)
+        _keep(snap, snapshot, after, dir_mtimes, checks, stored)
+        if cursor is not None and after is not None:  # the window was checked: the next one next time
+            StatSnapshot.save_cursor(cursor_file, cursor)
     report = RescanReport(len(snap.ids), len(todo), changed, missing, invalid, restored, time.perf_counter() - t0,
-                          tuple(problems))
+                          tuple(problems), checked, (generation, after), tuple(tuple(m) for m in moves))
     if todo:
         log.info("files rescanned", extra=report.to_dict())
     return report
 
 
-def _keep(snap: StatSnapshot, path: Path, generation: int | None, dir_mtimes, checks: list[FileCheck]) -> None:
+def _keep(snap: StatSnapshot, path: Path, generation: int | None, dir_mtimes, checks: list[FileCheck],
+          stored: bool) -> None:
     """Store the snapshot with this rescan's findings, or drop it when another writer changed
     the catalogue meanwhile (the next rescan reads the rows again)."""
     if generation is None:
         path.unlink(missing_ok=True)
         return
+    if stored and not checks and generation == snap.generation and np.array_equal(dir_mtimes, snap.dir_mtimes):
+        return  # nothing moved: the file is this snapshot already (not rewritten: it is large)
     snap.patch([(c.image_id, c.status, c.file_size, c.file_mtime_ns) for c in checks])
     snap.generation, snap.dir_mtimes = generation, dir_mtimes
     snap.save(path)

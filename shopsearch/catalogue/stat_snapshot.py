@@ -17,7 +17,14 @@ What each rescan scope can see (catalogue/rescan.py):
   snapshot are then stat'ed. A folder's mtime moves when a file in it is created, deleted or
   renamed over (`mv`, `rsync`, editors and uploaders that write a new file and rename it),
   but NOT when a file is rewritten in place (`cp` onto it, `open(path, "wb")`): those are
-  seen only by the `files` scope, `index status --deep` and `--verify-hashes`."""
+  seen only by the `files` scope, `index status --deep` and `--verify-hashes`.
+- `auto` (the default): `dirs`, plus a rolling window of the files in id order
+  (`rolling_window`: ROLL_MIN files or 1/ROLL_PARTS of them, whichever is more), the next
+  window at each rescan, so that a file rewritten in place is noticed within ROLL_PARTS
+  rescans; a catalogue of up to ROLL_MIN images has every file stat'ed at every rescan.
+  Where the window stands is kept beside the snapshot (CURSOR_FILE). Why not every file: a
+  stat is a system call per file, so a million of them cost seconds at each build (the
+  scale runs in benchmarks/RESULTS.md), where a window costs a fraction of that."""
 from __future__ import annotations
 
 import os
@@ -35,6 +42,12 @@ SNAPSHOT_FILE = "stat_snapshot.npz"
 GONE, UNKNOWN = -2, -1
 #: paths per stat task: threads overlap the system calls, which release the GIL
 _STAT_CHUNK = 16_384
+#: the `auto` scope's rolling window: at least this many files per rescan ...
+ROLL_MIN = 65_536
+#: ... or this share of them (1/ROLL_PARTS), so that every file is stat'ed once per ROLL_PARTS rescans
+ROLL_PARTS = 16
+#: where the next rolling window starts (a position in id order), beside the snapshot
+CURSOR_FILE = "stat_snapshot.cursor"
 
 
 @dataclass
@@ -121,6 +134,35 @@ class StatSnapshot:
         moved = np.where(gone, ~self.missing[idx], (sizes != self.sizes[idx]) | (mtimes != self.mtimes[idx]))
         return self.ids[idx[moved]]
 
+    def rolling_window(self, start: int) -> tuple[np.ndarray, int]:
+        """(indexes of the files the `auto` scope stats this time, where the next window starts):
+        max(ROLL_MIN, n / ROLL_PARTS) files from `start` on, wrapping round; every file when
+        that is all of them."""
+        n = len(self.ids)
+        size = max(ROLL_MIN, -(-n // ROLL_PARTS))
+        if size >= n:
+            return np.arange(n), 0
+        start %= n
+        return (np.arange(start, start + size) % n), (start + size) % n
+
+    @staticmethod
+    def load_cursor(path: Path) -> int:
+        """Where the next rolling window starts (0 when never written or unreadable)."""
+        try:
+            return max(0, int(path.read_text().strip() or 0))
+        except (OSError, ValueError):
+            return 0
+
+    @staticmethod
+    def save_cursor(path: Path, cursor: int) -> None:
+        """A few bytes, renamed into place; a failed write only repeats a window."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(f"{cursor}\n")
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
     def in_dirs(self, dir_mask: np.ndarray) -> np.ndarray:
         """Indexes of the images whose folder is in `dir_mask`."""
         return np.flatnonzero(dir_mask[self.dir_of])
@@ -138,22 +180,28 @@ class StatSnapshot:
 def _stat_many(paths: list[bytes], workers: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """(sizes, mtimes ns) of `paths`, GONE for those that cannot be stat'ed."""
 
-    def part(chunk: list[bytes]) -> list[tuple[int, int]]:
-        out = []
+    def part(chunk: list[bytes]) -> tuple[list[int], list[int]]:
+        sizes, mtimes = [], []
         stat = os.stat
         for p in chunk:
             try:
                 st = stat(p)
-                out.append((st.st_size, st.st_mtime_ns))
             except OSError:
-                out.append((GONE, GONE))
-        return out
+                sizes.append(GONE)
+                mtimes.append(GONE)
+                continue
+            sizes.append(st.st_size)
+            mtimes.append(st.st_mtime_ns)
+        return sizes, mtimes
 
     chunks = [paths[i:i + _STAT_CHUNK] for i in range(0, len(paths), _STAT_CHUNK)]
     if len(chunks) > 1 and workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            done = [r for c in pool.map(part, chunks) for r in c]
+            done = list(pool.map(part, chunks))
     else:
-        done = [r for c in chunks for r in part(c)]
-    arr = np.array(done, dtype=np.int64).reshape(-1, 2)
-    return arr[:, 0].copy(), arr[:, 1].copy()
+        done = [part(c) for c in chunks]
+    # two flat int lists per chunk: numpy converts them without a tuple per file
+    if not done:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (np.concatenate([np.array(s, np.int64) for s, _ in done]),
+            np.concatenate([np.array(m, np.int64) for _, m in done]))

@@ -74,6 +74,9 @@ class CatalogueStore:
     def open(cls, url: str, migrate: bool = True) -> "CatalogueStore":
         """Engine for `url`, migrated to head (or only checked when migrate=False)."""
         engine = db.connect(url)
+        head = db.head_from_files()
+        if head is not None and db.current_revision(engine) == head:
+            return cls(engine)  # at head already: Alembic is not even imported
         if migrate:
             db.upgrade(engine)
         db.check_schema(engine)
