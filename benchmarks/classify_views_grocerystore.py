@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from shopsearch.classify.photo_views import view_vectors
 from shopsearch.classify.training import train_frozen
 from shopsearch.classify.vectors import embed_labelled
 from shopsearch.embedders import load_embedder
+from shopsearch.evaluation.machine import machine_info
 from shopsearch.images import sha256_file
 
 
@@ -54,9 +54,8 @@ def main() -> int:
         print(rows[-1], flush=True)
     res = {"benchmark": "classify_views", "split": "val", "train": "train+iconic", "model": emb.name,
            "train_images": len(train), "val_images": len(val), "rows": rows,
-           "machine": {"cpu": platform.processor() or "AMD EPYC", "cores": os.cpu_count(),
-                       "load_avg_1m": round(os.getloadavg()[0], 2),
-                       "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+           "machine": machine_info(), "load_avg_1m": round(os.getloadavg()[0], 2),
+           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if a.out:
         a.out.write_text(json.dumps(res, indent=2) + "\n")
     return 0

@@ -32,6 +32,7 @@ from shopsearch.classify.photo_views import view_fingerprint
 from shopsearch.classify.data import grocery_split
 from shopsearch.classify.vectors import embed_labelled
 from shopsearch.embedders import load_embedder
+from shopsearch.evaluation.machine import machine_info
 from shopsearch.embedders.base import l2_normalize as n2
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.gallery_aug import pile_view, seed_of
@@ -103,8 +104,8 @@ def main() -> int:
         print(f"{r['config']:<52} {r['recall@1']:.4f} {r['recall@5']:.4f}", flush=True)
     res = {"benchmark": "iconic_piles", "split": a.split, "queries": int(len(q)), "products": len(g0),
            "shopper_sample": "train photos (labels unused)", "rows": rows,
-           "machine": {"cpu": "AMD EPYC, 2 cores, shared", "load_avg_1m": round(os.getloadavg()[0], 2),
-                       "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+           "machine": machine_info(), "load_avg_1m": round(os.getloadavg()[0], 2),
+           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if a.out:
         a.out.write_text(json.dumps(res, indent=2) + "\n")
     return 0
