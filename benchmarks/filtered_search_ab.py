@@ -10,7 +10,9 @@ embeddings of scale_bench's seeded query images.
 
 Per round and checkout (A, B, A, B, ...; a fresh process each turn, so both see the same
 machine state), after one warm-up query per kind, p50/p95 ms of (the kinds interleaved query
-by query, so that a change of load falls on every kind alike):
+by query, so that a change of load falls on every kind alike), in wall-clock time and in this
+process's CPU time (`cpu_*`: on a loaded machine far steadier than wall time; PostgreSQL's
+server-side work is not in it):
 
   unfiltered      no filter
   category        one leaf category (2% of the images)
@@ -19,6 +21,10 @@ by query, so that a change of load falls on every kind alike):
   department      one top-level category (20%: the large-set path)
   price_wide      1-500 euros (50%)
 
+Each checkout searches the index in id order (`--layout-a/-b ids`) or as `index build`
+stores it (`grouped`: by category, then price; the step `grouped` writes it from the id-order
+index by renumbering the same graph).
+
 `turn --profile` runs one checkout's turn under cProfile (PYTHONPATH=<checkout>) and prints
 where the timed queries spent their time.
 
@@ -26,6 +32,7 @@ Every turn also records each query's hit SKUs; the report says whether the two c
 returned the same products (exactness of the new path against the old one).
 
     python benchmarks/filtered_search_ab.py --a /tmp/main-copy --b . --size 1000000 --db sqlite,postgresql
+    python benchmarks/filtered_search_ab.py --a /tmp/main-copy --b . --layout-b grouped ...
 
 Writes benchmarks/results/filtered_search_ab_<size>_<dbs><_tag>.json.
 """
@@ -137,6 +144,30 @@ def prepare_index(args: argparse.Namespace) -> None:
     (scratch / f"index_{n}.json").write_text(json.dumps({"index_type": vi.index_type, "dim": dim, "count": n}))
 
 
+def prepare_grouped(args: argparse.Namespace) -> None:
+    """The same index stored as `index build` now stores it (shopsearch/index/layout.py: grouped by
+    category, then price): the graph and vectors of index_<n>.faiss renumbered (HNSW
+    permute_entries), so both layouts answer from the same graph."""
+    sys.path.insert(0, str(REPO))
+    import faiss
+
+    from shopsearch.catalogue.store import CatalogueStore
+    from shopsearch.index.layout import grouped_order
+
+    n, scratch = args.size, Path(args.scratch)
+    t0 = time.perf_counter()
+    index = faiss.read_index(str(scratch / f"index_{n}.faiss"))
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+    store = CatalogueStore.open(_url(args, "sqlite"), migrate=False)  # same rows in both databases
+    perm = grouped_order(ids, store.filter_columns())
+    store.close()
+    faiss.downcast_index(index.index).permute_entries(perm)
+    faiss.copy_array_to_vector(ids[perm], index.id_map)
+    index.construct_rev_map()
+    faiss.write_index(index, str(scratch / f"index_{n}_grouped.faiss"))
+    print(f"grouped layout written in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 # -- one turn (run in a fresh process of the checkout under test) -----------------------------------------------
 
 def turn(args: argparse.Namespace) -> None:
@@ -157,7 +188,8 @@ def turn(args: argparse.Namespace) -> None:
     n, scratch = args.size, Path(args.scratch)
     meta = json.loads((scratch / f"index_{n}.json").read_text())
     t0 = time.perf_counter()
-    index = VectorIndex(meta["dim"], meta["index_type"], index=faiss.read_index(str(scratch / f"index_{n}.faiss")),
+    name = f"index_{n}.faiss" if args.layout == "ids" else f"index_{n}_grouped.faiss"
+    index = VectorIndex(meta["dim"], meta["index_type"], index=faiss.read_index(str(scratch / name)),
                         delta=faiss.read_index(str(scratch / f"delta_{n}.faiss")),
                         dead=np.arange(1, UPDATED + 1, dtype=np.int64))
     load_s = time.perf_counter() - t0
@@ -184,6 +216,7 @@ def turn(args: argparse.Namespace) -> None:
         prof = cProfile.Profile()
     names = args.kinds.split(",")
     times: dict[str, list[float]] = {kind: [] for kind in names}
+    cpu: dict[str, list[float]] = {kind: [] for kind in names}  # this process's CPU time: far less load-bound
     skus: dict[str, list[list[str]]] = {kind: [] for kind in names}
     first: dict[str, float] = {}
     for kind in names:
@@ -194,16 +227,19 @@ def turn(args: argparse.Namespace) -> None:
         for kind in names:
             if prof is not None:
                 prof.enable()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             res = svc.search_vector(v, k=10, filters=kinds[kind](j), routing=False)
             times[kind].append((time.perf_counter() - t1) * 1000)
+            cpu[kind].append((time.process_time() - c1) * 1000)
             if prof is not None:
                 prof.disable()
             skus[kind].append([h.sku for h in res.hits])
     for kind in names:
         t = times[kind]
         out["search"][kind] = {"p50_ms": float(np.percentile(t, 50)), "p95_ms": float(np.percentile(t, 95)),
-                               "mean_ms": float(np.mean(t)), "first_ms": first[kind], "skus": skus[kind]}
+                               "mean_ms": float(np.mean(t)), "first_ms": first[kind], "skus": skus[kind],
+                               "cpu_p50_ms": float(np.percentile(cpu[kind], 50)),
+                               "cpu_p95_ms": float(np.percentile(cpu[kind], 95))}
     store.close()
     if prof is not None:  # where the time of the timed queries went (to stderr)
         import pstats
@@ -212,9 +248,10 @@ def turn(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def run_turn(checkout: Path, args: argparse.Namespace, db: str) -> dict:
+def run_turn(checkout: Path, args: argparse.Namespace, db: str, layout: str = "ids") -> dict:
     env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1", "SHOPSEARCH_DEVICE": "cpu"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "turn", "--turn-db", db, "--size", str(args.size),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "turn", "--turn-db", db, "--layout", layout,
+           "--size", str(args.size),
            "--scratch", args.scratch, "--queries", str(args.queries), "--kinds", args.kinds,
            "--pg-url", args.pg_url, "--pg-schema", args.pg_schema]
     out = subprocess.run(cmd, cwd=checkout, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -240,6 +277,10 @@ def summary(turns: list[dict], kinds: list[str]) -> dict:
                 if "unfiltered" in kinds else []
             out[name][kind] = {"p50_ms": float(np.median(p50)),
                                "p95_ms": float(np.median([t["search"][kind]["p95_ms"] for t in mine])),
+                               "cpu_p50_ms": float(np.median([t["search"][kind].get("cpu_p50_ms", np.nan)
+                                                              for t in mine])),
+                               "cpu_p95_ms": float(np.median([t["search"][kind].get("cpu_p95_ms", np.nan)
+                                                              for t in mine])),
                                "x_unfiltered": float(np.median(ratio)) if ratio else None}
     a, b = [t for t in turns if t["name"] == "A"], [t for t in turns if t["name"] == "B"]
     out["same_products"] = {kind: all(x["search"][kind]["skus"] == y["search"][kind]["skus"] for x, y in zip(a, b))
@@ -255,12 +296,16 @@ def table_rows(db: str, s: dict, kinds: list[str]) -> list[dict]:
              "A_x_unfiltered": s["A"][kind]["x_unfiltered"] and round(s["A"][kind]["x_unfiltered"], 2),
              "B_x_unfiltered": s["B"][kind]["x_unfiltered"] and round(s["B"][kind]["x_unfiltered"], 2),
              "A_p95_ms": round(s["A"][kind]["p95_ms"], 3), "B_p95_ms": round(s["B"][kind]["p95_ms"], 3),
+             "A_cpu_p50_ms": round(s["A"][kind]["cpu_p50_ms"], 3), "B_cpu_p50_ms": round(s["B"][kind]["cpu_p50_ms"], 3),
+             "cpu_B/A": round(s["B"][kind]["cpu_p50_ms"] / s["A"][kind]["cpu_p50_ms"], 3)
+             if s["A"][kind]["cpu_p50_ms"] else None,
+             "A_cpu_p95_ms": round(s["A"][kind]["cpu_p95_ms"], 3), "B_cpu_p95_ms": round(s["B"][kind]["cpu_p95_ms"], 3),
              "same_products": s["same_products"][kind]} for kind in kinds]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", nargs="?", default="ab", choices=("ab", "prepare", "turn"))
+    ap.add_argument("step", nargs="?", default="ab", choices=("ab", "prepare", "grouped", "turn"))
     ap.add_argument("--a", default=None, help="checkout A (before); B is --b")
     ap.add_argument("--b", default=str(REPO))
     ap.add_argument("--size", type=int, default=1_000_000)
@@ -273,6 +318,10 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--skip-prepare", action="store_true", help="reuse the scratch's catalogue and index")
     ap.add_argument("--turn-db", default="sqlite", help="with the step turn: the database searched")
+    ap.add_argument("--layout", default="ids", choices=("ids", "grouped"),
+                    help="with the step turn: the index stored in id order, or grouped (index build's layout)")
+    ap.add_argument("--layout-a", default="ids", choices=("ids", "grouped"), help="checkout A's index layout")
+    ap.add_argument("--layout-b", default="ids", choices=("ids", "grouped"), help="checkout B's index layout")
     ap.add_argument("--profile", action="store_true", help="with the step turn: cProfile of the timed queries")
     ap.add_argument("--note", default="")
     ap.add_argument("--tag", default="")
@@ -282,11 +331,15 @@ def main() -> None:
     dbs = [d.strip() for d in args.db.split(",")]
     if args.step == "turn":
         return turn(args)
+    if args.step == "grouped":
+        return prepare_grouped(args)
     if args.step == "prepare" or not args.skip_prepare:
         if not (Path(args.scratch) / f"index_{args.size}.json").is_file():
             prepare_index(args)
         for db in dbs:
             prepare_catalogue(args, db)
+        if "grouped" in (args.layout_a, args.layout_b):
+            prepare_grouped(args)
         if args.step == "prepare":
             return
     sys.path.insert(0, str(REPO))
@@ -297,15 +350,17 @@ def main() -> None:
     tag = f"_{args.tag}" if args.tag else ""
     path = Path(args.out) / f"filtered_search_ab_{args.size}_{'_'.join(dbs)}{tag}.json"
     result: dict = {"note": args.note, "machine": machine_info(), "cpus": os.cpu_count(), "size": args.size,
-                    "checkouts": {k: str(v) for k, v in checkouts.items()}, "queries": args.queries, "runs": {}}
+                    "checkouts": {k: str(v) for k, v in checkouts.items()}, "queries": args.queries,
+                    "layouts": {"A": args.layout_a, "B": args.layout_b}, "runs": {}}
     for db in dbs:
         turns: list[dict] = []
         for r in range(args.rounds):
             for name, checkout in checkouts.items():
                 load = round(os.getloadavg()[0], 2)
-                res = run_turn(checkout, args, db)
+                res = run_turn(checkout, args, db, args.layout_a if name == "A" else args.layout_b)
                 turns.append({"name": name, "round": r, "load_avg_1m": load, **res})
-                print(db, r, name, {k: round(v["p50_ms"], 2) for k, v in res["search"].items()}, flush=True)
+                print(db, r, name, {k: (round(v["p50_ms"], 2), round(v["cpu_p50_ms"], 2))
+                                    for k, v in res["search"].items()}, flush=True)
         result["runs"][db] = {"summary": summary(turns, kinds) if len(checkouts) == 2 else None, "turns": turns}
         for t in turns:  # compared above; too bulky to keep
             for v in t["search"].values():

@@ -39,6 +39,7 @@ from shopsearch.confidence import calibration_file, load_calibration
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexShrinkError, ModelMismatchError
 from shopsearch.images import sha256_file
+from shopsearch.index.layout import storage_order
 from shopsearch.index.merge import is_ivf
 from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.sizing import choose_index_type, estimate_bytes_per_vector
@@ -133,9 +134,11 @@ class IndexBuilder:
     def _extra_files(self) -> dict[str, bytes]:
         return {CENTRING_FILE: self._centring.to_bytes()} if self._centring is not None else {}
 
-    def _new_index(self, itype: str, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> VectorIndex:
-        index = VectorIndex(self.embedder.dim, itype, expected_size=len(ids))
-        if ids:
+    def _new_index(self, itype: str, ids: list[int], keys: list[str], fallback: VectorIndex | None = None,
+                   index: VectorIndex | None = None) -> VectorIndex:
+        index = VectorIndex(self.embedder.dim, itype, expected_size=len(ids)) if index is None else index  # or a trained one
+        if ids:  # in storage order: a filter's vectors in a few contiguous runs (shopsearch/index/layout.py)
+            ids, keys = storage_order(ids, keys, self.catalogue.filter_columns())
             index.add(np.array(ids, dtype=np.int64), self._vectors(ids, keys, fallback))
         return index
 
@@ -346,8 +349,7 @@ class IndexBuilder:
             log.info("re-adding cached vectors to the trained index", extra={"reason": plan.reason, "vectors": len(ids)})
             index = VectorIndex(old.dim, old.index_type, index=faiss.clone_index(old.faiss_index))
             index.faiss_index.reset()
-            if ids:
-                index.add(np.array(ids, dtype=np.int64), self._vectors(ids, [final[i] for i in ids], old))
+            index = self._new_index(target, ids, [final[i] for i in ids], old, index)
         else:  # compaction: a fresh index from cached vectors, nothing re-embedded
             log.info("rebuilding from the vector cache", extra={"reason": plan.reason, "vectors": len(ids)})
             index = self._new_index(target, ids, [final[i] for i in ids], fallback=old)

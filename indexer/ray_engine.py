@@ -31,6 +31,7 @@ from shopsearch.embedding.journal import CrashJournal
 from shopsearch.embedding.pipeline import EmbedReport, WorkItem
 from shopsearch.embedding.preprocess import split_preprocess
 from shopsearch.errors import ClusterError
+from shopsearch.index.layout import storage_order
 from shopsearch.index.merge import add_to_copy, is_ivf, merge_shards
 from shopsearch.index.store import IndexStore
 from shopsearch.index.vector_index import VectorIndex
@@ -120,6 +121,7 @@ class RayIndexBuilder(IndexBuilder):
         if not is_ivf(itype, self.embedder.dim, len(ids)) or len(ids) < 2 * self.shard_vectors:
             return super()._new_index(itype, ids, keys, fallback)
         index = VectorIndex(self.embedder.dim, itype, expected_size=len(ids))
+        ids, keys = storage_order(ids, keys, self.catalogue.filter_columns())  # as the base builder's
         vectors = self._vectors(ids, keys, fallback)
         index.train(vectors)  # once, on the driver, on VectorIndex's seeded sample
         return add_sharded(index, np.array(ids, dtype=np.int64), vectors, self.shard_vectors)
