@@ -144,3 +144,34 @@ def test_model_mismatch_is_clear():
     with pytest.raises(ModelMismatchError, match="rebuild"):
         check_model(_manifest(fp="fp-1"), "fp-2")
     check_model(_manifest(fp="fp-1"), "fp-1")
+
+
+def test_a_single_query_runs_faiss_on_one_thread_and_restores_the_count(monkeypatch):
+    import threading
+
+    import faiss
+
+    vi = VectorIndex(8, "flat")
+    vi.add(np.arange(10, dtype=np.int64), np.eye(10, 8, dtype=np.float32))
+    seen: list[int] = []
+    real = VectorIndex._search
+
+    def spy(self, *args):
+        seen.append(faiss.omp_get_max_threads())
+        return real(self, *args)
+
+    monkeypatch.setattr(VectorIndex, "_search", spy)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        _, ids = vi.search(np.eye(1, 8, dtype=np.float32), 1)
+        vi.search(np.eye(2, 8, dtype=np.float32), 1)  # a batch keeps the threads
+        other: list[int] = []
+        t = threading.Thread(target=lambda: (vi.search(np.eye(1, 8, dtype=np.float32), 1),
+                                             other.append(faiss.omp_get_max_threads())))
+        t.start()
+        t.join()
+        assert ids[0, 0] == 0 and seen[:2] == [1, 2] and faiss.omp_get_max_threads() == 2
+        assert seen[2] == 1 and other == [faiss.omp_get_max_threads()]
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
+import faiss
 import numpy as np
 
 # Above these sizes exact search gets slow enough that ANN pays off; see
@@ -71,3 +75,15 @@ def estimate_bytes_per_vector(index_type: str, dim: int) -> int:
     if index_type == "ivfpq":
         return pq_m(dim) + dim + 8 + 16  # PQ code + SQ8 refine code + id + list overhead
     return 4 * dim + 16
+
+
+@contextmanager
+def one_faiss_thread() -> Iterator[None]:
+    """FAISS's OpenMP thread count 1 for this thread's calls inside (OpenMP keeps the setting
+    per thread, so other threads' searches and builds keep theirs), restored after."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

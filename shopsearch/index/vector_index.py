@@ -23,6 +23,7 @@ from shopsearch.index.sizing import (
     MAX_TRAIN_VECTORS,
     ef_for_size,
     factory_string,
+    one_faiss_thread,
 )
 
 log = logging.getLogger("shopsearch.index")
@@ -249,6 +250,16 @@ class VectorIndex:
         q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if q.shape[1] != self.dim:
             raise ModelMismatchError(f"query vectors have dim {q.shape[1]}, the index has dim {self.dim}")
+        if len(q) == 1:
+            # one query on this thread alone: FAISS splits even one query's scan over its OpenMP
+            # threads, which then wait for each other (3x the CPU of one thread, and longer, on
+            # a busy machine: benchmarks/RESULTS.md, filtered_search_ab_*_omp1_*)
+            with one_faiss_thread():
+                return self._search(q, k, allowed, selector)
+        return self._search(q, k, allowed, selector)
+
+    def _search(self, q: np.ndarray, k: int, allowed: np.ndarray | None,
+                selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
         if allowed is not None:
             return self._search_among(q, max(1, int(k)), allowed)
         k = max(1, min(int(k), max(len(self), 1)))
