@@ -158,3 +158,19 @@ def test_bulk_insert_writes_what_sqlalchemy_writes(tmp_path, sqlite_catalogue, i
     for text in (created, img_created):  # SQLAlchemy's SQLite DATETIME text, no zone suffix
         assert datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
     assert json.loads(attrs) == {"colour": "red"}
+
+
+def test_prices_the_catalogue_cannot_hold_are_row_problems(tmp_path, catalogue, image_dir):
+    """inf, NaN, negative or beyond NUMERIC(12, 2) prices: the row is reported and skipped, the
+    others imported (PostgreSQL used to abort the whole import with a traceback; SQLite stored
+    inf, which `catalogue show` and the API then wrote as the non-JSON `Infinity`)."""
+    imgs = image_dir(7)
+    prices = ["inf", "1e400", "1e20", "-5", "nan", "9999999999.99", "0"]
+    (tmp_path / "m.csv").write_text("sku,title,price,image\n" + "".join(
+        f"P{i},p,{v},imgs/{img.name}\n" for i, (v, img) in enumerate(zip(prices, imgs))))
+    r = _run(catalogue, tmp_path / "m.csv", "csv")
+    assert r.products_created == 2
+    assert sorted(p.sku for p in r.problems) == ["P0", "P1", "P2", "P3", "P4"]
+    assert all("price" in p.reason for p in r.problems)
+    assert catalogue.get_product("P5").price == Decimal("9999999999.99")
+    assert catalogue.get_product("P6").price == Decimal("0")

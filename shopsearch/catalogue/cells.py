@@ -10,14 +10,25 @@ from decimal import Decimal, InvalidOperation
 _LIST_MARKS = frozenset("[|;")
 
 
+#: the largest price the catalogue's NUMERIC(12, 2) column holds: PostgreSQL refuses a larger
+#: one (or an infinite one) mid-import, and SQLite would store inf, which is no JSON number
+MAX_PRICE = Decimal("9999999999.99")
+
+
 def price(value: object) -> Decimal | None:
-    """A price cell as a Decimal (None when empty); ValueError when it is not a number."""
+    """A price cell as a Decimal (None when empty); ValueError when it is not a price
+    (not a number, NaN, infinite, negative or beyond MAX_PRICE)."""
     if value in (None, ""):
         return None
     try:
-        return Decimal(str(value).strip())
+        d = Decimal(str(value).strip())
     except InvalidOperation:
         raise ValueError(f"price {value!r} is not a number") from None
+    if not d.is_finite():
+        raise ValueError(f"price {value!r} is not a number")
+    if not 0 <= d <= MAX_PRICE:
+        raise ValueError(f"price {value!r} must be between 0 and {MAX_PRICE}")
+    return d
 
 
 def _json_list(value: object) -> object:
