@@ -93,6 +93,10 @@ def test_serve_under_gunicorn(tmp_path):
         assert status == 415 and json.loads(body)["error"]["code"] == "unsupported_media_type"
         status, body = request(port, "GET", "/")
         assert status == 200 and b'id="dropzone"' in body
+        # 400 emoji (under the 500-character limit) make a 4,835-byte request line: the app's
+        # JSON answer (no text tower here), not gunicorn's HTML 414 past its default 4094
+        status, body = request(port, "GET", "/api/v1/search/text?q=" + "%F0%9F%8D%8E" * 400)
+        assert status == 409 and json.loads(body)["error"]["code"] == "capability_missing"
     finally:
         out = stop_server(proc)
     assert proc.returncode == 0, out
