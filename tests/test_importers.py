@@ -174,3 +174,35 @@ def test_prices_the_catalogue_cannot_hold_are_row_problems(tmp_path, catalogue, 
     assert all("price" in p.reason for p in r.problems)
     assert catalogue.get_product("P5").price == Decimal("9999999999.99")
     assert catalogue.get_product("P6").price == Decimal("0")
+
+
+def test_text_the_catalogue_cannot_hold_is_a_row_problem(tmp_path, catalogue, image_dir):
+    """Values longer than their column, NUL characters and JSON lists or objects where text
+    belongs: that row is reported and skipped, the others imported (PostgreSQL used to abort
+    the whole import with a traceback on each; SQLite on a list or object)."""
+    imgs = [f"imgs/{p.name}" for p in image_dir(9)]
+    rows = [{"sku": "LONG-TITLE", "title": "t" * 501}, {"sku": "LONG-BRAND", "brand": "b" * 201},
+            {"sku": "S" * 201}, {"sku": "NUL", "title": "a\x00b"}, {"sku": "LONG-CAT", "category": "c" * 201},
+            {"sku": "DICT", "description": {"x": 1}}, {"sku": "LIST", "brand": ["x"]},
+            {"sku": "OK", "title": "t" * 500, "brand": 5, "description": 7, "category": ["c" * 200]},
+            {"sku": "OK2", "title": "fine"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({**r, "images": [img]}) for r, img in zip(rows, imgs)))
+    r = _run(catalogue, tmp_path / "m.jsonl", "jsonl")
+    assert r.products_created == 2 and len(r.problems) == 7, r.problems
+    reasons = " | ".join(p.reason for p in r.problems)
+    for word in ("title is 501 characters", "brand is 201", "sku is 201", "NUL", "category level",
+                 "description must be text", "brand must be text"):
+        assert word in reasons
+    ok = catalogue.get_product("OK")
+    assert (len(ok.title), ok.brand, ok.description, ok.category) == (500, "5", "7", "c" * 200)
+
+
+def test_a_sku_no_page_address_can_name_is_a_row_problem(tmp_path, sqlite_catalogue, image_dir):
+    """/products/<sku>: a browser resolves `..` and `.` parts (a card for `../../x` linked to /x,
+    a 404) and Flask merges `//`; slashes and dots elsewhere are SKUs like any other."""
+    bad, good = ["../../x", "a/./b", "/x", "x/", ".", "a//b"], ["A/B", ".hidden", "v1.0", "a..b"]
+    imgs = [f"imgs/{p.name}" for p in image_dir(len(bad) + len(good))]
+    (tmp_path / "m.csv").write_text("sku,image\n" + "".join(f"{s},{i}\n" for s, i in zip(bad + good, imgs)))
+    r = _run(sqlite_catalogue, tmp_path / "m.csv", "csv")
+    assert sorted(p.sku for p in r.problems) == sorted(bad) and r.products_created == len(good)
+    assert all("no page address" in p.reason for p in r.problems)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from shopsearch.catalogue.cells import category, image_list, price
+from shopsearch.catalogue.cells import (BRAND_CHARS, IMAGE_PATH_CHARS, SKU_CHARS, TITLE_CHARS, category, image_list,
+                                        price, text_cell)
 from shopsearch.catalogue.formats import FORMATS
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.errors import ManifestError
@@ -48,19 +49,24 @@ class _SkuRows:
 def _record(row: dict, base: Path) -> ProductRecord:
     # runs once per row of a million-row manifest: plain lookups, no generator, no keyword arguments
     get = row.get
-    sku = str(get("sku") or "").strip()
+    sku = (text_cell(get("sku"), "sku", SKU_CHARS) or "").strip()
     if not sku:
         raise ValueError("missing sku")
-    title = str(get("title") or get("name") or "").strip() or sku
+    if ("/" in sku or sku[0] == ".") and {"", ".", ".."} & set(sku.split("/")):
+        # /products/<sku> would name another address: browsers resolve dot segments, Flask merges "//"
+        raise ValueError(f"sku {sku!r} has an empty, '.' or '..' part between slashes, so no page address can name it")
+    title = (text_cell(get("title") or get("name"), "title", TITLE_CHARS) or "").strip() or sku
     many, one = get("images"), get("image")
     images = image_list(one) if many is None or many == "" else image_list(many) + image_list(one)
+    for p in images:
+        text_cell(p, "image path", IMAGE_PATH_CHARS)
     attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
     if isinstance(get("attributes"), dict):
         attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
     cur = get("currency")
     return ProductRecord(
-        sku, title, get("description") or None, get("brand") or None, price(get("price")),
-        str(cur).upper()[:3] if cur else None, category(get("category")), attrs,
+        sku, title, text_cell(get("description"), "description"), text_cell(get("brand"), "brand", BRAND_CHARS),
+        price(get("price")), text_cell(cur, "currency").upper()[:3] if cur else None, category(get("category")), attrs,
         tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]))
 
 
