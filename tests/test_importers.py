@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -206,3 +207,14 @@ def test_a_sku_no_page_address_can_name_is_a_row_problem(tmp_path, sqlite_catalo
     r = _run(sqlite_catalogue, tmp_path / "m.csv", "csv")
     assert sorted(p.sku for p in r.problems) == sorted(bad) and r.products_created == len(good)
     assert all("no page address" in p.reason for p in r.problems)
+
+
+def test_an_imagefolder_file_name_that_is_not_utf8_is_skipped_alone(tmp_path, catalogue, image_dir):
+    """A file named in Latin-1 (copied from an old system): reported and skipped, the rest
+    imported (its name used to abort the whole import with a UnicodeEncodeError traceback)."""
+    a, b = image_dir(2, sub="tree/Fruit")
+    os.rename(bytes(b), os.fsencode(b.parent) + b"/caf\xe9.png")
+    r = _run(catalogue, tmp_path / "tree", "imagefolder")
+    assert r.products_created == 1 and catalogue.get_product(f"Fruit/{a.stem}")
+    assert [(p.where, p.reason) for p in r.problems] == [
+        ("Fruit/caf\\udce9.png", "file name is not valid UTF-8; rename it")]

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from shopsearch.catalogue.cells import (BRAND_CHARS, IMAGE_PATH_CHARS, SKU_CHARS, TITLE_CHARS, category, image_list,
-                                        price, text_cell)
+from shopsearch.catalogue.cells import (BRAND_CHARS, CATEGORY_CHARS, IMAGE_PATH_CHARS, SKU_CHARS, TITLE_CHARS, category,
+                                        image_list, price, text_cell)
 from shopsearch.catalogue.formats import FORMATS
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.errors import ManifestError
@@ -141,7 +141,18 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
         if len(rel.parts) < 2:
             problems.append(RowProblem(str(rel), None, "image is not inside a class folder; skipped", kind="file"))
             continue
-        rec = ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
+        try:
+            # a name that is not UTF-8 (copied from an old system) cannot be stored: that file alone is skipped
+            str(rel).encode("utf-8")
+            sku = text_cell(rel.with_suffix("").as_posix(), "sku (the path in the folder)", SKU_CHARS)
+            for part in rel.parts[:-1]:
+                text_cell(part, "category (folder name)", CATEGORY_CHARS)
+        except (UnicodeEncodeError, ValueError) as e:
+            where = str(rel).encode("utf-8", "backslashreplace").decode("utf-8")
+            reason = "file name is not valid UTF-8; rename it" if isinstance(e, UnicodeEncodeError) else str(e)
+            problems.append(RowProblem(where, None, reason, kind="file"))
+            continue
+        rec = ProductRecord(sku=sku, title=p.stem.replace("_", " ").replace("-", " "),
                             category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),))
         yield rows.see(rec, str(rel))
 
