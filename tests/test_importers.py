@@ -218,3 +218,18 @@ def test_an_imagefolder_file_name_that_is_not_utf8_is_skipped_alone(tmp_path, ca
     assert r.products_created == 1 and catalogue.get_product(f"Fruit/{a.stem}")
     assert [(p.where, p.reason) for p in r.problems] == [
         ("Fruit/caf\\udce9.png", "file name is not valid UTF-8; rename it")]
+
+
+def test_text_that_is_not_utf8_is_a_clear_error(tmp_path, sqlite_catalogue, image_dir):
+    """A CSV saved in Latin-1 is a one-line ManifestError (was a UnicodeDecodeError traceback); a
+    JSONL line with half a surrogate pair (`\\ud800`) is a row problem (was a UnicodeEncodeError
+    traceback from the database that aborted the import); a whole pair is a character."""
+    a, b = image_dir(2)
+    (tmp_path / "latin.csv").write_bytes(f"sku,title,image\nC1,caf\xe9,imgs/{a.name}\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="not UTF-8 text"):
+        _run(sqlite_catalogue, tmp_path / "latin.csv", "csv")
+    (tmp_path / "m.jsonl").write_text(f'{{"sku": "U1\\ud800", "image": "imgs/{a.name}"}}\n'
+                                      f'{{"sku": "U2", "title": "\\ud83c\\udf4e", "image": "imgs/{b.name}"}}\n')
+    r = _run(sqlite_catalogue, tmp_path / "m.jsonl", "jsonl")
+    assert r.products_created == 1 and sqlite_catalogue.get_product("U2").title == "\U0001f34e"
+    assert [p.where for p in r.problems] == ["m.jsonl line 1"] and "without its pair" in r.problems[0].reason

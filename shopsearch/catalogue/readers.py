@@ -79,18 +79,23 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
         raise ManifestError(f"cannot open manifest {path}: {e}") from None
-    with f:
-        reader = csv.reader(f)
-        fieldnames = next(reader, None)
-        if not fieldnames or "sku" not in fieldnames:
-            raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' columns")
-        rows = _SkuRows(problems)
-        base, name = path.parent, path.name  # once: pathlib computes them again at every call
-        for n, row in enumerate(_dict_rows(reader, fieldnames), start=2):
-            try:
-                yield rows.see(_record(row, base), f"{name} row {n}")
-            except ValueError as e:
-                problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
+    try:
+        with f:
+            reader = csv.reader(f)
+            fieldnames = next(reader, None)
+            if not fieldnames or "sku" not in fieldnames:
+                raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' "
+                                    "columns")
+            rows = _SkuRows(problems)
+            base, name = path.parent, path.name  # once: pathlib computes them again at every call
+            for n, row in enumerate(_dict_rows(reader, fieldnames), start=2):
+                try:
+                    yield rows.see(_record(row, base), f"{name} row {n}")
+                except ValueError as e:
+                    problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
+    except UnicodeDecodeError as e:  # a spreadsheet's "CSV" in Latin-1 or Windows-1252: said plainly, no traceback
+        raise ManifestError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save it as UTF-8 "
+                            "(\"CSV UTF-8\") and import it again") from None
 
 
 def _dict_rows(reader: Iterator[list[str]], fieldnames: list[str]) -> Iterator[dict]:
@@ -124,6 +129,11 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("line is not a JSON object")
+            if "\\ud" in line or "\\uD" in line:  # a lone surrogate escape decodes to text no database can store
+                try:
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("a \\uD800-\\uDFFF escape without its pair is no character") from None
             yield rows.see(_record(row, base), f"{name} line {n}")
         except ValueError as e:
             problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
