@@ -232,4 +232,12 @@ def test_text_that_is_not_utf8_is_a_clear_error(tmp_path, sqlite_catalogue, imag
                                       f'{{"sku": "U2", "title": "\\ud83c\\udf4e", "image": "imgs/{b.name}"}}\n')
     r = _run(sqlite_catalogue, tmp_path / "m.jsonl", "jsonl")
     assert r.products_created == 1 and sqlite_catalogue.get_product("U2").title == "\U0001f34e"
-    assert [p.where for p in r.problems] == ["m.jsonl line 1"] and "without its pair" in r.problems[0].reason
+    assert [(p.where, p.sku) for p in r.problems] == [("m.jsonl line 1", None)]  # its SKU is not text to print
+    assert "without its pair" in r.problems[0].reason
+
+
+def test_a_jsonl_row_problem_names_its_sku(tmp_path, sqlite_catalogue):
+    """As a CSV row's problem does (it was always None for JSONL lines)."""
+    (tmp_path / "m.jsonl").write_text('{"sku": "J1", "price": "abc"}\n{"sku": "J2", "price": "1"}\n[1]\n')
+    r = _run(sqlite_catalogue, tmp_path / "m.jsonl", "jsonl")
+    assert [(p.where, p.sku) for p in r.problems] == [("m.jsonl line 1", "J1"), ("m.jsonl line 3", None)]

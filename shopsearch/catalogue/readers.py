@@ -125,6 +125,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        row = None
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
@@ -135,8 +136,11 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
                 except UnicodeEncodeError:
                     raise ValueError("a \\uD800-\\uDFFF escape without its pair is no character") from None
             yield rows.see(_record(row, base), f"{name} line {n}")
-        except ValueError as e:
-            problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
+        except ValueError as e:  # the SKU named as for a CSV row, where it is printable text
+            sku = row.get("sku") if isinstance(row, dict) else None
+            # (surrogates and control characters are not printable)
+            problems.append(RowProblem(f"{path.name} line {n}", sku if isinstance(sku, str) and sku.isprintable()
+                                       else None, str(e)))
 
 
 def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
