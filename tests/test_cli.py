@@ -107,3 +107,17 @@ def test_the_cli_passes_settings_down_and_leaves_the_environment_alone(tmp_path,
     before = dict(os.environ)
     assert _json(_run(["index", "list", "--json"], tmp_path / "d")) == {"builds": []}
     assert dict(os.environ) == before  # --data-dir reached the library as an argument, not a variable
+
+
+def test_ctrl_c_before_the_embedding_run_exits_130_not_1(tmp_path, monkeypatch):
+    """Ctrl-C while `index build` still loads its model: 130 as the README says for a stopped
+    build (click's own handling said "Aborted!" with 1, the code of an error)."""
+    import shopsearch.app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shopsearch.app, "model_for_build", interrupted)
+    res = _run(["index", "build", "--model", "colorhist"], tmp_path / "data", ok=False)
+    assert res.exit_code == 130, res.output
+    assert "Aborted!" in res.stderr

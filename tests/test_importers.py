@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from decimal import Decimal
 from pathlib import Path
 
@@ -158,3 +159,85 @@ def test_bulk_insert_writes_what_sqlalchemy_writes(tmp_path, sqlite_catalogue, i
     for text in (created, img_created):  # SQLAlchemy's SQLite DATETIME text, no zone suffix
         assert datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f")
     assert json.loads(attrs) == {"colour": "red"}
+
+
+def test_prices_the_catalogue_cannot_hold_are_row_problems(tmp_path, catalogue, image_dir):
+    """inf, NaN, negative or beyond NUMERIC(12, 2) prices: the row is reported and skipped, the
+    others imported (PostgreSQL used to abort the whole import with a traceback; SQLite stored
+    inf, which `catalogue show` and the API then wrote as the non-JSON `Infinity`)."""
+    imgs = image_dir(7)
+    prices = ["inf", "1e400", "1e20", "-5", "nan", "9999999999.99", "0"]
+    (tmp_path / "m.csv").write_text("sku,title,price,image\n" + "".join(
+        f"P{i},p,{v},imgs/{img.name}\n" for i, (v, img) in enumerate(zip(prices, imgs))))
+    r = _run(catalogue, tmp_path / "m.csv", "csv")
+    assert r.products_created == 2
+    assert sorted(p.sku for p in r.problems) == ["P0", "P1", "P2", "P3", "P4"]
+    assert all("price" in p.reason for p in r.problems)
+    assert catalogue.get_product("P5").price == Decimal("9999999999.99")
+    assert catalogue.get_product("P6").price == Decimal("0")
+
+
+def test_text_the_catalogue_cannot_hold_is_a_row_problem(tmp_path, catalogue, image_dir):
+    """Values longer than their column, NUL characters and JSON lists or objects where text
+    belongs: that row is reported and skipped, the others imported (PostgreSQL used to abort
+    the whole import with a traceback on each; SQLite on a list or object)."""
+    imgs = [f"imgs/{p.name}" for p in image_dir(9)]
+    rows = [{"sku": "LONG-TITLE", "title": "t" * 501}, {"sku": "LONG-BRAND", "brand": "b" * 201},
+            {"sku": "S" * 201}, {"sku": "NUL", "title": "a\x00b"}, {"sku": "LONG-CAT", "category": "c" * 201},
+            {"sku": "DICT", "description": {"x": 1}}, {"sku": "LIST", "brand": ["x"]},
+            {"sku": "OK", "title": "t" * 500, "brand": 5, "description": 7, "category": ["c" * 200]},
+            {"sku": "OK2", "title": "fine"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps({**r, "images": [img]}) for r, img in zip(rows, imgs)))
+    r = _run(catalogue, tmp_path / "m.jsonl", "jsonl")
+    assert r.products_created == 2 and len(r.problems) == 7, r.problems
+    reasons = " | ".join(p.reason for p in r.problems)
+    for word in ("title is 501 characters", "brand is 201", "sku is 201", "NUL", "category level",
+                 "description must be text", "brand must be text"):
+        assert word in reasons
+    ok = catalogue.get_product("OK")
+    assert (len(ok.title), ok.brand, ok.description, ok.category) == (500, "5", "7", "c" * 200)
+
+
+def test_a_sku_no_page_address_can_name_is_a_row_problem(tmp_path, sqlite_catalogue, image_dir):
+    """/products/<sku>: a browser resolves `..` and `.` parts (a card for `../../x` linked to /x,
+    a 404) and Flask merges `//`; slashes and dots elsewhere are SKUs like any other."""
+    bad, good = ["../../x", "a/./b", "/x", "x/", ".", "a//b"], ["A/B", ".hidden", "v1.0", "a..b"]
+    imgs = [f"imgs/{p.name}" for p in image_dir(len(bad) + len(good))]
+    (tmp_path / "m.csv").write_text("sku,image\n" + "".join(f"{s},{i}\n" for s, i in zip(bad + good, imgs)))
+    r = _run(sqlite_catalogue, tmp_path / "m.csv", "csv")
+    assert sorted(p.sku for p in r.problems) == sorted(bad) and r.products_created == len(good)
+    assert all("no page address" in p.reason for p in r.problems)
+
+
+def test_an_imagefolder_file_name_that_is_not_utf8_is_skipped_alone(tmp_path, catalogue, image_dir):
+    """A file named in Latin-1 (copied from an old system): reported and skipped, the rest
+    imported (its name used to abort the whole import with a UnicodeEncodeError traceback)."""
+    a, b = image_dir(2, sub="tree/Fruit")
+    os.rename(bytes(b), os.fsencode(b.parent) + b"/caf\xe9.png")
+    r = _run(catalogue, tmp_path / "tree", "imagefolder")
+    assert r.products_created == 1 and catalogue.get_product(f"Fruit/{a.stem}")
+    assert [(p.where, p.reason) for p in r.problems] == [
+        ("Fruit/caf\\udce9.png", "file name is not valid UTF-8; rename it")]
+
+
+def test_text_that_is_not_utf8_is_a_clear_error(tmp_path, sqlite_catalogue, image_dir):
+    """A CSV saved in Latin-1 is a one-line ManifestError (was a UnicodeDecodeError traceback); a
+    JSONL line with half a surrogate pair (`\\ud800`) is a row problem (was a UnicodeEncodeError
+    traceback from the database that aborted the import); a whole pair is a character."""
+    a, b = image_dir(2)
+    (tmp_path / "latin.csv").write_bytes(f"sku,title,image\nC1,caf\xe9,imgs/{a.name}\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="not UTF-8 text"):
+        _run(sqlite_catalogue, tmp_path / "latin.csv", "csv")
+    (tmp_path / "m.jsonl").write_text(f'{{"sku": "U1\\ud800", "image": "imgs/{a.name}"}}\n'
+                                      f'{{"sku": "U2", "title": "\\ud83c\\udf4e", "image": "imgs/{b.name}"}}\n')
+    r = _run(sqlite_catalogue, tmp_path / "m.jsonl", "jsonl")
+    assert r.products_created == 1 and sqlite_catalogue.get_product("U2").title == "\U0001f34e"
+    assert [(p.where, p.sku) for p in r.problems] == [("m.jsonl line 1", None)]  # its SKU is not text to print
+    assert "without its pair" in r.problems[0].reason
+
+
+def test_a_jsonl_row_problem_names_its_sku(tmp_path, sqlite_catalogue):
+    """As a CSV row's problem does (it was always None for JSONL lines)."""
+    (tmp_path / "m.jsonl").write_text('{"sku": "J1", "price": "abc"}\n{"sku": "J2", "price": "1"}\n[1]\n')
+    r = _run(sqlite_catalogue, tmp_path / "m.jsonl", "jsonl")
+    assert [(p.where, p.sku) for p in r.problems] == [("m.jsonl line 1", "J1"), ("m.jsonl line 3", None)]

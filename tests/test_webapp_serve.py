@@ -65,8 +65,10 @@ def test_serve_under_gunicorn(tmp_path):
     IndexBuilder(emb, cat, IndexStore(settings.index_dir), settings.vector_cache_dir).build(progress=False, workers=1)
     cat.close()
     port = free_port()
-    env = {**os.environ, "SHOPSEARCH_DATA_DIR": str(settings.data_dir)}
+    home = tmp_path / "home"  # gunicorn's per-user control socket would be under it
+    env = {**os.environ, "SHOPSEARCH_DATA_DIR": str(settings.data_dir), "HOME": str(home)}
     env.pop("SHOPSEARCH_DATABASE_URL", None)
+    env.pop("XDG_RUNTIME_DIR", None)
     proc = subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", "serve", "--bind", f"127.0.0.1:{port}",
                              "--workers", "2", "--threads", "2", "--preload"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -93,6 +95,12 @@ def test_serve_under_gunicorn(tmp_path):
         assert status == 415 and json.loads(body)["error"]["code"] == "unsupported_media_type"
         status, body = request(port, "GET", "/")
         assert status == 200 and b'id="dropzone"' in body
+        # 400 emoji (under the 500-character limit) make a 4,835-byte request line: the app's
+        # JSON answer (no text tower here), not gunicorn's HTML 414 past its default 4094
+        status, body = request(port, "GET", "/api/v1/search/text?q=" + "%F0%9F%8D%8E" * 400)
+        assert status == 409 and json.loads(body)["error"]["code"] == "capability_missing"
+        # no control socket at gunicorn's one path per user, which every `serve` on the machine shared
+        assert not (home / ".gunicorn").exists()
     finally:
         out = stop_server(proc)
     assert proc.returncode == 0, out

@@ -33,6 +33,12 @@ def gunicorn_options(bind: str, workers: int = 2, threads: int = 2, preload: boo
         "accesslog": "-" if access_log else None, "errorlog": "-", "loglevel": "info",
         "max_requests": max_requests, "max_requests_jitter": max_requests // 10 if max_requests else 0,
         "proc_name": "shopsearch",
+        # gunicorn's longest (its default, 4094, answered a 500-character text query of emoji,
+        # 6,000 bytes once URL-encoded, with its own HTML 414); nginx's buffers match it
+        "limit_request_line": 8190,
+        # gunicorn 25+ opens a control socket at one path per user (~/.gunicorn/gunicorn.ctl): every
+        # `serve` on the machine took it over from the last, so `gunicornc` drove whichever started last
+        "control_socket_disable": True,
     }
     return opts
 

@@ -57,9 +57,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 class ShopSearchGroup(click.Group):
-    """A click group that turns ShopSearchError into a one-line error and exit code 1, and a
+    """A click group that turns ShopSearchError into a one-line error and exit code 1, a
     resumable job's stop (Ctrl-C or SIGTERM under sigterm_as_interrupt) into a line saying
-    how to go on."""
+    how to go on, and any other Ctrl-C into exit code 130 (click's own says 1: an error)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -68,10 +68,13 @@ class ShopSearchGroup(click.Group):
             exc = click.ClickException(f"{e} [{e.code}]")
             exc.exit_code = e.exit_code  # 1, or one a script can act on (75: busy, try later)
             raise exc from e
-        except Stopped as e:  # other commands keep click's "Aborted!"
+        except Stopped as e:
             click.echo(f"stopped ({e.how}); the work done so far is kept: run the same command again to go on",
                        err=True)
             ctx.exit(143 if e.how == "SIGTERM" else 130)
+        except KeyboardInterrupt:  # Ctrl-C before a job's run (loading the model, rescanning): no error, 130
+            click.echo("Aborted!", err=True)
+            ctx.exit(130)
 
 
 @dataclass

@@ -10,14 +10,46 @@ from decimal import Decimal, InvalidOperation
 _LIST_MARKS = frozenset("[|;")
 
 
+#: the largest price the catalogue's NUMERIC(12, 2) column holds: PostgreSQL refuses a larger
+#: one (or an infinite one) mid-import, and SQLite would store inf, which is no JSON number
+MAX_PRICE = Decimal("9999999999.99")
+
+
 def price(value: object) -> Decimal | None:
-    """A price cell as a Decimal (None when empty); ValueError when it is not a number."""
+    """A price cell as a Decimal (None when empty); ValueError when it is not a price
+    (not a number, NaN, infinite, negative or beyond MAX_PRICE)."""
     if value in (None, ""):
         return None
     try:
-        return Decimal(str(value).strip())
+        d = Decimal(str(value).strip())
     except InvalidOperation:
         raise ValueError(f"price {value!r} is not a number") from None
+    if not d.is_finite():
+        raise ValueError(f"price {value!r} is not a number")
+    if not 0 <= d <= MAX_PRICE:
+        raise ValueError(f"price {value!r} must be between 0 and {MAX_PRICE}")
+    return d
+
+
+#: the catalogue's column widths (models.py): PostgreSQL refuses a longer value, and with it the
+#: whole import, so a row holding one is refused alone, on every database alike
+SKU_CHARS, TITLE_CHARS, BRAND_CHARS, CATEGORY_CHARS, CATEGORY_PATH_CHARS, IMAGE_PATH_CHARS = \
+    200, 500, 200, 200, 1000, 2000
+
+
+def text_cell(value: object, name: str, limit: int | None = None) -> str | None:
+    """A text cell (None when empty; a number as its text); ValueError for a list or object
+    (a JSONL row), a NUL character (PostgreSQL text cannot hold one) or more than `limit` characters."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (dict, list, bool)):
+        raise ValueError(f"{name} must be text, not {json.dumps(value)[:60]}")
+    out = value if isinstance(value, str) else str(value)
+    if "\x00" in out:
+        raise ValueError(f"{name} holds a NUL character")
+    if limit is not None and len(out) > limit:
+        raise ValueError(f"{name} is {len(out):,} characters long; at most {limit} fit the catalogue")
+    return out
 
 
 def _json_list(value: object) -> object:
@@ -52,6 +84,10 @@ def _parse_category(value: object) -> tuple[str, ...] | None:
         text = str(value)
         parts = [p.strip() for p in (text.split(">") if ">" in text else text.split("/"))]
     parts = [p for p in parts if p]
+    for p in parts:
+        text_cell(p, "category level", CATEGORY_CHARS)
+    if len("/".join(parts)) > CATEGORY_PATH_CHARS:
+        raise ValueError(f"category path is over {CATEGORY_PATH_CHARS} characters long")
     return tuple(parts) or None
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from shopsearch.catalogue.cells import category, image_list, price
+from shopsearch.catalogue.cells import (BRAND_CHARS, CATEGORY_CHARS, IMAGE_PATH_CHARS, SKU_CHARS, TITLE_CHARS, category,
+                                        image_list, price, text_cell)
 from shopsearch.catalogue.formats import FORMATS
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.errors import ManifestError
@@ -48,19 +49,24 @@ class _SkuRows:
 def _record(row: dict, base: Path) -> ProductRecord:
     # runs once per row of a million-row manifest: plain lookups, no generator, no keyword arguments
     get = row.get
-    sku = str(get("sku") or "").strip()
+    sku = (text_cell(get("sku"), "sku", SKU_CHARS) or "").strip()
     if not sku:
         raise ValueError("missing sku")
-    title = str(get("title") or get("name") or "").strip() or sku
+    if ("/" in sku or sku[0] == ".") and {"", ".", ".."} & set(sku.split("/")):
+        # /products/<sku> would name another address: browsers resolve dot segments, Flask merges "//"
+        raise ValueError(f"sku {sku!r} has an empty, '.' or '..' part between slashes, so no page address can name it")
+    title = (text_cell(get("title") or get("name"), "title", TITLE_CHARS) or "").strip() or sku
     many, one = get("images"), get("image")
     images = image_list(one) if many is None or many == "" else image_list(many) + image_list(one)
+    for p in images:
+        text_cell(p, "image path", IMAGE_PATH_CHARS)
     attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
     if isinstance(get("attributes"), dict):
         attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
     cur = get("currency")
     return ProductRecord(
-        sku, title, get("description") or None, get("brand") or None, price(get("price")),
-        str(cur).upper()[:3] if cur else None, category(get("category")), attrs,
+        sku, title, text_cell(get("description"), "description"), text_cell(get("brand"), "brand", BRAND_CHARS),
+        price(get("price")), text_cell(cur, "currency").upper()[:3] if cur else None, category(get("category")), attrs,
         tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]))
 
 
@@ -73,18 +79,23 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
         raise ManifestError(f"cannot open manifest {path}: {e}") from None
-    with f:
-        reader = csv.reader(f)
-        fieldnames = next(reader, None)
-        if not fieldnames or "sku" not in fieldnames:
-            raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' columns")
-        rows = _SkuRows(problems)
-        base, name = path.parent, path.name  # once: pathlib computes them again at every call
-        for n, row in enumerate(_dict_rows(reader, fieldnames), start=2):
-            try:
-                yield rows.see(_record(row, base), f"{name} row {n}")
-            except ValueError as e:
-                problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
+    try:
+        with f:
+            reader = csv.reader(f)
+            fieldnames = next(reader, None)
+            if not fieldnames or "sku" not in fieldnames:
+                raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' "
+                                    "columns")
+            rows = _SkuRows(problems)
+            base, name = path.parent, path.name  # once: pathlib computes them again at every call
+            for n, row in enumerate(_dict_rows(reader, fieldnames), start=2):
+                try:
+                    yield rows.see(_record(row, base), f"{name} row {n}")
+                except ValueError as e:
+                    problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
+    except UnicodeDecodeError as e:  # a spreadsheet's "CSV" in Latin-1 or Windows-1252: said plainly, no traceback
+        raise ManifestError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save it as UTF-8 "
+                            "(\"CSV UTF-8\") and import it again") from None
 
 
 def _dict_rows(reader: Iterator[list[str]], fieldnames: list[str]) -> Iterator[dict]:
@@ -114,13 +125,22 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        row = None
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError("line is not a JSON object")
+            if "\\ud" in line or "\\uD" in line:  # a lone surrogate escape decodes to text no database can store
+                try:
+                    json.dumps(row, ensure_ascii=False).encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("a \\uD800-\\uDFFF escape without its pair is no character") from None
             yield rows.see(_record(row, base), f"{name} line {n}")
-        except ValueError as e:
-            problems.append(RowProblem(f"{path.name} line {n}", None, str(e)))
+        except ValueError as e:  # the SKU named as for a CSV row, where it is printable text
+            sku = row.get("sku") if isinstance(row, dict) else None
+            # (surrogates and control characters are not printable)
+            problems.append(RowProblem(f"{path.name} line {n}", sku if isinstance(sku, str) and sku.isprintable()
+                                       else None, str(e)))
 
 
 def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
@@ -135,7 +155,18 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
         if len(rel.parts) < 2:
             problems.append(RowProblem(str(rel), None, "image is not inside a class folder; skipped", kind="file"))
             continue
-        rec = ProductRecord(sku=rel.with_suffix("").as_posix(), title=p.stem.replace("_", " ").replace("-", " "),
+        try:
+            # a name that is not UTF-8 (copied from an old system) cannot be stored: that file alone is skipped
+            str(rel).encode("utf-8")
+            sku = text_cell(rel.with_suffix("").as_posix(), "sku (the path in the folder)", SKU_CHARS)
+            for part in rel.parts[:-1]:
+                text_cell(part, "category (folder name)", CATEGORY_CHARS)
+        except (UnicodeEncodeError, ValueError) as e:
+            where = str(rel).encode("utf-8", "backslashreplace").decode("utf-8")
+            reason = "file name is not valid UTF-8; rename it" if isinstance(e, UnicodeEncodeError) else str(e)
+            problems.append(RowProblem(where, None, reason, kind="file"))
+            continue
+        rec = ProductRecord(sku=sku, title=p.stem.replace("_", " ").replace("-", " "),
                             category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),))
         yield rows.see(rec, str(rel))
 
