@@ -1,10 +1,15 @@
 """Fine-tuning code path (one tiny CPU step on generated images) and the fine-tuned embedder."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from indexer.cli import cli
 from shopsearch.classify.artefact import load_artefact
 from shopsearch.classify.data import imagefolder
 from shopsearch.classify.finetune_config import FinetuneConfig
@@ -67,3 +72,35 @@ def test_finetuned_refusals(tiny_model, tmp_path):
     torch.save(d, tmp_path / "tampered.pt")
     with pytest.raises(ClassifierError, match="fingerprint"):
         load_embedder(f"finetuned:{tmp_path / 'tampered.pt'}", "cpu")
+
+
+def test_tune_chooses_an_installed_models_serving_settings_on_val(tiny_model, tmp_path):
+    art, path, root = tiny_model
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    shutil.copyfile(path, data / "models" / "tiny.pt")
+    imgs = f"imagefolder:{root / 'imgs'}"
+    res = CliRunner().invoke(cli, ["--data-dir", str(data), "classify", "tune", "--model", "finetuned:tiny",
+                                   "--train", imgs, "--val", imgs, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    back = load_artefact(data / "models" / "tiny.pt")
+    # the trained head's figure kept, the served one (vote and fusion weight chosen on val) beside it
+    assert back.metrics["val_head"] == art.metrics["val"] and out["val"]["samples"] == 9
+    assert "knn_vote" in back.metrics and "fusion_val_precision_at_1" in back.metrics
+    assert back.metrics["best_epoch"] == 1 and back.fingerprint == art.fingerprint
+    emb = load_embedder(f"finetuned:{data / 'models' / 'tiny.pt'}", "cpu")  # still a valid model
+    assert emb.fingerprint == art.fingerprint
+
+
+def test_cli_finetune_ends_with_the_serving_settings_chosen_on_val(tiny_model, tmp_path):
+    _, _, root = tiny_model
+    imgs = f"imagefolder:{root / 'imgs'}"
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "classify", "train", "--finetune", "--name", "t",
+                                   "--train", imgs, "--val", imgs, "--max-steps", "1", "--epochs", "1",
+                                   "--batch-size", "4", "--img-size", "32", "--workers", "0", "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)["metrics"]  # stderr: the far-below-the-frozen-head warning of one step
+    assert m["val_head"]["samples"] == 9 and m["val"]["samples"] == 9 and "knn_vote" in m
+    assert load_artefact(tmp_path / "data" / "models" / "t.pt").metrics["knn_vote"] == m["knn_vote"]

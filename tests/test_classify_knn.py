@@ -10,7 +10,7 @@ from shopsearch.classify.artefact import artefact_path, load_artefact
 from shopsearch.classify.data import LabelledImage
 from shopsearch.classify.knn import KnnVote
 from shopsearch.classify.router import Classifier
-from shopsearch.classify.training import train_frozen
+from shopsearch.classify.training import train_frozen, with_serving_choices
 
 CATS = ["Fruit/Apple", "Fruit/Pear", "Dairy/Milk", "Dairy/Cheese"]
 
@@ -63,3 +63,24 @@ def test_vote_probabilities_and_mixture():
     assert np.isclose(f.sum(), 1.0) and np.isclose(c.sum(), 1.0) and c[0, 1] > head_c[0, 1]
     off = KnnVote(g, np.array([0, 1, 2, 2]), 3, k=2, temperature=0.05, weight=0.0)
     assert off.mix(head_f, head_c, g[:1], [0, 0, 1])[0] is head_f
+
+
+def test_a_finetuned_models_serving_choices_are_made_on_val_over_its_vectors():
+    """A fine-tuned model's trained head (here: one that cannot separate two-sided classes) gets
+    the vote, fusion weight and thresholds from val, as a frozen head does; the head's own
+    figure is kept beside the served one."""
+    x, items = _two_sided(30, seed=1)
+    xv, val = _two_sided(16, seed=2)
+    xt, test = _two_sided(16, seed=3)
+    trained = replace(train_frozen(x, items, xv, val, "fp", "fake"), knn=None, kind="finetuned",
+                      metrics={"val": {"fine": {"top1": 0.5}}, "best_epoch": 3})
+    served = with_serving_choices(trained, x, items, xv, val)
+    assert served.kind == "finetuned" and served.metrics["best_epoch"] == 3
+    assert served.metrics["val_head"] == {"fine": {"top1": 0.5}} and served.knn is not None
+    assert served.metrics["knn_vote"]["weight"] > 0 and len(served.knn["vectors"]) == len(x) + len(xv)
+    assert served.metrics["val"]["fine"]["top1"] > served.metrics["knn_vote"]["val_top1_head"] + 0.1
+    assert _top1(served, xt, test) > _top1(trained, xt, test) + 0.1
+    assert "fusion_val_precision_at_1" in served.metrics and served.thresholds.fusion >= 0
+    # photos of classes the model does not know are ignored; no val photos: nothing changes
+    other = [LabelledImage(i.path, "Toys/Ball") for i in val]
+    assert with_serving_choices(trained, x, items, xv, other) is trained

@@ -6,7 +6,8 @@ import pytest
 
 from shopsearch.confidence import Calibration, annotate, features, fit_logistic, load_calibration, save_calibration
 from shopsearch.confidence_fit import Samples, collect_samples, fit_calibration
-from shopsearch.evaluation.open_set import OpenSetQuery, auroc, ece, evaluate_open_set, precision_coverage
+from shopsearch.evaluation.open_set import (OpenSetQuery, auroc, ece, evaluate_open_set, precision_coverage,
+                                           products_removed)
 from shopsearch.index.vector_index import VectorIndex
 from shopsearch.results import ProductHit, SearchResult
 
@@ -173,6 +174,11 @@ def test_open_set_on_separable_clusters():
     assert res.auroc > 0.9
     again = evaluate_open_set(index, product_of, {}, queries, 0.25, seed=1)
     assert again.auroc == res.auroc  # seeded
+    # products_removed names the products the run removed (to train a model that never saw them)
+    removed = products_removed(product_of.values(), 0.25, seed=1)
+    assert len(removed) == 5 and removed != products_removed(product_of.values(), 0.25, seed=2)
+    kept_only = [q for q in queries if not q.relevant & removed]
+    assert evaluate_open_set(index, product_of, {}, kept_only, 0.25, seed=1).queries_out == 0
     d = res.to_dict()
     assert set(d) >= {"auroc", "ece", "precision_coverage", "match_shares"}
     assert isinstance(Calibration.from_json(res.calibration.to_json()), Calibration)

@@ -132,6 +132,7 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         art = finetune_artefact(train, val, cfg, device, base_fingerprint=base.fingerprint,
                                 name=name, target=target, progress=not as_json, reference_top1=reference)
         path = art.save(c.settings.models_dir / f"{name}.pt")
+        art = _serving_choices(c, path, train, val, target, workers, not as_json)
         spec = f"finetuned:{name}"
     else:
         emb = _embedder(c, model)
@@ -157,6 +158,48 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         for w in art.metrics.get("warnings", []):
             click.echo(f"warning: {w}", err=True)
         click.echo(f"index with it: shopsearch index build --model {spec}")
+
+
+def _serving_choices(c: Ctx, path: Path, train, val, target: float, workers: int, progress: bool):
+    """The installed fine-tuned model at `path` with its serving settings (nearest-neighbour
+    vote, fusion weight, routing thresholds) chosen on `val` over its own vectors; saved in place."""
+    from shopsearch.app import load_model
+    from shopsearch.classify.artefact import load_artefact
+    from shopsearch.classify.training import with_serving_choices
+    from shopsearch.classify.vectors import embed_labelled
+
+    emb = load_model(c.settings, f"finetuned:{path}")
+    xs, tr = embed_labelled(emb, train, c.settings.vector_cache_dir, progress, workers)
+    xv, va = embed_labelled(emb, val, c.settings.vector_cache_dir, progress, workers)
+    art = with_serving_choices(load_artefact(path), xs, tr, xv, va, target)
+    art.save(path)
+    return art
+
+
+@classify.command("tune")
+@click.option("--model", "model", required=True, help="An installed fine-tuned model: finetuned:NAME (or its .pt).")
+@click.option("--train", "train_spec", required=True,
+              help="Its training images (the vote's labelled photos): grocerystore:ROOT:SPLIT[+SPLIT] | imagefolder:ROOT")
+@click.option("--val", "val_spec", required=True, help="Validation images the settings are chosen on (same syntax).")
+@click.option("--target", type=float, default=0.97, show_default=True,
+              help="Routing precision the thresholds are chosen for on the validation images.")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def tune_cmd(c: Ctx, model: str, train_spec: str, val_spec: str, target: float, workers: int, as_json: bool) -> None:
+    """Choose a fine-tuned model's serving settings on validation photos without training it again
+    (what `classify train --finetune` now does at its end): for models trained before it did."""
+    from shopsearch.embedders.finetuned import resolve_artefact
+
+    path = resolve_artefact(model.removeprefix("finetuned:"), c.settings.models_dir)
+    art = _serving_choices(c, path, _labelled(c, train_spec), _labelled(c, val_spec), target, workers, not as_json)
+    out = {"artefact": str(path), "model": model, "knn_vote": art.metrics.get("knn_vote"),
+           "thresholds": art.thresholds.to_dict(), "val": art.metrics.get("val"), "val_head": art.metrics.get("val_head")}
+    if as_json:
+        echo_json(out)
+        return
+    _print_metrics("validation (served)", art.metrics["val"])
+    click.echo(_routing_line(art.thresholds))
 
 
 def _probe_baseline(c: Ctx, emb, train_spec: str | None, vecs, items, labels, workers: int, progress: bool) -> dict:

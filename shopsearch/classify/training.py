@@ -212,6 +212,35 @@ def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImag
                             "warnings": warnings})
 
 
+def with_serving_choices(art: ClassifierArtefact, vectors: np.ndarray, items: Sequence[LabelledImage],
+                         val_vectors: np.ndarray, val_items: Sequence[LabelledImage], target: float = 0.97
+                         ) -> ClassifierArtefact:
+    """A fine-tuned model's serving settings chosen on validation photos, as the frozen head's
+    are: the nearest-neighbour vote over the model's own vectors of its training photos (kept
+    only where it helps on val), the fusion weight and the routing thresholds, all read from
+    the served path (vectors of the fine-tuned embedder). metrics["val"] becomes the served
+    figure; the trained head's alone stays in metrics["val_head"]. The vote then also holds
+    the validation photos, as the frozen head's refit does."""
+    from dataclasses import replace
+
+    known = set(art.labels.fine)
+    keep = [j for j, it in enumerate(items) if it.category in known]
+    vectors, items = np.asarray(vectors, np.float32)[keep], [items[j] for j in keep]
+    vkeep = [j for j, it in enumerate(val_items) if it.category in known]
+    val_vectors, val_items = np.asarray(val_vectors, np.float32)[vkeep], [val_items[j] for j in vkeep]
+    if not val_items or not items:
+        return art
+    y, yv = _indices(items, art.labels), _indices(val_items, art.labels)
+    extra = {"val_head": art.metrics.get("val")}
+    voted, extra = _with_vote(replace(art, knn=None), val_vectors, val_items, vectors, y, extra)
+    served = with_validation(voted, val_vectors, val_items, target, extra, gallery=(vectors, y))
+    if served.knn is None:
+        return served
+    photos = np.vstack([vectors, val_vectors])
+    return replace(served, knn={**served.knn, "vectors": torch.from_numpy(photos.astype(np.float16)),
+                                "labels": torch.from_numpy(np.concatenate([y, yv]))})
+
+
 def below_reference(top1: float, reference: float | None, margin: float = 0.05) -> list[str]:
     """A warning when a fine-tuned model validates `margin` or more below the frozen head
     (too few epochs, a learning rate too high, a broken average): it would serve worse results."""

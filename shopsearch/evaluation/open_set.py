@@ -5,7 +5,7 @@ what precision each share of answered queries gets (precision/coverage)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -124,6 +124,19 @@ class OpenSetResult:
                                        for t, c, p in thin]}
 
 
+def _draw_removed(products: Sequence[Any], fraction: float, rng: np.random.Generator) -> set:
+    """The products (of the sorted list) the open set removes; advances `rng`."""
+    n_remove = int(round(fraction * len(products)))
+    removed = rng.choice(len(products), n_remove, replace=False).tolist() if n_remove else []
+    return {products[i] for i in removed}
+
+
+def products_removed(products: Iterable[Any], fraction: float, seed: int = 0) -> set:
+    """The products `evaluate_open_set` removes for this fraction and seed (e.g. to train a model
+    that never sees them)."""
+    return _draw_removed(sorted(set(products), key=str), fraction, np.random.default_rng(seed))
+
+
 def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of: Mapping[int, str | None],
                       queries: Sequence[OpenSetQuery], fraction: float, seed: int = 0, k: int = 5,
                       labelled: Sequence[LabelledQuery] = (), labelled_are_queries: bool = False,
@@ -143,9 +156,7 @@ def evaluate_open_set(index: VectorIndex, product_of: Mapping[int, Any], hash_of
     fits also read the photo's familiarity to the kept products' photos (shopsearch.density)."""
     products = sorted(set(product_of.values()), key=str)
     rng = np.random.default_rng(seed)
-    n_remove = int(round(fraction * len(products)))
-    removed = set(rng.choice(len(products), n_remove, replace=False).tolist()) if n_remove else set()
-    removed_products = {products[i] for i in removed}
+    removed_products = _draw_removed(products, fraction, rng)
     kept_ids = np.array(sorted(i for i, p in product_of.items() if p not in removed_products), dtype=np.int64)
     gallery = VectorIndex(index.dim, "flat", expected_size=len(kept_ids))
     gallery.add(kept_ids, np.stack([index.reconstruct(int(i)) for i in kept_ids]))
