@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shopsearch.classify.head import combined_probs
-from shopsearch.classify.probe import fit_probe, head_from_probes
+from shopsearch.classify.probe import fit_probe, head_from_probes, regularisation_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny fits (tests/conftest.py)
 
@@ -55,3 +55,14 @@ def test_tiny_classes_skip_cross_validation():
     x, y = _blobs(2, 3, 6, 0.5, 3)
     probe = fit_probe(x, y, 3, c_grid=(0.1, 1.0, 10.0), folds=3)
     assert probe.cv_accuracy == {} and probe.c == 1.0
+
+
+def test_regularisation_path_walks_c_upwards_from_one_fit():
+    x, y = _blobs(20, 4, 12, 1.0, 4)
+    path = regularisation_path(x, y, 4, c_grid=(1.0, 0.01, 0.1))
+    assert [p.c for p in path] == [0.01, 0.1, 1.0]
+    norms = [float(np.linalg.norm(p.weight)) for p in path]
+    assert norms[0] < norms[1] < norms[2]  # a weaker penalty lets the weights grow
+    # its first point is the probe fit_probe makes at that C (same objective, same start)
+    single = fit_probe(x, y, 4, c_grid=(0.01,))
+    np.testing.assert_allclose(path[0].logits(x), single.logits(x), rtol=1e-3, atol=1e-3)

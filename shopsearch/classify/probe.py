@@ -131,6 +131,24 @@ def fit_probe(x: np.ndarray, y: np.ndarray, n_classes: int, c_grid: tuple[float,
     return Probe(w.numpy(), b.numpy(), mean.astype(np.float32), scale.astype(np.float32), best, cv)
 
 
+def regularisation_path(x: np.ndarray, y: np.ndarray, n_classes: int, c_grid: tuple[float, ...] = C_GRID,
+                        balanced: bool = True, max_iter: int = 100) -> list[Probe]:
+    """One probe per C of `c_grid` (increasing), all fitted on (x, y), each fit warm-started from
+    the previous one as the cross-validation walks its folds: what each C does to held-out data
+    (validation photos) without cross-validating."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    mean, scale = _standardise(x)
+    z, yt = torch.from_numpy((x - mean) / scale), torch.from_numpy(y)
+    cw = _balanced_weights(y, n_classes) if balanced else None
+    out: list[Probe] = []
+    init = None
+    for c in sorted(c_grid):
+        init = _fit(z, yt, n_classes, c, cw, max_iter, init)
+        out.append(Probe(init[0].numpy(), init[1].numpy(), mean.astype(np.float32), scale.astype(np.float32), c))
+    return out
+
+
 def head_from_probes(fine: Probe, coarse: Probe) -> "CategoryHead":
     """A linear CategoryHead computing exactly the two probes' logits. The head multiplies
     the unit vector by its scale s before the linear layers, hence the 1/s."""
