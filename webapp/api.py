@@ -35,14 +35,15 @@ def search():
     rerank, tta, fusion = parse_rerank(values), parse_switch(values, "tta"), parse_switch(values, "fusion")
     box, objects = parse_crop(values), parse_objects(values)
     svc = holder().get()
-    img = require_image(svc.embedder, "image", allow_raw=True)
-    # the crop is taken after EXIF orientation (decoding applied it), before embedding
-    res = svc.search_image(crop(img, box) if box is not None else img, k=k, filters=filters, routing=routing,
-                           rerank=rerank, tta=tta, fusion=fusion)
+    with holder().photo_search():
+        img = require_image(svc.embedder, "image", allow_raw=True)
+        # the crop is taken after EXIF orientation (decoding applied it), before embedding
+        res = svc.search_image(crop(img, box) if box is not None else img, k=k, filters=filters, routing=routing,
+                               rerank=rerank, tta=tta, fusion=fusion)
+        regions = find_objects(svc, img, objects, k, filters) if objects else []
     observe_search(res)
     out = result_dict(res, filters, k)
     out["crop"] = box.to_dict() if box is not None else None
-    regions = find_objects(svc, img, objects, k, filters) if objects else []
     if objects:  # boxes in fractions of the whole photo, like `crop`
         out["regions"] = [region_dict(r) for r in regions]
     out["request_id"] = log_search(res, svc.embedder.fingerprint, "image", "api", {

@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "VISIBLE_ATTRIBUTES": "",
     # at most this many object regions for objects=auto
     "MAX_OBJECTS": 4,
+    # each photo search's torch threads from the searches in flight (shopsearch.query_threads.QueryThreads,
+    # shared by all workers: `shopsearch serve` makes it); None: this process's own, "off": fixed threads
+    "QUERY_THREADS": None,
 }
 
 

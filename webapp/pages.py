@@ -164,14 +164,15 @@ def search():
     embed_ms = 0.0
     regions: list[Region] = []
     if data is not None:
-        img = decode_upload(data, svc.embedder)
-        query = crop(img, box) if box is not None else img
-        t0 = time.perf_counter()
-        vec = query_vectors(svc.embedder, [query])[0]
-        embed_ms = (time.perf_counter() - t0) * 1000
+        with holder().photo_search():
+            img = decode_upload(data, svc.embedder)
+            query = crop(img, box) if box is not None else img
+            t0 = time.perf_counter()
+            vec = query_vectors(svc.embedder, [query])[0]
+            embed_ms = (time.perf_counter() - t0) * 1000
+            if objects:
+                regions = find_objects(svc, img, objects, min(k, 8), filters)
         preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
-        if objects:
-            regions = find_objects(svc, img, objects, min(k, 8), filters)
     elif form.get("qv"):
         vec = decode_vector(form["qv"], svc.embedder.dim)
         preview = checked_preview(form.get("qthumb"))
