@@ -1,7 +1,8 @@
 """How many intra-op threads the served photo searches got (shopsearch/query_threads.py): starts
 `shopsearch serve` (nginx in front, WORKERS x THREADS) on a prepared data dir, runs one client,
 then N concurrent clients, and reads `shopsearch_search_model_threads` from /metrics after each
-phase. A lone search should get every core; concurrent ones one thread each (on 2 cores).
+phase. A lone search should get every core; concurrent ones one thread each (on 2 cores). The
+server runs with SHOPSEARCH_QUERY_THREADS=adaptive unless the environment says otherwise.
 
     .venv/bin/python benchmarks/query_threads_count.py --data-dir /tmp/speeddemo \\
         --out benchmarks/results/query_threads_count.json
@@ -49,7 +50,7 @@ def main() -> int:
     from shopsearch.evaluation.machine import cpu_model
 
     port = a.port or free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {"SHOPSEARCH_QUERY_THREADS": "adaptive", **os.environ, "HF_HUB_OFFLINE": "1"}  # what it counts
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     proc = subprocess.Popen([*CLI, "--data-dir", str(a.data_dir.resolve()), "serve", "--bind", f"127.0.0.1:{port}",
                              "--workers", str(a.workers), "--threads", str(a.threads)], cwd=REPO, env=env,

@@ -158,8 +158,8 @@ def test_vectors_are_the_same_whatever_the_threads_and_concurrency():
 
 
 def test_a_served_photo_search_is_counted_and_sets_its_threads(tmp_path):
-    """The web app counts a photo search in flight from its decode to its results (the JSON API
-    and the upload page), with the request thread's torch threads set for its model."""
+    """The web app counts a photo search in flight for its whole request (the JSON API and the
+    upload page), with the request thread's torch threads set for its model."""
     from tests.conftest import FakeEmbedder
     from tests.test_webapp import app_for, make_site, photo
 
@@ -193,3 +193,24 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+def test_adaptive_threads_are_asked_for_and_never_override_the_operator(monkeypatch):
+    """Fixed threads by default (a lone search's second thread waits on a core other jobs hold:
+    slower on a partly loaded machine, benchmarks/RESULTS.md load_search_ab_query8_final_*);
+    SHOPSEARCH_QUERY_THREADS=adaptive asks for them, unless the operator fixed the threads."""
+    from shopsearch.config import Settings
+    from shopsearch.errors import ConfigError
+    from webapp.server import query_threads_for
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert query_threads_for(Settings.from_env({}), workers=2) is None
+    q = query_threads_for(Settings.from_env({"SHOPSEARCH_QUERY_THREADS": "adaptive"}), workers=2)
+    assert isinstance(q, QueryThreads) and q.in_flight.enter() == 1
+    assert query_threads_for(Settings.from_env({"SHOPSEARCH_QUERY_THREADS": "adaptive",
+                                                "SHOPSEARCH_TORCH_THREADS": "1"}), workers=2) is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert query_threads_for(Settings.from_env({"SHOPSEARCH_QUERY_THREADS": "adaptive"}), workers=2) is None
+    with pytest.raises(ConfigError, match="SHOPSEARCH_QUERY_THREADS"):
+        Settings.from_env({"SHOPSEARCH_QUERY_THREADS": "many"})

@@ -68,11 +68,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
 
 
 def _query_threads(value: Any, settings: Settings) -> QueryThreads | None:
-    """The server's QueryThreads as given, else one for this process alone ("off", or threads the
-    operator fixed: None)."""
+    """The server's QueryThreads as given, else one for this process alone where the settings ask
+    for adaptive threads (None: "off", the default fixed threads, or threads the operator fixed)."""
     if isinstance(value, QueryThreads):
         return value
-    if value == "off" or settings.torch_threads or threads_pinned():
+    if value == "off" or settings.query_threads != "adaptive" or settings.torch_threads or threads_pinned():
         return None
     return QueryThreads(available_cpus())
 

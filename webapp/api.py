@@ -11,7 +11,7 @@ from webapp.openapi import openapi_document
 from webapp.params import (parse_filters, parse_k, parse_rerank, parse_routing, parse_switch, product_dict,
                            result_dict)
 from webapp.query_options import parse_crop, parse_objects, region_dict, resolved
-from webapp.service import ServiceHolder
+from webapp.service import ServiceHolder, photo_search
 from webapp.uploads import require_image
 
 bp = Blueprint("api", __name__)
@@ -27,6 +27,7 @@ def _params():
 
 
 @bp.post("/search")
+@photo_search
 def search():
     """Image search: multipart field `image`, or the raw image as the request body; `crop=x,y,w,h`
     searches that part of the upright photo, `objects=auto` also finds the products in it."""
@@ -35,15 +36,14 @@ def search():
     rerank, tta, fusion = parse_rerank(values), parse_switch(values, "tta"), parse_switch(values, "fusion")
     box, objects = parse_crop(values), parse_objects(values)
     svc = holder().get()
-    with holder().photo_search():
-        img = require_image(svc.embedder, "image", allow_raw=True)
-        # the crop is taken after EXIF orientation (decoding applied it), before embedding
-        res = svc.search_image(crop(img, box) if box is not None else img, k=k, filters=filters, routing=routing,
-                               rerank=rerank, tta=tta, fusion=fusion)
-        regions = find_objects(svc, img, objects, k, filters) if objects else []
+    img = require_image(svc.embedder, "image", allow_raw=True)
+    # the crop is taken after EXIF orientation (decoding applied it), before embedding
+    res = svc.search_image(crop(img, box) if box is not None else img, k=k, filters=filters, routing=routing,
+                           rerank=rerank, tta=tta, fusion=fusion)
     observe_search(res)
     out = result_dict(res, filters, k)
     out["crop"] = box.to_dict() if box is not None else None
+    regions = find_objects(svc, img, objects, k, filters) if objects else []
     if objects:  # boxes in fractions of the whole photo, like `crop`
         out["regions"] = [region_dict(r) for r in regions]
     out["request_id"] = log_search(res, svc.embedder.fingerprint, "image", "api", {

@@ -16,7 +16,7 @@ from webapp.errors import BadParameterError, MissingImageError
 from webapp.feedback import log_search, logging_on
 from webapp.params import parse_filters, parse_k, parse_routing
 from webapp.query_options import format_price, parse_crop, parse_objects, resolved, visible_attributes
-from webapp.service import ServiceHolder
+from webapp.service import ServiceHolder, photo_search
 from webapp.metrics import observe_search
 from webapp.uploads import checked_preview, decode_upload, decode_vector, encode_vector, preview_data_url, upload_bytes
 
@@ -151,6 +151,7 @@ def search_get():
 
 
 @bp.post("/search")
+@photo_search
 def search():
     """A new photo (multipart `image`), or the previous query re-run with new filters (`qv`)."""
     form = request.form
@@ -164,15 +165,14 @@ def search():
     embed_ms = 0.0
     regions: list[Region] = []
     if data is not None:
-        with holder().photo_search():
-            img = decode_upload(data, svc.embedder)
-            query = crop(img, box) if box is not None else img
-            t0 = time.perf_counter()
-            vec = query_vectors(svc.embedder, [query])[0]
-            embed_ms = (time.perf_counter() - t0) * 1000
-            if objects:
-                regions = find_objects(svc, img, objects, min(k, 8), filters)
+        img = decode_upload(data, svc.embedder)
+        query = crop(img, box) if box is not None else img
+        t0 = time.perf_counter()
+        vec = query_vectors(svc.embedder, [query])[0]
+        embed_ms = (time.perf_counter() - t0) * 1000
         preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
+        if objects:
+            regions = find_objects(svc, img, objects, min(k, 8), filters)
     elif form.get("qv"):
         vec = decode_vector(form["qv"], svc.embedder.dim)
         preview = checked_preview(form.get("qthumb"))

@@ -51,10 +51,11 @@ def _torch_threads(workers: int, configured: int = 0) -> None:
 
 
 def query_threads_for(settings: Settings, workers: int) -> QueryThreads | None:
-    """Each search's torch threads from the searches in flight across all `workers` (a lone one
-    runs on every core: shopsearch/query_threads.py); made in the master, before it forks. None,
-    fixed threads kept, where the operator set them (SHOPSEARCH_TORCH_THREADS, OMP_NUM_THREADS)."""
-    if settings.torch_threads or threads_pinned():
+    """With SHOPSEARCH_QUERY_THREADS=adaptive, each search's torch threads from the searches in
+    flight across all `workers` (a lone one runs on every core: shopsearch/query_threads.py); made
+    in the master, before it forks. None, fixed threads, by default and where the operator set
+    them (SHOPSEARCH_TORCH_THREADS, OMP_NUM_THREADS)."""
+    if settings.query_threads != "adaptive" or settings.torch_threads or threads_pinned():
         return None
     # twice the workers: a graceful reload starts the new workers before the old ones leave
     return QueryThreads(available_cpus(), in_flight=InFlight(slots=2 * workers))

@@ -6,12 +6,15 @@ of index/CURRENT (throttled) to notice `shopsearch index build`/`rollback` witho
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+from flask import current_app
 
 from shopsearch.app import open_catalogue, open_index_store, open_search_service
 from shopsearch.catalogue.records import ImageInfo
@@ -26,6 +29,8 @@ from shopsearch.search import CategoryRouter, SearchService
 from webapp.metrics import observe_model_threads
 
 log = logging.getLogger("shopsearch.web")
+
+View = TypeVar("View", bound=Callable[..., Any])
 
 _Signature = tuple[int, int, int] | None
 
@@ -100,8 +105,8 @@ class ServiceHolder:
 
     @contextlib.contextmanager
     def photo_search(self) -> Iterator[int]:
-        """Around a photo search's decode and model: counted in flight, this thread's torch threads
-        set from the server's count (shopsearch/query_threads.py); yields the count set (0: fixed)."""
+        """Around a photo search: counted in flight, this thread's torch threads set from the
+        server's count (shopsearch/query_threads.py); yields the count set (0: fixed)."""
         if self.query_threads is None:
             yield 0
             return
@@ -235,3 +240,16 @@ class ServiceHolder:
             self._feedback_writer.close()
         if self._catalogue is not None and not self._fixed:
             self._catalogue.close()
+
+
+def photo_search(view: View) -> View:
+    """A route that searches with an uploaded photo: the whole request (upload, decode, model,
+    search, answer) counts as one search in flight (ServiceHolder.photo_search), so that under
+    concurrent load a search seldom finds itself alone between two others and takes every core."""
+
+    @functools.wraps(view)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with current_app.extensions["shopsearch"].photo_search():
+            return view(*args, **kwargs)
+
+    return counted  # type: ignore[return-value]
