@@ -8,7 +8,8 @@ Each variant is a checkout whose code serves (`--server-repo`) and a gunicorn co
         --variant before=/tmp/shopsearch-base:1x4 --variant after=.:1x4 --variant after-2x2=.:2x2 \\
         --rounds 2 --duration 15 --sequential 15 --out benchmarks/results/load_search_ab.json
 
-A variant is NAME=CHECKOUT:WORKERSxTHREADS[:TORCH]. The data dir must hold a built index
+A variant is NAME=CHECKOUT:WORKERSxTHREADS[:TORCH][:KEY=VALUE...] (KEY=VALUE: the server's
+environment, e.g. SHOPSEARCH_QUERY_THREADS=adaptive). The data dir must hold a built index
 (`shopsearch --data-dir DIR demo --no-serve --model efficientnet-lite0` makes one).
 Writes every run, each variant's medians over its rounds, and the load averages."""
 from __future__ import annotations
@@ -30,11 +31,13 @@ sys.path.insert(0, str(REPO))
 def parse_variant(text: str) -> dict:
     name, _, rest = text.partition("=")
     parts = rest.split(":")
+    env = dict(p.split("=", 1) for p in parts[2:] if "=" in p)  # KEY=VALUE parts: the server's environment
+    parts = [p for p in parts if "=" not in p]
     if not name or len(parts) not in (2, 3) or "x" not in parts[1]:
-        raise SystemExit(f"--variant {text!r}: expected NAME=CHECKOUT:WORKERSxTHREADS[:TORCH]")
+        raise SystemExit(f"--variant {text!r}: expected NAME=CHECKOUT:WORKERSxTHREADS[:TORCH][:KEY=VALUE...]")
     workers, threads = (int(v) for v in parts[1].lower().split("x"))
     return {"name": name, "repo": str(Path(parts[0]).resolve()), "workers": workers, "threads": threads,
-            "torch_threads": int(parts[2]) if len(parts) == 3 else None}
+            "torch_threads": int(parts[2]) if len(parts) == 3 else None, "env": env}
 
 
 def run_one(v: dict, a: argparse.Namespace, out: Path) -> dict:
@@ -43,7 +46,7 @@ def run_one(v: dict, a: argparse.Namespace, out: Path) -> dict:
            "--threads", str(v["threads"]), "--concurrency", str(a.concurrency), "--duration", str(a.duration),
            "--sequential", str(a.sequential), "--port", str(a.port),
            "--startup-timeout", str(a.startup_timeout), "--out", str(out)]
-    env = dict(os.environ)
+    env = {**os.environ, **v.get("env", {})}
     if v["torch_threads"]:
         env["SHOPSEARCH_TORCH_THREADS"] = str(v["torch_threads"])
     if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode != 0 and not out.is_file():
@@ -66,7 +69,7 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, required=True)
     ap.add_argument("--dataset", type=Path, default=Path(os.environ.get(
         "SHOPSEARCH_GROCERY_DIR", REPO.parent / "shared" / "datasets" / "grocerystore")))
-    ap.add_argument("--variant", action="append", required=True, help="NAME=CHECKOUT:WORKERSxTHREADS[:TORCH]")
+    ap.add_argument("--variant", action="append", required=True, help="NAME=CHECKOUT:WORKERSxTHREADS[:TORCH][:KEY=VALUE...]")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--sequential", type=float, default=15.0)

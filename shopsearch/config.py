@@ -17,6 +17,9 @@ COMPILE_MODES = ("auto", "on", "off")
 PRECISION_MODES = ("auto", "fp32", "bf16", "int8")
 #: SHOPSEARCH_QUERY_PRECISION: the query model's form measured (auto) or forced
 QUERY_PRECISIONS = ("auto", "fp32", "bf16")
+#: how a served photo search picks its torch threads: fixed (the worker's share of the cores) or
+#: adaptive (every core while it is alone on the server: shopsearch/query_threads.py)
+QUERY_THREAD_MODES = ("fixed", "adaptive")
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None, kind: type = int, minimum: float = 0,
@@ -118,6 +121,8 @@ class Settings:
     faiss_gpu: str = "auto"
     #: torch threads per web worker (0: the cores split between the workers)
     torch_threads: int = 0
+    #: fixed | adaptive (QUERY_THREAD_MODES)
+    query_threads: str = "fixed"
     #: the form of the model shoppers' photos run on (CPU): auto (the fastest measured at start-up
     #: whose vectors match fp32's, bf16 where the CPU has it) | fp32 | bf16
     query_precision: str = "auto"
@@ -178,6 +183,7 @@ class Settings:
             faiss_gpu=env.get("SHOPSEARCH_FAISS_GPU", "auto"),
             torch_threads=int(_number(env, "SHOPSEARCH_TORCH_THREADS", 0) or 0),
             query_precision=_choice(env, "SHOPSEARCH_QUERY_PRECISION", "auto", QUERY_PRECISIONS),
+            query_threads=_choice(env, "SHOPSEARCH_QUERY_THREADS", "fixed", QUERY_THREAD_MODES),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
             rerank=env.get("SHOPSEARCH_RERANK", "off"),

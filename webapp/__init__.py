@@ -12,7 +12,9 @@ from typing import Any, Mapping
 
 from flask import Flask, g, request
 
+from shopsearch.config import Settings, available_cpus, threads_pinned
 from shopsearch.errors import ShopSearchError
+from shopsearch.query_threads import QueryThreads
 from webapp.config import load_config
 from webapp.service import ServiceHolder, ServiceOverrides
 from webapp.thumbs import ThumbCache
@@ -34,7 +36,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
     load_config(app, test_config)
     cfg = app.config
     holder = ServiceHolder(cfg["SETTINGS"], model=cfg["MODEL"], reload_check_s=float(cfg["RELOAD_CHECK_S"]),
-                           overrides=services, migrate=bool(cfg["MIGRATE"]))
+                           overrides=services, migrate=bool(cfg["MIGRATE"]),
+                           query_threads=_query_threads(cfg["QUERY_THREADS"], cfg["SETTINGS"]))
     app.extensions["shopsearch"] = holder
     app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
 
@@ -62,6 +65,16 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
         except ShopSearchError as e:
             log.warning("serving without an index for now", extra={"error": str(e), "code": e.code})
     return app
+
+
+def _query_threads(value: Any, settings: Settings) -> QueryThreads | None:
+    """The server's QueryThreads as given, else one for this process alone where the settings ask
+    for adaptive threads (None: "off", the default fixed threads, or threads the operator fixed)."""
+    if isinstance(value, QueryThreads):
+        return value
+    if value == "off" or settings.query_threads != "adaptive" or settings.torch_threads or threads_pinned():
+        return None
+    return QueryThreads(available_cpus())
 
 
 def _start_timer() -> None:

@@ -11,7 +11,7 @@ from webapp.openapi import openapi_document
 from webapp.params import (parse_filters, parse_k, parse_rerank, parse_routing, parse_switch, product_dict,
                            result_dict)
 from webapp.query_options import parse_crop, parse_objects, region_dict, resolved
-from webapp.service import ServiceHolder
+from webapp.service import ServiceHolder, photo_search
 from webapp.uploads import require_image
 
 bp = Blueprint("api", __name__)
@@ -27,6 +27,7 @@ def _params():
 
 
 @bp.post("/search")
+@photo_search
 def search():
     """Image search: multipart field `image`, or the raw image as the request body; `crop=x,y,w,h`
     searches that part of the upright photo, `objects=auto` also finds the products in it."""

@@ -29,6 +29,8 @@ LATENCY = Histogram("shopsearch_http_request_duration_seconds", "Time to answer 
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
 STAGES = Histogram("shopsearch_search_stage_seconds", "Time per search stage (decode, embed, search, database)",
                    ["stage"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+MODEL_THREADS = Counter("shopsearch_search_model_threads", "Photo searches by the intra-op threads their model "
+                        "was given (all the cores when alone on the server)", ["threads"])
 INDEX_INFO = Gauge("shopsearch_index_info", "The index build served (1), by build id, model and type",
                    ["build_id", "model", "index_type"], multiprocess_mode="livemax")
 VECTORS = Gauge("shopsearch_index_vectors", "Vectors in the index served", multiprocess_mode="livemax")
@@ -41,6 +43,10 @@ _reported: dict[str, tuple[str, str, str] | None] = {"labels": None}
 
 def observe_decode(seconds: float) -> None:
     STAGES.labels("decode").observe(seconds)
+
+
+def observe_model_threads(n: int) -> None:
+    MODEL_THREADS.labels(str(n)).inc()
 
 
 def observe_search(res: SearchResult) -> None:

@@ -16,7 +16,7 @@ from webapp.errors import BadParameterError, MissingImageError
 from webapp.feedback import log_search, logging_on
 from webapp.params import parse_filters, parse_k, parse_routing
 from webapp.query_options import format_price, parse_crop, parse_objects, resolved, visible_attributes
-from webapp.service import ServiceHolder
+from webapp.service import ServiceHolder, photo_search
 from webapp.metrics import observe_search
 from webapp.uploads import checked_preview, decode_upload, decode_vector, encode_vector, preview_data_url, upload_bytes
 
@@ -151,6 +151,7 @@ def search_get():
 
 
 @bp.post("/search")
+@photo_search
 def search():
     """A new photo (multipart `image`), or the previous query re-run with new filters (`qv`)."""
     form = request.form

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from shopsearch.config import Settings, child_environment, metrics_dir, pin_omp_threads
+from shopsearch.config import Settings, available_cpus, child_environment, metrics_dir, pin_omp_threads, threads_pinned
+from shopsearch.query_threads import InFlight, QueryThreads
 
 if TYPE_CHECKING:
     from webapp.front import NginxFront
@@ -55,6 +56,17 @@ def _torch_threads(workers: int, configured: int = 0) -> None:
         pin_omp_threads(n, override=bool(configured))
 
 
+def query_threads_for(settings: Settings, workers: int) -> QueryThreads | None:
+    """With SHOPSEARCH_QUERY_THREADS=adaptive, each search's torch threads from the searches in
+    flight across all `workers` (a lone one runs on every core: shopsearch/query_threads.py); made
+    in the master, before it forks. None, fixed threads, by default and where the operator set
+    them (SHOPSEARCH_TORCH_THREADS, OMP_NUM_THREADS)."""
+    if settings.query_threads != "adaptive" or settings.torch_threads or threads_pinned():
+        return None
+    # twice the workers: a graceful reload starts the new workers before the old ones leave
+    return QueryThreads(available_cpus(), in_flight=InFlight(slots=2 * workers))
+
+
 class ShopSearchGunicorn(BaseApplication):
     """Gunicorn application that builds the Flask app with `factory`: in each worker after
     fork (the default; torch models must be loaded after fork), or once in the master with
@@ -94,12 +106,16 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
     nginx starts once gunicorn's socket is up and stops when gunicorn's master exits."""
     from webapp import create_app  # noqa: PLC0415
 
-    overrides = {"SETTINGS": settings, **(config or {})}
+    query_threads = query_threads_for(settings, workers)
+    overrides = {"SETTINGS": settings, "QUERY_THREADS": query_threads or "off", **(config or {})}
     opts = gunicorn_options(front.upstream_bind if front else bind, workers, threads, preload, timeout, access_log)
+    exited: list[Callable[[int], None]] = [query_threads.in_flight.release] if query_threads is not None else []
     if metrics_dir():
         from webapp.metrics import worker_exited  # noqa: PLC0415
 
-        opts["child_exit"] = lambda server, worker: worker_exited(worker.pid)
+        exited.append(worker_exited)
+    if exited:
+        opts["child_exit"] = lambda server, worker: [f(worker.pid) for f in exited]
     if front is not None:
         front.check()
         opts["when_ready"] = lambda server: front.start()

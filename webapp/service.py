@@ -5,11 +5,16 @@ creation, before gunicorn forks when preloading). Each request costs at most one
 of index/CURRENT (throttled) to notice `shopsearch index build`/`rollback` without a restart."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
+
+from flask import current_app
 
 from shopsearch.app import open_catalogue, open_index_store, open_search_service
 from shopsearch.catalogue.records import ImageInfo
@@ -19,9 +24,13 @@ from shopsearch.embedders.base import Embedder
 from shopsearch.errors import IndexNotFoundError, ProductNotFoundError, ShopSearchError
 from shopsearch.feedback import FeedbackStore
 from shopsearch.feedback.writer import LogWriter
+from shopsearch.query_threads import QueryThreads
 from shopsearch.search import CategoryRouter, SearchService
+from webapp.metrics import observe_model_threads
 
 log = logging.getLogger("shopsearch.web")
+
+View = TypeVar("View", bound=Callable[..., Any])
 
 _Signature = tuple[int, int, int] | None
 
@@ -41,7 +50,8 @@ class ServiceHolder:
     """Owns the process's catalogue connection pool and its current SearchService."""
 
     def __init__(self, settings: Settings, model: str | None = None, reload_check_s: float = 0.0,
-                 overrides: ServiceOverrides | None = None, migrate: bool = False) -> None:
+                 overrides: ServiceOverrides | None = None, migrate: bool = False,
+                 query_threads: QueryThreads | None = None) -> None:
         overrides = overrides or ServiceOverrides()
         service = overrides.search_service
         self.settings = settings
@@ -64,6 +74,7 @@ class ServiceHolder:
         self._primary: dict[str, int | None] = {}
         self._fallback: str | None = None  # why the build served is not CURRENT's
         self.loads = 0  # how many times an index was (re)loaded: tests and /healthz
+        self.query_threads = query_threads
 
     # -- collaborators ------------------------------------------------------
     @property
@@ -91,6 +102,17 @@ class ServiceHolder:
     def flush_feedback(self, timeout: float = 5.0) -> bool:
         """Searches logged by this process so far are in the database (tests; before feedback on them)."""
         return self._feedback_writer is None or self._feedback_writer.flush(timeout)
+
+    @contextlib.contextmanager
+    def photo_search(self) -> Iterator[int]:
+        """Around a photo search: counted in flight, this thread's torch threads set from the
+        server's count (shopsearch/query_threads.py); yields the count set (0: fixed)."""
+        if self.query_threads is None:
+            yield 0
+            return
+        with self.query_threads.search() as n:
+            observe_model_threads(n)
+            yield n
 
     def get(self) -> SearchService:
         """The serving SearchService; raises IndexNotFoundError (503) while there is none."""
@@ -218,3 +240,16 @@ class ServiceHolder:
             self._feedback_writer.close()
         if self._catalogue is not None and not self._fixed:
             self._catalogue.close()
+
+
+def photo_search(view: View) -> View:
+    """A route that searches with an uploaded photo: the whole request (upload, decode, model,
+    search, answer) counts as one search in flight (ServiceHolder.photo_search), so that under
+    concurrent load a search seldom finds itself alone between two others and takes every core."""
+
+    @functools.wraps(view)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with current_app.extensions["shopsearch"].photo_search():
+            return view(*args, **kwargs)
+
+    return counted  # type: ignore[return-value]
