@@ -89,3 +89,66 @@ def test_pipeline_compiles_only_big_cpu_jobs(monkeypatch):
         Settings.from_env({"SHOPSEARCH_COMPILE": "fast"})
     with pytest.raises(ConfigError, match="auto, on, off"):
         tuned_config(emb, compile="fast")
+
+
+def _shaped() -> TorchEmbedder:
+    """_tiny with a transform that makes 3x32x32 inputs (fuse() traces at the model's input shape)."""
+    emb = _tiny()
+    emb.transform = lambda im: torch.from_numpy(np.asarray(im.resize((32, 32)), dtype=np.float32) / 255).permute(2, 0, 1)
+    return emb
+
+
+@pytest.mark.parametrize("precision, atol", [("fp32", 1e-5), ("bf16", 0.05)])
+def test_fused_batches_match_eager(monkeypatch, precision, atol):
+    """oneDNN fusion changes how batches run, not their vectors (fp32: to rounding; bf16: to bf16
+    rounding), at the fused batch size, padded below it, and eager for a single image."""
+    from shopsearch.embedders import onednn_fusion
+
+    monkeypatch.setattr(onednn_fusion, "faster", lambda *a, **k: True)  # keep it whatever the timing
+    eager, fast = _shaped(), _shaped()
+    if precision == "bf16":
+        eager, fast = (TorchEmbedder("tiny", e.model.float(), e.transform, 16, "tiny-1", precision="bf16")
+                       for e in (_shaped(), _shaped()))
+    assert fast.fuse(4) and fast.fused and not fast.compiled
+    assert fast.fuse(4)  # once per batch size
+    for n, seed in ((4, 1), (3, 2), (9, 3), (1, 4)):
+        x = _batch(n, seed)
+        np.testing.assert_allclose(fast.encode_batch(x), eager.encode_batch(x), atol=atol)
+    assert fast.fingerprint == eager.fingerprint
+    assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is back off
+
+
+def test_fusion_is_dropped_where_it_is_not_faster_or_fails(monkeypatch):
+    from shopsearch.embedders import onednn_fusion
+
+    monkeypatch.setattr(onednn_fusion, "faster", lambda *a, **k: False)
+    emb = _shaped()
+    assert emb.fuse(4) is False and not emb.fused
+    monkeypatch.setattr(onednn_fusion, "fused", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no jit")))
+    assert emb.fuse(4) is False and not emb.fused
+    assert emb.encode_batch(_batch(4, 0)).shape == (4, 16)
+
+
+def test_pipeline_fuses_cpu_jobs_from_the_threshold_up(monkeypatch, tmp_path, image_dir):
+    """embed_items asks a TorchEmbedder for its fused form on CPU jobs of FUSE_MIN_IMAGES or more
+    (not smaller ones, not compiled ones), and the vectors it writes are the eager model's."""
+    from tests.conftest import sha
+    from shopsearch.embedders import onednn_fusion
+    from shopsearch.embedding import pipeline
+    from shopsearch.embedding.cache import VectorCache
+    from shopsearch.embedding.pipeline import WorkItem, embed_items
+
+    monkeypatch.setattr(onednn_fusion, "faster", lambda *a, **k: True)
+    monkeypatch.setattr(pipeline, "FUSE_MIN_IMAGES", 6)
+    items = [WorkItem(sha(p), str(p), i + 1) for i, p in enumerate(image_dir(7))]
+    ref = VectorCache(tmp_path / "ref", "tiny-1", 16)
+    embed_items(_shaped(), items[:5], ref, batch_size=4, progress=False, executor="inline")
+    small = _shaped()
+    embed_items(small, items[:5], VectorCache(tmp_path / "small", "tiny-1", 16), batch_size=4, progress=False,
+                executor="inline")
+    assert not small.fused  # 5 images: below the threshold
+    big, cache = _shaped(), VectorCache(tmp_path / "big", "tiny-1", 16)
+    rep = embed_items(big, items, cache, batch_size=4, progress=False, executor="inline", compile="off")
+    assert rep.embedded == 7 and big.fused
+    keys = [it.key for it in items[:5]]
+    np.testing.assert_allclose(cache.get_many(keys), ref.get_many(keys), atol=1e-5)

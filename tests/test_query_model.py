@@ -70,22 +70,25 @@ def _cnn() -> nn.Module:
 def test_candidates_offer_bf16_only_where_the_cpu_has_it(monkeypatch):
     sample = torch.randn(2, 3, 16, 16)
     monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: False)
-    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen"]
+    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen", "fp32-fused"]
     assert list(candidates(_cnn(), sample, "bf16")) == ["fp32"]  # nothing to force: fp32 serves
     monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: True)
-    assert list(candidates(_cnn(), sample, "fp32")) == ["fp32", "fp32-frozen"]
-    assert list(candidates(_cnn(), sample, "bf16")) == ["fp32", "bf16-frozen"]  # fp32 only as the reference
+    assert list(candidates(_cnn(), sample, "fp32")) == ["fp32", "fp32-frozen", "fp32-fused"]
+    assert list(candidates(_cnn(), sample, "bf16")) == ["fp32", "bf16-fused"]  # fp32 only as the reference
 
-    def no_torchscript(model, sample):
+    def no_torchscript(*args):
         raise RuntimeError("torch.jit is gone")
 
-    # an optional form that fails is left out
+    # an optional form that fails is left out; bf16 falls back from fused to frozen to eager
+    monkeypatch.setattr(query_model, "fused", no_torchscript)
+    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen", "bf16-frozen"]
     monkeypatch.setattr(query_model, "_frozen_bf16", no_torchscript)
     monkeypatch.setattr(query_model, "_frozen_fp32", no_torchscript)
     assert list(candidates(_cnn(), sample)) == ["fp32", "bf16"]
     monkeypatch.undo()
     monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: True)
-    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen", "bf16-frozen"]
+    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen", "fp32-fused", "bf16-fused"]
+    assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is back as it was
 
 
 def test_frozen_fp32_form_gives_the_eager_models_vectors():
@@ -97,6 +100,25 @@ def test_frozen_fp32_form_gives_the_eager_models_vectors():
         assert torch.allclose(frozen(sample[:1]), model(sample[:1]), atol=1e-5)  # traced on one image, any batch
     with pytest.raises(ConfigError):
         candidates(_cnn(), sample, "int4")
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, None)])
+def test_fused_forms_give_the_eager_models_vectors(monkeypatch, dtype, atol):
+    """oneDNN Graph fusion changes how the tower runs, not what it computes: fp32 to rounding,
+    bf16 within the query model's cosine bound; at the warmed-up batch sizes and any other."""
+    monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: True)
+    model, sample = _cnn(), torch.randn(3, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    name = "fp32-fused" if dtype == torch.float32 else "bf16-fused"
+    fused = candidates(model, sample, "fp32" if dtype == torch.float32 else "bf16")[name]
+    with torch.inference_mode():
+        for n in (1, 2, 3):
+            got, want = fused(sample[:n]).float(), model(sample[:n])
+            assert got.shape == want.shape
+            if atol is not None:
+                assert torch.allclose(got, want, atol=atol)
+            else:
+                assert float(torch.nn.functional.cosine_similarity(got, want).min()) >= 0.99
+    assert not torch.jit.onednn_fusion_enabled()
 
 
 def _embedder() -> TorchEmbedder:

@@ -2,15 +2,16 @@
 (batch-norm folded) image tower, measured once when the service loads.
 
 A single query is a batch of one: latency, not throughput. Candidates are the folded fp32
-model, the same model frozen by TorchScript (weights as constants, convolutions prepacked for
-oneDNN where torch does so: a few ms less CPU per query on an AVX2 CPU, load_search_ab_query7 in
-benchmarks/RESULTS.md) and, on CPUs
-with bfloat16 instructions (AVX512-BF16, AMX), a bf16 copy of it frozen by TorchScript (whole
-graph in C++, without the GIL between ops; the eager bf16 copy where freezing fails). Each candidate
-must give vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the
-one with the lowest single-image time wins. The index and its fingerprint are untouched:
-catalogue vectors always come from the fp32 model, only the query side may be bf16.
-benchmarks/RESULTS.md has the measured times and the Grocery Store check of top-1 results."""
+model; the same model frozen by TorchScript (weights as constants, convolutions prepacked for
+oneDNN: a few ms less CPU per query on an AVX2 CPU, load_search_ab_query7 in
+benchmarks/RESULTS.md); the frozen model with oneDNN Graph fusion ("fused": convolution,
+bias and activation run as one oneDNN kernel, the profiling executor fuses them during the
+warm-up calls made here); and, on CPUs with bfloat16 instructions (AVX512-BF16, AMX), a bf16
+copy of the fused model (the bf16 frozen one where fusion fails). Each candidate must give
+vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the one with the
+lowest single-image time wins. The index and its fingerprint are untouched: catalogue vectors
+always come from the fp32 model, only the query side may be bf16. benchmarks/RESULTS.md has the
+measured times and the Grocery Store check of top-1 results."""
 from __future__ import annotations
 
 import copy
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from shopsearch.config import QUERY_PRECISIONS
+from shopsearch.embedders.onednn_fusion import fused
 from shopsearch.evaluation.machine import cpu_has_bf16
 from shopsearch.errors import ConfigError
 
@@ -40,7 +42,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 class QueryChoice:
     """Which form serves queries, and what was measured to choose it."""
 
-    name: str  # "fp32", "fp32-frozen", "bf16" or "bf16-frozen"
+    name: str  # "fp32", "fp32-frozen", "fp32-fused", "bf16", "bf16-frozen" or "bf16-fused"
     ms: dict[str, float] = field(default_factory=dict)  # best single-image time per candidate
     cosine: dict[str, float] = field(default_factory=dict)  # worst cosine to fp32 on the sample
     refused: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not timed
@@ -67,6 +69,11 @@ def _frozen_bf16(model: nn.Module, sample: torch.Tensor) -> Forward:
     return lambda x: frozen(x.to(torch.bfloat16))
 
 
+#: batch sizes a query runs at (a photo; a photo and its mirror for test-time augmentation): the
+#: fused forms are warmed up at each, since the executor fuses per input shape
+QUERY_BATCHES = (1, 2)
+
+
 def candidates(model: nn.Module, sample: torch.Tensor, precision: str = "auto") -> dict[str, Forward]:
     """The forms worth trying for `precision` on this CPU (fp32 always, as the reference, and
     frozen unless bf16 is forced; bf16 only where the CPU runs it natively: emulated, it is
@@ -75,17 +82,23 @@ def candidates(model: nn.Module, sample: torch.Tensor, precision: str = "auto") 
         raise ConfigError(f"query precision must be one of {', '.join(QUERY_PRECISIONS)}, not {precision!r}")
     out: dict[str, Forward] = {"fp32": model}
     if precision != "bf16":
-        try:
-            out["fp32-frozen"] = _frozen_fp32(model, sample)
-        except Exception as e:  # noqa: BLE001 - TorchScript may refuse a model, or be gone from torch
-            log.info("query model: no frozen fp32 form (%s)", e)
+        for name, make in (("fp32-frozen", lambda: _frozen_fp32(model, sample)),
+                           ("fp32-fused", lambda: fused(model, sample, torch.float32, QUERY_BATCHES))):
+            try:
+                out[name] = make()
+            except Exception as e:  # noqa: BLE001 - TorchScript may refuse a model, or be gone from torch
+                log.info("query model: no %s form (%s)", name, e)
     if precision == "fp32" or not cpu_has_bf16():
         return out
-    try:  # one bf16 form, so that start-up stays short: frozen (faster than eager bf16 where measured)
-        out["bf16-frozen"] = _frozen_bf16(model, sample)
-    except Exception as e:  # noqa: BLE001 - TorchScript may refuse a model, or be gone from torch
-        log.info("query model: no frozen bf16 form (%s), eager bf16 instead", e)
-        out["bf16"] = _bf16(model)
+    # one bf16 form, so that start-up stays short: fused, else frozen, else eager (in the order
+    # they were measured fastest)
+    for name, make in (("bf16-fused", lambda: fused(model, sample, torch.bfloat16, QUERY_BATCHES)),
+                       ("bf16-frozen", lambda: _frozen_bf16(model, sample)), ("bf16", lambda: _bf16(model))):
+        try:
+            out[name] = make()
+            break
+        except Exception as e:  # noqa: BLE001 - TorchScript may refuse a model, or be gone from torch
+            log.info("query model: no %s form (%s)", name, e)
     return out
 
 
