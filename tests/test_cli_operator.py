@@ -155,3 +155,20 @@ def test_an_import_of_nothing_and_a_delete_of_nothing_exit_non_zero(tmp_path, db
     assert res.exit_code == 1 and "nothing was deleted" in res.output
     res = run(tmp_path, "--database-url", db_url, "catalogue", "delete", "OK", "NOPE", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout) == {"deleted": ["OK"], "not_found": ["NOPE"]}
+
+
+def test_a_rebuild_without_model_keeps_the_serving_model_and_says_so(tmp_path, monkeypatch):
+    """`index build --force` without --model rebuilds with the serving build's model: neither
+    "auto" nor SHOPSEARCH_MODEL switches the model of an existing index (only --model does)."""
+    data = tmp_path / "data"
+    _import_and_build(tmp_path, data)  # colorhist
+    monkeypatch.setenv("SHOPSEARCH_MODEL", "efficientnet-lite0")
+    for args in ([], ["--precision", "fp32"]):
+        res = run(data, "index", "build", "--force", "--workers", "1", "--json", *args)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["model"] == "colorhist"
+        assert "model: keeping colorhist, the model of the serving build" in res.stderr
+        assert "--model" in res.stderr
+    res = run(data, "index", "build", "--force", "--workers", "1", "--model", "colorhist")
+    assert res.exit_code == 0 and "keeping" not in res.output  # asked for: nothing to say
+    assert "Default: the serving build's model" in " ".join(run(data, "index", "build", "--help").output.split())
