@@ -18,6 +18,19 @@ from shopsearch.errors import ManifestError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
+#: the product fields a manifest's columns give, and which columns give each
+_FIELD_COLUMNS = {"title": ("title", "name"), "description": ("description",), "brand": ("brand",),
+                  "price": ("price",), "currency": ("currency",)}
+
+
+def _absent(columns) -> frozenset[str]:
+    """The product fields that a manifest with these columns (a CSV header, a JSONL object's keys)
+    does not give: a re-import leaves them as they are (ProductRecord.keep)."""
+    cols = set(columns)
+    keep = [f for f, names in _FIELD_COLUMNS.items() if cols.isdisjoint(names)]
+    if all(c in _CORE for c in cols):  # no other column: no attribute
+        keep.append("attributes")
+    return frozenset(keep)
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class _SkuRows:
 
 
 # -- readers ------------------------------------------------------------------
-def _record(row: dict, base: Path) -> ProductRecord:
+def _record(row: dict, base: Path, keep: frozenset[str]) -> ProductRecord:
     # runs once per row of a million-row manifest: plain lookups, no generator, no keyword arguments
     get = row.get
     sku = (text_cell(get("sku"), "sku", SKU_CHARS) or "").strip()
@@ -67,7 +80,7 @@ def _record(row: dict, base: Path) -> ProductRecord:
     return ProductRecord(
         sku, title, text_cell(get("description"), "description"), text_cell(get("brand"), "brand", BRAND_CHARS),
         price(get("price")), text_cell(cur, "currency").upper()[:3] if cur else None, category(get("category")), attrs,
-        tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]))
+        tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]), keep)
 
 
 #: os.path.isabs without its per-call str/bytes dispatch where absolute means a leading "/"
@@ -88,9 +101,10 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
                                     "columns")
             rows = _SkuRows(problems)
             base, name = path.parent, path.name  # once: pathlib computes them again at every call
+            keep = _absent(fieldnames)
             for n, row in enumerate(_dict_rows(reader, fieldnames), start=2):
                 try:
-                    yield rows.see(_record(row, base), f"{name} row {n}")
+                    yield rows.see(_record(row, base, keep), f"{name} row {n}")
                 except ValueError as e:
                     problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
     except UnicodeDecodeError as e:  # a spreadsheet's "CSV" in Latin-1 or Windows-1252: said plainly, no traceback
@@ -135,7 +149,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
                     json.dumps(row, ensure_ascii=False).encode("utf-8")
                 except UnicodeEncodeError:
                     raise ValueError("a \\uD800-\\uDFFF escape without its pair is no character") from None
-            yield rows.see(_record(row, base), f"{name} line {n}")
+            yield rows.see(_record(row, base, _absent(row)), f"{name} line {n}")
         except ValueError as e:  # the SKU named as for a CSV row, where it is printable text
             sku = row.get("sku") if isinstance(row, dict) else None
             # (surrogates and control characters are not printable)
