@@ -94,11 +94,7 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         raise ManifestError(f"cannot open manifest {path}: {e}") from None
     try:
         with f:
-            reader = csv.reader(f)
-            fieldnames = next(reader, None)
-            if not fieldnames or "sku" not in fieldnames:
-                raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' "
-                                    "columns")
+            fieldnames, reader = _header(f, path)
             rows = _SkuRows(problems)
             base, name = path.parent, path.name  # once: pathlib computes them again at every call
             keep = _absent(fieldnames)
@@ -110,6 +106,24 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
     except UnicodeDecodeError as e:  # a spreadsheet's "CSV" in Latin-1 or Windows-1252: said plainly, no traceback
         raise ManifestError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save it as UTF-8 "
                             "(\"CSV UTF-8\") and import it again") from None
+
+
+def _header(f, path: Path) -> tuple[list[str], Iterator[list[str]]]:
+    """The header row and a reader of the rows below it. Spreadsheets save "CSV" with commas,
+    or semicolons or tabs in many locales; a header names its columns in any case, with spaces
+    around them ("SKU", " Images"): the known columns are read in lower case, others (attributes)
+    as written. ManifestError, saying what the first row holds, when no delimiter gives a sku column."""
+    for delimiter in (",", ";", "\t"):
+        f.seek(0)
+        reader = csv.reader(f, delimiter=delimiter)
+        fieldnames = [c if c.lower() not in _CORE else c.lower() for c in (c.strip() for c in next(reader, []))]
+        if "sku" in fieldnames:
+            return fieldnames, reader
+    f.seek(0)
+    first = f.readline().strip()
+    raise ManifestError(f"{path}: a CSV manifest needs a header row with a 'sku' column and an 'images' column "
+                        "(values separated by commas, semicolons or tabs); "
+                        + (f"its first row is {first[:200]!r}" if first else "the file is empty"))
 
 
 def _dict_rows(reader: Iterator[list[str]], fieldnames: list[str]) -> Iterator[dict]:
