@@ -193,3 +193,5 @@ def test_the_cli_refuses_an_empty_index_with_one_line_and_exit_1(tmp_path):
         assert "Error: not published: the catalogue holds no products" in res.output
         assert "[nothing_to_index]" in res.output and "Traceback" not in res.output
     assert json.loads(runner.invoke(cli, base + ["list", "--json"]).output) == {"builds": []}
+    status = runner.invoke(cli, base + ["status"])  # what to do first: import, not build
+    assert status.exit_code == 0 and "import a catalogue first: `shopsearch catalogue import FILE`" in status.output

@@ -296,7 +296,9 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
         echo_json(st.to_dict())
         return
     if st.build_id is None:
-        click.echo(f"no index yet; {st.catalogue_images} catalogue images to index (`shopsearch index build`)")
+        click.echo(f"no index yet; {st.catalogue_images} catalogue images to index ("
+                   + ("`shopsearch index build`)" if st.catalogue_images else
+                      "import a catalogue first: `shopsearch catalogue import FILE`)"))
         return
     if st.degraded:
         click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
