@@ -25,7 +25,7 @@ from indexer.views_build import GalleryViews, choose_views, served_views, transf
 from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.build_types import (BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges,
                                  resolve_options)
-from indexer.shrink import check_shrink
+from indexer.shrink import check_publishable
 from indexer.update_plan import (DELTA, READD, UP_TO_DATE, Changes, ServingIndex, current_at, indexable_keys,
                                  plan_update, rescan_diff)
 from shopsearch.catalogue.records import ImageInfo, IndexBuildInfo
@@ -37,7 +37,7 @@ from shopsearch.config import GpuTuning
 from shopsearch.calibration_source import BuildCalibrator
 from shopsearch.confidence import calibration_file, load_calibration
 from shopsearch.embedders.base import Embedder
-from shopsearch.errors import IndexShrinkError, ModelMismatchError
+from shopsearch.errors import IndexShrinkError, ModelMismatchError, NothingToIndexError
 from shopsearch.images import sha256_file
 from shopsearch.index.layout import storage_order
 from shopsearch.index.merge import is_ivf
@@ -166,14 +166,13 @@ class IndexBuilder:
 
     def _guard(self, build_id: str | None, itype: str, serving: IndexManifest | None,
                serving_ids: list[int], new_ids: list[int], max_shrink: float | None) -> None:
-        """Refuse (IndexShrinkError, the build recorded as failed) a build that drops more than
-        `max_shrink` of the serving build's vectors. Checked on the plan, before any embedding,
-        and again on what was embedded."""
-        if serving is None:
-            return
+        """Refuse (the build recorded as failed) a build of no vectors (NothingToIndexError) or one
+        that drops more than `max_shrink` of the serving build's (IndexShrinkError). Checked on the
+        plan, before any embedding, and again on what was embedded."""
         try:
-            check_shrink(serving.count, serving_ids, new_ids, self.catalogue, max_shrink)
-        except IndexShrinkError:
+            check_publishable(None if serving is None else serving.count, serving_ids, new_ids, self.catalogue,
+                              max_shrink)
+        except (IndexShrinkError, NothingToIndexError):
             if build_id is not None:
                 self._record(build_id, itype, len(new_ids), "failed")
             raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from shopsearch.errors import IndexShrinkError
+from shopsearch.errors import IndexShrinkError, NothingToIndexError
 
 if TYPE_CHECKING:  # the CLI imports this module for DEFAULT_MAX_SHRINK; SQLAlchemy only when it runs
     from shopsearch.catalogue.store import CatalogueStore
@@ -64,5 +64,35 @@ def check_shrink(serving: int, serving_ids: Iterable[int], new_ids: Iterable[int
         f"not published: the new build would hold {shrink.new:,} vectors against the serving build's "
         f"{shrink.serving:,} ({shrink.fraction:.0%} fewer, the limit is {max_shrink:.0%})"
         + (f"; {'; '.join(why)}" if why else "")
-        + ". The serving build is unchanged and the vectors embedded so far are kept; if the catalogue "
-        "really shrank, rerun with --max-shrink 1")
+        + ". The serving build is unchanged and the vectors embedded so far are kept; "
+        + ("if the catalogue really shrank, rerun with --max-shrink 1" if shrink.new else
+           "an empty index is never published, not even with --max-shrink 1"))
+
+
+def check_publishable(serving: int | None, serving_ids: Iterable[int], new_ids: Iterable[int],
+                      catalogue: CatalogueStore, max_shrink: float | None) -> None:
+    """What a build must pass before it is published (`serving`: the serving build's vector
+    count, None when nothing serves): check_shrink first (it says where a serving build's vectors
+    went), then NothingToIndexError when it would hold no vector at all: an index of nothing
+    answers every search with nothing, so not even --max-shrink 1 publishes it."""
+    new_ids = list(new_ids)
+    if serving is not None:
+        check_shrink(serving, serving_ids, new_ids, catalogue, max_shrink)
+    if not new_ids:
+        st = catalogue.stats()
+        todo = "Fix or restore the image files (`shopsearch catalogue problems` lists them)"
+        if st.products == 0:
+            why = "the catalogue holds no products" + (
+                " (is --database-url the database the index was built from?)" if serving else "")
+            todo = "Import products (`shopsearch catalogue import FILE`)"
+        elif st.images == 0:
+            why = f"none of the catalogue's {st.products:,} products has an image"
+            todo = "Import the products with their images (an `images` column)"
+        elif st.images_ok == 0:
+            why = f"none of the catalogue's {st.images:,} images is usable (files missing or undecodable)"
+        else:
+            why = f"none of the catalogue's {st.images_ok:,} images could be embedded"
+        kept = (f"the serving build ({serving:,} vectors) is unchanged" if serving is not None
+                else "nothing was published")
+        raise NothingToIndexError(f"not published: {why}, so the index would hold no vectors; {kept}. {todo}, "
+                                  "then run it again (an empty index is never published, whatever --max-shrink says)")

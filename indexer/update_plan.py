@@ -142,12 +142,13 @@ def rescan_diff(serving: IndexManifest, scan: RescanReport | None, built_at: int
     from (`built_at`) and the rescan's own writes made the current `generation`. No image row
     and no keys file is read then: an update after k files changed costs O(k), not a read of
     a million ids and hashes. None (the full diff decides) when anything else changed, or
-    when the change is big enough for the shrink guard to look at the ids."""
+    when the change is big enough for the shrink guard to look at the ids (with no limit, when
+    it could leave no vector: an empty index is never published)."""
     if scan is None or built_at is None or built_at != scan.generations[0] or scan.generations[1] != generation:
         return None
     restored, new_content, gone = scan.moves
-    if max_shrink is not None and max_shrink < 1 \
-            and len(restored) + len(new_content) + len(gone) > max_shrink * serving.count:
+    allowed = max_shrink * serving.count if max_shrink is not None and max_shrink < 1 else serving.count - 1
+    if len(restored) + len(new_content) + len(gone) > allowed:
         return None
     return IndexDiff(tuple(sorted(restored)), tuple(sorted(new_content)), tuple(sorted(gone)),
                      serving.count - len(new_content) - len(gone))

@@ -45,6 +45,22 @@ def load_model(settings: Settings, spec: str | None = None) -> Embedder:
     return load_embedder(spec or settings.model, settings.device, settings.models_dir)
 
 
+def model_to_build(settings: Settings, store: IndexStore, spec: str | None = None) -> tuple[str, IndexManifest | None]:
+    """The model spec an index build runs, and the serving build whose model it keeps (None when
+    `spec` was asked for or nothing serves). A rebuild without `spec` keeps the serving build's
+    model (without its precision: model_for_build keeps that, unless another is asked for), so
+    "auto" or settings.model never switches the model of an existing index; only a first build
+    runs settings.model."""
+    if spec:
+        return spec, None
+    serving = store.current_manifest()
+    if serving is None:
+        return settings.model, None
+    from shopsearch.embedders import parse_spec
+
+    return str(replace(parse_spec(serving.model_name), precision="fp32")), serving
+
+
 def model_for_build(settings: Settings, store: IndexStore, spec: str | None = None,
                     precision: str | None = None) -> tuple[Embedder, PrecisionChoice]:
     """The embedder an index build runs: `spec` (default settings.model) in `precision` (default

@@ -116,6 +116,14 @@ class IndexShrinkError(ShopSearchError):
     http_status = 409
 
 
+class NothingToIndexError(ShopSearchError):
+    """A build or update would publish an index of no vectors (an empty catalogue, every image
+    deleted or unusable): never published, whatever --max-shrink allows."""
+
+    code = "nothing_to_index"
+    http_status = 409
+
+
 class DatabaseUnavailableError(ShopSearchError):
     """The catalogue database URL cannot be parsed, or the database cannot be reached."""
 

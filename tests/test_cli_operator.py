@@ -155,3 +155,44 @@ def test_an_import_of_nothing_and_a_delete_of_nothing_exit_non_zero(tmp_path, db
     assert res.exit_code == 1 and "nothing was deleted" in res.output
     res = run(tmp_path, "--database-url", db_url, "catalogue", "delete", "OK", "NOPE", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout) == {"deleted": ["OK"], "not_found": ["NOPE"]}
+
+
+def test_a_rebuild_without_model_keeps_the_serving_model_and_says_so(tmp_path, monkeypatch):
+    """`index build --force` without --model rebuilds with the serving build's model: neither
+    "auto" nor SHOPSEARCH_MODEL switches the model of an existing index (only --model does)."""
+    data = tmp_path / "data"
+    _import_and_build(tmp_path, data)  # colorhist
+    monkeypatch.setenv("SHOPSEARCH_MODEL", "efficientnet-lite0")
+    for args in ([], ["--precision", "fp32"]):
+        res = run(data, "index", "build", "--force", "--workers", "1", "--json", *args)
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["model"] == "colorhist"
+        assert "model: keeping colorhist, the model of the serving build" in res.stderr
+        assert "--model" in res.stderr
+    res = run(data, "index", "build", "--force", "--workers", "1", "--model", "colorhist")
+    assert res.exit_code == 0 and "keeping" not in res.output  # asked for: nothing to say
+    assert "Default: the serving build's model" in " ".join(run(data, "index", "build", "--help").output.split())
+
+
+def test_a_spreadsheets_csv_imports_and_a_header_without_sku_says_what_it_holds(tmp_path):
+    """Spreadsheets save "CSV" with semicolons or tabs in many locales, and headers as people
+    type them ("SKU", " Images"): both import. A header with no sku column is one line saying
+    what its first row holds (it said 'sku' and 'image' were needed, of a file that had them)."""
+    _images(tmp_path, 3)
+    (tmp_path / "semi.csv").write_text("SKU;Title;Price;Images;Colour\r\nS0;Oat milk;1,50;imgs/0.png;white\r\n"
+                                       "S1;Apple;0.50;imgs/1.png;red\r\n", encoding="utf-8-sig")
+    (tmp_path / "tabs.tsv.csv").write_text("sku\t title \timages\nS2\tBanana\timgs/2.png\n")
+    res = run(tmp_path, "catalogue", "import", str(tmp_path / "semi.csv"), "--workers", "1", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["products_created"] == 1  # S1; S0's decimal comma is its row's problem, said so
+    assert "write decimals with a point" in json.dumps(report["problems"])
+    s1 = json.loads(run(tmp_path, "catalogue", "show", "S1").stdout)
+    assert (s1["title"], s1["price"], s1["attributes"], len(s1["images"])) == ("Apple", 0.5, {"Colour": "red"}, 1)
+    assert run(tmp_path, "catalogue", "import", str(tmp_path / "tabs.tsv.csv"), "--workers", "1").exit_code == 0
+    assert json.loads(run(tmp_path, "catalogue", "show", "S2").stdout)["title"] == "Banana"
+
+    (tmp_path / "ids.csv").write_text("id,name,picture\n1,x,imgs/0.png\n")
+    res = run(tmp_path, "catalogue", "import", str(tmp_path / "ids.csv"))
+    assert res.exit_code == 1 and "[manifest_error]" in res.output and "Traceback" not in res.output
+    assert "needs a header row with a 'sku' column" in res.output and "its first row is 'id,name,picture'" in res.output

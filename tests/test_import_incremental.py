@@ -112,3 +112,39 @@ def test_attributes_are_compared_as_stored_text_and_decoded_only_when_the_text_d
     assert not catalogue.upsert_product(rec).changed  # decoded, equal
     moved = catalogue.upsert_product(ProductRecord("A1", "a", attributes={"colour": "blue", "size": "M"}))
     assert moved.changed and catalogue.get_product("A1").attributes == {"colour": "blue", "size": "M"}
+
+
+def test_a_manifest_without_a_column_leaves_that_field_alone(tmp_path, catalogue, image_dir):
+    """A price update (`sku,price`) changes prices only: the fields a manifest has no column
+    for (title, description, brand, currency, attributes) keep their values, as category and
+    images always did; an empty cell still clears its field; a JSONL object without a key is
+    read the same way; re-importing the partial file changes nothing."""
+    image_dir(2)
+    full = tmp_path / "full.csv"
+    full.write_text("sku,title,description,brand,price,currency,category,images,colour\n"
+                    "S0,Oat milk,Creamy,Oatly,2.10,EUR,Dairy/Milk,imgs/img_0000.png,white\n"
+                    "S1,Apple,,,0.50,EUR,Fruit,imgs/img_0001.png,red\n")
+    _run(catalogue, full)
+    prices = tmp_path / "prices.csv"
+    prices.write_text("sku,price\nS0,1.99\n")
+    r = _run(catalogue, prices)
+    assert (r.products_created, r.products_updated, r.images_removed) == (0, 1, 0)
+    s0 = catalogue.get_product("S0").to_dict()
+    assert {k: s0[k] for k in ("title", "description", "brand", "price", "currency", "category", "attributes")} == \
+        {"title": "Oat milk", "description": "Creamy", "brand": "Oatly", "price": 1.99, "currency": "EUR",
+         "category": "Dairy/Milk", "attributes": {"colour": "white"}}
+    assert len(s0["images"]) == 1
+    assert _run(catalogue, prices).products_unchanged == 1
+
+    brands = tmp_path / "brands.jsonl"
+    brands.write_text('{"sku": "S1", "brand": "Orchard"}\n')
+    problems: list[RowProblem] = []
+    import_catalogue(catalogue, read_source(brands, "jsonl", problems), problems, workers=1, progress=False)
+    s1 = catalogue.get_product("S1").to_dict()
+    assert (s1["title"], s1["brand"], s1["price"], s1["attributes"]) == ("Apple", "Orchard", 0.5, {"colour": "red"})
+
+    cleared = tmp_path / "cleared.csv"  # columns present with empty cells: cleared, the others kept
+    cleared.write_text("sku,title,price,brand\nS0,Oat milk,,\n")
+    assert _run(catalogue, cleared).products_updated == 1
+    s0 = catalogue.get_product("S0").to_dict()
+    assert (s0["price"], s0["brand"], s0["currency"], s0["description"]) == (None, None, "EUR", "Creamy")

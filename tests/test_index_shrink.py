@@ -16,7 +16,7 @@ from indexer.shrink import check_shrink
 from shopsearch.catalogue.importers import import_catalogue
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.catalogue.store import CatalogueStore
-from shopsearch.errors import IndexShrinkError
+from shopsearch.errors import IndexShrinkError, NothingToIndexError
 from shopsearch.index import IndexStore
 from tests.conftest import FakeEmbedder, make_image
 
@@ -78,11 +78,11 @@ def test_a_wrong_database_is_refused_and_a_real_shrink_can_be_allowed(tmp_path, 
     assert b.update(progress=False, max_shrink=0.9).vectors == 1  # a limit that allows it
 
     empty = CatalogueStore.open(f"sqlite:///{tmp_path / 'other.db'}")  # --database-url of another shop
-    with pytest.raises(IndexShrinkError, match="1 of its images left the catalogue"):
+    with pytest.raises(IndexShrinkError, match="1 of its images left the catalogue.*never published"):
         IndexBuilder(FakeEmbedder(), empty, store, tmp_path / "vectors").build(progress=False)
-    assert IndexBuilder(FakeEmbedder(), empty, store, tmp_path / "vectors").build(
-        progress=False, max_shrink=None).vectors == 0
-    assert first.build_id != store.current_id()
+    with pytest.raises(NothingToIndexError, match="holds no products .*--database-url"):  # not even "any shrink"
+        IndexBuilder(FakeEmbedder(), empty, store, tmp_path / "vectors").build(progress=False, max_shrink=None)
+    assert first.build_id != store.current_id() and _served(store)[1] == 1
 
 
 class NoSmallImages(FakeEmbedder):
@@ -151,3 +151,47 @@ def test_cli_refuses_with_a_clear_error_and_max_shrink_allows(tmp_path):
     bad = runner.invoke(cli, base + ["update", "--max-shrink", "1.5"])
     assert bad.exit_code == 2 and "1.5 is not in the range" in bad.output
     cat.close()
+
+
+def test_an_empty_index_is_never_published(tmp_path, sqlite_catalogue):
+    """An update or build that would serve no vector is refused, whatever --max-shrink allows:
+    an empty catalogue (first build or not), every product deleted, every file gone. The
+    serving build stays, the refused build is recorded as failed, and a catalogue with
+    products again builds as before."""
+    cat, store = sqlite_catalogue, IndexStore(tmp_path / "index")
+    b = IndexBuilder(FakeEmbedder(), cat, store, tmp_path / "vectors")
+    for run in (b.build, b.update):  # nothing serves yet and nothing to index
+        with pytest.raises(NothingToIndexError, match="holds no products, .* nothing was published. Import products"):
+            run(progress=False)
+    assert _served(store) == (None, 0) and store.list_builds() == []
+
+    paths = _catalogue(cat, tmp_path / "imgs", 3)
+    first = b.build(progress=False)
+    cat.delete_products(["P0", "P1", "P2"])  # delete everything, then update "allowing any shrink"
+    for run in (b.update, b.build):
+        with pytest.raises(NothingToIndexError, match=r"serving build \(3 vectors\) is unchanged"):
+            run(progress=False, max_shrink=1.0)
+        assert _served(store) == (first.build_id, 3)
+
+    _catalogue(cat, tmp_path / "imgs", 3)  # the same files back in the catalogue: served again
+    back = b.update(progress=False, max_shrink=1.0)
+    assert back.vectors == 3 and _served(store) == (back.build_id, 3)
+    for p in paths:  # every file gone: the rescan alone sees it (update_plan.rescan_diff)
+        p.unlink()
+    with pytest.raises(NothingToIndexError, match="none of the catalogue's 3 images is usable"):
+        b.update(progress=False, max_shrink=1.0)
+    assert _served(store) == (back.build_id, 3)
+
+
+def test_the_cli_refuses_an_empty_index_with_one_line_and_exit_1(tmp_path):
+    data = tmp_path / "data"
+    runner = CliRunner()
+    base = ["--data-dir", str(data), "index"]
+    for cmd in (["build", "--model", "colorhist"], ["update", "--model", "colorhist", "--max-shrink", "1"]):
+        res = runner.invoke(cli, base + cmd)
+        assert res.exit_code == 1, res.output
+        assert "Error: not published: the catalogue holds no products" in res.output
+        assert "[nothing_to_index]" in res.output and "Traceback" not in res.output
+    assert json.loads(runner.invoke(cli, base + ["list", "--json"]).output) == {"builds": []}
+    status = runner.invoke(cli, base + ["status"])  # what to do first: import, not build
+    assert status.exit_code == 0 and "import a catalogue first: `shopsearch catalogue import FILE`" in status.output

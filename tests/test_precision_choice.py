@@ -154,3 +154,15 @@ def test_cpu_bf16_weights_are_converted_once_not_per_batch(monkeypatch):
     out = emb.encode_batch(np.random.default_rng(0).standard_normal((5, 3, 4, 4), dtype=np.float32))
     assert out.dtype == np.float32 and out.shape == (5, 8)
     assert {n: (p.dtype, p.data_ptr()) for n, p in emb.model.named_parameters()} == weights
+
+
+def test_a_rebuild_keeps_the_serving_model_unless_one_is_asked_for(tmp_path):
+    """model_to_build: the serving build's model without its precision (model_for_build keeps
+    that), never settings.model, which only a first build runs."""
+    settings = Settings(data_dir=tmp_path / "d", model="colorhist")
+    empty = SimpleNamespace(current_manifest=lambda: None)
+    bf16 = SimpleNamespace(model_name="efficientnet-lite0+bf16", build_id="b1")
+    serving = SimpleNamespace(current_manifest=lambda: bf16)
+    assert app.model_to_build(settings, empty) == ("colorhist", None)
+    assert app.model_to_build(settings, serving) == ("efficientnet-lite0", bf16)
+    assert app.model_to_build(settings, serving, "openclip:ViT-B-32@/w.pt") == ("openclip:ViT-B-32@/w.pt", None)

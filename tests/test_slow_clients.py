@@ -4,10 +4,12 @@ stops by itself."""
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import re
 import socket
+import socketserver
 import subprocess
 import sys
 import threading
@@ -135,6 +137,90 @@ def test_nginx_config_is_complete(tmp_path):
     assert not re.findall(r"@[A-Z_]+@", text.split("\n@USER@", 1)[-1].split("user ", 1)[-1])  # all filled in
     assert "client_max_body_size 10485760;" in text and "proxy_request_buffering on;" in text
     assert "client_header_timeout" in text and "listen 127.0.0.1:8000" in text
+
+
+class _Upstream(socketserver.ThreadingUnixStreamServer):
+    """A stand-in for gunicorn on nginx's socket: /api/v1/slow answers after 3 s, anything else
+    is the app's own JSON error (503, its own code), which nginx must pass through untouched."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        os.chmod(self.server_address, 0o777)  # as gunicorn's socket (umask 0): nginx's workers may run as nobody
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/api/v1/slow":
+                time.sleep(3)
+            body = b'{"error": {"code": "index_unavailable", "message": "from the app"}}'
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+        def address_string(self):
+            return "unix"
+
+
+def _request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, str, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/octet-stream"} if body else {})
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type", ""), r.read()
+    finally:
+        conn.close()
+
+
+def _api_error(status: int, content_type: str, body: bytes) -> tuple[int, str]:
+    """(status, code) of an error in the app's shape (webapp/errors.py: error_response), exactly."""
+    assert content_type == "application/json", (status, content_type, body)
+    doc = json.loads(body)
+    assert list(doc) == ["error"] and sorted(doc["error"]) == ["code", "message"], doc
+    return status, doc["error"]["code"]
+
+
+@needs_nginx
+@pytest.mark.timeout(60)
+def test_nginx_own_errors_under_api_are_the_apps_json_and_pages_stay_html(tmp_path):
+    """nginx answers some requests itself: a body over client_max_body_size (413), the app down
+    (502) or too slow (504). Under /api/ a client gets the app's JSON error shape with that
+    status; page paths get HTML; the app's own errors pass through as the app wrote them."""
+    port = free_port()
+    nginx = front.NginxFront(f"127.0.0.1:{port}", 1024 * 1024)
+    # the read timeout (120 s) shortened, so that the slow upstream below is a 504 within the test
+    nginx.conf_path.write_text(nginx.conf_path.read_text().replace("proxy_read_timeout 120s", "proxy_read_timeout 1s"))
+    nginx.check()
+    nginx.start()
+    try:
+        # the app is down: nothing listens on nginx's upstream socket
+        for method, path in (("GET", "/api/v1/healthz"), ("POST", "/api/v1/search"), ("GET", "/api/v1/categories")):
+            assert _api_error(*_request(port, method, path, b"x" if method == "POST" else None)) == \
+                (502, "bad_gateway")
+        status, ctype, body = _request(port, "GET", "/")
+        assert status == 502 and ctype == "text/html" and b"<html>" in body
+        big = b"\0" * (2 * 1024 * 1024)
+        assert _api_error(*_request(port, "POST", "/api/v1/search", big)) == (413, "payload_too_large")
+        status, ctype, body = _request(port, "POST", "/search", big)
+        assert status == 413 and ctype == "text/html" and b"larger than the 1 MB limit" in body
+        assert _request(port, "GET", "/_shopsearch/api_error/502")[0] == 404  # internal only
+
+        app = _Upstream(str(nginx.socket), _Upstream.Handler)
+        threading.Thread(target=app.serve_forever, daemon=True).start()
+        try:
+            assert _api_error(*_request(port, "GET", "/api/v1/slow")) == (504, "gateway_timeout")
+            status, ctype, body = _request(port, "GET", "/api/v1/readyz")  # the app's own error, untouched
+            assert (status, ctype) == (503, "application/json") and json.loads(body)["error"]["message"] == "from the app"
+        finally:
+            app.shutdown()
+            app.server_close()
+    finally:
+        nginx.stop()
 
 
 def test_public_bind_without_nginx_is_refused(monkeypatch):

@@ -176,9 +176,11 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 
 
 @index.command("build")
-@click.option("--model", envvar="SHOPSEARCH_MODEL", default="auto", show_default=True,
+@click.option("--model", default=None,
               help="efficientnet-lite0 | openclip:ARCH/PRETRAINED | openclip:ARCH@CHECKPOINT | colorhist | auto; "
-                   "append +bf16, +fp32 or +int8 to fix the precision (else --precision decides)")
+                   "append +bf16, +fp32 or +int8 to fix the precision (else --precision decides). Default: the "
+                   "serving build's model (a rebuild never switches models unless --model says so); for a first "
+                   "build SHOPSEARCH_MODEL, else auto.")
 @click.option("--precision", envvar="SHOPSEARCH_PRECISION", type=click.Choice(["auto", "fp32", "bf16", "int8"]),
               default="auto", show_default=True,
               help="Precision when the model spec names none. auto: bf16 on GPUs that have it, fp32 on CPUs without; on "
@@ -214,12 +216,17 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
               as_json: bool, wait: bool, metrics_file: str | None, engine: str | None, ray_address: str | None,
               ray_actors: int | None, force: bool, rescan_scope: str) -> None:
     """Embed every catalogue image (reusing cached vectors) and publish a new index build
-    (nothing, and "up to date", when the serving build already holds exactly these images)."""
+    (nothing, and "up to date", when the serving build already holds exactly these images).
+    A rebuild keeps the serving build's model unless --model names another."""
     _writer(c, wait, "index build")
-    from shopsearch.app import model_for_build
+    from shopsearch.app import model_for_build, model_to_build
 
     store = c.index_store()
-    embedder, choice = model_for_build(c.settings, store, model, precision)
+    spec, kept = model_to_build(c.settings, store, model)
+    if kept is not None:
+        click.echo(f"model: keeping {kept.model_name}, the model of the serving build {kept.build_id} "
+                   "(`--model M` switches models)", err=True)
+    embedder, choice = model_for_build(c.settings, store, spec, precision)
     if choice.probe_ms:
         click.echo(f"precision auto: {choice.precision} (ms per probe batch: "
                    + ", ".join(f"{k} {v}" for k, v in choice.probe_ms.items())
@@ -289,7 +296,9 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
         echo_json(st.to_dict())
         return
     if st.build_id is None:
-        click.echo(f"no index yet; {st.catalogue_images} catalogue images to index (`shopsearch index build`)")
+        click.echo(f"no index yet; {st.catalogue_images} catalogue images to index ("
+                   + ("`shopsearch index build`)" if st.catalogue_images else
+                      "import a catalogue first: `shopsearch catalogue import FILE`)"))
         return
     if st.degraded:
         click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)

@@ -23,7 +23,8 @@ def price(value: object) -> Decimal | None:
     try:
         d = Decimal(str(value).strip())
     except InvalidOperation:
-        raise ValueError(f"price {value!r} is not a number") from None
+        hint = " (write decimals with a point, e.g. 1.50, and no thousands separator)" if "," in str(value) else ""
+        raise ValueError(f"price {value!r} is not a number{hint}") from None
     if not d.is_finite():
         raise ValueError(f"price {value!r} is not a number")
     if not 0 <= d <= MAX_PRICE:

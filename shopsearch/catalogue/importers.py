@@ -144,7 +144,7 @@ def _checked_record(rec: ProductRecord, checked: dict[str, ImageRecord | str], r
             images.append(res if res.role == im.role else replace(res, role=im.role))
     # the constructor, not dataclasses.replace: this runs once per row of a million-row manifest
     return ProductRecord(rec.sku, rec.title, rec.description, rec.brand, rec.price, rec.currency,
-                         rec.category_path, rec.attributes, tuple(images))
+                         rec.category_path, rec.attributes, tuple(images), rec.keep)
 
 
 def _count(report: ImportReport, result: UpsertResult) -> None:

@@ -18,6 +18,19 @@ from shopsearch.errors import ManifestError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
+#: the product fields a manifest's columns give, and which columns give each
+_FIELD_COLUMNS = {"title": ("title", "name"), "description": ("description",), "brand": ("brand",),
+                  "price": ("price",), "currency": ("currency",)}
+
+
+def _absent(columns) -> frozenset[str]:
+    """The product fields that a manifest with these columns (a CSV header, a JSONL object's keys)
+    does not give: a re-import leaves them as they are (ProductRecord.keep)."""
+    cols = set(columns)
+    keep = [f for f, names in _FIELD_COLUMNS.items() if cols.isdisjoint(names)]
+    if all(c in _CORE for c in cols):  # no other column: no attribute
+        keep.append("attributes")
+    return frozenset(keep)
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class _SkuRows:
 
 
 # -- readers ------------------------------------------------------------------
-def _record(row: dict, base: Path) -> ProductRecord:
+def _record(row: dict, base: Path, keep: frozenset[str]) -> ProductRecord:
     # runs once per row of a million-row manifest: plain lookups, no generator, no keyword arguments
     get = row.get
     sku = (text_cell(get("sku"), "sku", SKU_CHARS) or "").strip()
@@ -67,7 +80,7 @@ def _record(row: dict, base: Path) -> ProductRecord:
     return ProductRecord(
         sku, title, text_cell(get("description"), "description"), text_cell(get("brand"), "brand", BRAND_CHARS),
         price(get("price")), text_cell(cur, "currency").upper()[:3] if cur else None, category(get("category")), attrs,
-        tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]))
+        tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]), keep)
 
 
 #: os.path.isabs without its per-call str/bytes dispatch where absolute means a leading "/"
@@ -81,21 +94,36 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         raise ManifestError(f"cannot open manifest {path}: {e}") from None
     try:
         with f:
-            reader = csv.reader(f)
-            fieldnames = next(reader, None)
-            if not fieldnames or "sku" not in fieldnames:
-                raise ManifestError(f"{path}: a CSV manifest needs a header row with at least 'sku' and 'image' "
-                                    "columns")
+            fieldnames, reader = _header(f, path)
             rows = _SkuRows(problems)
             base, name = path.parent, path.name  # once: pathlib computes them again at every call
+            keep = _absent(fieldnames)
             for n, row in enumerate(_dict_rows(reader, fieldnames), start=2):
                 try:
-                    yield rows.see(_record(row, base), f"{name} row {n}")
+                    yield rows.see(_record(row, base, keep), f"{name} row {n}")
                 except ValueError as e:
                     problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
     except UnicodeDecodeError as e:  # a spreadsheet's "CSV" in Latin-1 or Windows-1252: said plainly, no traceback
         raise ManifestError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save it as UTF-8 "
                             "(\"CSV UTF-8\") and import it again") from None
+
+
+def _header(f, path: Path) -> tuple[list[str], Iterator[list[str]]]:
+    """The header row and a reader of the rows below it. Spreadsheets save "CSV" with commas,
+    or semicolons or tabs in many locales; a header names its columns in any case, with spaces
+    around them ("SKU", " Images"): the known columns are read in lower case, others (attributes)
+    as written. ManifestError, saying what the first row holds, when no delimiter gives a sku column."""
+    for delimiter in (",", ";", "\t"):
+        f.seek(0)
+        reader = csv.reader(f, delimiter=delimiter)
+        fieldnames = [c if c.lower() not in _CORE else c.lower() for c in (c.strip() for c in next(reader, []))]
+        if "sku" in fieldnames:
+            return fieldnames, reader
+    f.seek(0)
+    first = f.readline().strip()
+    raise ManifestError(f"{path}: a CSV manifest needs a header row with a 'sku' column and an 'images' column "
+                        "(values separated by commas, semicolons or tabs); "
+                        + (f"its first row is {first[:200]!r}" if first else "the file is empty"))
 
 
 def _dict_rows(reader: Iterator[list[str]], fieldnames: list[str]) -> Iterator[dict]:
@@ -135,7 +163,7 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
                     json.dumps(row, ensure_ascii=False).encode("utf-8")
                 except UnicodeEncodeError:
                     raise ValueError("a \\uD800-\\uDFFF escape without its pair is no character") from None
-            yield rows.see(_record(row, base), f"{name} line {n}")
+            yield rows.see(_record(row, base, _absent(row)), f"{name} line {n}")
         except ValueError as e:  # the SKU named as for a CSV row, where it is printable text
             sku = row.get("sku") if isinstance(row, dict) else None
             # (surrogates and control characters are not printable)

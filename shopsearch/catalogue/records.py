@@ -34,6 +34,10 @@ class ProductRecord:
     category_path: tuple[str, ...] | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     images: tuple[ImageRecord, ...] = ()
+    #: the fields its source has no column for (a manifest of `sku,price` has no title): an existing
+    #: product keeps its value of each ("title", "description", "brand", "price", "currency",
+    #: "attributes"), a new one gets the default
+    keep: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from shopsearch.catalogue.records import ProductRecord
 def _digest(rec: ProductRecord, stats: Iterable[tuple[int, int]]) -> str:
     parts = [rec.sku, rec.title, rec.description, rec.brand, None if rec.price is None else str(rec.price),
              rec.currency, rec.category_path, rec.attributes or None]
+    if rec.keep:  # columns the manifest lacks: not the same row as one with those cells empty
+        parts.append(sorted(rec.keep))
     for im, (size, mtime) in zip(rec.images, stats):
         parts.append((im.path, im.role, size, mtime))
     # repr, not JSON: a row's values come from one reader, so the same row gives the same text

@@ -173,6 +173,8 @@ def _same_attributes(new: dict, stored_text: str | None) -> bool:
 def _unchanged(rec: ProductRecord, row: Any, images: list[ImageInfo], cat_id: int | None) -> bool:
     """Would upserting `rec` over the stored `row` and its `images` write nothing?"""
     for f in PRODUCT_FIELDS:
+        if f in rec.keep:  # the manifest has no column for it: left as it is
+            continue
         if f == "attributes":
             if not _same_attributes(dict(rec.attributes or {}), row.attributes_text):
                 return False
@@ -195,6 +197,8 @@ def _apply(p: Product, rec: ProductRecord, cat_id: int | None, created: bool) ->
     """Write `rec` onto the ORM product `p`; (created, changed, images added, changed, removed)."""
     changed = created
     for f in PRODUCT_FIELDS:
+        if f in rec.keep:
+            continue
         new = dict(rec.attributes or {}) if f == "attributes" else getattr(rec, f)
         if getattr(p, f) != new:
             setattr(p, f, new)
