@@ -55,7 +55,7 @@ def throughput(c: Ctx, model: str, device: str | None, images: int, precision: s
     if r.precision_probe_ms:
         click.echo("  precision probe (ms per batch of 16): "
                    + ", ".join(f"{k} {v}" for k, v in r.precision_probe_ms.items()) + f" -> {r.precision}")
-    click.echo(f"  pipeline ({r.precision}{', compiled' if r.compiled else ''}{', oneDNN-fused' if r.fused else ''}, batch {r.batch_size}, "
+    click.echo(f"  pipeline ({r.precision}{', compiled' if r.compiled else ''}, batch {r.batch_size}, "
                f"{r.workers} {r.executor} workers): {r.images_per_s:.1f} img/s (runs: {', '.join(map(str, r.runs_s))} s)")
     if r.naive_images_per_s:
         click.echo(f"  naive loop (fp32, batch 64, no workers): {r.naive_images_per_s:.1f} img/s; "

@@ -7,13 +7,13 @@ shape; it is turned on only around the warm-up calls made here, at the batch siz
 will use, and put back at once: the fused plans stay with the frozen module afterwards. A call
 at another shape still runs correctly (the executor re-profiles it, unfused). Vectors equal the
 eager model's to rounding in fp32; bf16 differs from eager bf16 by bf16 rounding only.
-Figures (the query model, index builds): benchmarks/RESULTS.md."""
+Used for the query model (query_model.py); figures: benchmarks/RESULTS.md. Bulk embedding stays eager: a
+fused batch model gave no measurable end-to-end gain in index builds (issue 18 note, 2026-11-30)."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import threading
-import time
 import warnings
 from typing import Callable, Iterator, Sequence
 
@@ -60,16 +60,3 @@ def fused(model: nn.Module, sample: torch.Tensor, dtype: torch.dtype, batches: S
                 forward(batch)
     return forward
 
-
-def faster(candidate: Forward, reference: Forward, batch: torch.Tensor, rounds: int = 3,
-           clock: Callable[[], float] = time.perf_counter) -> bool:
-    """True when `candidate` runs `batch` faster than `reference`: best of `rounds`, in turns
-    (the minimum shrugs off other jobs' interruptions)."""
-    best = {"candidate": float("inf"), "reference": float("inf")}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for name, fwd in (("candidate", candidate), ("reference", reference)):
-                t0 = clock()
-                fwd(batch)
-                best[name] = min(best[name], clock() - t0)
-    return best["candidate"] < best["reference"]

@@ -107,7 +107,6 @@ class TorchEmbedder:
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compile_batch = 0
         self._graph = None  # cuda_graph.GraphedForward for the GPU pipeline's batch size
-        self._fused: Callable[[torch.Tensor], torch.Tensor] | None = None  # fuse()'s bulk CPU form
         self._query: Callable[[torch.Tensor], torch.Tensor] | None = None  # prepare_queries' choice
         self.query_choice = None  # query_model.QueryChoice, once prepare_queries ran
         self._query_precision = ""
@@ -234,38 +233,6 @@ class TorchEmbedder:
     def compiled(self) -> bool:
         return self._compiled is not None
 
-    @property
-    def fused(self) -> bool:
-        """True once fuse() kept the oneDNN-fused form for bulk CPU batches."""
-        return self._fused is not None
-
-    def fuse(self, batch_size: int) -> bool:
-        """For bulk CPU embedding at this batch size: a oneDNN-fused copy of the image tower
-        (onednn_fusion; a few seconds to trace and warm up), kept only where it runs a batch
-        faster than the eager model, timed here in turns. Batches are then padded to
-        `batch_size` as compiled ones are. False, eager kept, off the CPU, when compiled, or
-        when fusion fails or is slower."""
-        from shopsearch.embedders.onednn_fusion import faster, fused
-
-        size = max(1, int(batch_size))
-        if self._fused is not None and self._compile_batch == size:
-            return True
-        if not self._channels_last or self._compiled is not None:
-            return False
-        try:
-            one = self._model_input(torch.randn((1, *self.preprocess(Image.new("RGB", (256, 256))).shape),
-                                                generator=torch.Generator().manual_seed(0)))
-            fwd = fused(self._eager, one, self._input_dtype, (size,))
-            keep = faster(fwd, self._eager, one.expand(size, *one.shape[1:]).contiguous(
-                memory_format=torch.channels_last))
-        except Exception as e:  # noqa: BLE001 - an optimisation must never stop a run
-            log.info("oneDNN fusion unavailable, running eager: %s", e)
-            return False
-        log.info("oneDNN fusion", extra={"batch_size": size, "kept": keep})
-        if keep:
-            self._fused, self._compile_batch = fwd, size
-        return keep
-
     def capture_cuda_graph(self, sample: torch.Tensor) -> bool:
         """Capture the image tower as a CUDA graph for batches shaped like `sample` (the GPU
         pipeline's; see cuda_graph). Same kernels as eager, so vectors and the fingerprint
@@ -286,7 +253,7 @@ class TorchEmbedder:
         graph = self._graph
         if graph is not None and graph.fits(x):
             return graph(x)
-        compiled, size = self._compiled or self._fused, self._compile_batch
+        compiled, size = self._compiled, self._compile_batch
         if compiled is None:
             return self._eager(x)
         try:
@@ -306,8 +273,8 @@ class TorchEmbedder:
                 outs.append(compiled(part.clone(memory_format=fmt))[:n])
             return torch.cat(outs) if len(outs) > 1 else outs[0]
         except Exception as e:  # noqa: BLE001 - compilation failed at the first call: fall back for good
-            log.warning("compiled model failed, running eager from now on: %s", e)
-            self._compiled = self._fused = None
+            log.warning("torch.compile failed, running eager from now on: %s", e)
+            self._compiled = None
             return self._eager(x)
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:

@@ -31,7 +31,7 @@ from shopsearch.embedding.gpu import GpuExecutor
 from shopsearch.embedding.items import (Failure, Preprocess, WorkItem, decode, prepare,
                                         prepare_list)
 from shopsearch.embedding.journal import CrashJournal, Quarantined
-from shopsearch.embedding.tuning import COMPILE_MIN_IMAGES, FUSE_MIN_IMAGES, PipelineConfig, tuned_config
+from shopsearch.embedding.tuning import COMPILE_MIN_IMAGES, PipelineConfig, tuned_config
 from shopsearch.workers import DIED
 
 # the pipeline's stages and settings, importable from here by the executors on other machines (Ray)
@@ -201,13 +201,9 @@ def embed_items(embedder: Embedder, items: Sequence[WorkItem], cache: VectorCach
                        gpu=gpu)
     if cfg.compile and plan.images and isinstance(embedder, BatchEmbedder):
         cfg = replace(cfg, compile=embedder.compile(cfg.batch_size))
-    fused = False
-    if not cfg.compile and cfg.executor != "gpu" and plan.images >= FUSE_MIN_IMAGES:
-        fuse = getattr(embedder, "fuse", None)  # TorchEmbedder: oneDNN-fused CPU batches, kept where faster
-        fused = bool(fuse(cfg.batch_size)) if fuse is not None else False
     log.info("embedding", extra={"model": embedder.name, "todo": len(plan.todo), "cached": report.skipped,
                                  "batch_size": cfg.batch_size, "workers": cfg.workers, "executor": cfg.executor,
-                                 "compile": cfg.compile, "fused": fused, "quarantined": len(report.failed),
+                                 "compile": cfg.compile, "quarantined": len(report.failed),
                                  "suspects": len(plan.suspects)})
     t0 = time.perf_counter()
     bar = tqdm(total=plan.images, desc="embedding", unit="img", disable=not progress, smoothing=0.1)

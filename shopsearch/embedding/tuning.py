@@ -17,9 +17,6 @@ GROUP = 8
 #: CPU jobs at least this big torch.compile the model: the compilation pays for itself after
 #: a few thousand images on CPUs without bf16 (benchmarks/RESULTS.md)
 COMPILE_MIN_IMAGES = 4096
-#: CPU jobs of at least this many images get the oneDNN-fused model (TorchEmbedder.fuse) when not
-#: compiled: its few seconds of tracing and warm-up are repaid from about this size
-FUSE_MIN_IMAGES = 512
 
 
 @dataclass(frozen=True)

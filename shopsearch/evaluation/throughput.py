@@ -50,7 +50,6 @@ class ThroughputResult:
     cpu_s_per_image: float | None = None
     naive_cpu_s_per_image: float | None = None
     compiled: bool = False  # the model ran through torch.compile (TorchEmbedder.compile)
-    fused: bool = False  # the model ran oneDNN-fused (TorchEmbedder.fuse: kept where measured faster)
     runs_s: tuple[float, ...] = ()  # seconds of each repeat; the first pays any compilation
     gpu_stages_s: dict[str, float] | None = None  # where the GPU executor spent the fastest repeat
     #: precision "auto" with candidates to time (precision_candidates): ms per probe batch (16 images) of each, the fastest chosen
@@ -257,8 +256,7 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
             executor=cfg.executor, source=src_desc, image_size=size, cpus=available_cpus(),
             load_avg_1m=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None, machine=machine,
             cpu_s_per_image=round(cpu_ours, 4), naive_cpu_s_per_image=round(cpu_naive, 4) if cpu_naive else None,
-            compiled=bool(getattr(fast, "compiled", False)), fused=bool(getattr(fast, "fused", False)),
-            runs_s=tuple(round(t[0], 2) for t in runs),
+            compiled=bool(getattr(fast, "compiled", False)), runs_s=tuple(round(t[0], 2) for t in runs),
             gpu_stages_s={k: round(v, 3) for k, v in stages.items()} or None, precision_probe_ms=probe)
     finally:
         tmp.cleanup()
