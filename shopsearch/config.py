@@ -269,11 +269,23 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
 SERVING_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+#: every command's OpenMP wait policy: bulk embedding runs decode threads beside torch's OpenMP
+#: threads on few cores, and OpenMP threads spinning at each barrier take the cores the decoders
+#: need (benchmarks/RESULTS.md: omp_wait_ab_lite0_xeon_amx_idle)
+BULK_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def pin_serving_threads() -> dict[str, str]:
     """Set SERVING_THREAD_ENV where the operator has not set those variables; returns what was
     set. Only effective before numpy, faiss and torch are imported (the serve command calls it
     first): gunicorn's workers inherit the libraries the master loaded, settings included."""
-    done = {k: v for k, v in SERVING_THREAD_ENV.items() if k not in os.environ}
+    return pin_thread_env(SERVING_THREAD_ENV)
+
+
+def pin_thread_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Set the variables of `env` the operator has not set; returns what was set (effective only
+    before the libraries that read them load: the CLI's entry point calls it with BULK_THREAD_ENV)."""
+    done = {k: v for k, v in env.items() if k not in os.environ}
     os.environ.update(done)
     return done
 

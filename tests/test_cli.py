@@ -121,3 +121,26 @@ def test_ctrl_c_before_the_embedding_run_exits_130_not_1(tmp_path, monkeypatch):
     res = _run(["index", "build", "--model", "colorhist"], tmp_path / "data", ok=False)
     assert res.exit_code == 130, res.output
     assert "Aborted!" in res.stderr
+
+
+def test_the_entry_point_makes_openmp_threads_wait_passively_unless_told_otherwise(monkeypatch):
+    """OpenMP threads spinning at each barrier took the cores bulk embedding's decode threads
+    need (omp_wait_ab_lite0_xeon_amx_idle): `shopsearch` sets OMP_WAIT_POLICY=PASSIVE before
+    torch loads, and leaves an operator's own setting alone."""
+    import os
+    import sys
+
+    import pytest
+
+    from indexer.cli import main
+
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        if given is None:
+            monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        else:
+            monkeypatch.setenv("OMP_WAIT_POLICY", given)
+        monkeypatch.setattr(sys, "argv", ["shopsearch", "--version"])
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code == 0
+        assert os.environ["OMP_WAIT_POLICY"] == expected

@@ -9,7 +9,7 @@ from indexer.cli import (adapter_cmds, bench_cmds, catalogue_cmds, classify_cmds
                          index_cmds, model_cmds, search_cmds, serve_cmds, shadow_cmds)
 from indexer.cli.context import Ctx, ShopSearchGroup
 from shopsearch import logs
-from shopsearch.config import Settings, quiet_tokenizers
+from shopsearch.config import BULK_THREAD_ENV, Settings, pin_thread_env, quiet_tokenizers
 
 
 @click.group(cls=ShopSearchGroup)
@@ -38,6 +38,7 @@ for _mod in (catalogue_cmds, index_cmds, shadow_cmds, search_cmds, demo_cmds, se
 
 def main() -> None:
     quiet_tokenizers()
+    pin_thread_env(BULK_THREAD_ENV)  # before torch loads (nothing above imports it)
     cli(prog_name="shopsearch")
 
 
