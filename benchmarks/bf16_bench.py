@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _bench_io import utc_now, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -121,12 +121,9 @@ def main() -> int:
                     "note": ("load average above the core count: compare the ratios, measured in one run, "
                              "rather than the absolute figures" if os.getloadavg()[0] > available_cpus()
                              else "machine otherwise idle (load average below the core count)")},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "when": utc_now(),
     }
-    print(json.dumps(result, indent=2))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, a.out, echo=True)
     return 0
 
 

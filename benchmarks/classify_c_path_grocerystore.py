@@ -13,8 +13,6 @@ the unit mean of its and its mirror image's vectors (`classify eval --tta on`).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +29,8 @@ from shopsearch.evaluation import tta
 from shopsearch.evaluation.machine import machine_info
 from shopsearch.images import sha256_file
 
+from _bench_io import grocery_parser, write_result
+
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max(1, keepdims=True))
@@ -38,9 +38,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", type=Path, default=Path("../shared/datasets/grocerystore"))
-    ap.add_argument("--cache", type=Path, default=Path("var/vectors"))
+    ap = grocery_parser(__doc__)
     ap.add_argument("--views", type=int, default=0)
     ap.add_argument("--c", default="0.3,1,3,10,30", help="The path's C values.")
     ap.add_argument("--tta", action="store_true", help="Val photos averaged with their mirror images.")
@@ -78,8 +76,7 @@ def main() -> int:
            "views": a.views, "tta": a.tta, "train_samples": int(len(y)), "val_images": len(val), "rows": rows,
            "path_fit_s": round(fit_s, 1), "machine": machine_info(),
            "note": "path_fit_s: the whole warm-started path, fine level only, on a loaded shared machine"}
-    if a.out:
-        a.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(res, a.out)
     return 0
 
 

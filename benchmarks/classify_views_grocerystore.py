@@ -9,9 +9,6 @@ scored on val (the figure `classify train` reports as validation).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import time
 from pathlib import Path
 
@@ -22,14 +19,13 @@ from shopsearch.classify.photo_views import view_vectors
 from shopsearch.classify.training import train_frozen
 from shopsearch.classify.vectors import embed_labelled
 from shopsearch.embedders import load_embedder
-from shopsearch.evaluation.machine import machine_info
 from shopsearch.images import sha256_file
+
+from _bench_io import grocery_parser, stamped_machine, write_result
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", type=Path, default=Path("../shared/datasets/grocerystore"))
-    ap.add_argument("--cache", type=Path, default=Path("var/vectors"))
+    ap = grocery_parser(__doc__)
     ap.add_argument("--views", default="0,1,2,4")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -54,10 +50,8 @@ def main() -> int:
         print(rows[-1], flush=True)
     res = {"benchmark": "classify_views", "split": "val", "train": "train+iconic", "model": emb.name,
            "train_images": len(train), "val_images": len(val), "rows": rows,
-           "machine": machine_info(), "load_avg_1m": round(os.getloadavg()[0], 2),
-           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if a.out:
-        a.out.write_text(json.dumps(res, indent=2) + "\n")
+           **stamped_machine()}
+    write_result(res, a.out)
     return 0
 
 

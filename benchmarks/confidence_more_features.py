@@ -13,9 +13,7 @@ shopsearch.confidence_fit does; scored out of fold (5 folds by product).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from shopsearch.evaluation.open_set import auroc, ece
 
 sys.path.insert(0, str(Path(__file__).parent))
 from open_set_features import cached_vectors  # noqa: E402 - the same vector cache as the feature selection
+from _bench_io import utc_now, write_result  # noqa: E402
 
 WEIGHT, PRIOR, FOLDS = 0.5, 0.1, 5
 NEW = ("lead", "lead_mean", "head", "head_max", "head_agree", "head_ratio", "fused_lead", "knn_share",
@@ -143,11 +142,8 @@ def main() -> None:
            "criterion": "val AUROC (in vs not in the catalogue) - 2 * val ECE; val_auroc_right: first product "
                         "right vs not, all photos", "candidates": sorted(cands, key=lambda r: -key(r)),
            "chosen": max(cands, key=key), "note": a.note, "machine": machine_info(),
-           "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    text = json.dumps(out, indent=2)
-    if a.out:
-        a.out.write_text(text + "\n")
-    print(text)
+           "recorded": utc_now()}
+    write_result(out, a.out, echo=True)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from _bench_io import write_result
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -99,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
            "p90_ms": {"log_on": round(_pct(times[True], 0.9), 2), "log_off": round(_pct(times[False], 0.9), 2)},
            "median_ratio_on_off": round(on / off, 3),
            "note": ("interleaved on/off in one run; " + args.note).strip("; "), "machine": machine_info()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+    write_result(out, args.out, echo=True)
     return 0
 
 

@@ -17,8 +17,6 @@ of each iconic image (embedded here on first use).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -37,6 +35,8 @@ from shopsearch.evaluation.machine import machine_info
 from shopsearch.gallery_aug import VIEW_WEIGHT, views_fingerprint
 from shopsearch.images import sha256_file
 
+from _bench_io import grocery_parser, write_result
+
 
 def _softmax(z: np.ndarray, t: float = 1.0) -> np.ndarray:
     e = np.exp((z - z.max(1, keepdims=True)) / t)
@@ -44,10 +44,7 @@ def _softmax(z: np.ndarray, t: float = 1.0) -> np.ndarray:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", type=Path, default=Path("../shared/datasets/grocerystore"))
-    ap.add_argument("--cache", type=Path, default=Path("var/vectors"))
-    ap.add_argument("--split", default="val")
+    ap = grocery_parser(__doc__, split=True)
     ap.add_argument("--views", type=int, default=4, help="Synthetic views per iconic image for the head.")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -108,8 +105,7 @@ def main() -> int:
            "shopper_sample": "train photos (labels unused)", "head_views": a.views, "head_fit_s": round(head_s, 1),
            "rows": rows, "machine": machine_info(),
            "note": "head_fit_s on a loaded shared 2-core machine; recall does not depend on load"}
-    if a.out:
-        a.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(res, a.out)
     return 0
 
 

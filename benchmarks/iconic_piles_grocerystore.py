@@ -18,11 +18,7 @@ image, embedded here on first use and kept in var/iconic_pile8.npy).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +28,12 @@ from shopsearch.classify.photo_views import view_fingerprint
 from shopsearch.classify.data import grocery_split
 from shopsearch.classify.vectors import embed_labelled
 from shopsearch.embedders import load_embedder
-from shopsearch.evaluation.machine import machine_info
 from shopsearch.embedders.base import l2_normalize as n2
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.gallery_aug import pile_view, seed_of
 from shopsearch.images import load_image, sha256_file
+
+from _bench_io import grocery_parser, stamped_machine, write_result
 
 PILES = Path("var/iconic_pile8.npy")
 
@@ -55,10 +52,7 @@ def piles(emb, items) -> np.ndarray:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", type=Path, default=Path("../shared/datasets/grocerystore"))
-    ap.add_argument("--cache", type=Path, default=Path("var/vectors"))
-    ap.add_argument("--split", default="val")
+    ap = grocery_parser(__doc__, split=True)
     ap.add_argument("--only", help="Score only the row with this config name (the one val chose, on test).")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
@@ -104,10 +98,8 @@ def main() -> int:
         print(f"{r['config']:<52} {r['recall@1']:.4f} {r['recall@5']:.4f}", flush=True)
     res = {"benchmark": "iconic_piles", "split": a.split, "queries": int(len(q)), "products": len(g0),
            "shopper_sample": "train photos (labels unused)", "rows": rows,
-           "machine": machine_info(), "load_avg_1m": round(os.getloadavg()[0], 2),
-           "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if a.out:
-        a.out.write_text(json.dumps(res, indent=2) + "\n")
+           **stamped_machine()}
+    write_result(res, a.out)
     return 0
 
 

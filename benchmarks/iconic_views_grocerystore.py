@@ -15,12 +15,9 @@ own with the product scored by its best vector (max), and adaptation rounds/keep
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shopsearch.centring import adapt_gallery, fit_centring  # noqa: E402
 from shopsearch.embedders.base import l2_normalize as n2  # noqa: E402
+from _bench_io import grocery_parser, utc_now, write_result  # noqa: E402
 
 WORK = Path("var/iconic_views")
 VIEWS = 16
@@ -113,15 +111,12 @@ def analyse(split: str) -> dict:
     return {"split": split, "queries": int(len(queries)), "products": products, "shopper_sample": int(len(shop)),
             "rows": rows, "machine": {"cpu": "2-core Intel Xeon (AMX, AVX512-BF16), shared",
                                       "load_avg_1m": round(os.getloadavg()[0], 2),
-                                      "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+                                      "recorded_at": utc_now()}}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", type=Path, default=Path("../shared/datasets/grocerystore"))
-    ap.add_argument("--cache", type=Path, default=Path("var/vectors"))
+    ap = grocery_parser(__doc__, split=True)
     ap.add_argument("--extract", action="store_true")
-    ap.add_argument("--split", default="val")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     if a.extract:
@@ -130,8 +125,7 @@ def main() -> int:
     res = analyse(a.split)
     for r in res["rows"]:
         print(f"{r['config']:<62} {r['recall@1']:.3f} {r['recall@5']:.3f}")
-    if a.out:
-        a.out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(res, a.out)
     return 0
 
 

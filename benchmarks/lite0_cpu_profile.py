@@ -16,12 +16,13 @@ when other jobs share the cores, where wall time does. Writes JSON with the CPU 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
+
+from _bench_io import cpu_block, utc_now, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,7 +58,6 @@ def main() -> int:
     from shopsearch.embedders import load_embedder
     from shopsearch.embedding.items import decode_source
     from shopsearch.embedding.preprocess import split_preprocess
-    from shopsearch.evaluation.machine import cpu_model
     from shopsearch.evaluation.throughput import DEFAULT_GROCERY, grocery_jpegs
 
     load_before = round(os.getloadavg()[0], 2)
@@ -107,14 +107,9 @@ def main() -> int:
         "images_per_s_bound_2_cores": round(2000 / (sum(stages.values()) + best_model), 1),
         "how": "time.thread_time per photo on one torch thread, best of rounds, forms in turns; the bound assumes "
                "two cores fully used with no threading overhead",
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg_1m_before": load_before,
-                    "loadavg_1m_after": round(os.getloadavg()[0], 2)},
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": cpu_block(load_before), "when": utc_now(),
     }
-    print(json.dumps(result, indent=2))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, a.out, echo=True)
     return 0
 
 

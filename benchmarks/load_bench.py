@@ -143,14 +143,19 @@ def run_load(port: int, queries: list[tuple[bytes, str]], duration: float, concu
                 stats[n]["errors"] += 1
         conn.close()
 
+    elapsed = run_clients(client, concurrency)
+    return elapsed, [x for per in lat for x in per], stats
+
+
+def run_clients(client, concurrency: int) -> float:
+    """Runs client(0) .. client(concurrency - 1), each in its own thread, to the end: the wall seconds."""
     threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
-    return elapsed, [x for per in lat for x in per], stats
+    return time.perf_counter() - t0
 
 
 def tree_cpu_s(root: int) -> float:

@@ -13,9 +13,7 @@ catalogue; the winner becomes the `density` feature of the confidence.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from shopsearch.evaluation.open_set import auroc
 
 sys.path.insert(0, str(Path(__file__).parent))
 from open_set_features import cached_vectors  # noqa: E402 - the same vector cache as the feature selection
+from _bench_io import utc_now, write_result  # noqa: E402
 
 SHRINKAGES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
@@ -84,11 +83,8 @@ def main() -> None:
            "fraction": a.fraction, "seed": a.seed, "queries_in": int(inside.sum()), "queries_out": int((~inside).sum()),
            "gallery": "iconic+train photos of the kept products", "detectors": rows,
            "chosen": max(rows, key=lambda r: r["val_auroc"]), "note": a.note, "machine": machine_info(),
-           "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    text = json.dumps(out, indent=2)
-    if a.out:
-        a.out.write_text(text + "\n")
-    print(text)
+           "recorded": utc_now()}
+    write_result(out, a.out, echo=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from _bench_io import cpu_block, utc_now, write_result
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,7 +39,6 @@ def main() -> int:
     from shopsearch.embedders.fold import fold_conv_bn
     from shopsearch.embedders.query_model import candidates
     from shopsearch.embedders.registry import load_embedder
-    from shopsearch.evaluation.machine import cpu_model
 
     emb = load_embedder(a.model, "cpu")
     shape = emb.preprocess(Image.new("RGB", (256, 256))).shape
@@ -65,13 +66,8 @@ def main() -> int:
                     print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "query_batch_probe", "model": a.model, "runs": rows,
               "how": "in process, one forward per timing, median of repeats; CPU ms of all this process's threads",
-              "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg_1m_before": round(load, 2),
-                          "loadavg_1m_after": round(os.getloadavg()[0], 2), "note": a.note},
-              "command": " ".join(["python", *sys.argv]),
-              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
+              "machine": cpu_block(load, a.note), "command": " ".join(["python", *sys.argv]), "when": utc_now()}
+    write_result(result, a.out)
     return 0
 
 

@@ -10,12 +10,9 @@ benchmarks/load_bench.py prepares:
 """
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
-import json
 import os
-import platform
 import pstats
 import random
 import statistics
@@ -23,16 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from _bench_io import cpu_block, data_dir_parser, utc_now, write_result
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DEFAULT_GROCERY = Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", REPO.parent / "shared" / "datasets" / "grocerystore"))
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def query_photos(dataset: Path, n: int) -> list[bytes]:
@@ -117,9 +109,7 @@ def request_times(client, photos: list[bytes], k: int) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_GROCERY)
+    ap = data_dir_parser(__doc__, DEFAULT_GROCERY)
     ap.add_argument("--queries", type=int, default=32)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--top", type=int, default=25, help="cProfile rows to keep")
@@ -155,17 +145,13 @@ def main() -> int:
         "stage_ms_median": stages, "stage_cpu_ms_median": stages_cpu, "request_ms_median": requests,
         "torch_threads": __import__("torch").get_num_threads(),
         "query_model": getattr(getattr(svc.embedder, "query_choice", None), "__dict__", None),
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "loadavg_1m_before": round(load1, 2),
-                    "loadavg_1m_after": round(os.getloadavg()[0], 2)},
+        "machine": cpu_block(load1),
         "how": "in process (Flask test client), one query at a time, median over the query photos; "
                "*_cpu_ms: this thread's CPU time (all the work when torch has one thread)",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "when": utc_now(),
     }
-    print(json.dumps(result, indent=2))
+    write_result(result, a.out, echo=True)
     print(buf.getvalue(), file=sys.stderr)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -9,14 +9,12 @@ server runs with SHOPSEARCH_QUERY_THREADS=adaptive unless the environment says o
 """
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +22,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from load_bench import CLI, DEFAULT_GROCERY, free_port, grocery_queries, run_load, wait_healthy  # noqa: E402
+from _bench_io import cpu_block, data_dir_parser, utc_now, write_result  # noqa: E402
 
 
 def thread_counts(port: int) -> dict[str, float]:
@@ -36,9 +35,7 @@ def thread_counts(port: int) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_GROCERY)
+    ap = data_dir_parser(__doc__, DEFAULT_GROCERY)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--concurrency", type=int, default=4)
@@ -47,8 +44,6 @@ def main() -> int:
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    from shopsearch.evaluation.machine import cpu_model
-
     port = a.port or free_port()
     env = {"SHOPSEARCH_QUERY_THREADS": "adaptive", **os.environ, "HF_HUB_OFFLINE": "1"}  # what it counts
     env.pop("SHOPSEARCH_DATABASE_URL", None)
@@ -74,12 +69,9 @@ def main() -> int:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
     result = {"benchmark": "query_threads_count", "server": {"workers": a.workers, "threads": a.threads},
-              "phases": phases, "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "note": a.note},
-              "command": "python benchmarks/query_threads_count.py " + " ".join(sys.argv[1:]),
-              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
+              "phases": phases, "machine": cpu_block(note=a.note),
+              "command": "python benchmarks/query_threads_count.py " + " ".join(sys.argv[1:]), "when": utc_now()}
+    write_result(result, a.out)
     return 0 if phases and not any(p["errors"] for p in phases) else 1
 
 

@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from load_bench import DEFAULT_GROCERY, grocery_queries, percentile, post, wait_healthy  # noqa: E402
+from load_bench import DEFAULT_GROCERY, grocery_queries, percentile, post, run_clients, wait_healthy  # noqa: E402
+from _bench_io import cpu_block, data_dir_parser, utc_now, write_result  # noqa: E402
 
 CLI = [sys.executable, "-c", "from indexer.cli import main; main()"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -118,13 +119,7 @@ def run_phase(port: int, queries: list, n_requests: int, concurrency: int, k: in
                 lat.append((time.perf_counter() - t0) * 1000)
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - t0, sorted(lat)
+    return run_clients(client, concurrency), sorted(lat)
 
 
 def parse_variant(text: str) -> dict:
@@ -194,9 +189,7 @@ def profile(v: dict, a: argparse.Namespace, queries: list, round_no: int) -> dic
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--dataset", type=Path, default=DEFAULT_GROCERY)
+    ap = data_dir_parser(__doc__, DEFAULT_GROCERY)
     ap.add_argument("--variant", action="append", required=True, help="NAME=CHECKOUT:WORKERSxTHREADS[,ENV=VALUE...]")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests", type=int, default=200, help="requests per phase")
@@ -210,8 +203,6 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     a.data_dir = a.data_dir.resolve()
-    from shopsearch.evaluation.machine import cpu_model  # noqa: PLC0415
-
     queries = grocery_queries(a.dataset)
     variants = [parse_variant(v) for v in a.variant]
     runs = []
@@ -227,11 +218,9 @@ def main() -> int:
             for c in a.concurrency for key in ("server_cpu_ms_per_request", "req_per_s", "p50_ms")}
     result = {"benchmark": "serve_profile", "endpoint": "POST /api/v1/search (gunicorn alone, no nginx)",
               "variants": variants, "rounds": a.rounds, "requests_per_phase": a.requests, "median": med,
-              "runs": runs, "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "note": a.note},
-              "command": " ".join(["python", *sys.argv]),
-              "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+              "runs": runs, "machine": cpu_block(note=a.note), "command": " ".join(["python", *sys.argv]),
+              "when": utc_now()}
+    write_result(result, a.out)
     print(json.dumps(med, indent=2))
     return 0
 

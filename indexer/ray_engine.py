@@ -65,6 +65,9 @@ def add_sharded(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, shard:
     import faiss
     import ray
 
+    # an index cloned from a served build (an update's re-add) may carry the direct map its
+    # lookups by id built: IVF lists with one do not merge; it is made again on first use
+    faiss.extract_index_ivf(index.faiss_index).set_direct_map_type(faiss.DirectMap.NoMap)
     # the task's function lives in a light module: a worker imports faiss, not the indexer
     task = ray.remote(max_retries=2)(add_to_copy)
     empty = ray.put(faiss.serialize_index(index.faiss_index))
@@ -117,11 +120,16 @@ class RayIndexBuilder(IndexBuilder):
         return EmbedReport(embedded=remote.embedded + rest.embedded, skipped=len(items) - len(todo),
                            failed=remote.failed + rest.failed, seconds=remote.seconds + rest.seconds)
 
-    def _new_index(self, itype: str, ids: list[int], keys: list[str], fallback: VectorIndex | None = None) -> VectorIndex:
+    def _new_index(self, itype: str, ids: list[int], keys: list[str], fallback: VectorIndex | None = None,
+                   index: VectorIndex | None = None) -> VectorIndex:
+        """As the local builder's, with an IVF index's vectors added in shards on the cluster;
+        `index`: a trained, emptied index to fill (an update's re-add keeps its training)."""
         if not is_ivf(itype, self.embedder.dim, len(ids)) or len(ids) < 2 * self.shard_vectors:
-            return super()._new_index(itype, ids, keys, fallback)
-        index = VectorIndex(self.embedder.dim, itype, expected_size=len(ids))
+            return super()._new_index(itype, ids, keys, fallback, index)
+        trained = index is not None
+        index = index if trained else VectorIndex(self.embedder.dim, itype, expected_size=len(ids))
         ids, keys = storage_order(ids, keys, self.catalogue.filter_columns())  # as the base builder's
         vectors = self._vectors(ids, keys, fallback)
-        index.train(vectors)  # once, on the driver, on VectorIndex's seeded sample
+        if not trained:
+            index.train(vectors)  # once, on the driver, on VectorIndex's seeded sample
         return add_sharded(index, np.array(ids, dtype=np.int64), vectors, self.shard_vectors)

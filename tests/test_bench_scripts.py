@@ -71,6 +71,27 @@ def test_crash_bench_recovers_in_both_executors(tmp_path):
     assert all(r["culprit_reason"].startswith("the decoding process died") for r in rows.values())
 
 
+def test_bench_io_writes_the_result_json_with_its_machine_block(tmp_path, capsys):
+    """The scripts' shared tail: the result indented, one newline at the end, its folder made,
+    echoed on request; the short machine block keeps the keys make_results.py and readers expect."""
+    bio = _load("_bench_io")
+    block = bio.cpu_block(3.14159, "loaded")
+    assert list(block) == ["cpu", "cpus", "loadavg_1m_before", "loadavg_1m_after", "note"]
+    assert block["loadavg_1m_before"] == 3.14 and block["cpus"] >= 1 and block["cpu"]
+    assert list(bio.cpu_block()) == ["cpu", "cpus"] and list(bio.cpu_block(note="")) == ["cpu", "cpus", "note"]
+    assert list(bio.stamped_machine()) == ["machine", "load_avg_1m", "recorded_at"]
+    out = tmp_path / "results" / "x.json"
+    result = {"benchmark": "x", "machine": block, "when": bio.utc_now()}
+    bio.write_result(result, out, echo=True)
+    assert out.read_text() == json.dumps(result, indent=2) + "\n"
+    assert json.loads(capsys.readouterr().out) == result
+    bio.write_result(result, None)  # no --out: nothing written, nothing printed
+    assert capsys.readouterr().out == ""
+    a = bio.grocery_parser("Recall.\nmore", split=True).parse_args([])
+    assert (a.dataset, a.cache, a.split) == (Path("../shared/datasets/grocerystore"), Path("var/vectors"), "val")
+    assert bio.data_dir_parser("d", tmp_path).parse_args(["--data-dir", "v"]).dataset == tmp_path
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
 def test_every_benchmark_script_starts(script):
     """`--help` runs each script's imports: a module moved elsewhere breaks it here, not on an

@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 import faiss
 import numpy as np
 
-import shopsearch.index.store as store_mod
+import shopsearch.index.staging as staging_mod
 from indexer.build import IndexBuilder
 from shopsearch.index import IndexStore
 from shopsearch.index.segments import DELTA_FILE, assemble, read_part, sha256_file
@@ -71,7 +71,7 @@ def test_each_update_writes_one_part_of_its_own_vectors_and_links_the_rest(tmp_p
 
 
 def test_the_chain_is_rewritten_as_one_part_past_max_parts(tmp_path, sqlite_catalogue, monkeypatch):
-    monkeypatch.setattr(store_mod, "MAX_PARTS", 3)
+    monkeypatch.setattr(staging_mod, "MAX_PARTS", 3)
     store, b = _setup(tmp_path, sqlite_catalogue)
     counts = []
     for step in range(4):

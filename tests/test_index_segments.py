@@ -205,20 +205,20 @@ def test_a_delta_publish_on_a_full_disk_leaves_the_serving_build(tmp_path, sqlit
 KILLED_WHILE_PUBLISHING = r"""
 import sys, time
 from pathlib import Path
-from shopsearch.index import store as store_mod
+from shopsearch.index import staging as staging_mod
 from indexer.build import IndexBuilder
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.index import IndexStore
 from tests.conftest import FakeEmbedder
 
 root = Path(sys.argv[1])
-real = store_mod.write_delta
+real = staging_mod.write_delta
 def write_then_hang(*a, **kw):  # the delta is staged: the process dies before CURRENT moves
     out = real(*a, **kw)
     (root / "staged").touch()
     time.sleep(60)
     return out
-store_mod.write_delta = write_then_hang
+staging_mod.write_delta = write_then_hang
 cat = CatalogueStore.open(f"sqlite:///{root / 'catalogue.db'}")
 IndexBuilder(FakeEmbedder(), cat, IndexStore(root / "index"), root / "vectors").update(index_type="hnsw",
                                                                                        progress=False)

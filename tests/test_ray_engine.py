@@ -253,6 +253,23 @@ def test_shrink_guard_and_rollback_on_the_ray_engine(cluster, tmp_path):
     assert remote.store.rollback() == first.build_id and remote.store.current_manifest().count == 30
 
 
+def test_a_forced_update_of_an_ivf_build_re_adds_in_shards_on_ray(cluster, tmp_path):
+    """`index update --force` of an IVF build keeps its training and re-adds the cached vectors
+    (re-add): on Ray into the trained index the update hands over, in shard tasks."""
+    data, cat, _ = _catalogue(tmp_path, 60)
+    _, remote = _builders(tmp_path, data, cat, ray.cluster_resources())
+    remote.shard_vectors = 16  # 60 vectors: the sharded path
+    remote.build(progress=False, rescan=False, index_type="ivfflat")
+    cat.delete_products(["S0", "S1"])
+    r = remote.update(progress=False, rescan=False, index_type="ivfflat", force=True)
+    assert (r.strategy, r.vectors, r.trained_on, r.embedded) == ("re-add", 58, 60, 0)
+    index, _ = remote.store.load_current()
+    index.nprobe = 64
+    picks = (2, 30, 59)
+    _, got = index.search(ColorHistogramEmbedder().encode_images([make_image(i, (120, 90)) for i in picks]), 1)
+    assert got[:, 0].tolist() == [cat.get_product(f"S{i}").images[0].id for i in picks]
+
+
 def _cli(data: Path, *args: str) -> list[str]:
     return [sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data), *args]
 

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
@@ -23,16 +22,13 @@ from typing import Callable, Mapping
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, IndexNotFoundError, IndexWriteError
-from shopsearch.index.keyfiles import (DELTA_KEYS_FILE, KEYS_FILE, SegmentKeys, read_arrays, read_ids, read_keys,
-                                       write_keys)
-from shopsearch.index.segments import (DELTA_FILE, MAX_PARTS, TOMBSTONES_FILE, Part, compacted, legacy_part,
-                                       link_or_copy, live_ids, part_name, read_part, write_delta, write_part)
+from shopsearch.index.keyfiles import DELTA_KEYS_FILE, KEYS_FILE, SegmentKeys, read_arrays, read_ids, read_keys
+from shopsearch.index.segments import TOMBSTONES_FILE, Part
+from shopsearch.index.staging import REPORT_FILE, stage_delta, stage_full
 from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, VectorIndex
 
 log = logging.getLogger("shopsearch.index")
 
-#: beside the index: the build report (counts, failed images with reasons)
-REPORT_FILE = "report.json"
 #: pointer to a build made beside the serving one (`index build --shadow`), until promoted
 SHADOW = "SHADOW"
 
@@ -220,7 +216,7 @@ class IndexStore:
         and raises IndexWriteError: the serving build is untouched and the next run has the room."""
         if index.segmented:
             raise ValueError("publish writes one segment; a segmented index is published by publish_delta")
-        return self._write_build(manifest, lambda staging: self._stage_full(
+        return self._write_build(manifest, lambda staging: stage_full(
             staging, index, manifest, keys, report, extra_files), make_current)
 
     def _write_build(self, manifest: IndexManifest, stage: Callable[[Path], IndexManifest],
@@ -255,92 +251,13 @@ class IndexStore:
         (this update's vectors, and the ids of the delta it drops) written as one new delta
         part; `delta_keys` are the delta's live ids and hashes afterwards. Same guarantees as
         `publish`: verified, atomic, rollback."""
-        return self._write_build(manifest, lambda staging: self._stage_delta(
-            staging, base_build, manifest, change, dead, delta_keys, report, extra_files), make_current)
-
-    def _stage_delta(self, staging: Path, base_build: str, manifest: IndexManifest, change: Part | None,
-                     dead: np.ndarray, delta_keys: Mapping[int, str], report: dict | None,
-                     extra_files: Mapping[str, str | bytes] | None) -> IndexManifest:
-        src = self.build_dir(base_build)
-        base = IndexManifest(**json.loads((src / MANIFEST).read_text()))
-        base_count = base.base_count or base.count
-        staging.mkdir(parents=True)
-        for name in (INDEX_FILE, KEYS_FILE):
-            link_or_copy(src / name, staging / name)
-        parts = self._carry_parts(src, base, staging)
-        chain = [read_part(staging / name, vectors=False) for name, _ in parts]
-        if change is not None:
-            chain.append(change)
-        live, entries = len(live_ids(chain)), sum(len(p[0]) for p in chain)
-        if parts and (len(parts) >= MAX_PARTS or entries - live > live):  # the chain rewritten as one part
-            change = compacted([read_part(staging / name) for name, _ in parts] + ([change] if change else []),
-                               manifest.dim)
-            for name, _ in parts:
-                (staging / name).unlink()
-            parts = []
-        name = part_name(manifest.build_id)
-        part_sha, tomb_sha = write_delta(staging, name, change, dead)
-        if part_sha:
-            parts.append([name, part_sha])
-        saved = replace(manifest, count=base_count - len(dead) + live, index_sha256=base.index_sha256,
-                        delta_sha256="", delta_parts=parts, tombstones_sha256=tomb_sha, base_count=base_count,
-                        delta_count=live, dead_count=len(dead))
-        write_keys(staging / DELTA_KEYS_FILE, delta_keys)
-        (staging / MANIFEST).write_text(json.dumps(asdict(saved), indent=2))
-        self._write_extras(staging, report, extra_files)
-        # Verify what is on disk: the shared base and parts are the very files verified when
-        # they were published (same inodes); the new part is read back in full.
-        if not os.path.samefile(src / INDEX_FILE, staging / INDEX_FILE) and \
-                VectorIndex.load(staging).base_count != base_count:
-            raise IndexCorruptError(f"build {manifest.build_id}: the copied base segment does not verify")
-        if part_sha and len(read_part(staging / name, part_sha)[0]) != len(change[0]):  # type: ignore[index]
-            raise IndexCorruptError(f"build {manifest.build_id}: its delta part failed verification after writing")
-        served = live_ids([read_part(staging / n, vectors=False) for n, _ in parts])
-        got_dead = np.load(staging / TOMBSTONES_FILE) if tomb_sha else ()
-        keys = set(read_keys(staging / DELTA_KEYS_FILE))
-        if len(served) != live or len(got_dead) != len(dead) or set(served.tolist()) != keys \
-                or keys != set(delta_keys):
-            raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
-        return saved
-
-    @staticmethod
-    def _carry_parts(src: Path, base: IndexManifest, staging: Path) -> list[list[str]]:
-        """The delta parts of build `src` shared into `staging` by hard link; a delta of a build
-        made before parts (one FAISS file) is written once as a part."""
-        if base.delta_sha256:
-            name = part_name(base.build_id)
-            return [[name, write_part(staging / name, legacy_part(src / DELTA_FILE))]]
-        for name, _ in base.delta_parts:
-            link_or_copy(src / name, staging / name)
-        return [list(p) for p in base.delta_parts]
+        return self._write_build(manifest, lambda staging: stage_delta(
+            staging, self.build_dir(base_build), manifest, change, dead, delta_keys, report, extra_files),
+            make_current)
 
     def _drop_staging(self) -> None:
         for d in self.builds_dir.glob(".staging-*"):
             shutil.rmtree(d, ignore_errors=True)
-
-    def _stage_full(self, staging: Path, index: VectorIndex, manifest: IndexManifest,
-                    keys: Mapping[int, str], report: dict | None,
-                    extra_files: Mapping[str, str | bytes] | None) -> IndexManifest:
-        saved = index.save(staging, manifest)
-        write_keys(staging / KEYS_FILE, keys)
-        self._write_extras(staging, report, extra_files)
-        # Verify what is on disk, not what is in memory, before anyone can serve it.
-        reloaded, check = VectorIndex.load(staging)
-        if len(reloaded) != len(index) or check.count != saved.count:
-            raise IndexCorruptError(f"build {manifest.build_id} failed verification after writing")
-        if set(read_keys(staging / KEYS_FILE)) != set(int(i) for i in reloaded.ids()):
-            raise IndexCorruptError(f"build {manifest.build_id}: keys file does not match the index ids")
-        return saved
-
-    @staticmethod
-    def _write_extras(staging: Path, report: dict | None, extra_files: Mapping[str, str | bytes] | None) -> None:
-        if report is not None:
-            (staging / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
-        for name, content in (extra_files or {}).items():
-            if isinstance(content, bytes):
-                (staging / name).write_bytes(content)
-            else:
-                (staging / name).write_text(content)
 
     def _swap_in(self, staging: Path, saved: IndexManifest, make_current: bool = True) -> IndexManifest:
         final = self.build_dir(saved.build_id)
