@@ -51,6 +51,9 @@ def main() -> int:
     ap.add_argument("--c", default=None,
                     help="comma-separated C values for the probe (one value: no cross-validation; "
                          "default: the probe's grid, cross-validated as `classify train` does)")
+    ap.add_argument("--first-view", type=int, default=0,
+                    help="train on views FIRST..FIRST+N-1 of each image (other draws of the same augmenter: "
+                         "how much one draw's luck moves the figure)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     emb = load_embedder("efficientnet-lite0", "cpu")
@@ -59,17 +62,18 @@ def main() -> int:
     xv, val = embed_labelled(emb, grocery_split(a.dataset, "val"), a.cache, progress=False)
     counts = [int(n) for n in a.views.split(",")]
     t = time.time()
-    vv, ok = view_vectors(emb, [(i.path, i.sha256 or sha256_file(i.path)) for i in train], max(counts), a.cache,
+    vv, ok = view_vectors(emb, [(i.path, i.sha256 or sha256_file(i.path)) for i in train], a.first_view + max(counts), a.cache,
                           progress=False)
     embed_s = round(time.time() - t, 1)
     grid = tuple(float(c) for c in a.c.split(",")) if a.c else None
     rows = []
     for n in counts:
         t = time.time()
-        views = (vv[ok, :n].reshape(-1, vv.shape[2]), np.repeat(np.flatnonzero(ok), n)) if n else None
+        picked = vv[ok, a.first_view:a.first_view + n]
+        views = (picked.reshape(-1, vv.shape[2]), np.repeat(np.flatnonzero(ok), n)) if n else None
         art = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, refit=False, views=views, c_grid=grid)
         m = art.metrics
-        rows.append({"views": n, "val_fine_top1": round(m["val"]["fine"]["top1"], 4),
+        rows.append({"views": n, "first_view": a.first_view, "val_fine_top1": round(m["val"]["fine"]["top1"], 4),
                      "val_coarse_top1": round(m["val"]["coarse"]["top1"], 4),
                      "val_coarse_top1_from_fine": round(coarse_from_fine(art, xv, val), 4),
                      "val_fine_top1_head_only": round(m["knn_vote"]["val_top1_head"], 4),
