@@ -270,8 +270,9 @@ SERVING_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 #: every command's OpenMP wait policy: bulk embedding runs decode threads beside torch's OpenMP
-#: threads on few cores, and OpenMP threads spinning at each barrier take the cores the decoders
-#: need (benchmarks/RESULTS.md: omp_wait_ab_lite0_xeon_amx_idle)
+#: threads on few cores, and OpenMP threads spinning at each barrier burn CPU the decoders and
+#: other jobs could use (less CPU per image, the same images/s idle: benchmarks/RESULTS.md,
+#: omp_wait_ab_lite0_xeon_amx_idle)
 BULK_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 

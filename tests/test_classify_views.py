@@ -99,12 +99,17 @@ def test_probe_cross_validation_scores_photos_only():
     assert grouped.cv_accuracy[100.0] < 0.6
 
 
-def test_train_frozen_with_views_learns_from_them_and_reports_them():
+def _labelled(per_class: int, val_per_class: int):
+    """(train vectors, their labels, train items, val vectors, val items) of 4 two-level classes."""
     cats = ["A/a", "A/b", "B/c", "B/d"]
-    x, y = _clusters(4, 3)
-    xv, yv = _clusters(25, 4)
+    x, y = _clusters(per_class, 3)
+    xv, yv = _clusters(val_per_class, 4)
     items = [LabelledImage(f"t{i}.png", cats[c]) for i, c in enumerate(y)]
-    val = [LabelledImage(f"v{i}.png", cats[c]) for i, c in enumerate(yv)]
+    return x, y, items, xv, [LabelledImage(f"v{i}.png", cats[c]) for i, c in enumerate(yv)]
+
+
+def test_train_frozen_with_views_learns_from_them_and_reports_them():
+    x, y, items, xv, val = _labelled(4, 25)
     rng = np.random.default_rng(5)
     n = 6
     src = np.repeat(np.arange(len(y)), n)
@@ -117,6 +122,15 @@ def test_train_frozen_with_views_learns_from_them_and_reports_them():
     assert more.metrics["train_view_vectors"] == len(src) and "train_view_vectors" not in plain.metrics
     assert more.metrics["knn_vote"]["val_top1_head"] >= plain.metrics["knn_vote"]["val_top1_head"]
     served = train_frozen(x, items, xv, val, "fp", "fake", views=(views, src))
-    assert served.metrics["refit"] == "train+val" and served.metrics["train_samples"] == len(y) + len(yv)
+    assert served.metrics["refit"] == "train+val" and served.metrics["train_samples"] == len(y) + len(val)
     if served.knn is not None:  # the vote is over the photos, not their views
-        assert len(served.knn["labels"]) == len(y) + len(yv)
+        assert len(served.knn["labels"]) == len(y) + len(val)
+
+
+def test_train_frozen_with_one_c_skips_cross_validation():
+    x, _, items, xv, val = _labelled(6, 10)
+    fixed = train_frozen(x, items, xv, val, "fp", "fake", refit=False, c_grid=(0.3,))
+    assert fixed.metrics["C_fine"] == 0.3 and fixed.metrics["C_coarse"] == 0.3
+    assert fixed.metrics["cv_fine_top1"] is None  # nothing cross-validated
+    searched = train_frozen(x, items, xv, val, "fp", "fake", refit=False)
+    assert searched.metrics["cv_fine_top1"] is not None

@@ -124,9 +124,9 @@ def test_ctrl_c_before_the_embedding_run_exits_130_not_1(tmp_path, monkeypatch):
 
 
 def test_the_entry_point_makes_openmp_threads_wait_passively_unless_told_otherwise(monkeypatch):
-    """OpenMP threads spinning at each barrier took the cores bulk embedding's decode threads
-    need (omp_wait_ab_lite0_xeon_amx_idle): `shopsearch` sets OMP_WAIT_POLICY=PASSIVE before
-    torch loads, and leaves an operator's own setting alone."""
+    """OpenMP threads spinning at each barrier burnt CPU beside bulk embedding's decode threads
+    (omp_wait_ab_lite0_xeon_amx_idle): `shopsearch` sets OMP_WAIT_POLICY=PASSIVE before torch
+    loads, and leaves an operator's own setting alone."""
     import os
     import sys
 

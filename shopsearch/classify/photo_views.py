@@ -27,7 +27,9 @@ from shopsearch.gallery_aug import relight, seed_of, shopper_view
 log = logging.getLogger("shopsearch.classify")
 
 #: synthetic views per training photo `classify train` adds by default (chosen on the Grocery
-#: Store val split with the frozen Lite0: benchmarks/results/classify_views_grocerystore_val.json)
+#: Store val split with the frozen Lite0: benchmarks/results/classify_views_grocerystore_val.json;
+#: 2-4 views score no better there, and which draw the single view is moves val as much:
+#: classify_views_more_grocerystore_val.json)
 TRAIN_VIEWS = 1
 
 

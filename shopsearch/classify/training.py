@@ -68,7 +68,8 @@ def _indices(items: Sequence[LabelledImage], labels: LabelSpace) -> np.ndarray:
 def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vectors: np.ndarray,
                  val_items: Sequence[LabelledImage], fingerprint: str, embedder_name: str, hidden: int = 0,
                  epochs: int = 300, target: float = 0.97, seed: int = 0, refit: bool = True,
-                 views: tuple[np.ndarray, np.ndarray] | None = None) -> ClassifierArtefact:
+                 views: tuple[np.ndarray, np.ndarray] | None = None,
+                 c_grid: tuple[float, ...] | None = None) -> ClassifierArtefact:
     """A head on frozen embeddings, thresholds from the validation vectors: the cross-validated
     logistic-regression probe (hidden=0) or a small MLP trained for `epochs`. `refit`: the probe
     served is refitted on train + val once validation has chosen its settings (metrics["val"]
@@ -76,7 +77,8 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
     the training image each is a synthetic view of), added to the head's training samples with
     their image's label (shopsearch.classify.photo_views); cross-validation keeps an image and
     its views in one fold and scores the images only. The nearest-neighbour vote and the fusion
-    weight use the images alone."""
+    weight use the images alone. `c_grid`: the probe's candidate C values (default the
+    probe's grid; a single value skips the cross-validation)."""
     labels = LabelSpace.from_paths(i.category for i in items)
     known = set(labels.fine)
     val_keep = [j for j, it in enumerate(val_items) if it.category in known]
@@ -99,10 +101,11 @@ def train_frozen(vectors: np.ndarray, items: Sequence[LabelledImage], val_vector
                           seed=seed)
         extra["head"] = f"mlp-{hidden}"
     else:  # the linear head is the cross-validated logistic-regression probe itself
-        from shopsearch.classify.probe import fit_probe, head_from_probes
+        from shopsearch.classify.probe import C_GRID, fit_probe, head_from_probes
 
-        pf = fit_probe(xs, ys, len(labels.fine), seed=seed, groups=groups, scored=scored)
-        pc = fit_probe(xs, f2c[ys], len(labels.coarse), seed=seed, groups=groups, scored=scored)
+        grid = C_GRID if c_grid is None else tuple(c_grid)
+        pf = fit_probe(xs, ys, len(labels.fine), c_grid=grid, seed=seed, groups=groups, scored=scored)
+        pc = fit_probe(xs, f2c[ys], len(labels.coarse), c_grid=grid, seed=seed, groups=groups, scored=scored)
         head = head_from_probes(pf, pc)
         extra.update({"head": "logistic-cv", "C_fine": pf.c, "C_coarse": pc.c,
                       "cv_fine_top1": pf.cv_accuracy.get(pf.c)})
