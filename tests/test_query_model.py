@@ -75,19 +75,19 @@ def test_candidates_offer_bf16_only_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: True)
     assert list(candidates(_cnn(), sample, "fp32")) == ["fp32", "fp32-frozen", "fp32-fused"]
     assert list(candidates(_cnn(), sample, "bf16")) == ["fp32", "bf16-fused"]  # fp32 only as the reference
+    assert list(candidates(_cnn(), sample)) == ["fp32", "bf16-fused"]  # the plain fp32 model races it
 
     def no_torchscript(*args):
         raise RuntimeError("torch.jit is gone")
 
     # an optional form that fails is left out; bf16 falls back from fused to frozen to eager
     monkeypatch.setattr(query_model, "fused", no_torchscript)
-    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen", "bf16-frozen"]
+    assert list(candidates(_cnn(), sample)) == ["fp32", "bf16-frozen"]
     monkeypatch.setattr(query_model, "_frozen_bf16", no_torchscript)
-    monkeypatch.setattr(query_model, "_frozen_fp32", no_torchscript)
     assert list(candidates(_cnn(), sample)) == ["fp32", "bf16"]
-    monkeypatch.undo()
-    monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: True)
-    assert list(candidates(_cnn(), sample)) == ["fp32", "fp32-frozen", "fp32-fused", "bf16-fused"]
+    monkeypatch.setattr(query_model, "_frozen_fp32", no_torchscript)
+    monkeypatch.setattr(query_model, "cpu_has_bf16", lambda: False)
+    assert list(candidates(_cnn(), sample)) == ["fp32"]
     assert not torch.jit.onednn_fusion_enabled()  # the process-wide switch is back as it was
 
 
