@@ -2,12 +2,11 @@
 (batch-norm folded) image tower, measured once when the service loads.
 
 A single query is a batch of one: latency, not throughput. Candidates are the folded fp32
-model; the same model frozen by TorchScript (weights as constants, convolutions prepacked for
-oneDNN: a few ms less CPU per query on an AVX2 CPU, load_search_ab_query7 in
-benchmarks/RESULTS.md); the frozen model with oneDNN Graph fusion ("fused": convolution,
-bias and activation run as one oneDNN kernel, the profiling executor fuses them during the
-warm-up calls made here); and, on CPUs with bfloat16 instructions (AVX512-BF16, AMX), a bf16
-copy of the fused model (the bf16 frozen one where fusion fails). Each candidate must give
+model, as the reference, and: on CPUs with bfloat16 instructions (AVX512-BF16, AMX) one bf16
+copy, traced with oneDNN Graph fusion (onednn_fusion: convolution, bias and activation as one
+kernel; the bf16 frozen copy where fusion fails); elsewhere the model frozen by TorchScript
+(weights as constants, convolutions prepacked for oneDNN: a few ms less CPU per query on an AVX2
+CPU, load_search_ab_query7 in benchmarks/RESULTS.md) and the same with oneDNN Graph fusion. Each candidate must give
 vectors within MIN_COSINE of the fp32 model's on a sample before it is timed; the one with the
 lowest single-image time wins. The index and its fingerprint are untouched: catalogue vectors
 always come from the fp32 model, only the query side may be bf16. benchmarks/RESULTS.md has the
