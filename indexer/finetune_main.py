@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", type=float, default=0.97, help="routing precision target")
     for f in fields(FinetuneConfig):
         if f.name not in ("max_steps", "preload"):
-            ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+            ap.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.default is None else type(f.default),
+                            default=None,
                             help=f"default: {f.default} (GPU), the CPU recipe's on a CPU")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--preload", action="store_true", default=None, help="decode all training images once, up front")

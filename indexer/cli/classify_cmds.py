@@ -74,14 +74,21 @@ def _print_metrics(title: str, m: dict) -> None:
         click.echo(f"  {p['true']} -> {p['predicted']}: {p['count']}")
 
 
+_FT_HELP = {"epochs": "epochs (at most, with --minutes)",
+            "minutes": "time budget: after each epoch, plan only as many more as fit in this many minutes "
+                       "from the start (CPU recipe: 25; none on a GPU)"}
+
+
 def _ft_options(f):
     from shopsearch.classify.finetune_config import FinetuneConfig  # torch-free: runs when the CLI is imported
 
     for fld in reversed(fields(FinetuneConfig)):
         if fld.name in ("max_steps", "workers", "preload"):
             continue
-        f = click.option(f"--{fld.name.replace('_', '-')}", type=type(fld.default), default=fld.default,
-                         show_default=True, help=f"(--finetune) {fld.name.replace('_', ' ')} (GPU recipe's default; "
+        kind = float if fld.default is None else type(fld.default)  # the optional ones (minutes) are numbers
+        what = _FT_HELP.get(fld.name, fld.name.replace('_', ' '))
+        f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=fld.default,
+                         show_default=True, help=f"(--finetune) {what} (GPU recipe's default; "
                          "on a CPU the CPU recipe's unless given)")(f)
     return f
 
@@ -125,7 +132,9 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         explicit = {k: v for k, v in ft.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
         cfg = recipe_for(device, **explicit, max_steps=max_steps, workers=workers)
         if not as_json:
-            click.echo(f"fine-tuning on {device}: {cfg.epochs} epochs at {cfg.img_size} px, batches of "
+            size = (f"as many epochs as fit in {cfg.minutes:g} minutes (at most {cfg.epochs})" if cfg.minutes
+                    else f"{cfg.epochs} epochs")
+            click.echo(f"fine-tuning on {device}: {size} at {cfg.img_size} px, batches of "
                        f"{cfg.batch_size}, {cfg.frozen_blocks} first blocks frozen"
                        f"{' (the CPU recipe)' if device.startswith('cpu') else ''}")
         reference = _frozen_reference(c, base, train, val, workers, not as_json)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from shopsearch.classify.data import LabelledImage
 from shopsearch.classify.ema import WeightAverage
-from shopsearch.classify.finetune_config import FinetuneConfig
+from shopsearch.classify.finetune_config import FinetuneConfig, planned_epochs
 from shopsearch.classify.head import CategoryHead, combined_probs
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.train_precision import candidates, probe
@@ -143,13 +143,16 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
     params = [{"params": [p for p in net.parameters() if p.requires_grad], "lr": cfg.lr_backbone},
               {"params": list(head.parameters()), "lr": cfg.lr_head}]
     opt = torch.optim.AdamW(params, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(train_dl)
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    warmup = min(total // 2, int(cfg.warmup_epochs * len(train_dl)))
+    plan = [cfg.epochs]  # epochs in all; a time budget re-plans it after each epoch
+
+    def total_steps() -> int:
+        total = plan[0] * len(train_dl)
+        return total if cfg.max_steps is None else min(total, cfg.max_steps)
+
+    warmup = min(total_steps() // 2, int(cfg.warmup_epochs * len(train_dl)))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else
-        0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+        0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total_steps() - warmup)))))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
     ema = WeightAverage(nn.ModuleDict({"net": net, "head": head}), cfg.ema_decay) if cfg.ema_decay > 0 else None
     use_amp, probe_s = options == ("bf16",), {}
@@ -157,12 +160,14 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
     best_state: dict[str, Any] = {}
     best_epoch, best_weights, stale, step = 0, "raw", 0, 0
     history: list[dict[str, float]] = []
-    for epoch in range(1, cfg.epochs + 1):
+    t_loop, epoch = time.perf_counter(), 0
+    while epoch < plan[0]:
+        epoch += 1
         net.train()
         head.train()
         _freeze(net, cfg.frozen_blocks)  # keep frozen BatchNorm layers in eval mode
         losses = []
-        for x, yf, yc in tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+        for x, yf, yc in tqdm(train_dl, desc=f"epoch {epoch}/{plan[0]}", unit="batch",
                               disable=not progress, leave=False):
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             yf, yc = yf.to(dev, non_blocking=True), yc.to(dev, non_blocking=True)
@@ -191,8 +196,8 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
             step += 1
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "seconds": time.perf_counter() - t_start}
+        row: dict[str, float] = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                                 "lr_backbone": float(opt.param_groups[0]["lr"])}
         versions = {"raw": (net, head)}
         if ema is not None:
             versions["averaged"] = (ema.module["net"], ema.module["head"])
@@ -205,6 +210,10 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
                 row[f"{prefix}_fine_top1"] = float((pf.argmax(1) == yf_np).mean())
                 row[f"{prefix}_coarse_top1"] = float((pc.argmax(1) == yc_np).mean())
                 scores[kind] = (row[f"{prefix}_fine_top1"], row[f"{prefix}_coarse_top1"])
+        row["seconds"] = now = time.perf_counter() - t_start
+        # the budget counts from the start; epochs are timed from the loop (data set-up is paid once)
+        plan[0] = planned_epochs(cfg.epochs, epoch, now, (time.perf_counter() - t_loop) / epoch, cfg.minutes)
+        row["planned_epochs"] = plan[0]
         kind = max(scores, key=lambda k: scores[k])  # ties keep the raw weights
         score, (e_net, e_head) = scores[kind], versions[kind]
         history.append(row)
@@ -228,5 +237,5 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
     head = head.cpu().eval()
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     return FinetuneResult(state, head, best_epoch, history, vf, vc, time.perf_counter() - t_start,
-                          {**asdict(cfg), "crop_pct": CROP_PCT, "device": str(dev),
+                          {**asdict(cfg), "planned_epochs": plan[0], "crop_pct": CROP_PCT, "device": str(dev),
                            "autocast": "bf16" if use_amp else "fp32", "precision_probe_s": probe_s}, best_weights)

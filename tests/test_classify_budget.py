@@ -1,0 +1,64 @@
+"""The fine-tune's time budget: epochs planned from the measured epoch time, the schedule following."""
+from __future__ import annotations
+
+import pytest
+
+from shopsearch.classify import finetune as ft
+from shopsearch.classify.data import imagefolder
+from shopsearch.classify.finetune_config import CPU_RECIPE, FinetuneConfig, planned_epochs, recipe_for
+from shopsearch.classify.labels import LabelSpace
+from shopsearch.embedders.finetuned import imagenet_backbone
+from tests.conftest import jitter, make_image
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny training steps (tests/conftest.py)
+
+
+def test_planned_epochs():
+    assert planned_epochs(12, 1, 100.0, 100.0, None) == 12  # no budget: the cap
+    assert planned_epochs(20, 1, 150.0, 120.0, 25.0) == 1 + (1500 - 150) // 120  # 11 more fit
+    assert planned_epochs(5, 1, 150.0, 120.0, 25.0) == 5  # the cap still holds
+    assert planned_epochs(20, 3, 2000.0, 600.0, 25.0) == 3  # over budget: stop, never below what ran
+    assert planned_epochs(20, 2, 1000.0, 480.0, 25.0) == 3  # 500 s left: one more
+
+
+def test_cpu_recipe_is_budgeted_and_the_gpu_one_is_not():
+    assert recipe_for("cpu").minutes == CPU_RECIPE["minutes"] <= 25
+    assert recipe_for("cuda").minutes is None
+    assert recipe_for("cpu", minutes=5.0).minutes == 5.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    for c, cat in enumerate(["Fruit/Apple", "Fruit/Pear", "Dairy/Milk"]):
+        (root / cat).mkdir(parents=True)
+        for j in range(4):
+            jitter(make_image(c, size=(40, 40)), seed=10 * c + j).save(root / cat / f"{j}.png")
+    items = imagefolder(root)
+    return items, LabelSpace.from_paths(i.category for i in items)
+
+
+def _cfg(**kw) -> FinetuneConfig:
+    return FinetuneConfig(**{"batch_size": 6, "img_size": 32, "mix_prob": 0.0, "ema_decay": 0.0, "frozen_blocks": 5,
+                             "warmup_epochs": 0.0, "patience": 99, **kw})
+
+
+def test_a_spent_budget_stops_after_the_first_epoch(tiny):
+    items, labels = tiny
+    res = ft.finetune(imagenet_backbone(None), items, items, labels, _cfg(epochs=4, minutes=1e-6), progress=False)
+    assert len(res.history) == 1 and res.history[0]["planned_epochs"] == 1
+    assert res.config["planned_epochs"] == 1 and res.config["minutes"] == 1e-6
+
+
+def test_the_schedule_ends_where_the_plan_ends(tiny, monkeypatch):
+    """Re-planned from 4 epochs to 2 after the first: the cosine reaches 0 at the end of the second
+    (without the re-plan it would be half-way, at 0.5 of the peak)."""
+    items, labels = tiny
+    monkeypatch.setattr(ft, "planned_epochs", lambda cap, done, *a: 2)
+    res = ft.finetune(imagenet_backbone(None), items, items, labels, _cfg(epochs=4, minutes=10.0), progress=False)
+    assert [r["planned_epochs"] for r in res.history] == [2, 2]
+    assert res.history[-1]["lr_backbone"] == pytest.approx(0.0, abs=1e-9)
+    monkeypatch.undo()
+    res = ft.finetune(imagenet_backbone(None), items, items, labels, _cfg(epochs=4), progress=False)
+    assert len(res.history) == 4  # no budget: the planned 4, half-way down the cosine after the second
+    assert res.history[1]["lr_backbone"] == pytest.approx(0.5 * res.config["lr_backbone"], rel=1e-6)
