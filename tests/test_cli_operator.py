@@ -89,6 +89,9 @@ def test_duplicate_skus_are_reported_with_their_rows_and_the_last_row_wins(tmp_p
     (dup,) = rep["problems"]
     assert (dup["where"], dup["sku"], dup["kind"]) == ("m.csv row 4", "D", "duplicate")
     assert "first on m.csv row 2" in dup["reason"]
+    human = run(tmp_path, *args[:-1])  # as a person reads it: the repeated row is the one imported, not skipped
+    assert "m.csv row 4 (sku D): duplicate SKU 'D', first on m.csv row 2; imported from its last row" in human.output
+    assert "skipped m.csv row 4" not in human.output
     shown = json.loads(run(tmp_path, "--database-url", db_url, "catalogue", "show", "D").stdout)
     assert shown["title"] == "second" and [i["path"].rsplit("/", 1)[1] for i in shown["images"]] == ["1.png"]
     # the unchanged manifest again: nothing updated (each duplicate row used to count as an update)
@@ -98,6 +101,7 @@ def test_duplicate_skus_are_reported_with_their_rows_and_the_last_row_wins(tmp_p
     (tmp_path / "n.csv").write_text("sku,title,images\nN,new,imgs/0.png\nD,third,imgs/2.png\nD,fourth,imgs/2.png\n")
     res = run(tmp_path, "--database-url", db_url, "catalogue", "import", str(tmp_path / "n.csv"), "--strict")
     assert res.exit_code == 1 and "refused (--strict)" in res.output and "n.csv row 4" in res.output
+    assert "last row" not in res.output  # nothing was imported, from any row
     assert "Traceback" not in res.output
     gone = run(tmp_path, "--database-url", db_url, "catalogue", "show", "N")
     assert gone.exit_code == 1 and "no product with SKU" in gone.output
@@ -185,10 +189,18 @@ def test_a_spreadsheets_csv_imports_and_a_header_without_sku_says_what_it_holds(
     res = run(tmp_path, "catalogue", "import", str(tmp_path / "semi.csv"), "--workers", "1", "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert report["products_created"] == 1  # S1; S0's decimal comma is its row's problem, said so
-    assert "write decimals with a point" in json.dumps(report["problems"])
+    assert report["products_created"] == 2 and report["problems"] == []  # a ";" CSV's decimal comma is read
+    s0 = json.loads(run(tmp_path, "catalogue", "show", "S0").stdout)
+    assert s0["price"] == 1.5
     s1 = json.loads(run(tmp_path, "catalogue", "show", "S1").stdout)
     assert (s1["title"], s1["price"], s1["attributes"], len(s1["images"])) == ("Apple", 0.5, {"Colour": "red"}, 1)
+    # in a comma CSV a quoted "1,50" stays ambiguous (a thousands separator?): its row's problem, said so
+    (tmp_path / "comma.csv").write_text('sku,price,images\nC0,"1,50",imgs/0.png\n')
+    report = json.loads(run(tmp_path, "catalogue", "import", str(tmp_path / "comma.csv"), "--json").stdout)
+    assert "write decimals with a point" in json.dumps(report["problems"])
+    (tmp_path / "both.csv").write_text("sku;price;images\nC1;1.234,50;imgs/0.png\n")  # dot and comma: not guessed
+    report = json.loads(run(tmp_path, "catalogue", "import", str(tmp_path / "both.csv"), "--json").stdout)
+    assert "write decimals with a point" in json.dumps(report["problems"])
     assert run(tmp_path, "catalogue", "import", str(tmp_path / "tabs.tsv.csv"), "--workers", "1").exit_code == 0
     assert json.loads(run(tmp_path, "catalogue", "show", "S2").stdout)["title"] == "Banana"
 

@@ -44,7 +44,7 @@ class RowProblem:
 
 
 class _SkuRows:
-    """Where each SKU was read, so that a SKU on several rows is reported (the last row wins)."""
+    """Where each SKU was read, so that a SKU on several rows is reported (kind "duplicate")."""
 
     def __init__(self, problems: list[RowProblem]) -> None:
         self.problems = problems
@@ -53,13 +53,14 @@ class _SkuRows:
     def see(self, rec: ProductRecord, where: str) -> ProductRecord:
         earlier = self.first.setdefault(rec.sku, where)
         if earlier != where:
-            self.problems.append(RowProblem(where, rec.sku, f"duplicate SKU {rec.sku!r}, first on {earlier}; "
-                                                            "the last row wins", kind="duplicate"))
+            # the policy (an import takes the last row, --strict refuses the file) is the caller's to say
+            self.problems.append(RowProblem(where, rec.sku, f"duplicate SKU {rec.sku!r}, first on {earlier}",
+                                            kind="duplicate"))
         return rec
 
 
 # -- readers ------------------------------------------------------------------
-def _record(row: dict, base: Path, keep: frozenset[str]) -> ProductRecord:
+def _record(row: dict, base: Path, keep: frozenset[str], decimal_comma: bool = False) -> ProductRecord:
     # runs once per row of a million-row manifest: plain lookups, no generator, no keyword arguments
     get = row.get
     sku = (text_cell(get("sku"), "sku", SKU_CHARS) or "").strip()
@@ -76,10 +77,12 @@ def _record(row: dict, base: Path, keep: frozenset[str]) -> ProductRecord:
     attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
     if isinstance(get("attributes"), dict):
         attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
-    cur = get("currency")
+    cur, amount = get("currency"), get("price")
+    if decimal_comma and amount and "," in amount and "." not in amount and amount.count(",") == 1:
+        amount = amount.replace(",", ".")  # "12,50" from a spreadsheet that writes decimal commas
     return ProductRecord(
         sku, title, text_cell(get("description"), "description"), text_cell(get("brand"), "brand", BRAND_CHARS),
-        price(get("price")), text_cell(cur, "currency").upper()[:3] if cur else None, category(get("category")), attrs,
+        price(amount), text_cell(cur, "currency").upper()[:3] if cur else None, category(get("category")), attrs,
         tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]), keep)
 
 
@@ -94,13 +97,15 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
         raise ManifestError(f"cannot open manifest {path}: {e}") from None
     try:
         with f:
-            fieldnames, reader = _header(f, path)
+            fieldnames, reader, delimiter = _header(f, path)
             rows = _SkuRows(problems)
             base, name = path.parent, path.name  # once: pathlib computes them again at every call
             keep = _absent(fieldnames)
+            # locales that separate cells with ";" (or tabs) write decimals with a comma
+            decimal_comma = delimiter != ","
             for n, row in enumerate(_dict_rows(reader, fieldnames), start=2):
                 try:
-                    yield rows.see(_record(row, base, keep), f"{name} row {n}")
+                    yield rows.see(_record(row, base, keep, decimal_comma), f"{name} row {n}")
                 except ValueError as e:
                     problems.append(RowProblem(f"{path.name} row {n}", row.get("sku"), str(e)))
     except UnicodeDecodeError as e:  # a spreadsheet's "CSV" in Latin-1 or Windows-1252: said plainly, no traceback
@@ -108,8 +113,8 @@ def read_csv(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
                             "(\"CSV UTF-8\") and import it again") from None
 
 
-def _header(f, path: Path) -> tuple[list[str], Iterator[list[str]]]:
-    """The header row and a reader of the rows below it. Spreadsheets save "CSV" with commas,
+def _header(f, path: Path) -> tuple[list[str], Iterator[list[str]], str]:
+    """The header row, a reader of the rows below it and its delimiter. Spreadsheets save "CSV" with commas,
     or semicolons or tabs in many locales; a header names its columns in any case, with spaces
     around them ("SKU", " Images"): the known columns are read in lower case, others (attributes)
     as written. ManifestError, saying what the first row holds, when no delimiter gives a sku column."""
@@ -118,7 +123,7 @@ def _header(f, path: Path) -> tuple[list[str], Iterator[list[str]]]:
         reader = csv.reader(f, delimiter=delimiter)
         fieldnames = [c if c.lower() not in _CORE else c.lower() for c in (c.strip() for c in next(reader, []))]
         if "sku" in fieldnames:
-            return fieldnames, reader
+            return fieldnames, reader, delimiter
     f.seek(0)
     first = f.readline().strip()
     raise ManifestError(f"{path}: a CSV manifest needs a header row with a 'sku' column and an 'images' column "
