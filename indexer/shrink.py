@@ -15,6 +15,7 @@ from shopsearch.errors import IndexShrinkError, NothingToIndexError
 
 if TYPE_CHECKING:  # the CLI imports this module for DEFAULT_MAX_SHRINK; SQLAlchemy only when it runs
     from shopsearch.catalogue.store import CatalogueStore
+    from shopsearch.index.store import IndexStore
 
 #: the default: refuse a build with fewer than half the serving build's vectors
 DEFAULT_MAX_SHRINK = 0.5
@@ -96,3 +97,17 @@ def check_publishable(serving: int | None, serving_ids: Iterable[int], new_ids: 
                 else "nothing was published")
         raise NothingToIndexError(f"not published: {why}, so the index would hold no vectors; {kept}. {todo}, "
                                   "then run it again (an empty index is never published, whatever --max-shrink says)")
+
+
+def refuse_empty_catalogue(store: IndexStore, catalogue: CatalogueStore, max_shrink: float | None) -> None:
+    """Before a model is loaded (seconds, and a download for some): a catalogue with no product
+    or no image cannot give a build, so it is refused at once with the error the build would
+    raise after embedding nothing (check_publishable). Unusable files are left to the build,
+    whose rescan may find them fixed."""
+    st = catalogue.stats()
+    if st.products and st.images:
+        return
+    manifest = store.current_manifest()
+    serving_ids = list(store.load_keys(manifest.build_id)) if manifest is not None else []
+    check_publishable(manifest.count if manifest is not None else None, serving_ids, [], catalogue, max_shrink)
+

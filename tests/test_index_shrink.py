@@ -192,6 +192,7 @@ def test_the_cli_refuses_an_empty_index_with_one_line_and_exit_1(tmp_path):
         assert res.exit_code == 1, res.output
         assert "Error: not published: the catalogue holds no products" in res.output
         assert "[nothing_to_index]" in res.output and "Traceback" not in res.output
+        assert "model:" not in res.output and "updating" not in res.output  # refused before loading a model
     assert json.loads(runner.invoke(cli, base + ["list", "--json"]).output) == {"builds": []}
     status = runner.invoke(cli, base + ["status"])  # what to do first: import, not build
     assert status.exit_code == 0 and "import a catalogue first: `shopsearch catalogue import FILE`" in status.output

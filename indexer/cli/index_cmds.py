@@ -219,9 +219,11 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
     (nothing, and "up to date", when the serving build already holds exactly these images).
     A rebuild keeps the serving build's model unless --model names another."""
     _writer(c, wait, "index build")
+    from indexer.shrink import refuse_empty_catalogue
     from shopsearch.app import model_for_build, model_to_build
 
     store = c.index_store()
+    refuse_empty_catalogue(store, c.catalogue(), max_shrink)  # before the model loads
     spec, kept = model_to_build(c.settings, store, model)
     if kept is not None:
         click.echo(f"model: keeping {kept.model_name}, the model of the serving build {kept.build_id} "
@@ -267,7 +269,10 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                ray_address: str | None, ray_actors: int | None, force: bool, rescan_scope: str) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
     _writer(c, wait, "index update")
+    from indexer.shrink import refuse_empty_catalogue
+
     store = c.index_store()
+    refuse_empty_catalogue(store, c.catalogue(), max_shrink)  # before the model loads
     manifest = store.current_manifest()
     embedder = c.model_for_index(model)
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
