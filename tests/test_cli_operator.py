@@ -120,6 +120,22 @@ def test_a_jsonl_reimport_changes_nothing(tmp_path, db_url):
     assert (again["products_created"], again["products_updated"], again["products_unchanged"]) == (0, 0, 2)
 
 
+def test_an_image_folder_reimport_keeps_what_a_manifest_set(tmp_path, db_url):
+    """A folder of images says nothing of prices, brands or attributes: importing it again after
+    a `sku,price,...` manifest set them leaves them (it reset them to nothing)."""
+    (tmp_path / "shop" / "Fruit").mkdir(parents=True)
+    make_image(0).save(tmp_path / "shop" / "Fruit" / "green_apple.png")
+    base = ["--database-url", db_url, "catalogue", "import"]
+    assert run(tmp_path, *base, str(tmp_path / "shop"), "--workers", "1").exit_code == 0
+    (tmp_path / "prices.csv").write_text("sku,price,currency,brand,origin\nFruit/green_apple,1.25,eur,Orchard,NZ\n")
+    assert run(tmp_path, *base, str(tmp_path / "prices.csv"), "--workers", "1").exit_code == 0
+    again = json.loads(run(tmp_path, *base, str(tmp_path / "shop"), "--workers", "1", "--json").stdout)
+    assert again["products_updated"] == 0 and again["products_unchanged"] == 1
+    shown = json.loads(run(tmp_path, "--database-url", db_url, "catalogue", "show", "Fruit/green_apple").stdout)
+    assert (shown["title"], shown["price"], shown["currency"], shown["brand"], shown["attributes"]) == \
+        ("green apple", 1.25, "EUR", "Orchard", {"origin": "NZ"})
+
+
 def test_a_slash_inside_a_json_list_category_stays_one_level(tmp_path, db_url):
     _images(tmp_path)
     (tmp_path / "m.jsonl").write_text(json.dumps({"sku": "J", "category": ["Home", "Bath/Shower"],

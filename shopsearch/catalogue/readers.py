@@ -176,6 +176,10 @@ def read_jsonl(path: Path, problems: list[RowProblem]) -> Iterator[ProductRecord
                                        else None, str(e)))
 
 
+#: what a folder of images says nothing about: a re-import leaves what a manifest set (prices...)
+_FOLDER_KEEPS = frozenset({"description", "brand", "price", "currency", "attributes"})
+
+
 def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[ProductRecord]:
     """root/<class>/[<subclass>/...]/<image>: one product per image, category = its folders."""
     if not root.is_dir():
@@ -200,7 +204,8 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
             problems.append(RowProblem(where, None, reason, kind="file"))
             continue
         rec = ProductRecord(sku=sku, title=p.stem.replace("_", " ").replace("-", " "),
-                            category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),))
+                            category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),),
+                            keep=_FOLDER_KEEPS)
         yield rows.see(rec, str(rel))
 
 
@@ -236,6 +241,7 @@ def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: s
                 sku=name, title=name.replace("-", " "), description=description,
                 category_path=tuple(rel.parts), images=tuple(images),
                 attributes={"fine_label": fine_id, "coarse_label": int(row[3]), "coarse_class": row[2]},
+                keep=frozenset({"brand", "price", "currency"}),  # the dataset has none: a shop's own stay
             )
 
 
