@@ -5,6 +5,8 @@
   rows    the candidates' live rows: CatalogueStore.products_for_images (whole product and image
           rows, attributes decoded) against candidate_rows (what an answer shows), for the 14 rows
           a k=10 search reads and the ~60 a fused search reads (rows checked equal)
+  density the confidence's familiarity: both projections side by side (the form before) against
+          the quadratic form with the means' projections (shopsearch.density; values checked close)
 
 CPU ms of this thread per call (time.thread_time), median over repeats, on searches of a
 prepared data dir's own catalogue vectors:
@@ -51,6 +53,22 @@ def url_for_cards(res, k: int) -> dict:
         cards.append(c)
     d["results"], d["count"], d["k"] = cards, len(res.hits), k
     return d
+
+
+def two_projection_familiarity(dens):
+    """ProductDensity.familiarity as it was served before (one product with both projections)."""
+    import numpy as np
+
+    both = np.hstack([dens.proj, dens.proj0]).astype(np.float32)
+    means, mean0 = dens.means.astype(np.float32), dens.mean0.astype(np.float32)
+    norms, dim = (means * means).sum(1), dens.proj.shape[0]
+
+    def familiarity(x):
+        zz = np.atleast_2d(np.asarray(x, np.float32)) @ both
+        z, z0 = zz[:, :dim], zz[:, dim:] - mean0
+        d = (z * z).sum(1)[:, None] - 2.0 * z @ means.T + norms[None, :] - (z0 * z0).sum(1)[:, None]
+        return -(d / dim).astype(np.float64).min(1)
+    return familiarity
 
 
 def paired(a, b, items, rounds: int, repeat: int) -> dict:
@@ -100,6 +118,12 @@ def main() -> int:
             assert sorted(full) == sorted(slim) and all(
                 (slim[i].sku, slim[i].price, slim[i].category) == (p.sku, p.price, p.category) for i, (p, _) in full.items())
         out[name] = paired(cat.products_for_images, cat.candidate_rows, asked, a.rounds, 3)
+    dens = svc.calibration.density if svc.calibration is not None else None
+    if dens is not None:
+        before = two_projection_familiarity(dens)
+        for v in vecs:
+            assert abs(float(before(v)[0]) - float(dens.familiarity(v)[0])) < 1e-5
+        out["density"] = paired(before, dens.familiarity, vecs, a.rounds, 20)
     search = statistics.median(_ms(lambda v: svc.search_vector(v, 10), vecs, 5))
     result = {"benchmark": "answer_parts_ab", "model": svc.manifest.model_name, "vectors": len(svc.index),
               "database": cat.engine.dialect.name, "parts": out, "search_vector_cpu_ms": round(search, 3),
