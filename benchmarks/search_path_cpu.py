@@ -47,12 +47,18 @@ def worker(data_dir: Path, dataset: Path, queries: int, repeat: int, k: int) -> 
     import torch
 
     torch.set_num_threads(1)  # the search path is single-threaded; one thread keeps the model's share steady
-    from query_profile import query_photos
+    import webapp.params
     from shopsearch.config import Settings
     from shopsearch.embedding.preprocess import decode_query
     from shopsearch.search import query_vectors
     from webapp import create_app
     from webapp.params import result_dict
+
+    # query_profile puts this script's checkout first on sys.path: imported only once the variant's code is
+    from query_profile import query_photos
+
+    if not Path(webapp.params.__file__).resolve().is_relative_to(Path.cwd().resolve()):
+        raise RuntimeError(f"the variant's code is not the one imported: {webapp.params.__file__}")
 
     app = create_app({"SETTINGS": Settings.from_env(data_dir=data_dir), "RELOAD_CHECK_S": 3600})
     client = app.test_client()
