@@ -63,7 +63,7 @@ def stage_times(svc, photos: list[bytes], k: int, clock=time.perf_counter) -> di
         # what search reads of the catalogue: each image's product (in memory, one generation read)
         # and the live rows of each candidate product's best image
         cands = group_candidates(svc.owners.current(), ids[0], scores[0])
-        svc.catalogue.products_for_images(cands.image_ids.tolist())
+        svc.catalogue.candidate_rows(cands.image_ids.tolist())
         t5 = clock()
         svc.search_vector(vec, k)
         t6 = clock()

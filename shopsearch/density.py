@@ -45,21 +45,26 @@ class ProductDensity:
     counts: np.ndarray | None = None  # photos per row of `means` (in memory for fitting; not stored)
 
     @cached_property
-    def _serving(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Both projections side by side, in float32: one matrix product per query instead of two in
-        float64 (what a search pays: benchmarks/results/confidence_cost.json)."""
-        means = self.means.astype(np.float32)
-        return (np.hstack([self.proj, self.proj0]).astype(np.float32), means, self.mean0.astype(np.float32),
-                (means * means).sum(1))
+    def _serving(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The distances as one matrix product per query, in float32: with z = x proj and
+        z0 = x proj0 - mean0, |z - m|^2 - |z0|^2 = x Q x' - 2 x (proj m') + |m|^2 + 2 x (proj0 mean0') - |mean0|^2,
+        Q = proj proj' - proj0 proj0' (formed in float64). [Q | proj means' | proj0 mean0'] is about half
+        the bytes of [proj | proj0], which every query reads whole (issue 18:
+        benchmarks/results/confidence_cost.json measured the read before)."""
+        dim = self.proj.shape[0]
+        quad = self.proj @ self.proj.T - self.proj0 @ self.proj0.T
+        lin = np.hstack([self.proj @ self.means.T, (self.proj0 @ self.mean0)[:, None]])
+        norms = (self.means * self.means).sum(1) - float(self.mean0 @ self.mean0)
+        return np.hstack([quad, lin]).astype(np.float32), norms.astype(np.float32), dim
 
     def relative_distances(self, x: np.ndarray) -> np.ndarray:
         """(N, products) relative squared Mahalanobis distances, per dimension."""
-        both, means, mean0, norms = self._serving
+        mat, norms, dim = self._serving
         x = np.atleast_2d(np.asarray(x, np.float32))
-        zz = x @ both
-        z, z0 = zz[:, :means.shape[1]], zz[:, means.shape[1]:] - mean0
-        d = (z * z).sum(1)[:, None] - 2.0 * z @ means.T + norms[None, :]
-        return ((d - (z0 * z0).sum(1)[:, None]) / x.shape[1]).astype(np.float64)
+        y = x @ mat
+        quad = (y[:, :dim] * x).sum(1) + 2.0 * y[:, -1]
+        d = quad[:, None] - 2.0 * y[:, dim:-1] + norms[None, :]
+        return (d / x.shape[1]).astype(np.float64)
 
     def familiarity(self, x: np.ndarray, without: Any = None) -> np.ndarray:
         """Minus the nearest product's relative distance, per row of x (higher: more like the catalogue);

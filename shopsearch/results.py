@@ -88,9 +88,10 @@ class SearchResult:
     #: the vector searched with (float32, unit length); kept out of to_dict: the feedback log stores it
     query_vector: Any = field(default=None, repr=False, compare=False)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, hits: bool = True) -> dict[str, Any]:
+        """`hits`=False: an empty results list, for a caller that writes its own (webapp cards)."""
         return {
-            "results": [h.to_dict() for h in self.hits],
+            "results": [h.to_dict() for h in self.hits] if hits else [],
             "model": self.model,
             "build_id": self.build_id,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},

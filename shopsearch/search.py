@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from shopsearch.catalogue.records import ImageInfo, ProductInfo
+from shopsearch.catalogue.records import CandidateRow
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.centring import DomainCentring
 from shopsearch.confidence import Calibration, annotate, scoring_key
@@ -186,7 +186,7 @@ class SearchService:
             t_db = time.perf_counter()
             cands = group_candidates(self.owners.current(), ids[0], scores[0], exclude_ids)
             rows = list(zip(cands.image_ids.tolist(), cands.scores.tolist(), cands.counts.tolist()))
-            best: list[tuple[float, ProductInfo, ImageInfo, int]] = []
+            best: list[tuple[float, CandidateRow, int]] = []
             # The live rows of each product's best image only (titles, prices and categories as they
             # are now), best first and no more than the page needs: k, plus READ_MARGIN for rows that
             # fail below. Fusion re-orders by category, so it reads every candidate.
@@ -194,30 +194,30 @@ class SearchService:
             while at < len(rows) and (len(best) < k or boost is not None):
                 part = rows[at:] if boost is not None else rows[at:at + k - len(best) + READ_MARGIN]
                 at += len(part)
-                info = self.catalogue.products_for_images([r[0] for r in part])
+                info = self.catalogue.candidate_rows([r[0] for r in part])
                 for image_id, score, count in part:
-                    if image_id not in info:  # deleted since the columns were read: the next search reloads them
+                    row = info.get(image_id)
+                    if row is None:  # deleted since the columns were read: the next search reloads them
                         continue
-                    prod, img = info[image_id]
                     # filters are checked again on the live rows: the allowed set is as of the service's start
-                    if self._passes(prod, filters, allowed, exclude_skus):
-                        best.append((score, prod, img, count))
+                    if self._passes(row, filters, allowed, exclude_skus):
+                        best.append((score, row, count))
             if db_s is not None:
                 db_s[0] += time.perf_counter() - t_db
             if len(best) >= k or fetch >= limit:
                 break
         if boost is None:
             ranked = best[:k]  # in score order already
-            return [ProductHit(p.sku, p.title, s, i.id, i.path, p.brand, p.price, p.currency, p.category,
-                               p.category_source, c) for s, p, i, c in ranked]
+            return [ProductHit(r.sku, r.title, s, r.image_id, r.image_path, r.brand, r.price, r.currency, r.category,
+                               r.category_source, c) for s, r, c in ranked]
         floor = boost.get("", 0.0)
-        fused = sorted(((s + boost.get((p.category or "").strip("/"), floor), s, p, i, c) for s, p, i, c in best),
+        fused = sorted(((s + boost.get((r.category or "").strip("/"), floor), s, r, c) for s, r, c in best),
                        key=lambda t: -t[0])[:k]
-        return [ProductHit(p.sku, p.title, f, i.id, i.path, p.brand, p.price, p.currency, p.category,
-                           p.category_source, c, similarity=s) for f, s, p, i, c in fused]
+        return [ProductHit(r.sku, r.title, f, r.image_id, r.image_path, r.brand, r.price, r.currency, r.category,
+                           r.category_source, c, similarity=s) for f, s, r, c in fused]
 
     @staticmethod
-    def _passes(prod: ProductInfo, f: SearchFilters, allowed: tuple[str, ...] | None,
+    def _passes(prod: CandidateRow, f: SearchFilters, allowed: tuple[str, ...] | None,
                 exclude_skus: frozenset[str]) -> bool:
         if prod.sku in exclude_skus:
             return False

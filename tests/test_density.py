@@ -115,9 +115,23 @@ def test_relative_distances_equal_the_two_projection_form():
     x = np.concatenate([sold, unknown]).astype(np.float64)
     z = x @ dens.proj
     direct = ((z[:, None, :] - dens.means[None]) ** 2).sum(2) - ((x @ dens.proj0 - dens.mean0) ** 2).sum(1)[:, None]
-    # served in float32 (one product of both projections): agreement to float32 rounding
+    # served in float32 (one product with the quadratic form and the means' projections: issue 18):
+    # agreement to float32 rounding
     np.testing.assert_allclose(dens.relative_distances(x), direct / x.shape[1], rtol=1e-4, atol=5e-4)
     assert np.array_equal(dens.relative_distances(x).argmin(1), direct.argmin(1))
+    # and at a real model's width, on unit vectors as searches send them
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(40, 512))
+    labels = np.repeat(np.arange(40), 12)
+    gallery = centres[labels] + 0.5 * rng.normal(size=(len(labels), 512))
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    dens = ProductDensity.from_bytes(fit_density(gallery, labels).to_bytes())
+    x = gallery[::7] + 0.05 * rng.normal(size=(len(gallery[::7]), 512))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    z = x @ dens.proj
+    direct = ((z[:, None, :] - dens.means[None]) ** 2).sum(2) - ((x @ dens.proj0 - dens.mean0) ** 2).sum(1)[:, None]
+    np.testing.assert_allclose(dens.relative_distances(x), direct / x.shape[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dens.familiarity(x), -(direct / x.shape[1]).min(1), rtol=1e-5, atol=1e-6)
 
 
 def test_a_held_out_catalogue_photo_is_read_against_its_products_other_photos():

@@ -171,6 +171,9 @@ def test_products_for_images_beyond_the_bind_parameter_limit(catalogue):
     assert (prod.sku, prod.price, img.path, prod.category) == ("S1234", Decimal(1234), "/img/1234.jpg",
                                                                f"Cat/C{1234 % 19}")
     assert info[int(image_ids[7])][0].category == "Cat/C19"
+    rows = catalogue.candidate_rows(asked.tolist())  # the search's read, chunked alike
+    assert sorted(rows) == sorted(info) and (rows[int(image_ids[1234])].sku, rows[int(image_ids[1234])].price) == \
+        ("S1234", Decimal(1234))
     cols = catalogue.filter_columns()
     assert cols.image_ids.tolist() == sorted(image_ids.tolist())
     at = np.searchsorted(cols.image_ids, image_ids[[7, 1234]])
@@ -271,8 +274,8 @@ def test_a_page_reads_about_k_candidate_rows_and_more_only_when_rows_fail(catalo
     vi.add(image_ids, x)
     svc = SearchService(_VecEmbedder(), vi, catalogue, IndexManifest("b1", "vec", "vec-fp", DIM, n, "flat", "now"))
     asked: list[int] = []
-    real = catalogue.products_for_images
-    catalogue.products_for_images = lambda ids: asked.append(len(ids)) or real(ids)
+    real = catalogue.candidate_rows  # the search's read of its candidates' live rows
+    catalogue.candidate_rows = lambda ids: asked.append(len(ids)) or real(ids)
     f = SearchFilters(max_price=2000)
     first = svc.search_vector(x[100], k=10, filters=f, calibrate=False)
     assert first.hits[0].sku == "S100" and sum(asked) == 10 + READ_MARGIN

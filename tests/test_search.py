@@ -205,3 +205,35 @@ def test_group_candidates_orders_counts_and_leaves_out():
     assert c.image_ids.tolist() == [9, 3, 12] and c.counts.tolist() == [1, 1, 1]
     empty = ImageOwners(0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     assert group_candidates(empty, np.array([5]), np.array([0.9])).image_ids.tolist() == []
+
+
+def test_candidate_rows_are_products_for_images_cut_to_the_answer(catalogue, image_dir):
+    """The search's candidate read (issue 18: no description, attributes or image metadata) gives
+    each image exactly the fields products_for_images gives it, for merchant, predicted and no
+    category, no price or brand; deleted ids are absent; a price edited since is read live."""
+    paths = image_dir(5)
+    for i, p in enumerate(paths[:4]):
+        catalogue.upsert_product(ProductRecord(
+            sku=f"S{i} é/ü", title=f"Title {i}", price=None if i == 1 else Decimal("12.34") + i,
+            currency=None if i == 1 else "EUR", brand="Brand" if i % 2 else None, description="long text",
+            attributes={"colour": "red"}, category_path=("Fruit", "Apple") if i in (0, 3) else None,
+            images=(ImageRecord(str(p), sha256=sha(p)),) + ((ImageRecord(str(paths[4]), role="reference"),)
+                                                             if i == 3 else ())))
+    predicted = catalogue.ensure_category(("Dairy", "Milk"))
+    catalogue.set_predicted_category(catalogue.get_product("S2 é/ü").id, predicted, 0.7)
+    catalogue.set_predicted_category(catalogue.get_product("S3 é/ü").id, predicted, 0.9)  # the merchant's wins
+    ids = [i.id for sku in ("S0 é/ü", "S1 é/ü", "S2 é/ü", "S3 é/ü") for i in catalogue.get_product(sku).images]
+    asked = ids + [max(ids) + 100]  # an id no longer in the catalogue
+    full = catalogue.products_for_images(asked)
+    rows = catalogue.candidate_rows(asked)
+    assert sorted(rows) == sorted(full) == sorted(ids)
+    for image_id, (prod, img) in full.items():
+        r = rows[image_id]
+        assert (r.image_id, r.image_path, r.sku, r.title, r.brand, r.price, r.currency, r.category,
+                r.category_source) == (img.id, img.path, prod.sku, prod.title, prod.brand, prod.price, prod.currency,
+                                       prod.category, prod.category_source)
+    assert {rows[i].category_source for i in ids} == {"merchant", "predicted", None}
+    catalogue.upsert_product(ProductRecord(sku="S0 é/ü", title="Title 0", price=Decimal("1.50"),
+                                           keep=frozenset({"description", "brand", "currency", "attributes"})))
+    assert catalogue.candidate_rows(ids[:1])[ids[0]].price == Decimal("1.50")
+    assert catalogue.candidate_rows([]) == {}

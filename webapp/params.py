@@ -11,6 +11,7 @@ from shopsearch.errors import ConfigError
 from shopsearch.rerank import RerankOptions
 from shopsearch.rerank import parse_rerank as rerank_options
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
+from webapp.card_urls import CardUrls, card_urls
 from webapp.errors import BadParameterError
 
 
@@ -97,18 +98,21 @@ def image_urls(image_id: int) -> dict[str, str]:
             "image_url": url_for("images.image", image_id=image_id, size=1280)}
 
 
-def hit_dict(h: ProductHit) -> dict[str, Any]:
+def hit_dict(h: ProductHit, urls: CardUrls | None = None) -> dict[str, Any]:
+    """A result card for JSON: `urls` (card_urls()) may be passed in to fetch it once per answer."""
+    urls = urls or card_urls()
     d = h.to_dict()
     d["matched_image"].pop("path", None)  # server file paths are not the public's business
-    d["matched_image"].update(image_urls(h.image_id))
-    d["url"] = url_for("pages.product", sku=h.sku)
-    d["api_url"] = url_for("api.product", sku=h.sku)
+    d["matched_image"].update(thumbnail_url=urls.image_320(h.image_id), image_url=urls.image_1280(h.image_id))
+    d["url"] = urls.product(h.sku)
+    d["api_url"] = urls.api_product(h.sku)
     return d
 
 
 def result_dict(res: SearchResult, filters: SearchFilters | None = None, k: int | None = None) -> dict[str, Any]:
-    d = res.to_dict()
-    d["results"] = [hit_dict(h) for h in res.hits]
+    d = res.to_dict(hits=False)
+    urls = card_urls()
+    d["results"] = [hit_dict(h, urls) for h in res.hits]
     d["count"] = len(res.hits)
     if filters is not None:
         d["filters"] = {"category": filters.category,

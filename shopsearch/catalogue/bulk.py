@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
 from shopsearch.catalogue.models import CatalogueState, Category, Product, ProductImage
-from shopsearch.catalogue.records import ImageInfo, ProductInfo
+from shopsearch.catalogue.records import CandidateRow, ImageInfo, ProductInfo
 
 #: ids per IN (...) list: below both databases' bind-parameter limits, with room for the rest of the query
 ID_CHUNK = 10_000
@@ -97,13 +97,49 @@ def products_for_images(engine: Engine, image_ids: Sequence[int]) -> dict[int, t
                  predicted_conf, attributes) = row[len(IMAGE_COLUMNS):]
                 prod = products.get(img.product_id)
                 if prod is None:
-                    source = "merchant" if category_id is not None else ("predicted" if predicted_path else None)
+                    category, source = _category(category_id, merchant_path, predicted_path)
                     prod = products[img.product_id] = ProductInfo(
                         id=img.product_id, sku=sku, title=title, description=description, brand=brand,
-                        price=price, currency=currency, category=merchant_path or predicted_path,
+                        price=price, currency=currency, category=category,
                         category_source=source, predicted_category=predicted_path,
                         predicted_confidence=predicted_conf, attributes=dict(attributes or {}))
                 out[img.id] = (prod, img)
+    return out
+
+
+def _category(category_id: int | None, merchant_path: str | None,
+              predicted_path: str | None) -> tuple[str | None, str | None]:
+    """A product's category path and where it came from: the merchant's, else the predicted one."""
+    source = "merchant" if category_id is not None else ("predicted" if predicted_path else None)
+    return merchant_path or predicted_path, source
+
+
+@functools.cache
+def _candidate_rows_query() -> Select:
+    """products_for_images' select cut to what a search answer shows (built once, like it)."""
+    merchant, predicted = aliased(Category), aliased(Category)
+    return (select(ProductImage.id, ProductImage.path, Product.sku, Product.title, Product.brand, Product.price,
+                   Product.currency, Product.category_id, merchant.path, predicted.path)
+            .join(Product, Product.id == ProductImage.product_id)
+            .outerjoin(merchant, merchant.id == Product.category_id)
+            .outerjoin(predicted, predicted.id == Product.predicted_category_id)
+            .where(ProductImage.id.in_(bindparam("ids", expanding=True))))
+
+
+def candidate_rows(engine: Engine, image_ids: Sequence[int]) -> dict[int, CandidateRow]:
+    """image id -> its CandidateRow, for ids that still exist: what products_for_images reads of
+    them that a search answer shows, without the description, the attributes (JSON decoded per
+    row) and the image's metadata nobody shows (issue 18: every search runs it)."""
+    ids = sorted({int(i) for i in image_ids})
+    out: dict[int, CandidateRow] = {}
+    if not ids:
+        return out
+    with engine.connect() as conn:
+        for part in chunks(ids):
+            for image_id, path, sku, title, brand, price, currency, category_id, merchant_path, predicted_path \
+                    in conn.execute(_candidate_rows_query(), {"ids": part}):
+                category, source = _category(category_id, merchant_path, predicted_path)
+                out[image_id] = CandidateRow(image_id, path, sku, title, brand, price, currency, category, source)
     return out
 
 

@@ -125,6 +125,22 @@ class ProductInfo:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CandidateRow:
+    """A search candidate's live row: of its image and product, only what a result shows and the
+    filters check (CatalogueStore.candidate_rows; no description, attributes or image metadata)."""
+
+    image_id: int
+    image_path: str
+    sku: str
+    title: str
+    brand: str | None
+    price: Decimal | None
+    currency: str | None
+    category: str | None  # merchant's path, else the predicted one
+    category_source: str | None  # "merchant" | "predicted" | None
+
+
 @dataclass(frozen=True)
 class UpsertResult:
     sku: str

@@ -15,6 +15,7 @@ from shopsearch.catalogue import bulk, db
 from shopsearch.catalogue.upsert import upsert_batch
 from shopsearch.catalogue.models import CatalogueState, Category, IndexBuild, Product, ProductImage
 from shopsearch.catalogue.records import (
+    CandidateRow,
     CatalogueStats,
     CategoryInfo,
     FileCheck,
@@ -214,6 +215,11 @@ class CatalogueStore:
         """Map image id -> (its product, the image), for ids that still exist (plain rows,
         chunked below the databases' bind-parameter limits; any number of ids)."""
         return bulk.products_for_images(self.engine, image_ids)
+
+    def candidate_rows(self, image_ids: Sequence[int]) -> dict[int, CandidateRow]:
+        """Map image id -> what a search answer shows of it and its product (live rows; ids that
+        still exist): products_for_images without the fields no answer shows."""
+        return bulk.candidate_rows(self.engine, image_ids)
 
     def filter_columns(self) -> bulk.FilterColumns:
         """Per indexable image: product, price and category as numpy columns (search filters)."""
