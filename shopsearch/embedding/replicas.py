@@ -2,12 +2,13 @@
 worker process, each reading, decoding, preprocessing and embedding whole batches of its own;
 the calling process only hands out batches and collects vectors, in item order.
 
-Why (issue 18, benchmarks/results/bulk_replicas_ab_*.json): with one model on two OpenMP
-threads beside decode threads, every operator of a small model ends at a barrier where one
-thread waits for the other, which a decode thread or another job has descheduled; on 2 cores
-EfficientNet-Lite0 spent 20-23 ms of CPU per photo where its stages, run one after another on
-one thread, take about 13. Replicas share nothing while they work: the cores add up. A result
-is one (dim,) float32 vector per image (5 KB for Lite0), so little crosses between processes.
+Why (issue 18, bulk_replicas_ab_lite0_xeon_amx_loaded in benchmarks/RESULTS.md): with one model
+on two OpenMP threads beside decode threads, every operator of a small model ends at a barrier
+where one thread waits for the other; replicas share nothing while they work. Alone they saved
+little for bf16 EfficientNet-Lite0 (17.8 against 18.6 ms of CPU per photo, 2-core Xeon with AMX):
+its eager model spends half its time in ReLU6 passes of their own. With the oneDNN-fused model
+(TorchEmbedder.fuse, built here for one thread before the replicas fork and inherited by them)
+it took 9.4 ms. A result is one (dim,) float32 vector per image, so little crosses processes.
 
 A replica that dies (a decoder crash, the OOM killer) is replaced and the image it died on
 reported as shopsearch.workers.DIED (RespawningPool). Replicas ignore SIGINT: Ctrl-C reaches the
