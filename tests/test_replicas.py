@@ -113,9 +113,11 @@ def test_a_model_error_in_a_replica_stops_the_run_with_its_message_and_keeps_ear
     assert _no_replicas_left()
 
 
-def test_replicas_are_the_default_for_torch_models_on_few_cores_only(monkeypatch):
+def test_replicas_are_the_default_for_lite0_on_few_cores_only(monkeypatch):
     monkeypatch.setattr(tuning, "available_cpus", lambda: 2)
     tiny = _tiny_torch()
+    assert tuned_config(tiny).executor == "thread"  # a torch model that does not say it gains (ViT-B-32 did not)
+    tiny.bulk_replicas = True  # as EfficientNet-Lite0 says
     cfg = tuned_config(tiny)
     assert (cfg.executor, cfg.workers, cfg.batch_size) == ("replicas", 2, 8)
     assert tuned_config(FakeEmbedder()).executor == "thread"  # not a torch model: unmeasured

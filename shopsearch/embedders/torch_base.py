@@ -115,6 +115,10 @@ class TorchEmbedder:
     #: fold batch norms into convolutions for eager CPU inference (subclasses whose model is
     #: not a plain module graph turn it off)
     fold_batch_norms = True
+    #: bulk CPU embedding on few cores runs this model as single-threaded replicas by default
+    #: (embedding/replicas.py): on where measured faster (EfficientNet-Lite0); ViT-B-32 took 1.26x
+    #: more CPU per photo that way than on the thread executor (bulk_replicas_vit_b32_check)
+    bulk_replicas = False
 
     def _folded(self, model: nn.Module) -> nn.Module | None:
         """`model` with its batch norms folded (fold.py), checked on a random batch shaped like

@@ -41,7 +41,7 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
     """Measured defaults (benchmarks/RESULTS.md, benchmarks/results/throughput_*.json).
 
     CPU: batches of 16 keep the activations in cache (larger batches were slower for both
-    EfficientNet-Lite0 and ViT-B-32); with <= 4 cores on Linux a torch model runs as one
+    EfficientNet-Lite0 and ViT-B-32); with <= 4 cores on Linux Lite0 (`replicas_fit`) runs as one
     single-threaded replica per core in batches of 8 (replicas.py, with the oneDNN-fused model
     where it is faster: half the CPU per photo of one model on all cores beside decode threads,
     bulk_replicas_ab in benchmarks/RESULTS.md), other models with decode threads (PIL and the
@@ -76,10 +76,12 @@ def tuned_config(embedder: Embedder, batch_size: int | None = None, workers: int
 
 
 def replicas_fit(embedder: Embedder) -> bool:
-    """Replicas by default: a CPU torch model (where they were measured) that runs as it is
-    loaded (not compiled: int8 exists compiled only, and each replica would compile it
-    again), on Linux, where replicas are forked with it."""
-    return (sys.platform.startswith("linux") and isinstance(embedder, BatchEmbedder)
+    """Replicas by default: a CPU torch model that says it gains from them (`bulk_replicas`:
+    EfficientNet-Lite0, measured; ViT-B-32 did not) and runs as it is loaded (not compiled:
+    int8 exists compiled only, and each replica would compile it again), on Linux, where
+    replicas are forked with it."""
+    return (sys.platform.startswith("linux") and getattr(embedder, "bulk_replicas", False)
+            and isinstance(embedder, BatchEmbedder)
             and not str(embedder.device).startswith("cuda") and embedder.precision != "int8"
             and not getattr(embedder, "compiled", False))
 
