@@ -93,14 +93,15 @@ def _items_with_poison(image_dir, n: int = 30) -> tuple[list[WorkItem], WorkItem
     return items[:11] + [bad] + items[11:], bad
 
 
-def test_process_pipeline_survives_a_decoder_crash(tmp_path, image_dir, monkeypatch):
+@pytest.mark.parametrize("executor", ["process", "replicas"])
+def test_process_pipeline_survives_a_decoder_crash(tmp_path, image_dir, monkeypatch, executor):
     items, bad = _items_with_poison(image_dir)
     ref = VectorCache(tmp_path / "ref", "fake-grid4x4", 48)
     good = [it for it in items if it is not bad]
     embed_items(FakeEmbedder(), good, ref, batch_size=8, progress=False, executor="inline")
     _crash_on_poison(monkeypatch)
     cache = VectorCache(tmp_path / "c", "fake-grid4x4", 48)
-    rep = embed_items(FakeEmbedder(), items, cache, batch_size=8, workers=2, progress=False, executor="process")
+    rep = embed_items(FakeEmbedder(), items, cache, batch_size=8, workers=2, progress=False, executor=executor)
     assert rep.embedded == len(good)
     assert rep.failed == [(bad, DIED)]
     keys = [it.key for it in good]

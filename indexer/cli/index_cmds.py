@@ -68,8 +68,9 @@ def _perf_options(f):
                           "rewritten in place with their old size and mtime; reads the whole catalogue).")(f)
     f = click.option("--chunk-size", type=int, default=512, show_default=True, hidden=True,
                      help="Vectors per cache chunk (work lost at most when a run is killed).")(f)
-    f = click.option("--executor", type=click.Choice(["auto", "thread", "process", "inline", "gpu"]), default="auto",
-                     show_default=True, help="Where images are decoded: threads, processes, or nvJPEG on the GPU.")(f)
+    f = click.option("--executor", type=click.Choice(["auto", "replicas", "thread", "process", "inline", "gpu"]), default="auto",
+                     show_default=True, help="Where images are decoded: one single-threaded model replica per process (the "
+                          "default for EfficientNet-Lite0 on <= 4 CPU cores), threads, processes, or nvJPEG on the GPU.")(f)
     f = click.option("--workers", type=int, default=None, help="Decoding workers (default: tuned to the machine).")(f)
     f = click.option("--batch-size", type=int, default=None, help="Images per model call (default: 16 CPU, 256 GPU).")(f)
     f = click.option("--index", "index_type", default="auto", show_default=True,

@@ -26,7 +26,7 @@ from indexer.cli.context import Ctx, echo_json, pass_ctx
               help="The Grocery Store dataset (--source grocery or auto).")
 @click.option("--batch-size", type=int, default=None, help="Our pipeline's batch (default: tuned).")
 @click.option("--workers", type=int, default=None, help="Our pipeline's decode workers (default: tuned).")
-@click.option("--executor", type=click.Choice(["auto", "thread", "process", "inline", "gpu"]), default="auto",
+@click.option("--executor", type=click.Choice(["auto", "replicas", "thread", "process", "inline", "gpu"]), default="auto",
               show_default=True)
 @click.option("--compile", "compile_mode", type=click.Choice(["auto", "on", "off"]), default="auto",
               show_default=True, help="torch.compile our pipeline's model (auto: CPU runs of 4,096+ images); "

@@ -42,6 +42,9 @@ class PooledFeatures(nn.Module):
 class EfficientNetLite0Embedder(TorchEmbedder):
     """TorchEmbedder plus access to the full ImageNet classifier (`timm_model`)."""
 
+    #: half the CPU per photo as single-threaded fused replicas (bulk_replicas_ab in benchmarks/RESULTS.md)
+    bulk_replicas = True
+
     @property
     def timm_model(self) -> nn.Module:
         """The complete timm model, classifier included (shares weights with `.model`)."""

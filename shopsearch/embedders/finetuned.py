@@ -21,6 +21,9 @@ DEFAULT_ARCH = "tf_efficientnet_lite0"
 class FinetunedEmbedder(TorchEmbedder):
     """A TorchEmbedder that knows the artefact it came from (its head routes searches)."""
 
+    #: the EfficientNet-Lite0 network, fine-tuned: bulk embedding as single-threaded replicas as Lite0's
+    bulk_replicas = True
+
     artefact_path: Path | None = None
 
 

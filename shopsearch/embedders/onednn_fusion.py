@@ -7,13 +7,16 @@ shape; it is turned on only around the warm-up calls made here, at the batch siz
 will use, and put back at once: the fused plans stay with the frozen module afterwards. A call
 at another shape still runs correctly (the executor re-profiles it, unfused). Vectors equal the
 eager model's to rounding in fp32; bf16 differs from eager bf16 by bf16 rounding only.
-Used for the query model (query_model.py); figures: benchmarks/RESULTS.md. Bulk embedding stays eager: a
-fused batch model gave no measurable end-to-end gain in index builds (issue 18 note, 2026-11-30)."""
+Used for the query model (query_model.py) and by the single-threaded replicas of bulk embedding
+(replicas.py, `bulk_form`): in bf16 on the Xeon with AMX the eager model spent half its time in
+ReLU6 (a separate pass over every activation); fused, a batch of 8 took 5 ms of CPU per photo
+instead of 11 (issue 18). Figures: benchmarks/RESULTS.md."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import threading
+import time
 import warnings
 from typing import Callable, Iterator, Sequence
 
@@ -60,3 +63,26 @@ def fused(model: nn.Module, sample: torch.Tensor, dtype: torch.dtype, batches: S
                 forward(batch)
     return forward
 
+
+
+#: a bulk form must give vectors this close (cosine, per image) to the eager model's, so that a
+#: catalogue embedded partly fused and partly eager stays one index (bf16 Lite0: 0.99995)
+BULK_MIN_COSINE = 0.9999
+
+
+def bulk_form(model: nn.Module, batch: torch.Tensor, rounds: int = 3) -> Forward | None:
+    """For bulk embedding on this thread's intra-op threads: the fused copy of `model` at
+    `batch`'s size and dtype when its vectors are within BULK_MIN_COSINE of the eager model's
+    on `batch` and it runs `batch` in less CPU time (best of `rounds`, in turns); else None."""
+    fwd = fused(model, batch, batch.dtype, (batch.shape[0],))
+    with torch.inference_mode():
+        a, b = model(batch).float(), fwd(batch).float()
+        if float(torch.nn.functional.cosine_similarity(a, b, dim=1).min()) < BULK_MIN_COSINE:
+            return None
+        best = {"fused": float("inf"), "eager": float("inf")}
+        for _ in range(rounds):
+            for name, f in (("fused", fwd), ("eager", model)):
+                t0 = time.thread_time()
+                f(batch)
+                best[name] = min(best[name], time.thread_time() - t0)
+    return fwd if best["fused"] < best["eager"] else None

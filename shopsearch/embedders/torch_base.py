@@ -107,6 +107,7 @@ class TorchEmbedder:
         self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._compile_batch = 0
         self._graph = None  # cuda_graph.GraphedForward for the GPU pipeline's batch size
+        self._fused: Callable[[torch.Tensor], torch.Tensor] | None = None  # fuse()'s bulk CPU form
         self._query: Callable[[torch.Tensor], torch.Tensor] | None = None  # prepare_queries' choice
         self.query_choice = None  # query_model.QueryChoice, once prepare_queries ran
         self._query_precision = ""
@@ -114,6 +115,10 @@ class TorchEmbedder:
     #: fold batch norms into convolutions for eager CPU inference (subclasses whose model is
     #: not a plain module graph turn it off)
     fold_batch_norms = True
+    #: bulk CPU embedding on few cores runs this model as single-threaded replicas by default
+    #: (embedding/replicas.py): on where measured faster (EfficientNet-Lite0); ViT-B-32 took 1.26x
+    #: more CPU per photo that way than on the thread executor (bulk_replicas_vit_b32_check)
+    bulk_replicas = False
 
     def _folded(self, model: nn.Module) -> nn.Module | None:
         """`model` with its batch norms folded (fold.py), checked on a random batch shaped like
@@ -233,6 +238,34 @@ class TorchEmbedder:
     def compiled(self) -> bool:
         return self._compiled is not None
 
+    def fuse(self, batch_size: int) -> bool:
+        """For bulk CPU batches of `batch_size` on one intra-op thread (the replicas executor
+        forks after this): a oneDNN-fused copy of the eager model (onednn_fusion.bulk_form),
+        kept only where it matches the eager vectors and runs faster; batches are padded to
+        `batch_size`. False, eager kept, off the CPU, when compiled or fusion fails."""
+        if not self._channels_last or self._compiled is not None:
+            return False
+        from shopsearch.embedders.onednn_fusion import bulk_form
+
+        size, threads = max(1, int(batch_size)), torch.get_num_threads()
+        torch.set_num_threads(1)  # oneDNN sizes the fused kernels for the threads of this call
+        try:
+            one = self._model_input(torch.randn((1, *self.preprocess(Image.new("RGB", (256, 256))).shape),
+                                                generator=torch.Generator().manual_seed(0)))
+            self._fused = bulk_form(self._eager, one.expand(size, *one.shape[1:]).contiguous(
+                memory_format=torch.channels_last))
+        except Exception as e:  # noqa: BLE001 - an optimisation must never stop a run
+            log.info("oneDNN fusion unavailable, running eager: %s", e)
+            self._fused = None
+        finally:
+            torch.set_num_threads(threads)
+        self._compile_batch = size if self._fused is not None else self._compile_batch
+        return self._fused is not None
+
+    def unfuse(self) -> None:
+        """Back to the eager model (the fused kernels were sized for one thread)."""
+        self._fused = None
+
     def capture_cuda_graph(self, sample: torch.Tensor) -> bool:
         """Capture the image tower as a CUDA graph for batches shaped like `sample` (the GPU
         pipeline's; see cuda_graph). Same kernels as eager, so vectors and the fingerprint
@@ -253,7 +286,7 @@ class TorchEmbedder:
         graph = self._graph
         if graph is not None and graph.fits(x):
             return graph(x)
-        compiled, size = self._compiled, self._compile_batch
+        compiled, size = self._compiled or self._fused, self._compile_batch
         if compiled is None:
             return self._eager(x)
         try:
@@ -273,8 +306,8 @@ class TorchEmbedder:
                 outs.append(compiled(part.clone(memory_format=fmt))[:n])
             return torch.cat(outs) if len(outs) > 1 else outs[0]
         except Exception as e:  # noqa: BLE001 - compilation failed at the first call: fall back for good
-            log.warning("torch.compile failed, running eager from now on: %s", e)
-            self._compiled = None
+            log.warning("compiled model failed, running eager from now on: %s", e)
+            self._compiled = self._fused = None
             return self._eager(x)
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:

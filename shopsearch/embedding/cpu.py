@@ -3,13 +3,14 @@ window ahead of the model), or one process per image for the suspects of a crash
 embedded in batches by the calling thread."""
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import functools
 import multiprocessing as mp
 import sys
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from shopsearch.embedding.items import Prepared, Preprocess, WorkItem, prepare, 
 from shopsearch.embedding.preprocess import SplitPreprocess, split_preprocess
 from shopsearch.embedding.tuning import GROUP, PipelineConfig, cpu_window, inflight_horizon
 from shopsearch.workers import RespawningPool, exit_with_parent
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 #: suspects of a crash go to the isolating processes this many at a time
 ISOLATED_SLICE = 64
@@ -73,9 +77,18 @@ def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: 
     fn = _prepare_group if executor == "process" else functools.partial(prepare_list, preprocess=preprocess)
     pool: RespawningPool[WorkItem, Prepared] = RespawningPool(
         lambda: _make_executor(executor, workers, preprocess), fn, lambda item, why: (item, why))
+    with contextlib.closing(in_order(pool, groups, ahead)) as results:  # stopped early: the pool shut down now
+        for done in results:
+            yield from done
+
+
+def in_order(pool: RespawningPool[J, R], groups: Iterable[list[J]], ahead: int) -> Iterator[list[R]]:
+    """Each group's results from `pool`, in the groups' order, at most `ahead` groups in flight;
+    when the consumer stops (the end, an error, Ctrl-C) what is queued is cancelled and the pool
+    shut down."""
     pending: deque[Future] = deque()
+    it = iter(groups)
     try:
-        it = iter(groups)
         for g in it:
             pending.append(pool.submit(g))
             if len(pending) >= ahead:
@@ -85,7 +98,7 @@ def prepared_stream(items: Sequence[WorkItem], preprocess: Preprocess, workers: 
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(nxt))
-            yield from done
+            yield done
     finally:
         for f in pending:
             f.cancel()

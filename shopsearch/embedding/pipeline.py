@@ -31,6 +31,7 @@ from shopsearch.embedding.gpu import GpuExecutor
 from shopsearch.embedding.items import (Failure, Preprocess, WorkItem, decode, prepare,
                                         prepare_list)
 from shopsearch.embedding.journal import CrashJournal, Quarantined
+from shopsearch.embedding.replicas import ReplicaExecutor
 from shopsearch.embedding.tuning import COMPILE_MIN_IMAGES, PipelineConfig, tuned_config
 from shopsearch.workers import DIED
 
@@ -145,8 +146,11 @@ class JournalWindow:
 
 # -- 4. run an executor -------------------------------------------------------------------
 def executor_for(embedder: Embedder, cfg: PipelineConfig) -> EmbedExecutor:
-    """The executor cfg.executor names: "gpu" (nvJPEG on the model's GPU) or CPU workers."""
-    return GpuExecutor(embedder, cfg) if cfg.executor == "gpu" else CpuExecutor(embedder, cfg)
+    """The executor cfg.executor names: "gpu" (nvJPEG on the model's GPU), "replicas"
+    (single-threaded model copies in processes) or CPU decode workers."""
+    if cfg.executor == "gpu":
+        return GpuExecutor(embedder, cfg)
+    return ReplicaExecutor(embedder, cfg) if cfg.executor == "replicas" else CpuExecutor(embedder, cfg)
 
 
 class RunSink:
