@@ -61,7 +61,9 @@ def cosine_check(model: str, precision: str, images: int, batch: int) -> dict:
     from shopsearch.embedding.pipeline import WorkItem, embed_items
     from shopsearch.evaluation.throughput import DEFAULT_GROCERY, grocery_jpegs
 
-    paths = grocery_jpegs(images, Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", REPO.parent / DEFAULT_GROCERY)))
+    paths = grocery_jpegs(images, Path(os.environ.get("SHOPSEARCH_GROCERY_DIR", REPO / DEFAULT_GROCERY)))
+    if not paths:
+        raise SystemExit("no Grocery Store photos found (set SHOPSEARCH_GROCERY_DIR)")
     emb = load_embedder(with_precision(model, precision, "cpu"), "cpu")
     items = [WorkItem(f"{i:064x}", str(p)) for i, p in enumerate(paths)]
     vecs = {}
