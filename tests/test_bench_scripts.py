@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.preforked import run_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -92,12 +94,33 @@ def test_bench_io_writes_the_result_json_with_its_machine_block(tmp_path, capsys
     assert bio.data_dir_parser("d", tmp_path).parse_args(["--data-dir", "v"]).dataset == tmp_path
 
 
+# `python benchmarks/X.py --help` in a process forked from the preloaded fork server
+# (tests/preforked.py): torch and numpy come imported, everything else the script imports it
+# imports itself, with the sys.path a fresh `python benchmarks/X.py` has (its own folder, then
+# the interpreter's; not the repository root that pytest adds), so a moved module still fails
+HELP = r"""
+import json, runpy, sys
+script, path = sys.argv[1], json.loads(sys.argv[2])
+sys.path[:] = path
+sys.argv = [script, "--help"]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def script_sys_path() -> list[str]:
+    """sys.path after its first entry in a fresh interpreter here (the site's, PYTHONPATH's)."""
+    r = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path[1:]))"],
+                       capture_output=True, text=True, check=True, cwd=REPO / "benchmarks")
+    return json.loads(r.stdout)
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
-def test_every_benchmark_script_starts(script):
+def test_every_benchmark_script_starts(script, script_sys_path):
     """`--help` runs each script's imports: a module moved elsewhere breaks it here, not on an
     analyst's machine (ray_bench.py still imported the old throughput module once)."""
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True, text=True,
-                       timeout=120)
+    path = REPO / "benchmarks" / script
+    r = run_script(HELP, str(path), json.dumps([str(path.parent), *script_sys_path]), cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
 
 

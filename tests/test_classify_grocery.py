@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from shopsearch.classify.data import grocery_split
 from shopsearch.classify.labels import LabelSpace
@@ -10,6 +11,9 @@ from shopsearch.classify.training import train_frozen
 from shopsearch.classify.vectors import embed_labelled
 from shopsearch.embedders import load_embedder
 from tests.conftest import GROCERY, needs_grocery
+
+# a small head fit and a dozen images through the backbone: one intra-op thread (tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: one fine class from each of six coarse classes
 CLASSES = ["Fruit/Banana", "Fruit/Kiwi", "Vegetables/Carrots", "Vegetables/Cucumber",

@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from shopsearch.classify.artefact import artefact_path, load_artefact
 from shopsearch.classify.data import LabelledImage
 from shopsearch.classify.knn import KnnVote
 from shopsearch.classify.router import Classifier
 from shopsearch.classify.training import train_frozen, with_serving_choices
+
+# small head fits: one intra-op thread (tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CATS = ["Fruit/Apple", "Fruit/Pear", "Dairy/Milk", "Dairy/Cheese"]
 

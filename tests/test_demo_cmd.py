@@ -1,11 +1,15 @@
 """`shopsearch demo --no-serve` on a miniature Grocery Store tree: import, index, head, calibration."""
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
 from shopsearch.classify.artefact import load_artefact
 from tests.test_bench_recall import make_grocery
+
+# the demo's head fit and calibration are small: one intra-op thread (tests/conftest.py says why)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _demo(data_dir, root, *extra):

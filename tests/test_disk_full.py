@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from shopsearch.embedding import cache as cache_mod
 from shopsearch.index import IndexStore
 from shopsearch.index import vector_index
 from tests.conftest import REPO, sha
+from tests.preforked import CLI, run_script
 from tests.test_indexer_resume import _jpeg_catalogue
 
 needs_dev_full = pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
@@ -101,9 +101,8 @@ def test_disk_full_on_a_real_small_filesystem(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     try:
         def shopsearch(*args):
-            return subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir",
-                                   str(data), "index", "build", "--model", "colorhist", "--json", *args], cwd=REPO,
-                                  capture_output=True, text=True, timeout=120)
+            return run_script(CLI, "--data-dir", str(data), "index", "build", "--model", "colorhist", "--json", *args,
+                              cwd=REPO, timeout=120)
 
         full = shopsearch()  # 150 x 384 float32 vectors and their keys: more than 256 KiB
         assert full.returncode == 1, full.stderr[-2000:]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from shopsearch.index import IndexStore
 from tests.conftest import REPO
+from tests.preforked import CLI, Started, run_script, start_script
 from tests.test_indexer_resume import _jpeg_catalogue
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fcntl locks and signals")
@@ -45,11 +45,10 @@ def _args(data: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data), "index", "build", "--model", "colorhist", "--workers", "1", "--json", *extra]
 
 
-def _held(data: Path, *extra: str) -> subprocess.Popen:
+def _held(data: Path, *extra: str) -> Started:
     (data / "embedding").unlink(missing_ok=True)
     (data / "go").unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HELD, *_args(data, *extra)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_script(HELD, *_args(data, *extra), cwd=REPO)
     deadline = time.monotonic() + 60
     while not (data / "embedding").exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]
@@ -58,9 +57,8 @@ def _held(data: Path, *extra: str) -> subprocess.Popen:
     return proc
 
 
-def _cli(data: Path, *extra: str, **kw):
-    return subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", *_args(data, *extra)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, **kw)
+def _cli(data: Path, *extra: str):
+    return run_script(CLI, *_args(data, *extra), cwd=REPO, timeout=120)
 
 
 @pytest.mark.slow
@@ -77,19 +75,16 @@ def test_a_second_build_fails_fast_or_waits_and_a_dead_runs_lock_is_taken_over(t
     assert time.monotonic() - t0 < 60  # at once, not after the first build
     assert IndexStore(data / "index").current_id() is None  # nothing published by the refused run
 
-    err = (tmp_path / "waiting.err").open("w")
-    waiting = subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", *_args(data, "--wait")],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    waiting = start_script(CLI, *_args(data, "--wait"), cwd=REPO)
     deadline = time.monotonic() + 60
-    while "waiting for index build (pid" not in (tmp_path / "waiting.err").read_text():
-        assert waiting.poll() is None and time.monotonic() < deadline, (tmp_path / "waiting.err").read_text()
+    while "waiting for index build (pid" not in waiting.stderr_so_far():
+        assert waiting.poll() is None and time.monotonic() < deadline, waiting.stderr_so_far()
         time.sleep(0.05)
     (data / "go").touch()
     out_first, err_first = first.communicate(timeout=120)
-    out_waiting, _ = waiting.communicate(timeout=120)
-    err.close()
+    out_waiting, err_waiting = waiting.communicate(timeout=120)
     assert first.returncode == 0, err_first[-2000:]
-    assert waiting.returncode == 0, (tmp_path / "waiting.err").read_text()[-2000:]
+    assert waiting.returncode == 0, err_waiting[-2000:]
     a, b = json.loads(out_first), json.loads(out_waiting)
     store = IndexStore(data / "index")
     # one after the other: the waiting one then finds the first one's build up to date
@@ -103,8 +98,7 @@ def test_a_second_build_fails_fast_or_waits_and_a_dead_runs_lock_is_taken_over(t
     after = _cli(data, "--force")  # a new build even though nothing changed: the first one becomes previous
     assert after.returncode == 0, after.stderr[-2000:]
     assert store.current_id() == json.loads(after.stdout)["build_id"] and store.previous_id() == a["build_id"]
-    rolled = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
-                             "index", "rollback", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    rolled = run_script(CLI, "--data-dir", str(data), "index", "rollback", "--json", cwd=REPO, timeout=120)
     assert rolled.returncode == 0 and json.loads(rolled.stdout)["current"] == a["build_id"]
 
 

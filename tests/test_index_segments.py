@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import faiss
@@ -22,6 +20,7 @@ from shopsearch.index import IndexStore
 from shopsearch.index.segments import new_delta
 from shopsearch.index.vector_index import INDEX_FILE, VectorIndex
 from tests.conftest import REPO, FakeEmbedder, make_image
+from tests.preforked import start_script
 from tests.test_indexer_update import _add
 
 
@@ -234,8 +233,7 @@ def test_kill_9_while_publishing_a_delta_leaves_the_serving_build(tmp_path):
     first = b.build(index_type="hnsw", progress=False)
     cat.delete_products(["P1"])
     _add(cat, tmp_path, 10)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_PUBLISHING, str(tmp_path)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_script(KILLED_WHILE_PUBLISHING, str(tmp_path), cwd=REPO)
     deadline = time.monotonic() + 120
     while not (tmp_path / "staged").exists():
         assert proc.poll() is None, proc.communicate()[1][-2000:]

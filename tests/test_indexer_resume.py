@@ -6,8 +6,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -20,6 +18,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.embedders.colorhist import ColorHistogramEmbedder
 from shopsearch.index import IndexStore
 from tests.conftest import REPO, sha
+from tests.preforked import CLI, Started, run_script, start_script
 
 N = 400
 CHUNK = 16
@@ -41,8 +40,12 @@ main()
 """
 
 
-def _cmd(data_dir, *args: str, script: str = "from indexer.cli import main; main()") -> list[str]:
-    return [sys.executable, "-c", script, "--data-dir", str(data_dir), *args]
+def _start(data_dir, *args: str, script: str = CLI, **kw) -> Started:
+    return start_script(script, "--data-dir", str(data_dir), *args, cwd=REPO, **kw)
+
+
+def _run(data_dir, *args: str):
+    return run_script(CLI, "--data-dir", str(data_dir), *args, cwd=REPO, timeout=120)
 
 
 def _jpeg_catalogue(tmp_path, n: int, size: tuple[int, int]):
@@ -66,8 +69,7 @@ def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
     data, cat, buf = _jpeg_catalogue(tmp_path, N, (160, 120))
     imgs = tmp_path / "imgs"
     # serve a small first build so we can check the killed run never replaces it
-    seed_build = subprocess.run(_cmd(data, "index", "build", "--model", "colorhist", "--json"), cwd=REPO,
-                                capture_output=True, text=True, timeout=120)
+    seed_build = _run(data, "index", "build", "--model", "colorhist", "--json")
     assert seed_build.returncode == 0, seed_build.stderr
     first = json.loads(seed_build.stdout)
     assert first["vectors"] == N
@@ -80,9 +82,8 @@ def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
     cache_dir = VectorCache(data / "vectors", fp, 384).dir
     chunks_before = set(cache_dir.glob("chunk-*.npz"))
 
-    proc = subprocess.Popen(_cmd(data, "index", "build", "--model", "colorhist", "--chunk-size", str(CHUNK),
-                                 "--batch-size", str(CHUNK), "--workers", "1", "--executor", "inline", "--json",
-                                 script=PACED), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _start(data, "index", "build", "--model", "colorhist", "--chunk-size", str(CHUNK), "--batch-size",
+                  str(CHUNK), "--workers", "1", "--executor", "inline", "--json", script=PACED)
     deadline = time.monotonic() + 60
     while len(set(cache_dir.glob("chunk-*.npz")) - chunks_before) < 2 and proc.poll() is None:
         assert time.monotonic() < deadline, "the build never wrote a chunk"
@@ -97,8 +98,7 @@ def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
     assert store.current_id() == first["build_id"]  # still serving the complete old build
     assert store.load_current()[1].count == N
 
-    resumed = subprocess.run(_cmd(data, "index", "build", "--model", "colorhist", "--json"), cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
+    resumed = _run(data, "index", "build", "--model", "colorhist", "--json")
     assert resumed.returncode == 0, resumed.stderr
     r = json.loads(resumed.stdout)
     assert r["embedded"] == N // 2 - done  # only the rest
@@ -115,24 +115,22 @@ def test_sigterm_stops_a_build_cleanly(tmp_path, executor):
     data, cat, _ = _jpeg_catalogue(tmp_path, M, (640, 480))
     cache_dir = VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384).dir
 
-    proc = subprocess.Popen(_cmd(data, "index", "build", "--model", "colorhist", "--chunk-size", str(CHUNK),
-                                 "--batch-size", "8", "--workers", "2", "--executor", executor),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = _start(data, "index", "build", "--model", "colorhist", "--chunk-size", str(CHUNK), "--batch-size", "8",
+                  "--workers", "2", "--executor", executor, start_new_session=True)
     deadline = time.monotonic() + 60
     while len(list(cache_dir.glob("chunk-*.npz"))) < 2 and proc.poll() is None:
         assert time.monotonic() < deadline, "the build never wrote a chunk"
         time.sleep(0.002)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err.decode()[-2000:]
-    assert "stopped (SIGTERM)" in err.decode() and "run the same command again" in err.decode()
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped (SIGTERM)" in err and "run the same command again" in err
     assert not list(cache_dir.glob("inflight-*")) and not list(cache_dir.glob(".*tmp*"))
     saved = len(VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384))
     assert 2 * CHUNK <= saved < M
     assert IndexStore(data / "index").current_id() is None
 
-    rerun = subprocess.run(_cmd(data, "--log-level", "INFO", "index", "build", "--model", "colorhist", "--json"), cwd=REPO,
-                           capture_output=True, text=True, timeout=120)
+    rerun = _run(data, "--log-level", "INFO", "index", "build", "--model", "colorhist", "--json")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "an earlier run died" not in rerun.stderr  # nothing to re-check
     r = json.loads(rerun.stdout)

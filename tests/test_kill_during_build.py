@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -16,6 +15,7 @@ import pytest
 from shopsearch.embedders.colorhist import ColorHistogramEmbedder
 from shopsearch.embedding.cache import VectorCache
 from tests.conftest import REPO
+from tests.preforked import CLI, run_script, start_script
 from tests.test_indexer_resume import _jpeg_catalogue
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals")
@@ -63,10 +63,8 @@ def test_kill_9_loses_only_the_last_seconds_and_is_not_taken_for_a_crash(tmp_pat
     data, cat, _ = _jpeg_catalogue(tmp_path, N, (640, 480))
     cache_dir = VectorCache(data / "vectors", ColorHistogramEmbedder().fingerprint, 384).dir
     # chunks of 100,000: before the time-based flush nothing reached the cache until the end
-    proc = subprocess.Popen([sys.executable, "-c", FLUSHED, "--data-dir", str(data), "index", "build", "--model",
-                             "colorhist", "--chunk-size", "100000", "--batch-size", "8", "--workers", "2",
-                             "--executor", executor, "--json"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_script(FLUSHED, "--data-dir", str(data), "index", "build", "--model", "colorhist", "--chunk-size",
+                        "100000", "--batch-size", "8", "--workers", "2", "--executor", executor, "--json", cwd=REPO)
     deadline = time.monotonic() + 60
     while len(list(cache_dir.glob("chunk-*.npz"))) < 2 and proc.poll() is None:
         assert time.monotonic() < deadline, "the build saved nothing within 60 s"
@@ -85,9 +83,8 @@ def test_kill_9_loses_only_the_last_seconds_and_is_not_taken_for_a_crash(tmp_pat
     assert 0 < saved < N
     assert list(cache_dir.glob("inflight-*.txt"))  # it was tracking its decoders when killed
 
-    rerun = subprocess.run([sys.executable, "-c", "from indexer.cli import main; main()", "--data-dir", str(data),
-                            "--log-level", "INFO", "index", "build", "--model", "colorhist", "--json"],
-                           cwd=REPO, capture_output=True, text=True, timeout=180)
+    rerun = run_script(CLI, "--data-dir", str(data), "--log-level", "INFO", "index", "build", "--model", "colorhist",
+                       "--json", cwd=REPO, timeout=180)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "an earlier run died" not in rerun.stderr and "an earlier run was killed" in rerun.stderr
     r = json.loads(rerun.stdout)
