@@ -117,6 +117,9 @@ def test_ctrl_c_before_the_embedding_run_exits_130_not_1(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
+    (tmp_path / "shop" / "Fruit").mkdir(parents=True)  # something to index: an empty catalogue is refused first
+    make_image(0).save(tmp_path / "shop" / "Fruit" / "apple.png")
+    _run(["catalogue", "import", str(tmp_path / "shop"), "--workers", "1"], tmp_path / "data")
     monkeypatch.setattr(shopsearch.app, "model_for_build", interrupted)
     res = _run(["index", "build", "--model", "colorhist"], tmp_path / "data", ok=False)
     assert res.exit_code == 130, res.output
