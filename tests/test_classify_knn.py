@@ -85,6 +85,14 @@ def test_a_finetuned_models_serving_choices_are_made_on_val_over_its_vectors():
     assert served.metrics["val"]["fine"]["top1"] > served.metrics["knn_vote"]["val_top1_head"] + 0.1
     assert _top1(served, xt, test) > _top1(trained, xt, test) + 0.1
     assert "fusion_val_precision_at_1" in served.metrics and served.thresholds.fusion >= 0
+    # the frozen-head warning is judged again on the served figure: withdrawn when the vote lifts
+    # it near the frozen head's, kept when it is still far below
+    served_top1 = served.metrics["val"]["fine"]["top1"]
+    for reference, warned in ((served_top1 + 0.02, False), (served_top1 + 0.2, True)):
+        was = replace(trained, metrics={**trained.metrics, "frozen_val_top1": reference, "warnings": ["far below"]})
+        again = with_serving_choices(was, x, items, xv, val)
+        assert bool(again.metrics["warnings"]) is warned
+        assert again.metrics["warnings"] != ["far below"]  # never the head-alone text kept as it was
     # photos of classes the model does not know are ignored; no val photos: nothing changes
     other = [LabelledImage(i.path, "Toys/Ball") for i in val]
     assert with_serving_choices(trained, x, items, xv, other) is trained

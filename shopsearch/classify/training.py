@@ -237,11 +237,26 @@ def with_serving_choices(art: ClassifierArtefact, vectors: np.ndarray, items: Se
     extra = {"val_head": art.metrics.get("val")}
     voted, extra = _with_vote(replace(art, knn=None), val_vectors, val_items, vectors, y, extra)
     served = with_validation(voted, val_vectors, val_items, target, extra, gallery=(vectors, y))
+    served = _rechecked(served, art.metrics.get("warnings") or [])
     if served.knn is None:
         return served
     photos = np.vstack([vectors, val_vectors])
     return replace(served, knn={**served.knn, "vectors": torch.from_numpy(photos.astype(np.float16)),
                                 "labels": torch.from_numpy(np.concatenate([y, yv]))})
+
+
+def _rechecked(served: ClassifierArtefact, before: list[str]) -> ClassifierArtefact:
+    """The frozen-head warning judged again on the served figure (head + vote), which is what
+    searches and tags use: a head that alone validated far below can serve above the frozen one."""
+    from dataclasses import replace
+
+    top1 = served.metrics["val"]["fine"]["top1"]
+    reference = served.metrics.get("frozen_val_top1")
+    now = below_reference(top1, reference) if before else []
+    if before and not now:
+        log.info(f"as served (with its nearest-neighbour vote) the fine-tuned model validates at {top1:.1%}, "
+                 f"not far below the frozen head's {reference:.1%}: the warning about the head alone is withdrawn")
+    return replace(served, metrics={**served.metrics, "warnings": now})
 
 
 def below_reference(top1: float, reference: float | None, margin: float = 0.05) -> list[str]:
