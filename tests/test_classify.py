@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,6 +100,13 @@ def test_artefact_round_trip_and_refusals(trained, tmp_path):
     # another embedder's vectors are refused with a clear error
     with pytest.raises(ClassifierError, match="fingerprint"):
         ClassifierRouter.from_artefact(path, FakeEmbedder())
+    # the same weights run in bf16 are the same vectors (a fine-tuned model's fp32-trained head,
+    # built and served in bf16 on a bf16 CPU), either way round; int8 or other weights are not
+    for a, b in ((art.fingerprint, art.fingerprint + "+bf16"), (art.fingerprint + "+bf16", art.fingerprint)):
+        replace(art, fingerprint=a).check_fingerprint(b)
+    for other in (art.fingerprint + "+int8:cabc", art.fingerprint + "x+bf16"):
+        with pytest.raises(ClassifierError, match="fingerprint"):
+            art.check_fingerprint(other)
     # another format version, or a damaged file, is refused
     d = torch.load(path, weights_only=True)
     d["format_version"] = FORMAT_VERSION + 1

@@ -16,6 +16,9 @@ import torch
 
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.paths import artefact_path  # noqa: F401 - re-exported
+
+#: the fingerprint suffix of a model run in bf16 (shopsearch.embedders.torch_base)
+BF16 = "+bf16"
 from shopsearch.classify.thresholds import RoutingThresholds
 from shopsearch.errors import ClassifierError
 
@@ -54,8 +57,10 @@ class ClassifierArtefact:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def check_fingerprint(self, fingerprint: str) -> None:
-        """ClassifierError unless the artefact was trained on this embedder's vectors."""
-        if fingerprint != self.fingerprint:
+        """ClassifierError unless the artefact was trained on this embedder's vectors. The same
+        weights in bf16 count as the same vectors (checked against fp32 when a bf16 model loads):
+        a fine-tuned model's head is trained in fp32 and a bf16 CPU builds and serves it in bf16."""
+        if fingerprint.removesuffix(BF16) != self.fingerprint.removesuffix(BF16):
             raise ClassifierError(
                 f"classifier was trained on vectors of {self.embedder_name!r} (fingerprint {self.fingerprint}); "
                 f"this embedder has fingerprint {fingerprint}: retrain it with `shopsearch classify train`")
