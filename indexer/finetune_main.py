@@ -17,6 +17,7 @@ import torch
 from shopsearch.classify.data import read_labelled
 from shopsearch.classify.finetune_config import FinetuneConfig, recipe_for
 from shopsearch.classify.training import finetune_artefact
+from shopsearch.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preload", action="store_true", default=None, help="decode all training images once, up front")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = recipe_for(args.device, **{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)
-                                     if getattr(args, f.name) is not None})
+    try:
+        cfg = recipe_for(args.device, **{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)
+                                         if getattr(args, f.name) is not None})
+    except ConfigError as e:  # this entry point's edge: a usage error, not a traceback
+        ap.error(str(e))
     art = finetune_artefact(read_labelled(args.train), read_labelled(args.val), cfg, args.device, args.weights,
                             name=args.name, target=args.target)
     art.save(args.out)

@@ -198,3 +198,18 @@ def stop_server(proc) -> str:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.communicate()[0].decode()
+
+
+@pytest.fixture(scope="module")
+def tiny_labelled_items(tmp_path_factory):
+    """Twelve 40 px images in three classes of two levels (Fruit/Apple, Fruit/Pear, Dairy/Milk), as
+    LabelledImages: enough for one tiny fine-tuning epoch."""
+    from shopsearch.classify.data import imagefolder
+
+    root = tmp_path_factory.mktemp("tiny-labelled")
+    for c, cat in enumerate(["Fruit/Apple", "Fruit/Pear", "Dairy/Milk"]):
+        (root / cat).mkdir(parents=True)
+        for j in range(4):
+            jitter(make_image(c, size=(40, 40)), seed=10 * c + j).save(root / cat / f"{j}.png")
+    return imagefolder(root)
+

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
+from indexer.cli import cli
 from shopsearch.classify import finetune as ft
-from shopsearch.classify.data import imagefolder
 from shopsearch.classify.finetune_config import CPU_RECIPE, FinetuneConfig, planned_epochs, recipe_for
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.embedders.finetuned import imagenet_backbone
-from tests.conftest import jitter, make_image
+from shopsearch.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny training steps (tests/conftest.py)
 
@@ -25,17 +26,20 @@ def test_cpu_recipe_is_budgeted_and_the_gpu_one_is_not():
     assert recipe_for("cpu").minutes == CPU_RECIPE["minutes"] <= 25
     assert recipe_for("cuda").minutes is None
     assert recipe_for("cpu", minutes=5.0).minutes == 5.0
+    for bad in (0.0, -3.0, float("nan")):  # a clear error, not a silent one-epoch run
+        with pytest.raises(ConfigError, match="positive number of minutes"):
+            recipe_for("cpu", minutes=bad)
+
+
+def test_the_cli_refuses_a_budget_that_is_not_positive(tmp_path):
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path), "classify", "train", "--finetune", "--minutes", "0"])
+    assert res.exit_code == 2 and "Invalid value for '--minutes'" in res.output and "x>0" in res.output
+    assert "Traceback" not in res.output
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("budget")
-    for c, cat in enumerate(["Fruit/Apple", "Fruit/Pear", "Dairy/Milk"]):
-        (root / cat).mkdir(parents=True)
-        for j in range(4):
-            jitter(make_image(c, size=(40, 40)), seed=10 * c + j).save(root / cat / f"{j}.png")
-    items = imagefolder(root)
-    return items, LabelSpace.from_paths(i.category for i in items)
+def tiny(tiny_labelled_items):
+    return tiny_labelled_items, LabelSpace.from_paths(i.category for i in tiny_labelled_items)
 
 
 def _cfg(**kw) -> FinetuneConfig:

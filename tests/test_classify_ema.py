@@ -5,13 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from shopsearch.classify.data import imagefolder
 from shopsearch.classify.ema import WeightAverage, warmed_decay
 from shopsearch.classify.finetune import finetune
 from shopsearch.classify.finetune_config import FinetuneConfig
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.training import below_reference
-from tests.conftest import jitter, make_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny training steps (tests/conftest.py)
 
@@ -49,13 +47,8 @@ def test_average_copies_integer_buffers():
 
 
 @pytest.fixture(scope="module")
-def tiny_items(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ema")
-    for c, cat in enumerate(["Fruit/Apple", "Fruit/Pear", "Dairy/Milk"]):
-        (root / cat).mkdir(parents=True)
-        for j in range(4):
-            jitter(make_image(c, size=(40, 40)), seed=10 * c + j).save(root / cat / f"{j}.png")
-    return imagefolder(root)
+def tiny_items(tiny_labelled_items):
+    return tiny_labelled_items
 
 
 def test_finetune_keeps_the_better_of_raw_and_averaged(tiny_items):

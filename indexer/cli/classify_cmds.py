@@ -86,6 +86,8 @@ def _ft_options(f):
         if fld.name in ("max_steps", "workers", "preload"):
             continue
         kind = float if fld.default is None else type(fld.default)  # the optional ones (minutes) are numbers
+        if fld.name == "minutes":  # refused before any image is read, not after the data is split
+            kind = click.FloatRange(min=0, min_open=True)
         what = _FT_HELP.get(fld.name, fld.name.replace('_', ' '))
         f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=fld.default,
                          show_default=True, help=f"(--finetune) {what} (GPU recipe's default; "

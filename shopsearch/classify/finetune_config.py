@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from shopsearch.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -33,6 +35,10 @@ class FinetuneConfig:
     # forward/backward precision: "auto" = bf16 autocast on CUDA, and on a CPU with AMX or
     # AVX512-BF16 when a probe on the first batch times it faster; fp32 otherwise
     precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.minutes is not None and not self.minutes > 0:  # NaN too: no epoch could ever be planned
+            raise ConfigError(f"the fine-tune's time budget must be a positive number of minutes, not {self.minutes}")
 
 
 #: The CPU recipe, chosen automatically when fine-tuning runs on a CPU (the GPU recipe is
