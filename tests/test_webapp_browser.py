@@ -116,7 +116,12 @@ def test_shopper_finds_banana_and_recommendations(base_url, tmp_path):
                 assert "match" in cards.first.inner_text()
                 page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazy images load when seen
                 page.wait_for_load_state("networkidle")
-                page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+                # polled from here: wait_for_function compiles its predicate in the page, which the
+                # app's CSP (script-src 'self', no eval) refuses whenever the first check is false
+                for _ in range(100):
+                    if page.evaluate("Array.from(document.images).every(i => i.complete)"):
+                        break
+                    page.wait_for_timeout(100)
                 broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
                                        ".map(i => i.src.slice(0, 80) + (i.loading || ''))")
                 assert not broken, broken
