@@ -223,6 +223,51 @@ def test_nginx_own_errors_under_api_are_the_apps_json_and_pages_stay_html(tmp_pa
         nginx.stop()
 
 
+def _raw(port: int, request: bytes) -> tuple[int, str, bytes]:
+    """Send bytes as they are (http.client refuses to write malformed requests)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers.get("Content-Type", ""), body
+
+
+@needs_nginx
+@pytest.mark.timeout(60)
+def test_nginx_errors_before_a_location_are_json_under_api_and_html_for_pages():
+    """A URL or header over nginx's buffers, or a request line it cannot parse, is refused before
+    nginx picks a location, so no location's error_page applies: API clients still get the JSON
+    error shape (not nginx's HTML), pages a short page of their own."""
+    port = free_port()
+    nginx = front.NginxFront(f"127.0.0.1:{port}", 1024 * 1024)
+    nginx.check()
+    nginx.start()
+    try:
+        long_query = "q=" + "a" * 9000
+        big_header = b"X-Big: " + b"b" * 9000 + b"\r\n"
+        for api in ("/api/v1/search", "/api"):
+            assert _api_error(*_raw(port, f"GET {api}?{long_query} HTTP/1.1\r\nHost: a\r\n\r\n".encode())) == \
+                (414, "uri_too_long")
+            assert _api_error(*_raw(port, f"GET {api} HTTP/1.1\r\nHost: a\r\n".encode() + big_header + b"\r\n")) == \
+                (400, "header_too_large")
+            assert _api_error(*_raw(port, f"GET {api}/\0x HTTP/1.1\r\nHost: a\r\n\r\n".encode())) == \
+                (400, "bad_request")
+        status, ctype, body = _raw(port, f"GET /?{long_query} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        assert (status, ctype) == (414, "text/html") and b"Address too long" in body
+        status, ctype, body = _raw(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + big_header + b"\r\n")
+        assert (status, ctype) == (400, "text/html") and b"Back to search" in body
+        # /apiary is a page path, not the API
+        status, ctype, _ = _raw(port, f"GET /apiary?{long_query} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+        assert (status, ctype) == (414, "text/html")
+        assert _request(port, "GET", "/_shopsearch/early/api/414")[0] == 404  # internal only
+    finally:
+        nginx.stop()
+
+
 def test_public_bind_without_nginx_is_refused(monkeypatch):
     monkeypatch.setattr(front, "nginx_binary", lambda: None)
     result = CliRunner().invoke(cli, ["serve", "--bind", "0.0.0.0:8000"])
