@@ -1,6 +1,8 @@
 """`shopsearch demo --no-serve` on a miniature Grocery Store tree: import, index, head, calibration."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -36,8 +38,16 @@ def test_demo_chooses_the_heads_settings_on_shopper_photos_it_does_not_train_on(
 
 def test_demo_without_shopper_photos_holds_out_catalogue_images(tmp_path):
     root = make_grocery(tmp_path / "grocery")
+    # the demo's sample search photo, where the real dataset has it
+    sample = root / "dataset" / "test" / "Fruit" / "Banana" / "Banana_004.jpg"
+    sample.parent.mkdir(parents=True, exist_ok=True)
+    next((root / "dataset" / "test").rglob("*_000.png")).replace(sample)  # not in test.txt: only this search reads it
     res = _demo(tmp_path / "var", root, "--calibration-split", "none")
     assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("sample search Banana_004.jpg: "))
+    # the plain similarity of each hit, in [-1, 1] (the fused score mixes in a log-probability)
+    sims = [float(v) for v in re.findall(r"\(similarity (-?[0-9.]+)\)", line)]
+    assert len(sims) == 3 and all(-1.0 <= v <= 1.0 for v in sims), line
     assert "held-out top-1" in res.output, res.output
     arts = [load_artefact(p) for p in (tmp_path / "var" / "classifiers").rglob("*.pt")]
     assert len(arts) == 1 and "val" not in arts[0].metrics  # too few catalogue images to hold any out

@@ -70,7 +70,9 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration
     if sample.is_file():
         svc = c.search_service(model if model != "auto" else None)
         res = svc.search_image(decode_query(sample, svc.embedder), k=3)
-        click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} ({h.score:.2f})" for h in res.hits)
+        # the plain similarity (a fused score mixes in a log-probability and reads as nonsense here)
+        click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} (similarity {h.plain_score:.2f})"
+                                                                for h in res.hits)
                    + (f"; match {res.match}, confidence {res.confidence:.2f}" if res.confidence is not None else ""))
     if not serve:
         return
