@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=80, help="results asked (the service fetches 8k for a page of k=10)")
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--efs", default="128,192,256,400,640,1000,1600")
+    ap.add_argument("--shares", default="0.2,0.08", help="allowed shares (random subsets)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
@@ -66,7 +67,7 @@ def main() -> None:
                                       f"recall{k}": float(np.mean([_recall(plain[i], truth_all[i], k)
                                                                   for i in range(len(q))]))},
                  "rows": []}
-    for share in (0.2, 0.08):
+    for share in (float(s) for s in args.shares.split(",")):
         pos = np.sort(rng.choice(n, int(n * share), replace=False))
         bits = bitmap(pos, n)
         truth = [exact_among(flat, q[i:i + 1], k, pos)[1][0] for i in range(len(q))]

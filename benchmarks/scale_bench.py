@@ -151,7 +151,8 @@ def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[
 
 
 def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic: bool, workers: int,
-            schema: str = "scale", save: Callable[[dict], None] = lambda run: None) -> dict:
+            schema: str = "scale", save: Callable[[dict], None] = lambda run: None,
+            build_only: bool = False) -> dict:
     manifest, hashes = generate(scratch, n, workers)
     _restore(scratch)  # a run stopped during its update leaves new pictures behind
     data_dir = scratch / f"data_{db}_{n}"
@@ -170,13 +171,15 @@ def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic
     res["detail"]["import_products_per_s"] = n / sec["import"]
     if synthetic:
         inject_vectors(data_dir, hashes)
-    return finish(scratch, n, data_dir, url, manifest, queries, res, save)
+    return finish(scratch, n, data_dir, url, manifest, queries, res, save, build_only=build_only)
 
 
 def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, queries: int, res: dict,
-           save: Callable[[dict], None], index_type: str = "auto", rerun: bool = False) -> dict:
+           save: Callable[[dict], None], index_type: str = "auto", rerun: bool = False,
+           build_only: bool = False) -> dict:
     """The steps after the import: builds, update, re-import, status, searches (`rerun`: the
-    no-op builds, the update and the status of a data dir built earlier, nothing else)."""
+    no-op builds, the update and the status of a data dir built earlier, nothing else;
+    `build_only`: the first build and nothing after it, a data dir for --search-only)."""
     sec = res["seconds"]
     itype = [] if index_type == "auto" else ["--index", index_type]
     if not rerun:
@@ -184,6 +187,9 @@ def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, quer
         save(res)  # a run stopped later keeps the steps done so far
         res["detail"]["index_type"] = (rep or {}).get("index_type")
         res["detail"]["first_build_embedded"] = (rep or {}).get("embedded")  # 0 with synthetic vectors
+        if build_only:
+            res["complete"] = True
+            return res
     sec["noop_build"], rep = shopsearch(data_dir, url, "index", "build", "--model", MODEL, *itype, "--json")
     res["detail"]["noop_build_up_to_date"] = (rep or {}).get("up_to_date")
     res["detail"]["noop_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
@@ -285,6 +291,9 @@ def main() -> None:
     ap.add_argument("--search-only", action="store_true",
                     help="only the searches, on the data dirs an earlier run kept (--keep): "
                          "scale_<sizes>_<dbs>_<tag>_search.json")
+    ap.add_argument("--build-only", action="store_true",
+                    help="import and first build only, data dirs kept (implies --keep): a data dir for "
+                         "--search-only, without the 10-image update the full run searches")
     ap.add_argument("--size-first", action="store_true",
                     help="every database at one size before the next size (a run stopped early keeps "
                          "the smaller sizes of both databases)")
@@ -356,10 +365,10 @@ def main() -> None:
         print(f"== {db} {n:,} products", flush=True)
         t0 = time.perf_counter()
         runs.append(run_one(scratch, n, db, args.pg_url, args.queries, n >= args.synthetic_from, args.workers,
-                            args.pg_schema, save))
+                            args.pg_schema, save, args.build_only))
         runs[-1]["total_s"] = time.perf_counter() - t0
         print(json.dumps(runs[-1]["seconds"]), flush=True)
-        if not args.keep:
+        if not (args.keep or args.build_only):
             shutil.rmtree(scratch / f"data_{db}_{n}", ignore_errors=True)
         save()
     print(markdown(runs))

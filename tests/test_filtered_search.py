@@ -96,6 +96,33 @@ def test_large_allowed_share_stays_inside_and_finds_the_best(index_type, monkeyp
         assert recall == 1.0 if index_type == "flat" else recall >= min(0.95, base) - 0.05, (share, recall, base)
 
 
+def test_a_department_walks_the_graph_at_about_the_unfiltered_breadth(monkeypatch):
+    """A large allowed set (a department: a fifth of the index) walks HNSW at about the index's
+    own efSearch, not at a beam of k allowed nodes (k / share = 400 for the service's k=80),
+    and still finds what the unfiltered walk finds; a quarter or more walks at it exactly."""
+    monkeypatch.setattr(filtered, "HNSW_EXACT_LIMIT", 100)
+    vi, ids, x = _big("hnsw")
+    efs: list[int] = []
+    real = faiss.SearchParametersHNSW
+    monkeypatch.setattr(faiss, "SearchParametersHNSW", lambda **kw: efs.append(kw["efSearch"]) or real(**kw))
+    rng = np.random.default_rng(4)
+    q = _unit(rng.standard_normal((20, DIM)))
+    _, plain = vi.search(q, 10)
+    base = _recall(plain, x, ids, q, ids)
+    own = int(faiss.downcast_index(vi.faiss_index.index).hnsw.efSearch)
+    for share, widest in ((0.2, 1.5 * own), (0.3, own), (0.6, own)):
+        allowed = np.sort(rng.choice(ids, int(len(ids) * share), replace=False))
+        efs.clear()
+        _, got = vi.search(q, 80, allowed=allowed)
+        assert efs and all(own <= e <= widest < 80 / share for e in efs), (share, efs)
+        assert np.isin(got[got >= 0], allowed).all()
+        assert _recall(got[:, :10], x, ids, q, allowed) >= min(0.95, base) - 0.05, share
+    # the breadth never shrinks as the share does, and a deep page (k above efSearch) keeps k
+    shares = (1.0, 0.5, 0.25, 0.2, 0.12, 0.08, 0.05)
+    assert [filtered.graph_ef(128, 80, s) for s in shares] == sorted(filtered.graph_ef(128, 80, s) for s in shares)
+    assert filtered.graph_ef(128, 400, 0.2) >= 400
+
+
 def _recall(got: np.ndarray, x: np.ndarray, ids: np.ndarray, q: np.ndarray, allowed: np.ndarray) -> float:
     return float(np.mean([len(set(got[i].tolist()) & set(_truth(x, ids, q[i], allowed, 10).tolist())) / 10
                           for i in range(len(q))]))

@@ -10,7 +10,7 @@ and index, kept in a small cache keyed by the set itself (`PositionCache`), and 
   scored exactly, read in place by position (`knn_inner_products_by_idx`): one dot product
   per allowed vector and nothing for the others, so the cost follows the set's size;
 - HNSW with a large allowed set: the graph search with a bitmap selector and an efSearch
-  raised in proportion to how few vectors are allowed;
+  raised as the allowed share shrinks (`graph_ef`);
 - IVF types: a small set is scored exactly on its reconstructed vectors; a large one goes
   through the inverted lists with the selector and nprobe raised in proportion.
 """
@@ -36,6 +36,10 @@ EXACT_LIMIT = 32_768
 HNSW_EXACT_LIMIT = 65_536
 #: ceilings of the search-breadth knobs raised for selective filters
 MAX_EF_SEARCH = 2048
+#: the HNSW walk among a share of the nodes widens its efSearch as (GRAPH_EF_SHARE / share)
+#: ** GRAPH_EF_POWER (graph_ef; measured for recall@10 parity with the unfiltered walk)
+GRAPH_EF_SHARE = 0.25
+GRAPH_EF_POWER = 1.5
 MAX_NPROBE_FACTOR = 64
 #: bytes of positions (and bitmaps) kept per index for the allowed sets seen last
 CACHE_BYTES = 64 << 20
@@ -246,14 +250,21 @@ def top_k(sims: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, 
     return scores, ids
 
 
-def graph_ef(ef_search: int, k: int, widen: int) -> int:
-    """efSearch of a graph walk that may return only 1/`widen` of the nodes: a beam of about
-    k allowed nodes (k x widen in all), never below the index's own efSearch. FAISS keeps the
-    allowed nodes among every node the walk scores, not only those in its beam, so this is
-    enough: at a 20% share recall@10 0.967 against 0.972 with max(ef_search, k) x widen
-    (ef 400 against 640 for k=80, efSearch 128) and 0.894 unfiltered, for 0.64x the walk's
-    time (benchmarks/RESULTS.md, filtered_ef_probe_*)."""
-    return max(ef_search, k * widen)
+def graph_ef(ef_search: int, k: int, share: float) -> int:
+    """efSearch of a graph walk that may return only the allowed `share` of the nodes.
+
+    FAISS keeps the allowed nodes among *every* node the walk scores (about 2M neighbours
+    per step), not only those in its beam, so a walk that keeps the unfiltered search's
+    recall@10 needs far less than a beam of k allowed nodes (k / share): on clustered
+    vectors, the index's own efSearch (128) already did at 30% allowed (0.888 against 0.894
+    unfiltered), and the efSearch needed grew as (GRAPH_EF_SHARE / share) ** GRAPH_EF_POWER
+    below it (20%: 179, 0.90; 12%: 385, 0.91; 8%: 707, 0.89; benchmarks/RESULTS.md,
+    filtered_ef_clustered_100k_shares_*). k / share (ef 400-480 for a 20% department,
+    recall 0.95) cost 2.6x the walk of this rule for recall the unfiltered search does not
+    have either. Never below the index's own efSearch (nor k)."""
+    base = max(ef_search, k)
+    widen = (GRAPH_EF_SHARE / max(share, 1e-9)) ** GRAPH_EF_POWER
+    return max(base, math.ceil(base * widen))
 
 
 def search_positions(inner: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray, nprobe: int,
@@ -265,7 +276,7 @@ def search_positions(inner: faiss.Index, q: np.ndarray, k: int, positions: np.nd
     share = len(positions) / max(n, 1)
     widen = math.ceil(1.0 / max(share, 1e-9))
     flat = flat_storage(inner)
-    ef = graph_ef(ef_search, k, widen)
+    ef = graph_ef(ef_search, k, share)
     if flat is not None and (flat is inner or len(positions) <= HNSW_EXACT_LIMIT or ef > MAX_EF_SEARCH):
         return exact_among(flat, q, k, positions)
     if flat is not None and hasattr(inner, "hnsw"):
