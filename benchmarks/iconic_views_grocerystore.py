@@ -36,8 +36,6 @@ def extract(root: Path, cache_root: Path) -> None:
     from shopsearch.classify.data import grocery_split
     from shopsearch.classify.vectors import embed_labelled
     from shopsearch.embedders.registry import load_embedder
-    from shopsearch.gallery_aug import seed_of, shopper_view
-    from shopsearch.images import load_image, sha256_file
 
     emb = load_embedder("efficientnet-lite0", "cpu")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -45,7 +43,15 @@ def extract(root: Path, cache_root: Path) -> None:
         v, keep = embed_labelled(emb, grocery_split(root, s), cache_root, progress=False)
         np.savez(WORK / f"base_{s}.npz", v=v, cat=np.array([k.category for k in keep]),
                  path=np.array([k.path for k in keep]))
-    items = grocery_split(root, "iconic")
+    np.save(WORK / f"views_v{VIEWS}.npy", view_vectors_one_by_one(emb, grocery_split(root, "iconic"), VIEWS))
+
+
+def view_vectors_one_by_one(emb, items, n: int) -> np.ndarray:
+    """(images, n, dim): the vectors of `n` shopper views of each catalogue image, kept one by
+    one (the first N are the views `shopper_views=N` averages: same generator, same seeds)."""
+    from shopsearch.gallery_aug import seed_of, shopper_view
+    from shopsearch.images import load_image, sha256_file
+
     clutter = []
     for it in random.Random(0).sample(items, k=24):  # as shopper_view_vectors picks them
         im = load_image(it.path)
@@ -55,9 +61,9 @@ def extract(root: Path, cache_root: Path) -> None:
     for it in items:
         img = load_image(it.path)
         img.thumbnail((512, 512))
-        rng = random.Random(seed_of(sha256_file(it.path)))
-        out.append(emb.encode_images([shopper_view(img, rng, clutter) for _ in range(VIEWS)]))
-    np.save(WORK / f"views_v{VIEWS}.npy", np.stack(out))
+        rng = random.Random(seed_of(it.sha256 or sha256_file(it.path)))
+        out.append(emb.encode_images([shopper_view(img, rng, clutter) for _ in range(n)]))
+    return np.stack(out)
 
 
 def analyse(split: str) -> dict:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from shopsearch.centring import ADAPT_ROUNDS, DomainCentring, build_centring, fit_centring
+from shopsearch.centring import ADAPT_ROUNDS, WHITEN_SHRINK, DomainCentring, build_centring, fit_centring
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.cache import VectorCache
 from shopsearch.embedding.pipeline import WorkItem, embed_items
@@ -71,8 +71,8 @@ def iconic_only(product_ids: Sequence[int]) -> bool:
 
 def choose_adaptation(mode: str, centring: DomainCentring | None, fresh_sample: np.ndarray | None,
                       iconic: bool) -> DomainCentring | None:
-    """The build's centring with or without catalogue adaptation. `fresh_sample`: the shopper
-    photos of a `centre on` build (None: the centring was kept from the serving build, with
+    """The build's centring with or without catalogue adaptation (an adapted one also whitens,
+    WHITEN_SHRINK). `fresh_sample`: the shopper photos of a `centre on` build (None: the centring was kept from the serving build, with
     whatever adaptation and sample it stored)."""
     if mode not in ADAPT_MODES:
         raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {mode!r}")
@@ -91,4 +91,4 @@ def choose_adaptation(mode: str, centring: DomainCentring | None, fresh_sample: 
     if mode == "auto" and not iconic:
         log.info("catalogue adaptation off: the catalogue has several images per product")
         return centring.with_adaptation(None)
-    return centring.with_adaptation(fresh_sample, ADAPT_ROUNDS)
+    return centring.with_adaptation(fresh_sample, ADAPT_ROUNDS, WHITEN_SHRINK)

@@ -9,7 +9,7 @@ import pytest
 
 from indexer.centring_build import choose_adaptation, folder_sample, iconic_only
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
-from shopsearch.centring import ADAPT_ROUNDS, CENTRING_FILE, build_centring, fit_centring
+from shopsearch.centring import ADAPT_ROUNDS, CENTRING_FILE, WHITEN_SHRINK, build_centring, fit_centring
 from shopsearch.embedders.base import l2_normalize
 from shopsearch.errors import ConfigError
 from shopsearch.index import IndexStore
@@ -32,6 +32,9 @@ def test_an_iconic_build_is_adapted_and_a_compaction_repeats_it(tmp_path):
     assert rep.adapt_rounds == ADAPT_ROUNDS and rep.to_dict()["adapt_rounds"] == ADAPT_ROUNDS
     c = build_centring(store.build_dir(rep.build_id))
     assert c is not None and c.adapts and c.sample.shape == (24, emb.dim) and c.info["adapt_sample"] == 24
+    # an adapted build also whitens both domains with the map fitted on the sample
+    assert c.whitening is not None and c.whitening.shape == (emb.dim, emb.dim)
+    assert c.info["whiten_shrink"] == WHITEN_SHRINK
     images = cat.indexable_images()
     raw = builder.cache.get_many([i.sha256 for i in images])
     want = c.adapted(c.gallery(raw))
@@ -49,6 +52,7 @@ def test_an_iconic_build_is_adapted_and_a_compaction_repeats_it(tmp_path):
     assert not off.up_to_date and off.adapt_rounds == 0
     c_off = build_centring(store.build_dir(off.build_id))
     assert c_off is not None and not c_off.adapts and (store.build_dir(off.build_id) / CENTRING_FILE).is_file()
+    assert c_off.whitening is None and "whiten_shrink" not in c_off.info
     served = _served(store, cat)
     assert np.allclose(np.stack([served[i.id] for i in images]), c_off.gallery(raw), atol=1e-4)
     with pytest.raises(ConfigError, match="stores no shopper photos"):
@@ -81,6 +85,8 @@ def test_choosing_adaptation_and_the_iconic_rule():
     assert choose_adaptation("auto", c, sample, iconic=True).adapts
     assert not choose_adaptation("auto", c, sample, iconic=False).adapts
     assert choose_adaptation("on", c, sample, iconic=False).adapts
+    assert choose_adaptation("auto", c, sample, iconic=True).whitening is not None
+    assert choose_adaptation("auto", c, sample, iconic=False).whitening is None
     assert choose_adaptation("auto", None, None, iconic=True) is None
     with pytest.raises(ConfigError, match="adapt must be"):
         choose_adaptation("maybe", c, sample, iconic=True)

@@ -11,7 +11,8 @@ from indexer.build import IndexBuilder
 from indexer.centring_build import folder_sample
 from shopsearch.app import open_search_service
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
-from shopsearch.centring import CENTRING_FILE, DomainCentring, adapt_gallery, build_centring, fit_centring
+from shopsearch.centring import (CENTRING_FILE, DomainCentring, adapt_gallery, build_centring, fit_centring,
+                                 whitening_matrix)
 from shopsearch.config import Settings
 from shopsearch.embedders.base import l2_normalize
 from shopsearch.errors import ConfigError
@@ -158,15 +159,22 @@ def test_bench_centre_config_centres_gallery_and_queries(tmp_path):
     assert c.centre and "centred" in c.label
     (a,) = parse_config("centre=on,adapt=1", BenchConfig("fake"))
     assert a.adapt == 1 and "adapt=1" in a.label
+    (w,) = parse_config("centre=on,adapt=1,whiten=100", BenchConfig("fake"))
+    assert w.whiten == 100 and "whiten=100" in w.label
     with pytest.raises(ConfigError, match="centre"):
         parse_config("adapt=1", BenchConfig("fake"))
-    plain, centred, adapted = run_benchmark(lambda g: load_dataset(root, "imagefolder", g),
-                                            [BenchConfig("fake"), c, a],
+    with pytest.raises(ConfigError, match="centre"):
+        parse_config("whiten=100", BenchConfig("fake"))
+    with pytest.raises(ConfigError, match="whiten"):
+        parse_config("centre=on,whiten=lots", BenchConfig("fake"))
+    plain, centred, adapted, whitened = run_benchmark(lambda g: load_dataset(root, "imagefolder", g),
+                                            [BenchConfig("fake"), c, a, w],
                                    tmp_path / "vectors", embedder_for=lambda spec: FakeEmbedder(),
                                    router_for=lambda e: None,
                                    options=RunOptions(ks=(1,), workers=1, progress=False, latency_samples=0))
     assert centred.centring["query_vectors"] == 32 and "query photos" in centred.centring["query_source"]
     assert not plain.centring and adapted.centring["query_vectors"] == 32
+    assert whitened.centring["whiten_shrink"] == 100 and "whiten_shrink" not in adapted.centring
     assert adapted.summary.recall_at[1] >= centred.summary.recall_at[1]
     assert plain.summary.recall_at[1] < 0.5 and centred.summary.recall_at[1] > 0.9, \
         (plain.summary.recall_at, centred.summary.recall_at)
@@ -190,3 +198,45 @@ def test_adapting_the_catalogue_to_unlabelled_shopper_photos():
     # a catalogue vector no shopper photo is nearest to stays as it was
     far = np.vstack([gallery, -sample.mean(0, keepdims=True) / np.linalg.norm(sample.mean(0))])
     assert np.allclose(adapt_gallery(far, sample, rounds=1)[-1], far[-1], atol=1e-6)
+
+
+def test_whitening_damps_how_shopper_photos_vary_and_round_trips():
+    """Shopper photos of every product vary a lot along a few shared directions (light, clutter,
+    angle) that the means cannot remove (they average to nothing); the whitening fitted on an
+    unlabelled sample of shopper photos damps them, so held-out photos find their product."""
+    rng = np.random.default_rng(7)
+    products, dim = 40, 32
+    centres = rng.normal(size=(products, dim))
+    nuisance = np.linalg.qr(rng.normal(size=(dim, 3)))[0].T * 6.0  # three strong shared directions
+
+    def shots(n_per: int, seed: int):
+        r = np.random.default_rng(seed)
+        labels = np.repeat(np.arange(products), n_per)
+        x = centres[labels] + r.normal(size=(len(labels), 3)) @ nuisance + 0.3 * r.normal(size=(len(labels), dim))
+        return l2_normalize(x), labels
+
+    gallery = l2_normalize(centres)
+    sample, _ = shots(6, 1)
+    queries, labels = shots(3, 2)
+    c = fit_centring(gallery, sample, "fp", "x")
+    w = c.with_whitening(sample, 1.0)
+    assert w.whitening is not None and w.info["whiten_shrink"] == 1.0
+    before = _recall1(c.gallery(gallery), c.query(queries), labels)
+    after = _recall1(w.gallery(gallery), w.query(queries), labels)
+    assert after > before + 0.2, (before, after)
+    assert np.allclose(np.linalg.norm(w.query(queries), axis=1), 1.0) and w.query(queries[0]).shape == (dim,)
+    # stored with the means (older files without it still read), and part of the build's identity
+    back = DomainCentring.from_bytes(w.to_bytes())
+    assert back.sha256 == w.sha256 != c.sha256 and np.allclose(back.whitening, w.whitening)
+    assert DomainCentring.from_bytes(c.to_bytes()).whitening is None
+    assert c.with_whitening(sample, 0).whitening is None and w.with_whitening(None).whitening is None
+    assert "whiten_shrink" not in w.with_whitening(None).info
+    # a stronger shrinkage is closer to the identity (up to scale)
+    def off_identity(m: np.ndarray) -> float:
+        return float(np.abs(m * dim / np.trace(m) - np.eye(dim)).max())
+
+    assert off_identity(whitening_matrix(sample, 1e4)) < 0.01 < off_identity(whitening_matrix(sample, 0.1))
+    with pytest.raises(ConfigError, match="two shopper photos"):
+        whitening_matrix(sample[:1], 1.0)
+    with pytest.raises(ConfigError, match="positive"):
+        whitening_matrix(sample, 0.0)

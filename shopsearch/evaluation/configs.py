@@ -20,6 +20,8 @@ TOML form (one table per configuration):
                                  # mean comes from the run's --centre-sample photos (labels unused), else the queries'
     adapt = 2                    # optional, with centre: rounds moving catalogue vectors toward the nearest of
                                  # those unlabelled shopper photos (shopsearch.centring.adapt_gallery)
+    whiten = 100                 # optional, with centre: whitening fitted on those photos, this shrinkage
+                                 # (shopsearch.centring.whitening_matrix), before the adaptation
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from typing import Any
 from shopsearch.errors import ConfigError
 
 KEYS = ("name", "model", "index", "routing", "gallery", "ef_search", "nprobe", "rerank", "tta", "dba", "fusion",
-        "shopper_views", "pile_views", "centre", "adapt")
+        "shopper_views", "pile_views", "centre", "adapt", "whiten")
 _ON = {"on", "true", "yes", "1"}
 _OFF = {"off", "false", "no", "0"}
 
@@ -52,6 +54,7 @@ class BenchConfig:
     pile_views: int = 0
     centre: bool = False
     adapt: int = 0
+    whiten: float = 0.0
 
     @property
     def label(self) -> str:
@@ -69,6 +72,7 @@ class BenchConfig:
         parts += [f"pile-views={self.pile_views}"] if self.pile_views else []
         parts += ["centred"] if self.centre else []
         parts += [f"adapt={self.adapt}"] if self.adapt else []
+        parts += [f"whiten={self.whiten:g}"] if self.whiten else []
         parts += ([f"rerank={self.rerank}"] if self.rerank != "off" else []) + (["fusion"] if self.fusion else [])
         parts.append("routing" if self.routing else "no-routing")
         return " ".join(parts)
@@ -85,6 +89,19 @@ def parse_routing(value: Any, name: str = "routing") -> bool:
     raise ConfigError(f"{name} must be on or off, got {value!r}")
 
 
+def _number(value: Any, key: str, where: str, kind: type, lo: float, hi: float | None) -> Any:
+    """`value` as an int or float within [lo, hi] (hi None: no upper bound), else ConfigError."""
+    try:
+        out = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} must be {'an integer' if kind is int else 'a number'}, "
+                          f"got {value!r}") from None
+    if out < lo or (hi is not None and out > hi):
+        bounds = f"between {lo:g} and {hi:g}" if hi is not None else f">= {lo:g}"
+        raise ConfigError(f"{where}: {key} must be {bounds}")
+    return out
+
+
 def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> BenchConfig:
     unknown = sorted(set(raw) - set(KEYS))
     if unknown:
@@ -99,19 +116,11 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
             parse_rerank(str(value))  # refused here, before any embedding, when malformed
             vals[key] = str(value).strip().lower()
         elif key in ("dba", "shopper_views", "pile_views", "adapt"):
-            try:
-                vals[key] = int(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
-            if not 0 <= vals[key] <= 64:
-                raise ConfigError(f"{where}: {key} must be between 0 and 64")
+            vals[key] = _number(value, key, where, int, 0, 64)
+        elif key == "whiten":
+            vals[key] = _number(value, key, where, float, 0, 1e6)
         elif key in ("ef_search", "nprobe"):
-            try:
-                vals[key] = int(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{where}: {key} must be an integer, got {value!r}") from None
-            if vals[key] < 1:
-                raise ConfigError(f"{where}: {key} must be >= 1")
+            vals[key] = _number(value, key, where, int, 1, None)
         else:
             text = str(value).strip()
             if not text:
@@ -120,6 +129,8 @@ def _from_mapping(raw: dict[str, Any], defaults: BenchConfig, where: str) -> Ben
     out = replace(defaults, **vals)
     if out.adapt and not out.centre:
         raise ConfigError(f"{where}: adapt works on centred vectors; add centre = true")
+    if out.whiten and not out.centre:
+        raise ConfigError(f"{where}: whiten works on centred vectors; add centre = true")
     if out.pile_views and not out.shopper_views:
         raise ConfigError(f"{where}: pile_views joins the shopper views; add shopper_views")
     return out

@@ -242,6 +242,8 @@ def _run_config(c: BenchConfig, st: _ModelState, d: BenchDataset, cat: tuple[Cat
                                            for j, (_, k) in enumerate(good)]))
     centring = _centring(st, gallery, d.queries, o) if c.centre else None
     if centring is not None:
+        if c.whiten:
+            centring = centring.with_whitening(_sample_vectors(st, d.queries, o), c.whiten)
         gallery = centring.gallery(gallery)
         if c.adapt:
             gallery = adapt_gallery(gallery, centring.query(_sample_vectors(st, d.queries, o)), c.adapt)
