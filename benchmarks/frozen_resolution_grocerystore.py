@@ -17,9 +17,8 @@ train+iconic image by cosine (the product `bench recall` ranks first with a flat
 Throughput: the same decoded val photos embedded by every variant in turns (encode_images,
 batch 32, preprocessing included), img/s and the ratio to 224/0.875 within the run.
 
-    python benchmarks/frozen_resolution_grocerystore.py --cache /tmp/res-cache \\
-        --variants 224:0.875,224:1.0,256:1.0,288:1.0,288:0.875,320:1.0 --views 0,1 --c 1 \\
-        --out benchmarks/results/frozen_resolution_grocerystore_val.json
+    python benchmarks/frozen_resolution_grocerystore.py --cache /tmp/res-cache --views 0 --c 1 \\
+        --variants 224:0.875,224:1.0,256:0.875,256:1.0,288:0.875:0/1,288:1.0,320:0.875,320:1.0
 """
 from __future__ import annotations
 
@@ -31,11 +30,12 @@ import numpy as np
 from _bench_io import grocery_parser, stamped_machine, write_result
 
 
-def _variants(text: str) -> list[tuple[int, float]]:
+def _variants(text: str, views: list[int]) -> list[tuple[int, float, list[int]]]:
+    """SIZE:CROP[:N/N...] entries, ','-separated (N: the view counts of that variant, default --views)."""
     out = []
     for part in text.split(","):
-        size, _, crop = part.partition(":")
-        out.append((int(size), float(crop or 0.875)))
+        size, crop, counts = (part.split(":") + ["", ""])[:3]
+        out.append((int(size), float(crop or 0.875), [int(n) for n in counts.split("/")] if counts else views))
     return out
 
 
@@ -67,7 +67,8 @@ def _throughput(embs: dict, dataset: Path, n: int, rounds: int) -> dict:
 def main() -> int:
     ap = grocery_parser(__doc__)
     ap.add_argument("--variants", default="224:0.875,224:1.0,256:1.0,288:1.0,288:0.875,320:1.0",
-                    help="SIZE:CROP_PCT,... (the first is the reference of the throughput ratios)")
+                    help="SIZE:CROP_PCT[:N/N],... (the first is the reference of the throughput ratios; "
+                         "N/N: that variant's view counts instead of --views)")
     ap.add_argument("--views", default="0,1")
     ap.add_argument("--c", default="1", help="the probe's C grid, comma-separated ('cv': the probe's own "
                                              "cross-validated grid, as `classify train`)")
@@ -83,10 +84,10 @@ def main() -> int:
     from shopsearch.embedders.efficientnet import load_efficientnet_lite0
     from shopsearch.images import sha256_file
 
-    counts = [int(n) for n in a.views.split(",")]
+    views = [int(n) for n in a.views.split(",")]
     grid = None if a.c == "cv" else tuple(float(c) for c in a.c.split(","))
     rows, embs = [], {}
-    for size, crop in _variants(a.variants):
+    for size, crop, counts in _variants(a.variants, views):
         key = f"{size}:{crop}"
         emb = embs[key] = load_efficientnet_lite0("cpu", size=size, crop_pct=crop)
         t = time.time()
@@ -100,8 +101,8 @@ def main() -> int:
                "resize_shorter_to": int(size / crop), "val_recall_at_1": round(_recall_at_1(xs, train, xv, val), 4)}
         print(f"{key}: embedded what was not cached in {embed_s} s", flush=True)
         for n in counts:
-            views = (vv[ok, :n].reshape(-1, vv.shape[2]), np.repeat(np.flatnonzero(ok), n)) if n else None
-            m = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, refit=False, views=views,
+            extra = (vv[ok, :n].reshape(-1, vv.shape[2]), np.repeat(np.flatnonzero(ok), n)) if n else None
+            m = train_frozen(xs, train, xv, val, emb.fingerprint, emb.name, refit=False, views=extra,
                              c_grid=grid).metrics
             row.update({f"v{n}_fine_top1": round(m["val"]["fine"]["top1"], 4),
                         f"v{n}_coarse_top1": round(m["val"]["coarse"]["top1"], 4),
@@ -113,7 +114,7 @@ def main() -> int:
     for row in rows:
         row.update(speed.get(f"{row['size']}:{row['crop_pct']}", {}))
     res = {"benchmark": "frozen_resolution", "split": "val", "train": "train+iconic", "model": "efficientnet-lite0",
-           "c_grid": list(grid) if grid else "cross-validated (probe's C grid)", "views": counts,
+           "c_grid": list(grid) if grid else "cross-validated (probe's C grid)", "views": views,
            "train_images": len(train), "val_images": len(val), "rows": rows,
            "throughput_note": (f"{a.throughput_images} val photos decoded once, encode_images in batches of 32, "
                                f"variants in turns, best of {a.throughput_rounds} rounds; loaded shared 2-core machine"),
