@@ -50,9 +50,11 @@ def main() -> int:
     ap.add_argument("--first-view", type=int, default=0,
                     help="train on views FIRST..FIRST+N-1 of each image (other draws of the same augmenter: "
                          "how much one draw's luck moves the figure)")
+    ap.add_argument("--model", default="efficientnet-lite0",
+                    help="the frozen embedder's spec, e.g. efficientnet-lite0@288 (frozen_resolution_grocerystore.py)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
-    emb = load_embedder("efficientnet-lite0", "cpu")
+    emb = load_embedder(a.model, "cpu")
     train = grocery_split(a.dataset, "train") + grocery_split(a.dataset, "iconic")
     xs, train = embed_labelled(emb, train, a.cache, progress=False)
     xv, val = embed_labelled(emb, grocery_split(a.dataset, "val"), a.cache, progress=False)

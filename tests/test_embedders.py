@@ -97,6 +97,37 @@ def test_efficientnet_embeddings(effnet):
         effnet.encode_texts(["banana"])
 
 
+def test_efficientnet_input_size_spec(effnet):
+    """efficientnet-lite0@288/1.0: the same weights fed the whole photo at 288 px; its own
+    fingerprint, so an index built with plain Lite0 refuses it as a query model (and back)."""
+    from shopsearch.embedding.preprocess import draft_size_for
+    from shopsearch.errors import ModelMismatchError
+    from shopsearch.index import IndexManifest, check_model
+
+    big = load_embedder("efficientnet-lite0@288/1.0", device="cpu")
+    assert big.name == "efficientnet-lite0@288/1.0" and big.dim == 1280
+    assert big.fingerprint != effnet.fingerprint and ":288:bicubic-crop1.0:" in big.fingerprint
+    assert ":224:bicubic-crop0.875:" in effnet.fingerprint
+    assert load_embedder("efficientnet-lite0@224/0.875", "cpu").fingerprint == effnet.fingerprint
+    # a 300x260 photo: shorter side to 288 / 1.0 (nothing cropped away of a square photo), centre 288
+    photo = textured_images(1)[0].resize((300, 260))
+    assert big.preprocess(photo).shape == (3, 288, 288)
+    assert effnet.preprocess(photo).shape == (3, 224, 224)
+    assert draft_size_for(big) == 288 and draft_size_for(effnet) == 256
+    # the whole square photo reaches the model at 1.0, the border is cut at 0.875
+    square = Image.new("RGB", (348, 348), "white")
+    ImageDraw.Draw(square).rectangle((0, 0, 20, 347), fill="black")  # a black band on the left edge
+    assert big.preprocess(square)[:, :, :8].max() < -0.9 < effnet.preprocess(square)[:, :, :8].min()
+    x = big.encode_images(textured_images(3))
+    assert_unit_rows(x, 1280)
+    assert (x * effnet.encode_images(textured_images(3))).sum(1).max() < 0.999  # other pixels, other vectors
+    for built, query in ((effnet, big), (big, effnet)):
+        manifest = IndexManifest("b1", built.name, built.fingerprint, 1280, 0, "flat", "2026-01-01T00:00:00Z")
+        check_model(manifest, built.fingerprint)
+        with pytest.raises(ModelMismatchError, match=built.name):
+            check_model(manifest, query.fingerprint)
+
+
 # (h) on photo-like inputs; flat single-colour images are degenerate for a CNN and
 # drift more under bf16 (cosine down to ~0.97), so they are not used here
 def test_efficientnet_bf16_matches_fp32(effnet):
@@ -197,6 +228,13 @@ def test_openclip_checkpoint_roundtrip(random_clip, tmp_path):
         ("openclip:ViT-B-32@/path/to/checkpoint.pt", ModelSpec("openclip", "ViT-B-32", None, "/path/to/checkpoint.pt")),
         ("openclip:ViT-B-32/openai+bf16", ModelSpec("openclip", "ViT-B-32", "openai", precision="bf16")),
         ("openclip:RN50@/ck/a+b.pt+bf16", ModelSpec("openclip", "RN50", None, "/ck/a+b.pt", "bf16")),
+        ("efficientnet-lite0@288/1.0", ModelSpec("efficientnet-lite0", input_size=288, crop_pct=1.0)),
+        ("EfficientNet-Lite0@288/1+bf16", ModelSpec("efficientnet-lite0", precision="bf16", input_size=288, crop_pct=1.0)),
+        ("efficientnet-lite0@320", ModelSpec("efficientnet-lite0", input_size=320)),
+        ("efficientnet-lite0@320/0.875", ModelSpec("efficientnet-lite0", input_size=320)),
+        # timm's own preprocessing spelled out is the default model, one spec and one fingerprint
+        ("efficientnet-lite0@224/0.875", ModelSpec("efficientnet-lite0")),
+        ("efficientnet-lite0@224", ModelSpec("efficientnet-lite0")),
     ],
 )
 def test_parse_spec(spec: str, expected: ModelSpec):
@@ -208,7 +246,9 @@ def test_parse_spec(spec: str, expected: ModelSpec):
 @pytest.mark.parametrize(
     "spec",
     ["", "  ", "resnet50", "openclip", "openclip:", "openclip:/laion", "openclip:ViT-B-32/",
-     "openclip:ViT-B-32@", "clip:ViT-B-32", "colorhist+bf16", "+bf16", "auto+fp16"],
+     "openclip:ViT-B-32@", "clip:ViT-B-32", "colorhist+bf16", "+bf16", "auto+fp16",
+     "efficientnet-lite0@", "efficientnet-lite0@big", "efficientnet-lite0@288/", "efficientnet-lite0@288/1.5",
+     "efficientnet-lite0@2048", "efficientnet-lite0@288/nan", "colorhist@288"],
 )
 def test_parse_spec_errors(spec: str):
     with pytest.raises(ConfigError):

@@ -178,7 +178,7 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
 
 @index.command("build")
 @click.option("--model", default=None,
-              help="efficientnet-lite0 | openclip:ARCH/PRETRAINED | openclip:ARCH@CHECKPOINT | colorhist | auto; "
+              help="efficientnet-lite0 | efficientnet-lite0@SIZE[/CROP] | openclip:ARCH/PRETRAINED | openclip:ARCH@CHECKPOINT | colorhist | auto; "
                    "append +bf16, +fp32 or +int8 to fix the precision (else --precision decides). Default: the "
                    "serving build's model (a rebuild never switches models unless --model says so); for a first "
                    "build SHOPSEARCH_MODEL, else auto.")

