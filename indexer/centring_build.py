@@ -72,8 +72,8 @@ def iconic_only(product_ids: Sequence[int]) -> bool:
 def choose_adaptation(mode: str, centring: DomainCentring | None, fresh_sample: np.ndarray | None,
                       iconic: bool) -> DomainCentring | None:
     """The build's centring with or without catalogue adaptation (an adapted one also whitens,
-    WHITEN_SHRINK). `fresh_sample`: the shopper photos of a `centre on` build (None: the centring was kept from the serving build, with
-    whatever adaptation and sample it stored)."""
+    WHITEN_SHRINK). `fresh_sample`: the shopper photos of a `centre on` build (None: the
+    centring was kept from the serving build, with whatever adaptation and sample it stored)."""
     if mode not in ADAPT_MODES:
         raise ConfigError(f"adapt must be one of {', '.join(ADAPT_MODES)}, got {mode!r}")
     if centring is None:

@@ -253,15 +253,13 @@ def top_k(sims: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, 
 def graph_ef(ef_search: int, k: int, share: float) -> int:
     """efSearch of a graph walk that may return only the allowed `share` of the nodes.
 
-    FAISS keeps the allowed nodes among *every* node the walk scores (about 2M neighbours
-    per step), not only those in its beam, so a walk that keeps the unfiltered search's
-    recall@10 needs far less than a beam of k allowed nodes (k / share): on clustered
-    vectors, the index's own efSearch (128) already did at 30% allowed (0.888 against 0.894
-    unfiltered), and the efSearch needed grew as (GRAPH_EF_SHARE / share) ** GRAPH_EF_POWER
-    below it (20%: 179, 0.90; 12%: 385, 0.91; 8%: 707, 0.89; benchmarks/RESULTS.md,
-    filtered_ef_clustered_100k_shares_*). k / share (ef 400-480 for a 20% department,
-    recall 0.95) cost 2.6x the walk of this rule for recall the unfiltered search does not
-    have either. Never below the index's own efSearch (nor k)."""
+    FAISS keeps the allowed nodes among *every* node the walk scores (each step's whole
+    neighbour list), not only those in its beam, so matching the unfiltered search's recall@10
+    needs far less than a beam of k allowed nodes (k / share): the breadth needed grows as
+    (GRAPH_EF_SHARE / share) ** GRAPH_EF_POWER below a quarter of the nodes (measured on
+    clustered vectors: benchmarks/RESULTS.md, filtered_ef_clustered_100k_shares_*; the cost
+    in deeper recall is in docs/filtered_search.md). Never below the index's own efSearch
+    (nor k)."""
     base = max(ef_search, k)
     widen = (GRAPH_EF_SHARE / max(share, 1e-9)) ** GRAPH_EF_POWER
     return max(base, math.ceil(base * widen))
