@@ -1,7 +1,9 @@
 """Scale benchmark (issue 20): a growing shop, from 10k to 1M products, on SQLite and PostgreSQL.
 
 For each size it generates a seeded catalogue in a scratch folder outside the repository
-(one small JPEG per product, 50 leaf categories, prices 1.00-999.99, a CSV manifest),
+(one small JPEG per product, 50 leaf categories, prices 1.00-999.99, a CSV manifest; by
+default products in families of look-alike variants, searched with shoppers' photos of them:
+benchmarks/scale_data.py, `--catalogue`),
 then drives the product the way a merchandiser would, through the `shopsearch` CLI:
 
   import                 catalogue import of the manifest (images on disk, hashing included)
@@ -22,8 +24,12 @@ query vectors embedded beforehand: p50/p95 of unfiltered, category (one leaf of 
 (about 1% of products), a price range that matches nothing and department (one of the 5
 top-level categories, 20%: the large-set path of docs/filtered_search.md). Every figure comes with its
 growth factor from the smallest size run. From --synthetic-from products up (default 1M)
-the vectors are not computed: seeded unit vectors are written into the vector cache under
-each image's content hash (what the builder looks up), so the build finds them all.
+the build does not embed: the images' colorhist vectors are computed beforehand in worker
+processes, outside the build's pipeline, and written into the vector cache under each
+image's content hash (what the builder looks up), so the build finds them all. They are the
+vectors the build would compute (bit-identical), so every size searches the same kind of
+data; `--vectors uniform` writes the seeded uniform unit vectors of the runs before session 31
+instead (nearly equidistant points: a harder, unrealistic graph walk at 1M).
 
     .venv/bin/python benchmarks/scale_bench.py --sizes 10000,100000 --db sqlite,postgresql
     .venv/bin/python benchmarks/scale_bench.py --sizes 1000000 --db sqlite --scratch /data/scale --keep
@@ -53,7 +59,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.scale_data import MODEL, generate, inject_vectors, seeded_jpeg  # noqa: E402
+from benchmarks.scale_data import (MODEL, CATALOGUES, catalogue_of, generate, inject_vectors,  # noqa: E402
+                                   product_jpeg, query_jpeg, seeded_jpeg)
 from benchmarks.scale_report import growth, markdown  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
@@ -115,7 +122,8 @@ def _schema_url(base: str, name: str) -> str:
 
 
 def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[str, dict[str, float]]:
-    """p50/p95 ms of SearchService.search_vector per filter kind (vectors embedded beforehand)."""
+    """p50/p95 ms of SearchService.search_vector per filter kind (vectors embedded beforehand),
+    and the unfiltered ANN search's recall@10 against exact search."""
     from PIL import Image
 
     from shopsearch.app import open_search_service
@@ -126,7 +134,8 @@ def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[
     svc = open_search_service(settings, with_router=False)
     rng = np.random.default_rng(1)
     picks = rng.choice(n, queries, replace=False)
-    vecs = svc.embedder.encode_images([Image.open(io.BytesIO(seeded_jpeg(int(i) + 10 ** 8))).convert("RGB")
+    catalogue = catalogue_of(data_dir.parent)
+    vecs = svc.embedder.encode_images([Image.open(io.BytesIO(query_jpeg(int(i), catalogue))).convert("RGB")
                                        for i in picks])
     cats = [c.path for c in svc.catalogue.categories() if c.depth == 1]
     depts = [c.path for c in svc.catalogue.categories() if c.depth == 0]
@@ -146,22 +155,42 @@ def search_latencies(data_dir: Path, db_url: str, n: int, queries: int) -> dict[
             hits.append(len(res.hits))
         out[kind] = {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
                      "mean_hits": float(np.mean(hits))}
+    out["unfiltered"]["ann_recall10"] = ann_recall(svc.index, vecs, 10)
     svc.catalogue.close()
     return out
 
 
+def ann_recall(index: object, vecs: np.ndarray, k: int) -> float | None:
+    """recall@k of the index's unfiltered search against exact inner product over the vectors it
+    stores (what an ANN index trades for speed); None when it keeps no float copy (IVF-PQ) or
+    is not a plain VectorIndex."""
+    import faiss
+
+    from shopsearch.index.filtered import flat_storage
+
+    idmap = getattr(index, "faiss_index", None)
+    flat = flat_storage(faiss.downcast_index(idmap.index)) if idmap is not None else None
+    if flat is None or getattr(index, "delta_count", 0):
+        return None
+    q = np.ascontiguousarray(vecs, dtype=np.float32)
+    _, pos = flat.search(q, k)
+    truth = faiss.vector_to_array(idmap.id_map)[pos]
+    got = index.search(q, k)[1]  # type: ignore[attr-defined]
+    return float(np.mean([len(set(g) & set(t)) / k for g, t in zip(got.tolist(), truth.tolist())]))
+
+
 def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic: bool, workers: int,
             schema: str = "scale", save: Callable[[dict], None] = lambda run: None,
-            build_only: bool = False) -> dict:
-    manifest, hashes = generate(scratch, n, workers)
+            build_only: bool = False, vectors: str = "computed", catalogue: str = "families") -> dict:
+    manifest, hashes = generate(scratch, n, workers, catalogue)
     _restore(scratch)  # a run stopped during its update leaves new pictures behind
     data_dir = scratch / f"data_{db}_{n}"
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     url = f"sqlite:///{data_dir / 'catalogue.db'}" if db == "sqlite" else pg_schema_url(pg_url, f"{schema}_{n}")
     LOAD.clear()
-    res: dict = {"size": n, "db": db, "synthetic_vectors": synthetic, "complete": False, "seconds": {},
-                 "detail": {}, "load_avg_1m": LOAD}
+    res: dict = {"size": n, "db": db, "catalogue": catalogue, "synthetic_vectors": vectors if synthetic else False,
+                 "complete": False, "seconds": {}, "detail": {}, "load_avg_1m": LOAD}
     sec = res["seconds"]
     # what any command pays before its work (interpreter, imports, database check): part of every figure below
     sec["cli_start"], _ = shopsearch(data_dir, url, "db", "current")
@@ -170,7 +199,7 @@ def run_one(scratch: Path, n: int, db: str, pg_url: str, queries: int, synthetic
     save(res)  # a run stopped later keeps the steps done so far
     res["detail"]["import_products_per_s"] = n / sec["import"]
     if synthetic:
-        inject_vectors(data_dir, hashes)
+        inject_vectors(data_dir, hashes, scratch / "images" if vectors == "computed" else None, workers)
     return finish(scratch, n, data_dir, url, manifest, queries, res, save, build_only=build_only)
 
 
@@ -241,10 +270,12 @@ def _replace(path: Path, data: bytes) -> None:
 
 
 def _restore(scratch: Path, picks: range = range(10)) -> None:
+    catalogue = catalogue_of(scratch)
     for i in picks:
         path = scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
-        if path.is_file() and path.read_bytes() != seeded_jpeg(i):
-            _replace(path, seeded_jpeg(i))
+        original = product_jpeg(i, catalogue)
+        if path.is_file() and path.read_bytes() != original:
+            _replace(path, original)
 
 
 def rerun(scratch: Path, n: int, db: str, pg_url: str, schema: str, index_type: str,
@@ -276,7 +307,15 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=50, help="queries per search kind")
     ap.add_argument("--synthetic-from", type=int, default=1_000_000,
                     help="from this many products up, inject seeded vectors instead of embedding")
-    ap.add_argument("--workers", type=int, default=2, help="processes generating images")
+    ap.add_argument("--workers", type=int, default=2, help="processes generating images (and computing vectors)")
+    ap.add_argument("--catalogue", choices=CATALOGUES, default="families",
+                    help="families: products in families of look-alike variants, searched with shoppers' photos "
+                         "of them (clustered, like real catalogues); noise: independent random pictures and "
+                         "queries (the runs before session 31). One kind per --scratch folder")
+    ap.add_argument("--vectors", choices=("computed", "uniform"), default="computed",
+                    help="from --synthetic-from up: the images' colorhist vectors computed outside the build "
+                         "(the vectors a build would compute), or seeded uniform unit vectors (runs before "
+                         "session 31: no ANN graph walks them well, and they are unlike the smaller sizes')")
     ap.add_argument("--keep", action="store_true", help="keep the data dirs (images are always kept)")
     ap.add_argument("--note", default="", help="free text stored in the JSON, e.g. 'loaded machine'")
     ap.add_argument("--tag", default="", help="appended to the result file's name, e.g. xeon_loaded "
@@ -365,7 +404,7 @@ def main() -> None:
         print(f"== {db} {n:,} products", flush=True)
         t0 = time.perf_counter()
         runs.append(run_one(scratch, n, db, args.pg_url, args.queries, n >= args.synthetic_from, args.workers,
-                            args.pg_schema, save, args.build_only))
+                            args.pg_schema, save, args.build_only, args.vectors, args.catalogue))
         runs[-1]["total_s"] = time.perf_counter() - t0
         print(json.dumps(runs[-1]["seconds"]), flush=True)
         if not (args.keep or args.build_only):

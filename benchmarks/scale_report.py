@@ -22,6 +22,10 @@ def growth(runs: list[dict]) -> None:
             r["growth"][f"search_{kind}_p50"] = r["search"][kind]["p50_ms"] / b if b else None
 
 
+def _recall(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def markdown(runs: list[dict]) -> str:
     cols = [f"{r['db']} {r['size']:,}" for r in runs]
     lines = ["| measure | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -42,6 +46,9 @@ def markdown(runs: list[dict]) -> str:
                 cell(r["search"][kind][f"{p}_ms"] if kind in r.get("search", {}) else None,
                      r.get("growth", {}).get(f"search_{kind}_p50") if p == "p50" else None, "ms")
                 for r in runs) + " |")
+    if any("ann_recall10" in r.get("search", {}).get("unfiltered", {}) for r in runs):
+        lines.append("| unfiltered ANN recall@10 vs exact | " + " | ".join(
+            _recall(r.get("search", {}).get("unfiltered", {}).get("ann_recall10")) for r in runs) + " |")
     lines.append("| import products/s | " + " | ".join(f"{r['detail'].get('import_products_per_s', 0):,.0f}"
                                                      for r in runs) + " |")
     lines.append("| index type | " + " | ".join(str(r["detail"].get("index_type")) for r in runs) + " |")

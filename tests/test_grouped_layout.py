@@ -49,14 +49,17 @@ def test_ascending_unique_equals_np_unique_dense_or_sparse(seed):
 @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
 def test_runs_are_scored_exactly_like_gathered_positions(index_type):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2000, 24)).astype(np.float32)
+    x = rng.standard_normal((8000, 24)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     vi = VectorIndex(24, index_type)
-    vi.add(np.arange(2000, dtype=np.int64) + 7, x)
+    vi.add(np.arange(8000, dtype=np.int64) + 7, x)
     flat = flat_storage(faiss.downcast_index(vi.faiss_index.index))
     q = rng.standard_normal((3, 24)).astype(np.float32)
     runs = np.concatenate([np.arange(100, 900), np.arange(950, 1400), [1500], np.arange(1600, 1999)])
-    for positions, k in ((runs, 10), (runs, 80), (np.arange(1990, 2000), 40)):
+    long_runs = np.concatenate([np.arange(100, 2600), np.arange(3000, 6000)])  # FAISS's k-NN per run
+    cases = ((runs, 10), (runs, 80), (np.arange(1990, 2000), 40), (long_runs, 10), (long_runs, 80),
+             (np.arange(2000, 5000), 80))
+    for positions, k in cases:
         for nq in (1, 3):  # one query: matrix-vector products; several: a matrix product per run
             scores, pos = exact_among(flat, q[:nq], k, positions)
             sims = q[:nq] @ x[positions].T

@@ -48,6 +48,8 @@ CACHE_BYTES = 64 << 20
 SPARSE_SPAN = 4
 #: exact scoring takes the allowed positions run by run (a slice each) from this mean run length
 RUN_SLICES = 32
+#: ... and from this mean run length with FAISS's exhaustive k-NN per run (_exact_long_runs)
+LONG_RUN = 1024
 
 
 def empty_result(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,11 +200,14 @@ def flat_storage(inner: faiss.Index) -> faiss.Index | None:
 def exact_among(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product of the flat index's vectors at `positions` (ascending), read in
     place: one dot product per allowed vector, none for the rest (exact). Positions that form
-    long runs (a grouped layout) are scored run by run, each one matrix-vector product over a
-    contiguous slice; scattered ones are gathered one by one."""
+    runs (a grouped layout) are scored run by run, each one matrix-vector product over a
+    contiguous slice, or FAISS's k-NN over it for long runs; scattered ones are gathered one
+    by one."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     positions = np.ascontiguousarray(positions, dtype=np.int64)
     breaks = np.flatnonzero(positions[1:] != positions[:-1] + 1) + 1
+    if (len(breaks) + 1) * LONG_RUN <= len(positions):
+        return _exact_long_runs(flat, q, k, positions, breaks)
     if (len(breaks) + 1) * RUN_SLICES <= len(positions):
         return _exact_runs(flat, q, k, positions, breaks)
     scores, pos = empty_result(len(q), k)
@@ -229,6 +234,35 @@ def _exact_runs(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray,
             # between searches, costing a busy server more CPU than the product itself
             faiss.fvec_inner_products_ny(faiss.swig_ptr(sims[r, a:b]), faiss.swig_ptr(q[r]), block, d, b - a)
     return top_k(sims, k, positions)
+
+
+def _exact_long_runs(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray, breaks: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """_exact_runs for runs of LONG_RUN positions or more on average: each run's best k per
+    query by FAISS's exhaustive search over the slice (scores and a heap in one pass, on this
+    thread, where scoring into an array and partitioning it reads the scores twice), then the
+    best k of those. A call per run: for many short runs the calls cost more than they save."""
+    n, d = int(flat.ntotal), int(flat.d)
+    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)  # a view of the stored vectors
+    bounds = np.concatenate(([0], breaks, [len(positions)])).tolist()
+    starts = positions[bounds[:-1]].tolist()
+    scores, pos = empty_result(len(q), k)
+    for r in range(len(q)):
+        # one query at a time: FAISS takes its single-thread SIMD loop below 20 queries, where
+        # a batch would go to BLAS, whose threads spin between searches on a busy server
+        row = q[r:r + 1]
+        parts_s, parts_p = [], []
+        for a, b, p in zip(bounds[:-1], bounds[1:], starts):
+            ds, ix = faiss.knn(row, xb[p:p + b - a], min(k, b - a), metric=faiss.METRIC_INNER_PRODUCT)
+            parts_s.append(ds[0])
+            parts_p.append(ix[0] + p)
+        found_s, found_p = np.concatenate(parts_s), np.concatenate(parts_p)
+        if len(parts_s) == 1:  # one run: FAISS's heap already ranked it
+            scores[r, :len(found_s)], pos[r, :len(found_p)] = found_s, found_p
+        else:
+            best_s, best_p = top_k(found_s[None, :], k, found_p)
+            scores[r], pos[r] = best_s[0], best_p[0]
+    return scores, pos
 
 
 def _exact_on_vectors(inner: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray
