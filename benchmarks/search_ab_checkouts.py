@@ -8,10 +8,10 @@ The queries are the families catalogue's shopper photos (benchmarks/scale_data.p
 from this file's folder so that the older checkout needs none of it)."""
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -30,7 +30,10 @@ from shopsearch.results import SearchFilters  # noqa: E402
 
 
 def main() -> None:
-    data_dir = Path(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data_dir", type=Path, help="a kept scale data dir of the families catalogue, e.g. "
+                                                "/tmp/scale32/data_sqlite_1000000")
+    data_dir = ap.parse_args().data_dir
     n = int(data_dir.name.rsplit("_", 1)[-1])
     settings = Settings.from_env(data_dir=data_dir, database_url=f"sqlite:///{data_dir}/catalogue.db", device="cpu")
     svc = open_search_service(settings, with_router=False)
