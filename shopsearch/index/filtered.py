@@ -237,7 +237,7 @@ def _exact_runs(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray,
 
 
 def _exact_long_runs(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray, breaks: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """_exact_runs for runs of LONG_RUN positions or more on average: each run's best k per
     query by FAISS's exhaustive search over the slice (scores and a heap in one pass, on this
     thread, where scoring into an array and partitioning it reads the scores twice), then the
