@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.scale_bench import pg_schema_url, shopsearch_cpu  # noqa: E402
-from benchmarks.scale_data import generate, inject_vectors, seeded_jpeg  # noqa: E402
+from benchmarks.scale_data import generate, image_path, inject_vectors, seeded_jpeg  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
 STEPS = ("noop_build", "noop_build_dirs", "status", "update_10", "reimport", "import")
@@ -172,7 +172,7 @@ def main() -> None:
             if "update_10" in steps:
                 for i in range(10):  # new pictures, other files each turn
                     j = args.first_file + turn * 10 + i
-                    _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(10 ** 9 + j))
+                    _replace(image_path(images, j), seeded_jpeg(10 ** 9 + j))
                 turn += 1
                 t, rep = timed(name, "update_10", checkout, data, url, "index", "update", "--index", "flat", "--json")
                 assert rep and rep.get("embedded") == 10, rep
@@ -186,7 +186,7 @@ def main() -> None:
                   "cpu", {k: round(v[-1], 2) for k, v in CPU[name].items()}, flush=True)
     for j in range(args.first_file, args.first_file + turn * 10):  # the pictures back as generated
         for _, _, images, _ in side.values():
-            _replace(images / f"{j // 10_000:03d}" / f"p{j:07d}.jpg", seeded_jpeg(j))
+            _replace(image_path(images, j), seeded_jpeg(j))
     med = {k: {s: float(np.median(v)) for s, v in t.items() if v} for k, t in times.items()}
     ratio = {s: med["B"][s] / med["A"][s] for s in STEPS if s in med["A"] and s in med["B"]}
     cpu_med = {k: {s: float(np.median(v)) for s, v in t.items() if v} for k, t in CPU.items()}

@@ -59,8 +59,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.scale_data import (MODEL, CATALOGUES, catalogue_of, generate, inject_vectors,  # noqa: E402
-                                   product_jpeg, query_jpeg, seeded_jpeg)
+from benchmarks.scale_data import (MODEL, CATALOGUES, catalogue_of, generate, image_path,  # noqa: E402
+                                   inject_vectors, product_jpeg, query_jpeg, seeded_jpeg)
 from benchmarks.scale_report import growth, markdown  # noqa: E402
 from shopsearch.evaluation.machine import machine_info  # noqa: E402
 
@@ -234,7 +234,7 @@ def finish(scratch: Path, n: int, data_dir: Path, url: str, manifest: Path, quer
     # a rerun: other pictures than earlier runs (new bytes, not in the vector cache yet)
     first = 10 * (1 + int(time.time()) % max(1, n // 10 - 1)) if rerun else 0
     for i in range(first, first + 10):  # 10 pictures replaced: new bytes, same paths
-        _replace(scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg", seeded_jpeg(10 ** 9 + n + i))
+        _replace(image_path(scratch / "images", i), seeded_jpeg(10 ** 9 + n + i))
     sec["update_10"], rep = shopsearch(data_dir, url, "index", "update", *itype, "--json")
     res["detail"]["update_strategy"] = (rep or {}).get("strategy")
     res["detail"]["update_rescan_s"] = ((rep or {}).get("rescan") or {}).get("seconds")
@@ -272,7 +272,7 @@ def _replace(path: Path, data: bytes) -> None:
 def _restore(scratch: Path, picks: range = range(10)) -> None:
     catalogue = catalogue_of(scratch)
     for i in picks:
-        path = scratch / "images" / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
+        path = image_path(scratch / "images", i)
         original = product_jpeg(i, catalogue)
         if path.is_file() and path.read_bytes() != original:
             _replace(path, original)
@@ -345,6 +345,10 @@ def main() -> None:
     if scratch.is_relative_to(REPO):
         ap.error("--scratch must be outside the repository")
     scratch.mkdir(parents=True, exist_ok=True)
+    generating = not (args.search_only or args.rerun or args.resume)
+    if generating and (scratch / "images").is_dir() and catalogue_of(scratch) != args.catalogue:
+        ap.error(f"{scratch} holds the {catalogue_of(scratch)!r} catalogue's pictures; use another --scratch "
+                 f"for --catalogue {args.catalogue}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"_{args.tag}" if args.tag else ""

@@ -32,6 +32,11 @@ FAMILY_SIZE = 100
 CATALOGUE_NOISE, SHOPPER_NOISE = 12.0, 15.0
 
 
+def image_path(folder: Path | str, i: int) -> Path:
+    """Where product i's picture lives under the images folder (10,000 per subfolder)."""
+    return Path(folder) / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
+
+
 def _jpeg(grid: np.ndarray) -> bytes:
     """A 32x32 JPEG of a 4x4 colour grid (about 1 KB)."""
     from PIL import Image
@@ -80,7 +85,7 @@ def _write_block(args: tuple[str, int, int, str]) -> list[str]:
     folder, start, stop, catalogue = args
     hashes = []
     for i in range(start, stop):
-        path = Path(folder) / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"
+        path = image_path(folder, i)
         data = path.read_bytes() if path.is_file() else b""
         if not data.endswith(b"\xff\xd9"):  # missing, or cut short by a stopped run (no JPEG end marker)
             data = product_jpeg(i, catalogue)
@@ -117,7 +122,7 @@ def generate(scratch: Path, n: int, workers: int, catalogue: str = "noise") -> t
         with open(tmp, "w") as f:
             f.write("sku,title,image,category,price,currency\n")
             for i in range(n):
-                f.write(f"SKU{i:07d},product {i},{images / f'{i // 10_000:03d}' / f'p{i:07d}.jpg'},"
+                f.write(f"SKU{i:07d},product {i},{image_path(images, i)},"
                         f"Dept{i % 5}/Cat{i % N_CATEGORIES:02d},{Decimal(int(prices[i])) / 100},EUR\n")
         os.replace(tmp, manifest)
     return manifest, hashes
@@ -133,7 +138,7 @@ def colorhist_block(args: tuple[str, int, int]) -> np.ndarray:
     emb = ColorHistogramEmbedder()
     out = []
     for a in range(start, stop, 500):
-        batch = [emb.preprocess(load_image(Path(folder) / f"{i // 10_000:03d}" / f"p{i:07d}.jpg"))
+        batch = [emb.preprocess(load_image(image_path(folder, i)))
                  for i in range(a, min(stop, a + 500))]
         out.append(emb.encode_batch(np.stack(batch)))
     return np.concatenate(out)

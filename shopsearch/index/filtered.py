@@ -218,15 +218,23 @@ def exact_among(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray)
     return np.where(pos >= 0, scores, -np.inf).astype(np.float32), pos
 
 
+def _run_slices(flat: faiss.Index, positions: np.ndarray, breaks: np.ndarray
+                ) -> tuple[np.ndarray, list[int], list[int]]:
+    """A view of the flat index's stored vectors, the runs' bounds in `positions` and each
+    run's first position."""
+    n, d = int(flat.ntotal), int(flat.d)
+    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+    bounds = np.concatenate(([0], breaks, [len(positions)])).tolist()
+    return xb, bounds, positions[bounds[:-1]].tolist()
+
+
 def _exact_runs(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray, breaks: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
     """exact_among for ascending positions cut into runs at `breaks`: one matrix-vector product
     per run and query."""
-    n, d = int(flat.ntotal), int(flat.d)
-    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)  # a view of the stored vectors
+    xb, bounds, starts = _run_slices(flat, positions, breaks)
+    d = int(flat.d)
     sims = np.empty((len(q), len(positions)), dtype=np.float32)
-    bounds = np.concatenate(([0], breaks, [len(positions)])).tolist()
-    starts = positions[bounds[:-1]].tolist()
     for a, b, p in zip(bounds[:-1], bounds[1:], starts):
         block = faiss.swig_ptr(xb[p:p + b - a])
         for r in range(len(q)):
@@ -242,10 +250,7 @@ def _exact_long_runs(flat: faiss.Index, q: np.ndarray, k: int, positions: np.nda
     query by FAISS's exhaustive search over the slice (scores and a heap in one pass, on this
     thread, where scoring into an array and partitioning it reads the scores twice), then the
     best k of those. A call per run: for many short runs the calls cost more than they save."""
-    n, d = int(flat.ntotal), int(flat.d)
-    xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)  # a view of the stored vectors
-    bounds = np.concatenate(([0], breaks, [len(positions)])).tolist()
-    starts = positions[bounds[:-1]].tolist()
+    xb, bounds, starts = _run_slices(flat, positions, breaks)
     scores, pos = empty_result(len(q), k)
     for r in range(len(q)):
         # one query at a time: FAISS takes its single-thread SIMD loop below 20 queries, where
