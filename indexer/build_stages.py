@@ -29,7 +29,8 @@ from shopsearch.embedding.pipeline import EmbedReport, WorkItem, embed_items
 from shopsearch.errors import IndexShrinkError, NothingToIndexError
 from shopsearch.images import sha256_file
 from shopsearch.index.layout import storage_order
-from shopsearch.index.sizing import choose_index_type, estimate_bytes_per_vector
+from shopsearch.index.recall_probe import RecallProbe, probe_hnsw
+from shopsearch.index.sizing import choose_index_type, ef_for_size, estimate_bytes_per_vector
 from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.vector_index import IndexManifest, VectorIndex
 
@@ -54,6 +55,7 @@ class BuildStages:
         self.query_sample: tuple[np.ndarray, str] | None = None
         self._centring: DomainCentring | None = None  # the centring of the build being made
         self._views = GalleryViews(embedder, cache_root, 0)  # the shopper views the build blends in
+        self.recall_probe: RecallProbe | None = None  # the HNSW recall probe of the build being made
 
     # -- stage: read the catalogue ------------------------------------------------------
     def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False,
@@ -129,15 +131,28 @@ class BuildStages:
             index.add(np.array(ids, dtype=np.int64), self._vectors(ids, keys, fallback))
         return index
 
-    def _manifest(self, build_id: str, itype: str, count: int) -> IndexManifest:
+    def _manifest(self, build_id: str, itype: str, count: int, probe: RecallProbe | None = None) -> IndexManifest:
         return IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
-                             count, itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                             count, itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             ef_search=probe.ef_search if probe is not None else 0,
+                             recall_probe=probe.to_dict() if probe is not None else {})
+
+    def _probe(self, index: VectorIndex) -> RecallProbe | None:
+        """An HNSW graph's recall checked on its own vectors, and the efSearch its searches will use."""
+        probe = probe_hnsw(index.faiss_index.index, ef_for_size(len(index))) if index.index_type == "hnsw" else None
+        if probe is not None:
+            index.ef_search = probe.ef_search
+            (log.info if probe.reached else log.warning)(probe.message, extra={"recall_probe": probe.to_dict()})
+        self.recall_probe = probe
+        return probe
 
     def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict,
                  images: list[ImageInfo]) -> int:
         # refit with every full build: the confidence a search reports belongs to the build it searches
+        probe = self._probe(index)  # first: the calibration below is fit on searches as they will run
         cal = self.calibrator.fit(index, images, build_id)
-        saved = self.store.publish(index, self._manifest(build_id, itype, len(index)), keys=keys, report=report,
+        report = {**report, "recall_probe": probe.to_dict() if probe is not None else None}
+        saved = self.store.publish(index, self._manifest(build_id, itype, len(index), probe), keys=keys, report=report,
                                    extra_files={**calibration_file(cal), **self._extra_files()})
         self._record(build_id, itype, saved.count, "complete")
         return saved.count
@@ -165,6 +180,7 @@ class BuildStages:
             raise
 
     def _start(self, itype: str) -> str:
+        self.recall_probe = None
         build_id = new_build_id()
         self._record(build_id, itype, 0, "building")
         return build_id
@@ -178,7 +194,7 @@ class BuildStages:
                            rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
                            scan, update, strategy == UP_TO_DATE, strategy, segments,
                            self._centring.adapt_rounds if self._centring is not None and self._centring.adapts else 0,
-                           self._views.n)
+                           self._views.n, self.recall_probe.to_dict() if self.recall_probe is not None else None)
 
     def _up_to_date(self, serving: IndexManifest, t0: float, scan: RescanReport | None,
                     update: UpdateChanges | None = None) -> BuildReport:

@@ -100,6 +100,7 @@ class BuildReport:
     segments: SegmentCounts | None = None
     adapt_rounds: int = 0  # rounds of catalogue adaptation in the published vectors (0: none)
     shopper_views: int = 0  # synthetic shopper views blended into each published catalogue vector
+    recall_probe: dict | None = None  # an HNSW build's recall probe (shopsearch.index.recall_probe), else None
 
     def to_dict(self) -> dict:
         d = {
@@ -120,7 +121,8 @@ class BuildReport:
         s = self.segments
         d |= {"up_to_date": self.up_to_date, "strategy": self.strategy,
               "segments": {"base": s.base, "delta": s.delta, "dead": s.dead} if s else None,
-              "adapt_rounds": self.adapt_rounds, "shopper_views": self.shopper_views}
+              "adapt_rounds": self.adapt_rounds, "shopper_views": self.shopper_views,
+              "recall_probe": self.recall_probe}
         return d
 
 

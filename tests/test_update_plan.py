@@ -89,7 +89,7 @@ def test_build_report_json_keeps_its_keys_for_scripts():
 
     base = ["build_id", "model", "fingerprint", "index_type", "vectors", "embedded", "skipped", "failed", "seconds",
             "images_per_s", "estimated_bytes", "mode"]
-    tail = ["up_to_date", "strategy", "segments", "adapt_rounds", "shopper_views"]  # new keys go last
+    tail = ["up_to_date", "strategy", "segments", "adapt_rounds", "shopper_views", "recall_probe"]  # new keys go last
     full = BuildReport("b1", "m", "fp", "flat", 3, 3, 0, (), 1.0, 3.0, 10, "full", 3)
     assert list(full.to_dict()) == base + ["trained_on", "rescan"] + tail
     upd = BuildReport("b2", "m", "fp", "flat", 4, 1, 3, ((7, "x.jpg", "truncated"),), 1.0, 1.0, 10, "delta", 3,

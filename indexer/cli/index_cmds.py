@@ -158,16 +158,23 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
     if report.update is not None:
         u = report.update
         line += f"; +{u.added} new, ~{u.changed} changed, -{u.removed} removed"
-    if report.adapt_rounds:
-        line += f"; catalogue adapted to the shopper photos ({report.adapt_rounds} rounds)"
         if u.rebuild_reason:
             line += f"; rebuilt from the vector cache ({u.rebuild_reason})"
+    if report.adapt_rounds:
+        line += f"; catalogue adapted to the shopper photos ({report.adapt_rounds} rounds)"
     if report.shopper_views:
         line += f"; {report.shopper_views} synthetic shopper views blended into each catalogue image"
     if report.segments is not None and (report.segments.delta or report.segments.dead):
         sg = report.segments
         line += f"; segments: base {sg.base}, delta {sg.delta}, tombstoned {sg.dead}"
+    probe = report.recall_probe
+    if probe is not None and probe["reached"]:
+        line += f"; HNSW recall@10 {probe['recall_at_10']:.3f} of exact at efSearch {probe['ef_search']}"
     click.echo(line)
+    if probe is not None and not probe["reached"]:
+        from shopsearch.index.recall_probe import probe_message
+
+        click.echo(f"warning: {probe_message(probe)}", err=True)
     if calibration:
         click.echo(calibration_line(calibration), err=True)
     for image_id, path, reason in report.failed[:20]:

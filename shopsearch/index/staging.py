@@ -67,7 +67,9 @@ def stage_delta(staging: Path, src: Path, manifest: IndexManifest, change: Part 
         parts.append([name, part_sha])
     saved = replace(manifest, count=base_count - len(dead) + live, index_sha256=base.index_sha256,
                     delta_sha256="", delta_parts=parts, tombstones_sha256=tomb_sha, base_count=base_count,
-                    delta_count=live, dead_count=len(dead))
+                    delta_count=live, dead_count=len(dead),
+                    # the graph is the base's: so are its probed efSearch and what the probe saw
+                    ef_search=base.ef_search, recall_probe=base.recall_probe)
     write_keys(staging / DELTA_KEYS_FILE, delta_keys)
     (staging / MANIFEST).write_text(json.dumps(asdict(saved), indent=2))
     write_extras(staging, report, extra_files)

@@ -51,6 +51,11 @@ class IndexManifest:
     dead_count: int = 0
     #: the delta segment's part files, oldest first: [file name, sha256] each
     delta_parts: list[list[str]] = field(default_factory=list)
+    #: HNSW efSearch chosen by the build's recall probe (shopsearch/index/recall_probe.py); 0: the
+    #: size rule (sizing.ef_for_size), as for builds made before the probe and other index types
+    ef_search: int = 0
+    #: what that probe measured (RecallProbe.to_dict()); empty when none ran
+    recall_probe: dict = field(default_factory=dict)
 
 
 class VectorIndex:
@@ -365,6 +370,8 @@ class VectorIndex:
         except (OSError, ValueError, RuntimeError) as e:
             raise IndexCorruptError(f"cannot read index {path}: {e}") from None
         vi = cls(manifest.dim, manifest.index_type, index=index, delta=delta, dead=dead)
+        if manifest.ef_search > 0:
+            vi.ef_search = manifest.ef_search
         if len(vi) != manifest.count:
             raise IndexCorruptError(f"index {path} holds {len(vi)} vectors, its manifest says {manifest.count}")
         return vi, manifest
