@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shopsearch.catalogue.store import CatalogueStore
-from shopsearch.config import Settings
+from shopsearch.config import FP16_SCANS_MIN, Settings
 from shopsearch.errors import ConfigError
 from shopsearch.index.store import IndexStore
 
@@ -154,8 +154,14 @@ def search_service_over(embedder: Embedder, index: VectorIndex, catalogue: Catal
 
 
 def place_index(index: VectorIndex, settings: Settings) -> bool:
-    """Move searching to the GPU as settings.faiss_gpu says; True when it runs there."""
+    """Give a served index its float16 copy for filtered scans (settings.fp16_scans) and move
+    searching to the GPU as settings.faiss_gpu says; True when it runs there."""
     from shopsearch.index.faiss_gpu import gpu_available
+
+    if settings.fp16_scans == "on" or (settings.fp16_scans == "auto" and len(index) >= FP16_SCANS_MIN):
+        made = index.make_half_copy()
+        if made:
+            log.info("float16 copy for filtered scans", extra={"vectors": index.base_count, "bytes": made})
 
     mode = (settings.faiss_gpu or "auto").lower()
     if mode not in ("auto", "on", "off"):

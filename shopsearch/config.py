@@ -20,6 +20,10 @@ QUERY_PRECISIONS = ("auto", "fp32", "bf16")
 #: how a served photo search picks its torch threads: fixed (the worker's share of the cores) or
 #: adaptive (every core while it is alone on the server: shopsearch/query_threads.py)
 QUERY_THREAD_MODES = ("fixed", "adaptive")
+FP16_SCAN_MODES = ("auto", "on", "off")
+#: served indexes from this many vectors get the float16 copy under fp16_scans=auto (smaller ones
+#: scan little; the copy costs 2 bytes per dimension and vector)
+FP16_SCANS_MIN = 200_000
 
 
 def _number(env: Mapping[str, str], name: str, default: float | None, kind: type = int, minimum: float = 0,
@@ -123,6 +127,10 @@ class Settings:
     torch_threads: int = 0
     #: fixed | adaptive (QUERY_THREAD_MODES)
     query_threads: str = "fixed"
+    #: a float16 copy of a served index's vectors for exact filtered scans at half the memory
+    #: traffic (shopsearch/index/half_copy.py; +2 bytes per dimension and vector): auto (indexes
+    #: of FP16_SCANS_MIN vectors or more) | on | off
+    fp16_scans: str = "auto"
     #: the form of the model shoppers' photos run on (CPU): auto (the fastest measured at start-up
     #: whose vectors match fp32's, bf16 where the CPU has it) | fp32 | bf16
     query_precision: str = "auto"
@@ -184,6 +192,7 @@ class Settings:
             torch_threads=int(_number(env, "SHOPSEARCH_TORCH_THREADS", 0) or 0),
             query_precision=_choice(env, "SHOPSEARCH_QUERY_PRECISION", "auto", QUERY_PRECISIONS),
             query_threads=_choice(env, "SHOPSEARCH_QUERY_THREADS", "fixed", QUERY_THREAD_MODES),
+            fp16_scans=_choice(env, "SHOPSEARCH_FP16_SCANS", "auto", FP16_SCAN_MODES),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
             rerank=env.get("SHOPSEARCH_RERANK", "off"),

@@ -49,7 +49,7 @@ class AllowedImages:
             return self._cols
 
     def ids_for(self, filters: SearchFilters, categories: tuple[str, ...] | None = None) -> np.ndarray | None:
-        """Image ids (ascending, a read-only array, the same one for a repeated filter) passing
+        """Image ids (unique, in no set order, a read-only array, the same one for a repeated filter) passing
         the shopper's filters and, when given, lying in one of `categories` (routing); None
         when nothing restricts the search."""
         if not filters.active and categories is None:
@@ -60,7 +60,7 @@ class AllowedImages:
             if hit is not None:
                 self._cache.move_to_end(key)
                 return hit
-        ids = self._compute(self.columns(), filters, categories)  # ascending: cheap to translate
+        ids = self._compute(self.columns(), filters, categories)
         # read-only: the index keys its translation of a repeated set on the array (PositionCache)
         ids.flags.writeable = False
         with self._lock:
@@ -74,7 +74,6 @@ class AllowedImages:
 
     def _compute(self, cols: FilterColumns, f: SearchFilters, categories: tuple[str, ...] | None) -> np.ndarray:
         rows = None  # rows of the columns still allowed; None: all
-        grouped = False  # rows made of per-category runs, each ascending
         if f.min_price is not None or f.max_price is not None:
             # a price range is a slice of the rows sorted by price: work in proportion to what it matches
             order, sorted_prices = self._by_price(cols)
@@ -91,7 +90,6 @@ class AllowedImages:
                 starts, ends = bounds[matched], bounds[np.asarray(matched, dtype=np.int64) + 1]
                 rows = np.concatenate([order[a:b] for a, b in zip(starts, ends)]) if matched \
                     else np.empty(0, dtype=np.int64)
-                grouped = True
             else:
                 # a lookup table over category ids (slot 0: no category) turns the prefix test into one gather
                 lut = np.zeros(max(cols.category_paths, default=0) + 2, dtype=bool)
@@ -99,8 +97,9 @@ class AllowedImages:
                 rows = rows[lut[cols.category_ids[rows] + 1]]
         if rows is None:
             return cols.image_ids.copy()
-        # a stable (merge) sort joins ascending runs in a fraction of a quicksort's time
-        return np.sort(cols.image_ids[rows], kind="stable" if grouped else None)
+        # not sorted: the index turns ids into positions in any order and orders those itself
+        # (shopsearch/index/filtered.py PositionMap), so a sort here would be paid twice
+        return cols.image_ids[rows]
 
     def _by_category(self, cols: FilterColumns) -> tuple[np.ndarray, np.ndarray]:
         """Rows grouped by category id (ascending rows within each) and where each id's group

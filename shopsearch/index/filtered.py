@@ -26,6 +26,8 @@ from typing import Callable
 import faiss
 import numpy as np
 
+from shopsearch.index.half_copy import HalfCopy
+from shopsearch.index.half_copy import usable as half_usable
 from shopsearch.index.segments import merge_best
 
 #: allowed sets up to this size are scored exactly on their own vectors on IVF types
@@ -102,7 +104,8 @@ def ascending_unique(pos: np.ndarray) -> np.ndarray:
         mask = np.zeros(span, dtype=bool)
         mask[pos - lo] = True
         return np.flatnonzero(mask).astype(np.int64) + lo
-    out = np.sort(pos).astype(np.int64)
+    # positions below 2^31 sort as int32: half the bytes, about half the time
+    out = (np.sort(pos.astype(np.int32)) if lo + span <= 2 ** 31 else np.sort(pos)).astype(np.int64)
     repeat = out[1:] == out[:-1]
     return out[np.concatenate(([True], ~repeat))] if repeat.any() else out
 
@@ -197,15 +200,35 @@ def flat_storage(inner: faiss.Index) -> faiss.Index | None:
     return None
 
 
-def exact_among(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def exact_among(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray,
+                half: HalfCopy | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k by inner product of the flat index's vectors at `positions` (ascending), read in
     place: one dot product per allowed vector, none for the rest (exact). Positions that form
     runs (a grouped layout) are scored run by run, each one matrix-vector product over a
     contiguous slice, or FAISS's k-NN over it for long runs; scattered ones are gathered one
-    by one."""
+    by one. With `half` (a float16 copy of `flat`'s vectors), a large set of runs is read from
+    the copy first and only its best candidates scored here (shopsearch/index/half_copy.py)."""
     q = np.ascontiguousarray(q, dtype=np.float32)
     positions = np.ascontiguousarray(positions, dtype=np.int64)
     breaks = np.flatnonzero(positions[1:] != positions[:-1] + 1) + 1
+    if half is not None and half_usable(positions, len(breaks) + 1):
+        bounds = np.concatenate(([0], breaks, [len(positions)])).tolist()
+        starts = positions[bounds[:-1]].tolist()
+        scores, pos = empty_result(len(q), k)
+        for r in range(len(q)):
+            cand = half.candidates(q[r], k, positions, bounds, starts)
+            row_s, row_p = (_exact_one(flat, q[r:r + 1], k, positions, breaks) if cand is None
+                            else _exact_one(flat, q[r:r + 1], k, cand))
+            scores[r], pos[r] = row_s[0], row_p[0]
+        return scores, pos
+    return _exact_one(flat, q, k, positions, breaks)
+
+
+def _exact_one(flat: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray,
+               breaks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """exact_among on float32 alone (`breaks`: where the runs of `positions` start, when known)."""
+    if breaks is None:
+        breaks = np.flatnonzero(positions[1:] != positions[:-1] + 1) + 1
     if (len(breaks) + 1) * LONG_RUN <= len(positions):
         return _exact_long_runs(flat, q, k, positions, breaks)
     if (len(breaks) + 1) * RUN_SLICES <= len(positions):
@@ -305,17 +328,18 @@ def graph_ef(ef_search: int, k: int, share: float) -> int:
 
 
 def search_positions(inner: faiss.Index, q: np.ndarray, k: int, positions: np.ndarray, nprobe: int,
-                     ef_search: int, refine_k_factor: float,
-                     bits: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                     ef_search: int, refine_k_factor: float, bits: Callable[[], np.ndarray],
+                     half: HalfCopy | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k internal positions among `positions` (ascending, non-empty) for queries `q`;
-    `bits()` gives the positions' bitmap (cached by the caller) when a selector needs one."""
+    `bits()` gives the positions' bitmap (cached by the caller) when a selector needs one;
+    `half`: a float16 copy of the flat vectors for large exact scans (exact_among)."""
     n = int(inner.ntotal)
     share = len(positions) / max(n, 1)
     widen = math.ceil(1.0 / max(share, 1e-9))
     flat = flat_storage(inner)
     ef = graph_ef(ef_search, k, share)
     if flat is not None and (flat is inner or len(positions) <= HNSW_EXACT_LIMIT or ef > MAX_EF_SEARCH):
-        return exact_among(flat, q, k, positions)
+        return exact_among(flat, q, k, positions, half)
     if flat is not None and hasattr(inner, "hnsw"):
         b = bits()
         sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(b))
@@ -359,14 +383,15 @@ class AllowedSearch:
         return AllowedPositions(self._map("base").positions(base_ids), delta)
 
     def search(self, q: np.ndarray, k: int, allowed: np.ndarray, nprobe: int, ef_search: int,
-               refine_k_factor: float) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the best k allowed ids per query row, both segments merged."""
+               refine_k_factor: float, half: HalfCopy | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the best k allowed ids per query row, both segments merged; `half`:
+        a float16 copy of the base segment's vectors (shopsearch/index/half_copy.py)."""
         entry = self.cache.get(allowed, lambda: self._translate(allowed))
         scores, ids = empty_result(len(q), k)
         if len(entry.base):
             inner = faiss.downcast_index(self._base.index)
             scores, pos = search_positions(inner, q, k, entry.base, nprobe, ef_search, refine_k_factor,
-                                           lambda: self.cache.with_bits(entry, int(inner.ntotal)))
+                                           lambda: self.cache.with_bits(entry, int(inner.ntotal)), half)
             ids = np.where(pos >= 0, self._map("base").external[np.maximum(pos, 0)], -1)
         if not len(entry.delta):
             return scores, ids

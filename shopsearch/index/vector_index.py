@@ -13,7 +13,8 @@ import faiss
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
-from shopsearch.index.filtered import AllowedSearch, empty_result
+from shopsearch.index.filtered import AllowedSearch, empty_result, flat_storage
+from shopsearch.index.half_copy import HalfCopy
 from shopsearch.index.faiss_gpu import gpu_available, gpu_kmeans
 from shopsearch.index.segments import delta_part, merge_best, part_name, read_delta, sha256_file, write_delta
 from shopsearch.index.sizing import (
@@ -79,6 +80,7 @@ class VectorIndex:
         self.refine_k_factor = DEFAULT_REFINE_K_FACTOR
         self._search_index: faiss.Index | None = None  # a GPU copy answering search(), see to_gpu
         self._among: AllowedSearch | None = None  # filtered search, made on the first one
+        self._half: HalfCopy | None = None  # float16 copy for large filtered scans (make_half_copy)
         self._delta = delta if delta is not None and delta.ntotal else None
         self._dead = np.unique(np.asarray(dead if dead is not None else (), dtype=np.int64))
         self._dead_set = frozenset(self._dead.tolist())
@@ -161,6 +163,27 @@ class VectorIndex:
     def on_gpu(self) -> bool:
         return self._search_index is not None
 
+    @property
+    def half_copy(self) -> HalfCopy | None:
+        """The float16 copy large filtered scans read (make_half_copy), None without one."""
+        return self._half
+
+    def make_half_copy(self) -> int:
+        """Keep a float16 copy of the base segment's vectors, from which large filtered sets are
+        scored exactly with half the memory traffic (shopsearch/index/half_copy.py); returns its
+        bytes (0: this index type stores no flat float vectors, or they do not fit float16).
+        Safe while searches run: they use the copy once it is whole."""
+        flat = flat_storage(faiss.downcast_index(self._index.index))
+        if flat is None or flat.ntotal == 0:
+            return 0
+        try:
+            half = HalfCopy(flat)
+        except ValueError as e:  # not representable in float16: scans stay on float32
+            log.warning("no float16 copy for filtered scans: %s", e)
+            return 0
+        self._half = half
+        return half.nbytes
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add to the base index (a fresh index: builds add no segments here)."""
         if self.segmented:
@@ -177,6 +200,7 @@ class VectorIndex:
             self.train(vectors)
         self._index.add_with_ids(vectors, ids)
         self._among = None
+        self._half = None
         self._search_index = None  # a GPU copy would now miss these; to_gpu() again
 
     def remove(self, ids: np.ndarray) -> int:
@@ -188,6 +212,7 @@ class VectorIndex:
             raise NotImplementedError(f"{self.index_type} indexes cannot remove vectors; rebuild without them")
         self._search_index = None  # the GPU copy would still return them
         self._among = None
+        self._half = None
         return int(self._index.remove_ids(ids))
 
     def supports_remove(self) -> bool:
@@ -326,11 +351,11 @@ class VectorIndex:
             self._among = AllowedSearch(self._index, self._delta, self._dead)
         ef = ef_for_size(len(self)) if self.ef_search == DEFAULT_EF_SEARCH else self.ef_search
         try:
-            return self._among.search(q, k, allowed, self.nprobe, ef, self.refine_k_factor)
+            return self._among.search(q, k, allowed, self.nprobe, ef, self.refine_k_factor, self._half)
         except RuntimeError as e:  # IVF reconstructs by position only through a direct map
             if "direct map" not in str(e) or not self._make_direct_map():
                 raise
-            return self._among.search(q, k, allowed, self.nprobe, ef, self.refine_k_factor)
+            return self._among.search(q, k, allowed, self.nprobe, ef, self.refine_k_factor, self._half)
 
     # -- persistence --------------------------------------------------------
     def save(self, directory: Path, manifest: IndexManifest) -> IndexManifest:

@@ -1,0 +1,111 @@
+"""Exact filtered scans that read half the bytes: a float16 copy of a large index's vectors.
+
+Scoring a large allowed set exactly (a whole category at a million vectors: 20,000 × 384-d,
+30 MB of float32) is a pass over memory, and the pass also evicts the caches the rest of the
+search then runs cold on. A float16 copy of the vectors (2 bytes a dimension beside the 4 of
+float32) is scanned instead, run by run, by FAISS's scalar-quantizer scanner (one heap kept
+across the runs), for the best k + MARGIN; those are scored again on the float32 vectors, and
+the best k of them returned. That is exact, not approximate: float16 rounds each component
+within a relative 2^-11, so no score moves by more than a bound B (ERROR × |q| × the largest
+stored norm, plus float32 summation order); every vector whose true score could reach the true
+k-th lies within 2B of the float16 k-th, and when the copy's (k + MARGIN)-th is already below
+that line all of them are among the candidates. When it is not (more than MARGIN near-ties at
+the k-th place), the set is scored on float32 as before.
+
+Only sets of runs are scanned here (a category or a price range of a grouped layout,
+shopsearch/index/layout.py): scattered positions would cost a scanner call each.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import faiss
+import numpy as np
+
+#: candidates kept beyond k for the float32 re-scoring
+MARGIN = 48
+#: relative rounding error of a float16 component (round to nearest: 2^-11), doubled for safety
+ERROR = 2.0 ** -10
+#: sets smaller than this are scored on float32 directly (the copy saves less than its overhead)
+MIN_SET = 4096
+#: runs shorter than this on average are not scanned here (a scanner call per run)
+MIN_MEAN_RUN = 32
+FLOAT16_MAX = 65504.0
+_LOWEST = float(np.finfo(np.float32).min)  # the empty slot of FAISS's min-heap (CMin::neutral)
+
+
+class HalfCopy:
+    """A float16 copy of an IndexFlat's vectors (made once: about a second per million 384-d
+    vectors) and the exact top-k of runs of positions read from it."""
+
+    def __init__(self, flat: faiss.IndexFlat) -> None:
+        n, d = int(flat.ntotal), int(flat.d)
+        self.d = d
+        self._sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+        norm = 0.0
+        for a in range(0, n, 65536):  # in blocks: no float32 temporary the size of the index
+            block = np.ascontiguousarray(xb[a:a + 65536])
+            if not np.isfinite(block).all() or float(np.abs(block).max(initial=0.0)) > FLOAT16_MAX:
+                raise ValueError("vectors with components outside float16's range")
+            self._sq.add(block)
+            norm = max(norm, float(np.sqrt(np.max(np.einsum("ij,ij->i", block, block)))) if len(block) else 0.0)
+        self.max_norm = norm
+        self._codes = faiss.rev_swig_ptr(self._sq.codes.data(), self._sq.codes.size())
+        self._code_size = int(self._sq.code_size)
+        self._local = threading.local()
+
+    def _scanner(self) -> faiss.InvertedListScanner:
+        """This thread's scanner over the copy (a scanner holds its query: one per thread). Made
+        once per thread and kept: SWIG cannot free one (no destructor wrapped), so a scanner per
+        search would leak."""
+        scanner = getattr(self._local, "scanner", None)
+        if scanner is None:
+            # labels from the ids handed to each scan (the positions), not (list, offset) pairs
+            scanner = self._sq.sq.select_InvertedListScanner(faiss.METRIC_INNER_PRODUCT, None, False, None, False)
+            self._local.scanner = scanner
+        return scanner
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._codes.nbytes)
+
+    def bound(self, q: np.ndarray) -> float:
+        """Largest gap between a vector's float16 and float32 score for query q."""
+        q_norm = float(np.linalg.norm(q))
+        # float16's relative rounding, its absolute one below the normal range (2^-25 a component:
+        # at most sqrt(d) |q| 2^-25 in all), then two float32 sums of d products in different orders
+        return q_norm * (self.max_norm * (ERROR + 2 * self.d * 2.0 ** -24) + math.sqrt(self.d) * 2.0 ** -24) + 1e-7
+
+    def candidates(self, q: np.ndarray, k: int, positions: np.ndarray, bounds: list[int],
+                   starts: list[int]) -> np.ndarray | None:
+        """Positions (ascending) among which the exact top-k of `positions` (ascending int64, in
+        runs) lies for the query row q, read from the copy; None when more than MARGIN near-ties
+        leave that unsure. The runs: run r is positions[bounds[r]:bounds[r+1]], from starts[r]."""
+        kk = k + MARGIN
+        scores = np.full(kk, _LOWEST, dtype=np.float32)
+        found = np.full(kk, -1, dtype=np.int64)
+        scanner = self._scanner()
+        row = np.ascontiguousarray(q, dtype=np.float32)
+        scanner.set_query(faiss.swig_ptr(row))
+        s_ptr, f_ptr = faiss.swig_ptr(scores), faiss.swig_ptr(found)
+        codes, size = self._codes, self._code_size
+        for a, b, p in zip(bounds[:-1], bounds[1:], starts):
+            # the run's positions are the labels: one heap over every run
+            scanner.scan_codes(b - a, faiss.swig_ptr(codes[p * size:]), faiss.swig_ptr(positions[a:b]), s_ptr, f_ptr,
+                               kk)
+        kept = found >= 0
+        scores, found = scores[kept], found[kept]
+        if len(scores) == 0:
+            return found
+        kth = float(np.sort(scores)[::-1][min(k, len(scores)) - 1])
+        line = kth - 2 * self.bound(row)
+        if len(scores) == kk and float(scores.min()) >= line:
+            return None  # the heap may have dropped a vector that belongs in the top k
+        return np.sort(found[scores >= line])
+
+
+def usable(positions: np.ndarray, runs: int) -> bool:
+    """Whether a set of `runs` runs is scanned on the copy."""
+    return len(positions) >= MIN_SET and runs * MIN_MEAN_RUN <= len(positions)
