@@ -8,7 +8,9 @@ and index, kept in a small cache keyed by the set itself (`PositionCache`), and 
 
 - flat vectors (the `flat` type, and the storage under `hnsw`): the allowed vectors are
   scored exactly, read in place by position (`knn_inner_products_by_idx`): one dot product
-  per allowed vector and nothing for the others, so the cost follows the set's size;
+  per allowed vector and nothing for the others, so the cost follows the set's size; a
+  large set of runs is read from the index's float16 copy first, when it has one, and only
+  the candidates that could be in the top k scored on float32 (shopsearch/index/half_copy.py);
 - HNSW with a large allowed set: the graph search with a bitmap selector and an efSearch
   raised as the allowed share shrinks (`graph_ef`);
 - IVF types: a small set is scored exactly on its reconstructed vectors; a large one goes
