@@ -3,7 +3,8 @@
 Grouping the nearest images into products needs only each image's product id. Reading a
 joined row per candidate image from the database (80 rows for k=10) cost more than the
 vector search itself; instead the product id of every image row is kept in memory (two int64
-columns, 16 bytes per image) and the database is asked only for the best image of each
+columns, 16 bytes per image, plus a 4-byte table over the id range to find a candidate's row
+in one read) and the database is asked only for the best image of each
 candidate product, whose live row (title, price, category) is still read per search.
 
 The columns belong to one catalogue generation (migration 0004: every insert or delete of an
@@ -13,10 +14,15 @@ deleted or moved to another product since is never grouped as it was."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+
+#: ImageOwners looks ids up in a table over their range while it spans at most this many times
+#: their number (image ids are database keys: dense)
+DENSE_SPAN = 4
 
 
 @dataclass(frozen=True)
@@ -26,9 +32,31 @@ class ImageOwners:
     generation: int
     image_ids: np.ndarray  # int64, ascending
     product_ids: np.ndarray  # int64, the product of image_ids[i]
+    #: image id - image_ids[0] -> row (-1: none), for dense ids; None: binary search
+    table: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.image_ids)
+        if n and int(self.image_ids[-1]) - int(self.image_ids[0]) < DENSE_SPAN * n and n < 2 ** 31:
+            # one read per candidate instead of a binary search's ~20: after a large filtered
+            # scan has evicted the caches, those reads are what the lookup costs
+            table = np.full(int(self.image_ids[-1]) - int(self.image_ids[0]) + 1, -1, dtype=np.int32)
+            table[self.image_ids - self.image_ids[0]] = np.arange(n, dtype=np.int32)
+            object.__setattr__(self, "table", table)
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The row of each id (int64), -1 for ids that are not image rows (or -1 themselves)."""
+        if not len(self):
+            return np.full(len(ids), -1, dtype=np.int64)
+        if self.table is not None:
+            rel = ids - self.image_ids[0]
+            inside = (rel >= 0) & (rel < len(self.table))
+            return np.where(inside, self.table[np.where(inside, rel, 0)], -1).astype(np.int64)
+        pos = np.minimum(np.searchsorted(self.image_ids, ids), len(self) - 1)
+        return np.where(self.image_ids[pos] == ids, pos, -1)
 
 
 @dataclass(frozen=True)
@@ -50,8 +78,8 @@ def group_candidates(owners: ImageOwners, ids: np.ndarray, scores: np.ndarray,
     scores = np.asarray(scores)
     if not len(owners):
         return Candidates(ids[:0], scores[:0], np.zeros(0, dtype=np.int64))
-    pos = np.minimum(np.searchsorted(owners.image_ids, ids), len(owners) - 1)
-    keep = (ids >= 0) & (owners.image_ids[pos] == ids)
+    pos = owners.rows(ids)
+    keep = (ids >= 0) & (pos >= 0)
     if exclude_ids is not None and len(exclude_ids):
         keep &= ~np.isin(ids, exclude_ids)
     ids, scores, products = ids[keep], scores[keep], owners.product_ids[pos[keep]]

@@ -205,6 +205,14 @@ def test_group_candidates_orders_counts_and_leaves_out():
     assert c.image_ids.tolist() == [9, 3, 12] and c.counts.tolist() == [1, 1, 1]
     empty = ImageOwners(0, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     assert group_candidates(empty, np.array([5]), np.array([0.9])).image_ids.tolist() == []
+    # dense ids are looked up in a table, sparse ones by binary search: the same answers
+    sparse = ImageOwners(7, np.array([3, 5, 8, 9, 12]) * 1000, np.array([1, 2, 1, 3, 2]))
+    assert owners.table is not None and sparse.table is None
+    probe = np.array([5, 4, 9, 3, 12, 8, -1, 13, 2, 10 ** 12])
+    assert owners.rows(probe).tolist() == [1, -1, 3, 0, 4, 2, -1, -1, -1, -1]
+    assert sparse.rows(np.where(probe >= 0, probe * 1000, -1)).tolist() == owners.rows(probe).tolist()
+    c = group_candidates(sparse, np.array([5, 4, 9, 3, 12, 8, -1]) * 1000, np.array([0.9, 0.8, 0.7, 0.7, 0.6, 0.5, 0.0]))
+    assert c.image_ids.tolist() == [5000, 9000, 3000] and c.counts.tolist() == [2, 1, 2]
 
 
 def test_candidate_rows_are_products_for_images_cut_to_the_answer(catalogue, image_dir):
