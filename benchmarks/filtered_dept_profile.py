@@ -94,7 +94,8 @@ def main() -> None:
     from benchmarks.scale_bench import seeded_jpeg
     from shopsearch.catalogue.store import CatalogueStore
     from shopsearch.embedders import load_embedder
-    from shopsearch.index.vector_index import IndexManifest, VectorIndex
+    from shopsearch.index.manifest import IndexManifest
+    from shopsearch.index.vector_index import VectorIndex
     from shopsearch.results import SearchFilters
     from shopsearch.search import SearchService
 

@@ -42,7 +42,8 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     import faiss
 
-    from shopsearch.index.filtered import bitmap, exact_among
+    from shopsearch.index.exact import exact_among
+    from shopsearch.index.filtered import bitmap
 
     n, d, k = args.size, 384, args.k
     rng = np.random.default_rng(0)

@@ -54,7 +54,8 @@ def main() -> None:
     from shopsearch.catalogue.store import CatalogueStore
     from shopsearch.embedders import load_embedder
     from shopsearch.filter_sets import AllowedImages
-    from shopsearch.index.filtered import PositionMap, bitmap, exact_among
+    from shopsearch.index.exact import exact_among
+    from shopsearch.index.filtered import PositionMap, bitmap
     from shopsearch.index.sizing import ef_for_size
     from shopsearch.results import SearchFilters
 

@@ -1,5 +1,5 @@
 """What exact filtered scoring costs by vector layout (issue 20): the same number of allowed
-vectors scored in place by position (`shopsearch.index.filtered.exact_among`, what a category
+vectors scored in place by position (`shopsearch.index.exact.exact_among`, what a category
 filter does today) when they lie scattered through the index (a category of 1 in 50 in id
 order), when they are random (a price range), and when they lie in one contiguous slice (what
 storing the vectors grouped by category at build time would give). Synthetic seeded vectors,
@@ -45,7 +45,7 @@ def main() -> None:
 
     import faiss
 
-    from shopsearch.index.filtered import exact_among
+    from shopsearch.index.exact import exact_among
 
     rng = np.random.default_rng(0)
     flat = faiss.IndexFlatIP(args.dim)

@@ -178,7 +178,8 @@ def turn(args: argparse.Namespace) -> None:
     import shopsearch
     from shopsearch.catalogue.store import CatalogueStore
     from shopsearch.embedders import load_embedder
-    from shopsearch.index.vector_index import IndexManifest, VectorIndex
+    from shopsearch.index.manifest import IndexManifest
+    from shopsearch.index.vector_index import VectorIndex
     from shopsearch.results import SearchFilters
     from shopsearch.search import SearchService
 

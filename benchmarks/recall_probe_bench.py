@@ -40,10 +40,20 @@ def main() -> None:
     if args.data_dir is not None:
         from shopsearch.index.store import IndexStore
 
-        vi, manifest = IndexStore(args.data_dir / "index").load_current()
+        from shopsearch.errors import ShopSearchError
+
+        try:
+            vi, manifest = IndexStore(args.data_dir / "index").load_current()
+        except ShopSearchError as e:
+            ap.error(f"--data-dir {args.data_dir}: {e}")
         index, n, source = vi.faiss_index.index, len(vi), f"{args.data_dir} (build {manifest.build_id})"
     else:
-        n, d = (int(v) for v in args.uniform.split(","))
+        try:
+            n, d = (int(v) for v in args.uniform.split(","))
+        except ValueError:
+            ap.error(f"--uniform takes N,D (two integers), not {args.uniform!r}")
+        if n <= 0 or d <= 0:
+            ap.error("--uniform: N and D must be positive")
         x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)

@@ -166,7 +166,7 @@ def ann_recall(index: object, vecs: np.ndarray, k: int) -> float | None:
     is not a plain VectorIndex."""
     import faiss
 
-    from shopsearch.index.filtered import flat_storage
+    from shopsearch.index.exact import flat_storage
 
     idmap = getattr(index, "faiss_index", None)
     flat = flat_storage(faiss.downcast_index(idmap.index)) if idmap is not None else None

@@ -22,7 +22,8 @@ from shopsearch.confidence import calibration_file
 from shopsearch.errors import ManifestError
 from shopsearch.index.store import new_build_id
 from shopsearch.index.sizing import choose_index_type
-from shopsearch.index.vector_index import IndexManifest, VectorIndex
+from shopsearch.index.manifest import IndexManifest
+from shopsearch.index.vector_index import VectorIndex
 
 
 @dataclass(frozen=True)

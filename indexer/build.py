@@ -34,7 +34,8 @@ from shopsearch.embedding.pipeline import EmbedReport
 from shopsearch.errors import ModelMismatchError
 from shopsearch.index.merge import is_ivf
 from shopsearch.index.sizing import choose_index_type, estimate_bytes_per_vector
-from shopsearch.index.vector_index import IndexManifest, VectorIndex
+from shopsearch.index.manifest import IndexManifest
+from shopsearch.index.vector_index import VectorIndex
 
 log = logging.getLogger("shopsearch.indexer")
 

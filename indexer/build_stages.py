@@ -32,7 +32,8 @@ from shopsearch.index.layout import storage_order
 from shopsearch.index.recall_probe import RecallProbe, probe_hnsw
 from shopsearch.index.sizing import choose_index_type, ef_for_size, estimate_bytes_per_vector
 from shopsearch.index.store import IndexStore, new_build_id
-from shopsearch.index.vector_index import IndexManifest, VectorIndex
+from shopsearch.index.manifest import IndexManifest
+from shopsearch.index.vector_index import VectorIndex
 
 log = logging.getLogger("shopsearch.indexer")
 

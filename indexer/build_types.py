@@ -8,7 +8,7 @@ from indexer.shrink import DEFAULT_MAX_SHRINK
 
 if TYPE_CHECKING:  # the CLI imports this module for BuildOptions; the catalogue only when it runs
     from shopsearch.catalogue.rescan import RescanReport
-    from shopsearch.index.vector_index import IndexManifest
+    from shopsearch.index.manifest import IndexManifest
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from shopsearch.embedding.pipeline import WorkItem, embed_items
 from shopsearch.errors import ConfigError
 from shopsearch.images import sha256_file
 from shopsearch.index.store import IndexStore
-from shopsearch.index.vector_index import IndexManifest
+from shopsearch.index.manifest import IndexManifest
 
 log = logging.getLogger("shopsearch.indexer")
 

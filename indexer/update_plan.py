@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from shopsearch.catalogue.rescan import RescanReport
     from shopsearch.catalogue.store import CatalogueStore
     from shopsearch.index.store import IndexStore
-    from shopsearch.index.vector_index import IndexManifest
+    from shopsearch.index.manifest import IndexManifest
 
 #: an IVF-PQ index is retrained from the cache once this share of its vectors arrived after training
 RETRAIN_FRACTION = 0.5

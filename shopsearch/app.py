@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from shopsearch.confidence import Calibration
     from shopsearch.embedders.base import Embedder
     from shopsearch.embedders.precision import PrecisionChoice
-    from shopsearch.index.vector_index import IndexManifest, VectorIndex
+    from shopsearch.index.manifest import IndexManifest
+    from shopsearch.index.vector_index import VectorIndex
     from shopsearch.search import CategoryRouter, SearchService
 
 log = logging.getLogger("shopsearch.app")

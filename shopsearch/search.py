@@ -17,7 +17,8 @@ from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.filter_sets import AllowedImages
 from shopsearch.grouping import OwnersCache, group_candidates
-from shopsearch.index.vector_index import IndexManifest, VectorIndex, check_model
+from shopsearch.index.manifest import IndexManifest, check_model
+from shopsearch.index.vector_index import VectorIndex
 from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.results import CategoryPrediction, ProductHit, SearchFilters, SearchResult
 

@@ -15,7 +15,7 @@ import shopsearch.index.staging as staging_mod
 from indexer.build import IndexBuilder
 from shopsearch.index import IndexStore
 from shopsearch.index.segments import DELTA_FILE, assemble, read_part, sha256_file
-from shopsearch.index.vector_index import MANIFEST, IndexManifest
+from shopsearch.index.manifest import MANIFEST, IndexManifest
 from tests.conftest import FakeEmbedder, make_image
 from tests.test_indexer_update import _add
 

@@ -14,8 +14,9 @@ from indexer.build import IndexBuilder
 from shopsearch.catalogue.bulk import FilterColumns
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.index import IndexStore, VectorIndex
-from shopsearch.index import filtered
-from shopsearch.index.filtered import ascending_unique, exact_among, flat_storage
+from shopsearch.index import exact
+from shopsearch.index.exact import exact_among, flat_storage
+from shopsearch.index.filtered import ascending_unique
 from shopsearch.index.layout import grouped_order
 from shopsearch.results import SearchFilters
 from tests.conftest import FakeEmbedder, make_image, sha
@@ -105,7 +106,7 @@ def _check_exact(store: IndexStore, cat, emb: FakeEmbedder, filters: list[Search
 def test_builds_store_categories_grouped_and_filters_stay_exact_through_updates(tmp_path, sqlite_catalogue,
                                                                                 index_type, monkeypatch):
     cat, emb = sqlite_catalogue, FakeEmbedder()
-    monkeypatch.setattr(filtered, "RUN_SLICES", 2)  # runs of a dozen vectors scored as slices
+    monkeypatch.setattr(exact, "RUN_SLICES", 2)  # runs of a dozen vectors scored as slices
     for i in range(48):
         _add(cat, tmp_path, i)
     store = IndexStore(tmp_path / "index")

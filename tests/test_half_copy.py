@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shopsearch.index import half_copy
-from shopsearch.index.filtered import exact_among, flat_storage
+from shopsearch.index.exact import exact_among, flat_storage
 from shopsearch.index.half_copy import MARGIN, HalfCopy
 from shopsearch.index.vector_index import VectorIndex
 

@@ -18,7 +18,8 @@ from indexer.cli import cli
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.index import IndexStore
 from shopsearch.index.segments import new_delta
-from shopsearch.index.vector_index import INDEX_FILE, VectorIndex
+from shopsearch.index.manifest import INDEX_FILE
+from shopsearch.index.vector_index import VectorIndex
 from tests.conftest import REPO, FakeEmbedder, make_image
 from tests.preforked import start_script
 from tests.test_indexer_update import _add
@@ -170,7 +171,7 @@ def test_a_segmented_index_excludes_tombstones_and_merges_its_delta(tmp_path, in
     only_delta = VectorIndex(16, index_type, index=base.faiss_index, delta=delta)  # no tombstones
     only_delta.nprobe = 64
     assert only_delta.search(x[1:2], 2)[1][0].tolist() == [1, 1000] and len(only_delta) == 302
-    from shopsearch.index.vector_index import IndexManifest
+    from shopsearch.index.manifest import IndexManifest
 
     m = seg.save(tmp_path / "b", IndexManifest("b", "m", "fp", 16, 0, index_type, "now"))
     assert (m.count, m.base_count, m.delta_count, m.dead_count) == (299, 300, 2, 3)

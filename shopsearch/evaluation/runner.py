@@ -34,7 +34,8 @@ from shopsearch.evaluation.metrics import QueryOutcome, Summary, percentiles, su
 from shopsearch.evaluation.open_set import OpenSetFusion, OpenSetQuery, OpenSetResult, evaluate_open_set
 from shopsearch.images import sha256_file
 from shopsearch.index.sizing import choose_index_type, factory_string
-from shopsearch.index.vector_index import IndexManifest, VectorIndex
+from shopsearch.index.manifest import IndexManifest
+from shopsearch.index.vector_index import VectorIndex
 from shopsearch.evaluation import tta
 from shopsearch.gallery_aug import blend, shopper_view_vectors
 from shopsearch.centring import DomainCentring, adapt_gallery, fit_centring

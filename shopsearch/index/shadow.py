@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from shopsearch.index.store import IndexStore
-from shopsearch.index.vector_index import IndexManifest
+from shopsearch.index.manifest import IndexManifest
 
 
 class ShadowTarget:

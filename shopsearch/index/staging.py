@@ -16,7 +16,8 @@ from shopsearch.errors import IndexCorruptError
 from shopsearch.index.keyfiles import DELTA_KEYS_FILE, KEYS_FILE, read_keys, write_keys
 from shopsearch.index.segments import (DELTA_FILE, MAX_PARTS, TOMBSTONES_FILE, Part, compacted, legacy_part,
                                        link_or_copy, live_ids, part_name, read_part, write_delta, write_part)
-from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, VectorIndex
+from shopsearch.index.manifest import INDEX_FILE, MANIFEST, IndexManifest
+from shopsearch.index.vector_index import VectorIndex
 
 #: beside the index: the build report (counts, failed images with reasons)
 REPORT_FILE = "report.json"

@@ -25,7 +25,8 @@ from shopsearch.errors import IndexCorruptError, IndexNotFoundError, IndexWriteE
 from shopsearch.index.keyfiles import DELTA_KEYS_FILE, KEYS_FILE, SegmentKeys, read_arrays, read_ids, read_keys
 from shopsearch.index.segments import TOMBSTONES_FILE, Part
 from shopsearch.index.staging import REPORT_FILE, stage_delta, stage_full
-from shopsearch.index.vector_index import INDEX_FILE, MANIFEST, IndexManifest, VectorIndex
+from shopsearch.index.manifest import INDEX_FILE, MANIFEST, IndexManifest
+from shopsearch.index.vector_index import VectorIndex
 
 log = logging.getLogger("shopsearch.index")
 

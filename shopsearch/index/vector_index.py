@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +13,9 @@ import faiss
 import numpy as np
 
 from shopsearch.errors import IndexCorruptError, ModelMismatchError
-from shopsearch.index.filtered import AllowedSearch, empty_result, flat_storage
+from shopsearch.index.manifest import INDEX_FILE, MANIFEST, IndexManifest
+from shopsearch.index.exact import empty_result, flat_storage
+from shopsearch.index.filtered import AllowedSearch
 from shopsearch.index.half_copy import HalfCopy
 from shopsearch.index.faiss_gpu import gpu_available, gpu_kmeans
 from shopsearch.index.segments import delta_part, merge_best, part_name, read_delta, sha256_file, write_delta
@@ -28,36 +30,6 @@ from shopsearch.index.sizing import (
 )
 
 log = logging.getLogger("shopsearch.index")
-
-MANIFEST = "manifest.json"
-INDEX_FILE = "index.faiss"
-FORMAT_VERSION = 1
-
-@dataclass(frozen=True)
-class IndexManifest:
-    build_id: str
-    model_name: str
-    model_fingerprint: str
-    dim: int
-    count: int
-    index_type: str
-    created: str
-    index_sha256: str = ""  # the base segment
-    format_version: int = FORMAT_VERSION
-    #: segments (shopsearch/index/segments.py); "" / 0 for a build of one segment
-    delta_sha256: str = ""  # a delta in one FAISS file (builds made before delta parts)
-    tombstones_sha256: str = ""
-    base_count: int = 0  # vectors in the base segment, tombstoned ones included
-    delta_count: int = 0
-    dead_count: int = 0
-    #: the delta segment's part files, oldest first: [file name, sha256] each
-    delta_parts: list[list[str]] = field(default_factory=list)
-    #: HNSW efSearch chosen by the build's recall probe (shopsearch/index/recall_probe.py); 0: the
-    #: size rule (sizing.ef_for_size), as for builds made before the probe and other index types
-    ef_search: int = 0
-    #: what that probe measured (RecallProbe.to_dict()); empty when none ran
-    recall_probe: dict = field(default_factory=dict)
-
 
 class VectorIndex:
     """int64 ids -> unit vectors; search returns (scores, ids) best first.
@@ -400,16 +372,6 @@ class VectorIndex:
         if len(vi) != manifest.count:
             raise IndexCorruptError(f"index {path} holds {len(vi)} vectors, its manifest says {manifest.count}")
         return vi, manifest
-
-
-def check_model(manifest: IndexManifest, fingerprint: str) -> None:
-    """Queries must use the model that built the index."""
-    if manifest.model_fingerprint != fingerprint:
-        raise ModelMismatchError(
-            f"index build {manifest.build_id} was made with model {manifest.model_name!r} "
-            f"(fingerprint {manifest.model_fingerprint}); the query model has fingerprint {fingerprint}. "
-            f"Use --model {manifest.model_name} or rebuild the index."
-        )
 
 
 def _fsync_dir(directory: Path) -> None:
