@@ -23,6 +23,7 @@ from shopsearch.errors import ManifestError
 from shopsearch.index.store import new_build_id
 from shopsearch.index.sizing import choose_index_type
 from shopsearch.index.manifest import IndexManifest
+from shopsearch.index.recall_probe import probe_built
 from shopsearch.index.vector_index import VectorIndex
 
 
@@ -102,10 +103,14 @@ def publish_adapted(builder: IndexBuilder, adapter: Adapter, cat: CatalogueVecto
     index = VectorIndex(base.dim, itype, expected_size=len(cat.ids))
     vectors = adapter.apply(cat.vectors)
     index.add(cat.ids, vectors)
+    probe = probe_built(index)  # before the calibration: it is fit on searches as they will run
     manifest = IndexManifest(build_id, base.name, adapter.fingerprint, base.dim, len(index), itype,
-                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             ef_search=probe.ef_search if probe is not None else 0,
+                             recall_probe=probe.to_dict() if probe is not None else {})
     cal = builder.calibrator.fit(index, builder.catalogue.indexable_images(), build_id)
-    report = {"mode": "adapter", "vectors": len(index), "adapter_sha256": adapter.sha256, "adapter": adapter.info}
+    report = {"mode": "adapter", "vectors": len(index), "adapter_sha256": adapter.sha256, "adapter": adapter.info,
+              "recall_probe": probe.to_dict() if probe is not None else None}
     saved = builder.store.publish(index, manifest, keys=cat.keys, report=report,
                                   extra_files={**calibration_file(cal), ADAPTER_FILE: adapter.to_bytes()},
                                   make_current=not shadow)

@@ -29,8 +29,8 @@ from shopsearch.embedding.pipeline import EmbedReport, WorkItem, embed_items
 from shopsearch.errors import IndexShrinkError, NothingToIndexError
 from shopsearch.images import sha256_file
 from shopsearch.index.layout import storage_order
-from shopsearch.index.recall_probe import RecallProbe, probe_hnsw
-from shopsearch.index.sizing import choose_index_type, ef_for_size, estimate_bytes_per_vector
+from shopsearch.index.recall_probe import RecallProbe, probe_built
+from shopsearch.index.sizing import choose_index_type, estimate_bytes_per_vector
 from shopsearch.index.store import IndexStore, new_build_id
 from shopsearch.index.manifest import IndexManifest
 from shopsearch.index.vector_index import VectorIndex
@@ -140,11 +140,7 @@ class BuildStages:
 
     def _probe(self, index: VectorIndex) -> RecallProbe | None:
         """An HNSW graph's recall checked on its own vectors, and the efSearch its searches will use."""
-        probe = probe_hnsw(index.faiss_index.index, ef_for_size(len(index))) if index.index_type == "hnsw" else None
-        if probe is not None:
-            index.ef_search = probe.ef_search
-            (log.info if probe.reached else log.warning)(probe.message, extra={"recall_probe": probe.to_dict()})
-        self.recall_probe = probe
+        self.recall_probe = probe = probe_built(index)
         return probe
 
     def _publish(self, build_id: str, itype: str, index: VectorIndex, keys: dict[int, str], report: dict,

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from shopsearch.catalogue.store import CatalogueStore
+from shopsearch.index.manifest import IndexManifest
 from shopsearch.index.store import IndexStore
 from indexer.diff import diff_arrays
 from shopsearch.catalogue.stat_snapshot import SNAPSHOT_FILE, StatSnapshot
@@ -42,6 +43,9 @@ class IndexStatus:
     #: renamed there, maybe images; None: no current stat snapshot). A hint, not part of up_to_date:
     #: other files come and go in folders too. Files rewritten in place show only in --deep.
     folders_changed_on_disk: int | None = None
+    #: the serving HNSW build's recall probe (shopsearch.index.recall_probe: efSearch chosen and
+    #: recall@10 measured at build time); None for other index types and builds made without one
+    recall_probe: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +66,7 @@ def _quick_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
         # not moved since it was built or checked): one COUNT, no id is read
         return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count,
                            manifest.count, 0, 0, None, catalogue.unusable_count(), store.previous_id(), True,
-                           None, deep=False, folders_changed_on_disk=folders)
+                           None, deep=False, folders_changed_on_disk=folders, recall_probe=_probe(manifest))
     stats = catalogue.stats()  # COUNT queries
     want = catalogue.ok_image_ids()
     manifest = store.current_manifest()
@@ -75,7 +79,7 @@ def _quick_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want),
                        missing, stale, None, stats.images_failed, store.previous_id(),
                        not (missing or stale), None, degraded=store.degraded, deep=False,
-                       folders_changed_on_disk=folders)
+                       folders_changed_on_disk=folders, recall_probe=_probe(manifest))
 
 
 def _deep_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
@@ -94,4 +98,8 @@ def _deep_status(catalogue: CatalogueStore, store: IndexStore) -> IndexStatus:
     return IndexStatus(manifest.build_id, manifest.model_name, manifest.index_type, manifest.count, len(want_ids),
                        len(d.added), len(d.removed), len(d.changed), stats.images_failed,
                        store.previous_id(), not (d.added or d.removed or d.changed or on_disk), on_disk,
-                       degraded=degraded)
+                       degraded=degraded, recall_probe=_probe(manifest))
+
+
+def _probe(manifest: IndexManifest) -> dict | None:
+    return dict(manifest.recall_probe) if manifest.recall_probe else None

@@ -8,13 +8,16 @@ import faiss
 import numpy as np
 from click.testing import CliRunner
 
-import indexer.build_stages as build_stages
 from indexer.build import IndexBuilder
 from indexer.build_types import BuildReport
+from indexer.cli import cli
 from indexer.cli.index_cmds import _print_report
-from shopsearch.index import IndexStore
+from indexer.status import index_status
+from shopsearch.index import IndexStore, recall_probe
 from shopsearch.index.recall_probe import PROBE_K, probe_hnsw
 from tests.conftest import FakeEmbedder
+from shopsearch.catalogue.store import CatalogueStore
+from tests.test_index_shrink import _catalogue
 from tests.test_indexer_update import _add
 
 
@@ -90,14 +93,15 @@ def test_an_hnsw_build_records_the_probe_and_its_searches_and_updates_keep_its_w
     store = IndexStore(tmp_path / "index")
     b = IndexBuilder(FakeEmbedder(), cat, store, tmp_path / "vectors")
     # a target no graph reaches: the build still publishes, at the widest walk tried, and says so
-    monkeypatch.setattr(build_stages, "probe_hnsw", lambda index, start: probe_hnsw(index, start, target=1.01,
-                                                                                    max_ef=256))
+    real = recall_probe.probe_hnsw
+    monkeypatch.setattr(recall_probe, "probe_hnsw", lambda index, start: real(index, start, target=1.01, max_ef=256))
     first = b.build(index_type="hnsw", progress=False)
     probe = first.recall_probe
     assert probe is not None and not probe["reached"] and [t[0] for t in probe["tried"]] == [128, 256]
     manifest = store.current_manifest()
     assert manifest.ef_search == probe["ef_search"] and manifest.recall_probe == probe
     assert json.loads((store.build_dir(first.build_id) / "report.json").read_text())["recall_probe"] == probe
+    assert index_status(cat, store, deep=False).recall_probe == probe == index_status(cat, store).recall_probe
     index, _ = store.load_current()
     assert index.ef_search == probe["ef_search"]
     # a delta update searches the same graph: same width, same probe; no new probe is reported
@@ -110,6 +114,54 @@ def test_an_hnsw_build_records_the_probe_and_its_searches_and_updates_keep_its_w
     assert store.load_current()[0].ef_search == probe["ef_search"]
     flat = b.build(index_type="flat", progress=False, force=True)
     assert flat.recall_probe is None and store.current_manifest().ef_search == 0
+    assert index_status(cat, store, deep=False).recall_probe is None
+
+
+def test_an_adapted_hnsw_build_is_probed_too(tmp_path, sqlite_catalogue):
+    from indexer.adapter_build import catalogue_vectors, publish_adapted
+    from shopsearch.adapter.model import Adapter
+
+    cat = sqlite_catalogue
+    for i in range(60):
+        _add(cat, tmp_path, i)
+    store = IndexStore(tmp_path / "index")
+    fake = FakeEmbedder()
+    b = IndexBuilder(fake, cat, store, tmp_path / "vectors")
+    vectors = catalogue_vectors(b, progress=False, workers=1)
+    adapter = Adapter(np.eye(vectors.vectors.shape[1], dtype=np.float32), fake.fingerprint)
+    build_id = publish_adapted(b, adapter, vectors, index_type="hnsw")
+    manifest = store.current_manifest()
+    assert manifest.build_id == build_id and manifest.index_type == "hnsw"
+    probe = manifest.recall_probe
+    assert probe and probe["queries"] > 0 and manifest.ef_search == probe["ef_search"] >= 128
+    assert json.loads((store.build_dir(build_id) / "report.json").read_text())["recall_probe"] == probe
+    assert store.load_current()[0].ef_search == probe["ef_search"]
+    flat_id = publish_adapted(b, adapter, vectors, index_type="flat")
+    assert store.current_manifest().build_id == flat_id and store.current_manifest().recall_probe == {}
+
+
+def test_index_status_quotes_the_serving_builds_probe(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    cat = CatalogueStore.open(f"sqlite:///{data / 'catalogue.db'}")
+    _catalogue(cat, tmp_path / "imgs", 80)
+    cat.close()
+    runner = CliRunner()
+    base = ["--data-dir", str(data), "index"]
+    built = runner.invoke(cli, base + ["build", "--model", "colorhist", "--index", "hnsw", "--json"])
+    assert built.exit_code == 0, built.output
+    probe = json.loads(built.stdout)["recall_probe"]
+    assert probe is not None and probe["queries"] > 0
+    status = runner.invoke(cli, base + ["status"])
+    assert status.exit_code == 0, status.output
+    line = [ln for ln in status.output.splitlines() if ln.startswith("search: ")]
+    assert len(line) == 1 and "HNSW" in line[0] and f"efSearch {probe['ef_search']}" in line[0]
+    assert f"{probe['recall_at_10']:.3f}" in line[0] or f"{probe['recall_at_10']:.0%}" in line[0]
+    assert json.loads(runner.invoke(cli, base + ["status", "--json"]).stdout)["recall_probe"] == probe
+    flat = runner.invoke(cli, base + ["build", "--model", "colorhist", "--index", "flat", "--force", "--json"])
+    assert flat.exit_code == 0, flat.output
+    assert "search: " not in runner.invoke(cli, base + ["status"]).output
+    assert json.loads(runner.invoke(cli, base + ["status", "--json"]).stdout)["recall_probe"] is None
 
 
 def test_the_build_line_quotes_the_probe_and_warns_when_the_graph_misses(capsys):

@@ -303,6 +303,7 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
 def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
     """How far the serving index lags the catalogue."""
     from indexer.status import index_status
+    from shopsearch.index.recall_probe import probe_message
 
     st = index_status(c.catalogue(), c.index_store(), deep=deep)
     if as_json:
@@ -316,6 +317,8 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
     if st.degraded:
         click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
     click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
+    if st.recall_probe:
+        click.echo(f"search: {probe_message(st.recall_probe)}")
     click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
     if st.deep:
         click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove")

@@ -13,10 +13,19 @@ recall seen, and the build says plainly how much the graph misses, so that the m
 pick another index type."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+
+from shopsearch.index.sizing import ef_for_size
+
+if TYPE_CHECKING:
+    from shopsearch.index.vector_index import VectorIndex
+
+log = logging.getLogger("shopsearch.index")
 
 #: recall@10 (of exact inner-product search) an HNSW build should reach
 TARGET_RECALL = 0.95
@@ -58,6 +67,18 @@ def probe_message(probe: dict) -> str:
             f"{probe['ef_search']} (target {probe['target']:.0%}; probe of {probe['queries']} vectors, efSearch "
             f"up to {probe['tried'][-1][0]} tried): these vectors have little neighbourhood structure for a graph "
             f"to follow; --index flat searches them exactly (slower per query at this size)")
+
+
+def probe_built(index: VectorIndex) -> RecallProbe | None:
+    """Probe a new build's HNSW graph from the size rule's efSearch, set the width its searches
+    will use and log what was found (a warning when the graph misses); None for other types."""
+    if index.index_type != "hnsw":
+        return None
+    probe = probe_hnsw(index.faiss_index.index, ef_for_size(len(index)))
+    if probe is not None:
+        index.ef_search = probe.ef_search
+        (log.info if probe.reached else log.warning)(probe.message, extra={"recall_probe": probe.to_dict()})
+    return probe
 
 
 def probe_hnsw(index: faiss.Index, start_ef: int, target: float = TARGET_RECALL, max_ef: int = MAX_PROBE_EF,
