@@ -172,9 +172,26 @@ def test_a_thread_reuses_its_scanner_and_threads_do_not_share_one():
         assert set(want[i][0].tolist()) <= set(got[i].tolist())
 
 
-def test_vectors_outside_float16s_range_get_no_copy():
-    x = np.ones((100, 4), dtype=np.float32)
-    x[3, 1] = 1e6
+@pytest.mark.parametrize("bad", [1e6, 1e30, np.inf, np.nan])
+def test_vectors_outside_float16s_range_get_no_copy(bad):
+    x = np.ones((70000, 4), dtype=np.float32)  # the bad one in the second block of the copy
+    x[66000, 1] = bad
     vi = VectorIndex(4, "flat")
-    vi.add(np.arange(100, dtype=np.int64), x)
+    vi.add(np.arange(len(x), dtype=np.int64), x)
     assert vi.make_half_copy() == 0 and vi.half_copy is None
+
+
+def test_the_copy_holds_ieee_half_of_every_vector_and_their_largest_norm():
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((70000, 12)) * rng.uniform(0.001, 300, (70000, 1))).astype(np.float32)
+    vi = VectorIndex(12, "flat")
+    vi.add(np.arange(len(x), dtype=np.int64), x)
+    assert vi.make_half_copy() == 2 * x.size
+    half = vi.half_copy
+    codes = half._codes.view(np.float16).reshape(x.shape).astype(np.float64)
+    # round to nearest, as the bound assumes: never farther than numpy's IEEE cast (which breaks
+    # ties to even, FAISS away from zero: both nearest)
+    nearest = x.astype(np.float16).astype(np.float64)
+    assert (np.abs(codes - x) <= np.abs(nearest - x)).all()
+    assert (codes == nearest).mean() > 0.999
+    assert half.max_norm == pytest.approx(float(np.linalg.norm(x, axis=1).max()), rel=1e-6)

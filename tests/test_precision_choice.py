@@ -47,6 +47,13 @@ def test_auto_times_once_per_architecture_then_reads_the_cache(tmp_path, probe):
     # another architecture is timed on its own
     precision.choose_precision("efficientnet-lite0", "cpu", None, cache)
     assert len(probe.probes) == 2 and len(json.loads(cache.read_text())) == 2
+    # the same network fed another input size is another speed: timed on its own, once; a crop of
+    # the same size, and "@224" (plain Lite0), read the answers already there
+    precision.choose_precision("efficientnet-lite0@288", "cpu", None, cache)
+    assert len(probe.probes) == 3 and len(json.loads(cache.read_text())) == 3
+    assert precision.choose_precision("efficientnet-lite0@288/1.0", "cpu", None, cache).cached
+    assert precision.choose_precision("efficientnet-lite0@224", "cpu", None, cache).cached
+    assert len(probe.probes) == 3
 
 
 def test_a_close_call_is_not_remembered(tmp_path, probe, monkeypatch):

@@ -43,17 +43,23 @@ class HalfCopy:
         n, d = int(flat.ntotal), int(flat.d)
         self.d = d
         self._sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
-        norm = 0.0
-        for a in range(0, n, 65536):  # in blocks: no float32 temporary the size of the index
-            block = np.ascontiguousarray(xb[a:a + 65536])
-            if not np.isfinite(block).all() or float(np.abs(block).max(initial=0.0)) > FLOAT16_MAX:
-                raise ValueError("vectors with components outside float16's range")
-            self._sq.add(block)
-            norm = max(norm, float(np.sqrt(np.max(np.einsum("ij,ij->i", block, block)))) if len(block) else 0.0)
-        self.max_norm = norm
-        self._codes = faiss.rev_swig_ptr(self._sq.codes.data(), self._sq.codes.size())
         self._code_size = int(self._sq.code_size)
+        self._sq.codes.resize(n * self._code_size)  # sized once: encoded in place, never regrown
+        self._codes = faiss.rev_swig_ptr(self._sq.codes.data(), self._sq.codes.size())
+        xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+        top = 0.0
+        for a in range(0, n, 65536):  # in blocks: the norms need no temporary the size of the index
+            block = np.ascontiguousarray(xb[a:a + 65536])
+            # one pass: a component that is inf, nan or beyond float16's range makes its vector's
+            # squared norm inf, nan or above FLOAT16_MAX^2 (so does a norm that large: no copy either)
+            sq_norm = float(np.einsum("ij,ij->i", block, block).max(initial=0.0))
+            if not math.isfinite(sq_norm) or sq_norm > FLOAT16_MAX ** 2:
+                raise ValueError("vectors with components outside float16's range")
+            self._sq.sq.compute_codes_c(faiss.swig_ptr(block), faiss.swig_ptr(self._codes[a * self._code_size:]),
+                                        len(block))
+            top = max(top, sq_norm)
+        self._sq.ntotal = n
+        self.max_norm = math.sqrt(top)
         self._local = threading.local()
 
     def _scanner(self) -> faiss.InvertedListScanner:
