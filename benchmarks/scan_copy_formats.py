@@ -22,8 +22,8 @@ to float32. For each format this measures both:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -96,15 +96,14 @@ def _category_queries(data_dir: Path, n: int, queries: int) -> list[tuple[np.nda
     from shopsearch.config import Settings
     from shopsearch.results import SearchFilters
 
-    spec = importlib.util.spec_from_file_location("scale_bench_here", HERE / "scale_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    sys.path.insert(0, str(HERE.parent))  # the repository: its benchmarks package
+    from benchmarks.scale_data import catalogue_of, query_jpeg
     settings = Settings.from_env(data_dir=data_dir, database_url=f"sqlite:///{data_dir / 'catalogue.db'}",
                                  device="cpu", fp16_scans="off")
     svc = open_search_service(settings, with_router=False)
     picks = np.random.default_rng(1).choice(n, queries, replace=False)
-    catalogue = bench.catalogue_of(data_dir.parent)
-    vecs = svc.embedder.encode_images([Image.open(io.BytesIO(bench.query_jpeg(int(i), catalogue))).convert("RGB")
+    catalogue = catalogue_of(data_dir.parent)
+    vecs = svc.embedder.encode_images([Image.open(io.BytesIO(query_jpeg(int(i), catalogue))).convert("RGB")
                                        for i in picks])
     cats = [c.path for c in svc.catalogue.categories() if c.depth == 1]
     import faiss
