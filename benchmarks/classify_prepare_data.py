@@ -1,60 +1,96 @@
-"""Downscaled copy of the Grocery Store train/val splits + iconic images (and the ImageNet
-EfficientNet-Lite0 weights in fp16) small enough to carry to a remote GPU for fine-tuning:
+"""The Grocery Store photos a GPU fine-tune reads (train, val, iconic: the dataset's own files,
+unchanged), the open-set tree of the kept products (relative links into them) and the ImageNet
+EfficientNet-Lite0 weights, packed in tarballs that each fit one call of the device tool (it
+carries 64 MiB a call, counted in disk blocks, the working tree included), for
+benchmarks/gpu_finetune_session.sh:
 
-    .venv/bin/python benchmarks/classify_prepare_data.py --out .gsdata --short-side 288 --quality 72
-    # on the GPU machine, from the repo root:
-    PYTHONPATH=. python3 -m indexer.finetune_main --train grocerystore:.gsdata:train+iconic \
-        --val grocerystore:.gsdata:val --weights .gsdata/effnet_lite0_imagenet_fp16.pth --out gs-effnet.pt \
-        --name gs-effnet --device cuda --img-size 288 --epochs 50 --patience 20 --workers 7 --preload
-    # back here:
-    .venv/bin/shopsearch classify install gs-effnet.pt --name gs-effnet
+    .venv/bin/python benchmarks/classify_prepare_data.py --dataset ../shared/datasets/grocerystore --out .gs
+
+It prints the device calls: each but the last unpacks its part into .gs (and /tmp/gsx, in case
+the machine drops ignored files between calls); the last one unpacks its part, merges and runs
+the session. `.gs/` must be git-ignored (.git/info/exclude) so that only `carry` moves it.
 """
 from __future__ import annotations
 
 import argparse
-from concurrent.futures import ProcessPoolExecutor
-from functools import partial
+import io
+import os
+import sys
+import tarfile
 from pathlib import Path
 
-import torch
-from PIL import Image
-
-REPO = Path(__file__).resolve().parents[1]
+#: what goes to the GPU machine: the test photos stay here (the evaluation runs on the CPU)
+DATASET_PARTS = ("train", "val", "iconic-images-and-descriptions", "train.txt", "val.txt", "classes.csv")
 
 
-def _one(rel: str, src: Path, dst: Path, side: int, quality: int) -> None:
-    out = dst / rel
-    out.parent.mkdir(parents=True, exist_ok=True)
-    im = Image.open(src / rel).convert("RGB")
-    r = side / min(im.size)
-    if r < 1:
-        im = im.resize((round(im.width * r), round(im.height * r)), Image.BICUBIC)
-    im.save(out, quality=quality)
+def members(dataset: Path) -> list[tuple[Path, str]]:
+    """(source file, name in the archive) for every dataset file the fine-tunes read."""
+    out = []
+    for part in DATASET_PARTS:
+        src = dataset / part
+        files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
+        out += [(f, f"dataset/{f.relative_to(dataset).as_posix()}") for f in files]
+    return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dataset", default=str(REPO.parent / "shared" / "datasets" / "grocerystore" / "dataset"))
-    ap.add_argument("--out", default=str(REPO / ".gsdata"))
-    ap.add_argument("--short-side", type=int, default=288)
-    ap.add_argument("--quality", type=int, default=72)
-    ap.add_argument("--splits", default="train,val")
-    args = ap.parse_args()
-    src, dst = Path(args.dataset), Path(args.out)
-    rels = [line.split(",")[0].strip() for s in args.splits.split(",")
-            for line in (src / f"{s}.txt").read_text().splitlines() if line.strip()]
-    rels += [str(p.relative_to(src)) for p in (src / "iconic-images-and-descriptions").rglob("*.jpg")]
-    with ProcessPoolExecutor(2) as ex:
-        list(ex.map(partial(_one, src=src, dst=dst, side=args.short_side, quality=args.quality), rels, chunksize=64))
-    for f in ("train.txt", "val.txt", "test.txt", "classes.csv"):
-        (dst / f).write_bytes((src / f).read_bytes())
+def kept_links(dataset: Path, fraction: float, seed: int) -> list[tuple[str, str]]:
+    """(link name, relative target) of the open-set kept-products tree (kept/train, kept/val)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from open_set_finetuned import kept_items  # noqa: E402 - the draw `bench recall --open-set` makes
+
+    links = []
+    for name, item in kept_items(dataset, fraction, seed):
+        target = f"dataset/{Path(item.path).resolve().relative_to(dataset.resolve()).as_posix()}"
+        links.append((f"kept/{name}", os.path.relpath(target, os.path.dirname(f"kept/{name}"))))
+    return links
+
+
+def pack(files: list[tuple[Path, str]], links: list[tuple[str, str]], out: Path, part_bytes: int) -> list[Path]:
+    """Tarballs out/part1.tar, part2.tar, ... of at most about part_bytes each (links go last)."""
+    parts: list[Path] = []
+    tar, size = None, 0
+    for src, name in files:
+        cost = -(-src.stat().st_size // 512) * 512 + 512  # data blocks + header
+        if tar is None or size + cost > part_bytes:
+            if tar is not None:
+                tar.close()
+            parts.append(out / f"part{len(parts) + 1}.tar")
+            tar, size = tarfile.open(parts[-1], "w"), 0
+        tar.add(src, arcname=name)
+        size += cost
+    assert tar is not None
+    for name, target in links:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tar.addfile(info, io.BytesIO(b""))
+    tar.close()
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", required=True, help="the Grocery Store dataset folder")
+    ap.add_argument("--out", default=".gs", help="where the tarballs go (git-ignored)")
+    ap.add_argument("--part-mb", type=float, default=50.0, help="size of each tarball (the tree travels beside it)")
+    ap.add_argument("--fraction", type=float, default=0.2, help="--open-set share of products removed")
+    ap.add_argument("--seed", type=int, default=0, help="--open-set seed")
+    a = ap.parse_args(argv)
+
     from shopsearch.embedders.efficientnet import weights_file
 
-    sd = torch.load(weights_file(), map_location="cpu", weights_only=True)
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in sd.items()},
-               dst / "effnet_lite0_imagenet_fp16.pth")
-    print(f"{len(rels)} images -> {dst}")
+    dataset = Path(a.dataset).resolve()
+    dataset = dataset / "dataset" if (dataset / "dataset" / "classes.csv").exists() else dataset
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = members(dataset) + [(Path(weights_file()), "lite0.pth")]
+    parts = pack(files, kept_links(dataset, a.fraction, a.seed), out, int(a.part_mb * 1e6))
+    for i, p in enumerate(parts, 1):
+        unpack = f"mkdir -p .gs /tmp/gsx && tar xf {p} -C .gs && tar xf {p} -C /tmp/gsx"
+        run = (" && cp -rn /tmp/gsx/. .gs/ && bash benchmarks/gpu_finetune_session.sh $OUT"
+               if i == len(parts) else "")
+        print(f"device call {i}: carry [\"{p}\"] ({p.stat().st_size / 1e6:.1f} MB): {unpack}{run}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,7 +15,10 @@ its open-set figures flatter it. This script:
     .venv/bin/python benchmarks/open_set_finetuned.py --dataset ../shared/datasets/grocerystore \
         --data-dir /tmp/var --tree /tmp/open-set-kept --out-dir benchmarks/results
 
-`--skip-train` reuses an installed model of that name; `--model finetuned:OTHER --skip-train`
+`--artefact PATH` takes a model fine-tuned on that tree elsewhere (a GPU machine:
+benchmarks/gpu_finetune_session.sh) instead of step 3: `classify install`, then `classify tune`
+on the tree's train and val photos (the serving choices `classify train --finetune` makes at its
+end). `--skip-train` reuses an installed model of that name; `--model finetuned:OTHER --skip-train`
 scores another model (e.g. one fine-tuned on all products: label it as having seen them).
 """
 from __future__ import annotations
@@ -29,8 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_finetune_grocerystore import shopsearch  # noqa: E402 - the same timed `shopsearch ... --json` step
 
 
-def kept_tree(dataset: Path, tree: Path, fraction: float, seed: int) -> dict:
-    """Symlink the kept products' photos into tree/train (train+iconic) and tree/val; the draw."""
+def kept_items(dataset: Path, fraction: float, seed: int):
+    """(name under the tree, LabelledImage) of the kept products' photos: train/<category>/... for
+    train+iconic, val/<category>/... for val; the products are those `bench recall --open-set
+    FRACTION --seed SEED` keeps."""
     from shopsearch.classify.data import grocery_split
     from shopsearch.evaluation.datasets import category_of, load_dataset
     from shopsearch.evaluation.open_set import products_removed
@@ -38,19 +43,26 @@ def kept_tree(dataset: Path, tree: Path, fraction: float, seed: int) -> dict:
     products = load_dataset(dataset, "grocerystore").products
     removed = products_removed([p.sku for p in products], fraction, seed)
     removed_categories = {category_of(p) for p in products if p.sku in removed}
-    counts = {}
     for part, splits in (("train", ("train", "iconic")), ("val", ("val",))):
-        n = 0
         for split in splits:
             for item in grocery_split(dataset, split):
-                if item.category in removed_categories:
-                    continue
-                link = tree / part / item.category / f"{split}-{Path(item.path).name}"
-                link.parent.mkdir(parents=True, exist_ok=True)
-                if not link.is_symlink():
-                    link.symlink_to(item.path)
-                n += 1
-        counts[part] = n
+                if item.category not in removed_categories:
+                    yield f"{part}/{item.category}/{split}-{Path(item.path).name}", item
+
+
+def kept_tree(dataset: Path, tree: Path, fraction: float, seed: int) -> dict:
+    """Symlink the kept products' photos into tree/train (train+iconic) and tree/val; the draw."""
+    from shopsearch.evaluation.datasets import load_dataset
+    from shopsearch.evaluation.open_set import products_removed
+
+    counts = {"train": 0, "val": 0}
+    for name, item in kept_items(dataset, fraction, seed):
+        link = tree / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(item.path)
+        counts[name.split("/", 1)[0]] += 1
+    removed = products_removed([p.sku for p in load_dataset(dataset, "grocerystore").products], fraction, seed)
     return {"removed_products": sorted(removed), "images": counts}
 
 
@@ -64,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="gs-cpu-kept", help="the kept-products model's name (finetuned:NAME)")
     ap.add_argument("--model", default=None, help="score this model instead (with --skip-train)")
     ap.add_argument("--skip-train", action="store_true", help="the model is already installed")
+    ap.add_argument("--artefact", default=None, help="a model fine-tuned on the tree elsewhere: installed and tuned")
     ap.add_argument("--tag", default=None, help="result file tag (default: the model's name)")
     ap.add_argument("--note", default="", help="recorded with the results (e.g. what the model saw)")
     ap.add_argument("--out-dir", default=None, help="write open_set_finetuned_<tag>[_labelled_val].json here")
@@ -76,8 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     draw = kept_tree(ds, Path(a.tree).resolve(), a.fraction, a.seed)
     model = a.model or f"finetuned:{a.name}"
     trained = None
-    if not a.skip_train:
-        tree = Path(a.tree).resolve()
+    tree = Path(a.tree).resolve()
+    if a.artefact:
+        shopsearch(data_dir, "classify", "install", str(Path(a.artefact).resolve()), "--name", a.name)
+        out, secs, load = shopsearch(data_dir, "classify", "tune", "--model", model, "--train",
+                                     f"imagefolder:{tree / 'train'}", "--val", f"imagefolder:{tree / 'val'}")
+        from shopsearch.classify.artefact import load_artefact
+
+        m = load_artefact(data_dir / "models" / f"{a.name}.pt").metrics
+        trained = {"trained_elsewhere": True, "seconds": m.get("seconds"), "tune_seconds": round(secs, 1),
+                   "config": m.get("config"), "best_epoch": m.get("best_epoch"), "weights_kept": m.get("weights"),
+                   "val_fine_top1": (m.get("val_head") or m.get("val") or {}).get("fine", {}).get("top1"),
+                   "warnings": m.get("warnings", [])}
+    elif not a.skip_train:
         out, secs, load = shopsearch(data_dir, "classify", "train", "--finetune", "--name", a.name,
                                      "--train", f"imagefolder:{tree / 'train'}", "--val", f"imagefolder:{tree / 'val'}")
         m = out["metrics"]
