@@ -33,14 +33,15 @@ def main(argv: list[str] | None = None) -> int:
         if f.name not in ("max_steps", "preload"):
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.default is None else type(f.default),
                             default=None,
-                            help=f"default: {f.default} (GPU), the CPU recipe's on a CPU")
+                            help="default: 2 on a CPU, the cores less one (at most 16) on a GPU" if f.name == "workers"
+                            else f"default: {f.default} (GPU), the CPU recipe's on a CPU")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--preload", action="store_true", default=None, help="decode all training images once, up front")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        cfg = recipe_for(args.device, **{f.name: getattr(args, f.name) for f in fields(FinetuneConfig)
-                                         if getattr(args, f.name) is not None})
+        given = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig) if getattr(args, f.name) is not None}
+        cfg = recipe_for(args.device, **{"workers": None, **given})  # no --workers: as many as the device needs
     except ConfigError as e:  # this entry point's edge: a usage error, not a traceback
         ap.error(str(e))
     art = finetune_artefact(read_labelled(args.train), read_labelled(args.val), cfg, args.device, args.weights,

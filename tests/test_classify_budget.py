@@ -31,6 +31,24 @@ def test_cpu_recipe_is_budgeted_and_the_gpu_one_is_not():
             recipe_for("cpu", minutes=bad)
 
 
+def test_loader_workers_follow_the_device(monkeypatch):
+    import os
+
+    from shopsearch.classify import finetune_config
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert finetune_config.loader_workers("cpu") == 2  # loading is a few % of a CPU step
+    assert finetune_config.loader_workers("cuda") == 15  # a GPU outruns a few loaders
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert finetune_config.loader_workers("cuda:0") == 16
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert finetune_config.loader_workers("cuda") == 2
+    assert recipe_for("cuda", workers=None).workers == 2
+    assert recipe_for("cuda", workers=5).workers == 5  # asked for: kept
+    assert recipe_for("cpu", workers=None).workers == 2
+    assert recipe_for("cuda").workers == FinetuneConfig().workers  # not asked for at all: the dataclass's
+
+
 def test_the_cli_refuses_a_budget_that_is_not_positive(tmp_path):
     res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path), "classify", "train", "--finetune", "--minutes", "0"])
     assert res.exit_code == 2 and "Invalid value for '--minutes'" in res.output and "x>0" in res.output

@@ -104,3 +104,22 @@ def test_cli_finetune_ends_with_the_serving_settings_chosen_on_val(tiny_model, t
     m = json.loads(res.stdout)["metrics"]  # stderr: the far-below-the-frozen-head warning of one step
     assert m["val_head"]["samples"] == 9 and m["val"]["samples"] == 9 and "knn_vote" in m
     assert load_artefact(tmp_path / "data" / "models" / "t.pt").metrics["knn_vote"] == m["knn_vote"]
+
+
+def test_finetune_main_trains_with_torch_alone_and_its_loaders_follow_the_device(tiny_model, tmp_path, capsys):
+    """The GPU machine's entry point (no click, no database): an installable artefact, and with
+    no --workers the device's loader count (2 on a CPU), said in the saved config."""
+    from indexer import finetune_main
+
+    _, _, root = tiny_model
+    imgs = f"imagefolder:{root / 'imgs'}"
+    out = tmp_path / "m.pt"
+    assert finetune_main.main(["--train", imgs, "--val", imgs, "--out", str(out), "--device", "cpu",
+                               "--max-steps", "1", "--epochs", "1", "--batch-size", "4", "--img-size", "32"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["config"]["workers"] == 2 and summary["config"]["img_size"] == 32
+    art = load_artefact(out)
+    assert art.kind == "finetuned" and art.fingerprint == summary["fingerprint"]
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "classify", "install", str(out),
+                                   "--name", "gpu", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0 and json.loads(res.stdout)["model"] == "finetuned:gpu"

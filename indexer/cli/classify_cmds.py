@@ -112,15 +112,19 @@ def _ft_options(f):
 @click.option("--finetune", is_flag=True, help="Fine-tune the EfficientNet-Lite0 backbone too (a new embedder).")
 @click.option("--name", default="finetuned", show_default=True, help="--finetune: saved as <data dir>/models/NAME.pt")
 @click.option("--max-steps", type=int, default=None, hidden=True)
-@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes reading the photos [default: 2; a fine-tune's training on a GPU: the cores less one, "
+                   "at most 16].")
 @_ft_options
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str | None, val_fraction: float,
               target: float, hidden: int, head_epochs: int, views: int | None, finetune: bool, name: str,
-              max_steps: int | None, workers: int, as_json: bool, **ft: object) -> None:
+              max_steps: int | None, workers: int | None, as_json: bool, **ft: object) -> None:
     """Train a category classifier on the catalogue's (or given) labelled images."""
     train, val = _split(c, train_spec, val_spec, val_fraction)
+    loader = workers  # the fine-tune's own loaders: None resolves by device (recipe_for)
+    workers = 2 if workers is None else workers  # embedding the photos
     if finetune:
         from click.core import ParameterSource
 
@@ -132,12 +136,12 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         device = resolve_device(c.settings.device)
         ctx = click.get_current_context()
         explicit = {k: v for k, v in ft.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
-        cfg = recipe_for(device, **explicit, max_steps=max_steps, workers=workers)
+        cfg = recipe_for(device, **explicit, max_steps=max_steps, workers=loader)
         if not as_json:
             size = (f"as many epochs as fit in {cfg.minutes:g} minutes (at most {cfg.epochs})" if cfg.minutes
                     else f"{cfg.epochs} epochs")
             click.echo(f"fine-tuning on {device}: {size} at {cfg.img_size} px, batches of "
-                       f"{cfg.batch_size}, {cfg.frozen_blocks} first blocks frozen"
+                       f"{cfg.batch_size}, {cfg.frozen_blocks} first blocks frozen, {cfg.workers} loader processes"
                        f"{' (the CPU recipe)' if device.startswith('cpu') else ''}")
         reference = _frozen_reference(c, base, train, val, workers, not as_json)
         art = finetune_artefact(train, val, cfg, device, base_fingerprint=base.fingerprint,

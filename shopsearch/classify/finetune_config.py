@@ -2,6 +2,7 @@
 CLI can build its options from the fields without importing torch."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +70,21 @@ def planned_epochs(cap: int, done: int, elapsed_s: float, epoch_s: float, minute
     return max(done, min(cap, done + more))
 
 
+def loader_workers(device: str) -> int:
+    """Data-loading processes for a fine-tune on `device` when none are asked for: 2 on a CPU
+    (decoding and augmenting is a few percent of a CPU step), and on a GPU the cores less one, at
+    most 16: augmenting a photo at 288 px takes about 5 ms of one core, so a few processes feed a
+    few hundred photos a second, far below what a GPU trains on."""
+    if str(device).startswith("cpu"):
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(2, min(16, cores - 1))
+
+
 def recipe_for(device: str, **explicit: Any) -> FinetuneConfig:
     """The recipe for a device ("cpu": CPU_RECIPE; else the GPU defaults), then the
-    settings the user gave explicitly."""
+    settings the user gave explicitly; `workers=None` asks for loader_workers(device)."""
     base = CPU_RECIPE if str(device).startswith("cpu") else {}
+    if "workers" in explicit and explicit["workers"] is None:
+        explicit = {**explicit, "workers": loader_workers(device)}
     return FinetuneConfig(**{**base, **explicit})
