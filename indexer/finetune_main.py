@@ -17,7 +17,7 @@ import torch
 from shopsearch.classify.data import read_labelled
 from shopsearch.classify.finetune_config import FinetuneConfig, recipe_for
 from shopsearch.classify.training import finetune_artefact
-from shopsearch.errors import ConfigError
+from shopsearch.errors import ConfigError, ShopSearchError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = recipe_for(args.device, **{"workers": None, **given})  # no --workers: as many as the device needs
     except ConfigError as e:  # this entry point's edge: a usage error, not a traceback
         ap.error(str(e))
-    art = finetune_artefact(read_labelled(args.train), read_labelled(args.val), cfg, args.device, args.weights,
-                            name=args.name, target=args.target)
+    try:
+        art = finetune_artefact(read_labelled(args.train), read_labelled(args.val), cfg, args.device, args.weights,
+                                name=args.name, target=args.target)
+    except ShopSearchError as e:  # a wrong folder, no images, a corrupt photo: said in one line, exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     art.save(args.out)
     summary = {k: v for k, v in art.metrics.items() if k != "history"}
     print(json.dumps({"out": args.out, "fingerprint": art.fingerprint, "thresholds": art.thresholds.to_dict(),

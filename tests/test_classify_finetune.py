@@ -123,3 +123,12 @@ def test_finetune_main_trains_with_torch_alone_and_its_loaders_follow_the_device
     res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "classify", "install", str(out),
                                    "--name", "gpu", "--json"], catch_exceptions=False)
     assert res.exit_code == 0 and json.loads(res.stdout)["model"] == "finetuned:gpu"
+
+
+def test_finetune_main_says_what_is_wrong_with_its_data(tmp_path, capsys):
+    from indexer import finetune_main
+
+    rc = finetune_main.main(["--train", f"grocerystore:{tmp_path / 'nowhere'}:train", "--val",
+                             f"grocerystore:{tmp_path / 'nowhere'}:val", "--out", str(tmp_path / "m.pt"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error:" in err and "Traceback" not in err and not (tmp_path / "m.pt").exists()
