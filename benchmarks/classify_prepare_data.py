@@ -8,7 +8,7 @@ benchmarks/gpu_finetune_session.sh:
 
 It prints the device calls: each but the last unpacks its part into .gs (and /tmp/gsx, in case
 the machine drops ignored files between calls); the last one unpacks its part, merges and runs
-the session. `.gs/` must be git-ignored (.git/info/exclude) so that only `carry` moves it.
+the session. `.gs/` is git-ignored, so that only `carry` moves it.
 """
 from __future__ import annotations
 
@@ -36,10 +36,10 @@ def members(dataset: Path) -> list[tuple[Path, str]]:
 def kept_links(dataset: Path, fraction: float, seed: int) -> list[tuple[str, str]]:
     """(link name, relative target) of the open-set kept-products tree (kept/train, kept/val)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from open_set_finetuned import kept_items  # noqa: E402 - the draw `bench recall --open-set` makes
+    from open_set_finetuned import kept_items, removed_products  # noqa: E402 - the draw `bench recall --open-set` makes
 
     links = []
-    for name, item in kept_items(dataset, fraction, seed):
+    for name, item in kept_items(dataset, removed_products(dataset, fraction, seed)[1]):
         target = f"dataset/{Path(item.path).resolve().relative_to(dataset.resolve()).as_posix()}"
         links.append((f"kept/{name}", os.path.relpath(target, os.path.dirname(f"kept/{name}"))))
     return links
@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = Path(a.dataset).resolve()
     dataset = dataset / "dataset" if (dataset / "dataset" / "classes.csv").exists() else dataset
+    if not (dataset / "classes.csv").is_file():
+        ap.error(f"{a.dataset} is not the Grocery Store dataset (no classes.csv in it or in its dataset/ folder)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     files = members(dataset) + [(Path(weights_file()), "lite0.pth")]

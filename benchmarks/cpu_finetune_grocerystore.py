@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="recorded with the results (e.g. where the model was trained)")
     ap.add_argument("--out", default=None, help="write the JSON here (default: print it)")
     a = ap.parse_args(argv)
+    if a.session_logs and not (a.artefact and Path(a.session_logs).is_dir()):
+        ap.error("--session-logs takes the GPU session's logs folder, with --artefact")
+    if a.artefact and not Path(a.artefact).is_file():
+        ap.error(f"--artefact {a.artefact}: no such file")
 
     from shopsearch.evaluation.machine import machine_info
 

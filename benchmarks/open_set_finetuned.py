@@ -32,17 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_finetune_grocerystore import shopsearch  # noqa: E402 - the same timed `shopsearch ... --json` step
 
 
-def kept_items(dataset: Path, fraction: float, seed: int):
-    """(name under the tree, LabelledImage) of the kept products' photos: train/<category>/... for
-    train+iconic, val/<category>/... for val; the products are those `bench recall --open-set
-    FRACTION --seed SEED` keeps."""
-    from shopsearch.classify.data import grocery_split
+def removed_products(dataset: Path, fraction: float, seed: int) -> tuple[list[str], set[str]]:
+    """The products `bench recall --open-set FRACTION --seed SEED` removes, and their categories."""
     from shopsearch.evaluation.datasets import category_of, load_dataset
     from shopsearch.evaluation.open_set import products_removed
 
     products = load_dataset(dataset, "grocerystore").products
     removed = products_removed([p.sku for p in products], fraction, seed)
-    removed_categories = {category_of(p) for p in products if p.sku in removed}
+    return sorted(removed), {category_of(p) for p in products if p.sku in removed}
+
+
+def kept_items(dataset: Path, removed_categories: set[str]):
+    """(name under the tree, LabelledImage) of the kept products' photos: train/<category>/... for
+    train+iconic, val/<category>/... for val."""
+    from shopsearch.classify.data import grocery_split
+
     for part, splits in (("train", ("train", "iconic")), ("val", ("val",))):
         for split in splits:
             for item in grocery_split(dataset, split):
@@ -52,18 +56,15 @@ def kept_items(dataset: Path, fraction: float, seed: int):
 
 def kept_tree(dataset: Path, tree: Path, fraction: float, seed: int) -> dict:
     """Symlink the kept products' photos into tree/train (train+iconic) and tree/val; the draw."""
-    from shopsearch.evaluation.datasets import load_dataset
-    from shopsearch.evaluation.open_set import products_removed
-
+    removed, categories = removed_products(dataset, fraction, seed)
     counts = {"train": 0, "val": 0}
-    for name, item in kept_items(dataset, fraction, seed):
+    for name, item in kept_items(dataset, categories):
         link = tree / name
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.is_symlink():
             link.symlink_to(item.path)
         counts[name.split("/", 1)[0]] += 1
-    removed = products_removed([p.sku for p in load_dataset(dataset, "grocerystore").products], fraction, seed)
-    return {"removed_products": sorted(removed), "images": counts}
+    return {"removed_products": removed, "images": counts}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="", help="recorded with the results (e.g. what the model saw)")
     ap.add_argument("--out-dir", default=None, help="write open_set_finetuned_<tag>[_labelled_val].json here")
     a = ap.parse_args(argv)
+    if a.artefact and not Path(a.artefact).is_file():
+        ap.error(f"--artefact {a.artefact}: no such file")
 
     from shopsearch.evaluation.machine import machine_info
 
