@@ -72,3 +72,20 @@ def write_result(result: dict, out: Path | None, *, echo: bool = False) -> None:
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
+
+
+def grocery_train_val_views(emb, dataset: Path, cache: Path, views: int) -> tuple:
+    """(train + iconic vectors, their items, val vectors, val items, view vectors, which train images
+    have views) of Grocery Store by classify's own code (embed_labelled, view_vectors), cached in
+    `cache`: what the frozen-head scripts score on val."""
+    from shopsearch.classify.data import grocery_split
+    from shopsearch.classify.photo_views import view_vectors
+    from shopsearch.classify.vectors import embed_labelled
+    from shopsearch.images import sha256_file
+
+    xs, train = embed_labelled(emb, grocery_split(dataset, "train") + grocery_split(dataset, "iconic"), cache,
+                               progress=False)
+    xv, val = embed_labelled(emb, grocery_split(dataset, "val"), cache, progress=False)
+    vv, ok = view_vectors(emb, [(i.path, i.sha256 or sha256_file(i.path)) for i in train], views, cache,
+                          progress=False)
+    return xs, train, xv, val, vv, ok

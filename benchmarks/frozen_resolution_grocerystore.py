@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_io import grocery_parser, stamped_machine, write_result
+from _bench_io import grocery_parser, grocery_train_val_views, stamped_machine, write_result
 
 
 def _variants(text: str, views: list[int]) -> list[tuple[int, float, list[int]]]:
@@ -77,12 +77,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
 
-    from shopsearch.classify.data import grocery_split
-    from shopsearch.classify.photo_views import view_vectors
     from shopsearch.classify.training import train_frozen
-    from shopsearch.classify.vectors import embed_labelled
     from shopsearch.embedders.efficientnet import load_efficientnet_lite0
-    from shopsearch.images import sha256_file
 
     views = [int(n) for n in a.views.split(",")]
     grid = None if a.c == "cv" else tuple(float(c) for c in a.c.split(","))
@@ -91,11 +87,7 @@ def main() -> int:
         key = f"{size}:{crop}"
         emb = embs[key] = load_efficientnet_lite0("cpu", size=size, crop_pct=crop)
         t = time.time()
-        xs, train = embed_labelled(emb, grocery_split(a.dataset, "train") + grocery_split(a.dataset, "iconic"),
-                                   a.cache, progress=False)
-        xv, val = embed_labelled(emb, grocery_split(a.dataset, "val"), a.cache, progress=False)
-        vv, ok = view_vectors(emb, [(i.path, i.sha256 or sha256_file(i.path)) for i in train], max(counts), a.cache,
-                              progress=False)
+        xs, train, xv, val, vv, ok = grocery_train_val_views(emb, a.dataset, a.cache, max(counts))
         embed_s = round(time.time() - t, 1)
         row = {"spec": f"efficientnet-lite0@{size}/{crop}", "size": size, "crop_pct": crop,
                "resize_shorter_to": int(size / crop), "val_recall_at_1": round(_recall_at_1(xs, train, xv, val), 4)}
