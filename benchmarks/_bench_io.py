@@ -74,6 +74,12 @@ def write_result(result: dict, out: Path | None, *, echo: bool = False) -> None:
         out.write_text(text + "\n")
 
 
+def nearest_recall_at_1(xg, gallery, xq, queries) -> float:
+    """Share of query vectors whose nearest gallery vector (inner product) has the query's category."""
+    nn = (xq @ xg.T).argmax(1)
+    return float(sum(gallery[j].category == q.category for j, q in zip(nn, queries)) / max(len(queries), 1))
+
+
 def grocery_train_val_views(emb, dataset: Path, cache: Path, views: int) -> tuple:
     """(train + iconic vectors, their items, val vectors, val items, view vectors, which train images
     have views) of Grocery Store by classify's own code (embed_labelled, view_vectors), cached in

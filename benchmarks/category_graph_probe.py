@@ -50,8 +50,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     data_dir = a.data_dir.resolve()
-    if not (data_dir / "catalogue.db").is_file():
-        ap.error(f"{data_dir} is not a kept SQLite scale data dir (no catalogue.db)")
+    size = data_dir.name.rsplit("_", 1)[-1]
+    if not (data_dir / "catalogue.db").is_file() or not (data_dir / "index").is_dir() or not size.isdigit():
+        ap.error(f"{data_dir} is not a kept SQLite scale data dir (data_sqlite_<size> with catalogue.db and index/)")
+    try:
+        graphs = [tuple(int(v) for v in spec.split(":")) for spec in a.graphs.split(",")]
+        efs = [int(e) for e in a.ef.split(",")]
+    except ValueError as e:
+        ap.error(f"--graphs takes M:efConstruction pairs and --ef integers, comma-separated: {e}")
+    if any(len(g) != 2 for g in graphs):
+        ap.error("--graphs takes M:efConstruction pairs, e.g. 16:40,32:40")
     sys.path.insert(0, str(HERE.parent))
     import faiss
     from PIL import Image
@@ -74,7 +82,7 @@ def main() -> int:
     xb = faiss.rev_swig_ptr(flat.get_xb(), int(flat.ntotal) * d).reshape(-1, d)
     id_table = faiss.vector_to_array(index.faiss_index.id_map)
     order = np.argsort(id_table)
-    n = int(data_dir.name.rsplit("_", 1)[-1])
+    n = int(size)
     rng = np.random.default_rng(1)
     picks = rng.choice(n, a.queries, replace=False)
     catalogue = catalogue_of(data_dir.parent)
@@ -102,15 +110,14 @@ def main() -> int:
         exact_ms = (time.perf_counter() - t) / len(vecs) * 1e3
         row = {"category": path, "vectors": len(allowed), "contiguous": hi - lo == len(allowed),
                "exact_scan_ms": round(exact_ms, 3), "graphs": []}
-        for spec in a.graphs.split(","):
-            m, efc = (int(v) for v in spec.split(":"))
+        for m, efc in graphs:
             t = time.perf_counter()
             g = _graph(run, m, efc)
             built = time.perf_counter() - t
             links = g.hnsw.neighbors.size() * 4 + g.hnsw.offsets.size() * 8
             entry = {"M": m, "ef_construction": efc, "build_s": round(built, 2),
                      "bytes": int(faiss.downcast_index(g.storage).codes.size() + links), "walks": []}
-            for ef in (int(e) for e in a.ef.split(",")):
+            for ef in efs:
                 params = faiss.SearchParametersHNSW(efSearch=ef)
                 t = time.perf_counter()
                 got = np.stack([g.search(v[None], 80, params=params)[1][0] for v in vecs])

@@ -21,16 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_io import grocery_parser, grocery_train_val_views, stamped_machine, write_result
+from _bench_io import grocery_parser, grocery_train_val_views, nearest_recall_at_1, stamped_machine, write_result
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
+    """L2-normalised along the last axis (view vectors are (images, views, dim))."""
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def _recall_at_1(xg: np.ndarray, gallery, xq: np.ndarray, queries) -> float:
-    nn = (xq @ xg.T).argmax(1)
-    return float(np.mean([gallery[j].category == q.category for j, q in zip(nn, queries)]))
 
 
 def main() -> int:
@@ -44,11 +40,16 @@ def main() -> int:
     from shopsearch.classify.training import train_frozen
     from shopsearch.embedders.efficientnet import load_efficientnet_lite0
 
-    sizes = [int(s) for s in a.sizes.split(",")]
-    views = [int(n) for n in a.views.split(",")]
-    grid = None if a.c == "cv" else tuple(float(c) for c in a.c.split(","))
+    try:
+        sizes = [int(s) for s in a.sizes.split(",")]
+        views = [int(n) for n in a.views.split(",")]
+        grid = None if a.c == "cv" else tuple(float(c) for c in a.c.split(","))
+    except ValueError as e:
+        ap.error(f"--sizes and --views take integers, --c numbers or 'cv', comma-separated: {e}")
+    if not a.dataset.is_dir():
+        ap.error(f"no Grocery Store dataset at {a.dataset}")
     feats: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-    train = val = ok = None
+    train = val = None
     for size in sizes:
         emb = load_efficientnet_lite0("cpu", size=size, crop_pct=0.875)
         t = time.time()
@@ -56,8 +57,7 @@ def main() -> int:
         feats[size] = (_unit(xs), _unit(xv), _unit(vv), ok)
         print(f"{size}: embedded what was not cached in {time.time() - t:.1f} s", flush=True)
 
-    combos = [(s,) for s in feats] + [c for r in range(2, len(sizes) + 1)
-                                              for c in itertools.combinations(sizes, r)]
+    combos = [(s,) for s in sizes] + [c for r in range(2, len(sizes) + 1) for c in itertools.combinations(sizes, r)]
     rows = []
     for combo in combos:
         for how in (("single",) if len(combo) == 1 else ("mean", "concat")):
@@ -67,7 +67,7 @@ def main() -> int:
             xs, xv, vv = (join([p[i] for p in parts]) for i in range(3))
             ok_all = np.logical_and.reduce([p[3] for p in parts])
             row = {"sizes": list(combo), "join": how, "dim": int(xs.shape[1]),
-                   "val_recall_at_1": round(_recall_at_1(xs, train, xv, val), 4)}
+                   "val_recall_at_1": round(nearest_recall_at_1(xs, train, xv, val), 4)}
             for n in views:
                 extra = (vv[ok_all, :n].reshape(-1, vv.shape[2]), np.repeat(np.flatnonzero(ok_all), n)) if n else None
                 m = train_frozen(xs, train, xv, val, f"ms-{how}-{combo}", "efficientnet-lite0", refit=False,

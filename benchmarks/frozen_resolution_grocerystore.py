@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _bench_io import grocery_parser, grocery_train_val_views, stamped_machine, write_result
+from _bench_io import grocery_parser, grocery_train_val_views, nearest_recall_at_1, stamped_machine, write_result
 
 
 def _variants(text: str, views: list[int]) -> list[tuple[int, float, list[int]]]:
@@ -37,11 +37,6 @@ def _variants(text: str, views: list[int]) -> list[tuple[int, float, list[int]]]
         size, crop, counts = (part.split(":") + ["", ""])[:3]
         out.append((int(size), float(crop or 0.875), [int(n) for n in counts.split("/")] if counts else views))
     return out
-
-
-def _recall_at_1(xg: np.ndarray, gallery, xq: np.ndarray, queries) -> float:
-    nn = (xq @ xg.T).argmax(1)
-    return float(np.mean([gallery[j].category == q.category for j, q in zip(nn, queries)]))
 
 
 def _throughput(embs: dict, dataset: Path, n: int, rounds: int) -> dict:
@@ -90,7 +85,8 @@ def main() -> int:
         xs, train, xv, val, vv, ok = grocery_train_val_views(emb, a.dataset, a.cache, max(counts))
         embed_s = round(time.time() - t, 1)
         row = {"spec": f"efficientnet-lite0@{size}/{crop}", "size": size, "crop_pct": crop,
-               "resize_shorter_to": int(size / crop), "val_recall_at_1": round(_recall_at_1(xs, train, xv, val), 4)}
+               "resize_shorter_to": int(size / crop),
+               "val_recall_at_1": round(nearest_recall_at_1(xs, train, xv, val), 4)}
         print(f"{key}: embedded what was not cached in {embed_s} s", flush=True)
         for n in counts:
             extra = (vv[ok, :n].reshape(-1, vv.shape[2]), np.repeat(np.flatnonzero(ok), n)) if n else None
