@@ -64,8 +64,11 @@ def _open(data: bytes | Path | str, max_pixels: int, max_side: int) -> Image.Ima
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(src)  # type: ignore[arg-type]
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageTooLargeError(f"image dimensions are too large: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own wording names its threshold, not ours (a file past twice Pillow's limit
+        # never reaches our check below)
+        raise ImageTooLargeError(f"image dimensions are too large; the limit is {max_pixels:,} pixels "
+                                 f"and {max_side} per side") from None
     except UnidentifiedImageError:
         raise UnsupportedImageError("not an image format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
     except OSError as e:
@@ -107,8 +110,14 @@ def load_image(
             bg.paste(rgba, mask=rgba.getchannel("A"))
             return bg
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit greyscale: scale to 8 bits rather than clipping to white.
-            img = img.point(lambda v: v / 256).convert("L")
+            # 16-bit greyscale: scale to 8 bits rather than clipping to white. Mode I (32-bit) holds
+            # whatever the writer put in it: 8-bit values (an 8-bit photo saved as I) stay as they
+            # are, 16-bit ones are scaled like I;16, anything wider by its own maximum
+            scale = 1 / 256
+            if img.mode == "I":
+                hi = img.getextrema()[1]
+                scale = 1.0 if hi <= 255 else 1 / 256 if hi <= 65535 else 255 / hi
+            img = img.point(lambda v: v * scale).convert("L")
         return img.convert("RGB")
     except InvalidImageError:
         raise

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from shopsearch.errors import InvalidRegionError
+from shopsearch.images import DEFAULT_MAX_PIXELS, load_image
 from shopsearch.results import SearchFilters, SearchResult
 
 #: a crop smaller than this many pixels on a side is refused (nothing recognisable is left)
@@ -58,6 +59,8 @@ def parse_box(text: str) -> Box:
     if len(parts) != 4:
         raise InvalidRegionError(f"crop must be four numbers x,y,w,h (fractions of the photo, 0 to 1), not {text!r}")
     try:
+        if "_" in str(text):  # float() reads `1_0` as 10.0
+            raise ValueError(text)
         x, y, w, h = (float(p) for p in parts)
     except ValueError:
         raise InvalidRegionError(f"crop must be four numbers x,y,w,h (fractions of the photo, 0 to 1), "
@@ -81,6 +84,29 @@ def crop(image: Image.Image, box: Box) -> Image.Image:
                                  f"{image.width}x{image.height} photo; it must be at least {MIN_CROP_PX} pixels "
                                  "on each side")
     return image.crop((left, upper, right, lower))
+
+
+def crop_source(source: bytes, decoded: Image.Image, box: Box, model_px: int, max_side: int,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The part of a photo inside `box`, cut at the resolution the model needs.
+
+    `decoded` is the photo as a query is decoded: shrunk to at most `max_side` pixels a side
+    (JPEGs straight at a reduced scale), so a small box of a large photo would be cut from a
+    few dozen pixels, or refused as too small although the photo has plenty. Such a box is cut
+    from the photo decoded again at the scale where the box's shorter side reaches `model_px`
+    (full size at most); the part is then shrunk to `max_side` like any query photo."""
+    left, upper, right, lower = box.pixels(*decoded.size)
+    if min(right - left, lower - upper) >= model_px:
+        return crop(decoded, box)
+    need = int(np.ceil(model_px / min(box.w, box.h)))
+    with load_image(source, draft_size=need, max_pixels=max_pixels) as sharp:
+        if sharp.size[0] <= decoded.size[0]:  # the decoded photo was not shrunk: nothing to gain
+            return crop(decoded, box)
+        part = crop(sharp, box)
+        part.load()  # before the photo it was cut from is closed
+    if max(part.size) > max_side:
+        part.thumbnail((max_side, max_side))
+    return part
 
 
 # -- proposals --------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ from typing import Any
 class SearchFilters:
     """Restrictions applied to products after vector search."""
 
+    #: the highest price a filter may name: no filter means more (and a JSON answer's float would not keep it)
+    MAX_PRICE = Decimal(10) ** 12
+
     category: str | None = None  # category path prefix, e.g. "Fruit/Apple"
     min_price: Decimal | float | None = None
     max_price: Decimal | float | None = None

@@ -45,9 +45,11 @@ def test_demo_without_shopper_photos_holds_out_catalogue_images(tmp_path):
     res = _demo(tmp_path / "var", root, "--calibration-split", "none")
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if x.startswith("sample search Banana_004.jpg: "))
-    # the plain similarity of each hit, in [-1, 1] (the fused score mixes in a log-probability)
-    sims = [float(v) for v in re.findall(r"\(similarity (-?[0-9.]+)\)", line)]
-    assert len(sims) == 3 and all(-1.0 <= v <= 1.0 for v in sims), line
+    # each hit ranked, with its calibrated chance (as the page shows it), or its plain similarity in
+    # [-1, 1] where the build is uncalibrated; never the fused score (it mixes in a log-probability)
+    shown = re.findall(r"([123])\. \S+ \((?:similarity (-?[0-9.]+)|([0-9]+)% likely)\)", line)
+    assert [rank for rank, _, _ in shown] == ["1", "2", "3"], line
+    assert all(-1.0 <= float(sim) <= 1.0 if sim else 0 <= int(pct) <= 100 for _, sim, pct in shown), line
     assert "held-out top-1" in res.output, res.output
     arts = [load_artefact(p) for p in (tmp_path / "var" / "classifiers").rglob("*.pt")]
     assert len(arts) == 1 and "val" not in arts[0].metrics  # too few catalogue images to hold any out

@@ -130,6 +130,24 @@ def test_page_click_and_verdicts_work_without_javascript(app):
     assert c.post(f"/results/{rid}/feedback", data={"sku": "P4", "event": "purchase"}).status_code == 400
 
 
+def test_a_verdict_form_posted_from_another_site_is_refused(app):
+    c = app.test_client()
+    html = page_search(c, photo(4)).get_data(as_text=True)
+    (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
+    for origin in ("http://evil.example", "null", "http://localhost.evil.example"):
+        r = c.post(f"/results/{rid}/feedback", data={"sku": "P4", "event": "reject"}, headers={"Origin": origin})
+        assert r.status_code == 403 and "sent from another website" in r.get_data(as_text=True), origin
+    # the shop's own page (the test client's host is localhost), and a client that names no page
+    own = c.post(f"/results/{rid}/feedback", data={"sku": "P4", "event": "confirm"}, headers={"Origin": "http://localhost"})
+    assert own.status_code == 303
+    assert c.post(f"/results/{rid}/feedback", data={"sku": "P3", "event": "reject"}).status_code == 303
+    assert _store(app).search(rid).verdicts() == {"P4": "confirm", "P3": "reject"}
+    # the JSON API is meant for other sites' code: no Origin check there
+    r = c.post("/api/v1/feedback", json={"request_id": rid, "sku": "P4", "event": "add_to_cart"},
+               headers={"Origin": "http://evil.example"})
+    assert r.status_code == 201
+
+
 def test_each_api_event_is_recorded(app):
     c = app.test_client()
     rid = api_search(c, photo(0)).get_json()["request_id"]

@@ -239,9 +239,10 @@ def _raw(port: int, request: bytes) -> tuple[int, str, bytes]:
 @needs_nginx
 @pytest.mark.timeout(60)
 def test_nginx_errors_before_a_location_are_json_under_api_and_html_for_pages():
-    """A URL or header over nginx's buffers, or a request line it cannot parse, is refused before
-    nginx picks a location, so no location's error_page applies: API clients still get the JSON
-    error shape (not nginx's HTML), pages a short page of their own."""
+    """A URL or header over nginx's buffers, a request line it cannot parse or a method it refuses
+    (TRACE) is refused before nginx picks a location, so no location's error_page applies: API
+    clients still get the JSON error shape (not nginx's HTML), pages a short page of their own. A
+    raw non-ASCII byte in the request line is refused by nginx too (gunicorn's refusal is HTML)."""
     port = free_port()
     nginx = front.NginxFront(f"127.0.0.1:{port}", 1024 * 1024)
     nginx.check()
@@ -256,6 +257,17 @@ def test_nginx_errors_before_a_location_are_json_under_api_and_html_for_pages():
                 (400, "header_too_large")
             assert _api_error(*_raw(port, f"GET {api}/\0x HTTP/1.1\r\nHost: a\r\n\r\n".encode())) == \
                 (400, "bad_request")
+        # a raw (not percent-encoded) UTF-8 byte in the request line, and a method nginx refuses itself
+        assert _api_error(*_raw(port, b"GET /api/v1/search?k=\xd9\xa5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) \
+            == (400, "bad_request")
+        assert _api_error(*_raw(port, b"TRACE /api/v1/search HTTP/1.1\r\nHost: a\r\n\r\n")) == (405, "method_not_allowed")
+        status, ctype, body = _raw(port, b"GET /search?k=\xd9\xa5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert (status, ctype) == (400, "text/html") and b"Back to search" in body
+        status, ctype, body = _raw(port, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (status, ctype) == (405, "text/html") and b"Not allowed" in body
+        # percent-encoded, the same character goes on to the app (here: none, so nginx's 502)
+        assert _api_error(*_raw(port, b"GET /api/v1/search?k=%D9%A5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) \
+            == (502, "bad_gateway")
         status, ctype, body = _raw(port, f"GET /?{long_query} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
         assert (status, ctype) == (414, "text/html") and b"Address too long" in body
         status, ctype, body = _raw(port, b"GET / HTTP/1.1\r\nHost: a\r\n" + big_header + b"\r\n")

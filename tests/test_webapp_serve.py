@@ -21,7 +21,7 @@ from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
 from shopsearch.index import IndexStore
 from tests.conftest import jitter, make_image, sha, stop_server
-from webapp.server import bind_address, gunicorn_options
+from webapp.server import SPARE_THREADS, bind_address, gunicorn_options
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,8 @@ def request(port: int, method: str, path: str, body: bytes | None = None, timeou
 
 def test_gunicorn_options():
     opts = gunicorn_options(bind_address("::1", 8080), workers=3, threads=2, preload=False)
-    assert opts["bind"] == "[::1]:8080" and opts["workers"] == 3 and opts["threads"] == 2
+    # 2 search slots (webapp/search_gate.py) and the spare threads for everything else
+    assert opts["bind"] == "[::1]:8080" and opts["workers"] == 3 and opts["threads"] == 2 + SPARE_THREADS
     assert opts["worker_class"] == "gthread" and opts["preload_app"] is False
     assert gunicorn_options("127.0.0.1:1")["preload_app"] is False  # torch models load after fork
     with pytest.raises(ValueError):

@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from flask import Flask, g, request
+from werkzeug.exceptions import Forbidden
 
 from shopsearch.config import Settings, available_cpus, threads_pinned
 from shopsearch.errors import ShopSearchError
 from shopsearch.query_threads import QueryThreads
 from webapp.config import load_config
+from webapp.search_gate import SearchGate
 from webapp.service import ServiceHolder, ServiceOverrides
 from webapp.thumbs import ThumbCache
 from webapp.uploads import InMemoryRequest, close_request_images
@@ -33,6 +36,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
     the on-disk index, instead of those the settings name."""
     app = Flask(__name__)
     app.request_class = InMemoryRequest
+    # "//" in a path is a 404, not a redirect whose absolute Location echoes the Host header
+    app.url_map.merge_slashes = False
     load_config(app, test_config)
     cfg = app.config
     holder = ServiceHolder(cfg["SETTINGS"], model=cfg["MODEL"], reload_check_s=float(cfg["RELOAD_CHECK_S"]),
@@ -40,6 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
                            query_threads=_query_threads(cfg["QUERY_THREADS"], cfg["SETTINGS"]))
     app.extensions["shopsearch"] = holder
     app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
+    app.extensions["shopsearch_gate"] = SearchGate(int(cfg["SEARCH_SLOTS"]), float(cfg["SEARCH_WAIT_S"]))
 
     from webapp import api, feedback, health, images, pages  # noqa: PLC0415 - blueprints import current_app helpers
     from webapp.errors import register_error_handlers  # noqa: PLC0415
@@ -57,6 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
         metrics.init_app(app)
     app.teardown_request(close_request_images)
     app.before_request(_start_timer)
+    app.before_request(_refuse_cross_site_forms)
     app.after_request(_finish)
 
     if cfg["EAGER_LOAD"]:
@@ -79,6 +86,24 @@ def _query_threads(value: Any, settings: Settings) -> QueryThreads | None:
 
 def _start_timer() -> None:
     g.t0 = time.perf_counter()
+
+
+def _refuse_cross_site_forms() -> None:
+    """A page form posted from another site (the "this is it" / "not this" verdicts, a search) is
+    refused: browsers name the page a form came from in `Origin`, and ours are same-origin. The
+    JSON API is for other sites' code too, and a client without Origin (curl, scripts) is no
+    browser a page could drive."""
+    if request.method != "POST" or request.path.startswith("/api/"):
+        return
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    # the Host this app was asked for, or the one a proxy in front was asked for
+    ours = {request.host.lower(), request.headers.get("X-Forwarded-Host", "").split(",")[0].strip().lower()} - {""}
+    if urlsplit(origin).netloc.lower() not in ours:  # "null" (a sandboxed or privacy-hidden page) too
+        log.info("cross-site form refused", extra={"path": request.path, "origin": origin[:200]})
+        raise Forbidden("This form was sent from another website, so it was not accepted. "
+                        "Please use the form on this page.")
 
 
 def _finish(resp):

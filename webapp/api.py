@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from shopsearch.regions import crop, find_objects
+from shopsearch.regions import find_objects
 from webapp.errors import BadParameterError
 from webapp.feedback import log_search, record
 from webapp.metrics import observe_search
@@ -12,7 +12,7 @@ from webapp.params import (parse_filters, parse_k, parse_rerank, parse_routing, 
                            result_dict)
 from webapp.query_options import parse_crop, parse_objects, region_dict, resolved
 from webapp.service import ServiceHolder, photo_search
-from webapp.uploads import require_image
+from webapp.uploads import crop_upload, require_image
 
 bp = Blueprint("api", __name__)
 
@@ -36,10 +36,9 @@ def search():
     rerank, tta, fusion = parse_rerank(values), parse_switch(values, "tta"), parse_switch(values, "fusion")
     box, objects = parse_crop(values), parse_objects(values)
     svc = holder().get()
-    img = require_image(svc.embedder, "image", allow_raw=True)
-    # the crop is taken after EXIF orientation (decoding applied it), before embedding
-    res = svc.search_image(crop(img, box) if box is not None else img, k=k, filters=filters, routing=routing,
-                           rerank=rerank, tta=tta, fusion=fusion)
+    data, img = require_image(svc.embedder, "image", allow_raw=True)
+    query = crop_upload(data, img, box, svc.embedder) if box is not None else img
+    res = svc.search_image(query, k=k, filters=filters, routing=routing, rerank=rerank, tta=tta, fusion=fusion)
     observe_search(res)
     out = result_dict(res, filters, k)
     out["crop"] = box.to_dict() if box is not None else None
@@ -104,7 +103,10 @@ def similar(sku: str):
 @bp.post("/feedback")
 def feedback():
     """A shopper's interaction with a logged search: JSON {request_id, sku, event}."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # thousands of nested brackets: `silent` covers only ValueError
+        body = None
     if not isinstance(body, dict):
         raise BadParameterError('send a JSON object: {"request_id": ..., "sku": ..., "event": ...}')
     missing = [f for f in ("request_id", "sku", "event") if not isinstance(body.get(f), str)]

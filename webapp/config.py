@@ -53,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
     # shared by all workers: `shopsearch serve` makes it); None: this process's own where the settings
     # ask for adaptive threads (SHOPSEARCH_QUERY_THREADS=adaptive), "off": fixed threads
     "QUERY_THREADS": None,
+    # photo searches computing at once in a process (webapp/search_gate.py; `serve` sets its --threads,
+    # and gives gunicorn spare threads for light requests); 0: no limit. A search waits for a slot
+    # at most SEARCH_WAIT_S seconds, then gets 503 "busy"
+    "SEARCH_SLOTS": 0,
+    "SEARCH_WAIT_S": 30.0,
 }
 
 

@@ -7,7 +7,7 @@ import re
 from pathlib import PurePath
 from typing import Any, Callable
 
-from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask import Flask, Response, current_app, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from shopsearch.errors import ShopSearchError
@@ -25,6 +25,14 @@ class BadParameterError(ShopSearchError):
 class MissingImageError(ShopSearchError):
     code = "missing_image"
     http_status = 400
+
+
+class ServerBusyError(ShopSearchError):
+    """Every search slot of the worker stayed taken for the gate's whole wait (webapp/search_gate.py)."""
+
+    code = "busy"
+    http_status = 503
+    retry_after_s = 2
 
 
 def _is_api() -> bool:
@@ -66,6 +74,10 @@ def register_error_handlers(app: Flask, form_context: Callable[[], dict[str, Any
 
     @app.errorhandler(ShopSearchError)
     def _domain(e: ShopSearchError):
+        if isinstance(e, ServerBusyError):  # overload, not a failure: logged where it happened
+            resp = make_response(error_response(e.http_status, e.code, str(e)))
+            resp.headers["Retry-After"] = str(e.retry_after_s)
+            return resp
         if e.http_status >= 500:
             log.error("request failed", extra={"path": request.path, "code": e.code, "error": str(e)})
         return error_response(e.http_status, e.code, public_message(e))

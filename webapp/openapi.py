@@ -20,8 +20,9 @@ _FILTERS = [
 ]
 _REGION_PARAMS = [
     _q("crop", {"type": "string", "example": "0.1,0.2,0.5,0.5"},
-       "Search only this box of the photo: x,y,w,h as fractions of the upright (EXIF-rotated) image. A malformed "
-       "box, one leaving the photo or under 16 pixels a side is a 400 (`invalid_crop`)."),
+       "Search only this box of the photo: x,y,w,h as fractions of the upright (EXIF-rotated) image, cut from the "
+       "photo at its own resolution. A malformed box, one leaving the photo or under 16 pixels a side of the "
+       "photo is a 400 (`invalid_crop`)."),
     _q("objects", {"type": "string", "example": "auto"},
        "`auto` (or a number up to 4): also find the products in the whole photo; each region has its box "
        "(fractions of the whole photo, usable as `crop`), confidence and products (`regions`)."),
@@ -52,10 +53,12 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                "are sniffed (not the filename or Content-Type). Uploads over the size limit get 413, "
                                "non-images 415, corrupt or oversized images 400.",
                 "parameters": [_K, *_FILTERS, _q("routing", {"type": "boolean", "default": True},
-                                                 "Let the category router narrow the search."),
+                                                 "Let the category router narrow the search (on/off, true/false, "
+                                                 "1/0, yes/no; anything else is a 400)."),
                                _q("rerank", {"type": "string", "enum": ["off", "qe", "kr", "qe+kr"]},
                                   "Re-rank the top candidates: alpha query expansion (qe), k-reciprocal (kr), "
-                                  "both, or off (default: the server's setting)."),
+                                  "both, or off (default: the server's setting). `qe+kr` may be sent unescaped "
+                                  "(a `+` decoded as a space is read as `+`)."),
                                _q("tta", {"type": "boolean"}, "Also embed the mirrored photo (about twice the "
                                   "embedding time)."),
                                _q("fusion", {"type": "boolean"}, "Fuse the category head's probabilities into the "

@@ -6,19 +6,20 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from flask import Blueprint, current_app, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
 
 from shopsearch.errors import ShopSearchError, UnknownRequestError
-from shopsearch.regions import Region, crop, find_objects
+from shopsearch.regions import Region, find_objects
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from shopsearch.search import query_vectors
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.feedback import log_search, logging_on
-from webapp.params import parse_filters, parse_k, parse_routing
+from webapp.params import MAX_PRICE, parse_filters, parse_k, parse_routing, plain_number
 from webapp.query_options import format_price, parse_crop, parse_objects, resolved, visible_attributes
 from webapp.service import ServiceHolder, photo_search
 from webapp.metrics import observe_search
-from webapp.uploads import checked_preview, decode_upload, decode_vector, encode_vector, preview_data_url, upload_bytes
+from webapp.uploads import (checked_preview, crop_upload, decode_upload, decode_vector, encode_vector, preview_data_url,
+                            upload_bytes)
 
 log = logging.getLogger("shopsearch.web")
 bp = Blueprint("pages", __name__)
@@ -118,11 +119,15 @@ def _price_problem(form: Any) -> str | None:
         if not raw:
             continue
         try:
+            if not plain_number(raw):
+                raise InvalidOperation(raw)
             values[name] = Decimal(raw)
         except InvalidOperation:
             return f"{label} must be a number, like 12.50."
         if not values[name].is_finite() or values[name] < 0:
             return f"{label} must be 0 or more."
+        if values[name] > MAX_PRICE:
+            return f"{label} must be at most {MAX_PRICE:,}."
     lo, hi = values.get("min_price"), values.get("max_price")
     if lo is not None and hi is not None and lo > hi:
         return (f"Min price ({lo:.2f}) is higher than Max price ({hi:.2f}). "
@@ -157,7 +162,7 @@ def search():
     form = request.form
     k = parse_k(form, int(current_app.config["RESULTS_K"]))
     filters, filter_error = _page_filters(form)
-    box, objects = parse_crop(form), parse_objects(form)
+    box, objects, routing = parse_crop(form), parse_objects(form), parse_routing(form)
     svc = holder().get()
     data = upload_bytes("image", allow_raw=False)
     if data is None:  # the phone-camera input of the upload form
@@ -166,7 +171,7 @@ def search():
     regions: list[Region] = []
     if data is not None:
         img = decode_upload(data, svc.embedder)
-        query = crop(img, box) if box is not None else img
+        query = crop_upload(data, img, box, svc.embedder) if box is not None else img
         t0 = time.perf_counter()
         vec = query_vectors(svc.embedder, [query])[0]
         embed_ms = (time.perf_counter() - t0) * 1000
@@ -178,16 +183,19 @@ def search():
         preview = checked_preview(form.get("qthumb"))
     else:
         raise MissingImageError("Choose or take a photo first.")
-    routing = parse_routing(form)
     res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms)
     observe_search(res)
     crop_param = box.to_param() if box is not None else (form.get("crop") or "")
     options = {"k": k, "filters": _filters_dict(filters), "crop": crop_param or None, "objects": objects,
                "routing": routing, "new_photo": data is not None}
     rid = log_search(res, svc.embedder.fingerprint, "image", "page", options, [r.result for r in regions])
-    return _render_results(res, filters, k, rid, mode="photo", qv=encode_vector(vec), preview=preview,
-                           filter_error=filter_error, price_input={n: form.get(n, "") for n in ("min_price", "max_price")},
-                           crop=crop_param, regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)])
+    page = make_response(_render_results(
+        res, filters, k, rid, mode="photo", qv=encode_vector(vec), preview=preview, filter_error=filter_error,
+        price_input={n: form.get(n, "") for n in ("min_price", "max_price")}, crop=crop_param,
+        regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)]))
+    # the page inlines the shopper's photo (and its query vector): no copy of it in any cache
+    page.headers["Cache-Control"] = "no-store"
+    return page
 
 
 def _filters_dict(f: SearchFilters) -> dict[str, Any]:
@@ -217,10 +225,13 @@ def logged_results(rid: str):
     """A logged search's results as they were shown (same products, ranks and scores), with
     the shopper's verdicts: where "this is it" / "not this" lead back to without JavaScript."""
     if not logging_on():
-        raise UnknownRequestError("results are only kept while the feedback log is on")
+        raise UnknownRequestError("Results are not kept on this shop. Please search again.")
     h = holder()
     h.flush_feedback(2.0)
-    logged = h.feedback.search(rid)
+    try:
+        logged = h.feedback.search(rid)
+    except UnknownRequestError:  # an old bookmark or a mistyped link: say so in a shopper's words
+        raise UnknownRequestError("These results are no longer available. Please search again.") from None
     main = [x for x in logged.hits if x.region == 0]
     info = h.catalogue.products_for_images([x.image_id for x in main])
     verdicts = logged.verdicts()

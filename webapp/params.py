@@ -15,13 +15,18 @@ from webapp.card_urls import CardUrls, card_urls
 from webapp.errors import BadParameterError
 
 
-#: prices beyond this are no filter anyone means (and would not survive float() in the JSON answer)
-MAX_PRICE = Decimal(10) ** 12
+MAX_PRICE = SearchFilters.MAX_PRICE
 
 
 def _get(values: Mapping[str, str], name: str) -> str | None:
     v = values.get(name)
     return v.strip() if isinstance(v, str) and v.strip() else None
+
+
+def plain_number(raw: str) -> bool:
+    """No digit separators: Python's int(), float() and Decimal() read `1_000` as 1000, which no
+    shopper or client means (`k=1_0` would be 10)."""
+    return "_" not in raw
 
 
 def parse_k(values: Mapping[str, str], default: int) -> int:
@@ -30,6 +35,8 @@ def parse_k(values: Mapping[str, str], default: int) -> int:
         return default
     top = int(current_app.config["MAX_K"])
     try:
+        if not plain_number(raw):
+            raise ValueError(raw)
         k = int(raw)
     except ValueError:
         raise BadParameterError(f"k must be a whole number between 1 and {top}, not {raw!r}") from None
@@ -43,6 +50,8 @@ def _price(values: Mapping[str, str], name: str) -> Decimal | None:
     if raw is None:
         return None
     try:
+        if not plain_number(raw):
+            raise InvalidOperation(raw)
         d = Decimal(raw)
     except InvalidOperation:
         raise BadParameterError(f"{name} must be a number, not {raw!r}") from None
@@ -69,7 +78,8 @@ def parse_rerank(values: Mapping[str, str]) -> RerankOptions | None:
     if len(raw) > 100:
         raise BadParameterError("rerank is too long")
     try:
-        return rerank_options(raw)
+        # an unescaped `+` in a query string arrives as a space: `rerank=qe+kr` means qe+kr
+        return rerank_options("+".join(raw.split()))
     except ConfigError as e:
         raise BadParameterError(str(e)) from None
 
@@ -87,10 +97,9 @@ def parse_switch(values: Mapping[str, str], name: str) -> bool | None:
 
 
 def parse_routing(values: Mapping[str, str]) -> bool:
-    raw = (_get(values, "routing") or "").lower()
-    if raw in ("0", "false", "off", "no"):
-        return False
-    return bool(current_app.config["ROUTING"])
+    """`routing=off` turns the category routing off for this search; absent or on: the server's setting."""
+    switch = parse_switch(values, "routing")
+    return False if switch is False else bool(current_app.config["ROUTING"])
 
 
 def image_urls(image_id: int) -> dict[str, str]:

@@ -34,6 +34,8 @@ def parse_objects(values: Mapping[str, str]) -> int:
     if raw in ("auto", "on", "true"):
         return top
     try:
+        if "_" in raw:
+            raise ValueError(raw)
         n = int(raw)
     except ValueError:
         raise BadParameterError(f"objects must be 'auto' or a number from 1 to {top}, not {raw!r}") from None

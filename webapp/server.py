@@ -23,13 +23,19 @@ def bind_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+#: gunicorn threads per worker beyond its search slots (`threads`): health checks, pages, thumbnails
+#: and products are answered on them while every slot searches (webapp/search_gate.py)
+SPARE_THREADS = 8
+
+
 def gunicorn_options(bind: str, workers: int = 2, threads: int = 2, preload: bool = False, timeout: int = 60,
                      access_log: bool = False, max_requests: int = 0) -> dict[str, Any]:
-    """Gunicorn settings: gthread workers (the model call releases the GIL, threads overlap I/O)."""
+    """Gunicorn settings: gthread workers (the model call releases the GIL, threads overlap I/O),
+    `threads` photo searches at a time per worker plus SPARE_THREADS for everything else."""
     if workers < 1 or threads < 1:
         raise ValueError("workers and threads must be at least 1")
     opts: dict[str, Any] = {
-        "bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread",
+        "bind": bind, "workers": workers, "threads": threads + SPARE_THREADS, "worker_class": "gthread",
         "preload_app": preload, "timeout": timeout, "graceful_timeout": 20, "keepalive": 5,
         "accesslog": "-" if access_log else None, "errorlog": "-", "loglevel": "info",
         "max_requests": max_requests, "max_requests_jitter": max_requests // 10 if max_requests else 0,
@@ -107,7 +113,8 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
     from webapp import create_app  # noqa: PLC0415
 
     query_threads = query_threads_for(settings, workers)
-    overrides = {"SETTINGS": settings, "QUERY_THREADS": query_threads or "off", **(config or {})}
+    overrides = {"SETTINGS": settings, "QUERY_THREADS": query_threads or "off", "SEARCH_SLOTS": threads,
+                 **(config or {})}
     opts = gunicorn_options(front.upstream_bind if front else bind, workers, threads, preload, timeout, access_log)
     exited: list[Callable[[int], None]] = [query_threads.in_flight.release] if query_threads is not None else []
     if metrics_dir():

@@ -244,12 +244,14 @@ class ServiceHolder:
 
 def photo_search(view: View) -> View:
     """A route that searches with an uploaded photo: the whole request (upload, decode, model,
-    search, answer) counts as one search in flight (ServiceHolder.photo_search), so that under
-    concurrent load a search seldom finds itself alone between two others and takes every core."""
+    search, answer) holds one of the worker's search slots (webapp/search_gate.py) and counts as
+    one search in flight (ServiceHolder.photo_search), so that under concurrent load a search
+    seldom finds itself alone between two others and takes every core."""
 
     @functools.wraps(view)
     def counted(*args: Any, **kwargs: Any) -> Any:
-        with current_app.extensions["shopsearch"].photo_search():
+        # a slot of the worker's gate first: only searches that compute count as in flight
+        with current_app.extensions["shopsearch_gate"].enter(), current_app.extensions["shopsearch"].photo_search():
             return view(*args, **kwargs)
 
     return counted  # type: ignore[return-value]

@@ -22,9 +22,11 @@ from PIL import Image
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from shopsearch.embedders.base import Embedder
-from shopsearch.embedding.preprocess import decode_query
+from shopsearch.embedding.items import DECODED_MAX_SIDE
+from shopsearch.embedding.preprocess import decode_query, draft_size_for
 from shopsearch.errors import InvalidImageError
 from shopsearch.images import load_image
+from shopsearch.regions import Box, crop_source
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.metrics import observe_decode
 
@@ -109,12 +111,22 @@ def _retain(data: bytes, img: Image.Image) -> None:
     log.info("upload retained", extra={"path": str(final), "bytes": len(data)})
 
 
-def require_image(embedder: Embedder, field: str = "image", allow_raw: bool = True) -> Image.Image:
+def require_image(embedder: Embedder, field: str = "image", allow_raw: bool = True) -> tuple[bytes, Image.Image]:
+    """The uploaded bytes and the photo decoded from them; MissingImageError (400) when none."""
     data = upload_bytes(field, allow_raw)
     if data is None:
         raise MissingImageError("no image was uploaded: send a photo in the multipart field 'image'"
                                 + (" or as the raw request body" if allow_raw else ""))
-    return decode_upload(data, embedder)
+    return data, decode_upload(data, embedder)
+
+
+def crop_upload(data: bytes, img: Image.Image, box: Box, embedder: Embedder) -> Image.Image:
+    """The shopper's box of an uploaded photo, after EXIF orientation and before embedding, cut
+    at the resolution the model needs (shopsearch.regions.crop_source): `img` is decode_upload's."""
+    part = crop_source(data, img, box, draft_size_for(embedder), DECODED_MAX_SIDE,
+                       int(current_app.config["MAX_IMAGE_PIXELS"]))
+    g.setdefault("images", []).append(part)  # closed in teardown
+    return part
 
 
 # -- the query, carried between result pages without storing anything server-side ----
@@ -130,11 +142,11 @@ def decode_vector(text: str, dim: int) -> np.ndarray:
         raise BadParameterError("the search query is malformed; upload the photo again") from None
     if len(raw) != 4 * dim:
         raise BadParameterError("the search query does not fit this index; upload the photo again")
-    vec = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    norm = float(np.linalg.norm(vec))
-    if not np.isfinite(vec).all() or norm == 0:
+    vec = np.frombuffer(raw, dtype="<f4").astype(np.float64)  # float32 squares of 1e20 and more overflow
+    norm = float(np.linalg.norm(vec)) if np.isfinite(vec).all() else 0.0
+    if not norm > 0:
         raise BadParameterError("the search query is malformed; upload the photo again")
-    return vec / norm
+    return (vec / norm).astype(np.float32)
 
 
 def preview_data_url(img: Image.Image, size: int = 240) -> str:

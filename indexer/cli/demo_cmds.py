@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -70,9 +71,8 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration
     if sample.is_file():
         svc = c.search_service(model if model != "auto" else None)
         res = svc.search_image(decode_query(sample, svc.embedder), k=3)
-        # the plain similarity (a fused score mixes in a log-probability and reads as nonsense here)
-        click.echo(f"sample search {sample.name}: " + ", ".join(f"{h.sku} (similarity {h.plain_score:.2f})"
-                                                                for h in res.hits)
+        click.echo(f"sample search {sample.name}: "
+                   + ", ".join(f"{rank}. {_shown(h)}" for rank, h in enumerate(res.hits, 1))
                    + (f"; match {res.match}, confidence {res.confidence:.2f}" if res.confidence is not None else ""))
     if not serve:
         return
@@ -151,3 +151,11 @@ def _calibrate_on_photos(c: Ctx, store, root: Path, split: str) -> None:
 
 def register(cli: click.Group) -> None:
     cli.add_command(demo_cmd)
+
+
+def _shown(hit: Any) -> str:
+    """A sample hit: its calibrated chance, which follows the ranking (a fused score mixes in a
+    log-probability and reads as nonsense; the plain similarity is not what ranked it)."""
+    if hit.calibrated is None:
+        return f"{hit.sku} (similarity {hit.plain_score:.2f})"
+    return f"{hit.sku} ({100 * hit.calibrated:.0f}% likely)"

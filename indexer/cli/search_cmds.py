@@ -1,11 +1,33 @@
 """`shopsearch search IMAGE`."""
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import click
 
 from indexer.cli.context import Ctx, echo_json, pass_ctx
+from shopsearch.results import SearchFilters  # light: dataclasses only
+
+
+class PriceType(click.ParamType):
+    """A price filter: a plain finite number from 0 to 10^12, as the API takes it (usage error else)."""
+
+    name = "price"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        text = str(value).strip()
+        try:
+            if "_" in text:  # Decimal() reads 1_000 as 1000
+                raise InvalidOperation(text)
+            d = Decimal(text)
+        except InvalidOperation:
+            self.fail(f"{text!r} is not a number", param, ctx)
+        if not d.is_finite() or d < 0 or d > SearchFilters.MAX_PRICE:
+            self.fail(f"{text!r} is not a price from 0 to {SearchFilters.MAX_PRICE:,}", param, ctx)
+        return d
 
 
 @click.command("search")
@@ -14,8 +36,8 @@ from indexer.cli.context import Ctx, echo_json, pass_ctx
 @click.option("--category", default=None,
               help="Only products under this category: a path ('Fruit > Apple', 'fruit/apple') or a leaf name "
                    "('Granny Smith'), any case, as the API takes it.")
-@click.option("--min-price", type=Decimal, default=None)
-@click.option("--max-price", type=Decimal, default=None)
+@click.option("--min-price", type=PriceType(), default=None)
+@click.option("--max-price", type=PriceType(), default=None)
 @click.option("--model", default=None, help="Must match the model that built the index (default: that model).")
 @click.option("--no-routing", is_flag=True, help="Do not narrow the search to the predicted category.")
 @click.option("--rerank", default=None, help="off | qe | kr | qe+kr (query expansion, k-reciprocal re-ranking "
@@ -31,12 +53,14 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
                fusion: bool | None,
                as_json: bool) -> None:
     """Find the catalogue products that look most like IMAGE."""
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise click.UsageError(f"--min-price ({min_price}) is above --max-price ({max_price})")
     from shopsearch.category_filter import listing, resolve_category
     from shopsearch.embedding.preprocess import decode_query
     from shopsearch.errors import CatalogueEmptyError
     from shopsearch.rerank import parse_rerank
-    from shopsearch.results import SearchFilters
 
+    rerank_options = None if rerank is None else parse_rerank(rerank)  # a typo costs no model load
     svc = c.search_service(model)
     catalogue = svc.catalogue
     if catalogue.stats().products == 0:  # else every hit is dropped and "no matching products" misleads
@@ -49,7 +73,7 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
         category = resolve_category(category, paths, how_to_list=listing(paths))
     img = decode_query(image, svc.embedder)  # decoded as the index's images were
     res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing,
-                           rerank=None if rerank is None else parse_rerank(rerank), tta=tta or None,
+                           rerank=rerank_options, tta=tta or None,
                            fusion=fusion)
     if as_json:
         echo_json(res.to_dict())

@@ -28,7 +28,8 @@ def _split_bind(bind: str) -> tuple[str, int]:
               help="Gunicorn worker processes (each holds the model and the index; on 2 cores 2 x 2 threads "
                    "served more searches/s than 1 x 4: benchmarks/RESULTS.md, load_search_ab_epyc_bf16_idle).")
 @click.option("--threads", envvar="SHOPSEARCH_THREADS", type=click.IntRange(1, 256), default=2, show_default=True,
-              help="Threads per worker.")
+              help="Photo searches at once per worker; each worker keeps 8 more threads for health checks, pages "
+                   "and images, and a search that finds no free slot within 30 s gets 503 busy.")
 @click.option("--preload/--no-preload", envvar="SHOPSEARCH_PRELOAD", default=False, show_default=True,
               help="Load the app once in the master before forking. Only for model-free embedders "
                    "(colorhist): torch's thread pool does not survive fork, so by default each worker "

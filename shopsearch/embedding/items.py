@@ -15,6 +15,8 @@ from shopsearch.images import DEFAULT_MAX_PIXELS, load_image
 
 #: decode JPEGs at reduced scale (PIL draft, DCT scaling): the models need ~224 px
 DRAFT_SIZE = 320
+#: the longest side a decoded photo keeps (catalogue images and queries alike)
+DECODED_MAX_SIDE = 2 * DRAFT_SIZE
 
 #: why an image was not embedded, as a person reads it (a stage's failure is a value, never raised)
 Failure = str
@@ -45,8 +47,8 @@ def decode_source(source: bytes | str | Path, draft_size: int | None = None,
     smallest scale whose both sides stay >= draft_size, anything larger than twice
     DRAFT_SIZE shrunk to it."""
     img = load_image(source, draft_size=draft_size or DRAFT_SIZE, max_pixels=max_pixels)
-    if max(img.size) > 2 * DRAFT_SIZE:
-        img.thumbnail((2 * DRAFT_SIZE, 2 * DRAFT_SIZE))
+    if max(img.size) > DECODED_MAX_SIDE:
+        img.thumbnail((DECODED_MAX_SIDE, DECODED_MAX_SIDE))
     return img
 
 
