@@ -32,10 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30):
+def request(port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30,
+            headers: dict[str, str] | None = None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/octet-stream"} if body else {})
+        conn.request(method, path, body=body,
+                     headers={**({"Content-Type": "application/octet-stream"} if body else {}), **(headers or {})})
         r = conn.getresponse()
         return r.status, r.read()
     finally:
@@ -100,6 +102,9 @@ def test_serve_under_gunicorn(tmp_path):
         # JSON answer (no text tower here), not gunicorn's HTML 414 past its default 4094
         status, body = request(port, "GET", "/api/v1/search/text?q=" + "%F0%9F%8D%8E" * 400)
         assert status == 409 and json.loads(body)["error"]["code"] == "capability_missing"
+        # 120 small headers (inside nginx's buffers): answered by the app, not gunicorn's HTML 431
+        status, body = request(port, "GET", "/api/v1/categories", headers={f"X-H{i}": "v" for i in range(120)})
+        assert status == 200 and "categories" in json.loads(body)
         # no control socket at gunicorn's one path per user, which every `serve` on the machine shared
         assert not (home / ".gunicorn").exists()
     finally:

@@ -43,6 +43,9 @@ def gunicorn_options(bind: str, workers: int = 2, threads: int = 2, preload: boo
         # gunicorn's longest (its default, 4094, answered a 500-character text query of emoji,
         # 6,000 bytes once URL-encoded, with its own HTML 414); nginx's buffers match it
         "limit_request_line": 8190,
+        # nginx's header buffers (4 x 8 KB) bound a request's headers; gunicorn's own limit of 100
+        # fields answered a request with more with its HTML 431, also under /api/
+        "limit_request_fields": 32768,
         # gunicorn 25+ opens a control socket at one path per user (~/.gunicorn/gunicorn.ctl): every
         # `serve` on the machine took it over from the last, so `gunicornc` drove whichever started last
         "control_socket_disable": True,
