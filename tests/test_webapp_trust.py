@@ -263,10 +263,12 @@ def test_product_page_every_photo_leaf_path_and_hidden_attributes(client, trust_
     assert html.count('class="gallery-thumb"') == 15
     assert "coarse" not in html  # raw dataset attributes stay hidden by default
     assert "Fruit › Apple" in html
+    assert client.get("/api/v1/products/S0").get_json()["attributes"] == {}  # the API is as public as the page
     app = app_for(trust_site, VISIBLE_ATTRIBUTES="colour")
     try:
         shown = app.test_client().get("/products/S0").get_data(as_text=True)
         assert "mixed" in shown and "coarse" not in shown
+        assert app.test_client().get("/api/v1/products/S0").get_json()["attributes"] == {"colour": "mixed"}
     finally:
         app.extensions["shopsearch"].close()
 

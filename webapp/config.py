@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "MIGRATE": False,
     # the shop's currency (ISO code) for products that name none; None shows the bare amount
     "CURRENCY": None,
-    # product attributes shown on product pages: comma-separated names, or "*"; none by default
+    # product attributes shown on product pages and in the API's products: comma-separated names, or "*"; none by default
     "VISIBLE_ATTRIBUTES": "",
     # at most this many object regions for objects=auto
     "MAX_OBJECTS": 4,

@@ -191,7 +191,8 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "category_source": {"type": "string", "nullable": True},
                     "predicted_category": {"type": "string", "nullable": True},
                     "predicted_confidence": {"type": "number", "nullable": True},
-                    "attributes": {"type": "object"},
+                    "attributes": {"type": "object", "description": "The attributes the shop shows "
+                                   "(SHOPSEARCH_VISIBLE_ATTRIBUTES; none by default)."},
                     "images": {"type": "array", "items": {"type": "object", "properties": {
                         "id": {"type": "integer"}, "role": {"type": "string"}, "width": {"type": "integer"},
                         "height": {"type": "integer"}, "status": {"type": "string"},

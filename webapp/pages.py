@@ -14,8 +14,8 @@ from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from shopsearch.search import query_vectors
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.feedback import log_search, logging_on
-from webapp.params import MAX_PRICE, parse_filters, parse_k, parse_routing, plain_number
-from webapp.query_options import format_price, parse_crop, parse_objects, resolved, visible_attributes
+from webapp.params import MAX_PRICE, parse_filters, parse_k, parse_routing, plain_number, visible_attributes
+from webapp.query_options import format_price, parse_crop, parse_objects, resolved
 from webapp.service import ServiceHolder, photo_search
 from webapp.metrics import observe_search
 from webapp.uploads import (checked_preview, crop_upload, decode_upload, decode_vector, encode_vector, preview_data_url,

@@ -133,7 +133,10 @@ def result_dict(res: SearchResult, filters: SearchFilters | None = None, k: int 
 
 
 def product_dict(p: ProductInfo) -> dict[str, Any]:
+    """A product for JSON: its attributes as the page shows them (VISIBLE_ATTRIBUTES: a manifest's
+    other columns may be internal, e.g. a cost price, and the API is as public as the page)."""
     d = p.to_dict()
+    d["attributes"] = dict(visible_attributes(p.attributes))
     for img, info in zip(d["images"], p.images):
         img.pop("path", None)
         if info.status == "ok":
@@ -141,3 +144,14 @@ def product_dict(p: ProductInfo) -> dict[str, Any]:
     d["url"] = url_for("pages.product", sku=p.sku)
     d["similar_url"] = url_for("api.similar", sku=p.sku)
     return d
+
+
+def visible_attributes(attributes: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    """The attributes the shop shows (VISIBLE_ATTRIBUTES: names, comma-separated, or `*`); none by default,
+    since imported datasets carry internal fields ("coarse label 2")."""
+    conf = current_app.config.get("VISIBLE_ATTRIBUTES") or ""
+    names = [n.strip() for n in (conf if isinstance(conf, (list, tuple)) else str(conf).split(",")) if n.strip()]
+    items = sorted((str(k), v) for k, v in (attributes or {}).items())
+    if "*" in names:
+        return items
+    return [(k, v) for k, v in items if k in names]

@@ -66,14 +66,3 @@ def format_price(price: Decimal | float | None, currency: str | None) -> str | N
     if code in _SYMBOLS:
         return f"{_SYMBOLS[code]}{amount}"
     return f"{amount} {code}".strip()
-
-
-def visible_attributes(attributes: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
-    """The attributes the shop shows (VISIBLE_ATTRIBUTES: names, comma-separated, or `*`); none by default,
-    since imported datasets carry internal fields ("coarse label 2")."""
-    conf = current_app.config.get("VISIBLE_ATTRIBUTES") or ""
-    names = [n.strip() for n in (conf if isinstance(conf, (list, tuple)) else str(conf).split(",")) if n.strip()]
-    items = sorted((str(k), v) for k, v in (attributes or {}).items())
-    if "*" in names:
-        return items
-    return [(k, v) for k, v in items if k in names]
