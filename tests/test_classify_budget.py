@@ -84,3 +84,24 @@ def test_the_schedule_ends_where_the_plan_ends(tiny, monkeypatch):
     res = ft.finetune(imagenet_backbone(None), items, items, labels, _cfg(epochs=4), progress=False)
     assert len(res.history) == 4  # no budget: the planned 4, half-way down the cosine after the second
     assert res.history[1]["lr_backbone"] == pytest.approx(0.5 * res.config["lr_backbone"], rel=1e-6)
+
+
+def test_the_learning_rate_never_rises_after_the_warm_up_when_the_plan_grows():
+    """A time budget re-plans the epochs after each one; a plan that grows (the first epoch is
+    the slowest) used to step the cosine back up mid-run."""
+    from shopsearch.classify.finetune_config import LrSchedule
+
+    plan = [10]
+    steps_per_epoch = 10
+    sched = LrSchedule(warmup=5, total=lambda: plan[0] * steps_per_epoch)
+    factors = []
+    for step in range(150):
+        if step == 30:
+            plan[0] = 15  # after epoch 3 the run finds room for 5 more epochs
+        factors.append(sched(step))
+    assert factors[:5] == [0.2, 0.4, 0.6, 0.8, 1.0]  # the warm-up rises
+    after = factors[5:]
+    assert all(b <= a for a, b in zip(after, after[1:]))  # then never rises again
+    assert factors[30] == factors[29] and 0.0 < factors[100] < factors[29] and after[-1] < 1e-3  # held, then down
+    fixed = LrSchedule(warmup=5, total=lambda: 105)  # a fixed plan: the plain cosine
+    assert [round(fixed(s), 6) for s in (5, 55, 105)] == [1.0, 0.5, 0.0]

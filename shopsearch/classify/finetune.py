@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from shopsearch.classify.data import LabelledImage
 from shopsearch.classify.ema import WeightAverage
-from shopsearch.classify.finetune_config import FinetuneConfig, planned_epochs
+from shopsearch.classify.finetune_config import FinetuneConfig, LrSchedule, planned_epochs
 from shopsearch.classify.head import CategoryHead, combined_probs
 from shopsearch.classify.labels import LabelSpace
 from shopsearch.classify.train_precision import candidates, probe
@@ -150,9 +150,7 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
         return total if cfg.max_steps is None else min(total, cfg.max_steps)
 
     warmup = min(total_steps() // 2, int(cfg.warmup_epochs * len(train_dl)))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warmup) if s < warmup else
-        0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total_steps() - warmup)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, LrSchedule(warmup, total_steps))
     mix_gen = torch.Generator().manual_seed(cfg.seed + 1)
     ema = WeightAverage(nn.ModuleDict({"net": net, "head": head}), cfg.ema_decay) if cfg.ema_decay > 0 else None
     use_amp, probe_s = options == ("bf16",), {}

@@ -2,9 +2,10 @@
 CLI can build its options from the fields without importing torch."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from shopsearch.errors import ConfigError
 
@@ -58,6 +59,25 @@ class FinetuneConfig:
 CPU_RECIPE: dict[str, Any] = {"epochs": 20, "minutes": 25.0, "batch_size": 32, "img_size": 224,
                               "frozen_blocks": 2, "augment": "basic", "mix_prob": 0.2, "warmup_epochs": 0.5,
                               "patience": 4, "lr_backbone": 5e-4, "lr_head": 2e-3, "min_scale": 0.5}
+
+
+class LrSchedule:
+    """The learning-rate factor per optimiser step: a linear warm-up over `warmup` steps, then a
+    cosine to 0 at `total()` steps. `total` is read at every step (a time budget re-plans the
+    epochs), and after the warm-up the factor never rises: a plan that grows (the first epoch
+    is the slowest) would otherwise step the rate back up mid-run."""
+
+    def __init__(self, warmup: int, total: Callable[[], int]) -> None:
+        self.warmup = warmup
+        self.total = total
+        self._last = 1.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / max(1, self.warmup)
+        progress = min(1.0, (step - self.warmup) / max(1, self.total() - self.warmup))
+        self._last = min(self._last, 0.5 * (1 + math.cos(math.pi * progress)))
+        return self._last
 
 
 def planned_epochs(cap: int, done: int, elapsed_s: float, epoch_s: float, minutes: float | None) -> int:
