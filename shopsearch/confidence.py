@@ -188,7 +188,10 @@ class Calibration:
         shrink = min(1.0, top / max(float(per_hit[0]), 1e-12))
         per_hit = np.clip(per_hit * shrink, *CONFIDENCE_RANGE)
         per_hit[0] = top
-        return top, [float(p) for p in per_hit]
+        # never more likely than a product ranked above it: the hit model reads plain similarities,
+        # while a fused ranking also weighs the category head, and a list whose percentages rise
+        # down the page contradicts its own order
+        return top, [float(p) for p in np.minimum.accumulate(per_hit)]
 
     def match(self, confidence: float | None) -> str | None:
         if confidence is None:
@@ -241,6 +244,27 @@ CATALOGUE_FALLBACK = ("no labelled shopper photos: calibrated on the catalogue's
                       "shopper photos for a fairer fit")
 
 NO_CALIBRATION = Calibration(False, reason="this index build has no calibration yet; run `shopsearch index calibrate`")
+
+
+def category_mass(probs: Mapping[str, float], prefix: str) -> float | None:
+    """The category head's probability that the photo's product lies under category `prefix` (the
+    sum over its fine categories there); None when the head knows no category there (it cannot tell)."""
+    p = prefix.strip("/")
+    inside = [v for c, v in probs.items() if c and (c == p or c.startswith(p + "/"))]
+    return float(sum(inside)) if inside else None
+
+
+def capped(result: SearchResult, calibration: Calibration | None, cap: float) -> SearchResult:
+    """The result with its confidence at most `cap` (each hit's calibrated score scaled alike and
+    `match` decided again): a filtered search's first product can only be the one photographed
+    when that product is inside the filter, whatever the photo's familiarity says."""
+    if result.confidence is None or calibration is None or result.confidence <= cap:
+        return result
+    conf = float(max(cap, CONFIDENCE_RANGE[0]))
+    scale = conf / result.confidence
+    hits = tuple(replace(h, calibrated=None if h.calibrated is None else max(h.calibrated * scale, CONFIDENCE_RANGE[0]))
+                 for h in result.hits)
+    return replace(result, hits=hits, confidence=conf, match=calibration.match(conf))
 
 
 def annotate(result: SearchResult, calibration: Calibration | None, scoring: str = RAW_SCORING,

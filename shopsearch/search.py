@@ -12,7 +12,7 @@ from PIL import Image
 from shopsearch.catalogue.records import CandidateRow
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.centring import DomainCentring
-from shopsearch.confidence import Calibration, annotate, scoring_key
+from shopsearch.confidence import Calibration, annotate, capped, category_mass, scoring_key
 from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.filter_sets import AllowedImages
@@ -135,6 +135,12 @@ class SearchService:
                 probs = None if head is None else [head.get((h.category or "").strip("/"), head.get("", 0.0))
                                                    for h in res.hits]
                 res = annotate(res, self.calibration, path, plain_scores=True, head=probs, vector=svec)
+            if filters is not None and filters.category and res.confidence is not None \
+                    and hasattr(self.router, "category_probs"):
+                # a photo of a banana searched among the milk: familiar to the shop, but its product
+                # is not in the filter, which the head knows and the calibration (fitted unfiltered) does not
+                mass = category_mass(head or self.router.category_probs(vec), filters.category)  # type: ignore[union-attr]
+                res = res if mass is None else capped(res, self.calibration, mass)
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shopsearch.confidence import Calibration, annotate, features, fit_logistic, load_calibration, save_calibration
+from shopsearch.confidence import (Calibration, annotate, capped, category_mass, features, fit_logistic,
+                                   load_calibration, save_calibration)
 from shopsearch.confidence_fit import Samples, collect_samples, fit_calibration
 from shopsearch.evaluation.open_set import (OpenSetQuery, auroc, ece, evaluate_open_set, precision_coverage,
                                            products_removed)
@@ -82,6 +83,34 @@ def test_annotate_sets_confidence_match_and_per_hit_scores(tmp_path):
     assert not load_calibration(tmp_path, "another-build").fitted
     (tmp_path / "calibration.json").write_text("{not json")
     assert "unreadable" in load_calibration(tmp_path).reason
+
+
+def test_per_product_chances_never_rise_down_the_list():
+    """A fused ranking can put a product with a plainer similarity above a more similar one: its
+    chance is then shown no lower than the one below it (the page's percentages follow its order)."""
+    cal = fit_calibration(_synthetic_samples(3000), build_id="b1")
+    hits = tuple(ProductHit(s, s, sc, i, "p") for i, (s, sc) in enumerate([("a", 0.5), ("b", 0.3), ("c", 0.45),
+                                                                           ("d", 0.2), ("e", 0.4)]))
+    shown = [h.calibrated for h in annotate(SearchResult(hits, "m", "b1"), cal).hits]
+    assert all(b <= a for a, b in zip(shown, shown[1:])), shown
+
+
+def test_a_category_filter_caps_the_confidence_by_the_heads_mass_inside_it():
+    """A familiar photo (a banana) searched among the milk: the calibration, fitted on unfiltered
+    searches, would call the first carton a possible match; the head says the photo's product is
+    not in the filter, so the confidence is at most that mass."""
+    probs = {"Fruit/Banana": 0.97, "Packages/Milk/Arla": 0.01, "Packages/Milk/Oatly": 0.005, "": 1 / 3}
+    assert category_mass(probs, "Packages/Milk") == pytest.approx(0.015)
+    assert category_mass(probs, "/Fruit/") == pytest.approx(0.97)
+    assert category_mass(probs, "Toys") is None  # a category the head never learnt: it cannot tell
+    cal = fit_calibration(_synthetic_samples(3000), build_id="b1")
+    hits = (ProductHit("a", "A", 0.88, 1, "p"), ProductHit("b", "B", 0.6, 2, "p"))
+    res = annotate(SearchResult(hits, "m", "b1"), cal)
+    assert res.match == "strong"
+    low = capped(res, cal, 0.015)
+    assert low.match == "none" and low.confidence == pytest.approx(0.015)
+    assert low.hits[0].calibrated == pytest.approx(0.015) and low.hits[1].calibrated < res.hits[1].calibrated
+    assert capped(res, cal, 0.999) is res  # a filter holding the product changes nothing
 
 
 def test_features_lead_over_the_best_other_product():

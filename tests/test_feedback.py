@@ -113,6 +113,7 @@ def test_page_click_and_verdicts_work_without_javascript(app):
     html = page_search(c, photo(4)).get_data(as_text=True)
     (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
     assert f'href="/results/{rid}/click/P4"' in html and 'value="confirm"' in html and 'value="reject"' in html
+    assert 'id="feedback-thanks"' not in c.get(f"/results/{rid}").get_data(as_text=True)  # no answer yet
     r = c.get(f"/results/{rid}/click/P4")
     assert r.status_code == 303 and r.headers["Location"].endswith("/products/P4")
     assert c.get(f"/results/{rid}/click/P4").status_code == 303  # a second click still navigates
@@ -121,7 +122,8 @@ def test_page_click_and_verdicts_work_without_javascript(app):
     shown = c.get(f"/results/{rid}").get_data(as_text=True)
     card = shown[shown.index('data-sku="P4"'):]
     card = card[: card.index("</article>")]
-    assert 'value="confirm" class="fb confirm" aria-pressed="true"' in card
+    assert 'value="confirm" class="fb confirm" aria-pressed="true"' in card and 'aria-label="This is it: ' in card
+    assert 'id="feedback-thanks"' in shown
     assert c.post(f"/results/{rid}/feedback", data={"sku": "P4", "event": "confirm"}).status_code == 303  # twice
     c.post(f"/results/{rid}/feedback", data={"sku": "P4", "event": "reject"})  # changed their mind
     logged = _store(app).search(rid)

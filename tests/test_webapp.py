@@ -121,7 +121,7 @@ def test_upload_page(client):
     assert not re.search(r'(src|href)="(https?:)?//', html)
     assert '<option value="Dairy/Milk"' in html and '<option value="Fruit"' in html
     assert 'name="q"' not in html  # FakeEmbedder has no text tower: no text box
-    assert "18 product photos indexed" in html
+    assert "18 product photos to search." in html  # the model's name is for the shop (a tooltip), not the text
     assert "Content-Security-Policy" in r.headers
     for static in ("/static/style.css", "/static/app.js"):
         assert client.get(static).status_code == 200

@@ -136,6 +136,20 @@ def test_shopper_finds_banana_and_recommendations(base_url, tmp_path):
                 page.wait_for_load_state("networkidle")
                 shots.append(tmp_path / f"product-{label}.png")
                 page.screenshot(path=str(shots[-1]), full_page=True)
+
+                # Back returns to the results (no "Confirm Form Resubmission"), then to the upload
+                # page with its button usable and the photo the form still holds shown
+                page.go_back(wait_until="commit")
+                page.wait_for_selector("#results .card")
+                assert page.locator("#results .card").first.get_attribute("data-sku") == "Banana"
+                page.go_back(wait_until="commit")
+                page.wait_for_selector("#search-button")
+                for _ in range(50):
+                    if page.locator("#search-button").is_enabled():
+                        break
+                    page.wait_for_timeout(100)
+                assert page.locator("#search-button").is_enabled()
+                assert page.locator("#search-button").inner_text() == "Find similar products"
                 assert not errors, errors
                 assert not foreign, f"requests left the app: {foreign}"
                 ctx.close()
@@ -341,6 +355,20 @@ def test_keyboard_only_search(base_url):
             page.wait_for_selector("#preview:not([hidden])")
             page.focus("#search-button")
             page.keyboard.press("Enter")
+            page.wait_for_selector("#results .card")
+            # the category list: an arrow key moves through it without reloading the page, Enter applies
+            page.focus("#filter-form select[name=category]")
+            page.evaluate("window.__notReloaded = true")
+            page.keyboard.press("ArrowDown")
+            page.wait_for_timeout(500)
+            assert page.evaluate("window.__notReloaded === true"), "an arrow key on the category list reloaded the page"
+            chosen = page.evaluate("document.querySelector('#filter-form select[name=category]').value")
+            assert chosen
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
+            page.wait_for_selector("#results .card")
+            assert page.evaluate("document.querySelector('#filter-form select[name=category]').value") == chosen
+            page.go_back(wait_until="commit")  # back to the unfiltered results for the cards below
             page.wait_for_selector("#results .card")
             for _ in range(40):  # Tab onto the first result card
                 page.keyboard.press("Tab")

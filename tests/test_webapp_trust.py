@@ -21,6 +21,7 @@ from shopsearch.config import Settings
 from shopsearch.confidence import CALIBRATION_FILE
 from shopsearch.index import IndexStore
 from shopsearch.regions import Box, InvalidRegionError, parse_box, propose_boxes
+from shopsearch.results import CategoryPrediction
 from tests.conftest import FakeEmbedder, jitter, make_image, sha
 from tests.test_webapp import app_for, make_site
 from webapp import create_app
@@ -140,6 +141,40 @@ def test_page_says_no_close_match_and_shows_nearest_items_apart(client):
     assert "Nearest items we have (not a match)" in html and 'class="grid nearest"' in html
     good = _page(client, _jpeg(jitter(make_image(4), seed=3, amount=8))).get_data(as_text=True)
     assert 'data-match="strong"' in good and "Nearest items" not in good and "Likely match" in good
+
+
+class _AppleHead:
+    """A category router whose head is sure every photo shows an apple (routing off: it only informs)."""
+
+    def route(self, vector):
+        return CategoryPrediction("Fruit/Apple", 0.97, routing="all"), None
+
+    def category_probs(self, vector):
+        return {"Fruit/Apple": 0.97, "Fruit/Banana": 0.01, "Dairy/Milk": 0.01, "Vegetables/Pepper/Red-Bell-Pepper": 0.01,
+                "": 0.25}
+
+
+def test_no_close_match_under_a_filter_that_hides_the_product(trust_site):
+    """Product 4 (an apple) searched among the dairy only: the calibration, fitted on unfiltered
+    searches, calls the first dairy product a close match; the head puts 1% of the photo in Dairy,
+    so the confidence is at most that, and the page points at the filter, not the shop."""
+    photo = _jpeg(jitter(make_image(4), seed=3, amount=8))
+    plain = app_for(trust_site)
+    headed = app_for(trust_site, router=_AppleHead())
+    try:
+        assert _search(plain.test_client(), photo, category="Dairy").get_json()["match"] == "strong"  # the flaw
+        body = _search(headed.test_client(), photo, category="Dairy").get_json()
+        assert body["match"] == "none" and body["confidence"] == pytest.approx(0.01)
+        assert all(h["calibrated_score"] <= 0.01 for h in body["results"])
+        html = _page(headed.test_client(), photo, category="Dairy").get_data(as_text=True)
+        assert 'data-match="none"' in html and "No close match with these filters" in html
+        assert "clear the filters to search the whole shop" in html and "No close match in this shop" not in html
+        assert "Looks like" not in html  # no category guess beside "no close match"
+        fruit = _search(headed.test_client(), photo, category="fruit").get_json()  # a filter holding it
+        assert fruit["match"] == "strong" and fruit["results"][0]["sku"] == "S4"
+    finally:
+        plain.extensions["shopsearch"].close()
+        headed.extensions["shopsearch"].close()
 
 
 # -- crop --------------------------------------------------------------------------------------

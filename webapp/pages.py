@@ -193,8 +193,10 @@ def search():
         res, filters, k, rid, mode="photo", qv=encode_vector(vec), preview=preview, filter_error=filter_error,
         price_input={n: form.get(n, "") for n in ("min_price", "max_price")}, crop=crop_param,
         regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)]))
-    # the page inlines the shopper's photo (and its query vector): no copy of it in any cache
-    page.headers["Cache-Control"] = "no-store"
+    # the page inlines the shopper's photo (and its query vector): no shared cache (a proxy) may keep
+    # it; the shopper's own browser may, so that Back from a product returns to these results
+    # (with no-store, Chrome can only offer to send the photo again: ERR_CACHE_MISS)
+    page.headers["Cache-Control"] = "private"
     return page
 
 

@@ -66,6 +66,15 @@
       camera.value = "";
       show(files[0]);
     });
+    // Back to this page (from the back/forward cache, or with the browser's restored form): the
+    // button is usable again and the preview shows the photo the inputs still hold, if any, so
+    // the shopper sees what "Find similar products" would search.
+    window.addEventListener("pageshow", function () {
+      button.disabled = false;
+      button.textContent = button.getAttribute("data-label") || button.textContent;
+      show(chosen());
+    });
+    button.setAttribute("data-label", button.textContent);
     form.addEventListener("submit", function (e) {
       var f = chosen();
       if (!f) { e.preventDefault(); showError("Choose or take a photo first."); return; }
@@ -119,9 +128,17 @@
     b.addEventListener("click", function () { pick(b.getAttribute("data-region")); });
   });
 
-  // Results page: changing the category applies it at once.
+  // Results page: a category picked with the mouse or a finger applies at once; with the keyboard
+  // the arrows only move through the list (each would otherwise reload the page) and Enter applies.
   Array.prototype.forEach.call(document.querySelectorAll("#filter-form select.auto-submit"), function (sel) {
-    sel.addEventListener("change", function () { sel.form.submit(); });
+    var keyed = false;
+    function apply() { if (sel.form.requestSubmit) { sel.form.requestSubmit(); } else { sel.form.submit(); } }
+    sel.addEventListener("pointerdown", function () { keyed = false; });
+    sel.addEventListener("keydown", function (e) {
+      keyed = true;
+      if (e.key === "Enter") { e.preventDefault(); apply(); }
+    });
+    sel.addEventListener("change", function () { if (!keyed) { apply(); } });
   });
 
   // Results: "this is it" / "not this" answered in place (without JavaScript the form posts and
