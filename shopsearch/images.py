@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageStat, UnidentifiedImageError
 
 from shopsearch.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
 
@@ -124,6 +124,18 @@ def load_image(
     except Exception as e:  # noqa: BLE001 - see _open: a decoder's exception is the file's fault
         # Truncated JPEGs, broken PNG chunks, TIFF strips outside the image land here.
         raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
+
+
+#: a photo whose grey levels vary less than this (of 255, at 64 px) is one flat colour
+FLAT_STDDEV = 2.0
+
+
+def lacks_detail(img: Image.Image) -> bool:
+    """True for a photo of one flat colour (a blank screenshot, a lens cap): nothing in it can
+    identify a product, however close its colour lies to some product's."""
+    small = img.convert("L")
+    small.thumbnail((64, 64))
+    return ImageStat.Stat(small).stddev[0] < FLAT_STDDEV
 
 
 #: the EXIF orientation tag, and its values that turn the picture by a quarter (width and height swap)

@@ -17,6 +17,7 @@ from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.filter_sets import AllowedImages
 from shopsearch.grouping import OwnersCache, group_candidates
+from shopsearch.images import lacks_detail
 from shopsearch.index.manifest import IndexManifest, check_model
 from shopsearch.index.vector_index import VectorIndex
 from shopsearch.rerank import RerankingIndex, RerankOptions
@@ -74,7 +75,7 @@ class SearchService:
             query_vectors(self.embedder, [image])[0]
         t1 = time.perf_counter()
         return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000, rerank=rerank,
-                                  fusion=fusion)
+                                  fusion=fusion, flat=lacks_detail(image))
 
     def search_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> SearchResult:
         if not self.embedder.has_text:
@@ -87,14 +88,15 @@ class SearchService:
     def search_vector(self, vec: np.ndarray, k: int = 10, filters: SearchFilters = SearchFilters(),
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
                       embed_ms: float = 0.0, rerank: RerankOptions | None = None,
-                      fusion: bool | None = None, calibrate: bool = True, photo: bool = True) -> SearchResult:
+                      fusion: bool | None = None, calibrate: bool = True, photo: bool = True,
+                      flat: bool = False) -> SearchResult:
         """Top-k products; image queries carry a calibrated confidence (shopsearch.confidence),
         computed on at least two products so that k=1 has a runner-up to compare with.
         `rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
         router with category probabilities (a trained classifier); without one it is plain routing.
         `vec` is the model's vector (the one logged, and the one the category head reads); a
         centred build searches with the photo's vector centred by the shopper-photo mean
-        (`photo`=False: a text query, not centred)."""
+        (`photo`=False: a text query, not centred); `flat`: the photo is one flat colour (no match)."""
         k_asked, k = k, max(k, 2)
         t0 = time.perf_counter()
         db_s = [0.0]  # catalogue lookups, reported apart from the vector search
@@ -141,6 +143,8 @@ class SearchService:
                 # is not in the filter, which the head knows and the calibration (fitted unfiltered) does not
                 mass = category_mass(head or self.router.category_probs(vec), filters.category)  # type: ignore[union-attr]
                 res = res if mass is None else capped(res, self.calibration, mass)
+            if flat:  # a photo of one flat colour (shopsearch.images.lacks_detail) identifies nothing
+                res = capped(res, self.calibration, 0.0)
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:

@@ -238,3 +238,61 @@ def test_a_search_with_no_free_slot_is_503_busy_while_health_answers(priced_site
     finally:
         release.set()
         app.extensions["shopsearch"].close()
+
+
+def test_a_photo_of_one_flat_colour_is_no_match():
+    """A flat colour lies close to some product's colours (a newcomer got "Close match: Orange" for
+    a pink square), but nothing in it can identify a product."""
+    from shopsearch.images import lacks_detail
+
+    assert lacks_detail(Image.new("RGB", (640, 480), (254, 87, 199)))
+    assert not lacks_detail(make_image(3)) and not lacks_detail(Image.effect_noise((64, 64), 20).convert("RGB"))
+
+
+PINK = (254, 87, 199)
+
+
+@pytest.fixture(scope="module")
+def flat_site(tmp_path_factory):
+    """20 generated products, three photos each, calibrated; product F0's photos are plain pink, so a
+    pink square finds it at a similarity near 1 and, by its score alone, a close match."""
+    from indexer.build import IndexBuilder
+    from shopsearch.catalogue.records import ImageRecord, ProductRecord
+    from shopsearch.catalogue.store import CatalogueStore
+    from shopsearch.config import Settings
+    from shopsearch.index import IndexStore
+    from tests.conftest import FakeEmbedder, jitter, sha
+
+    root = tmp_path_factory.mktemp("flat")
+    settings = Settings(data_dir=root / "data")
+    cat = CatalogueStore.open(settings.db_url)
+    for i in range(20):
+        records = []
+        for j in range(3):
+            base = Image.new("RGB", (96, 96), PINK) if i == 0 else make_image(i)
+            p = root / f"f{i}_{j}.png"
+            (base if j == 0 else jitter(base, seed=100 * i + j, amount=6)).save(p)
+            records.append(ImageRecord(str(p), role="catalogue" if j == 0 else "reference", sha256=sha(p)))
+        cat.upsert_product(ProductRecord(sku=f"F{i}", title=f"Thing {i}", category_path=("Things",), images=tuple(records)))
+    IndexBuilder(FakeEmbedder(), cat, IndexStore(settings.index_dir), settings.vector_cache_dir).build(
+        progress=False, workers=1)
+    cat.close()
+    return settings
+
+
+def test_flat_photos_get_no_match_in_the_api_and_the_page_and_its_reruns(flat_site):
+    app = app_for(flat_site)
+    try:
+        c = app.test_client()
+        detailed = api_search(c, _jpeg(make_image(3))).get_json()  # the calibration works on this site
+        assert detailed["match"] == "strong" and detailed["results"][0]["sku"] == "F3"
+        body = api_search(c, _jpeg(Image.new("RGB", (320, 240), PINK))).get_json()
+        assert body["results"][0]["sku"] == "F0" and body["results"][0]["score"] > 0.95  # found, yet
+        assert body["match"] == "none" and body["confidence"] == 0.01
+        html = page_search(c, _jpeg(Image.new("RGB", (320, 240), PINK))).get_data(as_text=True)
+        assert 'data-match="none"' in html and 'name="qflat" value="1"' in html
+        qv = html.split('name="qv" value="')[1].split('"')[0]
+        again = c.post("/search", data={"qv": qv, "qflat": "1"}).get_data(as_text=True)  # "Show more", filters
+        assert 'data-match="none"' in again
+    finally:
+        app.extensions["shopsearch"].close()

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
 
 from shopsearch.errors import ShopSearchError, UnknownRequestError
+from shopsearch.images import lacks_detail
 from shopsearch.regions import Region, find_objects
 from shopsearch.results import ProductHit, SearchFilters, SearchResult
 from shopsearch.search import query_vectors
@@ -172,6 +173,7 @@ def search():
     if data is not None:
         img = decode_upload(data, svc.embedder)
         query = crop_upload(data, img, box, svc.embedder) if box is not None else img
+        flat = lacks_detail(query)
         t0 = time.perf_counter()
         vec = query_vectors(svc.embedder, [query])[0]
         embed_ms = (time.perf_counter() - t0) * 1000
@@ -180,17 +182,18 @@ def search():
             regions = find_objects(svc, img, objects, min(k, 8), filters)
     elif form.get("qv"):
         vec = decode_vector(form["qv"], svc.embedder.dim)
+        flat = form.get("qflat") == "1"  # carried with the vector (it only ever lowers the confidence)
         preview = checked_preview(form.get("qthumb"))
     else:
         raise MissingImageError("Choose or take a photo first.")
-    res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms)
+    res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms, flat=flat)
     observe_search(res)
     crop_param = box.to_param() if box is not None else (form.get("crop") or "")
     options = {"k": k, "filters": _filters_dict(filters), "crop": crop_param or None, "objects": objects,
                "routing": routing, "new_photo": data is not None}
     rid = log_search(res, svc.embedder.fingerprint, "image", "page", options, [r.result for r in regions])
     page = make_response(_render_results(
-        res, filters, k, rid, mode="photo", qv=encode_vector(vec), preview=preview, filter_error=filter_error,
+        res, filters, k, rid, mode="photo", qv=encode_vector(vec), qflat=flat, preview=preview, filter_error=filter_error,
         price_input={n: form.get(n, "") for n in ("min_price", "max_price")}, crop=crop_param,
         regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)]))
     # the page inlines the shopper's photo (and its query vector): no shared cache (a proxy) may keep
