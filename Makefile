@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-GROCERY ?= ../shared/datasets/grocerystore
+# the dataset `make demo` imports: GROCERY=..., else SHOPSEARCH_DEMO_DATASET, else the shared copy
+GROCERY ?= $(or $(SHOPSEARCH_DEMO_DATASET),../shared/datasets/grocerystore)
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: demo test venv browser nginx clean

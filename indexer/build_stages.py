@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,9 @@ class BuildStages:
                     update: UpdateChanges | None = None) -> BuildReport:
         """The report of a run that found the serving build current: nothing written."""
         prev = self.store.load_report(serving.build_id) or {}
+        if update is not None:  # no new build: the build serving before is the one before the serving build
+            before = self.store.previous_id()
+            update = replace(update, previous_build=before if before != serving.build_id else None)
         log.info("index up to date", extra={"build_id": serving.build_id, "vectors": serving.count})
         return self._report(serving.build_id, serving.index_type, serving.count, EmbedReport(), t0, 0, UP_TO_DATE,
                             int(prev.get("trained_on") or serving.count), scan, update, UP_TO_DATE,

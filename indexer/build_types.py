@@ -56,7 +56,9 @@ class BuildPlan:
 class UpdateChanges:
     """What an update applied to the serving build."""
 
-    previous_build: str
+    #: the build serving before this run's: the one updated, or where the run found the serving
+    #: build up to date (no new build) the one before it (what `index rollback` serves), None when none
+    previous_build: str | None
     added: int
     changed: int
     removed: int

@@ -46,6 +46,21 @@ class ManifestError(ShopSearchError):
     http_status = 400
 
 
+class NothingImportedError(ShopSearchError):
+    """An import in which no row gave a product (every row unreadable, or an empty source)."""
+
+    code = "nothing_imported"
+    http_status = 400
+
+
+class NoUsableImagesError(ShopSearchError):
+    """An import whose every image was missing or unusable: its products were written, without
+    an image to index."""
+
+    code = "no_usable_images"
+    http_status = 400
+
+
 class NotFoundError(ShopSearchError):
     code = "not_found"
     http_status = 404

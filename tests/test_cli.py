@@ -147,3 +147,15 @@ def test_the_entry_point_makes_openmp_threads_wait_passively_unless_told_otherwi
             main()
         assert exit_.value.code == 0
         assert os.environ["OMP_WAIT_POLICY"] == expected
+
+
+def test_the_catalogue_groups_help_names_only_commands_it_has():
+    """It said "Import, list and delete" of a group without a `list` command."""
+    from indexer.cli.catalogue_cmds import catalogue
+
+    res = CliRunner().invoke(cli, ["catalogue", "--help"])
+    assert res.exit_code == 0
+    words = {w.strip(",;:.") for w in catalogue.help.lower().split()}
+    named = words & {"import", "list", "show", "delete", "problems", "update"}
+    assert named and named <= set(catalogue.commands), (named, sorted(catalogue.commands))
+    assert catalogue.help in " ".join(res.output.split())

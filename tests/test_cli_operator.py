@@ -66,11 +66,15 @@ def _import_and_build(tmp_path, data, *extra: str) -> None:
 
 def test_search_against_a_database_without_the_catalogue_is_an_error(tmp_path, db_url):
     data = tmp_path / "data"
+    make_image(1).save(tmp_path / "q.png")
+    res = run(data, "search", str(tmp_path / "q.png"))  # a fresh data dir: no index yet (README: exit codes)
+    assert res.exit_code == 1 and res.output.rstrip().endswith("[index_not_found]"), res.output
     _import_and_build(tmp_path, data)
     assert run(data, "search", str(tmp_path / "imgs" / "1.png")).exit_code == 0
     res = run(data, "--database-url", db_url, "search", str(tmp_path / "imgs" / "1.png"))  # another, empty one
     assert res.exit_code == 1, res.output
     assert "holds no products" in res.output and "--database-url" in res.output
+    assert res.output.rstrip().endswith("[catalogue_empty]")
     assert "no matching products" not in res.output and "Traceback" not in res.output
 
 
@@ -167,14 +171,50 @@ def test_an_import_of_nothing_and_a_delete_of_nothing_exit_non_zero(tmp_path, db
     for name, code in (("rows.csv", 1), ("imgs.csv", 1), ("ok.csv", 0)):
         res = run(tmp_path, "--database-url", db_url, "catalogue", "import", str(tmp_path / name), "--workers", "1")
         assert res.exit_code == code, (name, res.output)
-        if code:
-            assert "nothing was imported" in res.output and "Traceback" not in res.output
+        assert "Traceback" not in res.output
     res = run(tmp_path, "--database-url", db_url, "catalogue", "import", str(tmp_path / "rows.csv"), "--json")
     assert res.exit_code == 1 and json.loads(res.stdout)["products_created"] == 0
+    # the error line ends in its code, as every other one does (README: exit codes)
+    assert res.stderr.strip().splitlines()[-1] == \
+        "Error: nothing was imported: no row gave a product (2 problem(s) reported) [nothing_imported]"
     res = run(tmp_path, "--database-url", db_url, "catalogue", "delete", "NOPE", "GHOST")
-    assert res.exit_code == 1 and "nothing was deleted" in res.output
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines()[-1] == \
+        "Error: nothing was deleted: no product with SKU GHOST, NOPE [product_not_found]"
     res = run(tmp_path, "--database-url", db_url, "catalogue", "delete", "OK", "NOPE", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout) == {"deleted": ["OK"], "not_found": ["NOPE"]}
+
+
+def test_an_import_whose_every_image_is_unusable_says_its_products_were_written(tmp_path, db_url):
+    """Its products are in the catalogue (without an image to index): the error says so, where it
+    said "nothing was imported" of a product `catalogue show` then showed. Still exit 1 (README:
+    exit codes): a catalogue none of whose images can be indexed is no search."""
+    (tmp_path / "x.csv").write_text("sku,images\nZZ-1,img/missing.jpg\n")
+    args = ["--database-url", db_url, "catalogue", "import", str(tmp_path / "x.csv"), "--workers", "1"]
+    res = run(tmp_path, *args)
+    assert res.exit_code == 1 and "products: 1 created" in res.stdout
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: no usable image: every image named was missing or unusable, so the 1 "
+                           "product(s) imported have no image to index") and last.endswith("[no_usable_images]")
+    assert "nothing was imported" not in res.output
+    assert run(tmp_path, "--database-url", db_url, "catalogue", "show", "ZZ-1").exit_code == 0
+    again = run(tmp_path, *args, "--json")  # the unchanged file again: the same outcome
+    assert again.exit_code == 1 and "[no_usable_images]" in again.stderr
+    assert json.loads(again.stdout)["products_unchanged"] == 1
+
+
+def test_import_problems_are_said_once_at_the_default_log_level(tmp_path):
+    """Problems are the report's (human lines, --json): the library logs each at INFO, so the
+    default --log-level WARNING no longer prints them twice; INFO keeps the structured line."""
+    _images(tmp_path, 1)
+    (tmp_path / "m.csv").write_text("sku,images\nOK,imgs/0.png\nB,imgs/missing.png\n")
+    res = run(tmp_path, "catalogue", "import", str(tmp_path / "m.csv"), "--workers", "1")
+    assert res.exit_code == 0, res.output
+    assert "skipped " in res.stderr and "missing.png" in res.stderr
+    assert "import problem" not in res.stderr and '"level"' not in res.stderr
+    res = run(tmp_path, "--log-level", "INFO", "catalogue", "import", str(tmp_path / "m.csv"), "--workers", "1")
+    logged = [json.loads(x) for x in res.stderr.splitlines() if '"msg": "import problem"' in x]
+    assert [(x["level"], x["logger"], x["sku"]) for x in logged] == [("INFO", "shopsearch.importer", "B")]
 
 
 def test_a_rebuild_without_model_keeps_the_serving_model_and_says_so(tmp_path, monkeypatch):
@@ -214,9 +254,13 @@ def test_a_spreadsheets_csv_imports_and_a_header_without_sku_says_what_it_holds(
     (tmp_path / "comma.csv").write_text('sku,price,images\nC0,"1,50",imgs/0.png\n')
     report = json.loads(run(tmp_path, "catalogue", "import", str(tmp_path / "comma.csv"), "--json").stdout)
     assert "write decimals with a point" in json.dumps(report["problems"])
-    (tmp_path / "both.csv").write_text("sku;price;images\nC1;1.234,50;imgs/0.png\n")  # dot and comma: not guessed
+    (tmp_path / "both.csv").write_text("sku;price;images\nC1;1.234,50;imgs/0.png\nC2;\u20ac 2,99;imgs/0.png\n")
     report = json.loads(run(tmp_path, "catalogue", "import", str(tmp_path / "both.csv"), "--json").stdout)
-    assert "write decimals with a point" in json.dumps(report["problems"])
+    # dot and comma: not guessed; the hint says what this file accepts (its decimal comma too)
+    reasons = {p["sku"]: p["reason"] for p in report["problems"]}
+    assert reasons["C1"] == ("price '1.234,50' is not a number (write decimals with a comma or a point, "
+                             "e.g. 1,50 or 1.50, and no thousands separator)")
+    assert reasons["C2"].startswith("price '\u20ac 2,99' is not a number")  # the cell as the file holds it
     assert run(tmp_path, "catalogue", "import", str(tmp_path / "tabs.tsv.csv"), "--workers", "1").exit_code == 0
     assert json.loads(run(tmp_path, "catalogue", "show", "S2").stdout)["title"] == "Banana"
 
@@ -224,3 +268,4 @@ def test_a_spreadsheets_csv_imports_and_a_header_without_sku_says_what_it_holds(
     res = run(tmp_path, "catalogue", "import", str(tmp_path / "ids.csv"))
     assert res.exit_code == 1 and "[manifest_error]" in res.output and "Traceback" not in res.output
     assert "needs a header row with a 'sku' column" in res.output and "its first row is 'id,name,picture'" in res.output
+    assert "'images' among them, are optional" in res.output  # only sku is required: sku,price files import

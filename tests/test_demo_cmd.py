@@ -1,7 +1,11 @@
 """`shopsearch demo --no-serve` on a miniature Grocery Store tree: import, index, head, calibration."""
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -9,6 +13,8 @@ from click.testing import CliRunner
 from indexer.cli import cli
 from shopsearch.classify.artefact import load_artefact
 from tests.test_bench_recall import make_grocery
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # the demo's head fit and calibration are small: one intra-op thread (tests/conftest.py says why)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -53,3 +59,23 @@ def test_demo_without_shopper_photos_holds_out_catalogue_images(tmp_path):
     assert "held-out top-1" in res.output, res.output
     arts = [load_artefact(p) for p in (tmp_path / "var" / "classifiers").rglob("*.pt")]
     assert len(arts) == 1 and "val" not in arts[0].metrics  # too few catalogue images to hold any out
+
+
+def test_demo_without_the_dataset_is_one_line_with_its_code(tmp_path):
+    res = _demo(tmp_path / "var", tmp_path / "no-grocery")
+    assert res.exit_code == 1 and "Grocery Store dataset not found" in res.output and "Traceback" not in res.output
+    assert res.output.rstrip().endswith("[manifest_error]")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("env,args,dataset", [
+    ({}, [], "../shared/datasets/grocerystore"),
+    ({"SHOPSEARCH_DEMO_DATASET": "/elsewhere/grocery"}, [], "/elsewhere/grocery"),  # README: the variable works
+    ({"SHOPSEARCH_DEMO_DATASET": "/elsewhere/grocery"}, ["GROCERY=/mine"], "/mine"),  # GROCERY= wins
+])
+def test_make_demo_takes_the_dataset_from_grocery_or_the_environment(env, args, dataset):
+    base = {k: v for k, v in os.environ.items() if k not in ("GROCERY", "SHOPSEARCH_DEMO_DATASET", "MAKEFLAGS")}
+    out = subprocess.run(["make", "-n", "demo", *args], cwd=ROOT, env={**base, **env}, capture_output=True,
+                         text=True, check=True).stdout
+    (line,) = [x for x in out.splitlines() if " demo " in x]
+    assert line.endswith(f"demo --dataset {dataset}"), out

@@ -266,9 +266,55 @@ def empty_model_caches(tmp_path, monkeypatch):
 
 def test_openclip_tag_offline_says_how_to_fix(empty_model_caches):
     start = time.perf_counter()
-    with pytest.raises(ModelUnavailableError, match="@/path/to"):
+    with pytest.raises(ModelUnavailableError, match="@/path/to") as e:
         load_embedder("openclip:ViT-B-32/laion2b_s34b_b79k", device="cpu")
     assert time.perf_counter() - start < 3.0
+    assert "HF_HUB_OFFLINE is set" in str(e.value) and "unset HF_HUB_OFFLINE" in str(e.value)
+
+
+def test_openclip_tag_with_the_hub_unreachable_fails_at_once_and_says_why(empty_model_caches, monkeypatch):
+    """HF_HUB_OFFLINE unset and no network: one probe of the hub, no download and its ~50 s of
+    retries, and no advice to unset a variable that was not set."""
+    import huggingface_hub
+    import open_clip
+
+    from shopsearch.embedders import openclip
+
+    probed = []
+
+    def unreachable(url, timeout=None, **kwargs):
+        probed.append(url)
+        raise OSError("[Errno 101] Network is unreachable")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the hub cannot be reached")
+
+    monkeypatch.setattr(openclip, "hf_offline", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    monkeypatch.setattr(open_clip, "download_pretrained", no_download)
+    with pytest.raises(ModelUnavailableError) as e:
+        openclip.resolve_tag_weights("ViT-B-32", "laion2b_s34b_b79k")
+    assert len(probed) == 1 and probed[0].startswith("https://huggingface.co/laion/")
+    msg = str(e.value)
+    assert "huggingface.co cannot be reached" in msg and "Network is unreachable" in msg and "@/path/to" in msg
+    assert "HF_HUB_OFFLINE" not in msg
+
+
+def test_openclip_hub_that_answers_is_no_reason_to_stop(monkeypatch):
+    """An HTTP answer (here: no such file) means the hub is reachable: the download goes on and
+    reports its own error."""
+    import huggingface_hub
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    from shopsearch.embedders import openclip
+
+    def not_found(url, timeout=None, **kwargs):
+        # made without its HTTP response (the transport's class varies across huggingface_hub versions)
+        raise RemoteEntryNotFoundError.__new__(RemoteEntryNotFoundError, "404 Client Error: entry not found")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", not_found)
+    assert openclip.hub_unreachable({"hf_hub": "org/repo/"}) is None
+    assert openclip.hub_unreachable({"url": "https://example.com/w.pt"}) is None  # not on the hub: not probed
 
 
 # (f)

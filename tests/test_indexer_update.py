@@ -145,12 +145,24 @@ def test_cli_status_update_rollback_json(tmp_path):
     upd = json.loads(res.stdout)  # exactly one JSON object on stdout
     assert (upd["embedded"], upd["skipped"], upd["vectors"], upd["removed"], upd["mode"]) == (1, 0, 5, 1, "delta")
     assert upd["previous_build"] == first["build_id"] and upd["images_per_s"] >= 0 and "seconds" in upd
+    # nothing changed since: no new build, and the build serving before is still the first (not itself)
+    noop = json.loads(_cli(data, "index", "update", "--json").stdout)
+    assert (noop["up_to_date"], noop["build_id"], noop["previous_build"]) == (True, upd["build_id"], first["build_id"])
     assert json.loads(_cli(data, "index", "status", "--json").stdout)["up_to_date"] is True
     rb = json.loads(_cli(data, "index", "rollback", "--json").stdout)
     assert rb == {"current": first["build_id"], "previous": upd["build_id"], "vectors": 5}
     assert json.loads(_cli(data, "index", "status", "--json").stdout)["stale"] == 1
     listing = json.loads(_cli(data, "index", "list", "--json").stdout)["builds"]
     assert {b["build_id"] for b in listing} == {first["build_id"], upd["build_id"]}
+    cat.close()
+
+
+def test_an_update_with_nothing_to_do_after_a_first_build_names_no_previous_build(tmp_path):
+    data, cat = _data_dir(tmp_path, 3)
+    first = json.loads(_cli(data, "index", "build", "--model", "colorhist", "--json").stdout)
+    noop = json.loads(_cli(data, "index", "update", "--json").stdout)
+    assert (noop["up_to_date"], noop["build_id"], noop["previous_build"]) == (True, first["build_id"], None)
+    assert noop["added"] == noop["changed"] == noop["removed"] == 0
     cat.close()
 
 

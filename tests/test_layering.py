@@ -217,3 +217,18 @@ def test_the_library_neither_exits_nor_parses_a_command_line():
             if exits or (isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names)):
                 bad.append(f"{rel}:{node.lineno}")
     assert bad == []
+
+
+def test_commands_raise_domain_errors_and_only_the_group_makes_click_errors():
+    """A command that fails raises a ShopSearchError (shopsearch/errors.py); the group
+    (indexer/cli/context.py) turns it into a ClickException ending in its [code]. One made
+    in a command printed its line without a code (README: exit codes)."""
+    bad = []
+    for rel, tree in _files("indexer", "webapp"):
+        for node in ast.walk(tree):
+            made = isinstance(node, ast.Call) and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "ClickException")
+                or (isinstance(node.func, ast.Name) and node.func.id == "ClickException"))
+            if made and rel != "indexer/cli/context.py":
+                bad.append(f"{rel}:{node.lineno}")
+    assert bad == []

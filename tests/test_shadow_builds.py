@@ -75,7 +75,7 @@ def test_compare_json_on_a_tiny_labelled_set(tmp_path):
     assert _cli(data, "catalogue", "import", str(tmp_path / "products.csv")).exit_code == 0
     assert _cli(data, "index", "build", "--model", "colorhist").exit_code == 0
     res = _cli(data, "index", "compare", "--dataset", str(tmp_path), "--json")
-    assert res.exit_code == 1 and "no shadow build" in res.output
+    assert res.exit_code == 1 and "no shadow build" in res.output and res.output.rstrip().endswith("[index_not_found]")
     if importlib.util.find_spec("shopsearch.feedback") is None:  # without the feedback log: said, nothing done
         res = _cli(data, "adapter", "train", "--from-feedback")
         assert res.exit_code == 1 and "--pairs FILE" in res.output

@@ -284,6 +284,7 @@ def test_public_bind_without_nginx_is_refused(monkeypatch):
     monkeypatch.setattr(front, "nginx_binary", lambda: None)
     result = CliRunner().invoke(cli, ["serve", "--bind", "0.0.0.0:8000"])
     assert result.exit_code != 0 and "slow clients" in result.output and "--front none" in result.output
+    assert result.output.rstrip().endswith("[config_error]")
 
 
 @needs_nginx

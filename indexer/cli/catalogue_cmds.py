@@ -8,6 +8,7 @@ import click
 
 from indexer.cli.context import Ctx, echo_json, pass_ctx
 from shopsearch.catalogue.formats import FORMATS
+from shopsearch.errors import ProductNotFoundError
 
 if TYPE_CHECKING:
     from shopsearch.catalogue.importers import ImportReport
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 @click.group("catalogue")
 def catalogue() -> None:
-    """Import, list and delete catalogue products."""
+    """Import, show and delete catalogue products."""
 
 
 @catalogue.command("import")
@@ -34,8 +35,8 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
                as_json: bool) -> None:
     """Import a manifest (CSV/JSONL), an ImageFolder tree or the Grocery Store dataset.
 
-    A SKU on several rows is imported from its last row and reported. Exits 1 when nothing
-    was imported (no usable row, or every image unusable)."""
+    A SKU on several rows is imported from its last row and reported. Exits 1 when no row
+    gave a product, or when every image was unusable (the products are written, without one)."""
     from pathlib import Path
 
     from shopsearch.catalogue.importers import import_catalogue
@@ -52,7 +53,7 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     tagging = tag_after_import(c.settings, c.catalogue(), progress=not as_json)
     if as_json:
         echo_json({**report.to_dict(), "tagging": tagging.to_dict() if tagging else None})
-        _fail_if_nothing_imported(report)
+        _fail_if_failed(report)
         return
     click.echo(f"products: {report.products_created} created, {report.products_updated} updated, "
                f"{report.products_unchanged} unchanged; images added: {report.images_added}, "
@@ -70,14 +71,14 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
         click.echo(f"  {verb}{p.where}" + (f" (sku {p.sku})" if p.sku else "") + f": {p.reason}{tail}", err=True)
     if len(report.problems) > 50:
         click.echo(f"  ... and {len(report.problems) - 50} more problems (use --json for all)", err=True)
-    _fail_if_nothing_imported(report)
+    _fail_if_failed(report)
 
 
-def _fail_if_nothing_imported(report: ImportReport) -> None:
-    if report.nothing_imported:
-        products = report.products_created + report.products_updated + report.products_unchanged
-        what = "no row gave a product" if products == 0 else "every image was unusable"
-        raise click.ClickException(f"nothing was imported: {what} ({len(report.problems)} problem(s) reported)")
+def _fail_if_failed(report: ImportReport) -> None:
+    """Exit 1 (after the report) when no row gave a product or every image was unusable."""
+    failure = report.failure()
+    if failure is not None:
+        raise failure
 
 
 @catalogue.command("delete")
@@ -96,7 +97,7 @@ def delete_cmd(c: Ctx, skus: tuple[str, ...], as_json: bool) -> None:
         if missing:
             click.echo(f"not found: {', '.join(missing)}", err=True)
     if not found:
-        raise click.ClickException(f"nothing was deleted: no product with SKU {', '.join(missing)}")
+        raise ProductNotFoundError(f"nothing was deleted: no product with SKU {', '.join(missing)}")
 
 
 @catalogue.command("problems")

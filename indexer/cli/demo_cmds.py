@@ -37,11 +37,12 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration
     from shopsearch.catalogue.importers import import_catalogue
     from shopsearch.catalogue.readers import RowProblem, read_source
     from shopsearch.embedding.preprocess import decode_query
+    from shopsearch.errors import ManifestError
 
     root = Path(dataset)
     if not (root / "dataset" / "classes.csv").is_file():
-        raise click.ClickException(f"Grocery Store dataset not found at {root.resolve()} "
-                                   "(pass --dataset or set SHOPSEARCH_DEMO_DATASET)")
+        raise ManifestError(f"Grocery Store dataset not found at {root.resolve()} "
+                            "(pass --dataset or set SHOPSEARCH_DEMO_DATASET)")
     problems: list[RowProblem] = []
     split = None if reference_split == "none" else reference_split
     report = import_catalogue(c.catalogue(), read_source(root, "grocerystore", problems, split), problems)

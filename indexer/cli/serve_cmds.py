@@ -12,6 +12,7 @@ import click
 
 from indexer.cli.context import Ctx, pass_ctx
 from shopsearch.config import metrics_dir, pin_serving_threads, set_metrics_dir
+from shopsearch.errors import ConfigError
 
 
 def _split_bind(bind: str) -> tuple[str, int]:
@@ -92,7 +93,7 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
         return
     use_front = not debug and (front == "nginx" or (front == "auto" and nginx_binary() is not None))
     if front == "auto" and not use_front and not debug and not _loopback(host):
-        raise click.ClickException(
+        raise ConfigError(
             f"refusing to serve {host} with gunicorn alone: a few slow clients would take it offline. "
             "Install nginx (Debian: apt-get install nginx), or put your own proxy in front and pass --front none")
     if front == "auto" and not use_front and not debug:

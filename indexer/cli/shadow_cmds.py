@@ -62,6 +62,7 @@ def compare_cmd(c: Ctx, dataset: str | None, layout: str, queries: str | None, l
                 as_json: bool, out: str | None) -> None:
     """Run the serving and the shadow build side by side: recall@k, agreement, latency, disagreements."""
     from shopsearch.app import open_search_service
+    from shopsearch.errors import IndexNotFoundError
     from shopsearch.evaluation.compare import compare_feedback, compare_photos
 
     if dataset is None and not pairs_file and not from_feedback:
@@ -70,8 +71,8 @@ def compare_cmd(c: Ctx, dataset: str | None, layout: str, queries: str | None, l
     shadow_id = shadow_id or store.shadow_id()
     serving_id = store.serving_id()
     if shadow_id is None or serving_id is None:
-        raise click.ClickException("there is no " + ("shadow build (`shopsearch index build --model M --shadow`)"
-                                                     if serving_id else "serving build") + " to compare")
+        raise IndexNotFoundError("there is no " + ("shadow build (`shopsearch index build --model M --shadow`)"
+                                                   if serving_id else "serving build") + " to compare")
     ks = tuple(sorted(set(ks)))
     serving = open_search_service(c.settings, catalogue=c.catalogue(), build_id=serving_id, with_router=False)
     shadow = open_search_service(c.settings, catalogue=c.catalogue(), build_id=shadow_id, with_router=False)

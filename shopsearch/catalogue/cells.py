@@ -15,15 +15,23 @@ _LIST_MARKS = frozenset("[|;")
 MAX_PRICE = Decimal("9999999999.99")
 
 
-def price(value: object) -> Decimal | None:
-    """A price cell as a Decimal (None when empty); ValueError when it is not a price
-    (not a number, NaN, infinite, negative or beyond MAX_PRICE)."""
+def price(value: object, decimal_comma: bool = False) -> Decimal | None:
+    """A price cell as a Decimal (None when empty); ValueError, quoting the cell as the file
+    holds it, when it is not a price (not a number, NaN, infinite, negative or beyond
+    MAX_PRICE). `decimal_comma` (a CSV separated by semicolons or tabs, as spreadsheets save
+    it where decimals are written with a comma) also reads one comma as the decimal point."""
     if value in (None, ""):
         return None
+    text = str(value).strip()
+    if decimal_comma and text.count(",") == 1 and "." not in text:
+        text = text.replace(",", ".")  # "12,50" from a spreadsheet that writes decimal commas
     try:
-        d = Decimal(str(value).strip())
+        d = Decimal(text)
     except InvalidOperation:
-        hint = " (write decimals with a point, e.g. 1.50, and no thousands separator)" if "," in str(value) else ""
+        hint = ""
+        if "," in str(value):
+            hint = (" (write decimals with a comma or a point, e.g. 1,50 or 1.50, and no thousands separator)"
+                    if decimal_comma else " (write decimals with a point, e.g. 1.50, and no thousands separator)")
         raise ValueError(f"price {value!r} is not a number{hint}") from None
     if not d.is_finite():
         raise ValueError(f"price {value!r} is not a number")

@@ -16,7 +16,8 @@ from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResul
 from shopsearch.catalogue.row_digest import current_digest
 from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
 from shopsearch.catalogue.readers import RowProblem
-from shopsearch.errors import InvalidImageError, ManifestError
+from shopsearch.errors import (InvalidImageError, ManifestError, NoUsableImagesError, NothingImportedError,
+                               ShopSearchError)
 from shopsearch.images import inspect_image
 from shopsearch.workers import RespawningPool
 
@@ -42,11 +43,19 @@ class ImportReport:
     images_replaced: list[str] = field(default_factory=list)
     problems: list[RowProblem] = field(default_factory=list)
 
-    @property
-    def nothing_imported(self) -> bool:
-        """No row gave a product, or every image listed was unusable: a failed import."""
+    def failure(self) -> ShopSearchError | None:
+        """Why the import failed, for its caller to raise once the report is shown: no row gave
+        a product, or every image named was unusable (the products are written, without an
+        image to index); None when it did its work."""
         products = self.products_created + self.products_updated + self.products_unchanged
-        return products == 0 or (self.images_failed > 0 and self.images_ok == 0)
+        problems = f"{len(self.problems)} problem(s) reported"
+        if products == 0:
+            return NothingImportedError(f"nothing was imported: no row gave a product ({problems})")
+        if self.images_failed and not self.images_ok:
+            return NoUsableImagesError(
+                f"no usable image: every image named was missing or unusable, so the {products} product(s) "
+                f"imported have no image to index ({problems}); fix the paths or files and import again")
+        return None
 
     def to_dict(self) -> dict:
         return {
@@ -231,5 +240,6 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
         checks.close()  # the workers stop (a failed batch leaves the rest unchecked)
         bar.close()
     for p in report.problems:
-        log.warning("import problem", extra={"where": p.where, "sku": p.sku, "reason": p.reason})
+        # the caller reports them to the user (the report's problems): a log line at INFO only
+        log.info("import problem", extra={"where": p.where, "sku": p.sku, "reason": p.reason})
     return report

@@ -77,12 +77,11 @@ def _record(row: dict, base: Path, keep: frozenset[str], decimal_comma: bool = F
     attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
     if isinstance(get("attributes"), dict):
         attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
-    cur, amount = get("currency"), get("price")
-    if decimal_comma and amount and "," in amount and "." not in amount and amount.count(",") == 1:
-        amount = amount.replace(",", ".")  # "12,50" from a spreadsheet that writes decimal commas
+    cur = get("currency")
     return ProductRecord(
         sku, title, text_cell(get("description"), "description"), text_cell(get("brand"), "brand", BRAND_CHARS),
-        price(amount), text_cell(cur, "currency").upper()[:3] if cur else None, category(get("category")), attrs,
+        price(get("price"), decimal_comma), text_cell(cur, "currency").upper()[:3] if cur else None,
+        category(get("category")), attrs,
         tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]), keep)
 
 
@@ -126,8 +125,8 @@ def _header(f, path: Path) -> tuple[list[str], Iterator[list[str]], str]:
             return fieldnames, reader, delimiter
     f.seek(0)
     first = f.readline().strip()
-    raise ManifestError(f"{path}: a CSV manifest needs a header row with a 'sku' column and an 'images' column "
-                        "(values separated by commas, semicolons or tabs); "
+    raise ManifestError(f"{path}: a CSV manifest needs a header row with a 'sku' column (the other columns, "
+                        "'images' among them, are optional; values separated by commas, semicolons or tabs); "
                         + (f"its first row is {first[:200]!r}" if first else "the file is empty"))
 
 

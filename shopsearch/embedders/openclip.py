@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -143,14 +144,45 @@ def cached_tag_weights(arch: str, tag: str) -> str | None:
     return None
 
 
-def _how_to_provide(arch: str, tag: str, cfg: dict) -> str:
+def _how_to_provide(arch: str, tag: str, cfg: dict, offline: bool = False) -> str:
+    """How to give this machine the weights; `offline`: HF_HUB_OFFLINE forbade the download."""
     hf = _hf_candidates(cfg)
     where = f"https://huggingface.co/{hf[0]}" if hf else (cfg.get("url") or "the OpenCLIP model zoo")
     return (
         f"download the checkpoint on a connected machine (from {where}), copy it here and use the "
         f"spec 'openclip:{arch}@/path/to/checkpoint' (e.g. open_clip_pytorch_model.bin), or "
-        f"pre-populate the Hugging Face cache (HF_HOME) and unset HF_HUB_OFFLINE"
+        + ("pre-populate the Hugging Face cache (HF_HOME) and unset HF_HUB_OFFLINE" if offline else
+           "copy a Hugging Face cache holding them here (HF_HOME), or run again where the download works")
     )
+
+
+#: seconds the hub has to answer one request before a download: huggingface_hub retries a hub it
+#: cannot reach 5 times per file with back-off (open_clip asks for two files: ~50 s), so an
+#: unreachable one is found out first, once, without retries
+HUB_PROBE_TIMEOUT_S = 10.0
+
+
+def hub_unreachable(cfg: dict, timeout: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub hosting a tag's weights cannot be reached (a network error or
+    time-out on one request, no retries), else None: it answered (even "no such file"), or the
+    tag is not hosted there."""
+    hf = _hf_candidates(cfg)
+    if hf is None:
+        return None
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        return None  # open_clip then downloads from its URL, or says what is missing
+    repo_id, names = hf
+    url = hf_hub_url(repo_id, names[0])
+    try:
+        get_hf_file_metadata(url, timeout=timeout)
+    except HfHubHTTPError:  # an HTTP answer (a missing file, a gated repo): the download says more
+        return None
+    except Exception as exc:  # noqa: BLE001 - DNS, connection refused, time-out, proxy, TLS
+        return f"{urlsplit(url).netloc} cannot be reached: {type(exc).__name__}: {exc}"
+    return None
 
 
 def resolve_tag_weights(arch: str, tag: str) -> str:
@@ -168,6 +200,12 @@ def resolve_tag_weights(arch: str, tag: str) -> str:
     if hf_offline():
         raise ModelUnavailableError(
             f"weights for openclip:{arch}/{tag} are not cached and HF_HUB_OFFLINE is set; "
+            + _how_to_provide(arch, tag, cfg, offline=True)
+        )
+    unreachable = hub_unreachable(cfg)
+    if unreachable:
+        raise ModelUnavailableError(
+            f"weights for openclip:{arch}/{tag} are not cached and cannot be downloaded ({unreachable}); "
             + _how_to_provide(arch, tag, cfg)
         )
     try:
