@@ -6,7 +6,8 @@ checkout: run it once per checkout, in turns, to compare.
     for turn in 1 2; do for co in /tmp/main_head .; do python benchmarks/busy_health_bench.py \\
         --checkout $co --data-dir var --clients 8 --tag $(basename $co); done; done
 
-The heavy photo is generated: a 6000 x 6000 RGBA PNG of one colour (152 KB to send, ~0.7 s of a
+Each client sends its next upload as soon as the last is answered, and waits the Retry-After
+(2 s) after a 503 busy, as a well-behaved client does. The heavy photo is generated: a 6000 x 6000 RGBA PNG of one colour (152 KB to send, ~0.7 s of a
 core to decode), the upload an adversarial probe used to starve the health checks. Prints one
 JSON line per run and, with --out, writes it."""
 from __future__ import annotations
@@ -66,6 +67,12 @@ def _post(url: str, body: bytes) -> str:
         return "error"
 
 
+def _group_rss_mb(pgid: int) -> float:
+    """Resident memory of every process of the server's process group (gunicorn, its workers, nginx)."""
+    out = subprocess.run(["ps", "-o", "rss=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return round(sum(int(x) for x in out.split()) / 1024, 1)
+
+
 def run(checkout: Path, data_dir: Path, clients: int, seconds: float, photo: bytes) -> dict:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -86,7 +93,10 @@ def run(checkout: Path, data_dir: Path, clients: int, seconds: float, photo: byt
 
         def client() -> None:
             while not stop.is_set():
-                searches[_post(base + "/api/v1/search?k=5", photo)] += 1
+                code = _post(base + "/api/v1/search?k=5", photo)
+                searches[code] += 1
+                if code == "503":  # busy: a client that honours Retry-After (2 s)
+                    stop.wait(2)
 
         threads = [threading.Thread(target=client) for _ in range(clients)]
         for t in threads:
@@ -102,6 +112,7 @@ def run(checkout: Path, data_dir: Path, clients: int, seconds: float, photo: byt
         stop.set()
         for t in threads:
             t.join()
+        rss_mb = _group_rss_mb(server.pid)  # what the server kept after the burst
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
@@ -109,7 +120,7 @@ def run(checkout: Path, data_dir: Path, clients: int, seconds: float, photo: byt
     return {"checkout": str(checkout), "clients": clients, "seconds": round(elapsed, 1),
             "healthz": dict(Counter(c for c, _ in probes)), "healthz_p50_ms": statistics.median(ms),
             "healthz_worst_ms": max(ms), "searches": dict(searches),
-            "searches_per_s": round(sum(searches.values()) / (elapsed + 2), 2)}
+            "searches_per_s": round(sum(searches.values()) / (elapsed + 2), 2), "server_rss_mb_after": rss_mb}
 
 
 def main() -> None:

@@ -254,17 +254,18 @@ def category_mass(probs: Mapping[str, float], prefix: str) -> float | None:
     return float(sum(inside)) if inside else None
 
 
-def capped(result: SearchResult, calibration: Calibration | None, cap: float) -> SearchResult:
+def capped(result: SearchResult, calibration: Calibration | None, cap: float, why: str) -> SearchResult:
     """The result with its confidence at most `cap` (each hit's calibrated score scaled alike and
     `match` decided again): a filtered search's first product can only be the one photographed
-    when that product is inside the filter, whatever the photo's familiarity says."""
+    when that product is inside the filter, whatever the photo's familiarity says. `why` names the
+    limit (SearchResult.confidence_limit) when it lowered the confidence."""
     if result.confidence is None or calibration is None or result.confidence <= cap:
         return result
     conf = float(max(cap, CONFIDENCE_RANGE[0]))
     scale = conf / result.confidence
     hits = tuple(replace(h, calibrated=None if h.calibrated is None else max(h.calibrated * scale, CONFIDENCE_RANGE[0]))
                  for h in result.hits)
-    return replace(result, hits=hits, confidence=conf, match=calibration.match(conf))
+    return replace(result, hits=hits, confidence=conf, match=calibration.match(conf), confidence_limit=why)
 
 
 def annotate(result: SearchResult, calibration: Calibration | None, scoring: str = RAW_SCORING,

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from shopsearch.errors import InvalidRegionError
-from shopsearch.images import DEFAULT_MAX_PIXELS, load_image
+from shopsearch.images import DEFAULT_MAX_PIXELS, load_image, upright_size
 from shopsearch.results import SearchFilters, SearchResult
 
 #: a crop smaller than this many pixels on a side is refused (nothing recognisable is left)
@@ -59,7 +59,7 @@ def parse_box(text: str) -> Box:
     if len(parts) != 4:
         raise InvalidRegionError(f"crop must be four numbers x,y,w,h (fractions of the photo, 0 to 1), not {text!r}")
     try:
-        if "_" in str(text):  # float() reads `1_0` as 10.0
+        if "_" in str(text) or not str(text).isascii():  # float() reads `1_0` as 10.0, "０" as 0
             raise ValueError(text)
         x, y, w, h = (float(p) for p in parts)
     except ValueError:
@@ -76,14 +76,18 @@ def parse_box(text: str) -> Box:
     return Box(x, y, min(w, 1 - x), min(h, 1 - y))
 
 
+def _pixels_to_search(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The box's pixels in a width x height photo; InvalidRegionError when too small to search."""
+    left, upper, right, lower = box.pixels(width, height)
+    if right - left < MIN_CROP_PX or lower - upper < MIN_CROP_PX:
+        raise InvalidRegionError(f"the crop box is {right - left}x{lower - upper} pixels of this {width}x{height} "
+                                 f"photo; it must be at least {MIN_CROP_PX} pixels on each side")
+    return left, upper, right, lower
+
+
 def crop(image: Image.Image, box: Box) -> Image.Image:
     """The part of an upright image inside `box`; InvalidRegionError when too small to search."""
-    left, upper, right, lower = box.pixels(*image.size)
-    if right - left < MIN_CROP_PX or lower - upper < MIN_CROP_PX:
-        raise InvalidRegionError(f"the crop box is {right - left}x{lower - upper} pixels of this "
-                                 f"{image.width}x{image.height} photo; it must be at least {MIN_CROP_PX} pixels "
-                                 "on each side")
-    return image.crop((left, upper, right, lower))
+    return image.crop(_pixels_to_search(box, *image.size))
 
 
 def crop_source(source: bytes, decoded: Image.Image, box: Box, model_px: int, max_side: int,
@@ -98,6 +102,9 @@ def crop_source(source: bytes, decoded: Image.Image, box: Box, model_px: int, ma
     left, upper, right, lower = box.pixels(*decoded.size)
     if min(right - left, lower - upper) >= model_px:
         return crop(decoded, box)
+    full = upright_size(source)
+    if full is not None:  # a box too small even at full size is refused before the photo is decoded again
+        _pixels_to_search(box, *full)
     need = int(np.ceil(model_px / min(box.w, box.h)))
     with load_image(source, draft_size=need, max_pixels=max_pixels) as sharp:
         if sharp.size[0] <= decoded.size[0]:  # the decoded photo was not shrunk: nothing to gain

@@ -88,6 +88,9 @@ class SearchResult:
     confidence: float | None = None  # probability the first hit is the right product; None: uncalibrated
     match: str | None = None  # "strong" | "weak" | "none" (None when uncalibrated)
     calibration: dict[str, Any] | None = None  # how confidence was obtained, or why there is none
+    #: why the confidence is lower than the fit said (shopsearch.confidence.capped): "filter" (the
+    #: category head puts the photo's product outside the category filter) or "flat" (one flat colour)
+    confidence_limit: str | None = None
     #: the vector searched with (float32, unit length); kept out of to_dict: the feedback log stores it
     query_vector: Any = field(default=None, repr=False, compare=False)
 
@@ -101,5 +104,6 @@ class SearchResult:
             "predicted_category": self.predicted_category.to_dict() if self.predicted_category else None,
             "confidence": round(self.confidence, 4) if self.confidence is not None else None,
             "match": self.match,
+            "confidence_limit": self.confidence_limit,
             "calibration": self.calibration,
         }

@@ -142,9 +142,9 @@ class SearchService:
                 # a photo of a banana searched among the milk: familiar to the shop, but its product
                 # is not in the filter, which the head knows and the calibration (fitted unfiltered) does not
                 mass = category_mass(head or self.router.category_probs(vec), filters.category)  # type: ignore[union-attr]
-                res = res if mass is None else capped(res, self.calibration, mass)
+                res = res if mass is None else capped(res, self.calibration, mass, "filter")
             if flat:  # a photo of one flat colour (shopsearch.images.lacks_detail) identifies nothing
-                res = capped(res, self.calibration, 0.0)
+                res = capped(res, self.calibration, 0.0, "flat")
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:

@@ -107,10 +107,10 @@ def test_a_category_filter_caps_the_confidence_by_the_heads_mass_inside_it():
     hits = (ProductHit("a", "A", 0.88, 1, "p"), ProductHit("b", "B", 0.6, 2, "p"))
     res = annotate(SearchResult(hits, "m", "b1"), cal)
     assert res.match == "strong"
-    low = capped(res, cal, 0.015)
-    assert low.match == "none" and low.confidence == pytest.approx(0.015)
+    low = capped(res, cal, 0.015, "filter")
+    assert low.match == "none" and low.confidence == pytest.approx(0.015) and low.confidence_limit == "filter"
     assert low.hits[0].calibrated == pytest.approx(0.015) and low.hits[1].calibrated < res.hits[1].calibrated
-    assert capped(res, cal, 0.999) is res  # a filter holding the product changes nothing
+    assert capped(res, cal, 0.999, "filter") is res  # a filter holding the product changes nothing
 
 
 def test_features_lead_over_the_best_other_product():

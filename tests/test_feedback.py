@@ -136,7 +136,7 @@ def test_a_verdict_form_posted_from_another_site_is_refused(app):
     c = app.test_client()
     html = page_search(c, photo(4)).get_data(as_text=True)
     (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
-    for origin in ("http://evil.example", "null", "http://localhost.evil.example"):
+    for origin in ("http://evil.example", "null", "http://localhost.evil.example", "http://[::1", "http://[zz]"):
         r = c.post(f"/results/{rid}/feedback", data={"sku": "P4", "event": "reject"}, headers={"Origin": origin})
         assert r.status_code == 403 and "sent from another website" in r.get_data(as_text=True), origin
     # the shop's own page (the test client's host is localhost), and a client that names no page

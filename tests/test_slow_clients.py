@@ -265,6 +265,9 @@ def test_nginx_errors_before_a_location_are_json_under_api_and_html_for_pages():
         assert (status, ctype) == (400, "text/html") and b"Back to search" in body
         status, ctype, body = _raw(port, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert (status, ctype) == (405, "text/html") and b"Not allowed" in body
+        assert _api_error(*_raw(port, b"POST /api/v1/search HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n"
+                                      b"Connection: close\r\n\r\n")) == (501, "not_implemented")
+        assert _api_error(*_raw(port, b"GET /api/v1/search HTTP/2.0\r\nHost: a\r\n\r\n")) == (505, "http_version_not_supported")
         # percent-encoded, the same character goes on to the app (here: none, so nginx's 502)
         assert _api_error(*_raw(port, b"GET /api/v1/search?k=%D9%A5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) \
             == (502, "bad_gateway")

@@ -18,7 +18,7 @@ from PIL import Image
 from indexer.cli import cli
 from shopsearch.images import load_image
 from shopsearch.regions import Box, InvalidRegionError, crop_source
-from tests.conftest import make_image
+from tests.conftest import jitter, make_image
 from tests.test_webapp import api_search, app_for, make_site, page_search, photo
 
 
@@ -59,7 +59,8 @@ def test_deeply_nested_feedback_json_is_400_not_500(client, body):
 @pytest.mark.parametrize("params, message", [
     ({"k": "1_0"}, "whole number"), ({"min_price": "1_0"}, "must be a number"),
     ({"crop": "0,0,0.5_0,1"}, "four numbers"), ({"objects": "1_0"}, "objects must be"),
-    ({"routing": "banana"}, "routing must be on or off"),
+    ({"routing": "banana"}, "routing must be on or off"), ({"k": "\uff15"}, "whole number"),
+    ({"crop": "\uff10,0,1,1"}, "four numbers"), ({"max_price": "\u0665"}, "must be a number"),
 ])
 def test_digit_separators_and_unknown_switches_are_400(client, params, message):
     r = api_search(client, photo(1), **params)
@@ -206,6 +207,56 @@ def test_the_search_gate_lets_a_search_wait_its_turn_then_says_busy():
         pass
 
 
+def test_the_gate_refuses_at_once_when_its_queue_is_full():
+    """At most `max_waiting` searches wait for a slot (serve: the spare threads less one): one more
+    is told at once, so waiting searches never hold every spare thread (health checks queue behind)."""
+    import threading
+    import time
+
+    from webapp.errors import ServerBusyError
+    from webapp.search_gate import SearchGate
+
+    gate = SearchGate(slots=1, wait_s=5, max_waiting=1)
+    held, release, waited = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        with gate.enter():
+            held.set()
+            release.wait(5)
+
+    def wait() -> None:
+        with gate.enter():
+            waited.append(True)
+
+    holder, waiter = threading.Thread(target=hold), threading.Thread(target=wait)
+    holder.start()
+    assert held.wait(5)
+    waiter.start()
+    for _ in range(100):  # the waiter is queued
+        if gate.waiting == 1:
+            break
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    with pytest.raises(ServerBusyError):
+        with gate.enter():
+            pass
+    assert time.monotonic() - t0 < 1  # refused at once, not after wait_s
+    release.set()
+    holder.join(5)
+    waiter.join(5)
+    assert waited == [True]  # the one that waited got its turn
+
+
+def test_server_workers_cap_their_malloc_arenas():
+    import sys
+
+    from webapp.server import limit_malloc_arenas
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's mallopt")
+    assert limit_malloc_arenas(8) is True  # the call takes (M_ARENA_MAX is honoured by glibc)
+
+
 def test_a_search_with_no_free_slot_is_503_busy_while_health_answers(priced_site):
     import threading
 
@@ -246,7 +297,11 @@ def test_a_photo_of_one_flat_colour_is_no_match():
     from shopsearch.images import lacks_detail
 
     assert lacks_detail(Image.new("RGB", (640, 480), (254, 87, 199)))
+    ramp = np.linspace(0, 1, 512)[None, :, None] * np.array([60, 60, 60]) + np.array([200, 100, 150])
+    assert lacks_detail(Image.fromarray(np.clip(ramp, 0, 255).repeat(512, 0).astype(np.uint8)))  # a smooth gradient
     assert not lacks_detail(make_image(3)) and not lacks_detail(Image.effect_noise((64, 64), 20).convert("RGB"))
+    dark = Image.eval(jitter(make_image(5, (320, 240)), seed=1), lambda v: int(v * 0.08))  # a dark photo has edges
+    assert not lacks_detail(dark)
 
 
 PINK = (254, 87, 199)
@@ -288,11 +343,27 @@ def test_flat_photos_get_no_match_in_the_api_and_the_page_and_its_reruns(flat_si
         assert detailed["match"] == "strong" and detailed["results"][0]["sku"] == "F3"
         body = api_search(c, _jpeg(Image.new("RGB", (320, 240), PINK))).get_json()
         assert body["results"][0]["sku"] == "F0" and body["results"][0]["score"] > 0.95  # found, yet
-        assert body["match"] == "none" and body["confidence"] == 0.01
+        assert body["match"] == "none" and body["confidence"] == 0.01 and body["confidence_limit"] == "flat"
         html = page_search(c, _jpeg(Image.new("RGB", (320, 240), PINK))).get_data(as_text=True)
-        assert 'data-match="none"' in html and 'name="qflat" value="1"' in html
+        assert 'data-match="none"' in html and 'name="qflat" value="1"' in html and "shows no detail" in html
+        assert "clear the filters" not in page_search(c, _jpeg(Image.new("RGB", (320, 240), PINK)),
+                                                      category="Things").get_data(as_text=True)
         qv = html.split('name="qv" value="')[1].split('"')[0]
         again = c.post("/search", data={"qv": qv, "qflat": "1"}).get_data(as_text=True)  # "Show more", filters
         assert 'data-match="none"' in again
     finally:
         app.extensions["shopsearch"].close()
+
+
+def test_a_box_too_small_even_at_full_size_is_refused_before_decoding_again(monkeypatch):
+    """crop=0,0,1e-300,1 on a large photo used to re-decode it in full (~0.9 s) only to refuse it."""
+    import shopsearch.regions as regions
+
+    big = Image.new("RGB", (3000, 2000), (10, 20, 30))
+    data = io.BytesIO()
+    big.save(data, "JPEG")
+    decoded = load_image(data.getvalue())
+    decoded.thumbnail((640, 640))
+    monkeypatch.setattr(regions, "load_image", lambda *a, **k: pytest.fail("decoded again"))
+    with pytest.raises(InvalidRegionError, match="of this 3000x2000 photo"):
+        crop_source(data.getvalue(), decoded, Box(0.0, 0.0, 1e-300, 1.0), model_px=224, max_side=640)

@@ -164,7 +164,7 @@ def test_no_close_match_under_a_filter_that_hides_the_product(trust_site):
     try:
         assert _search(plain.test_client(), photo, category="Dairy").get_json()["match"] == "strong"  # the flaw
         body = _search(headed.test_client(), photo, category="Dairy").get_json()
-        assert body["match"] == "none" and body["confidence"] == pytest.approx(0.01)
+        assert body["match"] == "none" and body["confidence"] == pytest.approx(0.01) and body["confidence_limit"] == "filter"
         assert all(h["calibrated_score"] <= 0.01 for h in body["results"])
         html = _page(headed.test_client(), photo, category="Dairy").get_data(as_text=True)
         assert 'data-match="none"' in html and "No close match with these filters" in html

@@ -45,7 +45,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
                            query_threads=_query_threads(cfg["QUERY_THREADS"], cfg["SETTINGS"]))
     app.extensions["shopsearch"] = holder
     app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
-    app.extensions["shopsearch_gate"] = SearchGate(int(cfg["SEARCH_SLOTS"]), float(cfg["SEARCH_WAIT_S"]))
+    app.extensions["shopsearch_gate"] = SearchGate(int(cfg["SEARCH_SLOTS"]), float(cfg["SEARCH_WAIT_S"]),
+                                                   cfg["SEARCH_MAX_WAITING"])
 
     from webapp import api, feedback, health, images, pages  # noqa: PLC0415 - blueprints import current_app helpers
     from webapp.errors import register_error_handlers  # noqa: PLC0415
@@ -100,7 +101,11 @@ def _refuse_cross_site_forms() -> None:
         return
     # the Host this app was asked for, or the one a proxy in front was asked for
     ours = {request.host.lower(), request.headers.get("X-Forwarded-Host", "").split(",")[0].strip().lower()} - {""}
-    if urlsplit(origin).netloc.lower() not in ours:  # "null" (a sandboxed or privacy-hidden page) too
+    try:
+        theirs = urlsplit(origin).netloc.lower()
+    except ValueError:  # "http://[::1" and the like: no origin of ours
+        theirs = None
+    if theirs not in ours:  # "null" (a sandboxed or privacy-hidden page) too
         log.info("cross-site form refused", extra={"path": request.path, "origin": origin[:200]})
         raise Forbidden("This form was sent from another website, so it was not accepted. "
                         "Please use the form on this page.")

@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     # at most SEARCH_WAIT_S seconds, then gets 503 "busy"
     "SEARCH_SLOTS": 0,
     "SEARCH_WAIT_S": 30.0,
+    # searches waiting for a slot at once (None: no limit); `serve` keeps one spare thread free of them
+    "SEARCH_MAX_WAITING": None,
 }
 
 

@@ -56,6 +56,18 @@ def public_message(e: ShopSearchError) -> str:
     return _ABS_PATH.sub(lambda m: PurePath(m.group()).name or "(path)", str(e))
 
 
+def _drain_body() -> None:
+    """Read what is left of the request's body before answering an error raised ahead of it (a busy
+    gate, a bad parameter): a worker that answers and closes with an upload still unread resets
+    the connection, which the proxy in front reports as a 502 instead of this answer."""
+    try:
+        stream = request.stream
+        while stream.read(1 << 16):
+            pass
+    except Exception:  # noqa: BLE001 - a body over the limit or a client gone: nothing left to save
+        pass
+
+
 def error_response(status: int, code: str, message: str) -> Response | tuple:
     if _is_api():
         resp = jsonify({"error": {"code": code, "message": message}})
@@ -74,6 +86,7 @@ def register_error_handlers(app: Flask, form_context: Callable[[], dict[str, Any
 
     @app.errorhandler(ShopSearchError)
     def _domain(e: ShopSearchError):
+        _drain_body()
         if isinstance(e, ServerBusyError):  # overload, not a failure: logged where it happened
             resp = make_response(error_response(e.http_status, e.code, str(e)))
             resp.headers["Retry-After"] = str(e.retry_after_s)

@@ -24,9 +24,9 @@ def _get(values: Mapping[str, str], name: str) -> str | None:
 
 
 def plain_number(raw: str) -> bool:
-    """No digit separators: Python's int(), float() and Decimal() read `1_000` as 1000, which no
-    shopper or client means (`k=1_0` would be 10)."""
-    return "_" not in raw
+    """ASCII, without digit separators: Python's int(), float() and Decimal() read `1_000` as 1000
+    and full-width or other scripts' digits ("５") as digits, which no client means."""
+    return raw.isascii() and "_" not in raw
 
 
 def parse_k(values: Mapping[str, str], default: int) -> int:

@@ -11,7 +11,7 @@ from shopsearch.category_filter import resolve_category
 from shopsearch.regions import Box, Region, parse_box
 from shopsearch.results import SearchFilters
 from webapp.errors import BadParameterError
-from webapp.params import hit_dict
+from webapp.params import hit_dict, plain_number
 
 #: currency codes shown as a symbol before the amount; others are written after it
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "INR": "₹", "CNY": "¥"}
@@ -34,7 +34,7 @@ def parse_objects(values: Mapping[str, str]) -> int:
     if raw in ("auto", "on", "true"):
         return top
     try:
-        if "_" in raw:
+        if not plain_number(raw):
             raise ValueError(raw)
         n = int(raw)
     except ValueError:

@@ -20,7 +20,7 @@ class PriceType(click.ParamType):
             return value
         text = str(value).strip()
         try:
-            if "_" in text:  # Decimal() reads 1_000 as 1000
+            if "_" in text or not text.isascii():  # Decimal() reads 1_000 as 1000, "５" as 5
                 raise InvalidOperation(text)
             d = Decimal(text)
         except InvalidOperation:
