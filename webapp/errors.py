@@ -28,7 +28,8 @@ class MissingImageError(ShopSearchError):
 
 
 class ServerBusyError(ShopSearchError):
-    """Every search slot of the worker stayed taken for the gate's whole wait (webapp/search_gate.py)."""
+    """Every search slot of the worker is taken and its queue full, or a slot did not free within the
+    gate's wait (webapp/search_gate.py)."""
 
     code = "busy"
     http_status = 503
