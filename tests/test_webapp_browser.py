@@ -108,6 +108,7 @@ def test_shopper_finds_banana_and_recommendations(base_url, tmp_path):
                 assert not page.locator("#preview").is_visible()  # nothing chosen yet: no empty preview box
                 page.set_input_files("#image-input", str(PHOTO))
                 page.wait_for_selector("#preview:not([hidden])")  # the preview script ran
+                assert "Your photo" in page.locator("#dz-text").inner_text()  # not "Drop a photo here" any more
                 page.click("#search-button")
                 page.wait_for_selector("#results .card")
                 cards = page.locator("#results .card")

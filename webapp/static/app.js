@@ -13,8 +13,11 @@
 
     function showError(msg) { errBox.textContent = msg; errBox.hidden = !msg; }
     function chosen() { return (picker.files && picker.files[0]) || (camera.files && camera.files[0]) || null; }
+    var dzText = $("dz-text"), dzEmpty = dzText ? dzText.innerHTML : "";
     function announce(ok) {
       if (tools) { tools.hidden = !ok; }
+      // the drop zone's words follow what it holds (constant strings: no user text in innerHTML)
+      if (dzText) { dzText.innerHTML = ok ? "<strong>Your photo</strong><br>drop or choose another to change it" : dzEmpty; }
       window.dispatchEvent(new CustomEvent("shopsearch:photo", {detail: {ok: ok}}));
     }
     function rejectFile() {
