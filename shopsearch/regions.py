@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 
 from shopsearch.errors import InvalidRegionError
 from shopsearch.images import DEFAULT_MAX_PIXELS, load_image, upright_size
-from shopsearch.results import SearchFilters, SearchResult
+from shopsearch.results import SearchFilters, SearchResult, plain_number
 
 #: a crop smaller than this many pixels on a side is refused (nothing recognisable is left)
 MIN_CROP_PX = 16
@@ -59,7 +59,7 @@ def parse_box(text: str) -> Box:
     if len(parts) != 4:
         raise InvalidRegionError(f"crop must be four numbers x,y,w,h (fractions of the photo, 0 to 1), not {text!r}")
     try:
-        if "_" in str(text) or not str(text).isascii():  # float() reads `1_0` as 10.0, "０" as 0
+        if not plain_number(str(text)):
             raise ValueError(text)
         x, y, w, h = (float(p) for p in parts)
     except ValueError:

@@ -2,8 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
+
+
+def plain_number(text: str) -> bool:
+    """ASCII, without digit separators: int(), float() and Decimal() read `1_000` as 1000 and
+    full-width or other scripts' digits ("５") as digits, which no client means."""
+    return text.isascii() and "_" not in text
+
+
+def parse_price(text: str) -> Decimal:
+    """A price filter's bound as written; ValueError when it is no plain number. Whether it is a
+    price a filter may name is SearchFilters.price_allowed's answer (NaN and inf parse here)."""
+    try:
+        if not plain_number(text):
+            raise InvalidOperation(text)
+        return Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not a number: {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -20,6 +37,11 @@ class SearchFilters:
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.category, self.min_price, self.max_price))
+
+    @classmethod
+    def price_allowed(cls, price: Decimal) -> bool:
+        """Finite, from 0 to MAX_PRICE (1e999999999 is a finite Decimal but no float)."""
+        return price.is_finite() and 0 <= price <= cls.MAX_PRICE
 
 
 @dataclass(frozen=True)

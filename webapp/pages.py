@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import time
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
@@ -11,11 +10,11 @@ from flask import Blueprint, current_app, make_response, redirect, render_templa
 from shopsearch.errors import ShopSearchError, UnknownRequestError
 from shopsearch.images import lacks_detail
 from shopsearch.regions import Region, find_objects
-from shopsearch.results import ProductHit, SearchFilters, SearchResult
+from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price
 from shopsearch.search import query_vectors
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.feedback import log_search, logging_on
-from webapp.params import MAX_PRICE, parse_filters, parse_k, parse_routing, plain_number, visible_attributes
+from webapp.params import parse_filters, parse_k, parse_routing, visible_attributes
 from webapp.query_options import format_price, parse_crop, parse_objects, resolved
 from webapp.service import ServiceHolder, photo_search
 from webapp.metrics import observe_search
@@ -120,15 +119,13 @@ def _price_problem(form: Any) -> str | None:
         if not raw:
             continue
         try:
-            if not plain_number(raw):
-                raise InvalidOperation(raw)
-            values[name] = Decimal(raw)
-        except InvalidOperation:
+            values[name] = parse_price(raw)
+        except ValueError:
             return f"{label} must be a number, like 12.50."
-        if not values[name].is_finite() or values[name] < 0:
+        if not SearchFilters.price_allowed(values[name]):
+            if values[name].is_finite() and values[name] > 0:
+                return f"{label} must be at most {SearchFilters.MAX_PRICE:,}."
             return f"{label} must be 0 or more."
-        if values[name] > MAX_PRICE:
-            return f"{label} must be at most {MAX_PRICE:,}."
     lo, hi = values.get("min_price"), values.get("max_price")
     if lo is not None and hi is not None and lo > hi:
         return (f"Min price ({lo:.2f}) is higher than Max price ({hi:.2f}). "

@@ -1,7 +1,7 @@
 """Request parameters -> typed values, and results -> JSON/template-friendly dicts."""
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Mapping
 
 from flask import current_app, url_for
@@ -10,23 +10,14 @@ from shopsearch.catalogue.records import ProductInfo
 from shopsearch.errors import ConfigError
 from shopsearch.rerank import RerankOptions
 from shopsearch.rerank import parse_rerank as rerank_options
-from shopsearch.results import ProductHit, SearchFilters, SearchResult
+from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price, plain_number
 from webapp.card_urls import CardUrls, card_urls
 from webapp.errors import BadParameterError
-
-
-MAX_PRICE = SearchFilters.MAX_PRICE
 
 
 def _get(values: Mapping[str, str], name: str) -> str | None:
     v = values.get(name)
     return v.strip() if isinstance(v, str) and v.strip() else None
-
-
-def plain_number(raw: str) -> bool:
-    """ASCII, without digit separators: Python's int(), float() and Decimal() read `1_000` as 1000
-    and full-width or other scripts' digits ("５") as digits, which no client means."""
-    return raw.isascii() and "_" not in raw
 
 
 def parse_k(values: Mapping[str, str], default: int) -> int:
@@ -50,13 +41,12 @@ def _price(values: Mapping[str, str], name: str) -> Decimal | None:
     if raw is None:
         return None
     try:
-        if not plain_number(raw):
-            raise InvalidOperation(raw)
-        d = Decimal(raw)
-    except InvalidOperation:
+        d = parse_price(raw)
+    except ValueError:
         raise BadParameterError(f"{name} must be a number, not {raw!r}") from None
-    if not d.is_finite() or d < 0 or d > MAX_PRICE:  # 1e999999999 is a finite Decimal but no float
-        raise BadParameterError(f"{name} must be a price of 0 or more (at most {MAX_PRICE:,}), not {raw[:40]!r}")
+    if not SearchFilters.price_allowed(d):
+        raise BadParameterError(f"{name} must be a price of 0 or more (at most {SearchFilters.MAX_PRICE:,}), "
+                                f"not {raw[:40]!r}")
     return d
 
 

@@ -9,9 +9,9 @@ from flask import current_app
 
 from shopsearch.category_filter import resolve_category
 from shopsearch.regions import Box, Region, parse_box
-from shopsearch.results import SearchFilters
+from shopsearch.results import SearchFilters, plain_number
 from webapp.errors import BadParameterError
-from webapp.params import hit_dict, plain_number
+from webapp.params import hit_dict
 
 #: currency codes shown as a symbol before the amount; others are written after it
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "INR": "₹", "CNY": "¥"}

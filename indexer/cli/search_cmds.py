@@ -1,13 +1,13 @@
 """`shopsearch search IMAGE`."""
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import click
 
 from indexer.cli.context import Ctx, echo_json, pass_ctx
-from shopsearch.results import SearchFilters  # light: dataclasses only
+from shopsearch.results import SearchFilters, parse_price  # light: dataclasses only
 
 
 class PriceType(click.ParamType):
@@ -20,12 +20,10 @@ class PriceType(click.ParamType):
             return value
         text = str(value).strip()
         try:
-            if "_" in text or not text.isascii():  # Decimal() reads 1_000 as 1000, "５" as 5
-                raise InvalidOperation(text)
-            d = Decimal(text)
-        except InvalidOperation:
+            d = parse_price(text)
+        except ValueError:
             self.fail(f"{text!r} is not a number", param, ctx)
-        if not d.is_finite() or d < 0 or d > SearchFilters.MAX_PRICE:
+        if not SearchFilters.price_allowed(d):
             self.fail(f"{text!r} is not a price from 0 to {SearchFilters.MAX_PRICE:,}", param, ctx)
         return d
 
