@@ -61,6 +61,25 @@ def test_demo_without_shopper_photos_holds_out_catalogue_images(tmp_path):
     assert len(arts) == 1 and "val" not in arts[0].metrics  # too few catalogue images to hold any out
 
 
+def test_demo_builds_in_the_precision_index_build_would_pick(tmp_path):
+    """The demo's index is built as `index build` builds it: a spec without a precision runs in the
+    one SHOPSEARCH_PRECISION (or auto's timing) picks, recorded with the build, and the head and
+    the sample search use that same model."""
+    from shopsearch.config import Settings
+    from shopsearch.index.store import IndexStore
+
+    root = make_grocery(tmp_path / "grocery")
+    res = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "var"), "demo", "--dataset", str(root), "--model",
+                                   "efficientnet-lite0", "--no-serve", "--calibration-split", "none"],
+                             env={"SHOPSEARCH_PRECISION": "bf16"}, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "model: efficientnet-lite0+bf16 on cpu" in res.output, res.output
+    settings = Settings.from_env({"SHOPSEARCH_DATA_DIR": str(tmp_path / "var")})
+    assert IndexStore(settings.index_dir).current_manifest().model_name == "efficientnet-lite0+bf16"
+    arts = [load_artefact(p) for p in (tmp_path / "var" / "classifiers").rglob("*.pt")]
+    assert len(arts) == 1 and arts[0].embedder_name == "efficientnet-lite0+bf16"
+
+
 def test_demo_without_the_dataset_is_one_line_with_its_code(tmp_path):
     res = _demo(tmp_path / "var", tmp_path / "no-grocery")
     assert res.exit_code == 1 and "Grocery Store dataset not found" in res.output and "Traceback" not in res.output

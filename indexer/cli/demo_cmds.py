@@ -48,9 +48,13 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration
     report = import_catalogue(c.catalogue(), read_source(root, "grocerystore", problems, split), problems)
     click.echo(f"catalogue: {report.products_created} new, {report.products_updated} updated, "
                f"{report.products_unchanged} unchanged products; {report.images_failed} image problems")
-    embedder = c.model(model)
-    click.echo(f"model: {embedder.name} on {embedder.device}")
+    from shopsearch.app import model_for_build
+
     store = c.index_store()
+    # as `index build` picks it: a serving build's precision is kept, else the faster one here
+    embedder, choice = model_for_build(c.settings, store, model)
+    click.echo(f"model: {embedder.name} on {embedder.device}"
+               + (f" (precision auto: {choice.precision}, faster here)" if choice.probe_ms else ""))
     current = store.current_manifest()
     n_images = len(c.catalogue().indexable_images())
     if current and current.model_fingerprint == embedder.fingerprint and current.count == n_images:
