@@ -31,7 +31,7 @@ def probe(monkeypatch):
     return calls
 
 
-def test_auto_times_once_per_architecture_then_reads_the_cache(tmp_path, probe):
+def test_auto_times_once_per_architecture_then_reads_the_cache(tmp_path, probe, monkeypatch):
     cache = tmp_path / "cache" / "precision.json"
     first = precision.choose_precision("openclip:ViT-B-32@/w/a.pt", "cpu", None, cache)
     assert first == precision.PrecisionChoice("openclip:ViT-B-32@/w/a.pt+bf16", "bf16",
@@ -54,6 +54,11 @@ def test_auto_times_once_per_architecture_then_reads_the_cache(tmp_path, probe):
     assert precision.choose_precision("efficientnet-lite0@288/1.0", "cpu", None, cache).cached
     assert precision.choose_precision("efficientnet-lite0@224", "cpu", None, cache).cached
     assert len(probe.probes) == 3
+    # "auto" is the architecture it loads on this machine: Lite0 offline, whose answer is there
+    monkeypatch.setattr(precision, "resolved_spec", lambda spec, device, models_dir: "efficientnet-lite0")
+    auto = precision.choose_precision("auto", "cpu", None, cache)
+    assert auto.cached and auto.spec == "auto+bf16" and len(probe.probes) == 3
+    assert not any(key.startswith("auto|") for key in json.loads(cache.read_text()))
 
 
 def test_a_close_call_is_not_remembered(tmp_path, probe, monkeypatch):

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from shopsearch.embedders.registry import evict, load_embedder, parse_spec
+from shopsearch.embedders.registry import evict, load_embedder, parse_spec, resolved_spec
 from shopsearch.evaluation.machine import cpu_has_bf16, cpu_model
 
 log = logging.getLogger("shopsearch.embedders")
@@ -144,7 +144,8 @@ def choose_precision(model: str, device: str, models_dir: Path | None, cache_fil
     if len(candidates) < 2:  # nothing to time: GPUs run bf16 where they have it, CPUs without bf16 fp32
         chosen = with_precision(model, "auto" if device.startswith("cuda") else "fp32", device)
         return PrecisionChoice(chosen, parse_spec(chosen).precision)
-    key = f"{_family(model)}|{_machine_key(device)}"
+    # "auto" is remembered as the architecture it loads here, so it shares the answer with its name
+    key = f"{_family(resolved_spec(model, device, models_dir))}|{_machine_key(device)}"
     table: dict = {}
     if cache_file is not None and cache_file.is_file():
         try:
