@@ -50,7 +50,8 @@ def upsert_batch(s: Session, records: Sequence[ProductRecord],
     if new:
         ids = _insert_new(s, [records[j] for j in new], [cat_ids[j] for j in new], [digests[j] for j in new])
         for j, pid in zip(new, ids):
-            out[j] = UpsertResult(records[j].sku, pid, True, True, len(_unique_paths(records[j].images)), 0)
+            out[j] = UpsertResult(records[j].sku, pid, True, True,
+                                  sum(im.status == "ok" for im in _unique_paths(records[j].images)), 0)
     if changed:
         wanted = [rows[records[j].sku].id for j in changed]
         loaded = {p.id: p for p in s.scalars(select(Product).options(selectinload(Product.images))
@@ -207,14 +208,15 @@ def _apply(p: Product, rec: ProductRecord, cat_id: int | None, created: bool) ->
         p.category_id = cat_id
         changed = True
     by_path = {i.path: i for i in p.images}
-    added = img_changed = removed = 0
+    added = recorded = img_changed = removed = 0
     for im in _unique_paths(rec.images):
         cur = by_path.get(im.path)
         if cur is None:
             p.images.append(ProductImage(path=im.path, role=im.role, sha256=im.sha256, width=im.width,
                                          height=im.height, status=im.status, error=im.error,
                                          file_size=im.file_size, file_mtime_ns=im.file_mtime_ns))
-            added += 1
+            recorded += 1
+            added += im.status == "ok"  # an unusable file is recorded (the product page shows it), not added
             continue
         new_vals = dict(role=im.role, sha256=im.sha256, width=im.width, height=im.height, status=im.status,
                         error=im.error)
@@ -230,7 +232,7 @@ def _apply(p: Product, rec: ProductRecord, cat_id: int | None, created: bool) ->
         for img in [i for i in p.images if i.path not in named]:
             p.images.remove(img)
             removed += 1
-    return created, changed or bool(added or img_changed or removed), added, img_changed, removed
+    return created, changed or bool(recorded or img_changed or removed), added, img_changed, removed
 
 
 def _unique_paths(images: Sequence[ImageRecord]) -> list[ImageRecord]:
