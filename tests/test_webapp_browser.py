@@ -365,6 +365,14 @@ def test_keyboard_only_search(base_url):
             assert page.evaluate("window.__notReloaded === true"), "an arrow key on the category list reloaded the page"
             chosen = page.evaluate("document.querySelector('#filter-form select[name=category]').value")
             assert chosen
+            # leaving the list without Enter shows the category applied again (none), still no reload
+            page.keyboard.press("Tab")
+            page.wait_for_timeout(300)
+            assert page.evaluate("document.querySelector('#filter-form select[name=category]').value") == ""
+            assert page.evaluate("window.__notReloaded === true")
+            page.focus("#filter-form select[name=category]")
+            page.keyboard.press("ArrowDown")
+            assert page.evaluate("document.querySelector('#filter-form select[name=category]').value") == chosen
             with page.expect_navigation():
                 page.keyboard.press("Enter")
             page.wait_for_selector("#results .card")

@@ -133,6 +133,7 @@
 
   // Results page: a category picked with the mouse or a finger applies at once; with the keyboard
   // the arrows only move through the list (each would otherwise reload the page) and Enter applies.
+  // Leaving the list without Enter puts back the category applied, so it never shows one that is not.
   Array.prototype.forEach.call(document.querySelectorAll("#filter-form select.auto-submit"), function (sel) {
     var keyed = false;
     function apply() { if (sel.form.requestSubmit) { sel.form.requestSubmit(); } else { sel.form.submit(); } }
@@ -142,6 +143,11 @@
       if (e.key === "Enter") { e.preventDefault(); apply(); }
     });
     sel.addEventListener("change", function () { if (!keyed) { apply(); } });
+    sel.addEventListener("blur", function () {
+      if (!keyed) { return; }
+      keyed = false;
+      Array.prototype.forEach.call(sel.options, function (o) { o.selected = o.defaultSelected; });
+    });
   });
 
   // Results: "this is it" / "not this" answered in place (without JavaScript the form posts and
