@@ -73,7 +73,8 @@ def test_serve_under_gunicorn(tmp_path):
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     env.pop("XDG_RUNTIME_DIR", None)
     proc = subprocess.Popen([sys.executable, "-c", "from indexer.cli import main; main()", "serve", "--bind", f"127.0.0.1:{port}",
-                             "--workers", "2", "--threads", "2", "--preload"], cwd=REPO, env=env,
+                             "--workers", "2", "--threads", "2", "--preload", "--cors-origins", "https://shop.example"],
+                            cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -105,12 +106,27 @@ def test_serve_under_gunicorn(tmp_path):
         # 120 small headers (inside nginx's buffers): answered by the app, not gunicorn's HTML 431
         status, body = request(port, "GET", "/api/v1/categories", headers={f"X-H{i}": "v" for i in range(120)})
         assert status == 200 and "categories" in json.loads(body)
+        # a storefront on another origin: its browser's preflight and read pass nginx and gunicorn
+        status, body = request(port, "OPTIONS", "/api/v1/search", headers={
+            "Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+        assert status == 204 and body == b""
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/api/v1/categories", headers={"Origin": "https://shop.example"})
+        answer = conn.getresponse()
+        assert answer.status == 200 and answer.getheader("Access-Control-Allow-Origin") == "https://shop.example"
+        conn.close()
         # no control socket at gunicorn's one path per user, which every `serve` on the machine shared
         assert not (home / ".gunicorn").exists()
     finally:
         out = stop_server(proc)
     assert proc.returncode == 0, out
     assert "gthread" in out and "Booting worker" in out
+
+
+def test_serve_refuses_a_malformed_cors_origin_in_one_line(tmp_path):
+    r = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "serve", "--cors-origins", "shop.example"],
+                           env={"SHOPSEARCH_DATABASE_URL": ""})
+    assert r.exit_code == 1 and "not an origin" in r.output and "Traceback" not in r.output, r.output
 
 
 def test_torch_threads_per_worker_is_a_setting():

@@ -17,6 +17,7 @@ from werkzeug.exceptions import Forbidden
 from shopsearch.config import Settings, available_cpus, threads_pinned
 from shopsearch.errors import ShopSearchError
 from shopsearch.query_threads import QueryThreads
+from webapp import cors
 from webapp.config import load_config
 from webapp.search_gate import SearchGate
 from webapp.service import ServiceHolder, ServiceOverrides
@@ -65,6 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
     app.teardown_request(close_request_images)
     app.before_request(_start_timer)
     app.before_request(_refuse_cross_site_forms)
+    cors.init_app(app)
     app.after_request(_finish)
 
     if cfg["EAGER_LOAD"]:

@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "CURRENCY": None,
     # product attributes shown on product pages and in the API's products: comma-separated names, or "*"; none by default
     "VISIBLE_ATTRIBUTES": "",
+    # origins whose pages may read the JSON API's answers (webapp/cors.py): comma-separated, or "*"; none by default
+    "CORS_ORIGINS": "",
     # at most this many object regions for objects=auto
     "MAX_OBJECTS": 4,
     # each photo search's torch threads from the searches in flight (shopsearch.query_threads.QueryThreads,

@@ -45,6 +45,9 @@ def _split_bind(bind: str) -> tuple[str, int]:
               type=click.Path(file_okay=False), help="Only serve catalogue images under this folder (repeatable).")
 @click.option("--model", envvar="SHOPSEARCH_MODEL", default=None,
               help="Query model; default (or 'auto'): the model that built the serving index.")
+@click.option("--cors-origins", envvar="SHOPSEARCH_CORS_ORIGINS", default="",
+              help="Origins whose pages may read the JSON API's answers (a storefront on another origin): "
+                   "comma-separated, e.g. https://shop.example, or * for any. Default: none.")
 @click.option("--front", envvar="SHOPSEARCH_FRONT", type=click.Choice(["auto", "nginx", "none"]), default="auto",
               show_default=True,
               help="nginx in front of gunicorn, absorbing slow clients (auto: when nginx is installed; "
@@ -55,8 +58,8 @@ def _split_bind(bind: str) -> tuple[str, int]:
 @click.option("--debug", is_flag=True, help="Flask's development server with the debugger (never in production).")
 @pass_ctx
 def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
-              retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, front: str,
-              print_nginx_config: bool, access_log: bool, debug: bool) -> None:
+              retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, cors_origins: str,
+              front: str, print_nginx_config: bool, access_log: bool, debug: bool) -> None:
     """Serve the shoppers' web app and the /api/v1 JSON API.
 
     By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
@@ -71,8 +74,8 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
         set_metrics_dir(own_metrics_dir)
     owner = os.getpid()
     try:
-        _serve(c, bind, workers, threads, preload, timeout, max_upload_mb, retain_uploads, image_roots, model, front,
-               print_nginx_config, access_log, debug)
+        _serve(c, bind, workers, threads, preload, timeout, max_upload_mb, retain_uploads, image_roots, model,
+               cors_origins, front, print_nginx_config, access_log, debug)
     finally:
         if own_metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
             set_metrics_dir(None)
@@ -80,12 +83,14 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
 
 
 def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
-           retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, front: str,
-           print_nginx_config: bool, access_log: bool, debug: bool) -> None:
+           retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, cors_origins: str,
+           front: str, print_nginx_config: bool, access_log: bool, debug: bool) -> None:
+    from webapp.cors import parse_origins
     from webapp.front import NginxConfig, NginxFront, nginx_binary
     from webapp.server import bind_address, run_dev_server, serve_gunicorn
 
     host, port = _split_bind(bind)
+    parse_origins(cors_origins)  # a malformed origin stops here, in one line, not in every worker's start
     max_body = int(max_upload_mb * 1024 * 1024)
     if print_nginx_config:
         click.echo(NginxConfig(bind_address(host, port), "127.0.0.1:8001", Path("/var/lib/shopsearch-nginx"),
@@ -100,7 +105,7 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
         click.echo("warning: nginx is not installed, so gunicorn serves alone: a few slow clients can stall it. "
                    "Fine on this machine's loopback; for anything else install nginx", err=True)
     c.catalogue()  # migrate once here, not racing in every worker
-    config = {"MAX_UPLOAD_MB": max_upload_mb, "MODEL": model,
+    config = {"MAX_UPLOAD_MB": max_upload_mb, "MODEL": model, "CORS_ORIGINS": cors_origins,
               "RETAIN_UPLOADS": str(Path(retain_uploads).resolve()) if retain_uploads else None,
               "IMAGE_ROOTS": [str(Path(r).resolve()) for r in image_roots] or None}
     how = "debug server" if debug else f"gunicorn, {workers} worker(s) x {threads} thread(s)"
