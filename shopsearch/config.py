@@ -175,6 +175,11 @@ class Settings:
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
+    @property
+    def downloads_dir(self) -> Path:
+        """Catalogue images a manifest names by URL, once downloaded (shopsearch.catalogue.downloads)."""
+        return self.data_dir / "downloads"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
         """Defaults, then SHOPSEARCH_* variables of `env` (default: this process's), then

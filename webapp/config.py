@@ -95,4 +95,6 @@ def _roots(value: Any, settings: Settings) -> tuple[Path, ...] | None:
     roots = [Path(v) for v in (value or [])]
     if settings.image_root is not None:
         roots.append(Path(settings.image_root))
+    if roots:  # the images a manifest named by URL, downloaded by the import, are catalogue images too
+        roots.append(settings.downloads_dir)
     return tuple(r.resolve() for r in roots) or None

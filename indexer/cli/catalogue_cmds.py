@@ -29,23 +29,29 @@ def catalogue() -> None:
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--strict", is_flag=True,
               help="Refuse the whole file (nothing imported) when a row is unreadable or repeats a SKU.")
+@click.option("--refresh-downloads", is_flag=True,
+              help="Download every image named by URL again (by default a URL downloaded before is not).")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
 @pass_ctx
 def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers: int, strict: bool,
-               as_json: bool) -> None:
+               refresh_downloads: bool, as_json: bool) -> None:
     """Import a manifest (CSV/JSONL), an ImageFolder tree or the Grocery Store dataset.
 
-    A SKU on several rows is imported from its last row and reported. Exits 1 when no row
-    gave a product, or when every image was unusable (the products are written, without one)."""
+    Images may be named by path (relative to the manifest) or by http(s) URL: a URL is
+    downloaded once into the data folder's downloads/ and imported like a file. A SKU on several
+    rows is imported from its last row and reported. Exits 1 when no row gave a product, or
+    when every image was unusable (the products are written, without one)."""
     from pathlib import Path
 
+    from shopsearch.catalogue.downloads import ImageDownloader
     from shopsearch.catalogue.importers import import_catalogue
     from shopsearch.catalogue.readers import RowProblem, read_source
 
     problems: list[RowProblem] = []
     records = read_source(Path(path), fmt, problems, reference_split)
     report = import_catalogue(c.catalogue(), records, problems, workers=workers, progress=not as_json,
-                              strict=strict)
+                              strict=strict, downloader=ImageDownloader(c.settings.downloads_dir),
+                              refresh_downloads=refresh_downloads)
     # Products without a merchant category get a predicted one when a classifier exists
     # for the serving index's model (issue: category tagging).
     from shopsearch.classify.tagging import tag_after_import
@@ -58,7 +64,8 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     click.echo(f"products: {report.products_created} created, {report.products_updated} updated, "
                f"{report.products_unchanged} unchanged; images added: {report.images_added}, "
                f"failed: {report.images_failed}, removed: {report.images_removed}; "
-               f"files read: {report.images_decoded}, unchanged on disk: {report.images_unchanged}")
+               f"files read: {report.images_decoded}, unchanged on disk: {report.images_unchanged}"
+               + (f"; downloaded: {report.images_downloaded}" if report.images_downloaded else ""))
     if report.images_replaced:
         listed = ", ".join(report.images_replaced[:10])
         more = f" and {len(report.images_replaced) - 10} more" if len(report.images_replaced) > 10 else ""

@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from shopsearch.catalogue.downloads import ImageDownloader, is_url
 from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResult
 from shopsearch.catalogue.row_digest import current_digest
 from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
@@ -39,6 +40,7 @@ class ImportReport:
     images_removed: int = 0  # no longer named by their product's row: deleted from the catalogue
     images_decoded: int = 0  # files opened, decoded and hashed (new, or their size or mtime moved)
     images_unchanged: int = 0  # known files whose size and mtime had not moved: not read at all
+    images_downloaded: int = 0  # image URLs fetched by this import (those already downloaded are not)
     #: SKUs whose row named another set of images than the catalogue held (the old ones removed)
     images_replaced: list[str] = field(default_factory=list)
     problems: list[RowProblem] = field(default_factory=list)
@@ -63,7 +65,8 @@ class ImportReport:
             "products_unchanged": self.products_unchanged, "images_added": self.images_added,
             "images_failed": self.images_failed, "images_ok": self.images_ok,
             "images_removed": self.images_removed, "images_decoded": self.images_decoded,
-            "images_unchanged": self.images_unchanged, "images_replaced": list(self.images_replaced),
+            "images_unchanged": self.images_unchanged, "images_downloaded": self.images_downloaded,
+            "images_replaced": list(self.images_replaced),
             "problems": [{"where": p.where, "sku": p.sku, "reason": p.reason, "kind": p.kind}
                          for p in self.problems],
         }
@@ -137,14 +140,16 @@ def unchanged_files(store: CatalogueStore, paths: list[str]) -> dict[str, ImageR
     return out
 
 
-def _checked_record(rec: ProductRecord, checked: dict[str, ImageRecord | str], report: ImportReport) -> ProductRecord:
-    """`rec` with each image's check result: the file's facts, or the reason it is unusable."""
+def _checked_record(rec: ProductRecord, checked: dict[str, ImageRecord | str], report: ImportReport,
+                    origin: dict[str, str]) -> ProductRecord:
+    """`rec` with each image's check result: the file's facts, or the reason it is unusable (reported
+    under the name the source gave it: a downloaded file's URL, from `origin`)."""
     images = []
     for im in rec.images:
         res = checked[im.path]
         if isinstance(res, str):
             report.images_failed += 1
-            report.problems.append(RowProblem(im.path, rec.sku, res, kind="image"))
+            report.problems.append(RowProblem(origin.get(im.path, im.path), rec.sku, res, kind="image"))
             # Recorded (not dropped) so the product page and `stats` can show it; never indexed.
             status = "missing" if res.startswith("no such file") else "invalid"
             images.append(replace(im, status=status, error=res))
@@ -189,17 +194,41 @@ def _skip_unchanged_rows(store: CatalogueStore, records: list[ProductRecord],
     return rest, skipped
 
 
+def _localise(records: list[ProductRecord], downloader: ImageDownloader | None, refresh: bool, progress: bool,
+              report: ImportReport) -> tuple[list[ProductRecord], dict[str, str], dict[str, str]]:
+    """The records with each image URL replaced by its downloaded file, {url: why} for those that
+    could not be downloaded (they stay URLs, recorded as unusable with that reason) and {file: url}."""
+    urls = [im.path for r in records for im in r.images if is_url(im.path)]
+    if not urls:
+        return records, {}, {}
+    if downloader is None:
+        return records, {u: "download failed: image URLs are not downloaded by this import" for u in urls}, {}
+    before = {u for u in urls if not refresh and downloader.local_path(u).is_file()}
+    fetched = downloader.fetch_all(urls, refresh=refresh, progress=progress)
+    report.images_downloaded = sum(1 for u, res in fetched.items() if not isinstance(res, str) and u not in before)
+    failed = {u: f"download failed: {res}" for u, res in fetched.items() if isinstance(res, str)}
+    out = []
+    for r in records:
+        if any(is_url(im.path) and im.path not in failed for im in r.images):
+            r = replace(r, images=tuple(replace(im, path=str(fetched[im.path])) if is_url(im.path)
+                                        and im.path not in failed else im for im in r.images))
+        out.append(r)
+    return out, failed, {str(res): u for u, res in fetched.items() if not isinstance(res, str)}
+
+
 def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], problems: list[RowProblem] | None = None,
                      workers: int = 2, progress: bool = True,
                      on_product: Callable[[int, ProductRecord], None] | None = None,
-                     strict: bool = False) -> ImportReport:
+                     strict: bool = False, downloader: ImageDownloader | None = None,
+                     refresh_downloads: bool = False) -> ImportReport:
     """Check the images (in `workers` processes) and upsert the products, UPSERT_BATCH per
     transaction, each batch written while the workers check the next batches' files. A file the catalogue already holds with the same size and mtime is not read
     again; a row naming other images than the catalogue holds replaces the product's image set
     (`images_replaced`; their vectors leave the index at the next update). A SKU on several
     rows is imported once, from its last row (the readers report the others); `strict`
     refuses the whole source (ManifestError, nothing written) when any row was unreadable
-    or a duplicate."""
+    or a duplicate. Images named by URL are downloaded first by `downloader` (once: a file already
+    downloaded is used as it is unless `refresh_downloads`); without one they are unusable."""
     report = ImportReport(problems=problems if problems is not None else [])
     # one upsert per SKU: several would each count as an update at every re-import
     records = list({r.sku: r for r in records}.values())
@@ -208,14 +237,16 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
         listed = "; ".join(f"{p.where}: {p.reason}" for p in refused[:10])
         more = f"; and {len(refused) - 10} more" if len(refused) > 10 else ""
         raise ManifestError(f"refused (--strict), nothing imported: {len(refused)} problem row(s): {listed}{more}")
+    records, failed_urls, origin = _localise(records, downloader, refresh_downloads, progress, report)
     records, skipped = _skip_unchanged_rows(store, records, report)
     if on_product is not None:
         for pid, rec in skipped:
             on_product(pid, rec)
     paths = sorted({im.path for r in records for im in r.images})
-    checked: dict[str, ImageRecord | str] = dict(unchanged_files(store, paths))
+    checked: dict[str, ImageRecord | str] = dict(unchanged_files(store, [p for p in paths if p not in failed_urls]))
     skipped_paths = {im.path for _, r in skipped for im in r.images}.difference(paths)
     report.images_unchanged = len(checked) + len(skipped_paths)
+    checked.update((u, why) for u, why in failed_urls.items() if u in paths)
     # the files to read in the order the batches name them: each batch is written as soon as its
     # own files are checked, while the workers go on with the next ones
     todo = [p for p in dict.fromkeys(im.path for r in records for im in r.images) if p not in checked]
@@ -230,7 +261,7 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
                     while im.path not in checked:  # the checks come in `todo` order
                         path, res = next(checks)
                         checked[path] = res
-            batch = [_checked_record(rec, checked, report) for rec in chunk]
+            batch = [_checked_record(rec, checked, report, origin) for rec in chunk]
             for rec, result in zip(batch, store.upsert_products(batch)):
                 _count(report, result)
                 if on_product is not None:

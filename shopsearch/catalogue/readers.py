@@ -12,6 +12,7 @@ from typing import Iterator
 
 from shopsearch.catalogue.cells import (BRAND_CHARS, CATEGORY_CHARS, IMAGE_PATH_CHARS, SKU_CHARS, TITLE_CHARS, category,
                                         image_list, price, text_cell)
+from shopsearch.catalogue.downloads import check_url, is_url
 from shopsearch.catalogue.formats import FORMATS
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.errors import ManifestError
@@ -74,6 +75,8 @@ def _record(row: dict, base: Path, keep: frozenset[str], decimal_comma: bool = F
     images = image_list(one) if many is None or many == "" else image_list(many) + image_list(one)
     for p in images:
         text_cell(p, "image path", IMAGE_PATH_CHARS)
+        if is_url(p):
+            check_url(p)
     attrs = {k: v for k, v in row.items() if k not in _CORE and v not in (None, "")}
     if isinstance(get("attributes"), dict):
         attrs = {**{k: v for k, v in attrs.items() if k != "attributes"}, **row["attributes"]}
@@ -82,7 +85,7 @@ def _record(row: dict, base: Path, keep: frozenset[str], decimal_comma: bool = F
         sku, title, text_cell(get("description"), "description"), text_cell(get("brand"), "brand", BRAND_CHARS),
         price(get("price"), decimal_comma), text_cell(cur, "currency").upper()[:3] if cur else None,
         category(get("category")), attrs,
-        tuple([ImageRecord(p if _isabs(p) else str((base / p).resolve())) for p in images]), keep)
+        tuple([ImageRecord(p if _isabs(p) or is_url(p) else str((base / p).resolve())) for p in images]), keep)
 
 
 #: os.path.isabs without its per-call str/bytes dispatch where absolute means a leading "/"
