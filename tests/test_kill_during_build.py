@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -92,3 +93,46 @@ def test_kill_9_loses_only_the_last_seconds_and_is_not_taken_for_a_crash(tmp_pat
     assert not list(cache_dir.glob("inflight-*")) and not list(cache_dir.glob("fault-*"))
     assert cat.unusable_images() == []
     cat.close()
+
+
+SLOW_IMPORT = r"""
+import time
+from shopsearch.catalogue import importers
+_check = importers.check_image_file
+def _slow(path):  # checking processes busy when the import is killed
+    time.sleep(0.2)
+    return _check(path)
+importers.check_image_file = _slow
+from indexer.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_import_leaves_no_checking_processes(tmp_path, sig):
+    from tests.conftest import make_image
+
+    (tmp_path / "imgs").mkdir()
+    rows = ["sku,title,images"]
+    for i in range(40):
+        make_image(i).save(tmp_path / "imgs" / f"{i}.png")
+        rows.append(f"S{i},Thing {i},imgs/{i}.png")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    # a process of its own (not the preforked server's child), whose checking pool forks with the patch in place
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_IMPORT, "--data-dir", str(tmp_path / "var"), "catalogue",
+                             "import", str(tmp_path / "m.csv"), "--workers", "2"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while len(workers) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the import started no checking processes within 60 s"
+        workers = [w for w in _children(proc.pid) if _alive(w)]
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    os.kill(proc.pid, sig)
+    proc.wait(timeout=10)
+    assert proc.returncode != 0, "the import finished before it could be killed"
+    gone_by = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], "checking processes outlived the killed import"

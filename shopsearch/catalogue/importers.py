@@ -20,7 +20,7 @@ from shopsearch.catalogue.readers import RowProblem
 from shopsearch.errors import (InvalidImageError, ManifestError, NoUsableImagesError, NothingImportedError,
                                ShopSearchError)
 from shopsearch.images import inspect_image
-from shopsearch.workers import RespawningPool
+from shopsearch.workers import RespawningPool, exit_with_parent
 
 log = logging.getLogger("shopsearch.importer")
 
@@ -109,7 +109,9 @@ def iter_image_checks(paths: list[str], workers: int = 2, progress: bool = True,
             # otherwise take the import down, and every retry with it. A worker that dies on a
             # file is replaced and the file reported as invalid (shopsearch.workers).
             pool: RespawningPool[str, tuple[str, ImageRecord | str]] = RespawningPool(
-                lambda: ProcessPoolExecutor(workers), _check_group, lambda path, why: (path, why))
+                # a killed or terminated import leaves no checking processes behind
+                lambda: ProcessPoolExecutor(workers, initializer=exit_with_parent), _check_group,
+                lambda path, why: (path, why))
             try:
                 for fut in [pool.submit(paths[i:i + CHECK_CHUNK]) for i in range(0, len(paths), CHECK_CHUNK)]:
                     done = pool.result(fut)
