@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as Futur
 from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
-from shopsearch.errors import ShopSearchError
+from shopsearch.errors import DatabaseUnavailableError, ShopSearchError
 from webapp.service import ServiceHolder
 
 bp = Blueprint("health", __name__)
@@ -49,6 +49,8 @@ class DatabaseProbe:
             fut.result(timeout=self.timeout_s)
         except FutureTimeout:
             return f"the database did not answer within {self.timeout_s:g} s"
+        except DatabaseUnavailableError as e:  # gone, read-only, its tables dropped
+            return f"the catalogue database is unreachable ({e.code})"
         except ShopSearchError as e:
             return f"the catalogue database is unusable ({e.code})"
         except Exception as e:  # noqa: BLE001 - any driver error means "not ready"

@@ -14,6 +14,7 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import aliased
 
+from shopsearch.catalogue.db import raw_cursor
 from shopsearch.catalogue.models import CatalogueState, Category, Product, ProductImage
 from shopsearch.catalogue.records import CandidateRow, ImageInfo, ProductInfo
 
@@ -44,12 +45,9 @@ def image_stats(conn: Connection) -> list[tuple[int, str, str, int | None, int |
     """(id, path, status, file size, file mtime ns) of every image, as plain tuples: what a
     rescan needs to stat the files, without the rest of the row."""
     # the driver's own cursor: its rows are tuples already (no SQLAlchemy Row per image)
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
+    with raw_cursor(conn) as cur:
         cur.execute("SELECT id, path, status, file_size, file_mtime_ns FROM product_images")
         return cur.fetchall()
-    finally:
-        cur.close()
 
 
 @functools.cache

@@ -3,13 +3,15 @@ made; code refuses to run against a schema newer than the migrations it knows.""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import re
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, InternalError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from shopsearch.errors import DatabaseUnavailableError, SchemaVersionError
 
@@ -66,6 +68,7 @@ def make_engine(url: str) -> Engine:
                 raise DatabaseUnavailableError(f"cannot create the folder of the SQLite database {path}: "
                                                f"{e.strerror or e}") from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "handle_error", _as_domain_error)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
@@ -82,10 +85,39 @@ def make_engine(url: str) -> Engine:
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith("postgresql+psycopg") \
         and "connect_timeout" not in url else {}
     try:
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except (NoSuchModuleError, ArgumentError, ImportError) as e:
         raise DatabaseUnavailableError(f"unsupported database URL {_hide_password(url)!r} ({e}); {_EXAMPLES}") \
             from None
+    event.listen(engine, "handle_error", _as_domain_error)
+    return engine
+
+
+def _failed(e: BaseException) -> DatabaseUnavailableError:
+    return DatabaseUnavailableError(f"the catalogue database failed: {' '.join(str(e).split())[:300]}")
+
+
+@contextmanager
+def raw_cursor(conn: Connection) -> Iterator[Any]:
+    """The driver's own cursor (rows as plain tuples, executemany, COPY), closed afterwards; a
+    failing database under it is a DatabaseUnavailableError, as under SQLAlchemy (_as_domain_error)."""
+    dbapi = conn.dialect.loaded_dbapi
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        yield cur
+    except (dbapi.OperationalError, dbapi.InternalError) as e:
+        raise _failed(e) from e
+    finally:
+        cur.close()
+
+
+def _as_domain_error(context: ExceptionContext) -> None:
+    """A database that fails under a running command (a read-only file or transaction, a dropped
+    database, a server gone) is a DatabaseUnavailableError in one line, the driver's reason in it,
+    like one that cannot be reached at start; constraint violations and SQL errors stay what
+    they are (callers act on them)."""
+    if isinstance(context.sqlalchemy_exception, (OperationalError, InternalError)) or context.is_disconnect:
+        raise _failed(context.original_exception) from context.sqlalchemy_exception
 
 
 def connect(url: str) -> Engine:
@@ -96,9 +128,10 @@ def connect(url: str) -> Engine:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except SQLAlchemyError as e:
+    except (SQLAlchemyError, DatabaseUnavailableError) as e:  # the latter: _as_domain_error's, from the driver's
         engine.dispose()
-        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+        cause = e.__cause__ if isinstance(e, DatabaseUnavailableError) and e.__cause__ is not None else e
+        reason = " ".join(str(getattr(cause, "orig", None) or cause).split())[:300]
         raise DatabaseUnavailableError(f"cannot connect to the catalogue database "
                                        f"{engine.url.render_as_string(hide_password=True)}: {reason}") from None
     return engine

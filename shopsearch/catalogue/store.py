@@ -150,12 +150,9 @@ class CatalogueStore:
         """SKU -> (product id, stored row digest) of every product that has one
         (catalogue/row_digest.py), read as plain tuples by the driver's cursor."""
         with self.engine.connect() as conn:
-            cur = conn.connection.dbapi_connection.cursor()
-            try:
+            with db.raw_cursor(conn) as cur:
                 cur.execute("SELECT sku, id, row_digest FROM products WHERE row_digest IS NOT NULL")
                 return {sku: (pid, digest) for sku, pid, digest in cur.fetchall()}
-            finally:
-                cur.close()
 
     def image_files(self, paths: Sequence[str]) -> dict[str, ImageRecord]:
         """Path -> what the catalogue knows of a usable image file there (hash, size, stat when

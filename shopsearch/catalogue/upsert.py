@@ -15,6 +15,7 @@ from sqlalchemy import Text, bindparam, cast, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from shopsearch.catalogue import bulk
+from shopsearch.catalogue.db import raw_cursor
 from shopsearch.catalogue.models import Product, ProductImage, utcnow
 from shopsearch.catalogue.records import ImageInfo, ImageRecord, ProductRecord, UpsertResult
 from shopsearch.catalogue.row_digest import stored_digest
@@ -118,11 +119,8 @@ def _executemany(conn: Any, table: Any, columns: Sequence[str], rows: list[tuple
         params = [(*r, *fixed) for r in rows]
     names = [*columns, *same]
     sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-    cur = conn.connection.dbapi_connection.cursor()
-    try:
+    with raw_cursor(conn) as cur:
         cur.executemany(sql, params)
-    finally:
-        cur.close()
 
 
 _PRODUCT_COPY = "COPY products (id, sku, title, description, brand, price, currency, category_id, attributes, " \
@@ -140,7 +138,7 @@ def _copy_new(conn: Any, records: list[ProductRecord], cat_ids: list[int | None]
     ids = [int(i) for i in conn.exec_driver_sql(
         "SELECT nextval(pg_get_serial_sequence('products', 'id')) FROM generate_series(1, %(n)s)",
         {"n": len(records)}).scalars()]
-    with conn.connection.dbapi_connection.cursor() as cur:
+    with raw_cursor(conn) as cur:
         with cur.copy(_PRODUCT_COPY) as copy:
             for pid, r, c, d in zip(ids, records, cat_ids, digests):
                 # json.dumps: the text SQLAlchemy's JSON type writes, which re-imports compare with
