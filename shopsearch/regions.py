@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from shopsearch.errors import InvalidRegionError
-from shopsearch.images import DEFAULT_MAX_PIXELS, load_image, upright_size
+from shopsearch.images import DEFAULT_MAX_PIXELS, lacks_detail, load_image, upright_size
 from shopsearch.results import SearchFilters, SearchResult, plain_number
 
 #: a crop smaller than this many pixels on a side is refused (nothing recognisable is left)
@@ -208,8 +208,11 @@ def find_objects(service: Any, image: Image.Image, max_objects: int = 4, k: int 
         return []
     vecs = service.embedder.encode_images(crops)
     candidates = []
-    for i, (b, v) in enumerate(zip(kept, vecs)):
-        res = service.search_vector(v, k=k, filters=filters, routing=False)
+    for i, (b, v, crop) in enumerate(zip(kept, vecs, crops)):
+        # scored as the whole photo is (the category head fused in where the shop has one), so the
+        # calibration fitted on that path applies: a region gets a confidence and 'none' regions go;
+        # a patch of plain ground identifies nothing
+        res = service.search_vector(v, k=k, filters=filters, flat=lacks_detail(crop))
         if not res.hits:
             continue
         rank = res.confidence if res.confidence is not None else res.hits[0].score

@@ -233,6 +233,39 @@ def test_objects_auto_returns_each_product_with_box_and_confidence(client):
     assert _search(client, _jpeg(make_image(1)), objects="7").status_code == 400
 
 
+class _FusingHead(_AppleHead):
+    """A category head that fuses into the ranking (as a shop's trained head does), with no preference."""
+
+    fusion_weight = 0.05
+
+    def category_boost(self, vector):
+        return {}
+
+
+def test_regions_are_scored_on_the_path_the_calibration_was_fitted_on(trust_site):
+    """Where the shop's confidence was calibrated on fused searches (the demo's), each region is
+    searched the same way: it gets a confidence and a verdict (regions were searched unfused, so
+    every one came back uncalibrated and none could be told 'no match'); plain ground is none."""
+    from dataclasses import replace as dc_replace
+
+    from shopsearch.app import open_search_service
+    from shopsearch.confidence import scoring_key
+    from shopsearch.regions import find_objects
+
+    svc = open_search_service(trust_site, embedder=FakeEmbedder())
+    try:
+        svc.router, svc.fusion = _FusingHead(), True
+        svc.calibration = dc_replace(svc.calibration, scoring=scoring_key("off", True))
+        photo = _composite([2, 5, 9])
+        assert svc.search_image(photo, k=5).confidence is not None  # the whole photo: calibrated
+        regions = find_objects(svc, photo, 4, 5)
+        assert {r.result.hits[0].sku for r in regions} >= {"S2", "S5", "S9"}
+        assert all(r.confidence is not None and r.match in ("strong", "weak") for r in regions)
+        assert find_objects(svc, Image.new("RGB", (480, 200), (255, 255, 255)), 4, 5) == []  # nothing there
+    finally:
+        svc.catalogue.close()
+
+
 def test_page_shows_regions_as_outlines_and_chips(client):
     html = _page(client, _jpeg(_composite([2, 5, 9])), objects="auto").get_data(as_text=True)
     assert html.count('class="region-outline') >= 3 and 'class="region-chips"' in html
