@@ -21,7 +21,7 @@ import numpy as np
 
 from indexer.build_stages import BuildStages
 from indexer.build_types import (BuildOptions, BuildPlan, BuildReport, SegmentCounts, UpdateChanges,
-                                 resolve_options)
+                                 resolve_index_type, resolve_options)
 from indexer.centring_build import choose_adaptation, choose_centring, iconic_only
 from indexer.diff import IndexDiff, diff_arrays, diff_index
 from indexer.update_plan import (DELTA, READD, UP_TO_DATE, Changes, ServingIndex, current_at, indexable_keys,
@@ -54,6 +54,8 @@ class IndexBuilder(BuildStages):
         included) before any embedding starts; a build with less than (1 - max_shrink) of the
         serving build's vectors is refused (indexer.shrink). `overrides` replace fields of `options`."""
         o = resolve_options(options, overrides)
+        itype, self.index_choice = resolve_index_type(o.index_type, self.store.current_manifest())
+        o = replace(o, index_type=itype)
         t0 = time.perf_counter()
         scan = self.rescan(o.workers, o.progress, o.verify_hashes, o.rescan_scope) if o.rescan else None
         # read before the rows: a change made after this makes the next build look at the rows
@@ -118,6 +120,8 @@ class IndexBuilder(BuildStages):
         manifest = self.store.current_manifest()
         if manifest is None:
             return self.build(o)
+        itype, self.index_choice = resolve_index_type(o.index_type, manifest)
+        o = replace(o, index_type=itype)
         if manifest.model_fingerprint != self.embedder.fingerprint:
             raise ModelMismatchError(
                 f"the serving build {manifest.build_id} was made with {manifest.model_name!r}; an update must use "

@@ -58,6 +58,7 @@ class BuildStages:
         self._centring: DomainCentring | None = None  # the centring of the build being made
         self._views = GalleryViews(embedder, cache_root, 0)  # the shopper views the build blends in
         self.recall_probe: RecallProbe | None = None  # the HNSW recall probe of the build being made
+        self.index_choice = "auto"  # how the build being made chose its index type (IndexManifest.index_choice)
 
     # -- stage: read the catalogue ------------------------------------------------------
     def rescan(self, workers: int | None = None, progress: bool = True, verify_hashes: bool = False,
@@ -137,7 +138,8 @@ class BuildStages:
         return IndexManifest(build_id, self.embedder.name, self.embedder.fingerprint, self.embedder.dim,
                              count, itype, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              ef_search=probe.ef_search if probe is not None else 0,
-                             recall_probe=probe.to_dict() if probe is not None else {})
+                             recall_probe=probe.to_dict() if probe is not None else {},
+                             index_choice=self.index_choice)
 
     def _probe(self, index: VectorIndex) -> RecallProbe | None:
         """An HNSW graph's recall checked on its own vectors, and the efSearch its searches will use."""

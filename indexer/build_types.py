@@ -15,7 +15,9 @@ if TYPE_CHECKING:  # the CLI imports this module for BuildOptions; the catalogue
 class BuildOptions:
     """Everything `index build` / `index update` can be told, made once by the CLI."""
 
-    index_type: str = "auto"  # auto | flat | hnsw | ivfpq | a FAISS factory string
+    #: auto | flat | hnsw | ivfpq | a FAISS factory string | keep (the serving build's type when it
+    #: was asked for by name, else auto: resolve_index_type)
+    index_type: str = "auto"
     batch_size: int | None = None
     workers: int | None = None
     progress: bool = True
@@ -126,6 +128,17 @@ class BuildReport:
               "adapt_rounds": self.adapt_rounds, "shopper_views": self.shopper_views,
               "recall_probe": self.recall_probe}
         return d
+
+
+def resolve_index_type(requested: str, serving: "IndexManifest | None") -> tuple[str, str]:
+    """(index type to build, how it was chosen: "auto" | "fixed") for `--index requested`: "keep"
+    is the serving build's type when that was asked for by name (a rebuild or update never undoes an
+    explicit choice), else "auto"; "auto" follows the catalogue's size; any other is fixed."""
+    if requested == "keep":
+        if serving is not None and serving.index_choice == "fixed":
+            return serving.index_type, "fixed"
+        return "auto", "auto"
+    return requested, "auto" if requested == "auto" else "fixed"
 
 
 def resolve_options(options: BuildOptions | None, overrides: dict[str, Any]) -> BuildOptions:

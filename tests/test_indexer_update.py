@@ -111,6 +111,32 @@ def test_auto_index_type_switches_with_size(tmp_path, sqlite_catalogue, monkeypa
     assert (r.index_type, r.vectors, r.embedded, emb.calls) == ("hnsw", 5, 1, 5)
 
 
+def test_an_index_type_named_with_index_is_kept_by_later_builds_and_updates(tmp_path, sqlite_catalogue, monkeypatch):
+    """`--index hnsw` on a catalogue auto would index flat: a later update or build without --index
+    (the CLI's "keep") keeps HNSW instead of switching back; `--index auto` hands the choice back to size."""
+    import indexer.build as build_mod
+
+    for i in range(4):
+        _add(sqlite_catalogue, tmp_path, i)
+    store = IndexStore(tmp_path / "index")
+    b = IndexBuilder(FakeEmbedder(), sqlite_catalogue, store, tmp_path / "vectors")
+    assert b.build(progress=False, index_type="hnsw").index_type == "hnsw"
+    assert store.current_manifest().index_choice == "fixed"
+    first = store.current_id()
+    r = b.update(progress=False, index_type="keep")
+    assert (r.index_type, r.mode) == ("hnsw", "up-to-date") and store.current_id() == first  # nothing to do
+    _add(sqlite_catalogue, tmp_path, 4)
+    assert b.update(progress=False, index_type="keep").index_type == "hnsw"
+    assert b.build(progress=False, index_type="keep", force=True).index_type == "hnsw"
+    # a type chosen by size follows the size
+    monkeypatch.setattr(build_mod, "choose_index_type", lambda n: "flat")
+    r = b.build(progress=False, index_type="auto")
+    assert r.index_type == "flat" and store.current_manifest().index_choice == "auto"
+    monkeypatch.setattr(build_mod, "choose_index_type", lambda n: "hnsw" if n >= 6 else "flat")
+    _add(sqlite_catalogue, tmp_path, 5)
+    assert b.update(progress=False, index_type="keep").index_type == "hnsw"  # grew past the threshold
+
+
 def _cli(data_dir, *args):
     res = CliRunner().invoke(cli, ["--data-dir", str(data_dir), *args], catch_exceptions=False)
     return res

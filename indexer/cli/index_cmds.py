@@ -73,9 +73,10 @@ def _perf_options(f):
                           "default for EfficientNet-Lite0 on <= 4 CPU cores), threads, processes, or nvJPEG on the GPU.")(f)
     f = click.option("--workers", type=int, default=None, help="Decoding workers (default: tuned to the machine).")(f)
     f = click.option("--batch-size", type=int, default=None, help="Images per model call (default: 16 CPU, 256 GPU).")(f)
-    f = click.option("--index", "index_type", default="auto", show_default=True,
+    f = click.option("--index", "index_type", default="keep", show_default=True,
                      help="auto (flat, then hnsw, then ivfpq as the catalogue grows) | flat | hnsw | ivfpq | "
-                          "any FAISS factory string")(f)
+                          "any FAISS factory string. keep: the serving build's type when it was named with "
+                          "--index (later builds and updates keep an explicit choice), else auto.")(f)
     return f
 
 

@@ -35,6 +35,9 @@ class IndexManifest:
     ef_search: int = 0
     #: what that probe measured (RecallProbe.to_dict()); empty when none ran
     recall_probe: dict = field(default_factory=dict)
+    #: how index_type was chosen: "auto" (by the catalogue's size, so it follows the catalogue as
+    #: it grows) or "fixed" (asked for with --index: later builds and updates keep it)
+    index_choice: str = "auto"
 
 
 def check_model(manifest: IndexManifest, fingerprint: str) -> None:
