@@ -14,8 +14,12 @@ class ShopSearchError(Exception):
 
 
 class ConfigError(ShopSearchError):
+    """A setting or option names something that does not exist or cannot work (a model spec, an
+    index type, a re-ranking, an origin): a usage error, exit status 2 like click's own."""
+
     code = "config_error"
     http_status = 500
+    exit_code = 2
 
 
 class InvalidImageError(ShopSearchError):

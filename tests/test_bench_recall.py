@@ -249,7 +249,7 @@ def test_cli_json_table_gate_and_outputs(grocery, tmp_path):
     assert "recall@1" in r.stdout  # the table is still printed
 
     r = _cli(base + ["--category-routing", "on"], tmp_path)
-    assert r.exit_code == 1 and "no trained category router" in r.output
+    assert r.exit_code == 2 and "no trained category router" in r.output
 
 
 def test_cli_imagefolder_and_bad_input(tmp_path):
@@ -262,7 +262,7 @@ def test_cli_imagefolder_and_bad_input(tmp_path):
     r = _cli(["--dataset", str(root), "--layout", "imagefolder", "--k", "0"], tmp_path)
     assert r.exit_code == 2 and "positive" in r.output
     r = _cli(["--dataset", str(root), "--layout", "imagefolder", "--config", "bogus=1"], tmp_path)
-    assert r.exit_code == 1 and "unknown key" in r.output
+    assert r.exit_code == 2 and "unknown key" in r.output
 
 
 def test_cli_open_set(grocery, tmp_path):

@@ -75,7 +75,7 @@ def test_errors_are_clear_one_liners(tmp_path, image_dir):
     res = _run(["search", str(p), "--model", "efficientnet-lite0"], data, ok=False)
     assert res.exit_code == 1 and "model_mismatch" in res.output
     res = _run(["index", "build", "--model", "nonsense:thing"], data, ok=False)
-    assert res.exit_code == 1 and "unknown model spec" in res.output
+    assert res.exit_code == 2 and "unknown model spec" in res.output
 
 
 @needs_grocery

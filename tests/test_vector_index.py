@@ -175,3 +175,14 @@ def test_a_single_query_runs_faiss_on_one_thread_and_restores_the_count(monkeypa
         assert seen[2] == 1 and other == [faiss.omp_get_max_threads()]
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def test_an_unknown_index_type_or_too_few_vectors_to_train_is_a_config_error_in_one_line():
+    from shopsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"index type 'bogus' is not one .*\(could not parse index string bogus\)$"):
+        VectorIndex(8, "bogus")
+    ivf = VectorIndex(8, "IVF4,Flat")
+    with pytest.raises(ConfigError, match=r"cannot be trained on 3 vectors \(Number of training points \(3\)") as e:
+        ivf.train(np.eye(8, dtype=np.float32)[:3])
+    assert "faiss::" not in str(e.value) and ".cpp" not in str(e.value) and "--index flat" in str(e.value)

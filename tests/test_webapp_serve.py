@@ -126,7 +126,7 @@ def test_serve_under_gunicorn(tmp_path):
 def test_serve_refuses_a_malformed_cors_origin_in_one_line(tmp_path):
     r = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "serve", "--cors-origins", "shop.example"],
                            env={"SHOPSEARCH_DATABASE_URL": ""})
-    assert r.exit_code == 1 and "not an origin" in r.output and "Traceback" not in r.output, r.output
+    assert r.exit_code == 2 and "not an origin" in r.output and "Traceback" not in r.output, r.output
 
 
 def test_torch_threads_per_worker_is_a_setting():

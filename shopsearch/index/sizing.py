@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -88,3 +89,10 @@ def one_faiss_thread() -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def faiss_reason(e: RuntimeError) -> str:
+    """What a FAISS error says, without the C++ function, file and failed assertion it names."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", lines[-1] if lines else "FAISS refused it")
+    return re.sub(r"^Error: '.*?' failed: ", "", text)[:300]

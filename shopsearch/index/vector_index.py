@@ -12,7 +12,7 @@ from typing import Callable
 import faiss
 import numpy as np
 
-from shopsearch.errors import IndexCorruptError, ModelMismatchError
+from shopsearch.errors import ConfigError, IndexCorruptError, ModelMismatchError
 from shopsearch.index.manifest import INDEX_FILE, MANIFEST, IndexManifest
 from shopsearch.index.exact import empty_result, flat_storage
 from shopsearch.index.filtered import AllowedSearch
@@ -23,6 +23,7 @@ from shopsearch.index.sizing import (
     DEFAULT_EF_SEARCH,
     DEFAULT_NPROBE,
     DEFAULT_REFINE_K_FACTOR,
+    faiss_reason,
     MAX_TRAIN_VECTORS,
     ef_for_size,
     factory_string,
@@ -44,7 +45,13 @@ class VectorIndex:
         self.dim = dim
         self.index_type = index_type
         if index is None:
-            inner = faiss.index_factory(dim, factory_string(index_type, dim, expected_size), faiss.METRIC_INNER_PRODUCT)
+            try:
+                inner = faiss.index_factory(dim, factory_string(index_type, dim, expected_size),
+                                            faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as e:
+                raise ConfigError(f"index type {index_type!r} is not one ShopSearch or FAISS knows: expected auto, "
+                                  f"flat, hnsw, ivfpq or a FAISS factory string such as 'IVF256,Flat' "
+                                  f"({faiss_reason(e)})") from None
             index = faiss.IndexIDMap2(inner)
         self._index = index
         self.nprobe = DEFAULT_NPROBE
@@ -101,7 +108,12 @@ class VectorIndex:
                 # training time bounded (and builds reproducible).
                 pick = np.random.default_rng(0).choice(len(vectors), MAX_TRAIN_VECTORS, replace=False)
                 vectors = vectors[np.sort(pick)]
-            self._index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            try:
+                self._index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            except RuntimeError as e:  # too few vectors for its clusters or codebooks
+                raise ConfigError(f"the {self.index_type} index cannot be trained on {len(vectors)} vectors "
+                                  f"({faiss_reason(e)}); use --index flat, or auto, which picks a type "
+                                  "for the catalogue's size") from None
 
     def to_gpu(self, device: int = 0, cloner: Callable[[faiss.Index], faiss.Index] | None = None) -> bool:
         """Answer search() from a GPU copy (faiss-gpu); False when it stays on the CPU.
