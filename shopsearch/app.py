@@ -8,9 +8,10 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from shopsearch.catalogue.db import sqlite_file
 from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import FP16_SCANS_MIN, Settings
-from shopsearch.errors import ConfigError
+from shopsearch.errors import ConfigError, DatabaseUnavailableError
 from shopsearch.index.store import IndexStore
 
 # The models, search and calibration pieces are imported by the functions that assemble them:
@@ -29,7 +30,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("shopsearch.app")
 
 
-def open_catalogue(settings: Settings, migrate: bool = True) -> CatalogueStore:
+def open_catalogue(settings: Settings, migrate: bool = True, create: bool = True) -> CatalogueStore:
+    """The catalogue store; `create`=False (commands that only read) refuses a SQLite file that does not
+    exist yet, rather than making an empty one where a --data-dir or --database-url was mistyped."""
+    if not create:
+        path = sqlite_file(settings.db_url)
+        if path is not None and not path.is_file():
+            raise DatabaseUnavailableError(
+                f"there is no catalogue at {path}: nothing was imported into this data folder yet. Check "
+                "--data-dir / --database-url (SHOPSEARCH_DATA_DIR, SHOPSEARCH_DATABASE_URL), or run "
+                "`shopsearch catalogue import` first")
     return CatalogueStore.open(settings.db_url, migrate=migrate)
 
 

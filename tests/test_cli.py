@@ -64,7 +64,7 @@ def test_errors_are_clear_one_liners(tmp_path, image_dir):
     data = tmp_path / "data"
     (p,) = image_dir(1)
     res = _run(["search", str(p)], data, ok=False)
-    assert res.exit_code == 1 and "no index has been built" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "there is no catalogue at" in res.output and "Traceback" not in res.output
     (tmp_path / "m.csv").write_text(f"sku,images\nA,{p}\n")
     _run(["catalogue", "import", str(tmp_path / "m.csv"), "--format", "csv"], data)
     _run(["index", "build", "--model", "colorhist", "--workers", "1"], data)

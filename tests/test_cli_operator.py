@@ -34,8 +34,23 @@ def test_a_wrong_database_url_is_one_clear_line(tmp_path, url, says):
     for args in (["stats"], ["catalogue", "problems"], ["db", "current"]):
         res = run(tmp_path, "--database-url", url, *args)
         assert res.exit_code == 1, res.output
-        assert says in res.output and "[database_unavailable]" in res.output
+        # a SQLite file that does not exist is no catalogue to a command that only reads
+        expected = "there is no catalogue at" if url.startswith("sqlite") and args[0] != "db" else says
+        assert expected in res.output and "[database_unavailable]" in res.output, res.output
         assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["stats"], ["index", "status"], ["catalogue", "problems"], ["catalogue", "show", "A"],
+                                  ["search", "photo.png"]])
+def test_read_only_commands_make_no_catalogue_at_a_mistyped_path(tmp_path, args, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_image(1).save(tmp_path / "photo.png")
+    typo = tmp_path / "vra"
+    res = run(typo, *args)
+    assert res.exit_code == 1 and f"there is no catalogue at {typo / 'catalogue.db'}" in res.output, res.output
+    assert "--data-dir" in res.output and not (typo / "catalogue.db").exists()
+    res = CliRunner().invoke(cli, ["--database-url", f"sqlite:///{tmp_path / 'typo.db'}", *args])
+    assert res.exit_code == 1 and "there is no catalogue at" in res.output and not (tmp_path / "typo.db").exists()
 
 
 @needs_pg
@@ -67,14 +82,22 @@ def _import_and_build(tmp_path, data, *extra: str) -> None:
 def test_search_against_a_database_without_the_catalogue_is_an_error(tmp_path, db_url):
     data = tmp_path / "data"
     make_image(1).save(tmp_path / "q.png")
-    res = run(data, "search", str(tmp_path / "q.png"))  # a fresh data dir: no index yet (README: exit codes)
-    assert res.exit_code == 1 and res.output.rstrip().endswith("[index_not_found]"), res.output
+    res = run(data, "search", str(tmp_path / "q.png"))  # a fresh data dir: nothing imported (README: exit codes)
+    assert res.exit_code == 1 and "there is no catalogue at" in res.output, res.output
+    assert res.output.rstrip().endswith("[database_unavailable]") and not data.exists()
     _import_and_build(tmp_path, data)
     assert run(data, "search", str(tmp_path / "imgs" / "1.png")).exit_code == 0
+    (data / "index" / "CURRENT").unlink()
+    res = run(data, "search", str(tmp_path / "q.png"))  # a catalogue, no index build
+    assert res.exit_code == 1 and res.output.rstrip().endswith("[index_not_found]"), res.output
+    _import_and_build(tmp_path, data)
     res = run(data, "--database-url", db_url, "search", str(tmp_path / "imgs" / "1.png"))  # another, empty one
     assert res.exit_code == 1, res.output
-    assert "holds no products" in res.output and "--database-url" in res.output
-    assert res.output.rstrip().endswith("[catalogue_empty]")
+    if db_url.startswith("sqlite"):  # a file that does not exist: no catalogue at all
+        assert "there is no catalogue at" in res.output and res.output.rstrip().endswith("[database_unavailable]")
+    else:  # a database that exists, without the catalogue's products
+        assert "holds no products" in res.output and "--database-url" in res.output
+        assert res.output.rstrip().endswith("[catalogue_empty]")
     assert "no matching products" not in res.output and "Traceback" not in res.output
 
 

@@ -112,7 +112,7 @@ def delete_cmd(c: Ctx, skus: tuple[str, ...], as_json: bool) -> None:
 @pass_ctx
 def problems_cmd(c: Ctx, as_json: bool) -> None:
     """List the images that are not indexed (missing or unusable files) and why."""
-    bad = c.catalogue().unusable_images()
+    bad = c.catalogue(create=False).unusable_images()
     if as_json:
         echo_json({"images": [asdict(b) for b in bad]})
         return
@@ -129,7 +129,7 @@ def problems_cmd(c: Ctx, as_json: bool) -> None:
 @pass_ctx
 def show_cmd(c: Ctx, sku: str) -> None:
     """Print one product as JSON."""
-    echo_json(c.catalogue().get_product(sku).to_dict())
+    echo_json(c.catalogue(create=False).get_product(sku.strip()).to_dict())
 
 
 @click.group("db")
@@ -162,7 +162,7 @@ def db_current(c: Ctx) -> None:
 @pass_ctx
 def stats_cmd(c: Ctx, as_json: bool) -> None:
     """Catalogue and index figures."""
-    st = asdict(c.catalogue().stats())
+    st = asdict(c.catalogue(create=False).stats())
     m = c.index_store().current_manifest()
     st["index"] = asdict(m) if m else None
     if as_json:

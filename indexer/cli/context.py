@@ -85,11 +85,13 @@ class Ctx:
     settings: Settings
     _catalogue: Any = field(default=None, repr=False)
 
-    def catalogue(self):
+    def catalogue(self, create: bool = True):
+        """The catalogue store, opened once; `create`=False (commands that only read) refuses a
+        SQLite catalogue that does not exist rather than making an empty one at a mistyped path."""
         if self._catalogue is None:
             from shopsearch.app import open_catalogue
 
-            self._catalogue = open_catalogue(self.settings)
+            self._catalogue = open_catalogue(self.settings, create=create)
         return self._catalogue
 
     def index_store(self):

@@ -306,7 +306,7 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
     from indexer.status import index_status
     from shopsearch.index.recall_probe import probe_message
 
-    st = index_status(c.catalogue(), c.index_store(), deep=deep)
+    st = index_status(c.catalogue(create=False), c.index_store(), deep=deep)
     if as_json:
         echo_json(st.to_dict())
         return
@@ -365,6 +365,8 @@ def list_cmd(c: Ctx, as_json: bool) -> None:
     if as_json:
         echo_json({"builds": builds})
         return
+    if not builds:
+        click.echo("no index builds here yet (`shopsearch index build` makes the first)")
     for b in builds:
         mark = "*" if b["current"] else ("-" if b["previous"] else ("s" if b["shadow"] else " "))
         click.echo(f"{mark} {b['build_id']}  {b['vectors']:>9} vectors  {b['index_type']:<6} {b['model']}")

@@ -59,6 +59,7 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
     from shopsearch.rerank import parse_rerank
 
     rerank_options = None if rerank is None else parse_rerank(rerank)  # a typo costs no model load
+    c.catalogue(create=False)  # a mistyped --data-dir is said as such, and makes no empty catalogue
     svc = c.search_service(model)
     catalogue = svc.catalogue
     if catalogue.stats().products == 0:  # else every hit is dropped and "no matching products" misleads

@@ -55,15 +55,27 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (`sqlite:///file:PATH?mode=ro&uri=true` too); None for another
+    database or an in-memory one."""
+    url = normalize_url(url)
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    if path.startswith("file:"):
+        path = path[len("file:"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets foreign keys, and WAL (synchronous NORMAL) so readers never block on a
     writer."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = sqlite_file(url)
+        if path is not None:
             try:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise DatabaseUnavailableError(f"cannot create the folder of the SQLite database {path}: "
                                                f"{e.strerror or e}") from None
