@@ -22,6 +22,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BigInteger falls back to Integer there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# SQLite AUTOINCREMENT (migration 0007): without it a new row gets max(id) + 1, the id of a just
+# deleted row, and image ids are the keys of the vectors in the index files. PostgreSQL ignores it.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
 def utcnow() -> datetime:
@@ -50,6 +53,7 @@ class Category(Base):
 
 class Product(Base):
     __tablename__ = "products"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sku: Mapped[str] = mapped_column(String(200), unique=True)
@@ -81,7 +85,7 @@ class ProductImage(Base):
     __tablename__ = "product_images"
     # (migration 0006 adds a partial index of the unusable images, status <> 'ok', for the quick
     # status' COUNT; not declared here: its per-dialect WHERE would import both dialects at start-up)
-    __table_args__ = (UniqueConstraint("product_id", "path", name="uq_product_images_product_path"),)
+    __table_args__ = (UniqueConstraint("product_id", "path", name="uq_product_images_product_path"), NEVER_REUSE_IDS)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     product_id: Mapped[int] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"), index=True)
