@@ -8,21 +8,37 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from shopsearch.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
 
 #: formats we decode; everything else is "not an image" to us
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
-#: 40 megapixels: beyond any phone photo, well below Pillow's bomb threshold
+#: the most pixels decoded at once: the limit of an image decoded whole (PNG, WebP, GIF, BMP,
+#: TIFF, and the JPEGs that are decoded whole: progressive or in several scans), 3-4 bytes each in
+#: memory (a 40 MP RGBA PNG peaks near 0.5 GB while converted), well below Pillow's bomb
+#: threshold (89 MP). A JPEG straight from a camera or phone (48, 50, 108, 200 MP) is decoded at
+#: the reduced scale (1/2 to 1/8 a side) that fits this, so only MAX_JPEG_PIXELS limits it
 DEFAULT_MAX_PIXELS = 40_000_000
+#: the largest photo accepted as a baseline JPEG, the format phone cameras write: 200-megapixel
+#: sensors make 16320x12240 photos. Decoding one at 1/8 scale holds ~30 MB and takes well under a
+#: second (its compressed data is still read in full), so a small file declaring huge dimensions
+#: (a bomb) costs no more than a genuine photo
+MAX_JPEG_PIXELS = 250_000_000
 #: longest side we accept, whatever the pixel count (e.g. 100000x1 strips)
 DEFAULT_MAX_SIDE = 20_000
+#: a JPEG past DEFAULT_MAX_PIXELS with fewer bytes than a pixel count / this is a bomb (a small file
+#: declaring huge dimensions, the rest made up by the decoder): an optimised all-white JPEG, the
+#: most compressible photo there is, has 170-260 pixels a byte
+_JPEG_MAX_PIXELS_PER_BYTE = 2048
+#: JPEG decoding's reduced scales (libjpeg DCT scaling: 1/1, 1/2, 1/4, 1/8 a side)
+_JPEG_SCALES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -49,7 +65,102 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _open(data: bytes | Path | str, max_pixels: int, max_side: int) -> Image.Image:
+def _megapixels(pixels: int) -> str:
+    text = f"{pixels / 1e6:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _pillow_open(src: object) -> Image.Image:
+    """Image.open, except that a JPEG is opened by its own plugin: Image.open refuses anything
+    past Pillow's bomb threshold (a warning past 89 MP, an error past 179 MP) before _open can
+    tell that a baseline JPEG is decoded at a reduced scale, in bounded memory."""
+    if isinstance(src, io.BytesIO):
+        head = src.getvalue()[:3]
+    else:
+        with open(src, "rb") as f:  # type: ignore[call-overload]
+            head = f.read(3)
+    if head != b"\xff\xd8\xff":
+        return Image.open(src)  # type: ignore[arg-type]
+    try:
+        return JpegImagePlugin.jpeg_factory(src)  # type: ignore[arg-type]
+    except (SyntaxError, IndexError, TypeError, struct.error) as e:
+        # what Image.open turns into "cannot identify image file" (no plugin accepts the file)
+        raise UnidentifiedImageError(str(e)) from None
+
+
+def _first_scan(img: Image.Image) -> tuple[int, int] | None:
+    """(start-of-frame marker, components in the first scan) of a JPEG, from its header; None
+    when the markers cannot be walked to a scan (the decoder then reports what is wrong)."""
+    fp = getattr(img, "fp", None)
+    if fp is None:
+        return None
+    here = fp.tell()
+    try:
+        fp.seek(getattr(img, "offset", 0) or 0)  # an MPO's first frame starts at 0 too
+        if fp.read(2) != b"\xff\xd8":
+            return None
+        sof = None
+        for _ in range(10_000):
+            b = fp.read(1)
+            if b != b"\xff":
+                return None
+            m = fp.read(1)
+            while m == b"\xff":  # fill bytes
+                m = fp.read(1)
+            if not m:
+                return None
+            marker = m[0]
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+                continue  # no length
+            seg = fp.read(2)
+            if len(seg) < 2:
+                return None
+            length = struct.unpack(">H", seg)[0]
+            if marker in _SOF:
+                sof = marker
+            if marker == 0xDA:
+                ns = fp.read(1)
+                return (sof, ns[0]) if sof is not None and ns else None
+            fp.seek(length - 2, os.SEEK_CUR)
+        return None
+    except (OSError, ValueError, struct.error):
+        return None
+    finally:
+        fp.seek(here)
+
+
+#: start-of-frame markers; of them, the ones a decoder cannot read at a reduced scale without
+#: holding every coefficient of the image (progressive) or at all (lossless, hierarchical)
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_SCALED_SOF = frozenset({0xC0, 0xC1, 0xC9})  # baseline, extended sequential (Huffman, arithmetic)
+
+
+def _jpeg_decoded_in_bounded_memory(img: Image.Image) -> bool:
+    """True for a JPEG libjpeg decodes a band of rows at a time (sequential, one scan holding every
+    component), so that decoding it at a reduced scale holds only the reduced image. A progressive
+    or multi-scan JPEG keeps two bytes per pixel and component until its last scan, whatever the
+    scale (a 200 MP progressive photo: 0.6-1.2 GB)."""
+    if img.format not in ("JPEG", "MPO") or img.info.get("progressive") or img.info.get("progression"):
+        return False
+    scan = _first_scan(img)
+    return scan is not None and scan[0] in _SCALED_SOF and scan[1] == getattr(img, "layers", 0)
+
+
+def _scaled(w: int, h: int, s: int) -> int:
+    return -(-w // s) * -(-h // s)
+
+
+def _too_large(w: int, h: int, limit: int, max_side: int, what: str, jpeg_limit: int | None) -> ImageTooLargeError:
+    text = (f"image is {w}x{h} pixels ({_megapixels(w * h)} megapixels); the limit is {limit:,} pixels "
+            f"({_megapixels(limit)} megapixels){what} and {max_side:,} per side")
+    if jpeg_limit is not None and w * h <= jpeg_limit and max(w, h) <= max_side:
+        text += (f"; saved as an ordinary (baseline) JPEG, as cameras and phones save photos, it could have up to "
+                 f"{_megapixels(jpeg_limit)} megapixels")
+    return ImageTooLargeError(text)
+
+
+def _open(data: bytes | Path | str, max_pixels: int, max_side: int,
+          max_jpeg_pixels: int = MAX_JPEG_PIXELS) -> Image.Image:
     if isinstance(data, (bytes, bytearray)):
         if len(data) == 0:
             raise InvalidImageError("the file is empty")
@@ -64,12 +175,12 @@ def _open(data: bytes | Path | str, max_pixels: int, max_side: int) -> Image.Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(src)  # type: ignore[arg-type]
+            img = _pillow_open(src)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own wording names its threshold, not ours (a file past twice Pillow's limit
         # never reaches our check below)
         raise ImageTooLargeError(f"image dimensions are too large; the limit is {max_pixels:,} pixels "
-                                 f"and {max_side} per side") from None
+                                 f"and {max_side:,} per side") from None
     except UnidentifiedImageError:
         raise UnsupportedImageError("not an image format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
     except OSError as e:
@@ -79,13 +190,54 @@ def _open(data: bytes | Path | str, max_pixels: int, max_side: int) -> Image.Ima
         # struct.error, ZeroDivisionError...: all mean "this file is not a usable image".
         raise InvalidImageError(f"corrupt image header: {_reason(e)}") from None
     if img.format not in ALLOWED_FORMATS:
+        img.close()
         raise UnsupportedImageError(f"unsupported image format {img.format}")
     w, h = img.size
     if w <= 0 or h <= 0:
+        img.close()
         raise InvalidImageError("image has no pixels")
-    if w * h > max_pixels or max(w, h) > max_side:
-        raise ImageTooLargeError(f"image is {w}x{h} pixels; the limit is {max_pixels:,} pixels and {max_side} per side")
+    # a JPEG read a band at a time is decoded at the scale that fits max_pixels (1/8 at least);
+    # anything else is decoded whole, so max_pixels is its limit
+    scaled = img.format in ("JPEG", "MPO") and _jpeg_decoded_in_bounded_memory(img)
+    jpeg_limit = min(max_jpeg_pixels, 64 * max_pixels)
+    if scaled:
+        if w * h > jpeg_limit or max(w, h) > max_side or _scaled(w, h, 8) > max_pixels:
+            img.close()
+            raise _too_large(w, h, jpeg_limit, max_side, "", None)
+        size = len(src.getvalue()) if isinstance(src, io.BytesIO) else Path(src).stat().st_size  # type: ignore[arg-type]
+        if w * h > max_pixels and size * _JPEG_MAX_PIXELS_PER_BYTE < w * h:
+            img.close()
+            raise ImageTooLargeError(f"image claims {w}x{h} pixels ({_megapixels(w * h)} megapixels) in a file of "
+                                     f"{size:,} bytes, far too little for a photo that size: a damaged file "
+                                     "or a decompression bomb")
+    elif w * h > max_pixels or max(w, h) > max_side:
+        img.close()
+        what = " for a progressive JPEG" if img.format in ("JPEG", "MPO") else f" for a {img.format} image"
+        raise _too_large(w, h, max_pixels, max_side, what, jpeg_limit)
     return img
+
+
+def _draft(img: Image.Image, draft_size: int | None, max_pixels: int, formats: tuple[str, ...] = ("JPEG",)) -> None:
+    """Set a JPEG's reduced decoding scale: the one draft_size asks for (its both sides stay >=
+    draft_size, as Pillow's draft picks it) for the formats named, reduced further until the
+    decoded pixels fit max_pixels (an MPO's first frame too). Nothing for other formats, or a
+    JPEG decoded whole (_open refused one past max_pixels)."""
+    if img.format not in ("JPEG", "MPO"):
+        return
+    if img.format not in formats:
+        draft_size = None
+    w, h = img.size
+    need = next((s for s in _JPEG_SCALES if _scaled(w, h, s) <= max_pixels), None)
+    if need is None or need == 1 or not _jpeg_decoded_in_bounded_memory(img):
+        if draft_size:  # exactly as before large photos were accepted: the same decoded pixels
+            img.draft("RGB", (draft_size, draft_size))
+        return
+    asked = 1
+    if draft_size:
+        fit = min(w // draft_size, h // draft_size)
+        asked = max(s for s in _JPEG_SCALES if s <= max(fit, 1))
+    s = max(asked, need)
+    img.draft("RGB", (max(1, w // s), max(1, h // s)))
 
 
 def load_image(
@@ -94,15 +246,18 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
     draft_size: int | None = None,
+    max_jpeg_pixels: int = MAX_JPEG_PIXELS,
 ) -> Image.Image:
     """Decode to an upright RGB PIL image, or raise InvalidImageError (or a subclass).
 
     draft_size lets large JPEGs decode at a reduced scale (PIL draft): far cheaper when the
-    model only needs ~224 px. Alpha is composited on white, 16-bit and CMYK are converted."""
-    img = _open(data, max_pixels, max_side)
+    model only needs ~224 px. A baseline JPEG larger than max_pixels (up to max_jpeg_pixels) is
+    decoded at the reduced scale (1/2, 1/4, 1/8 a side) that fits max_pixels, whatever
+    draft_size asks: never more than max_pixels are decoded. Alpha is composited on white,
+    16-bit and CMYK are converted."""
+    img = _open(data, max_pixels, max_side, max_jpeg_pixels)
     try:
-        if draft_size and img.format == "JPEG":
-            img.draft("RGB", (draft_size, draft_size))
+        _draft(img, draft_size, max_pixels)
         img.load()
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -181,10 +336,14 @@ def inspect_image(path: str | Path) -> ImageMeta:
     img = _open(data if data is not None else path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)
     digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
     fmt = img.format or "?"
+    size = img.size  # the true size: a JPEG is checked below at 1/8 scale
     try:
+        # every byte of the file is decoded all the same (a truncated or corrupt one is refused),
+        # into 1/64 of the pixels: a 200 MP photo holds ~30 MB, not 0.6 GB
+        _draft(img, 1, DEFAULT_MAX_PIXELS, ("JPEG", "MPO"))
         img.load()
         # the upright size (exif_transpose's), without the copy of the pixels it makes of every image
-        w, h = img.size[::-1] if img.getexif().get(_ORIENTATION, 1) in _SIDEWAYS else img.size
+        w, h = size[::-1] if img.getexif().get(_ORIENTATION, 1) in _SIDEWAYS else size
     except Exception as e:  # noqa: BLE001 - see _open
         raise InvalidImageError(f"corrupt or truncated image: {_reason(e)}") from None
     return ImageMeta(digest, w, h, fmt, st.st_size, st.st_mtime_ns)

@@ -100,7 +100,10 @@ def catalogue_images(store: "CatalogueStore") -> list[LabelledImage]:
 
 def stratified_holdout(items: Sequence[LabelledImage], fraction: float, seed: int = 0
                        ) -> tuple[list[LabelledImage], list[LabelledImage]]:
-    """Split off ~`fraction` of each category (never a category's only image) for validation."""
+    """Split off ~`fraction` of each category for validation: at least one photo of every category
+    with two or more (where the fraction of a small category rounds to none: 5 photos at 0.1), never
+    a category's last photo; nothing at all when `fraction` is 0. Only a catalogue whose every
+    category has a single photo gets no validation photo from a positive fraction."""
     by_cat: dict[str, list[LabelledImage]] = defaultdict(list)
     for it in items:
         by_cat[it.category].append(it)
@@ -109,7 +112,8 @@ def stratified_holdout(items: Sequence[LabelledImage], fraction: float, seed: in
     for cat in sorted(by_cat):
         group = sorted(by_cat[cat], key=lambda i: i.path)
         rng.shuffle(group)
-        n_val = min(len(group) - 1, int(round(len(group) * fraction)))
+        share = int(round(len(group) * fraction))
+        n_val = min(len(group) - 1, max(share, 1 if fraction > 0 else 0))
         val += group[:n_val]
         train += group[n_val:]
     return train, val
