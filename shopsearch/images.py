@@ -159,6 +159,16 @@ def _too_large(w: int, h: int, limit: int, max_side: int, what: str, jpeg_limit:
     return ImageTooLargeError(text)
 
 
+def _not_a_file(p: Path) -> str:
+    """Why `p` is no image file to read: absent (the wording importers and rescans count as
+    "missing"), a folder, or a device, pipe or socket."""
+    if p.is_dir():
+        return f"is a folder, not an image file: {p}"
+    if p.exists():
+        return f"not a regular file (a device, pipe or socket): {p}"
+    return f"no such file: {p}"
+
+
 def _open(data: bytes | Path | str, max_pixels: int, max_side: int,
           max_jpeg_pixels: int = MAX_JPEG_PIXELS) -> Image.Image:
     if isinstance(data, (bytes, bytearray)):
@@ -168,7 +178,7 @@ def _open(data: bytes | Path | str, max_pixels: int, max_side: int,
     else:
         p = Path(data)
         if not p.is_file():
-            raise InvalidImageError(f"no such file: {p}")
+            raise InvalidImageError(_not_a_file(p))
         if p.stat().st_size == 0:
             raise InvalidImageError(f"the file is empty: {p}")
         src = p
@@ -322,12 +332,14 @@ def upright_size(data: bytes) -> tuple[int, int] | None:
 
 def inspect_image(path: str | Path) -> ImageMeta:
     """Hash and fully decode a catalogue file; raises InvalidImageError when unusable."""
+    if not Path(path).is_file():  # a folder, or a FIFO, which open() would wait on for ever
+        raise InvalidImageError(_not_a_file(Path(path)))
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())  # before reading: a write during the read shows at the next rescan
             data = f.read() if st.st_size <= _READ_WHOLE else None
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise InvalidImageError(f"no such file: {path}") from None
+        raise InvalidImageError(_not_a_file(Path(path))) from None
     except OSError as e:
         raise InvalidImageError(f"cannot read image: {e}") from None
     if data is not None and not data:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -78,3 +79,19 @@ def test_inspect_image_reports_hash_and_size(tmp_path):
     assert (m.width, m.height, m.format) == (30, 10, "PNG") and len(m.sha256) == 64
     with pytest.raises(InvalidImageError, match="no such file"):
         inspect_image(tmp_path / "missing.jpg")
+
+
+def test_a_folder_or_a_device_is_named_as_such_not_as_missing(tmp_path):
+    from shopsearch.images import inspect_image, load_image
+
+    (tmp_path / "adir.jpg").mkdir()
+    for read in (inspect_image, load_image):
+        with pytest.raises(InvalidImageError, match="is a folder, not an image file"):
+            read(tmp_path / "adir.jpg")
+        with pytest.raises(InvalidImageError, match="not a regular file"):
+            read("/dev/null")
+        with pytest.raises(InvalidImageError, match="^no such file"):
+            read(tmp_path / "gone.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")  # nothing writes to it: reading it would wait for ever
+    with pytest.raises(InvalidImageError, match="not a regular file"):
+        inspect_image(tmp_path / "pipe.jpg")

@@ -71,6 +71,7 @@ def test_a_second_build_fails_fast_or_waits_and_a_dead_runs_lock_is_taken_over(t
     second = _cli(data)
     assert second.returncode == 75, second.stderr[-2000:]
     assert f"pid {first.pid}" in second.stderr and "already writing the index" in second.stderr
+    assert f"--data-dir {data} index build" in second.stderr  # the holder's whole command, not its first words
     assert "--wait" in second.stderr and "Traceback" not in second.stderr and second.stdout == ""
     assert time.monotonic() - t0 < 60  # at once, not after the first build
     assert IndexStore(data / "index").current_id() is None  # nothing published by the refused run

@@ -136,3 +136,24 @@ def test_quick_status_sees_folders_that_moved_since_the_last_rescan(tmp_path, sq
     assert quick.folders_changed_on_disk == 1  # a hint: the ids still match
     deep = index_status(sqlite_catalogue, store, deep=True)
     assert deep.files_changed_on_disk == 1 and not deep.up_to_date
+
+
+def test_quick_status_does_not_say_up_to_date_when_folders_moved(tmp_path):
+    from click.testing import CliRunner
+
+    from indexer.cli import cli
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        make_image(i).save(tmp_path / "imgs" / f"{i}.png")
+    (tmp_path / "m.csv").write_text("sku,title,images\nA,a,imgs/0.png\nB,b,imgs/1.png\n")
+    run = lambda *a: CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "var"), *a], catch_exceptions=False)  # noqa: E731
+    run("catalogue", "import", str(tmp_path / "m.csv"))
+    run("index", "build", "--model", "colorhist")
+    assert run("index", "status").output.strip().endswith("up to date")
+    make_image(7).save(tmp_path / "imgs" / "new.png")
+    st = os.stat(tmp_path / "imgs")
+    os.utime(tmp_path / "imgs", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    out = run("index", "status").output
+    assert "1 image folders changed" in out and not out.strip().endswith("up to date")
+    assert "index status --deep" in out and "index update" in out

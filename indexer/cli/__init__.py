@@ -19,7 +19,8 @@ from shopsearch.config import BULK_THREAD_ENV, Settings, pin_thread_env, quiet_t
               help="SQLAlchemy URL (default: SQLite in the data dir), e.g. postgresql://user@host/db.")
 @click.option("--device", envvar="SHOPSEARCH_DEVICE", default="auto", show_default=True,
               help="auto | cpu | cuda | cuda:N")
-@click.option("--log-level", envvar="SHOPSEARCH_LOG_LEVEL", default="WARNING", show_default=True)
+@click.option("--log-level", envvar="SHOPSEARCH_LOG_LEVEL", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
 @click.version_option(package_name="shopsearch")
 @click.pass_context
 def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str, log_level: str) -> None:

@@ -331,7 +331,13 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
     if st.folders_changed_on_disk:
         click.echo(f"folders: {st.folders_changed_on_disk} image folders changed on disk since the last rescan "
                    "(files added, deleted or renamed there)")
-    click.echo("up to date" if st.up_to_date else "run `shopsearch index update` to catch up")
+    if not st.up_to_date:
+        click.echo("run `shopsearch index update` to catch up")
+    elif st.files_changed_on_disk or st.folders_changed_on_disk:  # a hint the quick check cannot settle
+        click.echo("the index holds the catalogue's records, but files changed on disk since: "
+                   "`shopsearch index status --deep` says what changed, `shopsearch index update` picks it up")
+    else:
+        click.echo("up to date")
 
 
 @index.command("rollback")

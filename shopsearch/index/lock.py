@@ -59,7 +59,8 @@ def index_lock(index_dir: Path, wait: bool = False, what: str = "index build",
                     told = True
                 time.sleep(poll_s)
         os.ftruncate(fd, 0)
-        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv[:4]))
+        command = " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))
+        command = command if len(command) <= 300 else command[:299] + "…"  # the whole command, within reason
         os.pwrite(fd, (f"{what} (pid {os.getpid()} on {socket.gethostname()}, `{command}`, since "
                        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})\n").encode(), 0)
         log.info("index writer lock taken", extra={"path": str(path), "what": what})
