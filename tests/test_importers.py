@@ -59,9 +59,12 @@ def test_imagefolder(tmp_path, sqlite_catalogue, image_dir):
     image_dir(2, sub="tree/Fruit/Apple")
     image_dir(1, start=5, sub="tree/Dairy")
     (tmp_path / "tree" / "loose.png").write_bytes((tmp_path / "tree" / "Dairy" / "img_0005.png").read_bytes())
+    (tmp_path / "tree" / "Dairy" / "moved.jpg").symlink_to(tmp_path / "gone.jpg")  # a broken link
     r = _run(sqlite_catalogue, tmp_path / "tree", "imagefolder")
     assert r.products_created == 3 and any("class folder" in p.reason for p in r.problems)
     assert sqlite_catalogue.get_product("Fruit/Apple/img_0001").category == "Fruit/Apple"
+    broken = [p for p in r.problems if p.where == "Dairy/moved.jpg"]
+    assert len(broken) == 1 and "broken link" in broken[0].reason and "gone.jpg" in broken[0].reason
 
 
 def test_unreadable_manifest_is_a_clear_error(tmp_path, sqlite_catalogue):

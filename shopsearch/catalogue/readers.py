@@ -188,7 +188,12 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
         raise ManifestError(f"{root} is not a folder")
     rows = _SkuRows(problems)
     for p in sorted(root.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not p.is_file():
+            if p.is_symlink() and not p.exists():  # a link to a file moved or deleted: said, not skipped silently
+                problems.append(RowProblem(str(p.relative_to(root)), None,
+                                           f"a broken link (to {os.readlink(p)}); skipped", kind="file"))
             continue
         rel = p.relative_to(root)
         if len(rel.parts) < 2:
