@@ -24,8 +24,9 @@ class LabelledPhotos:
     unreadable: tuple[str, ...]  # rows whose photo could not be read or embedded
 
 
-def read_labelled_csv(path: Path) -> list[tuple[Path, str]]:
-    """(photo path, sku) rows; relative paths are relative to the CSV. ManifestError when malformed."""
+def read_labelled_csv(path: Path, skipped: list[int] | None = None) -> list[tuple[Path, str]]:
+    """(photo path, sku) rows; relative paths are relative to the CSV. ManifestError when malformed;
+    the line numbers of rows without both an image and a sku are added to `skipped`."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"labelled photos file {path} not found (a CSV with columns image,sku)")
@@ -40,6 +41,8 @@ def read_labelled_csv(path: Path) -> list[tuple[Path, str]]:
             if img and sku:
                 p = Path(img)
                 out.append((p if p.is_absolute() else (path.parent / p).resolve(), sku))
+            elif skipped is not None:
+                skipped.append(rows.line_num)
     if not out:
         raise ManifestError(f"{path}: no rows with both an image and a sku")
     return out

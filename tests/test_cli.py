@@ -39,6 +39,10 @@ def test_import_index_search_on_generated_catalogue(tmp_path, image_dir):
     assert [r["sku"] for r in res["results"]][0] == "SKU3" and len(res["results"]) == 3
     assert res["results"][0]["category"] == "Red/Thing" and res["results"][0]["price"] == 3.5
     assert res["build_id"] == build["build_id"] and res["model"] == "colorhist"
+    # --fusion asked for by name where no category head exists: said, and the answer is the same
+    fused = _run(["search", str(query), "-k", "3", "--json", "--fusion"], data)
+    assert "--fusion does nothing here" in fused.stderr and _json(fused)["results"] == res["results"]
+    assert "--fusion" not in _run(["search", str(query), "-k", "3", "--json"], data).stderr
     filtered = _json(_run(["search", str(query), "--category", "Blue", "--json"], data))
     assert filtered["results"] and all(r["category"].startswith("Blue") for r in filtered["results"])
     # the API's spellings: any case, `A > B`, a leaf name when only one category ends that way

@@ -262,6 +262,7 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
             jitter(make_image(i), seed=500 + 10 * i + j, amount=12).save(p, quality=85)
             lines.append(f"imgs/{p.name},S{i}")
     lines.append("imgs/shopper0_0.jpg,NOT-SOLD")
+    lines.append("imgs/shopper1_0.jpg,")  # no sku: skipped, and said
     (tmp_path / "photos.csv").write_text("\n".join(lines) + "\n")
     labelled = _json.loads(run("index", "calibrate", "--photos", str(tmp_path / "photos.csv"), "--json").stdout)
     assert labelled["fitted"] and labelled["method"] == "labelled" and labelled["samples"] == 36
@@ -273,7 +274,10 @@ def test_cli_build_calibrates_and_index_calibrate_refits(tmp_path):
     served = _json.loads(run("search", str(query), "--json").stdout)
     assert served["calibration"]["status"] == "calibrated" and "density" in served["calibration"]["features"]
     assert served["calibration"]["source"] == "labelled" and "fallback" not in served["calibration"]
-    assert "labelled shopper photos" in run("index", "calibrate", "--photos", str(tmp_path / "photos.csv")).stdout
+    said = run("index", "calibrate", "--photos", str(tmp_path / "photos.csv"))
+    assert "labelled shopper photos" in said.stdout
+    assert f"skipped 1 row(s) without both an image and a sku (line {len(lines)})" in said.stderr
+    assert "1 photo(s) name a SKU the catalogue lacks" in said.stderr
     # the photos are remembered beside the index: a full rebuild refits on them, not on the catalogue
     rebuilt = _json.loads(run("index", "build", "--model", "colorhist", "--force", "--json", "--workers", "1").stdout)
     assert rebuilt["build_id"] != build["build_id"] and rebuilt["calibration"]["source"] == "labelled"

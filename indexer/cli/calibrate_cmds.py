@@ -40,7 +40,11 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, catalogue_only: bool, near_dup
     if photos_csv:
         from shopsearch.labelled_photos import read_labelled_csv
 
-        rows = read_labelled_csv(photos_csv)
+        incomplete: list[int] = []
+        rows = read_labelled_csv(photos_csv, incomplete)
+        if incomplete:
+            lines = ", ".join(map(str, incomplete[:10])) + (" …" if len(incomplete) > 10 else "")
+            click.echo(f"skipped {len(incomplete)} row(s) without both an image and a sku (line {lines})", err=True)
     elif not catalogue_only:
         rows = remembered_photos(store.root)
         if rows is not None and not as_json:
@@ -55,6 +59,11 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, catalogue_only: bool, near_dup
                                       progress=sys.stderr.isatty())
         for line in photos.unreadable[:10]:
             click.echo(f"skipped photo: {line}", err=True)
+        if len(photos.unreadable) > 10:
+            click.echo(f"... and {len(photos.unreadable) - 10} more photos skipped", err=True)
+        if photos.unknown_skus:
+            click.echo(f"{photos.unknown_skus} photo(s) name a SKU the catalogue lacks: fitted as photos of "
+                       "products this shop does not sell (a right answer for them is 'no close match')", err=True)
         labelled = photos.queries
         # searched as the shop serves them: fused with the category head when it is (the head never saw them)
         fusion = serving_fusion(c.settings, embedder, c.catalogue())

@@ -70,6 +70,9 @@ def search_cmd(c: Ctx, image: str, k: int, category: str | None, min_price: Deci
     if category:  # resolved before the photo is embedded: a typo costs no model time
         paths = [cat.path for cat in catalogue.categories()]
         category = resolve_category(category, paths, how_to_list=listing(paths))
+    if fusion and not hasattr(svc.router, "category_boost"):  # asked for by name, and nothing to fuse
+        click.echo(f"warning: --fusion does nothing here: model {svc.manifest.model_name} has no category head "
+                   "(`shopsearch classify train` makes one)", err=True)
     img = decode_query(image, svc.embedder)  # decoded as the index's images were
     res = svc.search_image(img, k=k, filters=SearchFilters(category, min_price, max_price), routing=not no_routing,
                            rerank=rerank_options, tta=tta or None,
