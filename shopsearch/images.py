@@ -18,8 +18,17 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from shopsearch.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
 
-#: formats we decode; everything else is "not an image" to us
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+try:  # HEIC/HEIF (the iPhone camera's format) through libheif; sniffed by content like the rest
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except ImportError:  # an install without it reads every other format; HEIC is then "not an image"
+    pass
+
+#: formats we decode; everything else is "not an image" to us (HEIF: iPhones' HEIC photos)
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "HEIF"})
+#: what the errors list as readable
+READABLE = "JPEG, PNG, WebP, HEIC, GIF, BMP, TIFF"
 #: the most pixels decoded at once: the limit of an image decoded whole (PNG, WebP, GIF, BMP,
 #: TIFF, and the JPEGs that are decoded whole: progressive or in several scans), 3-4 bytes each in
 #: memory (a 40 MP RGBA PNG peaks near 0.5 GB while converted), well below Pillow's bomb
@@ -192,7 +201,7 @@ def _open(data: bytes | Path | str, max_pixels: int, max_side: int,
         raise ImageTooLargeError(f"image dimensions are too large; the limit is {max_pixels:,} pixels "
                                  f"and {max_side:,} per side") from None
     except UnidentifiedImageError:
-        raise UnsupportedImageError("not an image format we can read (JPEG, PNG, WebP, GIF, BMP, TIFF)") from None
+        raise UnsupportedImageError(f"not an image format we can read ({READABLE})") from None
     except OSError as e:
         raise InvalidImageError(f"cannot read image: {e}") from None
     except Exception as e:  # noqa: BLE001 - Pillow parsing hostile headers raises anything

@@ -95,3 +95,27 @@ def test_a_folder_or_a_device_is_named_as_such_not_as_missing(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpg")  # nothing writes to it: reading it would wait for ever
     with pytest.raises(InvalidImageError, match="not a regular file"):
         inspect_image(tmp_path / "pipe.jpg")
+
+
+def test_heic_photos_from_iphones_are_read():
+    from shopsearch.images import load_image
+
+    im = Image.new("RGB", (320, 240), (200, 30, 30))
+    buf = io.BytesIO()
+    im.save(buf, format="HEIF", quality=90)
+    data = buf.getvalue()
+    assert data[4:12] == b"ftypheic"
+    out = load_image(data)
+    assert out.mode == "RGB" and out.size == (320, 240)
+    assert np.abs(np.asarray(out, dtype=int)[120, 160] - (200, 30, 30)).max() < 12
+
+
+def test_heic_import_and_unknown_bytes_name_heic(tmp_path):
+    from shopsearch.images import inspect_image, load_image
+
+    im = Image.new("RGB", (64, 48), (20, 120, 200))
+    im.save(tmp_path / "p.heic", format="HEIF")
+    meta = inspect_image(tmp_path / "p.heic")
+    assert (meta.width, meta.height, meta.format) == (64, 48, "HEIF")
+    with pytest.raises(UnsupportedImageError, match=r"\(JPEG, PNG, WebP, HEIC, GIF, BMP, TIFF\)"):
+        load_image(b"certainly not a picture")

@@ -119,3 +119,21 @@ def test_missing_or_broken_catalogue_file_is_404(site, tmp_path):
     for sku in ("BROKEN", "GONE"):
         r = c.get(f"/images/{_image_id(site, sku)}/320")
         assert r.status_code == 404 and "Traceback" not in r.get_data(as_text=True)
+
+
+def test_a_heic_photo_is_searched_like_a_jpeg(site):
+    """An iPhone's HEIC upload (a browser on a desktop sends the file as it is) finds the same products."""
+    app = app_for(site)
+    try:
+        c = app.test_client()
+        answers = []
+        for fmt in ("HEIF", "JPEG"):
+            buf = io.BytesIO()
+            make_image(2).save(buf, format=fmt, quality=95)
+            r = c.post("/api/v1/search", data={"image": (io.BytesIO(buf.getvalue()), f"photo.{fmt.lower()}"), "k": "3"},
+                       content_type="multipart/form-data")
+            assert r.status_code == 200, r.get_data(as_text=True)
+            answers.append([h["sku"] for h in r.get_json()["results"]])
+        assert answers[0][0] == answers[1][0]
+    finally:
+        app.extensions["shopsearch"].close()

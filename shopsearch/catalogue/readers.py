@@ -17,7 +17,7 @@ from shopsearch.catalogue.formats import FORMATS
 from shopsearch.catalogue.records import ImageRecord, ProductRecord
 from shopsearch.errors import ManifestError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 _CORE = {"sku", "title", "name", "description", "brand", "price", "currency", "category", "image", "images"}
 #: the product fields a manifest's columns give, and which columns give each
 _FIELD_COLUMNS = {"title": ("title", "name"), "description": ("description",), "brand": ("brand",),
