@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shopsearch.catalogue.importers import import_catalogue
-from shopsearch.catalogue.readers import RowProblem, read_source
+from shopsearch.catalogue.readers import RowProblem, guess_format, read_source
 from shopsearch.errors import ManifestError
 from tests.conftest import GROCERY, needs_grocery
 
@@ -75,6 +75,9 @@ def test_unreadable_manifest_is_a_clear_error(tmp_path, sqlite_catalogue):
         _run(sqlite_catalogue, tmp_path / "nope.csv", "csv")
     with pytest.raises(ManifestError, match="Grocery"):
         _run(sqlite_catalogue, tmp_path, "grocerystore")
+    (tmp_path / "dir.csv").mkdir()  # a folder named like a manifest: no image in it to import
+    with pytest.raises(ManifestError, match="is a folder without any image file"):
+        _run(sqlite_catalogue, tmp_path / "dir.csv", guess_format(tmp_path / "dir.csv"))
 
 
 @needs_grocery

@@ -187,9 +187,11 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
     if not root.is_dir():
         raise ManifestError(f"{root} is not a folder")
     rows = _SkuRows(problems)
+    seen = 0
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
+        seen += 1
         if not p.is_file():
             if p.is_symlink() and not p.exists():  # a link to a file moved or deleted: said, not skipped silently
                 problems.append(RowProblem(str(p.relative_to(root)), None,
@@ -214,6 +216,10 @@ def read_imagefolder(root: Path, problems: list[RowProblem]) -> Iterator[Product
                             category_path=tuple(rel.parts[:-1]), images=(ImageRecord(str(p.resolve())),),
                             keep=_FOLDER_KEEPS)
         yield rows.see(rec, str(rel))
+    if not seen:  # e.g. a folder named like a manifest (`dir.csv`), or an empty one
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise ManifestError(f"{root} is a folder without any image file ({suffixes}) in it: read as an ImageFolder "
+                            "tree (root/<category>/<image>), it has nothing to import; a manifest is a file")
 
 
 def read_grocerystore(root: Path, problems: list[RowProblem], reference_split: str | None = None) -> Iterator[ProductRecord]:
