@@ -160,7 +160,9 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
     out = {"artefact": str(path), "kind": art.kind, "model": spec, "fingerprint": art.fingerprint,
            "fine_classes": len(art.labels.fine), "coarse_classes": len(art.labels.coarse),
            "thresholds": art.thresholds.to_dict(), "metrics": art.metrics}
-    unvalidated = _no_validation_warning(art.thresholds.val_samples, val, val_spec, val_fraction)
+    from shopsearch.classify.data import no_validation_warning
+
+    unvalidated = no_validation_warning(art.thresholds.val_samples, val, val_spec, val_fraction)
     if unvalidated:
         out["warnings"] = [unvalidated]
         click.echo(f"warning: {unvalidated}", err=True)
@@ -177,24 +179,6 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         for w in art.metrics.get("warnings", []):
             click.echo(f"warning: {w}", err=True)
         click.echo(f"index with it: shopsearch index build --model {spec}")
-
-
-def _no_validation_warning(val_samples: int, val, val_spec: str | None, val_fraction: float) -> str | None:
-    """Why the classifier was trained without validation photos, and what that turns off; None
-    when it had some."""
-    if val_samples > 0:
-        return None
-    if val_spec:
-        why = "--val gave no usable photo of a category trained on"
-    elif val_fraction <= 0:
-        why = "--val-fraction is 0"
-    elif not val:
-        why = "every category has a single photo, and a category's only photo is kept for training"
-    else:
-        why = f"none of the {len(val)} held-out photos could be used"
-    return (f"no validation photos ({why}): routing thresholds and the fusion weight were not chosen, so "
-            "searches are not narrowed to the predicted category and it is not fused into the ranking; "
-            "add a second photo to categories, or pass --val")
 
 
 def _serving_choices(c: Ctx, path: Path, train, val, target: float, workers: int, progress: bool):

@@ -117,3 +117,22 @@ def stratified_holdout(items: Sequence[LabelledImage], fraction: float, seed: in
         val += group[:n_val]
         train += group[n_val:]
     return train, val
+
+
+def no_validation_warning(val_samples: int, val: Sequence[LabelledImage], val_spec: str | None,
+                          val_fraction: float) -> str | None:
+    """Why the classifier was trained without validation photos, and what that turns off; None
+    when it had some."""
+    if val_samples > 0:
+        return None
+    if val_spec:
+        why = "--val gave no usable photo of a category trained on"
+    elif val_fraction <= 0:
+        why = "--val-fraction is 0"
+    elif not val:
+        why = "every category has a single photo, and a category's only photo is kept for training"
+    else:
+        why = f"none of the {len(val)} held-out photos could be used"
+    return (f"no validation photos ({why}): routing thresholds and the fusion weight were not chosen, so "
+            "searches are not narrowed to the predicted category and it is not fused into the ranking; "
+            "add a second photo to categories, or pass --val")
