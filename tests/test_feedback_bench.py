@@ -85,7 +85,7 @@ def test_bench_feedback_figures_on_a_seeded_log(tmp_path, db_url):
     table = _run(["bench", "feedback", "--since", "30d"], tmp_path / "d", db_url).stdout
     assert "CTR@5" in table and "build A" in table and "category Dairy" in table
     bad = _run(["bench", "feedback", "--since", "last tuesday"], tmp_path / "d", db_url, ok=False)
-    assert bad.exit_code == 1 and "--since must be like 7d" in bad.output
+    assert bad.exit_code == 2 and "--since must be like 7d" in bad.output
     pruned = json.loads(_run(["feedback", "prune", "--days", "30", "--json"], tmp_path / "d", db_url).stdout)
     assert pruned == {"removed_searches": 1, "retention_days": 30}  # S0
     assert json.loads(_run(["bench", "feedback", "--json"], tmp_path / "d", db_url).stdout)["overall"] == o

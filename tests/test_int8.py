@@ -157,7 +157,7 @@ def test_quantize_then_index_and_search_with_efficientnet_int8(tmp_path):
     assert rep["model"] == "efficientnet-lite0+int8" and rep["images"] == 8 and rep["skipped"] == 0
     assert rep["path"] == str(data.resolve() / "models" / "efficientnet-lite0.int8.pt")
     again = _cli(["model", "quantize", "--images", "8"], data, ok=False)
-    assert again.exit_code == 1 and "--force" in again.output  # never overwrites silently
+    assert again.exit_code == 2 and "--force" in again.output  # never overwrites silently
     # a folder with a broken file: it is skipped and reported, not fatal
     folder = calibrate_int8("efficientnet-lite0", sorted(str(p) for p in imgs.iterdir()), 8,
                             out=tmp_path / "folder.int8.pt")
