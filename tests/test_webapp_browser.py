@@ -8,7 +8,9 @@ import os
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
@@ -234,10 +236,35 @@ def _browser(p):
                              args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
 
 
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium for one test (skipped or failed as _playwright says), closed afterwards."""
+    sync_playwright = _playwright()
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 def _context(browser, label: str):
     viewport = PHONE if label == "phone" else DESKTOP
     return browser.new_context(viewport=viewport, is_mobile=label == "phone", has_touch=label == "phone",
                                device_scale_factor=2 if label == "phone" else 1)
+
+
+def open_with_photo(browser, label: str, url: str, photo: Path) -> tuple[Any, Any, list[str]]:
+    """A context of `label`'s size, its page on the upload form with `photo` chosen and previewed,
+    and the list the page's script errors are collected in."""
+    ctx = _context(browser, label)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url + "/")
+    page.set_input_files("#image-input", str(photo))
+    page.wait_for_selector("#preview:not([hidden])")
+    return ctx, page, errors
 
 
 def _shot(page, name: str) -> Path:
@@ -401,13 +428,7 @@ def test_crop_box_and_several_products(base_url, tmp_path):
         browser = _browser(p)
         try:
             for label in ("phone", "desktop"):
-                ctx = _context(browser, label)
-                page = ctx.new_page()
-                errors: list[str] = []
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.goto(base_url + "/")
-                page.set_input_files("#image-input", str(basket))
-                page.wait_for_selector("#preview:not([hidden])")
+                ctx, page, errors = open_with_photo(browser, label, base_url, basket)
                 page.check("#crop-toggle")
                 box = page.locator("#crop-box")
                 assert box.is_visible()

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tests.test_slow_clients import _raw, _request, free_port, needs_nginx
-from tests.test_webapp_browser import DESKTOP, PHONE, _browser, _playwright
+from tests.test_webapp_browser import DESKTOP, PHONE, chromium
 from webapp import front
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -45,13 +45,8 @@ def site_url(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_playwright = _playwright()
-    with sync_playwright() as p:
-        b = _browser(p)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _photo(tmp_path, size=(1200, 460)):

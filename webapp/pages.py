@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, make_response, redirect, render_templa
 
 from shopsearch.errors import ShopSearchError, UnknownRequestError
 from shopsearch.images import lacks_detail
-from shopsearch.regions import Region, find_objects
+from shopsearch.regions import Box, Region, find_objects, parse_box
 from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price
 from shopsearch.search import query_vectors
 from webapp.errors import BadParameterError, MissingImageError
@@ -92,20 +92,92 @@ def card(h: ProductHit, request_id: str | None = None) -> dict[str, Any]:
             "matched_differs": primary is not None and primary != h.image_id, "matched_images": h.matched_images}
 
 
-def region_view(r: Region, index: int, request_id: str | None = None) -> dict[str, Any]:
-    """A found object for the results page: its outline (percent of the photo) and its cards."""
+def region_view(r: Region, index: int, request_id: str | None = None, carried: str = "") -> dict[str, Any]:
+    """A found object for the results page: its outline (percent of the photo), its cards, and
+    `carried`: what the filter and "Show more" forms post back to search it again (its box and
+    query vector; the photo itself is not kept)."""
     b = r.box
-    return {"id": f"region-{index}", "index": index, "title": r.result.hits[0].title, "match": r.match,
+    hits = r.result.hits
+    return {"id": f"region-{index}", "index": index, "title": hits[0].title if hits else None, "match": r.match,
             "confidence_pct": shown_pct(r.confidence),
             "box": b.to_param(), "z": 1 + int(99 * (1 - b.w * b.h)),  # smaller boxes on top, still clickable
-            "crop": b.to_param(), "cards": [card(h, request_id) for h in r.result.hits]}
+            "crop": b.to_param(), "cards": [card(h, request_id) for h in hits], "carried": carried}
+
+
+def reading_order(regions: list[Region]) -> list[Region]:
+    """Regions as a shopper reads the photo: rows top to bottom, each row left to right (so the
+    numbers on the outlines, the chips and the keyboard's tab order all agree with the photo).
+    A region starts a new row when its middle lies below the bottom of the row's first region."""
+    rows: list[list[Region]] = []
+    for r in sorted(regions, key=lambda r: (r.box.y + r.box.h / 2, r.box.x)):
+        if rows and r.box.y + r.box.h / 2 <= rows[-1][0].box.y + rows[-1][0].box.h:
+            rows[-1].append(r)
+        else:
+            rows.append([r])
+    return [r for row in rows for r in sorted(row, key=lambda r: (r.box.x + r.box.w / 2, r.box.y))]
+
+
+def _carry_region(box: Box, flat: bool, vec: Any) -> str:
+    """A region as a form value: `x,y,w,h|flat|vector` (the vector as the page's `qv` is)."""
+    return f"{box.to_param()}|{int(flat)}|{encode_vector(vec)}"
+
+
+def _region_vectors(svc: Any, img: Any, regions: list[Region]) -> list[str]:
+    """Each found region's query vector, carried by the results page so that a filter or "Show
+    more" searches the same regions again (the photo is not kept; these crops are the ones
+    find_objects embedded)."""
+    if not regions:
+        return []
+    crops = [img.crop(r.box.pixels(*img.size)) for r in regions]
+    vecs = svc.embedder.encode_images(crops)
+    return [_carry_region(r.box, lacks_detail(c), v) for r, c, v in zip(regions, crops, vecs)]
+
+
+def _posted_regions(form: Any, svc: Any, k: int, filters: SearchFilters) -> list[tuple[Region, str]]:
+    """The regions a results page posted back, each searched again with the new filters and k
+    (kept in their order, numbers and outlines, even where nothing close is left in the filters)."""
+    out: list[tuple[Region, str]] = []
+    for raw in form.getlist("region")[: int(current_app.config["MAX_OBJECTS"])]:
+        parts = str(raw).split("|")
+        if len(parts) != 3:
+            raise BadParameterError("the search query is malformed; upload the photo again")
+        box, flat, vec = parse_box(parts[0]), parts[1] == "1", decode_vector(parts[2], svc.embedder.dim)
+        res = svc.search_vector(vec, k=k, filters=filters, flat=flat)
+        score = res.hits[0].score if res.hits else 0.0
+        out.append((Region(box, res.confidence, res.match, score, res, "posted"), _carry_region(box, flat, vec)))
+    return out
+
+
+def results_title(res: SearchResult, cards: list[dict[str, Any]], mode: str | None, q: str | None = None,
+                  regions: list[dict[str, Any]] | None = None) -> str:
+    """The results page's title: the verdict and the first product, so that a shopper who hears
+    or sees only the title (a screen reader, a browser tab, the history) knows the outcome."""
+    first = cards[0]["title"] if cards else None
+    if mode == "logged":
+        return f"Your search results: {first}" if first else "Your search results"
+    if regions:
+        names = ", ".join(r["title"] for r in regions if r["title"])
+        n = len(regions)
+        return f"{n} product{'' if n == 1 else 's'} found in your photo" + (f": {names}" if names else "")
+    if not cards:
+        return "No products found"
+    if mode == "text":
+        return f"Results for “{q}”: {first}"
+    if res.match == "none":
+        return "No close match with these filters" if res.confidence_limit == "filter" else "No close match"
+    if res.match == "weak":
+        return f"Possible match: {first}"
+    if res.match == "strong":
+        return f"Close match: {first}"
+    return f"Most similar: {first}"
 
 
 def _render_results(res: SearchResult, filters: SearchFilters, k: int, request_id: str | None = None,
                     cards: list[dict[str, Any]] | None = None, **ctx: Any):
     svc = holder().get()
     cards = [card(h, request_id) for h in res.hits] if cards is None else cards
-    return render_template("results.html", cards=cards, result=res, filters=filters, k=k,
+    title = results_title(res, cards, ctx.get("mode"), ctx.get("q"), ctx.get("regions"))
+    return render_template("results.html", cards=cards, result=res, filters=filters, k=k, page_title=title,
                            categories=_categories(), has_text=svc.embedder.has_text,
                            predicted=res.predicted_category, has_prices=_has_prices(),
                            confidence_pct=shown_pct(res.confidence), request_id=request_id, **ctx)
@@ -167,6 +239,7 @@ def search():
         data = upload_bytes("camera", allow_raw=False)
     embed_ms = 0.0
     regions: list[Region] = []
+    carried: list[str] = []
     if data is not None:
         img = decode_upload(data, svc.embedder)
         query = crop_upload(data, img, box, svc.embedder) if box is not None else img
@@ -176,11 +249,15 @@ def search():
         embed_ms = (time.perf_counter() - t0) * 1000
         preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
         if objects:
-            regions = find_objects(svc, img, objects, min(k, 8), filters)
+            regions = reading_order(find_objects(svc, img, objects, min(k, 8), filters))
+            carried = _region_vectors(svc, img, regions)
     elif form.get("qv"):
         vec = decode_vector(form["qv"], svc.embedder.dim)
         flat = form.get("qflat") == "1"  # carried with the vector (it only ever lowers the confidence)
-        preview = checked_preview(form.get("qthumb"))
+        # the objects found in the photo, searched again from their posted-back vectors
+        posted = _posted_regions(form, svc, min(k, 8), filters)
+        regions, carried = [r for r, _ in posted], [c for _, c in posted]
+        preview = checked_preview(form.get("qthumb"), 480 if regions else 240)
     else:
         raise MissingImageError("Choose or take a photo first.")
     res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms, flat=flat)
@@ -192,7 +269,7 @@ def search():
     page = make_response(_render_results(
         res, filters, k, rid, mode="photo", qv=encode_vector(vec), qflat=flat, preview=preview, filter_error=filter_error,
         price_input={n: form.get(n, "") for n in ("min_price", "max_price")}, crop=crop_param,
-        regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)]))
+        objects=objects, regions=[region_view(r, i + 1, rid, c) for i, (r, c) in enumerate(zip(regions, carried))]))
     # the page inlines the shopper's photo (and its query vector): no shared cache (a proxy) may keep
     # it; the shopper's own browser may, so that Back from a product returns to these results
     # (with no-store, Chrome can only offer to send the photo again: ERR_CACHE_MISS)

@@ -158,8 +158,9 @@ def preview_data_url(img: Image.Image, size: int = 240) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def checked_preview(text: str | None) -> str | None:
-    """A preview posted back by a results page, re-validated (it came from the client)."""
+def checked_preview(text: str | None, size: int = 240) -> str | None:
+    """A preview posted back by a results page, re-validated (it came from the client) and
+    re-encoded at `size` (larger where object outlines are drawn on it)."""
     prefix = "data:image/jpeg;base64,"
     if not text or not text.startswith(prefix) or len(text) > 200_000:
         return None
@@ -167,7 +168,7 @@ def checked_preview(text: str | None) -> str | None:
         img = load_image(base64.b64decode(text[len(prefix):], validate=True), max_pixels=1_000_000)
     except (InvalidImageError, binascii.Error, ValueError):
         return None
-    return preview_data_url(img)
+    return preview_data_url(img, size)
 
 
 def close_request_images(_exc: BaseException | None = None) -> None:
