@@ -8,7 +8,7 @@ candidate's score is the calibrated confidence of its first product (how well it
 the catalogue), and overlapping or same-product candidates are suppressed."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -184,6 +184,10 @@ class Region:
     score: float  # the first product's raw similarity
     result: SearchResult
     source: str  # "foreground" | "grid"
+    #: the crop's query vector and whether the crop lacks detail, so that a page can search the
+    #: same region again (new filters, more results) without the photo
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    flat: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"box": self.box.to_dict(), "crop": self.box.to_param(),
@@ -212,12 +216,13 @@ def find_objects(service: Any, image: Image.Image, max_objects: int = 4, k: int 
         # scored as the whole photo is (the category head fused in where the shop has one), so the
         # calibration fitted on that path applies: a region gets a confidence and 'none' regions go;
         # a patch of plain ground identifies nothing
-        res = service.search_vector(v, k=k, filters=filters, flat=lacks_detail(crop))
+        flat = lacks_detail(crop)
+        res = service.search_vector(v, k=k, filters=filters, flat=flat)
         if not res.hits:
             continue
         rank = res.confidence if res.confidence is not None else res.hits[0].score
         candidates.append((rank, Region(b, res.confidence, res.match, res.hits[0].score, res,
-                                        "foreground" if i < len(blobs) else "grid")))
+                                        "foreground" if i < len(blobs) else "grid", v, flat)))
     candidates.sort(key=lambda t: -t[0])
     chosen: list[Region] = []
     for _, r in candidates:

@@ -180,7 +180,8 @@ def test_overlapping_outlines_show_every_number_in_reading_order(trust_site, tmp
 
     def overlapping(svc, img, n, k, filters):
         res = svc.search_image(img, k=k, filters=filters)
-        return [Region(b, res.confidence, res.match, res.hits[0].score, res, "grid") for b in boxes]
+        vecs = svc.embedder.encode_images([img.crop(b.pixels(*img.size)) for b in boxes])
+        return [Region(b, res.confidence, res.match, res.hits[0].score, res, "grid", v) for b, v in zip(boxes, vecs)]
 
     monkeypatch.setattr(pages, "find_objects", overlapping)
     photo = tmp_path / "p.jpg"

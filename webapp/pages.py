@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, make_response, redirect, render_templa
 
 from shopsearch.errors import ShopSearchError, UnknownRequestError
 from shopsearch.images import lacks_detail
-from shopsearch.regions import Box, Region, find_objects, parse_box
+from shopsearch.regions import Region, find_objects, parse_box
 from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price
 from shopsearch.search import query_vectors
 from webapp.errors import BadParameterError, MissingImageError
@@ -92,16 +92,22 @@ def card(h: ProductHit, request_id: str | None = None) -> dict[str, Any]:
             "matched_differs": primary is not None and primary != h.image_id, "matched_images": h.matched_images}
 
 
-def region_view(r: Region, index: int, request_id: str | None = None, carried: str = "") -> dict[str, Any]:
+def _carried(r: Region) -> str:
+    """A region as a form value the filter and "Show more" forms post back: `x,y,w,h|flat|vector`
+    (the vector encoded as the page's `qv` is; the photo itself is not kept)."""
+    return f"{r.box.to_param()}|{int(r.flat)}|{encode_vector(r.vector)}"
+
+
+def region_view(r: Region, index: int, request_id: str | None = None) -> dict[str, Any]:
     """A found object for the results page: its outline (percent of the photo), its cards, and
-    `carried`: what the filter and "Show more" forms post back to search it again (its box and
-    query vector; the photo itself is not kept)."""
+    what the filter and "Show more" forms post back to search it again."""
     b = r.box
     hits = r.result.hits
     return {"id": f"region-{index}", "index": index, "title": hits[0].title if hits else None, "match": r.match,
             "confidence_pct": shown_pct(r.confidence),
             "box": b.to_param(), "z": 1 + int(99 * (1 - b.w * b.h)),  # smaller boxes on top, still clickable
-            "crop": b.to_param(), "cards": [card(h, request_id) for h in hits], "carried": carried}
+            "crop": b.to_param(), "cards": [card(h, request_id) for h in hits],
+            "carried": _carried(r) if r.vector is not None else ""}
 
 
 def reading_order(regions: list[Region]) -> list[Region]:
@@ -117,26 +123,10 @@ def reading_order(regions: list[Region]) -> list[Region]:
     return [r for row in rows for r in sorted(row, key=lambda r: (r.box.x + r.box.w / 2, r.box.y))]
 
 
-def _carry_region(box: Box, flat: bool, vec: Any) -> str:
-    """A region as a form value: `x,y,w,h|flat|vector` (the vector as the page's `qv` is)."""
-    return f"{box.to_param()}|{int(flat)}|{encode_vector(vec)}"
-
-
-def _region_vectors(svc: Any, img: Any, regions: list[Region]) -> list[str]:
-    """Each found region's query vector, carried by the results page so that a filter or "Show
-    more" searches the same regions again (the photo is not kept; these crops are the ones
-    find_objects embedded)."""
-    if not regions:
-        return []
-    crops = [img.crop(r.box.pixels(*img.size)) for r in regions]
-    vecs = svc.embedder.encode_images(crops)
-    return [_carry_region(r.box, lacks_detail(c), v) for r, c, v in zip(regions, crops, vecs)]
-
-
-def _posted_regions(form: Any, svc: Any, k: int, filters: SearchFilters) -> list[tuple[Region, str]]:
+def _posted_regions(form: Any, svc: Any, k: int, filters: SearchFilters) -> list[Region]:
     """The regions a results page posted back, each searched again with the new filters and k
     (kept in their order, numbers and outlines, even where nothing close is left in the filters)."""
-    out: list[tuple[Region, str]] = []
+    out: list[Region] = []
     for raw in form.getlist("region")[: int(current_app.config["MAX_OBJECTS"])]:
         parts = str(raw).split("|")
         if len(parts) != 3:
@@ -144,7 +134,7 @@ def _posted_regions(form: Any, svc: Any, k: int, filters: SearchFilters) -> list
         box, flat, vec = parse_box(parts[0]), parts[1] == "1", decode_vector(parts[2], svc.embedder.dim)
         res = svc.search_vector(vec, k=k, filters=filters, flat=flat)
         score = res.hits[0].score if res.hits else 0.0
-        out.append((Region(box, res.confidence, res.match, score, res, "posted"), _carry_region(box, flat, vec)))
+        out.append(Region(box, res.confidence, res.match, score, res, "posted", vec, flat))
     return out
 
 
@@ -239,7 +229,6 @@ def search():
         data = upload_bytes("camera", allow_raw=False)
     embed_ms = 0.0
     regions: list[Region] = []
-    carried: list[str] = []
     if data is not None:
         img = decode_upload(data, svc.embedder)
         query = crop_upload(data, img, box, svc.embedder) if box is not None else img
@@ -250,13 +239,11 @@ def search():
         preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
         if objects:
             regions = reading_order(find_objects(svc, img, objects, min(k, 8), filters))
-            carried = _region_vectors(svc, img, regions)
     elif form.get("qv"):
         vec = decode_vector(form["qv"], svc.embedder.dim)
         flat = form.get("qflat") == "1"  # carried with the vector (it only ever lowers the confidence)
         # the objects found in the photo, searched again from their posted-back vectors
-        posted = _posted_regions(form, svc, min(k, 8), filters)
-        regions, carried = [r for r, _ in posted], [c for _, c in posted]
+        regions = _posted_regions(form, svc, min(k, 8), filters)
         preview = checked_preview(form.get("qthumb"), 480 if regions else 240)
     else:
         raise MissingImageError("Choose or take a photo first.")
@@ -269,7 +256,7 @@ def search():
     page = make_response(_render_results(
         res, filters, k, rid, mode="photo", qv=encode_vector(vec), qflat=flat, preview=preview, filter_error=filter_error,
         price_input={n: form.get(n, "") for n in ("min_price", "max_price")}, crop=crop_param,
-        objects=objects, regions=[region_view(r, i + 1, rid, c) for i, (r, c) in enumerate(zip(regions, carried))]))
+        objects=objects, regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)]))
     # the page inlines the shopper's photo (and its query vector): no shared cache (a proxy) may keep
     # it; the shopper's own browser may, so that Back from a product returns to these results
     # (with no-store, Chrome can only offer to send the photo again: ERR_CACHE_MISS)
