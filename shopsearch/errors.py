@@ -245,3 +245,11 @@ class NoFeedbackError(ShopSearchError):
 
     code = "no_feedback"
     http_status = 409
+
+
+class DownloadError(ShopSearchError):
+    """An image URL could not be downloaded; the message is the reason, on one line, with no
+    password in it (an import reports it for the rows naming that URL)."""
+
+    code = "download_failed"
+    http_status = 502

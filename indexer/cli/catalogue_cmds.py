@@ -73,8 +73,9 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
     if tagging is not None:
         click.echo(f"tagged {tagging.tagged} uncategorised product(s) with a predicted category")
     for p in report.problems[:50]:
-        # a repeated SKU's row is the one imported (the last row wins); other problems' rows are skipped
-        verb, tail = ("", "; imported from its last row") if p.kind == "duplicate" else ("skipped ", "")
+        # a repeated SKU's row is the one imported (the last row wins); a refresh that failed kept
+        # the earlier image (its reason says so); other problems' rows are skipped
+        verb, tail = {"duplicate": ("", "; imported from its last row"), "download": ("", "")}.get(p.kind, ("skipped ", ""))
         click.echo(f"  {verb}{p.where}" + (f" (sku {p.sku})" if p.sku else "") + f": {p.reason}{tail}", err=True)
     if len(report.problems) > 50:
         click.echo(f"  ... and {len(report.problems) - 50} more problems (use --json for all)", err=True)

@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from shopsearch.catalogue.downloads import ImageDownloader, is_url
+from shopsearch.catalogue.downloads import ImageDownloader, is_url, mask_url
 from shopsearch.catalogue.records import ImageRecord, ProductRecord, UpsertResult
 from shopsearch.catalogue.row_digest import current_digest
 from shopsearch.catalogue.store import UPSERT_BATCH, CatalogueStore
@@ -151,7 +151,9 @@ def _checked_record(rec: ProductRecord, checked: dict[str, ImageRecord | str], r
         res = checked[im.path]
         if isinstance(res, str):
             report.images_failed += 1
-            report.problems.append(RowProblem(origin.get(im.path, im.path), rec.sku, res, kind="image"))
+            where = origin.get(im.path, im.path)  # a URL's password is never shown
+            report.problems.append(RowProblem(mask_url(where) if is_url(where) else where, rec.sku, res,
+                                              kind="image"))
             # Recorded (not dropped) so the product page and `stats` can show it; never indexed.
             status = "missing" if res.startswith("no such file") else "invalid"
             images.append(replace(im, status=status, error=res))
@@ -196,26 +198,42 @@ def _skip_unchanged_rows(store: CatalogueStore, records: list[ProductRecord],
     return rest, skipped
 
 
+@dataclass(frozen=True)
+class _Localised:
+    """What downloading a source's image URLs made of its records."""
+
+    records: list[ProductRecord]  # each downloaded URL replaced by its file
+    failed: dict[str, str]  # url -> why (it stays a URL, recorded as unusable with that reason)
+    origin: dict[str, str]  # file -> the URL it came from (problems name the URL)
+    fresh: dict[str, ImageRecord]  # file -> its check, for the files this run downloaded (not read again)
+
+
 def _localise(records: list[ProductRecord], downloader: ImageDownloader | None, refresh: bool, progress: bool,
-              report: ImportReport) -> tuple[list[ProductRecord], dict[str, str], dict[str, str]]:
-    """The records with each image URL replaced by its downloaded file, {url: why} for those that
-    could not be downloaded (they stay URLs, recorded as unusable with that reason) and {file: url}."""
+              report: ImportReport, workers: int) -> _Localised:
+    """Download the records' image URLs (each new file checked in `workers` processes before it
+    takes its name). A refresh that fails keeps the earlier file, reported as a "download" problem."""
     urls = [im.path for r in records for im in r.images if is_url(im.path)]
     if not urls:
-        return records, {}, {}
+        return _Localised(records, {}, {}, {})
     if downloader is None:
-        return records, {u: "download failed: image URLs are not downloaded by this import" for u in urls}, {}
-    before = {u for u in urls if not refresh and downloader.local_path(u).is_file()}
-    fetched = downloader.fetch_all(urls, refresh=refresh, progress=progress)
-    report.images_downloaded = sum(1 for u, res in fetched.items() if not isinstance(res, str) and u not in before)
-    failed = {u: f"download failed: {res}" for u, res in fetched.items() if isinstance(res, str)}
+        return _Localised(records, {u: "download failed: image URLs are not downloaded by this import"
+                                    for u in urls}, {}, {})
+    fetched = downloader.fetch_all(urls, refresh=refresh, progress=progress,
+                                   check=lambda paths: check_image_files(paths, workers, progress=False))
+    report.images_downloaded = sum(res.downloaded for res in fetched.values())
+    failed = {u: f"download failed: {res.error}" for u, res in fetched.items() if res.path is None}
     out = []
     for r in records:
         if any(is_url(im.path) and im.path not in failed for im in r.images):
-            r = replace(r, images=tuple(replace(im, path=str(fetched[im.path])) if is_url(im.path)
+            for u in dict.fromkeys(im.path for im in r.images if is_url(im.path) and fetched[im.path].kept):
+                report.problems.append(RowProblem(mask_url(u), r.sku, f"download failed: {fetched[u].error}; "
+                                                  "the previous image was kept", kind="download"))
+            r = replace(r, images=tuple(replace(im, path=str(fetched[im.path].path)) if is_url(im.path)
                                         and im.path not in failed else im for im in r.images))
         out.append(r)
-    return out, failed, {str(res): u for u, res in fetched.items() if not isinstance(res, str)}
+    origin = {str(res.path): u for u, res in fetched.items() if res.path is not None}
+    fresh = {str(res.path): res.record for res in fetched.values() if res.record is not None}
+    return _Localised(out, failed, origin, fresh)
 
 
 def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], problems: list[RowProblem] | None = None,
@@ -239,7 +257,8 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
         listed = "; ".join(f"{p.where}: {p.reason}" for p in refused[:10])
         more = f"; and {len(refused) - 10} more" if len(refused) > 10 else ""
         raise ManifestError(f"refused (--strict), nothing imported: {len(refused)} problem row(s): {listed}{more}")
-    records, failed_urls, origin = _localise(records, downloader, refresh_downloads, progress, report)
+    local = _localise(records, downloader, refresh_downloads, progress, report, workers)
+    records, failed_urls, origin = local.records, local.failed, local.origin
     records, skipped = _skip_unchanged_rows(store, records, report)
     if on_product is not None:
         for pid, rec in skipped:
@@ -249,10 +268,13 @@ def import_catalogue(store: CatalogueStore, records: Iterable[ProductRecord], pr
     skipped_paths = {im.path for _, r in skipped for im in r.images}.difference(paths)
     report.images_unchanged = len(checked) + len(skipped_paths)
     checked.update((u, why) for u, why in failed_urls.items() if u in paths)
+    # files this run downloaded were decoded and hashed before they took their names: not again
+    fresh = {p: local.fresh[p] for p in paths if p in local.fresh and p not in checked}
+    checked.update(fresh)
     # the files to read in the order the batches name them: each batch is written as soon as its
     # own files are checked, while the workers go on with the next ones
     todo = [p for p in dict.fromkeys(im.path for r in records for im in r.images) if p not in checked]
-    report.images_decoded = len(todo)
+    report.images_decoded = len(todo) + len(fresh)
     checks = iter_image_checks(todo, workers, progress)
     bar = tqdm(total=len(records), desc="importing products", unit="product", disable=not progress)
     try:

@@ -40,7 +40,8 @@ class RowProblem:
     sku: str | None
     reason: str
     #: "row" (unreadable row), "duplicate" (a SKU already read), "image" (unusable image file),
-    #: "file" (a file skipped or missing beside a usable row)
+    #: "file" (a file skipped or missing beside a usable row), "download" (a refreshed image URL that
+    #: failed: the file downloaded before was kept)
     kind: str = "row"
 
 
