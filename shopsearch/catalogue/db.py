@@ -2,12 +2,17 @@
 made; code refuses to run against a schema newer than the migrations it knows."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
-from contextlib import contextmanager
+import os
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
-
-import re
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine, ExceptionContext, make_url
@@ -67,6 +72,28 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+#: seconds a SQLite connection waits for a lock (busy timeout), and for switching a new file to WAL
+SQLITE_TIMEOUT_S = 30
+
+
+def _use_wal(cur: Any) -> None:
+    """Put the file in WAL mode unless it is already. Switching needs the file to itself, and
+    SQLite answers "database is locked" at once, without its busy timeout, when another connection
+    is opening the same new file (several first runs at the same moment): so wait and retry."""
+    cur.execute("PRAGMA journal_mode")
+    if (cur.fetchone() or ("",))[0] == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_TIMEOUT_S
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets foreign keys, and WAL (synchronous NORMAL) so readers never block on a
     writer."""
@@ -79,14 +106,14 @@ def make_engine(url: str) -> Engine:
             except OSError as e:
                 raise DatabaseUnavailableError(f"cannot create the folder of the SQLite database {path}: "
                                                f"{e.strerror or e}") from None
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": SQLITE_TIMEOUT_S})
         event.listen(engine, "handle_error", _as_domain_error)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cur)
             # with WAL, NORMAL syncs at checkpoints rather than at every commit: a killed process
             # loses nothing committed and the file stays consistent; only a power cut may undo
             # the last commits (never half of one). An import's commits stopped paying an fsync.
@@ -218,29 +245,88 @@ def check_schema(engine: Engine) -> None:
     raise SchemaVersionError(f"the catalogue database is at revision {current!r}; run `shopsearch db upgrade` to reach {head!r}")
 
 
+#: Alembic keeps the running migration in module globals (alembic.context, alembic.op): two threads
+#: of one process migrating at once, even different databases, would run in each other's context
+_ALEMBIC_LOCK = threading.Lock()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path`, waiting for as long as another holder migrates. flock,
+    not lockf: it belongs to the open file, so two threads of one process exclude each other
+    too, and the kernel drops it with a killed process."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise DatabaseUnavailableError(f"cannot create the migration lock file {path}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _pg_lock_key(conn: Connection) -> int:
+    """The advisory lock key of the schema migrations go to: one per database and schema, so
+    catalogues in different schemas (parallel tests) never wait for each other."""
+    where = conn.execute(text("SELECT current_database() || '.' || coalesce(current_schema(), '')")).scalar()
+    digest = hashlib.blake2b(f"shopsearch-migrations:{where}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@contextmanager
+def _migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection in a real transaction that holds the database's migration lock until it
+    ends. SQLite: a flock on `<file>.migrate.lock` (waits without the 30 s busy timeout), then
+    BEGIN IMMEDIATE, because pysqlite opens transactions only before DML and would otherwise
+    commit each CREATE/DROP at once, leaving a half-applied schema when a migration fails.
+    PostgreSQL: a transaction-level advisory lock, released at commit or rollback, even when
+    the connection dies."""
+    path = sqlite_file(engine.url.render_as_string(hide_password=False))
+    file_lock = _file_lock(path.with_name(path.name + ".migrate.lock")) if path is not None else nullcontext()
+    with _ALEMBIC_LOCK, file_lock, engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        elif conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _pg_lock_key(conn)})
+        yield conn
+
+
+def _revision_on(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def upgrade(engine: Engine, revision: str = "head") -> str:
-    """Run the Alembic migrations up to `revision`; returns the revision reached."""
+    """Run the Alembic migrations up to `revision`, all in one transaction under the database's
+    migration lock (several first runs at once: one migrates, the others then find the schema
+    made); returns the revision reached."""
     from alembic import command
     from alembic.script import ScriptDirectory
 
-    current = current_revision(engine)
     cfg = _alembic_config(engine)
-    known = {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}
-    if current is not None and current not in known:
-        check_schema(engine)  # raises the "newer than this code" error
-    with engine.begin() as conn:
+    script = ScriptDirectory.from_config(cfg)
+    known = {s.revision for s in script.walk_revisions()}
+    with _migrating(engine) as conn:
+        current = _revision_on(conn)  # read under the lock: another run may have just migrated
+        if current is not None and current not in known:
+            check_schema(engine)  # raises the "newer than this code" error
+        if revision == "head" and current == script.get_current_head():
+            return current
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
-    reached = current_revision(engine)
+        reached = _revision_on(conn)
     if reached != current:
         log.info("catalogue schema migrated", extra={"from": current, "to": reached})
     return reached or ""
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    """Run the downgrades to `revision`, in one transaction under the migration lock."""
     from alembic import command
 
     cfg = _alembic_config(engine)
-    with engine.begin() as conn:
+    with _migrating(engine) as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
