@@ -10,6 +10,9 @@ import io
 import os
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from shopsearch.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
+from shopsearch.jpeg_scan import JpegHeader, scan_header
 
 try:  # HEIC/HEIF (the iPhone camera's format) through libheif; sniffed by content like the rest
     from pillow_heif import register_heif_opener
@@ -79,16 +83,11 @@ def _megapixels(pixels: int) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _pillow_open(src: object) -> Image.Image:
+def _pillow_open(src: object, jpeg: bool) -> Image.Image:
     """Image.open, except that a JPEG is opened by its own plugin: Image.open refuses anything
     past Pillow's bomb threshold (a warning past 89 MP, an error past 179 MP) before _open can
     tell that a baseline JPEG is decoded at a reduced scale, in bounded memory."""
-    if isinstance(src, io.BytesIO):
-        head = src.getvalue()[:3]
-    else:
-        with open(src, "rb") as f:  # type: ignore[call-overload]
-            head = f.read(3)
-    if head != b"\xff\xd8\xff":
+    if not jpeg:
         return Image.open(src)  # type: ignore[arg-type]
     try:
         return JpegImagePlugin.jpeg_factory(src)  # type: ignore[arg-type]
@@ -97,62 +96,62 @@ def _pillow_open(src: object) -> Image.Image:
         raise UnidentifiedImageError(str(e)) from None
 
 
-def _first_scan(img: Image.Image) -> tuple[int, int] | None:
-    """(start-of-frame marker, components in the first scan) of a JPEG, from its header; None
-    when the markers cannot be walked to a scan (the decoder then reports what is wrong)."""
-    fp = getattr(img, "fp", None)
-    if fp is None:
-        return None
-    here = fp.tell()
+_JPEG_SOI = b"\xff\xd8\xff"
+#: (source, its header walk) while scan_once(source) holds: one upload's header is walked once
+#: however many times the crop path reads it; [source, _UNSCANNED] until the first walk
+_ONCE: ContextVar[list | None] = ContextVar("shopsearch_scan_once", default=None)
+_UNSCANNED = object()
+
+
+@contextmanager
+def scan_once(data: bytes) -> Iterator[None]:
+    """Within the block, load_image and upright_size of this very `data` object walk its JPEG
+    header once and reuse the walk (the block holds `data`: its identity cannot be reused)."""
+    token = _ONCE.set([data, _UNSCANNED])
     try:
-        fp.seek(getattr(img, "offset", 0) or 0)  # an MPO's first frame starts at 0 too
-        if fp.read(2) != b"\xff\xd8":
-            return None
-        sof = None
-        for _ in range(10_000):
-            b = fp.read(1)
-            if b != b"\xff":
-                return None
-            m = fp.read(1)
-            while m == b"\xff":  # fill bytes
-                m = fp.read(1)
-            if not m:
-                return None
-            marker = m[0]
-            if marker == 0x01 or 0xD0 <= marker <= 0xD7:
-                continue  # no length
-            seg = fp.read(2)
-            if len(seg) < 2:
-                return None
-            length = struct.unpack(">H", seg)[0]
-            if marker in _SOF:
-                sof = marker
-            if marker == 0xDA:
-                ns = fp.read(1)
-                return (sof, ns[0]) if sof is not None and ns else None
-            fp.seek(length - 2, os.SEEK_CUR)
-        return None
-    except (OSError, ValueError, struct.error):
-        return None
+        yield
     finally:
-        fp.seek(here)
+        _ONCE.reset(token)
 
 
-#: start-of-frame markers; of them, the ones a decoder cannot read at a reduced scale without
-#: holding every coefficient of the image (progressive) or at all (lossless, hierarchical)
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+def _walk(src: bytes | bytearray | Path) -> tuple[bool, JpegHeader | None]:
+    """(is a JPEG, its header walked by jpeg_scan, None when it cannot be walked to a scan). A
+    file is read, not mapped: a catalogue file overwritten in place (cp) while it is mapped would
+    kill the process with SIGBUS instead of failing that one image."""
+    if isinstance(src, (bytes, bytearray)):
+        return (True, scan_header(src)) if src[:3] == _JPEG_SOI else (False, None)
+    with open(src, "rb") as f:
+        if f.read(3) != _JPEG_SOI:
+            return False, None
+        f.seek(0)
+        return True, scan_header(f.read())
+
+
+def _jpeg_header(src: bytes | bytearray | Path) -> tuple[bool, JpegHeader | None]:
+    """_walk, once per source within scan_once."""
+    memo = _ONCE.get()
+    mine = memo is not None and memo[0] is src
+    if mine and memo[1] is not _UNSCANNED:  # type: ignore[index]
+        return memo[1]  # type: ignore[index]
+    walked = _walk(src)
+    if mine:
+        memo[1] = walked  # type: ignore[index]
+    return walked
+
+
+#: start-of-frame markers a decoder reads at a reduced scale a band at a time; the others need every
+#: coefficient of the image (progressive) or cannot be scaled at all (lossless, hierarchical)
 _SCALED_SOF = frozenset({0xC0, 0xC1, 0xC9})  # baseline, extended sequential (Huffman, arithmetic)
 
 
-def _jpeg_decoded_in_bounded_memory(img: Image.Image) -> bool:
+def _jpeg_decoded_in_bounded_memory(img: Image.Image, header: JpegHeader | None) -> bool:
     """True for a JPEG libjpeg decodes a band of rows at a time (sequential, one scan holding every
     component), so that decoding it at a reduced scale holds only the reduced image. A progressive
     or multi-scan JPEG keeps two bytes per pixel and component until its last scan, whatever the
     scale (a 200 MP progressive photo: 0.6-1.2 GB)."""
     if img.format not in ("JPEG", "MPO") or img.info.get("progressive") or img.info.get("progression"):
         return False
-    scan = _first_scan(img)
-    return scan is not None and scan[0] in _SCALED_SOF and scan[1] == getattr(img, "layers", 0)
+    return header is not None and header.sof in _SCALED_SOF and header.scan_components == getattr(img, "layers", 0)
 
 
 def _scaled(w: int, h: int, s: int) -> int:
@@ -179,22 +178,29 @@ def _not_a_file(p: Path) -> str:
 
 
 def _open(data: bytes | Path | str, max_pixels: int, max_side: int,
-          max_jpeg_pixels: int = MAX_JPEG_PIXELS) -> Image.Image:
+          max_jpeg_pixels: int = MAX_JPEG_PIXELS) -> tuple[Image.Image, JpegHeader | None]:
+    """The image opened (header only) and checked against the limits, with its JPEG header as
+    jpeg_scan walked it (None for other formats), which the decoding steps reuse."""
     if isinstance(data, (bytes, bytearray)):
         if len(data) == 0:
             raise InvalidImageError("the file is empty")
         src: object = io.BytesIO(data)
+        whole: bytes | bytearray | Path = data
     else:
-        p = Path(data)
+        whole = p = Path(data)
         if not p.is_file():
             raise InvalidImageError(_not_a_file(p))
         if p.stat().st_size == 0:
             raise InvalidImageError(f"the file is empty: {p}")
         src = p
     try:
+        # before Pillow, whose marker loop would spend seconds on a header padded with junk
+        jpeg, header = _jpeg_header(whole)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _pillow_open(src)
+            img = _pillow_open(src, jpeg)
+    except InvalidImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own wording names its threshold, not ours (a file past twice Pillow's limit
         # never reaches our check below)
@@ -217,37 +223,37 @@ def _open(data: bytes | Path | str, max_pixels: int, max_side: int,
         raise InvalidImageError("image has no pixels")
     # a JPEG read a band at a time is decoded at the scale that fits max_pixels (1/8 at least);
     # anything else is decoded whole, so max_pixels is its limit
-    scaled = img.format in ("JPEG", "MPO") and _jpeg_decoded_in_bounded_memory(img)
+    scaled = img.format in ("JPEG", "MPO") and _jpeg_decoded_in_bounded_memory(img, header)
     jpeg_limit = min(max_jpeg_pixels, 64 * max_pixels)
     if scaled:
+        assert header is not None  # _jpeg_decoded_in_bounded_memory says so
         if w * h > jpeg_limit or max(w, h) > max_side or _scaled(w, h, 8) > max_pixels:
             img.close()
             raise _too_large(w, h, jpeg_limit, max_side, "", None)
-        size = len(src.getvalue()) if isinstance(src, io.BytesIO) else Path(src).stat().st_size  # type: ignore[arg-type]
+        # the image data only: padding, APP segments or bytes after the picture make no pixels
+        size = header.data_length
         if w * h > max_pixels and size * _JPEG_MAX_PIXELS_PER_BYTE < w * h:
             img.close()
-            raise ImageTooLargeError(f"image claims {w}x{h} pixels ({_megapixels(w * h)} megapixels) in a file of "
-                                     f"{size:,} bytes, far too little for a photo that size: a damaged file "
-                                     "or a decompression bomb")
+            raise ImageTooLargeError(f"image claims {w}x{h} pixels ({_megapixels(w * h)} megapixels) from "
+                                     f"{size:,} bytes of image data, far too little for a photo that size: a "
+                                     "damaged file or a decompression bomb")
     elif w * h > max_pixels or max(w, h) > max_side:
         img.close()
         what = " for a progressive JPEG" if img.format in ("JPEG", "MPO") else f" for a {img.format} image"
         raise _too_large(w, h, max_pixels, max_side, what, jpeg_limit)
-    return img
+    return img, header
 
 
-def _draft(img: Image.Image, draft_size: int | None, max_pixels: int, formats: tuple[str, ...] = ("JPEG",)) -> None:
-    """Set a JPEG's reduced decoding scale: the one draft_size asks for (its both sides stay >=
-    draft_size, as Pillow's draft picks it) for the formats named, reduced further until the
-    decoded pixels fit max_pixels (an MPO's first frame too). Nothing for other formats, or a
-    JPEG decoded whole (_open refused one past max_pixels)."""
+def _draft(img: Image.Image, header: JpegHeader | None, draft_size: int | None, max_pixels: int) -> None:
+    """Set a JPEG's (or an MPO's first picture's) reduced decoding scale: the one draft_size asks
+    for (its both sides stay >= draft_size, as Pillow's draft picks it), reduced further until
+    the decoded pixels fit max_pixels. Nothing for other formats, or a JPEG decoded whole
+    (_open refused one past max_pixels)."""
     if img.format not in ("JPEG", "MPO"):
         return
-    if img.format not in formats:
-        draft_size = None
     w, h = img.size
     need = next((s for s in _JPEG_SCALES if _scaled(w, h, s) <= max_pixels), None)
-    if need is None or need == 1 or not _jpeg_decoded_in_bounded_memory(img):
+    if need is None or need == 1 or not _jpeg_decoded_in_bounded_memory(img, header):
         if draft_size:  # exactly as before large photos were accepted: the same decoded pixels
             img.draft("RGB", (draft_size, draft_size))
         return
@@ -274,9 +280,9 @@ def load_image(
     decoded at the reduced scale (1/2, 1/4, 1/8 a side) that fits max_pixels, whatever
     draft_size asks: never more than max_pixels are decoded. Alpha is composited on white,
     16-bit and CMYK are converted."""
-    img = _open(data, max_pixels, max_side, max_jpeg_pixels)
+    img, header = _open(data, max_pixels, max_side, max_jpeg_pixels)
     try:
-        _draft(img, draft_size, max_pixels)
+        _draft(img, header, draft_size, max_pixels)
         img.load()
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -330,8 +336,15 @@ _READ_WHOLE = 32 << 20
 
 def upright_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a photo as shown (EXIF orientation applied) from its header alone, or None
-    when the header cannot be read."""
+    when the header cannot be read. A JPEG's comes from its header walk (jpeg_scan), shared with
+    load_image within scan_once: no second parse of an upload's header."""
     try:
+        jpeg, header = _jpeg_header(data)
+        if jpeg:
+            if header is None:
+                return None
+            w, h = header.width, header.height
+            return (h, w) if header.orientation in _SIDEWAYS else (w, h)
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
             return (h, w) if img.getexif().get(_ORIENTATION, 1) in _SIDEWAYS else (w, h)
@@ -354,14 +367,14 @@ def inspect_image(path: str | Path) -> ImageMeta:
     if data is not None and not data:
         raise InvalidImageError(f"the file is empty: {path}")
     # clear errors for non-image files; a big file is decoded and hashed from disk instead
-    img = _open(data if data is not None else path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)
+    img, header = _open(data if data is not None else path, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE)
     digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
     fmt = img.format or "?"
     size = img.size  # the true size: a JPEG is checked below at 1/8 scale
     try:
         # every byte of the file is decoded all the same (a truncated or corrupt one is refused),
         # into 1/64 of the pixels: a 200 MP photo holds ~30 MB, not 0.6 GB
-        _draft(img, 1, DEFAULT_MAX_PIXELS, ("JPEG", "MPO"))
+        _draft(img, header, 1, DEFAULT_MAX_PIXELS)
         img.load()
         # the upright size (exif_transpose's), without the copy of the pixels it makes of every image
         w, h = size[::-1] if img.getexif().get(_ORIENTATION, 1) in _SIDEWAYS else size

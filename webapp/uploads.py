@@ -25,7 +25,7 @@ from shopsearch.embedders.base import Embedder
 from shopsearch.embedding.items import DECODED_MAX_SIDE
 from shopsearch.embedding.preprocess import decode_query, draft_size_for
 from shopsearch.errors import InvalidImageError
-from shopsearch.images import load_image
+from shopsearch.images import load_image, scan_once
 from shopsearch.regions import Box, crop_source
 from webapp.errors import BadParameterError, MissingImageError
 from webapp.metrics import observe_decode
@@ -123,8 +123,9 @@ def require_image(embedder: Embedder, field: str = "image", allow_raw: bool = Tr
 def crop_upload(data: bytes, img: Image.Image, box: Box, embedder: Embedder) -> Image.Image:
     """The shopper's box of an uploaded photo, after EXIF orientation and before embedding, cut
     at the resolution the model needs (shopsearch.regions.crop_source): `img` is decode_upload's."""
-    part = crop_source(data, img, box, draft_size_for(embedder), DECODED_MAX_SIDE,
-                       int(current_app.config["MAX_IMAGE_PIXELS"]))
+    with scan_once(data):  # crop_source reads the header for the photo's size, then decodes it again
+        part = crop_source(data, img, box, draft_size_for(embedder), DECODED_MAX_SIDE,
+                           int(current_app.config["MAX_IMAGE_PIXELS"]))
     g.setdefault("images", []).append(part)  # closed in teardown
     return part
 
