@@ -253,3 +253,16 @@ class DownloadError(ShopSearchError):
 
     code = "download_failed"
     http_status = 502
+
+
+class FrontError(ShopSearchError):
+    """nginx, the front of `serve`, could not start or has stopped: nothing answers on --bind."""
+
+    code = "front_failed"
+    exit_code = 1
+
+
+class PortInUseError(FrontError):
+    """Another process listens on `serve`'s --bind address."""
+
+    code = "port_in_use"

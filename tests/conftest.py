@@ -186,6 +186,25 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def raw_http(port: int, request: bytes) -> tuple[int, dict[str, list[str]], bytes]:
+    """Send bytes as they are to 127.0.0.1:port (http.client refuses to write malformed or
+    oversized requests); (status, headers by lowercase name, body)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(": ")
+        headers.setdefault(name.lower(), []).append(value)
+    return int(lines[0].split()[1]), headers, body
+
+
 def stop_server(proc) -> str:
     """SIGTERM a `shopsearch serve` subprocess (stdout piped) and return what it printed; one
     that does not stop within 30 s is killed, and its exit code then fails the caller's check."""

@@ -26,7 +26,7 @@ from shopsearch.catalogue.store import CatalogueStore
 from shopsearch.config import Settings
 from shopsearch.embedders import load_embedder
 from shopsearch.index import IndexStore
-from tests.conftest import make_image, sha, stop_server
+from tests.conftest import make_image, raw_http, sha, stop_server
 from webapp import front
 from webapp.front import NginxConfig
 
@@ -224,16 +224,9 @@ def test_nginx_own_errors_under_api_are_the_apps_json_and_pages_stay_html(tmp_pa
 
 
 def _raw(port: int, request: bytes) -> tuple[int, str, bytes]:
-    """Send bytes as they are (http.client refuses to write malformed requests)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers.get("Content-Type", ""), body
+    """Send bytes as they are: (status, Content-Type, body)."""
+    status, headers, body = raw_http(port, request)
+    return status, headers.get("content-type", [""])[0], body
 
 
 @needs_nginx

@@ -89,3 +89,31 @@ def test_any_origin(site):
 def test_a_malformed_origin_fails_at_start(site, bad):
     with pytest.raises(ConfigError, match="not an origin"):
         app_for(site, CORS_ORIGINS=bad)
+
+
+def test_origins_are_normalised_as_browsers_send_them(site):
+    """An origin written with its default port, in capitals or with an IDN host matches the Origin
+    a browser sends (`https://shop.example`, `https://xn--bcher-kva.example`)."""
+    app = app_for(site, CORS_ORIGINS="HTTPS://Shop.Example:443, http://x.example:80, https://bücher.example, "
+                                     "http://localhost:3000")
+    try:
+        c = app.test_client()
+        for sent in (SHOP, "http://x.example", "https://xn--bcher-kva.example", "http://localhost:3000"):
+            r = c.get("/api/v1/categories", headers={"Origin": sent})
+            assert r.headers.get("Access-Control-Allow-Origin") == sent, sent
+        # a port that is not the default stays part of the origin
+        for other in ("https://shop.example:8443", "http://x.example:8080", "http://localhost"):
+            r = c.get("/api/v1/categories", headers={"Origin": other})
+            assert "Access-Control-Allow-Origin" not in r.headers, other
+    finally:
+        app.extensions["shopsearch"].close()
+
+
+def test_api_without_its_slash_is_the_apis_json_404(cors_client):
+    for method in ("GET", "POST", "OPTIONS", "DELETE"):
+        r = cors_client.open("/api", method=method, headers={"Origin": SHOP})
+        assert (r.status_code, r.mimetype) == (404, "application/json"), method
+        assert r.get_json() == {"error": {"code": "not_found", "message": "no route /api"}}
+        assert r.headers["Access-Control-Allow-Origin"] == SHOP  # readable, as any API error
+    r = cors_client.get("/apiary")
+    assert r.status_code == 404 and r.mimetype == "text/html"  # a page path stays a page

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
 
 from shopsearch.regions import find_objects
 from webapp.errors import BadParameterError
@@ -124,3 +125,19 @@ def openapi():
     # a relative server URL: echoing the Host header would let anyone poison cached copies
     return jsonify(openapi_document(request.script_root + "/api/v1"))
 
+
+def _api_root():
+    """/api without its slash: the JSON 404 that /api/<anything unknown> gets, not the pages' HTML one."""
+    if request.path != "/api":
+        return None
+    resp = jsonify({"error": {"code": "not_found", "message": f"no route {request.path}"}})
+    resp.status_code = 404
+    return resp
+
+
+@bp.record_once
+def _register_api_root(state: BlueprintSetupState) -> None:
+    # /api is outside the blueprint's /api/v1 prefix. Answered before the app's other checks, as
+    # for any method an unknown path under /api/ is a JSON 404: the pages' cross-site form check
+    # would otherwise answer a storefront's POST to it with an HTML 403
+    state.app.before_request(_api_root)

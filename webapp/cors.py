@@ -3,8 +3,10 @@
 
 Off by default: a browser lets a page of another site send the API a photo, but not read the
 answer. `CORS_ORIGINS` (SHOPSEARCH_CORS_ORIGINS) names the origins whose pages may read it,
-comma-separated (`https://shop.example,https://www.shop.example`), or `*` for any. Only /api/
-answers carry the headers; the HTML pages and their forms stay same-origin (webapp/__init__.py
+comma-separated (`https://shop.example,https://www.shop.example`), or `*` for any; each is
+normalised as browsers write `Origin` (no default port, lowercase, IDNA host). Only /api/
+answers carry the headers (under `serve`, nginx adds them to the errors it answers itself:
+deploy/nginx/nginx.conf.in); the HTML pages and their forms stay same-origin (webapp/__init__.py
 refuses cross-site form posts). No credentials are involved: the API uses no cookies.
 
 Every OPTIONS request under /api/ is answered here with 204 and the route's methods (Flask's own
@@ -12,6 +14,8 @@ answer was an empty HTML 200), and a browser's preflight from an allowed origin 
 and request headers it may use."""
 from __future__ import annotations
 
+import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, request
@@ -39,16 +43,52 @@ def parse_origins(value: object) -> frozenset[str]:
             out.add(ANY)
             continue
         try:
-            parts = urlsplit(raw)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
+            out.add(normalise_origin(raw))
         except ValueError:
-            parts = None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
-                or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             raise ConfigError(f"CORS origin {raw!r} is not an origin: expected scheme://host[:port], e.g. "
-                              "https://shop.example, or * for any (SHOPSEARCH_CORS_ORIGINS)")
-        out.add(f"{parts.scheme}://{parts.netloc.lower()}")
+                              "https://shop.example, or * for any (SHOPSEARCH_CORS_ORIGINS)") from None
     return frozenset(out)
+
+
+#: the port a browser leaves out of the Origin it sends
+DEFAULT_PORTS = {"http": 80, "https": 443}
+#: a host as a browser serialises it: ASCII (IDNA) labels; nothing here needs quoting in nginx's map
+_ASCII_HOST = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+
+
+def normalise_origin(raw: str) -> str:
+    """An origin as a browser writes it in `Origin`: `HTTPS://Bücher.Example:443` -> `https://xn--bcher-kva.example`
+    (lowercase, the host IDNA-encoded, no default port). ValueError for anything that is not an origin."""
+    parts = urlsplit(raw)
+    port = parts.port  # ValueError for a bad one
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or parts.username is not None:
+        raise ValueError(raw)
+    host = _ascii_host(parts.hostname)
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None and port != DEFAULT_PORTS[parts.scheme] else "")
+
+
+def _ascii_host(host: str) -> str:
+    """`Bücher.example` -> `xn--bcher-kva.example`, `::1` -> `[::1]`; ValueError for characters no host has."""
+    if ":" in host:
+        if "%" in host:  # a zone (fe80::1%eth0) is local to one machine: no browser sends it
+            raise ValueError(host)
+        return f"[{ipaddress.IPv6Address(host).compressed}]"
+    try:
+        ascii_host = (host if host.isascii() else _idna(host)).lower()
+    except UnicodeError as e:  # idna's IDNAError too
+        raise ValueError(host) from e
+    if not _ASCII_HOST.fullmatch(ascii_host):
+        raise ValueError(host)
+    return ascii_host
+
+
+def _idna(host: str) -> str:
+    try:
+        import idna  # noqa: PLC0415 - UTS #46, as browsers map hosts (IDNA 2003 turns ß into ss)
+    except ImportError:  # the standard library's IDNA 2003: the same answer for most names
+        return host.encode("idna").decode("ascii")
+    return idna.encode(host, uts46=True).decode("ascii")
 
 
 def _allowed(origin: str | None) -> str | None:
@@ -79,8 +119,13 @@ def _options() -> Response | None:
     return resp
 
 
+def is_api_path(path: str) -> bool:
+    """/api/... and /api itself (its JSON 404, webapp/api.py), as nginx's map reads them too."""
+    return path == "/api" or path.startswith("/api/")
+
+
 def _headers(resp: Response) -> Response:
-    if not request.path.startswith("/api/"):
+    if not is_api_path(request.path):
         return resp
     if current_app.extensions["shopsearch_cors"] and ANY not in current_app.extensions["shopsearch_cors"]:
         resp.vary.add("Origin")  # the answer differs by origin: shared caches must key on it

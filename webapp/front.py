@@ -4,23 +4,29 @@ Gunicorn's threads each hold one connection from its first byte to its last, so 
 clients sending at 1 byte/s take a worker offline. nginx reads every request in full and
 buffers every response before gunicorn is involved. It runs unprivileged from a private
 prefix (config, pid, logs, temp folders) and talks to gunicorn over a unix socket there;
-the config is rendered from deploy/nginx/nginx.conf.in."""
+the config is rendered from deploy/nginx/nginx.conf.in. `serve` refuses to start when nginx
+cannot listen (its port taken) and stops when nginx dies: gunicorn alone on a private socket
+would be a server nobody can reach."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import pwd
+import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shopsearch.errors import ConfigError
+from shopsearch.errors import ConfigError, FrontError, PortInUseError
+from webapp.cors import ANY, parse_origins
 
 log = logging.getLogger("shopsearch.web")
 
@@ -44,6 +50,8 @@ class NginxConfig:
     prefix: Path
     max_body_bytes: int
     workers: int = 1
+    #: origins whose browsers may read nginx's own JSON errors too (webapp/cors.py's CORS_ORIGINS)
+    cors_origins: frozenset[str] = frozenset()
 
     def render(self, template: Path = TEMPLATE) -> str:
         # nginx drops root to `user` for its workers; without root the directive is ignored
@@ -52,11 +60,21 @@ class NginxConfig:
         fields = {"USER": user, "WORKERS": str(self.workers), "NOFILE": str(nofile),
                   "CONNECTIONS": str(max(64, nofile // 2 - 32)), "PREFIX": str(self.prefix), "LISTEN": self.listen,
                   "UPSTREAM": self.upstream, "MAX_BODY": f"{self.max_body_bytes}",
-                  "MAX_BODY_TEXT": f"{self.max_body_bytes / (1024 * 1024):g} MB"}
+                  "MAX_BODY_TEXT": f"{self.max_body_bytes / (1024 * 1024):g} MB", **_cors_fields(self.cors_origins)}
         text = template.read_text()
         for name, value in fields.items():
             text = text.replace(f"@{name}@", value)
         return text
+
+
+def _cors_fields(configured: frozenset[str]) -> dict[str, str]:
+    """The $http_origin map's entries and the Vary value for nginx's own API errors."""
+    # normalised again: only origins that passed webapp/cors.py's checks (plain ASCII) reach the config
+    origins = parse_origins(sorted(configured))
+    if ANY in origins:  # as the app: `*` for a request that names an origin, and no Vary
+        return {"CORS_ORIGINS": '        default "*";\n        "" "";', "CORS_VARY": ""}
+    entries = ['        default "";', *(f'        "{origin}" $http_origin;' for origin in sorted(origins))]
+    return {"CORS_ORIGINS": "\n".join(entries), "CORS_VARY": "Origin" if origins else ""}
 
 
 def _open_files_limit(cap: int = 16384) -> int:
@@ -81,10 +99,63 @@ def _die_with_parent() -> None:
         pass
 
 
+def _nginx_child() -> None:
+    """In the nginx child: its own process group (a terminal's Ctrl-C is for `serve`, which stops
+    nginx gracefully; stop() can reach the workers of a killed master), and _die_with_parent."""
+    os.setpgid(0, 0)  # Popen's process_group=0, which Python 3.10 lacks
+    _die_with_parent()
+
+
+def _listen_problem(listen: str) -> FrontError | None:
+    """Bind nginx's address as nginx will (SO_REUSEADDR, IPv6 only on [::]) and let go: the error
+    nginx would meet, None when it is free (or for nginx to name: an unknown host, ...)."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, ValueError):
+        return None
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT is no user
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(addr)
+            except PermissionError:
+                return FrontError(f"no permission to listen on port {port} ({listen}): ports below 1024 need "
+                                  "root or CAP_NET_BIND_SERVICE; or serve on another --bind")
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return _in_use(listen)
+    return None
+
+
+def _in_use(listen: str) -> PortInUseError:
+    port = listen.rpartition(":")[2]
+    return PortInUseError(f"port {port} is in use: another process listens on {listen}; "
+                          "stop it or serve on another --bind")
+
+
+#: what nginx logs when it cannot go on (not [error]: those are one request's, e.g. the app down):
+#: `2024/01/02 03:04:05 [emerg] 12#12: bind() to ... failed (98: ...)`, or on stderr `nginx: [emerg] ...`
+_FATAL_LINE = re.compile(r"\[(?:emerg|alert|crit)\] (?:\d+#\d+: )?(?:\*\d+ )?(.*)")
+
+
+def _last_fatal(log_text: str) -> str | None:
+    """The last fatal message nginx logged, on one line (without date and pid); None when none."""
+    found = [m.group(1) for m in map(_FATAL_LINE.search, log_text.splitlines()) if m]
+    return found[-1] if found else None
+
+
 class NginxFront:
     """One nginx master process in front of a gunicorn socket, for the life of `serve`."""
 
-    def __init__(self, listen: str, max_body_bytes: int, workers: int = 1, binary: str | None = None) -> None:
+    #: how long nginx may take to listen (it starts in tens of ms; it retries a taken port for 2.5 s)
+    START_TIMEOUT_S = 10.0
+
+    def __init__(self, listen: str, max_body_bytes: int, workers: int = 1, binary: str | None = None,
+                 cors_origins: frozenset[str] = frozenset()) -> None:
         self.binary = binary or nginx_binary()
         if self.binary is None:
             raise ConfigError("nginx is not installed (Debian: apt-get install nginx); "
@@ -93,11 +164,15 @@ class NginxFront:
         # nginx's workers run as nobody when started by root: they must reach the socket
         os.chmod(self.prefix, 0o755)
         self.socket = self.prefix / "app.sock"
-        self.config = NginxConfig(listen, f"unix:{self.socket}", self.prefix, max_body_bytes, workers)
+        self.config = NginxConfig(listen, f"unix:{self.socket}", self.prefix, max_body_bytes, workers,
+                                  frozenset(cors_origins))
         self.conf_path = self.prefix / "nginx.conf"
         self.conf_path.write_text(self.config.render())
         self.proc: subprocess.Popen | None = None
         self._owner = os.getpid()  # gunicorn's forked workers unwind through the caller's finally
+        self._stopping = False
+        #: why nginx is gone while `serve` was not stopping it (set by gone())
+        self.failure: str | None = None
 
     @property
     def upstream_bind(self) -> str:
@@ -109,29 +184,73 @@ class NginxFront:
                 *extra]
 
     def check(self) -> None:
-        """`nginx -t`: ConfigError with nginx's own words when the config or the port is refused."""
+        """`nginx -t`, then the port: ConfigError with nginx's own words when the config is refused,
+        PortInUseError (one line) when another process listens there. `nginx -t` binds nothing."""
         r = subprocess.run(self._cmd("-t", "-q"), capture_output=True, text=True)
         if r.returncode != 0:
             raise ConfigError(f"nginx refused its configuration: {r.stderr.strip()}")
+        problem = _listen_problem(self.config.listen)
+        if problem is not None:
+            raise problem
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self._cmd("-g", "daemon off;"), preexec_fn=_die_with_parent,
-                                     stdin=subprocess.DEVNULL)
-        time.sleep(0.2)
-        if self.proc.poll() is not None:
-            raise ConfigError(f"nginx exited at start: {self.error_log()}")
+        """Run nginx and return once it listens (it writes its pid file after binding): FrontError
+        when it exits first, PortInUseError at once when the port is taken (nginx itself would retry
+        for 2.5 s and leave `serve` behind it unreachable)."""
+        with open(self.prefix / "stderr.log", "wb") as stderr:  # its start-up errors (also in error.log)
+            self.proc = subprocess.Popen(self._cmd("-g", "daemon off;"), preexec_fn=_nginx_child,
+                                         stdin=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + self.START_TIMEOUT_S
+        while not self._listening():
+            if self.proc.poll() is not None or "Address already in use" in self.error_log() \
+                    or time.monotonic() > deadline:
+                log_text = self.error_log()
+                if self.proc.poll() is None:  # still retrying the port: before its signal handlers, so no SIGQUIT
+                    self.proc.kill()
+                    self.proc.wait()
+                if "Address already in use" in log_text:
+                    raise _in_use(self.config.listen)
+                why = _last_fatal(log_text) or (log_text.splitlines() or ["it logged nothing"])[-1]
+                raise FrontError(f"nginx did not start on {self.config.listen}: {why}")
+            time.sleep(0.02)
         log.info("nginx front started", extra={"listen": self.config.listen, "pid": self.proc.pid})
 
-    def error_log(self) -> str:
+    def _listening(self) -> bool:
         try:
-            return (self.prefix / "error.log").read_text()[-2000:].strip()
+            return (self.prefix / "nginx.pid").read_text().strip() == str(self.proc.pid)
         except OSError:
-            return ""
+            return False
+
+    def gone(self) -> str | None:
+        """Why `serve` must stop: nginx has exited though nothing stopped it (None while it runs, in a
+        gunicorn worker, or once stop() began). The reason is kept in `failure`."""
+        if self.failure is not None or self.proc is None or self._stopping or os.getpid() != self._owner \
+                or self.proc.poll() is None:
+            return self.failure
+        # 0 also when gunicorn's master reaped it first (it waits for any child): no status to tell then
+        code = self.proc.returncode
+        how = (f" (killed by {signal.Signals(-code).name})" if code < 0 else f" (exit status {code})") if code else ""
+        why = _last_fatal(self.error_log())
+        self.failure = (f"nginx, the front on {self.config.listen}, exited{how}"
+                        f"{': ' + why if why else ' unexpectedly'}; gunicorn stopped too")
+        return self.failure
+
+    def error_log(self) -> str:
+        """The end of nginx's error log (or of its start-up stderr, when it did not get to open the log)."""
+        for name in ("error.log", "stderr.log"):
+            try:
+                text = (self.prefix / name).read_text(errors="replace")[-2000:].strip()
+            except OSError:
+                continue
+            if text:
+                return text
+        return ""
 
     def stop(self) -> None:
         """Graceful stop (SIGQUIT: finish the requests under way), then clean the prefix."""
         if os.getpid() != self._owner:
             return
+        self._stopping = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGQUIT)
             try:
@@ -139,4 +258,9 @@ class NginxFront:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc is not None:
+            try:  # workers whose master was killed (SIGKILL) keep the port and answer 502: end them
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
         shutil.rmtree(self.prefix, ignore_errors=True)

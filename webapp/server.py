@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 
 from shopsearch.config import Settings, available_cpus, child_environment, metrics_dir, pin_omp_threads, threads_pinned
+from shopsearch.errors import FrontError
 from shopsearch.query_threads import InFlight, QueryThreads
 
 if TYPE_CHECKING:
@@ -95,15 +98,31 @@ def query_threads_for(settings: Settings, workers: int) -> QueryThreads | None:
     return QueryThreads(available_cpus(), in_flight=InFlight(slots=2 * workers))
 
 
+class _FrontArbiter(Arbiter):
+    """Gunicorn's master, which also stops the server (exit status 1) once the nginx front has
+    exited: gunicorn on its private socket alone is a server nobody can reach."""
+
+    def manage_workers(self) -> None:
+        # called on every turn of the master's loop (at least once a second, and at once after a
+        # child's SIGCHLD, nginx's included: it is the master's child)
+        front = self.app.front
+        if front is not None and front.gone() is not None:
+            raise HaltServer("the nginx front exited", 1)
+        super().manage_workers()
+
+
 class ShopSearchGunicorn(BaseApplication):
     """Gunicorn application that builds the Flask app with `factory`: in each worker after
     fork (the default; torch models must be loaded after fork), or once in the master with
-    preload (model-free embedders only, e.g. colorhist: pages are shared copy-on-write)."""
+    preload (model-free embedders only, e.g. colorhist: pages are shared copy-on-write).
+    With `front`, the master watches nginx and stops when it exits."""
 
-    def __init__(self, factory: Callable[[], Flask], options: Mapping[str, Any], torch_threads: int = 0) -> None:
+    def __init__(self, factory: Callable[[], Flask], options: Mapping[str, Any], torch_threads: int = 0,
+                 front: "NginxFront | None" = None) -> None:
         self.factory = factory
         self.options = dict(options)
         self.torch_threads = torch_threads
+        self.front = front
         super().__init__()
 
     def load_config(self) -> None:
@@ -125,14 +144,24 @@ class ShopSearchGunicorn(BaseApplication):
     def load(self) -> Flask:
         return self.factory()
 
+    def run(self) -> None:
+        """BaseApplication.run with the arbiter that watches the front."""
+        try:
+            _FrontArbiter(self).run()
+        except RuntimeError as e:
+            print(f"\nError: {e}\n", file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(1)
+
 
 def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int = 4, preload: bool = False,
                    timeout: int = 60, access_log: bool = False, config: Mapping[str, Any] | None = None,
                    front: "NginxFront | None" = None) -> None:
     """Run gunicorn in this process (the caller must not have run torch: see run_server).
 
-    With `front`, nginx listens on `bind` and gunicorn on a private unix socket behind it:
-    nginx starts once gunicorn's socket is up and stops when gunicorn's master exits."""
+    With `front` (checked by the caller: NginxFront.check), nginx listens on `bind` and gunicorn on
+    a private unix socket behind it: nginx starts once gunicorn's socket is up (FrontError when it
+    cannot listen) and stops when gunicorn's master exits; FrontError when nginx exits first."""
     from webapp import create_app  # noqa: PLC0415
 
     query_threads = query_threads_for(settings, workers)
@@ -148,11 +177,15 @@ def serve_gunicorn(settings: Settings, bind: str, workers: int = 1, threads: int
     if exited:
         opts["child_exit"] = lambda server, worker: [f(worker.pid) for f in exited]
     if front is not None:
-        front.check()
-        opts["when_ready"] = lambda server: front.start()
+        opts["when_ready"] = lambda server: front.start()  # an error here leaves gunicorn before any fork
         opts["on_exit"] = lambda server: front.stop()
     log.info("starting gunicorn", extra={k: v for k, v in opts.items() if k in ("bind", "workers", "threads", "preload_app")})
-    ShopSearchGunicorn(lambda: create_app(overrides), opts, settings.torch_threads).run()
+    try:
+        ShopSearchGunicorn(lambda: create_app(overrides), opts, settings.torch_threads, front).run()
+    except SystemExit:
+        if front is not None and front.failure is not None:  # set in the master only, when nginx exited
+            raise FrontError(front.failure) from None
+        raise
 
 
 def run_server(settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 2, threads: int = 2,

@@ -90,11 +90,11 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
     from webapp.server import bind_address, run_dev_server, serve_gunicorn
 
     host, port = _split_bind(bind)
-    parse_origins(cors_origins)  # a malformed origin stops here, in one line, not in every worker's start
+    origins = parse_origins(cors_origins)  # a malformed origin stops here, in one line, not in every worker's start
     max_body = int(max_upload_mb * 1024 * 1024)
     if print_nginx_config:
         click.echo(NginxConfig(bind_address(host, port), "127.0.0.1:8001", Path("/var/lib/shopsearch-nginx"),
-                               max_body).render(), nl=False)
+                               max_body, cors_origins=origins).render(), nl=False)
         return
     use_front = not debug and (front == "nginx" or (front == "auto" and nginx_binary() is not None))
     if front == "auto" and not use_front and not debug and not _loopback(host):
@@ -109,12 +109,17 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
               "RETAIN_UPLOADS": str(Path(retain_uploads).resolve()) if retain_uploads else None,
               "IMAGE_ROOTS": [str(Path(r).resolve()) for r in image_roots] or None}
     how = "debug server" if debug else f"gunicorn, {workers} worker(s) x {threads} thread(s)"
-    click.echo(f"serving http://{bind_address(host, port)}/ ({how}{', behind nginx' if use_front else ''})", err=True)
     if debug:
+        click.echo(f"serving http://{bind_address(host, port)}/ ({how})", err=True)
         run_dev_server(c.settings, host, port, config)
         return
-    nginx = NginxFront(bind_address(host, port), max_body, workers=min(workers, 4)) if use_front else None
+    nginx = NginxFront(bind_address(host, port), max_body, workers=min(workers, 4),
+                       cors_origins=origins) if use_front else None
     try:
+        if nginx is not None:
+            nginx.check()  # its config, and its port free: in one line before gunicorn loads anything
+        click.echo(f"serving http://{bind_address(host, port)}/ ({how}{', behind nginx' if use_front else ''})",
+                   err=True)
         serve_gunicorn(c.settings, bind_address(host, port), workers=workers, threads=threads, preload=preload,
                        timeout=timeout, access_log=access_log, config=config, front=nginx)
     finally:
