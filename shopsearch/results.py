@@ -111,7 +111,8 @@ class SearchResult:
     match: str | None = None  # "strong" | "weak" | "none" (None when uncalibrated)
     calibration: dict[str, Any] | None = None  # how confidence was obtained, or why there is none
     #: why the confidence is lower than the fit said (shopsearch.confidence.capped): "filter" (the
-    #: category head puts the photo's product outside the category filter) or "flat" (one flat colour)
+    #: category head puts the photo's product outside the category filter; without a head, the
+    #: unfiltered search ranks it lower: SearchService._unfiltered_chance) or "flat" (one flat colour)
     confidence_limit: str | None = None
     #: the vector searched with (float32, unit length); kept out of to_dict: the feedback log stores it
     query_vector: Any = field(default=None, repr=False, compare=False)

@@ -124,28 +124,64 @@ class SearchService:
                    "total": embed_ms + (t1 - t0) * 1000}
         res = SearchResult(tuple(hits[:k]), self.manifest.model_name, self.manifest.build_id, timings, prediction)
         if calibrate:  # calibrated only for the scoring path it was fitted on (re-ranking, fusion)
-            path = scoring_key(opts.spec, boost is not None)
-            plain = scoring_key(opts.spec, False)
-            if boost is None:
-                res = annotate(res, self.calibration, path, vector=svec)
-            elif self.calibration is not None and self.calibration.scoring == plain:
-                # Fusion only re-orders products by a category bonus. A calibration fitted on plain
-                # similarity is applied to the plain similarities of the products in the order shown
-                # (a first product that fusion lifted over a more similar one gets a lower confidence).
-                res = annotate(res, self.calibration, plain, plain_scores=True, vector=svec)
-            else:  # fitted on fused searches: their plain similarities and the head's probabilities
-                probs = None if head is None else [head.get((h.category or "").strip("/"), head.get("", 0.0))
-                                                   for h in res.hits]
-                res = annotate(res, self.calibration, path, plain_scores=True, head=probs, vector=svec)
+            res = self._calibrated(res, opts.spec, boost, head, svec)
+            bounded = False  # whether the category head bounded the confidence under the filter
             if filters is not None and filters.category and res.confidence is not None \
                     and hasattr(self.router, "category_probs"):
                 # a photo of a banana searched among the milk: familiar to the shop, but its product
                 # is not in the filter, which the head knows and the calibration (fitted unfiltered) does not
                 mass = category_mass(head or self.router.category_probs(vec), filters.category)  # type: ignore[union-attr]
+                bounded = mass is not None
                 res = res if mass is None else capped(res, self.calibration, mass, "filter")
+            if filters is not None and filters.active and not bounded and not flat \
+                    and res.confidence is not None and res.hits:
+                # No head bounds it (none, one that knows nothing of the category, a price filter):
+                # the fit's features, read among the filtered products only, cannot see the better
+                # products the filter hid, so a wrong first product the filter left looks far ahead
+                # of the rest. Its chance among the unfiltered products bounds it.
+                t_n, db_n = time.perf_counter(), db_s[0]
+                chance = self._unfiltered_chance(res, svec, k, exclude_skus, index, opts.spec, boost, head, db_s)
+                res = _plus_timings(res, time.perf_counter() - t_n, db_s[0] - db_n)
+                res = res if chance is None else capped(res, self.calibration, chance, "filter")
             if flat:  # a photo of one flat colour (shopsearch.images.lacks_detail) identifies nothing
                 res = capped(res, self.calibration, 0.0, "flat")
         return replace(res, hits=res.hits[:k_asked], query_vector=vec)
+
+    def _calibrated(self, res: SearchResult, rerank_spec: str, boost: dict[str, float] | None,
+                    head: dict[str, float] | None, svec: np.ndarray) -> SearchResult:
+        """`res` with the calibration's confidence for the scoring path its hits were ranked on."""
+        path = scoring_key(rerank_spec, boost is not None)
+        plain = scoring_key(rerank_spec, False)
+        if boost is None:
+            return annotate(res, self.calibration, path, vector=svec)
+        if self.calibration is not None and self.calibration.scoring == plain:
+            # Fusion only re-orders products by a category bonus. A calibration fitted on plain
+            # similarity is applied to the plain similarities of the products in the order shown
+            # (a first product that fusion lifted over a more similar one gets a lower confidence).
+            return annotate(res, self.calibration, plain, plain_scores=True, vector=svec)
+        # fitted on fused searches: their plain similarities and the head's probabilities
+        probs = None if head is None else [head.get((h.category or "").strip("/"), head.get("", 0.0))
+                                           for h in res.hits]
+        return annotate(res, self.calibration, path, plain_scores=True, head=probs, vector=svec)
+
+    def _unfiltered_chance(self, res: SearchResult, svec: np.ndarray, k: int, exclude_skus: frozenset[str],
+                           index: VectorIndex | RerankingIndex, rerank_spec: str, boost: dict[str, float] | None,
+                           head: dict[str, float] | None, db_s: list[float]) -> float | None:
+        """The calibrated chance of a filtered search's first product among the products the same
+        search finds without the shopper's filters (and routing), the neighbourhood the fit was
+        fitted on: the unfiltered confidence when it is the unfiltered first product; else its
+        calibrated score there, and no more than the chance that the unfiltered first product
+        (another product: the photo shows one) is not the one photographed."""
+        first = res.hits[0]
+        near = self._grouped(svec, k, SearchFilters(), None, exclude_skus, index=index, boost=boost, db_s=db_s)
+        at = next((i for i, h in enumerate(near) if h.sku == first.sku), None)
+        if at is None:  # ranked below the k best of the whole shop: after all of them
+            near, at = near + [first], len(near)
+        whole = self._calibrated(replace(res, hits=tuple(near)), rerank_spec, boost, head, svec)
+        chance = whole.hits[at].calibrated
+        if whole.confidence is None or chance is None:
+            return None
+        return chance if at == 0 else min(chance, 1.0 - whole.confidence)
 
     def similar_products(self, sku: str, k: int = 8, max_per_category: float = 0.5) -> SearchResult:
         """"More like this": neighbours of the product's images, itself and exact duplicates
@@ -241,6 +277,15 @@ class SearchService:
         if f.max_price is not None and (prod.price is None or float(prod.price) > float(f.max_price)):
             return False
         return True
+
+
+def _plus_timings(res: SearchResult, seconds: float, db_seconds: float) -> SearchResult:
+    """`res` with a further search's time (of which `db_seconds` in the catalogue) in its timings."""
+    t = dict(res.timings_ms)
+    t["search"] = t.get("search", 0.0) + (seconds - db_seconds) * 1000
+    t["database"] = t.get("database", 0.0) + db_seconds * 1000
+    t["total"] = t.get("total", 0.0) + seconds * 1000
+    return replace(res, timings_ms=t)
 
 
 def query_vectors(embedder: Embedder, images: list[Image.Image]) -> np.ndarray:

@@ -168,7 +168,10 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "confidence_limit": {"type": "string", "nullable": True, "enum": ["filter", "flat", None],
                                          "description": "Why the confidence is lower than the calibration said: "
                                          "`filter` (the category head puts the photo's product outside the category "
-                                         "filter), `flat` (the photo is one flat colour); null otherwise."},
+                                         "filter; where no head bounds it, price filters too: the first product's "
+                                         "chance among the same search's unfiltered products is lower, as when "
+                                         "products the filters hide are closer to the photo), `flat` (the photo is "
+                                         "one flat colour); null otherwise."},
                     "calibration": {"type": "object", "nullable": True, "description":
                                     "`status` calibrated (with `method`, `samples`, `strong_at`, `none_below` and "
                                     "`scoring`, the re-ranking/fusion path it holds for; `source`: `labelled` "
