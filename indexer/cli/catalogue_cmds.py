@@ -1,7 +1,7 @@
 """`shopsearch catalogue ...` and `shopsearch db ...`."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 import click
@@ -112,8 +112,12 @@ def delete_cmd(c: Ctx, skus: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: {\"images\": [...]}.")
 @pass_ctx
 def problems_cmd(c: Ctx, as_json: bool) -> None:
-    """List the images that are not indexed (missing or unusable files) and why."""
-    bad = c.catalogue(create=False).unusable_images()
+    """List the images that are not indexed (missing or unusable files) and why (a URL's password masked)."""
+    from shopsearch.catalogue.download_http import mask_url
+
+    # an image whose download failed is stored under its URL, password and all: never shown
+    bad = [replace(b, path=mask_url(b.path), error=b.error and mask_url(b.error))
+           for b in c.catalogue(create=False).unusable_images()]
     if as_json:
         echo_json({"images": [asdict(b) for b in bad]})
         return
@@ -129,8 +133,13 @@ def problems_cmd(c: Ctx, as_json: bool) -> None:
 @click.argument("sku")
 @pass_ctx
 def show_cmd(c: Ctx, sku: str) -> None:
-    """Print one product as JSON."""
-    echo_json(c.catalogue(create=False).get_product(sku.strip()).to_dict())
+    """Print one product as JSON (an image URL's password masked)."""
+    from shopsearch.catalogue.download_http import mask_url
+
+    product = c.catalogue(create=False).get_product(sku.strip()).to_dict()
+    for image in product["images"]:  # a failed download keeps its URL as its path
+        image["path"] = mask_url(image["path"])
+    echo_json(product)
 
 
 @click.group("db")

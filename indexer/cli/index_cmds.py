@@ -142,8 +142,12 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
         if text is not None:
             click.echo(text, nl=False)
             return
+    from shopsearch.catalogue.download_http import mask_url
+
     if as_json:
-        echo_json({**report.to_dict(), "engine": engine, **({"calibration": calibration} if calibration else {})})
+        d = report.to_dict()  # a failed image may be named by its URL, password and all: never shown
+        d["failed"] = [{**f, "path": mask_url(f["path"]), "reason": mask_url(f["reason"])} for f in d["failed"]]
+        echo_json({**d, "engine": engine, **({"calibration": calibration} if calibration else {})})
         return
     if report.up_to_date:
         click.echo(f"up to date: build {report.build_id} serves {report.vectors} vectors ({report.index_type}, "
@@ -153,8 +157,13 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
     if scan is not None and scan.rehashed:
         click.echo(f"files on disk: {scan.changed} changed, {scan.missing} missing, {scan.invalid} unusable, "
                    f"{scan.restored} restored ({scan.rehashed} re-hashed of {scan.images})", err=True)
+    reused = report.skipped
+    if report.update is not None and report.mode == "rebuild":
+        # an update's compaction (--force) takes every vector it does not embed from the vector
+        # cache; `skipped` counts only the new or changed images found there (0 for a plain --force)
+        reused = max(0, report.vectors - report.embedded)
     line = (f"build {report.build_id} ({report.mode}): {report.vectors} vectors ({report.index_type}), "
-            f"embedded {report.embedded}, reused {report.skipped}, failed {len(report.failed)}, "
+            f"embedded {report.embedded}, reused {reused}, failed {len(report.failed)}, "
             f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s, engine {engine})")
     if report.update is not None:
         u = report.update
@@ -179,7 +188,7 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
     if calibration:
         click.echo(calibration_line(calibration), err=True)
     for image_id, path, reason in report.failed[:20]:
-        click.echo(f"  failed image {image_id} {path}: {reason}", err=True)
+        click.echo(f"  failed image {image_id} {mask_url(path)}: {mask_url(reason)}", err=True)
     if len(report.failed) > 20:
         click.echo(f"  ... and {len(report.failed) - 20} more (see report.json in the build directory)", err=True)
 

@@ -32,8 +32,9 @@ _HEADROOM = 1 << 20
 #: what percent-encoding leaves as it is in a path (existing %xx escapes included) and a query
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
-#: the password of an http(s) URL in any text: up to the last "@" before the path
-_CREDENTIALS = re.compile(r"(?i)(https?://[^\s/?#:@]*:)[^\s/?#]*@")
+#: the password of an http(s) URL in any text: up to the last "@" before the path; "http:/" too,
+#: as pathlib leaves a URL it took for a file name (old catalogue rows hold such error texts)
+_CREDENTIALS = re.compile(r"(?i)(https?:/{1,2}[^\s/?#:@]*:)[^\s/?#]*@")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ reads no image bytes and, with a current snapshot, no image row. What it finds g
 the catalogue (new hash, or status missing / invalid), where `index update` picks it up:
 changed images are re-embedded, missing ones leave the index, restored ones come back.
 A file rewritten in place with its old size and mtime (`cp -p`, `rsync -t`) slips through
-the stat check: `verify_hashes` re-hashes every file too (reading the whole catalogue)."""
+the stat check: `verify_hashes` re-hashes every file too (reading the whole catalogue).
+An image still named by its URL (its download failed at import) has no file to check: it keeps
+the import's reason until an import downloads it; a downloaded image's row names its local copy,
+which is checked like any file."""
 from __future__ import annotations
 
 import logging
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from shopsearch.catalogue.downloads import is_url
 from shopsearch.catalogue.importers import check_image_files
 from shopsearch.catalogue.records import FileCheck, ImageInfo, ImageRecord
 from shopsearch.catalogue.stat_snapshot import CURSOR_FILE, StatSnapshot
@@ -64,8 +68,9 @@ class RescanReport:
 
 
 def stat_moved(img: ImageInfo) -> bool:
-    """True when the file's size or mtime differs from the catalogue's record (or it vanished)."""
-    return _moved(img.path, img.status, img.file_size, img.file_mtime_ns)
+    """True when the file's size or mtime differs from the catalogue's record (or it vanished);
+    never for an image URL, which names no file here."""
+    return not is_url(img.path) and _moved(img.path, img.status, img.file_size, img.file_mtime_ns)
 
 
 def _moved(path: str, status: str, size: int | None, mtime_ns: int | None) -> bool:
@@ -101,7 +106,10 @@ def rescan_files(store: CatalogueStore, workers: int = 2, progress: bool = True,
         if scope == "auto":
             window, cursor = snap.rolling_window(StatSnapshot.load_cursor(cursor_file))
             rows = None if len(window) == len(snap.ids) else np.union1d(rows, window)
-    todo = store.images_by_id(snap.moved(rows, workers).tolist())
+    # an image URL is not a file name (pathlib would make "https:/..." of it): only an import
+    # settles it, and its download reason stands till then (a snapshot written before that rule
+    # may still count it as moved)
+    todo = [img for img in store.images_by_id(snap.moved(rows, workers).tolist()) if not is_url(img.path)]
     checked = len(snap.ids) if rows is None else len(rows)
     if verify_hashes:  # reads every file anyway: the full rows cost nothing next to that
         moved = {img.id for img in todo}

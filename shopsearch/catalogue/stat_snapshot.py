@@ -36,6 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
+from shopsearch.catalogue.downloads import is_url
+
 #: beside the index builds (<data dir>/index/): one snapshot per data dir and database
 SNAPSHOT_FILE = "stat_snapshot.npz"
 #: size/mtime of a file that could not be stat'ed (gone), and of a stat never recorded
@@ -61,7 +63,7 @@ class StatSnapshot:
     paths: np.ndarray  # bytes (S), file system encoding
     sizes: np.ndarray  # int64, UNKNOWN when never recorded
     mtimes: np.ndarray  # int64 ns, UNKNOWN when never recorded
-    missing: np.ndarray  # bool: the catalogue records the file as missing
+    missing: np.ndarray  # bool: the catalogue records the file as missing, or no file is expected (an image URL)
     dir_of: np.ndarray  # int32 index into dirs
     dirs: np.ndarray  # bytes (S)
     dir_mtimes: np.ndarray  # int64 ns, GONE when the folder could not be stat'ed
@@ -76,7 +78,8 @@ class StatSnapshot:
         paths = np.array([os.fsencode(r[1]) for r in rows], dtype=bytes) if rows else np.array([], "S1")
         sizes = np.fromiter((UNKNOWN if r[3] is None else r[3] for r in rows), np.int64, len(rows))
         mtimes = np.fromiter((UNKNOWN if r[4] is None else r[4] for r in rows), np.int64, len(rows))
-        missing = np.fromiter((r[2] == "missing" for r in rows), bool, len(rows))
+        # an image URL whose download failed names no file: a failed stat of it is no news
+        missing = np.fromiter((r[2] == "missing" or is_url(r[1]) for r in rows), bool, len(rows))
         dirs, dir_of = np.unique(np.array([os.path.dirname(p) for p in paths.tolist()], dtype=bytes)
                                  if rows else np.array([], "S1"), return_inverse=True)
         return cls(generation, source, ids, paths, sizes, mtimes, missing, dir_of.astype(np.int32), dirs,
