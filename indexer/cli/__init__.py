@@ -21,11 +21,18 @@ from shopsearch.config import BULK_THREAD_ENV, Settings, pin_thread_env, quiet_t
               help="auto | cpu | cuda | cuda:N")
 @click.option("--log-level", envvar="SHOPSEARCH_LOG_LEVEL", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False))
+@click.option("--log-format", envvar="SHOPSEARCH_LOG_FORMAT", default="auto", show_default=True,
+              type=click.Choice(logs.LOG_FORMATS, case_sensitive=False),
+              help="How the library's log records reach stderr: text (one readable line each) or json (one "
+                   "object per line, `extra` fields included). auto: json for `serve` and for --log-level "
+                   "INFO/DEBUG, text otherwise.")
 @click.version_option(package_name="shopsearch")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str, log_level: str) -> None:
+def cli(ctx: click.Context, data_dir: str, database_url: str | None, device: str, log_level: str,
+        log_format: str) -> None:
     """ShopSearch: visual product search over your catalogue."""
-    logs.configure(log_level)
+    fmt = logs.choose_format(log_format.lower(), log_level, ctx.invoked_subcommand)
+    logs.configure(log_level, json_lines=fmt == "json")
     # the one place the CLI reads SHOPSEARCH_* settings; everything below gets them passed
     ctx.obj = Ctx(Settings.from_env(data_dir=data_dir, database_url=database_url, device=device))
     ctx.call_on_close(ctx.obj.close)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from indexer.cli.context import Ctx, echo_json, pass_ctx
+
+if TYPE_CHECKING:
+    from shopsearch.confidence import Calibration
 
 
 @click.command("calibrate")
@@ -71,14 +75,20 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, catalogue_only: bool, near_dup
                                       labelled, near_duplicate, fusion)
     if photos_csv and cal.fitted and cal.method == "labelled":
         remember_photos(store.root, rows)
+    unused = near_duplicates_unused(near_duplicate, cal)
+    if unused:
+        click.echo(f"warning: {unused}", err=True)
     if as_json:
         said = cal.describe()
         echo_json({**cal.to_json(), "build_id": build_id,
-                   **{k: said[k] for k in ("source", "fallback") if k in said}})
+                   "near_duplicates_used": near_duplicate is not None and not unused,
+                   **{k: said[k] for k in ("source", "fallback") if k in said},
+                   **({"warnings": [unused]} if unused else {})})
         return
     if cal.fitted:
-        source = ("labelled shopper photos" if cal.method == "labelled"
-                  else "held-out catalogue photos (catalogue-only fallback: no labelled photos given)")
+        fallback = ("too few usable labelled photos: catalogue fallback" if labelled
+                    else "catalogue-only fallback: no labelled photos given")
+        source = "labelled shopper photos" if cal.method == "labelled" else f"held-out catalogue photos ({fallback})"
         click.echo(f"build {build_id}: calibrated on {cal.samples} {source} "
                    f"(top-1 accuracy {cal.loo_top1_accuracy:.3f}, scoring {cal.scoring}, features "
                    f"{'+'.join(cal.query_features)}); 'no close match' below "
@@ -86,3 +96,13 @@ def calibrate_cmd(c: Ctx, photos_csv: str | None, catalogue_only: bool, near_dup
                    "after a restart or the next build.")
     else:
         click.echo(f"build {build_id}: not calibrated: {cal.reason}")
+
+
+def near_duplicates_unused(near_duplicate: float | None, cal: "Calibration") -> str | None:
+    """Why --near-duplicates was not used by this fit (None when it was, or was not given): it
+    leaves out a held-out catalogue photo's burst shots, and a fit on labelled shopper photos
+    holds out no catalogue photo."""
+    if near_duplicate is None or not (cal.fitted and cal.method == "labelled"):
+        return None
+    return (f"--near-duplicates {near_duplicate:g} was not used: the fit is on labelled shopper photos, which are "
+            "not in the index, and it only applies to fits on held-out catalogue photos (--catalogue-only)")

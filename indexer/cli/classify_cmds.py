@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import fields
 from pathlib import Path
 
 import click
 
+from indexer.cli.classify_text import ft_options, levels_said, print_metrics, recipes_epilog, routing_lines
 from indexer.cli.context import Ctx, echo_json, pass_ctx
 
 
@@ -65,37 +65,7 @@ def train_head_for(c: Ctx, emb, train, val, hidden: int = 0, epochs: int = 300, 
     return art, art.save(artefact_path(c.settings.classifier_dir, emb.fingerprint))
 
 
-def _print_metrics(title: str, m: dict) -> None:
-    coarse = ("single-level categories (no coarse level)" if m["coarse"].get("same_as_fine") else
-              f"coarse ({m['coarse']['classes']} classes) top-1 {m['coarse']['top1']:.2%} top-5 {m['coarse']['top5']:.2%}")
-    click.echo(f"{title}: {m['samples']} images; fine ({m['fine']['classes']} classes) top-1 "
-               f"{m['fine']['top1']:.2%} top-5 {m['fine']['top5']:.2%}; {coarse}")
-    for p in m.get("most_confused", [])[:5]:
-        click.echo(f"  {p['true']} -> {p['predicted']}: {p['count']}")
-
-
-_FT_HELP = {"epochs": "epochs (at most, with --minutes)",
-            "minutes": "time budget: after each epoch, plan only as many more as fit in this many minutes "
-                       "from the start (CPU recipe: 25; none on a GPU)"}
-
-
-def _ft_options(f):
-    from shopsearch.classify.finetune_config import FinetuneConfig  # torch-free: runs when the CLI is imported
-
-    for fld in reversed(fields(FinetuneConfig)):
-        if fld.name in ("max_steps", "workers", "preload"):
-            continue
-        kind = float if fld.default is None else type(fld.default)  # the optional ones (minutes) are numbers
-        if fld.name == "minutes":  # refused before any image is read, not after the data is split
-            kind = click.FloatRange(min=0, min_open=True)
-        what = _FT_HELP.get(fld.name, fld.name.replace('_', ' '))
-        f = click.option(f"--{fld.name.replace('_', '-')}", type=kind, default=fld.default,
-                         show_default=True, help=f"(--finetune) {what} (GPU recipe's default; "
-                         "on a CPU the CPU recipe's unless given)")(f)
-    return f
-
-
-@classify.command("train")
+@classify.command("train", epilog=recipes_epilog())
 @click.option("--model", default=None, help="Embedder (default: the serving index's model).")
 @click.option("--train", "train_spec", default=None,
               help="Labelled images instead of the catalogue's: grocerystore:ROOT:SPLIT[+SPLIT] | imagefolder:ROOT")
@@ -115,27 +85,25 @@ def _ft_options(f):
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Processes reading the photos [default: 2; a fine-tune's training on a GPU: the cores less one, "
                    "at most 16].")
-@_ft_options
+@ft_options
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str | None, val_fraction: float,
               target: float, hidden: int, head_epochs: int, views: int | None, finetune: bool, name: str,
               max_steps: int | None, workers: int | None, as_json: bool, **ft: object) -> None:
-    """Train a category classifier on the catalogue's (or given) labelled images."""
+    """Train a category classifier on the catalogue's (or given) labelled images (--finetune: with the
+    CPU or the GPU recipe, by the device the run uses; both below)."""
     train, val = _split(c, train_spec, val_spec, val_fraction)
     loader = workers  # the fine-tune's own loaders: None resolves by device (recipe_for)
     workers = 2 if workers is None else workers  # embedding the photos
     if finetune:
-        from click.core import ParameterSource
-
         from shopsearch.classify.finetune_config import recipe_for
         from shopsearch.classify.training import finetune_artefact
         from shopsearch.embedders import load_embedder, resolve_device
 
         base = load_embedder("efficientnet-lite0", "cpu")
         device = resolve_device(c.settings.device)
-        ctx = click.get_current_context()
-        explicit = {k: v for k, v in ft.items() if ctx.get_parameter_source(k) is not ParameterSource.DEFAULT}
+        explicit = {k: v for k, v in ft.items() if v is not None}  # the rest: the device's recipe
         cfg = recipe_for(device, **explicit, max_steps=max_steps, workers=loader)
         if not as_json:
             size = (f"as many epochs as fit in {cfg.minutes:g} minutes (at most {cfg.epochs})" if cfg.minutes
@@ -159,25 +127,27 @@ def train_cmd(c: Ctx, model: str | None, train_spec: str | None, val_spec: str |
         spec = emb.name
     out = {"artefact": str(path), "kind": art.kind, "model": spec, "fingerprint": art.fingerprint,
            "fine_classes": len(art.labels.fine), "coarse_classes": len(art.labels.coarse),
+           "single_level": len(art.labels.fine) == len(art.labels.coarse),
            "thresholds": art.thresholds.to_dict(), "metrics": art.metrics}
     from shopsearch.classify.data import no_validation_warning
 
     unvalidated = no_validation_warning(art.thresholds.val_samples, val, val_spec, val_fraction)
-    if unvalidated:
-        out["warnings"] = [unvalidated]
-        click.echo(f"warning: {unvalidated}", err=True)
+    warnings = ([unvalidated] if unvalidated else []) + list(art.metrics.get("warnings") or [])
+    if warnings:
+        out["warnings"] = warnings
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
         echo_json(out)
         return
-    click.echo(f"saved {art.kind} classifier {path} ({len(art.labels.fine)} fine / {len(art.labels.coarse)} coarse)")
+    click.echo(f"saved {art.kind} classifier {path}: {levels_said(len(art.labels.fine), len(art.labels.coarse))}")
     if "val" in art.metrics:
-        _print_metrics("validation", art.metrics["val"])
-    click.echo(_routing_line(art.thresholds))
+        print_metrics("validation", art.metrics["val"], levels=False)
+    for line in routing_lines(art.thresholds, c.settings.fusion):
+        click.echo(line)
     if finetune:
         click.echo(f"kept the {art.metrics.get('weights', 'raw')} weights of epoch {art.metrics.get('best_epoch')} "
                    "(raw and averaged weights both validated each epoch)")
-        for w in art.metrics.get("warnings", []):
-            click.echo(f"warning: {w}", err=True)
         click.echo(f"index with it: shopsearch index build --model {spec}")
 
 
@@ -216,11 +186,14 @@ def tune_cmd(c: Ctx, model: str, train_spec: str, val_spec: str, target: float, 
     art = _serving_choices(c, path, _labelled(c, train_spec), _labelled(c, val_spec), target, workers, not as_json)
     out = {"artefact": str(path), "model": model, "knn_vote": art.metrics.get("knn_vote"),
            "thresholds": art.thresholds.to_dict(), "val": art.metrics.get("val"), "val_head": art.metrics.get("val_head")}
+    for w in art.metrics.get("warnings") or []:
+        click.echo(f"warning: {w}", err=True)
     if as_json:
-        echo_json(out)
+        echo_json({**out, "warnings": list(art.metrics.get("warnings") or [])})
         return
-    _print_metrics("validation (served)", art.metrics["val"])
-    click.echo(_routing_line(art.thresholds))
+    print_metrics("validation (served)", art.metrics["val"])
+    for line in routing_lines(art.thresholds, c.settings.fusion):
+        click.echo(line)
 
 
 def _probe_baseline(c: Ctx, emb, train_spec: str | None, vecs, items, labels, workers: int, progress: bool) -> dict:
@@ -245,18 +218,6 @@ def _probe_baseline(c: Ctx, emb, train_spec: str | None, vecs, items, labels, wo
     y = np.array([labels.fine_index(i.category) for i in items], dtype=np.int64)
     return {**accuracy_report(pf.numpy(), pc.numpy(), y, labels), "C_fine": fine.c, "C_coarse": coarse.c,
             "train_samples": len(train)}
-
-
-def _routing_line(th) -> str:
-    """What routing will do, without printing a threshold above 1 as if it could fire."""
-    def part(name: str, value: float) -> str:
-        return f"{name} when p >= {value:.3f}" if value <= 1.0 else f"{name}: never ({th.target:.0%} not reachable)"
-
-    line = f"routing (precision target {th.target:.0%} on validation): {part('filter', th.filter)}; " \
-           f"{part('top two', th.top2).replace('p >=', 'p1+p2 >=')}"
-    if th.fusion > 0:
-        line += f"; fusion weight {th.fusion:g} (search with --fusion / fusion=on)"
-    return line
 
 
 def _frozen_reference(c: Ctx, base, train, val, workers: int, progress: bool) -> float | None:
@@ -322,9 +283,9 @@ def eval_cmd(c: Ctx, model: str | None, data_spec: str, baseline: bool, train_sp
     if as_json:
         echo_json(report)
         return
-    _print_metrics(f"{data_spec} with {emb.name}", report)
+    print_metrics(f"{data_spec} with {emb.name}", report)
     if baseline:
-        _print_metrics("cross-validated logistic-regression probe (baseline)", report["baseline"])
+        print_metrics("cross-validated logistic-regression probe (baseline)", report["baseline"])
     if unknown:
         click.echo(f"({unknown} images of categories the classifier does not know were skipped)", err=True)
 

@@ -216,8 +216,9 @@ def finetune(backbone: nn.Module, train: Sequence[LabelledImage], val: Sequence[
         score, (e_net, e_head) = scores[kind], versions[kind]
         history.append(row)
         log.info("finetune epoch", extra=row)
-        if progress:
-            tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if progress:  # a single-level taxonomy has no coarse level to show
+            shown = {k: v for k, v in row.items() if "coarse" not in k or len(labels.coarse) != len(labels.fine)}
+            tqdm.write(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         if score >= best or val_dl is None:
             best, best_epoch, best_weights, stale = score, epoch, kind, 0
             best_state = {"net": copy.deepcopy(e_net.state_dict()), "head": copy.deepcopy(e_head.state_dict())}

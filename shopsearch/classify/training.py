@@ -18,6 +18,10 @@ from shopsearch.errors import ClassifierError
 
 log = logging.getLogger("shopsearch.classify")
 
+#: a fine-tuned model whose validation fine top-1 is more than this below the frozen head's on
+#: the same images is warned about (the one bar every such warning uses)
+REFERENCE_MARGIN = 0.05
+
 
 def accuracy_report(fine_probs: np.ndarray, coarse_probs: np.ndarray, fine_true: np.ndarray,
                     labels: LabelSpace, top_pairs: int = 10) -> dict[str, Any]:
@@ -184,7 +188,8 @@ def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImag
     """Fine-tune EfficientNet-Lite0 + head; the artefact defines a new embedder (its own fingerprint).
 
     `reference_top1`: the frozen head's validation fine top-1 on the same images; a run that
-    ends far below it gets a warning (in the log and in metrics["warnings"])."""
+    ends far below it gets a warning in metrics["warnings"] (for the caller to say: the CLI judges
+    it again on the served figure, with_serving_choices, and says only that)."""
     from shopsearch.classify.finetune import finetune
     from shopsearch.embedders.finetuned import DEFAULT_ARCH, backbone_fingerprint, imagenet_backbone
 
@@ -210,6 +215,9 @@ def finetune_artefact(train: Sequence[LabelledImage], val: Sequence[LabelledImag
     y = _indices(val, labels)
     val_report = accuracy_report(res.val_fine_probs, res.val_coarse_probs, y, labels)
     warnings = below_reference(val_report["fine"]["top1"], reference_top1)
+    if warnings:
+        log.info("fine-tuned head far below the frozen head on validation",
+                 extra={"val_top1": val_report["fine"]["top1"], "frozen_val_top1": reference_top1})
     return replace(art, thresholds=choose_thresholds(res.val_fine_probs, y, target),
                    metrics={**art.metrics, "val": val_report, "frozen_val_top1": reference_top1,
                             "warnings": warnings})
@@ -254,18 +262,18 @@ def _rechecked(served: ClassifierArtefact, before: list[str]) -> ClassifierArtef
     reference = served.metrics.get("frozen_val_top1")
     now = below_reference(top1, reference) if before else []
     if before and not now:
-        log.info(f"as served (with its nearest-neighbour vote) the fine-tuned model validates at {top1:.1%}, "
-                 f"not far below the frozen head's {reference:.1%}: the warning about the head alone is withdrawn")
+        log.info(f"as served (with its nearest-neighbour vote) the fine-tuned model validates at {top1:.1%}, not "
+                 f"more than {REFERENCE_MARGIN * 100:g} points below the frozen head's {reference:.1%}: the warning "
+                 "about the head alone is withdrawn")
     return replace(served, metrics={**served.metrics, "warnings": now})
 
 
-def below_reference(top1: float, reference: float | None, margin: float = 0.05) -> list[str]:
-    """A warning when a fine-tuned model validates `margin` or more below the frozen head
-    (too few epochs, a learning rate too high, a broken average): it would serve worse results."""
+def below_reference(top1: float, reference: float | None, margin: float = REFERENCE_MARGIN) -> list[str]:
+    """The warning (not logged: the caller says it, once) when a fine-tuned model validates
+    more than `margin` below the frozen head (too few epochs, a learning rate too high, a broken
+    average): it would serve worse results."""
     if reference is None or not top1 < reference - margin:
         return []
-    msg = (f"the fine-tuned model's validation top-1 ({top1:.1%}) is far below the frozen head's "
-           f"({reference:.1%}) on the same images: it would search and classify worse than the model it "
-           "started from; train longer, or keep the frozen model")
-    log.warning(msg)
-    return [msg]
+    return [f"the fine-tuned model's validation top-1 ({top1:.1%}) is more than {margin * 100:g} points below the "
+            f"frozen head's ({reference:.1%}) on the same images: it would search and classify worse than the "
+            "model it started from; train longer, or keep the frozen model"]
