@@ -13,6 +13,9 @@ from typing import Mapping
 
 from shopsearch.errors import ConfigError
 
+#: the most products one search returns: the API's cap on `k` and `search -k`'s
+MAX_K = 100
+
 COMPILE_MODES = ("auto", "on", "off")
 PRECISION_MODES = ("auto", "fp32", "bf16", "int8")
 #: SHOPSEARCH_QUERY_PRECISION: the query model's form measured (auto) or forced

@@ -191,10 +191,11 @@ class InvalidRegionError(ShopSearchError):
 
 
 class UnknownCategoryError(ShopSearchError):
-    """A category filter that names no category of the catalogue."""
+    """A category filter that names no category of the catalogue (or several): a usage error."""
 
     code = "unknown_category"
     http_status = 400
+    exit_code = 2
 
 
 class ClusterError(ShopSearchError):

@@ -49,9 +49,9 @@ def test_import_index_search_on_generated_catalogue(tmp_path, image_dir):
     spelled = _json(_run(["search", str(query), "--category", "blue > THING", "--json"], data))
     assert spelled["results"] and {r["category"] for r in spelled["results"]} == {"Blue/Thing"}
     ambiguous = _run(["search", str(query), "--category", "thing"], data, ok=False)
-    assert ambiguous.exit_code == 1 and "Blue > Thing" in ambiguous.output and "Red > Thing" in ambiguous.output
+    assert ambiguous.exit_code == 2 and "Blue > Thing" in ambiguous.output and "Red > Thing" in ambiguous.output
     unknown = _run(["search", str(query), "--category", "Green"], data, ok=False)
-    assert unknown.exit_code == 1 and "this shop's categories: Blue, Blue > Thing" in unknown.output
+    assert unknown.exit_code == 2 and "this shop's categories: Blue, Blue > Thing" in unknown.output
     stats = _json(_run(["stats", "--json"], data))
     assert stats["products"] == 9 and stats["images_failed"] == 1 and stats["index"]["count"] == 8
     problems = _json(_run(["catalogue", "problems", "--json"], data))["images"]

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from shopsearch.config import Settings
+from shopsearch.config import MAX_K, Settings
 from shopsearch.images import DEFAULT_MAX_PIXELS
 
 DEFAULTS: dict[str, Any] = {
@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "THUMB_DIR": None,
     "RESULTS_K": 12,
     "SIMILAR_K": 8,
-    "MAX_K": 100,
+    "MAX_K": MAX_K,
     "ROUTING": True,
     # how often (seconds) a request may stat index/CURRENT to pick up a new build: 0, one stat per
     # request, so that the first request after a publish, promote or rollback is answered by it

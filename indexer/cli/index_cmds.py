@@ -94,21 +94,6 @@ def _builder(c: Ctx, embedder, store, engine: str | None, ray_address: str | Non
                            calibrator=c.build_calibrator(embedder, store))
 
 
-def _centre_sample(c: Ctx, embedder, builder, sample: str | None, workers: int | None, progress: bool):
-    """(vectors, source) of unlabelled shopper photos for a centred build."""
-    if not sample:
-        raise click.UsageError("--centre on needs --centre-sample DIR (unlabelled shopper photos) or "
-                               "--centre-sample feedback (the searches logged so far)")
-    if sample == "feedback":
-        from shopsearch.feedback import FeedbackStore
-
-        vecs = FeedbackStore(c.catalogue().engine).query_vectors(embedder.fingerprint)
-        return vecs, f"{len(vecs)} searches in the feedback log"
-    from indexer.centring_build import folder_sample
-
-    return folder_sample(embedder, builder.cache, sample, workers, progress)
-
-
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
@@ -236,10 +221,13 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
     """Embed every catalogue image (reusing cached vectors) and publish a new index build
     (nothing, and "up to date", when the serving build already holds exactly these images).
     A rebuild keeps the serving build's model unless --model names another."""
-    _writer(c, wait, "index build")
+    from indexer.cli.build_guard import PublishWatch, centre_sample as sample_of, check_index_option
+
+    check_index_option(index_type)  # first: a misspelt --index costs no model load
     from indexer.shrink import refuse_empty_catalogue
     from shopsearch.app import model_for_build, model_to_build
 
+    _writer(c, wait, "index build")
     store = c.index_store()
     refuse_empty_catalogue(store, c.catalogue(), max_shrink)  # before the model loads
     spec, kept = model_to_build(c.settings, store, model)
@@ -255,10 +243,11 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
         from shopsearch.index.shadow import ShadowTarget
 
         store = ShadowTarget(store)
+    store = watch = PublishWatch(store)  # once published, Ctrl-C/SIGTERM wait for the report (exit 0)
     builder = _builder(c, embedder, store, engine, ray_address, batch_size, ray_actors)
     click.echo(f"model: {embedder.name} ({embedder.fingerprint}) on {embedder.device}", err=True)
     if centre == "on":
-        builder.query_sample = _centre_sample(c, embedder, builder, centre_sample, workers, not as_json)
+        builder.query_sample = sample_of(c, embedder, builder, centre_sample, workers, not as_json)
 
     def show_plan(plan) -> None:
         click.echo(f"plan: {plan.images} images -> {plan.index_type} index of dim {plan.dim}, "
@@ -268,13 +257,15 @@ def build_cmd(c: Ctx, model: str, precision: str, shadow: bool, centre: str, cen
                            compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink,
                            force or shadow,  # a shadow asked for is built, even beside an identical serving build
                            centre=centre, rescan_scope=rescan_scope, adapt=adapt, views=views)
-    with sigterm_as_interrupt():
-        report = builder.build(options, on_plan=show_plan)
-    _print_report(report, as_json, metrics_file, engine or c.settings.engine,
-                  None if report.up_to_date else _calibration_of(c, report.build_id))
-    if shadow and not as_json and not metrics_file:
-        click.echo(f"shadow build {report.build_id} staged (not serving): `shopsearch index compare`, then "
-                   "`shopsearch index promote`", err=True)
+    with watch:
+        with sigterm_as_interrupt():
+            report = builder.build(options, on_plan=show_plan)
+        watch.hold()  # sigterm_as_interrupt put SIGTERM's old handler back
+        _print_report(report, as_json, metrics_file, engine or c.settings.engine,
+                      None if report.up_to_date else _calibration_of(c, report.build_id))
+        if shadow and not as_json and not metrics_file:
+            click.echo(f"shadow build {report.build_id} staged (not serving): `shopsearch index compare`, then "
+                       "`shopsearch index promote`", err=True)
 
 
 @index.command("update")

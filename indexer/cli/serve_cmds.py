@@ -15,6 +15,10 @@ from shopsearch.config import metrics_dir, pin_serving_threads, set_metrics_dir
 from shopsearch.errors import ConfigError
 
 
+#: why gunicorn alone should not face the network (README: slow clients), in each warning about it
+ALONE = "gunicorn serves alone: a few slow clients can stall it"
+
+
 def _split_bind(bind: str) -> tuple[str, int]:
     host, sep, port = bind.rpartition(":")
     if not sep or not port.isdigit():
@@ -102,8 +106,11 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
             f"refusing to serve {host} with gunicorn alone: a few slow clients would take it offline. "
             "Install nginx (Debian: apt-get install nginx), or put your own proxy in front and pass --front none")
     if front == "auto" and not use_front and not debug:
-        click.echo("warning: nginx is not installed, so gunicorn serves alone: a few slow clients can stall it. "
-                   "Fine on this machine's loopback; for anything else install nginx", err=True)
+        click.echo(f"warning: nginx is not installed, so {ALONE}. Fine on this machine's loopback; for anything "
+                   "else install nginx", err=True)
+    if front == "none" and not debug and not _loopback(host):
+        click.echo(f"warning: --front none on {host}, so {ALONE}. Fine behind your own proxy that buffers "
+                   "requests; else use the nginx front (--front auto or nginx)", err=True)
     c.catalogue()  # migrate once here, not racing in every worker
     config = {"MAX_UPLOAD_MB": max_upload_mb, "MODEL": model, "CORS_ORIGINS": cors_origins,
               "RETAIN_UPLOADS": str(Path(retain_uploads).resolve()) if retain_uploads else None,

@@ -2,9 +2,23 @@
 `bench` group by indexer/cli/bench_cmds.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from indexer.cli.context import Ctx, echo_json, pass_ctx
+from shopsearch.errors import ConfigError
+
+#: where the Grocery Store dataset sits beside a checkout (the tests' and the Makefile's shared copy)
+SHARED_GROCERY = Path("shared") / "datasets" / "grocerystore"
+
+
+def default_grocery() -> Path:
+    """The dataset beside this checkout (../shared/datasets/grocerystore from the repository, whatever
+    the current directory), else the same path from the current directory (an installed package)."""
+    checkout = Path(__file__).resolve().parents[3] / SHARED_GROCERY
+    here = Path("..") / SHARED_GROCERY
+    return next((p for p in (checkout, here) if (p / "dataset").is_dir()), checkout)
 
 
 @click.command("throughput")
@@ -21,9 +35,9 @@ from indexer.cli.context import Ctx, echo_json, pass_ctx
 @click.option("--source", default="auto", show_default=True,
               help="auto (Grocery Store photos when present, else generated 1600x1200 JPEGs) | grocery | "
                    "synthetic | a folder of images")
-@click.option("--grocery-dir", envvar="SHOPSEARCH_GROCERY_DIR", type=click.Path(file_okay=False),
-              default="../shared/datasets/grocerystore", show_default=True,
-              help="The Grocery Store dataset (--source grocery or auto).")
+@click.option("--grocery-dir", envvar="SHOPSEARCH_GROCERY_DIR", type=click.Path(file_okay=False), default=None,
+              help="The Grocery Store dataset (--source grocery or auto). Default: ../shared/datasets/grocerystore "
+                   "beside the repository, from any directory.")
 @click.option("--batch-size", type=int, default=None, help="Our pipeline's batch (default: tuned).")
 @click.option("--workers", type=int, default=None, help="Our pipeline's decode workers (default: tuned).")
 @click.option("--executor", type=click.Choice(["auto", "replicas", "thread", "process", "inline", "gpu"]), default="auto",
@@ -36,19 +50,28 @@ from indexer.cli.context import Ctx, echo_json, pass_ctx
 @click.option("--no-naive", is_flag=True, help="Skip the naive loop (ratio is then null).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @pass_ctx
-def throughput(c: Ctx, model: str, device: str | None, images: int, precision: str, source: str, grocery_dir: str,
+def throughput(c: Ctx, model: str, device: str | None, images: int, precision: str, source: str,
+               grocery_dir: str | None,
                batch_size: int | None, workers: int | None, executor: str, compile_mode: str, repeats: int,
                no_naive: bool, as_json: bool) -> None:
     """Images/s from JPEG files to saved vectors: our pipeline and the naive loop, same images, same run."""
-    from pathlib import Path
+    from shopsearch.evaluation.throughput import grocery_jpegs, run_throughput
 
-    from shopsearch.evaluation.throughput import run_throughput
-
+    grocery = Path(grocery_dir).resolve() if grocery_dir else default_grocery()
+    found = source in ("auto", "grocery") and bool(grocery_jpegs(1, grocery))
+    if source == "grocery" and not found:
+        raise ConfigError(f"--source grocery: no Grocery Store photos under {grocery} (dataset/train.txt and "
+                          "dataset/test.txt): pass --grocery-dir or set SHOPSEARCH_GROCERY_DIR")
+    fallback = source == "auto" and not found
+    if fallback:
+        click.echo(f"note: no Grocery Store photos under {grocery}: timing generated 1600x1200 JPEGs instead "
+                   "(--grocery-dir or SHOPSEARCH_GROCERY_DIR names the dataset)", err=True)
     r = run_throughput(model, device or c.settings.device, images=images, precision=precision, source=source,
                        batch_size=batch_size, workers=workers, executor=executor, naive=not no_naive,
-                       compile=compile_mode, repeats=repeats, grocery=Path(grocery_dir), settings=c.settings)
+                       compile=compile_mode, repeats=repeats, grocery=grocery, settings=c.settings)
     if as_json:
-        echo_json(r.to_dict())
+        echo_json({**r.to_dict(), "synthetic_fallback": fallback,  # auto found no dataset: generated images
+                   "grocery_dir": str(grocery) if source in ("auto", "grocery") else None})
         return
     click.echo(f"{r.model} on {r.device} ({r.machine}, {r.cpus} CPUs, load {r.load_avg_1m}): "
                f"{r.images} images {r.image_size} from {r.source}")

@@ -22,6 +22,7 @@ from shopsearch.embedders import load_embedder, parse_spec, resolve_device
 from shopsearch.embedders.base import Embedder
 from shopsearch.embedders.precision import faster_precision, precision_candidates, with_precision
 from shopsearch.evaluation.machine import cpu_model
+from shopsearch.errors import ConfigError
 
 log = logging.getLogger("shopsearch.bench")
 
@@ -214,8 +215,9 @@ def run_throughput(model: str, device: str = "auto", images: int = 512, precisio
         else:
             paths = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:images]
             src_desc = str(source)
-        if not paths:
-            raise FileNotFoundError(f"no images for the throughput benchmark in {source}")
+        if not paths:  # a folder that is not there, or holds no JPEG/PNG: a usage error, in one line
+            raise ConfigError(f"--source {source}: no JPEG or PNG images "
+                              f"{'in' if Path(source).is_dir() else 'at'} {Path(source).resolve()}")
         for p in paths:  # both runs read from the page cache, so neither pays the first read
             p.read_bytes()
         with Image.open(paths[0]) as im:
