@@ -10,6 +10,10 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+# imported here, at collection: imported lazily inside the fixture, pytest's assertion rewriting of
+# its modules once ran ast.parse deep in the stack and CPython 3.11.7 failed it ("AST constructor
+# recursion depth mismatch"), an error of the interpreter, not of the API
+from schemathesis.specs.openapi import schemas as _openapi_schemas  # noqa: F401
 from werkzeug.serving import make_server
 
 from tests.test_webapp import app_for, make_site
