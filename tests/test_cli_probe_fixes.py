@@ -129,6 +129,18 @@ def test_a_shadow_build_interrupted_after_staging_says_it_is_not_serving(indexed
         in res.stderr
 
 
+def test_an_update_interrupted_after_publication_exits_0(indexed, tmp_path, monkeypatch, handlers):
+    make_image(9).save(tmp_path / "imgs" / "9.png")
+    (tmp_path / "more.csv").write_text("sku,title,category,images\nS9,Item 9,Red/Thing,imgs/9.png\n")
+    _run(indexed, "catalogue", "import", str(tmp_path / "more.csv"), "--format", "csv")
+    _signal_when_recorded(monkeypatch, signal.SIGINT)
+    res = _run(indexed, "index", "update", "--json")
+    build_id = json.loads(res.stdout)["build_id"]
+    assert IndexStore(indexed / "index").current_id() == build_id
+    assert f"Ctrl-C arrived after build {build_id} was published" in res.stderr and "Aborted!" not in res.output
+    assert _run(indexed, "index", "update", "--index", "bogus", ok=False).exit_code == 2
+
+
 # -- 7. options checked before the model loads --------------------------------------------------
 @pytest.mark.parametrize("bad", ["bogus", "IVF,Flat"])
 def test_an_unknown_index_type_is_refused_before_the_model_loads(catalogue, monkeypatch, bad):

@@ -277,12 +277,16 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
                compile_mode: str, as_json: bool, wait: bool, metrics_file: str | None, engine: str | None,
                ray_address: str | None, ray_actors: int | None, force: bool, rescan_scope: str) -> None:
     """Embed only new or changed images, drop removed ones, publish the result as a new build."""
+    from indexer.cli.build_guard import PublishWatch, check_index_option
+
+    check_index_option(index_type)  # first: a misspelt --index costs no model load
     _writer(c, wait, "index update")
     from indexer.shrink import refuse_empty_catalogue
 
     store = c.index_store()
     refuse_empty_catalogue(store, c.catalogue(), max_shrink)  # before the model loads
     manifest = store.current_manifest()
+    store = watch = PublishWatch(store)  # once published, Ctrl-C/SIGTERM wait for the report (exit 0)
     embedder = c.model_for_index(model)
     click.echo(f"updating {'build ' + manifest.build_id if manifest else 'an empty index'} "
                f"with {embedder.name} on {embedder.device}", err=True)
@@ -290,9 +294,11 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
     options = BuildOptions(index_type, batch_size, workers, not as_json, executor, chunk_size, rescan,
                            compile_mode or c.settings.pipeline.compile, verify_hashes, max_shrink, force,
                            rescan_scope=rescan_scope)
-    with sigterm_as_interrupt():
-        report = builder.update(options)
-    _print_report(report, as_json, metrics_file, engine or c.settings.engine)
+    with watch:
+        with sigterm_as_interrupt():
+            report = builder.update(options)
+        watch.hold()  # sigterm_as_interrupt put SIGTERM's old handler back
+        _print_report(report, as_json, metrics_file, engine or c.settings.engine)
 
 
 @index.command("status")
