@@ -216,7 +216,7 @@ def test_search_json_has_the_apis_query_fields(indexed, tmp_path):
 
 # -- 5. bench throughput's dataset ---------------------------------------------------------------
 def test_the_grocery_default_is_found_from_any_directory(tmp_path, monkeypatch):
-    from indexer.cli.throughput_cmds import default_grocery
+    from indexer.cli.datasets import default_grocery
 
     monkeypatch.chdir(tmp_path)
     assert default_grocery() == REPO.parent / "shared" / "datasets" / "grocerystore"

@@ -7,13 +7,13 @@ from typing import Any
 import click
 
 from indexer.cli.context import Ctx, pass_ctx
-
-DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
+from indexer.cli.datasets import default_grocery
 
 
 @click.command("demo")
-@click.option("--dataset", envvar="SHOPSEARCH_DEMO_DATASET", type=click.Path(file_okay=False),
-              default=str(DEFAULT_DATASET), show_default=True, help="Grocery Store dataset folder.")
+@click.option("--dataset", envvar="SHOPSEARCH_DEMO_DATASET", type=click.Path(file_okay=False), default=None,
+              help="Grocery Store dataset folder. Default: ../shared/datasets/grocerystore beside the "
+                   "repository, from any directory.")
 @click.option("--model", envvar="SHOPSEARCH_MODEL", default="auto", show_default=True)
 @click.option("--reference-split", default="train", show_default=True,
               type=click.Choice(["none", "train", "val", "test"]))
@@ -31,7 +31,7 @@ DEFAULT_DATASET = Path("../shared/datasets/grocerystore")
 @click.option("--workers", envvar="SHOPSEARCH_WORKERS", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Gunicorn worker processes.")
 @pass_ctx
-def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration_split: str, classifier: bool,
+def demo_cmd(c: Ctx, dataset: str | None, model: str, reference_split: str, calibration_split: str, classifier: bool,
              serve: bool, host: str, port: int, workers: int) -> None:
     """Import + index the Grocery Store catalogue, then serve it (idempotent: reruns are quick)."""
     from shopsearch.catalogue.importers import import_catalogue
@@ -39,7 +39,7 @@ def demo_cmd(c: Ctx, dataset: str, model: str, reference_split: str, calibration
     from shopsearch.embedding.preprocess import decode_query
     from shopsearch.errors import ManifestError
 
-    root = Path(dataset)
+    root = Path(dataset) if dataset else default_grocery()
     if not (root / "dataset" / "classes.csv").is_file():
         raise ManifestError(f"Grocery Store dataset not found at {root.resolve()} "
                             "(pass --dataset or set SHOPSEARCH_DEMO_DATASET)")
