@@ -24,7 +24,7 @@ def build_registry(report: BuildReport, finished: float | None = None) -> Collec
     gauge("vectors", "Vectors in the published build", report.vectors)
     gauge("up_to_date", "1 when the serving build was up to date and nothing was published", int(report.up_to_date))
     gauge("images_embedded", "Images embedded by this run", report.embedded)
-    gauge("images_reused", "Vectors reused from the cache or the previous build", report.skipped)
+    gauge("images_reused", "Vectors reused from the cache or the previous build", report.reused)
     gauge("images_failed", "Images that could not be indexed", len(report.failed))
     gauge("duration_seconds", "Wall time of the run", report.seconds)
     gauge("images_per_second", "Embedding throughput of the run", report.images_per_s)

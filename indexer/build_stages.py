@@ -190,8 +190,11 @@ class BuildStages:
                 strategy: str = "full", segments: SegmentCounts | None = None) -> BuildReport:
         # files found unusable by the rescan and by the decoder are one list for the merchandiser
         failed = (scan.problems if scan else ()) + tuple((it.image_id, it.path, r) for it, r in rep.failed)
+        # an update's compaction takes every vector it does not embed from the vector cache; the
+        # embedding report counts only the new or changed images found there (0 for a plain --force)
+        reused = max(0, count - rep.embedded) if mode == "rebuild" else rep.skipped
         return BuildReport(build_id, self.embedder.name, self.embedder.fingerprint, itype, count, rep.embedded,
-                           rep.skipped, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
+                           reused, failed, time.perf_counter() - t0, rep.images_per_s, est, mode, trained_on,
                            scan, update, strategy == UP_TO_DATE, strategy, segments,
                            self._centring.adapt_rounds if self._centring is not None and self._centring.adapts else 0,
                            self._views.n, self.recall_probe.to_dict() if self.recall_probe is not None else None)

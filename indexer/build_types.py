@@ -90,7 +90,9 @@ class BuildReport:
     index_type: str
     vectors: int
     embedded: int
-    skipped: int
+    #: vectors taken from the vector cache instead of embedded (a compaction's: every vector it
+    #: did not embed; a delta's: its new or changed images found there)
+    reused: int
     failed: tuple[tuple[int | None, str, str], ...]
     seconds: float
     images_per_s: float
@@ -110,7 +112,7 @@ class BuildReport:
         d = {
             "build_id": self.build_id, "model": self.model, "fingerprint": self.fingerprint,
             "index_type": self.index_type, "vectors": self.vectors, "embedded": self.embedded,
-            "skipped": self.skipped, "failed": [{"image_id": i, "path": p, "reason": r} for i, p, r in self.failed],
+            "reused": self.reused, "failed": [{"image_id": i, "path": p, "reason": r} for i, p, r in self.failed],
             "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
             "estimated_bytes": self.estimated_bytes, "mode": self.mode,
         }

@@ -28,12 +28,12 @@ class IndexStatus:
     build_id: str | None
     model: str | None
     index_type: str | None
-    indexed: int  # vectors in the serving build
-    catalogue_images: int  # indexable (status ok) catalogue images
+    vectors: int  # in the serving build
+    images_ok: int  # indexable (status ok) catalogue images
     missing: int  # in the catalogue, not in the index: `index update` embeds them
     stale: int  # in the index, no longer in the catalogue: `index update` removes them
     changed: int | None  # in both, the image's content hash differs (None: not checked, quick status)
-    failed_images: int  # catalogue images that cannot be indexed (missing or invalid files)
+    images_failed: int  # catalogue images that cannot be indexed (missing or invalid files)
     previous_build: str | None
     up_to_date: bool  # nothing to do as far as was checked (the quick check: ids only)
     files_changed_on_disk: int | None = 0  # size/mtime moved since hashed (None: not checked, quick status)

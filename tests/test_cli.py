@@ -53,7 +53,7 @@ def test_import_index_search_on_generated_catalogue(tmp_path, image_dir):
     unknown = _run(["search", str(query), "--category", "Green"], data, ok=False)
     assert unknown.exit_code == 2 and "this shop's categories: Blue, Blue > Thing" in unknown.output
     stats = _json(_run(["stats", "--json"], data))
-    assert stats["products"] == 9 and stats["images_failed"] == 1 and stats["index"]["count"] == 8
+    assert stats["products"] == 9 and stats["images_failed"] == 1 and stats["index"]["vectors"] == 8
     problems = _json(_run(["catalogue", "problems", "--json"], data))["images"]
     assert [(p["sku"], p["status"], Path(p["path"]).name) for p in problems] == [("GHOST", "missing", "nope.png")]
     assert "no such file" in problems[0]["error"]

@@ -163,7 +163,7 @@ def test_bench_recall_from_feedback_cli(tmp_path):
     confirmed = len(app.extensions["shopsearch"].feedback.confirmed_pairs())
     app.extensions["shopsearch"].close()
     rep = json.loads(_run(["bench", "recall", "--from-feedback", "--k", "1,3", "--json"], data).stdout)
-    assert rep["queries"] == confirmed >= 5 and rep["model_fingerprint"].startswith("colorhist")
+    assert rep["queries"] == confirmed >= 5 and rep["fingerprint"].startswith("colorhist")
     assert rep["recall_at"]["3"] == 1.0 and rep["recall_at"] == rep["logged_recall_at"]
     both = _run(["bench", "recall", "--from-feedback", "--dataset", str(tmp_path)], data, ok=False)
     assert both.exit_code == 2 and "exclude each other" in both.output

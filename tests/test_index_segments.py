@@ -50,7 +50,7 @@ def test_a_build_with_nothing_changed_is_up_to_date_and_writes_nothing(tmp_path,
     # another index type, or --force, is work to do
     assert not b.build(progress=False, index_type="hnsw").up_to_date
     forced = b.build(progress=False, index_type="hnsw", force=True)
-    assert not forced.up_to_date and forced.embedded == 0 and forced.skipped == 6
+    assert not forced.up_to_date and forced.embedded == 0 and forced.reused == 6
     _add(catalogue, tmp_path, 3, seed=103)  # a photo replaced: no longer up to date
     assert b.build(progress=False, index_type="hnsw").strategy == "full"
 

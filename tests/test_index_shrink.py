@@ -143,7 +143,7 @@ def test_cli_refuses_with_a_clear_error_and_max_shrink_allows(tmp_path):
     assert refused.exit_code == 1
     assert "Error: not published: the new build would hold 2 vectors" in refused.output
     assert "[index_shrink]" in refused.output
-    assert json.loads(runner.invoke(cli, base + ["status", "--json"]).output)["indexed"] == 8
+    assert json.loads(runner.invoke(cli, base + ["status", "--json"]).output)["vectors"] == 8
 
     allowed = runner.invoke(cli, base + ["update", "--json"], env={"SHOPSEARCH_MAX_SHRINK": "0.8"})
     assert allowed.exit_code == 0, allowed.output

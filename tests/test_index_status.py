@@ -31,7 +31,7 @@ def test_quick_status_counts_ids_without_reading_files_deep_checks_content(tmp_p
     store = IndexStore(tmp_path / "index")
     IndexBuilder(FakeEmbedder(), catalogue, store, tmp_path / "vectors").build(progress=False, workers=1)
     quick = index_status(catalogue, store, deep=False)
-    assert (quick.indexed, quick.catalogue_images, quick.missing, quick.stale, quick.up_to_date) == (8, 8, 0, 0, True)
+    assert (quick.vectors, quick.images_ok, quick.missing, quick.stale, quick.up_to_date) == (8, 8, 0, 0, True)
     assert (quick.changed, quick.files_changed_on_disk, quick.deep) == (None, None, False)
 
     _add(catalogue, tmp_path, 8)  # new
@@ -50,7 +50,7 @@ def test_quick_status_counts_ids_without_reading_files_deep_checks_content(tmp_p
 
     monkeypatch.setattr(rescan.os, "stat", counting_stat)
     quick = index_status(catalogue, store, deep=False)
-    assert (quick.missing, quick.stale, quick.catalogue_images, quick.up_to_date) == (2, 1, 9, False)
+    assert (quick.missing, quick.stale, quick.images_ok, quick.up_to_date) == (2, 1, 9, False)
     assert stat_calls == []  # no file was looked at
     deep = index_status(catalogue, store, deep=True)
     assert (deep.missing, deep.stale, deep.changed, deep.files_changed_on_disk) == (2, 1, 1, 1)

@@ -102,7 +102,7 @@ def test_killed_build_resumes_embedding_only_the_rest(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     r = json.loads(resumed.stdout)
     assert r["embedded"] == N // 2 - done  # only the rest
-    assert r["skipped"] == N // 2 + done and r["vectors"] == N and not r["failed"]
+    assert r["reused"] == N // 2 + done and r["vectors"] == N and not r["failed"]
     assert store.current_id() == r["build_id"] and store.previous_id() == first["build_id"]
     cat.close()
 
@@ -134,6 +134,6 @@ def test_sigterm_stops_a_build_cleanly(tmp_path, executor):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "an earlier run died" not in rerun.stderr  # nothing to re-check
     r = json.loads(rerun.stdout)
-    assert (r["embedded"], r["skipped"], r["vectors"], r["failed"]) == (M - saved, saved, M, [])
+    assert (r["embedded"], r["reused"], r["vectors"], r["failed"]) == (M - saved, saved, M, [])
     assert cat.unusable_images() == []
     cat.close()

@@ -49,7 +49,7 @@ def test_update_embeds_only_new_and_changed_and_drops_removed(tmp_path, catalogu
     _add(catalogue, tmp_path, 3, seed=103)  # P3's photo replaced (same path, new content)
     assert catalogue.delete_products(["P5", "P7"]) == ["P5", "P7"]
     st = index_status(catalogue, store)
-    assert (st.missing, st.changed, st.stale, st.indexed, st.catalogue_images, st.up_to_date) == (2, 1, 2, 10, 10, False)
+    assert (st.missing, st.changed, st.stale, st.vectors, st.images_ok, st.up_to_date) == (2, 1, 2, 10, 10, False)
 
     r = b.update(index_type=index_type, progress=False)
     assert r.embedded == 3 and emb.calls == 13  # two new + one changed, nothing else re-embedded
@@ -169,14 +169,14 @@ def test_cli_status_update_rollback_json(tmp_path):
     assert (st["missing"], st["stale"], st["changed"], st["up_to_date"], st["deep"]) == (1, 1, 0, False, True)
     res = _cli(data, "index", "update", "--json")
     upd = json.loads(res.stdout)  # exactly one JSON object on stdout
-    assert (upd["embedded"], upd["skipped"], upd["vectors"], upd["removed"], upd["mode"]) == (1, 0, 5, 1, "delta")
+    assert (upd["embedded"], upd["reused"], upd["vectors"], upd["removed"], upd["mode"]) == (1, 0, 5, 1, "delta")
     assert upd["previous_build"] == first["build_id"] and upd["images_per_s"] >= 0 and "seconds" in upd
     # nothing changed since: no new build, and the build serving before is still the first (not itself)
     noop = json.loads(_cli(data, "index", "update", "--json").stdout)
     assert (noop["up_to_date"], noop["build_id"], noop["previous_build"]) == (True, upd["build_id"], first["build_id"])
     assert json.loads(_cli(data, "index", "status", "--json").stdout)["up_to_date"] is True
     rb = json.loads(_cli(data, "index", "rollback", "--json").stdout)
-    assert rb == {"current": first["build_id"], "previous": upd["build_id"], "vectors": 5}
+    assert rb == {"build_id": first["build_id"], "previous_build": upd["build_id"], "vectors": 5}
     assert json.loads(_cli(data, "index", "status", "--json").stdout)["stale"] == 1
     listing = json.loads(_cli(data, "index", "list", "--json").stdout)["builds"]
     assert {b["build_id"] for b in listing} == {first["build_id"], upd["build_id"]}

@@ -89,7 +89,7 @@ def test_kill_9_loses_only_the_last_seconds_and_is_not_taken_for_a_crash(tmp_pat
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "an earlier run died" not in rerun.stderr and "an earlier run was killed" in rerun.stderr
     r = json.loads(rerun.stdout)
-    assert (r["embedded"], r["skipped"], r["vectors"], r["failed"]) == (N - saved, saved, N, [])
+    assert (r["embedded"], r["reused"], r["vectors"], r["failed"]) == (N - saved, saved, N, [])
     assert not list(cache_dir.glob("inflight-*")) and not list(cache_dir.glob("fault-*"))
     assert cat.unusable_images() == []
     cat.close()

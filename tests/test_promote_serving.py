@@ -77,8 +77,9 @@ class Load:
                 self.failures.append(f"{port}: {e!r}")
             time.sleep(0.05)
 
-    def wait_for(self, build_id: str, after: float, timeout: float = 60) -> None:
-        """Until every server has answered with `build_id` to a request started after `after`."""
+    def wait_for(self, build_id: str, after: float, timeout: float = 120) -> None:
+        """Until every server has answered with `build_id` to a request started after `after` (each
+        loads the other model first: over a minute on a 2-core machine busy with other tests)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             seen = {p for p, t0, _, b in list(self.answers) if b == build_id and t0 > after}

@@ -93,7 +93,7 @@ def test_rebuild_reuses_cached_vectors(tmp_path, sqlite_catalogue, image_dir):
     b = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors")
     r1 = b.build(progress=False, workers=1)
     r2 = IndexBuilder(emb, sqlite_catalogue, store, tmp_path / "vectors").build(progress=False, workers=1, force=True)
-    assert (r1.embedded, r2.embedded, r2.skipped) == (5, 0, 5)
+    assert (r1.embedded, r2.embedded, r2.reused) == (5, 0, 5)
     assert emb.calls == 5 and r1.build_id != r2.build_id
 
 

@@ -63,10 +63,10 @@ def test_shadow_build_promote_rollback(tmp_path, db_url):
     assert store.build_dir(shadow["build_id"]).is_dir() and store.shadow_id() == shadow["build_id"]
     serving = store.current_id()
     promoted = json.loads(_cli(data, "index", "promote", "--json", db_url=db_url).stdout)
-    assert promoted["current"] == shadow["build_id"] and promoted["previous"] == serving
+    assert promoted["build_id"] == shadow["build_id"] and promoted["previous_build"] == serving
     assert store.current_id() == shadow["build_id"] and store.shadow_id() is None
     back = json.loads(_cli(data, "index", "rollback", "--json", db_url=db_url).stdout)
-    assert back["current"] == serving and store.previous_id() == shadow["build_id"]
+    assert back["build_id"] == serving and back["previous_build"] == shadow["build_id"] and store.previous_id() == shadow["build_id"]
 
 
 def test_compare_json_on_a_tiny_labelled_set(tmp_path):

@@ -87,7 +87,7 @@ def test_build_report_json_keeps_its_keys_for_scripts():
     from indexer.build import BuildReport, UpdateChanges
     from indexer.build_types import SegmentCounts
 
-    base = ["build_id", "model", "fingerprint", "index_type", "vectors", "embedded", "skipped", "failed", "seconds",
+    base = ["build_id", "model", "fingerprint", "index_type", "vectors", "embedded", "reused", "failed", "seconds",
             "images_per_s", "estimated_bytes", "mode"]
     tail = ["up_to_date", "strategy", "segments", "adapt_rounds", "shopper_views", "recall_probe"]  # new keys go last
     full = BuildReport("b1", "m", "fp", "flat", 3, 3, 0, (), 1.0, 3.0, 10, "full", 3)

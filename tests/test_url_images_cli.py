@@ -176,13 +176,13 @@ def test_force_update_says_it_reused_the_cached_vectors(indexed):
     assert "(rebuild): 2 vectors" in line and "embedded 0, reused 2, failed 0" in line, line
     assert "rebuilt from the vector cache (forced)" in line
     report = json.loads(_run(indexed, "index", "update", "--force", "--workers", "1", "--json").stdout)
-    # the JSON keeps its keys and values: `skipped` counts new or changed images found in the cache
-    assert (report["mode"], report["embedded"], report["skipped"], report["vectors"]) == ("rebuild", 0, 0, 2)
+    # the JSON says what the text says: every vector a compaction did not embed came from the cache
+    assert (report["mode"], report["embedded"], report["reused"], report["vectors"]) == ("rebuild", 0, 2, 2)
     assert set(report) == {
-        "build_id", "model", "fingerprint", "index_type", "vectors", "embedded", "skipped", "failed", "seconds",
+        "build_id", "model", "fingerprint", "index_type", "vectors", "embedded", "reused", "failed", "seconds",
         "images_per_s", "estimated_bytes", "mode", "rebuild_reason", "previous_build", "added", "changed",
         "removed", "unchanged", "trained_on", "added_since_training", "rescan", "up_to_date", "strategy",
-        "segments", "adapt_rounds", "shopper_views", "recall_probe", "engine"}
+        "segments", "adapt_rounds", "shopper_views", "recall_probe", "engine", "calibration"}
 
 
 def test_an_error_an_older_rescan_recorded_is_masked_too(indexed, shop):

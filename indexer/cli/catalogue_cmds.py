@@ -167,6 +167,10 @@ def db_current(c: Ctx) -> None:
     click.echo(f"current: {dbmod.current_revision(engine)}  head: {dbmod.head_revision()}")
 
 
+#: manifest.json's fields under the names /healthz and the other --json outputs give them
+MANIFEST_NAMES = {"model_name": "model", "model_fingerprint": "fingerprint", "count": "vectors"}
+
+
 @click.command("stats")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
@@ -174,7 +178,7 @@ def stats_cmd(c: Ctx, as_json: bool) -> None:
     """Catalogue and index figures."""
     st = asdict(c.catalogue(create=False).stats())
     m = c.index_store().current_manifest()
-    st["index"] = asdict(m) if m else None
+    st["index"] = {MANIFEST_NAMES.get(k, k): v for k, v in asdict(m).items()} if m else None
     if as_json:
         echo_json(st)
         return

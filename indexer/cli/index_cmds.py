@@ -142,13 +142,8 @@ def _print_report(report, as_json: bool, metrics_file: str | None = None, engine
     if scan is not None and scan.rehashed:
         click.echo(f"files on disk: {scan.changed} changed, {scan.missing} missing, {scan.invalid} unusable, "
                    f"{scan.restored} restored ({scan.rehashed} re-hashed of {scan.images})", err=True)
-    reused = report.skipped
-    if report.update is not None and report.mode == "rebuild":
-        # an update's compaction (--force) takes every vector it does not embed from the vector
-        # cache; `skipped` counts only the new or changed images found there (0 for a plain --force)
-        reused = max(0, report.vectors - report.embedded)
     line = (f"build {report.build_id} ({report.mode}): {report.vectors} vectors ({report.index_type}), "
-            f"embedded {report.embedded}, reused {reused}, failed {len(report.failed)}, "
+            f"embedded {report.embedded}, reused {report.reused}, failed {len(report.failed)}, "
             f"{report.seconds:.1f}s ({report.images_per_s:.1f} img/s, engine {engine})")
     if report.update is not None:
         u = report.update
@@ -298,7 +293,8 @@ def update_cmd(c: Ctx, model: str | None, index_type: str, batch_size: int | Non
         with sigterm_as_interrupt():
             report = builder.update(options)
         watch.hold()  # sigterm_as_interrupt put SIGTERM's old handler back
-        _print_report(report, as_json, metrics_file, engine or c.settings.engine)
+        _print_report(report, as_json, metrics_file, engine or c.settings.engine,
+                      None if report.up_to_date else _calibration_of(c, report.build_id))
 
 
 @index.command("status")
@@ -317,16 +313,16 @@ def status_cmd(c: Ctx, as_json: bool, deep: bool) -> None:
         echo_json(st.to_dict())
         return
     if st.build_id is None:
-        click.echo(f"no index yet; {st.catalogue_images} catalogue images to index ("
-                   + ("`shopsearch index build`)" if st.catalogue_images else
+        click.echo(f"no index yet; {st.images_ok} catalogue images to index ("
+                   + ("`shopsearch index build`)" if st.images_ok else
                       "import a catalogue first: `shopsearch catalogue import FILE`)"))
         return
     if st.degraded:
         click.echo(f"degraded: {st.degraded} (`shopsearch index build` to replace it)", err=True)
-    click.echo(f"serving build {st.build_id}: {st.indexed} vectors, {st.index_type}, model {st.model}")
+    click.echo(f"serving build {st.build_id}: {st.vectors} vectors, {st.index_type}, model {st.model}")
     if st.recall_probe:
         click.echo(f"search: {probe_message(st.recall_probe)}")
-    click.echo(f"catalogue: {st.catalogue_images} indexable images, {st.failed_images} unusable")
+    click.echo(f"catalogue: {st.images_ok} indexable images, {st.images_failed} unusable")
     if st.deep:
         click.echo(f"lag: {st.missing} to add, {st.changed} changed, {st.stale} to remove")
     else:
@@ -358,7 +354,7 @@ def rollback_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
     new = store.rollback()
     manifest = store.current_manifest()
     if as_json:
-        echo_json({"current": new, "previous": old, "vectors": manifest.count if manifest else None})
+        echo_json({"build_id": new, "previous_build": old, "vectors": manifest.count if manifest else None})
         return
     click.echo(f"now serving build {new} ({manifest.count if manifest else '?'} vectors); {old} kept as previous")
 

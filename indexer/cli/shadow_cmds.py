@@ -157,7 +157,7 @@ def promote_cmd(c: Ctx, as_json: bool, wait: bool) -> None:
     new = store.promote()
     manifest = store.current_manifest()
     if as_json:
-        echo_json({"current": new, "previous": old, "model": manifest.model_name if manifest else None,
+        echo_json({"build_id": new, "previous_build": old, "model": manifest.model_name if manifest else None,
                    "vectors": manifest.count if manifest else None})
         return
     click.echo(f"now serving build {new} ({manifest.model_name if manifest else '?'}); {old} kept as previous "

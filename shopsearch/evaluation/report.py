@@ -33,7 +33,7 @@ def config_json(r: ConfigResult, machine: dict | None = None) -> dict:
         "gallery": r.gallery_vectors,
         "model": r.model,
         "index": r.index_type,
-        "model_fingerprint": r.fingerprint,
+        "fingerprint": r.fingerprint,
         "index_factory": r.factory,
         "index_params": {"ef_search": r.config.ef_search, "nprobe": r.config.nprobe},
         "routing": r.config.routing,

@@ -17,7 +17,7 @@ from shopsearch.search import SearchService
 @dataclass(frozen=True)
 class ReplayResult:
     build_id: str
-    model_fingerprint: str
+    fingerprint: str  # the build's model's
     queries: int
     ks: tuple[int, ...]
     recall_at: dict[int, float]  # the build's, replayed now
@@ -26,7 +26,7 @@ class ReplayResult:
     other_models: dict[str, int]  # fingerprint -> confirmed queries left out (another model)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"build_id": self.build_id, "model_fingerprint": self.model_fingerprint, "queries": self.queries,
+        return {"build_id": self.build_id, "fingerprint": self.fingerprint, "queries": self.queries,
                 "recall_at": {str(k): v for k, v in self.recall_at.items()}, "mrr": self.mrr,
                 "logged_recall_at": {str(k): v for k, v in self.logged_recall_at.items()},
                 "other_models": self.other_models}
@@ -55,7 +55,7 @@ def replay_confirmed(service: SearchService, store: FeedbackStore, ks: tuple[int
         ranks.append(skus.index(p.sku) + 1 if p.sku in skus else None)
     n = len(pairs)
     return ReplayResult(
-        build_id=service.manifest.build_id, model_fingerprint=fingerprint, queries=n, ks=tuple(ks),
+        build_id=service.manifest.build_id, fingerprint=fingerprint, queries=n, ks=tuple(ks),
         recall_at={k: sum(1 for r in ranks if r is not None and r <= k) / n for k in ks},
         mrr=sum(1 / r for r in ranks if r is not None) / n,
         logged_recall_at={k: sum(1 for p in pairs if p.rank <= k) / n for k in ks},
