@@ -165,7 +165,7 @@ def test_index_status_quotes_the_serving_builds_probe(tmp_path):
 
 
 def test_the_build_line_quotes_the_probe_and_warns_when_the_graph_misses(capsys):
-    base = dict(build_id="b1", model="m", fingerprint="f", index_type="hnsw", vectors=100, embedded=100, skipped=0,
+    base = dict(build_id="b1", model="m", fingerprint="f", index_type="hnsw", vectors=100, embedded=100, reused=0,
                 failed=(), seconds=1.0, images_per_s=100.0)
     ok = {"ef_search": 128, "recall_at_10": 0.981, "reached": True, "target": 0.95, "queries": 200,
           "tried": [[128, 0.981]]}
