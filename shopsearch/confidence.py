@@ -190,8 +190,14 @@ class Calibration:
         per_hit[0] = top
         # never more likely than a product ranked above it: the hit model reads plain similarities,
         # while a fused ranking also weighs the category head, and a list whose percentages rise
-        # down the page contradicts its own order
-        return top, [float(p) for p in np.minimum.accumulate(per_hit)]
+        # down the page contradicts its own order. A photo shows one product, so the products'
+        # chances exclude each other: together they never pass 1 (the hit model scores each alone)
+        chances, left = [], 1.0
+        for p in np.minimum.accumulate(per_hit):
+            p = max(min(float(p), left), CONFIDENCE_RANGE[0])
+            chances.append(p)
+            left -= p
+        return top, chances
 
     def match(self, confidence: float | None) -> str | None:
         if confidence is None:

@@ -24,6 +24,10 @@ MAX_PADDING = 64 << 10
 #: the most markers before the first scan: a camera's header has 10-40, a large ICC profile or
 #: extended XMP cut into 64 KB APP segments ~100 more; each is a Python round in Pillow
 MAX_MARKERS = 2048
+#: the most scans (SOS markers) after the first scan starts: libjpeg passes over the whole image's
+#: coefficients once a scan, so a small file repeating one scan a thousand times costs seconds of
+#: CPU; encoders write 1 (sequential) or about 10 (progressive), an MPO's pictures a few times that
+MAX_SCANS = 64
 
 _NOT_FF = re.compile(rb"[^\xff]")
 #: the end of entropy-coded data: 0xFF followed by neither a stuffed zero, a restart marker nor
@@ -115,6 +119,12 @@ def scan_header(data: Buffer) -> JpegHeader | None:
         elif marker == 0xDA:
             if end <= body:
                 return None
+            # counted from the first scan on: APP segments (an EXIF thumbnail, an ICC profile) hold
+            # bytes of their own; in scan data a 0xFF is always followed by 0x00 or a marker
+            scans = 1 + data.count(b"\xff\xda", end)
+            if scans > MAX_SCANS:
+                raise InvalidImageError(f"corrupt JPEG: {scans:,} scans, where photos have at most a few dozen "
+                                        "(a damaged file, or one made to waste time)")
             return JpegHeader(sof, size[0], size[1], components, data[body], end, padding,
                               _data_length(data, end), _orientation(b"".join(exif)) if exif else 1)
         pos = end

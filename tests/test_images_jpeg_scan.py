@@ -14,7 +14,7 @@ from PIL import Image, ImageCms, JpegImagePlugin
 import shopsearch.images as images
 from shopsearch.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageError
 from shopsearch.images import inspect_image, load_image, scan_once, upright_size
-from shopsearch.jpeg_scan import MAX_MARKERS, MAX_PADDING, scan_header
+from shopsearch.jpeg_scan import MAX_MARKERS, MAX_PADDING, MAX_SCANS, scan_header
 from tests.test_webapp import api_search, app, client, site  # noqa: F401
 
 TEN_MB = 10_000_000
@@ -185,3 +185,19 @@ def test_a_12_bit_jpeg_is_named_as_such(client):  # noqa: F811
         load_image(_twelve_bit())
     r = api_search(client, _twelve_bit())
     assert r.status_code == 415 and "12-bit JPEGs are not supported" in r.get_json()["error"]["message"]
+
+
+def test_a_progressive_jpeg_repeating_its_scans_is_refused_before_decoding():
+    """Each scan is one more pass of libjpeg over the whole image: a 4000x4000 photo with its
+    last scan repeated 500 times (110 KB) took 11 s to decode."""
+    data = _jpeg((1024, 1024), progressive=True)
+    last = data.rindex(b"\xff\xda")
+    scan = data[last:-2]  # the last scan, up to EOI
+    assert scan_header(data) is not None and 1 + data.count(b"\xff\xda", data.index(b"\xff\xda") + 2) <= 12
+    with load_image(data) as ordinary:  # a progressive photo's ~10 scans decode as before
+        assert ordinary.size == (1024, 1024)
+    bomb = data[:-2] + scan * MAX_SCANS + data[-2:]
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidImageError, match="scans"):
+        load_image(bomb)
+    assert time.perf_counter() - t0 < 0.5

@@ -40,6 +40,8 @@ def test_metrics_count_requests_stages_and_the_index(tmp_path):
     assert api_search(c, photo(1)).status_code == 200
     assert c.get("/api/v1/products/nope").status_code == 404
     assert c.get("/no/such/page").status_code == 404
+    for word in ("ZXQ1", "ZXQ2"):  # made-up methods (nginx passes any word): one "other" series, not one each
+        assert c.open("/healthz", method=word).status_code == 405
     r = c.get("/metrics")
     assert r.status_code == 200 and r.mimetype == "text/plain"
     after = samples(r.get_data(as_text=True))
@@ -54,6 +56,8 @@ def test_metrics_count_requests_stages_and_the_index(tmp_path):
     assert delta("shopsearch_http_requests_total", method="GET", route="/api/v1/products/<path:sku>",
                  status="404") == 1
     assert delta("shopsearch_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert delta("shopsearch_http_requests_total", method="other", route="unmatched", status="405") == 2
+    assert "ZXQ" not in r.get_data(as_text=True)
     for stage in ("decode", "embed", "search", "database"):
         assert delta("shopsearch_search_stage_seconds_count", stage=stage) == 1, stage
     build = IndexStore(settings.index_dir).current_id()

@@ -143,6 +143,27 @@ def test_page_says_no_close_match_and_shows_nearest_items_apart(client):
     assert 'data-match="strong"' in good and "Nearest items" not in good and "Likely match" in good
 
 
+def test_cards_use_the_verdicts_bands_and_their_chances_add_up_to_one_at_most(client):
+    """A card under "no close match" never says "Possible match" (its chance is below the verdict's
+    none_below), and the products' chances, exclusive since a photo shows one, sum to 1 at most."""
+    for img in (_unknown(), jitter(make_image(4), seed=3, amount=8), jitter(make_image(2), seed=5, amount=40)):
+        body = _search(client, _jpeg(img), k="12").get_json()
+        cal, chances = body["calibration"], [h["calibrated_score"] for h in body["results"]]
+        assert sum(chances) <= 1.0 + 0.01 * len(chances)  # each shown chance is at least 1%
+        html = _page(client, _jpeg(img)).get_data(as_text=True)
+        if body["match"] == "none":
+            assert "Possible match" not in html and "Likely match" not in html
+        if body["match"] == "strong":
+            assert body["confidence"] >= cal["strong_at"] and "Likely match" in html
+
+
+def test_recommendations_show_no_similarity_figure(client):
+    page = client.get("/products/S4")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'id="similar"' in html and 'class="card' in html.split('id="similar"')[1]
+    assert "similarity 0." not in html and "% chance" not in html
+
+
 class _AppleHead:
     """A category router whose head is sure every photo shows an apple (routing off: it only informs)."""
 

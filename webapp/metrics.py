@@ -60,12 +60,18 @@ def _start() -> None:
     g.metrics_t0 = time.perf_counter()
 
 
+#: the methods a series is kept for; any other is counted as "other"
+_METHODS = frozenset({"GET", "HEAD", "POST", "OPTIONS", "PUT", "DELETE", "PATCH"})
+
+
 def _finish(resp: Response) -> Response:
     t0 = g.pop("metrics_t0", None)
     if t0 is not None:
         # the route's rule, not the path: SKUs and image ids would make one series per product
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        labels = (request.method, route, str(resp.status_code))
+        # a fixed set of methods, too: any word passes nginx as a method, and each would be a series
+        method = request.method if request.method in _METHODS else "other"
+        labels = (method, route, str(resp.status_code))
         REQUESTS.labels(*labels).inc()
         LATENCY.labels(*labels).observe(time.perf_counter() - t0)
     _report_index()

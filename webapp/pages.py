@@ -12,7 +12,7 @@ from shopsearch.images import lacks_detail
 from shopsearch.regions import Region, find_objects, parse_box
 from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price
 from shopsearch.search import query_vectors
-from webapp.errors import BadParameterError, MissingImageError
+from webapp.errors import BadParameterError, MissingImageError, public_message
 from webapp.feedback import log_search, logging_on
 from webapp.params import parse_filters, parse_k, parse_routing, visible_attributes
 from webapp.query_options import format_price, parse_crop, parse_objects, resolved
@@ -20,6 +20,7 @@ from webapp.service import ServiceHolder, photo_search
 from webapp.metrics import observe_search
 from webapp.uploads import (checked_preview, crop_upload, decode_upload, decode_vector, encode_vector, preview_data_url,
                             upload_bytes)
+from webapp.signing import EXPIRED, ExpiredQueryError, Signer
 
 log = logging.getLogger("shopsearch.web")
 bp = Blueprint("pages", __name__)
@@ -77,25 +78,64 @@ def shown_similarity(score: float) -> str:
     return f"{min(max(score, 0.0), 0.99):.2f}"
 
 
-def card(h: ProductHit, request_id: str | None = None) -> dict[str, Any]:
+#: (likely from, possible from) for a card's calibrated chance when the search's calibration names
+#: no thresholds of its own (a logged search's page)
+DEFAULT_BANDS = (0.6, 0.25)
+
+
+def bands_of(res: SearchResult) -> tuple[float, float]:
+    """A card's bands as the search's verdict draws them: "Likely match" from the calibration's
+    `strong_at`, "Possible match" from its `none_below`, so no card under "no close match" says
+    "possible" and the first card of a strong match says "likely"."""
+    cal = res.calibration or {}
+    if "strong_at" in cal and "none_below" in cal:
+        return float(cal["strong_at"]), float(cal["none_below"])
+    return DEFAULT_BANDS
+
+
+def likelihood(p: float | None, bands: tuple[float, float] = DEFAULT_BANDS) -> str | None:
+    if p is None:
+        return None
+    return "likely" if p >= bands[0] else "possible" if p >= bands[1] else "unlikely"
+
+
+def card(h: ProductHit, request_id: str | None = None, bands: tuple[float, float] = DEFAULT_BANDS,
+         scored: bool = True) -> dict[str, Any]:
     """A result card; with the search's `request_id` its link records a click and it offers
-    "this is it" / "not this" (the feedback log)."""
+    "this is it" / "not this" (the feedback log). `bands`: bands_of the search; `scored`=False
+    shows no figure (recommendations: their similarity is not a chance, and reads as one)."""
     primary = holder().primary_image_id(h.sku)
     p = h.calibrated
     return {"request_id": request_id, "verdict": None,
             "sku": h.sku, "title": h.title, "brand": h.brand, "price": format_price(h.price, h.currency),
             "category": h.category, "category_label": category_label(h.category),
             "category_source": h.category_source, "score": h.score, "similarity": shown_similarity(h.score),
-            "calibrated_pct": shown_pct(p),
-            "likelihood": None if p is None else ("likely" if p >= 0.6 else "possible" if p >= 0.25 else "unlikely"),
+            "calibrated_pct": shown_pct(p), "likelihood": likelihood(p, bands), "scored": scored,
             "matched_image_id": h.image_id, "image_id": primary or h.image_id,
             "matched_differs": primary is not None and primary != h.image_id, "matched_images": h.matched_images}
 
 
+def signer() -> Signer:
+    return current_app.extensions["shopsearch_signer"]
+
+
 def _carried(r: Region) -> str:
     """A region as a form value the filter and "Show more" forms post back: `x,y,w,h|flat|vector`
-    (the vector encoded as the page's `qv` is; the photo itself is not kept)."""
-    return f"{r.box.to_param()}|{int(r.flat)}|{encode_vector(r.vector)}"
+    (the vector encoded as the page's `qv` is; the photo itself is not kept), signed (webapp/signing.py)."""
+    return signer().seal("region", f"{r.box.to_param()}|{int(r.flat)}|{encode_vector(r.vector)}")
+
+
+def _sealed_query(vec: Any, origin: str | None) -> str:
+    """The page's `qv`: the query vector and the request id of the photo search it came from, signed."""
+    return signer().seal("qv", f"{encode_vector(vec)}~{origin or ''}")
+
+
+def _opened_query(token: str) -> tuple[str, str | None]:
+    """(encoded vector, the photo search's request id or None) of a posted `qv`; 400 unless this server signed it."""
+    parts = signer().open("qv", token).split("~")
+    if len(parts) != 2:
+        raise ExpiredQueryError(EXPIRED)
+    return parts[0], parts[1] or None
 
 
 def region_view(r: Region, index: int, request_id: str | None = None) -> dict[str, Any]:
@@ -106,7 +146,7 @@ def region_view(r: Region, index: int, request_id: str | None = None) -> dict[st
     return {"id": f"region-{index}", "index": index, "title": hits[0].title if hits else None, "match": r.match,
             "confidence_pct": shown_pct(r.confidence),
             "box": b.to_param(), "z": 1 + int(99 * (1 - b.w * b.h)),  # smaller boxes on top, still clickable
-            "crop": b.to_param(), "cards": [card(h, request_id) for h in hits],
+            "crop": b.to_param(), "cards": [card(h, request_id, bands_of(r.result)) for h in hits],
             "carried": _carried(r) if r.vector is not None else ""}
 
 
@@ -128,7 +168,7 @@ def _posted_regions(form: Any, svc: Any, k: int, filters: SearchFilters) -> list
     (kept in their order, numbers and outlines, even where nothing close is left in the filters)."""
     out: list[Region] = []
     for raw in form.getlist("region")[: int(current_app.config["MAX_OBJECTS"])]:
-        parts = str(raw).split("|")
+        parts = signer().open("region", str(raw)).split("|")
         if len(parts) != 3:
             raise BadParameterError("the search query is malformed; upload the photo again")
         box, flat, vec = parse_box(parts[0]), parts[1] == "1", decode_vector(parts[2], svc.embedder.dim)
@@ -165,7 +205,7 @@ def results_title(res: SearchResult, cards: list[dict[str, Any]], mode: str | No
 def _render_results(res: SearchResult, filters: SearchFilters, k: int, request_id: str | None = None,
                     cards: list[dict[str, Any]] | None = None, **ctx: Any):
     svc = holder().get()
-    cards = [card(h, request_id) for h in res.hits] if cards is None else cards
+    cards = [card(h, request_id, bands_of(res)) for h in res.hits] if cards is None else cards
     title = results_title(res, cards, ctx.get("mode"), ctx.get("q"), ctx.get("regions"))
     return render_template("results.html", cards=cards, result=res, filters=filters, k=k, page_title=title,
                            categories=_categories(), has_text=svc.embedder.has_text,
@@ -229,6 +269,7 @@ def search():
         data = upload_bytes("camera", allow_raw=False)
     embed_ms = 0.0
     regions: list[Region] = []
+    origin: str | None = None  # a re-run's photo search (its request id)
     if data is not None:
         img = decode_upload(data, svc.embedder)
         query = crop_upload(data, img, box, svc.embedder) if box is not None else img
@@ -239,8 +280,9 @@ def search():
         preview = preview_data_url(img, 480 if objects else 240)  # objects are outlined on it: larger
         if objects:
             regions = reading_order(find_objects(svc, img, objects, min(k, 8), filters))
-    elif form.get("qv"):
-        vec = decode_vector(form["qv"], svc.embedder.dim)
+    elif form.get("qv"):  # only a vector this server signed: a made-up one would be logged as a photo's
+        encoded, origin = _opened_query(form["qv"])
+        vec = decode_vector(encoded, svc.embedder.dim)
         flat = form.get("qflat") == "1"  # carried with the vector (it only ever lowers the confidence)
         # the objects found in the photo, searched again from their posted-back vectors
         regions = _posted_regions(form, svc, min(k, 8), filters)
@@ -252,9 +294,15 @@ def search():
     crop_param = box.to_param() if box is not None else (form.get("crop") or "")
     options = {"k": k, "filters": _filters_dict(filters), "crop": crop_param or None, "objects": objects,
                "routing": routing, "new_photo": data is not None}
-    rid = log_search(res, svc.embedder.fingerprint, "image", "page", options, [r.result for r in regions])
+    # a re-run (filters, "Show more") is logged, so its cards take feedback, as kind "refine" linked to
+    # the photo search it re-runs: no second shopper photo for adapter training or centring
+    if data is None:
+        options["refines"] = origin
+    rid = log_search(res, svc.embedder.fingerprint, "image" if data is not None else "refine", "page", options,
+                     [r.result for r in regions])
+    qv = _sealed_query(vec, rid if data is not None else origin)
     page = make_response(_render_results(
-        res, filters, k, rid, mode="photo", qv=encode_vector(vec), qflat=flat, preview=preview, filter_error=filter_error,
+        res, filters, k, rid, mode="photo", qv=qv, qflat=flat, preview=preview, filter_error=filter_error,
         price_input={n: form.get(n, "") for n in ("min_price", "max_price")}, crop=crop_param,
         objects=objects, regions=[region_view(r, i + 1, rid) for i, r in enumerate(regions)]))
     # the page inlines the shopper's photo (and its query vector): no shared cache (a proxy) may keep
@@ -323,9 +371,10 @@ def product(sku: str):
     similar: list[dict[str, Any]] = []
     similar_error = None
     try:
-        similar = [card(x) for x in h.get().similar_products(sku, k=int(current_app.config["SIMILAR_K"])).hits]
+        similar = [card(x, scored=False)
+                   for x in h.get().similar_products(sku, k=int(current_app.config["SIMILAR_K"])).hits]
     except ShopSearchError as e:
-        similar_error = str(e)
+        similar_error = public_message(e)  # no server path (a damaged build names its files)
     return render_template("product.html", product=p, images=images, first_images=12,
                            price=format_price(p.price, p.currency), similar=similar, similar_error=similar_error,
                            attributes=visible_attributes(p.attributes))
