@@ -212,3 +212,22 @@ def test_nginx_that_cannot_bind_at_start_stops_serve(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(f"Error: port {port} is in use")
     assert "Booting worker" not in r.stderr  # nothing forked
+
+
+@needs_nginx
+def test_the_socket_folder_is_not_open_to_every_local_account():
+    """gunicorn's socket would let any local account bypass nginx (its limits, its /metrics rule):
+    its folder is this user's alone, or root's and nginx workers' group (nobody) when root."""
+    import grp
+    import stat
+
+    nginx = front.NginxFront("127.0.0.1:0", 1 << 20)
+    try:
+        st = nginx.prefix.stat()
+        assert stat.S_IMODE(st.st_mode) & 0o007 == 0  # nothing for others
+        if os.geteuid() == 0:
+            assert stat.S_IMODE(st.st_mode) == 0o750 and grp.getgrgid(st.st_gid).gr_name in ("nogroup", "nobody")
+        else:
+            assert stat.S_IMODE(st.st_mode) == 0o700
+    finally:
+        nginx.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import grp
 import logging
 import os
 import pwd
@@ -81,6 +82,20 @@ def _open_files_limit(cap: int = 16384) -> int:
     """The most open files nginx may ask for: the hard limit (a non-root process cannot go above)."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return cap if hard == resource.RLIM_INFINITY else min(cap, hard)
+
+
+def _open_to_workers(prefix: Path) -> None:
+    """nginx's workers run as nobody:nogroup when started by root, and must reach gunicorn's socket
+    in `prefix`: the folder is opened to that group alone (0750), not to every local account (the
+    socket is gunicorn's, writable by anyone who can reach it: it would bypass nginx's limits)."""
+    if os.geteuid() != 0 or not _has_user("nobody"):
+        return  # nginx's workers run as this user
+    try:
+        gid = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        gid = pwd.getpwnam("nobody").pw_gid
+    os.chown(prefix, 0, gid)
+    os.chmod(prefix, 0o750)
 
 
 def _has_user(name: str) -> bool:
@@ -160,9 +175,8 @@ class NginxFront:
         if self.binary is None:
             raise ConfigError("nginx is not installed (Debian: apt-get install nginx); "
                               "or serve without it: --front none, on a loopback address only")
-        self.prefix = Path(tempfile.mkdtemp(prefix="shopsearch-nginx-"))
-        # nginx's workers run as nobody when started by root: they must reach the socket
-        os.chmod(self.prefix, 0o755)
+        self.prefix = Path(tempfile.mkdtemp(prefix="shopsearch-nginx-"))  # 0700: this user's alone
+        _open_to_workers(self.prefix)
         self.socket = self.prefix / "app.sock"
         self.config = NginxConfig(listen, f"unix:{self.socket}", self.prefix, max_body_bytes, workers,
                                   frozenset(cors_origins))
