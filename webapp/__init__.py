@@ -21,6 +21,7 @@ from webapp import cors
 from webapp.config import load_config
 from webapp.search_gate import SearchGate
 from webapp.service import ServiceHolder, ServiceOverrides
+from webapp.signing import Signer, load_key
 from webapp.thumbs import ThumbCache
 from webapp.uploads import InMemoryRequest, close_request_images
 
@@ -46,6 +47,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, services: ServiceOv
                            query_threads=_query_threads(cfg["QUERY_THREADS"], cfg["SETTINGS"]))
     app.extensions["shopsearch"] = holder
     app.extensions["shopsearch_thumbs"] = ThumbCache(cfg["THUMB_DIR"], cfg["IMAGE_ROOTS"])
+    app.extensions["shopsearch_signer"] = Signer(load_key(cfg, cfg["SETTINGS"].data_dir),
+                                                 float(cfg["PAGE_QUERY_MAX_AGE_S"]))
     app.extensions["shopsearch_gate"] = SearchGate(int(cfg["SEARCH_SLOTS"]), float(cfg["SEARCH_WAIT_S"]),
                                                    cfg["SEARCH_MAX_WAITING"])
 

@@ -51,6 +51,11 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ORIGINS": "",
     # at most this many object regions for objects=auto
     "MAX_OBJECTS": 4,
+    # the key results pages' posted-back query vectors are signed with (webapp/signing.py); None: a
+    # random one kept in <data dir>/page_key, shared by the workers and nodes of that data dir
+    "SECRET_KEY": None,
+    # how long (seconds) a results page's filters and "Show more" work before asking for the photo again
+    "PAGE_QUERY_MAX_AGE_S": 86400,
     # each photo search's torch threads from the searches in flight (shopsearch.query_threads.QueryThreads,
     # shared by all workers: `shopsearch serve` makes it); None: this process's own where the settings
     # ask for adaptive threads (SHOPSEARCH_QUERY_THREADS=adaptive), "off": fixed threads

@@ -107,7 +107,8 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                "with nothing stored: a malformed body or unknown `event` (400), an unknown or "
                                "pruned `request_id` or unknown `sku` (404), the same event on the same product of "
                                "the same search again, or the feedback log switched off (409), a product that search "
-                               "did not show (422). A later `reject` takes back a `confirm` and the other way round.",
+                               "did not show (422). A later `reject` replaces a `confirm` and the other way round "
+                               "(one verdict each).",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
                     "$ref": "#/components/schemas/Feedback"}}}},
                 "responses": {"201": _ok("FeedbackRecorded", "Recorded."), "400": _ERR, "404": _ERR, "409": _ERR,

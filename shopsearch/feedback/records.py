@@ -44,7 +44,7 @@ class SearchLogEntry:
     build_id: str
     model_name: str
     model_fingerprint: str
-    kind: str  # "image" | "text"
+    kind: str  # "image" | "text" | "refine" (a results page re-run with new filters or k)
     source: str  # "api" | "page"
     vector: np.ndarray = field(repr=False)
     hits: tuple[LoggedHit, ...]

@@ -15,7 +15,7 @@ from shopsearch.catalogue.models import Product
 from shopsearch.errors import (DuplicateFeedbackError, FeedbackError, ProductNotFoundError, SkuNotShownError,
                                UnknownRequestError)
 from shopsearch.feedback import tables as t
-from shopsearch.feedback.records import (EVENTS, ConfirmedPair, LoggedEvent, LoggedHit, LoggedSearch,
+from shopsearch.feedback.records import (EVENTS, VERDICTS, ConfirmedPair, LoggedEvent, LoggedHit, LoggedSearch,
                                          SearchLogEntry, is_request_id)
 
 
@@ -59,7 +59,8 @@ class FeedbackStore:
         """Record a shopper's interaction with a logged search. Refused (FeedbackError, nothing
         stored): a malformed or unknown request id, an event not in EVENTS, a SKU the catalogue
         does not have or that this search did not show, and the same event on the same product
-        of the same search a second time."""
+        of the same search a second time. A verdict ("confirm" / "reject") replaces the other one
+        on that product of that search: one verdict each, the latest."""
         if event not in EVENTS:
             raise FeedbackError(f"event must be one of {', '.join(EVENTS)}, not {str(event)[:40]!r}")
         if not isinstance(request_id, str) or not is_request_id(request_id):
@@ -79,6 +80,9 @@ class FeedbackStore:
                                                             t.events.c.event == event)).first()
             if seen is not None:
                 raise DuplicateFeedbackError(f"{event} on {sku!r} was already recorded for request {request_id}")
+            if event in VERDICTS:  # the shopper changed their mind: the earlier verdict goes
+                conn.execute(delete(t.events).where(t.events.c.search_id == search_id, t.events.c.sku == sku,
+                                                    t.events.c.event.in_(VERDICTS)))
             ts = _utc(now or _utcnow())
             try:
                 conn.execute(insert(t.events).values(search_id=search_id, sku=sku, event=event, created_at=ts))
