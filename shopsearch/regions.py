@@ -22,6 +22,12 @@ from shopsearch.results import SearchFilters, SearchResult, plain_number
 MIN_CROP_PX = 16
 #: proposals overlapping a better one by more than this (IoU) are dropped
 NMS_IOU = 0.3
+#: foreground blobs searched per photo, the largest first: a photo of many small things (an
+#: 8x8 grid of coloured squares has 64 blobs) costs no more than one of a few products. Each
+#: proposal is embedded and searched, so a photo costs at most MAX_BLOBS + 23 grid windows;
+#: the composite benchmark's photos have 0 to 5 blobs, and keeping 4 changes none of its
+#: figures (benchmarks/RESULTS.md, composite_regions_grocerystore), 3 lowers them
+MAX_BLOBS = 4
 
 
 @dataclass(frozen=True)
@@ -168,9 +174,16 @@ def _pad(b: Box, frac: float = 0.08) -> Box:
     return Box(x, y, min(1 - x, b.w + 2 * px), min(1 - y, b.h + 2 * py))
 
 
+def _largest_blobs(image: Image.Image) -> list[Box]:
+    """The MAX_BLOBS largest foreground blobs (ties: the first found), padded, in the order found."""
+    blobs = _foreground_boxes(image)
+    keep = sorted(sorted(range(len(blobs)), key=lambda i: -blobs[i].w * blobs[i].h)[:MAX_BLOBS])
+    return [_pad(blobs[i]) for i in keep]
+
+
 def propose_boxes(image: Image.Image) -> list[Box]:
-    """Candidate object boxes: foreground blobs first, then the grid."""
-    return [_pad(b) for b in _foreground_boxes(image)] + _grid_boxes()
+    """Candidate object boxes: the largest foreground blobs first, then the grid."""
+    return _largest_blobs(image) + _grid_boxes()
 
 
 # -- finding objects ----------------------------------------------------------------------------
@@ -199,8 +212,8 @@ def find_objects(service: Any, image: Image.Image, max_objects: int = 4, k: int 
                  filters: SearchFilters = SearchFilters()) -> list[Region]:
     """Up to `max_objects` regions of `image`, best first, each with its own search result.
     Regions whose first product is a 'none' match, or that repeat a better region's first
-    product or overlap it, are left out."""
-    blobs = [_pad(b) for b in _foreground_boxes(image)]
+    product or overlap it, are left out. At most MAX_BLOBS + 23 proposals are embedded and searched."""
+    blobs = _largest_blobs(image)
     boxes = blobs + _grid_boxes()
     crops, kept = [], []
     for b in boxes:

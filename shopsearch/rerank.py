@@ -17,6 +17,25 @@ from shopsearch.errors import ConfigError
 PRESETS = ("off", "qe", "kr", "qe+kr")
 
 
+#: the settings a re-ranking accepts, as `rerank=` names them: (lowest, highest) of each. The
+#: k-reciprocal step holds depth x depth matrices and a depth x k2 x depth block (500 x 20 x 500
+#: float32: 20 MB), so one query's re-ranking stays within tens of megabytes and milliseconds;
+#: the defaults and every spec the README and the benchmark configs use (qe=5, kr=20, k2=6,
+#: depth 100 to 300) lie well inside them.
+LIMITS: dict[str, tuple[float, float]] = {"qe": (0, 50), "kr": (1, 50), "k2": (1, 20), "depth": (2, 500),
+                                          "alpha": (0, 20), "lam": (0, 1)}
+_WHOLE = ("qe", "kr", "k2", "depth")
+
+
+def _check(name: str, value: float, shown: str | None = None) -> None:
+    """ConfigError naming the allowed range when `value` is outside LIMITS[name] (or not finite)."""
+    lo, hi = LIMITS[name]
+    whole = name in _WHOLE
+    if not lo <= value <= hi or (whole and not float(value).is_integer()):  # NaN fails too
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"rerank: {name} must be {kind} from {lo:g} to {hi:g}, not {shown or f'{value:g}'}")
+
+
 @dataclass(frozen=True)
 class RerankOptions:
     qe: int = 0  # alpha-QE: this many top neighbours averaged into the query (0 = off)
@@ -26,6 +45,12 @@ class RerankOptions:
     k2: int = 6
     lam: float = 0.3  # weight of the original distance in the final k-reciprocal distance
     depth: int = 200  # candidates re-ranked
+
+    def __post_init__(self) -> None:
+        # every re-ranking obeys LIMITS, whether a query's `rerank=` or a build's settings made it
+        for name, value in (("qe", self.qe), ("alpha", self.alpha), ("kr", self.k1), ("k2", self.k2),
+                            ("lam", self.lam), ("depth", self.depth)):
+            _check(name, value)
 
     @property
     def active(self) -> bool:
@@ -45,26 +70,25 @@ class RerankOptions:
 
 
 def parse_rerank(text: str | None) -> RerankOptions:
-    """'off' | 'qe' | 'kr' | 'qe+kr', optionally with settings: 'qe=5,alpha=3,kr=20,depth=300'."""
+    """'off' | 'qe' | 'kr' | 'qe+kr', optionally with settings: 'qe=5,alpha=3,kr=20,depth=300'.
+    A setting outside LIMITS is a ConfigError naming its allowed range (the API's 400)."""
     text = (text or "off").strip().lower()
     if text in ("", "off", "none", "false", "0"):
         return RerankOptions()
     vals: dict[str, float] = {}
     for part in text.replace("+", ",").split(","):
         key, _, value = part.strip().partition("=")
-        if key not in ("qe", "kr", "alpha", "k2", "lam", "depth"):
+        if key not in LIMITS:
             raise ConfigError(f"rerank: unknown part {key!r}; use off, qe, kr, qe+kr (optionally qe=N, kr=K1, "
                               "alpha=A, k2=N, lam=L, depth=N)")
         try:
             vals[key] = float(value) if value else {"qe": 5.0, "kr": 20.0}.get(key, 0.0)
         except ValueError:
-            raise ConfigError(f"rerank: {key} must be a number, got {value!r}") from None
-    opts = RerankOptions(qe=int(vals.get("qe", 0)), alpha=vals.get("alpha", 3.0), kreciprocal="kr" in vals,
+            raise ConfigError(f"rerank: {key} must be a number, got {value[:40]!r}") from None
+        _check(key, vals[key], value[:40] or "empty")
+    return RerankOptions(qe=int(vals.get("qe", 0)), alpha=vals.get("alpha", 3.0), kreciprocal="kr" in vals,
                          k1=int(vals.get("kr", 20)), k2=int(vals.get("k2", 6)), lam=vals.get("lam", 0.3),
                          depth=int(vals.get("depth", 200)))
-    if opts.qe < 0 or opts.k1 < 1 or opts.k2 < 1 or opts.depth < 2 or not 0 <= opts.lam <= 1:
-        raise ConfigError(f"rerank: settings out of range in {text!r}")
-    return opts
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -157,11 +181,16 @@ class RerankingIndex:
         return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`allowed`: restrict to these ids (VectorIndex.search); the re-ranking sees only them."""
+        """`allowed`: restrict to these ids (VectorIndex.search); the re-ranking sees only them.
+        No more than the index holds (or `allowed` names) is asked for or returned: a k or a
+        depth past it costs nothing."""
         q = np.atleast_2d(np.asarray(queries, np.float32))
+        size = len(self.index) if allowed is None else min(len(self.index), len(allowed))
+        k = max(1, min(int(k), size))
+        fetch = max(1, min(max(k, self.opts.depth), size))
         out_s, out_i = [], []
         for row in q:
-            scores, ids = self.index.search(row[None, :], max(k, self.opts.depth), allowed=allowed)
+            scores, ids = self.index.search(row[None, :], fetch, allowed=allowed)
             scores, ids = scores[0], ids[0]
             valid = ids >= 0
             scores, ids = scores[valid], ids[valid]

@@ -222,7 +222,8 @@ class SearchService:
         restrict = self.allowed_images.ids_for(filters, allowed)
         if restrict is not None and len(restrict) == 0:
             return []
-        limit = len(index) if restrict is None else len(restrict)
+        # never more than the index holds: a filter's ids may name images the index lacks
+        limit = len(index) if restrict is None else min(len(index), len(restrict))
         fetch = min(limit, max(50, 8 * k))
         for deeper in (False, True):
             if deeper:

@@ -25,7 +25,8 @@ _REGION_PARAMS = [
        "photo is a 400 (`invalid_crop`)."),
     _q("objects", {"type": "string", "example": "auto"},
        "`auto` (or a number up to 4): also find the products in the whole photo; each region has its box "
-       "(fractions of the whole photo, usable as `crop`), confidence and products (`regions`)."),
+       "(fractions of the whole photo, usable as `crop`), confidence and products (`regions`). At most the 4 "
+       "largest foreground blobs and 23 grid windows of the photo are searched."),
 ]
 _MATCH = {"type": "string", "nullable": True, "enum": ["strong", "weak", "none", None],
           "description": "How close the shop's best product is: `strong` from `calibration.strong_at`, `none` "
@@ -58,7 +59,9 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                _q("rerank", {"type": "string", "enum": ["off", "qe", "kr", "qe+kr"]},
                                   "Re-rank the top candidates: alpha query expansion (qe), k-reciprocal (kr), "
                                   "both, or off (default: the server's setting). `qe+kr` may be sent unescaped "
-                                  "(a `+` decoded as a space is read as `+`)."),
+                                  "(a `+` decoded as a space is read as `+`). Settings may follow, each bounded "
+                                  "(`qe=0..50`, `kr=1..50`, `k2=1..20`, `depth=2..500`, `alpha=0..20`, "
+                                  "`lam=0..1`), e.g. `kr=20,depth=100`; one outside its range is a 400."),
                                _q("tta", {"type": "boolean"}, "Also embed the mirrored photo (about twice the "
                                   "embedding time)."),
                                _q("fusion", {"type": "boolean"}, "Fuse the category head's probabilities into the "
