@@ -300,6 +300,11 @@ def test_no_close_match_and_inline_price_error(base_url, tmp_path):
                 print(f"screenshot: {_shot(page, f'no-close-match-{label}')}")
                 # a minimum above the maximum: said inline, photo and results stay
                 page.locator("#filter-form").evaluate("f => f.closest('form')")
+                page.wait_for_load_state("load")  # app.js folds the filters as it runs
+                folded = page.locator("#filter-form details")
+                assert folded.evaluate("d => d.open") == (label == "desktop")  # a phone shows products first
+                if label == "phone":
+                    page.click("#filter-form summary")
                 page.fill("#filter-form input[name=min_price]", "5") if page.locator(
                     "#filter-form input[name=min_price]").count() else None
                 if page.locator("#filter-form input[name=min_price]").count():

@@ -303,6 +303,14 @@
     b.addEventListener("click", function () { pick(b.getAttribute("data-region")); });
   });
 
+  // Results page on a phone: the filters folded under their summary (unless set), so the first
+  // products show on the first screen; open without JavaScript and on wider screens.
+  var folding = document.querySelector("details.results-filters");
+  if (folding && folding.getAttribute("data-active") !== "1" && window.matchMedia &&
+      window.matchMedia("(max-width: 699px)").matches) {
+    folding.open = false;
+  }
+
   // Results page: a category picked with the mouse or a finger applies at once; with the keyboard
   // the arrows only move through the list (each would otherwise reload the page) and Enter applies.
   // Leaving the list without Enter puts back the category applied, so it never shows one that is not.
