@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
@@ -184,6 +186,36 @@ def sqlite_catalogue(tmp_path: Path):
 
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class ImageHandler(BaseHTTPRequestHandler):
+    """A quiet request handler for loopback image servers, with send_image (200, image/jpeg)."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_image(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+        except OSError:  # the client gave up (size cap, timeout)
+            pass
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) answering with `handler`, until close()."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 def raw_http(port: int, request: bytes) -> tuple[int, dict[str, list[str]], bytes]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from indexer.cli import cli
 from shopsearch.catalogue.downloads import DownloadSettings, ImageDownloader
 from shopsearch.catalogue.importers import import_catalogue
 from shopsearch.catalogue.readers import RowProblem, read_source
-from tests.conftest import make_image
+from tests.conftest import ImageHandler, LoopbackServer, make_image
 
 
 def _jpeg(i: int) -> bytes:
@@ -34,24 +32,21 @@ class Shop:
         self.version = 0
         shop = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
+        class Handler(ImageHandler):
             def do_GET(self) -> None:
                 shop.requests.append(self.path)
                 name = self.path.lstrip("/")
                 if name.startswith("p") and name.endswith(".jpg") and name[1:-4].isdigit():
-                    return self._send(_jpeg(int(name[1:-4])))
+                    return self.send_image(_jpeg(int(name[1:-4])))
                 if name == "changing.jpg":
-                    return self._send(_jpeg(10 + shop.version))
+                    return self.send_image(_jpeg(10 + shop.version))
                 if name == "slow.jpg":
                     time.sleep(3)
-                    return self._send(_jpeg(1))
+                    return self.send_image(_jpeg(1))
                 if name == "huge.jpg":
-                    return self._send(b"\xff\xd8" + b"\0" * (3 << 20))
+                    return self.send_image(b"\xff\xd8" + b"\0" * (3 << 20))
                 if name == "text.jpg":
-                    return self._send(b"<html>not a picture</html>")
+                    return self.send_image(b"<html>not a picture</html>")
                 if name == "to-ftp.jpg":
                     self.send_response(302)
                     self.send_header("Location", "ftp://127.0.0.1/x.jpg")
@@ -60,23 +55,11 @@ class Shop:
                 self.send_error(404)
                 return None
 
-            def _send(self, body: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                try:
-                    self.wfile.write(body)
-                except OSError:  # the client gave up (size cap, timeout)
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.http = LoopbackServer(Handler)
+        self.base = f"http://127.0.0.1:{self.http.port}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ import base64
 import io
 import json
 import sqlite3
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from indexer.cli.index_cmds import _print_report
 from shopsearch.catalogue.download_http import mask_url
 from shopsearch.catalogue.downloads import ImageDownloader
 from shopsearch.catalogue.stat_snapshot import SNAPSHOT_FILE
-from tests.conftest import make_image
+from tests.conftest import ImageHandler, LoopbackServer, make_image
 
 SECRET = "s3cr@t"  # sent percent-encoded in the URLs; no output may hold any part of it
 LEAK = "s3cr"  # what a leak shows, raw ("s3cr@t") or encoded ("s3cr%40t")
@@ -45,36 +43,24 @@ class Shop:
         self.later = False
         shop = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # quiet
-                pass
-
+        class Handler(ImageHandler):
             def do_GET(self) -> None:
                 shop.requests.append(self.path)
                 name = self.path.lstrip("/")
                 if self.headers.get("Authorization") != AUTH:
                     return self.send_error(401)
                 if name.startswith("p") and name.endswith(".jpg") and name[1:-4].isdigit():
-                    return self._send(_jpeg(int(name[1:-4])))
+                    return self.send_image(_jpeg(int(name[1:-4])))
                 if name == "later.jpg" and shop.later:
-                    return self._send(_jpeg(7))
+                    return self.send_image(_jpeg(7))
                 return self.send_error(404)
 
-            def _send(self, body: bytes) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http = LoopbackServer(Handler)
         #: every image URL carries the credentials, the password percent-encoded as a feed holds it
-        self.base = f"http://shop:{SECRET.replace('@', '%40')}@127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.base = f"http://shop:{SECRET.replace('@', '%40')}@127.0.0.1:{self.http.port}"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture
