@@ -111,6 +111,27 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True)
+class DownloadSettings:
+    """How a catalogue import fetches image URLs (shopsearch.catalogue.downloads; Settings.downloads)."""
+
+    #: seconds a download may take in all (name resolution, connect, headers, every redirect, every byte)
+    timeout_s: float = 30.0
+    #: the largest image file accepted (bytes, after any gzip decoding)
+    max_bytes: int = 50 << 20
+    #: downloads at once
+    concurrency: int = 8
+    user_agent: str = "ShopSearch catalogue import"
+    #: the most bytes one import may download in all (SHOPSEARCH_DOWNLOAD_MAX_TOTAL_BYTES): past
+    #: it, the URLs left are reported as not downloaded (a re-import fetches them, not the others)
+    max_total_bytes: int = 4 << 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "DownloadSettings":
+        cap = _number(env, "SHOPSEARCH_DOWNLOAD_MAX_TOTAL_BYTES", cls().max_total_bytes, minimum=1)
+        return cls(max_total_bytes=int(cap))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where ShopSearch keeps its state, which model/device it uses and how jobs are tuned."""
 
@@ -139,6 +160,8 @@ class Settings:
     query_precision: str = "auto"
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     gpu: GpuTuning = field(default_factory=GpuTuning)
+    #: how `catalogue import` downloads image URLs (limits per download and per import)
+    downloads: DownloadSettings = field(default_factory=DownloadSettings)
     #: search quality defaults of the service (a query may ask otherwise): re-ranking
     #: (off | qe | kr | qe+kr), mirrored-photo test-time augmentation, category fusion.
     #: Fusion is on: once `classify train` has made a head for the model it is the largest
@@ -203,6 +226,7 @@ class Settings:
             fp16_scans=_choice(env, "SHOPSEARCH_FP16_SCANS", "auto", FP16_SCAN_MODES),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
+            downloads=DownloadSettings.from_env(env),
             rerank=env.get("SHOPSEARCH_RERANK", "off"),
             tta=_switch(env, "SHOPSEARCH_TTA", False),
             fusion=_switch(env, "SHOPSEARCH_FUSION", True),

@@ -174,9 +174,9 @@ def test_force_update_says_it_reused_the_cached_vectors(indexed):
 def test_an_error_an_older_rescan_recorded_is_masked_too(indexed, shop):
     """Before the fix a rescan stored "no such file: http:/shop:<password>@..." (pathlib's one slash)."""
     url = f"{shop.base}/later.jpg"
-    with sqlite3.connect(indexed / "catalogue.db") as db:
+    with sqlite3.connect(indexed / "catalogue.db") as db:  # the failed URL is stored masked
         db.execute("UPDATE product_images SET status = 'missing', error = ? WHERE path = ?",
-                   (f"no such file: {url.replace('//', '/', 1)}", url))
+                   (f"no such file: {url.replace('//', '/', 1)}", mask_url(url)))
     [bad] = _problems(indexed)
     assert bad["error"] == f"no such file: {mask_url(url).replace('//', '/', 1)}" and "***" in bad["error"]
     assert "***" in _run(indexed, "catalogue", "problems").stdout

@@ -49,9 +49,9 @@ def import_cmd(c: Ctx, path: str, fmt: str, reference_split: str | None, workers
 
     problems: list[RowProblem] = []
     records = read_source(Path(path), fmt, problems, reference_split)
+    downloader = ImageDownloader(c.settings.downloads_dir, c.settings.downloads)
     report = import_catalogue(c.catalogue(), records, problems, workers=workers, progress=not as_json,
-                              strict=strict, downloader=ImageDownloader(c.settings.downloads_dir),
-                              refresh_downloads=refresh_downloads)
+                              strict=strict, downloader=downloader, refresh_downloads=refresh_downloads)
     # Products without a merchant category get a predicted one when a classifier exists
     # for the serving index's model (issue: category tagging).
     from shopsearch.classify.tagging import tag_after_import
@@ -115,7 +115,7 @@ def problems_cmd(c: Ctx, as_json: bool) -> None:
     """List the images that are not indexed (missing or unusable files) and why (a URL's password masked)."""
     from shopsearch.catalogue.download_http import mask_url
 
-    # an image whose download failed is stored under its URL, password and all: never shown
+    # an image whose download failed is stored under its URL, password masked (older imports stored it whole)
     bad = [replace(b, path=mask_url(b.path), error=b.error and mask_url(b.error))
            for b in c.catalogue(create=False).unusable_images()]
     if as_json:

@@ -1,29 +1,37 @@
 """One bounded HTTP(S) GET of a catalogue image URL (downloads.py stages, checks and keeps the file).
 
 Bounds hold against a hostile or broken server: one total deadline per download covers the
-connection, the headers, every redirect hop and every byte of the body (each socket read waits
-at most the time left, and the deadline is checked before each one, so a server dripping a byte a
-second is cut off at the deadline); the bytes read off the socket are capped too (a redirect's
-body, chunk overhead), and the decoded body at `max_bytes` (a gzip bomb stops there). Redirects go
-to http(s) only. A URL is sent as ASCII (IDNA host, percent-encoded path and query), credentials
+name's resolution (in a thread of its own, given up at the deadline: the C resolver cannot be
+interrupted), the connection, the headers, every redirect hop and every byte of the body (each
+socket read waits at most the time left, and the deadline is checked before each one, so a server
+dripping a byte a second is cut off at the deadline); the bytes read off the socket are capped
+too (a redirect's body, chunk overhead), and the decoded body at `max_bytes` (a gzip bomb stops
+there; a body of several gzip members is decoded to its end, as curl and browsers do); an
+ImportBudget caps the bytes all of one import's downloads receive together. Redirects go to
+http(s) only. A URL is sent as ASCII (IDNA host, percent-encoded path and query), credentials
 in it as a Basic Authorization header that does not follow a redirect, and no message names the
 password. urllib still does the rest (redirects, proxies from the environment, TLS)."""
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import io
 import re
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
-from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from shopsearch.catalogue.download_decode import decoder
+from shopsearch.config import DownloadSettings
 from shopsearch.errors import DownloadError
+
+__all__ = ["CHUNK", "DownloadSettings", "ImportBudget", "build_opener", "fetch", "mask_url", "one_line",
+           "request_url"]
 
 #: the most bytes one socket read (and one body read) asks for
 CHUNK = 1 << 16
@@ -35,19 +43,9 @@ _QUERY_SAFE = _PATH_SAFE + "?"
 #: the password of an http(s) URL in any text: up to the last "@" before the path; "http:/" too,
 #: as pathlib leaves a URL it took for a file name (old catalogue rows hold such error texts)
 _CREDENTIALS = re.compile(r"(?i)(https?:/{1,2}[^\s/?#:@]*:)[^\s/?#]*@")
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    """How image URLs are fetched (Settings.downloads)."""
-
-    #: seconds a download may take in all (connect, headers, every redirect, every byte)
-    timeout_s: float = 30.0
-    #: the largest image file accepted (bytes, after any gzip decoding)
-    max_bytes: int = 50 << 20
-    #: downloads at once
-    concurrency: int = 8
-    user_agent: str = "ShopSearch catalogue import"
+#: name resolutions running at once, each in a thread (some left behind by downloads that gave up
+#: on a resolver that hangs): past this many, a download waits for one to end, within its deadline
+_RESOLVING = threading.BoundedSemaphore(32)
 
 
 def mask_url(text: str) -> str:
@@ -83,11 +81,35 @@ def request_url(url: str) -> tuple[str, str | None]:
     return urlunsplit((parts.scheme.lower(), netloc, path, query, "")), auth
 
 
+class ImportBudget:
+    """The bytes one import's downloads may receive in all (DownloadSettings.max_total_bytes), shared
+    by its download threads: every byte off a socket counts, and once the cap is passed each
+    download stops, in the middle of its body or before it starts, with the same reason."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.spent = cap, 0
+        self._lock = threading.Lock()
+
+    def spend(self, n: int) -> None:
+        with self._lock:
+            self.spent += n
+            over = self.spent > self.cap
+        if over:
+            raise DownloadError(self.reason())
+
+    def exhausted(self) -> bool:
+        return self.spent >= self.cap
+
+    def reason(self) -> str:
+        return (f"not downloaded: this import reached its limit of {self.cap:,} bytes downloaded in all "
+                "(SHOPSEARCH_DOWNLOAD_MAX_TOTAL_BYTES); import again to fetch the rest")
+
+
 class _Limits:
     """One download's budget, shared by every connection of its redirect chain."""
 
-    def __init__(self, timeout_s: float, max_raw: int) -> None:
-        self.timeout_s, self.max_raw = timeout_s, max_raw
+    def __init__(self, timeout_s: float, max_raw: int, budget: ImportBudget | None = None) -> None:
+        self.timeout_s, self.max_raw, self.budget = timeout_s, max_raw, budget
         self.deadline = time.monotonic() + timeout_s
         self.received = 0
 
@@ -105,6 +127,8 @@ class _Limits:
 
     def count(self, n: int) -> None:
         self.received += n
+        if self.budget is not None:
+            self.budget.spend(n)
         if self.received > self.max_raw:
             raise DownloadError(f"the server sent over {self.max_raw:,} bytes")
 
@@ -172,12 +196,64 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
+def _resolve(host: str, port: int, limits: _Limits) -> list[tuple[Any, ...]]:
+    """socket.getaddrinfo(host, port) within the download's time left: run in a thread of its own,
+    which is left to finish alone when the deadline comes first (DownloadError, as any timeout)."""
+    if not _RESOLVING.acquire(timeout=limits.left()):
+        raise DownloadError(limits.timed_out())
+    answer: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting download
+            answer.append(e)
+        finally:
+            _RESOLVING.release()
+            done.set()
+
+    try:
+        threading.Thread(target=run, name="shopsearch-resolve", daemon=True).start()
+    except BaseException:
+        _RESOLVING.release()
+        raise
+    if not done.wait(limits.left()):
+        raise DownloadError(limits.timed_out())
+    if isinstance(answer[0], BaseException):
+        raise answer[0]
+    return answer[0]
+
+
+def _connect(address: tuple[str, int], timeout: Any = None, source_address: Any = None, *,
+             limits: _Limits) -> socket.socket:
+    """socket.create_connection (http.client's _create_connection) with the name resolved within
+    the deadline, each of its addresses tried with the time left."""
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in _resolve(address[0], address[1], limits):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(limits.left())
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:  # this address refused or timed out: the next one
+            error = e
+            sock.close()
+        except BaseException:
+            sock.close()
+            raise
+    raise error if error is not None else OSError(f"no address found for {address[0]}")
+
+
 class _DeadlineConnect:
-    """Mixed into http.client's connections: connect within the time left, then bound every I/O."""
+    """Mixed into http.client's connections: resolve and connect within the time left, then bound every I/O."""
 
     def __init__(self, host: str, *, limits: _Limits, **kwargs: Any) -> None:
         super().__init__(host, **kwargs)  # type: ignore[call-arg]
         self._limits = limits
+        self._create_connection = functools.partial(_connect, limits=limits)
 
     def connect(self) -> None:
         self.timeout = self._limits.left()  # the connection (TLS handshake, proxy tunnel) within what is left
@@ -238,10 +314,12 @@ def build_opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(_HTTPHandler(), _HTTPSHandler(), _Redirects())
 
 
-def fetch(opener: urllib.request.OpenerDirector, url: str, out: BinaryIO, s: DownloadSettings) -> int:
+def fetch(opener: urllib.request.OpenerDirector, url: str, out: BinaryIO, s: DownloadSettings,
+          budget: ImportBudget | None = None) -> int:
     """Write `url`'s body (decoded) into `out`; its size. DownloadError with a one-line reason
-    when it is given up (an HTTP error, no answer, too slow, too large, an unknown encoding)."""
-    limits = _Limits(s.timeout_s, 2 * s.max_bytes + _HEADROOM)
+    when it is given up (an HTTP error, no answer, too slow, too large, an unknown encoding, the
+    import's `budget` spent)."""
+    limits = _Limits(s.timeout_s, 2 * s.max_bytes + _HEADROOM, budget)
     try:
         target, auth = request_url(url)
         # identity: a body is stored as it is sent; one encoded all the same is decoded below
@@ -262,7 +340,7 @@ def _copy_body(resp: Any, out: BinaryIO, s: DownloadSettings, limits: _Limits) -
     length = resp.headers.get("Content-Length")
     if length and length.isdigit() and int(length) > s.max_bytes and not resp.headers.get("Content-Encoding"):
         raise DownloadError(f"{int(length):,} bytes, over the {s.max_bytes:,}-byte limit")
-    inflate = _decoder(resp.headers.get("Content-Encoding") or "")
+    inflate = decoder(resp.headers.get("Content-Encoding") or "")
     size = 0
     while True:
         limits.left()  # checked before every read, whatever the socket's timeout let through
@@ -270,7 +348,7 @@ def _copy_body(resp: Any, out: BinaryIO, s: DownloadSettings, limits: _Limits) -
         if not raw:
             break
         # a decoder stops at the room left (+1 to tell "over"): a gzip bomb never inflates further
-        data = raw if inflate is None else _inflate(inflate, raw, s.max_bytes - size + 1)
+        data = raw if inflate is None else inflate.feed(raw, s.max_bytes - size + 1)
         size += len(data)
         if size > s.max_bytes:
             raise DownloadError(f"over the {s.max_bytes:,}-byte limit")
@@ -283,24 +361,6 @@ def _copy_body(resp: Any, out: BinaryIO, s: DownloadSettings, limits: _Limits) -
     if size == 0:
         raise DownloadError("the server sent an empty body")
     return size
-
-
-def _decoder(encoding: str) -> Any:
-    """A decompressor for a Content-Encoding (None for none); DownloadError for one we do not decode."""
-    enc = encoding.strip().lower()
-    if enc in ("", "identity"):
-        return None
-    if enc in ("gzip", "x-gzip", "deflate"):
-        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # a gzip or zlib stream, told by its header
-    raise DownloadError(f"the server sent the body in {enc[:40]!r} encoding, which is not decoded "
-                        "(it was asked for none)")
-
-
-def _inflate(dec: Any, data: bytes, room: int) -> bytes:
-    try:
-        return dec.decompress(data, room)
-    except zlib.error as e:
-        raise DownloadError(f"the compressed body cannot be decoded: {e}") from None
 
 
 def _reason(e: Exception, limits: _Limits) -> str:

@@ -8,7 +8,9 @@ replaces pictures behind the same address. A download is written beside its fina
 (it must decode as an image, in the import's checking processes when it gives some) and only then
 renamed into place: a half, truncated or non-image download never takes the final name, so the
 next import tries again, and a refresh that fails in any way leaves the previous file as it was.
-Bounded (download_http.py): http(s) only, one deadline per download, a size cap, a few at a time."""
+Bounded (download_http.py): http(s) only, one deadline per download, a size cap, a few at a time,
+and a cap on the bytes one import (one fetch_all) downloads in all: past it, the URLs left fail
+with that reason (a re-import fetches them, not those downloaded)."""
 from __future__ import annotations
 
 import hashlib
@@ -22,7 +24,8 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from shopsearch.catalogue.download_http import DownloadSettings, build_opener, fetch, mask_url, one_line
+from shopsearch.catalogue.download_http import (DownloadSettings, ImportBudget, build_opener, fetch, mask_url,
+                                                one_line)
 from shopsearch.catalogue.records import ImageRecord
 from shopsearch.errors import DownloadError, InvalidImageError
 from shopsearch.images import inspect_image
@@ -122,13 +125,14 @@ class ImageDownloader:
             return out
         self._sweep_partial()
         check = check or check_in_process
+        budget = ImportBudget(self.settings.max_total_bytes)  # this import's downloads, all together
         workers = max(1, self.settings.concurrency)
         bar = tqdm(total=len(todo), desc="downloading images", unit="img", disable=not progress)
         try:
             with ThreadPoolExecutor(workers) as pool:
                 for start in range(0, len(todo), 4 * workers):
                     batch = todo[start:start + 4 * workers]
-                    staged = dict(zip(batch, pool.map(self._stage, batch)))
+                    staged = dict(zip(batch, pool.map(lambda u: self._stage(u, budget), batch)))
                     parts = [str(p) for p in staged.values() if isinstance(p, Path)]
                     try:
                         checked = check(parts) if parts else {}
@@ -143,14 +147,17 @@ class ImageDownloader:
             bar.close()
         return out
 
-    def _stage(self, url: str) -> Path | str:
-        """Download `url` beside its final name: the staged file, or why it was given up."""
+    def _stage(self, url: str, budget: ImportBudget) -> Path | str:
+        """Download `url` beside its final name: the staged file, or why it was given up (the
+        import's `budget` spent: not even tried)."""
+        if budget.exhausted():
+            return budget.reason()
         final = self.local_path(url)
         part = final.with_name(f"{final.name}.part{os.getpid()}-{os.urandom(4).hex()}")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with open(part, "wb") as f:
-                fetch(self._opener, url, f, self.settings)
+                fetch(self._opener, url, f, self.settings, budget)
             return part
         except DownloadError as e:
             why = str(e)

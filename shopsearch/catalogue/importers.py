@@ -154,9 +154,14 @@ def _checked_record(rec: ProductRecord, checked: dict[str, ImageRecord | str], r
             where = origin.get(im.path, im.path)  # a URL's password is never shown
             report.problems.append(RowProblem(mask_url(where) if is_url(where) else where, rec.sku, res,
                                               kind="image"))
-            # Recorded (not dropped) so the product page and `stats` can show it; never indexed.
+            # Recorded (not dropped) so the product page and `stats` can show it; never indexed. A URL
+            # that failed is stored under its name with the password masked (the next import retries
+            # the manifest's URL); URLs that differ only in their password are one image then.
             status = "missing" if res.startswith("no such file") else "invalid"
-            images.append(replace(im, status=status, error=res))
+            path = mask_url(im.path) if is_url(im.path) else im.path
+            if path != im.path and any(done.path == path for done in images):
+                continue
+            images.append(replace(im, path=path, status=status, error=res))
         else:
             report.images_ok += 1
             images.append(res if res.role == im.role else replace(res, role=im.role))
