@@ -114,6 +114,8 @@ class SearchResult:
     #: category head puts the photo's product outside the category filter; without a head, the
     #: unfiltered search ranks it lower: SearchService._unfiltered_chance) or "flat" (one flat colour)
     confidence_limit: str | None = None
+    #: advice on the photo itself, the results kept (shopsearch.photo_advice: "too_dark")
+    advice: tuple[str, ...] = ()
     #: the vector searched with (float32, unit length); kept out of to_dict: the feedback log stores it
     query_vector: Any = field(default=None, repr=False, compare=False)
 
@@ -128,5 +130,6 @@ class SearchResult:
             "confidence": round(self.confidence, 4) if self.confidence is not None else None,
             "match": self.match,
             "confidence_limit": self.confidence_limit,
+            "advice": list(self.advice),
             "calibration": self.calibration,
         }

@@ -20,6 +20,7 @@ from shopsearch.grouping import OwnersCache, group_candidates
 from shopsearch.images import lacks_detail
 from shopsearch.index.manifest import IndexManifest, check_model
 from shopsearch.index.vector_index import VectorIndex
+from shopsearch.photo_advice import photo_advice
 from shopsearch.rerank import RerankingIndex, RerankOptions
 from shopsearch.results import CategoryPrediction, ProductHit, SearchFilters, SearchResult
 
@@ -75,7 +76,7 @@ class SearchService:
             query_vectors(self.embedder, [image])[0]
         t1 = time.perf_counter()
         return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000, rerank=rerank,
-                                  fusion=fusion, flat=lacks_detail(image))
+                                  fusion=fusion, flat=lacks_detail(image), advice=photo_advice(image))
 
     def search_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> SearchResult:
         if not self.embedder.has_text:
@@ -89,14 +90,15 @@ class SearchService:
                       routing: bool = True, exclude_skus: frozenset[str] = frozenset(),
                       embed_ms: float = 0.0, rerank: RerankOptions | None = None,
                       fusion: bool | None = None, calibrate: bool = True, photo: bool = True,
-                      flat: bool = False) -> SearchResult:
+                      flat: bool = False, advice: tuple[str, ...] = ()) -> SearchResult:
         """Top-k products; image queries carry a calibrated confidence (shopsearch.confidence),
         computed on at least two products so that k=1 has a runner-up to compare with.
         `rerank`, `fusion`: this query's choice (None = the service's default). Fusion needs a
         router with category probabilities (a trained classifier); without one it is plain routing.
         `vec` is the model's vector (the one logged, and the one the category head reads); a
         centred build searches with the photo's vector centred by the shopper-photo mean
-        (`photo`=False: a text query, not centred); `flat`: the photo is one flat colour (no match)."""
+        (`photo`=False: a text query, not centred); `flat`: the photo is one flat colour (no match);
+        `advice`: the photo's (shopsearch.photo_advice), given with the result."""
         k_asked, k = k, max(k, 2)
         t0 = time.perf_counter()
         db_s = [0.0]  # catalogue lookups, reported apart from the vector search
@@ -145,7 +147,7 @@ class SearchService:
                 res = res if chance is None else capped(res, self.calibration, chance, "filter")
             if flat:  # a photo of one flat colour (shopsearch.images.lacks_detail) identifies nothing
                 res = capped(res, self.calibration, 0.0, "flat")
-        return replace(res, hits=res.hits[:k_asked], query_vector=vec)
+        return replace(res, hits=res.hits[:k_asked], query_vector=vec, advice=tuple(advice))
 
     def _calibrated(self, res: SearchResult, rerank_spec: str, boost: dict[str, float] | None,
                     head: dict[str, float] | None, svec: np.ndarray) -> SearchResult:

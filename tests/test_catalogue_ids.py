@@ -49,9 +49,14 @@ def test_a_stale_index_never_answers_with_a_product_imported_after_a_delete(db_u
     assert [r["sku"] for r in found] == ["A0"]  # A1's vector is stale, and its id belongs to no one
 
 
+#: indexes and triggers that migrations after 0007 add (they are not 0007's to keep)
+_LATER = {"uq_feedback_events_one_verdict"}  # 0008
+
+
 def _schema(conn) -> dict[str, str]:
-    return dict(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') "
-                                  "AND sql IS NOT NULL")).all())
+    return {name: sql for name, sql in conn.execute(text(
+        "SELECT name, sql FROM sqlite_master WHERE type IN ('index', 'trigger') AND sql IS NOT NULL")).all()
+        if name not in _LATER}
 
 
 def _rows(conn) -> list:

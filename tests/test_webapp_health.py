@@ -40,6 +40,10 @@ def test_ready_and_alive(tmp_path):
     for prefix in ("/api/v1", ""):  # probes usually look at the root
         live = c.get(f"{prefix}/healthz")
         assert live.status_code == 200 and live.json["status"] == "ok" and live.json["index_loaded"] is True
+        # public: what monitoring needs (the build served), nothing about the process (probe fix: no pid)
+        assert live.json["build_id"] and live.json["vectors"] == 6 and "pid" not in live.json
+        assert not set(live.json) - set(c.get("/api/v1/openapi.json").json["components"]["schemas"]["Health"]
+                                        ["properties"])
         ready = c.get(f"{prefix}/readyz")
         assert ready.status_code == 200 and ready.json["status"] == "ready" and ready.json["reasons"] == []
         assert ready.json["vectors"] == 6 and "degraded" not in ready.json

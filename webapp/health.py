@@ -7,7 +7,6 @@
           is served, else 503 "unavailable" with the reasons (stop sending traffic)."""
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 
@@ -67,9 +66,10 @@ def _probe() -> DatabaseProbe:
 
 @bp.get("/healthz")
 def healthz():
-    """Liveness: the process serves requests. What is loaded is reported, not checked."""
+    """Liveness: the process serves requests. What is loaded is reported, not checked; nothing
+    about the process itself (no pid: the body is public, and a process id helps only an attacker)."""
     svc = holder().current()
-    body: dict = {"status": "ok", "pid": os.getpid(), "index_loaded": svc is not None}
+    body: dict = {"status": "ok", "index_loaded": svc is not None}
     if svc is not None:
         m = svc.manifest
         body.update(model=m.model_name, build_id=m.build_id, vectors=len(svc.index), index_type=m.index_type,

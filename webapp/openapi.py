@@ -176,6 +176,10 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                                          "chance among the same search's unfiltered products is lower, as when "
                                          "products the filters hide are closer to the photo), `flat` (the photo is "
                                          "one flat colour); null otherwise."},
+                    "advice": {"type": "array", "items": {"type": "string", "enum": ["too_dark"]}, "description":
+                               "Advice on the photo itself, its results kept: `too_dark` (the photo is nearly "
+                               "black: try again with more light). Empty when there is none, and for text "
+                               "searches and recommendations."},
                     "calibration": {"type": "object", "nullable": True, "description":
                                     "`status` calibrated (with `method`, `samples`, `strong_at`, `none_below` and "
                                     "`scoring`, the re-ranking/fusion path it holds for; `source`: `labelled` "
@@ -218,7 +222,7 @@ def openapi_document(server_url: str = "/api/v1") -> dict[str, Any]:
                     "request_id": {"type": "string"}, "sku": {"type": "string"}, "event": {"type": "string"},
                     "at": {"type": "string", "format": "date-time"}}}}},
                 "Health": {"type": "object", "required": ["status"], "properties": {
-                    "status": {"type": "string", "enum": ["ok"]}, "pid": {"type": "integer"},
+                    "status": {"type": "string", "enum": ["ok"]},
                     "index_loaded": {"type": "boolean"}, "model": {"type": "string"},
                     "build_id": {"type": "string"}, "vectors": {"type": "integer"}, "index_type": {"type": "string"},
                     "dim": {"type": "integer"}, "has_text": {"type": "boolean"}, "router": {"type": "boolean"}}},

@@ -9,6 +9,7 @@ from flask import Blueprint, current_app, make_response, redirect, render_templa
 
 from shopsearch.errors import ShopSearchError, UnknownRequestError
 from shopsearch.images import lacks_detail
+from shopsearch.photo_advice import known_advice, photo_advice
 from shopsearch.regions import Region, find_objects, parse_box
 from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price
 from shopsearch.search import query_vectors
@@ -273,7 +274,7 @@ def search():
     if data is not None:
         img = decode_upload(data, svc.embedder)
         query = crop_upload(data, img, box, svc.embedder) if box is not None else img
-        flat = lacks_detail(query)
+        flat, advice = lacks_detail(query), photo_advice(query)
         t0 = time.perf_counter()
         vec = query_vectors(svc.embedder, [query])[0]
         embed_ms = (time.perf_counter() - t0) * 1000
@@ -284,12 +285,14 @@ def search():
         encoded, origin = _opened_query(form["qv"])
         vec = decode_vector(encoded, svc.embedder.dim)
         flat = form.get("qflat") == "1"  # carried with the vector (it only ever lowers the confidence)
+        advice = known_advice(form.getlist("qadvice"))  # likewise (it only ever adds a hint)
         # the objects found in the photo, searched again from their posted-back vectors
         regions = _posted_regions(form, svc, min(k, 8), filters)
         preview = checked_preview(form.get("qthumb"), 480 if regions else 240)
     else:
         raise MissingImageError("Choose or take a photo first.")
-    res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms, flat=flat)
+    res = svc.search_vector(vec, k=k, filters=filters, routing=routing, embed_ms=embed_ms, flat=flat,
+                            advice=advice)
     observe_search(res)
     crop_param = box.to_param() if box is not None else (form.get("crop") or "")
     options = {"k": k, "filters": _filters_dict(filters), "crop": crop_param or None, "objects": objects,

@@ -60,7 +60,10 @@ class FeedbackStore:
         stored): a malformed or unknown request id, an event not in EVENTS, a SKU the catalogue
         does not have or that this search did not show, and the same event on the same product
         of the same search a second time. A verdict ("confirm" / "reject") replaces the other one
-        on that product of that search: one verdict each, the latest."""
+        on that product of that search: one verdict each, the latest. Feedback on one search is
+        recorded one request at a time (its row is locked first), so verdicts sent at the same
+        moment end as they would one after the other; the database's unique index (migration
+        0008) holds one verdict per product of a search whoever writes."""
         if event not in EVENTS:
             raise FeedbackError(f"event must be one of {', '.join(EVENTS)}, not {str(event)[:40]!r}")
         if not isinstance(request_id, str) or not is_request_id(request_id):
@@ -68,7 +71,7 @@ class FeedbackStore:
         if not isinstance(sku, str) or not sku or len(sku) > 200 or "\x00" in sku:  # PostgreSQL refuses NUL
             raise FeedbackError("sku must be a product SKU (1 to 200 characters)")
         with self.engine.begin() as conn:
-            search_id = conn.execute(select(t.searches.c.id).where(t.searches.c.request_id == request_id)).scalar()
+            search_id = self._lock_search(conn, request_id)
             if search_id is None:
                 raise UnknownRequestError(f"no logged search has request id {request_id} (unknown, or older than "
                                           f"the log's retention)")
@@ -86,10 +89,21 @@ class FeedbackStore:
             ts = _utc(now or _utcnow())
             try:
                 conn.execute(insert(t.events).values(search_id=search_id, sku=sku, event=event, created_at=ts))
-            except IntegrityError:  # the same event raced in from another worker
+            except IntegrityError:  # written past the lock (another tool): the database's constraints hold
                 raise DuplicateFeedbackError(f"{event} on {sku!r} was already recorded for request "
                                              f"{request_id}") from None
         return LoggedEvent(sku, event, ts)
+
+    @staticmethod
+    def _lock_search(conn: Connection, request_id: str) -> int | None:
+        """The search's id, its row locked until the transaction ends (None: no such search).
+        SQLite locks the whole database for writing (BEGIN IMMEDIATE: pysqlite would otherwise
+        open the transaction only at the first write, after the checks); PostgreSQL the row (FOR NO
+        KEY UPDATE: feedback on it waits, rows that merely reference it do not)."""
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        q = select(t.searches.c.id).where(t.searches.c.request_id == request_id).with_for_update(key_share=True)
+        return conn.execute(q).scalar()
 
     @staticmethod
     def _unshown(conn: Connection, sku: str, request_id: str) -> None:

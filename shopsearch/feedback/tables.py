@@ -1,9 +1,9 @@
 """The feedback log's tables (SQLAlchemy Core). The schema is made only by the Alembic
-migration 0003 under migrations/; these definitions must match it."""
+migrations 0003 and 0008 under migrations/; these definitions must match them."""
 from __future__ import annotations
 
-from sqlalchemy import (JSON, BigInteger, Column, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData,
-                        String, Table, UniqueConstraint)
+from sqlalchemy import (JSON, BigInteger, Column, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData,
+                        String, Table, UniqueConstraint, text)
 
 # SQLite only auto-increments INTEGER PRIMARY KEY, so BigInteger falls back to Integer there.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -51,3 +51,7 @@ events = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("search_id", "sku", "event", name="uq_feedback_events_once"),
 )
+#: one verdict ("confirm" / "reject") per product of a search (migration 0008)
+_VERDICT = text("event IN ('confirm', 'reject')")
+Index("uq_feedback_events_one_verdict", events.c.search_id, events.c.sku, unique=True,
+      sqlite_where=_VERDICT, postgresql_where=_VERDICT)
