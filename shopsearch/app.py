@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from shopsearch.catalogue.db import sqlite_file
 from shopsearch.catalogue.store import CatalogueStore
-from shopsearch.config import FP16_SCANS_MIN, Settings
+from shopsearch.config import FP16_SCANS_MIN, Settings, available_cpus
 from shopsearch.errors import ConfigError, DatabaseUnavailableError
 from shopsearch.index.store import IndexStore
 
@@ -170,7 +170,7 @@ def place_index(index: VectorIndex, settings: Settings) -> bool:
     from shopsearch.index.faiss_gpu import gpu_available
 
     if settings.fp16_scans == "on" or (settings.fp16_scans == "auto" and len(index) >= FP16_SCANS_MIN):
-        made = index.make_half_copy()
+        made = index.make_half_copy(settings.scan_threads or min(2, available_cpus()))
         if made:
             log.info("float16 copy for filtered scans", extra={"vectors": index.base_count, "bytes": made})
 

@@ -155,6 +155,9 @@ class Settings:
     #: traffic (shopsearch/index/half_copy.py; +2 bytes per dimension and vector): auto (indexes
     #: of FP16_SCANS_MIN vectors or more) | on | off
     fp16_scans: str = "auto"
+    #: threads one large filtered scan of that copy may use (0: 2 where the process has two
+    #: cores or more; a search that finds the second one busy scans alone)
+    scan_threads: int = 0
     #: the form of the model shoppers' photos run on (CPU): auto (the fastest measured at start-up
     #: whose vectors match fp32's, bf16 where the CPU has it) | fp32 | bf16
     query_precision: str = "auto"
@@ -224,6 +227,7 @@ class Settings:
             query_precision=_choice(env, "SHOPSEARCH_QUERY_PRECISION", "auto", QUERY_PRECISIONS),
             query_threads=_choice(env, "SHOPSEARCH_QUERY_THREADS", "fixed", QUERY_THREAD_MODES),
             fp16_scans=_choice(env, "SHOPSEARCH_FP16_SCANS", "auto", FP16_SCAN_MODES),
+            scan_threads=int(_number(env, "SHOPSEARCH_SCAN_THREADS", 0) or 0),
             pipeline=PipelineSettings.from_env(env),
             gpu=GpuTuning.from_env(env),
             downloads=DownloadSettings.from_env(env),

@@ -195,3 +195,70 @@ def test_the_copy_holds_ieee_half_of_every_vector_and_their_largest_norm():
     assert (np.abs(codes - x) <= np.abs(nearest - x)).all()
     assert (codes == nearest).mean() > 0.999
     assert half.max_norm == pytest.approx(float(np.linalg.norm(x, axis=1).max()), rel=1e-6)
+
+
+def test_split_runs_cuts_the_positions_in_two_halves_that_cover_them_once():
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        cuts = np.sort(rng.choice(np.arange(1, 400), rng.integers(0, 6), replace=False)).tolist()
+        bounds = [0] + cuts + [400]
+        starts = [int(s) for s in np.cumsum(rng.integers(1, 50, len(bounds) - 1)) * 1000]
+        positions = np.concatenate([np.arange(s, s + b - a) for a, b, s in zip(bounds[:-1], bounds[1:], starts)])
+        halves = half_copy.split_runs(bounds, starts)
+        covered = []
+        for hb, hs in halves:
+            assert len(hb) == len(hs) + 1 and hb == sorted(hb) and all(b > a for a, b in zip(hb[:-1], hb[1:]))
+            for a, b, s in zip(hb[:-1], hb[1:], hs):
+                assert positions[a] == s and positions[b - 1] == s + b - a - 1  # still runs of consecutive positions
+                covered += list(range(a, b))
+        assert covered == list(range(400))
+        assert halves[0][0][-1] == 200 and halves[1][0][0] == 200  # as many positions in each half
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_large_scan_on_two_threads_finds_what_one_thread_finds(busy):
+    import threading
+
+    rng = np.random.default_rng(9)
+    x = _unit(rng.standard_normal((40000, 32)))
+    vi = _index(x)
+    flat = flat_storage(faiss.downcast_index(vi.faiss_index.index))
+    one, two = HalfCopy(flat), HalfCopy(flat, threads=2)
+    threads_seen = set()
+    real = HalfCopy._scan
+
+    def spy(self, *a, **kw):
+        threads_seen.add(threading.current_thread().name)
+        return real(self, *a, **kw)
+
+    HalfCopy._scan = spy
+    if busy:  # another search holds the scan thread: this one scans alone and does not wait
+        two._claim.acquire()
+    try:
+        positions = _runs([(500, 7000), (9000, 9050), (12000, 31000)])
+        bounds = [0, 6500, 6550, len(positions)]
+        starts = [500, 9000, 12000]
+        assert len(positions) >= half_copy.SPLIT_SET
+        for q in _unit(rng.standard_normal((10, 32))):
+            got = two.candidates(q, 20, positions, bounds, starts)
+            assert np.array_equal(got, one.candidates(q, 20, positions, bounds, starts))
+            assert set(_truth(q[None], x, positions, 20)[0].tolist()) <= set(got.tolist())
+    finally:
+        HalfCopy._scan = real
+        if busy:
+            two._claim.release()
+    assert (len(threads_seen) == 1) is busy  # a free scan thread took half of every scan
+
+
+def test_served_indexes_scan_on_the_threads_the_settings_give():
+    from shopsearch.config import Settings
+
+    assert Settings.from_env({}).scan_threads == 0  # auto: two where the process has two cores
+    assert Settings.from_env({"SHOPSEARCH_SCAN_THREADS": "1"}).scan_threads == 1
+    x = _unit(np.random.default_rng(10).standard_normal((9000, 8)))
+    vi = _index(x)
+    vi.make_half_copy(threads=2)
+    assert vi.half_copy._pool is not None
+    vi1 = _index(x)
+    vi1.make_half_copy()
+    assert vi1.half_copy._pool is None

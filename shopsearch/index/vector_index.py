@@ -152,16 +152,17 @@ class VectorIndex:
         """The float16 copy large filtered scans read (make_half_copy), None without one."""
         return self._half
 
-    def make_half_copy(self) -> int:
+    def make_half_copy(self, threads: int = 1) -> int:
         """Keep a float16 copy of the base segment's vectors, from which large filtered sets are
-        scored exactly with half the memory traffic (shopsearch/index/half_copy.py); returns its
-        bytes (0: this index type stores no flat float vectors, or they do not fit float16).
-        Safe while searches run: they use the copy once it is whole."""
+        scored exactly with half the memory traffic, by up to `threads` threads a scan
+        (shopsearch/index/half_copy.py); returns its bytes (0: this index type stores no flat
+        float vectors, or they do not fit float16). Safe while searches run: they use the copy
+        once it is whole."""
         flat = flat_storage(faiss.downcast_index(self._index.index))
         if flat is None or flat.ntotal == 0:
             return 0
         try:
-            half = HalfCopy(flat)
+            half = HalfCopy(flat, threads)
         except ValueError as e:  # not representable in float16: scans stay on float32
             log.warning("no float16 copy for filtered scans: %s", e)
             return 0
