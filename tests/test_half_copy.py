@@ -262,3 +262,38 @@ def test_served_indexes_scan_on_the_threads_the_settings_give():
     vi1 = _index(x)
     vi1.make_half_copy()
     assert vi1.half_copy._pool is None
+
+
+def test_split_scans_stop_while_the_cores_are_busy_and_try_again_later(monkeypatch):
+    import threading
+
+    rng = np.random.default_rng(11)
+    x = _unit(rng.standard_normal((20000, 16)))
+    vi = _index(x)
+    two = HalfCopy(flat_storage(faiss.downcast_index(vi.faiss_index.index)), threads=2)
+    clock = [1000.0]
+    monkeypatch.setattr(half_copy.time, "monotonic", lambda: clock[0])
+    real = HalfCopy._scan
+    seen: set[str] = set()
+
+    def spy(self, *a, **kw):
+        seen.add(threading.current_thread().name)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(HalfCopy, "_scan", spy)
+    positions = _runs([(0, 20000)])
+    q = _unit(rng.standard_normal((1, 16)))[0]
+
+    def threads_used() -> int:
+        seen.clear()
+        assert set(two.candidates(q, 10, positions, [0, 20000], [0]).tolist()) >= set(
+            _truth(q[None], x, positions, 10)[0].tolist())
+        return len(seen)
+
+    two.judge_split(1.0, 1.0)  # one split that waited for a core (a hiccup): still splitting
+    assert threads_used() == 2
+    for _ in range(8):  # split after split waited: the cores are busy
+        two.judge_split(1.0, 1.0)
+    assert threads_used() == 1  # scans run alone a while ...
+    clock[0] += half_copy.QUIET_S + 0.01
+    assert threads_used() == 2  # ... then one splits again to see

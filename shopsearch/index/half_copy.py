@@ -16,13 +16,18 @@ Only sets of runs are scanned here (a category or a price range of a grouped lay
 shopsearch/index/layout.py): scattered positions would cost a scanner call each. A set of
 SPLIT_SET vectors or more is cut in two halves scanned at once, one on a scan thread, when
 the copy was given one (`threads`) and no other search holds it: a scan reads memory at the
-pace one core can draw it, so two cores read a category in about half the time; a search
-that finds the thread busy scans alone, as before (a busy server gains nothing from it).
+pace one core can draw it, so two cores read a category in about half the time. A search
+that finds the thread busy scans alone, as before; and when the cores are busy with other
+work (other workers' searches), a split gains nothing and costs a busy server throughput, so
+a split whose halves' CPU time is under MIN_SPEEDUP times its wall time (a half waited for a
+core: their moving average, so that a lone hiccup does not count) makes the scans run alone
+for QUIET_S before the next one tries again.
 """
 from __future__ import annotations
 
 import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import faiss
@@ -38,6 +43,13 @@ MIN_SET = 4096
 MIN_MEAN_RUN = 32
 #: sets of at least this many vectors are scanned in two halves at once when a scan thread is free
 SPLIT_SET = 8192
+#: split scans whose halves' CPU time together is under this many times their wall time (a moving
+#: average, weight SPEEDUP_WEIGHT for the latest) waited for a core: the machine is busy, so scans
+#: run alone for QUIET_S seconds, and then one splits again to see (a split a QUIET_S at most
+#: while the cores stay busy)
+MIN_SPEEDUP = 1.3
+SPEEDUP_WEIGHT = 0.25
+QUIET_S = 0.1
 FLOAT16_MAX = 65504.0
 _LOWEST = float(np.finfo(np.float32).min)  # the empty slot of FAISS's min-heap (CMin::neutral)
 
@@ -71,7 +83,14 @@ class HalfCopy:
         # one scan thread beside the searching one (the second half of a large set), and a
         # non-blocking claim on it: a search never waits for another search's half
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="half-scan") if threads > 1 else None
+        #: threads a large scan may use: 2 splits it when the scan thread is free (lowering it to 1
+        #: at any time stops splitting: benchmarks compare the two in one process)
+        self.threads = min(threads, 2)
         self._claim = threading.Lock()
+        self._quiet_until = 0.0  # time.monotonic() before which scans run alone (the cores were busy)
+        # moving average of split scans' CPU / wall time: from 2 (two halves at once) at first; after
+        # a quiet spell the next split's own figure (one split decides whether the cores are free again)
+        self._speedup: float | None = 2.0
 
     def _scanner(self) -> faiss.InvertedListScanner:
         """This thread's scanner over the copy (a scanner holds its query: one per thread). Made
@@ -102,11 +121,16 @@ class HalfCopy:
         leave that unsure. The runs: run r is positions[bounds[r]:bounds[r+1]], from starts[r]."""
         kk = k + MARGIN
         row = np.ascontiguousarray(q, dtype=np.float32)
-        if self._pool is not None and len(positions) >= SPLIT_SET and self._claim.acquire(blocking=False):
+        if self._may_split(len(positions)):
             try:
                 first, second = split_runs(bounds, starts)
-                other = self._pool.submit(self._scan, row, kk, positions, *second)
-                heaps = [self._scan(row, kk, positions, *first), other.result()]
+                t0, c0 = time.perf_counter(), time.thread_time()
+                other = self._pool.submit(_timed, self._scan, row, kk, positions, *second)  # type: ignore[union-attr]
+                heaps = [self._scan(row, kk, positions, *first)]
+                mine = time.thread_time() - c0
+                heap, theirs = other.result()
+                heaps.append(heap)
+                self.judge_split(mine + theirs, time.perf_counter() - t0)
             finally:
                 self._claim.release()
         else:
@@ -121,6 +145,21 @@ class HalfCopy:
         if any(len(s) == kk and float(s.min()) >= line for s, _ in heaps):
             return None
         return np.sort(found[scores >= line])
+
+    def _may_split(self, size: int) -> bool:
+        """Whether a scan of `size` positions splits now (the scan thread then claimed)."""
+        return (self._pool is not None and self.threads > 1 and size >= SPLIT_SET
+                and time.monotonic() >= self._quiet_until and self._claim.acquire(blocking=False))
+
+    def judge_split(self, cpu_s: float, wall_s: float) -> None:
+        """After a split scan (the claim held): its halves' CPU seconds together and its wall
+        seconds. When split scans' moving average of the two falls under MIN_SPEEDUP, halves
+        waited for a core: scans run alone for QUIET_S, and the next split's figure starts it anew."""
+        got = cpu_s / max(wall_s, 1e-9)
+        avg = got if self._speedup is None else (1 - SPEEDUP_WEIGHT) * self._speedup + SPEEDUP_WEIGHT * got
+        self._speedup = avg
+        if avg < MIN_SPEEDUP:
+            self._quiet_until, self._speedup = time.monotonic() + QUIET_S, None
 
     def _scan(self, row: np.ndarray, kk: int, positions: np.ndarray, bounds: list[int],
               starts: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,6 +176,13 @@ class HalfCopy:
                                kk)
         kept = found >= 0
         return scores[kept], found[kept]
+
+
+def _timed(scan, *args):  # type: ignore[no-untyped-def]
+    """scan(*args) and the CPU seconds this thread spent on it."""
+    c0 = time.thread_time()
+    out = scan(*args)
+    return out, time.thread_time() - c0
 
 
 def split_runs(bounds: list[int], starts: list[int]
