@@ -54,6 +54,26 @@ def _truth(x: np.ndarray, ids: np.ndarray, q: np.ndarray, allowed: np.ndarray, k
     return allowed[np.argsort(-sims)[:k]]
 
 
+@pytest.mark.parametrize("index_type", ("ivfflat", "hnsw"))
+def test_thirty_of_a_hundred_thousand_all_returned_on_the_ann_types(index_type):
+    """The issue's own case on the ANN types too (flat is 100k in _big): a filter that 30 of
+    100,000 images pass returns all 30 for k >= 30, the exact top 10 below that."""
+    n = 100_000
+    x = _unit(np.random.default_rng(8).standard_normal((n, DIM)))
+    ids = np.arange(n, dtype=np.int64) * 3 + 11
+    vi = VectorIndex(DIM, index_type, expected_size=n)
+    vi.add(ids, x)
+    rng = np.random.default_rng(9)
+    allowed = np.sort(rng.choice(ids, 30, replace=False))
+    q = _unit(rng.standard_normal((4, DIM)))
+    for k in (30, 40):
+        _, got = vi.search(q, k, allowed=allowed)
+        for row in range(len(q)):
+            assert sorted(got[row][got[row] >= 0].tolist()) == allowed.tolist()
+    _, got = vi.search(q[:1], 10, allowed=allowed)
+    assert got[0].tolist() == _truth(x, ids, q[0], allowed, 10).tolist()
+
+
 @pytest.mark.parametrize("index_type", (*INDEX_TYPES, "ivfpq"))
 def test_thirty_allowed_all_returned(index_type):
     vi, ids, x = _big(index_type)
