@@ -258,10 +258,10 @@ def test_served_indexes_scan_on_the_threads_the_settings_give():
     x = _unit(np.random.default_rng(10).standard_normal((9000, 8)))
     vi = _index(x)
     vi.make_half_copy(threads=2)
-    assert vi.half_copy._pool is not None
+    assert vi.half_copy.threads == 2
     vi1 = _index(x)
     vi1.make_half_copy()
-    assert vi1.half_copy._pool is None
+    assert vi1.half_copy.threads == 1
 
 
 def test_split_scans_stop_while_the_cores_are_busy_and_try_again_later(monkeypatch):
@@ -297,3 +297,33 @@ def test_split_scans_stop_while_the_cores_are_busy_and_try_again_later(monkeypat
     assert threads_used() == 1  # scans run alone a while ...
     clock[0] += half_copy.QUIET_S + 0.01
     assert threads_used() == 2  # ... then one splits again to see
+
+
+def test_a_copy_made_before_a_fork_splits_scans_in_the_child():
+    import os
+
+    rng = np.random.default_rng(12)
+    x = _unit(rng.standard_normal((20000, 16)))
+    vi = _index(x)
+    two = HalfCopy(flat_storage(faiss.downcast_index(vi.faiss_index.index)), threads=2)
+    positions = _runs([(0, 20000)])
+    q = _unit(rng.standard_normal((1, 16)))[0]
+    want = two.candidates(q, 10, positions, [0, 20000], [0])  # the parent's scan thread made
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a split must not wait forever on the parent's thread
+        ok = False
+        try:
+            two._quiet_until = 0.0
+            got = two.candidates(q, 10, positions, [0, 20000], [0])
+            ok = np.array_equal(got, want)
+        finally:
+            os.write(w, b"1" if ok else b"0")
+            os._exit(0)
+    os.close(w)
+    import select
+
+    ready, _, _ = select.select([r], [], [], 20)
+    assert ready, "the child's split scan hung"
+    assert os.read(r, 1) == b"1"
+    os.waitpid(pid, 0)

@@ -26,6 +26,7 @@ for QUIET_S before the next one tries again.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -82,10 +83,13 @@ class HalfCopy:
         self._local = threading.local()
         # one scan thread beside the searching one (the second half of a large set), and a
         # non-blocking claim on it: a search never waits for another search's half
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="half-scan") if threads > 1 else None
+        # the scan thread, made by the first split of each process (a copy made before a server
+        # forks its workers must not hand a child an executor whose thread stayed in the parent)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         #: threads a large scan may use: 2 splits it when the scan thread is free (lowering it to 1
         #: at any time stops splitting: benchmarks compare the two in one process)
-        self.threads = min(threads, 2)
+        self.threads = max(1, min(threads, 2))
         self._claim = threading.Lock()
         self._quiet_until = 0.0  # time.monotonic() before which scans run alone (the cores were busy)
         # moving average of split scans' CPU / wall time: from 2 (two halves at once) at first; after
@@ -125,7 +129,7 @@ class HalfCopy:
             try:
                 first, second = split_runs(bounds, starts)
                 t0, c0 = time.perf_counter(), time.thread_time()
-                other = self._pool.submit(_timed, self._scan, row, kk, positions, *second)  # type: ignore[union-attr]
+                other = self._scan_pool().submit(_timed, self._scan, row, kk, positions, *second)
                 heaps = [self._scan(row, kk, positions, *first)]
                 mine = time.thread_time() - c0
                 heap, theirs = other.result()
@@ -148,8 +152,14 @@ class HalfCopy:
 
     def _may_split(self, size: int) -> bool:
         """Whether a scan of `size` positions splits now (the scan thread then claimed)."""
-        return (self._pool is not None and self.threads > 1 and size >= SPLIT_SET
-                and time.monotonic() >= self._quiet_until and self._claim.acquire(blocking=False))
+        return (self.threads > 1 and size >= SPLIT_SET and time.monotonic() >= self._quiet_until
+                and self._claim.acquire(blocking=False))
+
+    def _scan_pool(self) -> ThreadPoolExecutor:
+        """This process's scan thread (called with the claim held)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool, self._pool_pid = ThreadPoolExecutor(1, thread_name_prefix="half-scan"), os.getpid()
+        return self._pool
 
     def judge_split(self, cpu_s: float, wall_s: float) -> None:
         """After a split scan (the claim held): its halves' CPU seconds together and its wall
