@@ -1,10 +1,11 @@
 """Shopper probe fix: a nearly black (underexposed) photo keeps its results but gets advice, in
 the API (`advice: ["too_dark"]`, in the OpenAPI document) and on the results page ("The photo is
-very dark"), also after the page's filters or "Show more"; a well-lit photo of a dark product
-(a black shoe on a light background) gets none."""
+very dark"), also after the page's filters or "Show more" and on the page rebuilt from the log
+(/results/<rid>); a well-lit photo of a dark product (a black shoe on a light background) gets none."""
 from __future__ import annotations
 
 import glob
+import re
 
 import numpy as np
 import pytest
@@ -98,3 +99,31 @@ def test_the_page_shows_the_advice_and_keeps_it_through_filters_and_show_more(da
     for fine in (_jpeg(black_shoe()), _jpeg(jitter(make_image(4), seed=4))):
         shown = page_search(c, fine).get_data(as_text=True)
         assert ADVICE_TEXT not in shown and "qadvice" not in shown
+
+
+def _rid(html: str) -> str:
+    (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
+    return rid
+
+
+def test_the_results_page_rebuilt_from_the_log_keeps_the_advice(dark_app):
+    c = dark_app.test_client()
+    html = page_search(c, _jpeg(darker(make_image(3), 0.1))).get_data(as_text=True)
+    assert ADVICE_TEXT in html
+    rid = _rid(html)
+    again = c.get(f"/results/{rid}")
+    assert again.status_code == 200
+    shown = again.get_data(as_text=True)
+    assert ADVICE_TEXT in shown and 'data-advice="too_dark"' in shown and 'class="card"' in shown
+    store = dark_app.extensions["shopsearch"].feedback
+    assert store.search(rid).options["advice"] == ["too_dark"] and store.search(rid).advice == (TOO_DARK,)
+    qv = html.split('name="qv" value="')[1].split('"')[0]  # a filter re-run ("refine") is logged with it too
+    refined = _rid(c.post("/search", data={"qv": qv, "qadvice": "too_dark", "k": "4"}).get_data(as_text=True))
+    assert ADVICE_TEXT in c.get(f"/results/{refined}").get_data(as_text=True)
+    rid = api_search(c, _jpeg(darker(make_image(3), 0.1))).get_json()["request_id"]  # the API's searches too
+    assert ADVICE_TEXT in c.get(f"/results/{rid}").get_data(as_text=True)
+    for fine in (_jpeg(black_shoe()), _jpeg(jitter(make_image(3), seed=3))):
+        rid = _rid(page_search(c, fine).get_data(as_text=True))
+        shown = c.get(f"/results/{rid}").get_data(as_text=True)
+        assert 'class="card"' in shown and ADVICE_TEXT not in shown and "photo-advice" not in shown
+        assert "advice" not in store.search(rid).options and store.search(rid).advice == ()

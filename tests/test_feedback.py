@@ -115,7 +115,7 @@ def test_page_click_and_verdicts_work_without_javascript(app):
     assert f'href="/results/{rid}/click/P4"' in html and 'value="confirm"' in html and 'value="reject"' in html
     assert 'id="feedback-thanks"' not in c.get(f"/results/{rid}").get_data(as_text=True)  # no answer yet
     r = c.get(f"/results/{rid}/click/P4")
-    assert r.status_code == 303 and r.headers["Location"].endswith("/products/P4")
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"/products/P4?results={rid}")
     assert c.get(f"/results/{rid}/click/P4").status_code == 303  # a second click still navigates
     r = c.post(f"/results/{rid}/feedback", data={"sku": "P4", "event": "confirm"})
     assert r.status_code == 303 and r.headers["Location"].endswith(f"/results/{rid}")
@@ -188,6 +188,44 @@ def test_bad_feedback_is_4xx_and_stores_nothing(app):
     r = c.post("/api/v1/feedback", data="request_id=x", content_type="application/x-www-form-urlencoded")
     assert r.status_code == 400
     assert _store(app).counts() == before
+
+
+BACK = "Back to results"
+
+
+def test_a_product_reached_from_results_links_back_to_them(app):
+    """Shopper probe: a product page opened from a results card offers "Back to results" (the
+    page rebuilt from the log), not only the browser's Back, which after a photo's POST may ask
+    to send the form again. Only a search in the log gets the link; nothing else is reflected."""
+    c = app.test_client()
+    html = page_search(c, photo(4)).get_data(as_text=True)
+    (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
+    r = c.get(f"/results/{rid}/click/P4")
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"/products/P4?results={rid}")
+    page = c.get(r.headers["Location"]).get_data(as_text=True)
+    assert f'<a id="back-to-results" href="/results/{rid}">' in page and BACK in page
+    assert c.get(f"/results/{rid}").status_code == 200  # where it leads
+    plain = c.get("/products/P4")
+    assert plain.status_code == 200 and BACK not in plain.get_data(as_text=True)
+    for forged in (new_request_id(), rid.upper(), rid + "0", rid[:-1], "<script>alert(1)</script>", "../admin",
+                   f"{rid}/click/P1", "", " " + rid):
+        shown = c.get("/products/P4", query_string={"results": forged})
+        assert shown.get_data() == plain.get_data(), forged  # unknown or malformed: the page as without it
+    for bad in ("not-a-request-id", "A" * 32, new_request_id()[:31] + "g"):  # the click still navigates, no id
+        r = c.get(f"/results/{bad}/click/P4")
+        assert r.status_code == 303 and r.headers["Location"].endswith("/products/P4"), bad
+    assert c.get("/products/P4?results=" + rid + "&results=" + new_request_id()).get_data(as_text=True).count(BACK) == 1
+
+
+def test_no_back_link_when_logging_is_off(fb_site, app):
+    rid = api_search(app.test_client(), photo(2)).get_json()["request_id"]
+    assert _store(app).search(rid)  # logged while logging was on
+    off = app_for(replace(fb_site, feedback_log=False))
+    try:
+        page = off.test_client().get("/products/P2", query_string={"results": rid}).get_data(as_text=True)
+        assert BACK not in page  # /results/<rid> would say the results are not kept
+    finally:
+        off.extensions["shopsearch"].close()
 
 
 def test_logging_off_stores_nothing_and_search_still_works(fb_site):

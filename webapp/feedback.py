@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from shopsearch.errors import (DatabaseUnavailableError, DuplicateFeedbackError, FeedbackDisabledError, FeedbackError,
                                ShopSearchError)
 from shopsearch.feedback import LoggedEvent, SearchLogEntry, new_request_id
+from shopsearch.feedback.records import is_request_id
 from shopsearch.results import SearchResult
 from webapp.service import ServiceHolder
 
@@ -56,18 +57,33 @@ def record(request_id: str, sku: str, event: str) -> LoggedEvent:
         raise DatabaseUnavailableError("the feedback log cannot be written just now; please try again") from None
 
 
+def logged_request(rid: str | None) -> str | None:
+    """`rid` when it names a search in the log (the product page's "Back to results" link), else
+    None: malformed, unknown (or pruned), logging off, or the log unreadable just now."""
+    if not isinstance(rid, str) or not is_request_id(rid) or not logging_on():
+        return None
+    try:
+        return rid if holder().feedback.has_search(rid) else None
+    except (ShopSearchError, SQLAlchemyError) as e:  # a page without the link, not an error page
+        log.warning("results link not checked", extra={"error": " ".join(str(e).split())[:300]})
+        return None
+
+
 # -- the pages' side: card links and "this is it" / "not this" (pages.logged_results shows them) --
 @bp.get("/results/<rid>/click/<path:sku>")
 def click(rid: str, sku: str):
-    """A result card's link: records the click, then goes to the product page. A click that
-    cannot be recorded (unknown request, logging off, clicked before) still navigates."""
+    """A result card's link: records the click, then goes to the product page, which links back
+    to these results (`results`: the request id, only a well-formed one; the product page shows
+    the link only for a search in the log). A click that cannot be recorded (unknown request,
+    logging off, clicked before) still navigates."""
     try:
         record(rid, sku, "click")
     except FeedbackError:
         pass
     except ShopSearchError as e:  # the database, not the click: still navigate
         log.warning("click not logged", extra={"error": " ".join(str(e).split())[:300]})
-    return redirect(url_for("pages.product", sku=sku), 303)
+    back = {"results": rid} if is_request_id(rid) else {}
+    return redirect(url_for("pages.product", sku=sku, **back), 303)
 
 
 @bp.post("/results/<rid>/feedback")

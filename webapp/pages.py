@@ -14,7 +14,7 @@ from shopsearch.regions import Region, find_objects, parse_box
 from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price
 from shopsearch.search import query_vectors
 from webapp.errors import BadParameterError, MissingImageError, public_message
-from webapp.feedback import log_search, logging_on
+from webapp.feedback import log_search, logged_request, logging_on
 from webapp.params import parse_filters, parse_k, parse_routing, visible_attributes
 from webapp.query_options import format_price, parse_crop, parse_objects, resolved
 from webapp.service import ServiceHolder, photo_search
@@ -360,7 +360,8 @@ def logged_results(rid: str):
                                 prod.currency, prod.category, prod.category_source, 1, x.calibrated), rid)
             c["verdict"] = verdicts.get(x.sku)
             cards.append(c)
-    res = SearchResult((), logged.model_name, logged.build_id, {}, None, logged.confidence, logged.match)
+    res = SearchResult((), logged.model_name, logged.build_id, {}, None, logged.confidence, logged.match,
+                       advice=logged.advice)
     return _render_results(res, SearchFilters(), len(cards), rid, cards=cards, mode="logged",
                            price_input={})
 
@@ -380,4 +381,5 @@ def product(sku: str):
         similar_error = public_message(e)  # no server path (a damaged build names its files)
     return render_template("product.html", product=p, images=images, first_images=12,
                            price=format_price(p.price, p.currency), similar=similar, similar_error=similar_error,
-                           attributes=visible_attributes(p.attributes))
+                           attributes=visible_attributes(p.attributes),
+                           back_rid=logged_request(request.args.get("results")))

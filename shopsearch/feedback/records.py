@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from shopsearch.photo_advice import known_advice
 from shopsearch.results import SearchResult
 
 #: the interactions a shop may report against a logged search
@@ -57,7 +58,9 @@ class SearchLogEntry:
     def from_result(cls, request_id: str, result: SearchResult, fingerprint: str, *, kind: str, source: str,
                     options: dict[str, Any] | None = None, regions: Sequence[SearchResult] = (),
                     photo: str | None = None) -> "SearchLogEntry":
-        """The entry of `result`; `regions` are the found objects' results (objects=auto), in order."""
+        """The entry of `result`; `regions` are the found objects' results (objects=auto), in order.
+        The photo's advice (result.advice) is kept in `options` as "advice" (only when there is
+        some), so that the results page rebuilt from the log gives it again."""
         if result.query_vector is None:
             raise ValueError("the search result carries no query vector to log")
         shown = [LoggedHit(r + 1, h.sku, h.image_id, float(h.score), h.calibrated, h.category)
@@ -65,8 +68,11 @@ class SearchLogEntry:
         for n, region in enumerate(regions, start=1):
             shown += [LoggedHit(r + 1, h.sku, h.image_id, float(h.score), h.calibrated, h.category, region=n)
                       for r, h in enumerate(region.hits)]
+        opts = dict(options or {})
+        if result.advice:
+            opts["advice"] = list(result.advice)
         return cls(request_id, result.build_id, result.model, fingerprint, kind, source,
-                   np.asarray(result.query_vector, dtype=np.float32), tuple(shown), dict(options or {}),
+                   np.asarray(result.query_vector, dtype=np.float32), tuple(shown), opts,
                    result.match, result.confidence, photo)
 
 
@@ -93,6 +99,12 @@ class LoggedSearch:
     confidence: float | None
     hits: tuple[LoggedHit, ...]
     events: tuple[LoggedEvent, ...] = ()
+
+    @property
+    def advice(self) -> tuple[str, ...]:
+        """The photo's advice as the search gave it (shopsearch.photo_advice; known codes only)."""
+        given = self.options.get("advice")
+        return known_advice(given) if isinstance(given, list) else ()
 
     def rank_of(self, sku: str) -> int | None:
         """The product's rank in the main list, else its best rank in a found object's list."""

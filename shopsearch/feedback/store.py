@@ -140,6 +140,14 @@ class FeedbackStore:
                 return found[0][0]
         raise UnknownRequestError(f"no logged search has request id {request_id[:40]!r}")
 
+    def has_search(self, request_id: str) -> bool:
+        """Whether the log holds a search with this request id (a cheap check: no hits read)."""
+        if not is_request_id(request_id):
+            return False
+        with self.engine.connect() as conn:
+            q = select(t.searches.c.id).where(t.searches.c.request_id == request_id).limit(1)
+            return conn.execute(q).first() is not None
+
     def vector(self, request_id: str) -> np.ndarray:
         """The query vector a logged search was made with (float32, as searched)."""
         with self.engine.connect() as conn:

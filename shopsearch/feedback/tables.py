@@ -21,7 +21,7 @@ searches = Table(
     Column("source", String(10), nullable=False),  # "api" | "page"
     Column("dim", Integer, nullable=False),
     Column("query_vector", LargeBinary, nullable=False),  # little-endian float32
-    Column("options", JSON, nullable=False),  # filters, crop, objects, routing, rerank, tta, fusion, k
+    Column("options", JSON, nullable=False),  # filters, crop, objects, routing, rerank, tta, fusion, k, advice
     Column("match", String(10)),
     Column("confidence", Float),
     Column("photo", String(200)),  # the retained upload's file name, only when retention is on
