@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from load_bench import CLI, DEFAULT_GROCERY, free_port, grocery_queries, run_load, wait_healthy  # noqa: E402
+from load_bench import CLI, DEFAULT_GROCERY, UNLIMITED, free_port, grocery_queries, run_load, wait_healthy  # noqa: E402
 from _bench_io import cpu_block, data_dir_parser, utc_now, write_result  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     port = a.port or free_port()
-    env = {"SHOPSEARCH_QUERY_THREADS": "adaptive", **os.environ, "HF_HUB_OFFLINE": "1"}  # what it counts
+    env = {"SHOPSEARCH_QUERY_THREADS": "adaptive", **os.environ, "HF_HUB_OFFLINE": "1", **UNLIMITED}  # what it counts
     env.pop("SHOPSEARCH_DATABASE_URL", None)
     proc = subprocess.Popen([*CLI, "--data-dir", str(a.data_dir.resolve()), "serve", "--bind", f"127.0.0.1:{port}",
                              "--workers", str(a.workers), "--threads", str(a.threads)], cwd=REPO, env=env,

@@ -49,7 +49,8 @@ def fetch(port: int, method: str, path: str, body: bytes | None = None,
 
 def serve_env(tmp_path: Path) -> dict[str, str]:
     env = {**os.environ, "SHOPSEARCH_DATA_DIR": str(tmp_path / "data"), "HOME": str(tmp_path / "home")}
-    for var in ("SHOPSEARCH_DATABASE_URL", "SHOPSEARCH_FRONT", "SHOPSEARCH_CORS_ORIGINS", "XDG_RUNTIME_DIR"):
+    for var in ("SHOPSEARCH_DATABASE_URL", "SHOPSEARCH_FRONT", "SHOPSEARCH_CORS_ORIGINS", "XDG_RUNTIME_DIR",
+                "SHOPSEARCH_CLIENT_MAX_CONNECTIONS", "SHOPSEARCH_CLIENT_SEARCH_RATE"):
         env.pop(var, None)
     return env
 
@@ -118,12 +119,15 @@ def test_the_nginx_map_allows_the_normalised_origins_only(tmp_path):
 @pytest.mark.timeout(60)
 def test_serve_adds_one_cors_grant_and_stops_when_nginx_dies(tmp_path):
     """Through nginx and gunicorn: the app's answers carry its one Access-Control-Allow-Origin
-    (nginx adds none of its own), nginx's 413 carries one too, /api is the API's JSON 404; then
-    nginx's master is killed: `serve` stops gunicorn and exits 1 in one line, freeing the port."""
+    (nginx adds none of its own), nginx's 413 carries one too, /api is the API's JSON 404, a header
+    holding a control character is no HTML 400 from gunicorn, a burst of searches over the limit set
+    in the environment a JSON 429; then nginx's master is killed: `serve` stops gunicorn and exits 1
+    in one line, freeing the port."""
     port = free_port()
     proc = subprocess.Popen([*SERVE, "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "1", "--preload",
                              "--max-upload-mb", "1", "--cors-origins", CONFIGURED],
-                            cwd=REPO, env=serve_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=REPO, env={**serve_env(tmp_path), "SHOPSEARCH_CLIENT_SEARCH_RATE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 40
         while True:
@@ -144,6 +148,19 @@ def test_serve_adds_one_cors_grant_and_stops_when_nginx_dies(tmp_path):
         assert hdrs.get_all("Access-Control-Allow-Origin") == [SHOP]
         status, hdrs, _ = fetch(port, "GET", "/api/v1/categories", None, {"Origin": "https://evil.example"})
         assert status == 200 and hdrs.get("Access-Control-Allow-Origin") is None
+        # the attacker probe's header: a control character in a value gunicorn would answer with its HTML 400
+        got, hdrs, body = raw(port, b"GET /api/v1/categories HTTP/1.1\r\nHost: a\r\nX-A: a\x01b\r\n"
+                                    b"Connection: close\r\n\r\n")
+        assert got == 200 and hdrs["content-type"] == ["application/json"] and b"categories" in body, (got, body)
+        got, hdrs, body = raw(port, b"GET /api/v1/categories HTTP/1.1\r\nHost: a\r\nOrigin: a\x01b\r\n"
+                                    b"Connection: close\r\n\r\n")
+        assert got == 400 and b'"bad_request"' in body, (got, body)
+        # 1 search/s, bursts of 2 (SHOPSEARCH_CLIENT_SEARCH_RATE): nginx's 429, readable by the storefront
+        answers = [fetch(port, "POST", "/api/v1/search", b"", {"Origin": SHOP}) for _ in range(6)]
+        status, hdrs, body = next((a for a in answers if a[0] == 429), answers[-1])
+        assert status == 429 and b'"too_many_requests"' in body and hdrs["Retry-After"] == "1", [a[0] for a in answers]
+        assert hdrs.get_all("Access-Control-Allow-Origin") == [SHOP]
+        assert fetch(port, "GET", "/api/v1/healthz")[0] == 200
 
         os.kill(_nginx_master(proc.pid), signal.SIGKILL)  # its workers are left holding the port
         out = proc.communicate(timeout=20)[0].decode()

@@ -34,6 +34,9 @@ log = logging.getLogger("shopsearch.web")
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "nginx.conf.in"
 #: where Debian's package puts the binary (not on a non-root user's PATH)
 _CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+#: per-client-address limits by default (`serve --client-max-connections`, `--client-search-rate`)
+CLIENT_CONNECTIONS = 32
+CLIENT_SEARCH_RATE = 10
 
 
 def nginx_binary() -> str | None:
@@ -53,6 +56,10 @@ class NginxConfig:
     workers: int = 1
     #: origins whose browsers may read nginx's own JSON errors too (webapp/cors.py's CORS_ORIGINS)
     cors_origins: frozenset[str] = frozenset()
+    #: requests under way at once per client address (429 beyond; 0: no limit)
+    client_connections: int = CLIENT_CONNECTIONS
+    #: photo searches per second per client address, bursts of twice as many (429 beyond; 0: no limit)
+    client_search_rate: int = CLIENT_SEARCH_RATE
 
     def render(self, template: Path = TEMPLATE) -> str:
         # nginx drops root to `user` for its workers; without root the directive is ignored
@@ -61,7 +68,8 @@ class NginxConfig:
         fields = {"USER": user, "WORKERS": str(self.workers), "NOFILE": str(nofile),
                   "CONNECTIONS": str(max(64, nofile // 2 - 32)), "PREFIX": str(self.prefix), "LISTEN": self.listen,
                   "UPSTREAM": self.upstream, "MAX_BODY": f"{self.max_body_bytes}",
-                  "MAX_BODY_TEXT": f"{self.max_body_bytes / (1024 * 1024):g} MB", **_cors_fields(self.cors_origins)}
+                  "MAX_BODY_TEXT": f"{self.max_body_bytes / (1024 * 1024):g} MB", **_cors_fields(self.cors_origins),
+                  **_limit_fields(self.client_connections, self.client_search_rate)}
         text = template.read_text()
         for name, value in fields.items():
             text = text.replace(f"@{name}@", value)
@@ -76,6 +84,24 @@ def _cors_fields(configured: frozenset[str]) -> dict[str, str]:
         return {"CORS_ORIGINS": '        default "*";\n        "" "";', "CORS_VARY": ""}
     entries = ['        default "";', *(f'        "{origin}" $http_origin;' for origin in sorted(origins))]
     return {"CORS_ORIGINS": "\n".join(entries), "CORS_VARY": "Origin" if origins else ""}
+
+
+def _limit_fields(connections: int, search_rate: int) -> dict[str, str]:
+    """The per-client-address limits' zones (http block) and directives (server block); 0 turns one off."""
+    if connections < 0 or search_rate < 0:
+        raise ValueError("per-client limits must be 0 (off) or more")
+    zones, limits = [], []
+    if connections:
+        zones.append("    limit_conn_zone $shopsearch_conn_key zone=shopsearch_conn:10m;")
+        limits.append(f"        limit_conn shopsearch_conn {connections};")
+    else:
+        limits.append("        # no limit on the requests under way per client address (--client-max-connections 0)")
+    if search_rate:
+        zones.append(f"    limit_req_zone $shopsearch_search_key zone=shopsearch_search:10m rate={search_rate}r/s;")
+        limits.append(f"        limit_req zone=shopsearch_search burst={2 * search_rate} nodelay;")
+    else:
+        limits.append("        # no limit on photo searches per client address (--client-search-rate 0)")
+    return {"LIMIT_ZONES": "\n".join(zones), "LIMITS": "\n".join(limits)}
 
 
 def _open_files_limit(cap: int = 16384) -> int:
@@ -170,7 +196,8 @@ class NginxFront:
     START_TIMEOUT_S = 10.0
 
     def __init__(self, listen: str, max_body_bytes: int, workers: int = 1, binary: str | None = None,
-                 cors_origins: frozenset[str] = frozenset()) -> None:
+                 cors_origins: frozenset[str] = frozenset(), client_connections: int = CLIENT_CONNECTIONS,
+                 client_search_rate: int = CLIENT_SEARCH_RATE) -> None:
         self.binary = binary or nginx_binary()
         if self.binary is None:
             raise ConfigError("nginx is not installed (Debian: apt-get install nginx); "
@@ -179,7 +206,7 @@ class NginxFront:
         _open_to_workers(self.prefix)
         self.socket = self.prefix / "app.sock"
         self.config = NginxConfig(listen, f"unix:{self.socket}", self.prefix, max_body_bytes, workers,
-                                  frozenset(cors_origins))
+                                  frozenset(cors_origins), client_connections, client_search_rate)
         self.conf_path = self.prefix / "nginx.conf"
         self.conf_path.write_text(self.config.render())
         self.proc: subprocess.Popen | None = None

@@ -52,6 +52,14 @@ def _split_bind(bind: str) -> tuple[str, int]:
 @click.option("--cors-origins", envvar="SHOPSEARCH_CORS_ORIGINS", default="",
               help="Origins whose pages may read the JSON API's answers (a storefront on another origin): "
                    "comma-separated, e.g. https://shop.example, or * for any. Default: none.")
+@click.option("--client-max-connections", envvar="SHOPSEARCH_CLIENT_MAX_CONNECTIONS", type=click.IntRange(0, 100000),
+              default=32, show_default=True,  # webapp/front.py: CLIENT_CONNECTIONS
+              help="nginx front: requests under way at once per client address, each holding up to the upload "
+                   "limit in memory (429 beyond; health checks are never limited). 0: no limit.")
+@click.option("--client-search-rate", envvar="SHOPSEARCH_CLIENT_SEARCH_RATE", type=click.IntRange(0, 100000),
+              default=10, show_default=True,  # webapp/front.py: CLIENT_SEARCH_RATE
+              help="nginx front: photo searches (POST /search, /api/v1/search) per second per client address, "
+                   "in bursts of up to twice as many (429 beyond). 0: no limit.")
 @click.option("--front", envvar="SHOPSEARCH_FRONT", type=click.Choice(["auto", "nginx", "none"]), default="auto",
               show_default=True,
               help="nginx in front of gunicorn, absorbing slow clients (auto: when nginx is installed; "
@@ -63,7 +71,8 @@ def _split_bind(bind: str) -> tuple[str, int]:
 @pass_ctx
 def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
               retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, cors_origins: str,
-              front: str, print_nginx_config: bool, access_log: bool, debug: bool) -> None:
+              client_max_connections: int, client_search_rate: int, front: str, print_nginx_config: bool,
+              access_log: bool, debug: bool) -> None:
     """Serve the shoppers' web app and the /api/v1 JSON API.
 
     By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
@@ -79,7 +88,8 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
     owner = os.getpid()
     try:
         _serve(c, bind, workers, threads, preload, timeout, max_upload_mb, retain_uploads, image_roots, model,
-               cors_origins, front, print_nginx_config, access_log, debug)
+               cors_origins, (client_max_connections, client_search_rate), front, print_nginx_config, access_log,
+               debug)
     finally:
         if own_metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
             set_metrics_dir(None)
@@ -88,7 +98,8 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
 
 def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
            retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, cors_origins: str,
-           front: str, print_nginx_config: bool, access_log: bool, debug: bool) -> None:
+           client_limits: tuple[int, int], front: str, print_nginx_config: bool, access_log: bool,
+           debug: bool) -> None:
     from webapp.cors import parse_origins
     from webapp.front import NginxConfig, NginxFront, nginx_binary
     from webapp.server import bind_address, run_dev_server, serve_gunicorn
@@ -98,7 +109,8 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
     max_body = int(max_upload_mb * 1024 * 1024)
     if print_nginx_config:
         click.echo(NginxConfig(bind_address(host, port), "127.0.0.1:8001", Path("/var/lib/shopsearch-nginx"),
-                               max_body, cors_origins=origins).render(), nl=False)
+                               max_body, cors_origins=origins, client_connections=client_limits[0],
+                               client_search_rate=client_limits[1]).render(), nl=False)
         return
     use_front = not debug and (front == "nginx" or (front == "auto" and nginx_binary() is not None))
     if front == "auto" and not use_front and not debug and not _loopback(host):
@@ -120,8 +132,8 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
         click.echo(f"serving http://{bind_address(host, port)}/ ({how})", err=True)
         run_dev_server(c.settings, host, port, config)
         return
-    nginx = NginxFront(bind_address(host, port), max_body, workers=min(workers, 4),
-                       cors_origins=origins) if use_front else None
+    nginx = NginxFront(bind_address(host, port), max_body, workers=min(workers, 4), cors_origins=origins,
+                       client_connections=client_limits[0], client_search_rate=client_limits[1]) if use_front else None
     try:
         if nginx is not None:
             nginx.check()  # its config, and its port free: in one line before gunicorn loads anything
