@@ -217,6 +217,26 @@ def test_a_product_reached_from_results_links_back_to_them(app):
     assert c.get("/products/P4?results=" + rid + "&results=" + new_request_id()).get_data(as_text=True).count(BACK) == 1
 
 
+def test_more_like_this_keeps_the_back_link(app):
+    """A "more like this" card on a product page reached from results led to a page without
+    "Back to results": its link now carries the (checked) request id, and only then."""
+    c = app.test_client()
+    html = page_search(c, photo(4)).get_data(as_text=True)
+    (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
+    _store(app)
+    page = c.get("/products/P4", query_string={"results": rid}).get_data(as_text=True)
+    similar = page.split('id="similar"')[1]
+    links = re.findall(r'class="card-link" href="([^"]+)"', similar)
+    assert links and all(re.fullmatch(rf"/products/[^?]+\?results={rid}", h) for h in links), links
+    target = c.get(links[0]).get_data(as_text=True)
+    assert f'<a id="back-to-results" href="/results/{rid}">' in target and BACK in target
+    plain = c.get("/products/P4").get_data(as_text=True)
+    plain_links = re.findall(r'class="card-link" href="([^"]+)"', plain.split('id="similar"')[1])
+    assert plain_links and all(re.fullmatch(r"/products/[^?]+", h) for h in plain_links), plain_links
+    forged = c.get("/products/P4", query_string={"results": new_request_id()}).get_data(as_text=True)
+    assert forged == plain  # an id not in the log: the links as without it
+
+
 def test_no_back_link_when_logging_is_off(fb_site, app):
     rid = api_search(app.test_client(), photo(2)).get_json()["request_id"]
     assert _store(app).search(rid)  # logged while logging was on

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import struct
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -352,6 +354,30 @@ def test_flat_photos_get_no_match_in_the_api_and_the_page_and_its_reruns(flat_si
         qv = html.split('name="qv" value="')[1].split('"')[0]
         again = c.post("/search", data={"qv": qv, "qflat": "1"}).get_data(as_text=True)  # "Show more", filters
         assert 'data-match="none"' in again
+    finally:
+        app.extensions["shopsearch"].close()
+
+
+FLAT_TEXT = "This photo shows no detail (one flat colour)"
+
+
+def test_a_flat_photos_results_rebuilt_from_the_log_keep_the_flat_photo_wording(flat_site):
+    """/results/<rid> said "We may not sell this product" for a pink square: confidence_limit was not logged."""
+    app = app_for(flat_site)
+    try:
+        c = app.test_client()
+        html = page_search(c, _jpeg(Image.new("RGB", (320, 240), PINK))).get_data(as_text=True)
+        (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', html))
+        shown = c.get(f"/results/{rid}").get_data(as_text=True)
+        assert FLAT_TEXT in html and FLAT_TEXT in shown and "We may not sell" not in shown
+        assert app.extensions["shopsearch"].feedback.search(rid).confidence_limit == "flat"
+        normal = page_search(c, _jpeg(make_image(3))).get_data(as_text=True)
+        (rid,) = set(re.findall(r'data-request-id="([0-9a-f]{32})"', normal))
+        assert FLAT_TEXT not in normal and FLAT_TEXT not in c.get(f"/results/{rid}").get_data(as_text=True)
+        logged = app.extensions["shopsearch"].feedback.search(rid)
+        assert logged.confidence_limit is None and "confidence_limit" not in logged.options
+        for odd in ("<b>x</b>", "FLAT", 1, ["flat"]):  # only the known values are read back
+            assert replace(logged, options={"confidence_limit": odd}).confidence_limit is None
     finally:
         app.extensions["shopsearch"].close()
 

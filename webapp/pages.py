@@ -361,7 +361,7 @@ def logged_results(rid: str):
             c["verdict"] = verdicts.get(x.sku)
             cards.append(c)
     res = SearchResult((), logged.model_name, logged.build_id, {}, None, logged.confidence, logged.match,
-                       advice=logged.advice)
+                       advice=logged.advice, confidence_limit=logged.confidence_limit)
     return _render_results(res, SearchFilters(), len(cards), rid, cards=cards, mode="logged",
                            price_input={})
 
@@ -374,12 +374,12 @@ def product(sku: str):
     images.sort(key=lambda i: i.role != "catalogue")  # catalogue photos first, shopper references after
     similar: list[dict[str, Any]] = []
     similar_error = None
+    back_rid = logged_request(request.args.get("results"))  # a logged search's: "more like this" keeps it
     try:
-        similar = [card(x, scored=False)
+        similar = [card(x, scored=False) | {"back_rid": back_rid}
                    for x in h.get().similar_products(sku, k=int(current_app.config["SIMILAR_K"])).hits]
     except ShopSearchError as e:
         similar_error = public_message(e)  # no server path (a damaged build names its files)
     return render_template("product.html", product=p, images=images, first_images=12,
                            price=format_price(p.price, p.currency), similar=similar, similar_error=similar_error,
-                           attributes=visible_attributes(p.attributes),
-                           back_rid=logged_request(request.args.get("results")))
+                           attributes=visible_attributes(p.attributes), back_rid=back_rid)

@@ -15,6 +15,8 @@ from shopsearch.results import SearchResult
 EVENTS = ("click", "confirm", "reject", "add_to_cart", "purchase")
 #: the shopper's verdicts on one product: the latest one counts
 VERDICTS = ("confirm", "reject")
+#: the known SearchResult.confidence_limit values a logged search reads back (anything else: none)
+CONFIDENCE_LIMITS = ("flat", "filter")
 
 
 def new_request_id() -> str:
@@ -60,7 +62,8 @@ class SearchLogEntry:
                     photo: str | None = None) -> "SearchLogEntry":
         """The entry of `result`; `regions` are the found objects' results (objects=auto), in order.
         The photo's advice (result.advice) is kept in `options` as "advice" (only when there is
-        some), so that the results page rebuilt from the log gives it again."""
+        some), so that the results page rebuilt from the log gives it again; likewise the result's
+        confidence_limit ("flat", "filter") as "confidence_limit", so it gives the same verdict wording."""
         if result.query_vector is None:
             raise ValueError("the search result carries no query vector to log")
         shown = [LoggedHit(r + 1, h.sku, h.image_id, float(h.score), h.calibrated, h.category)
@@ -71,6 +74,8 @@ class SearchLogEntry:
         opts = dict(options or {})
         if result.advice:
             opts["advice"] = list(result.advice)
+        if result.confidence_limit:
+            opts["confidence_limit"] = str(result.confidence_limit)
         return cls(request_id, result.build_id, result.model, fingerprint, kind, source,
                    np.asarray(result.query_vector, dtype=np.float32), tuple(shown), opts,
                    result.match, result.confidence, photo)
@@ -105,6 +110,12 @@ class LoggedSearch:
         """The photo's advice as the search gave it (shopsearch.photo_advice; known codes only)."""
         given = self.options.get("advice")
         return known_advice(given) if isinstance(given, list) else ()
+
+    @property
+    def confidence_limit(self) -> str | None:
+        """Why the search's confidence was capped, as it gave it ("flat", "filter"; others: None)."""
+        given = self.options.get("confidence_limit")
+        return given if isinstance(given, str) and given in CONFIDENCE_LIMITS else None
 
     def rank_of(self, sku: str) -> int | None:
         """The product's rank in the main list, else its best rank in a found object's list."""
