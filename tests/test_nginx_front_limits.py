@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import ipaddress
 import json
 import os
 import re
@@ -158,6 +159,68 @@ def test_a_burst_of_photo_searches_gets_429_in_the_json_shape():
             assert fetch(port, "GET", path)[0] == 200, path
         # another address has its own budget
         assert fetch(port, "POST", "/api/v1/search", b"x", source="127.0.0.2")[0] == 200
+
+
+def test_trusted_proxies_are_rendered_only_when_given(tmp_path):
+    def render(**kwargs) -> str:
+        return front.NginxConfig("127.0.0.1:8000", "unix:/x.sock", tmp_path, 1024, **kwargs).render()
+
+    default = render()
+    assert not re.search(r"^\s*(set_real_ip_from|real_ip_header|real_ip_recursive) ", default, re.M), default
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in default
+    trusted = render(trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1")))
+    assert "set_real_ip_from 10.0.0.0/8;" in trusted and "set_real_ip_from ::1/128;" in trusted
+    assert "real_ip_header X-Forwarded-For;" in trusted and "real_ip_recursive on;" in trusted
+    assert "proxy_set_header X-Forwarded-For $shopsearch_forwarded_for;" in trusted
+
+
+def test_serve_takes_trusted_proxies_from_the_option_and_the_environment_and_refuses_a_bad_one(tmp_path):
+    def serve(*args: str, env: dict[str, str] | None = None):
+        return CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "d"), "serve", "--print-nginx-config", *args],
+                                  env={"SHOPSEARCH_DATABASE_URL": "", **(env or {})})
+
+    r = serve("--trusted-proxies", " 192.0.2.7, 10.1.2.3/8,")
+    assert r.exit_code == 0, r.output
+    assert "set_real_ip_from 192.0.2.7/32;" in r.output and "set_real_ip_from 10.0.0.0/8;" in r.output
+    r = serve(env={"SHOPSEARCH_TRUSTED_PROXIES": "2001:db8::/32"})
+    assert r.exit_code == 0 and "set_real_ip_from 2001:db8::/32;" in r.output, r.output
+    assert "set_real_ip_from" not in serve().output
+    for bad in ("proxy.example", "10.0.0.0/33", "10.0.0.1; include /etc/passwd", "10.0.0.1\n}"):
+        r = serve("--trusted-proxies", f"127.0.0.1,{bad}")
+        assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+        assert "--trusted-proxies" in r.output and "is not an IP address or CIDR network" in r.output, r.output
+        assert "set_real_ip_from" not in r.output
+
+
+@needs_nginx
+@pytest.mark.timeout(60)
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_search_budget():
+    """A storefront's server (127.0.0.1, trusted) searching for its shoppers: each shopper named in
+    X-Forwarded-For has its own budget; the app gets the chain with the storefront appended once. An
+    untrusted sender (127.0.0.2) cannot escape its limit by naming other clients."""
+    with nginx_with_app(client_search_rate=2, trusted_proxies=(ipaddress.ip_network("127.0.0.1"),)) as port:
+        def search(shopper: str, source: str = "127.0.0.1") -> int:
+            return fetch(port, "POST", "/api/v1/search", b"x", {"X-Forwarded-For": shopper}, source=source)[0]
+
+        statuses = [search("203.0.113.7") for _ in range(12)]
+        assert statuses[:5] == [200] * 5 and 429 in statuses, statuses
+        status, _, body = fetch(port, "POST", "/api/v1/search", b"x", {"X-Forwarded-For": "203.0.113.8"})
+        assert status == 200 and json.loads(body)["headers"]["x-forwarded-for"] == "203.0.113.8, 127.0.0.1"
+        assert [search("203.0.113.9") for _ in range(5)] == [200] * 5
+        forged = [search(f"198.51.100.{i}", source="127.0.0.2") for i in range(12)]
+        assert forged[:5] == [200] * 5 and 429 in forged, forged
+
+
+@needs_nginx
+@pytest.mark.timeout(60)
+def test_without_trusted_proxies_a_forged_forwarded_for_does_not_escape_the_limit():
+    with nginx_with_app(client_search_rate=2) as port:
+        answers = [fetch(port, "POST", "/api/v1/search", b"x", {"X-Forwarded-For": f"198.51.100.{i}"})
+                   for i in range(12)]
+        statuses = [a[0] for a in answers]
+        assert statuses[:5] == [200] * 5 and 429 in statuses, statuses
+        too_many(*answers[statuses.index(429)])
+        assert json.loads(answers[0][2])["headers"]["x-forwarded-for"] == "198.51.100.0, 127.0.0.1"
 
 
 def _hold(port: int, n: int) -> list[socket.socket]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import grp
+import ipaddress
 import logging
 import os
 import pwd
@@ -60,6 +61,8 @@ class NginxConfig:
     client_connections: int = CLIENT_CONNECTIONS
     #: photo searches per second per client address, bursts of twice as many (429 beyond; 0: no limit)
     client_search_rate: int = CLIENT_SEARCH_RATE
+    #: proxies whose X-Forwarded-For names the client (`serve --trusted-proxies`, checked there; empty: none)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def render(self, template: Path = TEMPLATE) -> str:
         # nginx drops root to `user` for its workers; without root the directive is ignored
@@ -69,7 +72,8 @@ class NginxConfig:
                   "CONNECTIONS": str(max(64, nofile // 2 - 32)), "PREFIX": str(self.prefix), "LISTEN": self.listen,
                   "UPSTREAM": self.upstream, "MAX_BODY": f"{self.max_body_bytes}",
                   "MAX_BODY_TEXT": f"{self.max_body_bytes / (1024 * 1024):g} MB", **_cors_fields(self.cors_origins),
-                  **_limit_fields(self.client_connections, self.client_search_rate)}
+                  **_limit_fields(self.client_connections, self.client_search_rate),
+                  **_real_ip_fields(self.trusted_proxies)}
         text = template.read_text()
         for name, value in fields.items():
             text = text.replace(f"@{name}@", value)
@@ -102,6 +106,20 @@ def _limit_fields(connections: int, search_rate: int) -> dict[str, str]:
     else:
         limits.append("        # no limit on photo searches per client address (--client-search-rate 0)")
     return {"LIMIT_ZONES": "\n".join(zones), "LIMITS": "\n".join(limits)}
+
+
+def _real_ip_fields(trusted: tuple) -> dict[str, str]:
+    """The realip directives (http block) and the X-Forwarded-For gunicorn gets; nothing trusted: neither changes."""
+    if not trusted:
+        return {"REAL_IP": "    # no trusted proxies (--trusted-proxies): X-Forwarded-For never names the client",
+                "FORWARDED_FOR": "$proxy_add_x_forwarded_for"}
+    # each entry parsed again: only what ipaddress accepts, in its own spelling, reaches the config
+    lines = [f"    set_real_ip_from {ipaddress.ip_network(str(net), strict=False)};" for net in trusted]
+    lines += ["    real_ip_header X-Forwarded-For;", "    real_ip_recursive on;",
+              # $proxy_add_x_forwarded_for would append the chosen client again; append the sender instead
+              "    map $http_x_forwarded_for $shopsearch_forwarded_for {",
+              '        "" $realip_remote_addr;', '        default "$http_x_forwarded_for, $realip_remote_addr";', "    }"]
+    return {"REAL_IP": "\n".join(lines), "FORWARDED_FOR": "$shopsearch_forwarded_for"}
 
 
 def _open_files_limit(cap: int = 16384) -> int:
@@ -197,7 +215,7 @@ class NginxFront:
 
     def __init__(self, listen: str, max_body_bytes: int, workers: int = 1, binary: str | None = None,
                  cors_origins: frozenset[str] = frozenset(), client_connections: int = CLIENT_CONNECTIONS,
-                 client_search_rate: int = CLIENT_SEARCH_RATE) -> None:
+                 client_search_rate: int = CLIENT_SEARCH_RATE, trusted_proxies: tuple = ()) -> None:
         self.binary = binary or nginx_binary()
         if self.binary is None:
             raise ConfigError("nginx is not installed (Debian: apt-get install nginx); "
@@ -206,7 +224,8 @@ class NginxFront:
         _open_to_workers(self.prefix)
         self.socket = self.prefix / "app.sock"
         self.config = NginxConfig(listen, f"unix:{self.socket}", self.prefix, max_body_bytes, workers,
-                                  frozenset(cors_origins), client_connections, client_search_rate)
+                                  frozenset(cors_origins), client_connections, client_search_rate,
+                                  tuple(trusted_proxies))
         self.conf_path = self.prefix / "nginx.conf"
         self.conf_path.write_text(self.config.render())
         self.proc: subprocess.Popen | None = None

@@ -26,6 +26,21 @@ def _split_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _trusted_proxies(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple:
+    """--trusted-proxies: comma-separated addresses or CIDRs (10.0.0.5, 10.0.0.0/8, ::1), blanks ignored.
+    Checked here, before anything imports webapp (and prometheus_client with it: see serve_cmd)."""
+    networks = []
+    for entry in (e.strip() for e in (value or "").split(",")):
+        if not entry:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise click.BadParameter(f"{entry!r} is not an IP address or CIDR network "
+                                     "(e.g. 10.0.0.5, 10.0.0.0/8, ::1)", ctx=ctx, param=param) from None
+    return tuple(dict.fromkeys(networks))
+
+
 @click.command("serve")
 @click.option("--bind", envvar="SHOPSEARCH_BIND", default="127.0.0.1:8000", show_default=True,
               help="HOST:PORT to listen on (0.0.0.0:8000 for every interface: only with the nginx front).")
@@ -60,6 +75,10 @@ def _split_bind(bind: str) -> tuple[str, int]:
               default=10, show_default=True,  # webapp/front.py: CLIENT_SEARCH_RATE
               help="nginx front: photo searches (POST /search, /api/v1/search) per second per client address, "
                    "in bursts of up to twice as many (429 beyond). 0: no limit.")
+@click.option("--trusted-proxies", envvar="SHOPSEARCH_TRUSTED_PROXIES", default="", callback=_trusted_proxies,
+              help="nginx front: addresses or CIDRs (comma-separated) of your own proxies or storefront servers "
+                   "whose X-Forwarded-For names the client, so the per-client limits apply per shopper behind "
+                   "them. Default: none (X-Forwarded-For is never trusted).")
 @click.option("--front", envvar="SHOPSEARCH_FRONT", type=click.Choice(["auto", "nginx", "none"]), default="auto",
               show_default=True,
               help="nginx in front of gunicorn, absorbing slow clients (auto: when nginx is installed; "
@@ -71,8 +90,8 @@ def _split_bind(bind: str) -> tuple[str, int]:
 @pass_ctx
 def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
               retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, cors_origins: str,
-              client_max_connections: int, client_search_rate: int, front: str, print_nginx_config: bool,
-              access_log: bool, debug: bool) -> None:
+              client_max_connections: int, client_search_rate: int, trusted_proxies: tuple, front: str,
+              print_nginx_config: bool, access_log: bool, debug: bool) -> None:
     """Serve the shoppers' web app and the /api/v1 JSON API.
 
     By default nginx listens on --bind and gunicorn sits behind it on a private socket, so
@@ -88,8 +107,8 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
     owner = os.getpid()
     try:
         _serve(c, bind, workers, threads, preload, timeout, max_upload_mb, retain_uploads, image_roots, model,
-               cors_origins, (client_max_connections, client_search_rate), front, print_nginx_config, access_log,
-               debug)
+               cors_origins, (client_max_connections, client_search_rate, trusted_proxies), front, print_nginx_config,
+               access_log, debug)
     finally:
         if own_metrics_dir is not None and os.getpid() == owner:  # not in a gunicorn worker unwinding
             set_metrics_dir(None)
@@ -98,7 +117,7 @@ def serve_cmd(c: Ctx, bind: str, workers: int, threads: int, preload: bool, time
 
 def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout: int, max_upload_mb: float,
            retain_uploads: str | None, image_roots: tuple[str, ...], model: str | None, cors_origins: str,
-           client_limits: tuple[int, int], front: str, print_nginx_config: bool, access_log: bool,
+           client_limits: tuple[int, int, tuple], front: str, print_nginx_config: bool, access_log: bool,
            debug: bool) -> None:
     from webapp.cors import parse_origins
     from webapp.front import NginxConfig, NginxFront, nginx_binary
@@ -110,7 +129,8 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
     if print_nginx_config:
         click.echo(NginxConfig(bind_address(host, port), "127.0.0.1:8001", Path("/var/lib/shopsearch-nginx"),
                                max_body, cors_origins=origins, client_connections=client_limits[0],
-                               client_search_rate=client_limits[1]).render(), nl=False)
+                               client_search_rate=client_limits[1], trusted_proxies=client_limits[2]).render(),
+                   nl=False)
         return
     use_front = not debug and (front == "nginx" or (front == "auto" and nginx_binary() is not None))
     if front == "auto" and not use_front and not debug and not _loopback(host):
@@ -133,7 +153,8 @@ def _serve(c: Ctx, bind: str, workers: int, threads: int, preload: bool, timeout
         run_dev_server(c.settings, host, port, config)
         return
     nginx = NginxFront(bind_address(host, port), max_body, workers=min(workers, 4), cors_origins=origins,
-                       client_connections=client_limits[0], client_search_rate=client_limits[1]) if use_front else None
+                       client_connections=client_limits[0], client_search_rate=client_limits[1],
+                       trusted_proxies=client_limits[2]) if use_front else None
     try:
         if nginx is not None:
             nginx.check()  # its config, and its port free: in one line before gunicorn loads anything
