@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -264,3 +265,14 @@ def tiny_labelled_items(tmp_path_factory):
             jitter(make_image(c, size=(40, 40)), seed=10 * c + j).save(root / cat / f"{j}.png")
     return imagefolder(root)
 
+
+def fetch(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+          source: str = "127.0.0.1") -> tuple[int, http.client.HTTPMessage, bytes]:
+    """One HTTP request to a loopback server (from `source`): status, headers, body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.headers, r.read()
+    finally:
+        conn.close()

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
-from shopsearch.catalogue.downloads import DownloadSettings, ImageDownloader
+from shopsearch.catalogue.downloads import ImageDownloader
+from shopsearch.config import DownloadSettings
 from shopsearch.catalogue.importers import import_catalogue
 from shopsearch.catalogue.readers import RowProblem, read_source
 from tests.conftest import ImageHandler, LoopbackServer, make_image

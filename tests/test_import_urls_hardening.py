@@ -18,7 +18,8 @@ from urllib.parse import unquote
 import pytest
 
 from shopsearch.catalogue.download_http import request_url
-from shopsearch.catalogue.downloads import DownloadSettings, ImageDownloader
+from shopsearch.catalogue.downloads import ImageDownloader
+from shopsearch.config import DownloadSettings
 from shopsearch.catalogue.importers import import_catalogue
 from shopsearch.catalogue.readers import RowProblem, read_source
 from tests.conftest import make_image

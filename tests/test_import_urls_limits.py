@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from shopsearch.catalogue.downloads import DownloadSettings, ImageDownloader
+from shopsearch.catalogue.downloads import ImageDownloader
+from shopsearch.config import DownloadSettings
 from shopsearch.catalogue.importers import import_catalogue
 from shopsearch.catalogue.readers import RowProblem, read_source
 from shopsearch.config import Settings

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import cli
-from tests.conftest import raw_http
+from tests.conftest import fetch, raw_http
 from webapp import front
 from webapp.cors import parse_origins
 
@@ -79,17 +79,6 @@ def nginx_with_app(**kwargs):
         stack.callback(app.server_close)
         stack.callback(app.shutdown)
         yield port
-
-
-def fetch(port: int, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-          source: str = "127.0.0.1") -> tuple[int, http.client.HTTPMessage, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15, source_address=(source, 0))
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
 
 
 def too_many(status: int, hdrs: http.client.HTTPMessage, body: bytes) -> None:

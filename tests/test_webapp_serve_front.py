@@ -2,7 +2,6 @@
 port refused in one line, and the server stopping when nginx dies (webapp/front.py)."""
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shopsearch.errors import PortInUseError
-from tests.conftest import raw_http as raw
+from tests.conftest import fetch, raw_http as raw
 from tests.conftest import stop_server
 from webapp import front
 from webapp.cors import parse_origins
@@ -32,17 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def fetch(port: int, method: str, path: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        r = conn.getresponse()
-        return r.status, r.headers, r.read()
-    finally:
-        conn.close()
 
 
 

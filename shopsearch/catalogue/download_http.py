@@ -30,9 +30,6 @@ from shopsearch.catalogue.download_decode import decoder
 from shopsearch.config import DownloadSettings
 from shopsearch.errors import DownloadError
 
-__all__ = ["CHUNK", "DownloadSettings", "ImportBudget", "build_opener", "fetch", "mask_url", "one_line",
-           "request_url"]
-
 #: the most bytes one socket read (and one body read) asks for
 CHUNK = 1 << 16
 #: headers and redirect answers on top of the body: past 2 x max_bytes + this, a server is refused

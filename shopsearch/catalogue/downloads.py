@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from shopsearch.catalogue.download_http import (DownloadSettings, ImportBudget, build_opener, fetch, mask_url,
-                                                one_line)
+from shopsearch.catalogue.download_http import ImportBudget, build_opener, fetch, mask_url, one_line
 from shopsearch.catalogue.records import ImageRecord
+from shopsearch.config import DownloadSettings
 from shopsearch.errors import DownloadError, InvalidImageError
 from shopsearch.images import inspect_image
 
