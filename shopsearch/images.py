@@ -313,13 +313,22 @@ def load_image(
 FLAT_EDGES = 1.0
 
 
-def lacks_detail(img: Image.Image) -> bool:
-    """True for a photo without a single edge (one flat colour, a smooth gradient: a blank
-    screenshot, a lens cap): nothing in it can identify a product, however close its colours
-    lie to some product's."""
+def grey_thumbnail(img: Image.Image | np.ndarray) -> np.ndarray:
+    """The photo's grey levels at 64 px (float32), what the checks on a photo's content read
+    (lacks_detail, shopsearch.photo_advice): made once per photo and handed to each; an array
+    is taken as already made."""
+    if isinstance(img, np.ndarray):
+        return img
     small = img.convert("L")
     small.thumbnail((64, 64))
-    a = np.asarray(small, np.float32)
+    return np.asarray(small, np.float32)
+
+
+def lacks_detail(img: Image.Image | np.ndarray) -> bool:
+    """True for a photo (or its grey_thumbnail) without a single edge (one flat colour, a smooth
+    gradient: a blank screenshot, a lens cap): nothing in it can identify a product, however
+    close its colours lie to some product's."""
+    a = grey_thumbnail(img)
     if a.shape[0] < 3 or a.shape[1] < 3:
         return float(a.std()) < 2.0
     lap = 4 * a[1:-1, 1:-1] - a[:-2, 1:-1] - a[2:, 1:-1] - a[1:-1, :-2] - a[1:-1, 2:]

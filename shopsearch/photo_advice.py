@@ -13,6 +13,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from shopsearch.images import grey_thumbnail
+
 TOO_DARK = "too_dark"
 #: every code, in the order they are given
 ADVICE = (TOO_DARK,)
@@ -28,16 +30,14 @@ DARK_MEAN = 64.0
 DARK_PEAK = 80.0
 
 
-def too_dark(img: Image.Image) -> bool:
-    """True for a photo too dark to identify a product in: nothing in it is bright."""
-    small = img.convert("L")
-    small.thumbnail((64, 64))
-    a = np.asarray(small, np.float32)
+def too_dark(img: Image.Image | np.ndarray) -> bool:
+    """True for a photo (or its grey_thumbnail) too dark to identify a product in: nothing in it is bright."""
+    a = grey_thumbnail(img)
     return float(a.mean()) < DARK_MEAN and float(np.percentile(a, 99)) < DARK_PEAK
 
 
-def photo_advice(img: Image.Image) -> tuple[str, ...]:
-    """The advice codes for the photo searched (empty when it looks fine)."""
+def photo_advice(img: Image.Image | np.ndarray) -> tuple[str, ...]:
+    """The advice codes for the photo searched, or its grey_thumbnail (empty when it looks fine)."""
     return (TOO_DARK,) if too_dark(img) else ()
 
 

@@ -17,7 +17,7 @@ from shopsearch.embedders.base import Embedder
 from shopsearch.errors import CapabilityError
 from shopsearch.filter_sets import AllowedImages
 from shopsearch.grouping import OwnersCache, group_candidates
-from shopsearch.images import lacks_detail
+from shopsearch.images import grey_thumbnail, lacks_detail
 from shopsearch.index.manifest import IndexManifest, check_model
 from shopsearch.index.vector_index import VectorIndex
 from shopsearch.photo_advice import photo_advice
@@ -75,8 +75,9 @@ class SearchService:
         vec = tta_vector(self.embedder, image) if (self.tta if tta is None else tta) else \
             query_vectors(self.embedder, [image])[0]
         t1 = time.perf_counter()
+        grey = grey_thumbnail(image)  # read by both checks on the photo's content
         return self.search_vector(vec, k, filters, routing=routing, embed_ms=(t1 - t0) * 1000, rerank=rerank,
-                                  fusion=fusion, flat=lacks_detail(image), advice=photo_advice(image))
+                                  fusion=fusion, flat=lacks_detail(grey), advice=photo_advice(grey))
 
     def search_text(self, text: str, k: int = 10, filters: SearchFilters = SearchFilters()) -> SearchResult:
         if not self.embedder.has_text:

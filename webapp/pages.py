@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
 
 from shopsearch.errors import ShopSearchError, UnknownRequestError
-from shopsearch.images import lacks_detail
+from shopsearch.images import grey_thumbnail, lacks_detail
 from shopsearch.photo_advice import known_advice, photo_advice
 from shopsearch.regions import Region, find_objects, parse_box
 from shopsearch.results import ProductHit, SearchFilters, SearchResult, parse_price
@@ -274,7 +274,8 @@ def search():
     if data is not None:
         img = decode_upload(data, svc.embedder)
         query = crop_upload(data, img, box, svc.embedder) if box is not None else img
-        flat, advice = lacks_detail(query), photo_advice(query)
+        grey = grey_thumbnail(query)  # read by both checks on the photo's content
+        flat, advice = lacks_detail(grey), photo_advice(grey)
         t0 = time.perf_counter()
         vec = query_vectors(svc.embedder, [query])[0]
         embed_ms = (time.perf_counter() - t0) * 1000
